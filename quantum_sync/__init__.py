@@ -1,0 +1,1 @@
+"""quantum-sync: self-hosted real-time file sync on Twisted."""

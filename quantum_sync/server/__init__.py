@@ -1,0 +1,1 @@
+"""The quantum-sync server: store, index/journal, REST API, WebSocket hub."""
