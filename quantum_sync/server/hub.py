@@ -1,20 +1,295 @@
 """The broadcast hub: one object every change flows through, whoever made it.
 
-STUB written to fix the interface between the REST API (issue 2) and the real-time
-half (issue 3); issue 3 replaces the body, keeping these method names.
+The REST API, the WebSocket factory and the root watcher all hand journalled changes to
+:meth:`Hub.publish`; PeerVault events and alerts go through :meth:`Hub.event` and
+:meth:`Hub.alert`. The hub knows nothing about Autobahn: it talks to connections through
+the small interface of :class:`IHubConnection` (implemented by ``ws.HubProtocol``), so its
+logic is tested with a :class:`twisted.internet.task.Clock` and plain fakes.
+
+Three LoopingCalls run while the service runs, each logging and surviving its own errors:
+the heartbeat (a WebSocket ping to every connection every ``ping_interval``, and the
+deadline for messages still being assembled from fragments), the stale cleanup (drop
+connections silent for ``stale_timeout``, checked every ``cleanup_interval``) and the
+``system_metrics`` tick (every ``metrics_interval``, which also raises storage and
+performance alerts).
 """
 
+import shutil
+
 from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from quantum_sync.protocol import format_time
+from quantum_sync.server import messages
+from quantum_sync.server.metrics import Metrics
+
+#: WebSocket close codes the hub and the protocol use (RFC 6455 / IANA registry).
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class IHubConnection(Interface):
+    """What the hub needs of one WebSocket connection."""
+
+    client_id = Attribute("The id named by Subscribe, or None")
+    address = Attribute("The peer's address, 'host:port'")
+    connected_at = Attribute("Clock time the connection was made")
+    last_seen = Attribute("Clock time of the last bytes received")
+    assembling_since = Attribute("Clock time the message being assembled began, or None")
+    topics = Attribute("The set of topics subscribed to")
+
+    def send(payload):
+        """Queue one text message (bytes); never blocks, never grows without bound."""
+
+    def send_ping():
+        """Send a WebSocket ping frame."""
+
+    def close(code, reason):
+        """Start a closing handshake with ``code``."""
+
+    def abort(reason):
+        """Drop the connection at once; ``reason`` goes into peer_disconnected."""
 
 
 class Hub(Service):
-    """Fans out journal changes and PeerVault events to WebSocket subscribers."""
+    """Fans out journal changes and PeerVault events to WebSocket subscribers.
+
+    :param config: the ``websocket`` settings (``WebSocketConfig``): intervals, limits
+        and alert thresholds.
+    :param clock: an ``IReactorTime`` (the reactor, or a ``Clock`` in tests).
+    :param metrics: the server's :class:`Metrics`.
+    :param storage_root: where free space is measured (the sync root), or None.
+    :param journal_head: a callable returning the journal's newest ``seq``; without
+        it the hub reports the newest seq it has published.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, clock, metrics=None, storage_root=None, journal_head=None):
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics(clock=clock.seconds)
+        self.storage_root = storage_root
+        self._journal_head = journal_head
+        self.connections = set()
+        self._subscribers = {topic: set() for topic in messages.TOPICS}
+        self.last_seq = 0
+        self._alerting = set()
+        self._loops = []
+
+    # -- service lifecycle --------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        for interval, work in (
+            (self.config.ping_interval, self.heartbeat),
+            (self.config.cleanup_interval, self.cleanup),
+            (self.config.metrics_interval, self.metrics_tick),
+        ):
+            loop = LoopingCall(self._survive, work)
+            loop.clock = self.clock
+            loop.start(interval, now=False)
+            self._loops.append(loop)
+
+    def stopService(self):
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        for connection in list(self.connections):
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        return super().stopService()
+
+    def _survive(self, work):
+        """Run one periodic task; a failure is logged and the loop goes on."""
+        try:
+            work()
+        except Exception:
+            self.log.failure("periodic hub task {task} failed", task=work.__name__)
+
+    # -- connections and topics ---------------------------------------------------------
+
+    def attach(self, connection) -> None:
+        """A WebSocket connection opened (it receives nothing until it subscribes)."""
+        self.connections.add(connection)
+
+    def detach(self, connection, reason: str = "closed") -> None:
+        """A connection went; announce it if it had named itself."""
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        for topic in connection.topics:
+            self._subscribers[topic].discard(connection)
+        if connection.client_id is not None:
+            self.event(
+                "peer_disconnected",
+                {"id": connection.client_id, "reason": reason, "timestamp": self._now()},
+            )
+
+    def identify(self, connection, client_id: str) -> None:
+        """Subscribe (seed form): name the connection, subscribe it to file_operations
+        and announce ``peer_connected``."""
+        connection.client_id = client_id
+        self.subscribe(connection, "file_operations")
+        self.event(
+            "peer_connected",
+            {"id": client_id, "address": connection.address, "timestamp": self._now()},
+        )
+
+    def subscribe(self, connection, topic: str) -> None:
+        if connection in self.connections:
+            connection.topics.add(topic)
+            self._subscribers[topic].add(connection)
+
+    def unsubscribe(self, connection, topic: str) -> None:
+        connection.topics.discard(topic)
+        self._subscribers[topic].discard(connection)
+
+    def subscriber_count(self, topic: str) -> int:
+        return len(self._subscribers[topic])
+
+    # -- broadcasting -------------------------------------------------------------------
 
     def publish(self, change) -> None:
-        """Broadcast ``change`` (a :class:`quantum_sync.protocol.Change`, already
-        journalled) to every ``file_operations`` subscriber except its source client.
-        Called in journal order, on the reactor thread."""
+        """Broadcast ``change`` (a journalled :class:`quantum_sync.protocol.Change`) to
+        every ``file_operations`` subscriber except its source client.
+
+        Called in journal order on the reactor thread; a seq at or below the last one
+        published is a duplicate and is dropped, so each change goes out exactly once.
+        """
+        if change.seq <= self.last_seq:
+            self.log.warn(
+                "hub: change {seq} is not newer than {last}; not broadcast again",
+                seq=change.seq,
+                last=self.last_seq,
+            )
+            return
+        self.last_seq = change.seq
+        payload = messages.file_operation(change)
+        source = change.source_client
+        for connection in list(self._subscribers["file_operations"]):
+            if not source or connection.client_id != source:
+                connection.send(payload)
+
+    def event(self, kind: str, data: dict) -> None:
+        """Send a PeerVault event to the subscribers of its topic."""
+        payload = messages.event(kind, data, self._now())
+        for connection in list(self._subscribers[messages.EVENT_TOPICS[kind]]):
+            connection.send(payload)
 
     def alert(self, kind: str, data: dict) -> None:
         """Send a PeerVault event on the ``alerts`` topic (``security_alert``,
         ``storage_alert``, ``performance_alert``) to subscribers of that topic."""
+        self.log.warn("{kind}: {data}", kind=kind, data=data)
+        self.event(kind, {**data, "timestamp": data.get("timestamp", self._now())})
+
+    # -- periodic work ------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Ping every connection; close those still assembling a fragmented message
+        begun more than ``ping_interval`` ago (a trickle keeps ``last_seen`` fresh, so
+        the stale cleanup alone would never catch it)."""
+        now = self.clock.seconds()
+        deadline = self.config.ping_interval
+        for connection in list(self.connections):
+            started = connection.assembling_since
+            if started is not None and now - started > deadline:
+                connection.close(CLOSE_POLICY, "message took too long to arrive")
+            else:
+                connection.send_ping()
+
+    def cleanup(self) -> None:
+        """Drop connections that sent nothing (not even a pong) for ``stale_timeout``."""
+        now = self.clock.seconds()
+        for connection in list(self.connections):
+            if now - connection.last_seen > self.config.stale_timeout:
+                self.log.info(
+                    "hub: dropping stale connection {address} ({client_id})",
+                    address=connection.address,
+                    client_id=connection.client_id,
+                )
+                connection.abort("timeout")
+                self.detach(connection, "timeout")
+
+    def metrics_tick(self) -> None:
+        """Publish ``system_metrics`` and raise storage/performance alerts on crossing
+        ``storage_alert_free_bytes`` / ``performance_alert_ms`` (0 disables either)."""
+        figures = self.figures()
+        self.event("system_metrics", figures)
+        free_floor = self.config.storage_alert_free_bytes
+        available = figures["storage"]["available_space"]
+        self._threshold_alert(
+            "storage_alert",
+            bool(free_floor) and available is not None and available < free_floor,
+            {"level": "warning", "message": "free disk space is low",
+             "metric": "available_space", "value": available, "threshold": free_floor},
+        )
+        limit_ms = self.config.performance_alert_ms
+        average_ms = figures["average_response_time"] * 1000
+        self._threshold_alert(
+            "performance_alert",
+            bool(limit_ms) and average_ms > limit_ms,
+            {"level": "warning", "message": "average response time is high",
+             "metric": "average_response_time_ms", "value": round(average_ms, 1),
+             "threshold": limit_ms},
+        )
+
+    def _threshold_alert(self, kind: str, over: bool, data: dict) -> None:
+        """Alert once when a figure crosses its threshold, again only after it recovered."""
+        if over and kind not in self._alerting:
+            self._alerting.add(kind)
+            self.alert(kind, data)
+        elif not over:
+            self._alerting.discard(kind)
+
+    # -- figures ------------------------------------------------------------------------
+
+    def storage(self) -> dict:
+        """Totals of the file system holding the root (None where unknown)."""
+        if self.storage_root is not None:
+            try:
+                usage = shutil.disk_usage(self.storage_root)
+            except OSError:
+                pass
+            else:
+                return {"total_space": usage.total, "used_space": usage.used,
+                        "available_space": usage.free}
+        return {"total_space": None, "used_space": None, "available_space": None}
+
+    def journal_head(self) -> int:
+        return self._journal_head() if self._journal_head is not None else self.last_seq
+
+    def figures(self) -> dict:
+        """The body of ``/ws/metrics`` (and the data of ``system_metrics``)."""
+        return {
+            "connections": len(self.connections),
+            "messages_in": self.metrics.messages_in,
+            "messages_out": self.metrics.messages_out,
+            "bytes_transferred": self.metrics.bytes_transferred,
+            "requests_per_second": self.metrics.requests_per_second(),
+            "average_response_time": self.metrics.average_response_time(),
+            "storage": self.storage(),
+            "journal_head": self.journal_head(),
+        }
+
+    def status(self) -> dict:
+        """The body of ``/ws/status``."""
+        return {
+            "clients": [
+                {
+                    "client_id": connection.client_id,
+                    "address": connection.address,
+                    "connected_at": format_time(connection.connected_at),
+                    "last_seen": format_time(connection.last_seen),
+                    "topics": sorted(connection.topics),
+                }
+                for connection in sorted(self.connections, key=lambda c: c.connected_at)
+            ]
+        }
+
+    def _now(self) -> str:
+        return format_time(self.clock.seconds())

@@ -1,0 +1,468 @@
+"""The ``/ws`` WebSocket: admission, the Autobahn protocol, and its limits.
+
+:class:`HubResource` is mounted at ``/ws`` on the same Site as the Klein API. Before the
+upgrade it refuses, with the contract's JSON error body, a request that is not a
+WebSocket upgrade (400), an Origin outside ``allowed_origins`` (403, ``null`` included
+unless listed), a server at ``max_connections`` (503 CONNECTION_LIMIT) and a bad
+handshake token (401); refusals of origin and token raise a ``security_alert``.
+
+:class:`HubProtocol` parses every frame with :mod:`quantum_sync.server.messages` and hands
+the request to the hub or to ``operations.apply``. It enforces, per connection:
+
+- the message size (Autobahn's payload limits, checked as each frame header arrives, so a
+  fragmented message is closed with 1009 as soon as its total passes the limit;
+  ``failByDrop`` is off so the client sees the code);
+- the rate limit (:class:`RateLimiter`: RATE_LIMIT_EXCEEDED with ``retryAfter``, close
+  1008 when still over the limit 5 s after the first refusal);
+- a bounded send queue: the protocol is the transport's push producer, so once the
+  kernel and transport buffers are full (Twisted pauses producers past 64 KiB) messages
+  wait in a per-connection queue of at most ``max_send_queue`` bytes; past that the
+  connection is closed with 1013 and the queue dropped;
+- authentication: with auth enabled, a connection without a handshake token must send
+  ``auth`` (Ping is allowed) within :data:`AUTH_TIMEOUT` seconds; anything else gets
+  Error AUTH_REQUIRED and close 1008.
+
+Autobahn's unsafe server defaults are all set explicitly in :class:`HubFactory`.
+"""
+
+import collections
+import json
+import math
+
+import attrs
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from quantum_sync.errors import SyncError
+from quantum_sync.server import messages
+from quantum_sync.server.auth import ANONYMOUS_ADMIN, role_allows
+from quantum_sync.server.hub import (
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN_LATER,
+    IHubConnection,
+)
+
+#: Seconds a connection may stay unauthenticated when auth is enabled.
+AUTH_TIMEOUT = 10.0
+#: A client still over the rate limit this long after its first refusal is closed.
+RATE_ABUSE_SECONDS = 5.0
+#: A second without refusals forgives earlier ones.
+RATE_FORGIVE_SECONDS = 1.0
+#: permessage-deflate sizing: zlib at its defaults keeps ~300 KiB per connection once a
+#: message has been compressed; a 512-byte window and memLevel 1 keep it to a few KiB.
+DEFLATE_WINDOW_BITS = 9
+DEFLATE_MEM_LEVEL = 1
+
+
+# -- rate limiting (pure) -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Refusal:
+    """A message over the rate limit: retry after ``retry_after`` seconds, or, when
+    ``abusive``, close the connection."""
+
+    retry_after: int
+    abusive: bool
+
+
+@attrs.define
+class RateLimiter:
+    """A token bucket of ``rate`` messages a second (burst ``rate``) with an abuse window."""
+
+    rate: float
+    tokens: float
+    updated: float
+    first_refusal: float = None
+    last_refusal: float = None
+
+    @classmethod
+    def start(cls, rate: float, now: float) -> "RateLimiter":
+        return cls(rate, rate, now)
+
+    def take(self, now: float):
+        """None if a message may pass now, else a :class:`Refusal`."""
+        if self.rate <= 0:
+            return None
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.last_refusal is not None and now - self.last_refusal > RATE_FORGIVE_SECONDS:
+            self.first_refusal = self.last_refusal = None
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        if self.first_refusal is None:
+            self.first_refusal = now
+        self.last_refusal = now
+        retry = max(1, math.ceil((1 - self.tokens) / self.rate))
+        return Refusal(retry, now - self.first_refusal >= RATE_ABUSE_SECONDS)
+
+
+# -- origins (pure) ------------------------------------------------------------------------
+
+
+def origin_allowed(origin: str, allowed) -> bool:
+    """Exact match (case-insensitive, trailing slash ignored) against ``allowed``;
+    ``*`` allows any origin except ``null``, which must be listed itself."""
+    origin = origin.strip().rstrip("/").lower()
+    allowed = [entry.strip().rstrip("/").lower() for entry in allowed]
+    if origin == "null":
+        return "null" in allowed
+    return "*" in allowed or origin in allowed
+
+
+def accept_deflate(offers):
+    """Accept a client's permessage-deflate offer with small, context-free compressors."""
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            if offer.request_max_window_bits and offer.request_max_window_bits < DEFLATE_WINDOW_BITS:
+                continue
+            return PerMessageDeflateOfferAccept(
+                offer,
+                request_no_context_takeover=offer.accept_no_context_takeover,
+                request_max_window_bits=DEFLATE_WINDOW_BITS if offer.accept_max_window_bits else 0,
+                no_context_takeover=True,
+                window_bits=DEFLATE_WINDOW_BITS,
+                mem_level=DEFLATE_MEM_LEVEL,
+            )
+    return None
+
+
+# -- the protocol ----------------------------------------------------------------------------
+
+
+@implementer(IHubConnection, IPushProducer)
+class HubProtocol(WebSocketServerProtocol):
+    """One ``/ws`` connection: parse each message, then hand it to the hub."""
+
+    log = Logger()
+
+    def connectionMade(self):
+        super().connectionMade()
+        factory = self.factory
+        self.hub = factory.hub
+        now = factory.clock.seconds()
+        self.connected_at = self.last_seen = now
+        self.assembling_since = None
+        self.client_id = None
+        self.topics = set()
+        self.identity = factory.handshake_identity
+        peer = self.transport.getPeer()
+        self.address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.close_reason = None
+        self._limiter = RateLimiter.start(factory.config.rate_limit, now)
+        self._backlog = None
+        self._backlog_bytes = 0
+        self._paused = False
+        self._auth_deadline = None
+        # Become the transport's producer (in place of the HTTP channel that handled the
+        # upgrade) so Twisted tells us when the peer stops reading.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+        self.hub.attach(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self._cancel_auth_deadline()
+        self._backlog = None
+        self.hub.detach(self, self.close_reason or "closed")
+
+    def onOpen(self):
+        if self.identity is None:
+            self._auth_deadline = self.factory.clock.callLater(
+                self.factory.auth_timeout, self._auth_expired
+            )
+
+    def dataReceived(self, data):
+        self.last_seen = self.factory.clock.seconds()
+        super().dataReceived(data)
+
+    def onMessageBegin(self, isBinary):
+        self.assembling_since = self.last_seen
+        super().onMessageBegin(isBinary)
+
+    def onMessage(self, payload, isBinary):
+        self.assembling_since = None
+        self.factory.hub.metrics.observe_message_in(len(payload))
+        refusal = self._limiter.take(self.factory.clock.seconds())
+        if refusal is not None:
+            self._rate_limited(refusal)
+            return
+        try:
+            request = messages.parse_client_message(payload, isBinary)
+        except SyncError as err:
+            if self.identity is None:
+                self._require_auth()
+            else:
+                self._refuse(err)
+            return
+        if self.identity is None and not isinstance(
+            request, (messages.AuthRequest, messages.PingRequest)
+        ):
+            self._require_auth(request.id)
+            return
+        handler = self._HANDLERS[type(request)]
+        handler(self, request)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _on_subscribe(self, request):
+        self.hub.identify(self, request.client_id)
+        self.send(messages.ack("subscribe", request.id))
+
+    def _on_topic(self, request):
+        if request.action == "subscribe":
+            self.hub.subscribe(self, request.topic)
+        else:
+            self.hub.unsubscribe(self, request.topic)
+        self.send(messages.ack(request.action, request.id, topic=request.topic))
+
+    def _on_ping(self, request):
+        self.send(messages.pong(request.spelling, request.id))
+
+    def _on_auth(self, request):
+        try:
+            identity = self.factory.authorizer.authorize_token(request.token, "read")
+        except SyncError as err:
+            self.factory.security_alert("auth_failed", self.address, err.message)
+            self.send(messages.auth_error(err, request.id))
+            self.close(CLOSE_POLICY, "authentication failed")
+            return
+        self.identity = identity
+        self._cancel_auth_deadline()
+        self.send(messages.auth_success(identity.user, identity.role, request.id))
+
+    def _on_file_operation(self, request):
+        if self.factory.authorizer.enabled and not role_allows(self.identity.role, "write"):
+            self._refuse(SyncError("PERMISSION_DENIED", "writing needs the write role"), request.id)
+            return
+        source = self.client_id or request.source_client
+        d = maybeDeferred(self.factory.operations.apply, request.operation, source)
+
+        def applied(change):
+            operation_id = request.id if request.id is not None else "FileOperation"
+            self.send(messages.ack(operation_id, request.id, seq=change.seq))
+
+        def refused(failure):
+            if failure.check(SyncError):
+                self._refuse(failure.value, request.id)
+            else:
+                self.log.failure("FileOperation from {address} failed", failure, address=self.address)
+                self._refuse(SyncError("INTERNAL_ERROR", "the operation failed"), request.id)
+
+        d.addCallbacks(applied, refused)
+
+    _HANDLERS = {
+        messages.Subscribe: _on_subscribe,
+        messages.TopicRequest: _on_topic,
+        messages.PingRequest: _on_ping,
+        messages.AuthRequest: _on_auth,
+        messages.FileOperationRequest: _on_file_operation,
+    }
+
+    def _refuse(self, err: SyncError, message_id=None):
+        if err.code == "INVALID_PATH":
+            self.factory.security_alert("rejected_path", self.address, err.message)
+        self.send(messages.error(err, message_id))
+
+    def _rate_limited(self, refusal: Refusal):
+        if refusal.abusive:
+            self.close(CLOSE_POLICY, "rate limit exceeded for too long")
+            return
+        err = SyncError(
+            "RATE_LIMIT_EXCEEDED",
+            f"more than {self.factory.config.rate_limit:g} messages a second",
+            retryAfter=refusal.retry_after,
+        )
+        self.send(messages.error(err))
+
+    def _require_auth(self, message_id=None):
+        self.send(messages.error(SyncError("AUTH_REQUIRED", "send an auth message first"), message_id))
+        self.close(CLOSE_POLICY, "authentication required")
+
+    def _auth_expired(self):
+        self._auth_deadline = None
+        self.factory.security_alert("auth_timeout", self.address, "no auth message in time")
+        self._require_auth()
+
+    def _cancel_auth_deadline(self):
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self._auth_deadline = None
+
+    # -- IHubConnection -----------------------------------------------------------------
+
+    def send(self, payload: bytes) -> None:
+        """Send one text message now, or queue it while the peer is not reading."""
+        if self.state != self.STATE_OPEN:
+            return
+        if self._paused or self._backlog:
+            if self._backlog is None:
+                self._backlog = collections.deque()
+            self._backlog_bytes += len(payload)
+            if self._backlog_bytes > self.factory.config.max_send_queue:
+                self._backlog = None
+                self._backlog_bytes = 0
+                self.log.info("closing slow consumer {address}", address=self.address)
+                self.close(CLOSE_TRY_AGAIN_LATER, "send queue full; catch up from the journal")
+                return
+            self._backlog.append(payload)
+            return
+        self._write(payload)
+
+    def _write(self, payload: bytes) -> None:
+        self.sendMessage(payload, isBinary=False)
+        self.factory.hub.metrics.observe_messages_out(1, len(payload))
+
+    def send_ping(self) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendPing()
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.state == self.STATE_OPEN:
+            self.sendClose(code, reason)
+        elif self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
+
+    def abort(self, reason: str) -> None:
+        self.close_reason = reason
+        self.dropConnection(abort=True)
+
+    # -- IPushProducer (the transport calls these) --------------------------------------
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        while self._backlog and not self._paused and self.state == self.STATE_OPEN:
+            payload = self._backlog.popleft()
+            self._backlog_bytes -= len(payload)
+            self._write(payload)
+
+    def stopProducing(self):
+        self._backlog = None
+        self._backlog_bytes = 0
+
+
+# -- factory and resource --------------------------------------------------------------------
+
+
+class HubFactory(WebSocketServerFactory):
+    """Builds :class:`HubProtocol` with every Autobahn limit set explicitly.
+
+    :param hub: the :class:`~quantum_sync.server.hub.Hub`.
+    :param config: the ``websocket`` settings (``WebSocketConfig``).
+    :param authorizer: the server's authorizer (``enabled``, ``authorize_token``).
+    :param operations: applies a client's FileOperation:
+        ``apply(operation, source_client) -> Change`` (or a Deferred of one); raises
+        SyncError with the contract code.
+    :param clock: ``IReactorTime`` for last_seen, the rate limiter and the auth deadline.
+    """
+
+    protocol = HubProtocol
+
+    def __init__(self, hub, config, authorizer, operations, clock):
+        super().__init__(server="quantum-sync")
+        self.hub = hub
+        self.config = config
+        self.authorizer = authorizer
+        self.operations = operations
+        self.clock = clock
+        self.auth_timeout = AUTH_TIMEOUT
+        self.handshake_identity = None
+        self.setProtocolOptions(
+            # 1009 as soon as a frame header or the running total of a fragmented
+            # message passes the limit (also after decompression).
+            maxFramePayloadSize=config.max_message_size,
+            maxMessagePayloadSize=config.max_message_size,
+            # Send the close code (1008/1009) instead of dropping TCP (clients see 1006).
+            failByDrop=False,
+            # The hub's heartbeat LoopingCall pings and its cleanup drops stale peers.
+            autoPingInterval=0,
+            openHandshakeTimeout=5,
+            closeHandshakeTimeout=5,
+            # Origins and the connection cap are enforced by HubResource before the
+            # upgrade, with the contract's JSON answer; Autobahn's own cap is a backstop.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            maxConnections=config.max_connections,
+            perMessageCompressionAccept=accept_deflate,
+        )
+
+    def admit(self, request):
+        """The identity a new WebSocket request connects as, or a SyncError refusing it."""
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if "websocket" not in upgrade:
+            raise SyncError("INVALID_REQUEST", "this is a WebSocket endpoint: send an Upgrade: websocket request")
+        address = _address(request)
+        origin = request.getHeader("origin")
+        if origin is not None and not origin_allowed(origin, self.config.allowed_origins):
+            self.security_alert("origin_refused", address, origin)
+            raise SyncError("PERMISSION_DENIED", f"origin {origin[:200]} is not allowed")
+        if len(self.hub.connections) >= self.config.max_connections:
+            raise SyncError("CONNECTION_LIMIT", "too many connections; retry later")
+        token = _handshake_token(request)
+        if not self.authorizer.enabled:
+            return ANONYMOUS_ADMIN
+        if token is None:
+            return None
+        try:
+            return self.authorizer.authorize_token(token, "read")
+        except SyncError as err:
+            self.security_alert("auth_failed", address, err.message)
+            raise
+
+    def security_alert(self, event: str, address: str, detail: str) -> None:
+        self.hub.alert("security_alert", {"event": event, "address": address, "detail": detail[:200]})
+
+
+def _address(request) -> str:
+    peer = request.getClientAddress()
+    return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+
+
+def _handshake_token(request):
+    """A token from ``Authorization: Bearer T`` or ``?token=T``, or None."""
+    header = request.getHeader("authorization")
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    values = request.args.get(b"token")
+    if values:
+        return values[0].decode("utf-8", "replace") or None
+    return None
+
+
+class HubResource(Resource):
+    """``/ws``: admission checks with JSON refusals, then Autobahn's WebSocketResource."""
+
+    isLeaf = True
+
+    def __init__(self, factory: HubFactory):
+        super().__init__()
+        self.factory = factory
+        self._websocket = WebSocketResource(factory)
+
+    def render(self, request):
+        try:
+            identity = self.factory.admit(request)
+        except SyncError as err:
+            request.setResponseCode(err.status)
+            request.setHeader(b"content-type", b"application/json")
+            if err.code == "CONNECTION_LIMIT":
+                request.setHeader(b"retry-after", b"5")
+            return json.dumps(err.to_json()).encode("utf-8")
+        # buildProtocol and connectionMade run synchronously inside render.
+        self.factory.handshake_identity = identity
+        try:
+            return self._websocket.render(request)
+        finally:
+            self.factory.handshake_identity = None
