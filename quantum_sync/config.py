@@ -1,0 +1,370 @@
+"""The server's configuration (contract section 2): parse and validate, nothing else.
+
+Pure: reads no files except through :func:`load` (which only reads the one JSON file),
+touches no sockets. The Caddy-v2-style document becomes a frozen :class:`ServerConfig`;
+anything not understood (unknown key, wrong type, bad value) is a :class:`ConfigError`
+whose message names the file, the key path and the reason, on one line.
+"""
+
+import fnmatch
+import json
+import os
+import re
+
+from typing import NamedTuple
+
+import attrs
+
+#: Endpoint-string prefixes that mark a listen entry as a Twisted endpoint description
+#: rather than Caddy's ``HOST:PORT`` form.
+ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "le", "lets", "onion")
+
+ROLES = ("read", "write", "admin")
+
+
+class ConfigError(Exception):
+    """An unusable configuration: ``str(error)`` is the one line shown to the operator."""
+
+
+@attrs.frozen
+class WebSocketConfig:
+    """The ``websocket`` handler block (limits and timers of the real-time hub).
+
+    ``storage_alert_free_bytes``: a ``storage_alert`` is published when free space on the
+    root's filesystem drops below it (0 disables). ``performance_alert_ms``: a
+    ``performance_alert`` is published when a request takes longer (0 disables).
+    """
+
+    max_connections: int = 1000
+    max_message_size: int = 1048576
+    max_send_queue: int = 4194304
+    rate_limit: float = 100
+    ping_interval: float = 30
+    stale_timeout: float = 300
+    cleanup_interval: float = 60
+    metrics_interval: float = 10
+    allowed_origins: tuple = ("*",)
+    storage_alert_free_bytes: int = 100 * 1024 * 1024
+    performance_alert_ms: float = 1000
+
+
+class User(NamedTuple):
+    """One account of the ``auth`` block (a ``(password_hash, role)`` pair)."""
+
+    password_hash: str
+    role: str
+
+
+@attrs.frozen
+class AuthConfig:
+    """The ``auth`` handler block: ``users`` maps a name to a :class:`User`
+    ``(password_hash, role)``; ``secret_file`` is absolute, or ``""`` for the default
+    (``<state_dir>/auth-secret``)."""
+
+    users: dict
+    secret_file: str
+    token_ttl: int = 3600
+
+
+@attrs.frozen
+class HandlerConfig:
+    """The ``file_sync`` handler: where files live and what the API allows."""
+
+    root: str
+    enable_upload: bool = False
+    state_dir: str = ""
+    max_upload_size: int | None = None
+    journal_retention: int = 1000000
+    websocket: WebSocketConfig = WebSocketConfig()
+    auth: AuthConfig | None = None
+
+
+@attrs.frozen
+class ListenerConfig:
+    """One listen entry as a Twisted server endpoint string, with the routes of its server."""
+
+    endpoint: str
+    server: str
+    path_patterns: tuple
+
+    def routes_to_handler(self, path: str) -> bool:
+        """True when request ``path`` matches one of this server's route patterns."""
+        return any(_path_matches(pattern, path) for pattern in self.path_patterns)
+
+
+@attrs.frozen
+class ServerConfig:
+    """The whole server configuration: every listener and the one ``file_sync`` handler."""
+
+    listeners: tuple
+    handler: HandlerConfig
+    source: str = "<config>"
+
+
+def _path_matches(pattern: str, path: str) -> bool:
+    # Caddy's path matcher: exact, or with '*' wildcards (matching across '/').
+    if "*" not in pattern:
+        return path == pattern
+    return fnmatch.fnmatchcase(path, pattern.replace("[", "[[]"))
+
+
+# -- validation helpers ---------------------------------------------------------------
+
+
+class _Reader:
+    """Walks the JSON document remembering the key path for error messages."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, reason: str):
+        raise ConfigError(f"{self.source}: {where}: {reason}")
+
+    def expect(self, value, kinds, where: str, what: str):
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            self.fail(where, f"must be {what}, not {_json_type(value)}")
+        return value
+
+    def obj(self, value, where: str, allowed, required=()):
+        self.expect(value, dict, where, "an object")
+        for key in value:
+            if key not in allowed:
+                self.fail(f"{where}.{key}", "unknown key")
+        for key in required:
+            if key not in value:
+                self.fail(f"{where}.{key}", "missing")
+        return value
+
+    def number(self, value, where: str, minimum=0, integer=False):
+        kinds = int if integer else (int, float)
+        self.expect(value, kinds, where, "an integer" if integer else "a number")
+        if value < minimum:
+            self.fail(where, f"must be at least {minimum}")
+        return value
+
+    def strings(self, value, where: str, nonempty=True):
+        self.expect(value, list, where, "a list of strings")
+        for i, item in enumerate(value):
+            self.expect(item, str, f"{where}[{i}]", "a string")
+        if nonempty and not value:
+            self.fail(where, "must not be empty")
+        return tuple(value)
+
+
+def _json_type(value) -> str:
+    return {
+        bool: "a boolean", int: "a number", float: "a number", str: "a string",
+        list: "a list", dict: "an object", type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+# -- listen entries -------------------------------------------------------------------
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})$")
+
+
+def listen_to_endpoint(entry: str) -> str:
+    """A Twisted server endpoint string for a listen entry, or raise ValueError.
+
+    ``":8080"`` → ``tcp:8080``; ``"HOST:8080"`` → ``tcp:8080:interface=HOST``; endpoint
+    strings (``tcp:``, ``ssl:``, ``systemd:`` ...) are kept as they are.
+    """
+    if not entry or entry != entry.strip():
+        raise ValueError("an empty or padded listen entry")
+    kind = entry.split(":", 1)[0]
+    if kind in ENDPOINT_TYPES:
+        if ":" not in entry:
+            raise ValueError(f"endpoint {entry!r} has no parameters")
+        return entry
+    match = _HOST_PORT.match(entry)
+    if not match:
+        raise ValueError(f"{entry!r} is neither ':PORT', 'HOST:PORT' nor a Twisted endpoint string")
+    port = int(match["port"])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range")
+    host = match["host"].strip("[]")
+    if not host:
+        return f"tcp:{port}"
+    if ":" in host:
+        return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
+    return f"tcp:{port}:interface={host}"
+
+
+# -- the document ---------------------------------------------------------------------
+
+_WEBSOCKET_NUMBERS = {
+    "max_connections": True, "max_message_size": True, "max_send_queue": True,
+    "rate_limit": False, "ping_interval": False, "stale_timeout": False,
+    "cleanup_interval": False, "metrics_interval": False,
+    "storage_alert_free_bytes": True, "performance_alert_ms": False,
+}
+
+
+def _websocket(r: _Reader, value, where: str) -> WebSocketConfig:
+    r.obj(value, where, set(_WEBSOCKET_NUMBERS) | {"allowed_origins"})
+    fields = {}
+    for key, integer in _WEBSOCKET_NUMBERS.items():
+        if key in value:
+            fields[key] = r.number(value[key], f"{where}.{key}", integer=integer)
+    if "allowed_origins" in value:
+        fields["allowed_origins"] = r.strings(
+            value["allowed_origins"], f"{where}.allowed_origins", nonempty=False)
+    return WebSocketConfig(**fields)
+
+
+def _auth(r: _Reader, value, where: str, base_dir: str) -> AuthConfig:
+    r.obj(value, where, {"users", "secret_file", "token_ttl"}, required=("users",))
+    users = {}
+    r.obj(value["users"], f"{where}.users", value["users"])
+    for name, user in value["users"].items():
+        at = f"{where}.users.{name}"
+        r.obj(user, at, {"password_hash", "role"}, required=("password_hash", "role"))
+        r.expect(user["password_hash"], str, f"{at}.password_hash", "a string")
+        r.expect(user["role"], str, f"{at}.role", "a string")
+        if user["role"] not in ROLES:
+            r.fail(f"{at}.role", f"must be one of {', '.join(ROLES)}")
+        users[name] = User(user["password_hash"], user["role"])
+    if not users:
+        r.fail(f"{where}.users", "must name at least one user")
+    secret = r.expect(value.get("secret_file", ""), str, f"{where}.secret_file", "a string")
+    ttl = r.number(value.get("token_ttl", 3600), f"{where}.token_ttl", minimum=1, integer=True)
+    return AuthConfig(users=users, secret_file=os.path.join(base_dir, secret) if secret else "",
+                      token_ttl=ttl)
+
+
+_HANDLER_KEYS = {
+    "handler", "root", "enable_upload", "state_dir", "max_upload_size",
+    "journal_retention", "websocket", "auth",
+}
+
+
+def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
+    r.obj(value, where, _HANDLER_KEYS, required=("handler", "root"))
+    if value["handler"] != "file_sync":
+        r.fail(f"{where}.handler", f"unknown handler {value['handler']!r} (only file_sync)")
+    root = r.expect(value["root"], str, f"{where}.root", "a string")
+    if not root:
+        r.fail(f"{where}.root", "must not be empty")
+    root = os.path.abspath(os.path.join(base_dir, root))
+    state_dir = value.get("state_dir", "")
+    r.expect(state_dir, str, f"{where}.state_dir", "a string")
+    max_upload = value.get("max_upload_size")
+    if max_upload is not None:
+        r.number(max_upload, f"{where}.max_upload_size", minimum=1, integer=True)
+    return HandlerConfig(
+        root=root,
+        enable_upload=r.expect(value.get("enable_upload", False), bool,
+                               f"{where}.enable_upload", "true or false"),
+        state_dir=os.path.abspath(os.path.join(base_dir, state_dir)) if state_dir else "",
+        max_upload_size=max_upload,
+        journal_retention=r.number(value.get("journal_retention", 1000000),
+                                   f"{where}.journal_retention", minimum=1, integer=True),
+        websocket=_websocket(r, value.get("websocket", {}), f"{where}.websocket"),
+        auth=_auth(r, value["auth"], f"{where}.auth", base_dir) if "auth" in value else None,
+    )
+
+
+def _matchers(r: _Reader, value, where: str) -> tuple:
+    r.expect(value, list, where, "a list of matchers")
+    patterns = []
+    for i, matcher in enumerate(value):
+        at = f"{where}[{i}]"
+        r.expect(matcher, dict, at, "an object")
+        if "matcher" in matcher:  # the seed's form {"matcher": "path", "paths": [...]}
+            r.obj(matcher, at, {"matcher", "paths"}, required=("paths",))
+            if matcher["matcher"] != "path":
+                r.fail(f"{at}.matcher", f"unknown matcher {matcher['matcher']!r} (only path)")
+            found = r.strings(matcher["paths"], f"{at}.paths")
+        else:  # Caddy's own form {"path": [...]}
+            r.obj(matcher, at, {"path"}, required=("path",))
+            found = r.strings(matcher["path"], f"{at}.path")
+        for j, pattern in enumerate(found):
+            if not pattern.startswith(("/", "*")):
+                r.fail(f"{at}[{j}]", "a path pattern starts with '/' or '*'")
+        patterns.extend(found)
+    return tuple(patterns)
+
+
+def _server(r: _Reader, name, value, where: str, base_dir: str):
+    r.obj(value, where, {"listen", "routes"}, required=("listen", "routes"))
+    listen = r.strings(value["listen"], f"{where}.listen")
+    endpoints = []
+    for i, entry in enumerate(listen):
+        try:
+            endpoints.append(listen_to_endpoint(entry))
+        except ValueError as e:
+            r.fail(f"{where}.listen[{i}]", str(e))
+    r.expect(value["routes"], list, f"{where}.routes", "a list of routes")
+    patterns, handlers = [], []
+    for i, route in enumerate(value["routes"]):
+        at = f"{where}.routes[{i}]"
+        r.obj(route, at, {"match", "handle"}, required=("handle",))
+        route_patterns = _matchers(r, route["match"], f"{at}.match") if "match" in route else ("*",)
+        r.expect(route["handle"], list, f"{at}.handle", "a list of handlers")
+        if len(route["handle"]) != 1:
+            r.fail(f"{at}.handle", "must hold exactly one file_sync handler")
+        handlers.append(_handler(r, route["handle"][0], f"{at}.handle[0]", base_dir))
+        patterns.extend(route_patterns)
+    return endpoints, tuple(patterns), handlers
+
+
+def parse(document, source: str = "<config>", base_dir: str | None = None,
+          listen: str | None = None, root: str | None = None) -> ServerConfig:
+    """A validated :class:`ServerConfig` from the decoded JSON ``document``.
+
+    ``base_dir`` anchors relative paths (the working directory, as in Caddy).
+    ``listen`` (one endpoint or listen entry) replaces every listen entry;
+    ``root`` replaces the handler's root (both are the command-line overrides).
+    """
+    base_dir = os.getcwd() if base_dir is None else base_dir
+    r = _Reader(source)
+    r.obj(document, "(top)", {"apps"}, required=("apps",))
+    r.obj(document["apps"], "apps", {"http"}, required=("http",))
+    r.obj(document["apps"]["http"], "apps.http", {"servers"}, required=("servers",))
+    servers = document["apps"]["http"]["servers"]
+    r.expect(servers, dict, "apps.http.servers", "an object")
+    if not servers:
+        r.fail("apps.http.servers", "must name at least one server")
+    listeners, handlers = [], []
+    for name, server in servers.items():
+        endpoints, patterns, found = _server(r, name, server, f"apps.http.servers.{name}", base_dir)
+        listeners.extend(ListenerConfig(e, name, patterns) for e in endpoints)
+        handlers.extend(found)
+    if not handlers:
+        r.fail("apps.http.servers", "no route has a file_sync handler")
+    if any(h != handlers[0] for h in handlers[1:]):
+        r.fail("apps.http.servers", "all file_sync handlers must be configured identically")
+    handler = handlers[0]
+    if root is not None:
+        if not root:
+            raise ConfigError("--root: must not be empty")
+        handler = attrs.evolve(handler, root=os.path.abspath(os.path.join(base_dir, root)))
+    if not handler.state_dir:
+        handler = attrs.evolve(handler, state_dir=os.path.join(handler.root, ".quantum-sync"))
+    if listen is not None:
+        try:
+            endpoint = listen_to_endpoint(listen)
+        except ValueError as e:
+            raise ConfigError(f"--listen: {e}") from None
+        patterns = tuple(dict.fromkeys(p for lc in listeners for p in lc.path_patterns))
+        listeners = [ListenerConfig(endpoint, "--listen", patterns)]
+    return ServerConfig(listeners=tuple(listeners), handler=handler, source=source)
+
+
+def load(path: str, listen: str | None = None, root: str | None = None) -> ServerConfig:
+    """Read and validate the JSON file at ``path`` (relative paths inside it are taken
+    from the working directory)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    return parse(document, source=path, listen=listen, root=root)

@@ -1,0 +1,271 @@
+"""The REST API (contract section 4) as Klein routes over :class:`FileOperations`.
+
+Every file route first asks the authorizer; every failure is a JSON error body with a
+contract code (SyncError), and only a real bug answers 500 INTERNAL_ERROR (logged).
+Upload bodies arrive already spooled to a hashing temp file by
+:class:`quantum_sync.server.site.SyncRequest`, never in memory.
+"""
+
+import json
+
+from klein import Klein
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.static import File
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from quantum_sync import paths
+from quantum_sync.errors import SyncError
+from quantum_sync.protocol import is_sha256, parse_operation
+from quantum_sync.server.store import UploadSpool
+
+MAX_CHANGES_LIMIT = 10000
+DEFAULT_CHANGES_LIMIT = 1000
+
+
+def write_json(request, body, status: int = 200) -> bytes:
+    """Set status and JSON content type; return the encoded body."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def write_error(request, error: SyncError) -> bytes:
+    if error.code == "RATE_LIMIT_EXCEEDED" and "retryAfter" in error.extra:
+        request.setHeader(b"Retry-After", str(int(error.extra["retryAfter"] + 0.999)).encode())
+    return write_json(request, error.to_json(), error.status)
+
+
+def query(request, name: str, required: bool = True):
+    """The decoded value of query parameter ``name`` (first occurrence)."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        if required:
+            raise SyncError("INVALID_REQUEST", f"missing query parameter {name!r}")
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        code = "INVALID_PATH" if name == "path" else "INVALID_REQUEST"
+        raise SyncError(code, f"query parameter {name!r} is not valid UTF-8") from None
+
+
+def query_int(request, name: str, default: int, minimum: int, maximum: int) -> int:
+    text = query(request, name, required=False)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise SyncError("INVALID_REQUEST", f"{name} must be a non-negative integer")
+    value = int(text)
+    if not minimum <= value <= maximum:
+        raise SyncError("INVALID_REQUEST", f"{name} must be between {minimum} and {maximum}")
+    return value
+
+
+def header(request, name: str):
+    value = request.getHeader(name)
+    return None if value is None else value.strip()
+
+
+def client_id(request) -> str:
+    return (header(request, "X-Client-Id") or "")[:200]
+
+
+def read_json_body(request):
+    try:
+        return json.loads(request.content.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise SyncError("INVALID_REQUEST", "the body must be a JSON object") from None
+
+
+class HashedFile(File):
+    """A downloadable file: twisted's static.File (Range/206, HEAD, streaming) plus an
+    ETag of its SHA-256; never a directory listing."""
+
+    def __init__(self, path: str, digest: str):
+        super().__init__(path, defaultType="application/octet-stream")
+        self.digest = digest
+
+    def render_GET(self, request):
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        if request.setETag(f'"{self.digest}"'.encode("ascii")) == http.CACHED:
+            return b""
+        return super().render_GET(request)
+
+    render_HEAD = render_GET
+
+    def directoryListing(self):
+        raise SyncError("NOT_FOUND", "not a file")
+
+
+class FileApi:
+    """Klein routes of ``/api/*`` bound to the server's collaborators."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, operations, authorizer, reactor):
+        self.operations = operations
+        self.authorizer = authorizer
+        self._reactor = reactor
+
+    def resource(self):
+        return self.app.resource()
+
+    async def _authorize(self, request, role: str):
+        return await maybeDeferred(self.authorizer.authorize_request, request, role)
+
+    def _path(self, request, source_client: str) -> str:
+        """The validated ``path`` query parameter, resolved inside the root."""
+        raw = request.args.get(b"path", [None])[0]
+        try:
+            path = paths.normalize(query(request, "path"))
+            self.operations.store.resolve(path)
+            return path
+        except SyncError as error:
+            if error.code == "INVALID_PATH":
+                self.operations.reject_path(raw, error, source_client, _address(request))
+            raise
+
+    # -- errors ----------------------------------------------------------------
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request, failure):
+        return write_error(request, SyncError("NOT_FOUND", "no such endpoint"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request, failure):
+        return write_error(request, SyncError("METHOD_NOT_ALLOWED", "method not allowed here"))
+
+    @app.handle_errors(SyncError)
+    def refused(self, request, failure):
+        return write_error(request, failure.value)
+
+    @app.handle_errors(Exception)
+    def bug(self, request, failure):
+        self.log.failure("unhandled error answering {method} {path}", failure,
+                         method=request.method, path=request.path)
+        return write_error(request, SyncError("INTERNAL_ERROR", "internal server error"))
+
+    # -- reads -----------------------------------------------------------------
+
+    @app.route("/api/list", methods=["GET"])
+    async def list_files(self, request):
+        await self._authorize(request, "read")
+        rows = await self.operations.index.list_all()
+        return write_json(request, [metadata.to_json() for metadata, _ in rows])
+
+    @app.route("/api/metadata", methods=["GET"])
+    async def metadata(self, request):
+        await self._authorize(request, "read")
+        path = self._path(request, client_id(request))
+        metadata = await self.operations.metadata(path)
+        return write_json(request, metadata.to_json())
+
+    @app.route("/api/download", methods=["GET"])
+    async def download(self, request):
+        await self._authorize(request, "read")
+        path = self._path(request, client_id(request))
+        metadata = await self.operations.metadata(path)
+        if metadata.is_directory:
+            raise SyncError("INVALID_REQUEST", f"{path} is a directory")
+        return HashedFile(self.operations.store.resolve(path), metadata.hash)
+
+    @app.route("/api/changes", methods=["GET"])
+    async def changes(self, request):
+        await self._authorize(request, "read")
+        since = query_int(request, "since", 0, 0, 2**63 - 1)
+        limit = query_int(request, "limit", DEFAULT_CHANGES_LIMIT, 1, MAX_CHANGES_LIMIT)
+        changes, cursor, has_more = await self.operations.index.changes(since, limit)
+        return write_json(request, {
+            "changes": [change.to_json() for change in changes],
+            "cursor": cursor, "has_more": has_more,
+        })
+
+    # -- writes ----------------------------------------------------------------
+
+    @app.route("/api/upload", methods=["POST", "PUT"])
+    async def upload(self, request):
+        spool = request.content
+        try:
+            await self._authorize(request, "write")
+            source = client_id(request)
+            path = self._path(request, source)
+            if not isinstance(spool, UploadSpool):
+                raise SyncError("INTERNAL_ERROR", "upload body was not spooled")
+            if spool.error is not None:
+                raise spool.error
+            if not self.operations.enable_upload:
+                raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+            expected = header(request, "X-Content-SHA256")
+            if expected is not None:
+                expected = expected.lower()
+                if not is_sha256(expected):
+                    raise SyncError("INVALID_REQUEST", "X-Content-SHA256 must be a SHA-256 hex digest")
+                if expected != spool.sha256:
+                    raise SyncError("HASH_MISMATCH",
+                                    f"the body hashes to {spool.sha256}, not {expected}")
+            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
+            if spool.error is not None:
+                raise spool.error
+            metadata, _ = await self.operations.upload(
+                path, spool, spool.sha256, spool.size, source,
+                if_match=header(request, "If-Match"),
+                if_none_match=header(request, "If-None-Match"))
+            return write_json(request, metadata.to_json())
+        finally:
+            if isinstance(spool, UploadSpool):
+                spool.close()
+
+    @app.route("/api/sync", methods=["POST"])
+    async def sync(self, request):
+        await self._authorize(request, "write")
+        if not self.operations.enable_upload:
+            raise SyncError("UPLOAD_DISABLED", "changes are disabled on this server")
+        body = read_json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("operations"), list):
+            raise SyncError("INVALID_REQUEST", 'the body must be {"operations": [...], "client_id": "..."}')
+        unknown = set(body) - {"operations", "client_id"}
+        if unknown:
+            raise SyncError("INVALID_REQUEST", f"unknown field(s) {sorted(unknown)}")
+        source = body.get("client_id", client_id(request))
+        if not isinstance(source, str):
+            raise SyncError("INVALID_REQUEST", "client_id must be a string")
+        results = [await self._sync_one(item, source, request) for item in body["operations"]]
+        cursor = await self.operations.index.head()
+        return write_json(request, {"results": results, "cursor": cursor})
+
+    async def _sync_one(self, item, source: str, request) -> dict:
+        try:
+            try:
+                operation = parse_operation(item)
+            except SyncError as error:
+                if error.code == "INVALID_PATH":
+                    self.operations.reject_path(item, error, source, _address(request))
+                raise
+            change = await self.operations.apply(operation, source)
+            return {"status": "applied", "seq": change.seq}
+        except SyncError as error:
+            status = "conflict" if error.code == "CONFLICT" else "error"
+            return {"status": status, "code": error.code, "message": error.message}
+
+    # -- accounts ----------------------------------------------------------------
+
+    @app.route("/api/v1/auth/login", methods=["POST"])
+    async def login(self, request):
+        body = read_json_body(request)
+        if not isinstance(body, dict) or set(body) - {"username", "password"} \
+                or not isinstance(body.get("username"), str) \
+                or not isinstance(body.get("password"), str):
+            raise SyncError("INVALID_REQUEST", 'the body must be {"username": "...", "password": "..."}')
+        data = await maybeDeferred(self.authorizer.login, body["username"], body["password"],
+                                   _address(request))
+        return write_json(request, {"success": True, "data": data})
+
+
+def _address(request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", "") or str(address)

@@ -1,0 +1,193 @@
+"""The SQLite index in the state directory: cached file metadata and the change journal.
+
+One writer thread (``adbapi`` with ``cp_max=1``), so the reactor never blocks on SQLite
+and every transaction is serialised. ``files`` caches path/size/mtime_ns/hash so
+listings never rehash unchanged files; ``journal`` gives every applied change the next
+sequence number and keeps the last ``journal_retention`` entries.
+"""
+
+import json
+import os
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.logger import Logger
+
+from quantum_sync.errors import SyncError
+from quantum_sync.protocol import Change, FileMetadata, parse_operation
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    is_directory INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    operation TEXT NOT NULL,
+    source_client TEXT NOT NULL,
+    timestamp TEXT NOT NULL
+);
+"""
+
+
+def _prepare_connection(connection):
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    connection.execute("PRAGMA case_sensitive_like=ON")
+
+
+def _row_metadata(row) -> tuple:
+    """``(FileMetadata, mtime_ns)`` from a ``files`` row."""
+    path, is_directory, size, mtime_ns, digest = row
+    return FileMetadata(path, size, mtime_ns / 1e9, digest, bool(is_directory)), mtime_ns
+
+
+def _escape_like(path: str) -> str:
+    return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class Index(Service):
+    """Metadata cache and journal; every method returns a Deferred."""
+
+    log = Logger()
+
+    def __init__(self, state_dir: str, retention: int, reactor):
+        self.db_path = os.path.join(state_dir, "index.sqlite3")
+        self.retention = retention
+        self._reactor = reactor
+        self._pool = None
+        self._opened = None
+
+    def start(self) -> None:
+        """Open the database; the schema is created by the first queued transaction, so
+        every later call runs after it (one thread, first in first out)."""
+        if self._pool is not None:
+            return
+        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3", self.db_path, check_same_thread=False, cp_min=1, cp_max=1,
+            cp_openfun=_prepare_connection, cp_reactor=self._reactor,
+        )
+        self._opened = self._pool.runInteraction(lambda txn: txn.executescript(SCHEMA))
+
+    async def open(self) -> None:
+        """Wait until the schema exists (after :meth:`start`)."""
+        self.start()
+        await self._opened
+
+    def stopService(self):
+        super().stopService()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    # -- reads --------------------------------------------------------------------
+
+    async def get(self, path: str):
+        """``(FileMetadata, mtime_ns)`` for ``path`` or ``None``."""
+        rows = await self._pool.runQuery(
+            "SELECT path, is_directory, size, mtime_ns, hash FROM files WHERE path = ?", (path,))
+        return _row_metadata(rows[0]) if rows else None
+
+    async def list_all(self) -> list:
+        """Every indexed entry as ``(FileMetadata, mtime_ns)``, sorted by path."""
+        rows = await self._pool.runQuery(
+            "SELECT path, is_directory, size, mtime_ns, hash FROM files ORDER BY path")
+        return [_row_metadata(row) for row in rows]
+
+    async def list_under(self, top: str) -> list:
+        """The indexed entries at and below ``top``, as :meth:`list_all` gives them."""
+        rows = await self._pool.runQuery(
+            "SELECT path, is_directory, size, mtime_ns, hash FROM files"
+            " WHERE path = ? OR path LIKE ? ESCAPE '\\' ORDER BY path",
+            (top, _escape_like(top) + "/%"))
+        return [_row_metadata(row) for row in rows]
+
+    async def head(self) -> int:
+        """The sequence number of the newest journal entry (0 when there is none)."""
+        return await self._pool.runInteraction(_head)
+
+    async def changes(self, since: int, limit: int) -> tuple:
+        """``(changes, cursor, has_more)`` after ``since``; CURSOR_EXPIRED when entries
+        after ``since`` were already pruned."""
+        return await self._pool.runInteraction(_changes, since, limit)
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def record(self, upserts, removals, operation, source_client, timestamp):
+        """In one transaction: update the cache (``upserts``: ``(FileMetadata, mtime_ns)``;
+        ``removals``: paths removed with everything below them) and, when ``operation``
+        is given, append it to the journal. Returns the journal :class:`Change` or None."""
+        return await self._pool.runInteraction(
+            self._record, upserts, removals, operation, source_client, timestamp)
+
+    async def rename(self, source: str, destination: str, operation, source_client, timestamp):
+        """Move the cached rows of ``source`` (and below) to ``destination`` and journal."""
+        return await self._pool.runInteraction(
+            self._rename, source, destination, operation, source_client, timestamp)
+
+    def _record(self, txn, upserts, removals, operation, source_client, timestamp):
+        for path in removals:
+            txn.execute("DELETE FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+                        (path, _escape_like(path) + "/%"))
+        txn.executemany(
+            "INSERT OR REPLACE INTO files (path, is_directory, size, mtime_ns, hash)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(m.path, int(m.is_directory), m.size, mtime_ns, m.hash) for m, mtime_ns in upserts],
+        )
+        return self._journal(txn, operation, source_client, timestamp)
+
+    def _rename(self, txn, source, destination, operation, source_client, timestamp):
+        txn.execute("DELETE FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+                    (destination, _escape_like(destination) + "/%"))
+        txn.execute(
+            "UPDATE files SET path = ? || substr(path, ?) WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+            (destination, len(source) + 1, source, _escape_like(source) + "/%"),
+        )
+        return self._journal(txn, operation, source_client, timestamp)
+
+    def _journal(self, txn, operation, source_client, timestamp):
+        if operation is None:
+            return None
+        txn.execute(
+            "INSERT INTO journal (operation, source_client, timestamp) VALUES (?, ?, ?)",
+            (json.dumps(operation.to_json(), separators=(",", ":")), source_client, timestamp),
+        )
+        seq = txn.lastrowid
+        if seq > self.retention:
+            txn.execute("DELETE FROM journal WHERE seq <= ?", (seq - self.retention,))
+        return Change(seq, operation, source_client, timestamp)
+
+
+def _head(txn) -> int:
+    txn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'")
+    row = txn.fetchone()
+    return row[0] if row else 0
+
+
+def _changes(txn, since: int, limit: int):
+    head = _head(txn)
+    if since < head:
+        txn.execute("SELECT MIN(seq) FROM journal")
+        oldest = txn.fetchone()[0]
+        if oldest is None or oldest > since + 1:
+            raise SyncError(
+                "CURSOR_EXPIRED",
+                f"changes after {since} are no longer kept; re-list and continue from {head}",
+                cursor=head,
+            )
+    txn.execute(
+        "SELECT seq, operation, source_client, timestamp FROM journal"
+        " WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit + 1))
+    rows = txn.fetchall()
+    has_more = len(rows) > limit
+    changes = [
+        Change(seq, parse_operation(json.loads(operation)), source, timestamp)
+        for seq, operation, source, timestamp in rows[:limit]
+    ]
+    cursor = changes[-1].seq if changes else max(min(since, head), 0)
+    return changes, cursor, has_more

@@ -1,0 +1,276 @@
+"""FileOperations: THE one place where changes to the root are applied and journalled.
+
+REST uploads and ``/api/sync``, WebSocket ``FileOperation`` messages and the root watcher
+all come through here. Changes are serialised by one lock, so the journal order is the
+order in which the disk changed, and every journalled change is handed to
+``hub.publish`` exactly once, in journal order, before the lock is released.
+"""
+
+from twisted.internet.defer import DeferredLock
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from quantum_sync import paths
+from quantum_sync.errors import SyncError
+from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
+from quantum_sync.server.store import DiskEntry, storage_error
+
+#: The ``source_client`` of changes found on disk (other programs, changes while down).
+DISK_SOURCE = "server"
+
+
+def _metadata(entry: DiskEntry, digest: str) -> tuple:
+    """``(FileMetadata, mtime_ns)`` of a disk entry with its content hash."""
+    metadata = FileMetadata(entry.path, entry.size, entry.mtime_ns / 1e9,
+                            "" if entry.is_directory else digest, entry.is_directory)
+    return metadata, entry.mtime_ns
+
+
+def _matches(cached, entry: DiskEntry) -> bool:
+    """True when the index row still describes the disk entry (no rehash needed)."""
+    if cached is None or entry is None:
+        return False
+    metadata, mtime_ns = cached
+    if metadata.is_directory or entry.is_directory:
+        return metadata.is_directory == entry.is_directory
+    return metadata.size == entry.size and mtime_ns == entry.mtime_ns
+
+
+def etag_value(header) -> str | None:
+    """The hash inside an ``If-Match``/``ETag`` value (quotes and ``W/`` removed)."""
+    if header is None:
+        return None
+    value = header.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+async def _nothing():
+    return None
+
+
+class FileOperations:
+    """Applies operations to the store, records them in the index, publishes them."""
+
+    log = Logger()
+
+    def __init__(self, store, index, hub, reactor, enable_upload: bool):
+        self.store = store
+        self.index = index
+        self.hub = hub
+        self.enable_upload = enable_upload
+        self._reactor = reactor
+        self._lock = DeferredLock()
+        #: The newest journal seq (kept here so synchronous callers can read it).
+        self.head = 0
+
+    def _thread(self, function, *args):
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+
+    def reject_path(self, path, error: SyncError, source_client: str, address: str = "") -> None:
+        """Report a refused hostile path to the ``alerts`` topic."""
+        self.hub.alert("security_alert", {
+            "reason": "invalid_path", "path": repr(path)[:300], "message": error.message,
+            "source_client": source_client, "address": address,
+        })
+
+    async def _locked(self, function, *args):
+        await self._lock.acquire()
+        try:
+            return await function(*args)
+        finally:
+            self._lock.release()
+
+    async def idle(self) -> None:
+        """Wait until no operation is in progress."""
+        await self._locked(_nothing)
+
+    async def _journal(self, operation, source_client, upserts=(), removals=()):
+        change = await self.index.record(list(upserts), list(removals), operation,
+                                         source_client, now())
+        if change is not None:
+            self._published(change)
+        return change
+
+    def _published(self, change):
+        self.head = max(self.head, change.seq)
+        self.hub.publish(change)
+
+    async def _current(self, path: str):
+        """``(FileMetadata, mtime_ns)`` of what is on disk at ``path`` now (rehashing only
+        when the cached row is stale), or None."""
+        entry = await self._thread(self.store.entry, path)
+        if entry is None:
+            return None
+        cached = await self.index.get(path)
+        if _matches(cached, entry):
+            return cached
+        digest = "" if entry.is_directory else await self._thread(self.store.hash, path)
+        return _metadata(entry, digest)
+
+    async def metadata(self, path: str) -> FileMetadata:
+        """The stored metadata of ``path`` (checked against the disk), or NOT_FOUND."""
+        entry = await self._thread(self.store.entry, path)
+        cached = await self.index.get(path)
+        if entry is not None and _matches(cached, entry):
+            return cached[0]
+        if entry is not None or cached is not None:
+            await self.refresh([path])
+            cached = await self.index.get(path)
+        if cached is None:
+            raise SyncError("NOT_FOUND", f"{path} does not exist")
+        return cached[0]
+
+    def _check_writable(self):
+        if not self.enable_upload:
+            raise SyncError("UPLOAD_DISABLED", "uploads and changes are disabled on this server")
+
+    # -- operations ----------------------------------------------------------------
+
+    async def apply(self, operation, source_client: str):
+        """Apply a parsed SyncOperation and return its journal :class:`Change`.
+
+        Delete, Move and directory Create change the disk; a file Create/Update is only
+        an announcement and is accepted when the server holds exactly that content at
+        that path. Raises SyncError (UPLOAD_DISABLED, INVALID_PATH, NOT_FOUND, CONFLICT).
+        """
+        self._check_writable()
+        try:
+            for path in operation.paths:
+                self.store.resolve(path)
+        except SyncError as error:
+            self.reject_path(operation.paths, error, source_client)
+            raise
+        return await self._locked(self._apply, operation, source_client)
+
+    async def _apply(self, operation, source_client):
+        try:
+            if isinstance(operation, Delete):
+                return await self._delete(operation, source_client)
+            if isinstance(operation, Move):
+                return await self._move(operation, source_client)
+            if operation.metadata.is_directory:
+                return await self._make_directory(operation, source_client)
+            return await self._announce(operation, source_client)
+        except OSError as error:
+            raise storage_error(error) from error
+
+    async def _delete(self, operation: Delete, source_client):
+        if await self._thread(self.store.entry, operation.path) is None:
+            raise SyncError("NOT_FOUND", f"{operation.path} does not exist")
+        await self._thread(self.store.remove, operation.path)
+        return await self._journal(operation, source_client, removals=[operation.path])
+
+    async def _move(self, operation: Move, source_client):
+        source, destination = operation.source, operation.destination
+        if await self._thread(self.store.entry, source) is None:
+            raise SyncError("NOT_FOUND", f"{source} does not exist")
+        if paths.is_inside(destination, source):
+            raise SyncError("CONFLICT", f"cannot move {source} into itself")
+        if await self._thread(self.store.entry, destination) is not None:
+            raise SyncError("CONFLICT", f"{destination} already exists")
+        created = await self._thread(self.store.move, source, destination)
+        await self._record_directories(created)
+        change = await self.index.rename(source, destination, operation, source_client, now())
+        self._published(change)
+        return change
+
+    async def _record_directories(self, created):
+        entries = [await self._thread(self.store.entry, path) for path in created]
+        if entries:
+            await self.index.record([_metadata(e, "") for e in entries if e], [], None, "", "")
+
+    async def _make_directory(self, operation, source_client):
+        path = operation.metadata.path
+        created = await self._thread(self.store.make_directory, path)
+        entries = [await self._thread(self.store.entry, p) for p in created or [path]]
+        upserts = [_metadata(e, "") for e in entries if e]
+        metadata = upserts[-1][0] if upserts else operation.metadata
+        return await self._journal(Create(metadata), source_client, upserts=upserts)
+
+    async def _announce(self, operation, source_client):
+        path = operation.metadata.path
+        current = await self._current(path)
+        if current is None or current[0].is_directory or current[0].hash != operation.metadata.hash:
+            raise SyncError("NOT_FOUND", f"the server does not hold that content at {path}; upload it first")
+        return await self._journal(type(operation)(current[0]), source_client, upserts=[current])
+
+    async def upload(self, path: str, tempfile, sha256, size, source_client: str,
+                     if_match=None, if_none_match=None):
+        """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
+        hashing to ``sha256``) at ``path``. Returns ``(FileMetadata, Change)``.
+
+        ``if_match``: the hash the current file must have; ``if_none_match == "*"``: the
+        path must not exist. Raises PRECONDITION_FAILED, CONFLICT, UPLOAD_DISABLED, ...
+        """
+        self._check_writable()
+        return await self._locked(self._upload, path, tempfile, sha256, size, source_client,
+                                  etag_value(if_match), if_none_match)
+
+    async def _upload(self, path, tempfile, sha256, size, source_client, if_match, if_none_match):
+        current = await self._current(path)
+        if current is not None and current[0].is_directory:
+            raise SyncError("CONFLICT", f"{path} is a directory")
+        if if_none_match is not None and if_none_match.strip() == "*" and current is not None:
+            raise SyncError("PRECONDITION_FAILED", f"{path} already exists")
+        if if_match is not None and if_match != "*" and (current is None or current[0].hash != if_match):
+            raise SyncError("PRECONDITION_FAILED", f"{path} does not have the expected hash")
+        if if_match == "*" and current is None:
+            raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
+        try:
+            created = await self._thread(self.store.install, tempfile.path, path)
+            entry = await self._thread(self.store.entry, path)
+            directories = [await self._thread(self.store.entry, p) for p in created]
+        except OSError as error:
+            raise storage_error(error) from error
+        stored = _metadata(entry, sha256)
+        operation = (Update if current is not None else Create)(stored[0])
+        upserts = [_metadata(d, "") for d in directories if d] + [stored]
+        change = await self._journal(operation, source_client, upserts=upserts)
+        return stored[0], change
+
+    # -- the disk as the truth -----------------------------------------------------
+
+    async def refresh(self, tops=None) -> list:
+        """Bring the index in line with the disk at and under each of ``tops`` (None: the
+        whole root), journalling what other programs changed. Returns the changes."""
+        return await self._locked(self._refresh, tops)
+
+    async def _refresh(self, tops):
+        self.head = max(self.head, await self.index.head())
+        if tops is None:
+            rows = await self.index.list_all()
+        else:
+            rows = [row for top in tops for row in await self.index.list_under(top)]
+        cached = {m.path: (m, mtime) for m, mtime in rows}
+        found = {}
+        for top in [""] if tops is None else tops:
+            for entry in await self._thread(self.store.scan, top):
+                found[entry.path] = entry
+        changes = []
+        gone = [p for p in cached if p not in found]
+        for path in sorted(gone):
+            if paths.parent(path) in gone:
+                continue  # journalled with its parent
+            changes.append(await self._journal(Delete(path), DISK_SOURCE, removals=[path]))
+        for path in sorted(found):
+            entry, row = found[path], cached.get(path)
+            if _matches(row, entry):
+                continue
+            if row is not None and row[0].is_directory != entry.is_directory:
+                changes.append(await self._journal(Delete(path), DISK_SOURCE, removals=[path]))
+                row = None
+            try:
+                digest = "" if entry.is_directory else await self._thread(self.store.hash, path)
+            except OSError:
+                continue  # vanished or unreadable meanwhile; the next event catches it
+            stored = _metadata(entry, digest)
+            if row is not None and row[0].hash == digest:
+                await self.index.record([stored], [], None, "", "")  # touched, not changed
+                continue
+            operation = (Update if row is not None else Create)(stored[0])
+            changes.append(await self._journal(operation, DISK_SOURCE, upserts=[stored]))
+        if changes:
+            self.log.info("journalled {count} change(s) found on disk", count=len(changes))
+        return changes

@@ -1,0 +1,170 @@
+"""The server as one MultiService: the table of contents of a running server.
+
+:func:`make_server_service` wires the store, index/journal, FileOperations, hub,
+metrics, authorizer, root watcher and one listener per listen entry.
+"""
+
+import time
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from quantum_sync.config import ConfigError
+from quantum_sync.server.api import FileApi
+from quantum_sync.server.auth import OpenAuthorizer
+from quantum_sync.server.hub import Hub
+from quantum_sync.server.index import Index
+from quantum_sync.server.metrics import Metrics
+from quantum_sync.server.operations import FileOperations
+from quantum_sync.server.rootwatch import RootWatcher
+from quantum_sync.server.site import build_site
+from quantum_sync.server.store import Store
+
+
+class ListenerService(Service):
+    """Listens on one endpoint; ``on_failure(endpoint, reason)`` hears why it could not."""
+
+    log = Logger()
+
+    def __init__(self, description: str, endpoint, site, on_failure=None):
+        self.description = description
+        self.endpoint = endpoint
+        self.site = site
+        self.on_failure = on_failure or self._log_failure
+        self.port = None
+        self._listening = None
+        self._waiters = []
+
+    def _log_failure(self, description, reason):
+        self.log.error("cannot listen on {endpoint}: {reason}", endpoint=description, reason=reason)
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self):
+        super().startService()
+        self._listen()
+
+    def _listen(self):
+        if self._listening is not None:
+            return
+        self._listening = self.endpoint.listen(self.site)
+        self._listening.addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port):
+        self.port = port
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
+
+    def _failed(self, failure):
+        reason = failure.getErrorMessage()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+        self.on_failure(self.description, reason)
+
+    def when_listening(self) -> Deferred:
+        """Fires with the listening port (IListeningPort) once it listens."""
+        if self.port is not None:
+            return succeed(self.port)
+        waiter = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def stopService(self):
+        super().stopService()
+        port, self.port, self._listening = self.port, None, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+def build_authorizer(config, reactor, hub):
+    """OpenAuthorizer without an ``auth`` section, else the security module's authorizer."""
+    if config.handler.auth is None:
+        return OpenAuthorizer()
+    try:
+        from quantum_sync.server.auth import build_authorizer as build
+    except ImportError:
+        raise ConfigError(f"{config.source}: auth: authentication is not available in this build") from None
+    try:
+        return build(config.handler.auth, state_dir=config.handler.state_dir, reactor=reactor, hub=hub)
+    except ValueError as e:  # auth.AuthConfigError names the key and the reason
+        raise ConfigError(f"{config.source}: {e}") from None
+
+
+class ServerService(MultiService):
+    """A running quantum-sync server; collaborators are public attributes."""
+
+    log = Logger()
+
+    def __init__(self, config, reactor):
+        super().__init__()
+        handler = config.handler
+        self.config = config
+        self.reactor = reactor
+        self.started = time.time()
+        self.store = Store(handler.root)
+        try:
+            self.store.prepare()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{config.source}: root: unusable root {handler.root}: {e}") from None
+        self.index = Index(handler.state_dir, handler.journal_retention, reactor)
+        self.metrics = Metrics(clock=reactor.seconds)
+        self.hub = Hub(handler.websocket, reactor, metrics=self.metrics,
+                       storage_root=self.store.root, journal_head=lambda: self.operations.head)
+        self.hub.setServiceParent(self)
+        self.authorizer = build_authorizer(config, reactor, self.hub)
+        self.operations = FileOperations(self.store, self.index, self.hub, reactor,
+                                         handler.enable_upload)
+        self.api = FileApi(self.operations, self.authorizer, reactor)
+        self.watcher = RootWatcher(self.store.root, self.operations, reactor)
+        self.watcher.setServiceParent(self)
+        self.listeners = []
+        for listener in config.listeners:
+            try:
+                endpoint = serverFromString(reactor, listener.endpoint)
+            except Exception as e:  # endpoint parsers raise anything from ValueError on
+                raise ConfigError(
+                    f"{config.source}: apps.http.servers.{listener.server}.listen:"
+                    f" {listener.endpoint!r}: {e}") from None
+            service = ListenerService(listener.endpoint, endpoint, build_site(listener, self))
+            service.setServiceParent(self)
+            self.listeners.append(service)
+        self._ready = None
+
+    def startService(self):
+        self.index.start()
+        super().startService()
+        self._ready = Deferred.fromCoroutine(self._reconcile())
+
+    async def _reconcile(self):
+        await self.index.open()
+        await self.operations.refresh(None)
+
+    def when_ready(self) -> Deferred:
+        """Fires once the index is open and reconciled with the disk."""
+        return self._ready
+
+    def stopService(self):
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        await super().stopService()
+        if self._ready is not None:
+            try:
+                await self._ready
+            except Exception:
+                self.log.failure("start-up reconcile failed")
+        await self.operations.idle()
+        self.index.stopService()
+
+
+def make_server_service(config, reactor) -> ServerService:
+    """The server's top service for ``config`` (raises ConfigError for an unusable root
+    or listen entry)."""
+    return ServerService(config, reactor)

@@ -1,0 +1,206 @@
+"""The HTTP site: request bodies, routing from the config, access log.
+
+- :class:`SyncRequest` streams upload bodies into a hashing temp file in the state
+  directory and enforces ``max_upload_size`` (Content-Length before reading; counted
+  for chunked bodies), answering 413 at once.
+- :class:`RootResource` sends ``/ws/health`` (and the monitoring endpoints) anywhere,
+  routed paths to the ``file_sync`` handler (REST API, WebSocket), everything else 404.
+- :class:`SyncSite` writes one access-log line per request and feeds the metrics.
+"""
+
+import json
+import re
+import time
+
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from quantum_sync.errors import SyncError
+from quantum_sync.protocol import now
+from quantum_sync.server.store import UploadSpool
+
+#: Cap on bodies of non-upload requests (JSON for /api/sync and login).
+MAX_JSON_BODY = 16 * 1024 * 1024
+UPLOAD_PATH = b"/api/upload"
+#: Seconds a refused (413) request may keep sending before the connection is cut.
+REFUSED_GRACE = 10
+ACCESS_LOG = Logger(namespace="quantum_sync.access")
+_TOKEN = re.compile(rb"(token=)[^&]*")
+
+
+def redact(uri: bytes) -> str:
+    """The request URI with any ``token=`` value hidden, for logs."""
+    return _TOKEN.sub(rb"\1REDACTED", uri).decode("utf-8", "replace")
+
+
+class SyncRequest(server.Request):
+    """A Request that spools uploads to a hashing temp file and caps body sizes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started = time.monotonic()
+        self.bytes_in = 0
+        self._limit = None
+        self._refused = False
+        self._abort_call = None
+
+    def gotLength(self, length):
+        site = self.channel.site
+        is_upload = getattr(self.channel, "_path", b"").split(b"?")[0] == UPLOAD_PATH
+        self._limit = site.max_upload_size if is_upload else MAX_JSON_BODY
+        if length is not None and self._limit is not None and length > self._limit:
+            self._refuse_too_large(length)
+            return
+        if is_upload:
+            try:
+                self.content = UploadSpool(site.temp_dir)
+            except OSError:
+                super().gotLength(0)  # the handler answers with the spool's absence
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self.bytes_in += len(data)
+        if self._limit is not None and self.bytes_in > self._limit:
+            self._refuse_too_large(None)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_too_large(self, length):
+        """Answer 413 before (or while) reading the body, then drop the connection
+        once the client has been told; the body is never stored."""
+        self._refused = True
+        if isinstance(self.content, UploadSpool):
+            self.content.close()
+        self.content = None
+        self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after refusing
+        error = SyncError("TOO_LARGE", f"the body is larger than the limit of {self._limit} bytes")
+        body = json.dumps(error.to_json()).encode("utf-8")
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.channel.site.log_refused(self, 413, len(body))
+        # Keep reading (and discarding) briefly so the client sees the answer rather
+        # than a reset, but never longer than REFUSED_GRACE seconds.
+        self._abort_call = self.channel.callLater(REFUSED_GRACE, transport.abortConnection)
+
+    def requestReceived(self, command, path, version):
+        if self._refused:
+            self.channel.transport.loseConnection()
+            return
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason):
+        if isinstance(self.content, UploadSpool):
+            self.content.close()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        super().connectionLost(reason)
+
+
+class SyncSite(server.Site):
+    """A Site with an access log line per request that also feeds the metrics."""
+
+    requestFactory = SyncRequest
+
+    def __init__(self, root, metrics, temp_dir: str, max_upload_size, alerts=None,
+                 slow_request_ms: float = 0):
+        super().__init__(root)
+        self.metrics = metrics
+        self.temp_dir = temp_dir
+        self.max_upload_size = max_upload_size
+        self._alerts = alerts
+        self._slow_request_ms = slow_request_ms
+
+    def log(self, request):  # noqa: F811 - twisted's hook, called once per finished request
+        duration = time.monotonic() - request.started
+        self._access(request.method, request.uri, request.code, request.sentLength,
+                     request.bytes_in, duration, request.getClientAddress())
+
+    def log_refused(self, request, status, sent):
+        """The access-log line of a request refused before it was read (413)."""
+        channel = request.channel
+        self._access(getattr(channel, "_command", b"?"), getattr(channel, "_path", b""), status,
+                     sent, request.bytes_in, time.monotonic() - request.started,
+                     request.getClientAddress())
+
+    def _access(self, method, uri, status, sent, received, duration, address):
+        method = method.decode("ascii", "replace") if isinstance(method, bytes) else str(method)
+        ACCESS_LOG.info(
+            "{client} {method} {path} {status} {bytes_out}B {duration_ms:.1f}ms",
+            client=getattr(address, "host", str(address)), method=method, path=redact(uri or b""),
+            status=status, bytes_out=sent, bytes_in=received, duration_ms=duration * 1000)
+        self.metrics.observe_request(duration, received, sent)
+        if self._alerts is not None and self._slow_request_ms and duration * 1000 > self._slow_request_ms:
+            self._alerts("performance_alert", {
+                "metric": "request_duration_ms", "value": round(duration * 1000, 1),
+                "threshold": self._slow_request_ms, "path": redact(uri or b"").split("?")[0],
+            })
+
+
+class JsonResource(resource.Resource):
+    """A leaf that answers every method with one JSON body computed per request."""
+
+    isLeaf = True
+
+    def __init__(self, body, status: int = 200):
+        super().__init__()
+        self._body = body
+        self._status = status
+
+    def render(self, request):
+        from quantum_sync.server.api import write_json
+
+        body = self._body() if callable(self._body) else self._body
+        return write_json(request, body, self._status)
+
+
+NOT_FOUND = JsonResource(SyncError("NOT_FOUND", "no such endpoint").to_json(), 404)
+
+
+class RootResource(resource.Resource):
+    """Dispatch on the whole request path: fixed endpoints first, then the config's routes."""
+
+    def __init__(self, listener, handler_resource, endpoints: dict, websocket=None):
+        super().__init__()
+        self._listener = listener
+        self._handler = handler_resource
+        self._endpoints = endpoints
+        self._websocket = websocket
+
+    def getChildWithDefault(self, name, request):
+        # Hand the whole path to a leaf: undo the one segment twisted consumed.
+        request.postpath.insert(0, request.prepath.pop())
+        path = request.path.decode("utf-8", "replace")
+        if path in self._endpoints:
+            return self._endpoints[path]
+        if not self._listener.routes_to_handler(path):
+            return NOT_FOUND
+        if path == "/ws":
+            return self._websocket or NOT_FOUND
+        return self._handler
+
+    def render(self, request):
+        return NOT_FOUND.render(request)
+
+
+def health_endpoint(started: float):
+    return JsonResource(lambda: {"status": "ok", "timestamp": now(),
+                                 "uptime": round(time.time() - started, 3)})
+
+
+def build_site(listener, service) -> SyncSite:
+    """The Site for one listener of ``service`` (a ServerService)."""
+    endpoints = {"/ws/health": health_endpoint(service.started)}
+    websocket = None
+    # ---- real-time mount point (quantum_sync.server.ws / .monitoring) -------------
+    # Add "/ws/metrics", "/ws/status", "/metrics" to ``endpoints`` and set ``websocket``
+    # to the WebSocket resource here.
+    # -------------------------------------------------------------------------------
+    root = RootResource(listener, service.api.resource(), endpoints, websocket)
+    handler = service.config.handler
+    return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
+                    alerts=service.hub.alert, slow_request_ms=handler.websocket.performance_alert_ms)

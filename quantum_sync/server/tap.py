@@ -1,0 +1,80 @@
+"""``twistd quantum-sync``: command-line options and ``makeService``.
+
+Every start-up error (options, config, root, listen endpoint, busy port) ends the
+process with exit status 1 and one line on stderr, never a traceback or the usage text.
+"""
+
+import atexit
+import os
+import sys
+
+from twisted.python import usage
+
+from quantum_sync.config import ConfigError, load
+
+
+class Options(usage.Options):
+    """Options of the ``quantum-sync`` twistd plugin."""
+
+    synopsis = "[--config PATH] [--listen ENDPOINT] [--root DIR]"
+    optParameters = [
+        ["config", "c", "etc/sync.json", "the JSON configuration file"],
+        ["listen", "l", None, "listen here instead (':8080', 'HOST:PORT' or an endpoint string)"],
+        ["root", "r", None, "serve this directory instead of the configured root"],
+    ]
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            fail(f"quantum-sync: {e}")
+
+    def postOptions(self):
+        try:
+            self.config = load(self["config"], listen=self["listen"], root=self["root"])
+        except ConfigError as e:
+            fail(str(e))
+
+
+def fail(line: str, status: int = 1):
+    """Print one line on stderr and exit (before the reactor runs)."""
+    sys.stderr.write(line.rstrip("\n") + "\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
+
+
+def _exit_with_status_one():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _fatal_listen_failure(reactor):
+    """A listener that cannot listen stops the server with exit status 1."""
+
+    def on_failure(endpoint, reason):
+        sys.stderr.write(f"quantum-sync: cannot listen on {endpoint}: {reason}\n")
+        sys.stderr.flush()
+        # twistd exits 0 after a normal reactor stop; force 1 once its cleanup is done.
+        atexit.register(_exit_with_status_one)
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+    return on_failure
+
+
+def makeService(options, reactor=None):
+    """The server's MultiService for parsed ``options``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from quantum_sync.server.service import make_server_service
+
+    try:
+        service = make_server_service(options.config, reactor)
+    except ConfigError as e:
+        fail(str(e))
+    for listener in service.listeners:
+        listener.on_failure = _fatal_listen_failure(reactor)
+    return service

@@ -1,0 +1,123 @@
+"""Test support: a real quantum-sync server listening on 127.0.0.1, and an HTTP client.
+
+::
+
+    server = await start_server(reactor, tmp_path, websocket={"ping_interval": 1})
+    http = HttpClient(reactor)
+    try:
+        response = await http.get(server.url + "/api/list")
+    finally:
+        await http.close()
+        await server.stop()
+
+``handler_overrides`` are merged into the ``file_sync`` handler of the config document
+(so they go through the real config validation); ``enable_upload`` defaults to True.
+"""
+
+import json
+
+import attrs
+import treq
+from treq.client import HTTPClient
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from quantum_sync import config as config_module
+
+LOCAL_LISTEN = "tcp:0:interface=127.0.0.1"
+
+
+def server_document(root, listen: str = LOCAL_LISTEN, **handler_overrides) -> dict:
+    """A config document for a server on ``root``; overrides go into the handler."""
+    handler = {"handler": "file_sync", "root": str(root), "enable_upload": True}
+    handler.update(handler_overrides)
+    return {"apps": {"http": {"servers": {"file_sync_server": {
+        "listen": [listen],
+        "routes": [{"match": [{"matcher": "path", "paths": ["/api/*", "/ws"]}],
+                    "handle": [handler]}],
+    }}}}}
+
+
+@attrs.frozen
+class RunningServer:
+    """A started server: where it listens, where its files are, and its services."""
+
+    url: str
+    ws_url: str
+    port: int
+    root: str
+    state_dir: str
+    config: object
+    service: object
+    reactor: object
+    tmp_path: object
+    overrides: dict
+
+    async def stop(self) -> None:
+        """Stop listening, wait for in-flight operations, close the index."""
+        if self.service.running:
+            await self.service.stopService()
+
+    async def restart(self, **handler_overrides) -> "RunningServer":
+        """Stop, then start a new server on the same root (and state dir); the new one
+        listens on a new port. ``handler_overrides`` replace the original ones."""
+        await self.stop()
+        overrides = dict(self.overrides, **handler_overrides)
+        return await start_server(self.reactor, self.tmp_path, **overrides)
+
+
+async def start_server(reactor, tmp_path, **handler_overrides) -> RunningServer:
+    """Start a server on ``tmp_path/"root"`` (unless ``root=`` is given) on a free port of
+    127.0.0.1 and wait until it listens and its index is reconciled with the disk."""
+    from quantum_sync.server.service import make_server_service
+
+    overrides = dict(handler_overrides)
+    overrides.setdefault("root", str(tmp_path / "root"))
+    document = server_document(**overrides)
+    config = config_module.parse(document, source="<test config>", base_dir=str(tmp_path))
+    service = make_server_service(config, reactor)
+    service.startService()
+    try:
+        ports = [await listener.when_listening() for listener in service.listeners]
+        await service.when_ready()
+    except BaseException:
+        await service.stopService()
+        raise
+    port = ports[0].getHost().port
+    return RunningServer(
+        url=f"http://127.0.0.1:{port}",
+        ws_url=f"ws://127.0.0.1:{port}/ws",
+        port=port,
+        root=config.handler.root,
+        state_dir=config.handler.state_dir,
+        config=config,
+        service=service,
+        reactor=reactor,
+        tmp_path=tmp_path,
+        overrides=overrides,
+    )
+
+
+class HttpClient:
+    """A treq client with its own connection pool; ``await close()`` when done."""
+
+    def __init__(self, reactor, persistent: bool = True):
+        self.pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self.client = HTTPClient(Agent(reactor, pool=self.pool))
+
+    def __getattr__(self, name):
+        # get/post/put/head/request/... straight from treq's HTTPClient
+        return getattr(self.client, name)
+
+    async def json(self, method: str, url: str, expect: int | None = 200, **kwargs):
+        """``(status, decoded JSON body)``; asserts the status when ``expect`` is given."""
+        response = await self.client.request(method, url, **kwargs)
+        body = await response.content()
+        if expect is not None:
+            assert response.code == expect, (response.code, body[:500])
+        return response.code, json.loads(body) if body else None
+
+    async def close(self) -> None:
+        await self.pool.closeCachedConnections()
+
+
+__all__ = ["HttpClient", "RunningServer", "server_document", "start_server", "treq"]
