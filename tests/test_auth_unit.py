@@ -404,3 +404,18 @@ def test_attrs_style_config_is_accepted(users, tmp_path):
     section = Section({n: User(**u) for n, u in users.items()}, str(tmp_path / "s"), 60)
     built = auth.build_authorizer(section, str(tmp_path), Clock())
     assert built.enabled and built.token_ttl == 60 and built.accounts["rita"].role == "read"
+
+
+def test_config_module_auth_section_is_accepted(users, tmp_path):
+    from quantum_sync.config import AuthConfig, ConfigError
+
+    section = AuthConfig(
+        users={n: (u["password_hash"], u["role"]) for n, u in users.items()},
+        secret_file=str(tmp_path / "secret"),
+        token_ttl=120,
+    )
+    built = auth.build_authorizer(section, str(tmp_path), Clock())
+    assert built.accounts["wendy"] == auth.Account("wendy", users["wendy"]["password_hash"], "write")
+    bad = AuthConfig(users={"x": ("nohash", "read")}, secret_file=str(tmp_path / "secret"))
+    with pytest.raises(ConfigError, match="auth.users.x.password_hash"):
+        auth.build_authorizer(bad, str(tmp_path), Clock())

@@ -31,6 +31,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync import passwords
+from quantum_sync.config import ConfigError
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import format_time
 from quantum_sync.server.throttle import LoginThrottle
@@ -65,7 +66,7 @@ class Identity:
 ANONYMOUS_ADMIN = Identity("anonymous", "admin")
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(ConfigError, ValueError):
     """The ``auth`` section or its secret file cannot be used; the message is one line
     naming the key or file and why (the server reports it and exits with status 1)."""
 
@@ -318,6 +319,8 @@ class TokenAuthorizer:
 
 
 def _get(section, name, default=None):
+    if isinstance(section, (tuple, list)):  # config.AuthConfig's (password_hash, role)
+        section = dict(zip(("password_hash", "role"), section))
     if isinstance(section, dict):
         return section.get(name, default)
     return getattr(section, name, default)
