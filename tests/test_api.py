@@ -80,3 +80,254 @@ async def test_unknown_paths_are_json_404(server, http):
         assert body["error"]["code"] == "NOT_FOUND"
     _, health = await http.json("GET", server.url + "/ws/health")
     assert health["status"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_download_range_head_and_etag(server, http):
+    data = bytes(range(256)) * 1000
+    await upload(http, server, "bin/data.bin", data)
+    url = f"{server.url}/api/download"
+    response = await http.get(url, params={"path": "bin/data.bin"}, headers={"Range": "bytes=10-19"})
+    assert response.code == 206
+    assert response.headers.getRawHeaders("Content-Range") == [f"bytes 10-19/{len(data)}"]
+    assert await response.content() == data[10:20]
+    response = await http.get(url, params={"path": "bin/data.bin"}, headers={"Range": "bytes=-5"})
+    assert response.code == 206 and await response.content() == data[-5:]
+    response = await http.head(url, params={"path": "bin/data.bin"})
+    assert response.code == 200
+    assert response.headers.getRawHeaders("Content-Length") == [str(len(data))]
+    assert response.headers.getRawHeaders("ETag") == [f'"{sha(data)}"']
+    assert await response.content() == b""
+    response = await http.get(url, params={"path": "bin/data.bin"},
+                              headers={"If-None-Match": f'"{sha(data)}"'})
+    assert response.code == 304
+    await response.content()
+    response = await http.get(url, params={"path": "bin/data.bin"},
+                              headers={"Range": f"bytes={len(data) + 10}-"})
+    assert response.code == 416
+    await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_download_errors(server, http):
+    await upload(http, server, "d/x.txt", b"x")
+    url = f"{server.url}/api/download"
+    _, body = await http.json("GET", url, params={"path": "missing.txt"}, expect=404)
+    assert body["error"]["code"] == "NOT_FOUND"
+    _, body = await http.json("GET", url, params={"path": "d"}, expect=400)
+    assert body["error"]["code"] == "INVALID_REQUEST"
+    _, body = await http.json("GET", url, expect=400)
+    assert body["error"]["code"] == "INVALID_REQUEST"
+    _, body = await http.json("GET", f"{server.url}/api/metadata", params={"path": "nope"}, expect=404)
+    assert body["error"]["code"] == "NOT_FOUND"
+    _, body = await http.json("DELETE", f"{server.url}/api/list", expect=405)
+    assert body["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_is_post_and_update_replaces(server, http):
+    _, first = await http.json("PUT", f"{server.url}/api/upload", params={"path": "p.txt"}, data=b"1")
+    _, second = await http.json("PUT", f"{server.url}/api/upload", params={"path": "p.txt"}, data=b"22")
+    assert (first["size"], second["size"]) == (1, 2)
+    with open(os.path.join(server.root, "p.txt"), "rb") as f:
+        assert f.read() == b"22"
+    _, empty = await upload(http, server, "empty", b"")
+    assert empty["hash"] == sha(b"") and empty["size"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_hash_mismatch_changes_nothing(server, http):
+    await upload(http, server, "h.txt", b"original")
+    _, body = await upload(http, server, "h.txt", b"new", expect=422, X_Content_SHA256=sha(b"other"))
+    assert body["error"]["code"] == "HASH_MISMATCH"
+    _, body = await upload(http, server, "new.txt", b"new", expect=422, X_Content_SHA256=sha(b"other"))
+    with open(os.path.join(server.root, "h.txt"), "rb") as f:
+        assert f.read() == b"original"
+    assert not os.path.exists(os.path.join(server.root, "new.txt"))
+    _, body = await upload(http, server, "h.txt", b"new", expect=400, X_Content_SHA256="xyz")
+    assert body["error"]["code"] == "INVALID_REQUEST"
+    _, meta = await upload(http, server, "h.txt", b"new", X_Content_SHA256=sha(b"new").upper())
+    assert meta["hash"] == sha(b"new")
+    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    _, changes = await http.json("GET", f"{server.url}/api/changes")
+    assert [list(c["operation"])[0] for c in changes["changes"]] == ["Create", "Update"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_preconditions(server, http):
+    await upload(http, server, "c.txt", b"v1")
+    _, body = await upload(http, server, "c.txt", b"v2", expect=412, If_None_Match="*")
+    assert body["error"]["code"] == "PRECONDITION_FAILED"
+    _, body = await upload(http, server, "c.txt", b"v2", expect=412, If_Match=f'"{sha(b"other")}"')
+    assert body["error"]["code"] == "PRECONDITION_FAILED"
+    _, body = await upload(http, server, "absent.txt", b"v2", expect=412, If_Match=f'"{sha(b"v1")}"')
+    with open(os.path.join(server.root, "c.txt"), "rb") as f:
+        assert f.read() == b"v1"
+    assert not os.path.exists(os.path.join(server.root, "absent.txt"))
+    _, meta = await upload(http, server, "c.txt", b"v2", If_Match=f'"{sha(b"v1")}"')
+    assert meta["hash"] == sha(b"v2")
+    _, meta = await upload(http, server, "fresh.txt", b"f", If_None_Match="*")
+    assert meta["hash"] == sha(b"f")
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_conflicts_with_directories_and_files(server, http):
+    await upload(http, server, "dir/inner.txt", b"x")
+    _, body = await upload(http, server, "dir", b"onto a directory", expect=409)
+    assert body["error"]["code"] == "CONFLICT"
+    _, body = await upload(http, server, "dir/inner.txt/below", b"below a file", expect=409)
+    assert body["error"]["code"] == "CONFLICT"
+    assert os.path.isdir(os.path.join(server.root, "dir"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_sync_operations(server, http):
+    await upload(http, server, "a/one.txt", b"1")
+    await upload(http, server, "b.txt", b"b")
+    data = sha(b"1")
+    ops = [
+        {"Create": {"metadata": {"path": "newdir/sub", "size": 0, "modified": "2024-01-21T12:00:00Z",
+                                 "hash": "", "is_directory": True}}},
+        {"Move": {"from": "a/one.txt", "to": "moved/deeper/one.txt"}},
+        {"Move": {"from": "b.txt", "to": "moved/deeper/one.txt"}},
+        {"Delete": {"path": "missing.txt"}},
+        {"Delete": {"path": "../escape"}},
+        {"Create": {"metadata": {"path": "moved/deeper/one.txt", "size": 1,
+                                 "modified": "2024-01-21T12:00:00Z", "hash": data, "is_directory": False}}},
+        {"Update": {"metadata": {"path": "b.txt", "size": 1,
+                                 "modified": "2024-01-21T12:00:00Z", "hash": data, "is_directory": False}}},
+        {"Bogus": {}},
+        {"Delete": {"path": "a"}},
+        {"Create": {"metadata": {"path": "b.txt/x", "size": 0, "modified": "2024-01-21T12:00:00Z",
+                                 "hash": "", "is_directory": True}}},
+        {"Move": {"from": "moved", "to": "moved/inside"}},
+    ]
+    _, result = await http.json("POST", f"{server.url}/api/sync",
+                                json={"operations": ops, "client_id": "me"})
+    statuses = [(r["status"], r.get("code")) for r in result["results"]]
+    assert statuses == [
+        ("applied", None), ("applied", None), ("conflict", "CONFLICT"), ("error", "NOT_FOUND"),
+        ("error", "INVALID_PATH"), ("applied", None), ("error", "NOT_FOUND"),
+        ("error", "INVALID_REQUEST"), ("applied", None), ("conflict", "CONFLICT"),
+        ("conflict", "CONFLICT"),
+    ]
+    assert os.path.isdir(os.path.join(server.root, "newdir", "sub"))
+    assert os.path.isfile(os.path.join(server.root, "moved", "deeper", "one.txt"))
+    assert os.path.isfile(os.path.join(server.root, "b.txt"))
+    assert not os.path.exists(os.path.join(server.root, "a"))
+    _, listing = await http.json("GET", f"{server.url}/api/list")
+    listed = {e["path"] for e in listing}
+    assert listed == {"b.txt", "newdir", "newdir/sub", "moved", "moved/deeper", "moved/deeper/one.txt"}
+    _, changes = await http.json("GET", f"{server.url}/api/changes", params={"since": "2"})
+    assert [c["operation"] for c in changes["changes"]][1] == \
+        {"Move": {"from": "a/one.txt", "to": "moved/deeper/one.txt"}}
+    assert result["cursor"] == changes["cursor"] == 6
+    assert {c["source_client"] for c in changes["changes"]} == {"me"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_sync_malformed_bodies(server, http):
+    url = f"{server.url}/api/sync"
+    for body in (b"not json", b"[]", b'{"operations": 5}', b'{"operations": [], "x": 1}',
+                 b'{"operations": [], "client_id": 7}', b"\xff\xfe"):
+        _, answer = await http.json("POST", url, data=body, expect=400)
+        assert answer["error"]["code"] == "INVALID_REQUEST"
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_parameters(server, http):
+    url = f"{server.url}/api/changes"
+    for params in ({"since": "-1"}, {"since": "x"}, {"limit": "0"}, {"limit": "100001"},
+                   {"since": "1e3"}):
+        _, answer = await http.json("GET", url, params=params, expect=400)
+        assert answer["error"]["code"] == "INVALID_REQUEST"
+    _, answer = await http.json("GET", url, params={"since": "50"})
+    assert answer == {"changes": [], "cursor": 0, "has_more": False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cursor_expired_after_retention(reactor, tmp_path, http):
+    server = await start_server(reactor, tmp_path, journal_retention=3)
+    try:
+        for i in range(6):
+            await upload(http, server, f"f{i}", b"x")
+        _, answer = await http.json("GET", f"{server.url}/api/changes", params={"since": "1"}, expect=410)
+        assert answer["error"]["code"] == "CURSOR_EXPIRED"
+        _, answer = await http.json("GET", f"{server.url}/api/changes", params={"since": "3"})
+        assert [c["seq"] for c in answer["changes"]] == [4, 5, 6]
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_disabled(reactor, tmp_path, http):
+    server = await start_server(reactor, tmp_path, enable_upload=False)
+    try:
+        _, body = await upload(http, server, "x.txt", b"x", expect=403)
+        assert body["error"]["code"] == "UPLOAD_DISABLED"
+        _, body = await http.json("POST", f"{server.url}/api/sync", expect=403,
+                                  json={"operations": [{"Delete": {"path": "x"}}]})
+        assert body["error"]["code"] == "UPLOAD_DISABLED"
+        assert os.listdir(server.root) == [".quantum-sync"]
+        _, listing = await http.json("GET", f"{server.url}/api/list")
+        assert listing == []
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_upload_size(reactor, tmp_path, http):
+    server = await start_server(reactor, tmp_path, max_upload_size=1000)
+    try:
+        _, meta = await upload(http, server, "ok.bin", b"x" * 1000)
+        assert meta["size"] == 1000
+        _, body = await upload(http, server, "big.bin", b"x" * 200_000, expect=413)
+        assert body["error"]["code"] == "TOO_LARGE"
+
+        def chunks():
+            for _ in range(10):
+                yield b"y" * 500
+
+        from twisted.web.client import FileBodyProducer  # noqa: F401  (sanity: treq streams)
+        import io
+
+        class Unsized:
+            """A body without a length: treq sends it chunked."""
+
+            length = None
+
+            def __init__(self):
+                self._stream = io.BytesIO(b"z" * 50_000)
+
+            def startProducing(self, consumer):
+                while chunk := self._stream.read(4096):
+                    consumer.write(chunk)
+                from twisted.internet.defer import succeed
+                return succeed(None)
+
+            def stopProducing(self):
+                pass
+
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+        from twisted.web.iweb import IBodyProducer
+        from zope.interface import directlyProvides
+        producer = Unsized()
+        directlyProvides(producer, IBodyProducer)
+        from twisted.web.iweb import UNKNOWN_LENGTH
+        producer.length = UNKNOWN_LENGTH
+        response = await http.post(f"{server.url}/api/upload", params={"path": "chunked.bin"},
+                                   data=producer)
+        assert response.code == 413
+        await response.content()
+        assert not os.path.exists(os.path.join(server.root, "big.bin"))
+        assert not os.path.exists(os.path.join(server.root, "chunked.bin"))
+        assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+        _, listing = await http.json("GET", f"{server.url}/api/list")
+        assert [e["path"] for e in listing] == ["ok.bin"]
+    finally:
+        await server.stop()
