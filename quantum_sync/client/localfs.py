@@ -1,0 +1,209 @@
+"""The local folder on disk: stat, hash, scan and the guarded writes. Blocking; the
+engine runs every function here in a thread.
+
+Every write is conditional: a file is replaced, renamed or deleted only when it still
+has the size and mtime the caller decided on (``expected``), so a local edit that
+lands in between is never lost (it turns into a conflict). Downloads are staged in
+``.quantum-sync/tmp/``, fsynced, given the server's mtime and renamed into place, then
+the directory is fsynced.
+"""
+
+import errno
+import hashlib
+import os
+import stat as stat_module
+
+import attrs
+
+from quantum_sync.client.reconcile import Entry
+from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
+
+CHUNK = 1 << 20
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@attrs.frozen
+class LocalStat:
+    """What identifies a local version without reading it."""
+
+    size: int
+    mtime_ns: int
+    is_directory: bool
+
+
+@attrs.frozen
+class LocalVersion:
+    """A local path as seen now: its entry (hash known), stat, and whether it is suspect."""
+
+    entry: Entry
+    stat: LocalStat
+    suspect: bool = False
+
+
+class LocalChanged(Exception):
+    """The local file is no longer the version the decision was made on."""
+
+
+def lstat(abspath: str):
+    """:class:`LocalStat` of a regular file or directory; None when missing or anything else
+    (symlinks, sockets, devices are never synced)."""
+    try:
+        st = os.lstat(abspath)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat_module.S_ISDIR(st.st_mode):
+        return LocalStat(0, st.st_mtime_ns, True)
+    if stat_module.S_ISREG(st.st_mode):
+        return LocalStat(st.st_size, st.st_mtime_ns, False)
+    return None
+
+
+def sha256_file(abspath: str) -> str:
+    digest = hashlib.sha256()
+    with open(abspath, "rb") as f:
+        while True:
+            block = f.read(CHUNK)
+            if not block:
+                return digest.hexdigest()
+            digest.update(block)
+
+
+def version(abspath: str, base=None):
+    """The :class:`LocalVersion` of ``abspath`` or None; hashing is skipped when size and
+    mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`)."""
+    st = lstat(abspath)
+    if st is None:
+        return None
+    if st.is_directory:
+        return LocalVersion(Entry("", 0, True), st)
+    if base is not None and not base.entry.is_directory and (st.size, st.mtime_ns) == (base.local_size, base.local_mtime_ns):
+        return LocalVersion(base.entry, st)
+    digest = sha256_file(abspath)
+    after = lstat(abspath)
+    if after != st:
+        raise LocalChanged(abspath)  # still being written: try again later
+    suspect = (
+        base is not None
+        and st.size == 0
+        and base.entry.size > 0
+        and not base.entry.is_directory
+        and st.mtime_ns <= base.local_mtime_ns
+    )
+    return LocalVersion(Entry(digest, st.size, False), st, suspect)
+
+
+def scan(folder: str, bases: dict, is_ignored, below: str = None) -> dict:
+    """path → :class:`LocalVersion` for the whole folder (or the subtree ``below``).
+
+    Never enters the state directory, never follows symlinks; names that cannot be
+    synced (undecodable, non-NFC) are left alone. Files still being written are left out.
+    """
+    found = {}
+    start = folder if below is None else os.path.join(folder, below)
+    stack = [start]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                children = list(it)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for child in children:
+            if current == folder and child.name == STATE_DIR_NAME:
+                continue
+            rel = relative_from_disk(folder, child.path)
+            if rel is None:
+                continue
+            is_dir = child.is_dir(follow_symlinks=False)
+            if is_ignored(rel, is_dir):
+                continue
+            try:
+                v = version(child.path, bases.get(rel))
+            except (LocalChanged, OSError):
+                continue
+            if v is None:
+                continue
+            found[rel] = v
+            if is_dir:
+                stack.append(child.path)
+    if below is not None:
+        try:
+            v = version(start, bases.get(below))
+        except (LocalChanged, OSError):
+            v = None
+        if v is not None:
+            found[below] = v
+    return found
+
+
+def _matches(abspath: str, expected) -> bool:
+    current = lstat(abspath)
+    if expected is None:
+        return current is None and not os.path.lexists(abspath)
+    if expected.is_directory:
+        return current is not None and current.is_directory
+    return current == expected
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_parents(folder: str, abspath: str) -> None:
+    parent = os.path.dirname(abspath)
+    if parent != folder:
+        os.makedirs(parent, exist_ok=True)
+
+
+def install(folder: str, staged: str, abspath: str, expected, modified: float) -> LocalStat:
+    """Rename the verified ``staged`` file onto ``abspath`` if that is still ``expected``
+    (None: must not exist). Sets the server's mtime; fsyncs the directory."""
+    make_parents(folder, abspath)
+    if not _matches(abspath, expected):
+        raise LocalChanged(abspath)
+    os.utime(staged, (modified, modified))
+    os.replace(staged, abspath)
+    _fsync_dir(os.path.dirname(abspath))
+    return lstat(abspath)
+
+
+def make_directory(folder: str, abspath: str) -> LocalStat:
+    """Create a directory (and its parents); an existing directory is fine."""
+    os.makedirs(abspath, exist_ok=True)
+    st = lstat(abspath)
+    if st is None or not st.is_directory:
+        raise LocalChanged(abspath)
+    return st
+
+
+def remove(abspath: str, expected) -> bool:
+    """Delete a file that is still ``expected``, or an empty directory. False when a
+    directory still has something in it (it is kept)."""
+    current = lstat(abspath)
+    if current is None:
+        return True
+    if current.is_directory:
+        try:
+            os.rmdir(abspath)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            raise
+        return True
+    if current != expected:
+        raise LocalChanged(abspath)
+    os.unlink(abspath)
+    return True
+
+
+def rename(folder: str, source_abs: str, destination_abs: str, expected) -> LocalStat:
+    """Rename ``source`` (still ``expected``) to a ``destination`` that does not exist."""
+    if not _matches(source_abs, expected) or os.path.lexists(destination_abs):
+        raise LocalChanged(source_abs)
+    make_parents(folder, destination_abs)
+    os.rename(source_abs, destination_abs)
+    return lstat(destination_abs)

@@ -1,0 +1,49 @@
+"""Per-path locks: one operation at a time on any path, several paths taken in order."""
+
+from twisted.internet import defer
+
+
+class PathLocks:
+    """A :class:`~twisted.internet.defer.DeferredLock` per path, created on demand and
+    dropped when nobody holds or waits for it."""
+
+    def __init__(self):
+        self._locks = {}
+
+    def locked(self, path: str) -> bool:
+        lock = self._locks.get(path)
+        return lock is not None and lock.locked
+
+    async def acquire(self, paths) -> list:
+        """Take the locks of ``paths`` (sorted, so two callers never deadlock); the list to release."""
+        taken = []
+        for path in sorted(set(paths)):
+            lock = self._locks.setdefault(path, defer.DeferredLock())
+            await lock.acquire()
+            taken.append(path)
+        return taken
+
+    def release(self, taken) -> None:
+        for path in taken:
+            lock = self._locks.get(path)
+            if lock is None:
+                continue
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                del self._locks[path]
+
+    def hold(self, *paths):
+        """``async with locks.hold(a, b):`` — the locks of ``a`` and ``b`` for the block."""
+        return _Held(self, paths)
+
+
+class _Held:
+    def __init__(self, locks, paths):
+        self._locks, self._paths, self._taken = locks, paths, []
+
+    async def __aenter__(self):
+        self._taken = await self._locks.acquire(self._paths)
+
+    async def __aexit__(self, *exc):
+        self._locks.release(self._taken)
+        return False

@@ -1,0 +1,273 @@
+"""The client's side of the HTTP API (contract section 4), over treq.
+
+One persistent connection pool per client; transfers (uploads and downloads) are
+bounded by a semaphore and streamed from and to disk: uploads through a
+``FileBodyProducer``, downloads with ``unbuffered=True`` collected into a staging file
+in ``.quantum-sync/tmp/`` and checked against the expected SHA-256. Every request
+carries ``X-Client-Id`` (so the server does not send the client its own changes back)
+and, with a token, ``Authorization: Bearer``. Everything the server sends is parsed by
+:mod:`quantum_sync.protocol`, so its paths are validated before the engine sees them.
+
+Failures are sorted for the engine: :class:`ServerUnavailable` (no answer, a 5xx, a
+refused certificate: try again later, never "everything was deleted"),
+:class:`RequestRefused` with the contract code (4xx), and its special cases
+:class:`PreconditionFailed` (412) and :class:`CursorExpired` (410).
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from urllib.parse import urlsplit
+
+import treq
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+
+from quantum_sync import protocol
+from quantum_sync.errors import SyncError
+
+SMALL_REQUEST_TIMEOUT = 30.0
+CHANGES_PAGE = 1000
+
+
+class ServerUnavailable(Exception):
+    """No usable answer (connection, timeout, 5xx, TLS refusal): retry later."""
+
+
+class RequestRefused(Exception):
+    """A 4xx answer with a contract error code."""
+
+    def __init__(self, status, code, message):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class PreconditionFailed(RequestRefused):
+    """412: the server's file is not the version the upload was based on."""
+
+
+class CursorExpired(RequestRefused):
+    """410: the journal no longer holds the entries after our cursor."""
+
+
+class DownloadCorrupt(ServerUnavailable):
+    """The downloaded bytes did not hash to what the server announced."""
+
+
+def _tls_reason(failure):
+    try:
+        from quantum_sync.tls import tls_failure_reason
+    except ImportError:  # pragma: no cover - tls.py is part of the package
+        return None
+    return tls_failure_reason(failure)
+
+
+class ServerClient:
+    """HTTP calls to one quantum-sync server for one client id."""
+
+    log = Logger()
+
+    def __init__(self, reactor, server_url: str, client_id: str, token=None, ca_cert=None, concurrency: int = 8):
+        self.server_url = server_url.rstrip("/")
+        self.client_id = client_id
+        self._reactor = reactor
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = concurrency + 4
+        self._pool.retryAutomatically = True
+        if urlsplit(self.server_url).scheme == "https":
+            from quantum_sync.tls import https_policy
+
+            agent = Agent(reactor, contextFactory=https_policy(ca_cert), pool=self._pool, connectTimeout=10)
+        else:
+            agent = Agent(reactor, pool=self._pool, connectTimeout=10)
+        self._http = treq.client.HTTPClient(agent)
+        self._headers = {"X-Client-Id": [client_id]}
+        if token:
+            self._headers["Authorization"] = [f"Bearer {token}"]
+        self._transfers = defer.DeferredSemaphore(concurrency)
+
+    def close(self):
+        """Drop the pooled connections (a Deferred)."""
+        return self._pool.closeCachedConnections()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _url(self, path):
+        return self.server_url + path
+
+    async def _request(self, method, path, params=None, headers=None, timeout=SMALL_REQUEST_TIMEOUT, **kwargs):
+        all_headers = dict(self._headers)
+        all_headers.update(headers or {})
+        try:
+            response = await self._http.request(
+                method, self._url(path), params=params, headers=Headers(all_headers), timeout=timeout, **kwargs
+            )
+        except defer.CancelledError:
+            raise ServerUnavailable(f"{method} {path}: timed out") from None
+        except Exception as e:  # connection refused, reset, TLS, DNS...
+            from twisted.python.failure import Failure
+
+            reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
+            raise ServerUnavailable(f"{method} {path}: {reason}") from None
+        if response.code >= 400:
+            await self._raise_for(method, path, response)
+        return response
+
+    async def _raise_for(self, method, path, response):
+        try:
+            body = json.loads(await response.content())
+            code, message = body["error"]["code"], body["error"]["message"]
+        except Exception:
+            code, message = "UNKNOWN", "no error body"
+        status = response.code
+        if status >= 500 or status == 429:
+            raise ServerUnavailable(f"{method} {path}: {status} {code}: {message}")
+        cls = {412: PreconditionFailed, 410: CursorExpired}.get(status, RequestRefused)
+        raise cls(status, code, message)
+
+    async def _json(self, method, path, **kwargs):
+        response = await self._request(method, path, **kwargs)
+        try:
+            return json.loads(await response.content())
+        except ValueError:
+            raise ServerUnavailable(f"{method} {path}: the answer is not JSON") from None
+
+    # -- metadata ----------------------------------------------------------------------
+
+    async def list(self) -> list:
+        """Every file and directory on the server (invalid entries are skipped and logged)."""
+        body = await self._json("GET", "/api/list")
+        if not isinstance(body, list):
+            raise ServerUnavailable("GET /api/list: the answer is not a list")
+        result = []
+        for item in body:
+            try:
+                result.append(protocol.parse_metadata(item))
+            except SyncError as e:
+                self.log.warn("ignoring a listing entry the server sent: {error}", error=e.message)
+        return result
+
+    async def metadata(self, path: str):
+        """The server's FileMetadata for ``path``, or None when it has nothing there."""
+        try:
+            body = await self._json("GET", "/api/metadata", params={"path": path})
+        except RequestRefused as e:
+            if e.status == 404:
+                return None
+            raise
+        try:
+            meta = protocol.parse_metadata(body)
+        except SyncError as e:
+            raise ServerUnavailable(f"metadata of {path}: {e.message}") from None
+        if meta.path != path:
+            raise ServerUnavailable(f"metadata of {path} names {meta.path}")
+        return meta
+
+    async def changes(self, since: int):
+        """``(changes, cursor, has_more)`` after ``since``; raises :class:`CursorExpired`."""
+        body = await self._json("GET", "/api/changes", params={"since": str(since), "limit": str(CHANGES_PAGE)})
+        try:
+            raw = body["changes"]
+            cursor = int(body.get("cursor", since))
+            has_more = bool(body.get("has_more", False))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ServerUnavailable("GET /api/changes: malformed answer") from None
+        changes = []
+        for item in raw:
+            try:
+                changes.append(protocol.parse_change(item))
+            except SyncError as e:
+                self.log.warn("ignoring a journal entry the server sent: {error}", error=e.message)
+        if changes:
+            cursor = max(cursor, changes[-1].seq)
+        return changes, cursor, has_more
+
+    async def journal_head(self):
+        """The journal's newest seq (``/ws/metrics``), or None when the server does not say."""
+        try:
+            body = await self._json("GET", "/ws/metrics")
+            head = body.get("journal_head")
+            return int(head) if head is not None else None
+        except (RequestRefused, AttributeError, TypeError, ValueError):
+            return None
+
+    async def sync(self, operations) -> list:
+        """POST /api/sync; the per-operation results."""
+        body = await self._json(
+            "POST",
+            "/api/sync",
+            json={"operations": [op.to_json() for op in operations], "client_id": self.client_id},
+        )
+        try:
+            results = body["results"]
+            assert isinstance(results, list) and len(results) == len(operations)
+        except (KeyError, TypeError, AssertionError):
+            raise ServerUnavailable("POST /api/sync: malformed answer") from None
+        return results
+
+    # -- transfers ---------------------------------------------------------------------
+
+    def upload(self, path: str, abspath: str, sha256: str, if_match=None):
+        """Stream ``abspath`` to ``path``; ``if_match`` is the hash the server must still
+        hold (None: the path must be new). The stored FileMetadata."""
+        return self._transfers.run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match)))
+
+    async def _upload(self, path, abspath, sha256, if_match):
+        headers = {"X-Content-SHA256": [sha256], "Content-Type": ["application/octet-stream"]}
+        if if_match:
+            headers["If-Match"] = [f'"{if_match}"']
+        else:
+            headers["If-None-Match"] = ["*"]
+        try:
+            body = open(abspath, "rb")
+        except FileNotFoundError:
+            from quantum_sync.client.localfs import LocalChanged
+
+            raise LocalChanged(abspath) from None
+        producer = FileBodyProducer(body, readSize=1 << 16)
+        try:
+            response = await self._request(
+                "POST", "/api/upload", params={"path": path}, headers=headers, data=producer, timeout=None
+            )
+        finally:
+            body.close()
+        try:
+            meta = protocol.parse_metadata(json.loads(await response.content()))
+        except (ValueError, SyncError):
+            raise ServerUnavailable(f"upload of {path}: malformed answer") from None
+        return meta
+
+    def download(self, path: str, sha256: str, staging_dir: str):
+        """Stream ``path`` into a new file in ``staging_dir``, check it hashes to
+        ``sha256``, fsync it; the staged file's name (the caller renames or removes it)."""
+        return self._transfers.run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
+
+    async def _download(self, path, sha256, staging_dir):
+        response = await self._request("GET", "/api/download", params={"path": path}, unbuffered=True, timeout=None)
+        fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+        out = os.fdopen(fd, "wb")
+        digest = hashlib.sha256()
+
+        def write(chunk):
+            digest.update(chunk)
+            out.write(chunk)
+
+        try:
+            try:
+                await treq.collect(response, write)
+            except Exception as e:
+                raise ServerUnavailable(f"download of {path} interrupted: {e}") from None
+            if digest.hexdigest() != sha256:
+                raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
+            out.flush()
+            await deferToThread(os.fsync, out.fileno())
+        except BaseException:
+            out.close()
+            os.unlink(staged)
+            raise
+        out.close()
+        return staged
