@@ -1,0 +1,154 @@
+"""Concurrency, restarts and other programs writing into the root, on a real server."""
+
+import hashlib
+import os
+import time
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+
+from tests.support import HttpClient, start_server
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest_twisted.async_yield_fixture
+async def http(reactor):
+    client = HttpClient(reactor)
+    yield client
+    await client.close()
+
+
+async def poll(reactor, check, timeout=10.0, interval=0.05):
+    """Call ``await check()`` until it returns a truthy value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await deferLater(reactor, interval, lambda: None)
+
+
+async def change_ops(http, server, since=0):
+    _, answer = await http.json("GET", f"{server.url}/api/changes", params={"since": str(since)})
+    return [(list(c["operation"])[0], c["operation"]) for c in answer["changes"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_twenty_concurrent_uploads(reactor, tmp_path, http):
+    server = await start_server(reactor, tmp_path)
+    try:
+        bodies = {f"many/file-{i:02d}.bin": os.urandom(50_000 + i) for i in range(20)}
+
+        async def one(path, data):
+            return await http.json("POST", f"{server.url}/api/upload", params={"path": path},
+                                   data=data, headers={"X-Content-SHA256": sha(data)})
+
+        results = await gatherResults([Deferred.fromCoroutine(one(p, d)) for p, d in bodies.items()])
+        assert {meta["path"]: meta["hash"] for _, meta in results} == \
+            {p: sha(d) for p, d in bodies.items()}
+        for path, data in bodies.items():
+            with open(os.path.join(server.root, path), "rb") as f:
+                assert f.read() == data
+        ops = await change_ops(http, server)
+        assert sorted(op["Create"]["metadata"]["path"] for kind, op in ops if kind == "Create") == \
+            sorted(bodies)
+        _, answer = await http.json("GET", f"{server.url}/api/changes")
+        assert [c["seq"] for c in answer["changes"]] == list(range(1, 21))
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_uploads_to_one_path_leave_one_complete_version(reactor, tmp_path, http):
+    server = await start_server(reactor, tmp_path)
+    try:
+        versions = [bytes([i]) * (300_000 + i * 1000) for i in range(8)]
+
+        async def one(data):
+            return await http.json("PUT", f"{server.url}/api/upload", params={"path": "same.bin"},
+                                   data=data)
+
+        await gatherResults([Deferred.fromCoroutine(one(v)) for v in versions])
+        with open(os.path.join(server.root, "same.bin"), "rb") as f:
+            final = f.read()
+        assert final in versions
+        _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "same.bin"})
+        assert meta["hash"] == sha(final) and meta["size"] == len(final)
+        kinds = [kind for kind, _ in await change_ops(http, server)]
+        assert kinds == ["Create"] + ["Update"] * 7
+        assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_reconciles_changes_made_while_down(reactor, tmp_path, http):
+    server = await start_server(reactor, tmp_path)
+    for name, data in (("keep.txt", b"k"), ("edit.txt", b"before"), ("gone.txt", b"g"),
+                       ("olddir/inner.txt", b"i")):
+        await http.json("POST", f"{server.url}/api/upload", params={"path": name}, data=data)
+    await server.stop()
+    root = server.root
+    with open(os.path.join(root, "edit.txt"), "wb") as f:
+        f.write(b"after, and longer")
+    os.unlink(os.path.join(root, "gone.txt"))
+    os.makedirs(os.path.join(root, "newdir"))
+    with open(os.path.join(root, "newdir", "new.txt"), "wb") as f:
+        f.write(b"new")
+    os.unlink(os.path.join(root, "olddir", "inner.txt"))
+    os.rmdir(os.path.join(root, "olddir"))
+    with open(os.path.join(root, ".quantum-sync", "tmp", "upload-stale"), "wb") as f:
+        f.write(b"left by a crash")
+    server = await server.restart()
+    try:
+        ops = await change_ops(http, server, since=4)
+        summary = sorted((kind, op[kind].get("path") or op[kind]["metadata"]["path"]) for kind, op in ops)
+        assert summary == [("Create", "newdir"), ("Create", "newdir/new.txt"),
+                           ("Delete", "gone.txt"), ("Delete", "olddir"), ("Update", "edit.txt")]
+        _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "edit.txt"})
+        assert meta["hash"] == sha(b"after, and longer")
+        _, listing = await http.json("GET", f"{server.url}/api/list")
+        assert sorted(e["path"] for e in listing) == ["edit.txt", "keep.txt", "newdir", "newdir/new.txt"]
+        assert os.listdir(os.path.join(root, ".quantum-sync", "tmp")) == []
+        # a second restart with nothing changed journals nothing
+        server = await server.restart()
+        assert await change_ops(http, server, since=9) == []
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_written_by_other_programs_are_journalled(reactor, tmp_path, http):
+    server = await start_server(reactor, tmp_path)
+    try:
+        await http.json("POST", f"{server.url}/api/upload", params={"path": "mine.txt"}, data=b"m")
+        with open(os.path.join(server.root, "dropped.txt"), "wb") as f:
+            f.write(b"from another program")
+        os.makedirs(os.path.join(server.root, "sub", "deep"))
+        with open(os.path.join(server.root, "sub", "deep", "x.txt"), "wb") as f:
+            f.write(b"x")
+
+        async def seen():
+            paths = {op[kind]["metadata"]["path"] for kind, op in await change_ops(http, server)
+                     if kind == "Create"}
+            return {"dropped.txt", "sub", "sub/deep", "sub/deep/x.txt"} <= paths
+
+        assert await poll(reactor, seen)
+        os.unlink(os.path.join(server.root, "dropped.txt"))
+
+        async def deleted():
+            return ("Delete", {"Delete": {"path": "dropped.txt"}}) in await change_ops(http, server)
+
+        assert await poll(reactor, deleted)
+        # the server's own upload was journalled once, not again by the watcher
+        ops = await change_ops(http, server)
+        mine = [kind for kind, op in ops if "mine.txt" in str(op)]
+        assert mine == ["Create"]
+        _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "sub/deep/x.txt"})
+        assert meta["hash"] == sha(b"x")
+    finally:
+        await server.stop()
