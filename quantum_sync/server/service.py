@@ -112,7 +112,7 @@ class ServerService(MultiService):
         try:
             self.store.prepare()
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{config.source}: root: unusable root {handler.root}: {e}") from None
+            raise ConfigError(f"{config.source}: root: {e}") from None
         self.index = Index(handler.state_dir, handler.journal_retention, reactor)
         self.metrics = Metrics(clock=reactor.seconds)
         self.hub = Hub(handler.websocket, reactor, metrics=self.metrics,
@@ -129,9 +129,9 @@ class ServerService(MultiService):
             try:
                 endpoint = serverFromString(reactor, listener.endpoint)
             except Exception as e:  # endpoint parsers raise anything from ValueError on
-                raise ConfigError(
-                    f"{config.source}: apps.http.servers.{listener.server}.listen:"
-                    f" {listener.endpoint!r}: {e}") from None
+                where = ("--listen" if listener.server == "--listen"
+                         else f"{config.source}: apps.http.servers.{listener.server}.listen")
+                raise ConfigError(f"{where}: {listener.endpoint!r}: {e}") from None
             service = ListenerService(listener.endpoint, endpoint, build_site(listener, self))
             service.setServiceParent(self)
             self.listeners.append(service)

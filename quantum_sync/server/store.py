@@ -129,13 +129,13 @@ class Store:
         by a crash. Raises OSError/ValueError with a reason for an unusable root."""
         if not os.path.isdir(self.root):
             if os.path.lexists(self.root):
-                raise ValueError(f"root {self.root} exists and is not a directory")
+                raise ValueError(f"{self.root} exists and is not a directory")
             if not os.path.isdir(os.path.dirname(self.root)):
-                raise ValueError(f"root {self.root}: its parent directory does not exist")
+                raise ValueError(f"{self.root}: its parent directory does not exist")
             os.mkdir(self.root)
         os.makedirs(self.temp_dir, exist_ok=True)
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise ValueError(f"root {self.root} is not writable")
+            raise ValueError(f"{self.root} is not writable")
         for name in os.listdir(self.temp_dir):
             path = os.path.join(self.temp_dir, name)
             if os.path.isdir(path) and not os.path.islink(path):

@@ -36,10 +36,14 @@ class Options(usage.Options):
             fail(str(e))
 
 
+def print_error(line: str) -> None:
+    """One line on the process's real stderr (twistd redirects ``sys.stderr`` into its log)."""
+    os.write(2, (line.rstrip("\n") + "\n").encode("utf-8", "replace"))
+
+
 def fail(line: str, status: int = 1):
     """Print one line on stderr and exit (before the reactor runs)."""
-    sys.stderr.write(line.rstrip("\n") + "\n")
-    sys.stderr.flush()
+    print_error(line)
     raise SystemExit(status)
 
 
@@ -53,8 +57,7 @@ def _fatal_listen_failure(reactor):
     """A listener that cannot listen stops the server with exit status 1."""
 
     def on_failure(endpoint, reason):
-        sys.stderr.write(f"quantum-sync: cannot listen on {endpoint}: {reason}\n")
-        sys.stderr.flush()
+        print_error(f"quantum-sync: cannot listen on {endpoint}: {reason}")
         # twistd exits 0 after a normal reactor stop; force 1 once its cleanup is done.
         atexit.register(_exit_with_status_one)
         if reactor.running:

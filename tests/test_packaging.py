@@ -1,0 +1,62 @@
+"""Both twistd plugins ship and are discovered (in place, by ``twistd --help``, and from a
+non-editable wheel install)."""
+
+import ast
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TAPNAMES = {"quantum-sync", "quantum-sync-client"}
+BIN = os.path.dirname(sys.executable)
+
+
+def test_both_plugins_are_discovered():
+    found = {plugin.tapname: plugin for plugin in getPlugins(IServiceMaker)}
+    assert TAPNAMES <= set(found)
+    server_options = found["quantum-sync"].options()
+    assert {"config", "listen", "root"} <= set(server_options.keys())
+    from quantum_sync.server import tap
+
+    assert callable(tap.makeService) and callable(tap.Options)
+
+
+def test_twistd_help_lists_both():
+    result = subprocess.run([os.path.join(BIN, "twistd"), "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    commands = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("    ")
+                and line.split()}
+    assert TAPNAMES <= commands, result.stdout
+
+
+def test_wheel_ships_the_dropin_and_installs_discoverably(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), PROJECT],
+                   check=True, capture_output=True, timeout=120)
+    (wheel,) = (tmp_path / "dist").iterdir()
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "twisted/plugins/quantum_sync_plugin.py" in names
+    assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
+    assert {"quantum_sync/server/tap.py", "quantum_sync/client/tap.py"} <= names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True, timeout=120)
+    # -S: no site-packages .pth (so not the editable checkout); twisted itself from the venv
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]]))
+    probe = ("import quantum_sync, twisted.plugins as p;"
+             "from twisted.plugin import getPlugins;"
+             "from twisted.application.service import IServiceMaker;"
+             "print(quantum_sync.__file__);"
+             "print(sorted(m.tapname for m in getPlugins(IServiceMaker, p)))")
+    result = subprocess.run([sys.executable, "-S", "-c", probe], env=env, cwd=str(tmp_path),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    module_file, tapnames = result.stdout.splitlines()[-2:]
+    assert module_file.startswith(str(target))
+    assert TAPNAMES <= set(ast.literal_eval(tapnames))
