@@ -3,42 +3,9 @@ broadcasts, topics, source filtering and journal order."""
 
 import pytest
 import pytest_twisted
-from twisted.logger import globalLogPublisher
 
 from quantum_sync.protocol import Change, Delete, Move, now
-from test_ws_support import hub_site, wait_for
-
-HASH = "b" * 64
-FAST = {"ping_interval": 30, "stale_timeout": 300, "cleanup_interval": 60, "metrics_interval": 60}
-
-
-@pytest.fixture
-def logged_failures():
-    """Every failure (traceback) logged while the test runs; tests assert there are none."""
-    failures = []
-
-    def observe(event):
-        if "log_failure" in event:
-            failures.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield failures
-    globalLogPublisher.removeObserver(observe)
-
-
-@pytest_twisted.async_yield_fixture
-async def sites(reactor, tmp_path, logged_failures):
-    started = []
-
-    async def start(**settings):
-        site = await hub_site(reactor, tmp_path, **{**FAST, **settings})
-        started.append(site)
-        return site
-
-    yield start
-    for site in started:
-        await site.stop()
-    assert [e.get("log_format") for e in logged_failures] == []
+from test_ws_support import logged_failures, sites, wait_for  # noqa: F401 - fixtures
 
 
 @pytest_twisted.ensureDeferred

@@ -14,12 +14,15 @@ import json
 import os
 
 import attrs
+import pytest
+import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -33,6 +36,8 @@ from quantum_sync.server.metrics import Metrics
 from quantum_sync.server.ws import HubFactory, HubResource
 
 TIMEOUT = 5.0
+#: Timers long enough to stay out of the way of tests that do not exercise them.
+QUIET = {"ping_interval": 30, "stale_timeout": 300, "cleanup_interval": 60, "metrics_interval": 60}
 
 
 @attrs.define
@@ -82,8 +87,8 @@ class HubSite:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port.getHost().port}/ws"
 
-    async def connect(self, **options) -> "Client":
-        client = await connect(self.reactor, self.ws_url, **options)
+    async def connect(self, url=None, **options) -> "Client":
+        client = await connect(self.reactor, url or self.ws_url, **options)
         self.clients.append(client)
         return client
 
@@ -216,3 +221,35 @@ async def raw_handshake(reactor, url, headers=None):
         return response.code, json.loads(body) if body else None
     finally:
         await pool.closeCachedConnections()
+
+
+# -- fixtures (imported by the test modules) -------------------------------------------
+
+
+@pytest.fixture
+def logged_failures():
+    """Every failure (traceback) logged while the test runs; tests assert there are none."""
+    failures = []
+
+    def observe(event):
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield failures
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.async_yield_fixture
+async def sites(reactor, tmp_path, logged_failures):
+    started = []
+
+    async def start(**settings):
+        site = await hub_site(reactor, tmp_path, **{**QUIET, **settings})
+        started.append(site)
+        return site
+
+    yield start
+    for site in started:
+        await site.stop()
+    assert [e.get("log_format") for e in logged_failures] == []

@@ -189,6 +189,8 @@ class HubProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         self.assembling_since = None
+        if self.state != self.STATE_OPEN:
+            return  # closing: what the peer sent after our close frame is ignored
         self.factory.hub.metrics.observe_message_in(len(payload))
         refusal = self._limiter.take(self.factory.clock.seconds())
         if refusal is not None:
@@ -328,8 +330,10 @@ class HubProtocol(WebSocketServerProtocol):
         if self.close_reason is None:
             self.close_reason = reason
         if self.state == self.STATE_OPEN:
-            self.sendClose(code, reason)
-        elif self.state != self.STATE_CLOSED:
+            # sendCloseFrame, not sendClose: Autobahn's sendClose only takes 1000 and
+            # 3000-4999, and the contract's codes are 1001/1008/1009/1013.
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
+        elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
 
     def abort(self, reason: str) -> None:
