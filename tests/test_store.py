@@ -1,0 +1,102 @@
+"""The file store: atomic installs, temp cleanup, scans (blocking code, run directly)."""
+
+import hashlib
+import os
+
+import pytest
+
+from quantum_sync.errors import SyncError
+from quantum_sync.server.store import Store, UploadSpool, hash_file
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(str(tmp_path / "root"))
+    store.prepare()
+    return store
+
+
+def spool_with(store, data: bytes) -> UploadSpool:
+    spool = UploadSpool(store.temp_dir)
+    for i in range(0, len(data), 7):
+        spool.write(data[i:i + 7])
+    spool.finish()
+    return spool
+
+
+def test_prepare_creates_root_and_cleans_temps(tmp_path):
+    store = Store(str(tmp_path / "root"))
+    store.prepare()
+    assert os.path.isdir(store.temp_dir)
+    with open(os.path.join(store.temp_dir, "upload-crashed"), "wb") as f:
+        f.write(b"partial")
+    os.mkdir(os.path.join(store.temp_dir, "leftover-dir"))
+    Store(str(tmp_path / "root")).prepare()
+    assert os.listdir(store.temp_dir) == []
+
+
+def test_prepare_refuses_unusable_roots(tmp_path):
+    with pytest.raises(ValueError, match="parent directory does not exist"):
+        Store(str(tmp_path / "no" / "root")).prepare()
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a directory"):
+        Store(str(tmp_path / "file")).prepare()
+
+
+def test_spool_hashes_while_writing(store):
+    data = os.urandom(100_000)
+    spool = spool_with(store, data)
+    assert spool.sha256 == hashlib.sha256(data).hexdigest()
+    assert spool.size == len(data)
+    assert spool.read() == b"" and spool.tell() == len(data)
+    assert os.path.dirname(spool.path) == store.temp_dir
+    spool.close()
+    assert os.listdir(store.temp_dir) == []
+
+
+def test_install_is_a_rename_with_parents(store):
+    spool = spool_with(store, b"content")
+    created = store.install(spool.path, "a/b/c.txt")
+    assert created == ["a", "a/b"]
+    assert hash_file(store.resolve("a/b/c.txt")) == hashlib.sha256(b"content").hexdigest()
+    assert os.listdir(store.temp_dir) == []
+    assert oct(os.stat(store.resolve("a/b/c.txt")).st_mode & 0o777) == "0o644"
+    spool.close()  # already renamed away: a no-op
+
+
+def test_install_conflicts(store):
+    store.install(spool_with(store, b"x").path, "file")
+    store.make_directory("dir")
+    with pytest.raises(SyncError) as info:
+        store.install(spool_with(store, b"y").path, "file/below")
+    assert info.value.code == "CONFLICT"
+    with pytest.raises(SyncError) as info:
+        store.install(spool_with(store, b"y").path, "dir")
+    assert info.value.code == "CONFLICT"
+
+
+def test_scan_lists_files_and_directories_only(store, tmp_path):
+    store.install(spool_with(store, b"x").path, "d/f.txt")
+    store.make_directory("empty")
+    os.symlink(str(tmp_path), os.path.join(store.root, "d", "link"))
+    os.symlink("f.txt", os.path.join(store.root, "d", "inner-link"))
+    os.mkfifo(store.resolve("fifo"))
+    found = {e.path: (e.is_directory, e.size) for e in store.scan()}
+    assert found == {"d": (True, 0), "d/f.txt": (False, 1), "empty": (True, 0)}
+    assert {e.path for e in store.scan("d")} == {"d", "d/f.txt"}
+    assert store.scan("missing") == []
+    assert store.entry("d/inner-link") is None and store.entry("fifo") is None
+    with pytest.raises(SyncError) as info:
+        store.entry("d/link")
+    assert info.value.code == "INVALID_PATH"
+
+
+def test_move_and_remove(store):
+    store.install(spool_with(store, b"x").path, "a/f.txt")
+    assert store.move("a", "x/y/a2") == ["x", "x/y"]
+    assert os.path.isfile(store.resolve("x/y/a2/f.txt"))
+    store.install(spool_with(store, b"z").path, "other")
+    with pytest.raises(SyncError):
+        store.move("other", "x")
+    store.remove("x")
+    assert not os.path.exists(store.resolve("x"))
