@@ -48,6 +48,10 @@ from quantum_sync.server.hub import (
     IHubConnection,
 )
 
+# Not a class attribute of the protocol: Autobahn's own ``self.log`` (txaio, info level)
+# must stay, or its debug lines (raw handshakes with ?token=) would reach the log.
+log = Logger()
+
 #: Seconds a connection may stay unauthenticated when auth is enabled.
 AUTH_TIMEOUT = 10.0
 #: A client still over the rate limit this long after its first refusal is closed.
@@ -141,8 +145,6 @@ def accept_deflate(offers):
 class HubProtocol(WebSocketServerProtocol):
     """One ``/ws`` connection: parse each message, then hand it to the hub."""
 
-    log = Logger()
-
     def connectionMade(self):
         super().connectionMade()
         factory = self.factory
@@ -201,8 +203,10 @@ class HubProtocol(WebSocketServerProtocol):
         except SyncError as err:
             if self.identity is None:
                 self._require_auth()
-            else:
-                self._refuse(err)
+                return
+            if err.code == "INVALID_PATH":  # (operations.apply reports its own refusals)
+                self.factory.security_alert("rejected_path", self.address, err.message)
+            self._refuse(err)
             return
         if self.identity is None and not isinstance(
             request, (messages.AuthRequest, messages.PingRequest)
@@ -255,7 +259,7 @@ class HubProtocol(WebSocketServerProtocol):
             if failure.check(SyncError):
                 self._refuse(failure.value, request.id)
             else:
-                self.log.failure("FileOperation from {address} failed", failure, address=self.address)
+                log.failure("FileOperation from {address} failed", failure, address=self.address)
                 self._refuse(SyncError("INTERNAL_ERROR", "the operation failed"), request.id)
 
         d.addCallbacks(applied, refused)
@@ -269,8 +273,6 @@ class HubProtocol(WebSocketServerProtocol):
     }
 
     def _refuse(self, err: SyncError, message_id=None):
-        if err.code == "INVALID_PATH":
-            self.factory.security_alert("rejected_path", self.address, err.message)
         self.send(messages.error(err, message_id))
 
     def _rate_limited(self, refusal: Refusal):
@@ -311,7 +313,7 @@ class HubProtocol(WebSocketServerProtocol):
             if self._backlog_bytes > self.factory.config.max_send_queue:
                 self._backlog = None
                 self._backlog_bytes = 0
-                self.log.info("closing slow consumer {address}", address=self.address)
+                log.info("closing slow consumer {address}", address=self.address)
                 self.close(CLOSE_TRY_AGAIN_LATER, "send queue full; catch up from the journal")
                 return
             self._backlog.append(payload)
@@ -470,3 +472,8 @@ class HubResource(Resource):
             return self._websocket.render(request)
         finally:
             self.factory.handshake_identity = None
+
+
+def websocket_resource(hub, config, authorizer, operations, clock) -> HubResource:
+    """The ``/ws`` resource for a site (see :class:`HubFactory` for the parameters)."""
+    return HubResource(HubFactory(hub, config, authorizer, operations, clock))
