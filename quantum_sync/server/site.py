@@ -11,6 +11,7 @@
 import json
 import re
 import time
+from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -187,6 +188,8 @@ class JsonResource(resource.Resource):
 
 
 NOT_FOUND = JsonResource(SyncError("NOT_FOUND", "no such endpoint").to_json(), 404)
+#: A URL path that is not UTF-8 (Klein would log a traceback for it).
+BAD_URL = JsonResource(SyncError("INVALID_REQUEST", "the URL path is not valid UTF-8").to_json(), 400)
 
 
 class RootResource(resource.Resource):
@@ -202,7 +205,11 @@ class RootResource(resource.Resource):
     def getChildWithDefault(self, name, request):
         # Hand the whole path to a leaf: undo the one segment twisted consumed.
         request.postpath.insert(0, request.prepath.pop())
-        path = request.path.decode("utf-8", "replace")
+        try:
+            path = request.path.decode("utf-8")
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return BAD_URL
         if path in self._endpoints:
             return self._endpoints[path]
         if not self._listener.routes_to_handler(path):
