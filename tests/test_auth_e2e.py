@@ -1,0 +1,383 @@
+"""Authentication end to end, against a real server on 127.0.0.1 with an ``auth`` section:
+every role against every route and message, tokens three ways, forged and expired
+tokens, login throttling with its security_alert, no secrets in logs, https and wss."""
+
+import json
+import os
+import time
+
+import jwt
+import pytest
+import pytest_twisted
+from twisted.logger import formatEvent, globalLogPublisher
+
+from quantum_sync import passwords, tls
+from tests import certs
+from tests.support import HttpClient, start_server
+from test_ws_support import Client, connect, wait_for
+
+FAST = {"ln": 10, "r": 8, "p": 1}
+PASSWORDS = {"alice": "alice-Pw-1", "wendy": "wendy-Pw-2", "rita": "rita-Pw-3"}
+ROLES = {"alice": "admin", "wendy": "write", "rita": "read"}
+USER_OF_ROLE = {role: user for user, role in ROLES.items()}
+HASHES = {user: passwords.hash_password(pw, **FAST) for user, pw in PASSWORDS.items()}
+#: WebSocket clients a test opened; the fixture drops them.
+OPEN_CLIENTS = []
+WS_TIMERS = {"ping_interval": 30, "stale_timeout": 300, "cleanup_interval": 60, "metrics_interval": 60}
+
+
+def auth_section(tmp_path, ttl=600):
+    return {
+        "users": {u: {"password_hash": HASHES[u], "role": ROLES[u]} for u in ROLES},
+        "secret_file": str(tmp_path / "secrets" / "auth-secret"),
+        "token_ttl": ttl,
+    }
+
+
+def tree(root):
+    """Every path under ``root`` (state directory excepted) with its content."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".quantum-sync"]
+        for name in dirs + files:
+            full = os.path.join(directory, name)
+            found[os.path.relpath(full, root)] = open(full, "rb").read() if name in files else None
+    return found
+
+
+class LogCapture:
+    """Every log event while installed."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        self.events.append(event)
+
+    def text(self):
+        parts = []
+        for event in self.events:
+            parts.append(formatEvent(event))
+            parts.extend(repr(v) for k, v in event.items() if not k.startswith("log_"))
+        return "\n".join(parts)
+
+    def failures(self):
+        return [e for e in self.events if "log_failure" in e]
+
+
+@pytest.fixture
+def captured_log():
+    capture = LogCapture()
+    globalLogPublisher.addObserver(capture)
+    yield capture
+    globalLogPublisher.removeObserver(capture)
+
+
+@pytest_twisted.async_yield_fixture
+async def secured(reactor, tmp_path, captured_log):
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"alpha")
+    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path), websocket=WS_TIMERS)
+    http = HttpClient(reactor)
+    yield server, http
+    while OPEN_CLIENTS:
+        client = OPEN_CLIENTS.pop()
+        if client.transport is not None:
+            client.transport.abortConnection()
+    await http.close()
+    await server.stop()
+    assert [formatEvent(e) for e in captured_log.failures()] == []
+
+
+async def login(http, url, user, password=None, expect=200):
+    code, body = await http.json(
+        "POST", url + "/api/v1/auth/login", expect=expect,
+        data=json.dumps({"username": user, "password": PASSWORDS[user] if password is None else password}).encode(),
+        headers={"Content-Type": ["application/json"]},
+    )
+    return body["data"]["token"] if code == 200 else body
+
+
+async def tokens_by_role(http, server):
+    return {role: await login(http, server.url, user) for role, user in USER_OF_ROLE.items()}
+
+
+def bearer(token):
+    return {"Authorization": [f"Bearer {token}"]} if token else {}
+
+
+async def ws(server, reactor, path="/ws", headers=None) -> Client:
+    client = await connect(reactor, f"ws://127.0.0.1:{server.port}{path}", headers=headers)
+    OPEN_CLIENTS.append(client)
+    return client
+
+
+def secret_of(tmp_path):
+    return bytes.fromhex((tmp_path / "secrets" / "auth-secret").read_text().strip())
+
+
+# --- logins and tokens -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_answer_and_secret_file(secured, tmp_path):
+    server, http = secured
+    code, body = await http.json(
+        "POST", server.url + "/api/v1/auth/login",
+        data=json.dumps({"username": "rita", "password": PASSWORDS["rita"]}).encode())
+    assert body["success"] is True
+    assert set(body["data"]) >= {"token", "expires_at"}
+    assert body["data"]["expires_at"].endswith("Z")
+    secret = tmp_path / "secrets" / "auth-secret"
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert len(secret.read_text().strip()) == 64
+    for user, password in [("rita", "wrong"), ("nobody", "x"), ("rita", "")]:
+        error = await login(http, server.url, user, password, expect=401)
+        assert error["error"]["code"] == "AUTH_FAILED"
+    for body in [b"{", b"[]", b'{"username": 1, "password": "x"}', b'{"username": "rita"}']:
+        _, error = await http.json("POST", server.url + "/api/v1/auth/login", expect=400, data=body)
+        assert error["error"]["code"] == "INVALID_REQUEST"
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_accepted_three_ways(secured, reactor):
+    server, http = secured
+    token = await login(http, server.url, "rita")
+    _, listing = await http.json("GET", server.url + "/api/list", headers=bearer(token))
+    assert {entry["path"] for entry in listing} == {"a.txt", "d"}
+    await http.json("GET", f"{server.url}/api/list?token={token}")
+    client = await ws(server, reactor)
+    assert (await client.request({"type": "auth", "payload": {"token": token}}))["type"] == "auth_success"
+    assert (await client.request({"type": "Subscribe", "client_id": "c1"}))["type"] == "Ack"
+    # at the WebSocket handshake too: ?token= and the Authorization header
+    for path, headers in [(f"/ws?token={token}", None), ("/ws", {"Authorization": f"Bearer {token}"})]:
+        client = await ws(server, reactor, path, headers)
+        assert (await client.request({"type": "Subscribe", "client_id": "c2"}))["type"] == "Ack"
+
+
+HTTP_ROUTES = [
+    ("GET", "/api/list", None, "read"),
+    ("GET", "/api/metadata?path=a.txt", None, "read"),
+    ("GET", "/api/download?path=a.txt", None, "read"),
+    ("GET", "/api/changes?since=0", None, "read"),
+    ("GET", "/ws/metrics", None, "read"),
+    ("POST", "/api/upload?path=new-{n}.txt", b"new", "write"),
+    ("PUT", "/api/upload?path=put-{n}.txt", b"put", "write"),
+    ("POST", "/api/sync", "SYNC", "write"),
+    ("GET", "/ws/status", None, "admin"),
+    ("GET", "/metrics", None, "admin"),
+]
+RANK = {None: -1, "read": 0, "write": 1, "admin": 2}
+
+
+def _sync_body(n):
+    return json.dumps({"client_id": "t", "operations": [
+        {"Create": {"metadata": {"path": f"dir-{n}", "size": 0, "modified": "2024-01-21T12:00:00Z",
+                                 "hash": "", "is_directory": True}}}]}).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_role_against_every_route(secured):
+    server, http = secured
+    tokens = {None: None, **await tokens_by_role(http, server)}
+    n = 0
+    for role, token in tokens.items():
+        for method, path, body, need in HTTP_ROUTES:
+            n += 1
+            before = tree(server.root)
+            data = _sync_body(n) if body == "SYNC" else body
+            response = await http.request(method, server.url + path.format(n=n),
+                                          headers=bearer(token), data=data)
+            content = await response.content()
+            label = (role, method, path)
+            if RANK[role] >= RANK[need]:
+                assert response.code == 200, (label, content[:300])
+            else:
+                expected = (401, "AUTH_REQUIRED") if role is None else (403, "PERMISSION_DENIED")
+                assert response.code == expected[0], (label, content[:300])
+                assert json.loads(content)["error"]["code"] == expected[1], label
+                assert tree(server.root) == before, label
+        # /ws/health stays open
+        response = await http.get(server.url + "/ws/health", headers=bearer(token))
+        assert response.code == 200
+        assert json.loads(await response.content())["status"] == "ok"
+
+
+def forged(tmp_path, clock_now):
+    key = secret_of(tmp_path)
+    good = {"sub": "alice", "role": "admin", "iat": int(clock_now), "exp": int(clock_now) + 600,
+            "iss": "quantum-sync", "aud": "quantum-sync"}
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    header_none = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
+    payload = jwt.utils.base64url_encode(json.dumps(good).encode()).decode()
+    return {
+        "alg none": (f"{header_none}.{payload}.", "AUTH_FAILED"),
+        "wrong key": (jwt.encode(good, os.urandom(32), algorithm="HS256"), "AUTH_FAILED"),
+        "wrong algorithm HS512": (jwt.encode(good, key, algorithm="HS512"), "AUTH_FAILED"),
+        "wrong algorithm RS256": (jwt.encode(good, rsa_key, algorithm="RS256"), "AUTH_FAILED"),
+        "no exp": (jwt.encode({k: v for k, v in good.items() if k != "exp"}, key, algorithm="HS256"),
+                   "AUTH_FAILED"),
+        "expired": (jwt.encode(dict(good, iat=int(clock_now) - 700, exp=int(clock_now) - 100), key,
+                               algorithm="HS256"), "AUTH_EXPIRED"),
+        "garbage": ("x.y.z", "AUTH_FAILED"),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+@pytest_twisted.ensureDeferred
+async def test_forged_and_expired_tokens_refused_everywhere(secured, tmp_path, reactor):
+    server, http = secured
+    # the right key with valid claims is accepted: the forgeries differ only in what is named
+    valid = jwt.encode({"sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 60,
+                        "iss": "quantum-sync", "aud": "quantum-sync"}, secret_of(tmp_path), algorithm="HS256")
+    await http.json("GET", server.url + "/ws/status", headers=bearer(valid))
+    for name, (token, code) in forged(tmp_path, time.time()).items():
+        for url, headers in [(server.url + "/api/list", bearer(token)),
+                             (f"{server.url}/api/list?token={token}", {})]:
+            status, body = await http.json("GET", url, expect=None, headers=headers)
+            assert (status, body["error"]["code"]) == (401, code), name
+        client = await ws(server, reactor)
+        answer = await client.request({"type": "auth", "payload": {"token": token}})
+        assert answer["type"] == "auth_error", name
+        code_closed, _ = await client.wait_closed()
+        assert code_closed == 1008, name
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_roles_and_auth_first(secured, reactor):
+    server, http = secured
+    tokens = await tokens_by_role(http, server)
+    # anything but auth (or Ping) first: AUTH_REQUIRED and close 1008
+    client = await ws(server, reactor)
+    assert (await client.request({"type": "Ping"}))["type"] == "Pong"
+    answer = await client.request({"type": "Subscribe", "client_id": "x"})
+    assert (answer["type"], answer["code"]) == ("Error", "AUTH_REQUIRED")
+    assert (await client.wait_closed())[0] == 1008
+    move = {"type": "FileOperation", "source_client": "c", "id": "m1",
+            "operation": {"Move": {"from": "a.txt", "to": "moved-by-{role}.txt"}}}
+    for role in ("read", "write"):
+        client = await ws(server, reactor)
+        await client.request({"type": "auth", "payload": {"token": tokens[role]}})
+        assert (await client.request({"type": "Subscribe", "client_id": role}))["type"] == "Ack"
+        assert (await client.request({"type": "subscribe", "topic": "alerts"}))["type"] == "Ack"
+        before = tree(server.root)
+        message = json.loads(json.dumps(move).replace("{role}", role))
+        answer = await client.request(message)
+        if role == "read":
+            assert (answer["type"], answer["code"]) == ("Error", "PERMISSION_DENIED")
+            assert tree(server.root) == before
+        else:
+            assert answer["type"] == "Ack", answer
+            await wait_for(reactor, lambda: os.path.exists(os.path.join(server.root, "moved-by-write.txt")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_throttling_429_and_security_alert(secured, reactor):
+    server, http = secured
+    admin = await login(http, server.url, "alice")
+    watcher = await ws(server, reactor)
+    await watcher.request({"type": "auth", "payload": {"token": admin}})
+    assert (await watcher.request({"type": "subscribe", "topic": "alerts"}))["type"] == "Ack"
+    for _ in range(5):
+        await login(http, server.url, "wendy", "guess", expect=401)
+    response = await http.post(server.url + "/api/v1/auth/login", data=json.dumps(
+        {"username": "wendy", "password": PASSWORDS["wendy"]}).encode())
+    body = json.loads(await response.content())
+    assert response.code == 429
+    assert body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    retry = int(response.headers.getRawHeaders("Retry-After")[0])
+    assert 1 <= retry <= 60 and body["error"]["retryAfter"] == retry
+    alert = await _alert(watcher, "login_throttled")
+    assert alert["topic"] == "alerts"
+    assert alert["data"]["address"] == "127.0.0.1"
+    # tokens already issued keep working
+    await http.json("GET", server.url + "/api/list", headers=bearer(admin))
+
+
+async def _alert(client, event):
+    while True:
+        message = await client.expect("security_alert")
+        if message["data"].get("event") == event:
+            return message
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_and_passwords_never_logged(secured, reactor, captured_log):
+    server, http = secured
+    token = await login(http, server.url, "rita")
+    await http.json("GET", f"{server.url}/api/list?token={token}")
+    await http.json("GET", f"{server.url}/api/metadata?path=a.txt&token={token}")
+    await http.json("GET", server.url + "/api/list", headers=bearer(token))
+    await login(http, server.url, "rita", "a-wrong-Password-9", expect=401)
+    client = await ws(server, reactor, f"/ws?token={token}")
+    await client.request({"type": "auth", "payload": {"token": token}})
+    client.sendClose(1000)
+    await client.wait_closed()
+    await wait_for(reactor, lambda: any("/api/metadata" in formatEvent(e) for e in captured_log.events))
+    text = captured_log.text()
+    assert "token=REDACTED" in text  # the access log saw the requests...
+    for secret in [token, token.split(".")[2], PASSWORDS["rita"], "a-wrong-Password-9"]:
+        assert secret not in text  # ...but not the secrets
+
+
+# --- TLS end to end --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_and_wss_end_to_end(reactor, tmp_path, captured_log):
+    from autobahn.twisted.websocket import WebSocketClientFactory
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    ca = certs.make_ca(tmp_path)
+    issued = certs.issue(tmp_path, ca)
+    server = await start_server(reactor, tmp_path, listen=certs.ssl_listen(issued),
+                                auth=auth_section(tmp_path), websocket=WS_TIMERS)
+    pools = []
+
+    def client(policy):
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        pools.append(pool)
+        if policy is None:
+            return HTTPClient(Agent(reactor, pool=pool))
+        return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+    ws_client = None
+    try:
+        https = f"https://localhost:{server.port}"
+        trusted = client(tls.https_policy(ca.cert_path))
+        response = await trusted.post(https + "/api/v1/auth/login", data=json.dumps(
+            {"username": "alice", "password": PASSWORDS["alice"]}).encode())
+        assert response.code == 200
+        token = json.loads(await response.content())["data"]["token"]
+        response = await trusted.get(https + "/api/list", headers=bearer(token))
+        assert response.code == 200 and json.loads(await response.content()) == []
+
+        factory = WebSocketClientFactory(f"wss://localhost:{server.port}/ws")
+        factory.protocol = Client
+        endpoint = tls.client_endpoint(reactor, "localhost", server.port, True, ca.cert_path)
+        ws_client = await endpoint.connect(factory)
+        await ws_client.opened.addTimeout(5, reactor)
+        answer = await ws_client.request({"type": "auth", "payload": {"token": token}})
+        assert answer["type"] == "auth_success"
+
+        # a client without the CA refuses the server, and says why
+        untrusted = client(tls.https_policy())
+        with pytest.raises(Exception) as raised:
+            await untrusted.get(https + "/ws/health")
+        from twisted.python.failure import Failure
+
+        assert tls.tls_failure_reason(Failure(raised.value)) is not None
+        assert "TLS: certificate of localhost refused" in captured_log.text()
+        # plain http to the TLS port gets nothing useful
+        with pytest.raises(Exception):
+            await client(None).get(f"http://127.0.0.1:{server.port}/api/list", timeout=5)
+    finally:
+        if ws_client is not None and ws_client.transport is not None:
+            ws_client.transport.abortConnection()
+        for pool in pools:
+            await pool.closeCachedConnections()
+        await server.stop()
