@@ -14,7 +14,7 @@ import time
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
@@ -130,10 +130,67 @@ class SyncRequest(server.Request):
         super().connectionLost(reason)
 
 
+class SyncChannel(http.HTTPChannel):
+    """An HTTPChannel with an absolute deadline for receiving each request.
+
+    Twisted's idle timeout restarts on every byte, so a client trickling a header line
+    (slowloris) would hold its connection for ever. Here a request's head, and for
+    everything but uploads its body too, must arrive within ``site.request_timeout``
+    seconds of the connection (or of the previous answer); otherwise the connection is
+    dropped. Upload bodies stay under the idle timeout (they may be large and slow).
+    """
+
+    _deadline = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._arm()
+
+    def _arm(self):
+        self._disarm()
+        timeout = getattr(self.site, "request_timeout", None)
+        if timeout:
+            self._deadline = self.callLater(timeout, self._too_slow, timeout)
+
+    def _disarm(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self, timeout):
+        self._deadline = None
+        address = self.transport.getPeer()
+        ACCESS_LOG.info("{client} dropped: no complete request within {timeout} s",
+                        client=getattr(address, "host", str(address)), timeout=timeout)
+        self.transport.abortConnection()
+
+    def allHeadersReceived(self):
+        if getattr(self, "_path", b"").split(b"?")[0] == UPLOAD_PATH:
+            self._disarm()
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if self.persistent and self.transport is not None and self.transport.connected:
+            self._arm()  # the next request on this connection gets its own deadline
+
+    def connectionLost(self, reason):
+        self._disarm()
+        super().connectionLost(reason)
+
+
 class SyncSite(server.Site):
     """A Site with an access log line per request that also feeds the metrics."""
 
     requestFactory = SyncRequest
+    # No HTTP/2 negotiation (not needed); every connection gets the deadline above.
+    protocol = SyncChannel
+    #: Seconds a client has to send a whole request (head, and body unless an upload).
+    request_timeout = 30
 
     def __init__(self, root, metrics, temp_dir: str, max_upload_size, alerts=None,
                  slow_request_ms: float = 0, reactor=None):
