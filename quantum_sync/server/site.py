@@ -9,7 +9,6 @@
 """
 
 import json
-import re
 import time
 from urllib.parse import unquote_to_bytes
 
@@ -30,12 +29,21 @@ REFUSED_GRACE = 10
 #: Socket read size while an upload body streams in.
 UPLOAD_READ_SIZE = 256 * 1024
 ACCESS_LOG = Logger(namespace="quantum_sync.access")
-_TOKEN = re.compile(rb"(token=)[^&]*")
 
 
 def redact(uri: bytes) -> str:
-    """The request URI with any ``token=`` value hidden, for logs."""
-    return _TOKEN.sub(rb"\1REDACTED", uri).decode("utf-8", "replace")
+    """The request URI with the value of every query parameter that Twisted would read
+    as ``token`` (percent-encoded names such as ``%74oken`` included) hidden, for logs."""
+    path, question, query = uri.partition(b"?")
+    if question:
+        parts = []
+        for part in query.split(b"&"):
+            name, equals, _ = part.partition(b"=")
+            if unquote_to_bytes(name.replace(b"+", b" ")) == b"token":
+                part = name + b"=REDACTED"
+            parts.append(part)
+        uri = path + b"?" + b"&".join(parts)
+    return uri.decode("utf-8", "replace")
 
 
 class SyncRequest(server.Request):
