@@ -310,6 +310,7 @@ async def test_tokens_and_passwords_never_logged(secured, reactor, captured_log)
     token = await login(http, server.url, "rita")
     await http.json("GET", f"{server.url}/api/list?token={token}")
     await http.json("GET", f"{server.url}/api/metadata?path=a.txt&token={token}")
+    await http.json("GET", f"{server.url}/api/list?%74oken={token}&x=1")
     await http.json("GET", server.url + "/api/list", headers=bearer(token))
     await login(http, server.url, "rita", "a-wrong-Password-9", expect=401)
     client = await ws(server, reactor, f"/ws?token={token}")
@@ -381,3 +382,17 @@ async def test_https_and_wss_end_to_end(reactor, tmp_path, captured_log):
         for pool in pools:
             await pool.closeCachedConnections()
         await server.stop()
+
+
+@pytest.mark.parametrize("uri, logged", [
+    (b"/api/list?token=abc", "/api/list?token=REDACTED"),
+    (b"/api/list?path=a&token=abc&x=1", "/api/list?path=a&token=REDACTED&x=1"),
+    (b"/api/list?%74oken=abc", "/api/list?%74oken=REDACTED"),
+    (b"/api/list?tok%65n=a&token=b", "/api/list?tok%65n=REDACTED&token=REDACTED"),
+    (b"/api/list?mytoken=1&path=token%3Dx", "/api/list?mytoken=1&path=token%3Dx"),
+    (b"/api/list", "/api/list"),
+])
+def test_access_log_redaction(uri, logged):
+    from quantum_sync.server.site import redact
+
+    assert redact(uri) == logged
