@@ -28,6 +28,8 @@ Autobahn's unsafe server defaults are all set explicitly in :class:`HubFactory`.
 import collections
 import json
 import math
+import struct
+import zlib
 
 import attrs
 from autobahn.twisted.resource import WebSocketResource
@@ -62,6 +64,8 @@ RATE_FORGIVE_SECONDS = 1.0
 #: message has been compressed; a 512-byte window and memLevel 1 keep it to a few KiB.
 DEFLATE_WINDOW_BITS = 9
 DEFLATE_MEM_LEVEL = 1
+#: Payloads shorter than this go out uncompressed (RSV1 unset) even where deflate is on.
+COMPRESS_MIN_BYTES = 128
 
 
 # -- rate limiting (pure) -------------------------------------------------------------------
@@ -106,6 +110,63 @@ class RateLimiter:
         self.last_refusal = now
         retry = max(1, math.ceil((1 - self.tokens) / self.rate))
         return Refusal(retry, now - self.first_refusal >= RATE_ABUSE_SECONDS)
+
+
+# -- outgoing frames (pure) ----------------------------------------------------------------
+
+
+def _frame(payload: bytes, compressed: bool) -> bytes:
+    """One unmasked, final text frame (RSV1 marks a permessage-deflate payload)."""
+    first = 0xC1 if compressed else 0x81
+    length = len(payload)
+    if length < 126:
+        return struct.pack("!BB", first, length) + payload
+    if length < 65536:
+        return struct.pack("!BBH", first, 126, length) + payload
+    return struct.pack("!BBQ", first, 127, length) + payload
+
+
+class OutgoingFrames:
+    """The wire frames of one server message, built once and shared by every connection.
+
+    With no context takeover and the same window bits and memory level on every
+    connection, the deflated frame is byte-for-byte the same for all of them: a
+    broadcast is compressed once, not once per subscriber, and no connection keeps a
+    compressor of its own.
+    """
+
+    __slots__ = ("payload", "_plain", "_deflated")
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self._plain = None
+        self._deflated = None
+
+    def plain(self) -> bytes:
+        if self._plain is None:
+            self._plain = _frame(self.payload, compressed=False)
+        return self._plain
+
+    def deflated(self) -> bytes:
+        if len(self.payload) < COMPRESS_MIN_BYTES:
+            return self.plain()
+        if self._deflated is None:
+            compressor = zlib.compressobj(
+                zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -DEFLATE_WINDOW_BITS, DEFLATE_MEM_LEVEL
+            )
+            body = compressor.compress(self.payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            self._deflated = _frame(body[:-4], compressed=True)  # RFC 7692 7.2.1: drop 00 00 ff ff
+        return self._deflated
+
+
+def shares_our_deflate(extension) -> bool:
+    """True for a permessage-deflate that :func:`accept_deflate` set up (so
+    :meth:`OutgoingFrames.deflated` is valid for it)."""
+    return (
+        getattr(extension, "server_no_context_takeover", False)
+        and extension.server_max_window_bits == DEFLATE_WINDOW_BITS
+        and extension.mem_level == DEFLATE_MEM_LEVEL
+    )
 
 
 # -- origins (pure) ------------------------------------------------------------------------
@@ -321,7 +382,14 @@ class HubProtocol(WebSocketServerProtocol):
         self._write(payload)
 
     def _write(self, payload: bytes) -> None:
-        self.sendMessage(payload, isBinary=False)
+        frames = self.factory.frames(payload)
+        extension = self._perMessageCompress
+        if extension is None:
+            self.sendData(frames.plain())
+        elif shares_our_deflate(extension):
+            self.sendData(frames.deflated())
+        else:
+            self.sendMessage(payload, isBinary=False)
         self.factory.hub.metrics.observe_messages_out(1, len(payload))
 
     def send_ping(self) -> None:
@@ -385,6 +453,7 @@ class HubFactory(WebSocketServerFactory):
         self.clock = clock
         self.auth_timeout = AUTH_TIMEOUT
         self.handshake_identity = None
+        self._frames = OutgoingFrames(b"")
         self.setProtocolOptions(
             # 1009 as soon as a frame header or the running total of a fragmented
             # message passes the limit (also after decompression).
@@ -403,6 +472,13 @@ class HubFactory(WebSocketServerFactory):
             maxConnections=config.max_connections,
             perMessageCompressionAccept=accept_deflate,
         )
+
+    def frames(self, payload: bytes) -> OutgoingFrames:
+        """The frames of ``payload``; the hub hands one bytes object to every subscriber
+        of a broadcast, so the last one is kept and reused."""
+        if self._frames.payload is not payload:
+            self._frames = OutgoingFrames(payload)
+        return self._frames
 
     def admit(self, request):
         """The identity a new WebSocket request connects as, or a SyncError refusing it."""
