@@ -132,6 +132,8 @@ COLUMNS = [
     ("p50_ms", "p50 ms", "{:>8}"),
     ("p99_ms", "p99 ms", "{:>8}"),
     ("broadcasts_per_second", "bcast/s", "{:>8}"),
+    ("server_cpu_ms_per_broadcast", "srv cpu ms", "{:>10}"),
+    ("load_cpu_ms_per_broadcast", "load cpu ms", "{:>11}"),
     ("idle_kib_per_connection", "KiB/conn idle", "{:>13}"),
     ("after_kib_per_connection", "KiB/conn after", "{:>14}"),
 ]

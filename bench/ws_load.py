@@ -51,6 +51,18 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def frame(payload: bytes, opcode: int = 1) -> bytes:
     """One masked client frame."""
     mask = os.urandom(4)
@@ -329,12 +341,15 @@ def main(argv=None):
 
     # 3. one broadcast at a time
     latencies = []
+    server_cpu, load_cpu = cpu_seconds(args.server_pid), own_cpu_seconds()
     for _ in range(args.broadcasts):
         t0 = time.perf_counter()
         load.send(load.sender, load.operation(args.run))
         delivered += 1
         latencies.append(load.wait_delivered(delivered, 60) - t0)
         load.settle(0.05)
+    server_cpu = (cpu_seconds(args.server_pid) - server_cpu) / args.broadcasts
+    load_cpu = (own_cpu_seconds() - load_cpu) / args.broadcasts
 
     # 4. sustained
     start = time.perf_counter()
@@ -360,6 +375,8 @@ def main(argv=None):
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2),
         "broadcasts_per_second": round(sustained, 1),
+        "server_cpu_ms_per_broadcast": round(server_cpu * 1000, 1),
+        "load_cpu_ms_per_broadcast": round(load_cpu * 1000, 1),
         "rss_base": rss_base,
         "rss_idle": rss_idle,
         "rss_after": rss_after,
