@@ -186,8 +186,6 @@ def accept_deflate(offers):
     """Accept a client's permessage-deflate offer with small, context-free compressors."""
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
-            if offer.request_max_window_bits and offer.request_max_window_bits < DEFLATE_WINDOW_BITS:
-                continue
             return PerMessageDeflateOfferAccept(
                 offer,
                 request_no_context_takeover=offer.accept_no_context_takeover,
