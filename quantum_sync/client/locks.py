@@ -29,7 +29,9 @@ class PathLocks:
             if lock is None:
                 continue
             lock.release()
-            if not lock.locked and not lock.waiting:
+            # release() may have run a waiter to completion already, and it dropped
+            # the entry (or replaced it): only drop our own, idle lock.
+            if not lock.locked and not lock.waiting and self._locks.get(path) is lock:
                 del self._locks[path]
 
     def hold(self, *paths):
