@@ -268,3 +268,31 @@ async def test_unauthenticated_connection_closed_after_auth_timeout(sites, autho
     answer = await client.next()
     assert answer["code"] == "AUTH_REQUIRED"
     assert (await client.wait_closed())[0] == 1008
+
+
+# -- protocol violations (a port of the Autobahn|Testsuite cases that matter here) ----------
+
+
+def masked(first: int, payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    return bytes([first, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (masked(0x83, b"x"), 1002),  # reserved opcode 3
+        (masked(0x8B, b"x"), 1002),  # reserved control opcode 11
+        (masked(0xB1, b'{"type":"Ping"}'), 1002),  # RSV bits without an extension
+        (masked(0x80, b"x"), 1002),  # continuation without a message
+        (masked(0x81, b"\xff\xfe"), 1007),  # invalid UTF-8 in a text frame
+        (bytes([0x81, 0x02]) + b"{}", 1002),  # unmasked client frame
+        (bytes([0x89, 0xFE, 0x00, 0x7E]) + b"\x00" * 4 + b"p" * 126, 1002),  # 126-byte ping
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_protocol_violations_close_with_rfc_codes(sites, raw, code):
+    site = await sites()
+    client = await site.connect()
+    client.transport.write(raw)
+    assert (await client.wait_closed())[0] == code
