@@ -205,12 +205,11 @@ class FileApi:
                 expected = expected.lower()
                 if not is_sha256(expected):
                     raise SyncError("INVALID_REQUEST", "X-Content-SHA256 must be a SHA-256 hex digest")
-                if expected != spool.sha256:
-                    raise SyncError("HASH_MISMATCH",
-                                    f"the body hashes to {spool.sha256}, not {expected}")
             await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
             if spool.error is not None:
                 raise spool.error
+            if expected is not None and expected != spool.sha256:
+                raise SyncError("HASH_MISMATCH", f"the body hashes to {spool.sha256}, not {expected}")
             metadata, _ = await self.operations.upload(
                 path, spool, spool.sha256, spool.size, source,
                 if_match=header(request, "If-Match"),

@@ -10,9 +10,11 @@ rename → fsync(directory).
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import tempfile
+import threading
 
 import attrs
 
@@ -57,33 +59,162 @@ def storage_error(error: OSError) -> SyncError:
     return SyncError("INTERNAL_ERROR", f"storage error: {error.strerror}")
 
 
+class _Flusher:
+    """Starts writeback of a growing file every :data:`EVERY` bytes from its own thread,
+    so the final fsync of a large upload has little left to do."""
+
+    EVERY = 64 * 1024 * 1024
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._unflushed = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = None
+
+    def wrote(self, size: int) -> None:
+        self._unflushed += size
+        if self._unflushed < self.EVERY:
+            return
+        self._unflushed = 0
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="upload-flush", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError:
+                pass  # the final fsync reports problems
+
+    def stop(self) -> None:
+        """Wait for the flushing thread (before the descriptor may be closed)."""
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join()
+
+
 class UploadSpool:
     """A temp file inside the state directory that hashes what is written to it.
 
-    Used as the request body of uploads (see :mod:`quantum_sync.server.site`) so
-    the body is never held in memory and its SHA-256 is known when it ends.
-    ``read()`` answers ``b""`` so Twisted's form parsing never loads it.
+    Used as the request body of uploads (see :mod:`quantum_sync.server.site`), so a
+    body is never held in memory and its SHA-256 is known when it ends. :meth:`write`
+    never blocks: chunks are gathered into blocks of :data:`BLOCK` bytes that a hashing
+    thread and a writing thread process in a pipeline. When more than
+    :data:`HIGH_WATER` bytes wait, ``write`` answers True (the caller should stop
+    reading from the network) and ``on_drained()`` is called, from the writing
+    thread, once the backlog is under :data:`LOW_WATER` again. Memory per upload is
+    therefore bounded by about ``HIGH_WATER + BLOCK``.
+
+    ``read()`` answers ``b""`` so Twisted's form parsing never loads the body.
     """
 
-    def __init__(self, temp_dir: str):
-        fd, self.path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
-        self._file = os.fdopen(fd, "wb", buffering=0)
+    BLOCK = 1024 * 1024
+    HIGH_WATER = 4 * BLOCK
+    LOW_WATER = BLOCK
+
+    def __init__(self, temp_dir: str, on_drained=None):
+        self._fd, self.path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
         self._digest = hashlib.sha256()
+        self._pending = []
+        self._pending_size = 0
+        self._backlog = 0
+        self._paused = False
+        self._lock = threading.Lock()
+        self._on_drained = on_drained
+        self._to_hash = None
+        self._to_write = None
+        self._threads = []
+        self._aborted = False
+        self._finished = False
         self.size = 0
         self.error = None
 
-    def write(self, data: bytes) -> None:
-        if self.error is not None or self._file is None:
-            return
+    # -- the network side (reactor thread) ------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data``; True when the caller should pause until ``on_drained``."""
+        if self._aborted or self._finished:
+            return False
         self.size += len(data)
-        self._digest.update(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self.BLOCK:
+            self._submit()
+        with self._lock:
+            if self._backlog > self.HIGH_WATER:
+                self._paused = True
+            return self._paused
+
+    def _submit(self) -> None:
+        block, size = self._pending, self._pending_size
+        self._pending, self._pending_size = [], 0
+        if not size:
+            return
+        if not self._threads:
+            self._to_hash, self._to_write = queue.SimpleQueue(), queue.SimpleQueue()
+            self._threads = [
+                threading.Thread(target=self._hash_loop, name="upload-hash", daemon=True),
+                threading.Thread(target=self._write_loop, name="upload-write", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
+        with self._lock:
+            self._backlog += size
+        self._to_hash.put((block, size))
+
+    # -- the pipeline (its own threads) -----------------------------------------------
+
+    def _hash_loop(self) -> None:
+        while (item := self._to_hash.get()) is not None:
+            if not self._aborted:
+                for chunk in item[0]:
+                    self._digest.update(chunk)
+            self._to_write.put(item)
+        self._to_write.put(None)
+
+    def _write_loop(self) -> None:
+        flusher = _Flusher(self._fd)
+        while (item := self._to_write.get()) is not None:
+            block, size = item
+            self._write_block(block)
+            flusher.wrote(size)
+            with self._lock:
+                self._backlog -= size
+                drained = self._paused and self._backlog <= self.LOW_WATER
+                if drained:
+                    self._paused = False
+            if drained and self._on_drained is not None:
+                self._on_drained()
+        flusher.stop()
+        if self._aborted:
+            os.close(self._fd)
+
+    def _write_block(self, block) -> None:
+        if self.error is not None or self._aborted:
+            return
         try:
-            self._file.write(data)
+            written = os.writev(self._fd, block)
+            total = sum(len(chunk) for chunk in block)
+            if written < total:  # short write: finish the rest plainly
+                view = memoryview(b"".join(block))[written:]
+                while view:
+                    view = view[os.write(self._fd, view):]
         except OSError as e:
             self.error = storage_error(e)
 
+    # -- the end ----------------------------------------------------------------------
+
     @property
     def sha256(self) -> str:
+        """The hex digest of everything written; only meaningful after :meth:`finish`."""
         return self._digest.hexdigest()
 
     def read(self, *args) -> bytes:
@@ -96,20 +227,36 @@ class UploadSpool:
         return self.size
 
     def finish(self) -> None:
-        """fsync and close the temp file (blocking); the spool keeps its path."""
-        if self._file is not None:
-            try:
-                os.fsync(self._file.fileno())
-            except OSError as e:
-                self.error = self.error or storage_error(e)
-            self._file.close()
-            self._file = None
+        """Hash and write what is left, fsync and close the file (blocking: run it in a
+        thread). The spool keeps its path for the rename."""
+        if self._finished or self._aborted:
+            return
+        self._finished = True
+        if self._threads:
+            self._submit()
+            self._to_hash.put(None)
+            for thread in self._threads:
+                thread.join()
+        elif self._pending:
+            block, self._pending = self._pending, []
+            for chunk in block:
+                self._digest.update(chunk)
+            self._write_block(block)
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            self.error = self.error or storage_error(e)
+        os.close(self._fd)
 
     def close(self) -> None:
-        """Close and forget the temp file (abandoned or already renamed away)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Forget the temp file (abandoned, or already renamed away). Never blocks: a
+        running pipeline stops by itself and closes the file."""
+        if not self._finished and not self._aborted:
+            self._aborted = True
+            if self._threads:
+                self._to_hash.put(None)  # the writing thread closes the descriptor
+            else:
+                os.close(self._fd)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
