@@ -1,0 +1,128 @@
+"""The WebSocket link to the server's hub (contract section 5), under a ClientService.
+
+On every connection: ``auth`` first (when a token is configured), then ``Subscribe``
+with the client id; once the server acknowledges it, the engine catches up from the
+journal (a reconnect never needs a full rescan). ``FileOperation`` messages go to the
+engine with their ``seq``; the engine notices gaps. Reconnection uses exponential
+backoff; every state change is logged.
+"""
+
+import json
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from quantum_sync import protocol
+from quantum_sync.errors import SyncError
+
+
+def websocket_url(server_url: str) -> str:
+    """``ws://host:port/ws`` (or ``wss://``) for an ``http(s)://host:port`` server URL."""
+    parts = urlsplit(server_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}/ws"
+
+
+class SyncClientProtocol(WebSocketClientProtocol):
+    """Speaks the client side of the hub protocol; all decisions are the link's."""
+
+    log = Logger()
+
+    def onConnect(self, response):
+        self._opened = defer.Deferred()
+
+    def onOpen(self):
+        link = self.factory.link
+        if link.token:
+            self._send({"type": "auth", "payload": {"token": link.token}})
+        else:
+            self._subscribe()
+
+    def _subscribe(self):
+        self._send({"type": "Subscribe", "client_id": self.factory.link.client_id})
+
+    def _send(self, message):
+        self.sendMessage(json.dumps(message).encode("utf-8"))
+
+    def onMessage(self, payload, isBinary):
+        link = self.factory.link
+        try:
+            message = json.loads(payload.decode("utf-8"))
+            kind = message.get("type")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            self.log.warn("realtime: unreadable message from the server")
+            return
+        if kind == "auth_success":
+            self._subscribe()
+        elif kind == "auth_error":
+            self.log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
+        elif kind == "Ack" and message.get("operation_id") == "subscribe":
+            link.subscribed(self)
+        elif kind == "FileOperation":
+            try:
+                operation = protocol.parse_operation(message.get("operation"))
+            except SyncError as e:
+                self.log.warn("realtime: ignoring an invalid FileOperation: {error}", error=e.message)
+                return
+            seq = message.get("seq")
+            link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation)
+        elif kind == "Error":
+            self.log.warn(
+                "realtime: server error {code}: {message}", code=message.get("code"), message=message.get("message")
+            )
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.link.closed(self, code, reason)
+
+
+class RealtimeLink:
+    """Owns the ClientService; tells the engine when it is up, down, and what arrives."""
+
+    log = Logger()
+
+    def __init__(self, reactor, server_url, client_id, engine, token=None, ca_cert=None):
+        self.reactor = reactor
+        self.client_id = client_id
+        self.token = token
+        self.engine = engine
+        self.connected = False
+        self._protocol = None
+        url = websocket_url(server_url)
+        parts = urlsplit(url)
+        secure = parts.scheme == "wss"
+        port = parts.port or (443 if secure else 80)
+        headers = {"X-Client-Id": client_id}
+        self.factory = WebSocketClientFactory(url, headers=headers)
+        self.factory.protocol = SyncClientProtocol
+        self.factory.link = self
+        self.factory.setProtocolOptions(autoPingInterval=15, autoPingTimeout=10, openHandshakeTimeout=10)
+        from quantum_sync.tls import client_endpoint
+
+        endpoint = client_endpoint(reactor, parts.hostname, port, secure, ca_cert)
+        self.service = ClientService(
+            endpoint, self.factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=reactor
+        )
+
+    def subscribed(self, proto):
+        self._protocol = proto
+        if not self.connected:
+            self.log.info("realtime: connected and subscribed to {url}", url=self.factory.url)
+        self.connected = True
+        self.engine.catch_up_soon()
+
+    def received(self, seq, operation):
+        self.engine.remote_operation(seq, operation)
+
+    def closed(self, proto, code, reason):
+        if self.connected:
+            self.log.warn("realtime: disconnected (code {code}, {reason}); reconnecting with backoff", code=code, reason=reason or "")
+        self.connected = False
+        self._protocol = None
+
+    def stop(self):
+        """Stop reconnecting and drop the connection (a Deferred)."""
+        self.connected = False
+        return self.service.stopService()

@@ -1,0 +1,178 @@
+"""The client daemon: state, engine, watcher and WebSocket link composed into one service.
+
+Start-up order: open the folder's state (cleaning crash leftovers), reconcile with the
+server (retrying with backoff while it is unreachable or its certificate is refused),
+then watch the folder and subscribe to the hub. A periodic tick runs a full reconcile
+every ``interval`` while the WebSocket is down and, as a safety net for events the
+kernel dropped, every ``safety_interval`` while it is up.
+"""
+
+import os
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from quantum_sync.client.engine import Engine
+from quantum_sync.client.realtime import RealtimeLink
+from quantum_sync.client.state import FolderState
+from quantum_sync.client.transfer import ServerClient, ServerUnavailable
+from quantum_sync.client.watcher import FolderWatcher
+
+
+@attrs.frozen
+class ClientConfig:
+    """Everything the client needs, already validated (see ``tap.Options``)."""
+
+    server: str
+    folder: str
+    client_id: str = None
+    realtime: bool = True
+    initial_sync: bool = False
+    interval: float = 30.0
+    token: str = None
+    strategy: str = "rename"
+    ca_cert: str = None
+    settle: float = 0.2
+    allow_mass_delete: bool = False
+    safety_interval: float = 600.0
+    concurrency: int = 8
+
+
+class SyncClientService(MultiService):
+    """One folder kept converged with one server."""
+
+    log = Logger()
+
+    def __init__(self, config: ClientConfig, reactor):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.state = self.server = self.engine = self.watcher = self.link = None
+        self.ready = defer.Deferred()  # fires after the first successful reconcile
+        self._starting = None
+        self._ticker = None
+        self._stopping = False
+
+    def startService(self):
+        super().startService()
+        self._stopping = False
+        self._starting = defer.ensureDeferred(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    def _start_failed(self, failure):
+        if not self._stopping:
+            self.log.failure("the sync client could not start", failure)
+
+    async def _start(self):
+        config = self.config
+        self.state = await FolderState(self.reactor, config.folder).open()
+        client_id = self.state.client_id(config.client_id)
+        self.log.info(
+            "syncing {folder} with {server} as client {client_id}",
+            folder=config.folder,
+            server=config.server,
+            client_id=client_id,
+        )
+        if self.state.is_new:
+            self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
+        self.server = ServerClient(self.reactor, config.server, client_id, config.token, config.ca_cert, config.concurrency)
+        self.engine = Engine(
+            self.reactor,
+            config.folder,
+            self.state,
+            self.server,
+            client_id,
+            config.strategy,
+            config.allow_mass_delete,
+            retry_delay=max(config.settle, 0.05),
+        )
+        self.watcher = FolderWatcher(self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle)
+        if not config.initial_sync:
+            self.watcher.setServiceParent(self)
+        await self._first_reconcile()
+        if self._stopping:
+            return
+        if config.initial_sync:
+            self.watcher.setServiceParent(self)
+            await self.engine.reconcile()  # what changed locally during the initial pull
+        if config.realtime:
+            self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, config.token, config.ca_cert)
+            self.link.service.startService()
+        self._ticker = task.LoopingCall(self._tick)
+        self._ticker.clock = self.reactor
+        self._ticker.start(config.interval, now=False)
+        self.ready.callback(None)
+
+    async def _first_reconcile(self):
+        delay = 0.5
+        while not self._stopping:
+            try:
+                if self.config.initial_sync:
+                    self.log.info("initial sync: pulling everything the server has first")
+                await self.engine.reconcile(pull_first=self.config.initial_sync)
+                return
+            except ServerUnavailable as e:
+                self.engine._went_offline(str(e))
+            if self._stopping:
+                return
+            await task.deferLater(self.reactor, delay, lambda: None)
+            delay = min(delay * 2, self.config.interval)
+
+    def _tick(self):
+        if self._stopping:
+            return None
+        realtime_up = self.link is not None and self.link.connected
+        last = self.engine.last_full_reconcile or 0
+        if realtime_up and self.reactor.seconds() - last < self.config.safety_interval:
+            return None
+        d = self.engine.reconcile()
+        d.addErrback(self._tick_failed)
+        return None
+
+    def _tick_failed(self, failure):
+        if failure.check(ServerUnavailable):
+            self.engine._went_offline(str(failure.value))
+        else:
+            self.log.failure("periodic reconcile failed", failure)
+
+    async def _stop(self):
+        self._stopping = True
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self.link is not None:
+            await self.link.stop()
+        await MultiService.stopService(self)
+        if self.engine is not None:
+            self.engine.stop()
+            await self.engine.idle()
+            running = self.engine._reconcile_running
+            if running is not None:
+                await defer.DeferredList([running])
+        if self._starting is not None and not self._starting.called:
+            await defer.DeferredList([self._starting])
+        if self.server is not None:
+            await self.server.close()
+        if self.state is not None:
+            await self.state.close()
+
+    def stopService(self):
+        return defer.ensureDeferred(self._stop())
+
+
+def folder_problem(folder: str):
+    """Why ``folder`` cannot be used (None when it can); a missing folder is created
+    only when its parent exists (an absent mount point is an error)."""
+    if os.path.isdir(folder):
+        return None
+    if os.path.exists(folder):
+        return f"--local-path {folder}: not a directory"
+    parent_dir = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent_dir):
+        return f"--local-path {folder}: its parent directory {parent_dir} does not exist"
+    try:
+        os.mkdir(folder)
+    except OSError as e:
+        return f"--local-path {folder}: cannot create it ({e.strerror})"
+    return None

@@ -1,0 +1,140 @@
+"""``twistd quantum-sync-client``: command-line options (contract section 1) and ``makeService``.
+
+Every option error ends the process with exit status 1 and one line on stderr.
+"""
+
+import os
+import re
+import sys
+from urllib.parse import urlsplit
+
+from twisted.python import usage
+
+from quantum_sync.client.reconcile import STRATEGIES
+from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
+
+
+def fail(line: str, status: int = 1):
+    """One line on stderr, then exit (before the reactor runs)."""
+    sys.stderr.write(line.rstrip("\n") + "\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
+
+
+class Options(usage.Options):
+    """Options of the ``quantum-sync-client`` twistd plugin."""
+
+    synopsis = "--server URL --local-path DIR [options]"
+    optParameters = [
+        ["server", "s", None, "the server, http://HOST:PORT or https://HOST:PORT"],
+        ["local-path", "d", None, "the folder to keep in sync (created if its parent exists)"],
+        ["client-id", None, None, "this client's id (default: a UUID remembered in the folder's state)"],
+        ["interval", "i", "30", "seconds between full reconciles (also the fallback while the WebSocket is down)"],
+        ["token", None, None, "bearer token for the server"],
+        ["token-file", None, None, "read the bearer token from this file"],
+        ["conflict-strategy", None, "rename", "rename (keep both), keep-client or keep-server"],
+        ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
+        ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
+    ]
+    optFlags = [
+        ["realtime", None, "receive changes over the WebSocket (the default)"],
+        ["no-realtime", None, "periodic sync only"],
+        ["initial-sync", None, "pull everything the server has before anything else"],
+        ["allow-mass-delete", None, "confirm a reconcile that deletes more than half of the synced files"],
+    ]
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            fail(f"quantum-sync-client: {e}")
+
+    def postOptions(self):
+        try:
+            self.config = self._validate()
+        except ValueError as e:
+            fail(f"quantum-sync-client: {e}")
+
+    def _validate(self) -> ClientConfig:
+        server = self["server"]
+        if not server:
+            raise ValueError("--server URL is required")
+        parts = urlsplit(server)
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"--server {server}: invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"--server {server}: expected http://HOST:PORT or https://HOST:PORT")
+        folder = self["local-path"]
+        if not folder:
+            raise ValueError("--local-path DIR is required")
+        folder = os.path.abspath(folder)
+        interval = _number("--interval", self["interval"], float)
+        settle = _number("--settle", self["settle"], int)
+        if interval <= 0:
+            raise ValueError("--interval must be more than 0 seconds")
+        if settle < 0:
+            raise ValueError("--settle must not be negative")
+        strategy = self["conflict-strategy"]
+        if strategy not in STRATEGIES:
+            raise ValueError(f"--conflict-strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+        if self["realtime"] and self["no-realtime"]:
+            raise ValueError("--realtime and --no-realtime exclude each other")
+        client_id = self["client-id"]
+        if client_id is not None and not re.fullmatch(r"[A-Za-z0-9._:@-]{1,128}", client_id):
+            raise ValueError("--client-id: 1 to 128 letters, digits or . _ : @ -")
+        token = self._token()
+        ca_cert = self["ca-cert"]
+        if ca_cert is not None:
+            from quantum_sync.tls import TLSConfigError, load_trust_root
+
+            try:
+                load_trust_root(ca_cert)
+            except TLSConfigError as e:
+                raise ValueError(str(e)) from None
+        problem = folder_problem(folder)
+        if problem:
+            raise ValueError(problem)
+        return ClientConfig(
+            server=server.rstrip("/"),
+            folder=os.path.realpath(folder),
+            client_id=client_id,
+            realtime=not self["no-realtime"],
+            initial_sync=bool(self["initial-sync"]),
+            interval=interval,
+            token=token,
+            strategy=strategy,
+            ca_cert=ca_cert,
+            settle=settle / 1000.0,
+            allow_mass_delete=bool(self["allow-mass-delete"]),
+            safety_interval=max(10 * interval, 300.0),
+        )
+
+    def _token(self):
+        if self["token"] and self["token-file"]:
+            raise ValueError("--token and --token-file exclude each other")
+        if self["token-file"]:
+            try:
+                with open(self["token-file"], encoding="utf-8") as f:
+                    token = f.read().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"--token-file {self['token-file']}: {getattr(e, 'strerror', None) or e}") from None
+            if not token:
+                raise ValueError(f"--token-file {self['token-file']}: the file is empty")
+            return token
+        return self["token"] or None
+
+
+def _number(option, text, kind):
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} {text}: not a number") from None
+
+
+def makeService(options, reactor=None):
+    """The client's service for parsed ``options``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    return SyncClientService(options.config, reactor)

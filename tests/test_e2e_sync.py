@@ -1,0 +1,340 @@
+"""End to end: a real server and real clients (the daemon's own service objects, in the
+test reactor) on real folders, over real sockets on 127.0.0.1.
+
+Every wait polls the disk with a deadline; nothing sleeps for a fixed time to pass.
+"""
+
+import hashlib
+import os
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from support import start_server
+from quantum_sync.client.service import ClientConfig, SyncClientService
+from quantum_sync.paths import STATE_DIR_NAME
+
+DEADLINE = 15.0
+
+
+async def sleep(reactor, seconds):
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(reactor, predicate, timeout=DEADLINE, what="condition"):
+    """Poll ``predicate`` every 20 ms until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await sleep(reactor, 0.02)
+
+
+def tree(folder):
+    """path → sha256 (None for directories) of everything under ``folder`` but the state dir."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel_dir = os.path.relpath(dirpath, folder)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != STATE_DIR_NAME]
+        for d in dirnames:
+            found[os.path.normpath(os.path.join(rel_dir, d))] = None
+        for f in filenames:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                found[os.path.normpath(os.path.join(rel_dir, f))] = hashlib.sha256(fh.read()).hexdigest()
+    return found
+
+
+def write(folder, rel, data: bytes, mtime=None):
+    path = os.path.join(folder, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def read(folder, rel):
+    try:
+        with open(os.path.join(folder, rel), "rb") as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def server_has_websocket(server) -> bool:
+    """True once the server mounts /ws (the real-time part may land after the REST API)."""
+    try:
+        listener = server.service.listeners[0]
+        site = listener.site if hasattr(listener, "site") else None
+    except (AttributeError, IndexError):
+        return True
+    root = getattr(site, "resource", None)
+    return getattr(root, "_websocket", True) is not None
+
+
+class Clients:
+    """Starts clients against a server and stops them all at the end."""
+
+    def __init__(self, reactor, tmp_path):
+        self.reactor, self.tmp_path, self.running = reactor, tmp_path, []
+
+    async def start(self, server, name, wait=True, **options):
+        folder = options.pop("folder", None) or str(self.tmp_path / name)
+        os.makedirs(folder, exist_ok=True)
+        config = ClientConfig(
+            server=server.url,
+            folder=os.path.realpath(folder),
+            client_id=options.pop("client_id", name),
+            interval=options.pop("interval", 1.0),
+            settle=options.pop("settle", 0.05),
+            **options,
+        )
+        client = SyncClientService(config, self.reactor)
+        client.startService()
+        self.running.append(client)
+        if wait:
+            await wait_for(self.reactor, lambda: client.ready.called, what=f"{name} ready")
+            if config.realtime and server_has_websocket(server):
+                await wait_for(self.reactor, lambda: client.link.connected, what=f"{name} subscribed")
+        return client
+
+    async def stop(self, client):
+        if client in self.running:
+            self.running.remove(client)
+            await client.stopService()
+
+    async def stop_all(self):
+        for client in list(self.running):
+            await self.stop(client)
+
+
+@pytest.fixture
+def clients(reactor, tmp_path, log_to_stderr):
+    group = Clients(reactor, tmp_path)
+    yield group
+    pytest_twisted.blockon(defer.ensureDeferred(group.stop_all()))
+
+
+@pytest.fixture
+def log_to_stderr():
+    """With QS_TEST_LOG=1, the clients' and server's log lines go to stderr."""
+    if not os.environ.get("QS_TEST_LOG"):
+        yield
+        return
+    import sys
+
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogPublisher,
+        textFileLogObserver,
+    )
+
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
+    )
+    globalLogPublisher.addObserver(observer)
+    yield
+    globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def server(reactor, tmp_path):
+    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path)))
+    holder = [running]
+    yield holder
+    pytest_twisted.blockon(defer.ensureDeferred(holder[0].stop()))
+
+
+async def converged(reactor, *folders, timeout=DEADLINE):
+    def same():
+        trees = [tree(f) for f in folders]
+        return all(t == trees[0] for t in trees[1:]) and trees[0]
+
+    try:
+        return await wait_for(reactor, same, timeout, "folders to converge")
+    except AssertionError:
+        raise AssertionError("not converged: " + repr([tree(f) for f in folders])) from None
+
+
+# -- basic operations --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_update_delete_propagate(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    write(A, "hello.txt", b"hello")
+    await wait_for(reactor, lambda: read(B, "hello.txt") == b"hello", what="create")
+    write(A, "hello.txt", b"hello again")
+    await wait_for(reactor, lambda: read(B, "hello.txt") == b"hello again", what="update")
+    write(B, "back.txt", b"from b")
+    await wait_for(reactor, lambda: read(A, "back.txt") == b"from b", what="create b→a")
+    os.unlink(os.path.join(A, "hello.txt"))
+    await wait_for(reactor, lambda: not os.path.exists(os.path.join(B, "hello.txt")), what="delete")
+    assert tree(A) == tree(B) == {"back.txt": hashlib.sha256(b"from b").hexdigest()}
+    assert tree(server[0].root) == tree(A)
+
+
+@pytest_twisted.ensureDeferred
+async def test_moves_and_empty_nested_directories(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    os.makedirs(os.path.join(A, "empty/deeper/deepest"))
+    write(A, "docs/sub/report.txt", b"report")
+    write(A, "single.txt", b"single")
+    await converged(reactor, A, B)
+    assert tree(B)["empty/deeper/deepest"] is None
+    # a file move and a directory move
+    os.rename(os.path.join(A, "single.txt"), os.path.join(A, "docs/renamed.txt"))
+    os.rename(os.path.join(A, "docs/sub"), os.path.join(A, "moved-sub"))
+    await wait_for(reactor, lambda: read(B, "moved-sub/report.txt") == b"report", what="dir move")
+    await wait_for(reactor, lambda: read(B, "docs/renamed.txt") == b"single", what="file move")
+    await converged(reactor, A, B, server[0].root)
+    assert "single.txt" not in tree(B) and "docs/sub" not in tree(B)
+    # deleting a nested tree
+    import shutil
+
+    shutil.rmtree(os.path.join(A, "empty"))
+    await wait_for(reactor, lambda: not os.path.exists(os.path.join(B, "empty")), what="tree delete")
+    await converged(reactor, A, B, server[0].root)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_hundred_files_at_once_and_a_20_mib_file(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    for i in range(200):
+        write(A, f"many/f{i:03}.txt", os.urandom(100 + i))
+    big = os.urandom(20 << 20)
+    write(B, "big.bin", big)
+    await converged(reactor, A, B, timeout=30)
+    assert len(tree(A)) == 202
+    assert read(A, "big.bin") == big
+    # the downloader kept the server's mtime; nothing was staged outside .quantum-sync
+    assert abs(os.path.getmtime(os.path.join(A, "big.bin")) - os.path.getmtime(os.path.join(server[0].root, "big.bin"))) < 1
+    assert os.listdir(os.path.join(A, STATE_DIR_NAME, "tmp")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    write(A, "notes.txt", b"original")
+    write(A, "gone-here.txt", b"will be deleted by b, edited by a")
+    write(A, "edited-there.txt", b"will be edited by b, deleted by a")
+    await converged(reactor, A, B)
+    await clients.stop(b)
+    # both sides change things while b is stopped
+    write(A, "notes.txt", b"version of a")
+    write(A, "gone-here.txt", b"a's edit")
+    os.unlink(os.path.join(A, "edited-there.txt"))
+    write(A, "new-on-a.txt", b"a")
+    await wait_for(reactor, lambda: read(server[0].root, "notes.txt") == b"version of a", what="a's edit on the server")
+    await wait_for(reactor, lambda: not os.path.exists(os.path.join(server[0].root, "edited-there.txt")), what="a's delete")
+    write(B, "notes.txt", b"version of b")
+    os.unlink(os.path.join(B, "gone-here.txt"))
+    write(B, "edited-there.txt", b"b's edit")
+    write(B, "new-on-b.txt", b"b")
+    await clients.start(server[0], "b")
+    final = await converged(reactor, A, B, server[0].root)
+    contents = {read(A, p) for p in final if p.startswith("notes")}
+    assert contents == {b"version of a", b"version of b"}
+    copies = [p for p in final if ".sync-conflict-" in p]
+    assert len(copies) == 1 and copies[0].startswith("notes.sync-conflict-") and copies[0].endswith("-b.txt")
+    assert read(A, "notes.txt") == b"version of a" and read(A, copies[0]) == b"version of b"
+    # edits beat deletes, whichever side made which
+    assert read(B, "gone-here.txt") == b"a's edit"
+    assert read(A, "edited-there.txt") == b"b's edit"
+    assert read(A, "new-on-b.txt") == b"b" and read(B, "new-on-a.txt") == b"a"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_restart_in_the_middle(reactor, tmp_path, server, clients):
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    write(A, "before.txt", b"before")
+    await converged(reactor, A, B)
+    port = server[0].port
+    await server[0].stop()
+    # changes while the server is down are queued, then sent
+    write(A, "during.txt", b"during")
+    write(B, "before.txt", b"changed during the outage")
+    await sleep(reactor, 0.5)
+    server[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
+    final = await converged(reactor, A, B, server[0].root, timeout=20)
+    assert read(A, "during.txt") == b"during"
+    assert read(A, "before.txt") == b"changed during the outage"
+    assert not [p for p in final if "sync-conflict" in p]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slowly_written_file_is_never_seen_half_written(reactor, server, clients):
+    a = await clients.start(server[0], "a", settle=0.2)
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    chunks = [os.urandom(8192) for _ in range(12)]
+    whole = b"".join(chunks)
+    seen = []
+
+    def look():
+        data = read(B, "slow.bin")
+        if data is not None:
+            seen.append(data)
+
+    watcher = task.LoopingCall(look)
+    watcher.clock = reactor
+    watcher.start(0.005)
+    try:
+        with open(os.path.join(A, "slow.bin"), "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                await sleep(reactor, 0.05)
+        await wait_for(reactor, lambda: read(B, "slow.bin") == whole, what="the whole file")
+    finally:
+        watcher.stop()
+    assert seen and all(data == whole for data in seen)
+    assert read(server[0].root, "slow.bin") == whole
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncignore_and_the_state_folder(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    write(A, ".syncignore", b"*.log\nbuild/\n")
+    await wait_for(reactor, lambda: read(B, ".syncignore") == b"*.log\nbuild/\n", what=".syncignore")
+    await wait_for(reactor, lambda: b.engine.rules.is_ignored("x.log"), what="b reloads the rules")
+    write(A, "x.log", b"log")
+    write(A, "build/out.o", b"obj")
+    write(B, "y.log", b"log")
+    write(A, "keep.txt", b"keep")
+    await wait_for(reactor, lambda: read(B, "keep.txt") == b"keep", what="keep.txt")
+    await converged(reactor, A + "/.syncignore", B + "/.syncignore") if False else None
+    await sleep(reactor, 0.3)
+    listed = tree(server[0].root)
+    assert set(listed) == {".syncignore", "keep.txt"}
+    assert read(B, "x.log") is None and read(A, "y.log") is None and not os.path.exists(os.path.join(B, "build"))
+    # the state folders stay private: never uploaded, never listed
+    assert os.path.exists(os.path.join(A, STATE_DIR_NAME, "state.db"))
+    from support import HttpClient
+
+    http = HttpClient(reactor)
+    try:
+        _, listing = await http.json("GET", server[0].url + "/api/list")
+    finally:
+        await http.close()
+    assert sorted(m["path"] for m in listing) == [".syncignore", "keep.txt"]
