@@ -23,6 +23,7 @@ from quantum_sync.server.store import UploadSpool
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
+DOWNLOAD_CHUNK = 256 * 1024
 
 
 def write_json(request, body, status: int = 200) -> bytes:
@@ -96,6 +97,11 @@ class HashedFile(File):
         return super().render_GET(request)
 
     render_HEAD = render_GET
+
+    def makeProducer(self, request, fileForReading):
+        producer = super().makeProducer(request, fileForReading)
+        producer.bufferSize = DOWNLOAD_CHUNK  # fewer, larger reads and socket writes
+        return producer
 
     def directoryListing(self):
         raise SyncError("NOT_FOUND", "not a file")
