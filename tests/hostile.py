@@ -1,11 +1,10 @@
 """Shared pieces of the hostile-input tests: hypothesis strategies for paths and JSON,
-a fixture tree with things outside the root to protect, and a watch on logged errors."""
+and a fixture tree with things outside the root to protect."""
 
 import hashlib
 import os
 
 from hypothesis import strategies as st
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.test_api_paths import ATTACKS
 
@@ -105,25 +104,3 @@ def outside_snapshot(tmp_path):
             else:
                 snapshot[full] = "dir"
     return snapshot
-
-
-class ErrorWatch:
-    """Collects every logged failure and error-level event while installed."""
-
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        level = getattr(event.get("log_level"), "name", "")
-        if "log_failure" in event or level in ("error", "critical"):
-            self.events.append(event)
-
-    def __enter__(self):
-        globalLogPublisher.addObserver(self)
-        return self
-
-    def __exit__(self, *exc):
-        globalLogPublisher.removeObserver(self)
-
-    def messages(self):
-        return [formatEvent(e) for e in self.events]

@@ -9,10 +9,11 @@ import time
 import jwt
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from quantum_sync import passwords, tls
 from tests import certs
+from tests.logcapture import LogCapture
 from tests.support import HttpClient, start_server
 from test_ws_support import Client, connect, wait_for
 
@@ -45,32 +46,10 @@ def tree(root):
     return found
 
 
-class LogCapture:
-    """Every log event while installed."""
-
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def text(self):
-        parts = []
-        for event in self.events:
-            parts.append(formatEvent(event))
-            parts.extend(repr(v) for k, v in event.items() if not k.startswith("log_"))
-        return "\n".join(parts)
-
-    def failures(self):
-        return [e for e in self.events if "log_failure" in e]
-
-
 @pytest.fixture
 def captured_log():
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
+    with LogCapture() as capture:
+        yield capture
 
 
 @pytest_twisted.async_yield_fixture

@@ -15,6 +15,7 @@ from twisted.web.http import PotentialDataLoss
 
 from quantum_sync import passwords
 from tests import hostile
+from tests.logcapture import LogCapture
 from tests.support import HttpClient, start_server
 
 SETTINGS = settings(
@@ -68,7 +69,7 @@ def env(reactor, tmp_path):
         auth_server = await start_server(reactor, tmp_path, root=str(tmp_path / "root2"), auth=auth)
         return open_server, auth_server
 
-    with hostile.ErrorWatch() as errors:
+    with LogCapture() as errors:
         open_server, auth_server = pytest_twisted.blockon(defer.ensureDeferred(start()))
         outside = hostile.outside_snapshot(tmp_path)
         environment = Env(open_server, auth_server, HttpClient(reactor), tmp_path, outside)
@@ -80,7 +81,7 @@ def env(reactor, tmp_path):
         pytest_twisted.blockon(defer.ensureDeferred(environment.http.close()))
         for server in (open_server, auth_server):
             pytest_twisted.blockon(defer.ensureDeferred(server.stop()))
-    assert errors.messages() == []
+    assert errors.error_messages() == []
     assert hostile.outside_snapshot(tmp_path) == outside
 
 

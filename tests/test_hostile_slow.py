@@ -83,27 +83,22 @@ async def test_silent_connection_is_dropped(server, reactor):
     assert client.received == b""
 
 
-@pytest_twisted.ensureDeferred
-async def test_trickled_head_is_dropped_while_still_sending(server, reactor):
-    running, raw = server
-    client = await raw()
-    started = reactor.seconds()
-    head = b"GET /api/list HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
-    await trickle(reactor, client, head, step=0.02, until=started + DEADLINE + 2)
-    await within(reactor, client.lost, 2)
-    assert client.lost_at - started < DEADLINE + 1
-    assert client.received == b""
+_JSON = json.dumps({"operations": [], "client_id": "slow"}).encode()
 
 
+@pytest.mark.parametrize("prompt, trickled", [
+    # slowloris: a request head that never ends
+    (b"", b"GET /api/list HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"),
+    # a JSON body sent a byte at a time
+    (b"POST /api/sync HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(_JSON), _JSON),
+])
 @pytest_twisted.ensureDeferred
-async def test_trickled_json_body_is_dropped(server, reactor):
+async def test_trickled_request_is_dropped_while_still_sending(server, reactor, prompt, trickled):
     running, raw = server
     client = await raw()
-    body = json.dumps({"operations": [], "client_id": "slow"}).encode()
-    client.transport.write(b"POST /api/sync HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                           + str(len(body)).encode() + b"\r\n\r\n")
+    client.transport.write(prompt)
     started = reactor.seconds()
-    await trickle(reactor, client, body, step=0.05, until=started + DEADLINE + 2)
+    await trickle(reactor, client, trickled, step=0.02, until=started + DEADLINE + 2)
     await within(reactor, client.lost, 2)
     assert client.lost_at - started < DEADLINE + 1
     assert client.received == b""

@@ -15,6 +15,7 @@ from twisted.internet import defer
 
 from quantum_sync import passwords
 from tests import hostile
+from tests.logcapture import LogCapture
 from tests.support import HttpClient, start_server
 from test_ws_support import connect
 
@@ -99,7 +100,7 @@ def session(reactor, tmp_path):
     async def start():
         return await start_server(reactor, tmp_path, websocket=WEBSOCKET)
 
-    with hostile.ErrorWatch() as errors:
+    with LogCapture() as errors:
         server = pytest_twisted.blockon(defer.ensureDeferred(start()))
         outside = hostile.outside_snapshot(tmp_path)
         running = Session(reactor, server, tmp_path, outside)
@@ -118,7 +119,7 @@ def session(reactor, tmp_path):
             await server.stop()
 
         pytest_twisted.blockon(defer.ensureDeferred(finish()))
-    assert errors.messages() == []
+    assert errors.error_messages() == []
     assert hostile.outside_snapshot(tmp_path) == outside
 
 
@@ -171,11 +172,11 @@ def auth_session(reactor, tmp_path):
     async def start():
         return await start_server(reactor, tmp_path, websocket=WEBSOCKET, auth=auth)
 
-    with hostile.ErrorWatch() as errors:
+    with LogCapture() as errors:
         server = pytest_twisted.blockon(defer.ensureDeferred(start()))
         yield Session(reactor, server, tmp_path, {})
         pytest_twisted.blockon(defer.ensureDeferred(server.stop()))
-    assert errors.messages() == []
+    assert errors.error_messages() == []
 
 
 @settings(SETTINGS, max_examples=60)

@@ -6,7 +6,6 @@ import treq
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -14,29 +13,13 @@ from twisted.web.static import Data
 
 from quantum_sync import tls
 from tests import certs
-
-
-class LogCapture:
-    """Collects the formatted twisted.logger events while it is installed."""
-
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def text(self):
-        from twisted.logger import formatEvent
-
-        return "\n".join(formatEvent(e) for e in self.events)
+from tests.logcapture import LogCapture
 
 
 @pytest.fixture
 def captured_log():
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
+    with LogCapture() as capture:
+        yield capture
 
 
 @pytest.fixture
