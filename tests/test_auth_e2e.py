@@ -15,7 +15,7 @@ from quantum_sync import passwords, tls
 from tests import certs
 from tests.logcapture import LogCapture
 from tests.support import HttpClient, start_server
-from test_ws_support import Client, connect, wait_for
+from test_ws_support import Client, connect, raw_handshake, wait_for
 
 FAST = {"ln": 10, "r": 8, "p": 1}
 PASSWORDS = {"alice": "alice-Pw-1", "wendy": "wendy-Pw-2", "rita": "rita-Pw-3"}
@@ -218,6 +218,8 @@ async def test_forged_and_expired_tokens_refused_everywhere(secured, tmp_path, r
                              (f"{server.url}/api/list?token={token}", {})]:
             status, body = await http.json("GET", url, expect=None, headers=headers)
             assert (status, body["error"]["code"]) == (401, code), name
+        status, body = await raw_handshake(reactor, f"{server.url}/ws?token={token}")
+        assert (status, body["error"]["code"]) == (401, code), name
         client = await ws(server, reactor)
         answer = await client.request({"type": "auth", "payload": {"token": token}})
         assert answer["type"] == "auth_error", name
@@ -235,22 +237,28 @@ async def test_websocket_roles_and_auth_first(secured, reactor):
     answer = await client.request({"type": "Subscribe", "client_id": "x"})
     assert (answer["type"], answer["code"]) == ("Error", "AUTH_REQUIRED")
     assert (await client.wait_closed())[0] == 1008
-    move = {"type": "FileOperation", "source_client": "c", "id": "m1",
-            "operation": {"Move": {"from": "a.txt", "to": "moved-by-{role}.txt"}}}
-    for role in ("read", "write"):
+    # every role against every message: reads for all, FileOperation only from write up
+    for n, role in enumerate(("read", "write", "admin")):
         client = await ws(server, reactor)
         await client.request({"type": "auth", "payload": {"token": tokens[role]}})
-        assert (await client.request({"type": "Subscribe", "client_id": role}))["type"] == "Ack"
-        assert (await client.request({"type": "subscribe", "topic": "alerts"}))["type"] == "Ack"
+        for message in ({"type": "Subscribe", "client_id": role},
+                        {"type": "subscribe", "topic": "alerts"},
+                        {"type": "unsubscribe", "topic": "alerts"},
+                        {"type": "subscribe", "topic": "system"}):
+            assert (await client.request(message))["type"] == "Ack", (role, message)
+        assert (await client.request({"type": "ping", "id": n}))["type"] == "pong"
         before = tree(server.root)
-        message = json.loads(json.dumps(move).replace("{role}", role))
-        answer = await client.request(message)
+        source, target = ("a.txt", "b.txt") if n < 2 else ("b.txt", "c.txt")
+        answer = await client.request({"type": "FileOperation", "source_client": role, "id": role,
+                                       "operation": {"Move": {"from": source, "to": target}}})
+        assert answer["id"] == role
         if role == "read":
             assert (answer["type"], answer["code"]) == ("Error", "PERMISSION_DENIED")
             assert tree(server.root) == before
         else:
             assert answer["type"] == "Ack", answer
-            await wait_for(reactor, lambda: os.path.exists(os.path.join(server.root, "moved-by-write.txt")))
+            await wait_for(reactor, lambda: os.path.exists(os.path.join(server.root, target)))
+            assert not os.path.exists(os.path.join(server.root, source))
 
 
 @pytest_twisted.ensureDeferred
