@@ -60,3 +60,40 @@ def test_wheel_ships_the_dropin_and_installs_discoverably(tmp_path):
     module_file, tapnames = result.stdout.splitlines()[-2:]
     assert module_file.startswith(str(target))
     assert TAPNAMES <= set(ast.literal_eval(tapnames))
+
+
+def read_unit(name: str) -> str:
+    with open(os.path.join(PROJECT, "etc", name)) as f:
+        return f.read()
+
+
+def test_systemd_units():
+    from quantum_sync.config import listen_to_endpoint
+
+    for name in ("quantum-sync.service", "quantum-sync-socket.service"):
+        unit = read_unit(name)
+        for setting in ("User=quantum-sync", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                        "ReadWritePaths=/var/lib/quantum-sync", "PrivateTmp=yes",
+                        "ProtectHome=yes", "CapabilityBoundingSet=\n"):
+            assert setting in unit, (name, setting)
+        assert "twistd --nodaemon --pidfile=" in unit and " quantum-sync --config " in unit
+        assert "--logger=quantum_sync.logs.json_observer" in unit
+    activated = read_unit("quantum-sync-socket.service")
+    endpoint = activated.split("--listen ")[1].split()[0]
+    assert listen_to_endpoint(endpoint) == "systemd:domain=INET6:name=quantum-sync"
+    socket_unit = read_unit("quantum-sync.socket")
+    assert "FileDescriptorName=quantum-sync" in socket_unit
+    assert "Service=quantum-sync-socket.service" in socket_unit
+
+
+def test_systemd_units_verify(tmp_path):
+    """``systemd-analyze verify`` accepts the units (with this venv's twistd)."""
+    analyze = "/usr/bin/systemd-analyze"
+    assert os.path.exists(analyze), "systemd-analyze is part of the test machine's systemd"
+    names = ("quantum-sync.service", "quantum-sync-socket.service", "quantum-sync.socket")
+    for name in names:
+        text = read_unit(name).replace("/opt/quantum-sync/venv/bin/twistd", os.path.join(BIN, "twistd"))
+        (tmp_path / name).write_text(text)
+    result = subprocess.run([analyze, "verify", "--man=no", *[str(tmp_path / n) for n in names]],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr

@@ -141,3 +141,37 @@ def test_serves_with_seed_config_and_json_logs(tmp_path):
     assert upload and upload[0]["status"] == 200 and upload[0]["bytes_in"] == 2
     assert "token=REDACTED" in upload[0]["path"] and "s3cret" not in out
     assert all(isinstance(e["duration_ms"], float) for e in access)
+
+
+#: Plays systemd's part in socket activation: the listening socket becomes fd 3 with
+#: LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES set, then the process becomes twistd.
+SOCKET_ACTIVATE = """
+import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="quantum-sync")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_socket_activation(tmp_path):
+    """The systemd unit's way to listen: an inherited socket named quantum-sync."""
+    write_config(tmp_path, SEED)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-c", SOCKET_ACTIVATE, str(listening.fileno()), TWISTD, "-n",
+             "--pidfile=", "quantum-sync", "--config", "sync.json",
+             "--listen", "systemd:domain=INET:name=quantum-sync"],
+            cwd=tmp_path, pass_fds=[listening.fileno()], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+    try:
+        status, body = wait_for_health(f"http://127.0.0.1:{port}/ws/health", time.monotonic() + 20)
+        assert status == 200 and body["status"] == "ok"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    assert process.returncode in (0, -signal.SIGTERM), err
+    assert "Traceback" not in out + err
