@@ -133,6 +133,14 @@ class Engine:
         while self._active:
             await defer.DeferredList(list(self._active.values()))
 
+    def retry_pending(self):
+        """Send the local changes queued while the server was unreachable."""
+        for path, source in list(self.state.pending.items()):
+            if source:
+                self.local_moved(source, path)
+            else:
+                self.request(path, UNKNOWN)
+
     # -- local events --------------------------------------------------------------------
 
     def local_changed(self, path: str):

@@ -112,6 +112,7 @@ class RealtimeLink:
             self.log.info("realtime: connected and subscribed to {url}", url=self.factory.url)
         self.connected = True
         self.engine.catch_up_soon()
+        self.engine.retry_pending()
 
     def received(self, seq, operation):
         self.engine.remote_operation(seq, operation)

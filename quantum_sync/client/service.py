@@ -125,7 +125,8 @@ class SyncClientService(MultiService):
             return None
         realtime_up = self.link is not None and self.link.connected
         last = self.engine.last_full_reconcile or 0
-        if realtime_up and self.reactor.seconds() - last < self.config.safety_interval:
+        healthy = realtime_up and self.engine.online is not False
+        if healthy and self.reactor.seconds() - last < self.config.safety_interval:
             return None
         d = self.engine.reconcile()
         d.addErrback(self._tick_failed)

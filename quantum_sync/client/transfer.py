@@ -94,6 +94,11 @@ class ServerClient:
         """Drop the pooled connections (a Deferred)."""
         return self._pool.closeCachedConnections()
 
+    def _drop_connections(self):
+        """After a failure, start afresh: a kept-alive connection may lead to a server
+        that is going away."""
+        self._pool.closeCachedConnections()
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _url(self, path):
@@ -112,6 +117,7 @@ class ServerClient:
             from twisted.python.failure import Failure
 
             reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
+            self._drop_connections()
             raise ServerUnavailable(f"{method} {path}: {reason}") from None
         if response.code >= 400:
             await self._raise_for(method, path, response)
@@ -125,6 +131,7 @@ class ServerClient:
             code, message = "UNKNOWN", "no error body"
         status = response.code
         if status >= 500 or status == 429:
+            self._drop_connections()
             raise ServerUnavailable(f"{method} {path}: {status} {code}: {message}")
         cls = {412: PreconditionFailed, 410: CursorExpired}.get(status, RequestRefused)
         raise cls(status, code, message)
