@@ -419,3 +419,17 @@ def test_config_module_auth_section_is_accepted(users, tmp_path):
     bad = AuthConfig(users={"x": ("nohash", "read")}, secret_file=str(tmp_path / "secret"))
     with pytest.raises(ConfigError, match="auth.users.x.password_hash"):
         auth.build_authorizer(bad, str(tmp_path), Clock())
+
+
+def test_secret_file_inside_the_root_is_refused(users, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    section = {"users": users, "secret_file": str(root / "docs" / "secret")}
+    with pytest.raises(auth.AuthConfigError, match="inside the synced root"):
+        auth.build_authorizer(section, str(root / ".quantum-sync"), Clock(), root=str(root))
+    assert not (root / "docs").exists()
+    # in the state directory, or outside the root, it is fine
+    for place in (root / ".quantum-sync" / "secret", tmp_path / "elsewhere" / "secret"):
+        section["secret_file"] = str(place)
+        auth.build_authorizer(section, str(root / ".quantum-sync"), Clock(), root=str(root))
+        assert place.exists()

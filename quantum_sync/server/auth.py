@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from quantum_sync import passwords
 from quantum_sync.config import ConfigError
 from quantum_sync.errors import SyncError
+from quantum_sync.paths import STATE_DIR_NAME
 from quantum_sync.protocol import format_time
 from quantum_sync.server.throttle import LoginThrottle
 
@@ -344,11 +345,26 @@ def _accounts(users) -> dict:
     return accounts
 
 
-def build_authorizer(auth_config, state_dir, reactor, hub=None):
+def _check_secret_location(secret_file: str, root: str) -> None:
+    """A key inside the synced root (outside its state directory) would be listed,
+    downloadable and synced to every client: refuse it."""
+    real = os.path.realpath(secret_file)
+    real_root = os.path.realpath(root)
+    state = os.path.join(real_root, STATE_DIR_NAME)
+    inside = os.path.commonpath([real, real_root]) == real_root
+    if inside and os.path.commonpath([real, state]) != state:
+        raise AuthConfigError(
+            f"auth.secret_file {secret_file}: it is inside the synced root {root}, where it "
+            f"would be served and synced; keep it outside (or in {STATE_DIR_NAME}/)"
+        )
+
+
+def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None):
     """The authorizer for the config's ``auth`` section (a dict or an attrs object with
     ``users``, ``secret_file``, ``token_ttl``): :class:`OpenAuthorizer` when it is None.
     A relative ``secret_file`` is taken from the working directory; without one the
-    key lives in ``<state_dir>/auth-secret``. Raises :class:`AuthConfigError`."""
+    key lives in ``<state_dir>/auth-secret``. With ``root`` given, a key file inside
+    the synced root is refused. Raises :class:`AuthConfigError`."""
     if auth_config is None:
         return OpenAuthorizer()
     accounts = _accounts(_get(auth_config, "users"))
@@ -356,6 +372,10 @@ def build_authorizer(auth_config, state_dir, reactor, hub=None):
     ttl = DEFAULT_TOKEN_TTL if ttl is None else ttl
     if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
         raise AuthConfigError(f"auth.token_ttl: must be a positive number of seconds, not {ttl!r}")
-    secret_file = _get(auth_config, "secret_file") or os.path.join(state_dir, DEFAULT_SECRET_NAME)
-    key = load_or_create_secret(os.path.abspath(secret_file))
+    secret_file = os.path.abspath(
+        _get(auth_config, "secret_file") or os.path.join(state_dir, DEFAULT_SECRET_NAME)
+    )
+    if root is not None:
+        _check_secret_location(secret_file, root)
+    key = load_or_create_secret(secret_file)
     return TokenAuthorizer(accounts, key, ttl, reactor, hub)
