@@ -92,7 +92,8 @@ def build_authorizer(config, reactor, hub):
     except ImportError:
         raise ConfigError(f"{config.source}: auth: authentication is not available in this build") from None
     try:
-        return build(config.handler.auth, state_dir=config.handler.state_dir, reactor=reactor, hub=hub)
+        return build(config.handler.auth, state_dir=config.handler.state_dir, reactor=reactor, hub=hub,
+                     root=config.handler.root)
     except ValueError as e:  # auth.AuthConfigError names the key and the reason
         raise ConfigError(f"{config.source}: {e}") from None
 
