@@ -32,7 +32,7 @@ class WebSocketConfig:
 
     ``storage_alert_free_bytes``: a ``storage_alert`` is published when free space on the
     root's filesystem drops below it (0 disables). ``performance_alert_ms``: a
-    ``performance_alert`` is published when a request takes longer (0 disables).
+    ``performance_alert`` is published when the average response time exceeds it (0 disables).
     """
 
     max_connections: int = 1000

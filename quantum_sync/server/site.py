@@ -200,14 +200,11 @@ class SyncSite(server.Site):
     #: Seconds a client has to send a whole request (head, and body unless an upload).
     request_timeout = 30
 
-    def __init__(self, root, metrics, temp_dir: str, max_upload_size, alerts=None,
-                 slow_request_ms: float = 0, reactor=None):
+    def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None):
         super().__init__(root, reactor=reactor)
         self.metrics = metrics
         self.temp_dir = temp_dir
         self.max_upload_size = max_upload_size
-        self._alerts = alerts
-        self._slow_request_ms = slow_request_ms
 
     def log(self, request):  # noqa: F811 - twisted's hook, called once per finished request
         duration = time.monotonic() - request.started
@@ -228,11 +225,6 @@ class SyncSite(server.Site):
             client=getattr(address, "host", str(address)), method=method, path=redact(uri or b""),
             status=status, bytes_out=sent, bytes_in=received, duration_ms=duration * 1000)
         self.metrics.observe_request(duration, received, sent)
-        if self._alerts is not None and self._slow_request_ms and duration * 1000 > self._slow_request_ms:
-            self._alerts("performance_alert", {
-                "metric": "request_duration_ms", "value": round(duration * 1000, 1),
-                "threshold": self._slow_request_ms, "path": redact(uri or b"").split("?")[0],
-            })
 
 
 class JsonResource(resource.Resource):
@@ -303,5 +295,4 @@ def build_site(listener, service) -> SyncSite:
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     handler = service.config.handler
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
-                    alerts=service.hub.alert, slow_request_ms=handler.websocket.performance_alert_ms,
                     reactor=service.reactor)
