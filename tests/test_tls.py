@@ -168,3 +168,37 @@ def test_non_tls_failures_are_not_explained():
     from twisted.python.failure import Failure
 
     assert tls.tls_failure_reason(Failure(ConnectionRefusedError())) is None
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_sync_client_over_https_verifies_the_server(reactor, tmp_path, pki, captured_log, trusted):
+    """The real sync client against a real https/wss server: without the CA it moves no
+    byte and says why (and keeps retrying); with ``ca_cert`` it syncs."""
+    from quantum_sync.client.service import ClientConfig, SyncClientService
+    from test_ws_support import wait_for
+    from tests.support import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "hello.txt").write_bytes(b"over tls")
+    server = await start_server(reactor, tmp_path, listen=certs.ssl_listen(pki["good"]))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    config = ClientConfig(server=f"https://localhost:{server.port}", folder=str(folder),
+                          ca_cert=pki["ca"].cert_path if trusted else None, interval=0.5, settle=0.05)
+    client = SyncClientService(config, reactor)
+    client.startService()
+    try:
+        if trusted:
+            await wait_for(reactor, lambda: (folder / "hello.txt").exists(), 10)
+            assert (folder / "hello.txt").read_bytes() == b"over tls"
+            await wait_for(reactor, lambda: client.link is not None and client.link.connected, 10)
+        else:
+            refusals = lambda: captured_log.text().count("TLS: certificate of localhost refused")  # noqa: E731
+            await wait_for(reactor, lambda: refusals() >= 2, 10)  # it keeps retrying
+            assert not (folder / "hello.txt").exists()
+            assert not client.ready.called
+    finally:
+        await client.stopService()
+        await server.stop()
