@@ -20,6 +20,8 @@ from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
 CHUNK = 1 << 20
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
+SUSPECT_MTIME_SLACK_NS = 1_000_000
 
 
 @attrs.frozen
@@ -87,7 +89,7 @@ def version(abspath: str, base=None):
         and st.size == 0
         and base.entry.size > 0
         and not base.entry.is_directory
-        and st.mtime_ns <= base.local_mtime_ns
+        and st.mtime_ns <= base.local_mtime_ns + SUSPECT_MTIME_SLACK_NS
     )
     return LocalVersion(Entry(digest, st.size, False), st, suspect)
 

@@ -8,6 +8,8 @@ backoff; every state change is logged.
 """
 
 import json
+
+import txaio
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -95,6 +97,7 @@ class RealtimeLink:
         secure = parts.scheme == "wss"
         port = parts.port or (443 if secure else 80)
         headers = {"X-Client-Id": client_id}
+        txaio.set_global_log_level("info")  # Autobahn's frame-level debug lines are not for admins
         self.factory = WebSocketClientFactory(url, headers=headers)
         self.factory.protocol = SyncClientProtocol
         self.factory.link = self

@@ -1,0 +1,39 @@
+"""End to end with the real daemon: ``twistd -n quantum-sync-client`` as a subprocess."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest_twisted
+
+from test_e2e_sync import clients, converged, log_to_stderr, read, server, wait_for, write  # noqa: F401
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_client_syncs_both_ways(reactor, tmp_path, server, clients):
+    folder = tmp_path / "daemon"
+    log = open(tmp_path / "daemon.log", "wb")
+    daemon = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "quantum-sync-client", "--server", server[0].url, "--local-path", str(folder),
+         "--client-id", "daemon", "--interval", "1", "--settle", "50"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+    )
+    try:
+        b = await clients.start(server[0], "b")
+        write(b.config.folder, "to-daemon.txt", b"hello daemon")
+        await wait_for(reactor, lambda: read(str(folder), "to-daemon.txt") == b"hello daemon", what="download")
+        write(str(folder), "from-daemon/x.txt", b"hello b")
+        await wait_for(reactor, lambda: read(b.config.folder, "from-daemon/x.txt") == b"hello b", what="upload")
+        await converged(reactor, str(folder), b.config.folder, server[0].root)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        log.close()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "uploaded from-daemon/x.txt" in text and "downloaded to-daemon.txt" in text
+    assert "realtime: connected" in text
+    assert "Traceback (most recent call last)" not in text
+    assert os.path.exists(folder / ".quantum-sync" / "state.db")

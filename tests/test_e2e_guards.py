@@ -1,0 +1,98 @@
+"""End to end: the data-safety guards (contract section 7, reliability field notes)."""
+
+import os
+import shutil
+
+import pytest
+import pytest_twisted
+from twisted.logger import globalLogPublisher
+
+from test_e2e_sync import clients, converged, log_to_stderr, read, server, sleep, tree, wait_for, write  # noqa: F401
+
+
+@pytest.fixture
+def log_lines():
+    """Every log line formatted, for asserting what an admin would read."""
+    from twisted.logger import formatEvent
+
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
+async def test_mass_delete_is_held_until_allowed(reactor, server, clients, log_lines):
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b")
+    A, B = a.config.folder, b.config.folder
+    for i in range(30):
+        write(A, f"f{i:02}.txt", b"x%d" % i)
+    await converged(reactor, A, B)
+    await clients.stop(a)
+    for i in range(20):  # 20 of 30 vanish while the client is off (an unmounted disk, a bad script)
+        os.unlink(os.path.join(A, f"f{i:02}.txt"))
+    a = await clients.start(server[0], "a")
+    held = [line for line in log_lines if "mass delete" in line]
+    assert held and "20" in held[0]
+    await sleep(reactor, 0.3)
+    assert len(tree(server[0].root)) == 30 and len(tree(B)) == 30
+    await clients.stop(a)
+    a = await clients.start(server[0], "a", allow_mass_delete=True)
+    await converged(reactor, A, B, server[0].root)
+    assert len(tree(B)) == 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_that_lost_its_state_deletes_nothing(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    A = a.config.folder
+    write(A, "one.txt", b"1")
+    write(A, "two/three.txt", b"3")
+    await converged(reactor, A, server[0].root)
+    await clients.stop(a)
+    shutil.rmtree(A)  # the disk is gone; an empty mount point is all that is left
+    os.mkdir(A)
+    a = await clients.start(server[0], "a")
+    await converged(reactor, A, server[0].root)
+    assert read(A, "one.txt") == b"1" and read(A, "two/three.txt") == b"3"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_zero_byte_file_with_an_old_mtime_is_not_uploaded(reactor, server, clients, log_lines):
+    a = await clients.start(server[0], "a")
+    A = a.config.folder
+    write(A, "precious.txt", b"precious content")
+    await wait_for(reactor, lambda: read(server[0].root, "precious.txt") == b"precious content")
+    await clients.stop(a)
+    path = os.path.join(A, "precious.txt")
+    mtime = os.stat(path).st_mtime
+    open(path, "wb").close()  # power loss: truncated, old mtime put back
+    os.utime(path, (mtime, mtime))
+    a = await clients.start(server[0], "a")
+    await wait_for(reactor, lambda: any("suspect" in line for line in log_lines), what="the suspect warning")
+    assert read(server[0].root, "precious.txt") == b"precious content"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_listing_is_not_everything_deleted(reactor, server, clients, log_lines):
+    a = await clients.start(server[0], "a")
+    A = a.config.folder
+    for name in ("a.txt", "b.txt"):
+        write(A, name, name.encode())
+    await converged(reactor, A, server[0].root)
+    await clients.stop(a)
+    await server[0].stop()
+    shutil.rmtree(server[0].root)  # the server comes back with an empty root
+    os.mkdir(server[0].root)
+    shutil.rmtree(server[0].state_dir, ignore_errors=True)
+    from support import start_server
+
+    server[0] = await start_server(reactor, server[0].tmp_path)
+    a = await clients.start(server[0], "a")
+    await wait_for(reactor, lambda: any("listed nothing" in line for line in log_lines), what="the warning")
+    assert read(A, "a.txt") == b"a.txt" and read(A, "b.txt") == b"b.txt"
