@@ -17,6 +17,7 @@
 import json
 
 import attrs
+import pytest_twisted
 import treq
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -120,4 +121,23 @@ class HttpClient:
         await self.pool.closeCachedConnections()
 
 
-__all__ = ["HttpClient", "RunningServer", "server_document", "start_server", "treq"]
+# -- fixtures: import them by name into a test module (``from tests.support import http``) --
+
+
+@pytest_twisted.async_yield_fixture
+async def server(reactor, tmp_path):
+    """A default server (uploads enabled) on ``tmp_path/"root"``, stopped afterwards."""
+    running = await start_server(reactor, tmp_path)
+    yield running
+    await running.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def http(reactor):
+    """An :class:`HttpClient` whose connections are closed afterwards."""
+    client = HttpClient(reactor)
+    yield client
+    await client.close()
+
+
+__all__ = ["HttpClient", "RunningServer", "http", "server", "server_document", "start_server", "treq"]

@@ -1,26 +1,40 @@
 """The REST API against a real server on 127.0.0.1 (contract section 4)."""
 
 import hashlib
+import io
+import json
 import os
 
-import pytest
 import pytest_twisted
+from twisted.internet.defer import succeed
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 
-from tests.support import HttpClient, start_server
-
-
-@pytest_twisted.async_yield_fixture
-async def server(reactor, tmp_path):
-    running = await start_server(reactor, tmp_path)
-    yield running
-    await running.stop()
+from tests.support import http, server, start_server  # noqa: F401 (fixtures)
 
 
-@pytest_twisted.async_yield_fixture
-async def http(reactor):
-    client = HttpClient(reactor)
-    yield client
-    await client.close()
+@implementer(IBodyProducer)
+class UnsizedBody:
+    """A request body of unknown length: treq sends it chunked."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data: bytes):
+        self._stream = io.BytesIO(data)
+
+    def startProducing(self, consumer):
+        while chunk := self._stream.read(4096):
+            consumer.write(chunk)
+        return succeed(None)
+
+    def stopProducing(self):
+        pass
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
 
 
 def sha(data: bytes) -> str:
@@ -284,46 +298,11 @@ async def test_max_upload_size(reactor, tmp_path, http):
         _, body = await upload(http, server, "big.bin", b"x" * 200_000, expect=413)
         assert body["error"]["code"] == "TOO_LARGE"
 
-        def chunks():
-            for _ in range(10):
-                yield b"y" * 500
-
-        from twisted.web.client import FileBodyProducer  # noqa: F401  (sanity: treq streams)
-        import io
-
-        class Unsized:
-            """A body without a length: treq sends it chunked."""
-
-            length = None
-
-            def __init__(self):
-                self._stream = io.BytesIO(b"z" * 50_000)
-
-            def startProducing(self, consumer):
-                while chunk := self._stream.read(4096):
-                    consumer.write(chunk)
-                from twisted.internet.defer import succeed
-                return succeed(None)
-
-            def stopProducing(self):
-                pass
-
-            def pauseProducing(self):
-                pass
-
-            def resumeProducing(self):
-                pass
-
-        from twisted.web.iweb import IBodyProducer
-        from zope.interface import directlyProvides
-        producer = Unsized()
-        directlyProvides(producer, IBodyProducer)
-        from twisted.web.iweb import UNKNOWN_LENGTH
-        producer.length = UNKNOWN_LENGTH
         response = await http.post(f"{server.url}/api/upload", params={"path": "chunked.bin"},
-                                   data=producer)
+                                   data=UnsizedBody(b"z" * 50_000))
         assert response.code == 413
-        await response.content()
+        body = json.loads(await response.content())
+        assert body["error"]["code"] == "TOO_LARGE"
         assert not os.path.exists(os.path.join(server.root, "big.bin"))
         assert not os.path.exists(os.path.join(server.root, "chunked.bin"))
         assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []

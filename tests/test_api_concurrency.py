@@ -8,18 +8,11 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from tests.support import HttpClient, start_server
+from tests.support import http, server, start_server  # noqa: F401 (fixtures)
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest_twisted.async_yield_fixture
-async def http(reactor):
-    client = HttpClient(reactor)
-    yield client
-    await client.close()
 
 
 async def poll(reactor, check, timeout=10.0, interval=0.05):
@@ -38,51 +31,43 @@ async def change_ops(http, server, since=0):
 
 
 @pytest_twisted.ensureDeferred
-async def test_twenty_concurrent_uploads(reactor, tmp_path, http):
-    server = await start_server(reactor, tmp_path)
-    try:
-        bodies = {f"many/file-{i:02d}.bin": os.urandom(50_000 + i) for i in range(20)}
+async def test_twenty_concurrent_uploads(reactor, server, http):
+    bodies = {f"many/file-{i:02d}.bin": os.urandom(50_000 + i) for i in range(20)}
 
-        async def one(path, data):
-            return await http.json("POST", f"{server.url}/api/upload", params={"path": path},
-                                   data=data, headers={"X-Content-SHA256": sha(data)})
+    async def one(path, data):
+        return await http.json("POST", f"{server.url}/api/upload", params={"path": path},
+                               data=data, headers={"X-Content-SHA256": sha(data)})
 
-        results = await gatherResults([Deferred.fromCoroutine(one(p, d)) for p, d in bodies.items()])
-        assert {meta["path"]: meta["hash"] for _, meta in results} == \
-            {p: sha(d) for p, d in bodies.items()}
-        for path, data in bodies.items():
-            with open(os.path.join(server.root, path), "rb") as f:
-                assert f.read() == data
-        ops = await change_ops(http, server)
-        assert sorted(op["Create"]["metadata"]["path"] for kind, op in ops if kind == "Create") == \
-            sorted(bodies)
-        _, answer = await http.json("GET", f"{server.url}/api/changes")
-        assert [c["seq"] for c in answer["changes"]] == list(range(1, 21))
-    finally:
-        await server.stop()
+    results = await gatherResults([Deferred.fromCoroutine(one(p, d)) for p, d in bodies.items()])
+    assert {meta["path"]: meta["hash"] for _, meta in results} == \
+        {p: sha(d) for p, d in bodies.items()}
+    for path, data in bodies.items():
+        with open(os.path.join(server.root, path), "rb") as f:
+            assert f.read() == data
+    ops = await change_ops(http, server)
+    assert sorted(op["Create"]["metadata"]["path"] for kind, op in ops if kind == "Create") == \
+        sorted(bodies)
+    _, answer = await http.json("GET", f"{server.url}/api/changes")
+    assert [c["seq"] for c in answer["changes"]] == list(range(1, 21))
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_uploads_to_one_path_leave_one_complete_version(reactor, tmp_path, http):
-    server = await start_server(reactor, tmp_path)
-    try:
-        versions = [bytes([i]) * (300_000 + i * 1000) for i in range(8)]
+async def test_concurrent_uploads_to_one_path_leave_one_complete_version(reactor, server, http):
+    versions = [bytes([i]) * (300_000 + i * 1000) for i in range(8)]
 
-        async def one(data):
-            return await http.json("PUT", f"{server.url}/api/upload", params={"path": "same.bin"},
-                                   data=data)
+    async def one(data):
+        return await http.json("PUT", f"{server.url}/api/upload", params={"path": "same.bin"},
+                               data=data)
 
-        await gatherResults([Deferred.fromCoroutine(one(v)) for v in versions])
-        with open(os.path.join(server.root, "same.bin"), "rb") as f:
-            final = f.read()
-        assert final in versions
-        _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "same.bin"})
-        assert meta["hash"] == sha(final) and meta["size"] == len(final)
-        kinds = [kind for kind, _ in await change_ops(http, server)]
-        assert kinds == ["Create"] + ["Update"] * 7
-        assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
-    finally:
-        await server.stop()
+    await gatherResults([Deferred.fromCoroutine(one(v)) for v in versions])
+    with open(os.path.join(server.root, "same.bin"), "rb") as f:
+        final = f.read()
+    assert final in versions
+    _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "same.bin"})
+    assert meta["hash"] == sha(final) and meta["size"] == len(final)
+    kinds = [kind for kind, _ in await change_ops(http, server)]
+    assert kinds == ["Create"] + ["Update"] * 7
+    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -122,33 +107,29 @@ async def test_restart_reconciles_changes_made_while_down(reactor, tmp_path, htt
 
 
 @pytest_twisted.ensureDeferred
-async def test_files_written_by_other_programs_are_journalled(reactor, tmp_path, http):
-    server = await start_server(reactor, tmp_path)
-    try:
-        await http.json("POST", f"{server.url}/api/upload", params={"path": "mine.txt"}, data=b"m")
-        with open(os.path.join(server.root, "dropped.txt"), "wb") as f:
-            f.write(b"from another program")
-        os.makedirs(os.path.join(server.root, "sub", "deep"))
-        with open(os.path.join(server.root, "sub", "deep", "x.txt"), "wb") as f:
-            f.write(b"x")
+async def test_files_written_by_other_programs_are_journalled(reactor, server, http):
+    await http.json("POST", f"{server.url}/api/upload", params={"path": "mine.txt"}, data=b"m")
+    with open(os.path.join(server.root, "dropped.txt"), "wb") as f:
+        f.write(b"from another program")
+    os.makedirs(os.path.join(server.root, "sub", "deep"))
+    with open(os.path.join(server.root, "sub", "deep", "x.txt"), "wb") as f:
+        f.write(b"x")
 
-        async def seen():
-            paths = {op[kind]["metadata"]["path"] for kind, op in await change_ops(http, server)
-                     if kind == "Create"}
-            return {"dropped.txt", "sub", "sub/deep", "sub/deep/x.txt"} <= paths
+    async def seen():
+        paths = {op[kind]["metadata"]["path"] for kind, op in await change_ops(http, server)
+                 if kind == "Create"}
+        return {"dropped.txt", "sub", "sub/deep", "sub/deep/x.txt"} <= paths
 
-        assert await poll(reactor, seen)
-        os.unlink(os.path.join(server.root, "dropped.txt"))
+    assert await poll(reactor, seen)
+    os.unlink(os.path.join(server.root, "dropped.txt"))
 
-        async def deleted():
-            return ("Delete", {"Delete": {"path": "dropped.txt"}}) in await change_ops(http, server)
+    async def deleted():
+        return ("Delete", {"Delete": {"path": "dropped.txt"}}) in await change_ops(http, server)
 
-        assert await poll(reactor, deleted)
-        # the server's own upload was journalled once, not again by the watcher
-        ops = await change_ops(http, server)
-        mine = [kind for kind, op in ops if "mine.txt" in str(op)]
-        assert mine == ["Create"]
-        _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "sub/deep/x.txt"})
-        assert meta["hash"] == sha(b"x")
-    finally:
-        await server.stop()
+    assert await poll(reactor, deleted)
+    # the server's own upload was journalled once, not again by the watcher
+    ops = await change_ops(http, server)
+    mine = [kind for kind, op in ops if "mine.txt" in str(op)]
+    assert mine == ["Create"]
+    _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "sub/deep/x.txt"})
+    assert meta["hash"] == sha(b"x")

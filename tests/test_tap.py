@@ -41,6 +41,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_socket() -> socket.socket:
+    """A socket listening on a free port of 127.0.0.1 (use it in a ``with``)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def stop_cleanly(process) -> tuple:
+    """SIGTERM ``process``; assert it shut down without a traceback; ``(out, err)``."""
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=20)
+    # twistd re-raises the terminating signal after a clean shutdown
+    assert process.returncode in (0, -signal.SIGTERM), err
+    assert "Traceback" not in out + err
+    return out, err
+
+
 def assert_one_line_error(result, *fragments):
     assert result.returncode == 1, (result.returncode, result.stderr, result.stdout[-2000:])
     lines = result.stderr.strip().splitlines()
@@ -94,9 +112,7 @@ def test_option_errors_exit_1_with_one_line(tmp_path):
 
 def test_busy_port_exits_1_with_one_line(tmp_path):
     write_config(tmp_path, SEED)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
+    with listening_socket() as busy:
         port = busy.getsockname()[1]
         result = twistd(tmp_path, "--config", "sync.json", "--listen", f"127.0.0.1:{port}")
     assert_one_line_error(result, str(port), "Address already in use")
@@ -130,11 +146,7 @@ def test_serves_with_seed_config_and_json_logs(tmp_path):
             assert json.loads(response.read())["size"] == 2
         assert (tmp_path / "sync-data" / "hello.txt").read_bytes() == b"hi"
     finally:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=20)
-    # twistd re-raises the terminating signal after a clean shutdown
-    assert process.returncode in (0, -signal.SIGTERM), err
-    assert "Traceback" not in out + err
+        out, _ = stop_cleanly(process)
     events = [json.loads(line) for line in out.splitlines() if line.strip()]
     access = [e for e in events if e.get("log_namespace") == "quantum_sync.access"]
     upload = [e for e in access if e["method"] == "PUT"]
@@ -157,9 +169,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 def test_socket_activation(tmp_path):
     """The systemd unit's way to listen: an inherited socket named quantum-sync."""
     write_config(tmp_path, SEED)
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
+    with listening_socket() as listening:
         port = listening.getsockname()[1]
         process = subprocess.Popen(
             [sys.executable, "-c", SOCKET_ACTIVATE, str(listening.fileno()), TWISTD, "-n",
@@ -171,7 +181,4 @@ def test_socket_activation(tmp_path):
         status, body = wait_for_health(f"http://127.0.0.1:{port}/ws/health", time.monotonic() + 20)
         assert status == 200 and body["status"] == "ok"
     finally:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=20)
-    assert process.returncode in (0, -signal.SIGTERM), err
-    assert "Traceback" not in out + err
+        stop_cleanly(process)
