@@ -184,6 +184,7 @@ class TokenAuthorizer:
         self.hub = hub
         self.throttle = throttle if throttle is not None else LoginThrottle(clock)
         self._run_in_thread = run_in_thread
+        passwords.dummy_hash()  # made now, so the first unknown name costs no extra time
 
     # tokens
 
