@@ -21,6 +21,9 @@ from quantum_sync import protocol
 from quantum_sync.errors import SyncError
 
 
+_log = Logger()
+
+
 def websocket_url(server_url: str) -> str:
     """``ws://host:port/ws`` (or ``wss://``) for an ``http(s)://host:port`` server URL."""
     parts = urlsplit(server_url)
@@ -29,9 +32,10 @@ def websocket_url(server_url: str) -> str:
 
 
 class SyncClientProtocol(WebSocketClientProtocol):
-    """Speaks the client side of the hub protocol; all decisions are the link's."""
+    """Speaks the client side of the hub protocol; all decisions are the link's.
 
-    log = Logger()
+    (Autobahn's own ``self.log`` is left alone: it filters its frame-level debug lines.)
+    """
 
     def onConnect(self, response):
         self._opened = defer.Deferred()
@@ -55,24 +59,24 @@ class SyncClientProtocol(WebSocketClientProtocol):
             message = json.loads(payload.decode("utf-8"))
             kind = message.get("type")
         except (ValueError, UnicodeDecodeError, AttributeError):
-            self.log.warn("realtime: unreadable message from the server")
+            _log.warn("realtime: unreadable message from the server")
             return
         if kind == "auth_success":
             self._subscribe()
         elif kind == "auth_error":
-            self.log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
+            _log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
         elif kind == "Ack" and message.get("operation_id") == "subscribe":
             link.subscribed(self)
         elif kind == "FileOperation":
             try:
                 operation = protocol.parse_operation(message.get("operation"))
             except SyncError as e:
-                self.log.warn("realtime: ignoring an invalid FileOperation: {error}", error=e.message)
+                _log.warn("realtime: ignoring an invalid FileOperation: {error}", error=e.message)
                 return
             seq = message.get("seq")
             link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation)
         elif kind == "Error":
-            self.log.warn(
+            _log.warn(
                 "realtime: server error {code}: {message}", code=message.get("code"), message=message.get("message")
             )
 

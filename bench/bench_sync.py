@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Sync benchmark: quantum-sync beside a pair of Syncthing instances, same run, loopback only.
+
+    .venv/bin/python bench/bench_sync.py [--trials 100] [--small 2000] [--large-mib 256] [--no-syncthing]
+
+Starts a quantum-sync server and two ``twistd quantum-sync-client`` daemons (folders A and
+B) on 127.0.0.1, and (unless --no-syncthing) two Syncthing instances sharing one folder
+(/work/shared/tools/syncthing_pair.py, fsWatcherDelayS=1). For each system it measures:
+
+- latency: a 1 KiB file written in A until identical bytes are readable in B
+  (``--trials`` new files, one at a time; p50/p90/p99),
+- small files: ``--small`` files of 4 KiB created at once in A until all are in B (files/s),
+- large file: one ``--large-mib`` MiB file written in A until it is complete in B (MB/s).
+
+Prints one table. Everything it starts it stops (by PID), whatever happens.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+PAIR = "/work/shared/tools/syncthing_pair.py"
+POLL = 0.0005
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(POLL)
+
+
+def content(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class QuantumPair:
+    """A server and two client daemons, each a twistd subprocess."""
+
+    name = "quantum-sync"
+
+    def __init__(self, base):
+        self.base = base
+        self.procs = []
+
+    def start(self):
+        shutil.rmtree(self.base, ignore_errors=True)
+        os.makedirs(self.base)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        config = {"apps": {"http": {"servers": {"bench": {
+            "listen": [f"tcp:{port}:interface=127.0.0.1"],
+            "routes": [{"match": [{"matcher": "path", "paths": ["/api/*", "/ws"]}],
+                        "handle": [{"handler": "file_sync", "root": os.path.join(self.base, "root"),
+                                    "enable_upload": True}]}],
+        }}}}}
+        config_path = os.path.join(self.base, "sync.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        self._spawn("server", ["quantum-sync", "--config", config_path])
+        wait(self._healthy, 30, "server health")
+        self.dir_a = os.path.join(self.base, "A")
+        self.dir_b = os.path.join(self.base, "B")
+        for side, folder in (("A", self.dir_a), ("B", self.dir_b)):
+            self._spawn(f"client{side}", ["quantum-sync-client", "--server", self.url, "--local-path", folder,
+                                          "--client-id", f"bench-{side}"])
+        for side in "AB":
+            wait(lambda: "realtime: connected" in self._log(f"client{side}"), 30, f"client {side} subscribed")
+
+    def _spawn(self, name, args):
+        log = open(os.path.join(self.base, name + ".log"), "wb")
+        proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.base)
+        self.procs.append((proc, log))
+
+    def _log(self, name):
+        with open(os.path.join(self.base, name + ".log"), errors="replace") as f:
+            return f.read()
+
+    def _healthy(self):
+        try:
+            with urllib.request.urlopen(self.url + "/ws/health", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self):
+        for proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, log in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        self.procs = []
+
+
+class SyncthingPair:
+    """Debian's Syncthing, two instances on loopback (the shared tool starts and stops them)."""
+
+    name = "Syncthing"
+
+    def __init__(self, base):
+        self.base = base
+
+    def _pair(self, *args, timeout=300):
+        return subprocess.run([sys.executable, PAIR, "--base", self.base, *args], check=True, capture_output=True,
+                              text=True, timeout=timeout).stdout
+
+    def start(self):
+        self._pair("start", "--fresh", "--delay", "1")
+        env = dict(line.split("=", 1) for line in self._pair("env").splitlines() if "=" in line)
+        self.dir_a, self.dir_b = env["ST_A_DIR"], env["ST_B_DIR"]
+
+    def stop(self):
+        try:
+            self._pair("stop", timeout=60)
+        except Exception as e:  # keep going: the table is still worth printing
+            print(f"syncthing stop: {e}", file=sys.stderr)
+
+
+def measure_latency(pair, trials):
+    folder = "lat-%d" % time.time_ns()
+    os.makedirs(os.path.join(pair.dir_a, folder))
+    wait(lambda: os.path.isdir(os.path.join(pair.dir_b, folder)), 60, "latency folder")
+    samples = []
+    for i in range(trials):
+        data = os.urandom(1024)
+        target = os.path.join(pair.dir_b, folder, f"t{i:03}.bin")
+        start = time.perf_counter()
+        with open(os.path.join(pair.dir_a, folder, f"t{i:03}.bin"), "wb") as f:
+            f.write(data)
+        wait(lambda: content(target) == data, 60, f"latency trial {i}")
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+
+    def pct(p):
+        return samples[min(len(samples) - 1, int(round(p / 100 * (len(samples) - 1))))] * 1000
+
+    return {"p50": statistics.median(samples) * 1000, "p90": pct(90), "p99": pct(99)}
+
+
+def measure_small(pair, count):
+    folder = "small-%d" % time.time_ns()
+    payloads = [os.urandom(4096) for _ in range(count)]
+    os.makedirs(os.path.join(pair.dir_a, folder))
+    start = time.perf_counter()
+    for i, data in enumerate(payloads):
+        with open(os.path.join(pair.dir_a, folder, f"s{i:05}.bin"), "wb") as f:
+            f.write(data)
+    target = os.path.join(pair.dir_b, folder)
+
+    def arrived():
+        try:
+            return len([n for n in os.listdir(target) if n.startswith("s") and n.endswith(".bin")]) >= count
+        except OSError:
+            return False
+
+    wait(arrived, 600, "small files")
+    elapsed = time.perf_counter() - start
+    wrong = sum(1 for i, data in enumerate(payloads) if content(os.path.join(target, f"s{i:05}.bin")) != data)
+    return {"files_per_s": count / elapsed, "seconds": elapsed, "wrong": wrong}
+
+
+def measure_large(pair, mib):
+    name = "large-%d.bin" % time.time_ns()
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    start = time.perf_counter()
+    with open(os.path.join(pair.dir_a, name), "wb") as f:
+        for i in range(mib):
+            chunk = block[:-8] + i.to_bytes(8, "big")
+            digest.update(chunk)
+            f.write(chunk)
+    target = os.path.join(pair.dir_b, name)
+
+    def arrived():
+        try:
+            return os.stat(target).st_size == mib << 20
+        except OSError:
+            return False
+
+    wait(arrived, 900, "large file")
+    elapsed = time.perf_counter() - start
+    h = hashlib.sha256()
+    with open(target, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"mb_per_s": (mib << 20) / elapsed / 1e6, "seconds": elapsed, "identical": h.hexdigest() == digest.hexdigest()}
+
+
+def run(pair, args):
+    pair.start()
+    try:
+        return {
+            "latency": measure_latency(pair, args.trials),
+            "small": measure_small(pair, args.small),
+            "large": measure_large(pair, args.large_mib),
+        }
+    finally:
+        pair.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--small", type=int, default=2000)
+    ap.add_argument("--large-mib", type=int, default=256)
+    ap.add_argument("--base", default="/tmp/qs-bench")
+    ap.add_argument("--no-syncthing", action="store_true")
+    args = ap.parse_args()
+    results = {}
+    results["quantum-sync"] = run(QuantumPair(os.path.join(args.base, "qs")), args)
+    if not args.no_syncthing:
+        results["Syncthing"] = run(SyncthingPair(os.path.join(args.base, "st")), args)
+    print_table(results, args)
+
+
+def print_table(results, args):
+    rows = [
+        (f"latency p50 (ms, 1 KiB, {args.trials} trials)", lambda r: r["latency"]["p50"], "<25"),
+        ("latency p90 (ms)", lambda r: r["latency"]["p90"], ""),
+        ("latency p99 (ms)", lambda r: r["latency"]["p99"], "<100"),
+        (f"small files/s ({args.small} x 4 KiB)", lambda r: r["small"]["files_per_s"], ">=1000"),
+        (f"large file MB/s ({args.large_mib} MiB)", lambda r: r["large"]["mb_per_s"], ">=2x Syncthing"),
+    ]
+    names = list(results)
+    header = f"{'measure':<40}" + "".join(f"{n:>15}" for n in names) + (f"{'ratio':>10}" if len(names) == 2 else "") + f"{'target':>16}"
+    print(header)
+    print("-" * len(header))
+    for label, get, target in rows:
+        values = [get(results[n]) for n in names]
+        line = f"{label:<40}" + "".join(f"{v:>15.1f}" for v in values)
+        if len(values) == 2:
+            line += f"{values[0] / values[1] if values[1] else float('inf'):>10.2f}"
+        print(line + f"{target:>16}")
+    for n in names:
+        r = results[n]
+        print(f"{n}: small files wrong={r['small']['wrong']}, large file identical={r['large']['identical']}")
+
+
+if __name__ == "__main__":
+    main()
