@@ -133,7 +133,13 @@ class SyncthingPair:
                               text=True, timeout=timeout).stdout
 
     def start(self):
-        self._pair("start", "--fresh", "--delay", "1")
+        try:
+            self._pair("start", "--fresh", "--delay", "1")
+        except subprocess.CalledProcessError as e:
+            # a first start sometimes times out while the instances pair: stop and retry once
+            print(f"syncthing start failed ({e.stderr.strip()[-300:]}); retrying", file=sys.stderr)
+            self.stop()
+            self._pair("start", "--fresh", "--delay", "1")
         env = dict(line.split("=", 1) for line in self._pair("env").splitlines() if "=" in line)
         self.dir_a, self.dir_b = env["ST_A_DIR"], env["ST_B_DIR"]
 
@@ -236,6 +242,7 @@ def main():
     args = ap.parse_args()
     results = {}
     results["quantum-sync"] = run(QuantumPair(os.path.join(args.base, "qs")), args)
+    print(json.dumps(results), file=sys.stderr, flush=True)  # kept even if the baseline fails
     if not args.no_syncthing:
         results["Syncthing"] = run(SyncthingPair(os.path.join(args.base, "st")), args)
     print_table(results, args)

@@ -203,3 +203,12 @@ def test_no_decision_ever_loses_a_changed_version(local, remote, base, strategy)
         assert action in (Action.UPLOAD, Action.CONFLICT, Action.RECORD)
     if classify(remote, base) is Side.CHANGED and strategy != "keep-client":
         assert action in (Action.DOWNLOAD, Action.CONFLICT, Action.RECORD)
+
+
+def test_a_subtree_plan_counts_the_whole_folder_for_the_mass_delete_guard():
+    base = {f"d/f{i}": BASE for i in range(12)}
+    local = dict(base)
+    held = plan(local, {}, base)
+    assert held.mass_delete_held == 12
+    fine = plan(local, {}, base, synced_files=100)
+    assert len(fine.of(Action.DELETE_LOCAL)) == 12 and fine.mass_delete_held == 0

@@ -252,10 +252,10 @@ class Engine:
         remote = hint
         if remote is not None and self.is_ignored(path, remote.is_directory):
             return
-        if is_dir or (remote is not None and remote.is_directory and local_entry is not None and not local_entry.is_directory):
-            if remote is None or (local_entry is not None and local_entry.is_directory and not remote.is_directory):
-                # a directory went away (or changed kind) on the server: reconcile what is below
-                return await self.reconcile(prefix=path, listing=[] if remote is None else None, held={path})
+        if is_dir and (local_entry is None or remote is None or not remote.is_directory or not local_entry.is_directory):
+            # a directory went away (or changed kind) on one side: reconcile what is below it,
+            # so that nothing changed elsewhere in the subtree is deleted with it
+            return await self.reconcile(prefix=path, listing=[] if remote is None else None, held={path})
         return await self._decide_and_execute(path, local, remote, base)
 
     def _refresh_stat(self, path, base, local):
@@ -621,13 +621,14 @@ class Engine:
             suspects={p for p, v in local.items() if v.suspect},
             allow_mass_delete=self.allow_mass_delete,
             trust_remote_deletes=trust,
+            synced_files=sum(1 for b in self.state.bases.values() if not b.entry.is_directory),
         )
         if result.mass_delete_held:
             self.log.warn(
                 "mass delete held: this reconcile would delete {count} of {synced} synced files; nothing was "
                 "deleted. Restore the files, or restart the client with --allow-mass-delete to confirm",
                 count=result.mass_delete_held,
-                synced=sum(1 for b in bases.values() if not b.entry.is_directory),
+                synced=sum(1 for b in self.state.bases.values() if not b.entry.is_directory),
             )
         if result.remote_deletes_distrusted:
             self.log.warn(

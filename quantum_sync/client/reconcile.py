@@ -156,8 +156,12 @@ def plan(
     suspects=frozenset(),
     allow_mass_delete: bool = False,
     trust_remote_deletes: bool = True,
+    synced_files: int = None,
 ) -> Plan:
-    """Decisions for every path in the three maps (path → :class:`Entry`)."""
+    """Decisions for every path in the three maps (path → :class:`Entry`).
+
+    ``synced_files`` is the folder's number of synced files for the mass-delete guard
+    (default: the files in ``base``; a subtree plan passes the whole folder's count)."""
     decisions = {}
     for path in set(local) | set(remote) | set(base):
         lv, rv, bv = local.get(path), remote.get(path), base.get(path)
@@ -180,7 +184,7 @@ def plan(
         for d in decisions.values()
         if d.action in (Action.DELETE_LOCAL, Action.DELETE_REMOTE) and not d.is_directory
     ]
-    synced = sum(1 for b in base.values() if not b.is_directory)
+    synced = synced_files if synced_files is not None else sum(1 for b in base.values() if not b.is_directory)
     if not allow_mass_delete and is_mass_delete(len(deletes), synced):
         held = len(deletes)
         for path, d in list(decisions.items()):

@@ -54,6 +54,7 @@ class SyncClientService(MultiService):
         self._starting = None
         self._ticker = None
         self._stopping = False
+        self._backoff = None
 
     def startService(self):
         super().startService()
@@ -117,7 +118,13 @@ class SyncClientService(MultiService):
                 self.engine._went_offline(str(e))
             if self._stopping:
                 return
-            await task.deferLater(self.reactor, delay, lambda: None)
+            self._backoff = task.deferLater(self.reactor, delay, lambda: None)
+            try:
+                await self._backoff
+            except defer.CancelledError:
+                return
+            finally:
+                self._backoff = None
             delay = min(delay * 2, self.config.interval)
 
     def _tick(self):
@@ -140,6 +147,8 @@ class SyncClientService(MultiService):
 
     async def _stop(self):
         self._stopping = True
+        if self._backoff is not None:
+            self._backoff.cancel()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         if self.link is not None:
