@@ -148,3 +148,52 @@ async def test_compression_is_negotiated_small_and_context_free(sites):
     await sender.request({"type": "FileOperation", "operation": {"Delete": {"path": "big.txt"}}})
     assert (await reader.expect("FileOperation"))["operation"] == {"Delete": {"path": "big.txt"}}
     assert await reader.request({"type": "Ping", "id": "z" * 200}) == {"type": "Pong", "id": "z" * 200}
+
+
+def _fuzz_messages(count: int, seed: int = 1234):
+    """Random JSON values and mutated valid messages, reproducible from ``seed``."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    valid = [
+        {"type": "Subscribe", "client_id": "fuzz"},
+        {"type": "subscribe", "topic": "alerts"},
+        {"type": "FileOperation", "operation": {"Move": {"from": "a", "to": "b"}}},
+        {"type": "Ping", "id": 1},
+        {"type": "auth", "payload": {"token": "t"}},
+    ]
+    atoms = [None, True, False, 0, -1, 2**70, 1.5, "", "x", "../etc/passwd", "\u202e", [], {}]
+
+    def value(depth=0):
+        kind = rng.random()
+        if depth > 3 or kind < 0.5:
+            return rng.choice(atoms)
+        if kind < 0.75:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {rng.choice(["type", "id", "topic", "operation", "payload", "client_id", "k"]): value(depth + 1)
+                for _ in range(rng.randrange(4))}
+
+    for _ in range(count):
+        if rng.random() < 0.5:
+            message = json.loads(json.dumps(rng.choice(valid)))
+            key = rng.choice(list(message))
+            message[key] = value()
+            yield json.dumps(message).encode()
+        else:
+            yield json.dumps(value()).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fuzzed_messages_each_answered_connection_survives(sites):
+    site = await sites(rate_limit=0)
+    client = await site.connect()
+    frames = list(_fuzz_messages(300))
+    for frame in frames:
+        client.sendMessage(frame)
+    client.send_json({"type": "Ping", "id": "last"})
+    await client.expect("Pong", id="last")
+    answers = [m for m in client.received if m["type"] in ("Error", "Ack", "Pong", "pong", "auth_success")]
+    assert len(answers) >= len(frames)
+    assert {m["code"] for m in answers if m["type"] == "Error"} <= {"INVALID_MESSAGE", "INVALID_PATH", "NOT_FOUND"}
+    assert client.close_code is None
