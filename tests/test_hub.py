@@ -244,3 +244,18 @@ def test_requests_per_second_window(seconds, expected):
     metrics.observe_request(0.3, 0, 0)
     clock.advance(seconds)
     assert metrics.requests_per_second() == pytest.approx(expected)
+
+
+def test_a_failing_connection_does_not_stop_a_broadcast():
+    hub, _ = make_hub()
+
+    class Failing(RecordingConnection):
+        def send(self, payload):
+            raise RuntimeError("socket exploded")
+
+    broken = Failing(client_id="broken")
+    hub.attach(broken)
+    hub.subscribe(broken, "file_operations")
+    after = connect(hub, "after")
+    hub.publish(change(1))
+    assert broken.aborted == "error" and after.types()[-1] == "FileOperation"

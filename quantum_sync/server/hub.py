@@ -169,17 +169,26 @@ class Hub(Service):
             )
             return
         self.last_seq = change.seq
-        payload = messages.file_operation(change)
         source = change.source_client
-        for connection in list(self._subscribers["file_operations"]):
-            if not source or connection.client_id != source:
-                connection.send(payload)
+        self._deliver(
+            messages.file_operation(change),
+            [c for c in self._subscribers["file_operations"] if not source or c.client_id != source],
+        )
 
     def event(self, kind: str, data: dict) -> None:
         """Send a PeerVault event to the subscribers of its topic."""
-        payload = messages.event(kind, data, self._now())
-        for connection in list(self._subscribers[messages.EVENT_TOPICS[kind]]):
-            connection.send(payload)
+        self._deliver(messages.event(kind, data, self._now()),
+                      list(self._subscribers[messages.EVENT_TOPICS[kind]]))
+
+    def _deliver(self, payload: bytes, connections) -> None:
+        """The same bytes to each connection; one that fails is dropped, the rest still
+        get theirs."""
+        for connection in connections:
+            try:
+                connection.send(payload)
+            except Exception:
+                self.log.failure("hub: sending to {address} failed", address=connection.address)
+                connection.abort("error")
 
     def alert(self, kind: str, data: dict) -> None:
         """Send a PeerVault event on the ``alerts`` topic (``security_alert``,
