@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest_twisted
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -310,3 +310,49 @@ async def test_max_upload_size(reactor, tmp_path, http):
         assert [e["path"] for e in listing] == ["ok.bin"]
     finally:
         await server.stop()
+
+
+@implementer(IBodyProducer)
+class EndlessBody:
+    """A body that announces ``length`` bytes but sends only the first chunk."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self.stopped = False
+
+    def startProducing(self, consumer):
+        consumer.write(b"x" * 65536)
+        return Deferred()  # never finishes by itself
+
+    def stopProducing(self):
+        self.stopped = True
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_come_before_the_body(reactor, tmp_path, http):
+    """A too-large or unwelcome upload is answered once its headers are in: the body is
+    never waited for and never stored."""
+    from quantum_sync.passwords import hash_password
+
+    auth = {"users": {"reader": {"password_hash": hash_password("pw", ln=10), "role": "read"}},
+            "secret_file": str(tmp_path / "secret")}
+    for overrides, status, code in (({"enable_upload": False}, 403, "UPLOAD_DISABLED"),
+                                    ({"max_upload_size": 100_000}, 413, "TOO_LARGE"),
+                                    ({"auth": auth}, 401, "AUTH_REQUIRED")):
+        server = await start_server(reactor, tmp_path, **overrides)
+        try:
+            body = EndlessBody(10 * 1024 * 1024)
+            response = await http.put(f"{server.url}/api/upload", params={"path": "x.bin"},
+                                      data=body)
+            assert response.code == status
+            assert json.loads(await response.content())["error"]["code"] == code
+            assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+            assert not os.path.exists(os.path.join(server.root, "x.bin"))
+        finally:
+            await server.stop()

@@ -9,7 +9,7 @@ Upload bodies arrive already spooled to a hashing temp file by
 import json
 
 from klein import Klein
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import http
@@ -120,6 +120,15 @@ class FileApi:
 
     def resource(self):
         return self.app.resource()
+
+    def upload_gate(self, request) -> None:
+        """Refuse an upload as soon as its headers are in (before the body is stored):
+        UPLOAD_DISABLED, or the authorizer's refusal when it can answer at once."""
+        if not self.operations.enable_upload:
+            raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+        answer = self.authorizer.authorize_request(request, "write")
+        if isinstance(answer, Deferred):
+            answer.addErrback(lambda failure: None)  # decided again by the route
 
     async def _authorize(self, request, role: str):
         return await maybeDeferred(self.authorizer.authorize_request, request, role)

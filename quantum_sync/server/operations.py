@@ -111,6 +111,13 @@ class FileOperations:
 
     async def metadata(self, path: str) -> FileMetadata:
         """The stored metadata of ``path`` (checked against the disk), or NOT_FOUND."""
+        try:
+            return await self._metadata(path)
+        except OSError as error:
+            self.log.error("cannot read {path}: {error}", path=path, error=str(error))
+            raise storage_error(error) from error
+
+    async def _metadata(self, path: str) -> FileMetadata:
         entry = await self._thread(self.store.entry, path)
         cached = await self.index.get(path)
         if entry is not None and _matches(cached, entry):

@@ -61,29 +61,44 @@ class SyncRequest(server.Request):
 
     def gotLength(self, length):
         site = self.channel.site
-        is_upload = getattr(self.channel, "_path", b"").split(b"?")[0] == UPLOAD_PATH
+        target = getattr(self.channel, "_path", b"")
+        is_upload = target.split(b"?")[0] == UPLOAD_PATH
         self._limit = site.max_upload_size if is_upload else MAX_JSON_BODY
         if length is not None and self._limit is not None and length > self._limit:
-            self._refuse_too_large(length)
+            self._refuse(self._too_large())
             return
         if is_upload:
-            try:
-                self.content = UploadSpool(site.temp_dir, on_drained=self._body_drained)
-            except OSError:
-                super().gotLength(0)  # the handler answers with the spool's absence
-                return
-            # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
-            if hasattr(self.channel.transport, "bufferSize"):
-                self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+            self._start_upload(site, target)
             return
         super().gotLength(length)
+
+    def _start_upload(self, site, target: bytes):
+        """Check the caller may upload at all before a byte is stored, then spool."""
+        if site.upload_gate is not None:
+            self.args = http.parse_qs(target.partition(b"?")[2], 1)  # the gate may read ?token=
+            try:
+                site.upload_gate(self)
+            except SyncError as error:
+                self._refuse(error)
+                return
+        try:
+            self.content = UploadSpool(site.temp_dir, on_drained=self._body_drained)
+        except OSError:
+            super().gotLength(0)  # the handler answers with the spool's absence
+            return
+        # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
+        if hasattr(self.channel.transport, "bufferSize"):
+            self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+
+    def _too_large(self) -> SyncError:
+        return SyncError("TOO_LARGE", f"the body is larger than the limit of {self._limit} bytes")
 
     def handleContentChunk(self, data):
         if self._refused:
             return
         self.bytes_in += len(data)
         if self._limit is not None and self.bytes_in > self._limit:
-            self._refuse_too_large(None)
+            self._refuse(self._too_large())
             return
         if isinstance(self.content, UploadSpool):
             if self.content.write(data) and not self._reading_paused:
@@ -101,21 +116,23 @@ class SyncRequest(server.Request):
             self._reading_paused = False
             self.channel.transport.resumeProducing()
 
-    def _refuse_too_large(self, length):
-        """Answer 413 before (or while) reading the body, then drop the connection
+    def _refuse(self, error: SyncError):
+        """Answer ``error`` before (or while) reading the body, then drop the connection
         once the client has been told; the body is never stored."""
         self._refused = True
         if isinstance(self.content, UploadSpool):
             self.content.close()
         self.content = None
         self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after refusing
-        error = SyncError("TOO_LARGE", f"the body is larger than the limit of {self._limit} bytes")
         body = json.dumps(error.to_json()).encode("utf-8")
+        head = [b"HTTP/1.1 %d %s" % (error.status, http.RESPONSES.get(error.status, b"Error")),
+                b"Content-Type: application/json", b"Connection: close",
+                b"Content-Length: %d" % len(body)]
+        for name, values in self.responseHeaders.getAllRawHeaders():  # e.g. WWW-Authenticate
+            head.extend(name + b": " + value for value in values)
         transport = self.channel.transport
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
-            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        self.channel.site.log_refused(self, 413, len(body))
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.channel.site.log_refused(self, error.status, len(body))
         # Keep reading (and discarding) briefly so the client sees the answer rather
         # than a reset, but never longer than REFUSED_GRACE seconds.
         self._abort_call = self.channel.callLater(REFUSED_GRACE, transport.abortConnection)
@@ -198,13 +215,17 @@ class SyncSite(server.Site):
     # No HTTP/2 negotiation (not needed); every connection gets the deadline above.
     protocol = SyncChannel
     #: Seconds a client has to send a whole request (head, and body unless an upload).
-    request_timeout = 30
+    request_timeout = 0
 
-    def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None):
+    def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None,
+                 upload_gate=None):
         super().__init__(root, reactor=reactor)
         self.metrics = metrics
         self.temp_dir = temp_dir
         self.max_upload_size = max_upload_size
+        #: ``gate(request)`` raises SyncError when the caller may not upload at all;
+        #: checked when an upload's headers are in, before its body is stored.
+        self.upload_gate = upload_gate
 
     def log(self, request):  # noqa: F811 - twisted's hook, called once per finished request
         duration = time.monotonic() - request.started
@@ -295,4 +316,4 @@ def build_site(listener, service) -> SyncSite:
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     handler = service.config.handler
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
-                    reactor=service.reactor)
+                    reactor=service.reactor, upload_gate=service.api.upload_gate)

@@ -22,6 +22,8 @@ from quantum_sync import paths
 from quantum_sync.errors import SyncError
 
 CHUNK = 1024 * 1024
+#: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 TEMP_PREFIX = "upload-"
 
 
@@ -291,7 +293,11 @@ class Store:
                 os.unlink(path)
 
     def resolve(self, path: str) -> str:
-        return paths.resolve(self.root, path)
+        """The on-disk name of ``path`` (INVALID_PATH when it cannot live under the root)."""
+        absolute = paths.resolve(self.root, path)
+        if len(os.fsencode(absolute)) >= PATH_MAX:
+            raise SyncError("INVALID_PATH", "the path is too long for the server's file system")
+        return absolute
 
     def entry(self, path: str) -> DiskEntry | None:
         """The on-disk state of canonical ``path`` (symlinks and specials count as absent)."""
