@@ -215,7 +215,7 @@ class SyncSite(server.Site):
     # No HTTP/2 negotiation (not needed); every connection gets the deadline above.
     protocol = SyncChannel
     #: Seconds a client has to send a whole request (head, and body unless an upload).
-    request_timeout = 0
+    request_timeout = 30
 
     def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None,
                  upload_gate=None):
