@@ -145,3 +145,9 @@ async def test_idle_websocket_outlives_the_request_deadline(server, reactor):
         await http.json("GET", running.url + "/api/list")
     finally:
         await http.close()
+
+
+def test_the_deadline_is_on_by_default():
+    from quantum_sync.server.site import SyncSite
+
+    assert 0 < SyncSite.request_timeout <= 60
