@@ -27,9 +27,7 @@ def log_lines():
 
 @pytest_twisted.ensureDeferred
 async def test_mass_delete_is_held_until_allowed(reactor, server, clients, log_lines):
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0])
     for i in range(30):
         write(A, f"f{i:02}.txt", b"x%d" % i)
     await converged(reactor, A, B)

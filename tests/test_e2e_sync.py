@@ -104,6 +104,12 @@ class Clients:
                 await wait_for(self.reactor, lambda: client.link.connected, what=f"{name} subscribed")
         return client
 
+    async def pair(self, server, **options):
+        """Clients "a" and "b" on one server, and their folders."""
+        a = await self.start(server, "a", **options)
+        b = await self.start(server, "b")
+        return a, b, a.config.folder, b.config.folder
+
     async def stop(self, client):
         if client in self.running:
             self.running.remove(client)
@@ -169,9 +175,7 @@ async def converged(reactor, *folders, timeout=DEADLINE):
 
 @pytest_twisted.ensureDeferred
 async def test_create_update_delete_propagate(reactor, server, clients):
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0])
     write(A, "hello.txt", b"hello")
     await wait_for(reactor, lambda: read(B, "hello.txt") == b"hello", what="create")
     write(A, "hello.txt", b"hello again")
@@ -186,9 +190,7 @@ async def test_create_update_delete_propagate(reactor, server, clients):
 
 @pytest_twisted.ensureDeferred
 async def test_moves_and_empty_nested_directories(reactor, server, clients):
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0])
     os.makedirs(os.path.join(A, "empty/deeper/deepest"))
     write(A, "docs/sub/report.txt", b"report")
     write(A, "single.txt", b"single")
@@ -211,9 +213,7 @@ async def test_moves_and_empty_nested_directories(reactor, server, clients):
 
 @pytest_twisted.ensureDeferred
 async def test_two_hundred_files_at_once_and_a_20_mib_file(reactor, server, clients):
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0])
     for i in range(200):
         write(A, f"many/f{i:03}.txt", os.urandom(100 + i))
     big = os.urandom(20 << 20)
@@ -228,9 +228,7 @@ async def test_two_hundred_files_at_once_and_a_20_mib_file(reactor, server, clie
 
 @pytest_twisted.ensureDeferred
 async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, clients):
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0])
     write(A, "notes.txt", b"original")
     write(A, "gone-here.txt", b"will be deleted by b, edited by a")
     write(A, "edited-there.txt", b"will be edited by b, deleted by a")
@@ -262,9 +260,7 @@ async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, cli
 
 @pytest_twisted.ensureDeferred
 async def test_server_restart_in_the_middle(reactor, tmp_path, server, clients):
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0])
     write(A, "before.txt", b"before")
     await converged(reactor, A, B)
     port = server[0].port
@@ -282,9 +278,7 @@ async def test_server_restart_in_the_middle(reactor, tmp_path, server, clients):
 
 @pytest_twisted.ensureDeferred
 async def test_a_slowly_written_file_is_never_seen_half_written(reactor, server, clients):
-    a = await clients.start(server[0], "a", settle=0.2)
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0], settle=0.2)
     chunks = [os.urandom(8192) for _ in range(12)]
     whole = b"".join(chunks)
     seen = []
@@ -312,9 +306,7 @@ async def test_a_slowly_written_file_is_never_seen_half_written(reactor, server,
 
 @pytest_twisted.ensureDeferred
 async def test_syncignore_and_the_state_folder(reactor, server, clients):
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b")
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await clients.pair(server[0])
     write(A, ".syncignore", b"*.log\nbuild/\n")
     await wait_for(reactor, lambda: read(B, ".syncignore") == b"*.log\nbuild/\n", what=".syncignore")
     await wait_for(reactor, lambda: b.engine.rules.is_ignored("x.log"), what="b reloads the rules")
@@ -323,7 +315,6 @@ async def test_syncignore_and_the_state_folder(reactor, server, clients):
     write(B, "y.log", b"log")
     write(A, "keep.txt", b"keep")
     await wait_for(reactor, lambda: read(B, "keep.txt") == b"keep", what="keep.txt")
-    await converged(reactor, A + "/.syncignore", B + "/.syncignore") if False else None
     await sleep(reactor, 0.3)
     listed = tree(server[0].root)
     assert set(listed) == {".syncignore", "keep.txt"}
@@ -338,3 +329,15 @@ async def test_syncignore_and_the_state_folder(reactor, server, clients):
     finally:
         await http.close()
     assert sorted(m["path"] for m in listing) == [".syncignore", "keep.txt"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_initial_sync_pulls_first_then_sends_local_files(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    for i in range(60):
+        write(a.config.folder, f"server-side/{i}.txt", b"%d" % i)
+    await wait_for(reactor, lambda: len(tree(server[0].root)) == 61, what="a's files on the server")
+    write(str(clients.tmp_path / "c"), "local-only.txt", b"mine")
+    c = await clients.start(server[0], "c", initial_sync=True)
+    await converged(reactor, a.config.folder, c.config.folder, server[0].root)
+    assert read(a.config.folder, "local-only.txt") == b"mine"

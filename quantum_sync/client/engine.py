@@ -112,8 +112,9 @@ class Engine:
 
     def _went_offline(self, reason):
         if self.online is not False:
-            self.log.warn("server unreachable, local changes are queued: {reason}", reason=reason)
+            self.log.warn("server unavailable or refusing; local changes are queued: {reason}", reason=reason)
         self.online = False
+        self._offline_reason = reason
 
     def _record(self, path, meta, local_stat):
         self.state.set_base(

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from quantum_sync.client.engine import Engine
 from quantum_sync.client.realtime import RealtimeLink
 from quantum_sync.client.state import FolderState
-from quantum_sync.client.transfer import ServerClient, ServerUnavailable
+from quantum_sync.client.transfer import RequestRefused, ServerClient, ServerUnavailable
 from quantum_sync.client.watcher import FolderWatcher
 
 
@@ -114,7 +114,8 @@ class SyncClientService(MultiService):
                     self.log.info("initial sync: pulling everything the server has first")
                 await self.engine.reconcile(pull_first=self.config.initial_sync)
                 return
-            except ServerUnavailable as e:
+            except (ServerUnavailable, RequestRefused) as e:
+                # unreachable, a refused certificate or token: say why, keep trying
                 self.engine._went_offline(str(e))
             if self._stopping:
                 return
@@ -140,7 +141,7 @@ class SyncClientService(MultiService):
         return None
 
     def _tick_failed(self, failure):
-        if failure.check(ServerUnavailable):
+        if failure.check(ServerUnavailable, RequestRefused):
             self.engine._went_offline(str(failure.value))
         else:
             self.log.failure("periodic reconcile failed", failure)

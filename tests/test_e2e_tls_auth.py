@@ -1,0 +1,76 @@
+"""End to end over https/wss with a CA made in the test, and with token authentication."""
+
+import os
+
+import pytest_twisted
+from twisted.internet import defer
+
+import certs
+from support import HttpClient, start_server
+from test_e2e_sync import Clients, log_to_stderr, read, wait_for, write  # noqa: F401
+from test_e2e_guards import log_lines  # noqa: F401
+from quantum_sync.passwords import hash_password
+
+
+class HttpsServer:
+    """A started server seen through an https URL (the support helper reports http)."""
+
+    def __init__(self, running, url):
+        self.running, self.url = running, url
+        self.service = running.service
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_with_the_ca_syncs_and_an_unverifiable_certificate_stops_transfers(reactor, tmp_path, log_lines):
+    ca = certs.make_ca(tmp_path)
+    issued = certs.issue(tmp_path, ca)
+    running = await start_server(reactor, tmp_path, listen=certs.ssl_listen(issued))
+    server = HttpsServer(running, f"https://127.0.0.1:{running.port}")
+    group = Clients(reactor, tmp_path)
+    try:
+        trusting = await group.start(server, "trusting", ca_cert=ca.cert_path)
+        await wait_for(reactor, lambda: trusting.link.connected, what="wss subscription")
+        write(trusting.config.folder, "secret.txt", b"over tls")
+        await wait_for(reactor, lambda: read(running.root, "secret.txt") == b"over tls", what="https upload")
+        # a client that does not trust the CA transfers nothing, says why, and keeps trying
+        doubting = await group.start(server, "doubting", wait=False)
+        await wait_for(reactor, lambda: any("TLS: certificate of 127.0.0.1 refused" in line for line in log_lines),
+                       what="the TLS refusal in the log")
+        await wait_for(reactor, lambda: doubting.engine is not None and doubting.engine.online is False, what="offline")
+        assert read(doubting.config.folder, "secret.txt") is None
+        assert doubting.running and not doubting.ready.called
+    finally:
+        await group.stop_all()
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_authentication_on_http_and_websocket(reactor, tmp_path, log_lines):
+    auth = {
+        "users": {"alice": {"password_hash": hash_password("wonderland", ln=4), "role": "write"}},
+        "secret_file": str(tmp_path / "secret"),
+        "token_ttl": 3600,
+    }
+    running = await start_server(reactor, tmp_path, auth=auth)
+    http = HttpClient(reactor)
+    try:
+        _, body = await http.json("POST", running.url + "/api/v1/auth/login",
+                                  json={"username": "alice", "password": "wonderland"})
+    finally:
+        await http.close()
+    token = body["data"]["token"]
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    group = Clients(reactor, tmp_path)
+    try:
+        a = await group.start(running, "a", token=token)
+        b = await group.start(running, "b", token=token)
+        write(a.config.folder, "authorised.txt", b"with a token")
+        await wait_for(reactor, lambda: read(b.config.folder, "authorised.txt") == b"with a token", what="sync")
+        anonymous = await group.start(running, "anonymous", wait=False, realtime=False)
+        await wait_for(reactor, lambda: anonymous.engine is not None and anonymous.engine.online is False, what="refusal")
+        assert read(anonymous.config.folder, "authorised.txt") is None
+        assert os.listdir(anonymous.config.folder) == [".quantum-sync"]
+    finally:
+        await group.stop_all()
+        await running.stop()
