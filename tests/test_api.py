@@ -356,3 +356,42 @@ async def test_refusals_come_before_the_body(reactor, tmp_path, http):
             assert not os.path.exists(os.path.join(server.root, "x.bin"))
         finally:
             await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_several_servers_and_listen_entries(reactor, tmp_path, http):
+    """One file tree behind every listener; each server routes by its own patterns and the
+    monitoring endpoints answer everywhere."""
+    from quantum_sync import config as config_module
+    from quantum_sync.server.service import make_server_service
+    from tests.support import server_document
+
+    document = server_document(str(tmp_path / "root"))
+    servers = document["apps"]["http"]["servers"]
+    servers["file_sync_server"]["listen"] = ["tcp:0:interface=127.0.0.1", "127.0.0.1:0"]
+    servers["api_only"] = {
+        "listen": ["tcp:0:interface=127.0.0.1"],
+        "routes": [{"match": [{"path": ["/api/list"]}],
+                    "handle": servers["file_sync_server"]["routes"][0]["handle"]}],
+    }
+    config = config_module.parse(document, base_dir=str(tmp_path))
+    service = make_server_service(config, reactor)
+    service.startService()
+    try:
+        ports = [(await listener.when_listening()).getHost().port for listener in service.listeners]
+        await service.when_ready()
+        assert len(set(ports)) == 3
+        first, second, api_only = (f"http://127.0.0.1:{port}" for port in ports)
+        await http.json("PUT", f"{first}/api/upload", params={"path": "shared.txt"}, data=b"s")
+        for base in (second, api_only):
+            _, listing = await http.json("GET", f"{base}/api/list")
+            assert [e["path"] for e in listing] == ["shared.txt"]
+            _, health = await http.json("GET", f"{base}/ws/health")
+            assert health["status"] == "ok"
+        _, body = await http.json("GET", f"{api_only}/api/metadata", params={"path": "shared.txt"},
+                                  expect=404)
+        assert body["error"]["code"] == "NOT_FOUND"
+        _, meta = await http.json("GET", f"{second}/api/metadata", params={"path": "shared.txt"})
+        assert meta["size"] == 1
+    finally:
+        await service.stopService()
