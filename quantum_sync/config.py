@@ -101,6 +101,10 @@ class ServerConfig:
     source: str = "<config>"
 
 
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
 def _path_matches(pattern: str, path: str) -> bool:
     # Caddy's path matcher: exact, or with '*' wildcards (matching across '/').
     if "*" not in pattern:
@@ -341,8 +345,13 @@ def parse(document, source: str = "<config>", base_dir: str | None = None,
         if not root:
             raise ConfigError("--root: must not be empty")
         handler = attrs.evolve(handler, root=os.path.abspath(os.path.join(base_dir, root)))
+    internal = os.path.join(handler.root, ".quantum-sync")
     if not handler.state_dir:
-        handler = attrs.evolve(handler, state_dir=os.path.join(handler.root, ".quantum-sync"))
+        handler = attrs.evolve(handler, state_dir=internal)
+    elif _inside(handler.state_dir, handler.root) and not _inside(handler.state_dir, internal):
+        r.fail("state_dir", f"{handler.state_dir} lies inside the root {handler.root}, where"
+                            " clients could read or delete it; use a directory outside the"
+                            f" root or {internal}")
     if listen is not None:
         try:
             endpoint = listen_to_endpoint(listen)

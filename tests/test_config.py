@@ -200,3 +200,11 @@ def test_load_errors(tmp_path):
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load(str(bad))
+
+
+def test_state_dir_must_not_be_addressable():
+    with pytest.raises(ConfigError, match="state_dir: .* lies inside the root"):
+        parse(document(state_dir="./sync-data/state"), source="s.json", base_dir="/srv")
+    inside = parse(document(state_dir="./sync-data/.quantum-sync/db"), base_dir="/srv")
+    assert inside.handler.state_dir == "/srv/sync-data/.quantum-sync/db"
+    assert parse(document(state_dir="/var/lib/qs"), base_dir="/srv").handler.state_dir == "/var/lib/qs"
