@@ -6,6 +6,7 @@ import json
 import os
 import stat
 
+import attrs
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -434,3 +435,17 @@ def test_secret_file_inside_the_root_is_refused(users, tmp_path):
         section["secret_file"] = str(place)
         auth.build_authorizer(section, str(root / ".quantum-sync"), Clock(), root=str(root))
         assert place.exists()
+
+
+def test_recheck_follows_the_clock_and_the_config(authorizer, clock):
+    identity = authorizer.authorize_token(login(authorizer, "wendy", "wendy-pw")["token"], "read")
+    assert identity.expires == clock.seconds() + 600
+    assert authorizer.recheck(identity, "write") == auth.Identity("wendy", "write")
+    authorizer.accounts["wendy"] = attrs.evolve(authorizer.accounts["wendy"], role="read")
+    refused("PERMISSION_DENIED", authorizer.recheck, identity, "write")
+    assert authorizer.recheck(identity, "read").role == "read"
+    clock.advance(600)
+    refused("AUTH_EXPIRED", authorizer.recheck, identity, "read")
+    del authorizer.accounts["wendy"]
+    refused("AUTH_FAILED", authorizer.recheck, auth.Identity("wendy", "read"), "read")
+    assert auth.OpenAuthorizer().recheck(auth.ANONYMOUS_ADMIN, "admin") is auth.ANONYMOUS_ADMIN

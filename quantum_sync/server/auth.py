@@ -58,10 +58,13 @@ def role_allows(have: str, need: str) -> bool:
 
 @attrs.frozen
 class Identity:
-    """Who made a request, and what they may do."""
+    """Who made a request, and what they may do; ``expires`` (epoch seconds) is when
+    the token it came from runs out (None: never, as for the open server). Two
+    identities are equal when user and role are."""
 
     user: str
     role: str
+    expires: float | None = attrs.field(default=None, eq=False)
 
 
 ANONYMOUS_ADMIN = Identity("anonymous", "admin")
@@ -89,6 +92,11 @@ class OpenAuthorizer:
     def login(self, username, password, address: str) -> dict:
         """``POST /api/v1/auth/login``: the contract's answer ``data`` or a SyncError."""
         raise SyncError("NOT_FOUND", "authentication is not configured on this server")
+
+    def recheck(self, identity: Identity, role: str) -> Identity:
+        """For long-lived connections: may ``identity`` (authenticated earlier) still do
+        what needs ``role``? The current identity, or a SyncError."""
+        return identity
 
 
 # --- the secret file -------------------------------------------------------------------
@@ -239,7 +247,22 @@ class TokenAuthorizer:
         account = self.accounts.get(user) if isinstance(user, str) else None
         if account is None:
             raise SyncError("AUTH_FAILED", "invalid token")
-        return Identity(account.name, account.role)
+        return Identity(account.name, account.role, expires)
+
+    def recheck(self, identity: Identity, role: str) -> Identity:
+        """For long-lived connections (the WebSocket): the identity authenticated earlier,
+        checked again against the clock and the current accounts, so an expired token
+        (AUTH_EXPIRED), a removed user (AUTH_FAILED) or a lowered role
+        (PERMISSION_DENIED) takes effect without a reconnect."""
+        if identity.expires is not None and self.clock.seconds() >= identity.expires:
+            raise SyncError("AUTH_EXPIRED", "the token has expired; log in again")
+        account = self.accounts.get(identity.user)
+        if account is None:
+            raise SyncError("AUTH_FAILED", "the account no longer exists")
+        current = Identity(account.name, account.role, identity.expires)
+        if not role_allows(current.role, role):
+            raise SyncError("PERMISSION_DENIED", f"this needs the {role!r} role")
+        return current
 
     def authorize_token(self, token, role: str) -> Identity:
         """The identity behind a bare token if it holds ``role``; raises SyncError
