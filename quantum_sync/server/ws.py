@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from quantum_sync.errors import SyncError
 from quantum_sync.server import messages
-from quantum_sync.server.auth import ANONYMOUS_ADMIN, role_allows
+from quantum_sync.server.auth import ANONYMOUS_ADMIN
 from quantum_sync.server.hub import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,
@@ -287,8 +287,25 @@ class HubProtocol(WebSocketServerProtocol):
         ):
             self._require_auth(request.id)
             return
+        if not isinstance(request, (messages.AuthRequest, messages.PingRequest)) \
+                and not self._still_authorized(request):
+            return
         handler = self._HANDLERS[type(request)]
         handler(self, request)
+
+    def _still_authorized(self, request) -> bool:
+        """Check the connection's identity again for each request, so an expired token,
+        a removed account or a lowered role takes effect on an open WebSocket too:
+        PERMISSION_DENIED is an Error (the connection stays), the others close 1008."""
+        role = "write" if isinstance(request, messages.FileOperationRequest) else "read"
+        try:
+            self.identity = self.factory.authorizer.recheck(self.identity, role)
+        except SyncError as err:
+            self._refuse(err, request.id)
+            if err.code != "PERMISSION_DENIED":
+                self.close(CLOSE_POLICY, "authentication no longer valid")
+            return False
+        return True
 
     # -- requests -----------------------------------------------------------------------
 
@@ -319,9 +336,6 @@ class HubProtocol(WebSocketServerProtocol):
         self.send(messages.auth_success(identity.user, identity.role, request.id))
 
     def _on_file_operation(self, request):
-        if self.factory.authorizer.enabled and not role_allows(self.identity.role, "write"):
-            self._refuse(SyncError("PERMISSION_DENIED", "writing needs the write role"), request.id)
-            return
         source = self.client_id or request.source_client
         d = maybeDeferred(self.factory.operations.apply, request.operation, source)
 
