@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+import attrs
 import jwt
 import pytest
 import pytest_twisted
@@ -383,3 +384,40 @@ def test_access_log_redaction(uri, logged):
     from quantum_sync.server.site import redact
 
     assert redact(uri) == logged
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_websocket_follows_expiry_and_account_changes(reactor, tmp_path):
+    from twisted.internet.task import deferLater
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "a.txt").write_bytes(b"alpha")
+    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path, ttl=3), websocket=WS_TIMERS)
+    http = HttpClient(reactor)
+    try:
+        tokens = await tokens_by_role(http, server)
+        clients = {}
+        for role in ("write", "admin"):
+            clients[role] = client = await ws(server, reactor)
+            assert (await client.request({"type": "auth", "payload": {"token": tokens[role]}}))["type"] \
+                == "auth_success"
+            assert (await client.request({"type": "Subscribe", "client_id": role}))["type"] == "Ack"
+        # the write user is demoted in the running server: writes refused, the connection stays
+        accounts = server.service.authorizer.accounts
+        accounts["wendy"] = attrs.evolve(accounts["wendy"], role="read")
+        answer = await clients["write"].request({"type": "FileOperation", "source_client": "w", "id": 1,
+                                                 "operation": {"Delete": {"path": "a.txt"}}})
+        assert (answer["type"], answer["code"]) == ("Error", "PERMISSION_DENIED")
+        assert os.path.exists(os.path.join(server.root, "a.txt"))
+        # once the token has expired, the next message is refused and the connection closed
+        await deferLater(reactor, 3.2, lambda: None)
+        answer = await clients["admin"].request({"type": "subscribe", "topic": "alerts", "id": 2})
+        assert (answer["type"], answer["code"], answer["id"]) == ("Error", "AUTH_EXPIRED", 2)
+        assert (await clients["admin"].wait_closed())[0] == 1008
+    finally:
+        while OPEN_CLIENTS:
+            client = OPEN_CLIENTS.pop()
+            if client.transport is not None:
+                client.transport.abortConnection()
+        await http.close()
+        await server.stop()
