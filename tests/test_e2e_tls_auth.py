@@ -47,7 +47,7 @@ async def test_https_with_the_ca_syncs_and_an_unverifiable_certificate_stops_tra
 @pytest_twisted.ensureDeferred
 async def test_token_authentication_on_http_and_websocket(reactor, tmp_path, log_lines):
     auth = {
-        "users": {"alice": {"password_hash": hash_password("wonderland", ln=4), "role": "write"}},
+        "users": {"alice": {"password_hash": hash_password("wonderland", ln=10), "role": "write"}},
         "secret_file": str(tmp_path / "secret"),
         "token_ttl": 3600,
     }

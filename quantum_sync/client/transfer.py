@@ -17,7 +17,9 @@ refused certificate: try again later, never "everything was deleted"),
 import hashlib
 import json
 import os
+import queue
 import tempfile
+import threading
 from urllib.parse import urlsplit
 
 import treq
@@ -31,6 +33,10 @@ from quantum_sync import protocol
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
+UPLOAD_CHUNK = 1 << 20
+#: Downloaded bytes waiting for the disk thread beyond this are written by the reactor
+#: itself, which slows the download down instead of letting memory grow.
+SINK_BACKLOG = 64 << 20
 CHANGES_PAGE = 1000
 
 
@@ -235,7 +241,7 @@ class ServerClient:
             from quantum_sync.client.localfs import LocalChanged
 
             raise LocalChanged(abspath) from None
-        producer = FileBodyProducer(body, readSize=1 << 16)
+        producer = FileBodyProducer(body, readSize=UPLOAD_CHUNK)
         try:
             response = await self._request(
                 "POST", "/api/upload", params={"path": path}, headers=headers, data=producer, timeout=None
@@ -256,25 +262,70 @@ class ServerClient:
     async def _download(self, path, sha256, staging_dir):
         response = await self._request("GET", "/api/download", params={"path": path}, unbuffered=True, timeout=None)
         fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
-        out = os.fdopen(fd, "wb")
-        digest = hashlib.sha256()
-
-        def write(chunk):
-            digest.update(chunk)
-            out.write(chunk)
-
+        sink = DiskSink(os.fdopen(fd, "wb"))
         try:
             try:
-                await treq.collect(response, write)
+                await treq.collect(response, sink.put)
             except Exception as e:
                 raise ServerUnavailable(f"download of {path} interrupted: {e}") from None
-            if digest.hexdigest() != sha256:
+            finally:
+                digest = await deferToThread(sink.finish)
+            if digest != sha256:
                 raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
-            out.flush()
-            await deferToThread(os.fsync, out.fileno())
         except BaseException:
-            out.close()
             os.unlink(staged)
             raise
-        out.close()
         return staged
+
+
+class DiskSink:
+    """Hashes and writes downloaded chunks on a thread of its own, so that the reactor
+    keeps receiving while the disk and SHA-256 work (both release the GIL)."""
+
+    def __init__(self, fileobj):
+        self._file = fileobj
+        self._digest = hashlib.sha256()
+        self._queue = queue.Queue()
+        self._backlog = 0
+        self._error = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="quantum-sync-download", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> None:
+        with self._lock:
+            self._backlog += len(chunk)
+            crowded = self._backlog > SINK_BACKLOG
+        if crowded:
+            self._queue.join()  # the disk is slower than the network: wait for it here
+        self._queue.put(chunk)
+
+    def _run(self):
+        while True:
+            chunk = self._queue.get()
+            try:
+                if chunk is None:
+                    return
+                if self._error is None:
+                    try:
+                        self._digest.update(chunk)
+                        self._file.write(chunk)
+                    except OSError as e:
+                        self._error = e
+                with self._lock:
+                    self._backlog -= len(chunk)
+            finally:
+                self._queue.task_done()
+
+    def finish(self) -> str:
+        """(Blocking) wait for every chunk, fsync and close; the SHA-256 hex digest."""
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+        return self._digest.hexdigest()
