@@ -341,3 +341,18 @@ async def test_initial_sync_pulls_first_then_sends_local_files(reactor, server, 
     c = await clients.start(server[0], "c", initial_sync=True)
     await converged(reactor, a.config.folder, c.config.folder, server[0].root)
     assert read(a.config.folder, "local-only.txt") == b"mine"
+
+
+@pytest.mark.parametrize("strategy,winner", [("keep-server", b"version of a"), ("keep-client", b"version of b")])
+@pytest_twisted.ensureDeferred
+async def test_keep_server_and_keep_client_strategies(reactor, server, clients, strategy, winner):
+    a, b, A, B = await clients.pair(server[0])
+    write(A, "n.txt", b"original")
+    await converged(reactor, A, B)
+    await clients.stop(b)
+    write(A, "n.txt", b"version of a")
+    await wait_for(reactor, lambda: read(server[0].root, "n.txt") == b"version of a", what="a's edit on the server")
+    write(B, "n.txt", b"version of b")
+    await clients.start(server[0], "b", strategy=strategy)
+    final = await converged(reactor, A, B, server[0].root)
+    assert read(A, "n.txt") == winner and list(final) == ["n.txt"]

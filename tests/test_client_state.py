@@ -1,0 +1,59 @@
+"""The folder's state database: what a restart or a crash must not lose."""
+
+import os
+
+import pytest_twisted
+
+from quantum_sync.client.reconcile import Entry
+from quantum_sync.client.state import Base, FolderState, tmp_dir
+
+FILE = Base(Entry("a" * 64, 10), 1700000000.5, 10, 1700000000500000000)
+DIR = Base(Entry("", 0, True), 1700000000.0, 0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_state_survives_a_restart(reactor, tmp_path):
+    state = await FolderState(reactor, str(tmp_path)).open()
+    assert state.is_new
+    client_id = state.client_id()
+    assert state.client_id() == client_id  # generated once
+    state.set_base("d", DIR)
+    state.set_base("d/f.txt", FILE)
+    state.set_base("gone.txt", FILE)
+    state.forget("gone.txt")
+    state.set_cursor(42)
+    state.queue("offline.txt")
+    state.queue("moved.txt", "was.txt")
+    await state.close()
+
+    again = await FolderState(reactor, str(tmp_path)).open()
+    try:
+        assert not again.is_new
+        assert again.client_id() == client_id
+        assert again.bases == {"d": DIR, "d/f.txt": FILE}
+        assert again.cursor == 42
+        assert again.pending == {"offline.txt": None, "moved.txt": "was.txt"}
+        again.move("d", "e")
+        again.unqueue("offline.txt")
+        assert set(again.bases) == {"e", "e/f.txt"}
+    finally:
+        await again.close()
+    third = await FolderState(reactor, str(tmp_path)).open()
+    try:
+        assert set(third.bases) == {"e", "e/f.txt"} and third.pending == {"moved.txt": "was.txt"}
+        assert third.client_id("explicit-id") == "explicit-id"
+    finally:
+        await third.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_crash_leftovers_in_tmp_are_removed_on_open(reactor, tmp_path):
+    os.makedirs(tmp_dir(str(tmp_path)))
+    leftover = os.path.join(tmp_dir(str(tmp_path)), "dl-half-written")
+    with open(leftover, "wb") as f:
+        f.write(b"partial")
+    state = await FolderState(reactor, str(tmp_path)).open()
+    try:
+        assert os.listdir(tmp_dir(str(tmp_path))) == []
+    finally:
+        await state.close()

@@ -1,0 +1,58 @@
+"""The watcher: real inotify events, brought into the reactor and debounced."""
+
+import os
+import time
+
+import pytest
+import pytest_twisted
+
+from quantum_sync.client.watcher import FolderWatcher
+from test_e2e_sync import sleep, wait_for
+
+
+@pytest.fixture
+def watched(reactor, tmp_path):
+    events = []
+    watcher = FolderWatcher(
+        reactor, str(tmp_path), lambda p: events.append(("change", p, time.monotonic())),
+        lambda a, b: events.append(("move", (a, b), time.monotonic())), settle=0.2,
+    )
+    os.makedirs(tmp_path / ".quantum-sync")
+    watcher.startService()
+    yield tmp_path, events
+    pytest_twisted.blockon(watcher.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_finished_write_is_reported_at_once(reactor, watched):
+    folder, events = watched
+    start = time.monotonic()
+    (folder / "a.txt").write_bytes(b"hello")
+    await wait_for(reactor, lambda: ("change", "a.txt") in [(k, p) for k, p, _ in events], timeout=5)
+    first = next(t for k, p, t in events if p == "a.txt")
+    assert first - start < 0.15  # close-after-write does not wait for the settle time
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_still_being_written_waits_until_it_is_quiet(reactor, watched):
+    folder, events = watched
+    with open(folder / "slow.bin", "wb") as f:
+        for _ in range(6):
+            f.write(b"x" * 1000)
+            f.flush()
+            await sleep(reactor, 0.05)
+        assert [p for _, p, _ in events if p == "slow.bin"] == []  # nothing while it keeps changing
+    await wait_for(reactor, lambda: any(p == "slow.bin" for _, p, _ in events), timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_moves_are_moves_and_the_state_dir_is_silent(reactor, watched):
+    folder, events = watched
+    (folder / "old.txt").write_bytes(b"x")
+    await wait_for(reactor, lambda: events, timeout=5)
+    (folder / ".quantum-sync" / "state.db").write_bytes(b"private")
+    os.rename(folder / "old.txt", folder / "new.txt")
+    await wait_for(reactor, lambda: any(k == "move" for k, _, _ in events), timeout=5)
+    await sleep(reactor, 0.3)
+    assert ("move", ("old.txt", "new.txt")) in [(k, p) for k, p, _ in events]
+    assert not [p for _, p, _ in events if isinstance(p, str) and p.startswith(".quantum-sync")]
