@@ -133,3 +133,33 @@ async def test_files_written_by_other_programs_are_journalled(reactor, server, h
     assert mine == ["Create"]
     _, meta = await http.json("GET", f"{server.url}/api/metadata", params={"path": "sub/deep/x.txt"})
     assert meta["hash"] == sha(b"x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_change_is_published_once_in_journal_order(reactor, server, http):
+    """REST uploads, /api/sync operations and files from other programs all reach
+    hub.publish exactly once each, in journal order."""
+    published = []
+    original = server.service.hub.publish
+
+    def record(change):
+        published.append(change.seq)
+        original(change)
+
+    server.service.hub.publish = record
+    uploads = [Deferred.fromCoroutine(http.json("PUT", f"{server.url}/api/upload",
+                                                params={"path": f"p{i}.txt"}, data=b"x" * i))
+               for i in range(10)]
+    await gatherResults(uploads)
+    await http.json("POST", f"{server.url}/api/sync", json={"operations": [
+        {"Move": {"from": "p1.txt", "to": "moved/p1.txt"}}, {"Delete": {"path": "p2.txt"}}]})
+    with open(os.path.join(server.root, "outside-writer.txt"), "wb") as f:
+        f.write(b"o")
+
+    async def journalled():
+        _, answer = await http.json("GET", f"{server.url}/api/changes")
+        return answer["cursor"] >= 13 and answer
+
+    answer = await poll(reactor, journalled)
+    assert answer, "the file from another program was never journalled"
+    assert published == [c["seq"] for c in answer["changes"]] == list(range(1, 14))

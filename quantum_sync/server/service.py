@@ -7,7 +7,7 @@ metrics, authorizer, root watcher and one listener per listen entry.
 import time
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
