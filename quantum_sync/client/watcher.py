@@ -113,6 +113,10 @@ class FolderWatcher(Service):
             self.log.failure("error while handling a file system event")
 
     def _dispatch(self, event):
+        if getattr(event, "is_synthetic", False):
+            # watchdog adds a moved event for everything inside a moved directory; the
+            # directory's own Move covers them (and the engine checks its children)
+            return
         path = self._relative(event.src_path)
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
             destination = self._relative(event.dest_path)
