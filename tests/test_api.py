@@ -395,3 +395,26 @@ async def test_several_servers_and_listen_entries(reactor, tmp_path, http):
         assert meta["size"] == 1
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_disk_is_507_and_changes_nothing(server, http, monkeypatch):
+    """ENOSPC while spooling (simulated: no small file system can be mounted here)."""
+    import errno
+
+    await upload(http, server, "kept.txt", b"old")
+    real_writev = os.writev
+
+    def full(fd, buffers):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", full)
+    for size in (10, 3 * 1024 * 1024):  # small body (written at the end) and pipelined body
+        _, body = await upload(http, server, "kept.txt", b"n" * size, expect=507)
+        assert body["error"]["code"] == "INSUFFICIENT_STORAGE"
+    monkeypatch.setattr(os, "writev", real_writev)
+    with open(os.path.join(server.root, "kept.txt"), "rb") as f:
+        assert f.read() == b"old"
+    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    _, changes = await http.json("GET", f"{server.url}/api/changes")
+    assert len(changes["changes"]) == 1

@@ -59,7 +59,7 @@ class RootWatcher(Service):
 
     def startService(self):
         super().startService()
-        observer = Observer()
+        observer = Observer(timeout=0.1)  # shorter stop (its threads poll this often)
         observer.schedule(_Bridge(self._reactor, self._changed), self.root, recursive=True)
         try:
             observer.start()
