@@ -298,6 +298,7 @@ async def test_a_slowly_written_file_is_never_seen_half_written(reactor, server,
                 f.flush()
                 await sleep(reactor, 0.05)
         await wait_for(reactor, lambda: read(B, "slow.bin") == whole, what="the whole file")
+        look()
     finally:
         watcher.stop()
     assert seen and all(data == whole for data in seen)
