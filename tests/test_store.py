@@ -100,3 +100,14 @@ def test_move_and_remove(store):
         store.move("other", "x")
     store.remove("x")
     assert not os.path.exists(store.resolve("x"))
+
+
+def test_symlinks_inside_the_root_are_not_followed(store):
+    store.install(spool_with(store, b"x").path, "real/f.txt")
+    os.symlink("real", os.path.join(store.root, "alias"))
+    for path in ("alias/f.txt", "alias/new.txt"):
+        with pytest.raises(SyncError) as info:
+            store.resolve(path)
+        assert info.value.code == "INVALID_PATH"
+    assert store.entry("alias") is None  # the link itself counts as absent
+    assert {e.path for e in store.scan()} == {"real", "real/f.txt"}

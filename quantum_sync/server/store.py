@@ -293,10 +293,17 @@ class Store:
                 os.unlink(path)
 
     def resolve(self, path: str) -> str:
-        """The on-disk name of ``path`` (INVALID_PATH when it cannot live under the root)."""
+        """The on-disk name of ``path`` (INVALID_PATH when it cannot live under the root).
+
+        The server never goes through a symbolic link inside the root either: listings
+        and scans do not follow them, so neither do reads and writes (a link itself, as
+        the last segment, counts as absent and may be replaced)."""
         absolute = paths.resolve(self.root, path)
         if len(os.fsencode(absolute)) >= PATH_MAX:
             raise SyncError("INVALID_PATH", "the path is too long for the server's file system")
+        parent = os.path.dirname(absolute)
+        if os.path.realpath(parent) != parent:
+            raise SyncError("INVALID_PATH", "the path goes through a symbolic link")
         return absolute
 
     def entry(self, path: str) -> DiskEntry | None:
