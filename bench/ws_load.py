@@ -109,6 +109,7 @@ class Load:
         self.sender = None
         self.probe = None  # the receiver whose messages are decoded and checked
         self.probe_inflater = zlib.decompressobj(-15)
+        self.scratch = bytearray(262144)
         self.sent = 0
 
     # -- connecting ---------------------------------------------------------------------
@@ -190,18 +191,26 @@ class Load:
             connection.sock.close()
 
     def _read(self, connection):
+        scratch = self.scratch
         try:
-            data = connection.sock.recv(262144)
+            size = connection.sock.recv_into(scratch)
         except BlockingIOError:
             return
         except OSError as error:
             if error.errno != errno.EAGAIN:
                 self._fail(connection)
             return
-        if not data:
+        if not size:
             self._fail(connection)
             return
-        connection.buffer += data
+        if connection.state == "open" and connection.receiver and connection is not self.probe \
+                and not connection.buffer:
+            consumed = self._count_text_frames(connection, size)
+            if consumed == size:
+                return
+            connection.buffer += memoryview(scratch)[consumed:size]
+        else:
+            connection.buffer += memoryview(scratch)[:size]
         if connection.state == "connecting":
             end = connection.buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -216,6 +225,34 @@ class Load:
             self.send(connection, connection.hello)
             connection.hello = None
         self._frames(connection)
+
+    def _count_text_frames(self, connection, size: int) -> int:
+        """Fast path: count the whole short text frames at the start of the scratch
+        buffer without copying them; returns how many bytes were consumed."""
+        scratch = self.scratch
+        position = 0
+        while position + 2 <= size:
+            first, length = scratch[position], scratch[position + 1] & 0x7F
+            start = position + 2
+            if first & 0x0F != 1 or length == 127:
+                break
+            if length == 126:
+                if start + 2 > size:
+                    break
+                length = (scratch[start] << 8) | scratch[start + 1]
+                start += 2
+            if start + length > size:
+                break
+            self._counted(connection)
+            position = start + length
+        return position
+
+    def _counted(self, connection):
+        connection.messages += 1
+        count = connection.messages
+        if count >= len(self.reached):
+            self.reached.append(0)
+        self.reached[count] += 1
 
     def _frames(self, connection):
         buffer = connection.buffer
@@ -264,13 +301,9 @@ class Load:
             return
         if not connection.receiver:
             return
-        connection.messages += 1
         if connection is self.probe:  # check the content of one receiver's messages
             connection.sample = json.loads(payload)
-        count = connection.messages
-        if count >= len(self.reached):
-            self.reached.append(0)
-        self.reached[count] += 1
+        self._counted(connection)
 
     # -- measurements -------------------------------------------------------------------
 
