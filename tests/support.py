@@ -66,24 +66,30 @@ class RunningServer:
         return await start_server(self.reactor, self.tmp_path, **overrides)
 
 
-async def start_server(reactor, tmp_path, **handler_overrides) -> RunningServer:
-    """Start a server on ``tmp_path/"root"`` (unless ``root=`` is given) on a free port of
-    127.0.0.1 and wait until it listens and its index is reconciled with the disk."""
+async def start_service(reactor, document: dict, base_dir: str):
+    """Start a server from a whole config ``document``; ``(service, ports)`` once every
+    listener listens and the index is reconciled (stop it with ``service.stopService()``)."""
     from quantum_sync.server.service import make_server_service
 
-    overrides = dict(handler_overrides)
-    overrides.setdefault("root", str(tmp_path / "root"))
-    document = server_document(**overrides)
-    config = config_module.parse(document, source="<test config>", base_dir=str(tmp_path))
+    config = config_module.parse(document, source="<test config>", base_dir=base_dir)
     service = make_server_service(config, reactor)
     service.startService()
     try:
-        ports = [await listener.when_listening() for listener in service.listeners]
+        ports = [(await listener.when_listening()).getHost().port for listener in service.listeners]
         await service.when_ready()
     except BaseException:
         await service.stopService()
         raise
-    port = ports[0].getHost().port
+    return service, ports
+
+
+async def start_server(reactor, tmp_path, **handler_overrides) -> RunningServer:
+    """Start a server on ``tmp_path/"root"`` (unless ``root=`` is given) on a free port of
+    127.0.0.1 and wait until it listens and its index is reconciled with the disk."""
+    overrides = dict(handler_overrides)
+    overrides.setdefault("root", str(tmp_path / "root"))
+    service, (port,) = await start_service(reactor, server_document(**overrides), str(tmp_path))
+    config = service.config
     return RunningServer(
         url=f"http://127.0.0.1:{port}",
         ws_url=f"ws://127.0.0.1:{port}/ws",
@@ -140,4 +146,5 @@ async def http(reactor):
     await client.close()
 
 
-__all__ = ["HttpClient", "RunningServer", "http", "server", "server_document", "start_server", "treq"]
+__all__ = ["HttpClient", "RunningServer", "http", "server", "server_document", "start_server",
+           "start_service", "treq"]

@@ -362,9 +362,7 @@ async def test_refusals_come_before_the_body(reactor, tmp_path, http):
 async def test_several_servers_and_listen_entries(reactor, tmp_path, http):
     """One file tree behind every listener; each server routes by its own patterns and the
     monitoring endpoints answer everywhere."""
-    from quantum_sync import config as config_module
-    from quantum_sync.server.service import make_server_service
-    from tests.support import server_document
+    from tests.support import server_document, start_service
 
     document = server_document(str(tmp_path / "root"))
     servers = document["apps"]["http"]["servers"]
@@ -374,12 +372,8 @@ async def test_several_servers_and_listen_entries(reactor, tmp_path, http):
         "routes": [{"match": [{"path": ["/api/list"]}],
                     "handle": servers["file_sync_server"]["routes"][0]["handle"]}],
     }
-    config = config_module.parse(document, base_dir=str(tmp_path))
-    service = make_server_service(config, reactor)
-    service.startService()
+    service, ports = await start_service(reactor, document, str(tmp_path))
     try:
-        ports = [(await listener.when_listening()).getHost().port for listener in service.listeners]
-        await service.when_ready()
         assert len(set(ports)) == 3
         first, second, api_only = (f"http://127.0.0.1:{port}" for port in ports)
         await http.json("PUT", f"{first}/api/upload", params={"path": "shared.txt"}, data=b"s")
@@ -418,3 +412,32 @@ async def test_full_disk_is_507_and_changes_nothing(server, http, monkeypatch):
     assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
     _, changes = await http.json("GET", f"{server.url}/api/changes")
     assert len(changes["changes"]) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_bodies_never_outlive_their_request(reactor, tmp_path, http):
+    """A body for /api/upload that no handler takes (wrong method, or not routed) leaves
+    no temp file behind."""
+    from tests.support import server_document, start_service
+
+    server = await start_server(reactor, tmp_path)
+    try:
+        _, body = await http.json("PATCH", f"{server.url}/api/upload", params={"path": "a"},
+                                  data=b"x" * 200_000, expect=405)
+        assert body["error"]["code"] == "METHOD_NOT_ALLOWED"
+        _, body = await http.json("GET", f"{server.url}/api/upload", params={"path": "a"},
+                                  expect=405)
+    finally:
+        await server.stop()
+    document = server_document(server.root)
+    route = document["apps"]["http"]["servers"]["file_sync_server"]["routes"][0]
+    route["match"] = [{"path": ["/api/list"]}]
+    service, (port,) = await start_service(reactor, document, str(tmp_path))
+    try:
+        _, body = await http.json("POST", f"http://127.0.0.1:{port}/api/upload",
+                                  params={"path": "a"}, data=b"x" * 200_000, expect=404)
+        assert body["error"]["code"] == "NOT_FOUND"
+    finally:
+        await service.stopService()
+    tmp = os.path.join(server.root, ".quantum-sync", "tmp")
+    assert os.listdir(tmp) == []

@@ -62,7 +62,8 @@ class SyncRequest(server.Request):
     def gotLength(self, length):
         site = self.channel.site
         target = getattr(self.channel, "_path", b"")
-        is_upload = target.split(b"?")[0] == UPLOAD_PATH
+        is_upload = (target.split(b"?")[0] == UPLOAD_PATH
+                     and getattr(self.channel, "_command", b"") in (b"POST", b"PUT"))
         self._limit = site.max_upload_size if is_upload else MAX_JSON_BODY
         if length is not None and self._limit is not None and length > self._limit:
             self._refuse(self._too_large())
