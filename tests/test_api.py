@@ -441,3 +441,35 @@ async def test_upload_bodies_never_outlive_their_request(reactor, tmp_path, http
         await service.stopService()
     tmp = os.path.join(server.root, ".quantum-sync", "tmp")
     assert os.listdir(tmp) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_upload_with_a_slow_disk_pauses_reading(server, http, monkeypatch):
+    """A body bigger than the spool's backlog limit, written slower than it arrives:
+    reading pauses and resumes, and the stored file is exact."""
+    import time as time_module
+
+    from quantum_sync.server.store import UploadSpool
+
+    real_writev = os.writev
+    pauses = []
+    real_write = UploadSpool.write
+
+    def slow_writev(fd, buffers):
+        time_module.sleep(0.005)
+        return real_writev(fd, buffers)
+
+    def counting_write(self, data):
+        paused = real_write(self, data)
+        if paused:
+            pauses.append(self.size)
+        return paused
+
+    monkeypatch.setattr(os, "writev", slow_writev)
+    monkeypatch.setattr(UploadSpool, "write", counting_write)
+    data = os.urandom(24 * 1024 * 1024)
+    _, meta = await upload(http, server, "big.bin", data, X_Content_SHA256=sha(data))
+    assert meta["size"] == len(data) and meta["hash"] == sha(data)
+    assert pauses, "the backlog never reached its limit"
+    with open(os.path.join(server.root, "big.bin"), "rb") as f:
+        assert f.read() == data

@@ -83,7 +83,9 @@ class SyncRequest(server.Request):
                 self._refuse(error)
                 return
         try:
-            self.content = UploadSpool(site.temp_dir, on_drained=self._body_drained)
+            reactor = site.reactor
+            self.content = UploadSpool(
+                site.temp_dir, on_drained=lambda: reactor.callFromThread(self._resume_reading))
         except OSError:
             super().gotLength(0)  # the handler answers with the spool's absence
             return
@@ -108,14 +110,12 @@ class SyncRequest(server.Request):
             return
         super().handleContentChunk(data)
 
-    def _body_drained(self):
-        """The spool's backlog went down (called from its writing thread)."""
-        self.channel.site.reactor.callFromThread(self._resume_reading)
-
     def _resume_reading(self):
-        if self._reading_paused and not self._body_received and self.channel.transport is not None:
+        """The spool's backlog went down: read from the client again."""
+        channel = getattr(self, "channel", None)  # gone once the request is finished
+        if self._reading_paused and not self._body_received and channel and channel.transport:
             self._reading_paused = False
-            self.channel.transport.resumeProducing()
+            channel.transport.resumeProducing()
 
     def _refuse(self, error: SyncError):
         """Answer ``error`` before (or while) reading the body, then drop the connection

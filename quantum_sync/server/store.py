@@ -194,7 +194,10 @@ class UploadSpool:
                 if drained:
                     self._paused = False
             if drained and self._on_drained is not None:
-                self._on_drained()
+                try:
+                    self._on_drained()
+                except Exception:  # never let a callback stop the pipeline
+                    pass
         flusher.stop()
         if self._aborted:
             os.close(self._fd)
