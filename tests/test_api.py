@@ -473,3 +473,24 @@ async def test_large_upload_with_a_slow_disk_pauses_reading(server, http, monkey
     assert pauses, "the backlog never reached its limit"
     with open(os.path.join(server.root, "big.bin"), "rb") as f:
         assert f.read() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_client_ids_and_header_bytes_are_400(server, http):
+    directory = {"Create": {"metadata": {"path": "d", "size": 0, "modified": "2024-01-01T00:00:00Z",
+                                         "hash": "", "is_directory": True}}}
+    for client in ("\ud800", "x" * 201, "tab\there", 7, None):
+        body = json.dumps({"operations": [directory], "client_id": client}).encode()
+        _, answer = await http.json("POST", f"{server.url}/api/sync", data=body, expect=400)
+        assert answer["error"]["code"] == "INVALID_REQUEST"
+    for name in (b"X-Client-Id", b"If-Match", b"If-None-Match", b"X-Content-SHA256"):
+        _, answer = await http.json("PUT", f"{server.url}/api/upload", params={"path": "x"},
+                                    data=b"x", headers={name: [b"\xff\xfe"]}, expect=400)
+        assert answer["error"]["code"] == "INVALID_REQUEST"
+    _, answer = await http.json("GET", f"{server.url}/api/metadata", params={"path": "x"},
+                                headers={b"X-Client-Id": [b"\xc3\x28"]}, expect=400)
+    _, changes = await http.json("GET", f"{server.url}/api/changes")
+    assert changes["changes"] == [] and os.listdir(server.root) == [".quantum-sync"]
+    _, meta = await upload(http, server, "ok.txt", b"ok", X_Client_Id="caf\u00e9-1")
+    _, changes = await http.json("GET", f"{server.url}/api/changes")
+    assert changes["changes"][0]["source_client"] == "caf\u00e9-1"

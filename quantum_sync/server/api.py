@@ -19,6 +19,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
+from quantum_sync.server.operations import check_client_id
 from quantum_sync.server.store import UploadSpool
 
 MAX_CHANGES_LIMIT = 10000
@@ -67,12 +68,19 @@ def query_int(request, name: str, default: int, minimum: int, maximum: int) -> i
 
 
 def header(request, name: str):
-    value = request.getHeader(name)
-    return None if value is None else value.strip()
+    """The first value of header ``name`` as text (INVALID_REQUEST unless UTF-8)."""
+    values = request.requestHeaders.getRawHeaders(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SyncError("INVALID_REQUEST", f"the {name} header is not valid UTF-8") from None
 
 
 def client_id(request) -> str:
-    return (header(request, "X-Client-Id") or "")[:200]
+    """The caller's ``X-Client-Id`` (``""`` when absent)."""
+    return check_client_id(header(request, "X-Client-Id") or "")
 
 
 def read_json_body(request):
@@ -245,9 +253,7 @@ class FileApi:
         unknown = set(body) - {"operations", "client_id"}
         if unknown:
             raise SyncError("INVALID_REQUEST", f"unknown field(s) {sorted(unknown)}")
-        source = body.get("client_id", client_id(request))
-        if not isinstance(source, str):
-            raise SyncError("INVALID_REQUEST", "client_id must be a string")
+        source = check_client_id(body["client_id"]) if "client_id" in body else client_id(request)
         results = [await self._sync_one(item, source, request) for item in body["operations"]]
         cursor = await self.operations.index.head()
         return write_json(request, {"results": results, "cursor": cursor})

@@ -19,6 +19,19 @@ from quantum_sync.server.store import DiskEntry, storage_error
 DISK_SOURCE = "server"
 
 
+MAX_CLIENT_ID = 200
+
+
+def check_client_id(value) -> str:
+    """``value`` if it can be a client id (a string of printable text, at most
+    :data:`MAX_CLIENT_ID` characters), else INVALID_REQUEST."""
+    if not isinstance(value, str):
+        raise SyncError("INVALID_REQUEST", "a client id must be a string")
+    if len(value) > MAX_CLIENT_ID or not value.isprintable():  # lone surrogates are not
+        raise SyncError("INVALID_REQUEST", "a client id is at most 200 printable characters")
+    return value
+
+
 def _metadata(entry: DiskEntry, digest: str) -> tuple:
     """``(FileMetadata, mtime_ns)`` of a disk entry with its content hash."""
     metadata = FileMetadata(entry.path, entry.size, entry.mtime_ns / 1e9,
@@ -143,6 +156,7 @@ class FileOperations:
         that path. Raises SyncError (UPLOAD_DISABLED, INVALID_PATH, NOT_FOUND, CONFLICT).
         """
         self._check_writable()
+        check_client_id(source_client)
         try:
             for path in operation.paths:
                 self.store.resolve(path)
@@ -212,6 +226,7 @@ class FileOperations:
         path must not exist. Raises PRECONDITION_FAILED, CONFLICT, UPLOAD_DISABLED, ...
         """
         self._check_writable()
+        check_client_id(source_client)
         return await self._locked(self._upload, path, tempfile, sha256, size, source_client,
                                   etag_value(if_match), if_none_match)
 
