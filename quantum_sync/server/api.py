@@ -25,6 +25,8 @@ from quantum_sync.server.store import UploadSpool
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
 DOWNLOAD_CHUNK = 256 * 1024
+#: More byte ranges than this in one request are ignored (the whole file is sent).
+MAX_RANGES = 16
 
 
 def write_json(request, body, status: int = 200) -> bytes:
@@ -102,6 +104,11 @@ class HashedFile(File):
         request.setHeader(b"Accept-Ranges", b"bytes")
         if request.setETag(f'"{self.digest}"'.encode("ascii")) == http.CACHED:
             return b""
+        ranges = request.getHeader(b"range")
+        if ranges is not None and (not ranges.isascii() or ranges.count(b",") >= MAX_RANGES):
+            # Undecodable, or a multipart answer many times the file's size: a Range
+            # header that is not understood is ignored (RFC 9110 14.2), whole file it is.
+            request.requestHeaders.removeHeader(b"range")
         return super().render_GET(request)
 
     render_HEAD = render_GET
