@@ -504,3 +504,29 @@ async def test_bad_client_ids_and_header_bytes_are_400(server, http):
     _, meta = await upload(http, server, "ok.txt", b"ok", X_Client_Id="caf\u00e9-1")
     _, changes = await http.json("GET", f"{server.url}/api/changes")
     assert changes["changes"][0]["source_client"] == "caf\u00e9-1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_headers_never_get_a_500(server, http):
+    """Every API endpoint × headers with odd values: never a 5xx (found: a 5000-byte
+    Host made Klein's routing fail, an undecodable Range made static.File fail)."""
+    await upload(http, server, "f.txt", b"0123456789")
+    endpoints = [("GET", "/api/list"), ("GET", "/api/metadata?path=f.txt"),
+                 ("GET", "/api/download?path=f.txt"), ("HEAD", "/api/download?path=f.txt"),
+                 ("PUT", "/api/upload?path=g.txt"), ("POST", "/api/sync"), ("GET", "/api/changes"),
+                 ("POST", "/api/v1/auth/login"), ("GET", "/ws/health")]
+    headers = [b"Range", b"If-Match", b"If-None-Match", b"If-Modified-Since", b"Content-Type",
+               b"X-Client-Id", b"Authorization", b"Host", b"X-Content-SHA256", b"If-Range"]
+    values = [b"\xff\xfe", b"", b"multipart/form-data; boundary=x", b"*", b'"', b"bytes=0-",
+              b"a" * 5000, b"a" * 64 + b".example", b"[::1]:99999x"]
+    form = b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--x--\r\n'
+    failures = []
+    for method, url in endpoints:
+        for name in headers:
+            for value in values:
+                response = await http.request(method, server.url + url, headers={name: [value]},
+                                              data=form if method in ("POST", "PUT") else None)
+                body = await response.content()
+                if response.code >= 500:
+                    failures.append((method, url, name, value[:20], response.code, body[:80]))
+    assert failures == []

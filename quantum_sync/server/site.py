@@ -9,6 +9,7 @@
 """
 
 import json
+import re
 import time
 from urllib.parse import unquote_to_bytes
 
@@ -271,6 +272,15 @@ NOT_FOUND = JsonResource(SyncError("NOT_FOUND", "no such endpoint").to_json(), 4
 BAD_URL = JsonResource(SyncError("INVALID_REQUEST", "the URL path is not valid UTF-8").to_json(), 400)
 
 
+_HOST = re.compile(rb"^(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+BAD_HOST = JsonResource(SyncError("INVALID_REQUEST", "the Host header is not a host name").to_json(), 400)
+
+
+def _plausible_host(host) -> bool:
+    """True for a missing Host or a syntactically valid ``name[:port]`` of at most 255 bytes."""
+    return host is None or (len(host) <= 255 and bool(_HOST.match(host)))
+
+
 class RootResource(resource.Resource):
     """Dispatch on the whole request path: fixed endpoints first, then the config's routes."""
 
@@ -295,6 +305,8 @@ class RootResource(resource.Resource):
             return NOT_FOUND
         if path == "/ws":
             return self._websocket or NOT_FOUND
+        if not _plausible_host(request.getHeader(b"host")):
+            return BAD_HOST  # Klein's routing would fail on it with a 500
         return self._handler
 
     def render(self, request):
