@@ -255,7 +255,9 @@ class HubProtocol(WebSocketServerProtocol):
             self._framing = "plain"
         elif shares_our_deflate(extension):
             self._framing = "deflate"
-        if type(self.transport) is tcp.Server:
+        if type(self.transport) is tcp.Server and all(
+            hasattr(self.transport, name) for name in ("_tempDataLen", "offset", "dataBuffer")
+        ):  # (Twisted's buffer internals, read by _nothing_buffered; else transport.write)
             self._socket = self.transport.socket
         if self.identity is None:
             self._auth_deadline = self.factory.clock.callLater(
