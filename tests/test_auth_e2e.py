@@ -53,6 +53,16 @@ def captured_log():
         yield capture
 
 
+async def shut_down(server, http):
+    """Drop the WebSockets a test opened, close the HTTP client, stop the server."""
+    while OPEN_CLIENTS:
+        client = OPEN_CLIENTS.pop()
+        if client.transport is not None:
+            client.transport.abortConnection()
+    await http.close()
+    await server.stop()
+
+
 @pytest_twisted.async_yield_fixture
 async def secured(reactor, tmp_path, captured_log):
     root = tmp_path / "root"
@@ -61,12 +71,7 @@ async def secured(reactor, tmp_path, captured_log):
     server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path), websocket=WS_TIMERS)
     http = HttpClient(reactor)
     yield server, http
-    while OPEN_CLIENTS:
-        client = OPEN_CLIENTS.pop()
-        if client.transport is not None:
-            client.transport.abortConnection()
-    await http.close()
-    await server.stop()
+    await shut_down(server, http)
     assert [formatEvent(e) for e in captured_log.failures()] == []
 
 
@@ -415,9 +420,4 @@ async def test_open_websocket_follows_expiry_and_account_changes(reactor, tmp_pa
         assert (answer["type"], answer["code"], answer["id"]) == ("Error", "AUTH_EXPIRED", 2)
         assert (await clients["admin"].wait_closed())[0] == 1008
     finally:
-        while OPEN_CLIENTS:
-            client = OPEN_CLIENTS.pop()
-            if client.transport is not None:
-                client.transport.abortConnection()
-        await http.close()
-        await server.stop()
+        await shut_down(server, http)
