@@ -90,9 +90,14 @@ async def test_rate_limit_answers_retry_after_then_closes_persistent_abuse(sites
 async def test_connection_cap_refuses_handshake_with_503_json(sites):
     site = await sites(max_connections=2)
     first = await site.connect()
+    await first.request({"type": "subscribe", "topic": "alerts"})
     await site.connect()
-    status, body = await raw_handshake(site.reactor, site.http_url)
-    assert status == 503 and body["error"]["code"] == "CONNECTION_LIMIT"
+    for _ in range(3):
+        status, body = await raw_handshake(site.reactor, site.http_url)
+        assert status == 503 and body["error"]["code"] == "CONNECTION_LIMIT"
+    alert = await first.expect("security_alert")
+    assert alert["data"]["event"] == "connection_limit"
+    assert [m["type"] for m in first.received].count("security_alert") == 1  # not one per refusal
     first.sendClose(1000)
     await wait_for(site.reactor, lambda: len(site.hub.connections) == 1)
     await site.connect()

@@ -4,7 +4,8 @@
 upgrade it refuses, with the contract's JSON error body, a request that is not a
 WebSocket upgrade (400), an Origin outside ``allowed_origins`` (403, ``null`` included
 unless listed), a server at ``max_connections`` (503 CONNECTION_LIMIT) and a bad
-handshake token (401); refusals of origin and token raise a ``security_alert``.
+handshake token (401); each refusal raises a ``security_alert`` (those at the connection
+cap at most one every 10 s, with a count).
 
 :class:`HubProtocol` parses every frame with :mod:`quantum_sync.server.messages` and hands
 the request to the hub or to ``operations.apply``. It enforces, per connection:
@@ -57,6 +58,8 @@ log = Logger()
 
 #: Seconds a connection may stay unauthenticated when auth is enabled.
 AUTH_TIMEOUT = 10.0
+#: At most one security_alert for refusals at max_connections this often.
+LIMIT_ALERT_SECONDS = 10.0
 #: A client still over the rate limit this long after its first refusal is closed.
 RATE_ABUSE_SECONDS = 5.0
 #: A second without refusals forgives earlier ones.
@@ -507,6 +510,8 @@ class HubFactory(WebSocketServerFactory):
         self.auth_timeout = AUTH_TIMEOUT
         self.handshake_identity = None
         self._frames = OutgoingFrames(b"")
+        self._limit_refusals = 0
+        self._limit_alerted_at = None
         self.setProtocolOptions(
             # 1009 as soon as a frame header or the running total of a fragmented
             # message passes the limit (also after decompression).
@@ -544,6 +549,7 @@ class HubFactory(WebSocketServerFactory):
             self.security_alert("origin_refused", address, origin)
             raise SyncError("PERMISSION_DENIED", f"origin {origin[:200]} is not allowed")
         if len(self.hub.connections) >= self.config.max_connections:
+            self._connection_limit_alert(address)
             raise SyncError("CONNECTION_LIMIT", "too many connections; retry later")
         token = _handshake_token(request)
         if not self.authorizer.enabled:
@@ -558,6 +564,18 @@ class HubFactory(WebSocketServerFactory):
 
     def security_alert(self, event: str, address: str, detail: str) -> None:
         self.hub.alert("security_alert", {"event": event, "address": address, "detail": detail[:200]})
+
+    def _connection_limit_alert(self, address: str) -> None:
+        """A ``security_alert`` for handshakes refused at ``max_connections``: the first
+        at once, then at most one every :data:`LIMIT_ALERT_SECONDS` with the count, so a
+        flood of refusals does not become a flood of alerts."""
+        self._limit_refusals += 1
+        now = self.clock.seconds()
+        if self._limit_alerted_at is None or now - self._limit_alerted_at >= LIMIT_ALERT_SECONDS:
+            self.security_alert("connection_limit", address,
+                                f"{self._limit_refusals} handshake(s) refused at max_connections")
+            self._limit_alerted_at = now
+            self._limit_refusals = 0
 
 
 def _address(request) -> str:
