@@ -111,3 +111,44 @@ def test_symlinks_inside_the_root_are_not_followed(store):
         assert info.value.code == "INVALID_PATH"
     assert store.entry("alias") is None  # the link itself counts as absent
     assert {e.path for e in store.scan()} == {"real", "real/f.txt"}
+
+
+def test_memory_budget_pauses_and_releases_every_spool(store, monkeypatch):
+    """Several uploads against a small shared budget with a slow disk: they are told to
+    pause, every paused one is released again, memory stays near the limit, every file
+    is exact."""
+    import threading
+    import time
+
+    from quantum_sync.server.store import _MemoryBudget
+
+    real_writev = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, blocks: (time.sleep(0.002), real_writev(fd, blocks))[1])
+    chunk_size, limit = 256 * 1024, 2 * 1024 * 1024
+    budget = _MemoryBudget(limit)
+    drained = [threading.Event() for _ in range(3)]
+    spools = [UploadSpool(store.temp_dir, on_drained=event.set, budget=budget) for event in drained]
+    bodies = [os.urandom(chunk_size) * 12 for _ in spools]
+    offsets = [0] * len(spools)
+    pauses, peak = [0] * len(spools), 0
+    while any(offset < len(body) for offset, body in zip(offsets, bodies)):
+        for i, spool in enumerate(spools):
+            if offsets[i] >= len(bodies[i]):
+                continue
+            chunk = bodies[i][offsets[i]:offsets[i] + chunk_size]
+            offsets[i] += len(chunk)
+            paused = spool.write(chunk)
+            peak = max(peak, budget.total)
+            if paused:
+                pauses[i] += 1
+                assert drained[i].wait(10), "a paused spool was never released"
+                drained[i].clear()
+    for spool, body in zip(spools, bodies):
+        spool.finish()
+        assert spool.sha256 == hashlib.sha256(body).hexdigest()
+        with open(spool.path, "rb") as f:
+            assert f.read() == body
+        spool.close()
+    assert sum(pauses) >= 2, pauses  # the budget was hit (timing decides which spool)
+    assert peak <= limit + len(spools) * UploadSpool.BLOCK
+    assert budget.total == 0 and not budget.paused

@@ -103,17 +103,45 @@ class _Flusher:
             self._thread.join()
 
 
+class _MemoryBudget:
+    """Bytes of upload bodies waiting in the pipelines of all spools together, and the
+    spools that were told to pause until there is room again."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.total = 0
+        self.paused = set()
+
+    def ready(self) -> list:
+        """The paused spools that may go on now (call with the lock held)."""
+        if self.total > self.limit // 2:
+            return []
+        ready = [spool for spool in self.paused if spool._in_flight <= spool.LOW_WATER]
+        for spool in ready:
+            spool._paused = False
+            self.paused.discard(spool)
+        return ready
+
+
+#: All uploads together keep at most about this many body bytes in memory.
+UPLOAD_MEMORY = _MemoryBudget(64 * 1024 * 1024)
+
+
 class UploadSpool:
     """A temp file inside the state directory that hashes what is written to it.
 
     Used as the request body of uploads (see :mod:`quantum_sync.server.site`), so a
     body is never held in memory and its SHA-256 is known when it ends. :meth:`write`
     never blocks: chunks are gathered into blocks of :data:`BLOCK` bytes that a hashing
-    thread and a writing thread process in a pipeline. When more than
-    :data:`HIGH_WATER` bytes wait, ``write`` answers True (the caller should stop
-    reading from the network) and ``on_drained()`` is called, from the writing
-    thread, once the backlog is under :data:`LOW_WATER` again. Memory per upload is
-    therefore bounded by about ``HIGH_WATER + BLOCK``.
+    thread and a writing thread process in a pipeline.
+
+    Memory is bounded per upload and for all of them together: when this spool holds
+    more than :data:`HIGH_WATER` bytes, or the pipelines of all spools more than
+    :data:`UPLOAD_MEMORY`'s limit, ``write`` answers True (the caller should stop
+    reading from the network) and ``on_drained()`` is called, from a writing thread,
+    once there is room again. Besides that, each spool gathers at most one
+    :data:`BLOCK` before handing it on.
 
     ``read()`` answers ``b""`` so Twisted's form parsing never loads the body.
     """
@@ -122,14 +150,14 @@ class UploadSpool:
     HIGH_WATER = 4 * BLOCK
     LOW_WATER = BLOCK
 
-    def __init__(self, temp_dir: str, on_drained=None):
+    def __init__(self, temp_dir: str, on_drained=None, budget: _MemoryBudget = UPLOAD_MEMORY):
         self._fd, self.path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
         self._digest = hashlib.sha256()
         self._pending = []
         self._pending_size = 0
-        self._backlog = 0
+        self._in_flight = 0  # submitted to the pipeline, counted in the budget
         self._paused = False
-        self._lock = threading.Lock()
+        self._budget = budget
         self._on_drained = on_drained
         self._to_hash = None
         self._to_write = None
@@ -150,10 +178,15 @@ class UploadSpool:
         self._pending_size += len(data)
         if self._pending_size >= self.BLOCK:
             self._submit()
-        with self._lock:
-            if self._backlog > self.HIGH_WATER:
+        budget = self._budget
+        with budget.lock:
+            if self._in_flight + self._pending_size > self.HIGH_WATER or budget.total > budget.limit:
                 self._paused = True
-            return self._paused
+                budget.paused.add(self)
+            paused = self._paused
+        if paused:
+            self._submit()  # a paused spool holds nothing back, so it always drains
+        return paused
 
     def _submit(self) -> None:
         block, size = self._pending, self._pending_size
@@ -168,9 +201,18 @@ class UploadSpool:
             ]
             for thread in self._threads:
                 thread.start()
-        with self._lock:
-            self._backlog += size
+        with self._budget.lock:
+            self._in_flight += size
+            self._budget.total += size
         self._to_hash.put((block, size))
+
+    def _release(self, size: int) -> list:
+        """Give ``size`` written bytes back to the budget; the spools that may resume."""
+        budget = self._budget
+        with budget.lock:
+            self._in_flight -= size
+            budget.total -= size
+            return budget.ready()
 
     # -- the pipeline (its own threads) -----------------------------------------------
 
@@ -188,19 +230,18 @@ class UploadSpool:
             block, size = item
             self._write_block(block)
             flusher.wrote(size)
-            with self._lock:
-                self._backlog -= size
-                drained = self._paused and self._backlog <= self.LOW_WATER
-                if drained:
-                    self._paused = False
-            if drained and self._on_drained is not None:
-                try:
-                    self._on_drained()
-                except Exception:  # never let a callback stop the pipeline
-                    pass
+            for spool in self._release(size):
+                spool._notify_drained()
         flusher.stop()
         if self._aborted:
             os.close(self._fd)
+
+    def _notify_drained(self) -> None:
+        if self._on_drained is not None:
+            try:
+                self._on_drained()
+            except Exception:  # never let a callback stop a pipeline
+                pass
 
     def _write_block(self, block) -> None:
         if self.error is not None or self._aborted:
@@ -243,7 +284,8 @@ class UploadSpool:
             for thread in self._threads:
                 thread.join()
         elif self._pending:
-            block, self._pending = self._pending, []
+            block, size = self._pending, self._pending_size
+            self._pending, self._pending_size = [], 0
             for chunk in block:
                 self._digest.update(chunk)
             self._write_block(block)
@@ -258,6 +300,9 @@ class UploadSpool:
         running pipeline stops by itself and closes the file."""
         if not self._finished and not self._aborted:
             self._aborted = True
+            self._pending, self._pending_size = [], 0
+            with self._budget.lock:
+                self._budget.paused.discard(self)
             if self._threads:
                 self._to_hash.put(None)  # the writing thread closes the descriptor
             else:
