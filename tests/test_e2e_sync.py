@@ -264,6 +264,9 @@ async def test_server_restart_in_the_middle(reactor, tmp_path, server, clients):
     write(A, "before.txt", b"before")
     await converged(reactor, A, B)
     port = server[0].port
+    for i in range(100):  # the server goes down in the middle of these transfers
+        write(A, f"batch/{i:03}.bin", os.urandom(2000))
+    await wait_for(reactor, lambda: len(tree(B)) > 3, what="some of the batch in b")
     await server[0].stop()
     # changes while the server is down are queued, then sent
     write(A, "during.txt", b"during")
