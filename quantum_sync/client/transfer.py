@@ -156,13 +156,17 @@ class ServerClient:
         body = await self._json("GET", "/api/list")
         if not isinstance(body, list):
             raise ServerUnavailable("GET /api/list: the answer is not a list")
-        result = []
-        for item in body:
+        return self._parse_each(body, protocol.parse_metadata, "listing entry")
+
+    def _parse_each(self, items, parse, what):
+        """Each item parsed and validated; one the client cannot trust is skipped and logged."""
+        parsed = []
+        for item in items:
             try:
-                result.append(protocol.parse_metadata(item))
+                parsed.append(parse(item))
             except SyncError as e:
-                self.log.warn("ignoring a listing entry the server sent: {error}", error=e.message)
-        return result
+                self.log.warn("ignoring a {what} the server sent: {error}", what=what, error=e.message)
+        return parsed
 
     async def metadata(self, path: str):
         """The server's FileMetadata for ``path``, or None when it has nothing there."""
@@ -189,12 +193,9 @@ class ServerClient:
             has_more = bool(body.get("has_more", False))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ServerUnavailable("GET /api/changes: malformed answer") from None
-        changes = []
-        for item in raw:
-            try:
-                changes.append(protocol.parse_change(item))
-            except SyncError as e:
-                self.log.warn("ignoring a journal entry the server sent: {error}", error=e.message)
+        if not isinstance(raw, list):
+            raise ServerUnavailable("GET /api/changes: malformed answer")
+        changes = self._parse_each(raw, protocol.parse_change, "journal entry")
         if changes:
             cursor = max(cursor, changes[-1].seq)
         return changes, cursor, has_more
