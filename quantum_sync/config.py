@@ -21,6 +21,10 @@ ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "le", "lets", "onion"
 
 ROLES = ("read", "write", "admin")
 
+#: Accept-queue length for ``:PORT`` and ``HOST:PORT`` entries (Twisted's default of 50
+#: overflows when hundreds of clients connect at once; endpoint strings take ``backlog=``).
+LISTEN_BACKLOG = 1024
+
 
 class ConfigError(Exception):
     """An unusable configuration: ``str(error)`` is the one line shown to the operator."""
@@ -172,8 +176,9 @@ _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):(?P<port>\d{1,
 def listen_to_endpoint(entry: str) -> str:
     """A Twisted server endpoint string for a listen entry, or raise ValueError.
 
-    ``":8080"`` → ``tcp:8080``; ``"HOST:8080"`` → ``tcp:8080:interface=HOST``; endpoint
-    strings (``tcp:``, ``ssl:``, ``systemd:`` ...) are kept as they are.
+    ``":8080"`` → ``tcp:8080:backlog=1024``; ``"HOST:8080"`` →
+    ``tcp:8080:interface=HOST:backlog=1024``; endpoint strings (``tcp:``, ``ssl:``,
+    ``systemd:`` ...) are kept as they are.
     """
     if not entry or entry != entry.strip():
         raise ValueError("an empty or padded listen entry")
@@ -190,10 +195,10 @@ def listen_to_endpoint(entry: str) -> str:
         raise ValueError(f"port {port} is out of range")
     host = match["host"].strip("[]")
     if not host:
-        return f"tcp:{port}"
+        return f"tcp:{port}:backlog={LISTEN_BACKLOG}"
     if ":" in host:
-        return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
-    return f"tcp:{port}:interface={host}"
+        return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}:backlog={LISTEN_BACKLOG}"
+    return f"tcp:{port}:interface={host}:backlog={LISTEN_BACKLOG}"
 
 
 # -- the document ---------------------------------------------------------------------

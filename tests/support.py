@@ -24,7 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from quantum_sync import config as config_module
 
-LOCAL_LISTEN = "tcp:0:interface=127.0.0.1"
+LOCAL_LISTEN = "tcp:0:interface=127.0.0.1:backlog=1024"
 
 
 def server_document(root, listen: str = LOCAL_LISTEN, **handler_overrides) -> dict:

@@ -163,3 +163,19 @@ async def test_every_change_is_published_once_in_journal_order(reactor, server, 
     answer = await poll(reactor, journalled)
     assert answer, "the file from another program was never journalled"
     assert published == [c["seq"] for c in answer["changes"]] == list(range(1, 14))
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_hundred_simultaneous_uploads(reactor, server, http):
+    """Hundreds of clients at once (a 2 MiB body each, so every spool runs its pipeline):
+    all stored exactly, none reset (this found Twisted's accept queue of 50 too short)."""
+    data = os.urandom(2 * 1024 * 1024 + 123)
+
+    async def one(i):
+        return await http.json("PUT", f"{server.url}/api/upload", params={"path": f"crowd/{i}.bin"},
+                               data=data)
+
+    results = await gatherResults([Deferred.fromCoroutine(one(i)) for i in range(300)])
+    assert {meta["hash"] for _, meta in results} == {sha(data)}
+    assert len(os.listdir(os.path.join(server.root, "crowd"))) == 300
+    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []

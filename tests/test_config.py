@@ -27,7 +27,7 @@ def document(**handler):
 def test_seed_file_verbatim(tmp_path):
     config = parse(SEED, base_dir=str(tmp_path))
     (listener,) = config.listeners
-    assert listener.endpoint == "tcp:8080"
+    assert listener.endpoint == "tcp:8080:backlog=1024"
     assert listener.path_patterns == ("/api/*", "/ws")
     handler = config.handler
     assert handler.root == str(tmp_path / "sync-data")
@@ -69,10 +69,10 @@ def test_caddy_matcher_form_and_defaults():
 
 
 @pytest.mark.parametrize("entry,endpoint", [
-    (":8080", "tcp:8080"),
-    ("127.0.0.1:9000", "tcp:9000:interface=127.0.0.1"),
-    ("localhost:80", "tcp:80:interface=localhost"),
-    ("[::1]:8443", "tcp6:8443:interface=\\:\\:1"),
+    (":8080", "tcp:8080:backlog=1024"),
+    ("127.0.0.1:9000", "tcp:9000:interface=127.0.0.1:backlog=1024"),
+    ("localhost:80", "tcp:80:interface=localhost:backlog=1024"),
+    ("[::1]:8443", "tcp6:8443:interface=\\:\\:1:backlog=1024"),
     ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1"),
     ("ssl:8443:privateKey=key.pem:certKey=cert.pem", "ssl:8443:privateKey=key.pem:certKey=cert.pem"),
     ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
@@ -97,7 +97,8 @@ def test_several_servers_and_listen_entries():
     servers["second"]["routes"][0]["match"] = [{"path": ["/api/*"]}]
     config = parse(copy, base_dir="/srv")
     assert [(l.endpoint, l.server) for l in config.listeners] == [
-        ("tcp:8080", "file_sync_server"), ("tcp:8081:interface=127.0.0.1", "file_sync_server"),
+        ("tcp:8080:backlog=1024", "file_sync_server"),
+        ("tcp:8081:interface=127.0.0.1:backlog=1024", "file_sync_server"),
         ("tcp:9090", "second")]
     assert not config.listeners[2].routes_to_handler("/ws")
     servers["second"]["routes"][0]["handle"][0]["root"] = "./other"
@@ -107,7 +108,7 @@ def test_several_servers_and_listen_entries():
 
 def test_overrides(tmp_path):
     config = parse(SEED, base_dir=str(tmp_path), listen="127.0.0.1:7000", root="data")
-    assert [l.endpoint for l in config.listeners] == ["tcp:7000:interface=127.0.0.1"]
+    assert [l.endpoint for l in config.listeners] == ["tcp:7000:interface=127.0.0.1:backlog=1024"]
     assert config.listeners[0].routes_to_handler("/api/list")
     assert config.handler.root == str(tmp_path / "data")
     assert config.handler.state_dir == str(tmp_path / "data" / ".quantum-sync")
