@@ -179,3 +179,31 @@ async def test_three_hundred_simultaneous_uploads(reactor, server, http):
     assert {meta["hash"] for _, meta in results} == {sha(data)}
     assert len(os.listdir(os.path.join(server.root, "crowd"))) == 300
     assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_watcher_falls_back_to_polling(reactor, tmp_path, http, monkeypatch):
+    """When inotify refuses (its watch limit), the root is polled instead."""
+    import errno
+
+    from quantum_sync.server import rootwatch
+
+    class Refusing(rootwatch.Observer):
+        def start(self):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(rootwatch, "Observer", Refusing)
+    server = await start_server(reactor, tmp_path)
+    try:
+        assert isinstance(server.service.watcher._observer, rootwatch.PollingObserver)
+        with open(os.path.join(server.root, "polled.txt"), "wb") as f:
+            f.write(b"p")
+
+        async def seen():
+            return ("Create", "polled.txt") in [
+                (kind, op[kind]["metadata"]["path"]) for kind, op in await change_ops(http, server)
+                if kind == "Create"]
+
+        assert await poll(reactor, seen)
+    finally:
+        await server.stop()

@@ -13,6 +13,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from quantum_sync import paths
 
@@ -59,15 +60,20 @@ class RootWatcher(Service):
 
     def startService(self):
         super().startService()
-        observer = Observer(timeout=0.1)  # shorter stop (its threads poll this often)
-        observer.schedule(_Bridge(self._reactor, self._changed), self.root, recursive=True)
-        try:
-            observer.start()
-        except OSError as e:  # e.g. the inotify watch limit
-            self.log.error("cannot watch {root}: {reason}; changes by other programs are"
-                           " picked up at the next start only", root=self.root, reason=str(e))
+        for kind in (Observer, PollingObserver):
+            observer = kind(timeout=0.1)  # shorter stop (its threads poll this often)
+            try:
+                observer.schedule(_Bridge(self._reactor, self._changed), self.root, recursive=True)
+                observer.start()
+            except OSError as e:  # e.g. the inotify watch limit: poll instead
+                observer.unschedule_all()
+                self.log.warn("cannot watch {root} with {kind}: {reason}", root=self.root,
+                              kind=kind.__name__, reason=str(e))
+                continue
+            self._observer = observer
             return
-        self._observer = observer
+        self.log.error("changes other programs make in {root} are picked up at the next"
+                       " start only", root=self.root)
 
     def _changed(self, names):
         for name in names:
