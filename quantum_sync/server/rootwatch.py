@@ -18,6 +18,8 @@ from watchdog.observers.polling import PollingObserver
 from quantum_sync import paths
 
 _IGNORED_EVENTS = ("opened", "closed_no_write")
+#: Seconds between snapshots when inotify is unavailable and the root is polled.
+POLL_INTERVAL = 2.0
 
 
 class _Bridge(FileSystemEventHandler):
@@ -60,8 +62,9 @@ class RootWatcher(Service):
 
     def startService(self):
         super().startService()
-        for kind in (Observer, PollingObserver):
-            observer = kind(timeout=0.1)  # shorter stop (its threads poll this often)
+        # inotify's threads wake every 0.1 s (a quick stop); polling rescans every 2 s
+        for kind, timeout in ((Observer, 0.1), (PollingObserver, POLL_INTERVAL)):
+            observer = kind(timeout=timeout)
             try:
                 observer.schedule(_Bridge(self._reactor, self._changed), self.root, recursive=True)
                 observer.start()
