@@ -360,3 +360,23 @@ async def test_keep_server_and_keep_client_strategies(reactor, server, clients, 
     await clients.start(server[0], "b", strategy=strategy)
     final = await converged(reactor, A, B, server[0].root)
     assert read(A, "n.txt") == winner and list(final) == ["n.txt"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere(reactor, server, clients):
+    a, b, A, B = await clients.pair(server[0])
+    write(A, "d/x.txt", b"x")
+    write(A, "d/y.txt", b"y")
+    write(A, "d/e/z.txt", b"z")
+    write(A, "elsewhere.txt", b"so that the server's listing is not empty")
+    await converged(reactor, A, B)
+    await clients.stop(b)
+    import shutil
+
+    shutil.rmtree(os.path.join(A, "d"))
+    await wait_for(reactor, lambda: not os.path.exists(os.path.join(server[0].root, "d")), what="the delete on the server")
+    write(B, "d/x.txt", b"edited while a deleted the folder")
+    await clients.start(server[0], "b")
+    final = await converged(reactor, A, B, server[0].root)
+    del final["elsewhere.txt"]
+    assert final == {"d": None, "d/x.txt": hashlib.sha256(b"edited while a deleted the folder").hexdigest()}

@@ -369,8 +369,10 @@ class Engine:
             return
         try:
             staged = await self.server.download(path, remote.hash, tmp_dir(self.folder))
-        except DownloadCorrupt:
-            # the announcement was stale (the file changed again since): ask what is there now
+        except (DownloadCorrupt, RequestRefused) as e:
+            if isinstance(e, RequestRefused) and e.status != 404:
+                raise
+            # the announcement was stale (the file changed or went away since): ask what is there now
             self.request(path, FETCH)
             return
         self._went_online()
