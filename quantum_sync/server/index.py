@@ -125,6 +125,16 @@ class Index(Service):
         return await self._pool.runInteraction(
             self._record, upserts, removals, operation, source_client, timestamp)
 
+    async def record_many(self, items, source_client, timestamp) -> list:
+        """Several :meth:`record` calls in one transaction; ``items`` holds
+        ``(upserts, removals, operation)``. Returns the journal Changes, in order."""
+        def run(txn):
+            changes = [self._record(txn, upserts, removals, operation, source_client, timestamp)
+                       for upserts, removals, operation in items]
+            return [change for change in changes if change is not None]
+
+        return await self._pool.runInteraction(run)
+
     async def rename(self, source: str, destination: str, operation, source_client, timestamp):
         """Move the cached rows of ``source`` (and below) to ``destination`` and journal."""
         return await self._pool.runInteraction(

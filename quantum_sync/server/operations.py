@@ -17,6 +17,8 @@ from quantum_sync.server.store import DiskEntry, storage_error
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).
 DISK_SOURCE = "server"
+#: Changes found on disk are journalled this many to a transaction.
+RECORD_BATCH = 500
 
 
 MAX_CLIENT_ID = 200
@@ -254,6 +256,16 @@ class FileOperations:
 
     # -- the disk as the truth -----------------------------------------------------
 
+    def _hash_files(self, names) -> dict:
+        """``{path: sha256}`` for the files that could be read (blocking)."""
+        digests = {}
+        for name in names:
+            try:
+                digests[name] = self.store.hash(name)
+            except (OSError, SyncError):
+                pass
+        return digests
+
     async def refresh(self, tops=None) -> list:
         """Bring the index in line with the disk at and under each of ``tops`` (None: the
         whole root), journalling what other programs changed. Returns the changes."""
@@ -270,29 +282,31 @@ class FileOperations:
         for top in [""] if tops is None else tops:
             for entry in await self._thread(self.store.scan, top):
                 found[entry.path] = entry
-        changes = []
+        items = []  # (upserts, removals, operation) in journal order
         gone = [p for p in cached if p not in found]
         for path in sorted(gone):
-            if paths.parent(path) in gone:
-                continue  # journalled with its parent
-            changes.append(await self._journal(Delete(path), DISK_SOURCE, removals=[path]))
-        for path in sorted(found):
+            if paths.parent(path) not in gone:  # else journalled with its parent
+                items.append(([], [path], Delete(path)))
+        stale = sorted(p for p in found if not _matches(cached.get(p), found[p]))
+        digests = await self._thread(self._hash_files, [p for p in stale if not found[p].is_directory])
+        for path in stale:
             entry, row = found[path], cached.get(path)
-            if _matches(row, entry):
-                continue
-            if row is not None and row[0].is_directory != entry.is_directory:
-                changes.append(await self._journal(Delete(path), DISK_SOURCE, removals=[path]))
-                row = None
-            try:
-                digest = "" if entry.is_directory else await self._thread(self.store.hash, path)
-            except OSError:
+            if path not in digests and not entry.is_directory:
                 continue  # vanished or unreadable meanwhile; the next event catches it
-            stored = _metadata(entry, digest)
-            if row is not None and row[0].hash == digest:
-                await self.index.record([stored], [], None, "", "")  # touched, not changed
-                continue
-            operation = (Update if row is not None else Create)(stored[0])
-            changes.append(await self._journal(operation, DISK_SOURCE, upserts=[stored]))
+            if row is not None and row[0].is_directory != entry.is_directory:
+                items.append(([], [path], Delete(path)))
+                row = None
+            stored = _metadata(entry, digests.get(path, ""))
+            if row is not None and row[0].hash == stored[0].hash:
+                items.append(([stored], [], None))  # touched, not changed
+            else:
+                items.append(([stored], [], (Update if row is not None else Create)(stored[0])))
+        changes = []
+        for start in range(0, len(items), RECORD_BATCH):
+            batch = await self.index.record_many(items[start:start + RECORD_BATCH], DISK_SOURCE, now())
+            for change in batch:
+                self._published(change)
+            changes.extend(batch)
         if changes:
             self.log.info("journalled {count} change(s) found on disk", count=len(changes))
         return changes
