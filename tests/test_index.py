@@ -76,3 +76,12 @@ async def test_sequence_survives_reopen(reactor, tmp_path):
         assert change.seq == 2
     finally:
         second.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_many_is_one_ordered_batch(index):
+    items = [([meta("a")], [], Create(meta("a")[0])), ([meta("b")], [], None),
+             ([], ["a"], Delete("a"))]
+    changes = await index.record_many(items, "server", "t")
+    assert [(c.seq, c.operation.kind) for c in changes] == [(1, "Create"), (2, "Delete")]
+    assert [m.path for m, _ in await index.list_all()] == ["b"]
