@@ -182,3 +182,18 @@ def test_socket_activation(tmp_path):
         assert status == 200 and body["status"] == "ok"
     finally:
         stop_cleanly(process)
+
+
+def test_busy_port_when_daemonising_exits_1(tmp_path):
+    """``twistd quantum-sync`` (daemonised): the launcher reports the busy port and exits 1
+    (twistd's own two-line wording), leaving no pidfile."""
+    write_config(tmp_path, SEED)
+    with listening_socket() as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [TWISTD, f"--pidfile={tmp_path / 'qs.pid'}", f"--logfile={tmp_path / 'qs.log'}",
+             "quantum-sync", "--config", "sync.json", "--listen", f"127.0.0.1:{port}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "Address already in use" in result.stderr
+    assert not (tmp_path / "qs.pid").exists()

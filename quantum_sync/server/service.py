@@ -24,7 +24,11 @@ from quantum_sync.server.store import Store
 
 
 class ListenerService(Service):
-    """Listens on one endpoint; ``on_failure(endpoint, reason)`` hears why it could not."""
+    """Listens on one endpoint; ``on_failure(endpoint, reason)`` hears why it could not.
+
+    With ``fail_fast``, a failure already known when privileged start-up returns (a busy
+    TCP port) is raised instead, so that a daemonising twistd reports it to the
+    launching process."""
 
     log = Logger()
 
@@ -33,6 +37,8 @@ class ListenerService(Service):
         self.endpoint = endpoint
         self.site = site
         self.on_failure = on_failure or self._log_failure
+        self.fail_fast = False
+        self.failure_reason = None
         self.port = None
         self._listening = None
         self._waiters = []
@@ -43,6 +49,9 @@ class ListenerService(Service):
     def privilegedStartService(self):
         super().privilegedStartService()
         self._listen()
+        if self.fail_fast and self.failure_reason is not None:
+            # twistd shows "<module>.<class>: <message>" cut at 100 bytes: keep it short
+            raise RuntimeError(self.failure_reason)
 
     def startService(self):
         super().startService()
@@ -61,11 +70,12 @@ class ListenerService(Service):
             waiter.callback(port)
 
     def _failed(self, failure):
-        reason = failure.getErrorMessage()
+        self.failure_reason = failure.getErrorMessage()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(failure)
-        self.on_failure(self.description, reason)
+        if not self.fail_fast:
+            self.on_failure(self.description, self.failure_reason)
 
     def when_listening(self) -> Deferred:
         """Fires with the listening port (IListeningPort) once it listens."""

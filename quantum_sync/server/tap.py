@@ -78,6 +78,10 @@ def makeService(options, reactor=None):
         service = make_server_service(options.config, reactor)
     except ConfigError as e:
         fail(str(e))
+    daemonising = not getattr(options, "parent", {"nodaemon": True})["nodaemon"]
     for listener in service.listeners:
-        listener.on_failure = _fatal_listen_failure(reactor)
+        if daemonising:
+            listener.fail_fast = True  # twistd's launcher prints it and exits 1
+        else:
+            listener.on_failure = _fatal_listen_failure(reactor)
     return service
