@@ -209,3 +209,12 @@ def test_state_dir_must_not_be_addressable():
     inside = parse(document(state_dir="./sync-data/.quantum-sync/db"), base_dir="/srv")
     assert inside.handler.state_dir == "/srv/sync-data/.quantum-sync/db"
     assert parse(document(state_dir="/var/lib/qs"), base_dir="/srv").handler.state_dir == "/var/lib/qs"
+
+
+def test_seed_document_002_verbatim():
+    """The seed's own example (only "/api/*" routed): accepted; /ws then answers 404."""
+    original = json.loads(json.dumps(SEED))
+    route = original["apps"]["http"]["servers"]["file_sync_server"]["routes"][0]
+    route["match"] = [{"matcher": "path", "paths": ["/api/*"]}]
+    (listener,) = parse(original, base_dir="/srv").listeners
+    assert listener.routes_to_handler("/api/upload") and not listener.routes_to_handler("/ws")
