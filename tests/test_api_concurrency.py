@@ -207,3 +207,33 @@ async def test_watcher_falls_back_to_polling(reactor, tmp_path, http, monkeypatc
         assert await poll(reactor, seen)
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_downloads_during_replacements_match_their_etag(reactor, server, http):
+    """While a file is replaced again and again, every download's bytes hash to the ETag
+    sent with them (the opened file is what gets hashed and served)."""
+    versions = [os.urandom(200_000 + i * 7919) for i in range(12)]
+    await http.json("PUT", f"{server.url}/api/upload", params={"path": "hot.bin"}, data=versions[0])
+
+    async def replace_all():
+        for data in versions[1:]:
+            await http.json("PUT", f"{server.url}/api/upload", params={"path": "hot.bin"}, data=data)
+
+    async def download_many():
+        checked = 0
+        for _ in range(25):
+            response = await http.get(f"{server.url}/api/download", params={"path": "hot.bin"})
+            body = await response.content()
+            if response.code == 409:  # kept changing under three attempts: allowed
+                continue
+            assert response.code == 200
+            etag = response.headers.getRawHeaders("ETag")[0].strip('"')
+            assert sha(body) == etag and body in versions
+            checked += 1
+        return checked
+
+    results = await gatherResults([Deferred.fromCoroutine(replace_all()),
+                                   Deferred.fromCoroutine(download_many()),
+                                   Deferred.fromCoroutine(download_many())])
+    assert results[1] + results[2] > 0

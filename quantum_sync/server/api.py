@@ -7,6 +7,8 @@ Upload bodies arrive already spooled to a hashing temp file by
 """
 
 import json
+import os
+import stat
 
 from klein import Klein
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -27,6 +29,8 @@ DEFAULT_CHANGES_LIMIT = 1000
 DOWNLOAD_CHUNK = 256 * 1024
 #: More byte ranges than this in one request are ignored (the whole file is sent).
 MAX_RANGES = 16
+#: Tries to pair an opened file with its hash before a download gives up (CONFLICT).
+DOWNLOAD_ATTEMPTS = 3
 
 
 def write_json(request, body, status: int = 200) -> bytes:
@@ -94,15 +98,36 @@ def read_json_body(request):
 
 class HashedFile(File):
     """A downloadable file: twisted's static.File (Range/206, HEAD, streaming) plus an
-    ETag of its SHA-256; never a directory listing."""
+    ETag of its SHA-256; never a directory listing.
 
-    def __init__(self, path: str, digest: str):
+    It serves the already ``opened`` file whose content has that hash, so a rename onto
+    the path meanwhile can never pair one version's bytes with another's ETag."""
+
+    def __init__(self, path: str, digest: str, opened):
         super().__init__(path, defaultType="application/octet-stream")
         self.digest = digest
+        self._opened = opened
+        self._stat = os.fstat(opened.fileno())
+
+    def openForReading(self):
+        return self._opened
+
+    def getFileSize(self):
+        return self._stat.st_size
+
+    def getModificationTime(self):
+        return self._stat.st_mtime
+
+    def exists(self):
+        return True
+
+    def isdir(self):
+        return False
 
     def render_GET(self, request):
         request.setHeader(b"Accept-Ranges", b"bytes")
         if request.setETag(f'"{self.digest}"'.encode("ascii")) == http.CACHED:
+            self._opened.close()
             return b""
         ranges = request.getHeader(b"range")
         if ranges is not None and (not ranges.isascii() or ranges.count(b",") >= MAX_RANGES):
@@ -199,10 +224,24 @@ class FileApi:
     async def download(self, request):
         await self._authorize(request, "read")
         path = self._path(request, client_id(request))
-        metadata = await self.operations.metadata(path)
-        if metadata.is_directory:
-            raise SyncError("INVALID_REQUEST", f"{path} is a directory")
-        return HashedFile(self.operations.store.resolve(path), metadata.hash)
+        absolute = self.operations.store.resolve(path)
+        for _ in range(DOWNLOAD_ATTEMPTS):
+            opened = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                             _open_file, absolute)
+            try:
+                metadata, mtime_ns = await self.operations.stored(path)
+            except BaseException:
+                if opened is not None:
+                    opened.close()
+                raise
+            if metadata.is_directory:
+                raise SyncError("INVALID_REQUEST", f"{path} is a directory")
+            if opened is not None:
+                st = os.fstat(opened.fileno())
+                if (st.st_size, st.st_mtime_ns) == (metadata.size, mtime_ns):
+                    return HashedFile(absolute, metadata.hash, opened)
+                opened.close()  # replaced between opening and hashing: again
+        raise SyncError("CONFLICT", f"{path} keeps changing while being read; try again")
 
     @app.route("/api/changes", methods=["GET"])
     async def changes(self, request):
@@ -291,6 +330,19 @@ class FileApi:
         data = await maybeDeferred(self.authorizer.login, body["username"], body["password"],
                                    _address(request))
         return write_json(request, {"success": True, "data": data})
+
+
+def _open_file(absolute: str):
+    """The regular file at ``absolute`` opened for reading (never through a final
+    symlink), or None."""
+    try:
+        fd = os.open(absolute, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def _address(request) -> str:

@@ -126,23 +126,25 @@ class FileOperations:
 
     async def metadata(self, path: str) -> FileMetadata:
         """The stored metadata of ``path`` (checked against the disk), or NOT_FOUND."""
+        return (await self.stored(path))[0]
+
+    async def stored(self, path: str) -> tuple:
+        """``(FileMetadata, mtime_ns)`` of ``path`` as indexed after checking it against
+        the disk (a stale row is refreshed and journalled first), or NOT_FOUND."""
         try:
-            return await self._metadata(path)
+            entry = await self._thread(self.store.entry, path)
+            cached = await self.index.get(path)
+            if entry is not None and _matches(cached, entry):
+                return cached
+            if entry is not None or cached is not None:
+                await self.refresh([path])
+                cached = await self.index.get(path)
         except OSError as error:
             self.log.error("cannot read {path}: {error}", path=path, error=str(error))
             raise storage_error(error) from error
-
-    async def _metadata(self, path: str) -> FileMetadata:
-        entry = await self._thread(self.store.entry, path)
-        cached = await self.index.get(path)
-        if entry is not None and _matches(cached, entry):
-            return cached[0]
-        if entry is not None or cached is not None:
-            await self.refresh([path])
-            cached = await self.index.get(path)
         if cached is None:
             raise SyncError("NOT_FOUND", f"{path} does not exist")
-        return cached[0]
+        return cached
 
     def _check_writable(self):
         if not self.enable_upload:
