@@ -16,9 +16,9 @@ import stat as stat_module
 import attrs
 
 from quantum_sync.client.reconcile import Entry
+from quantum_sync.diskio import fsync_directory, sha256_file
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
-CHUNK = 1 << 20
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
 SUSPECT_MTIME_SLACK_NS = 1_000_000
@@ -60,14 +60,6 @@ def lstat(abspath: str):
     return None
 
 
-def sha256_file(abspath: str) -> str:
-    digest = hashlib.sha256()
-    with open(abspath, "rb") as f:
-        while True:
-            block = f.read(CHUNK)
-            if not block:
-                return digest.hexdigest()
-            digest.update(block)
 
 
 def version(abspath: str, base=None):
@@ -147,12 +139,6 @@ def _matches(abspath: str, expected) -> bool:
     return current == expected
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_parents(folder: str, abspath: str) -> None:
@@ -169,7 +155,7 @@ def install(folder: str, staged: str, abspath: str, expected, modified: float) -
         raise LocalChanged(abspath)
     os.utime(staged, (modified, modified))
     os.replace(staged, abspath)
-    _fsync_dir(os.path.dirname(abspath))
+    fsync_directory(os.path.dirname(abspath))
     return lstat(abspath)
 
 
