@@ -281,7 +281,10 @@ async def test_server_restart_in_the_middle(reactor, tmp_path, server, clients):
 
 @pytest_twisted.ensureDeferred
 async def test_a_slowly_written_file_is_never_seen_half_written(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0], settle=0.2)
+    # the writer pauses 50 ms between chunks; a pause longer than the settle time would
+    # rightly be taken for the end of the write, so the settle time stays far above any
+    # lateness of a loaded machine
+    a, b, A, B = await clients.pair(server[0], settle=2.0)
     chunks = [os.urandom(8192) for _ in range(12)]
     whole = b"".join(chunks)
     seen = []
