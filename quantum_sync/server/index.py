@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
+#: Paths looked up a query by :meth:`Index.get_many` (below SQLite's variable limit).
+LOOKUP_BATCH = 500
+
 
 def _prepare_connection(connection):
     connection.execute("PRAGMA journal_mode=WAL")
@@ -93,6 +96,23 @@ class Index(Service):
             "SELECT path, is_directory, size, mtime_ns, hash FROM files WHERE path = ?", (path,))
         return _row_metadata(rows[0]) if rows else None
 
+    async def get_many(self, paths) -> dict:
+        """``{path: (FileMetadata, mtime_ns)}`` for those of ``paths`` that are indexed
+        (one read for many, :data:`LOOKUP_BATCH` paths a query)."""
+        def run(txn):
+            found = {}
+            for start in range(0, len(paths), LOOKUP_BATCH):
+                part = paths[start:start + LOOKUP_BATCH]
+                txn.execute(
+                    "SELECT path, is_directory, size, mtime_ns, hash FROM files WHERE path IN"
+                    f" ({','.join('?' * len(part))})", part)
+                for row in txn.fetchall():
+                    found[row[0]] = _row_metadata(row)
+            return found
+
+        paths = list(paths)
+        return await self._pool.runInteraction(run) if paths else {}
+
     async def list_all(self) -> list:
         """Every indexed entry as ``(FileMetadata, mtime_ns)``, sorted by path."""
         rows = await self._pool.runQuery(
@@ -128,9 +148,16 @@ class Index(Service):
     async def record_many(self, items, source_client, timestamp) -> list:
         """Several :meth:`record` calls in one transaction; ``items`` holds
         ``(upserts, removals, operation)``. Returns the journal Changes, in order."""
+        return await self.record_each(
+            [(upserts, removals, operation, source_client) for upserts, removals, operation in items],
+            timestamp)
+
+    async def record_each(self, items, timestamp) -> list:
+        """:meth:`record_many` with a source client per item: ``items`` holds
+        ``(upserts, removals, operation, source_client)``. Returns the Changes, in order."""
         def run(txn):
             changes = [self._record(txn, upserts, removals, operation, source_client, timestamp)
-                       for upserts, removals, operation in items]
+                       for upserts, removals, operation, source_client in items]
             return [change for change in changes if change is not None]
 
         return await self._pool.runInteraction(run)

@@ -6,19 +6,23 @@ order in which the disk changed, and every journalled change is handed to
 ``hub.publish`` exactly once, in journal order, before the lock is released.
 """
 
-from twisted.internet.defer import DeferredLock
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
-from quantum_sync.server.store import DiskEntry, storage_error
+from quantum_sync.server.store import DiskEntry, fsync_directory, storage_error
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).
 DISK_SOURCE = "server"
 #: Changes found on disk are journalled this many to a transaction.
 RECORD_BATCH = 500
+#: Uploads installed and journalled together at most (one lock hold, one transaction).
+UPLOAD_BATCH = 256
 
 
 MAX_CLIENT_ID = 200
@@ -65,6 +69,32 @@ async def _nothing():
     return None
 
 
+def _check_preconditions(path: str, current, if_match, if_none_match) -> None:
+    """Raise CONFLICT/PRECONDITION_FAILED unless an upload may replace ``current``
+    (``(FileMetadata, mtime_ns)`` or None) at ``path``."""
+    if current is not None and current[0].is_directory:
+        raise SyncError("CONFLICT", f"{path} is a directory")
+    if if_none_match is not None and if_none_match.strip() == "*" and current is not None:
+        raise SyncError("PRECONDITION_FAILED", f"{path} already exists")
+    if if_match is not None and if_match != "*" and (current is None or current[0].hash != if_match):
+        raise SyncError("PRECONDITION_FAILED", f"{path} does not have the expected hash")
+    if if_match == "*" and current is None:
+        raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
+
+
+@attrs.frozen
+class _WaitingUpload:
+    """An upload waiting to be installed by the next group commit."""
+
+    path: str
+    temp_path: str
+    sha256: str
+    source_client: str
+    if_match: str | None
+    if_none_match: str | None
+    answer: Deferred
+
+
 class FileOperations:
     """Applies operations to the store, records them in the index, publishes them."""
 
@@ -79,6 +109,8 @@ class FileOperations:
         self._lock = DeferredLock()
         #: The newest journal seq (kept here so synchronous callers can read it).
         self.head = 0
+        self._uploads = []  # _WaitingUpload, in arrival order
+        self._installing = False
 
     def _thread(self, function, *args):
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
@@ -115,14 +147,7 @@ class FileOperations:
     async def _current(self, path: str):
         """``(FileMetadata, mtime_ns)`` of what is on disk at ``path`` now (rehashing only
         when the cached row is stale), or None."""
-        entry = await self._thread(self.store.entry, path)
-        if entry is None:
-            return None
-        cached = await self.index.get(path)
-        if _matches(cached, entry):
-            return cached
-        digest = "" if entry.is_directory else await self._thread(self.store.hash, path)
-        return _metadata(entry, digest)
+        return await self._thread(self._current_blocking, path, await self.index.get(path))
 
     async def metadata(self, path: str) -> FileMetadata:
         """The stored metadata of ``path`` (checked against the disk), or NOT_FOUND."""
@@ -224,37 +249,109 @@ class FileOperations:
     async def upload(self, path: str, tempfile, sha256, size, source_client: str,
                      if_match=None, if_none_match=None):
         """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
-        hashing to ``sha256``) at ``path``. Returns ``(FileMetadata, Change)``.
+        hashing to ``sha256``, already fsynced) at ``path``. Returns ``(FileMetadata, Change)``.
 
         ``if_match``: the hash the current file must have; ``if_none_match == "*"``: the
         path must not exist. Raises PRECONDITION_FAILED, CONFLICT, UPLOAD_DISABLED, ...
+
+        Uploads that arrive while the lock is held are installed together (group
+        commit, see :meth:`_install_uploads`); each is answered once its rename, the
+        fsync of its directory and its journal entry are done.
         """
         self._check_writable()
         check_client_id(source_client)
-        return await self._locked(self._upload, path, tempfile, sha256, size, source_client,
-                                  etag_value(if_match), if_none_match)
+        waiting = _WaitingUpload(path, tempfile.path, sha256, source_client,
+                                 etag_value(if_match), if_none_match, Deferred())
+        self._uploads.append(waiting)
+        if not self._installing:
+            self._installing = True
+            Deferred.fromCoroutine(self._drain_uploads())
+        return await waiting.answer
 
-    async def _upload(self, path, tempfile, sha256, size, source_client, if_match, if_none_match):
-        current = await self._current(path)
-        if current is not None and current[0].is_directory:
-            raise SyncError("CONFLICT", f"{path} is a directory")
-        if if_none_match is not None and if_none_match.strip() == "*" and current is not None:
-            raise SyncError("PRECONDITION_FAILED", f"{path} already exists")
-        if if_match is not None and if_match != "*" and (current is None or current[0].hash != if_match):
-            raise SyncError("PRECONDITION_FAILED", f"{path} does not have the expected hash")
-        if if_match == "*" and current is None:
-            raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
+    async def _drain_uploads(self):
+        """Install the waiting uploads, up to :data:`UPLOAD_BATCH` a lock hold, until
+        none is left."""
         try:
-            created = await self._thread(self.store.install, tempfile.path, path)
-            entry = await self._thread(self.store.entry, path)
-            directories = [await self._thread(self.store.entry, p) for p in created]
-        except OSError as error:
-            raise storage_error(error) from error
-        stored = _metadata(entry, sha256)
-        operation = (Update if current is not None else Create)(stored[0])
-        upserts = [_metadata(d, "") for d in directories if d] + [stored]
-        change = await self._journal(operation, source_client, upserts=upserts)
-        return stored[0], change
+            while self._uploads:
+                await self._lock.acquire()
+                batch = self._uploads[:UPLOAD_BATCH]
+                del self._uploads[:UPLOAD_BATCH]
+                try:
+                    outcomes = await self._install_uploads(batch)
+                except Exception:
+                    outcomes = [Failure()] * len(batch)
+                finally:
+                    self._lock.release()
+                for waiting, outcome in zip(batch, outcomes):
+                    if isinstance(outcome, Failure):
+                        waiting.answer.errback(outcome)
+                    else:
+                        waiting.answer.callback(outcome)
+        finally:
+            self._installing = False
+
+    async def _install_uploads(self, batch) -> list:
+        """Under the lock: check preconditions and rename every upload of ``batch`` in
+        order (one thread call), fsync each touched directory once, journal them in one
+        transaction and publish in seq order. Returns per upload ``(FileMetadata,
+        Change)`` or a Failure."""
+        cached = await self.index.get_many({waiting.path for waiting in batch})
+        installed = await self._thread(self._install_all, batch, cached)
+        outcomes = [None] * len(batch)
+        items, journalled = [], []
+        for position, result in enumerate(installed):
+            if isinstance(result, SyncError):
+                outcomes[position] = Failure(result)
+                continue
+            current, stored, directories = result
+            operation = (Update if current is not None else Create)(stored[0])
+            items.append((directories + [stored], [], operation, batch[position].source_client))
+            journalled.append(position)
+        changes = await self.index.record_each(items, now()) if items else []
+        for position, change in zip(journalled, changes):
+            self._published(change)
+            outcomes[position] = (change.operation.metadata, change)
+        return outcomes
+
+    def _install_all(self, batch, cached) -> list:
+        """The blocking part of :meth:`_install_uploads`: per upload, in order, a
+        SyncError or ``(current, stored, created directories)``; an upload sees the ones
+        before it in the batch as the current state of its path."""
+        state = {}  # path -> (FileMetadata, mtime_ns) | None, once known in this batch
+        results, synced_by = [], {}
+        for position, waiting in enumerate(batch):
+            path = waiting.path
+            try:
+                current = state[path] if path in state else self._current_blocking(path, cached.get(path))
+                _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
+                created = self.store.install(waiting.temp_path, path, sync_directory=False)
+                synced_by.setdefault(self.store.directory_of(path), []).append(position)
+                entry = self.store.entry(path)
+                directories = [_metadata(d, "") for d in map(self.store.entry, created) if d]
+            except SyncError as error:
+                results.append(error)
+                continue
+            except OSError as error:
+                results.append(storage_error(error))
+                continue
+            state[path] = _metadata(entry, waiting.sha256)
+            results.append((current, state[path], directories))
+        for directory, positions in synced_by.items():
+            try:
+                fsync_directory(directory)
+            except OSError as error:
+                for position in positions:
+                    results[position] = storage_error(error)
+        return results
+
+    def _current_blocking(self, path: str, cached):
+        """:meth:`_current`, blocking, given the index row ``cached`` of ``path``."""
+        entry = self.store.entry(path)
+        if entry is None:
+            return None
+        if _matches(cached, entry):
+            return cached
+        return _metadata(entry, "" if entry.is_directory else self.store.hash(path))
 
     # -- the disk as the truth -----------------------------------------------------
 

@@ -417,8 +417,10 @@ class Store:
             created.append(ancestor)
         return created
 
-    def install(self, temp_path: str, path: str) -> list:
-        """Rename a finished (fsynced) temp file onto ``path`` and fsync the directory.
+    def install(self, temp_path: str, path: str, sync_directory: bool = True) -> list:
+        """Rename a finished (fsynced) temp file onto ``path`` and fsync the directory
+        (unless ``sync_directory`` is False: then the caller must, see
+        :meth:`directory_of`, before it reports the file stored).
         Returns the parent directories it had to create."""
         created = self.make_parents(path)
         target = self.resolve(path)
@@ -426,8 +428,13 @@ class Store:
             raise SyncError("CONFLICT", f"{path} is a directory")
         os.chmod(temp_path, 0o644)
         os.replace(temp_path, target)
-        fsync_directory(os.path.dirname(target))
+        if sync_directory:
+            fsync_directory(os.path.dirname(target))
         return created
+
+    def directory_of(self, path: str) -> str:
+        """The on-disk directory that holds ``path`` (the one to fsync after a rename)."""
+        return os.path.dirname(self.resolve(path))
 
     def make_directory(self, path: str) -> list:
         """Create directory ``path`` and its parents; returns the ones created."""
