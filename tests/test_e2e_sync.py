@@ -383,3 +383,34 @@ async def test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere(rea
     final = await converged(reactor, A, B, server[0].root)
     del final["elsewhere.txt"]
     assert final == {"d": None, "d/x.txt": hashlib.sha256(b"edited while a deleted the folder").hexdigest()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_download_that_failed_while_the_server_was_down_is_retried(reactor, tmp_path, server, clients):
+    """A remote change whose download failed for want of a server is remembered nowhere
+    but in the offline queue (no local file, no base, the cursor moved on): the retry
+    asks the server instead of deciding on local knowledge alone."""
+    from quantum_sync.client.engine import UNKNOWN
+    from quantum_sync.protocol import parse_metadata
+
+    a = await clients.start(server[0], "a")
+    b = await clients.start(server[0], "b", interval=3600)  # no periodic reconcile to mend it
+    await b.link.stop()  # b hears of the change only through the announcement below
+    write(a.config.folder, "late.txt", b"sent while b was not listening")
+    await wait_for(reactor, lambda: read(server[0].root, "late.txt") is not None, what="late.txt on the server")
+    from support import HttpClient
+
+    http = HttpClient(reactor)
+    try:
+        _, announced = await http.json("GET", server[0].url + "/api/metadata?path=late.txt")
+    finally:
+        await http.close()
+    port = server[0].port
+    await server[0].stop()
+    await b.engine.request("late.txt", parse_metadata(announced))  # the download fails: queued
+    assert "late.txt" in b.state.pending and read(b.config.folder, "late.txt") is None
+    assert b.engine._hints.get("late.txt", UNKNOWN) is UNKNOWN
+    server[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
+    b.engine.retry_pending()  # what the realtime link does once it is subscribed again
+    await wait_for(reactor, lambda: read(b.config.folder, "late.txt") == b"sent while b was not listening",
+                   what="the failed download retried")

@@ -135,12 +135,16 @@ class Engine:
             await defer.DeferredList(list(self._active.values()))
 
     def retry_pending(self):
-        """Send the local changes queued while the server was unreachable."""
+        """Sync again the paths whose job failed while the server was unreachable.
+
+        Each path is decided on the server's current version (FETCH): a queued path may
+        be a remote change whose download failed, which neither the local folder nor the
+        base remembers (and the journal cursor has moved past it)."""
         for path, source in list(self.state.pending.items()):
             if source:
                 self.local_moved(source, path)
             else:
-                self.request(path, UNKNOWN)
+                self.request(path, FETCH)
 
     # -- local events --------------------------------------------------------------------
 
