@@ -7,7 +7,7 @@ metrics, authorizer, root watcher and one listener per listen entry.
 import time
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -166,6 +166,10 @@ class ServerService(MultiService):
 
     async def _stop(self):
         await super().stopService()
+        # connections accepted before the ports closed may still send requests: they are
+        # closed (or answered, then closed) before the index goes away under them
+        await DeferredList([Deferred.fromCoroutine(listener.site.close_connections())
+                            for listener in self.listeners])
         if self._ready is not None:
             try:
                 await self._ready

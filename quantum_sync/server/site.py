@@ -11,8 +11,10 @@
 import json
 import re
 import time
+import weakref
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 
@@ -168,10 +170,21 @@ class SyncChannel(http.HTTPChannel):
     """
 
     _deadline = None
+    _gone = False
 
     def connectionMade(self):
         super().connectionMade()
+        self.site.channels.add(self)
+        self._close_waiters = []
         self._arm()
+
+    def when_closed(self) -> defer.Deferred:
+        """Fires once this connection is gone."""
+        if self._gone:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._close_waiters.append(waiter)
+        return waiter
 
     def _arm(self):
         self._disarm()
@@ -207,7 +220,12 @@ class SyncChannel(http.HTTPChannel):
 
     def connectionLost(self, reason):
         self._disarm()
+        self.site.channels.discard(self)
         super().connectionLost(reason)
+        self._gone = True
+        waiters, self._close_waiters = getattr(self, "_close_waiters", []), []
+        for waiter in waiters:
+            waiter.callback(None)
 
 
 class SyncSite(server.Site):
@@ -228,6 +246,31 @@ class SyncSite(server.Site):
         #: ``gate(request)`` raises SyncError when the caller may not upload at all;
         #: checked when an upload's headers are in, before its body is stored.
         self.upload_gate = upload_gate
+        #: Open HTTP connections. A connection handed to the WebSocket hub leaves its HTTP
+        #: channel without a transport (and without connectionLost): it is skipped, and
+        #: weakly held so that it does not stay here for ever.
+        self.channels = weakref.WeakSet()
+
+    async def close_connections(self, grace: float = 5.0) -> None:
+        """Once the port no longer listens: drop idle connections and those still sending
+        a request, let a request being answered finish (then its connection closes), and
+        abort whatever is left after ``grace`` seconds. Afterwards no request reaches the
+        operations any more, so the index can be closed."""
+        live = [c for c in list(self.channels) if c.transport is not None]
+        for channel in live:
+            channel.persistent = False
+            if not channel._handlingRequest:
+                channel.transport.loseConnection()
+        if not live:
+            return
+        gone = defer.DeferredList([c.when_closed() for c in live])
+        gone.addTimeout(grace, self.reactor)
+        try:
+            await gone
+        except defer.TimeoutError:
+            for channel in live:
+                if channel.transport is not None:
+                    channel.transport.abortConnection()
 
     def log(self, request):  # noqa: F811 - twisted's hook, called once per finished request
         duration = time.monotonic() - request.started

@@ -1,0 +1,103 @@
+"""Stopping the server with connections still open: no request reaches the closed index
+(no 500, no traceback); a request being answered is answered in full first."""
+
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+
+from tests.logcapture import LogCapture
+from tests.support import start_server
+
+REQUEST = b"GET /api/metadata?path=a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class KeepAliveClient(Protocol):
+    """A raw HTTP/1.1 client: what it received, and a Deferred for the server's hang-up."""
+
+    def __init__(self):
+        self.received = b""
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+async def connect(reactor, port):
+    client = KeepAliveClient()
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(lambda: client))
+    return client
+
+
+async def answered(reactor, client, deadline=10.0):
+    """Wait (bounded) until one whole small answer is in."""
+    waited = 0.0
+    def complete():  # a chunked body ends with an empty chunk, a sized one with the JSON
+        data = client.received
+        return b"\r\n\r\n" in data and (data.endswith(b"\r\n0\r\n\r\n") or data.rstrip().endswith(b"}"))
+
+    while not complete():
+        assert waited < deadline, client.received
+        await defer.ensureDeferred(_sleep(reactor, 0.01))
+        waited += 0.01
+
+
+async def _sleep(reactor, seconds):
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_keepalive_connections_are_closed_before_the_index(reactor, tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "a.txt").write_bytes(b"alpha")
+    server = await start_server(reactor, tmp_path)
+    client = await connect(reactor, server.port)
+    try:
+        client.transport.write(REQUEST)
+        await answered(reactor, client)
+        assert client.received.startswith(b"HTTP/1.1 200")
+        with LogCapture() as log:
+            await server.stop()
+            await client.lost.addTimeout(5, reactor)  # closed by the stop, not left open
+            assert client.transport.connected == 0
+        assert log.error_messages() == []
+    finally:
+        if client.transport.connected:
+            client.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_in_progress_when_the_server_stops_is_answered(reactor, tmp_path):
+    server = await start_server(reactor, tmp_path)
+    client = await connect(reactor, server.port)
+    lock = server.service.operations._lock
+    await lock.acquire()  # the upload's install waits here: the request is surely in progress
+    try:
+        with LogCapture() as log:
+            body = b"uploaded while the server stops"
+            client.transport.write(b"POST /api/upload?path=b.txt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                                   % (len(body), body))
+            site = server.service.listeners[0].site
+            for _ in range(1000):
+                if any(c._handlingRequest for c in site.channels):
+                    break
+                await _sleep(reactor, 0.01)
+            stopping = defer.ensureDeferred(server.stop())
+            await _sleep(reactor, 0.05)
+            assert not stopping.called  # it waits for the answer
+            lock.release()
+            await stopping
+            await client.lost.addTimeout(5, reactor)
+        assert client.received.startswith(b"HTTP/1.1 200"), client.received[:300]
+        assert (tmp_path / "root" / "b.txt").read_bytes() == body
+        assert log.error_messages() == []
+    finally:
+        if lock.locked:
+            lock.release()
+        if client.transport.connected:
+            client.transport.abortConnection()
