@@ -30,6 +30,8 @@ MAX_PATH_BYTES = 4096
 
 
 def _check_characters(path: str) -> None:
+    if path.isascii() and path.isprintable() and "\\" not in path:
+        return  # the common case, quickly: no printable ASCII character is refused
     for ch in path:
         if ch == "\\":
             raise invalid_path("backslashes are not allowed in paths")

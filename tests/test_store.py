@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.server.store import Store, UploadSpool, hash_file
 
@@ -152,3 +153,26 @@ def test_memory_budget_pauses_and_releases_every_spool(store, monkeypatch):
     assert sum(pauses) >= 2, pauses  # the budget was hit (timing decides which spool)
     assert peak <= limit + len(spools) * UploadSpool.BLOCK
     assert budget.total == 0 and not budget.paused
+
+
+def test_scan_names_every_entry_as_the_path_rules_do(store):
+    """The scan's quick naming of plain ASCII names agrees with paths.relative_from_disk
+    (which it falls back to for everything else)."""
+    names = ["plain.txt", "sp ace", "caf\u00e9", "cafe\u0301", "back\\slash", "ctrl\x01",
+             "tab\tname", "~$lock", "a" * 255]
+    os.makedirs(os.path.join(store.root, "sub", ".quantum-sync"))
+    for name in names:
+        for parent in ("", "sub"):
+            with open(os.path.join(store.root, parent, name), "wb") as f:
+                f.write(b"x")
+    expected = {"sub", "sub/.quantum-sync"}
+    for name in names:
+        for parent in ("", "sub"):
+            rel = paths.relative_from_disk(store.root, os.path.join(store.root, parent, name))
+            if rel is not None:
+                expected.add(rel)
+    found = {entry.path for entry in store.scan()}
+    assert found == expected
+    assert "plain.txt" in found and "sub/caf\u00e9" in found and "sub/.quantum-sync" in found
+    assert not any("\\" in p or "\x01" in p or "\t" in p or "e\u0301" in p for p in found)
+    assert {entry.path for entry in store.scan("sub")} == {p for p in expected if p.startswith("sub")}

@@ -6,6 +6,9 @@ order in which the disk changed, and every journalled change is handed to
 ``hub.publish`` exactly once, in journal order, before the lock is released.
 """
 
+import queue
+import threading
+
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
@@ -82,6 +85,46 @@ def _check_preconditions(path: str, current, if_match, if_none_match) -> None:
         raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
 
 
+class SerialThread:
+    """Runs blocking calls one after the other on one daemon thread of its own, which
+    ends after :attr:`IDLE` seconds without work (and starts again when needed)."""
+
+    IDLE = 5.0
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._calls = queue.SimpleQueue()
+        self._guard = threading.Lock()
+        self._running = False
+
+    def run(self, function, *args) -> Deferred:
+        """A Deferred firing (in the reactor thread) with ``function(*args)``'s result."""
+        answer = Deferred()
+        with self._guard:
+            self._calls.put((answer, function, args))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._loop, name="quantum-sync-operations", daemon=True).start()
+        return answer
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                answer, function, args = self._calls.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._guard:
+                    if self._calls.empty():
+                        self._running = False
+                        return
+                continue
+            try:
+                result = function(*args)
+            except BaseException:
+                self._reactor.callFromThread(answer.errback, Failure())
+            else:
+                self._reactor.callFromThread(answer.callback, result)
+
+
 @attrs.frozen
 class _WaitingUpload:
     """An upload waiting to be installed by the next group commit."""
@@ -110,9 +153,16 @@ class FileOperations:
         #: The newest journal seq (kept here so synchronous callers can read it).
         self.head = 0
         self._uploads = []  # _WaitingUpload, in arrival order
+        self._serial = SerialThread(reactor)
         self._installing = False
 
     def _thread(self, function, *args):
+        """Run blocking ``function`` for work done under the lock: on a thread of its
+        own, so the lock is never held while waiting behind unrelated work (fsyncs of
+        upload bodies, downloads) in the reactor's shared pool."""
+        return self._serial.run(function, *args)
+
+    def _shared_thread(self, function, *args):
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
 
     def reject_path(self, path, error: SyncError, source_client: str, address: str = "") -> None:
@@ -157,7 +207,7 @@ class FileOperations:
         """``(FileMetadata, mtime_ns)`` of ``path`` as indexed after checking it against
         the disk (a stale row is refreshed and journalled first), or NOT_FOUND."""
         try:
-            entry = await self._thread(self.store.entry, path)
+            entry = await self._shared_thread(self.store.entry, path)
             cached = await self.index.get(path)
             if entry is not None and _matches(cached, entry):
                 return cached

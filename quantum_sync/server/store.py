@@ -372,17 +372,19 @@ class Store:
             found.append(first)
             if not first.is_directory:
                 return found
-        stack = [self.resolve(top) if top else self.root]
+        stack = [(self.resolve(top) if top else self.root, top)]
         while stack:
-            directory = stack.pop()
+            directory, prefix = stack.pop()
             try:
                 items = list(os.scandir(directory))
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 continue
             for item in items:
-                rel = paths.relative_from_disk(self.root, item.path)
+                rel = _child_path(prefix, item.name)
                 if rel is None:
-                    continue
+                    rel = paths.relative_from_disk(self.root, item.path)
+                    if rel is None:
+                        continue
                 try:
                     entry = _entry(rel, item.stat(follow_symlinks=False))
                 except FileNotFoundError:
@@ -391,7 +393,7 @@ class Store:
                     continue
                 found.append(entry)
                 if entry.is_directory:
-                    stack.append(item.path)
+                    stack.append((item.path, rel))
         return found
 
     def hash(self, path: str) -> str:
@@ -472,6 +474,19 @@ class Store:
 
     def disk_usage(self):
         return shutil.disk_usage(self.root)
+
+
+def _child_path(prefix: str, name: str) -> str | None:
+    """The canonical path of entry ``name`` of directory ``prefix`` (``""``: the root)
+    when it is plainly valid (printable ASCII, as most names are), else None: then
+    :func:`paths.relative_from_disk` decides (a faster equivalent for scans)."""
+    if not (name.isascii() and name.isprintable()) or "\\" in name or name in (".", "..") \
+            or len(name) > paths.MAX_SEGMENT_BYTES:
+        return None
+    if not prefix:
+        return None if name == paths.STATE_DIR_NAME else name
+    rel = f"{prefix}/{name}"
+    return rel if len(rel) <= paths.MAX_PATH_BYTES else None
 
 
 def _entry(path: str, st) -> DiskEntry | None:
