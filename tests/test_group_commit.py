@@ -3,11 +3,14 @@ still checked against the ones before it (real Store, real Index, real server)."
 
 import hashlib
 import os
+import time
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.task import deferLater
 
+from quantum_sync.client.transfer import SMALL_TRANSFER, ServerClient
 from quantum_sync.errors import SyncError
 from quantum_sync.server.index import Index
 from quantum_sync.server.operations import FileOperations
@@ -156,6 +159,44 @@ async def test_racing_conditional_uploads_over_http_one_wins(reactor, server, ht
         assert sha(f.read()) == winner["hash"]
     _, answer = await http.json("GET", f"{server.url}/api/changes")
     assert [list(c["operation"]) for c in answer["changes"]] == [["Create"], ["Update"]]
+
+
+async def wait_for(reactor, check, timeout=10.0):
+    """Poll ``check()`` every 20 ms until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        await deferLater(reactor, 0.02, lambda: None)
+    return check()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_sends_small_files_side_by_side(reactor, server, tmp_path):
+    """With ``concurrency=1`` a client still has many small uploads in flight (so the
+    server can commit them together), while large ones go one at a time."""
+    client = ServerClient(reactor, server.url, "lanes", concurrency=1)
+    operations = server.service.operations
+    sources = {}
+    for i in range(6):
+        sources[f"small/{i}"] = os.urandom(4096)
+    for i in range(2):
+        sources[f"large/{i}"] = os.urandom(SMALL_TRANSFER + 1)
+    for name, data in sources.items():
+        (tmp_path / name.replace("/", "-")).write_bytes(data)
+    await operations._lock.acquire()
+    try:
+        started = [client.upload(name, str(tmp_path / name.replace("/", "-")), sha(data), None, len(data))
+                   for name, data in sources.items()]
+        assert await wait_for(reactor, lambda: len(operations._uploads) == 7)
+        await deferLater(reactor, 0.3, lambda: None)
+        assert sorted(w.path for w in operations._uploads) == \
+            ["large/0"] + [f"small/{i}" for i in range(6)]
+    finally:
+        operations._lock.release()
+    try:
+        stored = await gatherResults(started)
+        assert {m.path: m.hash for m in stored} == {name: sha(data) for name, data in sources.items()}
+    finally:
+        await client.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -322,7 +322,7 @@ class Engine:
         if_match = remote.hash if remote is not None and not remote.is_directory else None
         base = self.state.base(path)
         try:
-            meta = await self.server.upload(path, self.abspath(path), local.entry.hash, if_match)
+            meta = await self.server.upload(path, self.abspath(path), local.entry.hash, if_match, local.entry.size)
         except PreconditionFailed:
             if attempt >= 2:
                 raise
@@ -372,7 +372,7 @@ class Engine:
             self._record(path, remote, st)
             return
         try:
-            staged = await self.server.download(path, remote.hash, tmp_dir(self.folder))
+            staged = await self.server.download(path, remote.hash, tmp_dir(self.folder), remote.size)
         except (DownloadCorrupt, RequestRefused) as e:
             if isinstance(e, RequestRefused) and e.status != 404:
                 raise

@@ -38,6 +38,10 @@ UPLOAD_CHUNK = 1 << 20
 #: itself, which slows the download down instead of letting memory grow.
 SINK_BACKLOG = 64 << 20
 CHANGES_PAGE = 1000
+#: Transfers of at most this many bytes use the small lane, which allows
+#: :data:`SMALL_LANE_FACTOR` times the configured concurrency.
+SMALL_TRANSFER = 256 * 1024
+SMALL_LANE_FACTOR = 8
 
 
 class ServerUnavailable(Exception):
@@ -82,7 +86,7 @@ class ServerClient:
         self.client_id = client_id
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = concurrency + 4
+        self._pool.maxPersistentPerHost = concurrency * (1 + SMALL_LANE_FACTOR) + 4
         self._pool.retryAutomatically = True
         if urlsplit(self.server_url).scheme == "https":
             from quantum_sync.tls import https_policy
@@ -95,6 +99,13 @@ class ServerClient:
         if token:
             self._headers["Authorization"] = [f"Bearer {token}"]
         self._transfers = defer.DeferredSemaphore(concurrency)
+        self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
+
+    def _lane(self, size):
+        """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
+        files go side by side, so a server that commits uploads in groups gets groups."""
+        small = size is not None and size <= SMALL_TRANSFER
+        return self._small_transfers if small else self._transfers
 
     def close(self):
         """Drop the pooled connections (a Deferred)."""
@@ -225,10 +236,10 @@ class ServerClient:
 
     # -- transfers ---------------------------------------------------------------------
 
-    def upload(self, path: str, abspath: str, sha256: str, if_match=None):
-        """Stream ``abspath`` to ``path``; ``if_match`` is the hash the server must still
-        hold (None: the path must be new). The stored FileMetadata."""
-        return self._transfers.run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match)))
+    def upload(self, path: str, abspath: str, sha256: str, if_match=None, size=None):
+        """Stream ``abspath`` (``size`` bytes, when known) to ``path``; ``if_match`` is the
+        hash the server must still hold (None: the path must be new). The stored FileMetadata."""
+        return self._lane(size).run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match)))
 
     async def _upload(self, path, abspath, sha256, if_match):
         headers = {"X-Content-SHA256": [sha256], "Content-Type": ["application/octet-stream"]}
@@ -244,8 +255,8 @@ class ServerClient:
             raise LocalChanged(abspath) from None
         producer = FileBodyProducer(body, readSize=UPLOAD_CHUNK)
         try:
-            response = await self._request(
-                "POST", "/api/upload", params={"path": path}, headers=headers, data=producer, timeout=None
+            response = await self._request(  # PUT: Twisted parses no form out of it
+                "PUT", "/api/upload", params={"path": path}, headers=headers, data=producer, timeout=None
             )
         finally:
             body.close()
@@ -255,10 +266,11 @@ class ServerClient:
             raise ServerUnavailable(f"upload of {path}: malformed answer") from None
         return meta
 
-    def download(self, path: str, sha256: str, staging_dir: str):
-        """Stream ``path`` into a new file in ``staging_dir``, check it hashes to
-        ``sha256``, fsync it; the staged file's name (the caller renames or removes it)."""
-        return self._transfers.run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
+    def download(self, path: str, sha256: str, staging_dir: str, size=None):
+        """Stream ``path`` (announced as ``size`` bytes, when known) into a new file in
+        ``staging_dir``, check it hashes to ``sha256``, fsync it; the staged file's name
+        (the caller renames or removes it)."""
+        return self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
 
     async def _download(self, path, sha256, staging_dir):
         response = await self._request("GET", "/api/download", params={"path": path}, unbuffered=True, timeout=None)
