@@ -54,9 +54,15 @@ def test_sigkill_during_uploads_loses_nothing_acknowledged(tmp_path):
             data = os.urandom(rng.randint(1024, 1024 * 1024))
             versions.setdefault(path, []).append(data)
             jobs.append((path, data))
+        # the kill comes once a random share of the round is acknowledged (a fixed delay
+        # misses when the server is fast), so it always lands among running uploads
+        kill_after = rng.randint(5, 60)
         with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
             futures = {pool.submit(put, port, path, data): (path, data) for path, data in jobs}
-            time.sleep(0.3 + rng.random() * 0.7)
+            deadline = time.monotonic() + 30
+            while sum(f.done() and f.result() for f in futures) < kill_after \
+                    and time.monotonic() < deadline:
+                time.sleep(0.002)
             process.send_signal(signal.SIGKILL)
             for future in concurrent.futures.as_completed(futures):
                 if future.result():
