@@ -101,3 +101,32 @@ async def test_a_request_in_progress_when_the_server_stops_is_answered(reactor, 
             lock.release()
         if client.transport.connected:
             client.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_still_busy_after_the_grace_time_are_aborted_quietly(reactor, tmp_path):
+    import gc
+
+    server = await start_server(reactor, tmp_path)
+    client = await connect(reactor, server.port)
+    lock = server.service.operations._lock
+    await lock.acquire()  # the upload below is answered only once this is released
+    site = server.service.listeners[0].site
+    try:
+        with LogCapture() as log:
+            client.transport.write(b"POST /api/upload?path=c.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nc")
+            for _ in range(1000):
+                if any(c._handlingRequest for c in site.channels):
+                    break
+                await _sleep(reactor, 0.01)
+            await site.close_connections(grace=0.2)
+            await client.lost.addTimeout(5, reactor)
+            gc.collect()  # an unhandled failure in a forgotten Deferred is logged now
+        assert client.received == b""
+        assert log.error_messages() == []
+        assert "still open after 0.2 s are aborted" in log.text()
+    finally:
+        lock.release()
+        if client.transport.connected:
+            client.transport.abortConnection()
+        await server.stop()

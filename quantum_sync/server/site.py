@@ -263,14 +263,20 @@ class SyncSite(server.Site):
                 channel.transport.loseConnection()
         if not live:
             return
-        gone = defer.DeferredList([c.when_closed() for c in live])
-        gone.addTimeout(grace, self.reactor)
-        try:
-            await gone
-        except defer.TimeoutError:
-            for channel in live:
-                if channel.transport is not None:
-                    channel.transport.abortConnection()
+        # wait for all of them or the grace time, whichever comes first (nothing is
+        # cancelled: a waiter left over is simply forgotten)
+        timer = defer.Deferred()
+        call = self.reactor.callLater(grace, timer.callback, None)
+        await defer.DeferredList([defer.DeferredList([c.when_closed() for c in live]), timer],
+                                 fireOnOneCallback=True)
+        if call.active():
+            call.cancel()
+        left = [c for c in live if not c._gone]
+        if left:
+            ACCESS_LOG.info("server stopping: {count} connections still open after {grace} s are aborted",
+                            count=len(left), grace=grace)
+            for channel in left:
+                channel.transport.abortConnection()
 
     def log(self, request):  # noqa: F811 - twisted's hook, called once per finished request
         duration = time.monotonic() - request.started
