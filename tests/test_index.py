@@ -4,8 +4,8 @@ import pytest
 import pytest_twisted
 
 from quantum_sync.errors import SyncError
-from quantum_sync.protocol import Create, Delete, FileMetadata, Move
-from quantum_sync.server.index import Index
+from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update
+from quantum_sync.server.index import LOOKUP_BATCH, Index
 
 
 @pytest_twisted.async_yield_fixture
@@ -85,3 +85,24 @@ async def test_record_many_is_one_ordered_batch(index):
     changes = await index.record_many(items, "server", "t")
     assert [(c.seq, c.operation.kind) for c in changes] == [(1, "Create"), (2, "Delete")]
     assert [m.path for m, _ in await index.list_all()] == ["b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_many_reads_beyond_one_query(index):
+    names = [f"d/f{i:04d}" for i in range(LOOKUP_BATCH + 7)]
+    await index.record([meta(n) for n in names], [], None, "", "")
+    found = await index.get_many(names + ["missing", "d/f"])
+    assert sorted(found) == sorted(names)
+    assert found["d/f0003"][0] == meta("d/f0003")[0] and found["d/f0003"][1] == meta("d/f0003")[1]
+    assert await index.get_many([]) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_each_keeps_each_source_client(index):
+    items = [([meta("a")], [], Create(meta("a")[0]), "c1"), ([meta("b")], [], None, "c2"),
+             ([meta("b", size=2)], [], Update(meta("b", size=2)[0]), "c3")]
+    changes = await index.record_each(items, "t")
+    assert [(c.seq, c.operation.kind, c.source_client) for c in changes] == \
+        [(1, "Create", "c1"), (2, "Update", "c3")]
+    stored, _, _ = await index.changes(0, 10)
+    assert [c.source_client for c in stored] == ["c1", "c3"]
