@@ -164,3 +164,12 @@ def test_create_announcement_keeps_metadata():
     request = parse({"type": "FileOperation", "operation": {"Create": {"metadata": metadata}}})
     assert request.operation.to_json() == {"Create": {"metadata": metadata}}
     assert request.source_client == ""
+
+
+def test_an_echoed_id_with_a_lone_surrogate_is_still_valid_utf8():
+    """JSON may carry "\\ud800" (found by test_hostile_frames_get_answers_not_crashes: the
+    echo raised UnicodeEncodeError and the connection dropped with 1006)."""
+    message_id = json.loads('"\\ud800"')
+    wire = messages.pong("Ping", message_id)
+    assert json.loads(wire.decode("utf-8")) == {"type": "Pong", "id": message_id}
+    assert messages.pong("Ping", "caf\u00e9") == '{"type":"Pong","id":"caf\u00e9"}'.encode("utf-8")

@@ -187,8 +187,15 @@ def parse_client_message(payload, is_binary: bool = False):
 
 
 def encode(obj: dict) -> bytes:
-    """Compact UTF-8 JSON, the one wire form of every server message."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON, the one wire form of every server message.
+
+    A string holding a lone surrogate (a client may send ``"\\ud800"``, valid JSON, and
+    its ``id`` is echoed) cannot be UTF-8: such a message is sent with ``\\u`` escapes."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def ack(operation_id, message_id=None, **extra) -> bytes:
