@@ -7,7 +7,8 @@ import pytest
 
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
-from quantum_sync.server.store import Store, UploadSpool, hash_file
+from quantum_sync.diskio import sha256_file
+from quantum_sync.server.store import Store, UploadSpool
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_install_is_a_rename_with_parents(store):
     spool = spool_with(store, b"content")
     created = store.install(spool.path, "a/b/c.txt")
     assert created == ["a", "a/b"]
-    assert hash_file(store.resolve("a/b/c.txt")) == hashlib.sha256(b"content").hexdigest()
+    assert sha256_file(store.resolve("a/b/c.txt")) == hashlib.sha256(b"content").hexdigest()
     assert os.listdir(store.temp_dir) == []
     assert oct(os.stat(store.resolve("a/b/c.txt")).st_mode & 0o777) == "0o644"
     spool.close()  # already renamed away: a no-op

@@ -168,7 +168,7 @@ class FileOperations:
     def reject_path(self, path, error: SyncError, source_client: str, address: str = "") -> None:
         """Report a refused hostile path to the ``alerts`` topic."""
         self.hub.alert("security_alert", {
-            "reason": "invalid_path", "path": repr(path)[:300], "message": error.message,
+            "event": "rejected_path", "path": repr(path)[:300], "message": error.message,
             "source_client": source_client, "address": address,
         })
 

@@ -19,9 +19,9 @@ import threading
 import attrs
 
 from quantum_sync import paths
+from quantum_sync.diskio import fsync_directory, sha256_file
 from quantum_sync.errors import SyncError
 
-CHUNK = 1024 * 1024
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 TEMP_PREFIX = "upload-"
@@ -35,23 +35,6 @@ class DiskEntry:
     is_directory: bool
     size: int
     mtime_ns: int
-
-
-def hash_file(path: str) -> str:
-    """SHA-256 hex of the file at ``path`` (blocking)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def storage_error(error: OSError) -> SyncError:
@@ -397,7 +380,7 @@ class Store:
         return found
 
     def hash(self, path: str) -> str:
-        return hash_file(self.resolve(path))
+        return sha256_file(self.resolve(path))
 
     def make_parents(self, path: str) -> list:
         """Create the missing parent directories of ``path``; returns those created.
