@@ -135,6 +135,16 @@ async def test_arbitrary_json_bodies(env, body):
         env.check(status, answer, (path, body))
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_a_login_is_a_failed_login(env):
+    """"\\ud800" is valid JSON but no UTF-8 (found by test_arbitrary_json_bodies once in a
+    while: the password's byte count raised UnicodeEncodeError, a 500)."""
+    for body in ({"username": "u", "password": "\ud800"}, {"username": "\ud800", "password": "x\ud800"}):
+        status, answer = await env.call("POST", env.auth_server.url + "/api/v1/auth/login",
+                                        data=json.dumps(body).encode())
+        assert (status, json.loads(answer)["error"]["code"]) == (401, "AUTH_FAILED"), answer
+
+
 @SETTINGS
 @given(raw=st.binary(max_size=200), junk=st.binary(max_size=200), number=st.text(max_size=25))
 @pytest_twisted.ensureDeferred

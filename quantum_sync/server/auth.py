@@ -299,7 +299,12 @@ class TokenAuthorizer:
         # Counted before the (slow) check, so parallel guesses cannot pass the limit;
         # a correct password clears it again.
         lockouts = self.throttle.failed(address, user)
-        if len(username) > MAX_USERNAME_LENGTH or len(password.encode("utf-8")) > passwords.MAX_PASSWORD_BYTES:
+        try:
+            password_bytes = len(password.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): nobody's password
+            password_bytes = None
+        if (len(username) > MAX_USERNAME_LENGTH or password_bytes is None
+                or password_bytes > passwords.MAX_PASSWORD_BYTES):
             ok = False
         else:
             stored = account.password_hash if account is not None else passwords.dummy_hash()
