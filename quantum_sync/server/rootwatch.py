@@ -32,6 +32,10 @@ class _Bridge(FileSystemEventHandler):
     def on_any_event(self, event):
         if event.event_type in _IGNORED_EVENTS:
             return
+        if event.is_directory and event.event_type == "modified":
+            # Only says that an entry inside changed, and that entry has its own event;
+            # refreshing the whole directory for it made every write rescan its siblings.
+            return
         names = [event.src_path, getattr(event, "dest_path", "")]
         self._reactor.callFromThread(self._sink, [n for n in names if n])
 
