@@ -26,7 +26,7 @@ import treq
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 
 from quantum_sync import protocol
@@ -76,6 +76,13 @@ def _tls_reason(failure):
     return tls_failure_reason(failure)
 
 
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    """The pool's connection factory without its "Starting factory" line per connection
+    (with dozens of pooled connections it drowned the transfer log)."""
+
+    noisy = False
+
+
 class ServerClient:
     """HTTP calls to one quantum-sync server for one client id."""
 
@@ -86,6 +93,7 @@ class ServerClient:
         self.client_id = client_id
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool._factory = _QuietHTTP11ClientFactory
         self._pool.maxPersistentPerHost = concurrency * (1 + SMALL_LANE_FACTOR) + 4
         self._pool.retryAutomatically = True
         if urlsplit(self.server_url).scheme == "https":
