@@ -106,3 +106,14 @@ async def test_record_each_keeps_each_source_client(index):
         [(1, "Create", "c1"), (2, "Update", "c3")]
     stored, _, _ = await index.changes(0, 10)
     assert [c.source_client for c in stored] == ["c1", "c3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_after_stop_is_a_clean_503(reactor, tmp_path):
+    index = Index(str(tmp_path / "state"), retention=5, reactor=reactor)
+    index.startService()
+    await index.open()
+    index.stopService()
+    with pytest.raises(SyncError) as refused:
+        await index.get("a")
+    assert refused.value.code == "SERVICE_UNAVAILABLE" and refused.value.status == 503

@@ -88,11 +88,18 @@ class Index(Service):
             self._pool.close()
             self._pool = None
 
+    @property
+    def _db(self):
+        """The open pool; a request that outlived the server's stop gets a clean 503."""
+        if self._pool is None:
+            raise SyncError("SERVICE_UNAVAILABLE", "the server is shutting down")
+        return self._pool
+
     # -- reads --------------------------------------------------------------------
 
     async def get(self, path: str):
         """``(FileMetadata, mtime_ns)`` for ``path`` or ``None``."""
-        rows = await self._pool.runQuery(
+        rows = await self._db.runQuery(
             "SELECT path, is_directory, size, mtime_ns, hash FROM files WHERE path = ?", (path,))
         return _row_metadata(rows[0]) if rows else None
 
@@ -111,17 +118,17 @@ class Index(Service):
             return found
 
         paths = list(paths)
-        return await self._pool.runInteraction(run) if paths else {}
+        return await self._db.runInteraction(run) if paths else {}
 
     async def list_all(self) -> list:
         """Every indexed entry as ``(FileMetadata, mtime_ns)``, sorted by path."""
-        rows = await self._pool.runQuery(
+        rows = await self._db.runQuery(
             "SELECT path, is_directory, size, mtime_ns, hash FROM files ORDER BY path")
         return [_row_metadata(row) for row in rows]
 
     async def list_under(self, top: str) -> list:
         """The indexed entries at and below ``top``, as :meth:`list_all` gives them."""
-        rows = await self._pool.runQuery(
+        rows = await self._db.runQuery(
             "SELECT path, is_directory, size, mtime_ns, hash FROM files"
             " WHERE path = ? OR path LIKE ? ESCAPE '\\' ORDER BY path",
             (top, _escape_like(top) + "/%"))
@@ -129,12 +136,12 @@ class Index(Service):
 
     async def head(self) -> int:
         """The sequence number of the newest journal entry (0 when there is none)."""
-        return await self._pool.runInteraction(_head)
+        return await self._db.runInteraction(_head)
 
     async def changes(self, since: int, limit: int) -> tuple:
         """``(changes, cursor, has_more)`` after ``since``; CURSOR_EXPIRED when entries
         after ``since`` were already pruned."""
-        return await self._pool.runInteraction(_changes, since, limit)
+        return await self._db.runInteraction(_changes, since, limit)
 
     # -- writes ---------------------------------------------------------------------
 
@@ -142,7 +149,7 @@ class Index(Service):
         """In one transaction: update the cache (``upserts``: ``(FileMetadata, mtime_ns)``;
         ``removals``: paths removed with everything below them) and, when ``operation``
         is given, append it to the journal. Returns the journal :class:`Change` or None."""
-        return await self._pool.runInteraction(
+        return await self._db.runInteraction(
             self._record, upserts, removals, operation, source_client, timestamp)
 
     async def record_many(self, items, source_client, timestamp) -> list:
@@ -160,11 +167,11 @@ class Index(Service):
                        for upserts, removals, operation, source_client in items]
             return [change for change in changes if change is not None]
 
-        return await self._pool.runInteraction(run)
+        return await self._db.runInteraction(run)
 
     async def rename(self, source: str, destination: str, operation, source_client, timestamp):
         """Move the cached rows of ``source`` (and below) to ``destination`` and journal."""
-        return await self._pool.runInteraction(
+        return await self._db.runInteraction(
             self._rename, source, destination, operation, source_client, timestamp)
 
     def _record(self, txn, upserts, removals, operation, source_client, timestamp):
