@@ -33,12 +33,18 @@ MAX_RANGES = 16
 DOWNLOAD_ATTEMPTS = 3
 
 
-def write_json(request, body, status: int = 200) -> bytes:
-    """Set status and JSON content type; return the encoded body."""
+def encode_json(body) -> bytes:
+    """``body`` as compact UTF-8 JSON (blocking for a large body: see :func:`write_json`)."""
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def write_json(request, body, status: int = 200, encoded: bytes = None) -> bytes:
+    """Set status and JSON content type; return the encoded body (``encoded``, when the
+    caller already encoded a large one on a thread)."""
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return encode_json(body) if encoded is None else encoded
 
 
 def write_error(request, error: SyncError) -> bytes:
@@ -211,7 +217,11 @@ class FileApi:
     async def list_files(self, request):
         await self._authorize(request, "read")
         rows = await self.operations.index.list_all()
-        return write_json(request, [metadata.to_json() for metadata, _ in rows])
+        # One entry a file in the root: encoding an unbounded listing is a thread's work.
+        encoded = await deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(),
+            lambda: encode_json([metadata.to_json() for metadata, _ in rows]))
+        return write_json(request, None, encoded=encoded)
 
     @app.route("/api/metadata", methods=["GET"])
     async def metadata(self, request):
