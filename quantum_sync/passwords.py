@@ -15,7 +15,6 @@ import hmac
 import re
 import secrets
 
-SCHEME = "scrypt"
 DEFAULT_LN = 15
 DEFAULT_R = 8
 DEFAULT_P = 1

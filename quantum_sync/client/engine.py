@@ -114,7 +114,6 @@ class Engine:
         if self.online is not False:
             self.log.warn("server unavailable or refusing; local changes are queued: {reason}", reason=reason)
         self.online = False
-        self._offline_reason = reason
 
     def _record(self, path, meta, local_stat):
         self.state.set_base(

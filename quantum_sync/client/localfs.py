@@ -9,7 +9,6 @@ the directory is fsynced.
 """
 
 import errno
-import hashlib
 import os
 import stat as stat_module
 
@@ -19,7 +18,6 @@ from quantum_sync.client.reconcile import Entry
 from quantum_sync.diskio import fsync_directory, sha256_file
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
 SUSPECT_MTIME_SLACK_NS = 1_000_000
 

@@ -138,9 +138,6 @@ class FolderState:
     def base(self, path):
         return self.bases.get(path)
 
-    def base_entries(self) -> dict:
-        return {p: b.entry for p, b in self.bases.items()}
-
     def set_base(self, path: str, base: Base) -> None:
         self.bases[path] = base
         self._dirty_files[path] = base

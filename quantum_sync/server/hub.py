@@ -28,7 +28,6 @@ from quantum_sync.server.metrics import Metrics
 #: WebSocket close codes the hub and the protocol use (RFC 6455 / IANA registry).
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
 

@@ -455,9 +455,6 @@ class Store:
             fsync_directory(os.path.dirname(src))
         return created
 
-    def disk_usage(self):
-        return shutil.disk_usage(self.root)
-
 
 def _child_path(prefix: str, name: str) -> str | None:
     """The canonical path of entry ``name`` of directory ``prefix`` (``""``: the root)
