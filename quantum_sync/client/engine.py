@@ -82,6 +82,7 @@ class Engine:
         self.allow_mass_delete = allow_mass_delete
         self.retry_delay = retry_delay
         self.rules = IgnoreRules.from_file(os.path.join(folder, IGNORE_FILE))
+        self._rules_reads = 0  # reloads started; only the newest one's rules are kept
         self.online = None  # unknown until the first answer
         self.last_full_reconcile = None
         self._locks = PathLocks()
@@ -150,16 +151,19 @@ class Engine:
     def local_changed(self, path: str):
         """The watcher saw ``path`` change (created, written, deleted)."""
         if path == IGNORE_FILE:
-            self._reload_rules()
+            reloaded = defer.ensureDeferred(self._reload_rules())
+            return reloaded.addCallback(lambda _: self.request(path, UNKNOWN))
         return self.request(path, UNKNOWN)
 
     def local_moved(self, source: str, destination: str):
         """The watcher saw ``source`` renamed to ``destination`` inside the folder."""
         return defer.ensureDeferred(self._guard(self._local_move(source, destination), source))
 
-    def _reload_rules(self):
-        rules = IgnoreRules.from_file(os.path.join(self.folder, IGNORE_FILE))
-        if rules.text != self.rules.text:
+    async def _reload_rules(self):
+        self._rules_reads += 1
+        mine = self._rules_reads
+        rules = await deferToThread(IgnoreRules.from_file, os.path.join(self.folder, IGNORE_FILE))
+        if mine == self._rules_reads and rules.text != self.rules.text:
             self.rules = rules
             self.log.info(".syncignore changed; rules reloaded")
             defer.ensureDeferred(self._guard(self.reconcile(), IGNORE_FILE))
@@ -336,7 +340,7 @@ class Engine:
         self._record(path, meta, local.stat)
         self.log.info("uploaded {path} ({size} bytes)", path=path, size=meta.size)
         if path == IGNORE_FILE:
-            self._reload_rules()
+            await self._reload_rules()
         after = await deferToThread(localfs.lstat, self.abspath(path))
         if after != local.stat:
             self._retry_later(path)
@@ -387,7 +391,7 @@ class Engine:
         self._record(path, remote, st)
         self.log.info("downloaded {path} ({size} bytes)", path=path, size=remote.size)
         if path == IGNORE_FILE:
-            self._reload_rules()
+            await self._reload_rules()
 
     async def _delete_local(self, path, local):
         if local is not None:
