@@ -24,7 +24,6 @@ class Metrics:
 
     requests: int = 0
     bytes_transferred: int = 0
-    response_time_total: float = 0.0
     messages_in: int = 0
     messages_out: int = 0
     clock: object = time.time
@@ -33,7 +32,6 @@ class Metrics:
     def observe_request(self, duration: float, bytes_in: int, bytes_out: int) -> None:
         """One finished HTTP request: its wall time in seconds and the body bytes moved."""
         self.requests += 1
-        self.response_time_total += duration
         self.bytes_transferred += bytes_in + bytes_out
         second = int(self.clock())
         count, total = self._buckets.get(second, (0, 0.0))
