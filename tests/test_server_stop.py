@@ -45,6 +45,17 @@ async def answered(reactor, client, deadline=10.0):
         waited += 0.01
 
 
+async def upload_in_progress(reactor, client, site, path: str, body: bytes, deadline=10.0):
+    """Send an upload and wait (bounded) until the site is handling it."""
+    client.transport.write(b"POST /api/upload?path=%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                           % (path.encode(), len(body), body))
+    waited = 0.0
+    while not any(c._handlingRequest for c in site.channels):
+        assert waited < deadline, "the upload never reached the site"
+        await _sleep(reactor, 0.01)
+        waited += 0.01
+
+
 async def _sleep(reactor, seconds):
     from twisted.internet.task import deferLater
 
@@ -80,13 +91,7 @@ async def test_a_request_in_progress_when_the_server_stops_is_answered(reactor, 
     try:
         with LogCapture() as log:
             body = b"uploaded while the server stops"
-            client.transport.write(b"POST /api/upload?path=b.txt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                                   % (len(body), body))
-            site = server.service.listeners[0].site
-            for _ in range(1000):
-                if any(c._handlingRequest for c in site.channels):
-                    break
-                await _sleep(reactor, 0.01)
+            await upload_in_progress(reactor, client, server.service.listeners[0].site, "b.txt", body)
             stopping = defer.ensureDeferred(server.stop())
             await _sleep(reactor, 0.05)
             assert not stopping.called  # it waits for the answer
@@ -114,11 +119,7 @@ async def test_connections_still_busy_after_the_grace_time_are_aborted_quietly(r
     site = server.service.listeners[0].site
     try:
         with LogCapture() as log:
-            client.transport.write(b"POST /api/upload?path=c.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nc")
-            for _ in range(1000):
-                if any(c._handlingRequest for c in site.channels):
-                    break
-                await _sleep(reactor, 0.01)
+            await upload_in_progress(reactor, client, site, "c.txt", b"c")
             await site.close_connections(grace=0.2)
             await client.lost.addTimeout(5, reactor)
             gc.collect()  # an unhandled failure in a forgotten Deferred is logged now
