@@ -33,6 +33,9 @@ REPO = os.path.dirname(HERE)
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 PAIR = "/work/shared/tools/syncthing_pair.py"
 POLL = 0.0005
+#: Polling a folder of thousands of names every 0.5 ms would take a core from the
+#: daemons being measured; the many-file count polls at this pace instead.
+LISTING_POLL = 0.005
 
 
 def free_port():
@@ -41,12 +44,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait(predicate, timeout, what):
+def wait(predicate, timeout, what, poll=POLL):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(what)
-        time.sleep(POLL)
+        time.sleep(poll)
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds used so far by process ``pid`` (from /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def content(path):
@@ -65,6 +78,7 @@ class QuantumPair:
     def __init__(self, base):
         self.base = base
         self.procs = []
+        self.pids = {}
 
     def start(self):
         shutil.rmtree(self.base, ignore_errors=True)
@@ -94,6 +108,7 @@ class QuantumPair:
         log = open(os.path.join(self.base, name + ".log"), "wb")
         proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.base)
         self.procs.append((proc, log))
+        self.pids[name] = proc.pid
 
     def _log(self, name):
         with open(os.path.join(self.base, name + ".log"), errors="replace") as f:
@@ -187,10 +202,19 @@ def measure_small(pair, count):
         except OSError:
             return False
 
-    wait(arrived, 600, "small files")
+    wait(arrived, 600, "small files", poll=LISTING_POLL)
     elapsed = time.perf_counter() - start
     wrong = sum(1 for i, data in enumerate(payloads) if content(os.path.join(target, f"s{i:05}.bin")) != data)
     return {"files_per_s": count / elapsed, "seconds": elapsed, "wrong": wrong}
+
+
+def measure_small_cpu(pair, count):
+    """:func:`measure_small`, plus the CPU milliseconds per file each daemon used meanwhile."""
+    pids = getattr(pair, "pids", {})
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = measure_small(pair, count)
+    result["cpu_ms_per_file"] = {name: (cpu_seconds(pid) - before[name]) * 1000 / count for name, pid in pids.items()}
+    return result
 
 
 def measure_large(pair, mib):
@@ -225,7 +249,7 @@ def run(pair, args):
     try:
         return {
             "latency": measure_latency(pair, args.trials),
-            "small": measure_small(pair, args.small),
+            "small": measure_small_cpu(pair, args.small),
             "large": measure_large(pair, args.large_mib),
         }
     finally:
@@ -269,6 +293,9 @@ def print_table(results, args):
     for n in names:
         r = results[n]
         print(f"{n}: small files wrong={r['small']['wrong']}, large file identical={r['large']['identical']}")
+        cpu = r["small"].get("cpu_ms_per_file")
+        if cpu:
+            print(f"{n}: CPU ms per small file: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f", total {sum(cpu.values()):.2f}")
 
 
 if __name__ == "__main__":
