@@ -94,3 +94,35 @@ async def test_an_empty_listing_is_not_everything_deleted(reactor, server, clien
     a = await clients.start(server[0], "a")
     await wait_for(reactor, lambda: any("listed nothing" in line for line in log_lines), what="the warning")
     assert read(A, "a.txt") == b"a.txt" and read(A, "b.txt") == b"b.txt"
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(reactor, server, clients, log_lines):
+    a, b, A, B = await clients.pair(server[0])
+    for i in range(30):
+        write(A, f"d/f{i:02}.txt", b"x%d" % i)
+    write(A, "keep.txt", b"k")
+    await converged(reactor, A, B, server[0].root)
+    for i in range(25):  # a script empties most of the folder while the client watches
+        os.unlink(os.path.join(A, "d", f"f{i:02}.txt"))
+    await wait_for(reactor, lambda: any("mass delete" in line for line in log_lines), what="the mass delete warning")
+    await a.engine.idle()
+    await sleep(reactor, 0.5)
+    assert len([p for p in tree(server[0].root) if p.startswith("d/f")]) == 30
+    assert len([p for p in tree(B) if p.startswith("d/f")]) == 30
+    os.unlink(os.path.join(A, "keep.txt"))  # one more delete alone is still a mass delete: held too
+    await sleep(reactor, 1.0)
+    assert read(server[0].root, "keep.txt") == b"k"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_few_files_deleted_while_the_client_runs_are_deleted_on_the_server(reactor, server, clients, log_lines):
+    a, b, A, B = await clients.pair(server[0])
+    for i in range(30):
+        write(A, f"f{i:02}.txt", b"x%d" % i)
+    await converged(reactor, A, B, server[0].root)
+    for i in range(3):
+        os.unlink(os.path.join(A, f"f{i:02}.txt"))
+    await converged(reactor, A, B, server[0].root)
+    assert len(tree(B)) == 27
+    assert not any("mass delete" in line for line in log_lines)

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from quantum_sync.client import localfs
 from quantum_sync.client.conflicts import conflict_name
+from quantum_sync.client.deletegate import DeleteGate
 from quantum_sync.client.ignore import IGNORE_FILE, IgnoreRules
 from quantum_sync.client.locks import PathLocks
 from quantum_sync.client.reconcile import Action, Decision, Entry, decide, plan
@@ -96,6 +97,7 @@ class Engine:
         self._retry_calls = {}
         self._stopped = False
         self._limit = defer.DeferredSemaphore(PLAN_CONCURRENCY)
+        self._deletes = DeleteGate(reactor, self._count_missing, allow_mass_delete)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class Engine:
 
     def stop(self):
         self._stopped = True
+        self._deletes.stop()
         for call in self._retry_calls.values():
             if call.active():
                 call.cancel()
@@ -401,7 +404,18 @@ class Engine:
             self.log.info("deleted {path} locally (deleted on the server)", path=path)
         self.state.forget(path, recursive=True)
 
+    def _count_missing(self):
+        """``(missing, synced)``: synced files gone from the folder now, of all synced files."""
+        synced = [p for p, b in self.state.bases.items() if not b.entry.is_directory and not self.is_ignored(p)]
+
+        def count():
+            return sum(1 for p in synced if localfs.lstat(os.path.join(self.folder, p)) is None)
+
+        return deferToThread(count).addCallback(lambda missing: (missing, len(synced)))
+
     async def _delete_remote(self, path, is_directory):
+        if not await self._deletes.admit(path):
+            return  # a mass delete: held (logged); the base stays, so nothing is forgotten
         (result,) = await self.server.sync([Delete(path)])
         self._went_online()
         status = result.get("status") if isinstance(result, dict) else None
