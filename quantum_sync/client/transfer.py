@@ -14,12 +14,14 @@ refused certificate: try again later, never "everything was deleted"),
 :class:`PreconditionFailed` (412) and :class:`CursorExpired` (410).
 """
 
+import email.utils
 import hashlib
 import json
 import os
 import queue
 import tempfile
 import threading
+import time
 from urllib.parse import urlsplit
 
 import treq
@@ -42,6 +44,9 @@ CHANGES_PAGE = 1000
 #: :data:`SMALL_LANE_FACTOR` times the configured concurrency.
 SMALL_TRANSFER = 256 * 1024
 SMALL_LANE_FACTOR = 8
+#: A 429 without a usable Retry-After pauses requests this long; a longer one is capped.
+DEFAULT_RETRY_AFTER = 1.0
+MAX_RETRY_AFTER = 600.0
 
 
 class ServerUnavailable(Exception):
@@ -76,6 +81,25 @@ def _tls_reason(failure):
     return tls_failure_reason(failure)
 
 
+def retry_after_seconds(values, now=None) -> float:
+    """Seconds to wait from the ``Retry-After`` header ``values`` (delta-seconds or an HTTP
+    date), within [0, :data:`MAX_RETRY_AFTER`]; :data:`DEFAULT_RETRY_AFTER` when absent or bad."""
+    if not values:
+        return DEFAULT_RETRY_AFTER
+    text = (values[0].decode("latin-1") if isinstance(values[0], bytes) else values[0]).strip()
+    try:
+        seconds = float(int(text))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return DEFAULT_RETRY_AFTER
+        if when is None or when.tzinfo is None:
+            return DEFAULT_RETRY_AFTER
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     """The pool's connection factory without its "Starting factory" line per connection
     (with dozens of pooled connections it drowned the transfer log)."""
@@ -108,6 +132,7 @@ class ServerClient:
             self._headers["Authorization"] = [f"Bearer {token}"]
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
+        self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -130,6 +155,9 @@ class ServerClient:
         return self.server_url + path
 
     async def _request(self, method, path, params=None, headers=None, timeout=SMALL_REQUEST_TIMEOUT, **kwargs):
+        pause = self._paused_until - self._reactor.seconds()
+        if pause > 0:  # the server said 429 with Retry-After: do not ask again before then
+            raise ServerUnavailable(f"{method} {path}: rate limited by the server, next try in {pause:.1f} s")
         all_headers = dict(self._headers)
         all_headers.update(headers or {})
         try:
@@ -155,6 +183,8 @@ class ServerClient:
         except Exception:
             code, message = "UNKNOWN", "no error body"
         status = response.code
+        if status == 429:
+            self._paused_until = self._reactor.seconds() + retry_after_seconds(response.headers.getRawHeaders(b"retry-after"))
         if status >= 500 or status == 429:
             self._drop_connections()
             raise ServerUnavailable(f"{method} {path}: {status} {code}: {message}")
