@@ -21,7 +21,7 @@ def watched(reactor, tmp_path, request):
     asks for another (``@pytest.mark.parametrize("watched", [seconds], indirect=True)``)."""
     events = []
     watcher = FolderWatcher(
-        reactor, str(tmp_path), lambda p: events.append(("change", p, time.monotonic())),
+        reactor, str(tmp_path), lambda p, stat: events.append(("change", p, time.monotonic())),
         lambda a, b: events.append(("move", (a, b), time.monotonic())),
         settle=getattr(request, "param", 0.2),
     )

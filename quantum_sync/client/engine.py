@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client import localfs
+from quantum_sync.client.batches import ThreadBatcher
 from quantum_sync.client.conflicts import conflict_name
 from quantum_sync.client.deletegate import DeleteGate
 from quantum_sync.client.ignore import IGNORE_FILE, IgnoreRules
@@ -36,6 +37,7 @@ from quantum_sync.client.transfer import (
     DownloadCorrupt,
     PreconditionFailed,
     RequestRefused,
+    SMALL_TRANSFER,
     ServerUnavailable,
 )
 from quantum_sync.paths import is_inside, normalize, parent, resolve
@@ -46,6 +48,10 @@ from quantum_sync.errors import SyncError
 UNKNOWN = object()
 #: Hint: ask the server (``/api/metadata``) before deciding.
 FETCH = object()
+#: A local change reported without the stat the watcher saw.
+UNSEEN = object()
+#: Files up to this size are read with their hash and uploaded from memory.
+INLINE_UPLOAD = 64 * 1024
 
 PROGRESS_EVERY = 2.0
 PLAN_CONCURRENCY = 16
@@ -98,6 +104,13 @@ class Engine:
         self._stopped = False
         self._limit = defer.DeferredSemaphore(PLAN_CONCURRENCY)
         self._deletes = DeleteGate(reactor, self._count_missing, allow_mass_delete)
+        self._seen = {}  # path → the stat the watcher saw last, until its job looks
+        self._versions = ThreadBatcher(
+            reactor, lambda items: localfs.versions(items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER)
+        )
+        self._installs = ThreadBatcher(reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items))
+        #: The watcher is running: a local change after a read is reported to us anyway.
+        self.watched = False
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -151,12 +164,13 @@ class Engine:
 
     # -- local events --------------------------------------------------------------------
 
-    def local_changed(self, path: str):
-        """The watcher saw ``path`` change (created, written, deleted)."""
+    def local_changed(self, path: str, stat=UNSEEN):
+        """The watcher saw ``path`` change (created, written, deleted); ``stat`` is its
+        :class:`~quantum_sync.client.localfs.LocalStat` seen just after (None: gone)."""
         if path == IGNORE_FILE:
             reloaded = defer.ensureDeferred(self._reload_rules())
             return reloaded.addCallback(lambda _: self.request(path, UNKNOWN))
-        return self.request(path, UNKNOWN)
+        return self.request(path, UNKNOWN, stat)
 
     def local_moved(self, source: str, destination: str):
         """The watcher saw ``source`` renamed to ``destination`` inside the folder."""
@@ -173,15 +187,22 @@ class Engine:
 
     # -- per-path jobs ------------------------------------------------------------------
 
-    def request(self, path: str, hint=UNKNOWN):
+    def request(self, path: str, hint=UNKNOWN, stat=UNSEEN):
         """Sync ``path`` soon (coalesced with a job already queued or running for it);
-        ``hint`` is what is known of the server's version. A Deferred that fires when done."""
+        ``hint`` is what is known of the server's version, ``stat`` what the watcher saw
+        of the local file. A Deferred that fires when done."""
         if self._stopped:
             return defer.succeed(None)
         if hint is UNKNOWN:
             hint = self._hints.get(path, UNKNOWN)  # what is known of the server stays known
-        self._hints[path] = hint
         running = self._active.get(path)
+        if stat is UNSEEN:
+            self._seen.pop(path, None)
+        elif running is None and hint is UNKNOWN and self._untouched(path, stat):
+            return defer.succeed(None)  # the watcher saw the synced version: nothing to do
+        else:
+            self._seen[path] = stat
+        self._hints[path] = hint
         if running is not None:
             return running
         d = defer.ensureDeferred(self._drain(path))
@@ -194,10 +215,19 @@ class Engine:
         self._active.pop(path, None)
         return result
 
+    def _untouched(self, path, stat):
+        """Whether ``stat``, seen by the watcher, shows the synced version (or no file, and
+        none synced): the same size-and-mtime rule that lets a scan skip hashing."""
+        base = self.state.base(path)
+        return localfs.unchanged(stat, base) or (stat is None and base is None)
+
     async def _drain(self, path):
         while path in self._hints and not self._stopped:
             async with self._locks.hold(path):
                 hint = self._hints.pop(path, UNKNOWN)
+                seen = self._seen.pop(path, UNSEEN)
+                if hint is UNKNOWN and seen is not UNSEEN and self._untouched(path, seen):
+                    continue  # a change already synced (our own download, or an upload's read)
                 await self._guard(self._sync_one(path, hint), path)
 
     async def _guard(self, coroutine, path):
@@ -235,7 +265,11 @@ class Engine:
         self._retry_calls[path] = self.reactor.callLater(delay or self.retry_delay, fire)
 
     async def _local_version(self, path):
-        return await deferToThread(localfs.version, self.abspath(path), self.state.base(path))
+        abspath, base = self.abspath(path), self.state.base(path)
+        local = await self._versions.submit((abspath, base))
+        if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
+            local = await deferToThread(localfs.version, abspath, base)
+        return local
 
     async def _sync_one(self, path, hint):
         normalize(path)
@@ -328,7 +362,7 @@ class Engine:
         if_match = remote.hash if remote is not None and not remote.is_directory else None
         base = self.state.base(path)
         try:
-            meta = await self.server.upload(path, self.abspath(path), local.entry.hash, if_match, local.entry.size)
+            meta = await self.server.upload(path, self.abspath(path), local.entry.hash, if_match, local.entry.size, local.data)
         except PreconditionFailed:
             if attempt >= 2:
                 raise
@@ -344,9 +378,11 @@ class Engine:
         self.log.info("uploaded {path} ({size} bytes)", path=path, size=meta.size)
         if path == IGNORE_FILE:
             await self._reload_rules()
-        after = await deferToThread(localfs.lstat, self.abspath(path))
-        if after != local.stat:
-            self._retry_later(path)
+        if not self.watched:
+            # the watcher reports a write made after the read; without it, look once more
+            after = await deferToThread(localfs.lstat, self.abspath(path))
+            if after != local.stat:
+                self._retry_later(path)
 
     async def _create_remote_directory(self, path, local):
         meta = FileMetadata.directory(path, local.stat.mtime_ns / 1e9)
@@ -377,8 +413,12 @@ class Engine:
             st = await deferToThread(localfs.make_directory, self.folder, abspath)
             self._record(path, remote, st)
             return
+        small = remote.size <= SMALL_TRANSFER
         try:
-            staged = await self.server.download(path, remote.hash, tmp_dir(self.folder), remote.size)
+            if small:
+                data = await self.server.download_bytes(path, remote.hash, remote.size)
+            else:
+                staged = await self.server.download(path, remote.hash, tmp_dir(self.folder), remote.size)
         except (DownloadCorrupt, RequestRefused) as e:
             if isinstance(e, RequestRefused) and e.status != 404:
                 raise
@@ -386,11 +426,15 @@ class Engine:
             self.request(path, FETCH)
             return
         self._went_online()
-        try:
-            st = await deferToThread(localfs.install, self.folder, staged, abspath, expected, remote.modified)
-        except BaseException:
-            await deferToThread(_unlink_quietly, staged)
-            raise  # LocalChanged: decided again later (then a conflict); OSError: logged, base untouched
+        # LocalChanged: decided again later (then a conflict); OSError: logged, base untouched
+        if small:
+            st = await self._installs.submit(localfs.Install(abspath, data, expected, remote.modified))
+        else:
+            try:
+                st = await deferToThread(localfs.install, self.folder, staged, abspath, expected, remote.modified)
+            except BaseException:
+                await deferToThread(localfs.unlink_quietly, staged)
+                raise
         self._record(path, remote, st)
         self.log.info("downloaded {path} ({size} bytes)", path=path, size=remote.size)
         if path == IGNORE_FILE:
@@ -736,10 +780,3 @@ class Engine:
             rate=progress.bytes_done / elapsed / 1e6,
             files_rate=progress.files_done / elapsed,
         )
-
-
-def _unlink_quietly(name):
-    try:
-        os.unlink(name)
-    except FileNotFoundError:
-        pass

@@ -5,12 +5,15 @@ Every write is conditional: a file is replaced, renamed or deleted only when it 
 has the size and mtime the caller decided on (``expected``), so a local edit that
 lands in between is never lost (it turns into a conflict). Downloads are staged in
 ``.quantum-sync/tmp/``, fsynced, given the server's mtime and renamed into place, then
-the directory is fsynced.
+the directory is fsynced; :func:`install_many` does the same for downloads held in memory,
+with one fsync per directory for the whole batch.
 """
 
 import errno
+import hashlib
 import os
 import stat as stat_module
+import tempfile
 
 import attrs
 
@@ -38,6 +41,8 @@ class LocalVersion:
     entry: Entry
     stat: LocalStat
     suspect: bool = False
+    #: The file's bytes, read with the hash (when the caller asked, see :func:`version`).
+    data: bytes = attrs.field(default=None, eq=False, repr=False)
 
 
 class LocalChanged(Exception):
@@ -60,19 +65,45 @@ def lstat(abspath: str):
 
 
 
-def version(abspath: str, base=None):
+#: :func:`version`'s answer for a file that needs hashing but is above ``hash_limit``.
+UNHASHED = object()
+
+
+def unchanged(st, base) -> bool:
+    """Whether the file stat ``st`` is the one recorded with ``base`` (then its content is
+    taken to be the base's, unread)."""
+    return (
+        st is not None
+        and base is not None
+        and not st.is_directory
+        and not base.entry.is_directory
+        and (st.size, st.mtime_ns) == (base.local_size, base.local_mtime_ns)
+    )
+
+
+def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None):
     """The :class:`LocalVersion` of ``abspath`` or None; hashing is skipped when size and
-    mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`)."""
+    mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`).
+    A file of at most ``keep`` bytes is read whole and its bytes come with the version;
+    one above ``hash_limit`` that needs hashing gives :data:`UNHASHED` instead."""
     st = lstat(abspath)
     if st is None:
         return None
     if st.is_directory:
         return LocalVersion(Entry("", 0, True), st)
-    if base is not None and not base.entry.is_directory and (st.size, st.mtime_ns) == (base.local_size, base.local_mtime_ns):
+    if unchanged(st, base):
         return LocalVersion(base.entry, st)
-    digest = sha256_file(abspath)
+    if hash_limit is not None and st.size > hash_limit:
+        return UNHASHED
+    data = None
+    if st.size <= keep:
+        with open(abspath, "rb") as f:
+            data = f.read(keep + 1)
+        digest = hashlib.sha256(data).hexdigest()
+    else:
+        digest = sha256_file(abspath)
     after = lstat(abspath)
-    if after != st:
+    if after != st or (data is not None and len(data) != st.size):
         raise LocalChanged(abspath)  # still being written: try again later
     suspect = (
         base is not None
@@ -81,7 +112,18 @@ def version(abspath: str, base=None):
         and not base.entry.is_directory
         and st.mtime_ns <= base.local_mtime_ns + SUSPECT_MTIME_SLACK_NS
     )
-    return LocalVersion(Entry(digest, st.size, False), st, suspect)
+    return LocalVersion(Entry(digest, st.size, False), st, suspect, data)
+
+
+def versions(items, keep: int, hash_limit: int) -> list:
+    """:func:`version` of each ``(abspath, base)``; an item that fails gives its exception."""
+    results = []
+    for abspath, base in items:
+        try:
+            results.append(version(abspath, base, keep, hash_limit))
+        except Exception as e:
+            results.append(e)
+    return results
 
 
 def scan(folder: str, bases: dict, is_ignored, below: str = None) -> dict:
@@ -145,16 +187,63 @@ def make_parents(folder: str, abspath: str) -> None:
         os.makedirs(parent, exist_ok=True)
 
 
-def install(folder: str, staged: str, abspath: str, expected, modified: float) -> LocalStat:
-    """Rename the verified ``staged`` file onto ``abspath`` if that is still ``expected``
-    (None: must not exist). Sets the server's mtime; fsyncs the directory."""
+def _place(folder: str, staged: str, abspath: str, expected, modified: float) -> LocalStat:
+    """Give ``staged`` the server's mtime and rename it onto ``abspath`` if that is still
+    ``expected``; the stat it was installed with (the directory is not fsynced yet)."""
     make_parents(folder, abspath)
     if not _matches(abspath, expected):
         raise LocalChanged(abspath)
     os.utime(staged, (modified, modified))
+    st = lstat(staged)
     os.replace(staged, abspath)
+    return st
+
+
+def install(folder: str, staged: str, abspath: str, expected, modified: float) -> LocalStat:
+    """Rename the verified ``staged`` file onto ``abspath`` if that is still ``expected``
+    (None: must not exist). Sets the server's mtime; fsyncs the directory."""
+    st = _place(folder, staged, abspath, expected, modified)
     fsync_directory(os.path.dirname(abspath))
-    return lstat(abspath)
+    return st
+
+
+@attrs.frozen
+class Install:
+    """A verified download held in memory, for :func:`install_many`."""
+
+    abspath: str
+    data: bytes = attrs.field(repr=False)
+    expected: object  # the LocalStat the decision saw (None: must not exist)
+    modified: float
+
+
+def install_many(folder: str, staging_dir: str, installs) -> list:
+    """Each :class:`Install` written to a file in ``staging_dir``, fsynced and installed as
+    :func:`install` does, then each directory written to fsynced once. Per item its
+    :class:`LocalStat`, or the exception that stopped it (the others go on)."""
+    results, directories = [], set()
+    for item in installs:
+        fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(item.data)
+                f.flush()
+                os.fsync(f.fileno())
+            results.append(_place(folder, staged, item.abspath, item.expected, item.modified))
+            directories.add(os.path.dirname(item.abspath))
+        except Exception as e:
+            unlink_quietly(staged)
+            results.append(e)
+    for directory in directories:
+        fsync_directory(directory)
+    return results
+
+
+def unlink_quietly(name):
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
 
 
 def make_directory(folder: str, abspath: str) -> LocalStat:

@@ -91,12 +91,12 @@ class SyncClientService(MultiService):
         )
         self.watcher = FolderWatcher(self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle)
         if not config.initial_sync:
-            self.watcher.setServiceParent(self)
+            self._watch()
         await self._first_reconcile()
         if self._stopping:
             return
         if config.initial_sync:
-            self.watcher.setServiceParent(self)
+            self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, config.token, config.ca_cert)
@@ -105,6 +105,10 @@ class SyncClientService(MultiService):
         self._ticker.clock = self.reactor
         self._ticker.start(config.interval, now=False)
         self.ready.callback(None)
+
+    def _watch(self):
+        self.watcher.setServiceParent(self)
+        self.engine.watched = True
 
     async def _first_reconcile(self):
         delay = 0.5

@@ -1,9 +1,11 @@
 """The client's side of the HTTP API (contract section 4), over treq.
 
 One persistent connection pool per client; transfers (uploads and downloads) are
-bounded by a semaphore and streamed from and to disk: uploads through a
+bounded by a semaphore. Large ones are streamed from and to disk: uploads through a
 ``FileBodyProducer``, downloads with ``unbuffered=True`` collected into a staging file
-in ``.quantum-sync/tmp/`` and checked against the expected SHA-256. Every request
+in ``.quantum-sync/tmp/``; small ones travel as bytes in memory (the bytes the engine
+hashed, a body of at most its announced size). Every download is checked against the
+expected SHA-256. Every request
 carries ``X-Client-Id`` (so the server does not send the client its own changes back)
 and, with a token, ``Authorization: Bearer``. Everything the server sends is parsed by
 :mod:`quantum_sync.protocol`, so its paths are validated before the engine sees them.
@@ -30,6 +32,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from quantum_sync import protocol
 from quantum_sync.errors import SyncError
@@ -98,6 +102,28 @@ def retry_after_seconds(values, now=None) -> float:
             return DEFAULT_RETRY_AFTER
         seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body already in memory, written in one go (no cooperator task)."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
@@ -274,35 +300,68 @@ class ServerClient:
 
     # -- transfers ---------------------------------------------------------------------
 
-    def upload(self, path: str, abspath: str, sha256: str, if_match=None, size=None):
-        """Stream ``abspath`` (``size`` bytes, when known) to ``path``; ``if_match`` is the
-        hash the server must still hold (None: the path must be new). The stored FileMetadata."""
-        return self._lane(size).run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match)))
+    def upload(self, path: str, abspath: str, sha256: str, if_match=None, size=None, data=None):
+        """Send ``data`` (the file's bytes, when the caller holds them) or stream ``abspath``
+        (``size`` bytes, when known) to ``path``; ``if_match`` is the hash the server must
+        still hold (None: the path must be new). The stored FileMetadata."""
+        if data is not None:
+            size = len(data)
+        return self._lane(size).run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match, data)))
 
-    async def _upload(self, path, abspath, sha256, if_match):
+    async def _upload(self, path, abspath, sha256, if_match, data):
         headers = {"X-Content-SHA256": [sha256], "Content-Type": ["application/octet-stream"]}
         if if_match:
             headers["If-Match"] = [f'"{if_match}"']
         else:
             headers["If-None-Match"] = ["*"]
-        try:
-            body = open(abspath, "rb")
-        except FileNotFoundError:
-            from quantum_sync.client.localfs import LocalChanged
+        if data is not None:
+            body, producer = None, _BytesBody(data)
+        else:
+            try:
+                body = open(abspath, "rb")
+            except FileNotFoundError:
+                from quantum_sync.client.localfs import LocalChanged
 
-            raise LocalChanged(abspath) from None
-        producer = FileBodyProducer(body, readSize=UPLOAD_CHUNK)
+                raise LocalChanged(abspath) from None
+            producer = FileBodyProducer(body, readSize=UPLOAD_CHUNK)
         try:
             response = await self._request(  # PUT: Twisted parses no form out of it
                 "PUT", "/api/upload", params={"path": path}, headers=headers, data=producer, timeout=None
             )
         finally:
-            body.close()
+            if body is not None:
+                body.close()
         try:
             meta = protocol.parse_metadata(json.loads(await response.content()))
         except (ValueError, SyncError):
             raise ServerUnavailable(f"upload of {path}: malformed answer") from None
         return meta
+
+    def download_bytes(self, path: str, sha256: str, size: int):
+        """The bytes of ``path``, announced as ``size`` bytes (at most
+        :data:`SMALL_TRANSFER`), checked to hash to ``sha256``; held in memory."""
+        return self._small_transfers.run(lambda: defer.ensureDeferred(self._download_bytes(path, sha256, size)))
+
+    async def _download_bytes(self, path, sha256, size):
+        response = await self._request("GET", "/api/download", params={"path": path}, unbuffered=True, timeout=None)
+        chunks, received = [], [0]
+
+        def collect(chunk):
+            received[0] += len(chunk)
+            if received[0] > size:
+                raise DownloadCorrupt(f"download of {path}: longer than the {size} bytes announced")
+            chunks.append(chunk)
+
+        try:
+            await treq.collect(response, collect)
+        except DownloadCorrupt:
+            raise  # treq closed the connection
+        except Exception as e:
+            raise ServerUnavailable(f"download of {path} interrupted: {e}") from None
+        data = b"".join(chunks)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
+        return data
 
     def download(self, path: str, sha256: str, staging_dir: str, size=None):
         """Stream ``path`` (announced as ``size`` bytes, when known) into a new file in

@@ -1,14 +1,16 @@
 """watchdog on the folder, brought into the reactor and debounced per path.
 
-watchdog's observer thread only calls ``reactor.callFromThread``; everything else runs in
-the reactor. A finished write (inotify's close-after-write, ``FileClosedEvent``) is
-reported at once; any other change is reported once the path has been quiet for the
+watchdog's observer thread turns each event into a relative path (the state directory
+and names that cannot be synced are dropped there) and an lstat taken right after the
+event, and hands a whole burst of them to the reactor in one ``callFromThread``.
+A finished write (inotify's close-after-write, ``FileClosedEvent``) is reported at once
+with that lstat; any other change is reported once the path has been quiet for the
 settle time and its size and mtime have stopped moving, so a file still being written
-is not sent half-written. Renames inside the folder are reported as moves. The state
-directory and names that cannot be synced are never reported.
+is not sent half-written. Renames inside the folder are reported as moves.
 """
 
 import os
+import threading
 
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThread
@@ -44,18 +46,72 @@ EVENTS = [
 ]
 
 
-class _Bridge(FileSystemEventHandler):
-    """Runs in watchdog's thread: hands every event to the reactor, nothing more."""
+#: What the bridge hands to the reactor: ``(CHANGE, path, stat)`` (report now),
+#: ``(SETTLE, path, stat)`` (report once quiet) and ``(MOVE, source, destination)``.
+CHANGE, SETTLE, MOVE = "change", "settle", "move"
 
-    def __init__(self, reactor, sink):
-        self._reactor, self._sink = reactor, sink
+
+def _stat(folder, path):
+    try:
+        return lstat(os.path.join(folder, path))
+    except OSError:
+        return None
+
+
+class _Bridge(FileSystemEventHandler):
+    """Runs in watchdog's thread: names and stats each event, and hands what is waiting to
+    the reactor in one call (a burst of events costs one wake-up, not one per event)."""
+
+    def __init__(self, reactor, folder, sink):
+        self._reactor, self._folder, self._sink = reactor, folder, sink
+        self._lock = threading.Lock()
+        self._waiting = []
+
+    def _relative(self, name):
+        if isinstance(name, bytes):
+            try:
+                name = os.fsdecode(name)
+            except UnicodeDecodeError:
+                return None
+        return relative_from_disk(self._folder, name)
 
     def on_any_event(self, event):
-        self._reactor.callFromThread(self._sink, event)
+        item = self._translate(event)
+        if item is None:
+            return
+        with self._lock:
+            self._waiting.append(item)
+            first = len(self._waiting) == 1
+        if first:
+            self._reactor.callFromThread(self._deliver)
+
+    def _translate(self, event):
+        if getattr(event, "is_synthetic", False):
+            # watchdog adds a moved event for everything inside a moved directory; the
+            # directory's own Move covers them (and the engine checks its children)
+            return None
+        path = self._relative(event.src_path)
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            destination = self._relative(event.dest_path)
+            if path is not None and destination is not None:
+                return (MOVE, path, destination)
+            changed = path if path is not None else destination
+            return None if changed is None else (CHANGE, changed, _stat(self._folder, changed))
+        if path is None:
+            return None
+        kind = CHANGE if isinstance(event, (FileClosedEvent, DirCreatedEvent)) else SETTLE
+        return (kind, path, _stat(self._folder, path))
+
+    def _deliver(self):
+        with self._lock:
+            items, self._waiting = self._waiting, []
+        self._sink(items)
 
 
 class FolderWatcher(Service):
-    """Reports local changes to ``on_change(path)`` and renames to ``on_move(src, dst)``."""
+    """Reports local changes to ``on_change(path, stat)`` (``stat``: the path's
+    :class:`~quantum_sync.client.localfs.LocalStat` just after the change, None when it is
+    gone) and renames to ``on_move(src, dst)``."""
 
     log = Logger()
 
@@ -70,7 +126,7 @@ class FolderWatcher(Service):
 
     def startService(self):
         super().startService()
-        bridge = _Bridge(self._reactor, self._event)
+        bridge = _Bridge(self._reactor, self.folder, self._events)
         try:
             self._observer = Observer()
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)
@@ -96,75 +152,46 @@ class FolderWatcher(Service):
 
     # -- in the reactor -----------------------------------------------------------------
 
-    def _relative(self, name):
-        if isinstance(name, bytes):
-            try:
-                name = os.fsdecode(name)
-            except UnicodeDecodeError:
-                return None
-        return relative_from_disk(self.folder, name)
-
-    def _event(self, event):
+    def _events(self, items):
         if not self.running:
             return
-        try:
-            self._dispatch(event)
-        except Exception:
-            self.log.failure("error while handling a file system event")
+        for item in items:
+            try:
+                self._dispatch(*item)
+            except Exception:
+                self.log.failure("error while handling a file system event")
 
-    def _dispatch(self, event):
-        if getattr(event, "is_synthetic", False):
-            # watchdog adds a moved event for everything inside a moved directory; the
-            # directory's own Move covers them (and the engine checks its children)
-            return
-        path = self._relative(event.src_path)
-        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
-            destination = self._relative(event.dest_path)
-            if path is not None:
-                self._cancel(path)
-            if destination is not None:
-                self._cancel(destination)
-            if path is not None and destination is not None:
-                self._on_move(path, destination)
-            elif path is not None:
-                self._on_change(path)
-            elif destination is not None:
-                self._on_change(destination)
-            return
-        if path is None:
-            return
-        if isinstance(event, (FileClosedEvent, DirCreatedEvent)):
+    def _dispatch(self, kind, path, other):
+        if kind is MOVE:
             self._cancel(path)
-            self._on_change(path)
+            self._cancel(other)
+            self._on_move(path, other)
+        elif kind is CHANGE:
+            self._cancel(path)
+            self._on_change(path, other)
         else:
-            self._debounce(path)
+            self._debounce(path, other)
 
     def _cancel(self, path):
         pending = self._timers.pop(path, None)
         if pending is not None and pending[0].active():
             pending[0].cancel()
 
-    def _debounce(self, path):
+    def _debounce(self, path, stat):
         pending = self._timers.get(path)
         if pending is not None and pending[0].active():
             pending[0].reset(self.settle)
-            self._timers[path] = (pending[0], self._stat(path))
+            self._timers[path] = (pending[0], stat)
             return
         call = self._reactor.callLater(self.settle, self._settled, path)
-        self._timers[path] = (call, self._stat(path))
-
-    def _stat(self, path):
-        try:
-            return lstat(os.path.join(self.folder, path))
-        except OSError:
-            return None
+        self._timers[path] = (call, stat)
 
     def _settled(self, path):
         previous = self._timers.pop(path, (None, None))[1]
-        now = self._stat(path)
+        now = _stat(self.folder, path)
         if now != previous and now is not None and not now.is_directory:
             # still moving: wait for another quiet period
             call = self._reactor.callLater(self.settle, self._settled, path)
             self._timers[path] = (call, now)
             return
-        self._on_change(path)
+        self._on_change(path, now)
