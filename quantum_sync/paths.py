@@ -97,6 +97,15 @@ def is_inside(child: str, ancestor: str) -> bool:
     return child == ancestor or child.startswith(ancestor + "/")
 
 
+def outermost(tops) -> list:
+    """The canonical paths of ``tops`` that are not inside another of them, sorted."""
+    kept = set()
+    for path in sorted(set(tops), key=lambda p: p.count("/")):
+        if not any(ancestor in kept for ancestor in ancestors(path)):
+            kept.add(path)
+    return sorted(kept)
+
+
 def _within(real: str, real_root: str) -> bool:
     return os.path.commonpath([real, real_root]) == real_root
 

@@ -22,7 +22,7 @@ from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.operations import check_client_id
-from quantum_sync.server.store import UploadSpool
+from quantum_sync.server.store import SPOOLS
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
@@ -273,7 +273,7 @@ class FileApi:
             await self._authorize(request, "write")
             source = client_id(request)
             path = self._path(request, source)
-            if not isinstance(spool, UploadSpool):
+            if not isinstance(spool, SPOOLS):
                 raise SyncError("INTERNAL_ERROR", "upload body was not spooled")
             if spool.error is not None:
                 raise spool.error
@@ -284,7 +284,8 @@ class FileApi:
                 expected = expected.lower()
                 if not is_sha256(expected):
                     raise SyncError("INVALID_REQUEST", "X-Content-SHA256 must be a SHA-256 hex digest")
-            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
+            if spool.path is not None:  # a file: write, hash and fsync what is left
+                await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
             if spool.error is not None:
                 raise spool.error
             if expected is not None and expected != spool.sha256:
@@ -295,7 +296,7 @@ class FileApi:
                 if_none_match=header(request, "If-None-Match"))
             return write_json(request, metadata.to_json())
         finally:
-            if isinstance(spool, UploadSpool):
+            if isinstance(spool, SPOOLS):
                 spool.close()
 
     @app.route("/api/sync", methods=["POST"])

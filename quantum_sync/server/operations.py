@@ -6,6 +6,7 @@ order in which the disk changed, and every journalled change is handed to
 ``hub.publish`` exactly once, in journal order, before the lock is released.
 """
 
+import os
 import queue
 import threading
 
@@ -130,7 +131,8 @@ class _WaitingUpload:
     """An upload waiting to be installed by the next group commit."""
 
     path: str
-    temp_path: str
+    temp_path: str | None  # a finished temp file, or None: ``body`` is written at install
+    body: bytes | None
     sha256: str
     source_client: str
     if_match: str | None
@@ -299,7 +301,8 @@ class FileOperations:
     async def upload(self, path: str, tempfile, sha256, size, source_client: str,
                      if_match=None, if_none_match=None):
         """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
-        hashing to ``sha256``, already fsynced) at ``path``. Returns ``(FileMetadata, Change)``.
+        hashing to ``sha256``, already fsynced, or a MemorySpool whose body is written
+        and fsynced by the group commit) at ``path``. Returns ``(FileMetadata, Change)``.
 
         ``if_match``: the hash the current file must have; ``if_none_match == "*"``: the
         path must not exist. Raises PRECONDITION_FAILED, CONFLICT, UPLOAD_DISABLED, ...
@@ -310,7 +313,8 @@ class FileOperations:
         """
         self._check_writable()
         check_client_id(source_client)
-        waiting = _WaitingUpload(path, tempfile.path, sha256, source_client,
+        body = tempfile.body if tempfile.path is None else None
+        waiting = _WaitingUpload(path, tempfile.path, body, sha256, source_client,
                                  etag_value(if_match), if_none_match, Deferred())
         self._uploads.append(waiting)
         if not self._installing:
@@ -330,6 +334,9 @@ class FileOperations:
                     outcomes = await self._install_uploads(batch)
                 except Exception:
                     outcomes = [Failure()] * len(batch)
+                    # files may be in place without their journal entries (and the root
+                    # watcher skips the server's own installs): compare them with the disk
+                    self._reactor.callLater(0, self._refresh_quietly, [w.path for w in batch])
                 finally:
                     self._lock.release()
                 for waiting, outcome in zip(batch, outcomes):
@@ -363,6 +370,10 @@ class FileOperations:
             outcomes[position] = (change.operation.metadata, change)
         return outcomes
 
+    def _refresh_quietly(self, tops) -> None:
+        Deferred.fromCoroutine(self.refresh(paths.outermost(tops))).addErrback(
+            lambda failure: self.log.failure("refreshing {tops} failed", failure, tops=tops))
+
     def _install_all(self, batch, cached) -> list:
         """The blocking part of :meth:`_install_uploads`: per upload, in order, a
         SyncError or ``(current, stored, created directories)``; an upload sees the ones
@@ -374,9 +385,19 @@ class FileOperations:
             try:
                 current = state[path] if path in state else self._current_blocking(path, cached.get(path))
                 _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
-                created = self.store.install(waiting.temp_path, path, sync_directory=False)
-                synced_by.setdefault(self.store.directory_of(path), []).append(position)
-                entry = self.store.entry(path)
+                if waiting.temp_path is None:
+                    temp_path, temp_stat = self.store.stage(waiting.body)
+                else:
+                    temp_path = waiting.temp_path
+                    temp_stat = self.store.readied(temp_path)
+                try:
+                    created, target = self.store.install_staged(temp_path, temp_stat, path)
+                except BaseException:
+                    if waiting.temp_path is None:
+                        os.unlink(temp_path)
+                    raise
+                synced_by.setdefault(os.path.dirname(target), []).append(position)
+                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns)
                 directories = [_metadata(d, "") for d in map(self.store.entry, created) if d]
             except SyncError as error:
                 results.append(error)

@@ -1,11 +1,15 @@
 """Watches the root for files written by other programs and journals them.
 
-watchdog's thread only hands event paths to the reactor (``callFromThread``); there
-they are collected for ``delay`` seconds and then passed to
-:meth:`FileOperations.refresh`, which compares the disk with the index. The server's
-own writes are already in the index when their events arrive (refresh waits for the
-operation lock), so they journal nothing; the state directory is never addressed.
+watchdog's thread drops the events of the state directory and those of the server's
+own installs (recognised by name and stat, :meth:`Store.own_write`) and hands the other
+event paths to the reactor, a burst at a time (``callFromThread``); there they are
+collected for ``delay`` seconds and then passed to :meth:`FileOperations.refresh`, which
+compares the disk with the index. The server's other writes are already in the index
+when their events arrive (refresh waits for the operation lock), so they journal nothing.
 """
+
+import os
+import threading
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -18,16 +22,24 @@ from watchdog.observers.polling import PollingObserver
 from quantum_sync import paths
 
 _IGNORED_EVENTS = ("opened", "closed_no_write")
+#: Events by which a rename of the server's own (:meth:`Store.install_staged`) shows.
+_INSTALL_EVENTS = ("moved", "created", "modified", "closed")
 #: Seconds between snapshots when inotify is unavailable and the root is polled.
 POLL_INTERVAL = 2.0
 
 
 class _Bridge(FileSystemEventHandler):
-    """Runs in watchdog's thread: forwards event paths to the reactor, nothing else."""
+    """Runs in watchdog's thread: drops the events of the state directory and of the
+    server's own installs (``own_write``), and hands the other event paths to the
+    reactor in batches: one ``callFromThread`` per burst, not per event."""
 
-    def __init__(self, reactor, sink):
+    def __init__(self, reactor, sink, state_dir: str, own_write):
         self._reactor = reactor
         self._sink = sink
+        self._state_prefix = state_dir + os.sep
+        self._own_write = own_write
+        self._lock = threading.Lock()
+        self._names = []
 
     def on_any_event(self, event):
         if event.event_type in _IGNORED_EVENTS:
@@ -36,17 +48,22 @@ class _Bridge(FileSystemEventHandler):
             # Only says that an entry inside changed, and that entry has its own event;
             # refreshing the whole directory for it made every write rescan its siblings.
             return
-        names = [event.src_path, getattr(event, "dest_path", "")]
-        self._reactor.callFromThread(self._sink, [n for n in names if n])
+        names = [name for name in (event.src_path, getattr(event, "dest_path", ""))
+                 if name and isinstance(name, str) and not name.startswith(self._state_prefix)]
+        if names and not event.is_directory and event.event_type in _INSTALL_EVENTS:
+            names = [name for name in names if not self._own_write(name)]
+        if not names:
+            return
+        with self._lock:
+            first = not self._names
+            self._names.extend(names)
+        if first:
+            self._reactor.callFromThread(self._deliver)
 
-
-def outermost(tops) -> list:
-    """The paths of ``tops`` that are not inside another of them, sorted."""
-    result = []
-    for path in sorted(set(tops)):
-        if not any(paths.is_inside(path, kept) for kept in result):
-            result.append(path)
-    return result
+    def _deliver(self):
+        with self._lock:
+            names, self._names = self._names, []
+        self._sink(names)
 
 
 class RootWatcher(Service):
@@ -70,7 +87,9 @@ class RootWatcher(Service):
         for kind, timeout in ((Observer, 0.1), (PollingObserver, POLL_INTERVAL)):
             observer = kind(timeout=timeout)
             try:
-                observer.schedule(_Bridge(self._reactor, self._changed), self.root, recursive=True)
+                bridge = _Bridge(self._reactor, self._changed, self.operations.store.state_dir,
+                                 self.operations.store.own_write)
+                observer.schedule(bridge, self.root, recursive=True)
                 observer.start()
             except OSError as e:  # e.g. the inotify watch limit: poll instead
                 observer.unschedule_all()
@@ -84,8 +103,6 @@ class RootWatcher(Service):
 
     def _changed(self, names):
         for name in names:
-            if isinstance(name, bytes):
-                continue
             rel = paths.relative_from_disk(self.root, name)
             if rel is not None:
                 self._pending.add(rel)
@@ -93,7 +110,7 @@ class RootWatcher(Service):
             self._call = self._reactor.callLater(self.delay, self._flush)
 
     def _flush(self):
-        tops, self._pending = outermost(self._pending), set()
+        tops, self._pending = paths.outermost(self._pending), set()
         self._running_refresh = Deferred.fromCoroutine(self.operations.refresh(tops))
         self._running_refresh.addErrback(
             lambda failure: self.log.failure("refreshing {tops} failed", failure, tops=tops))

@@ -21,7 +21,7 @@ from twisted.web import http, resource, server
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
 from quantum_sync.server.monitoring import monitoring_endpoints
-from quantum_sync.server.store import UploadSpool
+from quantum_sync.server.store import SMALL_BODY, SPOOLS, MemorySpool, UploadSpool
 from quantum_sync.server.ws import websocket_resource
 
 #: Cap on bodies of non-upload requests (JSON for /api/sync and login).
@@ -72,18 +72,23 @@ class SyncRequest(server.Request):
             self._refuse(self._too_large())
             return
         if is_upload:
-            self._start_upload(site, target)
+            self._start_upload(site, target, length)
             return
         super().gotLength(length)
 
-    def _start_upload(self, site, target: bytes):
-        """Check the caller may upload at all before a byte is stored, then spool."""
+    def _start_upload(self, site, target: bytes, length):
+        """Check the caller may upload at all before a byte is stored, then spool: in
+        memory when the body is small (and all uploads' memory allows), else to a file."""
         if site.upload_gate is not None:
             self.args = http.parse_qs(target.partition(b"?")[2], 1)  # the gate may read ?token=
             try:
                 site.upload_gate(self)
             except SyncError as error:
                 self._refuse(error)
+                return
+        if length is not None and length <= SMALL_BODY:
+            self.content = MemorySpool.reserve(length)
+            if self.content is not None:
                 return
         try:
             reactor = site.reactor
@@ -106,7 +111,7 @@ class SyncRequest(server.Request):
         if self._limit is not None and self.bytes_in > self._limit:
             self._refuse(self._too_large())
             return
-        if isinstance(self.content, UploadSpool):
+        if isinstance(self.content, SPOOLS):
             if self.content.write(data) and not self._reading_paused:
                 self._reading_paused = True
                 self.channel.transport.pauseProducing()
@@ -124,7 +129,7 @@ class SyncRequest(server.Request):
         """Answer ``error`` before (or while) reading the body, then drop the connection
         once the client has been told; the body is never stored."""
         self._refused = True
-        if isinstance(self.content, UploadSpool):
+        if isinstance(self.content, SPOOLS):
             self.content.close()
         self.content = None
         self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after refusing
@@ -152,7 +157,7 @@ class SyncRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason):
-        if isinstance(self.content, UploadSpool) and not self._body_received:
+        if isinstance(self.content, SPOOLS) and not self._body_received:
             self.content.close()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()

@@ -9,6 +9,7 @@ rename → fsync(directory).
 
 import errno
 import hashlib
+import itertools
 import os
 import queue
 import shutil
@@ -25,6 +26,8 @@ from quantum_sync.errors import SyncError
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 TEMP_PREFIX = "upload-"
+#: Installs the root watcher has not recognised yet that are remembered at most.
+MAX_UNCLAIMED = 100_000
 
 
 @attrs.frozen
@@ -296,6 +299,80 @@ class UploadSpool:
             pass
 
 
+#: Upload bodies of at most this many bytes (Content-Length) are kept in memory.
+SMALL_BODY = 256 * 1024
+
+
+class MemorySpool:
+    """A small upload body kept in memory and hashed as it arrives (on the reactor: a few
+    microseconds a chunk). The group commit writes, fsyncs and renames it (see
+    :meth:`Store.stage`), so a small upload costs no temp file or thread of its own.
+
+    Counts its ``length`` in ``budget`` from creation until :meth:`close`; use
+    :meth:`reserve` to get one only when the budget has room.
+    """
+
+    path = None
+    error = None
+
+    def __init__(self, length: int, budget: _MemoryBudget = UPLOAD_MEMORY):
+        self._chunks = []
+        self._digest = hashlib.sha256()
+        self._budget = budget
+        self._reserved = length
+        self.size = 0
+
+    @classmethod
+    def reserve(cls, length: int, budget: _MemoryBudget = UPLOAD_MEMORY):
+        """A spool for a body of ``length`` bytes, or None when all uploads together
+        would hold more than the budget's limit."""
+        with budget.lock:
+            if budget.total + length > budget.limit:
+                return None
+            budget.total += length
+        return cls(length, budget)
+
+    def write(self, data: bytes) -> bool:
+        self.size += len(data)
+        self._chunks.append(data)
+        self._digest.update(data)
+        return False
+
+    @property
+    def body(self) -> bytes:
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def read(self, *args) -> bytes:
+        return b""
+
+    def seek(self, *args) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return self.size
+
+    def finish(self) -> None:
+        """Nothing left to do: the body is written by the group commit."""
+
+    def close(self) -> None:
+        """Forget the body and give its memory back to the budget."""
+        self._chunks = []
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            with self._budget.lock:
+                self._budget.total -= reserved
+
+
+#: What an upload body can be spooled into.
+SPOOLS = (UploadSpool, MemorySpool)
+
+
 class Store:
     """The root directory and its temp area; every method is blocking (use a thread)."""
 
@@ -303,6 +380,12 @@ class Store:
         self.root = os.path.realpath(root)
         self.state_dir = os.path.join(self.root, paths.STATE_DIR_NAME)
         self.temp_dir = os.path.join(self.state_dir, "tmp")
+        self._prefix = self.root + os.sep
+        self._temp_names = itertools.count()
+        #: absolute name -> (st_ino, st_size, st_mtime_ns) of files being installed, until
+        #: the root watcher recognises the event of the rename (see :meth:`own_write`).
+        self._installing = {}
+        self._installing_lock = threading.Lock()
 
     def prepare(self) -> None:
         """Create the root (when its parent exists) and the temp area; remove temps left
@@ -329,21 +412,55 @@ class Store:
         The server never goes through a symbolic link inside the root either: listings
         and scans do not follow them, so neither do reads and writes (a link itself, as
         the last segment, counts as absent and may be replaced)."""
-        absolute = paths.resolve(self.root, path)
+        return self._walk(path)[0]
+
+    def _walk(self, path: str) -> tuple:
+        """``(absolute, its lstat, parents exist)`` for ``path``, checked as
+        :meth:`resolve` says: only the segments below the (once resolved) root are looked
+        at, one ``lstat`` each; the walk ends at the first missing one (lstat None) or
+        one that cannot be looked at (lstat False)."""
+        path = paths.normalize(path)
+        absolute = self._prefix + path
         if len(os.fsencode(absolute)) >= PATH_MAX:
             raise SyncError("INVALID_PATH", "the path is too long for the server's file system")
-        parent = os.path.dirname(absolute)
-        if os.path.realpath(parent) != parent:
-            raise SyncError("INVALID_PATH", "the path goes through a symbolic link")
-        return absolute
+        end = len(self._prefix) - 1
+        while True:
+            end = absolute.find(os.sep, end + 1)
+            current = absolute if end < 0 else absolute[:end]
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:  # nothing below can be a link
+                return absolute, None, end < 0
+            except NotADirectoryError:
+                return absolute, None, False
+            except OSError:  # e.g. unreadable: the caller's own I/O reports it
+                return absolute, False, False
+            if stat.S_ISLNK(st.st_mode):
+                if end >= 0:
+                    raise SyncError("INVALID_PATH", "the path goes through a symbolic link")
+                self._check_final_link(absolute)
+            if end < 0:
+                return absolute, st, True
+
+    def _check_final_link(self, absolute: str) -> None:
+        """A link as the last segment must not lead outside the root or into the state
+        directory (it is never followed, but such a name is refused as a whole)."""
+        target = os.path.realpath(absolute)
+        for outside in (os.path.commonpath([target, self.root]) != self.root,
+                        os.path.commonpath([target, self.state_dir]) == self.state_dir,
+                        target == self.root):
+            if outside:
+                raise SyncError("INVALID_PATH", "the path leads outside the root through a symlink")
 
     def entry(self, path: str) -> DiskEntry | None:
         """The on-disk state of canonical ``path`` (symlinks and specials count as absent)."""
-        try:
-            st = os.lstat(self.resolve(path))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return _entry(path, st)
+        absolute, st, _ = self._walk(path)
+        if st is False:
+            try:
+                st = os.lstat(absolute)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        return None if st is None else _entry(path, st)
 
     def scan(self, top: str = "") -> list:
         """Every addressable file and directory at and under ``top`` (``""``: the root)."""
@@ -407,15 +524,71 @@ class Store:
         (unless ``sync_directory`` is False: then the caller must, see
         :meth:`directory_of`, before it reports the file stored).
         Returns the parent directories it had to create."""
-        created = self.make_parents(path)
-        target = self.resolve(path)
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise SyncError("CONFLICT", f"{path} is a directory")
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, target)
+        created, target = self.install_staged(temp_path, self.readied(temp_path), path)
         if sync_directory:
             fsync_directory(os.path.dirname(target))
         return created
+
+    def stage(self, data: bytes) -> tuple:
+        """Write ``data`` to a new temp file, mode 0644, fsynced and closed; returns its
+        ``(name, stat)`` for :meth:`install_staged`."""
+        name = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_names)}")
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.writev(fd, [view]):]
+            os.fchmod(fd, 0o644)
+            os.fsync(fd)
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(name)
+            raise
+        os.close(fd)
+        return name, st
+
+    def readied(self, temp_path: str):
+        """Make a finished spool's temp file mode 0644; its stat for :meth:`install_staged`."""
+        os.chmod(temp_path, 0o644)
+        return os.lstat(temp_path)
+
+    def install_staged(self, temp_path: str, temp_stat, path: str) -> tuple:
+        """Rename a finished temp file (``temp_stat``: its stat) onto ``path``, without
+        the directory fsync; returns ``(created parent directories, on-disk name)``.
+        The root watcher recognises the rename as the server's own (:meth:`own_write`)."""
+        target, st, parents_exist = self._walk(path)
+        created = []
+        if not parents_exist:
+            created = self.make_parents(path)
+            target, st, _ = self._walk(path)
+        if st and stat.S_ISDIR(st.st_mode):
+            raise SyncError("CONFLICT", f"{path} is a directory")
+        key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
+        with self._installing_lock:
+            if len(self._installing) >= MAX_UNCLAIMED:  # events lost (no watcher?): forget
+                self._installing.clear()
+            self._installing[target] = key
+        try:
+            os.replace(temp_path, target)
+        except BaseException:
+            with self._installing_lock:
+                self._installing.pop(target, None)
+            raise
+        return created, target
+
+    def own_write(self, absolute: str) -> bool:
+        """True when ``absolute`` is still the file this store just installed there
+        (thread-safe, for the root watcher's thread); each install is recognised once."""
+        with self._installing_lock:
+            key = self._installing.pop(absolute, None)
+        if key is None:
+            return False
+        try:
+            st = os.lstat(absolute)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_size, st.st_mtime_ns) == key
 
     def directory_of(self, path: str) -> str:
         """The on-disk directory that holds ``path`` (the one to fsync after a rename)."""
