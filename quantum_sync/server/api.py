@@ -2,14 +2,16 @@
 
 Every file route first asks the authorizer; every failure is a JSON error body with a
 contract code (SyncError), and only a real bug answers 500 INTERNAL_ERROR (logged).
-Upload bodies arrive already spooled to a hashing temp file by
-:class:`quantum_sync.server.site.SyncRequest`, never in memory.
+Upload bodies arrive already spooled and hashed by
+:class:`quantum_sync.server.site.SyncRequest` (small ones in memory, others in a temp file).
 """
 
+import io
 import json
 import os
 import stat
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
@@ -27,6 +29,8 @@ from quantum_sync.server.store import SPOOLS
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
 DOWNLOAD_CHUNK = 256 * 1024
+#: Files of at most this many bytes are read whole in the thread that opens them.
+SMALL_DOWNLOAD = 256 * 1024
 #: More byte ranges than this in one request are ignored (the whole file is sent).
 MAX_RANGES = 16
 #: Tries to pair an opened file with its hash before a download gives up (CONFLICT).
@@ -112,8 +116,8 @@ class HashedFile(File):
     def __init__(self, path: str, digest: str, opened):
         super().__init__(path, defaultType="application/octet-stream")
         self.digest = digest
-        self._opened = opened
-        self._stat = os.fstat(opened.fileno())
+        self._opened = opened.file
+        self._stat = opened.stat
 
     def openForReading(self):
         return self._opened
@@ -239,18 +243,22 @@ class FileApi:
             opened = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
                                              _open_file, absolute)
             try:
-                metadata, mtime_ns = await self.operations.stored(path)
+                # the index row describes the opened file (the common case): serve it;
+                # else check the path against the disk (refreshing a stale row)
+                current = await self.operations.index.get(path) if opened is not None else None
+                if not _describes(current, opened):
+                    current = await self.operations.stored(path)
             except BaseException:
                 if opened is not None:
-                    opened.close()
+                    opened.file.close()
                 raise
+            metadata = current[0]
             if metadata.is_directory:
                 raise SyncError("INVALID_REQUEST", f"{path} is a directory")
             if opened is not None:
-                st = os.fstat(opened.fileno())
-                if (st.st_size, st.st_mtime_ns) == (metadata.size, mtime_ns):
+                if _describes(current, opened):
                     return HashedFile(absolute, metadata.hash, opened)
-                opened.close()  # replaced between opening and hashing: again
+                opened.file.close()  # replaced between opening and hashing: again
         raise SyncError("CONFLICT", f"{path} keeps changing while being read; try again")
 
     @app.route("/api/changes", methods=["GET"])
@@ -343,17 +351,43 @@ class FileApi:
         return write_json(request, {"success": True, "data": data})
 
 
+@attrs.frozen
+class _Opened:
+    """A file opened for a download: a file object (its bytes already in memory for a
+    small file) and its ``fstat``."""
+
+    file: object
+    stat: os.stat_result | None
+
+
 def _open_file(absolute: str):
     """The regular file at ``absolute`` opened for reading (never through a final
-    symlink), or None."""
+    symlink) as an :class:`_Opened`, or None. A file of at most
+    :data:`SMALL_DOWNLOAD` bytes is read whole here, so the reactor never reads it."""
     try:
         fd = os.open(absolute, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return None
-    return os.fdopen(fd, "rb")
+    opened = os.fdopen(fd, "rb")
+    if st.st_size > SMALL_DOWNLOAD:
+        return _Opened(opened, st)
+    with opened:
+        data = opened.read(SMALL_DOWNLOAD + 1)
+        after = os.fstat(fd)
+    unchanged = len(data) == st.st_size and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    return _Opened(io.BytesIO(data), st if unchanged else None)  # None: matches no row
+
+
+def _describes(current, opened) -> bool:
+    """True when index row ``current`` (``(FileMetadata, mtime_ns)`` or None) is the
+    version of the regular file ``opened`` (or None)."""
+    if current is None or opened is None or opened.stat is None or current[0].is_directory:
+        return False
+    return (opened.stat.st_size, opened.stat.st_mtime_ns) == (current[0].size, current[1])
 
 
 def _address(request) -> str:
