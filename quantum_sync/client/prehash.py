@@ -1,0 +1,133 @@
+"""SHA-256 of large files while they are being written.
+
+A large file is usually written front to back. Hashing it only once it is finished puts
+a whole read and hash between the last write and the upload. :class:`GrowingHashes`
+follows such a file instead: the watcher reports each time it grows (from watchdog's
+thread), and a worker thread hashes the bytes appended since the last time. When the
+engine needs the file's hash, only the tail is left to read (:meth:`GrowingHashes.take`).
+
+The result is a claim the server checks, never trusted blindly: a rewrite in place that
+the hashed prefix missed gives a digest that does not match what is uploaded, the server
+answers 422 HASH_MISMATCH and changes nothing, and the next attempt hashes the whole file
+(``take`` forgets what it handed out). A file replaced (another inode) or shortened is
+hashed from the start.
+"""
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+
+from quantum_sync.diskio import CHUNK
+
+#: Files smaller than this are hashed when finished, as before (it takes milliseconds).
+MIN_SIZE = 8 << 20
+#: Growing files followed at once; the oldest is forgotten beyond this.
+MAX_FILES = 16
+
+
+class _Partial:
+    """The digest of a file's first ``offset`` bytes (inode ``ino``)."""
+
+    def __init__(self, ino: int):
+        self.ino = ino
+        self.offset = 0
+        self.digest = hashlib.sha256()
+        self.lock = threading.Lock()  # held while bytes are added
+
+    def extend(self, fd: int, st) -> bool:
+        """Hash what was appended up to ``st.st_size``; False when the prefix is no longer valid."""
+        if st.st_ino != self.ino or st.st_size < self.offset:
+            return False
+        while self.offset < st.st_size:
+            chunk = os.pread(fd, min(CHUNK, st.st_size - self.offset), self.offset)
+            if not chunk:
+                break
+            self.digest.update(chunk)
+            self.offset += len(chunk)
+        return True
+
+
+class GrowingHashes:
+    """Hashes of growing files, kept up to date by a worker thread (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._partials = OrderedDict()  # absolute path -> _Partial
+        self._pending = OrderedDict()  # absolute paths that grew, in order
+        self._wake = threading.Event()
+        self._thread = None
+        self._stopped = False
+
+    def grew(self, abspath: str, size: int) -> None:
+        """``abspath`` is now ``size`` bytes (called from any thread; returns at once)."""
+        if size < MIN_SIZE or self._stopped:
+            return
+        with self._lock:
+            self._pending[abspath] = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="prehash", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def take(self, abspath: str, size: int):
+        """(Blocking) the SHA-256 hex of ``abspath`` as ``size`` bytes, finishing the tail,
+        or None when it was not followed or its prefix no longer holds. Forgets the path."""
+        with self._lock:
+            partial = self._partials.pop(abspath, None)
+            self._pending.pop(abspath, None)
+        if partial is None:
+            return None
+        with partial.lock:
+            try:
+                fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                return None
+            try:
+                st = os.fstat(fd)
+                if st.st_size != size or not partial.extend(fd, st) or partial.offset != size:
+                    return None
+            finally:
+                os.close(fd)
+            return partial.digest.hexdigest()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def _run(self):
+        while not self._stopped:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._stopped:
+                with self._lock:
+                    if not self._pending:
+                        break
+                    abspath, _ = self._pending.popitem(last=False)
+                    partial = self._partials.get(abspath)
+                self._follow(abspath, partial)
+
+    def _follow(self, abspath, partial):
+        try:
+            fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            with self._lock:
+                self._partials.pop(abspath, None)
+            return
+        try:
+            st = os.fstat(fd)
+            if partial is None or partial.ino != st.st_ino:
+                partial = _Partial(st.st_ino)
+                with self._lock:
+                    self._partials[abspath] = partial
+                    while len(self._partials) > MAX_FILES:
+                        self._partials.popitem(last=False)
+            with partial.lock:
+                if not partial.extend(fd, st):
+                    with self._lock:
+                        if self._partials.get(abspath) is partial:
+                            del self._partials[abspath]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
