@@ -106,7 +106,7 @@ class Engine:
         self._deletes = DeleteGate(reactor, self._count_missing, allow_mass_delete)
         self._seen = {}  # path → the stat the watcher saw last, until its job looks
         self._versions = ThreadBatcher(
-            reactor, lambda items: localfs.versions(items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER)
+            reactor, lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER)
         )
         self._installs = ThreadBatcher(reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items))
         #: The watcher is running: a local change after a read is reported to us anyway.
@@ -265,10 +265,10 @@ class Engine:
         self._retry_calls[path] = self.reactor.callLater(delay or self.retry_delay, fire)
 
     async def _local_version(self, path):
-        abspath, base = self.abspath(path), self.state.base(path)
-        local = await self._versions.submit((abspath, base))
+        base = self.state.base(path)
+        local = await self._versions.submit((path, base))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
-            local = await deferToThread(localfs.version, abspath, base)
+            local = await deferToThread(localfs.version, self.abspath(path), base)
         return local
 
     async def _sync_one(self, path, hint):
@@ -362,7 +362,8 @@ class Engine:
         if_match = remote.hash if remote is not None and not remote.is_directory else None
         base = self.state.base(path)
         try:
-            meta = await self.server.upload(path, self.abspath(path), local.entry.hash, if_match, local.entry.size, local.data)
+            abspath = None if local.data is not None else self.abspath(path)
+            meta = await self.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size, local.data)
         except PreconditionFailed:
             if attempt >= 2:
                 raise

@@ -19,7 +19,7 @@ import attrs
 
 from quantum_sync.client.reconcile import Entry
 from quantum_sync.diskio import fsync_directory, sha256_file
-from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
+from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk, resolve
 
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
 SUSPECT_MTIME_SLACK_NS = 1_000_000
@@ -115,12 +115,13 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None):
     return LocalVersion(Entry(digest, st.size, False), st, suspect, data)
 
 
-def versions(items, keep: int, hash_limit: int) -> list:
-    """:func:`version` of each ``(abspath, base)``; an item that fails gives its exception."""
+def versions(folder: str, items, keep: int, hash_limit: int) -> list:
+    """:func:`version` of each ``(path, base)`` in ``folder`` (``path`` relative, resolved
+    here); an item that fails (INVALID_PATH too) gives its exception."""
     results = []
-    for abspath, base in items:
+    for path, base in items:
         try:
-            results.append(version(abspath, base, keep, hash_limit))
+            results.append(version(resolve(folder, path), base, keep, hash_limit))
         except Exception as e:
             results.append(e)
     return results

@@ -24,7 +24,7 @@ import queue
 import tempfile
 import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import treq
 from twisted.internet import defer
@@ -152,10 +152,12 @@ class ServerClient:
             agent = Agent(reactor, contextFactory=https_policy(ca_cert), pool=self._pool, connectTimeout=10)
         else:
             agent = Agent(reactor, pool=self._pool, connectTimeout=10)
+        self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
         if token:
             self._headers["Authorization"] = [f"Bearer {token}"]
+        self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
@@ -180,16 +182,31 @@ class ServerClient:
     def _url(self, path):
         return self.server_url + path
 
-    async def _request(self, method, path, params=None, headers=None, timeout=SMALL_REQUEST_TIMEOUT, **kwargs):
+    def _check_paused(self, method, path):
         pause = self._paused_until - self._reactor.seconds()
         if pause > 0:  # the server said 429 with Retry-After: do not ask again before then
             raise ServerUnavailable(f"{method} {path}: rate limited by the server, next try in {pause:.1f} s")
+
+    async def _request(self, method, path, params=None, headers=None, timeout=SMALL_REQUEST_TIMEOUT, **kwargs):
+        self._check_paused(method, path)
         all_headers = dict(self._headers)
         all_headers.update(headers or {})
+        requested = self._http.request(method, self._url(path), params=params, headers=Headers(all_headers), timeout=timeout, **kwargs)
+        return await self._answer(method, path, requested)
+
+    async def _transfer_request(self, method, path, file_path, headers=None, body=None):
+        """A transfer's request (``path`` with ``?path=file_path``, no timeout) on the Agent
+        itself: treq's URL, cookie and redirect layers cost more than a small file."""
+        self._check_paused(method, path)
+        url = f"{self.server_url}{path}?path={quote(file_path, safe='')}".encode("ascii")
+        all_headers = dict(self._raw_headers)
+        all_headers.update(headers or {})
+        return await self._answer(method, path, self._agent.request(method.encode("ascii"), url, Headers(all_headers), body))
+
+    async def _answer(self, method, path, requested):
+        """The response to ``requested`` (a Deferred), its failures sorted for the engine."""
         try:
-            response = await self._http.request(
-                method, self._url(path), params=params, headers=Headers(all_headers), timeout=timeout, **kwargs
-            )
+            response = await requested
         except defer.CancelledError:
             raise ServerUnavailable(f"{method} {path}: timed out") from None
         except Exception as e:  # connection refused, reset, TLS, DNS...
@@ -204,7 +221,7 @@ class ServerClient:
 
     async def _raise_for(self, method, path, response):
         try:
-            body = json.loads(await response.content())
+            body = json.loads(await treq.content(response))
             code, message = body["error"]["code"], body["error"]["message"]
         except Exception:
             code, message = "UNKNOWN", "no error body"
@@ -309,11 +326,11 @@ class ServerClient:
         return self._lane(size).run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match, data)))
 
     async def _upload(self, path, abspath, sha256, if_match, data):
-        headers = {"X-Content-SHA256": [sha256], "Content-Type": ["application/octet-stream"]}
+        headers = {b"X-Content-SHA256": [sha256.encode("ascii")], b"Content-Type": [b"application/octet-stream"]}
         if if_match:
-            headers["If-Match"] = [f'"{if_match}"']
+            headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
-            headers["If-None-Match"] = ["*"]
+            headers[b"If-None-Match"] = [b"*"]
         if data is not None:
             body, producer = None, _BytesBody(data)
         else:
@@ -325,14 +342,13 @@ class ServerClient:
                 raise LocalChanged(abspath) from None
             producer = FileBodyProducer(body, readSize=UPLOAD_CHUNK)
         try:
-            response = await self._request(  # PUT: Twisted parses no form out of it
-                "PUT", "/api/upload", params={"path": path}, headers=headers, data=producer, timeout=None
-            )
+            # PUT: Twisted parses no form out of it
+            response = await self._transfer_request("PUT", "/api/upload", path, headers, producer)
         finally:
             if body is not None:
                 body.close()
         try:
-            meta = protocol.parse_metadata(json.loads(await response.content()))
+            meta = protocol.parse_metadata(json.loads(await treq.content(response)))
         except (ValueError, SyncError):
             raise ServerUnavailable(f"upload of {path}: malformed answer") from None
         return meta
@@ -343,7 +359,7 @@ class ServerClient:
         return self._small_transfers.run(lambda: defer.ensureDeferred(self._download_bytes(path, sha256, size)))
 
     async def _download_bytes(self, path, sha256, size):
-        response = await self._request("GET", "/api/download", params={"path": path}, unbuffered=True, timeout=None)
+        response = await self._transfer_request("GET", "/api/download", path)
         chunks, received = [], [0]
 
         def collect(chunk):
@@ -370,7 +386,7 @@ class ServerClient:
         return self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
 
     async def _download(self, path, sha256, staging_dir):
-        response = await self._request("GET", "/api/download", params={"path": path}, unbuffered=True, timeout=None)
+        response = await self._transfer_request("GET", "/api/download", path)
         fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
         sink = DiskSink(os.fdopen(fd, "wb"))
         try:
