@@ -67,3 +67,20 @@ async def test_moves_are_moves_and_the_state_dir_is_silent(reactor, watched):
     await sleep(reactor, 0.3)
     assert ("move", ("old.txt", "new.txt")) in [(k, p) for k, p, _ in events]
     assert not [p for _, p, _ in events if isinstance(p, str) and p.startswith(".quantum-sync")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_comes_with_the_stat_seen_after_it(reactor, tmp_path):
+    seen = []
+    watcher = FolderWatcher(reactor, str(tmp_path), lambda p, stat: seen.append((p, stat)), lambda a, b: None)
+    watcher.startService()
+    try:
+        for i in range(50):
+            (tmp_path / f"f{i}.txt").write_bytes(b"x" * i)
+        await wait_for(reactor, lambda: {p for p, _ in seen} >= {f"f{i}.txt" for i in range(50)}, timeout=5)
+        for path, stat in seen:
+            assert stat.size == int(path[1:-4]) and not stat.is_directory
+        os.unlink(tmp_path / "f3.txt")
+        await wait_for(reactor, lambda: ("f3.txt", None) in seen, timeout=5)
+    finally:
+        await watcher.stopService()

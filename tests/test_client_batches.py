@@ -1,0 +1,142 @@
+"""Small files the client handles in batches and in memory: reads with the hash, uploads
+of those bytes, in-memory downloads, batched installs, and watcher stats that spare a job."""
+
+import hashlib
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.web import resource, server as web_server
+
+from quantum_sync.client import localfs
+from quantum_sync.client.batches import ThreadBatcher
+from quantum_sync.client.engine import UNKNOWN, Engine
+from quantum_sync.client.reconcile import Entry
+from quantum_sync.client.state import Base, FolderState, tmp_dir
+from quantum_sync.client.transfer import DownloadCorrupt, ServerClient
+from tests.support import server  # noqa: F401 (fixture)
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_small_file_is_read_with_its_hash_and_a_large_one_is_left_to_its_own_call(tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.write_bytes(b"s" * 100)
+    large.write_bytes(b"L" * 5000)
+    v = localfs.version(str(small), None, keep=1000, hash_limit=4096)
+    assert (v.data, v.entry.hash, v.entry.size) == (b"s" * 100, sha(b"s" * 100), 100)
+    assert localfs.version(str(large), None, keep=1000, hash_limit=4096) is localfs.UNHASHED
+    v = localfs.version(str(large), None, keep=1000)
+    assert v.data is None and v.entry.hash == sha(b"L" * 5000)
+
+
+def test_a_batch_of_versions_resolves_paths_and_keeps_each_failure_to_its_item(tmp_path):
+    (tmp_path / "a").write_bytes(b"a")
+    results = localfs.versions(str(tmp_path), [("a", None), ("../out", None), ("gone", None)], keep=10, hash_limit=10)
+    assert results[0].data == b"a"
+    assert isinstance(results[1], Exception)  # INVALID_PATH, never read
+    assert results[2] is None
+
+
+def test_install_many_installs_each_and_never_replaces_a_changed_file(tmp_path):
+    folder = tmp_path / "f"
+    staging = folder / ".quantum-sync" / "tmp"
+    staging.mkdir(parents=True)
+    (folder / "edited.txt").write_bytes(b"edited locally")
+    seen = localfs.lstat(str(folder / "edited.txt"))
+    os.utime(folder / "edited.txt", ns=(seen.mtime_ns + 10**9, seen.mtime_ns + 10**9))  # changed since
+    installs = [
+        localfs.Install(str(folder / "new" / "a.txt"), b"A", None, 1_600_000_000.0),
+        localfs.Install(str(folder / "edited.txt"), b"server", seen, 1_600_000_000.0),
+        localfs.Install(str(folder / "b.txt"), b"B", None, 1_600_000_001.0),
+    ]
+    results = localfs.install_many(str(folder), str(staging), installs)
+    assert (folder / "new" / "a.txt").read_bytes() == b"A"
+    assert (folder / "b.txt").read_bytes() == b"B"
+    assert results[0] == localfs.lstat(str(folder / "new" / "a.txt"))
+    assert results[2].mtime_ns == 1_600_000_001 * 10**9
+    assert isinstance(results[1], localfs.LocalChanged)
+    assert (folder / "edited.txt").read_bytes() == b"edited locally"
+    assert os.listdir(staging) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thread_batcher_takes_everything_waiting_in_one_call(reactor):
+    calls = []
+
+    def work(items):
+        calls.append(list(items))
+        return [ValueError(i) if i == "bad" else i.upper() for i in items]
+
+    batcher = ThreadBatcher(reactor, work)
+    results = [batcher.submit(i) for i in ("a", "b", "bad", "c")]
+    assert await results[0] == "A"
+    assert await results[1] == "B" and await results[3] == "C"
+    with pytest.raises(ValueError):
+        await results[2]
+    assert calls == [["a"], ["b", "bad", "c"]]  # the first ran at once, the rest waited together
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_from_memory_stores_those_bytes(reactor, server):  # noqa: F811
+    client = ServerClient(reactor, server.url, "mem")
+    data = b"held in memory" * 10
+    try:
+        meta = await client.upload("dir/m e+m.txt", None, sha(data), None, data=data)
+        assert (meta.path, meta.hash, meta.size) == ("dir/m e+m.txt", sha(data), len(data))
+        with open(os.path.join(server.root, "dir", "m e+m.txt"), "rb") as f:
+            assert f.read() == data
+        assert await client.download_bytes("dir/m e+m.txt", sha(data), len(data)) == data
+    finally:
+        await client.close()
+
+
+class _Liar(resource.Resource):
+    isLeaf = True
+    body = b"x" * 1000
+
+    def render_GET(self, request):
+        return self.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_in_memory_download_longer_than_announced_or_wrong_is_refused(reactor):
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(web_server.Site(_Liar()))
+    client = ServerClient(reactor, f"http://127.0.0.1:{port.getHost().port}", "c")
+    try:
+        with pytest.raises(DownloadCorrupt, match="longer than"):
+            await client.download_bytes("f", sha(_Liar.body), 10)
+        with pytest.raises(DownloadCorrupt, match="SHA-256"):
+            await client.download_bytes("f", sha(b"other"), 1000)
+        assert await client.download_bytes("f", sha(_Liar.body), 1000) == _Liar.body
+    finally:
+        await client.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watcher_stat_of_the_synced_version_starts_no_job(reactor, tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"synced")
+    state = await FolderState(reactor, str(folder)).open()
+    try:
+        engine = Engine(reactor, str(folder), state, server=None, client_id="c")
+        st = localfs.lstat(str(folder / "a.txt"))
+        state.set_base("a.txt", Base(Entry(sha(b"synced"), 6, False), 0.0, st.size, st.mtime_ns))
+        done = engine.local_changed("a.txt", st)
+        assert done.called and "a.txt" not in engine._active
+        assert engine.local_changed("never-there.txt", None).called
+        # a stat that differs starts a job (it finds the file unchanged by content, so no upload)
+        (folder / "a.txt").write_bytes(b"synced")
+        os.utime(folder / "a.txt", ns=(st.mtime_ns + 10**9, st.mtime_ns + 10**9))
+        job = engine.local_changed("a.txt", localfs.lstat(str(folder / "a.txt")))
+        assert not job.called
+        await job
+        assert state.base("a.txt").local_mtime_ns == st.mtime_ns + 10**9  # re-read and recorded
+    finally:
+        await state.close()
