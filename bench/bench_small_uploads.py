@@ -9,8 +9,9 @@ for each concurrency level, uploads ``--files`` new files of ``--size`` random b
 that many threads, each over its own persistent HTTP/1.1 connection, every upload with
 ``X-Content-SHA256`` and ``If-None-Match: *`` (so each is hashed, fsynced, renamed,
 preconditioned and journalled as a client's would be). Every run writes into a new
-directory. Prints the median files/s of ``--runs`` runs, and p50/p99 latency of the
-median run. Stops the server it started.
+directory. Prints the median files/s of ``--runs`` runs, p50/p99 latency of the
+median run and the median CPU milliseconds the server process used per upload. Stops
+the server it started.
 """
 
 import argparse
@@ -26,6 +27,13 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_transfer import QuantumServer  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def upload_all(server, names, payloads, concurrency):
@@ -87,26 +95,31 @@ def main() -> None:
     rows = []
     try:
         for level in levels:
-            rates, runs = [], []
+            rates, runs, cpu = [], [], []
             for run in range(args.runs):
                 names = [f"c{level}-r{run}/f{i:05d}.bin" for i in range(args.files)]
+                before = cpu_seconds(server.process.pid)
                 elapsed, latencies = upload_all(server, names, payloads, level)
+                cpu.append((cpu_seconds(server.process.pid) - before) * 1000 / args.files)
                 rates.append(args.files / elapsed)
                 runs.append((args.files / elapsed, sorted(latencies)))
             runs.sort(key=lambda r: r[0])
             latencies = runs[len(runs) // 2][1]
             rows.append((level, statistics.median(rates), min(rates), max(rates),
                          latencies[len(latencies) // 2] * 1000,
-                         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000))
+                         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+                         statistics.median(cpu)))
     finally:
         server.stop()
 
     print(f"\n{args.files} uploads of {args.size} B a run, median of {args.runs} run(s), "
           f"127.0.0.1, {os.cpu_count()} CPU(s)")
-    print(f"{'concurrency':>11} | {'files/s':>8} | {'min':>7} | {'max':>7} | {'p50 ms':>7} | {'p99 ms':>7}")
-    print("-" * 63)
-    for level, median, low, high, p50, p99 in rows:
-        print(f"{level:>11} | {median:>8.0f} | {low:>7.0f} | {high:>7.0f} | {p50:>7.1f} | {p99:>7.1f}")
+    print(f"{'concurrency':>11} | {'files/s':>8} | {'min':>7} | {'max':>7} | {'p50 ms':>7} | {'p99 ms':>7}"
+          f" | {'server CPU ms/file':>18}")
+    print("-" * 84)
+    for level, median, low, high, p50, p99, cpu in rows:
+        print(f"{level:>11} | {median:>8.0f} | {low:>7.0f} | {high:>7.0f} | {p50:>7.1f} | {p99:>7.1f}"
+              f" | {cpu:>18.2f}")
 
 
 if __name__ == "__main__":

@@ -148,13 +148,33 @@ class HashedFile(File):
 
     render_HEAD = render_GET
 
+    def restat(self, reraise=True):
+        """The opened file's stat is all this resource needs (no stat of the name)."""
+
     def makeProducer(self, request, fileForReading):
+        if isinstance(fileForReading, io.BytesIO) and request.getHeader(b"range") is None:
+            self._setContentHeaders(request)
+            request.setResponseCode(http.OK)
+            return _WholeBody(request, fileForReading.getvalue())
         producer = super().makeProducer(request, fileForReading)
         producer.bufferSize = DOWNLOAD_CHUNK  # fewer, larger reads and socket writes
         return producer
 
     def directoryListing(self):
         raise SyncError("NOT_FOUND", "not a file")
+
+
+@attrs.define
+class _WholeBody:
+    """A small file's bytes, already in memory, sent in one write (no producer)."""
+
+    request: object
+    data: bytes
+
+    def start(self) -> None:
+        if self.request.channel is not None:  # None once the client has gone
+            self.request.write(self.data)
+            self.request.finish()
 
 
 class FileApi:
@@ -185,11 +205,14 @@ class FileApi:
 
     def _path(self, request, source_client: str) -> str:
         """The validated ``path`` query parameter, resolved inside the root."""
+        return self._located(request, source_client)[0]
+
+    def _located(self, request, source_client: str) -> tuple:
+        """``(path, on-disk name)`` of the validated ``path`` query parameter."""
         raw = request.args.get(b"path", [None])[0]
         try:
             path = paths.normalize(query(request, "path"))
-            self.operations.store.resolve(path)
-            return path
+            return path, self.operations.store.resolve(path)
         except SyncError as error:
             if error.code == "INVALID_PATH":
                 self.operations.reject_path(raw, error, source_client, _address(request))
@@ -237,8 +260,7 @@ class FileApi:
     @app.route("/api/download", methods=["GET"])
     async def download(self, request):
         await self._authorize(request, "read")
-        path = self._path(request, client_id(request))
-        absolute = self.operations.store.resolve(path)
+        path, absolute = self._located(request, client_id(request))
         for _ in range(DOWNLOAD_ATTEMPTS):
             opened = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
                                              _open_file, absolute)

@@ -49,6 +49,12 @@ def redact(uri: bytes) -> str:
     return uri.decode("utf-8", "replace")
 
 
+def _host(address) -> str:
+    """The host of a peer address, for logs (its text form when it has none)."""
+    host = getattr(address, "host", None)
+    return str(address) if host is None else host
+
+
 class SyncRequest(server.Request):
     """A Request that spools uploads to a hashing temp file and caps body sizes."""
 
@@ -206,7 +212,7 @@ class SyncChannel(http.HTTPChannel):
         self._deadline = None
         address = self.transport.getPeer()
         ACCESS_LOG.info("{client} dropped: no complete request within {timeout} s",
-                        client=getattr(address, "host", str(address)), timeout=timeout)
+                        client=_host(address), timeout=timeout)
         self.transport.abortConnection()
 
     def allHeadersReceived(self):
@@ -299,7 +305,7 @@ class SyncSite(server.Site):
         method = method.decode("ascii", "replace") if isinstance(method, bytes) else str(method)
         ACCESS_LOG.info(
             "{client} {method} {path} {status} {bytes_out}B {duration_ms:.1f}ms",
-            client=getattr(address, "host", str(address)), method=method, path=redact(uri or b""),
+            client=_host(address), method=method, path=redact(uri or b""),
             status=status, bytes_out=sent, bytes_in=received, duration_ms=duration * 1000)
         self.metrics.observe_request(duration, received, sent)
 

@@ -533,14 +533,15 @@ class Store:
         """Write ``data`` to a new temp file, mode 0644, fsynced and closed; returns its
         ``(name, stat)`` for :meth:`install_staged`."""
         name = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_names)}")
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.writev(fd, [view]):]
-            os.fchmod(fd, 0o644)
-            os.fsync(fd)
             st = os.fstat(fd)
+            if stat.S_IMODE(st.st_mode) != 0o644:  # a umask took bits away
+                os.fchmod(fd, 0o644)
+            os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(name)
