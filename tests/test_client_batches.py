@@ -16,6 +16,7 @@ from quantum_sync.client.engine import UNKNOWN, Engine
 from quantum_sync.client.reconcile import Entry
 from quantum_sync.client.state import Base, FolderState, tmp_dir
 from quantum_sync.client.transfer import DownloadCorrupt, ServerClient
+from quantum_sync.errors import SyncError
 from tests.support import server  # noqa: F401 (fixture)
 
 
@@ -50,16 +51,18 @@ def test_install_many_installs_each_and_never_replaces_a_changed_file(tmp_path):
     seen = localfs.lstat(str(folder / "edited.txt"))
     os.utime(folder / "edited.txt", ns=(seen.mtime_ns + 10**9, seen.mtime_ns + 10**9))  # changed since
     installs = [
-        localfs.Install(str(folder / "new" / "a.txt"), b"A", None, 1_600_000_000.0),
-        localfs.Install(str(folder / "edited.txt"), b"server", seen, 1_600_000_000.0),
-        localfs.Install(str(folder / "b.txt"), b"B", None, 1_600_000_001.0),
+        localfs.Install("new/a.txt", b"A", None, 1_600_000_000.0),
+        localfs.Install("edited.txt", b"server", seen, 1_600_000_000.0),
+        localfs.Install("../b.txt", b"B", None, 1_600_000_000.0),
+        localfs.Install("b.txt", b"B", None, 1_600_000_001.0),
     ]
     results = localfs.install_many(str(folder), str(staging), installs)
     assert (folder / "new" / "a.txt").read_bytes() == b"A"
     assert (folder / "b.txt").read_bytes() == b"B"
     assert results[0] == localfs.lstat(str(folder / "new" / "a.txt"))
-    assert results[2].mtime_ns == 1_600_000_001 * 10**9
+    assert results[3].mtime_ns == 1_600_000_001 * 10**9
     assert isinstance(results[1], localfs.LocalChanged)
+    assert isinstance(results[2], SyncError) and not (tmp_path / "b.txt").exists()
     assert (folder / "edited.txt").read_bytes() == b"edited locally"
     assert os.listdir(staging) == []
 

@@ -408,10 +408,9 @@ class Engine:
                     self.request(child, UNKNOWN)
 
     async def _download(self, path, local, remote):
-        abspath = self.abspath(path)
         expected = local.stat if local else None
         if remote.is_directory:
-            st = await deferToThread(localfs.make_directory, self.folder, abspath)
+            st = await deferToThread(localfs.make_directory, self.folder, self.abspath(path))
             self._record(path, remote, st)
             return
         small = remote.size <= SMALL_TRANSFER
@@ -429,10 +428,10 @@ class Engine:
         self._went_online()
         # LocalChanged: decided again later (then a conflict); OSError: logged, base untouched
         if small:
-            st = await self._installs.submit(localfs.Install(abspath, data, expected, remote.modified))
+            st = await self._installs.submit(localfs.Install(path, data, expected, remote.modified))
         else:
             try:
-                st = await deferToThread(localfs.install, self.folder, staged, abspath, expected, remote.modified)
+                st = await deferToThread(localfs.install, self.folder, staged, self.abspath(path), expected, remote.modified)
             except BaseException:
                 await deferToThread(localfs.unlink_quietly, staged)
                 raise

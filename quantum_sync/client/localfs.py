@@ -212,7 +212,7 @@ def install(folder: str, staged: str, abspath: str, expected, modified: float) -
 class Install:
     """A verified download held in memory, for :func:`install_many`."""
 
-    abspath: str
+    path: str  # relative to the folder
     data: bytes = attrs.field(repr=False)
     expected: object  # the LocalStat the decision saw (None: must not exist)
     modified: float
@@ -220,8 +220,9 @@ class Install:
 
 def install_many(folder: str, staging_dir: str, installs) -> list:
     """Each :class:`Install` written to a file in ``staging_dir``, fsynced and installed as
-    :func:`install` does, then each directory written to fsynced once. Per item its
-    :class:`LocalStat`, or the exception that stopped it (the others go on)."""
+    :func:`install` does (its path resolved here, just before), then each directory written
+    to fsynced once. Per item its :class:`LocalStat`, or the exception that stopped it (the
+    others go on)."""
     results, directories = [], set()
     for item in installs:
         fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
@@ -230,8 +231,9 @@ def install_many(folder: str, staging_dir: str, installs) -> list:
                 f.write(item.data)
                 f.flush()
                 os.fsync(f.fileno())
-            results.append(_place(folder, staged, item.abspath, item.expected, item.modified))
-            directories.add(os.path.dirname(item.abspath))
+            abspath = resolve(folder, item.path)
+            results.append(_place(folder, staged, abspath, item.expected, item.modified))
+            directories.add(os.path.dirname(abspath))
         except Exception as e:
             unlink_quietly(staged)
             results.append(e)
