@@ -237,3 +237,38 @@ async def test_downloads_during_replacements_match_their_etag(reactor, server, h
                                    Deferred.fromCoroutine(download_many()),
                                    Deferred.fromCoroutine(download_many())])
     assert results[1] + results[2] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_watcher_skips_the_servers_own_uploads_not_other_writers(reactor, server, http):
+    """Uploads (small bodies: in memory, written by the group commit) never reach a
+    refresh through the root watcher, but a file another program writes over one of
+    them right away still is journalled."""
+    os.mkdir(os.path.join(server.root, "own"))  # its own event is journalled first
+
+    async def directory_seen():
+        return ("Create", "own") in [(kind, op[kind]["metadata"]["path"])
+                                     for kind, op in await change_ops(http, server)]
+
+    assert await poll(reactor, directory_seen)
+    refreshed = []
+    original = server.service.operations.refresh
+
+    async def record(tops=None):
+        refreshed.append(tops)
+        return await original(tops)
+
+    server.service.operations.refresh = record
+    await gatherResults([Deferred.fromCoroutine(http.json(
+        "PUT", f"{server.url}/api/upload", params={"path": f"own/f{i}.bin"}, data=b"%d" % i))
+        for i in range(20)])
+    with open(os.path.join(server.root, "own", "f3.bin"), "wb") as f:
+        f.write(b"rewritten by another program")
+
+    async def journalled():
+        ops = await change_ops(http, server)
+        return [op for kind, op in ops if kind == "Update"]
+
+    updates = await poll(reactor, journalled)
+    assert [u["Update"]["metadata"]["hash"] for u in updates] == [sha(b"rewritten by another program")]
+    assert refreshed and all(call == ["own/f3.bin"] for call in refreshed), refreshed

@@ -177,3 +177,70 @@ def test_scan_names_every_entry_as_the_path_rules_do(store):
     assert "plain.txt" in found and "sub/caf\u00e9" in found and "sub/.quantum-sync" in found
     assert not any("\\" in p or "\x01" in p or "\t" in p or "e\u0301" in p for p in found)
     assert {entry.path for entry in store.scan("sub")} == {p for p in expected if p.startswith("sub")}
+
+
+def test_staged_bodies_install_atomically_and_are_recognised_once(store):
+    """A small body written by :meth:`Store.stage` is mode 0644, fsynced under the temp
+    directory and renamed into place; the root watcher's check (own_write) says yes to
+    that install once, and never to a file another program put there afterwards."""
+    temp, st = store.stage(b"small body")
+    assert os.path.dirname(temp) == store.temp_dir and st.st_size == 10
+    assert os.stat(temp).st_mode & 0o777 == 0o644
+    created, target = store.install_staged(temp, st, "d/f.bin")
+    assert created == ["d"] and target == os.path.join(store.root, "d", "f.bin")
+    assert os.listdir(store.temp_dir) == []
+    with open(target, "rb") as f:
+        assert f.read() == b"small body"
+    assert store.own_write(target) is True
+    assert store.own_write(target) is False  # recognised once only
+    assert store.own_write(os.path.join(store.root, "never-installed")) is False
+
+    temp, st = store.stage(b"ours")
+    store.install_staged(temp, st, "d/f.bin")
+    with open(target + ".other", "wb") as f:
+        f.write(b"theirs")
+    os.replace(target + ".other", target)  # another program replaces it before the event
+    assert store.own_write(target) is False
+
+
+def test_resolve_walks_only_below_the_root(tmp_path):
+    """The root itself may be reached through a link; inside it no link is gone through,
+    and a final link is refused only when it leads out of the root or into the state
+    directory."""
+    (tmp_path / "real").mkdir()
+    os.symlink(str(tmp_path / "real"), str(tmp_path / "alias"))
+    store = Store(str(tmp_path / "alias"))
+    store.prepare()
+    assert store.resolve("a/b.txt") == os.path.join(str(tmp_path / "real"), "a", "b.txt")
+    os.mkdir(os.path.join(store.root, "dir"))
+    os.symlink("dir", os.path.join(store.root, "in"))
+    os.symlink(".quantum-sync/tmp", os.path.join(store.root, "state"))
+    os.symlink(str(tmp_path), os.path.join(store.root, "out"))
+    assert store.resolve("in") == os.path.join(store.root, "in")
+    for path in ("in/x", "in/x/y", "state", "state/x", "out", "out/real"):
+        with pytest.raises(SyncError) as info:
+            store.resolve(path)
+        assert info.value.code == "INVALID_PATH", path
+    with open(os.path.join(store.root, "file"), "wb") as f:
+        f.write(b"f")
+    assert store.resolve("file/below") == os.path.join(store.root, "file", "below")
+    assert store.entry("file/below") is None and store.entry("missing/x") is None
+
+
+def test_memory_spools_count_in_the_shared_budget():
+    """Small bodies kept in memory take their length from the budget until closed; when
+    it is spent, the caller gets None (and spools to a file instead)."""
+    from quantum_sync.server.store import MemorySpool, _MemoryBudget
+
+    budget = _MemoryBudget(100)
+    first = MemorySpool.reserve(60, budget)
+    assert first is not None and budget.total == 60
+    assert MemorySpool.reserve(50, budget) is None
+    for chunk in (b"a" * 30, b"b" * 30):
+        assert first.write(chunk) is False
+    assert first.body == b"a" * 30 + b"b" * 30 and first.size == 60
+    assert first.sha256 == hashlib.sha256(first.body).hexdigest()
+    first.close()
+    first.close()
+    assert budget.total == 0
+    assert MemorySpool.reserve(100, budget) is not None

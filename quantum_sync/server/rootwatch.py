@@ -15,15 +15,30 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from watchdog.events import FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from quantum_sync import paths
 
-_IGNORED_EVENTS = ("opened", "closed_no_write")
+#: The events asked of watchdog (and of inotify: the others are never even read). Every
+#: change of content or name shows as one of these; opening, reading and closing a file
+#: (each download) does not. A directory's own 'modified' event only says that an entry
+#: inside changed, and that entry has its own event (refreshing the whole directory for
+#: it made every write rescan its siblings).
+_EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEvent,
+           DirDeletedEvent, FileMovedEvent, DirMovedEvent]
 #: Events by which a rename of the server's own (:meth:`Store.install_staged`) shows.
-_INSTALL_EVENTS = ("moved", "created", "modified", "closed")
+_INSTALL_EVENTS = ("moved", "created", "modified")
 #: Seconds between snapshots when inotify is unavailable and the root is polled.
 POLL_INTERVAL = 2.0
 
@@ -42,12 +57,6 @@ class _Bridge(FileSystemEventHandler):
         self._names = []
 
     def on_any_event(self, event):
-        if event.event_type in _IGNORED_EVENTS:
-            return
-        if event.is_directory and event.event_type == "modified":
-            # Only says that an entry inside changed, and that entry has its own event;
-            # refreshing the whole directory for it made every write rescan its siblings.
-            return
         names = [name for name in (event.src_path, getattr(event, "dest_path", ""))
                  if name and isinstance(name, str) and not name.startswith(self._state_prefix)]
         if names and not event.is_directory and event.event_type in _INSTALL_EVENTS:
@@ -89,7 +98,7 @@ class RootWatcher(Service):
             try:
                 bridge = _Bridge(self._reactor, self._changed, self.operations.store.state_dir,
                                  self.operations.store.own_write)
-                observer.schedule(bridge, self.root, recursive=True)
+                observer.schedule(bridge, self.root, recursive=True, event_filter=_EVENTS)
                 observer.start()
             except OSError as e:  # e.g. the inotify watch limit: poll instead
                 observer.unschedule_all()
