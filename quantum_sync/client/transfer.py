@@ -3,7 +3,7 @@
 One persistent connection pool per client; transfers (uploads and downloads) are
 bounded by a semaphore. Large ones are streamed from and to disk: uploads through a
 ``FileBodyProducer``, downloads with ``unbuffered=True`` collected into a staging file
-in ``.quantum-sync/tmp/``; small ones travel as bytes in memory (the bytes the engine
+in ``.quantum-sync/tmp/`` (:mod:`quantum_sync.client.staging`); small ones travel as bytes in memory (the bytes the engine
 hashed, a body of at most its announced size). Every download is checked against the
 expected SHA-256. Every request
 carries ``X-Client-Id`` (so the server does not send the client its own changes back)
@@ -20,9 +20,7 @@ import email.utils
 import hashlib
 import json
 import os
-import queue
 import tempfile
-import threading
 import time
 from urllib.parse import quote, urlsplit
 
@@ -36,13 +34,11 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from quantum_sync import protocol
+from quantum_sync.client import staging
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
 UPLOAD_CHUNK = 1 << 20
-#: Downloaded bytes waiting for the disk thread beyond this are written by the reactor
-#: itself, which slows the download down instead of letting memory grow.
-SINK_BACKLOG = 64 << 20
 CHANGES_PAGE = 1000
 #: Transfers of at most this many bytes use the small lane, which allows
 #: :data:`SMALL_LANE_FACTOR` times the configured concurrency.
@@ -387,11 +383,11 @@ class ServerClient:
 
     async def _download(self, path, sha256, staging_dir):
         response = await self._transfer_request("GET", "/api/download", path)
-        fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
-        sink = DiskSink(os.fdopen(fd, "wb"))
+        fd, staged = await deferToThread(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
+        sink = staging.StagingSink(self._reactor, fd)
         try:
             try:
-                await treq.collect(response, sink.put)
+                await staging.receive(response, sink)
             except Exception as e:
                 raise ServerUnavailable(f"download of {path} interrupted: {e}") from None
             finally:
@@ -399,59 +395,6 @@ class ServerClient:
             if digest != sha256:
                 raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
         except BaseException:
-            os.unlink(staged)
+            await deferToThread(os.unlink, staged)
             raise
         return staged
-
-
-class DiskSink:
-    """Hashes and writes downloaded chunks on a thread of its own, so that the reactor
-    keeps receiving while the disk and SHA-256 work (both release the GIL)."""
-
-    def __init__(self, fileobj):
-        self._file = fileobj
-        self._digest = hashlib.sha256()
-        self._queue = queue.Queue()
-        self._backlog = 0
-        self._error = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="quantum-sync-download", daemon=True)
-        self._thread.start()
-
-    def put(self, chunk: bytes) -> None:
-        with self._lock:
-            self._backlog += len(chunk)
-            crowded = self._backlog > SINK_BACKLOG
-        if crowded:
-            self._queue.join()  # the disk is slower than the network: wait for it here
-        self._queue.put(chunk)
-
-    def _run(self):
-        while True:
-            chunk = self._queue.get()
-            try:
-                if chunk is None:
-                    return
-                if self._error is None:
-                    try:
-                        self._digest.update(chunk)
-                        self._file.write(chunk)
-                    except OSError as e:
-                        self._error = e
-                with self._lock:
-                    self._backlog -= len(chunk)
-            finally:
-                self._queue.task_done()
-
-    def finish(self) -> str:
-        """(Blocking) wait for every chunk, fsync and close; the SHA-256 hex digest."""
-        self._queue.put(None)
-        self._thread.join()
-        try:
-            if self._error is not None:
-                raise self._error
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
-        return self._digest.hexdigest()
