@@ -20,7 +20,7 @@ import threading
 import attrs
 
 from quantum_sync import paths
-from quantum_sync.diskio import fsync_directory, sha256_file
+from quantum_sync.diskio import Writeback, fsync_directory, sha256_file
 from quantum_sync.errors import SyncError
 
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
@@ -45,48 +45,6 @@ def storage_error(error: OSError) -> SyncError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return SyncError("INSUFFICIENT_STORAGE", "not enough space on the server")
     return SyncError("INTERNAL_ERROR", f"storage error: {error.strerror}")
-
-
-class _Flusher:
-    """Starts writeback of a growing file every :data:`EVERY` bytes from its own thread,
-    so the final fsync of a large upload has little left to do."""
-
-    EVERY = 64 * 1024 * 1024
-
-    def __init__(self, fd: int):
-        self._fd = fd
-        self._unflushed = 0
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread = None
-
-    def wrote(self, size: int) -> None:
-        self._unflushed += size
-        if self._unflushed < self.EVERY:
-            return
-        self._unflushed = 0
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="upload-flush", daemon=True)
-            self._thread.start()
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stopping:
-                return
-            try:
-                os.fdatasync(self._fd)
-            except OSError:
-                pass  # the final fsync reports problems
-
-    def stop(self) -> None:
-        """Wait for the flushing thread (before the descriptor may be closed)."""
-        if self._thread is not None:
-            self._stopping = True
-            self._wake.set()
-            self._thread.join()
 
 
 class _MemoryBudget:
@@ -211,7 +169,7 @@ class UploadSpool:
         self._to_write.put(None)
 
     def _write_loop(self) -> None:
-        flusher = _Flusher(self._fd)
+        flusher = Writeback(self._fd)
         while (item := self._to_write.get()) is not None:
             block, size = item
             self._write_block(block)
