@@ -73,3 +73,25 @@ async def test_monitoring_endpoints_refuse_other_methods(monitored):
     for path in ("/ws/metrics", "/ws/status", "/metrics"):
         status, body = await http.json("POST", running.url + path, expect=None)
         assert status == 405 and body["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_access_log_line_and_fields():
+    """One access-log event per request: the rendered line (braces in a path kept as
+    they are) and the fields JSON logs carry."""
+    from twisted.internet.address import IPv4Address
+    from twisted.logger import formatEvent
+
+    from quantum_sync.server.metrics import Metrics
+    from quantum_sync.server.site import SyncSite
+    from tests.logcapture import LogCapture
+
+    site = SyncSite(None, Metrics(), "/nonexistent", None)
+    with LogCapture() as log:
+        site._access(b"GET", b"/api/download?path=%7Bx%7D{y}&token=s", 200, 12, 0, 0.00125,
+                     IPv4Address("TCP", "10.1.2.3", 5000))
+    (event,) = [e for e in log.events if e.get("log_namespace") == "quantum_sync.access"]
+    assert formatEvent(event) == \
+        "10.1.2.3 GET /api/download?path=%7Bx%7D{y}&token=REDACTED 200 12B 1.2ms"
+    assert {k: event[k] for k in ("client", "method", "status", "bytes_out", "bytes_in")} == \
+        {"client": "10.1.2.3", "method": "GET", "status": 200, "bytes_out": 12, "bytes_in": 0}
+    assert event["path"].endswith("token=REDACTED") and event["duration_ms"] == 1.25

@@ -262,12 +262,12 @@ class FileApi:
         await self._authorize(request, "read")
         path, absolute = self._located(request, client_id(request))
         for _ in range(DOWNLOAD_ATTEMPTS):
-            opened = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                             _open_file, absolute)
+            # one thread call opens the file (a small one is read whole) and reads its row
+            opened, current = await self.operations.index.get_after(
+                lambda: _open_file(absolute), path)
             try:
                 # the index row describes the opened file (the common case): serve it;
                 # else check the path against the disk (refreshing a stale row)
-                current = await self.operations.index.get(path) if opened is not None else None
                 if not _describes(current, opened):
                     current = await self.operations.stored(path)
             except BaseException:

@@ -103,6 +103,19 @@ class Index(Service):
             "SELECT path, is_directory, size, mtime_ns, hash FROM files WHERE path = ?", (path,))
         return _row_metadata(rows[0]) if rows else None
 
+    async def get_after(self, function, path: str) -> tuple:
+        """``(function(), get(path))`` with both run in the index's thread: one thread
+        hop for a blocking read (e.g. opening a small file) and the row it is checked
+        against. ``function`` must be short and must not use the index."""
+        def run(txn):
+            first = function()
+            txn.execute("SELECT path, is_directory, size, mtime_ns, hash FROM files WHERE path = ?",
+                        (path,))
+            row = txn.fetchone()
+            return first, (_row_metadata(row) if row else None)
+
+        return await self._db.runInteraction(run)
+
     async def get_many(self, paths) -> dict:
         """``{path: (FileMetadata, mtime_ns)}`` for those of ``paths`` that are indexed
         (one read for many, :data:`LOOKUP_BATCH` paths a query)."""

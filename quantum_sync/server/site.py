@@ -303,10 +303,15 @@ class SyncSite(server.Site):
 
     def _access(self, method, uri, status, sent, received, duration, address):
         method = method.decode("ascii", "replace") if isinstance(method, bytes) else str(method)
-        ACCESS_LOG.info(
-            "{client} {method} {path} {status} {bytes_out}B {duration_ms:.1f}ms",
-            client=_host(address), method=method, path=redact(uri or b""),
-            status=status, bytes_out=sent, bytes_in=received, duration_ms=duration * 1000)
+        client, path, duration_ms = _host(address), redact(uri or b""), duration * 1000
+        # The line is formatted here, once, and passed as a format without fields (braces
+        # doubled): the observers' generic formatting of six fields cost more than the
+        # rest of the log call. The fields stay in the event for JSON logs.
+        line = f"{client} {method} {path} {status} {sent}B {duration_ms:.1f}ms"
+        if "{" in line or "}" in line:
+            line = line.replace("{", "{{").replace("}", "}}")
+        ACCESS_LOG.info(line, client=client, method=method, path=path, status=status,
+                        bytes_out=sent, bytes_in=received, duration_ms=duration_ms)
         self.metrics.observe_request(duration, received, sent)
 
 
