@@ -10,9 +10,9 @@ from quantum_sync.client import prehash
 
 
 @pytest.fixture
-def hashes(monkeypatch):
+def hashes(monkeypatch, tmp_path):
     monkeypatch.setattr(prehash, "MIN_SIZE", 1000)
-    h = prehash.GrowingHashes()
+    h = prehash.GrowingHashes(str(tmp_path))
     yield h
     h.stop()
 
@@ -29,7 +29,7 @@ def grow(path, hashes, blocks):
         for block in blocks:
             f.write(block)
             f.flush()
-            hashes.grew(str(path), os.path.getsize(path))
+            hashes.grew(path.name, os.path.getsize(path))
             settle(hashes)
 
 
@@ -37,18 +37,18 @@ def test_a_file_written_front_to_back_gets_its_hash(tmp_path, hashes):
     path = tmp_path / "big.bin"
     blocks = [os.urandom(5000) for _ in range(5)]
     grow(path, hashes, blocks[:4])
-    assert hashes._partials[str(path)].offset == 20000  # the worker kept up
+    assert hashes._partials[path.name].offset == 20000  # the worker kept up
     with open(path, "ab") as f:
         f.write(blocks[4])  # the tail nobody reported yet
     data = b"".join(blocks)
-    assert hashes.take(str(path), len(data)) == hashlib.sha256(data).hexdigest()
-    assert hashes.take(str(path), len(data)) is None  # handed out once, then forgotten
+    assert hashes.take(path.name, len(data)) == hashlib.sha256(data).hexdigest()
+    assert hashes.take(path.name, len(data)) is None  # handed out once, then forgotten
 
 
 def test_small_files_are_not_followed(tmp_path, hashes):
     path = tmp_path / "small.bin"
     grow(path, hashes, [b"x" * 10])
-    assert hashes.take(str(path), 10) is None
+    assert hashes.take(path.name, 10) is None
 
 
 def test_a_shortened_file_is_not_trusted(tmp_path, hashes):
@@ -56,7 +56,7 @@ def test_a_shortened_file_is_not_trusted(tmp_path, hashes):
     grow(path, hashes, [os.urandom(5000)])
     with open(path, "r+b") as f:
         f.truncate(2000)
-    assert hashes.take(str(path), 2000) is None
+    assert hashes.take(path.name, 2000) is None
 
 
 def test_a_replaced_file_is_hashed_from_the_start(tmp_path, hashes):
@@ -65,15 +65,15 @@ def test_a_replaced_file_is_hashed_from_the_start(tmp_path, hashes):
     fresh = os.urandom(6000)
     (tmp_path / "new.bin").write_bytes(fresh)
     os.replace(tmp_path / "new.bin", path)
-    hashes.grew(str(path), len(fresh))
+    hashes.grew(path.name, len(fresh))
     settle(hashes)
-    assert hashes.take(str(path), len(fresh)) == hashlib.sha256(fresh).hexdigest()
+    assert hashes.take(path.name, len(fresh)) == hashlib.sha256(fresh).hexdigest()
 
 
 def test_a_size_other_than_the_callers_gives_nothing(tmp_path, hashes):
     path = tmp_path / "big.bin"
     grow(path, hashes, [os.urandom(5000)])
-    assert hashes.take(str(path), 4000) is None
+    assert hashes.take(path.name, 4000) is None
 
 
 def test_an_in_place_rewrite_gives_a_digest_that_does_not_match(tmp_path, hashes):
@@ -84,4 +84,4 @@ def test_an_in_place_rewrite_gives_a_digest_that_does_not_match(tmp_path, hashes
     with open(path, "r+b") as f:
         f.write(b"changed")
     real = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert hashes.take(str(path), 5000) != real
+    assert hashes.take(path.name, 5000) != real

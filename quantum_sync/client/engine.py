@@ -16,6 +16,7 @@ on (``localfs``), every upload on the server still holding the base version
 (``If-Match``/``If-None-Match``), so a race turns into a conflict, never into a loss.
 """
 
+import functools
 import os
 import time
 
@@ -30,6 +31,7 @@ from quantum_sync.client.conflicts import conflict_name
 from quantum_sync.client.deletegate import DeleteGate
 from quantum_sync.client.ignore import IGNORE_FILE, IgnoreRules
 from quantum_sync.client.locks import PathLocks
+from quantum_sync.client.prehash import GrowingHashes
 from quantum_sync.client.reconcile import Action, Decision, Entry, decide, plan
 from quantum_sync.client.state import Base, tmp_dir
 from quantum_sync.client.transfer import (
@@ -104,6 +106,7 @@ class Engine:
         self._stopped = False
         self._limit = defer.DeferredSemaphore(PLAN_CONCURRENCY)
         self._deletes = DeleteGate(reactor, self._count_missing, allow_mass_delete)
+        self.growing = GrowingHashes(folder)  # fed by the watcher (FolderWatcher on_grow)
         self._seen = {}  # path → the stat the watcher saw last, until its job looks
         self._versions = ThreadBatcher(
             reactor, lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER)
@@ -140,6 +143,7 @@ class Engine:
     def stop(self):
         self._stopped = True
         self._deletes.stop()
+        self.growing.stop()
         for call in self._retry_calls.values():
             if call.active():
                 call.cancel()
@@ -268,7 +272,8 @@ class Engine:
         base = self.state.base(path)
         local = await self._versions.submit((path, base))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
-            local = await deferToThread(localfs.version, self.abspath(path), base)
+            take = functools.partial(self.growing.take, path)
+            local = await deferToThread(localfs.version, self.abspath(path), base, prehashed=take)
         return local
 
     async def _sync_one(self, path, hint):

@@ -81,11 +81,13 @@ def unchanged(st, base) -> bool:
     )
 
 
-def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None):
+def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, prehashed=None):
     """The :class:`LocalVersion` of ``abspath`` or None; hashing is skipped when size and
     mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`).
     A file of at most ``keep`` bytes is read whole and its bytes come with the version;
-    one above ``hash_limit`` that needs hashing gives :data:`UNHASHED` instead."""
+    one above ``hash_limit`` that needs hashing gives :data:`UNHASHED` instead.
+    ``prehashed(size)`` may supply the digest of a file hashed while it was written
+    (:mod:`~quantum_sync.client.prehash`; the server checks it)."""
     st = lstat(abspath)
     if st is None:
         return None
@@ -101,7 +103,7 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None):
             data = f.read(keep + 1)
         digest = hashlib.sha256(data).hexdigest()
     else:
-        digest = sha256_file(abspath)
+        digest = (prehashed and prehashed(st.size)) or sha256_file(abspath)
     after = lstat(abspath)
     if after != st or (data is not None and len(data) != st.size):
         raise LocalChanged(abspath)  # still being written: try again later

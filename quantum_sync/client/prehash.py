@@ -49,9 +49,11 @@ class _Partial:
 
 
 class GrowingHashes:
-    """Hashes of growing files, kept up to date by a worker thread (thread-safe)."""
+    """Hashes of the growing files of ``folder`` (by relative path), kept up to date by a
+    worker thread (thread-safe)."""
 
-    def __init__(self):
+    def __init__(self, folder: str):
+        self._folder = folder
         self._lock = threading.Lock()
         self._partials = OrderedDict()  # absolute path -> _Partial
         self._pending = OrderedDict()  # absolute paths that grew, in order
@@ -59,28 +61,28 @@ class GrowingHashes:
         self._thread = None
         self._stopped = False
 
-    def grew(self, abspath: str, size: int) -> None:
-        """``abspath`` is now ``size`` bytes (called from any thread; returns at once)."""
+    def grew(self, path: str, size: int) -> None:
+        """``path`` is now ``size`` bytes (called from any thread; returns at once)."""
         if size < MIN_SIZE or self._stopped:
             return
         with self._lock:
-            self._pending[abspath] = True
+            self._pending[path] = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="prehash", daemon=True)
                 self._thread.start()
         self._wake.set()
 
-    def take(self, abspath: str, size: int):
-        """(Blocking) the SHA-256 hex of ``abspath`` as ``size`` bytes, finishing the tail,
-        or None when it was not followed or its prefix no longer holds. Forgets the path."""
+    def take(self, path: str, size: int):
+        """(Blocking) the SHA-256 hex of ``path`` as ``size`` bytes, finishing the tail, or
+        None when it was not followed or its prefix no longer holds. Forgets the path."""
         with self._lock:
-            partial = self._partials.pop(abspath, None)
-            self._pending.pop(abspath, None)
+            partial = self._partials.pop(path, None)
+            self._pending.pop(path, None)
         if partial is None:
             return None
         with partial.lock:
             try:
-                fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(os.path.join(self._folder, path), os.O_RDONLY | os.O_NOFOLLOW)
             except OSError:
                 return None
             try:
@@ -103,30 +105,30 @@ class GrowingHashes:
                 with self._lock:
                     if not self._pending:
                         break
-                    abspath, _ = self._pending.popitem(last=False)
-                    partial = self._partials.get(abspath)
-                self._follow(abspath, partial)
+                    path, _ = self._pending.popitem(last=False)
+                    partial = self._partials.get(path)
+                self._follow(path, partial)
 
-    def _follow(self, abspath, partial):
+    def _follow(self, path, partial):
         try:
-            fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(os.path.join(self._folder, path), os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             with self._lock:
-                self._partials.pop(abspath, None)
+                self._partials.pop(path, None)
             return
         try:
             st = os.fstat(fd)
             if partial is None or partial.ino != st.st_ino:
                 partial = _Partial(st.st_ino)
                 with self._lock:
-                    self._partials[abspath] = partial
+                    self._partials[path] = partial
                     while len(self._partials) > MAX_FILES:
                         self._partials.popitem(last=False)
             with partial.lock:
                 if not partial.extend(fd, st):
                     with self._lock:
-                        if self._partials.get(abspath) is partial:
-                            del self._partials[abspath]
+                        if self._partials.get(path) is partial:
+                            del self._partials[path]
         except OSError:
             pass
         finally:

@@ -89,7 +89,10 @@ class SyncClientService(MultiService):
             config.allow_mass_delete,
             retry_delay=max(config.settle, 0.05),
         )
-        self.watcher = FolderWatcher(self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle)
+        self.watcher = FolderWatcher(
+            self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
+            on_grow=self.engine.growing.grew,
+        )
         if not config.initial_sync:
             self._watch()
         await self._first_reconcile()

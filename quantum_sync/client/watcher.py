@@ -62,8 +62,9 @@ class _Bridge(FileSystemEventHandler):
     """Runs in watchdog's thread: names and stats each event, and hands what is waiting to
     the reactor in one call (a burst of events costs one wake-up, not one per event)."""
 
-    def __init__(self, reactor, folder, sink):
+    def __init__(self, reactor, folder, sink, on_grow=None):
         self._reactor, self._folder, self._sink = reactor, folder, sink
+        self._on_grow = on_grow
         self._lock = threading.Lock()
         self._waiting = []
 
@@ -100,7 +101,10 @@ class _Bridge(FileSystemEventHandler):
         if path is None:
             return None
         kind = CHANGE if isinstance(event, (FileClosedEvent, DirCreatedEvent)) else SETTLE
-        return (kind, path, _stat(self._folder, path))
+        stat = _stat(self._folder, path)
+        if self._on_grow is not None and isinstance(event, FileModifiedEvent) and stat is not None:
+            self._on_grow(path, stat.size)  # from this thread: it only takes note
+        return (kind, path, stat)
 
     def _deliver(self):
         with self._lock:
@@ -115,8 +119,9 @@ class FolderWatcher(Service):
 
     log = Logger()
 
-    def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2):
+    def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None):
         self._reactor = reactor
+        self._on_grow = on_grow
         self.folder = os.path.realpath(folder)
         self._on_change = on_change
         self._on_move = on_move
@@ -126,7 +131,7 @@ class FolderWatcher(Service):
 
     def startService(self):
         super().startService()
-        bridge = _Bridge(self._reactor, self.folder, self._events)
+        bridge = _Bridge(self._reactor, self.folder, self._events, self._on_grow)
         try:
             self._observer = Observer()
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)

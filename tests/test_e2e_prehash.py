@@ -1,0 +1,64 @@
+"""End to end: a large file is hashed while it is written, and a wrong guess costs a retry, never bytes."""
+
+import hashlib
+import os
+
+import pytest_twisted
+
+from quantum_sync.client import localfs, prehash
+from test_e2e_sync import clients, log_to_stderr, read, server, sleep, wait_for  # noqa: F401
+
+BLOCK = 1 << 20
+
+
+def full_hashes(monkeypatch):
+    """The paths localfs hashes from the start (instead of finishing a growing hash)."""
+    seen = []
+    real = localfs.sha256_file
+
+    def recording(path):
+        seen.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(localfs, "sha256_file", recording)
+    return seen
+
+
+async def write_slowly(reactor, path, blocks, before_close=None):
+    with open(path, "wb") as f:
+        for block in blocks:
+            f.write(block)
+            f.flush()
+            await sleep(reactor, 0.01)
+        if before_close is not None:
+            before_close(f)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_written_front_to_back_is_not_read_twice(reactor, server, clients, monkeypatch):
+    monkeypatch.setattr(prehash, "MIN_SIZE", 2 * BLOCK)
+    hashed = full_hashes(monkeypatch)
+    a = await clients.start(server[0], "a")
+    blocks = [os.urandom(BLOCK) for _ in range(12)]
+    await write_slowly(reactor, os.path.join(a.config.folder, "big.bin"), blocks)
+    data = b"".join(blocks)
+    await wait_for(reactor, lambda: read(server[0].root, "big.bin") == data, what="the upload")
+    assert "big.bin" not in hashed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rewrite_the_growing_hash_missed_is_caught_and_sent_right(reactor, server, clients, monkeypatch):
+    monkeypatch.setattr(prehash, "MIN_SIZE", 2 * BLOCK)
+    hashed = full_hashes(monkeypatch)
+    a = await clients.start(server[0], "a")
+    blocks = [os.urandom(BLOCK) for _ in range(12)]
+
+    def rewrite_the_start(f):
+        f.seek(0)
+        f.write(b"rewritten in place")  # same size: only the content tells
+
+    await write_slowly(reactor, os.path.join(a.config.folder, "big.bin"), blocks, rewrite_the_start)
+    data = b"rewritten in place" + b"".join(blocks)[len(b"rewritten in place"):]
+    await wait_for(reactor, lambda: read(server[0].root, "big.bin") == data, what="the right upload")
+    assert "big.bin" in hashed  # the server refused the guess (422); the retry hashed it all
+    assert hashlib.sha256(read(server[0].root, "big.bin")).hexdigest() == hashlib.sha256(data).hexdigest()
