@@ -13,10 +13,11 @@ import stat
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web import http
+from twisted.web import http, resource, server
+from twisted.web.resource import IResource
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -189,7 +190,7 @@ class FileApi:
         self._reactor = reactor
 
     def resource(self):
-        return self.app.resource()
+        return _Dispatch(self, self.app.resource())
 
     def upload_gate(self, request) -> None:
         """Refuse an upload as soon as its headers are in (before the body is stored):
@@ -234,6 +235,12 @@ class FileApi:
 
     @app.handle_errors(Exception)
     def bug(self, request, failure):
+        return self.failed(request, failure)
+
+    def failed(self, request, failure) -> bytes:
+        """The answer to a failure of a route: its SyncError, else a logged 500."""
+        if failure.check(SyncError):
+            return write_error(request, failure.value)
         self.log.failure("unhandled error answering {method} {path}", failure,
                          method=request.method, path=request.path)
         return write_error(request, SyncError("INTERNAL_ERROR", "internal server error"))
@@ -371,6 +378,56 @@ class FileApi:
         data = await maybeDeferred(self.authorizer.login, body["username"], body["password"],
                                    _address(request))
         return write_json(request, {"success": True, "data": data})
+
+
+class _Dispatch(resource.Resource):
+    """The API's resource: Klein's, except that the two requests every synced file makes
+    (its upload and its download, on their exact paths) go straight to their handlers,
+    with the same answers and error bodies but without Klein's per-request URL-map
+    binding and adaptation."""
+
+    isLeaf = True
+
+    def __init__(self, api: FileApi, routed):
+        super().__init__()
+        self._routed = routed
+        self._direct = {(b"/api/upload", b"PUT"): api.upload, (b"/api/upload", b"POST"): api.upload,
+                        (b"/api/download", b"GET"): api.download,
+                        (b"/api/download", b"HEAD"): api.download}
+        self._failed = api.failed
+
+    def render(self, request):
+        handler = self._direct.get((request.path, request.method))
+        if handler is None:
+            return self._routed.render(request)
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+        answer = Deferred.fromCoroutine(handler(request))
+        request.notifyFinish().addErrback(lambda _: answer.cancel())  # the client went away
+        answer.addCallbacks(self._answer, self._failure, (request, finished), None,
+                            (request, finished))
+        answer.addErrback(self._unexpected)
+        return server.NOT_DONE_YET
+
+    def _answer(self, result, request, finished) -> None:
+        if finished:
+            return
+        if IResource.providedBy(result):
+            request.render(result)
+            return
+        request.write(result)
+        request.finish()
+
+    def _failure(self, failure, request, finished) -> None:
+        if finished:
+            if not failure.check(CancelledError):
+                FileApi.log.failure("answering {path} after its connection was gone", failure,
+                                    path=request.path)
+            return
+        self._answer(self._failed(request, failure), request, finished)
+
+    def _unexpected(self, failure) -> None:
+        FileApi.log.failure("writing an answer failed", failure)
 
 
 @attrs.frozen
