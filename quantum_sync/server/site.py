@@ -346,6 +346,21 @@ def _plausible_host(host) -> bool:
     return host is None or (len(host) <= 255 and bool(_HOST.match(host)))
 
 
+#: Answers :func:`_remembered` keeps at most per question (then it starts afresh).
+REMEMBERED = 1024
+
+
+def _remembered(answers: dict, key, decide) -> bool:
+    """``decide(key)``, remembered in ``answers``: the same few request paths and Host
+    values come with every request, and matching them again costs more than a lookup."""
+    answer = answers.get(key)
+    if answer is None:
+        if len(answers) >= REMEMBERED:
+            answers.clear()
+        answer = answers[key] = decide(key)
+    return answer
+
+
 class RootResource(resource.Resource):
     """Dispatch on the whole request path: fixed endpoints first, then the config's routes."""
 
@@ -355,6 +370,8 @@ class RootResource(resource.Resource):
         self._handler = handler_resource
         self._endpoints = endpoints
         self._websocket = websocket
+        self._routed = {}  # request path -> routed to the handler? (see _remembered)
+        self._hosts = {}  # Host header -> plausible?
 
     def getChildWithDefault(self, name, request):
         # Hand the whole path to a leaf: undo the one segment twisted consumed.
@@ -366,11 +383,11 @@ class RootResource(resource.Resource):
             return BAD_URL
         if path in self._endpoints:
             return self._endpoints[path]
-        if not self._listener.routes_to_handler(path):
+        if not _remembered(self._routed, path, self._listener.routes_to_handler):
             return NOT_FOUND
         if path == "/ws":
             return self._websocket or NOT_FOUND
-        if not _plausible_host(request.getHeader(b"host")):
+        if not _remembered(self._hosts, request.getHeader(b"host"), _plausible_host):
             return BAD_HOST  # Klein's routing would fail on it with a 500
         return self._handler
 
