@@ -143,3 +143,39 @@ async def test_a_watcher_stat_of_the_synced_version_starts_no_job(reactor, tmp_p
         assert state.base("a.txt").local_mtime_ns == st.mtime_ns + 10**9  # re-read and recorded
     finally:
         await state.close()
+
+
+@pytest.mark.parametrize("edit", ["rewritten", "touched"])
+@pytest_twisted.ensureDeferred
+async def test_a_remote_change_onto_a_local_file_changed_since_is_decided_on_what_is_there(reactor, tmp_path, server, edit):  # noqa: F811
+    """The download that skips looking at the local file first still never replaces a
+    changed one: rewritten → both versions kept; only touched → the remote one lands."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    other = ServerClient(reactor, server.url, "other")
+    mine = ServerClient(reactor, server.url, "mine")
+    state = await FolderState(reactor, str(folder)).open()
+    try:
+        v1, v2 = b"version 1", b"version 2 from elsewhere"
+        m1 = await other.upload("a.txt", None, sha(v1), None, data=v1)
+        (folder / "a.txt").write_bytes(v1)
+        st = localfs.lstat(str(folder / "a.txt"))
+        state.set_base("a.txt", Base(Entry(m1.hash, m1.size, False), m1.modified, st.size, st.mtime_ns))
+        m2 = await other.upload("a.txt", None, sha(v2), m1.hash, data=v2)
+        if edit == "rewritten":
+            (folder / "a.txt").write_bytes(b"local edit")
+        os.utime(folder / "a.txt", ns=(st.mtime_ns + 10**9, st.mtime_ns + 10**9))
+        engine = Engine(reactor, str(folder), state, mine, "mine")
+        await engine.request("a.txt", m2)
+        await engine.idle()
+        assert (folder / "a.txt").read_bytes() == v2
+        copies = [n for n in os.listdir(folder) if "sync-conflict" in n]
+        if edit == "rewritten":
+            assert [(folder / n).read_bytes() for n in copies] == [b"local edit"]
+        else:
+            assert copies == []
+        assert state.base("a.txt").entry.hash == sha(v2)
+    finally:
+        await other.close()
+        await mine.close()
+        await state.close()
