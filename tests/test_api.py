@@ -259,6 +259,25 @@ async def test_sync_malformed_bodies(server, http):
 
 
 @pytest_twisted.ensureDeferred
+async def test_large_json_bodies_are_parsed_like_small_ones(server, http):
+    """Bodies above api.JSON_INLINE are parsed in a thread: same answers."""
+    from quantum_sync.server.api import JSON_INLINE
+
+    url = f"{server.url}/api/sync"
+    operations = [{"Create": {"metadata": {"path": f"d{i:05d}", "size": 0, "modified": "2024-01-01T00:00:00Z",
+                                           "hash": "", "is_directory": True}}} for i in range(700)]
+    body = json.dumps({"operations": operations, "client_id": "big"}).encode()
+    assert len(body) > JSON_INLINE
+    _, answer = await http.json("POST", url, data=body)
+    assert [r["status"] for r in answer["results"]] == ["applied"] * 700
+    _, answer = await http.json("POST", url, data=body[:-1] + b" " * JSON_INLINE, expect=400)
+    assert answer["error"]["code"] == "INVALID_REQUEST"
+    _, answer = await http.json("POST", f"{server.url}/api/v1/auth/login",
+                                data=b'{"username": "' + b"u" * JSON_INLINE + b'"', expect=400)
+    assert answer["error"]["code"] == "INVALID_REQUEST"
+
+
+@pytest_twisted.ensureDeferred
 async def test_changes_parameters(server, http):
     url = f"{server.url}/api/changes"
     for params in ({"since": "-1"}, {"since": "x"}, {"limit": "0"}, {"limit": "100001"},

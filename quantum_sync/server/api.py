@@ -32,6 +32,8 @@ DEFAULT_CHANGES_LIMIT = 1000
 DOWNLOAD_CHUNK = 256 * 1024
 #: Files of at most this many bytes are read whole in the thread that opens them.
 SMALL_DOWNLOAD = 256 * 1024
+#: JSON request bodies up to this many bytes are parsed on the reactor, larger ones in a thread.
+JSON_INLINE = 64 * 1024
 #: More byte ranges than this in one request are ignored (the whole file is sent).
 MAX_RANGES = 16
 #: Tries to pair an opened file with its hash before a download gives up (CONFLICT).
@@ -100,9 +102,20 @@ def client_id(request) -> str:
     return check_client_id(header(request, "X-Client-Id") or "")
 
 
-def read_json_body(request):
+async def read_json_body(request, reactor):
+    """The request's JSON body, parsed on the reactor when it is small and in a thread
+    above :data:`JSON_INLINE` bytes (bodies go up to 16 MiB); INVALID_REQUEST if it is
+    not JSON."""
+    content = request.content
+    if content.seek(0, os.SEEK_END) <= JSON_INLINE:
+        return _parse_json(content)
+    return await deferToThreadPool(reactor, reactor.getThreadPool(), _parse_json, content)
+
+
+def _parse_json(content):
+    content.seek(0)
     try:
-        return json.loads(request.content.read().decode("utf-8"))
+        return json.loads(content.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise SyncError("INVALID_REQUEST", "the body must be a JSON object") from None
 
@@ -341,7 +354,7 @@ class FileApi:
         await self._authorize(request, "write")
         if not self.operations.enable_upload:
             raise SyncError("UPLOAD_DISABLED", "changes are disabled on this server")
-        body = read_json_body(request)
+        body = await read_json_body(request, self._reactor)
         if not isinstance(body, dict) or not isinstance(body.get("operations"), list):
             raise SyncError("INVALID_REQUEST", 'the body must be {"operations": [...], "client_id": "..."}')
         unknown = set(body) - {"operations", "client_id"}
@@ -370,7 +383,7 @@ class FileApi:
 
     @app.route("/api/v1/auth/login", methods=["POST"])
     async def login(self, request):
-        body = read_json_body(request)
+        body = await read_json_body(request, self._reactor)
         if not isinstance(body, dict) or set(body) - {"username", "password"} \
                 or not isinstance(body.get("username"), str) \
                 or not isinstance(body.get("password"), str):
