@@ -31,7 +31,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from quantum_sync.client.localfs import lstat
-from quantum_sync.paths import relative_from_disk
+from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
 EVENTS = [
     FileCreatedEvent,
@@ -65,6 +65,7 @@ class _Bridge(FileSystemEventHandler):
     def __init__(self, reactor, folder, sink, on_grow=None):
         self._reactor, self._folder, self._sink = reactor, folder, sink
         self._on_grow = on_grow
+        self._state_dir = os.path.join(folder, STATE_DIR_NAME)
         self._lock = threading.Lock()
         self._waiting = []
 
@@ -74,6 +75,8 @@ class _Bridge(FileSystemEventHandler):
                 name = os.fsdecode(name)
             except UnicodeDecodeError:
                 return None
+        if name.startswith(self._state_dir) and name[len(self._state_dir) : len(self._state_dir) + 1] in ("", os.sep):
+            return None  # staged downloads come and go in here: the cheap test first
         return relative_from_disk(self._folder, name)
 
     def on_any_event(self, event):
@@ -160,7 +163,12 @@ class FolderWatcher(Service):
     def _events(self, items):
         if not self.running:
             return
-        for item in items:
+        # a change reported at once (a finished write) makes the same path's earlier
+        # "report once quiet" moot: skip those instead of arming timers to cancel
+        last_at_once = {item[1]: i for i, item in enumerate(items) if item[0] is CHANGE}
+        for i, item in enumerate(items):
+            if item[0] is SETTLE and last_at_once.get(item[1], -1) > i:
+                continue
             try:
                 self._dispatch(*item)
             except Exception:
