@@ -122,6 +122,23 @@ class _BytesBody:
         pass
 
 
+class _KeptEndpoints:
+    """The Agent's endpoint factory, asked once per server: Agent builds a new endpoint for
+    every request (host name checks and encoding included) even when the pool then hands
+    it a kept-alive connection. An endpoint connects as often as asked, so one is kept."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._endpoints = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._factory.endpointForURI(uri)
+        return endpoint
+
+
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     """The pool's connection factory without its "Starting factory" line per connection
     (with dozens of pooled connections it drowned the transfer log)."""
@@ -148,6 +165,7 @@ class ServerClient:
             agent = Agent(reactor, contextFactory=https_policy(ca_cert), pool=self._pool, connectTimeout=10)
         else:
             agent = Agent(reactor, pool=self._pool, connectTimeout=10)
+        agent._endpointFactory = _KeptEndpoints(agent._endpointFactory)
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
