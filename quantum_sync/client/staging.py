@@ -22,6 +22,7 @@ from twisted.web.http import PotentialDataLoss
 from quantum_sync.diskio import Writeback
 
 BACKLOG = 16 << 20
+READ_SIZE = 256 << 10
 
 
 class StagingSink:
@@ -108,11 +109,19 @@ class _BodyToSink(Protocol):
 
     def connectionMade(self):
         self._sink.flow(self.transport.pauseProducing, self.transport.resumeProducing)
+        # fewer, larger socket reads while the body streams in; the pooled connection gets
+        # its usual size back afterwards (a large read buffer per small answer costs)
+        self._connection = getattr(self.transport, "_producer", None)
+        if hasattr(self._connection, "bufferSize"):
+            self._usual_read_size = self._connection.bufferSize
+            self._connection.bufferSize = READ_SIZE
 
     def dataReceived(self, data):
         self._sink.put(data)
 
     def connectionLost(self, reason):
+        if hasattr(self._connection, "bufferSize"):
+            self._connection.bufferSize = self._usual_read_size
         if reason.check(ResponseDone, PotentialDataLoss):
             self._done.callback(None)
         else:
