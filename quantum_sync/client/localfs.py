@@ -229,10 +229,13 @@ def install_many(folder: str, staging_dir: str, installs) -> list:
     for item in installs:
         fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(item.data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                view = memoryview(item.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             abspath = resolve(folder, item.path)
             results.append(_place(folder, staged, abspath, item.expected, item.modified))
             directories.add(os.path.dirname(abspath))
