@@ -71,6 +71,48 @@ async def test_upload_then_list_metadata_download(server, http):
 
 
 @pytest_twisted.ensureDeferred
+async def test_downloads_of_just_uploaded_files_follow_the_disk(server, http):
+    """A small file just uploaded is served from memory only while the name still holds
+    that file: replaced, rewritten or removed by another program, the disk answers."""
+    url = f"{server.url}/api/download"
+
+    async def fetch(path, expect=200):
+        response = await http.get(url, params={"path": path})
+        body = await response.content()
+        assert response.code == expect, body
+        return response.headers.getRawHeaders("ETag"), body
+
+    await upload(http, server, "r.bin", b"uploaded")
+    assert "r.bin" in {p for p in server.service.operations.recent._entries}
+    assert await fetch("r.bin") == ([f'"{sha(b"uploaded")}"'], b"uploaded")
+    name = os.path.join(server.root, "r.bin")
+    with open(name + ".new", "wb") as f:
+        f.write(b"replaced")  # same size, another inode
+    os.replace(name + ".new", name)
+    assert await fetch("r.bin") == ([f'"{sha(b"replaced")}"'], b"replaced")
+    with open(name, "ab") as f:
+        f.write(b" and grown")  # same inode, written in place
+    assert await fetch("r.bin") == ([f'"{sha(b"replaced and grown")}"'], b"replaced and grown")
+    await upload(http, server, "r.bin", b"again")
+    os.unlink(name)
+    await fetch("r.bin", expect=404)
+
+
+def test_recent_bodies_keep_a_bounded_amount():
+    from quantum_sync.protocol import FileMetadata
+    from quantum_sync.server.store import RecentBodies
+
+    recent = RecentBodies(limit=10)
+    st = os.stat(__file__)
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    for name in ("a", "b", "c"):
+        recent.add(FileMetadata(name, st.st_size, 0.0, "h", False), key, b"1234")
+    assert recent.get("a", st) is None  # evicted: 12 bytes > 10
+    assert recent.get("c", st)[1] == b"1234" and recent.get("b", st) is not None
+    assert recent.get("c", None) is None and recent.get("c", os.stat(os.path.dirname(__file__))) is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_changes_journal_upload_update_delete(server, http):
     await upload(http, server, "a.txt", b"one", X_Client_Id="c1")
     await upload(http, server, "a.txt", b"two", X_Client_Id="c1")

@@ -222,11 +222,12 @@ class FileApi:
         return self._located(request, source_client)[0]
 
     def _located(self, request, source_client: str) -> tuple:
-        """``(path, on-disk name)`` of the validated ``path`` query parameter."""
+        """``(path, on-disk name, its lstat or None)`` of the validated ``path`` query
+        parameter."""
         raw = request.args.get(b"path", [None])[0]
         try:
             path = paths.normalize(query(request, "path"))
-            return path, self.operations.store.resolve(path)
+            return (path, *self.operations.store.look(path))
         except SyncError as error:
             if error.code == "INVALID_PATH":
                 self.operations.reject_path(raw, error, source_client, _address(request))
@@ -280,7 +281,11 @@ class FileApi:
     @app.route("/api/download", methods=["GET"])
     async def download(self, request):
         await self._authorize(request, "read")
-        path, absolute = self._located(request, client_id(request))
+        path, absolute, st = self._located(request, client_id(request))
+        recent = self.operations.recent.get(path, st)
+        if recent is not None:  # a small file just uploaded, still as it was stored
+            metadata, body = recent
+            return HashedFile(absolute, metadata.hash, _Opened(io.BytesIO(body), st))
         for _ in range(DOWNLOAD_ATTEMPTS):
             # one thread call opens the file (a small one is read whole) and reads its row
             opened, current = await self.operations.index.get_after(

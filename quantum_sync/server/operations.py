@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
-from quantum_sync.server.store import DiskEntry, fsync_directory, storage_error
+from quantum_sync.server.store import DiskEntry, RecentBodies, fsync_directory, storage_error
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).
 DISK_SOURCE = "server"
@@ -157,6 +157,8 @@ class FileOperations:
         self._uploads = []  # _WaitingUpload, in arrival order
         self._serial = SerialThread(reactor)
         self._installing = False
+        #: Small bodies just stored, for the downloads that follow them.
+        self.recent = RecentBodies()
 
     def _thread(self, function, *args):
         """Run blocking ``function`` for work done under the lock: on a thread of its
@@ -360,7 +362,7 @@ class FileOperations:
             if isinstance(result, SyncError):
                 outcomes[position] = Failure(result)
                 continue
-            current, stored, directories = result
+            current, stored, directories, _ = result
             operation = (Update if current is not None else Create)(stored[0])
             items.append((directories + [stored], [], operation, batch[position].source_client))
             journalled.append(position)
@@ -368,6 +370,9 @@ class FileOperations:
         for position, change in zip(journalled, changes):
             self._published(change)
             outcomes[position] = (change.operation.metadata, change)
+            if batch[position].body is not None:
+                self.recent.add(change.operation.metadata, installed[position][3],
+                                batch[position].body)
         return outcomes
 
     def _refresh_quietly(self, tops) -> None:
@@ -376,7 +381,8 @@ class FileOperations:
 
     def _install_all(self, batch, cached) -> list:
         """The blocking part of :meth:`_install_uploads`: per upload, in order, a
-        SyncError or ``(current, stored, created directories)``; an upload sees the ones
+        SyncError or ``(current, stored, created directories, (st_ino, st_size,
+        st_mtime_ns))``; an upload sees the ones
         before it in the batch as the current state of its path."""
         state = {}  # path -> (FileMetadata, mtime_ns) | None, once known in this batch
         results, synced_by = [], {}
@@ -406,7 +412,8 @@ class FileOperations:
                 results.append(storage_error(error))
                 continue
             state[path] = _metadata(entry, waiting.sha256)
-            results.append((current, state[path], directories))
+            st_key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
+            results.append((current, state[path], directories, st_key))
         for directory, positions in synced_by.items():
             try:
                 fsync_directory(directory)

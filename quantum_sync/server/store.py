@@ -7,6 +7,7 @@ temp file in ``<root>/.quantum-sync/tmp/`` → hash while writing → fsync(file
 rename → fsync(directory).
 """
 
+import collections
 import errno
 import hashlib
 import itertools
@@ -327,6 +328,42 @@ class MemorySpool:
                 self._budget.total -= reserved
 
 
+class RecentBodies:
+    """The bodies of the small uploads stored last (at most ``limit`` bytes together), so
+    the downloads that follow each of them (every other client fetches a new file) need
+    no thread, file read or index lookup. Used on the reactor only.
+
+    An entry answers only while the name still has the inode, size and mtime it was
+    stored with: a later write, rename or removal by anyone makes it a miss."""
+
+    def __init__(self, limit: int = 8 * 1024 * 1024):
+        self.limit = limit
+        self._entries = collections.OrderedDict()  # path -> (FileMetadata, key, body)
+        self._size = 0
+
+    def add(self, metadata, st_key: tuple, body: bytes) -> None:
+        """Remember ``body``, stored as ``metadata`` in a file with ``st_key``
+        (``(st_ino, st_size, st_mtime_ns)``)."""
+        old = self._entries.pop(metadata.path, None)
+        if old is not None:
+            self._size -= len(old[2])
+        self._entries[metadata.path] = (metadata, st_key, body)
+        self._size += len(body)
+        while self._size > self.limit:
+            self._size -= len(self._entries.popitem(last=False)[1][2])
+
+    def get(self, path: str, st) -> tuple | None:
+        """``(FileMetadata, body)`` when ``st`` (an lstat of ``path`` now, or None) is
+        still the file that was stored, else None."""
+        entry = self._entries.get(path)
+        if entry is None or st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        metadata, key, body = entry
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != key:
+            return None
+        return metadata, body
+
+
 #: What an upload body can be spooled into.
 SPOOLS = (UploadSpool, MemorySpool)
 
@@ -371,6 +408,11 @@ class Store:
         and scans do not follow them, so neither do reads and writes (a link itself, as
         the last segment, counts as absent and may be replaced)."""
         return self._walk(path)[0]
+
+    def look(self, path: str) -> tuple:
+        """``(on-disk name, its lstat or None)`` of ``path``, checked as :meth:`resolve`."""
+        absolute, st, _ = self._walk(path)
+        return absolute, st or None
 
     def _walk(self, path: str) -> tuple:
         """``(absolute, its lstat, parents exist)`` for ``path``, checked as
