@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 from twisted.web.resource import IResource
-from twisted.web.static import File
+from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from quantum_sync import paths
@@ -158,37 +158,33 @@ class HashedFile(File):
             # Undecodable, or a multipart answer many times the file's size: a Range
             # header that is not understood is ignored (RFC 9110 14.2), whole file it is.
             request.requestHeaders.removeHeader(b"range")
+        if isinstance(self._opened, io.BytesIO) and request.getHeader(b"range") is None:
+            return self._render_whole(request)
         return super().render_GET(request)
 
     render_HEAD = render_GET
+
+    def _render_whole(self, request) -> bytes:
+        """static.File's answer without a Range (Last-Modified, Content-Type and -Length,
+        HEAD) for a body already in memory: returned at once, no producer."""
+        if request.setLastModified(self._stat.st_mtime) == http.CACHED:
+            return b""
+        if self.type is None:
+            self.type, self.encoding = getTypeAndEncoding(
+                self.basename(), self.contentTypes, self.contentEncodings, self.defaultType)
+        self._setContentHeaders(request)
+        return b"" if request.method == b"HEAD" else self._opened.getvalue()
 
     def restat(self, reraise=True):
         """The opened file's stat is all this resource needs (no stat of the name)."""
 
     def makeProducer(self, request, fileForReading):
-        if isinstance(fileForReading, io.BytesIO) and request.getHeader(b"range") is None:
-            self._setContentHeaders(request)
-            request.setResponseCode(http.OK)
-            return _WholeBody(request, fileForReading.getvalue())
         producer = super().makeProducer(request, fileForReading)
         producer.bufferSize = DOWNLOAD_CHUNK  # fewer, larger reads and socket writes
         return producer
 
     def directoryListing(self):
         raise SyncError("NOT_FOUND", "not a file")
-
-
-@attrs.define
-class _WholeBody:
-    """A small file's bytes, already in memory, sent in one write (no producer)."""
-
-    request: object
-    data: bytes
-
-    def start(self) -> None:
-        if self.request.channel is not None:  # None once the client has gone
-            self.request.write(self.data)
-            self.request.finish()
 
 
 class FileApi:
@@ -215,7 +211,8 @@ class FileApi:
             answer.addErrback(lambda failure: None)  # decided again by the route
 
     async def _authorize(self, request, role: str):
-        return await maybeDeferred(self.authorizer.authorize_request, request, role)
+        answer = self.authorizer.authorize_request(request, role)
+        return (await answer) if isinstance(answer, Deferred) else answer
 
     def _path(self, request, source_client: str) -> str:
         """The validated ``path`` query parameter, resolved inside the root."""
