@@ -73,7 +73,28 @@ class _MemoryBudget:
 UPLOAD_MEMORY = _MemoryBudget(64 * 1024 * 1024)
 
 
-class UploadSpool:
+class _Body:
+    """What Twisted sees of a spooled request body (``read()`` answers ``b""``, so its
+    form parsing never loads the body), and the digest of everything written."""
+
+    size = 0
+
+    @property
+    def sha256(self) -> str:
+        """The hex digest of everything written; only meaningful after ``finish()``."""
+        return self._digest.hexdigest()
+
+    def read(self, *args) -> bytes:
+        return b""
+
+    def seek(self, *args) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return self.size
+
+
+class UploadSpool(_Body):
     """A temp file inside the state directory that hashes what is written to it.
 
     Used as the request body of uploads (see :mod:`quantum_sync.server.site`), so a
@@ -87,8 +108,6 @@ class UploadSpool:
     reading from the network) and ``on_drained()`` is called, from a writing thread,
     once there is room again. Besides that, each spool gathers at most one
     :data:`BLOCK` before handing it on.
-
-    ``read()`` answers ``b""`` so Twisted's form parsing never loads the body.
     """
 
     BLOCK = 1024 * 1024
@@ -203,20 +222,6 @@ class UploadSpool:
 
     # -- the end ----------------------------------------------------------------------
 
-    @property
-    def sha256(self) -> str:
-        """The hex digest of everything written; only meaningful after :meth:`finish`."""
-        return self._digest.hexdigest()
-
-    def read(self, *args) -> bytes:
-        return b""
-
-    def seek(self, *args) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return self.size
-
     def finish(self) -> None:
         """Hash and write what is left, fsync and close the file (blocking: run it in a
         thread). The spool keeps its path for the rename."""
@@ -262,7 +267,7 @@ class UploadSpool:
 SMALL_BODY = 256 * 1024
 
 
-class MemorySpool:
+class MemorySpool(_Body):
     """A small upload body kept in memory and hashed as it arrives (on the reactor: a few
     microseconds a chunk). The group commit writes, fsyncs and renames it (see
     :meth:`Store.stage`), so a small upload costs no temp file or thread of its own.
@@ -302,19 +307,6 @@ class MemorySpool:
         if len(self._chunks) != 1:
             self._chunks = [b"".join(self._chunks)]
         return self._chunks[0]
-
-    @property
-    def sha256(self) -> str:
-        return self._digest.hexdigest()
-
-    def read(self, *args) -> bytes:
-        return b""
-
-    def seek(self, *args) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return self.size
 
     def finish(self) -> None:
         """Nothing left to do: the body is written by the group commit."""
