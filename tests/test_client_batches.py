@@ -76,12 +76,16 @@ async def test_a_thread_batcher_takes_everything_waiting_in_one_call(reactor):
         return [ValueError(i) if i == "bad" else i.upper() for i in items]
 
     batcher = ThreadBatcher(reactor, work)
-    results = [batcher.submit(i) for i in ("a", "b", "bad", "c")]
-    assert await results[0] == "A"
-    assert await results[1] == "B" and await results[3] == "C"
+    results = [batcher.submit(i) for i in ("a", "b", "bad")]
+    later = results[0].addCallback(lambda r: [r, batcher.submit("d"), batcher.submit("e")])
+    results.append(batcher.submit("c"))
+    first, d, e = await later
+    assert first == "A" and await results[1] == "B" and await results[3] == "C"
+    assert (await d, await e) == ("D", "E")
     with pytest.raises(ValueError):
         await results[2]
-    assert calls == [["a"], ["b", "bad", "c"]]  # the first ran at once, the rest waited together
+    # what one reactor turn submitted went together; what came while it ran, in the next call
+    assert calls == [["a", "b", "bad", "c"], ["d", "e"]]
 
 
 @pytest_twisted.ensureDeferred

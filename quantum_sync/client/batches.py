@@ -24,7 +24,9 @@ class ThreadBatcher:
         d = defer.Deferred()
         self._waiting.append((item, d))
         if not self._running:
-            self._next()
+            # start on the reactor's next turn: what else this turn submits joins the batch
+            self._running = True
+            self._reactor.callLater(0, self._next)
         return d
 
     def _next(self):

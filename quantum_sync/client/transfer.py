@@ -172,6 +172,8 @@ class ServerClient:
         if token:
             self._headers["Authorization"] = [f"Bearer {token}"]
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
+        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
+        self._raw_headers[b"Host"] = [urlsplit(self.server_url).netloc.rpartition("@")[2].encode("idna")]
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
