@@ -37,10 +37,23 @@ def test_a_small_file_is_read_with_its_hash_and_a_large_one_is_left_to_its_own_c
 
 def test_a_batch_of_versions_resolves_paths_and_keeps_each_failure_to_its_item(tmp_path):
     (tmp_path / "a").write_bytes(b"a")
-    results = localfs.versions(str(tmp_path), [("a", None), ("../out", None), ("gone", None)], keep=10, hash_limit=10)
+    items = [("a", None, True), ("../out", None, True), ("gone", None, True), ("a", None, False)]
+    results = localfs.versions(str(tmp_path), items, keep=10, hash_limit=10)
     assert results[0].data == b"a"
     assert isinstance(results[1], Exception)  # INVALID_PATH, never read
     assert results[2] is None
+    assert results[3].data is None and results[3].entry.hash == sha(b"a")
+
+
+def test_bytes_are_kept_only_within_the_budget(tmp_path):
+    for name in "abc":
+        (tmp_path / name).write_bytes(name.encode() * 40)
+    budget = localfs.ByteBudget(100)
+    kept = [localfs.version(str(tmp_path / n), None, keep=64, budget=budget) for n in "abc"]
+    assert [v.data is not None for v in kept] == [True, True, False]  # the third does not fit
+    assert kept[2].entry.hash == sha(b"c" * 40) and budget.held == 80
+    budget.give(40)
+    assert localfs.version(str(tmp_path / "c"), None, keep=64, budget=budget).data == b"c" * 40
 
 
 def test_install_many_installs_each_and_never_replaces_a_changed_file(tmp_path):

@@ -52,8 +52,10 @@ UNKNOWN = object()
 FETCH = object()
 #: A local change reported without the stat the watcher saw.
 UNSEEN = object()
-#: Files up to this size are read with their hash and uploaded from memory.
+#: Files up to this size are read with their hash and uploaded from memory...
 INLINE_UPLOAD = 64 * 1024
+#: ...while the bytes held that way stay below this (beyond it, uploads stream from disk).
+INLINE_BUDGET = 16 << 20
 
 PROGRESS_EVERY = 2.0
 PLAN_CONCURRENCY = 16
@@ -108,8 +110,10 @@ class Engine:
         self._deletes = DeleteGate(reactor, self._count_missing, allow_mass_delete)
         self.growing = GrowingHashes(folder)  # fed by the watcher (FolderWatcher on_grow)
         self._seen = {}  # path → the stat the watcher saw last, until its job looks
+        self._inline = localfs.ByteBudget(INLINE_BUDGET)
         self._versions = ThreadBatcher(
-            reactor, lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER)
+            reactor,
+            lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER, budget=self._inline),
         )
         self._installs = ThreadBatcher(reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items))
         #: The watcher is running: a local change after a read is reported to us anyway.
@@ -268,9 +272,11 @@ class Engine:
 
         self._retry_calls[path] = self.reactor.callLater(delay or self.retry_delay, fire)
 
-    async def _local_version(self, path):
+    async def _local_version(self, path, with_bytes=False):
+        """The local version of ``path``; ``with_bytes``: a small file's bytes come with it,
+        and the caller gives them back to ``self._inline`` when done."""
         base = self.state.base(path)
-        local = await self._versions.submit((path, base))
+        local = await self._versions.submit((path, base, with_bytes))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
             take = functools.partial(self.growing.take, path)
             local = await deferToThread(localfs.version, self.abspath(path), base, prehashed=take)
@@ -281,7 +287,14 @@ class Engine:
         base = self.state.base(path)
         if await self._download_onto_base(path, hint, base):
             return
-        local = await self._local_version(path)
+        local = await self._local_version(path, with_bytes=True)
+        try:
+            return await self._sync_local(path, hint, base, local)
+        finally:
+            if local is not None and local.data is not None:
+                self._inline.give(len(local.data))
+
+    async def _sync_local(self, path, hint, base, local):
         if self.is_ignored(path, bool(local and local.entry.is_directory)):
             return
         base_entry = base.entry if base else None

@@ -14,6 +14,7 @@ import hashlib
 import os
 import stat as stat_module
 import tempfile
+import threading
 
 import attrs
 
@@ -69,6 +70,27 @@ def lstat(abspath: str):
 UNHASHED = object()
 
 
+class ByteBudget:
+    """How many bytes of file contents may be held in memory at once (thread-safe)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more bytes as held, if they fit."""
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
 def unchanged(st, base) -> bool:
     """Whether the file stat ``st`` is the one recorded with ``base`` (then its content is
     taken to be the base's, unread)."""
@@ -81,10 +103,11 @@ def unchanged(st, base) -> bool:
     )
 
 
-def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, prehashed=None):
+def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, prehashed=None, budget=None):
     """The :class:`LocalVersion` of ``abspath`` or None; hashing is skipped when size and
     mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`).
-    A file of at most ``keep`` bytes is read whole and its bytes come with the version;
+    A file of at most ``keep`` bytes is read whole and its bytes come with the version
+    (when they fit in ``budget``, a :class:`ByteBudget` the caller gives them back to);
     one above ``hash_limit`` that needs hashing gives :data:`UNHASHED` instead.
     ``prehashed(size)`` may supply the digest of a file hashed while it was written
     (:mod:`~quantum_sync.client.prehash`; the server checks it)."""
@@ -98,14 +121,23 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
     if hash_limit is not None and st.size > hash_limit:
         return UNHASHED
     data = None
-    if st.size <= keep:
-        with open(abspath, "rb") as f:
-            data = f.read(keep + 1)
+    if st.size <= keep and (budget is None or budget.take(st.size)):
+        try:
+            with open(abspath, "rb") as f:
+                data = f.read(keep + 1)
+            if len(data) != st.size:
+                raise LocalChanged(abspath)
+        except BaseException:
+            if budget is not None:
+                budget.give(st.size)
+            raise
         digest = hashlib.sha256(data).hexdigest()
     else:
         digest = (prehashed and prehashed(st.size)) or sha256_file(abspath)
     after = lstat(abspath)
-    if after != st or (data is not None and len(data) != st.size):
+    if after != st:
+        if data is not None and budget is not None:
+            budget.give(st.size)
         raise LocalChanged(abspath)  # still being written: try again later
     suspect = (
         base is not None
@@ -117,13 +149,14 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
     return LocalVersion(Entry(digest, st.size, False), st, suspect, data)
 
 
-def versions(folder: str, items, keep: int, hash_limit: int) -> list:
-    """:func:`version` of each ``(path, base)`` in ``folder`` (``path`` relative, resolved
-    here); an item that fails (INVALID_PATH too) gives its exception."""
+def versions(folder: str, items, keep: int, hash_limit: int, budget=None) -> list:
+    """:func:`version` of each ``(path, base, with_bytes)`` in ``folder`` (``path`` relative,
+    resolved here; ``with_bytes``: read a file of at most ``keep`` bytes whole, within
+    ``budget``); an item that fails (INVALID_PATH too) gives its exception."""
     results = []
-    for path, base in items:
+    for path, base, with_bytes in items:
         try:
-            results.append(version(resolve(folder, path), base, keep, hash_limit))
+            results.append(version(resolve(folder, path), base, keep if with_bytes else 0, hash_limit, budget=budget))
         except Exception as e:
             results.append(e)
     return results
