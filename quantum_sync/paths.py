@@ -17,6 +17,7 @@ only ``lstat``/``realpath`` and never write.
 """
 
 import os
+import stat
 import unicodedata
 
 from quantum_sync.errors import SyncError, invalid_path
@@ -121,19 +122,27 @@ def resolve(root: str, path: str) -> str:
     path = normalize(path)
     real_root = os.path.realpath(root)
     state_real = os.path.join(real_root, STATE_DIR_NAME)
-    current = real_root
-    for segment in path.split("/"):
+    segments = path.split("/")
+    absolute = os.path.join(real_root, *segments)
+    current, linked = real_root, False
+    for segment in segments:
         current = os.path.join(current, segment)
-        if os.path.islink(current):
+        try:
+            st = os.lstat(current)
+        except OSError:
+            break  # missing (or unreadable): nothing below it can be a link
+        if stat.S_ISLNK(st.st_mode):
+            linked = True
             target = os.path.realpath(current)
             if not _within(target, real_root):
                 raise invalid_path("the path leads outside the root through a symlink")
             if _within(target, state_real):
                 raise invalid_path(f"the path leads into {STATE_DIR_NAME}")
-    final = os.path.realpath(current)
-    if not _within(final, real_root) or _within(final, state_real) or final == real_root:
-        raise invalid_path("the path leads outside the root")
-    return current
+    if linked:  # without a link, the joined name is its own real path, inside the root
+        final = os.path.realpath(absolute)
+        if not _within(final, real_root) or _within(final, state_real) or final == real_root:
+            raise invalid_path("the path leads outside the root")
+    return absolute
 
 
 def relative_from_disk(root: str, absolute: str):
