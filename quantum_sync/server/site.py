@@ -38,7 +38,7 @@ def redact(uri: bytes) -> str:
     """The request URI with the value of every query parameter that Twisted would read
     as ``token`` (percent-encoded names such as ``%74oken`` included) hidden, for logs."""
     path, question, query = uri.partition(b"?")
-    if question:
+    if question and (b"token" in query or b"%" in query):  # else no name can read "token"
         parts = []
         for part in query.split(b"&"):
             name, equals, _ = part.partition(b"=")
