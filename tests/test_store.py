@@ -179,14 +179,20 @@ def test_scan_names_every_entry_as_the_path_rules_do(store):
     assert {entry.path for entry in store.scan("sub")} == {p for p in expected if p.startswith("sub")}
 
 
-def test_staged_bodies_install_atomically_and_are_recognised_once(store):
-    """A small body written by :meth:`Store.stage` is mode 0644, fsynced under the temp
-    directory and renamed into place; the root watcher's check (own_write) says yes to
-    that install once, and never to a file another program put there afterwards."""
+@pytest.mark.parametrize("nameless", [True, False])
+def test_staged_bodies_install_atomically_and_are_recognised_once(store, nameless):
+    """A small body written by :meth:`Store.stage` (a nameless O_TMPFILE, or a named
+    temp where that is not supported) is mode 0644 and fsynced before it gets its name;
+    it is linked in place when the name is free and replaces the file there otherwise.
+    The root watcher's check (own_write) says yes to each install once, and never to a
+    file another program put there afterwards."""
+    store._nameless = nameless
     temp, st = store.stage(b"small body")
-    assert os.path.dirname(temp) == store.temp_dir and st.st_size == 10
-    assert os.stat(temp).st_mode & 0o777 == 0o644
+    assert isinstance(temp, int) is nameless and st.st_size == 10
+    assert (os.fstat(temp) if nameless else os.stat(temp)).st_mode & 0o777 == 0o644
+    assert os.listdir(store.temp_dir) == ([] if nameless else [os.path.basename(temp)])
     created, target = store.install_staged(temp, st, "d/f.bin")
+    store.discard(temp)
     assert created == ["d"] and target == os.path.join(store.root, "d", "f.bin")
     assert os.listdir(store.temp_dir) == []
     with open(target, "rb") as f:
@@ -195,12 +201,20 @@ def test_staged_bodies_install_atomically_and_are_recognised_once(store):
     assert store.own_write(target) is False  # recognised once only
     assert store.own_write(os.path.join(store.root, "never-installed")) is False
 
-    temp, st = store.stage(b"ours")
+    temp, st = store.stage(b"ours, replacing")  # the name is taken now
     store.install_staged(temp, st, "d/f.bin")
+    store.discard(temp)
+    assert os.listdir(store.temp_dir) == []
+    with open(target, "rb") as f:
+        assert f.read() == b"ours, replacing"
     with open(target + ".other", "wb") as f:
         f.write(b"theirs")
     os.replace(target + ".other", target)  # another program replaces it before the event
     assert store.own_write(target) is False
+
+    temp, _ = store.stage(b"never installed")
+    store.discard(temp)
+    assert os.listdir(store.temp_dir) == []
 
 
 def test_resolve_walks_only_below_the_root(tmp_path):

@@ -392,16 +392,17 @@ class FileOperations:
                 current = state[path] if path in state else self._current_blocking(path, cached.get(path))
                 _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
                 if waiting.temp_path is None:
-                    temp_path, temp_stat = self.store.stage(waiting.body)
+                    temp, temp_stat = self.store.stage(waiting.body)
+                    try:
+                        created, target = self.store.install_staged(temp, temp_stat, path)
+                    except BaseException:
+                        self.store.discard(temp)
+                        raise
+                    if isinstance(temp, int):
+                        self.store.discard(temp)  # linked in place: close it
                 else:
-                    temp_path = waiting.temp_path
-                    temp_stat = self.store.readied(temp_path)
-                try:
-                    created, target = self.store.install_staged(temp_path, temp_stat, path)
-                except BaseException:
-                    if waiting.temp_path is None:
-                        os.unlink(temp_path)
-                    raise
+                    temp_stat = self.store.readied(waiting.temp_path)
+                    created, target = self.store.install_staged(waiting.temp_path, temp_stat, path)
                 synced_by.setdefault(os.path.dirname(target), []).append(position)
                 entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns)
                 directories = [_metadata(d, "") for d in map(self.store.entry, created) if d]

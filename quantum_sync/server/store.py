@@ -373,6 +373,8 @@ class Store:
         #: the root watcher recognises the event of the rename (see :meth:`own_write`).
         self._installing = {}
         self._installing_lock = threading.Lock()
+        self._nameless = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._fd_dir = None  # (pid, /proc/self/fd opened by it), see _link
 
     def prepare(self) -> None:
         """Create the root (when its parent exists) and the temp area; remove temps left
@@ -522,10 +524,21 @@ class Store:
         return created
 
     def stage(self, data: bytes) -> tuple:
-        """Write ``data`` to a new temp file, mode 0644, fsynced and closed; returns its
-        ``(name, stat)`` for :meth:`install_staged`."""
-        name = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_names)}")
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        """Write ``data`` to a new nameless temp file (``O_TMPFILE`` in the temp
+        directory; a named one where that is not supported), mode 0644, fsynced; returns
+        ``(temp, stat)`` for :meth:`install_staged`, ``temp`` being the open descriptor
+        of a nameless file or the name of a named one. Release it with :meth:`discard`."""
+        fd, name = None, None
+        if self._nameless:
+            try:
+                fd = os.open(self.temp_dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._nameless = False  # this file system cannot: named temps from now on
+        if fd is None:
+            name = self._temp_name()
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -536,20 +549,45 @@ class Store:
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            os.unlink(name)
+            if name is not None:
+                os.unlink(name)
             raise
+        if name is None:
+            return fd, st
         os.close(fd)
         return name, st
+
+    def discard(self, temp) -> None:
+        """Release what :meth:`stage` returned (after its install, or instead of it)."""
+        if isinstance(temp, int):
+            os.close(temp)
+            return
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+
+    def _temp_name(self) -> str:
+        return os.path.join(self.temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_names)}")
+
+    def _link(self, fd: int, name: str) -> None:
+        """Give the nameless file ``fd`` the name ``name`` (FileExistsError if taken)."""
+        if self._fd_dir is None or self._fd_dir[0] != os.getpid():  # "self" of this process
+            self._fd_dir = (os.getpid(), os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        os.link(str(fd), name, src_dir_fd=self._fd_dir[1], follow_symlinks=True)
 
     def readied(self, temp_path: str):
         """Make a finished spool's temp file mode 0644; its stat for :meth:`install_staged`."""
         os.chmod(temp_path, 0o644)
         return os.lstat(temp_path)
 
-    def install_staged(self, temp_path: str, temp_stat, path: str) -> tuple:
-        """Rename a finished temp file (``temp_stat``: its stat) onto ``path``, without
-        the directory fsync; returns ``(created parent directories, on-disk name)``.
-        The root watcher recognises the rename as the server's own (:meth:`own_write`)."""
+    def install_staged(self, temp, temp_stat, path: str) -> tuple:
+        """Put a finished temp file (``temp_stat``: its stat) at ``path``, without the
+        directory fsync; returns ``(created parent directories, on-disk name)``. A
+        nameless file (see :meth:`stage`) is linked in place when the name is free, else
+        named in the temp directory first; a named one is renamed onto ``path``. Either
+        way the file appears whole, and the root watcher recognises it as the server's
+        own (:meth:`own_write`)."""
         target, st, parents_exist = self._walk(path)
         created = []
         if not parents_exist:
@@ -563,7 +601,22 @@ class Store:
                 self._installing.clear()
             self._installing[target] = key
         try:
-            os.replace(temp_path, target)
+            if isinstance(temp, int):
+                if st is None:
+                    try:
+                        self._link(temp, target)
+                        return created, target
+                    except FileExistsError:
+                        pass  # someone else's file appeared meanwhile: replace it, as below
+                name = self._temp_name()
+                self._link(temp, name)
+                try:
+                    os.replace(name, target)
+                except BaseException:
+                    os.unlink(name)
+                    raise
+            else:
+                os.replace(temp, target)
         except BaseException:
             with self._installing_lock:
                 self._installing.pop(target, None)
