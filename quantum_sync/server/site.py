@@ -1,7 +1,7 @@
 """The HTTP site: request bodies, routing from the config, access log.
 
-- :class:`SyncRequest` streams upload bodies into a hashing temp file in the state
-  directory and enforces ``max_upload_size`` (Content-Length before reading; counted
+- :class:`SyncRequest` hashes upload bodies as they arrive, keeping a small one in
+  memory and streaming any other into a temp file in the state directory, and enforces ``max_upload_size`` (Content-Length before reading; counted
   for chunked bodies), answering 413 at once.
 - :class:`RootResource` sends ``/ws/health`` (and the monitoring endpoints) anywhere,
   routed paths to the ``file_sync`` handler (REST API, WebSocket), everything else 404.
