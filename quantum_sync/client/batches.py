@@ -24,9 +24,7 @@ class ThreadBatcher:
         d = defer.Deferred()
         self._waiting.append((item, d))
         if not self._running:
-            # start on the reactor's next turn: what else this turn submits joins the batch
-            self._running = True
-            self._reactor.callLater(0, self._next)
+            self._next()
         return d
 
     def _next(self):
