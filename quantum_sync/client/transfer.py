@@ -172,8 +172,11 @@ class ServerClient:
         if token:
             self._headers["Authorization"] = [f"Bearer {token}"]
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
+        parts = urlsplit(self.server_url)
+        netloc = parts.netloc.rpartition("@")[2].encode("idna")
+        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
         # with its Host header given, Agent sends a transfer's headers as they are (no copy)
-        self._raw_headers[b"Host"] = [urlsplit(self.server_url).netloc.rpartition("@")[2].encode("idna")]
+        self._raw_headers[b"Host"] = [netloc]
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
@@ -214,7 +217,7 @@ class ServerClient:
         """A transfer's request (``path`` with ``?path=file_path``, no timeout) on the Agent
         itself: treq's URL, cookie and redirect layers cost more than a small file."""
         self._check_paused(method, path)
-        url = f"{self.server_url}{path}?path={quote(file_path, safe='')}".encode("ascii")
+        url = self._transfer_prefix + f"{path}?path={quote(file_path, safe='')}".encode("ascii")
         all_headers = dict(self._raw_headers)
         all_headers.update(headers or {})
         return await self._answer(method, path, self._agent.request(method.encode("ascii"), url, Headers(all_headers), body))
