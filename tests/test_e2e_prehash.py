@@ -24,6 +24,14 @@ def full_hashes(monkeypatch):
     return seen
 
 
+async def following_client(server, clients, monkeypatch):
+    """Files from 2 MiB are followed while written; (the full hashes seen, client a, 12 blocks of 1 MiB)."""
+    monkeypatch.setattr(prehash, "MIN_SIZE", 2 * BLOCK)
+    hashed = full_hashes(monkeypatch)
+    a = await clients.start(server[0], "a")
+    return hashed, a, [os.urandom(BLOCK) for _ in range(12)]
+
+
 async def write_slowly(reactor, path, blocks, before_close=None):
     with open(path, "wb") as f:
         for block in blocks:
@@ -36,10 +44,7 @@ async def write_slowly(reactor, path, blocks, before_close=None):
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_written_front_to_back_is_not_read_twice(reactor, server, clients, monkeypatch):
-    monkeypatch.setattr(prehash, "MIN_SIZE", 2 * BLOCK)
-    hashed = full_hashes(monkeypatch)
-    a = await clients.start(server[0], "a")
-    blocks = [os.urandom(BLOCK) for _ in range(12)]
+    hashed, a, blocks = await following_client(server, clients, monkeypatch)
     await write_slowly(reactor, os.path.join(a.config.folder, "big.bin"), blocks)
     data = b"".join(blocks)
     await wait_for(reactor, lambda: read(server[0].root, "big.bin") == data, what="the upload")
@@ -48,10 +53,7 @@ async def test_a_file_written_front_to_back_is_not_read_twice(reactor, server, c
 
 @pytest_twisted.ensureDeferred
 async def test_a_rewrite_the_growing_hash_missed_is_caught_and_sent_right(reactor, server, clients, monkeypatch):
-    monkeypatch.setattr(prehash, "MIN_SIZE", 2 * BLOCK)
-    hashed = full_hashes(monkeypatch)
-    a = await clients.start(server[0], "a")
-    blocks = [os.urandom(BLOCK) for _ in range(12)]
+    hashed, a, blocks = await following_client(server, clients, monkeypatch)
 
     def rewrite_the_start(f):
         f.seek(0)
