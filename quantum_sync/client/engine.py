@@ -486,12 +486,14 @@ class Engine:
 
     def _count_missing(self):
         """``(missing, synced)``: synced files gone from the folder now, of all synced files."""
-        synced = [p for p, b in self.state.bases.items() if not b.entry.is_directory and not self.is_ignored(p)]
+        files = [p for p, b in self.state.bases.items() if not b.entry.is_directory]
+        rules = self.rules
 
-        def count():
-            return sum(1 for p in synced if localfs.lstat(os.path.join(self.folder, p)) is None)
+        def count():  # matching and stat of every synced file: off the reactor
+            synced = [p for p in files if not rules.is_ignored(p, False)]
+            return sum(1 for p in synced if localfs.lstat(os.path.join(self.folder, p)) is None), len(synced)
 
-        return deferToThread(count).addCallback(lambda missing: (missing, len(synced)))
+        return deferToThread(count)
 
     async def _delete_remote(self, path, is_directory):
         if not await self._deletes.admit(path):
