@@ -1,49 +1,77 @@
-"""Blocking work for many items in one thread call.
+"""Work for many items in one call: one thread call, or one HTTP request.
 
-A burst of small jobs (stat and hash 2,000 new files, install 2,000 downloads) would cost
-a thread hop each; a :class:`ThreadBatcher` hands every item waiting to one call on the
-reactor's thread pool, and the items that arrive meanwhile to the next call.
+A burst of small jobs (stat and hash 2,000 new files, upload them, download and install
+2,000 others) would cost a thread hop or a request each; a :class:`Batcher` hands every
+item waiting to one call, and the items that arrive meanwhile to the next one. Nothing
+waits for a batch to fill: an item submitted while a call slot is free goes at once.
 """
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 
 
-class ThreadBatcher:
-    """Runs ``work(items)`` on a thread, one batch at a time. ``work`` is blocking and
-    returns one result per item, in order: an exception instance fails that item only."""
+class Batcher:
+    """Runs ``send(items)`` for the submitted items, a batch at a time per call slot
+    (``concurrency`` slots), at most ``max_items`` items and (given ``size``) about
+    ``max_size`` of ``size(item)`` together in one batch. ``send`` returns (a Deferred
+    of) one result per item, in order: an exception instance fails that item only; a
+    failure of the whole call fails every item of its batch."""
 
-    def __init__(self, reactor, work):
-        self._reactor = reactor
-        self._work = work
+    def __init__(self, send, concurrency: int = 1, max_items: int = None, max_size: int = None, size=None):
+        self._send = send
+        self._slots = concurrency
+        self._max_items = max_items
+        self._max_size = max_size
+        self._size = size
         self._waiting = []
-        self._running = False
 
     def submit(self, item) -> defer.Deferred:
         """A Deferred that fires with ``item``'s result (or fails with its exception)."""
         d = defer.Deferred()
         self._waiting.append((item, d))
-        if not self._running:
-            self._next()
+        self._next()
         return d
 
+    def _take(self) -> list:
+        """The next batch from the front of the queue (at least one item)."""
+        end = len(self._waiting) if self._max_items is None else min(len(self._waiting), self._max_items)
+        if self._size is not None and self._max_size is not None:
+            total = 0
+            for count, (item, _) in enumerate(self._waiting[:end]):
+                total += self._size(item)
+                if total > self._max_size and count:
+                    end = count
+                    break
+        batch, self._waiting = self._waiting[:end], self._waiting[end:]
+        return batch
+
     def _next(self):
-        batch, self._waiting = self._waiting, []
-        self._running = bool(batch)
-        if not batch:
+        if not self._waiting or not self._slots:
             return
-        ran = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._work, [item for item, _ in batch])
-        ran.addCallbacks(self._done, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        batch = self._take()
+        self._slots -= 1
+        sent = defer.maybeDeferred(self._send, [item for item, _ in batch])
+        sent.addCallbacks(self._done, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _done(self, results, batch):
+        # the slot is given back after the callbacks: what they submit goes in the next batch
         for (_, d), result in zip(batch, results):
             if isinstance(result, BaseException):
                 d.errback(result)
             else:
                 d.callback(result)
+        self._slots += 1
         self._next()
 
     def _failed(self, failure, batch):
         for _, d in batch:
             d.errback(failure)
+        self._slots += 1
         self._next()
+
+
+class ThreadBatcher(Batcher):
+    """Runs blocking ``work(items)`` on the reactor's thread pool, one batch at a time."""
+
+    def __init__(self, reactor, work):
+        super().__init__(lambda items: deferToThreadPool(reactor, reactor.getThreadPool(), work, items))

@@ -19,7 +19,7 @@ import threading
 import attrs
 
 from quantum_sync.client.reconcile import Entry
-from quantum_sync.diskio import fsync_directory, sha256_file
+from quantum_sync.diskio import fsync_all, fsync_directory, sha256_file
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk, resolve
 
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
@@ -226,10 +226,16 @@ def make_parents(folder: str, abspath: str) -> None:
 def _place(folder: str, staged: str, abspath: str, expected, modified: float) -> LocalStat:
     """Give ``staged`` the server's mtime and rename it onto ``abspath`` if that is still
     ``expected``; the stat it was installed with (the directory is not fsynced yet)."""
+    os.utime(staged, (modified, modified))
+    return _rename_if(folder, staged, abspath, expected)
+
+
+def _rename_if(folder: str, staged: str, abspath: str, expected) -> LocalStat:
+    """Rename ``staged`` onto ``abspath`` if that is still ``expected``; the stat it was
+    installed with."""
     make_parents(folder, abspath)
     if not _matches(abspath, expected):
         raise LocalChanged(abspath)
-    os.utime(staged, (modified, modified))
     st = lstat(staged)
     os.replace(staged, abspath)
     return st
@@ -253,28 +259,50 @@ class Install:
     modified: float
 
 
+#: Files :func:`install_many` holds open at once at most (it works through more in turns).
+INSTALL_TURN = 128
+
+
 def install_many(folder: str, staging_dir: str, installs) -> list:
-    """Each :class:`Install` written to a file in ``staging_dir``, fsynced and installed as
-    :func:`install` does (its path resolved here, just before), then each directory written
-    to fsynced once. Per item its :class:`LocalStat`, or the exception that stopped it (the
-    others go on)."""
-    results, directories = [], set()
-    for item in installs:
-        fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
-        try:
+    """Each :class:`Install` written to a file in ``staging_dir`` with the server's mtime,
+    all of them made durable together (:func:`~quantum_sync.diskio.fsync_all`), then each
+    installed as :func:`install` does (its path resolved here, just before; renamed only if
+    the local file is still the one expected), then each directory written to fsynced once.
+    Per item its :class:`LocalStat`, or the exception that stopped it (the others go on)."""
+    results, directories = [None] * len(installs), set()
+    for start in range(0, len(installs), INSTALL_TURN):
+        turn = range(start, min(start + INSTALL_TURN, len(installs)))
+        written = []  # (position, descriptor, staged name) of the files written whole
+        for position in turn:
+            item = installs[position]
+            try:
+                fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+            except OSError as e:
+                results[position] = e
+                continue
             try:
                 view = memoryview(item.data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
+                os.utime(fd, (item.modified, item.modified))
+            except OSError as e:
                 os.close(fd)
-            abspath = resolve(folder, item.path)
-            results.append(_place(folder, staged, abspath, item.expected, item.modified))
-            directories.add(os.path.dirname(abspath))
-        except Exception as e:
-            unlink_quietly(staged)
-            results.append(e)
+                unlink_quietly(staged)
+                results[position] = e
+                continue
+            written.append((position, fd, staged))
+        synced = fsync_all([fd for _, fd, _ in written])
+        for (position, fd, staged), error in zip(written, synced):
+            os.close(fd)
+            try:
+                if error is not None:
+                    raise error
+                abspath = resolve(folder, installs[position].path)
+                results[position] = _rename_if(folder, staged, abspath, installs[position].expected)
+                directories.add(os.path.dirname(abspath))
+            except Exception as e:
+                unlink_quietly(staged)
+                results[position] = e
     for directory in directories:
         fsync_directory(directory)
     return results

@@ -24,6 +24,7 @@ import tempfile
 import time
 from urllib.parse import quote, urlsplit
 
+import attrs
 import treq
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
@@ -33,20 +34,46 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from quantum_sync import protocol
+from quantum_sync import batch, protocol
 from quantum_sync.client import staging
+from quantum_sync.client.batches import Batcher
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
+BATCH_UPLOAD = "/api/batch/upload"
+BATCH_DOWNLOAD = "/api/batch/download"
 UPLOAD_CHUNK = 1 << 20
 CHANGES_PAGE = 1000
 #: Transfers of at most this many bytes use the small lane, which allows
 #: :data:`SMALL_LANE_FACTOR` times the configured concurrency.
 SMALL_TRANSFER = 256 * 1024
 SMALL_LANE_FACTOR = 8
+#: Small transfers waiting at once travel together in batch requests (``/api/batch/``,
+#: :mod:`quantum_sync.batch`): at most this many files and about this many bytes a
+#: request, this many requests of each direction at once.
+BATCH_FILES = 256
+BATCH_BYTES = 4 << 20
+BATCHES_IN_FLIGHT = 2
+#: Bytes a download batch's manifest may take per file, beyond the files' contents.
+BATCH_MANIFEST_PER_FILE = 32 * 1024
 #: A 429 without a usable Retry-After pauses requests this long; a longer one is capped.
 DEFAULT_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 600.0
+
+
+@attrs.frozen
+class _SmallUpload:
+    path: str
+    sha256: str
+    if_match: str | None
+    data: bytes
+
+
+@attrs.frozen
+class _SmallDownload:
+    path: str
+    sha256: str
+    size: int
 
 
 class ServerUnavailable(Exception):
@@ -71,6 +98,22 @@ class CursorExpired(RequestRefused):
 
 class DownloadCorrupt(ServerUnavailable):
     """The downloaded bytes did not hash to what the server announced."""
+
+
+def refusal(what: str, status: int, code: str, message: str) -> Exception:
+    """The exception for an answer ``status`` with contract ``code`` (``what``: the
+    request, for the message): :class:`ServerUnavailable` for a 5xx or a 429, else a
+    :class:`RequestRefused` (or its subclass for 412 and 410)."""
+    if status >= 500 or status == 429:
+        return ServerUnavailable(f"{what}: {status} {code}: {message}")
+    cls = {412: PreconditionFailed, 410: CursorExpired}.get(status, RequestRefused)
+    return cls(status, code, message)
+
+
+async def _settled(deferreds) -> list:
+    """Per Deferred of ``deferreds``, its result or the exception it failed with."""
+    answers = await defer.DeferredList(list(deferreds), consumeErrors=True)
+    return [value if succeeded else value.value for succeeded, value in answers]
 
 
 def _tls_reason(failure):
@@ -180,6 +223,11 @@ class ServerClient:
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
+        self._batching = True  # until the server shows it has no batch endpoints
+        self._upload_batches = Batcher(self._upload_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
+                                       size=lambda job: len(job.data))
+        self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
+                                         size=lambda job: job.size)
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -214,10 +262,12 @@ class ServerClient:
         return await self._answer(method, path, requested)
 
     async def _transfer_request(self, method, path, file_path, headers=None, body=None):
-        """A transfer's request (``path`` with ``?path=file_path``, no timeout) on the Agent
-        itself: treq's URL, cookie and redirect layers cost more than a small file."""
+        """A transfer's request (``path`` with ``?path=file_path`` unless that is None, no
+        timeout) on the Agent itself: treq's URL, cookie and redirect layers cost more
+        than a small file."""
         self._check_paused(method, path)
-        url = self._transfer_prefix + f"{path}?path={quote(file_path, safe='')}".encode("ascii")
+        target = path if file_path is None else f"{path}?path={quote(file_path, safe='')}"
+        url = self._transfer_prefix + target.encode("ascii")
         all_headers = dict(self._raw_headers)
         all_headers.update(headers or {})
         return await self._answer(method, path, self._agent.request(method.encode("ascii"), url, Headers(all_headers), body))
@@ -249,9 +299,7 @@ class ServerClient:
             self._paused_until = self._reactor.seconds() + retry_after_seconds(response.headers.getRawHeaders(b"retry-after"))
         if status >= 500 or status == 429:
             self._drop_connections()
-            raise ServerUnavailable(f"{method} {path}: {status} {code}: {message}")
-        cls = {412: PreconditionFailed, 410: CursorExpired}.get(status, RequestRefused)
-        raise cls(status, code, message)
+        raise refusal(f"{method} {path}", status, code, message)
 
     async def _json(self, method, path, **kwargs):
         response = await self._request(method, path, **kwargs)
@@ -340,9 +388,43 @@ class ServerClient:
         """Send ``data`` (the file's bytes, when the caller holds them) or stream ``abspath``
         (``size`` bytes, when known) to ``path``; ``if_match`` is the hash the server must
         still hold (None: the path must be new). The stored FileMetadata."""
-        if data is not None:
-            size = len(data)
+        if data is not None:  # small: travels in a batch with the others waiting
+            return self._upload_batches.submit(_SmallUpload(path, sha256, if_match, data))
         return self._lane(size).run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match, data)))
+
+    async def _upload_batch(self, jobs) -> list:
+        """Send the small uploads ``jobs``: one request for all of them (a single one
+        goes alone, as a plain upload); per job its FileMetadata or its exception."""
+        if len(jobs) == 1 or not self._batching:
+            return await _settled(
+                self._small_transfers.run(lambda j=j: defer.ensureDeferred(self._upload(j.path, None, j.sha256, j.if_match, j.data)))
+                for j in jobs)
+        manifest = batch.upload_manifest([(j.path, len(j.data), j.sha256, j.if_match) for j in jobs])
+        body = _BytesBody(batch.encode(manifest, [j.data for j in jobs]))
+        response = await self._batch_request(BATCH_UPLOAD, body)
+        if response is None:
+            return await self._upload_batch(jobs)
+        try:
+            results = batch.parse_upload_answer(json.loads(await treq.content(response)), [j.path for j in jobs])
+        except (ValueError, SyncError):
+            raise ServerUnavailable("upload batch: malformed answer") from None
+        return [self._item_refusal("upload", j.path, r) if isinstance(r, batch.ItemError) else r for j, r in zip(jobs, results)]
+
+    async def _batch_request(self, path, body):
+        """POST a batch to ``path``; None (and no batches from now on) when the server
+        has no such endpoint."""
+        try:
+            return await self._transfer_request("POST", path, None, {b"Content-Type": [batch.CONTENT_TYPE]}, body)
+        except RequestRefused as e:
+            if e.status not in (404, 405):
+                raise
+            self.log.info("the server takes no batches; small files go one request each")
+            self._batching = False
+            return None
+
+    @staticmethod
+    def _item_refusal(what, path, item) -> Exception:
+        return refusal(f"{what} of {path}", item.status, item.code, item.message)
 
     async def _upload(self, path, abspath, sha256, if_match, data):
         headers = {b"X-Content-SHA256": [sha256.encode("ascii")], b"Content-Type": [b"application/octet-stream"]}
@@ -375,7 +457,51 @@ class ServerClient:
     def download_bytes(self, path: str, sha256: str, size: int):
         """The bytes of ``path``, announced as ``size`` bytes (at most
         :data:`SMALL_TRANSFER`), checked to hash to ``sha256``; held in memory."""
-        return self._small_transfers.run(lambda: defer.ensureDeferred(self._download_bytes(path, sha256, size)))
+        return self._download_batches.submit(_SmallDownload(path, sha256, size))
+
+    def _download_alone(self, job):
+        return self._small_transfers.run(lambda: defer.ensureDeferred(self._download_bytes(job.path, job.sha256, job.size)))
+
+    async def _download_batch(self, jobs) -> list:
+        """Fetch the small downloads ``jobs``: one request for all of them (a single one
+        goes alone); per job its checked bytes or its exception."""
+        if len(jobs) == 1 or not self._batching:
+            return await _settled(self._download_alone(j) for j in jobs)
+        response = await self._batch_request(BATCH_DOWNLOAD, _BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")))
+        if response is None:
+            return await self._download_batch(jobs)
+        limit, chunks, received = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs), [], [0]
+
+        def collect(chunk):
+            received[0] += len(chunk)
+            if received[0] > limit:
+                raise ServerUnavailable(f"download batch: the answer is longer than {limit} bytes")
+            chunks.append(chunk)
+
+        try:
+            await treq.collect(response, collect)
+        except ServerUnavailable:
+            raise  # treq closed the connection
+        except Exception as e:
+            raise ServerUnavailable(f"download batch interrupted: {e}") from None
+        try:
+            items = batch.parse_download_answer(b"".join(chunks), [j.path for j in jobs])
+        except SyncError as e:
+            raise ServerUnavailable(f"download batch: malformed answer: {e.message}") from None
+        results, alone = [], {}
+        for position, (job, item) in enumerate(zip(jobs, items)):
+            if isinstance(item, batch.ItemError):
+                if item.code == "TOO_LARGE":  # grown since announced, or the batch was full
+                    alone[position] = self._download_alone(job)
+                item = self._item_refusal("download", job.path, item)
+            elif hashlib.sha256(item[1]).hexdigest() != job.sha256:
+                item = DownloadCorrupt(f"download of {job.path}: content does not match its SHA-256")
+            else:
+                item = item[1]
+            results.append(item)
+        for position, outcome in zip(alone, await _settled(alone.values())):
+            results[position] = outcome
+        return results
 
     async def _download_bytes(self, path, sha256, size):
         response = await self._transfer_request("GET", "/api/download", path)

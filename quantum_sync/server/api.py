@@ -6,6 +6,7 @@ Upload bodies arrive already spooled and hashed by
 :class:`quantum_sync.server.site.SyncRequest` (small ones in memory, others in a temp file).
 """
 
+import hashlib
 import io
 import json
 import os
@@ -13,25 +14,27 @@ import stat
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web.resource import IResource
 from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from quantum_sync import paths
+from quantum_sync import batch, paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.operations import check_client_id
-from quantum_sync.server.store import SPOOLS
+from quantum_sync.server.store import SPOOLS, BatchSpool
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
 DOWNLOAD_CHUNK = 256 * 1024
-#: Files of at most this many bytes are read whole in the thread that opens them.
-SMALL_DOWNLOAD = 256 * 1024
+#: Files of at most this many bytes are read whole in the thread that opens them (and
+#: only such files travel in a download batch).
+SMALL_DOWNLOAD = batch.MAX_DOWNLOAD_FILE
 #: JSON request bodies up to this many bytes are parsed on the reactor, larger ones in a thread.
 JSON_INLINE = 64 * 1024
 #: More byte ranges than this in one request are ignored (the whole file is sent).
@@ -222,8 +225,13 @@ class FileApi:
         """``(path, on-disk name, its lstat or None)`` of the validated ``path`` query
         parameter."""
         raw = request.args.get(b"path", [None])[0]
+        return self._locate(lambda: query(request, "path"), raw, source_client, request)
+
+    def _locate(self, path_of, raw, source_client: str, request) -> tuple:
+        """``(path, on-disk name, its lstat or None)`` of the path ``path_of()`` returns
+        (``raw``: as received, for the alert a hostile one raises)."""
         try:
-            path = paths.normalize(query(request, "path"))
+            path = paths.normalize(path_of())
             return (path, *self.operations.store.look(path))
         except SyncError as error:
             if error.code == "INVALID_PATH":
@@ -279,10 +287,17 @@ class FileApi:
     async def download(self, request):
         await self._authorize(request, "read")
         path, absolute, st = self._located(request, client_id(request))
+        metadata, opened = await self._opened_version(path, absolute, st)
+        return HashedFile(absolute, metadata.hash, opened)
+
+    async def _opened_version(self, path: str, absolute: str, st) -> tuple:
+        """``(FileMetadata, _Opened)`` of the file stored at ``path`` (on-disk name
+        ``absolute``, lstat ``st``): the opened file and the metadata of exactly the
+        version opened (a small one's bytes already read)."""
         recent = self.operations.recent.get(path, st)
         if recent is not None:  # a small file just uploaded, still as it was stored
             metadata, body = recent
-            return HashedFile(absolute, metadata.hash, _Opened(io.BytesIO(body), st))
+            return metadata, _Opened(io.BytesIO(body), st)
         for _ in range(DOWNLOAD_ATTEMPTS):
             # one thread call opens the file (a small one is read whole) and reads its row
             opened, current = await self.operations.index.get_after(
@@ -301,7 +316,7 @@ class FileApi:
                 raise SyncError("INVALID_REQUEST", f"{path} is a directory")
             if opened is not None:
                 if _describes(current, opened):
-                    return HashedFile(absolute, metadata.hash, opened)
+                    return metadata, opened
                 opened.file.close()  # replaced between opening and hashing: again
         raise SyncError("CONFLICT", f"{path} keeps changing while being read; try again")
 
@@ -381,6 +396,95 @@ class FileApi:
             status = "conflict" if error.code == "CONFLICT" else "error"
             return {"status": status, "code": error.code, "message": error.message}
 
+    # -- batches of small files (quantum_sync.batch) ------------------------------
+
+    @app.route("/api/batch/upload", methods=["POST", "PUT"])
+    async def batch_upload(self, request):
+        """Many small files in one body: each is verified, installed (the group commit
+        takes them together), journalled and broadcast as its own upload would be, and
+        answered on its own."""
+        content = request.content
+        try:
+            await self._authorize(request, "write")
+            source = client_id(request)
+            if not self.operations.enable_upload:
+                raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+            limit = request.channel.site.max_upload_size if request.channel else None
+            items = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                            self._take_apart, content, limit)
+        finally:
+            if isinstance(content, SPOOLS):
+                content.close()
+        outcomes = await _each([self._batch_upload_one(item, data, source, request)
+                                for item, data in items])
+        return write_json(request, {"results": [batch.result_json(o) for o in outcomes],
+                                    "cursor": self.operations.head})
+
+    def _take_apart(self, content, limit) -> list:
+        """Blocking: ``(UploadItem, its bytes or its SyncError)`` per file of a batch body
+        (its path resolved, its size within ``limit``, its bytes hashed)."""
+        if isinstance(content, BatchSpool):
+            body = content.body
+        else:  # spooled by Twisted (the uploads' memory was taken)
+            content.seek(0)
+            body = content.read()
+        items, contents = batch.parse_upload(body)
+        taken = []
+        for item in items:
+            try:
+                if item.error is not None:
+                    raise item.error
+                self.operations.store.resolve(item.path)
+                if limit is not None and item.size > limit:
+                    raise SyncError("TOO_LARGE", f"{item.path} is larger than the limit of {limit} bytes")
+                data = item.content(contents)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != item.sha256:
+                    raise SyncError("HASH_MISMATCH", f"{item.path} hashes to {digest}, not {item.sha256}")
+            except SyncError as error:
+                data = error
+            taken.append((item, data))
+        return taken
+
+    async def _batch_upload_one(self, item, data, source: str, request):
+        """One file of an upload batch: its FileMetadata as stored, or its SyncError."""
+        if isinstance(data, SyncError):
+            if data.code == "INVALID_PATH":
+                self.operations.reject_path(item.path, data, source, _address(request))
+            return data
+        metadata, _ = await self.operations.upload(
+            item.path, _InMemoryBody(data), item.sha256, item.size, source,
+            if_match=item.if_match, if_none_match=item.if_none_match)
+        return metadata
+
+    @app.route("/api/batch/download", methods=["POST"])
+    async def batch_download(self, request):
+        """Many small files in one answer, each with the metadata of exactly the bytes
+        sent; a file that cannot be sent so is refused on its own."""
+        await self._authorize(request, "read")
+        source = client_id(request)
+        wanted = batch.parse_download_request(await read_json_body(request, self._reactor))
+        outcomes = await _each([self._batch_read_one(raw, source, request) for raw in wanted])
+        total = 0
+        for position, outcome in enumerate(outcomes):
+            if not isinstance(outcome, SyncError):
+                total += outcome[0].size
+                if total > batch.MAX_BODY:
+                    outcomes[position] = SyncError("TOO_LARGE", "the batch is full; fetch this file with /api/download")
+        request.setHeader(b"Content-Type", batch.CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return batch.download_answer(outcomes)
+
+    async def _batch_read_one(self, raw, source: str, request):
+        """One file of a download batch: ``(FileMetadata, content)``."""
+        path, absolute, st = self._locate(lambda: raw, raw, source, request)
+        metadata, opened = await self._opened_version(path, absolute, st)
+        if not isinstance(opened.file, io.BytesIO):
+            opened.file.close()
+            raise SyncError("TOO_LARGE", f"{path} is larger than {batch.MAX_DOWNLOAD_FILE} bytes; "
+                                         "fetch it with /api/download")
+        return metadata, opened.file.getvalue()
+
     # -- accounts ----------------------------------------------------------------
 
     @app.route("/api/v1/auth/login", methods=["POST"])
@@ -443,6 +547,28 @@ class _Dispatch(resource.Resource):
 
     def _unexpected(self, failure) -> None:
         FileApi.log.failure("writing an answer failed", failure)
+
+
+async def _each(coroutines) -> list:
+    """Run ``coroutines`` side by side (started in order); per coroutine its result, or
+    the SyncError it raised (any other exception is logged and answered as
+    INTERNAL_ERROR)."""
+    answers = await DeferredList([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
+    outcomes = []
+    for succeeded, value in answers:
+        if not succeeded and not value.check(SyncError):
+            FileApi.log.failure("unhandled error in a batch item", value)
+            value = Failure(SyncError("INTERNAL_ERROR", "internal server error"))
+        outcomes.append(value if succeeded else value.value)
+    return outcomes
+
+
+@attrs.frozen
+class _InMemoryBody:
+    """A file of a batch upload, as :meth:`FileOperations.upload` takes a small body."""
+
+    body: bytes
+    path = None
 
 
 @attrs.frozen

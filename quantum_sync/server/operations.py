@@ -382,39 +382,60 @@ class FileOperations:
     def _install_all(self, batch, cached) -> list:
         """The blocking part of :meth:`_install_uploads`: per upload, in order, a
         SyncError or ``(current, stored, created directories, (st_ino, st_size,
-        st_mtime_ns))``; an upload sees the ones
-        before it in the batch as the current state of its path."""
+        st_mtime_ns))``; an upload sees the ones before it in the batch as the current
+        state of its path.
+
+        In three passes, so that the disk's journal commits once for many files rather
+        than once per file: every precondition is checked (in order), then the bodies held
+        in memory are written and made durable together, then every upload is installed
+        (in order), then each directory written to is fsynced once."""
         state = {}  # path -> (FileMetadata, mtime_ns) | None, once known in this batch
-        results, synced_by = [], {}
-        for position, waiting in enumerate(batch):
-            path = waiting.path
+        results = []
+        for waiting in batch:
             try:
+                path = waiting.path
                 current = state[path] if path in state else self._current_blocking(path, cached.get(path))
                 _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
-                if waiting.temp_path is None:
-                    temp, temp_stat = self.store.stage(waiting.body)
-                    try:
-                        created, target = self.store.install_staged(temp, temp_stat, path)
-                    except BaseException:
-                        self.store.discard(temp)
-                        raise
-                    if isinstance(temp, int):
-                        self.store.discard(temp)  # linked in place: close it
-                else:
-                    temp_stat = self.store.readied(waiting.temp_path)
-                    created, target = self.store.install_staged(waiting.temp_path, temp_stat, path)
-                synced_by.setdefault(os.path.dirname(target), []).append(position)
-                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns)
-                directories = [_metadata(d, "") for d in map(self.store.entry, created) if d]
             except SyncError as error:
                 results.append(error)
                 continue
             except OSError as error:
                 results.append(storage_error(error))
                 continue
+            # what a later upload of the same path is checked against (its stat comes later)
+            state[path] = (FileMetadata(path, len(waiting.body or b""), 0, waiting.sha256), 0)
+            results.append(current)
+        in_memory = [p for p, w in enumerate(batch) if w.temp_path is None and not isinstance(results[p], SyncError)]
+        staged = dict(zip(in_memory, self.store.stage_many([batch[p].body for p in in_memory])))
+        broken, synced_by, state = set(), {}, {}
+        for position, waiting in enumerate(batch):
+            current, path = results[position], waiting.path
+            if isinstance(current, SyncError):
+                continue
+            if path in state:
+                current = state[path]  # an earlier upload of the batch, installed just now
+            try:
+                temp, temp_stat = self._staged_for(waiting, staged.get(position))
+                try:
+                    if path in broken:  # an earlier upload of this path failed: this one was based on it
+                        raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
+                    created, target = self.store.install_staged(temp, temp_stat, path)
+                except BaseException:
+                    if waiting.temp_path is None:
+                        self.store.discard(temp)
+                    raise
+                if isinstance(temp, int):
+                    self.store.discard(temp)  # linked in place: close it
+                synced_by.setdefault(os.path.dirname(target), []).append(position)
+                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns)
+                directories = [_metadata(d, "") for d in map(self.store.entry, created) if d]
+            except (SyncError, OSError) as error:
+                broken.add(path)
+                results[position] = error if isinstance(error, SyncError) else storage_error(error)
+                continue
             state[path] = _metadata(entry, waiting.sha256)
             st_key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
-            results.append((current, state[path], directories, st_key))
+            results[position] = (current, state[path], directories, st_key)
         for directory, positions in synced_by.items():
             try:
                 fsync_directory(directory)
@@ -422,6 +443,15 @@ class FileOperations:
                 for position in positions:
                     results[position] = storage_error(error)
         return results
+
+    def _staged_for(self, waiting, staged) -> tuple:
+        """``(temp, stat)`` of an upload ready to install: its body written by
+        :meth:`Store.stage_many` (``staged``), or its spool's finished temp file."""
+        if waiting.temp_path is not None:
+            return waiting.temp_path, self.store.readied(waiting.temp_path)
+        if isinstance(staged, OSError):
+            raise staged
+        return staged
 
     def _current_blocking(self, path: str, cached):
         """:meth:`_current`, blocking, given the index row ``cached`` of ``path``."""

@@ -18,15 +18,17 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 
+from quantum_sync import batch
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
 from quantum_sync.server.monitoring import monitoring_endpoints
-from quantum_sync.server.store import SMALL_BODY, SPOOLS, MemorySpool, UploadSpool
+from quantum_sync.server.store import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
 from quantum_sync.server.ws import websocket_resource
 
-#: Cap on bodies of non-upload requests (JSON for /api/sync and login).
-MAX_JSON_BODY = 16 * 1024 * 1024
+#: Cap on bodies of non-upload requests (JSON for /api/sync and login, batches).
+MAX_JSON_BODY = batch.MAX_BODY
 UPLOAD_PATH = b"/api/upload"
+BATCH_UPLOAD_PATH = b"/api/batch/upload"
 #: Seconds a refused (413) request may keep sending before the connection is cut.
 REFUSED_GRACE = 10
 #: Socket read size while an upload body streams in.
@@ -71,27 +73,46 @@ class SyncRequest(server.Request):
     def gotLength(self, length):
         site = self.channel.site
         target = getattr(self.channel, "_path", b"")
-        is_upload = (target.split(b"?")[0] == UPLOAD_PATH
-                     and getattr(self.channel, "_command", b"") in (b"POST", b"PUT"))
-        self._limit = site.max_upload_size if is_upload else MAX_JSON_BODY
+        writing = getattr(self.channel, "_command", b"") in (b"POST", b"PUT")
+        route = target.split(b"?")[0] if writing else None
+        self._limit = site.max_upload_size if route == UPLOAD_PATH else MAX_JSON_BODY
         if length is not None and self._limit is not None and length > self._limit:
             self._refuse(self._too_large())
             return
-        if is_upload:
+        if route == UPLOAD_PATH:
             self._start_upload(site, target, length)
+            return
+        if route == BATCH_UPLOAD_PATH:
+            self._start_batch(site, target, length)
             return
         super().gotLength(length)
 
-    def _start_upload(self, site, target: bytes, length):
-        """Check the caller may upload at all before a byte is stored, then spool: in
-        memory when the body is small (and all uploads' memory allows), else to a file."""
+    def _gate(self, site, target: bytes) -> bool:
+        """Whether the caller may upload at all (asked before a byte is stored); a
+        refusal is answered here."""
         if site.upload_gate is not None:
             self.args = http.parse_qs(target.partition(b"?")[2], 1)  # the gate may read ?token=
             try:
                 site.upload_gate(self)
             except SyncError as error:
                 self._refuse(error)
-                return
+                return False
+        return True
+
+    def _start_batch(self, site, target: bytes, length):
+        """A batch upload's body: in memory when all uploads' memory allows (else where
+        Twisted keeps bodies); the handler takes it apart."""
+        if not self._gate(site, target):
+            return
+        self.content = None if length is None else BatchSpool.reserve(length)
+        if self.content is None:
+            super().gotLength(length)
+
+    def _start_upload(self, site, target: bytes, length):
+        """Check the caller may upload at all before a byte is stored, then spool: in
+        memory when the body is small (and all uploads' memory allows), else to a file."""
+        if not self._gate(site, target):
+            return
         if length is not None and length <= SMALL_BODY:
             self.content = MemorySpool.reserve(length)
             if self.content is not None:

@@ -22,7 +22,7 @@ import threading
 import attrs
 
 from quantum_sync import paths
-from quantum_sync.diskio import Writeback, fsync_directory, sha256_file
+from quantum_sync.diskio import Writeback, fsync_all, fsync_directory, sha256_file
 from quantum_sync.errors import SyncError
 
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
@@ -358,6 +358,16 @@ class RecentBodies:
 
 
 #: What an upload body can be spooled into.
+class BatchSpool(MemorySpool):
+    """The body of a batch upload (:mod:`quantum_sync.batch`), held in memory within the
+    uploads' budget. Not hashed as it arrives: each file in it is hashed on its own."""
+
+    def write(self, data: bytes) -> bool:
+        self.size += len(data)
+        self._chunks.append(data)
+        return False
+
+
 SPOOLS = (UploadSpool, MemorySpool)
 
 
@@ -529,6 +539,42 @@ class Store:
         directory; a named one where that is not supported), mode 0644, fsynced; returns
         ``(temp, stat)`` for :meth:`install_staged`, ``temp`` being the open descriptor
         of a nameless file or the name of a named one. Release it with :meth:`discard`."""
+        (staged,) = self.stage_many([data])
+        if isinstance(staged, OSError):
+            raise staged
+        return staged
+
+    def stage_many(self, bodies) -> list:
+        """:meth:`stage` for each of ``bodies``, all written first and then made durable
+        together (:func:`~quantum_sync.diskio.fsync_all`); per body ``(temp, stat)`` or
+        the OSError that stopped it."""
+        written, outcomes = [], []
+        for data in bodies:
+            try:
+                written.append(self._write_temp(data))
+                outcomes.append(None)
+            except OSError as error:
+                outcomes.append(error)
+        synced = iter(fsync_all([fd for fd, _, _ in written]))
+        written = iter(written)
+        for position, outcome in enumerate(outcomes):
+            if outcome is not None:
+                continue
+            fd, name, st = next(written)
+            error = next(synced)
+            if name is not None or error is not None:
+                os.close(fd)
+            if error is not None:
+                if name is not None:
+                    os.unlink(name)
+                outcomes[position] = error
+            else:
+                outcomes[position] = (fd if name is None else name, st)
+        return outcomes
+
+    def _write_temp(self, data: bytes) -> tuple:
+        """``(descriptor, name or None, stat)`` of a new temp file holding ``data``, mode
+        0644, not yet fsynced (nameless where the file system can)."""
         fd, name = None, None
         if self._nameless:
             try:
@@ -547,16 +593,12 @@ class Store:
             st = os.fstat(fd)
             if stat.S_IMODE(st.st_mode) != 0o644:  # a umask took bits away
                 os.fchmod(fd, 0o644)
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             if name is not None:
                 os.unlink(name)
             raise
-        if name is None:
-            return fd, st
-        os.close(fd)
-        return name, st
+        return fd, name, st
 
     def discard(self, temp) -> None:
         """Release what :meth:`stage` returned (after its install, or instead of it)."""
