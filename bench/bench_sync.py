@@ -215,8 +215,13 @@ def measure_small(pair, count):
         with open(os.path.join(pair.dir_a, folder, f"s{i:05}.bin"), "wb") as f:
             f.write(data)
     target = os.path.join(pair.dir_b, folder)
+    last = os.path.join(target, f"s{count - 1:05}.bin")
 
     def arrived():
+        # listing thousands of names every few ms would take CPU from the daemons: the
+        # folder is listed only once the last file written is there
+        if not os.path.exists(last):
+            return False
         try:
             return len([n for n in os.listdir(target) if n.startswith("s") and n.endswith(".bin")]) >= count
         except OSError:

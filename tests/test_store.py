@@ -186,7 +186,7 @@ def test_staged_bodies_install_atomically_and_are_recognised_once(store, nameles
     it is linked in place when the name is free and replaces the file there otherwise.
     The root watcher's check (own_write) says yes to each install once, and never to a
     file another program put there afterwards."""
-    store._nameless = nameless
+    store._nameless.available = nameless
     temp, st = store.stage(b"small body")
     assert isinstance(temp, int) is nameless and st.st_size == 10
     assert (os.fstat(temp) if nameless else os.stat(temp)).st_mode & 0o777 == 0o644

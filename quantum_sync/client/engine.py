@@ -34,6 +34,7 @@ from quantum_sync.client.locks import PathLocks
 from quantum_sync.client.prehash import GrowingHashes
 from quantum_sync.client.reconcile import Action, Decision, Entry, decide, plan
 from quantum_sync.client.state import Base, tmp_dir
+from quantum_sync.client.transferlog import TransferLog
 from quantum_sync.client.transfer import (
     CursorExpired,
     DownloadCorrupt,
@@ -116,6 +117,7 @@ class Engine:
             lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER, budget=self._inline),
         )
         self._installs = ThreadBatcher(reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items))
+        self.transfers = TransferLog(reactor)
         #: The watcher is running: a local change after a read is reported to us anyway.
         self.watched = False
 
@@ -146,6 +148,7 @@ class Engine:
 
     def stop(self):
         self._stopped = True
+        self.transfers.flush()
         self._deletes.stop()
         self.growing.stop()
         for call in self._retry_calls.values():
@@ -206,7 +209,7 @@ class Engine:
         running = self._active.get(path)
         if stat is UNSEEN:
             self._seen.pop(path, None)
-        elif running is None and hint is UNKNOWN and self._untouched(path, stat):
+        elif running is None and hint is UNKNOWN and self.is_synced(path, stat):
             return defer.succeed(None)  # the watcher saw the synced version: nothing to do
         else:
             self._seen[path] = stat
@@ -223,7 +226,7 @@ class Engine:
         self._active.pop(path, None)
         return result
 
-    def _untouched(self, path, stat):
+    def is_synced(self, path, stat) -> bool:
         """Whether ``stat``, seen by the watcher, shows the synced version (or no file, and
         none synced): the same size-and-mtime rule that lets a scan skip hashing."""
         base = self.state.base(path)
@@ -234,7 +237,7 @@ class Engine:
             async with self._locks.hold(path):
                 hint = self._hints.pop(path, UNKNOWN)
                 seen = self._seen.pop(path, UNSEEN)
-                if hint is UNKNOWN and seen is not UNSEEN and self._untouched(path, seen):
+                if hint is UNKNOWN and seen is not UNSEEN and self.is_synced(path, seen):
                     continue  # a change already synced (our own download, or an upload's read)
                 await self._guard(self._sync_one(path, hint), path)
 
@@ -412,7 +415,7 @@ class Engine:
             raise
         self._went_online()
         self._record(path, meta, local.stat)
-        self.log.info("uploaded {path} ({size} bytes)", path=path, size=meta.size)
+        self.transfers.add("uploaded", path, meta.size)
         if path == IGNORE_FILE:
             await self._reload_rules()
         if not self.watched:
@@ -472,7 +475,7 @@ class Engine:
                 await deferToThread(localfs.unlink_quietly, staged)
                 raise
         self._record(path, remote, st)
-        self.log.info("downloaded {path} ({size} bytes)", path=path, size=remote.size)
+        self.transfers.add("downloaded", path, remote.size)
         if path == IGNORE_FILE:
             await self._reload_rules()
 

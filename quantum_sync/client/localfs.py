@@ -19,7 +19,7 @@ import threading
 import attrs
 
 from quantum_sync.client.reconcile import Entry
-from quantum_sync.diskio import fsync_all, fsync_directory, sha256_file
+from quantum_sync.diskio import NamelessFiles, fsync_all, fsync_directory, sha256_file
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk, resolve
 
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
@@ -230,6 +230,18 @@ def _place(folder: str, staged: str, abspath: str, expected, modified: float) ->
     return _rename_if(folder, staged, abspath, expected)
 
 
+def _link_new(folder: str, fd: int, abspath: str) -> LocalStat:
+    """Give the nameless file ``fd`` the name ``abspath``, which must not exist (else
+    LocalChanged: something appeared there meanwhile); the stat it was installed with."""
+    make_parents(folder, abspath)
+    try:
+        NAMELESS.link(fd, abspath)
+    except FileExistsError:
+        raise LocalChanged(abspath) from None
+    st = os.fstat(fd)
+    return LocalStat(st.st_size, st.st_mtime_ns, False)
+
+
 def _rename_if(folder: str, staged: str, abspath: str, expected) -> LocalStat:
     """Rename ``staged`` onto ``abspath`` if that is still ``expected``; the stat it was
     installed with."""
@@ -259,6 +271,7 @@ class Install:
     modified: float
 
 
+NAMELESS = NamelessFiles()
 #: Files :func:`install_many` holds open at once at most (it works through more in turns).
 INSTALL_TURN = 128
 
@@ -272,11 +285,16 @@ def install_many(folder: str, staging_dir: str, installs) -> list:
     results, directories = [None] * len(installs), set()
     for start in range(0, len(installs), INSTALL_TURN):
         turn = range(start, min(start + INSTALL_TURN, len(installs)))
-        written = []  # (position, descriptor, staged name) of the files written whole
+        written = []  # (position, descriptor, staged name or None) of the files written whole
         for position in turn:
             item = installs[position]
             try:
-                fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+                # a new file gets its name by a link (one "created" event, no rename for
+                # the watcher to pair); a file replaced, by a rename
+                fd = NAMELESS.open(staging_dir, 0o600) if item.expected is None else None
+                staged = None
+                if fd is None:
+                    fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
             except OSError as e:
                 results[position] = e
                 continue
@@ -293,22 +311,28 @@ def install_many(folder: str, staging_dir: str, installs) -> list:
             written.append((position, fd, staged))
         synced = fsync_all([fd for _, fd, _ in written])
         for (position, fd, staged), error in zip(written, synced):
-            os.close(fd)
             try:
                 if error is not None:
                     raise error
                 abspath = resolve(folder, installs[position].path)
-                results[position] = _rename_if(folder, staged, abspath, installs[position].expected)
+                if staged is None:
+                    results[position] = _link_new(folder, fd, abspath)
+                else:
+                    results[position] = _rename_if(folder, staged, abspath, installs[position].expected)
                 directories.add(os.path.dirname(abspath))
             except Exception as e:
                 unlink_quietly(staged)
                 results[position] = e
+            finally:
+                os.close(fd)
     for directory in directories:
         fsync_directory(directory)
     return results
 
 
 def unlink_quietly(name):
+    if name is None:
+        return
     try:
         os.unlink(name)
     except FileNotFoundError:

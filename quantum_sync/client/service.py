@@ -91,7 +91,7 @@ class SyncClientService(MultiService):
         )
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
-            on_grow=self.engine.growing.grew,
+            on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
         )
         if not config.initial_sync:
             self._watch()

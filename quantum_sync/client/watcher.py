@@ -122,8 +122,11 @@ class FolderWatcher(Service):
 
     log = Logger()
 
-    def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None):
+    def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None, is_synced=None):
         self._reactor = reactor
+        #: ``is_synced(path, stat)``: the stat shows the version already synced (the
+        #: client's own download landing), so a change to wait out is not worth a timer
+        self._is_synced = is_synced
         self._on_grow = on_grow
         self.folder = os.path.realpath(folder)
         self._on_change = on_change
@@ -167,7 +170,7 @@ class FolderWatcher(Service):
         # "report once quiet" moot: skip those instead of arming timers to cancel
         last_at_once = {item[1]: i for i, item in enumerate(items) if item[0] is CHANGE}
         for i, item in enumerate(items):
-            if item[0] is SETTLE and last_at_once.get(item[1], -1) > i:
+            if item[0] is SETTLE and (last_at_once.get(item[1], -1) > i or self._synced(item[1], item[2])):
                 continue
             try:
                 self._dispatch(*item)
@@ -184,6 +187,9 @@ class FolderWatcher(Service):
             self._on_change(path, other)
         else:
             self._debounce(path, other)
+
+    def _synced(self, path, stat) -> bool:
+        return self._is_synced is not None and path not in self._timers and self._is_synced(path, stat)
 
     def _cancel(self, path):
         pending = self._timers.pop(path, None)

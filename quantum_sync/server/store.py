@@ -22,7 +22,7 @@ import threading
 import attrs
 
 from quantum_sync import paths
-from quantum_sync.diskio import Writeback, fsync_all, fsync_directory, sha256_file
+from quantum_sync.diskio import NamelessFiles, Writeback, fsync_all, fsync_directory, sha256_file
 from quantum_sync.errors import SyncError
 
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
@@ -384,8 +384,7 @@ class Store:
         #: the root watcher recognises the event of the rename (see :meth:`own_write`).
         self._installing = {}
         self._installing_lock = threading.Lock()
-        self._nameless = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
-        self._fd_dir = None  # (pid, /proc/self/fd opened by it), see _link
+        self._nameless = NamelessFiles()
 
     def prepare(self) -> None:
         """Create the root (when its parent exists) and the temp area; remove temps left
@@ -575,14 +574,7 @@ class Store:
     def _write_temp(self, data: bytes) -> tuple:
         """``(descriptor, name or None, stat)`` of a new temp file holding ``data``, mode
         0644, not yet fsynced (nameless where the file system can)."""
-        fd, name = None, None
-        if self._nameless:
-            try:
-                fd = os.open(self.temp_dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
-            except OSError as error:
-                if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                    raise
-                self._nameless = False  # this file system cannot: named temps from now on
+        fd, name = self._nameless.open(self.temp_dir, 0o644), None
         if fd is None:
             name = self._temp_name()
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -613,12 +605,6 @@ class Store:
     def _temp_name(self) -> str:
         return os.path.join(self.temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_names)}")
 
-    def _link(self, fd: int, name: str) -> None:
-        """Give the nameless file ``fd`` the name ``name`` (FileExistsError if taken)."""
-        if self._fd_dir is None or self._fd_dir[0] != os.getpid():  # "self" of this process
-            self._fd_dir = (os.getpid(), os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        os.link(str(fd), name, src_dir_fd=self._fd_dir[1], follow_symlinks=True)
-
     def readied(self, temp_path: str):
         """Make a finished spool's temp file mode 0644; its stat for :meth:`install_staged`."""
         os.chmod(temp_path, 0o644)
@@ -647,12 +633,12 @@ class Store:
             if isinstance(temp, int):
                 if st is None:
                     try:
-                        self._link(temp, target)
+                        self._nameless.link(temp, target)
                         return created, target
                     except FileExistsError:
                         pass  # someone else's file appeared meanwhile: replace it, as below
                 name = self._temp_name()
-                self._link(temp, name)
+                self._nameless.link(temp, name)
                 try:
                     os.replace(name, target)
                 except BaseException:

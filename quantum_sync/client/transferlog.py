@@ -1,0 +1,42 @@
+"""The log line of each transfer, one line per batch.
+
+Every upload and download is logged, so that an admin can follow them; but a burst of
+small files finishes hundreds of transfers in one reactor turn (a batch request's
+answer), and a log event per file cost the client more than the transfer itself. The
+transfers finished in the same turn share one line that names each of them.
+"""
+
+from twisted.logger import Logger
+
+
+class TransferLog:
+    """Collects finished transfers and logs them on the reactor's next turn: one line
+    ``uploaded PATH (N bytes)`` for a single one, ``uploaded K files (N bytes): PATH (N
+    bytes), ...`` for several."""
+
+    log = Logger(namespace="quantum_sync.client.engine.Engine")
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._done = {}  # verb -> [(path, size)], in the order they finished
+        self._call = None
+
+    def add(self, verb: str, path: str, size: int) -> None:
+        self._done.setdefault(verb, []).append((path, size))
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Log what has been collected (also called when stopping)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        done, self._done = self._done, {}
+        for verb, items in done.items():
+            if len(items) == 1:
+                (path, size), = items
+                self.log.info("{verb} {path} ({size} bytes)", verb=verb, path=path, size=size)
+                continue
+            listing = ", ".join(f"{path} ({size} bytes)" for path, size in items)
+            self.log.info("{verb} {count} files ({size} bytes): {listing}", verb=verb, count=len(items),
+                          size=sum(size for _, size in items), listing=listing)
