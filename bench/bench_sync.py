@@ -74,13 +74,13 @@ def wait(predicate, timeout, what, poll=POLL):
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds used so far by process ``pid`` (from /proc)."""
+    """``(user, system)`` CPU seconds used so far by process ``pid`` (from /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def content(path):
@@ -238,7 +238,9 @@ def measure_small_cpu(pair, count):
     pids = getattr(pair, "pids", {})
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     result = measure_small(pair, count)
-    result["cpu_ms_per_file"] = {name: (cpu_seconds(pid) - before[name]) * 1000 / count for name, pid in pids.items()}
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result["cpu_ms_per_file"] = {name: (sum(after[name]) - sum(before[name])) * 1000 / count for name in pids}
+    result["sys_ms_per_file"] = {name: (after[name][1] - before[name][1]) * 1000 / count for name in pids}
     return result
 
 
@@ -322,7 +324,8 @@ def print_table(results, args):
         print(f"{n}: small files wrong={r['small']['wrong']}, large file identical={r['large']['identical']}")
         cpu = r["small"].get("cpu_ms_per_file")
         if cpu:
-            print(f"{n}: CPU ms per small file: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f", total {sum(cpu.values()):.2f}")
+            print(f"{n}: CPU ms per small file: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f", total {sum(cpu.values()):.2f}"
+                  + " (of which in the kernel: " + ", ".join(f"{k} {v:.2f}" for k, v in r["small"]["sys_ms_per_file"].items()) + ")")
 
 
 if __name__ == "__main__":

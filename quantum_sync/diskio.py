@@ -8,6 +8,7 @@ import ctypes.util
 import errno
 import hashlib
 import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,6 +62,43 @@ class NamelessFiles:
         if self._fd_dir is None or self._fd_dir[0] != os.getpid():  # "self" of this process
             self._fd_dir = (os.getpid(), os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         os.link(str(fd), name, src_dir_fd=self._fd_dir[1], follow_symlinks=True)
+
+
+class OwnWrites:
+    """The files this process just put in place, each recognised once by the watcher's
+    thread (:meth:`claim`) so that its event is dropped there: the process's own write
+    is not a change to act on. Thread-safe."""
+
+    #: Installs never claimed (no watcher, or its events lost) are forgotten beyond this.
+    LIMIT = 100_000
+
+    def __init__(self):
+        self._expected = {}  # absolute name -> (st_ino, st_size, st_mtime_ns)
+        self._lock = threading.Lock()
+
+    def expect(self, absolute: str, st) -> None:
+        """``absolute`` is about to become the file whose stat is ``st``."""
+        with self._lock:
+            if len(self._expected) >= self.LIMIT:
+                self._expected.clear()
+            self._expected[absolute] = (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def forget(self, absolute: str) -> None:
+        """The install of ``absolute`` did not happen."""
+        with self._lock:
+            self._expected.pop(absolute, None)
+
+    def claim(self, absolute: str) -> bool:
+        """True (once) when ``absolute`` is still the file expected there."""
+        with self._lock:
+            key = self._expected.pop(absolute, None)
+        if key is None:
+            return False
+        try:
+            st = os.lstat(absolute)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_size, st.st_mtime_ns) == key
 
 
 def _sync_file_range():

@@ -1,7 +1,9 @@
 """Data shapes (contract section 3): parsing, validation and serialisation, pure."""
 
+from datetime import datetime, timezone
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantum_sync.errors import SyncError
@@ -116,3 +118,14 @@ def test_metadata_json_round_trip(path, size, seconds, micros, digest):
     parsed = parse_metadata(metadata.to_json())
     assert parsed.to_json() == metadata.to_json()
     assert abs(parsed.modified - metadata.modified) < 1e-5
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.floats(min_value=-1e10, max_value=4e10, allow_nan=False),
+                 st.integers(min_value=0, max_value=4 * 10**15).map(lambda us: us / 1e6)))
+def test_format_time_is_what_datetime_formats(epoch):
+    """The cached formatting of whole seconds gives datetime's text, its rounding of
+    microseconds included."""
+    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if moment.microsecond else "%Y-%m-%dT%H:%M:%SZ"
+    assert format_time(epoch) == moment.strftime(pattern)

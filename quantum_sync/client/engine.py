@@ -43,6 +43,7 @@ from quantum_sync.client.transfer import (
     SMALL_TRANSFER,
     ServerUnavailable,
 )
+from quantum_sync.diskio import OwnWrites
 from quantum_sync.paths import is_inside, normalize, parent, resolve
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update
 from quantum_sync.errors import SyncError
@@ -116,7 +117,10 @@ class Engine:
             reactor,
             lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER, budget=self._inline),
         )
-        self._installs = ThreadBatcher(reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items))
+        #: Downloads just installed, until the watcher's thread recognises their events.
+        self.installed = OwnWrites()
+        self._installs = ThreadBatcher(
+            reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items, self.installed))
         self.transfers = TransferLog(reactor)
         #: The watcher is running: a local change after a read is reported to us anyway.
         self.watched = False

@@ -276,12 +276,14 @@ NAMELESS = NamelessFiles()
 INSTALL_TURN = 128
 
 
-def install_many(folder: str, staging_dir: str, installs) -> list:
+def install_many(folder: str, staging_dir: str, installs, installed=None) -> list:
     """Each :class:`Install` written to a file in ``staging_dir`` with the server's mtime,
     all of them made durable together (:func:`~quantum_sync.diskio.fsync_all`), then each
     installed as :func:`install` does (its path resolved here, just before; renamed only if
     the local file is still the one expected), then each directory written to fsynced once.
-    Per item its :class:`LocalStat`, or the exception that stopped it (the others go on)."""
+    Per item its :class:`LocalStat`, or the exception that stopped it (the others go on).
+    ``installed`` (an :class:`~quantum_sync.diskio.OwnWrites`) is told of each file just
+    before it appears, so that the watcher drops its event."""
     results, directories = [None] * len(installs), set()
     for start in range(0, len(installs), INSTALL_TURN):
         turn = range(start, min(start + INSTALL_TURN, len(installs)))
@@ -315,10 +317,17 @@ def install_many(folder: str, staging_dir: str, installs) -> list:
                 if error is not None:
                     raise error
                 abspath = resolve(folder, installs[position].path)
-                if staged is None:
-                    results[position] = _link_new(folder, fd, abspath)
-                else:
-                    results[position] = _rename_if(folder, staged, abspath, installs[position].expected)
+                if installed is not None:
+                    installed.expect(abspath, os.fstat(fd))
+                try:
+                    if staged is None:
+                        results[position] = _link_new(folder, fd, abspath)
+                    else:
+                        results[position] = _rename_if(folder, staged, abspath, installs[position].expected)
+                except BaseException:
+                    if installed is not None:
+                        installed.forget(abspath)
+                    raise
                 directories.add(os.path.dirname(abspath))
             except Exception as e:
                 unlink_quietly(staged)

@@ -92,6 +92,7 @@ class SyncClientService(MultiService):
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
+            own_write=self.engine.installed.claim,
         )
         if not config.initial_sync:
             self._watch()

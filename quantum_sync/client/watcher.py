@@ -27,9 +27,9 @@ from watchdog.events import (
     FileMovedEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from quantum_sync import observers
 from quantum_sync.client.localfs import lstat
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
@@ -122,8 +122,12 @@ class FolderWatcher(Service):
 
     log = Logger()
 
-    def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None, is_synced=None):
+    def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None, is_synced=None,
+                 own_write=None):
         self._reactor = reactor
+        #: ``own_write(name)`` (watchdog's thread): the client's own download just landed
+        #: at ``name``, its event is dropped before it goes further
+        self._own_write = own_write
         #: ``is_synced(path, stat)``: the stat shows the version already synced (the
         #: client's own download landing), so a change to wait out is not worth a timer
         self._is_synced = is_synced
@@ -139,7 +143,7 @@ class FolderWatcher(Service):
         super().startService()
         bridge = _Bridge(self._reactor, self.folder, self._events, self._on_grow)
         try:
-            self._observer = Observer()
+            self._observer = observers.observer(ignore=self._own_write)  # .quantum-sync unwatched
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)
             self._observer.start()
         except OSError as e:

@@ -464,7 +464,13 @@ class FileApi:
         await self._authorize(request, "read")
         source = client_id(request)
         wanted = batch.parse_download_request(await read_json_body(request, self._reactor))
-        outcomes = await _each([self._batch_read_one(raw, source, request) for raw in wanted])
+        # a file just uploaded is answered from memory at once; the others need the disk
+        outcomes = [self._batch_read_recent(raw, source, request) for raw in wanted]
+        later = [position for position, outcome in enumerate(outcomes) if outcome is None]
+        if later:
+            read = await _each([self._batch_read_one(wanted[position], source, request) for position in later])
+            for position, outcome in zip(later, read):
+                outcomes[position] = outcome
         total = 0
         for position, outcome in enumerate(outcomes):
             if not isinstance(outcome, SyncError):
@@ -475,11 +481,24 @@ class FileApi:
         request.setHeader(b"Cache-Control", b"no-store")
         return batch.download_answer(outcomes)
 
+    def _batch_read_recent(self, raw, source: str, request):
+        """One file of a download batch when that needs no disk: its SyncError (a bad
+        path), ``(FileMetadata, content)`` of a small file just uploaded, else None."""
+        try:
+            path, _, st = self._locate(lambda: raw, raw, source, request)
+        except SyncError as error:
+            return error
+        recent = self.operations.recent.get(path, st)
+        if recent is None or recent[0].size > batch.MAX_DOWNLOAD_FILE:
+            return None
+        return recent
+
     async def _batch_read_one(self, raw, source: str, request):
         """One file of a download batch: ``(FileMetadata, content)``."""
         path, absolute, st = self._locate(lambda: raw, raw, source, request)
         metadata, opened = await self._opened_version(path, absolute, st)
-        if not isinstance(opened.file, io.BytesIO):
+        # (a body kept from a batch upload is in memory whatever its size)
+        if not isinstance(opened.file, io.BytesIO) or metadata.size > batch.MAX_DOWNLOAD_FILE:
             opened.file.close()
             raise SyncError("TOO_LARGE", f"{path} is larger than {batch.MAX_DOWNLOAD_FILE} bytes; "
                                          "fetch it with /api/download")

@@ -25,10 +25,9 @@ from watchdog.events import (
     FileMovedEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from quantum_sync import paths
+from quantum_sync import observers, paths
 
 #: The events asked of watchdog (and of inotify: the others are never even read). Every
 #: change of content or name shows as one of these; opening, reading and closing a file
@@ -93,11 +92,12 @@ class RootWatcher(Service):
     def startService(self):
         super().startService()
         # inotify's threads wake every 0.1 s (a quick stop); polling rescans every 2 s
-        for kind, timeout in ((Observer, 0.1), (PollingObserver, POLL_INTERVAL)):
-            observer = kind(timeout=timeout)
+        own_write = self.operations.store.own_write
+        for kind, options in ((observers.observer, {"timeout": 0.1, "ignore": own_write}),
+                              (PollingObserver, {"timeout": POLL_INTERVAL})):
+            observer = kind(**options)
             try:
-                bridge = _Bridge(self._reactor, self._changed, self.operations.store.state_dir,
-                                 self.operations.store.own_write)
+                bridge = _Bridge(self._reactor, self._changed, self.operations.store.state_dir, own_write)
                 observer.schedule(bridge, self.root, recursive=True, event_filter=_EVENTS)
                 observer.start()
             except OSError as e:  # e.g. the inotify watch limit: poll instead

@@ -198,7 +198,8 @@ class SyncChannel(http.HTTPChannel):
     (slowloris) would hold its connection for ever. Here a request's head, and for
     everything but uploads its body too, must arrive within ``site.request_timeout``
     seconds of the connection (or of the previous answer); otherwise the connection is
-    dropped. Upload bodies stay under the idle timeout (they may be large and slow).
+    dropped. Upload bodies (single and batch) stay under the idle timeout (they may be
+    large and slow).
     """
 
     _deadline = None
@@ -237,7 +238,7 @@ class SyncChannel(http.HTTPChannel):
         self.transport.abortConnection()
 
     def allHeadersReceived(self):
-        if getattr(self, "_path", b"").split(b"?")[0] == UPLOAD_PATH:
+        if getattr(self, "_path", b"").split(b"?")[0] in (UPLOAD_PATH, BATCH_UPLOAD_PATH):
             self._disarm()
         super().allHeadersReceived()
 

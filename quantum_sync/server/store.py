@@ -22,14 +22,12 @@ import threading
 import attrs
 
 from quantum_sync import paths
-from quantum_sync.diskio import NamelessFiles, Writeback, fsync_all, fsync_directory, sha256_file
+from quantum_sync.diskio import NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory, sha256_file
 from quantum_sync.errors import SyncError
 
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 TEMP_PREFIX = "upload-"
-#: Installs the root watcher has not recognised yet that are remembered at most.
-MAX_UNCLAIMED = 100_000
 
 
 @attrs.frozen
@@ -380,10 +378,9 @@ class Store:
         self.temp_dir = os.path.join(self.state_dir, "tmp")
         self._prefix = self.root + os.sep
         self._temp_names = itertools.count()
-        #: absolute name -> (st_ino, st_size, st_mtime_ns) of files being installed, until
-        #: the root watcher recognises the event of the rename (see :meth:`own_write`).
-        self._installing = {}
-        self._installing_lock = threading.Lock()
+        #: Files being installed, until the root watcher recognises the event of their
+        #: link or rename (see :meth:`own_write`).
+        self.installed = OwnWrites()
         self._nameless = NamelessFiles()
 
     def prepare(self) -> None:
@@ -624,11 +621,7 @@ class Store:
             target, st, _ = self._walk(path)
         if st and stat.S_ISDIR(st.st_mode):
             raise SyncError("CONFLICT", f"{path} is a directory")
-        key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
-        with self._installing_lock:
-            if len(self._installing) >= MAX_UNCLAIMED:  # events lost (no watcher?): forget
-                self._installing.clear()
-            self._installing[target] = key
+        self.installed.expect(target, temp_stat)
         try:
             if isinstance(temp, int):
                 if st is None:
@@ -647,23 +640,14 @@ class Store:
             else:
                 os.replace(temp, target)
         except BaseException:
-            with self._installing_lock:
-                self._installing.pop(target, None)
+            self.installed.forget(target)
             raise
         return created, target
 
     def own_write(self, absolute: str) -> bool:
         """True when ``absolute`` is still the file this store just installed there
         (thread-safe, for the root watcher's thread); each install is recognised once."""
-        with self._installing_lock:
-            key = self._installing.pop(absolute, None)
-        if key is None:
-            return False
-        try:
-            st = os.lstat(absolute)
-        except OSError:
-            return False
-        return stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_size, st.st_mtime_ns) == key
+        return self.installed.claim(absolute)
 
     def directory_of(self, path: str) -> str:
         """The on-disk directory that holds ``path`` (the one to fsync after a rename)."""

@@ -1,0 +1,93 @@
+"""watchdog's inotify observer, with the state directory left unwatched.
+
+A recursive watch covers every directory below it, the state directory included, so
+every temp file written in ``.quantum-sync/tmp`` and every SQLite commit made inotify
+events that watchdog's three threads handled before our handlers dropped them: three of
+the four events of each download a client installs, half of the server's events for an
+upload. :func:`observer` gives an observer that never adds a watch on
+``<watched directory>/.quantum-sync`` or below.
+
+It builds on watchdog 7's inotify classes (``InotifyWatchGroup._add_callback``, the
+emitter's ``on_thread_start``); with a watchdog that lacks them, or off Linux, it is
+watchdog's own ``Observer`` (which watches everything, as before).
+"""
+
+import os
+
+from watchdog.observers import Observer
+
+from quantum_sync.paths import STATE_DIR_NAME
+
+_STATE = os.fsencode(STATE_DIR_NAME)
+
+
+def observer(timeout: float = 1.0, ignore=None):
+    """A new observer (not started) that leaves the state directory of every watched
+    directory unwatched where watchdog allows; ``timeout``: how often its threads wake
+    (a quicker stop).
+
+    ``ignore(name)``, called in watchdog's reading thread for each file that appears at
+    ``name`` (created, or renamed into place), may answer True to drop that event there:
+    the process's own installs then cost no hand-off through watchdog's other threads
+    (the handler would have dropped them anyway)."""
+    if _ExcludingObserver is None:
+        return Observer(timeout=timeout)
+    return _ExcludingObserver(timeout=timeout, ignore=ignore)
+
+
+def _unwatched(top: bytes, path: bytes) -> bool:
+    """Whether ``path`` is the state directory of ``top``, or inside it."""
+    state = os.path.join(top, _STATE)
+    return path == state or path.startswith(state + b"/")
+
+
+def _build():
+    try:
+        from watchdog.observers.api import BaseObserver
+        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+        from watchdog.observers.inotify_c import InotifyFD
+    except ImportError:  # not Linux, or another watchdog
+        return None
+    if not all(hasattr(InotifyWatchGroup, name) for name in ("_add_callback", "_add_all_callbacks")) \
+            or not hasattr(InotifyEmitter, "get_event_mask_from_filter"):
+        return None
+
+    class WatchGroup(InotifyWatchGroup):
+        ignore = None  # set on a subclass per observer
+
+        def _add_callback(self, path: bytes) -> None:
+            if not _unwatched(self.path, path):
+                super()._add_callback(path)
+
+        def on_event(self, event) -> None:
+            if self.ignore is not None and (event.is_create or event.is_moved_to) and not event.is_directory:
+                name = self._build_event_source_path(event)
+                if name is not None and self.ignore(os.fsdecode(name)):
+                    return
+            super().on_event(event)
+
+    class Emitter(InotifyEmitter):
+        def __init__(self, *args, group=WatchGroup, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.group = group
+
+        def on_thread_start(self) -> None:  # InotifyEmitter's, with the group above
+            self._inotify = self.group(
+                self._inotify_fd,
+                os.fsencode(self.watch.path),
+                is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink,
+            )
+
+    class ExcludingObserver(InotifyObserver):
+        def __init__(self, *, timeout: float, ignore=None):
+            self._inotify_fd = InotifyFD()
+            self._inotify_fd.start()
+            group = WatchGroup if ignore is None else type("IgnoringWatchGroup", (WatchGroup,), {"ignore": staticmethod(ignore)})
+            BaseObserver.__init__(self, Emitter, timeout=timeout, inotify_fd=self._inotify_fd, group=group)
+
+    return ExcludingObserver
+
+
+_ExcludingObserver = _build()
