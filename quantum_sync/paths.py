@@ -16,6 +16,7 @@ Everything here is pure except :func:`resolve` and :func:`relative_from_disk`, w
 only ``lstat``/``realpath`` and never write.
 """
 
+import functools
 import os
 import stat
 import unicodedata
@@ -107,6 +108,13 @@ def outermost(tops) -> list:
     return sorted(kept)
 
 
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    # a client resolves every path of its one folder: the folder's own real path is
+    # taken once (as the server takes its root's once), not again per path
+    return os.path.realpath(root)
+
+
 def _within(real: str, real_root: str) -> bool:
     return os.path.commonpath([real, real_root]) == real_root
 
@@ -120,7 +128,7 @@ def resolve(root: str, path: str) -> str:
     onto it replaces the name itself. Missing trailing segments are fine (uploads).
     """
     path = normalize(path)
-    real_root = os.path.realpath(root)
+    real_root = _real_root(root)
     state_real = os.path.join(real_root, STATE_DIR_NAME)
     segments = path.split("/")
     absolute = os.path.join(real_root, *segments)
@@ -152,8 +160,13 @@ def relative_from_disk(root: str, absolute: str):
     (undecodable bytes, non-NFC spellings, the state directory, anything outside the
     root) give ``None`` and are left alone.
     """
-    rel = os.path.relpath(absolute, root)
-    if rel == "." or rel.startswith(".." + os.sep) or rel == "..":
+    prefix = root.rstrip(os.sep) + os.sep
+    tail = absolute[len(prefix) - 1:]
+    if absolute.startswith(prefix) and not (os.sep + "." in tail or os.sep * 2 in tail or tail.endswith(os.sep)):
+        rel = tail[1:]  # already normal below the root: relpath would give the same, slower
+    else:
+        rel = os.path.relpath(absolute, root)
+    if rel in (".", "") or rel.startswith(".." + os.sep) or rel == "..":
         return None
     rel = rel.replace(os.sep, "/")
     try:

@@ -103,6 +103,20 @@ def unchanged(st, base) -> bool:
     )
 
 
+def _read_small(abspath: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of the file at ``abspath`` (unbuffered: a small file's read
+    is then two system calls, not a file object's)."""
+    fd = os.open(abspath, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks, size = [], 0
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, prehashed=None, budget=None):
     """The :class:`LocalVersion` of ``abspath`` or None; hashing is skipped when size and
     mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`).
@@ -123,8 +137,7 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
     data = None
     if st.size <= keep and (budget is None or budget.take(st.size)):
         try:
-            with open(abspath, "rb") as f:
-                data = f.read(keep + 1)
+            data = _read_small(abspath, keep + 1)
             if len(data) != st.size:
                 raise LocalChanged(abspath)
         except BaseException:
