@@ -27,7 +27,7 @@ from quantum_sync import batch, paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.operations import check_client_id
-from quantum_sync.server.store import SPOOLS, BatchSpool
+from quantum_sync.server.store import SPOOLS, BatchSpool, storage_error
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
@@ -415,14 +415,20 @@ class FileApi:
         finally:
             if isinstance(content, SPOOLS):
                 content.close()
-        outcomes = await _each([self._batch_upload_one(item, data, source, request)
+        left = []  # temp files of uploads that were refused
+        outcomes = await _each([self._batch_upload_one(item, data, source, request, left)
                                 for item, data in items])
+        if left:
+            deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                              lambda: [self.operations.store.discard(name) for name in left])
         return write_json(request, {"results": [batch.result_json(o) for o in outcomes],
                                     "cursor": self.operations.head})
 
     def _take_apart(self, content, limit) -> list:
-        """Blocking: ``(UploadItem, its bytes or its SyncError)`` per file of a batch body
-        (its path resolved, its size within ``limit``, its bytes hashed)."""
+        """Blocking: ``(UploadItem, its staged body or its SyncError)`` per file of a batch
+        body: its path resolved, its size within ``limit``, its bytes hashed, then all the
+        good ones written to temp files and made durable together, before the group
+        commit takes them (so a batch is staged while the one before it commits)."""
         if isinstance(content, BatchSpool):
             body = content.body
         else:  # spooled by Twisted (the uploads' memory was taken)
@@ -444,17 +450,28 @@ class FileApi:
             except SyncError as error:
                 data = error
             taken.append((item, data))
+        good = [position for position, (_, data) in enumerate(taken) if not isinstance(data, SyncError)]
+        staged = self.operations.store.stage_many([taken[position][1] for position in good], named=True)
+        for position, outcome in zip(good, staged):
+            item, data = taken[position]
+            taken[position] = (item, storage_error(outcome) if isinstance(outcome, OSError)
+                               else _StagedBody(outcome[0], data))
         return taken
 
-    async def _batch_upload_one(self, item, data, source: str, request):
-        """One file of an upload batch: its FileMetadata as stored, or its SyncError."""
-        if isinstance(data, SyncError):
-            if data.code == "INVALID_PATH":
-                self.operations.reject_path(item.path, data, source, _address(request))
-            return data
-        metadata, _ = await self.operations.upload(
-            item.path, _InMemoryBody(data), item.sha256, item.size, source,
-            if_match=item.if_match, if_none_match=item.if_none_match)
+    async def _batch_upload_one(self, item, staged, source: str, request, left: list):
+        """One file of an upload batch: its FileMetadata as stored, or its SyncError
+        (then its temp file goes into ``left``)."""
+        if isinstance(staged, SyncError):
+            if staged.code == "INVALID_PATH":
+                self.operations.reject_path(item.path, staged, source, _address(request))
+            return staged
+        try:
+            metadata, _ = await self.operations.upload(
+                item.path, staged, item.sha256, item.size, source,
+                if_match=item.if_match, if_none_match=item.if_none_match)
+        except BaseException:
+            left.append(staged.path)
+            raise
         return metadata
 
     @app.route("/api/batch/download", methods=["POST"])
@@ -583,11 +600,12 @@ async def _each(coroutines) -> list:
 
 
 @attrs.frozen
-class _InMemoryBody:
-    """A file of a batch upload, as :meth:`FileOperations.upload` takes a small body."""
+class _StagedBody:
+    """A file of a batch upload, staged: its finished temp file and the bytes in it (kept
+    for the downloads that follow)."""
 
-    body: bytes
-    path = None
+    path: str
+    body: bytes = attrs.field(repr=False)
 
 
 @attrs.frozen

@@ -303,8 +303,9 @@ class FileOperations:
     async def upload(self, path: str, tempfile, sha256, size, source_client: str,
                      if_match=None, if_none_match=None):
         """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
-        hashing to ``sha256``, already fsynced, or a MemorySpool whose body is written
-        and fsynced by the group commit) at ``path``. Returns ``(FileMetadata, Change)``.
+        hashing to ``sha256``, already fsynced, a MemorySpool whose body is written and
+        fsynced by the group commit, or anything with the ``path`` of a finished temp
+        file and the ``body`` it holds) at ``path``. Returns ``(FileMetadata, Change)``.
 
         ``if_match``: the hash the current file must have; ``if_none_match == "*"``: the
         path must not exist. Raises PRECONDITION_FAILED, CONFLICT, UPLOAD_DISABLED, ...
@@ -315,7 +316,7 @@ class FileOperations:
         """
         self._check_writable()
         check_client_id(source_client)
-        body = tempfile.body if tempfile.path is None else None
+        body = getattr(tempfile, "body", None)  # kept for the downloads that follow
         waiting = _WaitingUpload(path, tempfile.path, body, sha256, source_client,
                                  etag_value(if_match), if_none_match, Deferred())
         self._uploads.append(waiting)

@@ -540,14 +540,15 @@ class Store:
             raise staged
         return staged
 
-    def stage_many(self, bodies) -> list:
+    def stage_many(self, bodies, named: bool = False) -> list:
         """:meth:`stage` for each of ``bodies``, all written first and then made durable
         together (:func:`~quantum_sync.diskio.fsync_all`); per body ``(temp, stat)`` or
-        the OSError that stopped it."""
+        the OSError that stopped it. ``named``: every temp is a named file in the temp
+        directory (no descriptor is held until its install)."""
         written, outcomes = [], []
         for data in bodies:
             try:
-                written.append(self._write_temp(data))
+                written.append(self._write_temp(data, named))
                 outcomes.append(None)
             except OSError as error:
                 outcomes.append(error)
@@ -568,10 +569,10 @@ class Store:
                 outcomes[position] = (fd if name is None else name, st)
         return outcomes
 
-    def _write_temp(self, data: bytes) -> tuple:
+    def _write_temp(self, data: bytes, named: bool = False) -> tuple:
         """``(descriptor, name or None, stat)`` of a new temp file holding ``data``, mode
-        0644, not yet fsynced (nameless where the file system can)."""
-        fd, name = self._nameless.open(self.temp_dir, 0o644), None
+        0644, not yet fsynced (nameless where the file system can, unless ``named``)."""
+        fd, name = None if named else self._nameless.open(self.temp_dir, 0o644), None
         if fd is None:
             name = self._temp_name()
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
