@@ -186,13 +186,21 @@ async def test_watcher_falls_back_to_polling(reactor, tmp_path, http, monkeypatc
     """When inotify refuses (its watch limit), the root is polled instead."""
     import errno
 
+    from quantum_sync import observers
     from quantum_sync.server import rootwatch
 
-    class Refusing(rootwatch.Observer):
-        def start(self):
+    inotify_observer = observers.observer
+
+    def refusing(**options):
+        observer = inotify_observer(**options)
+
+        def start():
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
-    monkeypatch.setattr(rootwatch, "Observer", Refusing)
+        observer.start = start
+        return observer
+
+    monkeypatch.setattr(observers, "observer", refusing)
     server = await start_server(reactor, tmp_path)
     try:
         assert isinstance(server.service.watcher._observer, rootwatch.PollingObserver)

@@ -119,8 +119,10 @@ class Engine:
         )
         #: Downloads just installed, until the watcher's thread recognises their events.
         self.installed = OwnWrites()
+        # two at once: a batch's fsyncs overlap the next one's writes (a path is in one at most:
+        # its job holds the path's lock until its install is done)
         self._installs = ThreadBatcher(
-            reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items, self.installed))
+            reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items, self.installed), concurrency=2)
         self.transfers = TransferLog(reactor)
         #: The watcher is running: a local change after a read is reported to us anyway.
         self.watched = False

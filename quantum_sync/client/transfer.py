@@ -225,9 +225,9 @@ class ServerClient:
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
         self._batching = True  # until the server shows it has no batch endpoints
         self._upload_batches = Batcher(self._upload_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
-                                       size=lambda job: len(job.data))
+                                       size=lambda job: len(job.data), reactor=reactor)
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
-                                         size=lambda job: job.size)
+                                         size=lambda job: job.size, reactor=reactor)
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small

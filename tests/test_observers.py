@@ -1,0 +1,86 @@
+"""The watchers' observer (quantum_sync.observers): watchdog's inotify observer with the
+state directory left unwatched and the process's own installs dropped in its reading
+thread. Real inotify on a real folder; every wait is bounded."""
+
+import os
+import threading
+import time
+
+from watchdog.events import FileSystemEventHandler
+
+from quantum_sync import observers
+from quantum_sync.diskio import OwnWrites
+
+
+class _Seen(FileSystemEventHandler):
+    def __init__(self):
+        self.paths = []
+        self.event = threading.Event()
+
+    def on_any_event(self, event):
+        self.paths.append(event.src_path)
+        if getattr(event, "dest_path", ""):
+            self.paths.append(event.dest_path)
+        self.event.set()
+
+
+def _watch(folder, **options):
+    seen = _Seen()
+    observer = observers.observer(timeout=0.1, **options)
+    observer.schedule(seen, str(folder), recursive=True)
+    observer.start()
+    return observer, seen
+
+
+def _settle(seen, marker, timeout=5.0):
+    """Wait until the event of ``marker`` (written last) is seen."""
+    deadline = time.monotonic() + timeout
+    while marker not in seen.paths and time.monotonic() < deadline:
+        seen.event.wait(0.05)
+        seen.event.clear()
+    assert marker in seen.paths
+
+
+def test_the_state_directory_is_not_watched(tmp_path):
+    state = tmp_path / ".quantum-sync"
+    (state / "tmp").mkdir(parents=True)
+    (tmp_path / "sub").mkdir()
+    observer, seen = _watch(tmp_path)
+    try:
+        (state / "tmp" / "staged").write_bytes(b"x")
+        (state / "state.db").write_bytes(b"x")
+        (state / "new").mkdir()
+        (state / "new" / "deeper").write_bytes(b"x")
+        (tmp_path / ".quantum-syncx").write_bytes(b"a name that only starts the same")
+        (tmp_path / "sub" / "f").write_bytes(b"y")
+        _settle(seen, str(tmp_path / "sub" / "f"))
+    finally:
+        observer.stop()
+        observer.join(5)
+    assert not [p for p in seen.paths if p.startswith(str(state) + os.sep)]
+    assert str(tmp_path / ".quantum-syncx") in seen.paths
+
+
+def test_an_own_install_is_dropped_once_and_anything_else_is_reported(tmp_path):
+    own = OwnWrites()
+    (tmp_path / ".quantum-sync").mkdir()
+    observer, seen = _watch(tmp_path, ignore=own.claim)
+    try:
+        staged = tmp_path / ".quantum-sync" / "staged"  # renamed from the unwatched state dir
+        staged.write_bytes(b"ours")
+        time.sleep(0.2)
+        seen.paths.clear()
+        target = tmp_path / "landed"
+        own.expect(str(target), os.stat(staged))
+        os.rename(staged, target)
+        (tmp_path / "theirs").write_bytes(b"someone else")
+        _settle(seen, str(tmp_path / "theirs"))
+        assert str(target) not in seen.paths  # our own install: dropped
+        with open(target, "ab") as f:  # a later write to our file is someone's change
+            f.write(b" and more")
+        _settle(seen, str(target))
+    finally:
+        observer.stop()
+        observer.join(5)
+    assert [p for p in seen.paths if p == str(target)]  # the write after it is reported
+    assert own.claim(str(target)) is False  # recognised once
