@@ -321,8 +321,10 @@ class FileOperations:
                                  etag_value(if_match), if_none_match, Deferred())
         self._uploads.append(waiting)
         if not self._installing:
+            # on the reactor's next turn: the uploads of a whole batch request, which arrive
+            # in this one, then go in one group instead of the first going alone
             self._installing = True
-            Deferred.fromCoroutine(self._drain_uploads())
+            self._reactor.callLater(0, lambda: Deferred.fromCoroutine(self._drain_uploads()))
         return await waiting.answer
 
     async def _drain_uploads(self):
