@@ -18,7 +18,9 @@ class PathLocks:
         """Take the locks of ``paths`` (sorted, so two callers never deadlock); the list to release."""
         taken = []
         for path in sorted(set(paths)):
-            lock = self._locks.setdefault(path, defer.DeferredLock())
+            lock = self._locks.get(path)
+            if lock is None:
+                lock = self._locks[path] = defer.DeferredLock()
             await lock.acquire()
             taken.append(path)
         return taken
