@@ -28,6 +28,8 @@ from quantum_sync.errors import SyncError
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 TEMP_PREFIX = "upload-"
+#: Named temp files :meth:`Store.stage_many` holds open at once at most.
+STAGE_TURN = 128
 
 
 @attrs.frozen
@@ -544,7 +546,11 @@ class Store:
         """:meth:`stage` for each of ``bodies``, all written first and then made durable
         together (:func:`~quantum_sync.diskio.fsync_all`); per body ``(temp, stat)`` or
         the OSError that stopped it. ``named``: every temp is a named file in the temp
-        directory (no descriptor is held until its install)."""
+        directory, closed once durable (no descriptor is held until its install), and they
+        are written :data:`STAGE_TURN` at a time, so a large batch never holds more open."""
+        if named and len(bodies) > STAGE_TURN:
+            return [outcome for start in range(0, len(bodies), STAGE_TURN)
+                    for outcome in self.stage_many(bodies[start:start + STAGE_TURN], named=True)]
         written, outcomes = [], []
         for data in bodies:
             try:
