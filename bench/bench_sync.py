@@ -40,10 +40,11 @@ LISTING_POLL = 0.005
 
 #: Seconds to wait after removing an earlier run's files. On an ext4 without a journal
 #: (such as this machine's root file system) the inode allocator skips every inode freed
-#: in the last 60 s (longer while its inode table block is dirty, hence the sync first),
-#: reading an inode table block for each: thousands of files just removed make every
-#: file creation cost a millisecond of kernel CPU, for both systems measured.
-SETTLE_AFTER_REMOVAL = 65
+#: in the last 60 s, or the last 360 s while its inode table block is dirty (and the new
+#: files written nearby dirty it again), reading an inode table block for each: thousands
+#: of files just removed make every file creation cost a millisecond of kernel CPU, for
+#: both systems measured. A fresh file system for ``--base`` needs no wait (README).
+SETTLE_AFTER_REMOVAL = 365
 
 
 def clear_base(base, wait=True):

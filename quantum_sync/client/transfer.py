@@ -116,6 +116,26 @@ async def _settled(deferreds) -> list:
     return [value if succeeded else value.value for succeeded, value in answers]
 
 
+async def _bounded_body(response, limit: int, too_long: Exception, what: str) -> bytes:
+    """The body of ``response``, refused with ``too_long`` as soon as it passes ``limit``
+    bytes (treq then closes the connection); ServerUnavailable when it breaks off."""
+    chunks, received = [], [0]
+
+    def collect(chunk):
+        received[0] += len(chunk)
+        if received[0] > limit:
+            raise too_long
+        chunks.append(chunk)
+
+    try:
+        await treq.collect(response, collect)
+    except Exception as e:
+        if e is too_long:
+            raise
+        raise ServerUnavailable(f"{what} interrupted: {e}") from None
+    return b"".join(chunks)
+
+
 def _tls_reason(failure):
     try:
         from quantum_sync.tls import tls_failure_reason
@@ -470,22 +490,11 @@ class ServerClient:
         response = await self._batch_request(BATCH_DOWNLOAD, _BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")))
         if response is None:
             return await self._download_batch(jobs)
-        limit, chunks, received = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs), [], [0]
-
-        def collect(chunk):
-            received[0] += len(chunk)
-            if received[0] > limit:
-                raise ServerUnavailable(f"download batch: the answer is longer than {limit} bytes")
-            chunks.append(chunk)
-
+        limit = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs)
+        body = await _bounded_body(
+            response, limit, ServerUnavailable(f"download batch: the answer is longer than {limit} bytes"), "download batch")
         try:
-            await treq.collect(response, collect)
-        except ServerUnavailable:
-            raise  # treq closed the connection
-        except Exception as e:
-            raise ServerUnavailable(f"download batch interrupted: {e}") from None
-        try:
-            items = batch.parse_download_answer(b"".join(chunks), [j.path for j in jobs])
+            items = batch.parse_download_answer(body, [j.path for j in jobs])
         except SyncError as e:
             raise ServerUnavailable(f"download batch: malformed answer: {e.message}") from None
         results, alone = [], {}
@@ -505,21 +514,8 @@ class ServerClient:
 
     async def _download_bytes(self, path, sha256, size):
         response = await self._transfer_request("GET", "/api/download", path)
-        chunks, received = [], [0]
-
-        def collect(chunk):
-            received[0] += len(chunk)
-            if received[0] > size:
-                raise DownloadCorrupt(f"download of {path}: longer than the {size} bytes announced")
-            chunks.append(chunk)
-
-        try:
-            await treq.collect(response, collect)
-        except DownloadCorrupt:
-            raise  # treq closed the connection
-        except Exception as e:
-            raise ServerUnavailable(f"download of {path} interrupted: {e}") from None
-        data = b"".join(chunks)
+        data = await _bounded_body(
+            response, size, DownloadCorrupt(f"download of {path}: longer than the {size} bytes announced"), f"download of {path}")
         if hashlib.sha256(data).hexdigest() != sha256:
             raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
         return data
