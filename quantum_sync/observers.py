@@ -21,7 +21,7 @@ from quantum_sync.paths import STATE_DIR_NAME
 _STATE = os.fsencode(STATE_DIR_NAME)
 
 
-def observer(timeout: float = 1.0, ignore=None):
+def observer(timeout: float = 1.0, ignore=None, direct=None):
     """A new observer (not started) that leaves the state directory of every watched
     directory unwatched where watchdog allows; ``timeout``: how often its threads wake
     (a quicker stop).
@@ -29,10 +29,19 @@ def observer(timeout: float = 1.0, ignore=None):
     ``ignore(name)``, called in watchdog's reading thread for each file that appears at
     ``name`` (created, or renamed into place), may answer True to drop that event there:
     the process's own installs then cost no hand-off through watchdog's other threads
-    (the handler would have dropped them anyway)."""
+    (the handler would have dropped them anyway).
+
+    ``direct(event)``, also called in that thread, receives the plain events of files
+    (created, modified, attributes, closed after writing, deleted) as watchdog's event
+    objects at once, instead of through watchdog's two further threads (each event
+    crossed two queues, and a burst of new files queued up there for a second); moves
+    and everything about directories still go through them, and to the handler. A change
+    may then reach ``direct`` before an earlier move it follows reaches the handler: the
+    handler of a sync client copes (it decides on what the disk shows), a handler that
+    needs the strict order must not take ``direct``."""
     if _ExcludingObserver is None:
         return Observer(timeout=timeout)
-    return _ExcludingObserver(timeout=timeout, ignore=ignore)
+    return _ExcludingObserver(timeout=timeout, ignore=ignore, direct=direct)
 
 
 def _unwatched(top: bytes, path: bytes) -> bool:
@@ -48,21 +57,43 @@ def _build():
         from watchdog.observers.inotify_c import InotifyFD
     except ImportError:  # not Linux, or another watchdog
         return None
-    if not all(hasattr(InotifyWatchGroup, name) for name in ("_add_callback", "_add_all_callbacks")) \
+    if not all(hasattr(InotifyWatchGroup, name) for name in
+               ("_add_callback", "_add_all_callbacks", "_build_event_source_path", "on_event", "is_active")) \
             or not hasattr(InotifyEmitter, "get_event_mask_from_filter"):
         return None
 
+    from watchdog.events import FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
+
+    def file_event(event):
+        """The watchdog event class of a plain file event (watchdog's own order), or None."""
+        if event.is_directory or event.is_moved_from or event.is_moved_to:
+            return None
+        for test, cls in (("is_attrib", FileAttribEvent), ("is_modify", FileModifiedEvent),
+                          ("is_delete", FileDeletedEvent), ("is_create", FileCreatedEvent),
+                          ("is_close_write", FileClosedEvent)):
+            if getattr(event, test):
+                return cls
+        return None
+
     class WatchGroup(InotifyWatchGroup):
-        ignore = None  # set on a subclass per observer
+        ignore = direct = None  # set on a subclass per observer
 
         def _add_callback(self, path: bytes) -> None:
             if not _unwatched(self.path, path):
                 super()._add_callback(path)
 
         def on_event(self, event) -> None:
-            if self.ignore is not None and (event.is_create or event.is_moved_to) and not event.is_directory:
+            cls = file_event(event) if self.direct is not None else None
+            appears = (event.is_create or event.is_moved_to) and not event.is_directory
+            if (cls is not None or (appears and self.ignore is not None)) and self.is_active:
                 name = self._build_event_source_path(event)
-                if name is not None and self.ignore(os.fsdecode(name)):
+                if name is None:
+                    return
+                path = os.fsdecode(name)
+                if appears and self.ignore is not None and self.ignore(path):
+                    return
+                if cls is not None:
+                    self.direct(cls(path))
                     return
             super().on_event(event)
 
@@ -81,10 +112,11 @@ def _build():
             )
 
     class ExcludingObserver(InotifyObserver):
-        def __init__(self, *, timeout: float, ignore=None):
+        def __init__(self, *, timeout: float, ignore=None, direct=None):
             self._inotify_fd = InotifyFD()
             self._inotify_fd.start()
-            group = WatchGroup if ignore is None else type("IgnoringWatchGroup", (WatchGroup,), {"ignore": staticmethod(ignore)})
+            group = type("ObserverWatchGroup", (WatchGroup,), {"ignore": staticmethod(ignore) if ignore else None,
+                                                                "direct": staticmethod(direct) if direct else None})
             BaseObserver.__init__(self, Emitter, timeout=timeout, inotify_fd=self._inotify_fd, group=group)
 
     return ExcludingObserver

@@ -15,9 +15,11 @@ from quantum_sync.diskio import OwnWrites
 class _Seen(FileSystemEventHandler):
     def __init__(self):
         self.paths = []
+        self.kinds = []
         self.event = threading.Event()
 
     def on_any_event(self, event):
+        self.kinds.append((type(event).__name__, event.src_path))
         self.paths.append(event.src_path)
         if getattr(event, "dest_path", ""):
             self.paths.append(event.dest_path)
@@ -84,3 +86,31 @@ def test_an_own_install_is_dropped_once_and_anything_else_is_reported(tmp_path):
         observer.join(5)
     assert [p for p in seen.paths if p == str(target)]  # the write after it is reported
     assert own.claim(str(target)) is False  # recognised once
+
+
+def test_file_events_go_straight_to_direct_and_moves_and_directories_to_the_handler(tmp_path):
+    direct = []
+    (tmp_path / "d").mkdir()
+    observer, seen = _watch(tmp_path, direct=lambda event: direct.append((type(event).__name__, event.src_path)))
+    try:
+        (tmp_path / "a").write_bytes(b"x")
+        (tmp_path / "e").mkdir()
+        os.rename(tmp_path / "a", tmp_path / "d" / "b")
+        _settle(seen, str(tmp_path / "d" / "b"))
+        os.unlink(tmp_path / "d" / "b")
+        deadline = time.monotonic() + 5
+        while ("FileDeletedEvent", str(tmp_path / "d" / "b")) not in direct and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        observer.stop()
+        observer.join(5)
+    a, b = str(tmp_path / "a"), str(tmp_path / "d" / "b")
+    assert ("FileCreatedEvent", a) in direct and ("FileClosedEvent", a) in direct
+    assert ("FileDeletedEvent", b) in direct
+    handled = {kind for kind in seen.kinds}
+    for kind in ("FileCreatedEvent", "FileModifiedEvent", "FileClosedEvent"):
+        assert (kind, a) not in handled  # went to direct only
+    assert ("FileDeletedEvent", b) not in handled
+    assert ("DirCreatedEvent", str(tmp_path / "e")) in seen.kinds  # the directory and the move did
+    assert ("FileMovedEvent", a) in seen.kinds and b in seen.paths
+    assert not [path for _, path in direct if path in (str(tmp_path / "d"), str(tmp_path / "e"))]

@@ -143,7 +143,8 @@ class FolderWatcher(Service):
         super().startService()
         bridge = _Bridge(self._reactor, self.folder, self._events, self._on_grow)
         try:
-            self._observer = observers.observer(ignore=self._own_write)  # .quantum-sync unwatched
+            # .quantum-sync unwatched; file events straight from the reading thread
+            self._observer = observers.observer(ignore=self._own_write, direct=bridge.on_any_event)
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)
             self._observer.start()
         except OSError as e:
