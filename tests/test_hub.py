@@ -259,3 +259,20 @@ def test_a_failing_connection_does_not_stop_a_broadcast():
     after = connect(hub, "after")
     hub.publish(change(1))
     assert broken.aborted == "error" and after.types()[-1] == "FileOperation"
+
+
+def test_a_burst_holds_broadcasts_and_sends_each_connection_its_messages_together_in_order():
+    hub, _ = make_hub()
+    plain = connect(hub, "plain", topics={"file_operations"})
+    batched = connect(hub, "batched", topics={"file_operations"})
+    writes = []
+    batched.send_many = lambda payloads: writes.append([json.loads(p)["seq"] for p in payloads])
+    with hub.burst():
+        for seq in (1, 2, 3):
+            hub.publish(change(seq, source="plain"))
+        assert plain.sent == [] and writes == []  # nothing leaves before the block ends
+        hub.publish(change(4))
+    assert [m["seq"] for m in plain.sent] == [4]  # never its own changes
+    assert writes == [[1, 2, 3, 4]]  # one write, journal order
+    hub.publish(change(5))
+    assert [m["seq"] for m in batched.sent] == [5]  # outside a burst: one send as before

@@ -14,6 +14,7 @@ connections silent for ``stale_timeout``, checked every ``cleanup_interval``) an
 performance alerts).
 """
 
+import contextlib
 import shutil
 
 from twisted.application.service import Service
@@ -32,7 +33,8 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class IHubConnection(Interface):
-    """What the hub needs of one WebSocket connection."""
+    """What the hub needs of one WebSocket connection (and, optionally, a
+    ``send_many(payloads)`` that sends several messages in order in one write)."""
 
     client_id = Attribute("The id named by Subscribe, or None")
     address = Attribute("The peer's address, 'host:port'")
@@ -77,6 +79,8 @@ class Hub(Service):
         self.connections = set()
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
+        self._bursts = 0  # burst() blocks open
+        self._held = {}  # id(connection) -> (connection, [payload]) while in a burst
         self._alerting = set()
         self._loops = []
 
@@ -179,15 +183,42 @@ class Hub(Service):
         self._deliver(messages.event(kind, data, self._now()),
                       list(self._subscribers[messages.EVENT_TOPICS[kind]]))
 
+    @contextlib.contextmanager
+    def burst(self):
+        """Broadcasts made inside go to each connection together when the block ends: one
+        write per connection for a whole group of changes rather than one per change (the
+        same messages, in the same order)."""
+        self._bursts += 1
+        try:
+            yield
+        finally:
+            self._bursts -= 1
+            if not self._bursts:
+                held, self._held = self._held, {}
+                for connection, payloads in held.values():
+                    self._send(connection, payloads)
+
     def _deliver(self, payload: bytes, connections) -> None:
-        """The same bytes to each connection; one that fails is dropped, the rest still
-        get theirs."""
+        """The same bytes to each connection (held until the end of a burst)."""
         for connection in connections:
-            try:
-                connection.send(payload)
-            except Exception:
-                self.log.failure("hub: sending to {address} failed", address=connection.address)
-                connection.abort("error")
+            if self._bursts:
+                self._held.setdefault(id(connection), (connection, []))[1].append(payload)
+            else:
+                self._send(connection, [payload])
+
+    def _send(self, connection, payloads) -> None:
+        """``payloads`` to one connection; one that fails is dropped, the rest still get
+        theirs."""
+        try:
+            send_many = getattr(connection, "send_many", None)
+            if send_many is not None and len(payloads) > 1:
+                send_many(payloads)
+            else:
+                for payload in payloads:
+                    connection.send(payload)
+        except Exception:
+            self.log.failure("hub: sending to {address} failed", address=connection.address)
+            connection.abort("error")
 
     def alert(self, kind: str, data: dict) -> None:
         """Send a PeerVault event on the ``alerts`` topic (``security_alert``,

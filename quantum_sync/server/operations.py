@@ -370,12 +370,13 @@ class FileOperations:
             items.append((directories + [stored], [], operation, batch[position].source_client))
             journalled.append(position)
         changes = await self.index.record_each(items, now()) if items else []
-        for position, change in zip(journalled, changes):
-            self._published(change)
-            outcomes[position] = (change.operation.metadata, change)
-            if batch[position].body is not None:
-                self.recent.add(change.operation.metadata, installed[position][3],
-                                batch[position].body)
+        with self.hub.burst():  # the group's broadcasts in one write per subscriber
+            for position, change in zip(journalled, changes):
+                self._published(change)
+                outcomes[position] = (change.operation.metadata, change)
+                if batch[position].body is not None:
+                    self.recent.add(change.operation.metadata, installed[position][3],
+                                    batch[position].body)
         return outcomes
 
     def _refresh_quietly(self, tops) -> None:
@@ -515,8 +516,9 @@ class FileOperations:
         changes = []
         for start in range(0, len(items), RECORD_BATCH):
             batch = await self.index.record_many(items[start:start + RECORD_BATCH], DISK_SOURCE, now())
-            for change in batch:
-                self._published(change)
+            with self.hub.burst():
+                for change in batch:
+                    self._published(change)
             changes.extend(batch)
         if changes:
             self.log.info("journalled {count} change(s) found on disk", count=len(changes))

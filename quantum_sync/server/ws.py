@@ -420,6 +420,20 @@ class HubProtocol(WebSocketServerProtocol):
             return
         self._write(payload)
 
+    def send_many(self, payloads) -> None:
+        """Send several text messages, in order: in one write when the peer is reading
+        and the frames are ours (else one :meth:`send` each)."""
+        if self.state != self.STATE_OPEN:
+            return
+        if self._paused or self._backlog or self._framing == "autobahn":
+            for payload in payloads:
+                self.send(payload)
+            return
+        frames = [self.factory.frames(payload) for payload in payloads]
+        deflate = self._framing == "deflate"
+        self._send_frame(b"".join(f.deflated() if deflate else f.plain() for f in frames))
+        self.factory.hub.metrics.observe_messages_out(len(payloads), sum(map(len, payloads)))
+
     def _write(self, payload: bytes) -> None:
         if self._framing == "autobahn":
             self.sendMessage(payload, isBinary=False)
