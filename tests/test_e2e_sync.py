@@ -414,3 +414,33 @@ async def test_a_download_that_failed_while_the_server_was_down_is_retried(react
     b.engine.retry_pending()  # what the realtime link does once it is subscribed again
     await wait_for(reactor, lambda: read(b.config.folder, "late.txt") == b"sent while b was not listening",
                    what="the failed download retried")
+
+
+@pytest_twisted.ensureDeferred
+async def test_catching_up_never_replays_the_clients_own_changes(reactor, server, clients, monkeypatch):
+    """The journal holds the client's own changes too (the WebSocket never sends them).
+    A page read before the server journalled the client's Move of a directory still holds
+    its old Create: replaying it brought the directory back in the folder (with a base, so
+    it was never sent), where neither the server nor the other client has it."""
+    from quantum_sync.protocol import Move
+
+    a, b, A, B = await clients.pair(server[0])
+    os.makedirs(os.path.join(A, "was-here"))
+    await wait_for(reactor, lambda: os.path.isdir(os.path.join(B, "was-here")), what="directory synced")
+    os.rename(os.path.join(A, "was-here"), os.path.join(A, "now-here"))
+    await wait_for(reactor, lambda: os.path.isdir(os.path.join(B, "now-here")) and not os.path.exists(
+        os.path.join(B, "was-here")), what="directory moved")
+    await a.engine.idle()
+    journal = a.engine.server.changes
+
+    async def read_before_the_move(since):
+        changes, _, _ = await journal(since)
+        kept = [c for c in changes if not isinstance(c.operation, Move)]
+        return kept, (kept[-1].seq if kept else since), False
+
+    monkeypatch.setattr(a.engine.server, "changes", read_before_the_move)
+    a.engine.state.set_cursor(0)
+    await a.engine.catch_up()
+    await a.engine.idle()
+    assert not os.path.exists(os.path.join(A, "was-here"))
+    await converged(reactor, A, B, server[0].root)

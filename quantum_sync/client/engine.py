@@ -682,7 +682,15 @@ class Engine:
                 await self.reconcile()
                 return
             self._went_online()
-            jobs = [self._apply(c.seq, c.operation) for c in changes if c.seq > since and c.seq not in self._seen_ahead]
+            # the client's own changes are in the journal too (the WebSocket never sends them):
+            # they are already in the folder and its state, and replaying an old one (a
+            # directory's Create, say, read before the Move that followed it was journalled)
+            # would bring back what the folder has since moved or removed
+            jobs = [
+                self._apply(c.seq, c.operation)
+                for c in changes
+                if c.seq > since and c.seq not in self._seen_ahead and c.source_client != self.client_id
+            ]
             if jobs:
                 await defer.DeferredList(jobs)
             if cursor >= self.state.cursor:
