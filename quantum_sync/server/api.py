@@ -418,9 +418,9 @@ class FileApi:
         left = []  # temp files of uploads that were refused
         outcomes = await _each([self._batch_upload_one(item, data, source, request, left)
                                 for item, data in items])
-        if left:
-            deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                              lambda: [self.operations.store.discard(name) for name in left])
+        if left:  # gone before the answer: nothing of a refused file stays behind
+            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                    lambda: [self.operations.store.discard(name) for name in left])
         return write_json(request, {"results": [batch.result_json(o) for o in outcomes],
                                     "cursor": self.operations.head})
 
