@@ -181,13 +181,13 @@ def test_scan_names_every_entry_as_the_path_rules_do(store):
 
 @pytest.mark.parametrize("nameless", [True, False])
 def test_staged_bodies_install_atomically_and_are_recognised_once(store, nameless):
-    """A small body written by :meth:`Store.stage` (a nameless O_TMPFILE, or a named
+    """A small body written by :meth:`Store.stage_many` (a nameless O_TMPFILE, or a named
     temp where that is not supported) is mode 0644 and fsynced before it gets its name;
     it is linked in place when the name is free and replaces the file there otherwise.
     The root watcher's check (own_write) says yes to each install once, and never to a
     file another program put there afterwards."""
     store._nameless.available = nameless
-    temp, st = store.stage(b"small body")
+    (temp, st), = store.stage_many([b"small body"])
     assert isinstance(temp, int) is nameless and st.st_size == 10
     assert (os.fstat(temp) if nameless else os.stat(temp)).st_mode & 0o777 == 0o644
     assert os.listdir(store.temp_dir) == ([] if nameless else [os.path.basename(temp)])
@@ -201,7 +201,7 @@ def test_staged_bodies_install_atomically_and_are_recognised_once(store, nameles
     assert store.own_write(target) is False  # recognised once only
     assert store.own_write(os.path.join(store.root, "never-installed")) is False
 
-    temp, st = store.stage(b"ours, replacing")  # the name is taken now
+    (temp, st), = store.stage_many([b"ours, replacing"])  # the name is taken now
     store.install_staged(temp, st, "d/f.bin")
     store.discard(temp)
     assert os.listdir(store.temp_dir) == []
@@ -212,7 +212,7 @@ def test_staged_bodies_install_atomically_and_are_recognised_once(store, nameles
     os.replace(target + ".other", target)  # another program replaces it before the event
     assert store.own_write(target) is False
 
-    temp, _ = store.stage(b"never installed")
+    (temp, _), = store.stage_many([b"never installed"])
     store.discard(temp)
     assert os.listdir(store.temp_dir) == []
 

@@ -243,15 +243,15 @@ def _place(folder: str, staged: str, abspath: str, expected, modified: float) ->
     return _rename_if(folder, staged, abspath, expected)
 
 
-def _link_new(folder: str, fd: int, abspath: str) -> LocalStat:
-    """Give the nameless file ``fd`` the name ``abspath``, which must not exist (else
-    LocalChanged: something appeared there meanwhile); the stat it was installed with."""
+def _link_new(folder: str, fd: int, abspath: str, st) -> LocalStat:
+    """Give the nameless file ``fd`` (whose fstat is ``st``) the name ``abspath``, which
+    must not exist (else LocalChanged: something appeared there meanwhile); the stat it
+    was installed with."""
     make_parents(folder, abspath)
     try:
         NAMELESS.link(fd, abspath)
     except FileExistsError:
         raise LocalChanged(abspath) from None
-    st = os.fstat(fd)
     return LocalStat(st.st_size, st.st_mtime_ns, False)
 
 
@@ -330,11 +330,12 @@ def install_many(folder: str, staging_dir: str, installs, installed=None) -> lis
                 if error is not None:
                     raise error
                 abspath = resolve(folder, installs[position].path)
+                st = os.fstat(fd)
                 if installed is not None:
-                    installed.expect(abspath, os.fstat(fd))
+                    installed.expect(abspath, st)
                 try:
                     if staged is None:
-                        results[position] = _link_new(folder, fd, abspath)
+                        results[position] = _link_new(folder, fd, abspath, st)
                     else:
                         results[position] = _rename_if(folder, staged, abspath, installs[position].expected)
                 except BaseException:

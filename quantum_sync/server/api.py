@@ -455,7 +455,7 @@ class FileApi:
         for position, outcome in zip(good, staged):
             item, data = taken[position]
             taken[position] = (item, storage_error(outcome) if isinstance(outcome, OSError)
-                               else _StagedBody(outcome[0], data))
+                               else _StagedBody(*outcome, data))
         return taken
 
     async def _batch_upload_one(self, item, staged, source: str, request, left: list):
@@ -601,10 +601,11 @@ async def _each(coroutines) -> list:
 
 @attrs.frozen
 class _StagedBody:
-    """A file of a batch upload, staged: its finished temp file and the bytes in it (kept
-    for the downloads that follow)."""
+    """A file of a batch upload, staged: its finished temp file (mode 0644), that file's
+    stat, and the bytes in it (kept for the downloads that follow)."""
 
     path: str
+    stat: os.stat_result
     body: bytes = attrs.field(repr=False)
 
 

@@ -138,6 +138,8 @@ class _WaitingUpload:
     if_match: str | None
     if_none_match: str | None
     answer: Deferred
+    #: the finished temp file's stat when its stager took it (mode 0644 already)
+    temp_stat: object = None
 
 
 class FileOperations:
@@ -305,7 +307,8 @@ class FileOperations:
         """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
         hashing to ``sha256``, already fsynced, a MemorySpool whose body is written and
         fsynced by the group commit, or anything with the ``path`` of a finished temp
-        file and the ``body`` it holds) at ``path``. Returns ``(FileMetadata, Change)``.
+        file (mode 0644), its ``stat`` and the ``body`` it holds) at ``path``. Returns
+        ``(FileMetadata, Change)``.
 
         ``if_match``: the hash the current file must have; ``if_none_match == "*"``: the
         path must not exist. Raises PRECONDITION_FAILED, CONFLICT, UPLOAD_DISABLED, ...
@@ -318,7 +321,8 @@ class FileOperations:
         check_client_id(source_client)
         body = getattr(tempfile, "body", None)  # kept for the downloads that follow
         waiting = _WaitingUpload(path, tempfile.path, body, sha256, source_client,
-                                 etag_value(if_match), if_none_match, Deferred())
+                                 etag_value(if_match), if_none_match, Deferred(),
+                                 getattr(tempfile, "stat", None))
         self._uploads.append(waiting)
         if not self._installing:
             # on the reactor's next turn: the uploads of a whole batch request, which arrive
@@ -452,7 +456,7 @@ class FileOperations:
         """``(temp, stat)`` of an upload ready to install: its body written by
         :meth:`Store.stage_many` (``staged``), or its spool's finished temp file."""
         if waiting.temp_path is not None:
-            return waiting.temp_path, self.store.readied(waiting.temp_path)
+            return waiting.temp_path, waiting.temp_stat or self.store.readied(waiting.temp_path)
         if isinstance(staged, OSError):
             raise staged
         return staged

@@ -271,7 +271,7 @@ SMALL_BODY = 256 * 1024
 class MemorySpool(_Body):
     """A small upload body kept in memory and hashed as it arrives (on the reactor: a few
     microseconds a chunk). The group commit writes, fsyncs and renames it (see
-    :meth:`Store.stage`), so a small upload costs no temp file or thread of its own.
+    :meth:`Store.stage_many`), so a small upload costs no temp file or thread of its own.
 
     Counts its ``length`` in ``budget`` from creation until :meth:`close`; use
     :meth:`reserve` to get one only when the budget has room.
@@ -357,7 +357,6 @@ class RecentBodies:
         return metadata, body
 
 
-#: What an upload body can be spooled into.
 class BatchSpool(MemorySpool):
     """The body of a batch upload (:mod:`quantum_sync.batch`), held in memory within the
     uploads' budget. Not hashed as it arrives: each file in it is hashed on its own."""
@@ -368,6 +367,7 @@ class BatchSpool(MemorySpool):
         return False
 
 
+#: What an upload body can be spooled into.
 SPOOLS = (UploadSpool, MemorySpool)
 
 
@@ -532,22 +532,15 @@ class Store:
             fsync_directory(os.path.dirname(target))
         return created
 
-    def stage(self, data: bytes) -> tuple:
-        """Write ``data`` to a new nameless temp file (``O_TMPFILE`` in the temp
-        directory; a named one where that is not supported), mode 0644, fsynced; returns
-        ``(temp, stat)`` for :meth:`install_staged`, ``temp`` being the open descriptor
-        of a nameless file or the name of a named one. Release it with :meth:`discard`."""
-        (staged,) = self.stage_many([data])
-        if isinstance(staged, OSError):
-            raise staged
-        return staged
-
     def stage_many(self, bodies, named: bool = False) -> list:
-        """:meth:`stage` for each of ``bodies``, all written first and then made durable
-        together (:func:`~quantum_sync.diskio.fsync_all`); per body ``(temp, stat)`` or
-        the OSError that stopped it. ``named``: every temp is a named file in the temp
-        directory, closed once durable (no descriptor is held until its install), and they
-        are written :data:`STAGE_TURN` at a time, so a large batch never holds more open."""
+        """Write each of ``bodies`` to a new nameless temp file (``O_TMPFILE`` in the temp
+        directory; a named one where that is not supported), mode 0644, all written first
+        and then made durable together (:func:`~quantum_sync.diskio.fsync_all`); per body
+        ``(temp, stat)`` for :meth:`install_staged`, ``temp`` being the open descriptor of
+        a nameless file or the name of a named one (release it with :meth:`discard`), or
+        the OSError that stopped it. ``named``: every temp is a named file, closed once
+        durable (no descriptor is held until its install), and they are written
+        :data:`STAGE_TURN` at a time, so a large batch never holds more open."""
         if named and len(bodies) > STAGE_TURN:
             return [outcome for start in range(0, len(bodies), STAGE_TURN)
                     for outcome in self.stage_many(bodies[start:start + STAGE_TURN], named=True)]
@@ -597,7 +590,7 @@ class Store:
         return fd, name, st
 
     def discard(self, temp) -> None:
-        """Release what :meth:`stage` returned (after its install, or instead of it)."""
+        """Release a temp :meth:`stage_many` returned (after its install, or instead of it)."""
         if isinstance(temp, int):
             os.close(temp)
             return
@@ -617,7 +610,7 @@ class Store:
     def install_staged(self, temp, temp_stat, path: str) -> tuple:
         """Put a finished temp file (``temp_stat``: its stat) at ``path``, without the
         directory fsync; returns ``(created parent directories, on-disk name)``. A
-        nameless file (see :meth:`stage`) is linked in place when the name is free, else
+        nameless file (see :meth:`stage_many`) is linked in place when the name is free, else
         named in the temp directory first; a named one is renamed onto ``path``. Either
         way the file appears whole, and the root watcher recognises it as the server's
         own (:meth:`own_write`)."""
