@@ -14,13 +14,16 @@
 (so they go through the real config validation); ``enable_upload`` defaults to True.
 """
 
+import contextlib
 import json
 
 import attrs
 import pytest_twisted
 import treq
 from treq.client import HTTPClient
+from twisted.internet.endpoints import serverFromString
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
 
 from quantum_sync import config as config_module
 
@@ -148,3 +151,19 @@ async def http(reactor):
 
 __all__ = ["HttpClient", "RunningServer", "http", "server", "server_document", "start_server",
            "start_service", "treq"]
+
+
+@contextlib.asynccontextmanager
+async def client_of(reactor, resource, client_id: str = "c"):
+    """A client's :class:`~quantum_sync.client.transfer.ServerClient` talking to the
+    twisted.web ``resource`` (a stand-in server: one that lies, throttles, or has no batch
+    endpoints) served on a free loopback port; both closed afterwards."""
+    from quantum_sync.client.transfer import ServerClient
+
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(resource))
+    client = ServerClient(reactor, f"http://127.0.0.1:{port.getHost().port}", client_id)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await port.stopListening()

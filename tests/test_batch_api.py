@@ -12,10 +12,9 @@ import os
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.web import resource
-from twisted.web import server as web_server
 
 from quantum_sync import batch
 from quantum_sync.client.transfer import (DownloadCorrupt, PreconditionFailed, RequestRefused, ServerClient,
@@ -23,7 +22,7 @@ from quantum_sync.client.transfer import (DownloadCorrupt, PreconditionFailed, R
 from quantum_sync.protocol import FileMetadata
 from quantum_sync.server.api import SMALL_DOWNLOAD
 from tests.logcapture import LogCapture
-from tests.support import http, server, server_document, start_server, start_service  # noqa: F401 (fixtures)
+from tests.support import client_of, http, server, server_document, start_server, start_service  # noqa: F401 (fixtures)
 from tests.test_api import EndlessBody, UnsizedBody, sha, upload
 from tests.test_api_paths import ATTACKS, assert_safe, hostile, hostile_tree  # noqa: F401 (fixtures)
 from tests.test_auth_e2e import auth_section, bearer, tokens_by_role, tree
@@ -559,9 +558,7 @@ class _NoBatches(resource.Resource):
 @pytest_twisted.ensureDeferred
 async def test_a_client_falls_back_to_one_request_a_file_for_a_server_without_batches(reactor):
     old = _NoBatches()
-    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(web_server.Site(old))
-    client = ServerClient(reactor, f"http://127.0.0.1:{port.getHost().port}", "c")
-    try:
+    async with client_of(reactor, old) as client:
         for round_ in range(2):
             datas = {f"r{round_}/{i}": b"%d-%d" % (round_, i) for i in range(30)}
             answers = await settled(client.upload(p, None, sha(d), None, data=d) for p, d in datas.items())
@@ -572,9 +569,6 @@ async def test_a_client_falls_back_to_one_request_a_file_for_a_server_without_ba
         batches = [r for r in old.requests if r[1].startswith(b"/api/batch/")]
         assert batches == [(b"POST", b"/api/batch/upload")]  # asked once, then never again
         assert len(old.requests) == 1 + 2 * 2 * 30
-    finally:
-        await client.close()
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

@@ -7,8 +7,7 @@ import os
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
-from twisted.web import resource, server as web_server
+from twisted.web import resource
 
 from quantum_sync.client import localfs
 from quantum_sync.client.batches import ThreadBatcher
@@ -17,7 +16,7 @@ from quantum_sync.client.reconcile import Entry
 from quantum_sync.client.state import Base, FolderState, tmp_dir
 from quantum_sync.client.transfer import DownloadCorrupt, ServerClient
 from quantum_sync.errors import SyncError
-from tests.support import server  # noqa: F401 (fixture)
+from tests.support import client_of, server  # noqa: F401 (fixture)
 
 
 def sha(data):
@@ -125,17 +124,12 @@ class _Liar(resource.Resource):
 
 @pytest_twisted.ensureDeferred
 async def test_an_in_memory_download_longer_than_announced_or_wrong_is_refused(reactor):
-    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(web_server.Site(_Liar()))
-    client = ServerClient(reactor, f"http://127.0.0.1:{port.getHost().port}", "c")
-    try:
+    async with client_of(reactor, _Liar()) as client:
         with pytest.raises(DownloadCorrupt, match="longer than"):
             await client.download_bytes("f", sha(_Liar.body), 10)
         with pytest.raises(DownloadCorrupt, match="SHA-256"):
             await client.download_bytes("f", sha(b"other"), 1000)
         assert await client.download_bytes("f", sha(_Liar.body), 1000) == _Liar.body
-    finally:
-        await client.close()
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

@@ -3,17 +3,16 @@
 import email.utils
 
 import pytest_twisted
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
-from twisted.web import resource, server
+from twisted.web import resource
 
 from quantum_sync.client.transfer import (
     DEFAULT_RETRY_AFTER,
     MAX_RETRY_AFTER,
-    ServerClient,
     ServerUnavailable,
     retry_after_seconds,
 )
+from tests.support import client_of
 
 
 def test_retry_after_forms():
@@ -50,9 +49,7 @@ class Throttling(resource.Resource):
 @pytest_twisted.ensureDeferred
 async def test_no_request_is_sent_before_retry_after(reactor):
     site = Throttling()
-    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(server.Site(site))
-    client = ServerClient(reactor, f"http://127.0.0.1:{port.getHost().port}", "c1")
-    try:
+    async with client_of(reactor, site, "c1") as client:
         for _ in range(2):  # the 429 itself, then a refusal without asking the server
             try:
                 await client.metadata("a.txt")
@@ -64,6 +61,3 @@ async def test_no_request_is_sent_before_retry_after(reactor):
         await deferLater(reactor, 1.1, lambda: None)
         assert await client.metadata("a.txt") is None  # after the pause: asked again, 404
         assert site.requests == 2
-    finally:
-        await client.close()
-        await port.stopListening()
