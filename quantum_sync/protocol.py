@@ -242,3 +242,34 @@ def parse_change(obj) -> Change:
     if not isinstance(timestamp, str):
         raise _invalid("timestamp must be a string")
     return Change(seq, operation, source, timestamp)
+
+
+# -- relays (an extension: quantum_sync.server.relay) -----------------------------------
+
+
+@attrs.frozen
+class UploadStarted:
+    """The ``data`` of an ``upload_started`` event: a large upload of ``path`` (``size``
+    bytes hashing to ``hash``) is arriving and may be read from its relay meanwhile."""
+
+    path: str
+    hash: str
+    size: int
+    source_client: str = ""
+
+
+def parse_upload_started(obj) -> UploadStarted:
+    """A validated :class:`UploadStarted` from an ``upload_started`` event's ``data``."""
+    if not isinstance(obj, dict):
+        raise _invalid("upload_started data must be an object")
+    path = paths.normalize(_field(obj, "path", str, "upload_started"))
+    digest = _field(obj, "hash", str, "upload_started")
+    if not is_sha256(digest):
+        raise _invalid("hash must be the lowercase SHA-256 hex of the content")
+    size = _field(obj, "size", int, "upload_started")
+    if size < 0 or size > 2**63:
+        raise _invalid("size out of range")
+    source = obj.get("source_client", "")
+    if not isinstance(source, str):
+        raise _invalid("source_client must be a string")
+    return UploadStarted(path, digest, size, source)

@@ -583,6 +583,15 @@ class Engine:
 
     # -- remote operations ---------------------------------------------------------------
 
+    def upload_started(self, announced):
+        """Another client began a large upload (a :class:`~quantum_sync.protocol.UploadStarted`):
+        fetch it from its relay while it arrives, staged, so that the FileOperation that
+        follows finds it ready (:meth:`ServerClient.prefetch`). Nothing is installed here."""
+        base = self.state.base(announced.path)
+        if self.is_ignored(announced.path) or (base is not None and base.entry.hash == announced.hash):
+            return
+        self.server.prefetch(announced.path, announced.hash, announced.size, tmp_dir(self.folder))
+
     def remote_operation(self, seq, operation):
         """A FileOperation from the server (``seq`` None when it carries none). Returns a
         Deferred that fires when it has been applied."""

@@ -3,8 +3,10 @@
 On every connection: ``auth`` first (when a token is configured), then ``Subscribe``
 with the client id; once the server acknowledges it, the engine catches up from the
 journal (a reconnect never needs a full rescan). ``FileOperation`` messages go to the
-engine with their ``seq``; the engine notices gaps. Reconnection uses exponential
-backoff; every state change is logged.
+engine with their ``seq``; the engine notices gaps. The link also subscribes to the
+``transfers`` topic, whose ``upload_started`` events let the engine fetch another
+client's large upload while it arrives (:mod:`quantum_sync.server.relay`). Reconnection
+uses exponential backoff; every state change is logged.
 """
 
 import json
@@ -22,6 +24,7 @@ from quantum_sync.errors import SyncError
 
 
 _log = Logger()
+TRANSFERS_TOPIC = "transfers"
 
 
 def websocket_url(server_url: str) -> str:
@@ -65,8 +68,18 @@ class SyncClientProtocol(WebSocketClientProtocol):
             self._subscribe()
         elif kind == "auth_error":
             _log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
-        elif kind == "Ack" and message.get("operation_id") == "subscribe":
+        elif kind == "Ack" and message.get("operation_id") == "subscribe" and "topic" not in message:
             link.subscribed(self)
+            # large uploads of other clients, announced while they arrive (an extension
+            # of the server's; an older one answers an Error, which is only logged)
+            self._send({"type": "subscribe", "topic": TRANSFERS_TOPIC, "id": TRANSFERS_TOPIC})
+        elif kind == "upload_started":
+            try:
+                announced = protocol.parse_upload_started(message.get("data"))
+            except SyncError as e:
+                _log.warn("realtime: ignoring an invalid upload_started: {error}", error=e.message)
+                return
+            link.engine.upload_started(announced)
         elif kind == "FileOperation":
             try:
                 operation = protocol.parse_operation(message.get("operation"))
@@ -75,6 +88,8 @@ class SyncClientProtocol(WebSocketClientProtocol):
                 return
             seq = message.get("seq")
             link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation)
+        elif kind == "Error" and message.get("id") == TRANSFERS_TOPIC:
+            _log.info("realtime: the server announces no uploads in progress; large files are fetched once stored")
         elif kind == "Error":
             _log.warn(
                 "realtime: server error {code}: {message}", code=message.get("code"), message=message.get("message")

@@ -29,6 +29,7 @@ import treq
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -37,6 +38,7 @@ from zope.interface import implementer
 from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.localfs import unlink_quietly
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -56,6 +58,10 @@ BATCH_BYTES = 4 << 20
 BATCHES_IN_FLIGHT = 2
 #: Bytes a download batch's manifest may take per file, beyond the files' contents.
 BATCH_MANIFEST_PER_FILE = 32 * 1024
+#: Relayed downloads (another client's upload, read while it arrives: ``/api/relay``)
+#: kept at once at most, and the seconds one that no download claims is kept staged.
+PREFETCHES = 2
+PREFETCH_KEEP = 60.0
 #: A 429 without a usable Retry-After pauses requests this long; a longer one is capped.
 DEFAULT_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 600.0
@@ -74,6 +80,35 @@ class _SmallDownload:
     path: str
     sha256: str
     size: int
+
+
+class _Prefetch:
+    """A relayed download: the staged file's name once it is done (None if it failed),
+    for the :meth:`ServerClient.download` that claims it."""
+
+    def __init__(self):
+        self.done = False
+        self.claimed = False
+        self.staged = None
+        self.expiry = None  # the call that throws an unclaimed staged file away
+        self._waiters = []
+
+    def settle(self, staged) -> None:
+        self.done, self.staged = True, staged
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(staged)
+
+    def claim(self) -> defer.Deferred:
+        """The staged name (or None), once the download is done; the claimer owns the file."""
+        self.claimed = True
+        if self.expiry is not None and self.expiry.active():
+            self.expiry.cancel()
+        if self.done:
+            return defer.succeed(self.staged)
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
 
 class ServerUnavailable(Exception):
@@ -248,6 +283,7 @@ class ServerClient:
                                        size=lambda job: len(job.data), reactor=reactor)
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
+        self._prefetches = {}  # (path, sha256) -> _Prefetch
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -256,7 +292,9 @@ class ServerClient:
         return self._small_transfers if small else self._transfers
 
     def close(self):
-        """Drop the pooled connections (a Deferred)."""
+        """Drop the pooled connections and unclaimed prefetched files (a Deferred)."""
+        for key, entry in list(self._prefetches.items()):
+            self._expire(key, entry)
         return self._pool.closeCachedConnections()
 
     def _drop_connections(self):
@@ -281,12 +319,12 @@ class ServerClient:
         requested = self._http.request(method, self._url(path), params=params, headers=Headers(all_headers), timeout=timeout, **kwargs)
         return await self._answer(method, path, requested)
 
-    async def _transfer_request(self, method, path, file_path, headers=None, body=None):
-        """A transfer's request (``path`` with ``?path=file_path`` unless that is None, no
-        timeout) on the Agent itself: treq's URL, cookie and redirect layers cost more
-        than a small file."""
+    async def _transfer_request(self, method, path, file_path, headers=None, body=None, query=""):
+        """A transfer's request (``path`` with ``?path=file_path`` unless that is None, then
+        ``query``; no timeout) on the Agent itself: treq's URL, cookie and redirect layers
+        cost more than a small file."""
         self._check_paused(method, path)
-        target = path if file_path is None else f"{path}?path={quote(file_path, safe='')}"
+        target = path if file_path is None else f"{path}?path={quote(file_path, safe='')}{query}"
         url = self._transfer_prefix + target.encode("ascii")
         all_headers = dict(self._raw_headers)
         all_headers.update(headers or {})
@@ -299,8 +337,6 @@ class ServerClient:
         except defer.CancelledError:
             raise ServerUnavailable(f"{method} {path}: timed out") from None
         except Exception as e:  # connection refused, reset, TLS, DNS...
-            from twisted.python.failure import Failure
-
             reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
             self._drop_connections()
             raise ServerUnavailable(f"{method} {path}: {reason}") from None
@@ -523,11 +559,60 @@ class ServerClient:
     def download(self, path: str, sha256: str, staging_dir: str, size=None):
         """Stream ``path`` (announced as ``size`` bytes, when known) into a new file in
         ``staging_dir``, check it hashes to ``sha256``, fsync it; the staged file's name
-        (the caller renames or removes it)."""
+        (the caller renames or removes it). A prefetch of that version is used when
+        there is one."""
+        entry = self._prefetches.pop((path, sha256), None)
+        if entry is not None:
+            return defer.ensureDeferred(self._claim(entry, path, sha256, staging_dir, size))
         return self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
 
-    async def _download(self, path, sha256, staging_dir):
-        response = await self._transfer_request("GET", "/api/download", path)
+    async def _claim(self, entry, path, sha256, staging_dir, size):
+        staged = await entry.claim()
+        if staged is not None:
+            return staged
+        return await self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
+
+    def prefetch(self, path: str, sha256: str, size: int, staging_dir: str) -> None:
+        """Start reading another client's upload of ``path`` (``size`` bytes hashing to
+        ``sha256``) from the server's relay while it arrives, staged and checked like
+        any download, for the :meth:`download` of that version to claim. At most
+        :data:`PREFETCHES` are kept; one nobody claims is removed after
+        :data:`PREFETCH_KEEP` seconds. A failure only means the download happens later."""
+        key = (path, sha256)
+        if key in self._prefetches or len(self._prefetches) >= PREFETCHES:
+            return
+        entry = self._prefetches[key] = _Prefetch()
+
+        def done(result):
+            staged = None if isinstance(result, Failure) else result
+            if staged is None and not (isinstance(result.value, RequestRefused) and result.value.status == 404):
+                self.log.info("relay of {path} failed ({error}); it is downloaded once stored",
+                              path=path, error=result.getErrorMessage())
+            if not entry.claimed:
+                if staged is not None and self._prefetches.get(key) is entry:
+                    entry.expiry = self._reactor.callLater(PREFETCH_KEEP, self._expire, key, entry)
+                else:  # failed, or thrown away while it ran
+                    if self._prefetches.get(key) is entry:
+                        del self._prefetches[key]
+                    unlink_quietly(staged)
+                    staged = None
+            entry.settle(staged)
+
+        relay = defer.ensureDeferred(self._download(path, sha256, staging_dir, route="/api/relay", query=f"&hash={sha256}"))
+        relay.addBoth(done)
+
+    def _expire(self, key, entry) -> None:
+        """Throw away a prefetch nobody claimed (its download, if running, ends unused)."""
+        if self._prefetches.get(key) is entry:
+            del self._prefetches[key]
+        if entry.expiry is not None and entry.expiry.active():
+            entry.expiry.cancel()
+        if entry.done and not entry.claimed:
+            staged, entry.staged = entry.staged, None
+            unlink_quietly(staged)
+
+    async def _download(self, path, sha256, staging_dir, route="/api/download", query=""):
+        response = await self._transfer_request("GET", route, path, query=query)
         fd, staged = await deferToThread(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
         sink = staging.StagingSink(self._reactor, fd)
         try:

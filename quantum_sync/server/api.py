@@ -27,6 +27,7 @@ from quantum_sync import batch, paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.operations import check_client_id
+from quantum_sync.server.relay import RelayResource, Relays
 from quantum_sync.server.store import SPOOLS, BatchSpool, storage_error
 
 MAX_CHANGES_LIMIT = 10000
@@ -200,6 +201,7 @@ class FileApi:
         self.operations = operations
         self.authorizer = authorizer
         self._reactor = reactor
+        self.relays = Relays(reactor, operations.hub)
 
     def resource(self):
         return _Dispatch(self, self.app.resource())
@@ -319,6 +321,13 @@ class FileApi:
                     return metadata, opened
                 opened.file.close()  # replaced between opening and hashing: again
         raise SyncError("CONFLICT", f"{path} keeps changing while being read; try again")
+
+    @app.route("/api/relay", methods=["GET"])
+    async def relay(self, request):
+        """An upload in progress, as it arrives (:mod:`quantum_sync.server.relay`)."""
+        await self._authorize(request, "read")
+        path = self._path(request, client_id(request))
+        return RelayResource(self.relays.get(path, query(request, "hash").lower()))
 
     @app.route("/api/changes", methods=["GET"])
     async def changes(self, request):

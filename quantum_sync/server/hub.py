@@ -178,10 +178,12 @@ class Hub(Service):
             [c for c in self._subscribers["file_operations"] if not source or c.client_id != source],
         )
 
-    def event(self, kind: str, data: dict) -> None:
-        """Send a PeerVault event to the subscribers of its topic."""
+    def event(self, kind: str, data: dict, skip_client: str = "") -> None:
+        """Send a PeerVault event to the subscribers of its topic (except the connections
+        of ``skip_client``, where given)."""
         self._deliver(messages.event(kind, data, self._now()),
-                      list(self._subscribers[messages.EVENT_TOPICS[kind]]))
+                      [c for c in self._subscribers[messages.EVENT_TOPICS[kind]]
+                       if not skip_client or c.client_id != skip_client])
 
     @contextlib.contextmanager
     def burst(self):

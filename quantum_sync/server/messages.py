@@ -18,7 +18,7 @@ from quantum_sync.errors import SyncError
 from quantum_sync.protocol import parse_operation
 
 #: Topics a connection may subscribe to (PeerVault form).
-TOPICS = ("file_operations", "peer_network", "system", "alerts")
+TOPICS = ("file_operations", "peer_network", "system", "alerts", "transfers")
 
 #: The topic each PeerVault event travels on.
 EVENT_TOPICS = {
@@ -28,6 +28,9 @@ EVENT_TOPICS = {
     "storage_alert": "alerts",
     "performance_alert": "alerts",
     "security_alert": "alerts",
+    # an extension: a large upload has started and may be read as it arrives
+    # (quantum_sync.server.relay)
+    "upload_started": "transfers",
 }
 
 MAX_CLIENT_ID_LENGTH = 256

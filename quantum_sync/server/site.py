@@ -124,6 +124,8 @@ class SyncRequest(server.Request):
         except OSError:
             super().gotLength(0)  # the handler answers with the spool's absence
             return
+        if site.relays is not None:
+            site.relays.offer(self, self.content, length)
         # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
         if hasattr(self.channel.transport, "bufferSize"):
             self.channel.transport.bufferSize = UPLOAD_READ_SIZE
@@ -271,7 +273,7 @@ class SyncSite(server.Site):
     request_timeout = 30
 
     def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None,
-                 upload_gate=None):
+                 upload_gate=None, relays=None):
         super().__init__(root, reactor=reactor)
         self.metrics = metrics
         self.temp_dir = temp_dir
@@ -279,6 +281,9 @@ class SyncSite(server.Site):
         #: ``gate(request)`` raises SyncError when the caller may not upload at all;
         #: checked when an upload's headers are in, before its body is stored.
         self.upload_gate = upload_gate
+        #: :class:`~quantum_sync.server.relay.Relays`: large uploads streamed on to the
+        #: other clients while they arrive.
+        self.relays = relays
         #: Open HTTP connections. A connection handed to the WebSocket hub leaves its HTTP
         #: channel without a transport (and without connectionLost): it is skipped, and
         #: weakly held so that it does not stay here for ever.
@@ -433,4 +438,4 @@ def build_site(listener, service) -> SyncSite:
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     handler = service.config.handler
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
-                    reactor=service.reactor, upload_gate=service.api.upload_gate)
+                    reactor=service.reactor, upload_gate=service.api.upload_gate, relays=service.api.relays)

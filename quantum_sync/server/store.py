@@ -129,8 +129,12 @@ class UploadSpool(_Body):
         self._threads = []
         self._aborted = False
         self._finished = False
+        self._written = 0  # bytes in the file (the writing thread's count)
         self.size = 0
         self.error = None
+        #: The :class:`~quantum_sync.server.relay.Relay` following this upload, if any:
+        #: told of every block written and of the end.
+        self.relay = None
 
     # -- the network side (reactor thread) ------------------------------------------
 
@@ -193,7 +197,10 @@ class UploadSpool(_Body):
         flusher = Writeback(self._fd)
         while (item := self._to_write.get()) is not None:
             block, size = item
-            self._write_block(block)
+            if self._write_block(block):
+                self._written += size
+                if self.relay is not None:
+                    self.relay.grew(self._written)
             flusher.wrote(size)
             for spool in self._release(size):
                 spool._notify_drained()
@@ -208,9 +215,10 @@ class UploadSpool(_Body):
             except Exception:  # never let a callback stop a pipeline
                 pass
 
-    def _write_block(self, block) -> None:
+    def _write_block(self, block) -> bool:
+        """Write ``block`` (a list of chunks) whole; False when nothing was (an error)."""
         if self.error is not None or self._aborted:
-            return
+            return False
         try:
             written = os.writev(self._fd, block)
             total = sum(len(chunk) for chunk in block)
@@ -218,8 +226,10 @@ class UploadSpool(_Body):
                 view = memoryview(b"".join(block))[written:]
                 while view:
                     view = view[os.write(self._fd, view):]
+            return True
         except OSError as e:
             self.error = storage_error(e)
+            return False
 
     # -- the end ----------------------------------------------------------------------
 
@@ -239,7 +249,9 @@ class UploadSpool(_Body):
             self._pending, self._pending_size = [], 0
             for chunk in block:
                 self._digest.update(chunk)
-            self._write_block(block)
+            if self._write_block(block) and self.relay is not None:
+                self._written += size
+                self.relay.grew(self._written)
         try:
             os.fsync(self._fd)
         except OSError as e:
@@ -262,6 +274,8 @@ class UploadSpool(_Body):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        if self.relay is not None:
+            self.relay.spool_closed()
 
 
 #: Upload bodies of at most this many bytes (Content-Length) are kept in memory.
