@@ -97,14 +97,16 @@ class QuantumPair:
 
     name = "quantum-sync"
 
-    def __init__(self, base):
+    def __init__(self, base, client_args=(), port=None):
         self.base = base
         self.procs = []
         self.pids = {}
+        self.client_args = list(client_args)
+        self.port = port or free_port()
 
     def start(self):
         os.makedirs(self.base)
-        port = free_port()
+        port = self.port
         self.url = f"http://127.0.0.1:{port}"
         config = {"apps": {"http": {"servers": {"bench": {
             "listen": [f"tcp:{port}:interface=127.0.0.1"],
@@ -121,7 +123,7 @@ class QuantumPair:
         self.dir_b = os.path.join(self.base, "B")
         for side, folder in (("A", self.dir_a), ("B", self.dir_b)):
             self._spawn(f"client{side}", ["quantum-sync-client", "--server", self.url, "--local-path", folder,
-                                          "--client-id", f"bench-{side}"])
+                                          "--client-id", f"bench-{side}", *self.client_args])
         for side in "AB":
             wait(lambda: "realtime: connected" in self._log(f"client{side}"), 30, f"client {side} subscribed")
 

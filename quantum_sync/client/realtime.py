@@ -70,9 +70,10 @@ class SyncClientProtocol(WebSocketClientProtocol):
             _log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
         elif kind == "Ack" and message.get("operation_id") == "subscribe" and "topic" not in message:
             link.subscribed(self)
-            # large uploads of other clients, announced while they arrive (an extension
-            # of the server's; an older one answers an Error, which is only logged)
-            self._send({"type": "subscribe", "topic": TRANSFERS_TOPIC, "id": TRANSFERS_TOPIC})
+            if link.relay:
+                # large uploads of other clients, announced while they arrive (an extension
+                # of the server's; an older one answers an Error, which is only logged)
+                self._send({"type": "subscribe", "topic": TRANSFERS_TOPIC, "id": TRANSFERS_TOPIC})
         elif kind == "upload_started":
             try:
                 announced = protocol.parse_upload_started(message.get("data"))
@@ -104,9 +105,10 @@ class RealtimeLink:
 
     log = Logger()
 
-    def __init__(self, reactor, server_url, client_id, engine, token=None, ca_cert=None):
+    def __init__(self, reactor, server_url, client_id, engine, token=None, ca_cert=None, relay=True):
         self.reactor = reactor
         self.client_id = client_id
+        self.relay = relay
         self.token = token
         self.engine = engine
         self.connected = False

@@ -36,6 +36,8 @@ class ClientConfig:
     ca_cert: str = None
     settle: float = 0.2
     allow_mass_delete: bool = False
+    #: Fetch other clients' large uploads while they arrive (quantum_sync.server.relay).
+    relay: bool = True
     safety_interval: float = 600.0
     concurrency: int = 8
 
@@ -103,7 +105,8 @@ class SyncClientService(MultiService):
             self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
-            self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, config.token, config.ca_cert)
+            self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, config.token, config.ca_cert,
+                                     relay=config.relay)
             self.link.service.startService()
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor

@@ -41,6 +41,7 @@ class Options(usage.Options):
         ["no-realtime", None, "periodic sync only"],
         ["initial-sync", None, "pull everything the server has before anything else"],
         ["allow-mass-delete", None, "confirm a reconcile that deletes more than half of the synced files"],
+        ["no-relay", None, "fetch other clients' large files only once stored, not while they are uploaded"],
     ]
 
     def parseOptions(self, options=None):
@@ -108,6 +109,7 @@ class Options(usage.Options):
             ca_cert=ca_cert,
             settle=settle / 1000.0,
             allow_mass_delete=bool(self["allow-mass-delete"]),
+            relay=not self["no-relay"],
             safety_interval=max(10 * interval, 300.0),
         )
 
