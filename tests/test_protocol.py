@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import (
-    Change, Create, Delete, FileMetadata, Move, Update, format_time, parse_change,
-    parse_metadata, parse_operation, parse_time,
+    Change, Create, Delete, FileMetadata, Move, Update, UploadStarted, format_time, parse_change,
+    parse_metadata, parse_operation, parse_time, parse_upload_started,
 )
 
 HASH = "a" * 64
@@ -129,3 +129,57 @@ def test_format_time_is_what_datetime_formats(epoch):
     moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
     pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if moment.microsecond else "%Y-%m-%dT%H:%M:%SZ"
     assert format_time(epoch) == moment.strftime(pattern)
+
+
+# -- upload_started (the relay extension) ------------------------------------------------
+
+UPLOAD_STARTED = {"path": "docs/big.bin", "size": 9 << 20, "hash": HASH, "source_client": "laptop"}
+
+
+def test_upload_started_parses():
+    assert parse_upload_started(UPLOAD_STARTED) == UploadStarted("docs/big.bin", HASH, 9 << 20, "laptop")
+    without_source = {k: v for k, v in UPLOAD_STARTED.items() if k != "source_client"}
+    assert parse_upload_started(without_source) == UploadStarted("docs/big.bin", HASH, 9 << 20, "")
+    # the path in canonical (NFC) form, sizes at both ends of the range, unknown fields ignored
+    decomposed = dict(UPLOAD_STARTED, path="caf\u0065\u0301.bin", size=0, extra=1)
+    assert parse_upload_started(decomposed) == UploadStarted("caf\u00e9.bin", HASH, 0, "laptop")
+    assert parse_upload_started(dict(UPLOAD_STARTED, size=2**63)).size == 2**63
+
+
+@pytest.mark.parametrize("changes,code", [
+    ({"path": "../x"}, "INVALID_PATH"),
+    ({"path": "/x"}, "INVALID_PATH"),
+    ({"path": ""}, "INVALID_PATH"),
+    ({"path": ".quantum-sync/x"}, "INVALID_PATH"),
+    ({"path": 5}, "INVALID_REQUEST"),
+    ({"path": None}, "INVALID_REQUEST"),
+    ({"hash": "A" * 64}, "INVALID_REQUEST"),
+    ({"hash": "a" * 63}, "INVALID_REQUEST"),
+    ({"hash": ""}, "INVALID_REQUEST"),
+    ({"hash": 7}, "INVALID_REQUEST"),
+    ({"size": -1}, "INVALID_REQUEST"),
+    ({"size": 2**63 + 1}, "INVALID_REQUEST"),
+    ({"size": True}, "INVALID_REQUEST"),
+    ({"size": 1.5}, "INVALID_REQUEST"),
+    ({"size": "9"}, "INVALID_REQUEST"),
+    ({"source_client": 5}, "INVALID_REQUEST"),
+    ({"source_client": None}, "INVALID_REQUEST"),
+])
+def test_upload_started_errors(changes, code):
+    with pytest.raises(SyncError) as info:
+        parse_upload_started(dict(UPLOAD_STARTED, **changes))
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize("missing", ["path", "hash", "size"])
+def test_upload_started_missing_field(missing):
+    with pytest.raises(SyncError) as info:
+        parse_upload_started({k: v for k, v in UPLOAD_STARTED.items() if k != missing})
+    assert info.value.code == "INVALID_REQUEST" and missing in info.value.message
+
+
+@pytest.mark.parametrize("data", [None, [], "x", 5, [UPLOAD_STARTED]])
+def test_upload_started_data_must_be_an_object(data):
+    with pytest.raises(SyncError) as info:
+        parse_upload_started(data)
+    assert info.value.code == "INVALID_REQUEST"

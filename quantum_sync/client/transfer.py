@@ -62,6 +62,10 @@ BATCH_MANIFEST_PER_FILE = 32 * 1024
 #: kept at once at most, and the seconds one that no download claims is kept staged.
 PREFETCHES = 2
 PREFETCH_KEEP = 60.0
+#: Seconds a download waits for the relay it claimed before it fetches the stored file
+#: itself (the upload a relay follows is over by then, unless the FileOperation came from
+#: another upload of the same bytes and the relayed one stalled).
+CLAIM_WAIT = 30.0
 #: A 429 without a usable Retry-After pauses requests this long; a longer one is capped.
 DEFAULT_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 600.0
@@ -97,7 +101,8 @@ class _Prefetch:
         self.done, self.staged = True, staged
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            waiter.callback(staged)
+            if not waiter.called:  # not given up on (CLAIM_WAIT)
+                waiter.callback(staged)
 
     def claim(self) -> defer.Deferred:
         """The staged name (or None), once the download is done; the claimer owns the file."""
@@ -567,7 +572,13 @@ class ServerClient:
         return self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
 
     async def _claim(self, entry, path, sha256, staging_dir, size):
-        staged = await entry.claim()
+        waiter = entry.claim()
+        waiter.addTimeout(CLAIM_WAIT, self._reactor)
+        try:
+            staged = await waiter
+        except defer.TimeoutError:
+            entry.claimed = False  # its staged file is removed when its download ends
+            staged = None
         if staged is not None:
             return staged
         return await self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))

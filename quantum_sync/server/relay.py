@@ -15,8 +15,9 @@ first:
    reader sees an incomplete body.
 3. What a reader gets is a staged copy and nothing more. It checks the bytes against the
    hash and installs them only when the FileOperation of that very hash arrives, with the
-   usual checks. An upload refused later (412, 409...) is never announced, so its relayed
-   copy is thrown away unused.
+   usual checks. An upload refused after its headers (422, 412, 409...) was announced but
+   is never journalled: no FileOperation follows, and its relayed copy is thrown away
+   unused.
 
 Nothing becomes visible earlier than without relays, and the uploader's request is
 answered exactly as before.
@@ -42,13 +43,18 @@ TOPIC = "transfers"
 class Relay:
     """One upload in progress (``size`` bytes hashing to ``sha256`` into ``temp_path``)
     and the readers following it. Its spool reports progress (:meth:`grew`, from the
-    writing thread) and its end (:meth:`spool_closed`, on the reactor)."""
+    writing thread) and its end (:meth:`spool_closed`, on the reactor).
+
+    The temp file is opened once, here: the install renames it away before the spool is
+    closed, and a reader that comes in between still reads it (through a duplicate of
+    this descriptor)."""
 
     def __init__(self, reactor, path: str, sha256: str, size: int, temp_path: str, forget):
         self.path = path
         self.sha256 = sha256
         self.size = size
         self.temp_path = temp_path
+        self._fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC)
         self.written = 0
         self.closed = False
         self._reactor = reactor
@@ -70,12 +76,16 @@ class Relay:
             return
         self.closed = True
         self._forget(self)
+        os.close(self._fd)  # the readers hold their own duplicates
         for reader in list(self._readers):
             reader.wake()
 
     def follow(self, request) -> "_RelayReader":
-        """Answer ``request`` with the upload's bytes as they arrive."""
-        reader = _RelayReader(self, request, os.open(self.temp_path, os.O_RDONLY | os.O_CLOEXEC))
+        """Answer ``request`` with the upload's bytes as they arrive (NOT_FOUND once the
+        upload is over)."""
+        if self.closed:
+            raise SyncError("NOT_FOUND", f"no upload of {self.path} with that hash is arriving")
+        reader = _RelayReader(self, request, os.dup(self._fd))
         self._readers.add(reader)
         return reader
 
@@ -160,10 +170,11 @@ class RelayResource(resource.Resource):
 
     def render_GET(self, request):
         relay = self._relay
+        reader = relay.follow(request)  # before any header: a refusal is a JSON answer
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", b"%d" % relay.size)
         request.setHeader(b"ETag", f'"{relay.sha256}"'.encode("ascii"))
-        relay.follow(request).wake()
+        reader.wake()
         return server.NOT_DONE_YET
 
 
@@ -193,7 +204,10 @@ class Relays:
         if not is_sha256(sha256) or (path, sha256) in self._relays:
             return None
         source = (headers.getRawHeaders(b"x-client-id") or [b""])[0].decode("utf-8", "replace")
-        relay = Relay(self._reactor, path, sha256, length, spool.path, self._forget)
+        try:
+            relay = Relay(self._reactor, path, sha256, length, spool.path, self._forget)
+        except OSError:  # e.g. out of descriptors: the upload simply goes unrelayed
+            return None
         self._relays[(path, sha256)] = relay
         spool.relay = relay
         self._hub.event("upload_started", {"path": path, "hash": sha256, "size": length, "source_client": source},
