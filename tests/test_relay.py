@@ -20,7 +20,7 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.web.client import ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
@@ -32,6 +32,7 @@ from quantum_sync.server.relay import RELAY_MIN, TOPIC
 from tests.logcapture import LogCapture
 from tests.support import HttpClient, http, server, start_server  # noqa: F401 (fixtures)
 from tests.test_auth_e2e import auth_section, bearer, tokens_by_role
+from tests.test_server_stop import KeepAliveClient
 from test_e2e_sync import Clients, log_to_stderr, read, wait_for as wait_on_disk  # noqa: F401 (fixture)
 from test_ws_support import connect, drop_all, wait_for
 
@@ -117,19 +118,9 @@ class GatedBody:
         self.release()
 
 
-class RawUpload(Protocol):
+class RawUpload(KeepAliveClient):
     """A bare TCP connection to the server, e.g. an upload: the head and part of a body
     now, the rest (or an abrupt end) when the test says so."""
-
-    def __init__(self):
-        self.received = b""
-        self.lost = defer.Deferred()
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
 
     @classmethod
     async def connect(cls, reactor, server) -> "RawUpload":
@@ -251,6 +242,17 @@ class Reading:
 # -- 1. announcements ---------------------------------------------------------------------
 
 
+async def announced_upload(reactor, server, http, sockets, digest=None):
+    """A held upload of big.bin, once a ``transfers`` subscriber has heard of it:
+    ``(data, body, answer)``."""
+    watcher = await sockets.watch(server, "watcher")
+    data = os.urandom(SIZE)
+    body = GatedBody(reactor, data)
+    answer = upload(http, server, "big.bin", body, digest=digest or sha(data))
+    await watcher.expect("upload_started")
+    return data, body, answer
+
+
 @pytest_twisted.ensureDeferred
 async def test_large_upload_is_announced_to_others_only(reactor, server, http, sockets):
     """``upload_started`` (path, hash, size, source_client) reaches a subscriber of
@@ -332,11 +334,7 @@ async def test_relay_streams_the_upload_while_it_arrives(reactor, server, http, 
     """GET /api/relay during the upload: 200, Content-Length = size, bytes flowing while
     the upload is held mid-way, and exactly the upload's bytes in the end. Afterwards
     the relay is gone (404) and no temp file is left."""
-    watcher = await sockets.watch(server, "watcher")
-    data = os.urandom(SIZE)
-    body = GatedBody(reactor, data)
-    answer = upload(http, server, "big.bin", body, digest=sha(data))
-    await watcher.expect("upload_started")
+    data, body, answer = await announced_upload(reactor, server, http, sockets)
     relay_http = HttpClient(reactor)
     try:
         response = await relay_http.get(f"{server.url}/api/relay",
@@ -374,11 +372,7 @@ async def test_relay_streams_the_upload_while_it_arrives(reactor, server, http, 
 async def test_two_readers_and_a_late_one_get_the_same_bytes(reactor, server, http, sockets):
     """Several readers follow one upload; one that comes when most of it is in starts
     from the first byte all the same."""
-    watcher = await sockets.watch(server, "watcher")
-    data = os.urandom(SIZE)
-    body = GatedBody(reactor, data)
-    answer = upload(http, server, "big.bin", body, digest=sha(data))
-    await watcher.expect("upload_started")
+    data, body, answer = await announced_upload(reactor, server, http, sockets)
     params = {"path": "big.bin", "hash": sha(data)}
     early = Reading(await http.get(f"{server.url}/api/relay", params=params).addTimeout(TIMEOUT, reactor))
     await body.paused.addTimeout(TIMEOUT, reactor)
@@ -401,11 +395,7 @@ async def test_two_readers_and_a_late_one_get_the_same_bytes(reactor, server, ht
 async def test_relay_requests_that_find_nothing(reactor, server, http, sockets):
     """404 NOT_FOUND for a path or hash no upload is arriving with (also a stored file),
     400 for a missing hash or an invalid path."""
-    watcher = await sockets.watch(server, "watcher")
-    data = os.urandom(SIZE)
-    body = GatedBody(reactor, data)
-    answer = upload(http, server, "big.bin", body, digest=sha(data))
-    await watcher.expect("upload_started")
+    data, body, answer = await announced_upload(reactor, server, http, sockets)
     await body.paused.addTimeout(TIMEOUT, reactor)
     url = f"{server.url}/api/relay"
     for params in ({"path": "other.bin", "hash": sha(data)},
@@ -461,11 +451,7 @@ async def test_an_upload_cut_short_cuts_its_relay_short(reactor, server, http, s
 async def test_a_reader_that_goes_away_disturbs_nothing(reactor, server, http, sockets):
     """A relay reader that hangs up mid-way: the upload is stored as usual, another
     reader still gets every byte, and no descriptor stays open."""
-    watcher = await sockets.watch(server, "watcher")
-    data = os.urandom(SIZE)
-    body = GatedBody(reactor, data)
-    answer = upload(http, server, "big.bin", body, digest=sha(data))
-    await watcher.expect("upload_started")
+    data, body, answer = await announced_upload(reactor, server, http, sockets)
     params = {"path": "big.bin", "hash": sha(data)}
     quitter = await RawUpload.connect(reactor, server)  # a bare reader, to hang up at will
     quitter.transport.write(f"GET /api/relay?path=big.bin&hash={sha(data)} HTTP/1.1\r\n"
@@ -797,16 +783,20 @@ async def prefetching(reactor, server, http, sockets, tmp_path, monkeypatch, kee
     """A held upload of big.bin (a ``transfers`` subscriber present, so it is relayed)
     and a ServerClient that prefetches it: ``(client, body, answer, data, staging)``."""
     monkeypatch.setattr(transfer, "PREFETCH_KEEP", keep)
-    watcher = await sockets.watch(server, "watcher")
-    data = os.urandom(SIZE)
-    body = GatedBody(reactor, data)
-    answer = upload(http, server, "big.bin", body, digest=digest or sha(data))
-    event = await watcher.expect("upload_started")
+    data, body, answer = await announced_upload(reactor, server, http, sockets, digest)
     staging = tmp_path / "staging"
     staging.mkdir(exist_ok=True)
     client = ServerClient(reactor, server.url, "c")
-    client.prefetch("big.bin", event["data"]["hash"], SIZE, str(staging))
+    client.prefetch("big.bin", digest or sha(data), SIZE, str(staging))
     return client, body, answer, data, staging
+
+
+async def release_unclaimed(reactor, body, answer, entry, staging):
+    """Let the held upload finish; its prefetch, which nobody owns, leaves no file."""
+    body.release()
+    assert (await answer.addTimeout(TIMEOUT, reactor))[0] == 200
+    await wait_for(reactor, lambda: entry.done, TIMEOUT)
+    assert entry.staged is None and os.listdir(staging) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -884,10 +874,7 @@ async def test_a_claim_gives_up_on_a_stalled_relay_after_claim_wait(reactor, ser
             assert 0.25 <= reactor.seconds() - started < TIMEOUT
         routes = [line[1].split("?")[0] for line in access_lines(log)]
         assert "/api/download" in routes
-        body.release()
-        assert (await answer.addTimeout(TIMEOUT, reactor))[0] == 200
-        await wait_for(reactor, lambda: entry.done, TIMEOUT)
-        assert entry.staged is None and os.listdir(staging) == []
+        await release_unclaimed(reactor, body, answer, entry, staging)
     finally:
         await client.close()
 
@@ -919,10 +906,7 @@ async def test_a_prefetch_thrown_away_while_running_removes_its_file_when_done(r
         await wait_for(reactor, lambda: staged_bytes_in(staging) > 0, TIMEOUT)
         await client.close()
         assert client._prefetches == {} and not entry.done
-        body.release()
-        assert (await answer.addTimeout(TIMEOUT, reactor))[0] == 200
-        await wait_for(reactor, lambda: entry.done, TIMEOUT)
-        assert entry.staged is None and os.listdir(staging) == []
+        await release_unclaimed(reactor, body, answer, entry, staging)
     finally:
         await client.close()
 

@@ -34,6 +34,15 @@ def websocket_url(server_url: str) -> str:
     return f"{scheme}://{parts.netloc}/ws"
 
 
+def _parsed(parse, value, kind):
+    """``parse(value)``, or None (logged) when the server sent something invalid."""
+    try:
+        return parse(value)
+    except SyncError as e:
+        _log.warn("realtime: ignoring an invalid {kind}: {error}", kind=kind, error=e.message)
+        return None
+
+
 class SyncClientProtocol(WebSocketClientProtocol):
     """Speaks the client side of the hub protocol; all decisions are the link's.
 
@@ -75,20 +84,14 @@ class SyncClientProtocol(WebSocketClientProtocol):
                 # of the server's; an older one answers an Error, which is only logged)
                 self._send({"type": "subscribe", "topic": TRANSFERS_TOPIC, "id": TRANSFERS_TOPIC})
         elif kind == "upload_started":
-            try:
-                announced = protocol.parse_upload_started(message.get("data"))
-            except SyncError as e:
-                _log.warn("realtime: ignoring an invalid upload_started: {error}", error=e.message)
-                return
-            link.engine.upload_started(announced)
+            announced = _parsed(protocol.parse_upload_started, message.get("data"), kind)
+            if announced is not None:
+                link.engine.upload_started(announced)
         elif kind == "FileOperation":
-            try:
-                operation = protocol.parse_operation(message.get("operation"))
-            except SyncError as e:
-                _log.warn("realtime: ignoring an invalid FileOperation: {error}", error=e.message)
-                return
-            seq = message.get("seq")
-            link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation)
+            operation = _parsed(protocol.parse_operation, message.get("operation"), kind)
+            if operation is not None:
+                seq = message.get("seq")
+                link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation)
         elif kind == "Error" and message.get("id") == TRANSFERS_TOPIC:
             _log.info("realtime: the server announces no uploads in progress; large files are fetched once stored")
         elif kind == "Error":
