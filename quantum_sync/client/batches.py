@@ -3,8 +3,8 @@
 A burst of small jobs (stat and hash 2,000 new files, upload them, download and install
 2,000 others) would cost a thread hop or a request each; a :class:`Batcher` hands every
 item waiting to one call, and the items that arrive meanwhile to the next one. Nothing
-waits for a batch to fill: an item submitted while a call slot is free goes at once (or, for batches of requests, at
-the end of the reactor's turn, with everything else submitted in that turn).
+waits for a batch to fill: an item submitted while a call slot is free goes at the end of
+the reactor's turn, with everything else submitted in that turn.
 """
 
 from twisted.internet import defer
@@ -87,7 +87,10 @@ class Batcher:
 
 class ThreadBatcher(Batcher):
     """Runs blocking ``work(items)`` on the reactor's thread pool, ``concurrency`` batches
-    at a time."""
+    at a time, each started at the end of a reactor turn (the downloads of one batch
+    answer in one turn: their installs go as one call, not the first one or two alone,
+    each with an fsync of its own)."""
 
     def __init__(self, reactor, work, concurrency: int = 1):
-        super().__init__(lambda items: deferToThreadPool(reactor, reactor.getThreadPool(), work, items), concurrency)
+        super().__init__(lambda items: deferToThreadPool(reactor, reactor.getThreadPool(), work, items), concurrency,
+                         reactor=reactor)
