@@ -44,7 +44,7 @@ from quantum_sync.client.transfer import (
     ServerUnavailable,
 )
 from quantum_sync.diskio import OwnWrites
-from quantum_sync.paths import is_inside, normalize, parent, resolve
+from quantum_sync.paths import is_inside, normalize, resolve
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update
 from quantum_sync.errors import SyncError
 
