@@ -106,6 +106,17 @@ def client_id(request) -> str:
     return check_client_id(header(request, "X-Client-Id") or "")
 
 
+def expected_sha256(request):
+    """The upload's ``X-Content-SHA256``, lowercase (None when absent)."""
+    expected = header(request, "X-Content-SHA256")
+    if expected is None:
+        return None
+    expected = expected.lower()
+    if not is_sha256(expected):
+        raise SyncError("INVALID_REQUEST", "X-Content-SHA256 must be a SHA-256 hex digest")
+    return expected
+
+
 async def read_json_body(request, reactor):
     """The request's JSON body, parsed on the reactor when it is small and in a thread
     above :data:`JSON_INLINE` bytes (bodies go up to 16 MiB); INVALID_REQUEST if it is
@@ -214,6 +225,19 @@ class FileApi:
         answer = self.authorizer.authorize_request(request, "write")
         if isinstance(answer, Deferred):
             answer.addErrback(lambda failure: None)  # decided again by the route
+
+    def relay_upload(self, request, spool, length) -> None:
+        """Offer an upload whose headers are in (its body about to go into ``spool``) to
+        the relays. One whose path, hash or client id is missing or unreadable is not
+        relayed; its handler refuses it later."""
+        try:
+            path = paths.normalize(query(request, "path"))
+            expected = expected_sha256(request)
+            source = client_id(request)
+        except SyncError:
+            return
+        if expected is not None:
+            self.relays.offer(spool, path, expected, length, source)
 
     async def _authorize(self, request, role: str):
         answer = self.authorizer.authorize_request(request, role)
@@ -355,11 +379,7 @@ class FileApi:
                 raise spool.error
             if not self.operations.enable_upload:
                 raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
-            expected = header(request, "X-Content-SHA256")
-            if expected is not None:
-                expected = expected.lower()
-                if not is_sha256(expected):
-                    raise SyncError("INVALID_REQUEST", "X-Content-SHA256 must be a SHA-256 hex digest")
+            expected = expected_sha256(request)
             if spool.path is not None:  # a file: write, hash and fsync what is left
                 await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
             if spool.error is not None:

@@ -6,7 +6,9 @@ the other clients start downloading it. With a relay the second transfer overlap
 first:
 
 1. When a large upload's headers are in (its size known, ``X-Content-SHA256`` given, its
-   path valid, the caller allowed to upload), the server sends the event
+   path and client id valid, the caller allowed to upload: read by
+   :meth:`FileApi.relay_upload <quantum_sync.server.api.FileApi.relay_upload>`), the
+   server sends the event
    ``upload_started`` on the ``transfers`` topic (``data``: ``path``, ``hash``, ``size``,
    ``source_client``) to every subscriber of that topic but the uploader.
 2. A subscriber may ``GET /api/relay?path=P&hash=H``: 200 and ``size`` bytes, which follow
@@ -27,12 +29,10 @@ import os
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web import http, resource, server
+from twisted.web import resource, server
 from zope.interface import implementer
 
-from quantum_sync import paths
 from quantum_sync.errors import SyncError
-from quantum_sync.protocol import is_sha256
 
 #: Uploads of at least this many bytes are relayed (smaller ones take milliseconds).
 RELAY_MIN = 8 << 20
@@ -188,22 +188,14 @@ class Relays:
         self._hub = hub
         self._relays = {}
 
-    def offer(self, request, spool, length) -> Relay | None:
-        """Relay the upload ``request`` (its headers in, its body about to go into
-        ``spool``) if it is large, names its hash and a valid path, and someone listens."""
+    def offer(self, spool, path: str, sha256: str, length, source: str) -> Relay | None:
+        """Relay the upload of ``path`` from client ``source`` (its headers in, announcing
+        ``length`` bytes hashing to ``sha256``, its body about to go into ``spool``) if it
+        is large and someone listens."""
         if length is None or length < RELAY_MIN or not self._hub.subscriber_count(TOPIC):
             return None
-        headers = request.requestHeaders
-        sha256 = (headers.getRawHeaders(b"x-content-sha256") or [b""])[0].decode("latin-1").lower()
-        target = getattr(request.channel, "_path", b"")
-        raw_path = http.parse_qs(target.partition(b"?")[2], 1).get(b"path", [b""])[0]
-        try:
-            path = paths.normalize(raw_path.decode("utf-8"))
-        except (UnicodeDecodeError, SyncError):
+        if (path, sha256) in self._relays:
             return None
-        if not is_sha256(sha256) or (path, sha256) in self._relays:
-            return None
-        source = (headers.getRawHeaders(b"x-client-id") or [b""])[0].decode("utf-8", "replace")
         try:
             relay = Relay(self._reactor, path, sha256, length, spool.path, self._forget)
         except OSError:  # e.g. out of descriptors: the upload simply goes unrelayed

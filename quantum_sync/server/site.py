@@ -90,8 +90,9 @@ class SyncRequest(server.Request):
     def _gate(self, site, target: bytes) -> bool:
         """Whether the caller may upload at all (asked before a byte is stored); a
         refusal is answered here."""
+        # the gate may read ?token=, the upload_started hook ?path=
+        self.args = http.parse_qs(target.partition(b"?")[2], 1)
         if site.upload_gate is not None:
-            self.args = http.parse_qs(target.partition(b"?")[2], 1)  # the gate may read ?token=
             try:
                 site.upload_gate(self)
             except SyncError as error:
@@ -124,8 +125,8 @@ class SyncRequest(server.Request):
         except OSError:
             super().gotLength(0)  # the handler answers with the spool's absence
             return
-        if site.relays is not None:
-            site.relays.offer(self, self.content, length)
+        if site.upload_started is not None:
+            site.upload_started(self, self.content, length)
         # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
         if hasattr(self.channel.transport, "bufferSize"):
             self.channel.transport.bufferSize = UPLOAD_READ_SIZE
@@ -273,7 +274,7 @@ class SyncSite(server.Site):
     request_timeout = 30
 
     def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None,
-                 upload_gate=None, relays=None):
+                 upload_gate=None, upload_started=None):
         super().__init__(root, reactor=reactor)
         self.metrics = metrics
         self.temp_dir = temp_dir
@@ -281,9 +282,10 @@ class SyncSite(server.Site):
         #: ``gate(request)`` raises SyncError when the caller may not upload at all;
         #: checked when an upload's headers are in, before its body is stored.
         self.upload_gate = upload_gate
-        #: :class:`~quantum_sync.server.relay.Relays`: large uploads streamed on to the
-        #: other clients while they arrive.
-        self.relays = relays
+        #: ``upload_started(request, spool, length)``: told of each upload spooled to a
+        #: file once its headers are in (large ones are relayed to the other clients
+        #: while they arrive, see :mod:`quantum_sync.server.relay`).
+        self.upload_started = upload_started
         #: Open HTTP connections. A connection handed to the WebSocket hub leaves its HTTP
         #: channel without a transport (and without connectionLost): it is skipped, and
         #: weakly held so that it does not stay here for ever.
@@ -438,4 +440,5 @@ def build_site(listener, service) -> SyncSite:
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     handler = service.config.handler
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
-                    reactor=service.reactor, upload_gate=service.api.upload_gate, relays=service.api.relays)
+                    reactor=service.reactor, upload_gate=service.api.upload_gate,
+                    upload_started=service.api.relay_upload)
