@@ -172,18 +172,17 @@ class Hub(Service):
             )
             return
         self.last_seq = change.seq
-        source = change.source_client
-        self._deliver(
-            messages.file_operation(change),
-            [c for c in self._subscribers["file_operations"] if not source or c.client_id != source],
-        )
+        self._deliver(messages.file_operation(change), self._audience("file_operations", change.source_client))
 
     def event(self, kind: str, data: dict, skip_client: str = "") -> None:
         """Send a PeerVault event to the subscribers of its topic (except the connections
         of ``skip_client``, where given)."""
-        self._deliver(messages.event(kind, data, self._now()),
-                      [c for c in self._subscribers[messages.EVENT_TOPICS[kind]]
-                       if not skip_client or c.client_id != skip_client])
+        self._deliver(messages.event(kind, data, self._now()), self._audience(messages.EVENT_TOPICS[kind], skip_client))
+
+    def _audience(self, topic: str, skip_client: str) -> list:
+        """The subscribers of ``topic``, without the connections of ``skip_client`` (when
+        it is given)."""
+        return [c for c in self._subscribers[topic] if not skip_client or c.client_id != skip_client]
 
     @contextlib.contextmanager
     def burst(self):

@@ -198,9 +198,7 @@ class UploadSpool(_Body):
         while (item := self._to_write.get()) is not None:
             block, size = item
             if self._write_block(block):
-                self._written += size
-                if self.relay is not None:
-                    self.relay.grew(self._written)
+                self._count_written(size)
             flusher.wrote(size)
             for spool in self._release(size):
                 spool._notify_drained()
@@ -214,6 +212,12 @@ class UploadSpool(_Body):
                 self._on_drained()
             except Exception:  # never let a callback stop a pipeline
                 pass
+
+    def _count_written(self, size: int) -> None:
+        """``size`` more bytes are in the file: the relay following it, if any, is told."""
+        self._written += size
+        if self.relay is not None:
+            self.relay.grew(self._written)
 
     def _write_block(self, block) -> bool:
         """Write ``block`` (a list of chunks) whole; False when nothing was (an error)."""
@@ -249,9 +253,8 @@ class UploadSpool(_Body):
             self._pending, self._pending_size = [], 0
             for chunk in block:
                 self._digest.update(chunk)
-            if self._write_block(block) and self.relay is not None:
-                self._written += size
-                self.relay.grew(self._written)
+            if self._write_block(block):
+                self._count_written(size)
         try:
             os.fsync(self._fd)
         except OSError as e:
