@@ -760,12 +760,12 @@ async def test_expire_and_close_remove_only_unclaimed_staged_files(tmp_path, ser
     claimed.claim()
     client._prefetches.update({("a", "1"): finished, ("b", "2"): claimed, ("c", "3"): running})
     finished_file, claimed_file = finished.staged, claimed.staged
-    client._expire(("a", "1"), finished)
+    await client._expire(("a", "1"), finished)
     assert not os.path.exists(finished_file) and ("a", "1") not in client._prefetches
     assert not finished.expiry.active()
-    client._expire(("b", "2"), claimed)
+    await client._expire(("b", "2"), claimed)
     assert os.path.exists(claimed_file) and claimed.staged == claimed_file
-    client._expire(("c", "3"), running)
+    await client._expire(("c", "3"), running)
     assert client._prefetches == {} and not running.done
 
     kept = _Prefetch()

@@ -298,9 +298,8 @@ class ServerClient:
 
     def close(self):
         """Drop the pooled connections and unclaimed prefetched files (a Deferred)."""
-        for key, entry in list(self._prefetches.items()):
-            self._expire(key, entry)
-        return self._pool.closeCachedConnections()
+        removed = [self._expire(key, entry) for key, entry in list(self._prefetches.items())]
+        return defer.gatherResults([*removed, self._pool.closeCachedConnections()])
 
     def _drop_connections(self):
         """After a failure, start afresh: a kept-alive connection may lead to a server
@@ -569,6 +568,9 @@ class ServerClient:
         entry = self._prefetches.pop((path, sha256), None)
         if entry is not None:
             return defer.ensureDeferred(self._claim(entry, path, sha256, staging_dir, size))
+        return self._fetch(path, sha256, staging_dir, size)
+
+    def _fetch(self, path, sha256, staging_dir, size):
         return self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
 
     async def _claim(self, entry, path, sha256, staging_dir, size):
@@ -581,7 +583,7 @@ class ServerClient:
             staged = None
         if staged is not None:
             return staged
-        return await self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
+        return await self._fetch(path, sha256, staging_dir, size)
 
     def prefetch(self, path: str, sha256: str, size: int, staging_dir: str) -> None:
         """Start reading another client's upload of ``path`` (``size`` bytes hashing to
@@ -602,25 +604,26 @@ class ServerClient:
             if not entry.claimed:
                 if staged is not None and self._prefetches.get(key) is entry:
                     entry.expiry = self._reactor.callLater(PREFETCH_KEEP, self._expire, key, entry)
-                else:  # failed, or thrown away while it ran
+                else:  # failed, or thrown away while it ran: settled once its file is gone
                     if self._prefetches.get(key) is entry:
                         del self._prefetches[key]
-                    unlink_quietly(staged)
-                    staged = None
+                    return deferToThread(unlink_quietly, staged).addCallback(lambda _: entry.settle(None))
             entry.settle(staged)
 
         relay = defer.ensureDeferred(self._download(path, sha256, staging_dir, route="/api/relay", query=f"&hash={sha256}"))
         relay.addBoth(done)
 
-    def _expire(self, key, entry) -> None:
-        """Throw away a prefetch nobody claimed (its download, if running, ends unused)."""
+    def _expire(self, key, entry) -> defer.Deferred:
+        """Throw away a prefetch nobody claimed (its download, if running, ends unused);
+        fires once its staged file is removed (in a thread)."""
         if self._prefetches.get(key) is entry:
             del self._prefetches[key]
         if entry.expiry is not None and entry.expiry.active():
             entry.expiry.cancel()
         if entry.done and not entry.claimed:
             staged, entry.staged = entry.staged, None
-            unlink_quietly(staged)
+            return deferToThread(unlink_quietly, staged)
+        return defer.succeed(None)
 
     async def _download(self, path, sha256, staging_dir, route="/api/download", query=""):
         response = await self._transfer_request("GET", route, path, query=query)
