@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
+from quantum_sync.gctune import tune_garbage_collector
 
 
 def fail(line: str, status: int = 1):
@@ -139,4 +140,6 @@ def makeService(options, reactor=None):
     """The client's service for parsed ``options``."""
     if reactor is None:
         from twisted.internet import reactor
-    return SyncClientService(options.config, reactor)
+    service = SyncClientService(options.config, reactor)
+    tune_garbage_collector()
+    return service

@@ -11,6 +11,7 @@ import sys
 from twisted.python import usage
 
 from quantum_sync.config import ConfigError, load
+from quantum_sync.gctune import tune_garbage_collector
 
 
 class Options(usage.Options):
@@ -84,4 +85,5 @@ def makeService(options, reactor=None):
             listener.fail_fast = True  # twistd's launcher prints it and exits 1
         else:
             listener.on_failure = _fatal_listen_failure(reactor)
+    tune_garbage_collector()
     return service
