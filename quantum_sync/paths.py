@@ -52,6 +52,13 @@ def normalize(path) -> str:
     """
     if not isinstance(path, str):
         raise invalid_path("a path must be a string")
+    return _normalized(str(path))
+
+
+# A path is checked several times on its way (parsed from a message, resolved, walked,
+# journalled): the answers for the paths seen last are remembered (a refusal is not).
+@functools.lru_cache(maxsize=16384)
+def _normalized(path: str) -> str:
     if path == "":
         raise invalid_path("the path is empty")
     _check_characters(path)

@@ -441,7 +441,7 @@ class Store:
         one that cannot be looked at (lstat False)."""
         path = paths.normalize(path)
         absolute = self._prefix + path
-        if len(os.fsencode(absolute)) >= PATH_MAX:
+        if len(absolute) * 4 >= PATH_MAX and len(os.fsencode(absolute)) >= PATH_MAX:  # 4: UTF-8's widest
             raise SyncError("INVALID_PATH", "the path is too long for the server's file system")
         end = len(self._prefix) - 1
         while True:
