@@ -101,30 +101,22 @@ class OwnWrites:
         return stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_size, st.st_mtime_ns) == key
 
 
-def _sync_file_range():
-    """Linux's ``sync_file_range`` (None elsewhere)."""
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return function
-
-
-_START_WRITEBACK = _sync_file_range()
-SYNC_FILE_RANGE_WRITE = 2
-
-
 def fsync_all(fds) -> list:
-    """Make many just-written files durable: per descriptor None, or the OSError its
-    fsync raised.
+    """Make many just-written files durable: per descriptor None, or the OSError that
+    stopped it.
 
-    Writeback of every file is started first (``sync_file_range``, where Linux has it),
-    then each is fsynced: the first fsync's journal commit then covers the blocks of all
-    of them, and the others mostly find their work done. A file fsynced right after it is
-    written, one after the other, costs a journal commit each (measured: about half the
-    time for 256 files of 4 KiB, and far less when other writers share the disk)."""
+    :data:`SYNCFS_FILES` files or more on one file system that :func:`syncfs_trusted`
+    are made durable by one ``syncfs``: a fixed cost (about 4 ms on an idle ext4) where
+    fsyncing each costs more the more there are (12 ms for 64 files of 4 KiB, 40 ms for
+    256; three times that under load). A failure of it counts for every file.
+
+    Otherwise writeback of every file is started first (``sync_file_range``, where Linux
+    has it), then each is fsynced: the first fsync's journal commit then covers the blocks
+    of all of them, and the others mostly find their work done. A file fsynced right after
+    it is written, one after the other, costs a journal commit each (measured: about half
+    the time for 256 files of 4 KiB, and far less when other writers share the disk)."""
+    if len(fds) >= SYNCFS_FILES and _one_trusted_file_system(fds):
+        return [_syncfs(fds[0])] * len(fds)
     if _START_WRITEBACK is not None:
         for fd in fds:
             _START_WRITEBACK(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a failure shows in the fsync
@@ -136,8 +128,76 @@ def fsync_all(fds) -> list:
 #: With this many files or more, :func:`fsync_all` fsyncs them from this many threads at
 #: once (the file system then waits for their writes together).
 PARALLEL_FSYNCS = 8
+#: With this many files or more on one trusted file system, :func:`fsync_all` uses
+#: ``syncfs`` (below this, fsyncing them is as quick: measured on ext4, 32 files alike).
+SYNCFS_FILES = 32
 _FSYNC_THREADS = []
 _FSYNC_THREADS_LOCK = threading.Lock()
+
+#: ``statfs`` magic numbers of the local file systems whose ``syncfs`` writes every dirty
+#: file and commits the journal (ext2/3/4, XFS, Btrfs, F2FS). A network or FUSE file
+#: system may answer ``syncfs`` without writing anything: there each file is fsynced.
+SYNCFS_FILE_SYSTEMS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0xF2F52010})
+#: Linux reports writeback errors through ``syncfs`` from 5.8 on; before, only fsync does.
+SYNCFS_KERNEL = (5, 8)
+
+
+def _libc_function(name: str, argtypes):
+    try:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function
+
+
+_START_WRITEBACK = _libc_function("sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint))
+SYNC_FILE_RANGE_WRITE = 2
+_SYNCFS = _libc_function("syncfs", (ctypes.c_int,))
+_FSTATFS = _libc_function("fstatfs", (ctypes.c_int, ctypes.c_void_p))
+_TRUSTED_DEVICES = {}  # st_dev -> bool
+
+
+def _kernel_release() -> tuple:
+    try:
+        return tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    except (AttributeError, ValueError):
+        return (0, 0)
+
+
+_SYNCFS_REPORTS_ERRORS = _kernel_release() >= SYNCFS_KERNEL
+
+
+def syncfs_trusted(fd: int) -> bool:
+    """True when ``syncfs`` makes the files of ``fd``'s file system durable and reports
+    their writeback errors (see :data:`SYNCFS_FILE_SYSTEMS`, :data:`SYNCFS_KERNEL`);
+    remembered per device."""
+    device = os.fstat(fd).st_dev
+    trusted = _TRUSTED_DEVICES.get(device)
+    if trusted is None:
+        trusted = False
+        if _SYNCFS is not None and _FSTATFS is not None and _SYNCFS_REPORTS_ERRORS:
+            buffer = ctypes.create_string_buffer(256)  # struct statfs, f_type first
+            if _FSTATFS(fd, buffer) == 0:
+                trusted = ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in SYNCFS_FILE_SYSTEMS
+        _TRUSTED_DEVICES[device] = trusted
+    return trusted
+
+
+def _one_trusted_file_system(fds) -> bool:
+    try:
+        devices = {os.fstat(fd).st_dev for fd in fds}
+        return len(devices) == 1 and syncfs_trusted(fds[0])
+    except OSError:
+        return False  # a bad descriptor: each fsync reports its own
+
+
+def _syncfs(fd: int):
+    if _SYNCFS(fd) == 0:
+        return None
+    code = ctypes.get_errno()
+    return OSError(code, f"syncfs: {os.strerror(code)}")
 
 
 def _fsync_threads():
