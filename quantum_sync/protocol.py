@@ -211,12 +211,15 @@ def parse_operation(obj):
 
 @attrs.frozen
 class Change:
-    """One journal entry: the change with sequence number ``seq``."""
+    """One journal entry: the change with sequence number ``seq``. ``operation_text``:
+    the operation as the journal holds it (compact JSON text), where that is at hand, so
+    that its broadcast need not encode it again."""
 
     seq: int
     operation: object
     source_client: str
     timestamp: str
+    operation_text: str | None = attrs.field(default=None, eq=False, repr=False)
 
     def to_json(self) -> dict:
         return {

@@ -125,6 +125,17 @@ def test_file_operation_broadcast_shape():
     }
 
 
+@settings(max_examples=200, deadline=None)
+@given(path=st.text(min_size=1, max_size=30), source=st.text(max_size=20), seq=st.integers(1, 2**62))
+def test_a_broadcast_from_the_journals_text_is_the_same_message(path, source, seq):
+    operation = Delete(path)
+    text = json.dumps(operation.to_json(), separators=(",", ":"))
+    plain = Change(seq, operation, source, "2024-01-21T12:00:00.5Z")
+    journalled = Change(seq, operation, source, "2024-01-21T12:00:00.5Z", text)
+    assert json.loads(messages.file_operation(journalled)) == json.loads(messages.file_operation(plain))
+    assert journalled == plain  # the text is a cache, not part of the change
+
+
 def test_events_go_on_their_topics():
     for kind, topic in messages.EVENT_TOPICS.items():
         body = json.loads(messages.event(kind, {"k": 1}, "2024-01-21T12:00:00Z"))

@@ -210,14 +210,15 @@ class Index(Service):
     def _journal(self, txn, operation, source_client, timestamp):
         if operation is None:
             return None
+        text = json.dumps(operation.to_json(), separators=(",", ":"))
         txn.execute(
             "INSERT INTO journal (operation, source_client, timestamp) VALUES (?, ?, ?)",
-            (json.dumps(operation.to_json(), separators=(",", ":")), source_client, timestamp),
+            (text, source_client, timestamp),
         )
         seq = txn.lastrowid
         if seq > self.retention:
             txn.execute("DELETE FROM journal WHERE seq <= ?", (seq - self.retention,))
-        return Change(seq, operation, source_client, timestamp)
+        return Change(seq, operation, source_client, timestamp, text)
 
 
 def _head(txn) -> int:

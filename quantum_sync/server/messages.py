@@ -12,6 +12,8 @@ broadcast is serialised once and the same bytes go to every subscriber.
 
 import json
 
+from json.encoder import encode_basestring_ascii
+
 import attrs
 
 from quantum_sync.errors import SyncError
@@ -229,8 +231,26 @@ def auth_error(err: SyncError, message_id=None) -> bytes:
     return encode({"type": "auth_error", "code": err.code, "message": err.message, **_id_extra(message_id)})
 
 
+_FILE_OPERATION = b'{"type":"FileOperation","operation":%s,"source_client":%s,"topic":"file_operations","seq":%d,"timestamp":%s}'
+
+
+def _json_string(value: str) -> bytes:
+    """A JSON string, ASCII only (lone surrogates escaped too)."""
+    return encode_basestring_ascii(value).encode("ascii")
+
+
 def file_operation(change) -> bytes:
-    """The broadcast of one journal entry (:class:`quantum_sync.protocol.Change`)."""
+    """The broadcast of one journal entry (:class:`quantum_sync.protocol.Change`); the
+    operation's JSON text is taken from the journal where the change carries it."""
+    if change.operation_text is not None:
+        # what encode() would give, without encoding the operation a second time (its
+        # text escapes non-ASCII characters, which JSON readers take as the same string)
+        return _FILE_OPERATION % (
+            change.operation_text.encode("ascii"),
+            _json_string(change.source_client),
+            change.seq,
+            _json_string(change.timestamp),
+        )
     return encode(
         {
             "type": "FileOperation",
