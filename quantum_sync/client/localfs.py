@@ -232,7 +232,8 @@ def _matches(abspath: str, expected) -> bool:
 
 def make_parents(folder: str, abspath: str) -> None:
     parent = os.path.dirname(abspath)
-    if parent != folder:
+    # one stat where the parent is there (os.makedirs takes three system calls even then)
+    if parent != folder and not os.path.isdir(parent):
         os.makedirs(parent, exist_ok=True)
 
 
