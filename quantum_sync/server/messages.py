@@ -11,7 +11,6 @@ broadcast is serialised once and the same bytes go to every subscriber.
 """
 
 import json
-
 from json.encoder import encode_basestring_ascii
 
 import attrs
