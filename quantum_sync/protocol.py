@@ -7,6 +7,7 @@ INVALID_REQUEST (shape) or INVALID_PATH (paths, checked by :mod:`quantum_sync.pa
 """
 
 import functools
+import json
 import math
 import re
 from datetime import datetime, timezone
@@ -207,6 +208,12 @@ def parse_operation(obj):
 
 
 # -- journal entries -------------------------------------------------------------------
+
+
+def operation_text(operation) -> str:
+    """A SyncOperation as compact JSON text, ASCII only: the form the server's journal
+    stores and its broadcasts carry."""
+    return json.dumps(operation.to_json(), separators=(",", ":"))
 
 
 @attrs.frozen

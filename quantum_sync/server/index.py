@@ -14,7 +14,7 @@ from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
 from quantum_sync.errors import SyncError
-from quantum_sync.protocol import Change, FileMetadata, parse_operation
+from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -210,7 +210,7 @@ class Index(Service):
     def _journal(self, txn, operation, source_client, timestamp):
         if operation is None:
             return None
-        text = json.dumps(operation.to_json(), separators=(",", ":"))
+        text = operation_text(operation)
         txn.execute(
             "INSERT INTO journal (operation, source_client, timestamp) VALUES (?, ?, ?)",
             (text, source_client, timestamp),

@@ -16,7 +16,7 @@ from json.encoder import encode_basestring_ascii
 import attrs
 
 from quantum_sync.errors import SyncError
-from quantum_sync.protocol import parse_operation
+from quantum_sync.protocol import operation_text, parse_operation
 
 #: Topics a connection may subscribe to (PeerVault form).
 TOPICS = ("file_operations", "peer_network", "system", "alerts", "transfers")
@@ -239,26 +239,15 @@ def _json_string(value: str) -> bytes:
 
 
 def file_operation(change) -> bytes:
-    """The broadcast of one journal entry (:class:`quantum_sync.protocol.Change`); the
-    operation's JSON text is taken from the journal where the change carries it."""
-    if change.operation_text is not None:
-        # what encode() would give, without encoding the operation a second time (its
-        # text escapes non-ASCII characters, which JSON readers take as the same string)
-        return _FILE_OPERATION % (
-            change.operation_text.encode("ascii"),
-            _json_string(change.source_client),
-            change.seq,
-            _json_string(change.timestamp),
-        )
-    return encode(
-        {
-            "type": "FileOperation",
-            "operation": change.operation.to_json(),
-            "source_client": change.source_client,
-            "topic": "file_operations",
-            "seq": change.seq,
-            "timestamp": change.timestamp,
-        }
+    """The broadcast of one journal entry (:class:`quantum_sync.protocol.Change`), ASCII
+    JSON; the operation's text is the journal's where the change carries it (not encoded
+    a second time)."""
+    text = change.operation_text or operation_text(change.operation)
+    return _FILE_OPERATION % (
+        text.encode("ascii"),
+        _json_string(change.source_client),
+        change.seq,
+        _json_string(change.timestamp),
     )
 
 
