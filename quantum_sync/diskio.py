@@ -173,7 +173,11 @@ def syncfs_trusted(fd: int) -> bool:
     """True when ``syncfs`` makes the files of ``fd``'s file system durable and reports
     their writeback errors (see :data:`SYNCFS_FILE_SYSTEMS`, :data:`SYNCFS_KERNEL`);
     remembered per device."""
-    device = os.fstat(fd).st_dev
+    return _trusted_device(os.fstat(fd).st_dev, fd)
+
+
+def _trusted_device(device: int, fd: int) -> bool:
+    """:func:`syncfs_trusted` for ``fd``, whose device is ``device``."""
     trusted = _TRUSTED_DEVICES.get(device)
     if trusted is None:
         trusted = False
@@ -188,7 +192,7 @@ def syncfs_trusted(fd: int) -> bool:
 def _one_trusted_file_system(fds) -> bool:
     try:
         devices = {os.fstat(fd).st_dev for fd in fds}
-        return len(devices) == 1 and syncfs_trusted(fds[0])
+        return len(devices) == 1 and _trusted_device(devices.pop(), fds[0])
     except OSError:
         return False  # a bad descriptor: each fsync reports its own
 
