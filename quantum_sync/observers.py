@@ -31,11 +31,13 @@ def observer(timeout: float = 1.0, ignore=None, direct=None):
     the process's own installs then cost no hand-off through watchdog's other threads
     (the handler would have dropped them anyway).
 
-    ``direct(event)``, also called in that thread, receives the plain events of files
+    ``direct(events)``, also called in that thread, receives the plain events of files
     (created, modified, attributes, closed after writing, deleted) as watchdog's event
-    objects at once, instead of through watchdog's two further threads (each event
-    crossed two queues, and a burst of new files queued up there for a second); moves
-    and everything about directories still go through them, and to the handler. A change
+    objects, a list of them once per read from inotify (in order; a burst's create,
+    modify and close of one file then come together), instead of through watchdog's two
+    further threads (each event crossed two queues, and a burst of new files queued up
+    there for a second); moves and everything about directories still go through them,
+    and to the handler. A change
     may then reach ``direct`` before an earlier move it follows reaches the handler: the
     handler of a sync client copes (it decides on what the disk shows), a handler that
     needs the strict order must not take ``direct``."""
@@ -59,7 +61,8 @@ def _build():
         return None
     if not all(hasattr(InotifyWatchGroup, name) for name in
                ("_add_callback", "_add_all_callbacks", "_build_event_source_path", "on_event", "is_active")) \
-            or not hasattr(InotifyEmitter, "get_event_mask_from_filter"):
+            or not hasattr(InotifyEmitter, "get_event_mask_from_filter") \
+            or not all(hasattr(InotifyFD, name) for name in ("read_events", "handle_event", "should_keep_running")):
         return None
 
     from watchdog.events import FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
@@ -75,8 +78,27 @@ def _build():
                 return cls
         return None
 
+    class ReadingFD(InotifyFD):
+        """watchdog's inotify reader, telling ``after_read`` hooks when the events of one
+        read have all been handled."""
+
+        def __init__(self):
+            super().__init__()
+            self.after_read = []
+
+        def run(self) -> None:  # InotifyFD's, and the hooks after each read
+            while self.should_keep_running():
+                for event in self.read_events():
+                    self.handle_event(event)
+                for hook in tuple(self.after_read):
+                    hook()
+
     class WatchGroup(InotifyWatchGroup):
         ignore = direct = None  # set on a subclass per observer
+
+        def __post_init__(self) -> None:
+            self.held = []  # the direct events of the read being handled (reading thread only)
+            super().__post_init__()
 
         def _add_callback(self, path: bytes) -> None:
             if not _unwatched(self.path, path):
@@ -93,9 +115,14 @@ def _build():
                 if appears and self.ignore is not None and self.ignore(path):
                     return
                 if cls is not None:
-                    self.direct(cls(path))
+                    self.held.append(cls(path))
                     return
             super().on_event(event)
+
+        def end_of_read(self) -> None:
+            if self.held:
+                held, self.held = self.held, []
+                self.direct(held)
 
     class Emitter(InotifyEmitter):
         def __init__(self, *args, group=WatchGroup, **kwargs):
@@ -110,10 +137,17 @@ def _build():
                 event_mask=self.get_event_mask_from_filter(),
                 follow_symlink=self.watch.follow_symlink,
             )
+            self._inotify_fd.after_read.append(self._inotify.end_of_read)
+
+        def on_thread_stop(self) -> None:
+            group = self._inotify
+            if group is not None and group.end_of_read in self._inotify_fd.after_read:
+                self._inotify_fd.after_read.remove(group.end_of_read)
+            super().on_thread_stop()
 
     class ExcludingObserver(InotifyObserver):
         def __init__(self, *, timeout: float, ignore=None, direct=None):
-            self._inotify_fd = InotifyFD()
+            self._inotify_fd = ReadingFD()
             self._inotify_fd.start()
             group = type("ObserverWatchGroup", (WatchGroup,), {"ignore": staticmethod(ignore) if ignore else None,
                                                                 "direct": staticmethod(direct) if direct else None})

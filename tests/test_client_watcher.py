@@ -84,3 +84,39 @@ async def test_a_change_comes_with_the_stat_seen_after_it(reactor, tmp_path):
         await wait_for(reactor, lambda: ("f3.txt", None) in seen, timeout=5)
     finally:
         await watcher.stopService()
+
+
+class _Now:
+    """A reactor stand-in for the bridge: what is called from a thread runs at once."""
+
+    def callFromThread(self, function, *args):
+        function(*args)
+
+
+def test_one_read_of_events_makes_one_item_a_path_with_one_stat(tmp_path):
+    from watchdog.events import FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
+
+    from quantum_sync.client.watcher import CHANGE, SETTLE, _Bridge
+
+    delivered, grew = [], []
+    bridge = _Bridge(_Now(), str(tmp_path), delivered.extend, on_grow=lambda path, size: grew.append((path, size)))
+    (tmp_path / "done.bin").write_bytes(b"12345")
+    (tmp_path / "open.bin").write_bytes(b"123")
+    (tmp_path / "again.bin").write_bytes(b"1")
+    done, still, again, gone = (str(tmp_path / name) for name in ("done.bin", "open.bin", "again.bin", "gone.bin"))
+    bridge.on_file_events([
+        FileCreatedEvent(done), FileCreatedEvent(still), FileModifiedEvent(done), FileModifiedEvent(still),
+        FileCreatedEvent(again), FileClosedEvent(done), FileClosedEvent(again), FileModifiedEvent(again),
+        FileCreatedEvent(gone), FileDeletedEvent(gone),
+        FileCreatedEvent(str(tmp_path / ".quantum-sync" / "tmp" / "x")),  # the state directory: dropped
+    ])
+    assert [(kind, path) for kind, path, _ in delivered] == [
+        (SETTLE, "open.bin"),
+        (CHANGE, "done.bin"),
+        (SETTLE, "again.bin"),  # written again after its close: wait until it is quiet
+        (SETTLE, "gone.bin"),
+    ]
+    stats = {path: stat for _, path, stat in delivered}
+    assert (stats["done.bin"].size, stats["open.bin"].size, stats["again.bin"].size) == (5, 3, 1)
+    assert stats["gone.bin"] is None
+    assert sorted(grew) == [("again.bin", 1), ("done.bin", 5), ("open.bin", 3)]  # once a path

@@ -89,9 +89,14 @@ def test_an_own_install_is_dropped_once_and_anything_else_is_reported(tmp_path):
 
 
 def test_file_events_go_straight_to_direct_and_moves_and_directories_to_the_handler(tmp_path):
-    direct = []
+    direct, reads = [], []
+
+    def take(events):  # one call a read from inotify
+        reads.append(len(events))
+        direct.extend((type(event).__name__, event.src_path) for event in events)
+
     (tmp_path / "d").mkdir()
-    observer, seen = _watch(tmp_path, direct=lambda event: direct.append((type(event).__name__, event.src_path)))
+    observer, seen = _watch(tmp_path, direct=take)
     try:
         (tmp_path / "a").write_bytes(b"x")
         (tmp_path / "e").mkdir()
@@ -114,3 +119,4 @@ def test_file_events_go_straight_to_direct_and_moves_and_directories_to_the_hand
     assert ("DirCreatedEvent", str(tmp_path / "e")) in seen.kinds  # the directory and the move did
     assert ("FileMovedEvent", a) in seen.kinds and b in seen.paths
     assert not [path for _, path in direct if path in (str(tmp_path / "d"), str(tmp_path / "e"))]
+    assert reads and 0 not in reads and sum(reads) == len(direct)  # never an empty call

@@ -2,9 +2,10 @@
 
 watchdog's observer thread turns each event into a relative path (the state directory
 and names that cannot be synced are dropped there) and an lstat taken right after the
-event, and hands a whole burst of them to the reactor in one ``callFromThread``.
-A finished write (inotify's close-after-write, ``FileClosedEvent``) is reported at once
-with that lstat; any other change is reported once the path has been quiet for the
+event (the create, writes and close of one file read from inotify together: one item,
+one lstat after them all), and hands a whole burst of them to the reactor in one
+``callFromThread``. A finished write (inotify's close-after-write, ``FileClosedEvent``)
+is reported at once with that lstat; any other change is reported once the path has been quiet for the
 settle time and its size and mtime have stopped moving, so a file still being written
 is not sent half-written. Renames inside the folder are reported as moves.
 """
@@ -81,11 +82,37 @@ class _Bridge(FileSystemEventHandler):
 
     def on_any_event(self, event):
         item = self._translate(event)
-        if item is None:
-            return
+        if item is not None:
+            self._hand_over([item])
+
+    def on_file_events(self, events):
+        """The plain file events of one read from inotify: one item a path, with one lstat
+        taken after them all, in the order of each path's last event. That item reports at
+        once only when the path's last event is a finished write; a write after a close
+        in the same read waits for quiet, as any write does."""
+        last = {}  # path -> (at once?, modified?), in the order of each path's last event
+        names = {}
+        for event in events:
+            name = event.src_path
+            path = names[name] if name in names else names.setdefault(name, self._relative(name))
+            if path is None:
+                continue
+            earlier = last.pop(path, None)
+            modified = isinstance(event, FileModifiedEvent) or (earlier is not None and earlier[1])
+            last[path] = (isinstance(event, FileClosedEvent), modified)
+        items = []
+        for path, (at_once, modified) in last.items():
+            stat = _stat(self._folder, path)
+            if modified and self._on_grow is not None and stat is not None:
+                self._on_grow(path, stat.size)  # from this thread: it only takes note
+            items.append((CHANGE if at_once else SETTLE, path, stat))
+        if items:
+            self._hand_over(items)
+
+    def _hand_over(self, items):
         with self._lock:
-            self._waiting.append(item)
-            first = len(self._waiting) == 1
+            first = not self._waiting
+            self._waiting.extend(items)
         if first:
             self._reactor.callFromThread(self._deliver)
 
@@ -144,7 +171,7 @@ class FolderWatcher(Service):
         bridge = _Bridge(self._reactor, self.folder, self._events, self._on_grow)
         try:
             # .quantum-sync unwatched; file events straight from the reading thread
-            self._observer = observers.observer(ignore=self._own_write, direct=bridge.on_any_event)
+            self._observer = observers.observer(ignore=self._own_write, direct=bridge.on_file_events)
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)
             self._observer.start()
         except OSError as e:
