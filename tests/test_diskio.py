@@ -40,6 +40,21 @@ def test_many_files_one_syncfs_where_trusted(tmp_path, syncfs_calls):
         _close(fds)
 
 
+def test_files_made_in_one_directory_have_only_the_first_looked_up(tmp_path, syncfs_calls, monkeypatch):
+    fds = _written(tmp_path, diskio.SYNCFS_FILES)
+    looked, real = [], os.fstat
+    monkeypatch.setattr(diskio.os, "fstat", lambda fd: looked.append(fd) or real(fd))
+    try:
+        assert diskio.fsync_all(fds, one_directory=True) == [None] * len(fds)
+        assert set(looked) == {fds[0]}
+        assert syncfs_calls == ([fds[0]] if diskio.syncfs_trusted(fds[0]) else [])
+        looked.clear()
+        assert diskio.fsync_all(fds) == [None] * len(fds)
+        assert set(looked) == set(fds)  # by default, each descriptor's device is checked
+    finally:
+        _close(fds)
+
+
 def test_few_files_are_fsynced_each(tmp_path, syncfs_calls):
     fds = _written(tmp_path, diskio.SYNCFS_FILES - 1)
     try:

@@ -230,10 +230,12 @@ def _matches(abspath: str, expected) -> bool:
 
 
 
-def make_parents(folder: str, abspath: str) -> None:
+def make_parents(folder: str, abspath: str, known=()) -> None:
+    """Create the missing parents of ``abspath``; ``known``: directories known to exist
+    (a batch's earlier installs), not looked at again."""
     parent = os.path.dirname(abspath)
     # one stat where the parent is there (os.makedirs takes three system calls even then)
-    if parent != folder and not os.path.isdir(parent):
+    if parent != folder and parent not in known and not os.path.isdir(parent):
         os.makedirs(parent, exist_ok=True)
 
 
@@ -244,11 +246,11 @@ def _place(folder: str, staged: str, abspath: str, expected, modified: float) ->
     return _rename_if(folder, staged, abspath, expected)
 
 
-def _link_new(folder: str, fd: int, abspath: str, st) -> LocalStat:
+def _link_new(folder: str, fd: int, abspath: str, st, known=()) -> LocalStat:
     """Give the nameless file ``fd`` (whose fstat is ``st``) the name ``abspath``, which
     must not exist (else LocalChanged: something appeared there meanwhile); the stat it
-    was installed with."""
-    make_parents(folder, abspath)
+    was installed with. ``known``: as :func:`make_parents` takes it."""
+    make_parents(folder, abspath, known)
     try:
         NAMELESS.link(fd, abspath)
     except FileExistsError:
@@ -256,10 +258,10 @@ def _link_new(folder: str, fd: int, abspath: str, st) -> LocalStat:
     return LocalStat(st.st_size, st.st_mtime_ns, False)
 
 
-def _rename_if(folder: str, staged: str, abspath: str, expected) -> LocalStat:
+def _rename_if(folder: str, staged: str, abspath: str, expected, known=()) -> LocalStat:
     """Rename ``staged`` onto ``abspath`` if that is still ``expected``; the stat it was
-    installed with."""
-    make_parents(folder, abspath)
+    installed with. ``known``: as :func:`make_parents` takes it."""
+    make_parents(folder, abspath, known)
     if not _matches(abspath, expected):
         raise LocalChanged(abspath)
     st = lstat(staged)
@@ -325,7 +327,7 @@ def install_many(folder: str, staging_dir: str, installs, installed=None) -> lis
                 results[position] = e
                 continue
             written.append((position, fd, staged))
-        synced = fsync_all([fd for _, fd, _ in written])
+        synced = fsync_all([fd for _, fd, _ in written], one_directory=True)  # all in staging_dir
         for (position, fd, staged), error in zip(written, synced):
             try:
                 if error is not None:
@@ -336,9 +338,9 @@ def install_many(folder: str, staging_dir: str, installs, installed=None) -> lis
                     installed.expect(abspath, st)
                 try:
                     if staged is None:
-                        results[position] = _link_new(folder, fd, abspath, st)
+                        results[position] = _link_new(folder, fd, abspath, st, directories)
                     else:
-                        results[position] = _rename_if(folder, staged, abspath, installs[position].expected)
+                        results[position] = _rename_if(folder, staged, abspath, installs[position].expected, directories)
                 except BaseException:
                     if installed is not None:
                         installed.forget(abspath)

@@ -568,7 +568,7 @@ class Store:
                 outcomes.append(None)
             except OSError as error:
                 outcomes.append(error)
-        synced = iter(fsync_all([fd for fd, _, _ in written]))
+        synced = iter(fsync_all([fd for fd, _, _ in written], one_directory=True))  # all in temp_dir
         written = iter(written)
         for position, outcome in enumerate(outcomes):
             if outcome is not None:
