@@ -11,6 +11,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii
 
 import attrs
 
@@ -212,8 +213,17 @@ def parse_operation(obj):
 
 def operation_text(operation) -> str:
     """A SyncOperation as compact JSON text, ASCII only: the form the server's journal
-    stores and its broadcasts carry."""
+    stores and its broadcasts carry (``json.dumps`` of its JSON form, to the byte)."""
+    if isinstance(operation, Create):  # and Update: one per file written, so written directly
+        metadata = operation.metadata
+        return _METADATA_OPERATION % (
+            operation.kind, encode_basestring_ascii(metadata.path), metadata.size,
+            format_time(metadata.modified), encode_basestring_ascii(metadata.hash),
+            "true" if metadata.is_directory else "false")
     return json.dumps(operation.to_json(), separators=(",", ":"))
+
+
+_METADATA_OPERATION = '{"%s":{"metadata":{"path":%s,"size":%d,"modified":"%s","hash":%s,"is_directory":%s}}}'
 
 
 @attrs.frozen

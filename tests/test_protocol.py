@@ -1,5 +1,6 @@
 """Data shapes (contract section 3): parsing, validation and serialisation, pure."""
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -8,8 +9,8 @@ from hypothesis import strategies as st
 
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import (
-    Change, Create, Delete, FileMetadata, Move, Update, UploadStarted, format_time, parse_change,
-    parse_metadata, parse_operation, parse_time, parse_upload_started,
+    Change, Create, Delete, FileMetadata, Move, Update, UploadStarted, format_time, operation_text,
+    parse_change, parse_metadata, parse_operation, parse_time, parse_upload_started,
 )
 
 HASH = "a" * 64
@@ -121,6 +122,19 @@ def test_metadata_json_round_trip(path, size, seconds, micros, digest):
 
 
 @settings(max_examples=500)
+@given(kind=st.sampled_from([Create, Update]), path=st.text(min_size=1, max_size=12),
+       size=st.integers(0, 2**63), epoch=st.floats(min_value=0, max_value=4e10, allow_nan=False),
+       digest=st.one_of(st.just(""), st.binary(min_size=32, max_size=32).map(bytes.hex), st.text(max_size=4)),
+       is_directory=st.booleans())
+def test_operation_text_is_json_dumps_to_the_byte(kind, path, size, epoch, digest, is_directory):
+    # written by a template for speed: any text at all (quotes, controls, non-ASCII, lone
+    # surrogates) comes out exactly as the compact json.dumps the journal always held
+    operation = kind(FileMetadata(path, size, epoch, digest, is_directory))
+    assert operation_text(operation) == json.dumps(operation.to_json(), separators=(",", ":"))
+    for other in (Delete(path), Move(path, path + "x")):
+        assert operation_text(other) == json.dumps(other.to_json(), separators=(",", ":"))
+
+
 @given(st.one_of(st.floats(min_value=-1e10, max_value=4e10, allow_nan=False),
                  st.integers(min_value=0, max_value=4 * 10**15).map(lambda us: us / 1e6)))
 def test_format_time_is_what_datetime_formats(epoch):
