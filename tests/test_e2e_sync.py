@@ -227,6 +227,20 @@ async def test_two_hundred_files_at_once_and_a_20_mib_file(reactor, server, clie
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_directory_moved_in_from_outside_brings_what_is_inside_it(reactor, tmp_path, server, clients):
+    # inotify reports only the directory (its contents made no event in the folder): the
+    # client looks inside the directory it created on the server, well before any rescan
+    a, b, A, B = await clients.pair(server[0], interval=3600)
+    outside = tmp_path / "outside" / "album"
+    for name, data in (("one.jpg", b"1" * 3000), ("sub/two.jpg", b"2" * 70000), ("sub/deeper/three", b"3")):
+        write(str(outside), name, data)
+    os.rename(outside, os.path.join(A, "album"))
+    await wait_for(reactor, lambda: read(B, "album/sub/deeper/three") == b"3", what="the moved-in tree")
+    await converged(reactor, A, B, server[0].root)
+    assert read(B, "album/sub/two.jpg") == b"2" * 70000
+
+
+@pytest_twisted.ensureDeferred
 async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, clients):
     a, b, A, B = await clients.pair(server[0])
     write(A, "notes.txt", b"original")

@@ -445,12 +445,14 @@ class Engine:
     async def _check_children(self, path):
         """After a directory appears on one side, look at what is already inside it locally
         (inotify may have missed files created before the watch was set)."""
-        found = await deferToThread(localfs.scan, self.folder, self.state.bases, self.is_ignored, path)
-        for child, version in found.items():
-            if child != path:
-                base = self.state.base(child)
-                if base is None or not version.entry.same_content(base.entry):
-                    self.request(child, UNKNOWN)
+        # only which paths to look at: each one's own job reads and hashes it (a burst of
+        # new files in a new directory would otherwise be hashed twice)
+        found = await deferToThread(localfs.stats_below, self.folder, self.is_ignored, path)
+        for child, stat in found.items():
+            base = self.state.base(child) if child != path else None
+            if child != path and not (localfs.unchanged(stat, base) or (
+                    base is not None and stat.is_directory and base.entry.is_directory)):
+                self.request(child, UNKNOWN)
 
     async def _download(self, path, local, remote):
         expected = local.stat if local else None

@@ -181,6 +181,25 @@ def scan(folder: str, bases: dict, is_ignored, below: str = None) -> dict:
     Never enters the state directory, never follows symlinks; names that cannot be
     synced (undecodable, non-NFC) are left alone. Files still being written are left out.
     """
+    return _look_below(folder, is_ignored, below, lambda path, abspath: version(abspath, bases.get(path)))
+
+
+def stats_below(folder: str, is_ignored, below: str) -> dict:
+    """path → :class:`LocalStat` of ``below`` and of everything under it, found as
+    :func:`scan` finds them, but nothing read or hashed: what is there, for a caller
+    that only needs to know which paths to look at."""
+    return _look_below(folder, is_ignored, below, lambda path, abspath: lstat(abspath))
+
+
+def _look_below(folder: str, is_ignored, below, look) -> dict:
+    """path → ``look(path, abspath)`` (when not None) of every entry :func:`scan`
+    visits; an entry whose look raises LocalChanged or OSError is left out."""
+    def looked(path, abspath):
+        try:
+            return look(path, abspath)
+        except (LocalChanged, OSError):
+            return None
+
     found = {}
     start = folder if below is None else os.path.join(folder, below)
     stack = [start]
@@ -200,20 +219,14 @@ def scan(folder: str, bases: dict, is_ignored, below: str = None) -> dict:
             is_dir = child.is_dir(follow_symlinks=False)
             if is_ignored(rel, is_dir):
                 continue
-            try:
-                v = version(child.path, bases.get(rel))
-            except (LocalChanged, OSError):
-                continue
+            v = looked(rel, child.path)
             if v is None:
                 continue
             found[rel] = v
             if is_dir:
                 stack.append(child.path)
     if below is not None:
-        try:
-            v = version(start, bases.get(below))
-        except (LocalChanged, OSError):
-            v = None
+        v = looked(below, start)
         if v is not None:
             found[below] = v
     return found
