@@ -134,17 +134,25 @@ def resolve(root: str, path: str) -> str:
     directory. The result is the joined name (not the symlink target), so a rename
     onto it replaces the name itself. Missing trailing segments are fine (uploads).
     """
+    return resolve_and_lstat(root, path)[0]
+
+
+def resolve_and_lstat(root: str, path: str) -> tuple:
+    """:func:`resolve`, and the ``os.lstat`` of the name it gives, taken on the way
+    (None when a segment was missing or could not be looked at)."""
     path = normalize(path)
     real_root = _real_root(root)
     state_real = os.path.join(real_root, STATE_DIR_NAME)
-    segments = path.split("/")
-    absolute = os.path.join(real_root, *segments)
-    current, linked = real_root, False
-    for segment in segments:
-        current = os.path.join(current, segment)
+    prefix = real_root.rstrip(os.sep) + os.sep
+    absolute = prefix + path.replace("/", os.sep)  # os.path.join's result, a segment at a time below
+    end, linked = len(prefix) - 1, False
+    while True:
+        end = absolute.find(os.sep, end + 1)
+        current = absolute if end < 0 else absolute[:end]
         try:
             st = os.lstat(current)
         except OSError:
+            st = None
             break  # missing (or unreadable): nothing below it can be a link
         if stat.S_ISLNK(st.st_mode):
             linked = True
@@ -153,11 +161,13 @@ def resolve(root: str, path: str) -> str:
                 raise invalid_path("the path leads outside the root through a symlink")
             if _within(target, state_real):
                 raise invalid_path(f"the path leads into {STATE_DIR_NAME}")
+        if end < 0:
+            break
     if linked:  # without a link, the joined name is its own real path, inside the root
         final = os.path.realpath(absolute)
         if not _within(final, real_root) or _within(final, state_real) or final == real_root:
             raise invalid_path("the path leads outside the root")
-    return absolute
+    return absolute, st
 
 
 def relative_from_disk(root: str, absolute: str):

@@ -123,6 +123,8 @@ def test_resolve_never_leaves_the_root(tree, path):
     real = os.path.realpath(resolved)
     assert os.path.commonpath([real, real_root]) == real_root
     assert real != real_root
+    # the name itself is the root's real path joined with the canonical segments
+    assert resolved == os.path.join(real_root, *paths.normalize(path).split("/"))
     state = os.path.join(real_root, ".quantum-sync")
     assert os.path.commonpath([real, state]) != state
 

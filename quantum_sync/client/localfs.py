@@ -20,7 +20,7 @@ import attrs
 
 from quantum_sync.client.reconcile import Entry
 from quantum_sync.diskio import NamelessFiles, fsync_all, fsync_directory, sha256_file
-from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk, resolve
+from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk, resolve, resolve_and_lstat
 
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
 SUSPECT_MTIME_SLACK_NS = 1_000_000
@@ -57,6 +57,11 @@ def lstat(abspath: str):
         st = os.lstat(abspath)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    return local_stat(st)
+
+
+def local_stat(st):
+    """:func:`lstat`'s answer for an ``os.lstat`` result ``st``."""
     if stat_module.S_ISDIR(st.st_mode):
         return LocalStat(0, st.st_mtime_ns, True)
     if stat_module.S_ISREG(st.st_mode):
@@ -68,6 +73,8 @@ def lstat(abspath: str):
 
 #: :func:`version`'s answer for a file that needs hashing but is above ``hash_limit``.
 UNHASHED = object()
+#: :func:`version`'s ``seen`` when the caller took no lstat (it looks itself).
+_LOOK = object()
 
 
 class ByteBudget:
@@ -103,29 +110,35 @@ def unchanged(st, base) -> bool:
     )
 
 
-def _read_small(abspath: str, limit: int) -> bytes:
+def _read_small(abspath: str, limit: int, expected: int = -1) -> bytes:
     """At most ``limit`` bytes of the file at ``abspath`` (unbuffered: a small file's read
-    is then two system calls, not a file object's)."""
+    is then a few system calls, not a file object's). A first read that brings exactly
+    the ``expected`` size is taken as the whole file, without a second read to see its
+    end: the caller checks that the file's size and mtime did not move meanwhile."""
     fd = os.open(abspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks, size = [], 0
         while size < limit and (chunk := os.read(fd, limit - size)):
             chunks.append(chunk)
             size += len(chunk)
+            if size == expected and len(chunks) == 1:
+                break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, prehashed=None, budget=None):
+def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, prehashed=None, budget=None,
+            seen=_LOOK):
     """The :class:`LocalVersion` of ``abspath`` or None; hashing is skipped when size and
     mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`).
     A file of at most ``keep`` bytes is read whole and its bytes come with the version
     (when they fit in ``budget``, a :class:`ByteBudget` the caller gives them back to);
     one above ``hash_limit`` that needs hashing gives :data:`UNHASHED` instead.
     ``prehashed(size)`` may supply the digest of a file hashed while it was written
-    (:mod:`~quantum_sync.client.prehash`; the server checks it)."""
-    st = lstat(abspath)
+    (:mod:`~quantum_sync.client.prehash`; the server checks it). ``seen``: the
+    :func:`lstat` of ``abspath`` just taken by the caller (else it is taken here)."""
+    st = lstat(abspath) if seen is _LOOK else seen
     if st is None:
         return None
     if st.is_directory:
@@ -137,7 +150,7 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
     data = None
     if st.size <= keep and (budget is None or budget.take(st.size)):
         try:
-            data = _read_small(abspath, keep + 1)
+            data = _read_small(abspath, keep + 1, st.size)
             if len(data) != st.size:
                 raise LocalChanged(abspath)
         except BaseException:
@@ -169,7 +182,9 @@ def versions(folder: str, items, keep: int, hash_limit: int, budget=None) -> lis
     results = []
     for path, base, with_bytes in items:
         try:
-            results.append(version(resolve(folder, path), base, keep if with_bytes else 0, hash_limit, budget=budget))
+            abspath, st = resolve_and_lstat(folder, path)  # the walk's last lstat is the file's
+            results.append(version(abspath, base, keep if with_bytes else 0, hash_limit, budget=budget,
+                                   seen=_LOOK if st is None else local_stat(st)))
         except Exception as e:
             results.append(e)
     return results
