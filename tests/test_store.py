@@ -8,7 +8,7 @@ import pytest
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.diskio import sha256_file
-from quantum_sync.server.store import Store, UploadSpool
+from quantum_sync.server.store import NamelessTemp, Store, UploadSpool
 
 
 @pytest.fixture
@@ -188,8 +188,8 @@ def test_staged_bodies_install_atomically_and_are_recognised_once(store, nameles
     file another program put there afterwards."""
     store._nameless.available = nameless
     (temp, st), = store.stage_many([b"small body"])
-    assert isinstance(temp, int) is nameless and st.st_size == 10
-    assert (os.fstat(temp) if nameless else os.stat(temp)).st_mode & 0o777 == 0o644
+    assert isinstance(temp, NamelessTemp) is nameless and st.st_size == 10
+    assert (os.fstat(temp.fd) if nameless else os.stat(temp)).st_mode & 0o777 == 0o644
     assert os.listdir(store.temp_dir) == ([] if nameless else [os.path.basename(temp)])
     created, target = store.install_staged(temp, st, "d/f.bin")
     store.discard(temp)
@@ -215,6 +215,36 @@ def test_staged_bodies_install_atomically_and_are_recognised_once(store, nameles
     (temp, _), = store.stage_many([b"never installed"])
     store.discard(temp)
     assert os.listdir(store.temp_dir) == []
+
+
+def test_nameless_temps_held_stay_within_their_budget_and_are_closed_once(store, monkeypatch):
+    """Staged nameless files keep a descriptor open until their install: past the budget a
+    batch is staged in named files instead (closed once durable), and a temp released
+    twice (its install, then its upload's failure) closes its descriptor only once."""
+    if not store._nameless.available:
+        pytest.skip("this file system has no O_TMPFILE")
+    monkeypatch.setattr(store, "_held", [0, 5])
+    first = store.stage_many([b"a", b"b", b"c"])
+    assert all(isinstance(temp, NamelessTemp) for temp, _ in first)
+    second = store.stage_many([b"d", b"e", b"f"])  # 3 + 3 > 5: named
+    assert all(isinstance(temp, str) for temp, _ in second)
+    assert sorted(os.listdir(store.temp_dir)) == sorted(os.path.basename(temp) for temp, _ in second)
+    temp = first[0][0]
+    store.discard(temp)
+    other = os.open(store.root, os.O_RDONLY)  # may take the number just freed
+    try:
+        store.discard(temp)  # again: does nothing, whatever holds that number now
+        os.fstat(other)
+    finally:
+        os.close(other)
+    assert temp.fd is None and store._held[0] == 2
+    for temp, _ in first[1:] + second:
+        store.discard(temp)
+    assert store._held[0] == 0 and os.listdir(store.temp_dir) == []
+    again = store.stage_many([b"1", b"2", b"3", b"4", b"5"])  # all given back: nameless again
+    assert all(isinstance(temp, NamelessTemp) for temp, _ in again)
+    for temp, _ in again:
+        store.discard(temp)
 
 
 def test_resolve_walks_only_below_the_root(tmp_path):

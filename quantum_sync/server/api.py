@@ -480,7 +480,7 @@ class FileApi:
                 data = error
             taken.append((item, data))
         good = [position for position, (_, data) in enumerate(taken) if not isinstance(data, SyncError)]
-        staged = self.operations.store.stage_many([taken[position][1] for position in good], named=True)
+        staged = self.operations.store.stage_many([taken[position][1] for position in good])
         for position, outcome in zip(good, staged):
             item, data = taken[position]
             taken[position] = (item, storage_error(outcome) if isinstance(outcome, OSError)
@@ -630,10 +630,11 @@ async def _each(coroutines) -> list:
 
 @attrs.frozen
 class _StagedBody:
-    """A file of a batch upload, staged: its finished temp file (mode 0644), that file's
+    """A file of a batch upload, staged: its finished temp file (mode 0644; a
+    :class:`~quantum_sync.server.store.NamelessTemp`, or a named file's name), that file's
     stat, and the bytes in it (kept for the downloads that follow)."""
 
-    path: str
+    path: object
     stat: os.stat_result
     body: bytes = attrs.field(repr=False)
 

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
-from quantum_sync.server.store import DiskEntry, RecentBodies, fsync_directory, storage_error
+from quantum_sync.server.store import DiskEntry, NamelessTemp, RecentBodies, fsync_directory, storage_error
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).
 DISK_SOURCE = "server"
@@ -131,7 +131,7 @@ class _WaitingUpload:
     """An upload waiting to be installed by the next group commit."""
 
     path: str
-    temp_path: str | None  # a finished temp file, or None: ``body`` is written at install
+    temp_path: object  # a finished temp file (name or NamelessTemp), or None: ``body`` is written at install
     body: bytes | None
     sha256: str
     source_client: str
@@ -307,7 +307,8 @@ class FileOperations:
         """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
         hashing to ``sha256``, already fsynced, a MemorySpool whose body is written and
         fsynced by the group commit, or anything with the ``path`` of a finished temp
-        file (mode 0644), its ``stat`` and the ``body`` it holds) at ``path``. Returns
+        file (mode 0644; a name or a NamelessTemp), its ``stat`` and the ``body`` it
+        holds) at ``path``. Returns
         ``(FileMetadata, Change)``.
 
         ``if_match``: the hash the current file must have; ``if_none_match == "*"``: the
@@ -432,7 +433,7 @@ class FileOperations:
                     if waiting.temp_path is None:
                         self.store.discard(temp)
                     raise
-                if isinstance(temp, int):
+                if isinstance(temp, NamelessTemp):
                     self.store.discard(temp)  # linked in place: close it
                 synced_by.setdefault(os.path.dirname(target), []).append(position)
                 entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns)

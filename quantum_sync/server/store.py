@@ -30,6 +30,33 @@ PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 TEMP_PREFIX = "upload-"
 #: Named temp files :meth:`Store.stage_many` holds open at once at most.
 STAGE_TURN = 128
+#: Nameless temp files (each an open descriptor until its install) the staged uploads may
+#: hold together at most, and at most this share of the process's descriptor limit; a
+#: batch past it is staged in named files, closed once durable.
+HELD_TEMPS, HELD_TEMPS_SHARE = 1024, 4
+
+
+def _held_temps_limit() -> int:
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 0
+    return HELD_TEMPS if soft == resource.RLIM_INFINITY else min(HELD_TEMPS, soft // HELD_TEMPS_SHARE)
+
+
+class NamelessTemp:
+    """A staged nameless file (:meth:`Store.stage_many`): its descriptor, open until
+    :meth:`Store.discard` closes it, once; a second discard does nothing, so whoever
+    releases it last cannot close another file's descriptor that took the number."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __repr__(self):
+        return f"NamelessTemp({self.fd})"
 
 
 @attrs.frozen
@@ -401,6 +428,8 @@ class Store:
         #: link or rename (see :meth:`own_write`).
         self.installed = OwnWrites()
         self._nameless = NamelessFiles()
+        self._held = [0, _held_temps_limit()]  # nameless temps held now, at most
+        self._held_lock = threading.Lock()
 
     def prepare(self) -> None:
         """Create the root (when its parent exists) and the temp area; remove temps left
@@ -551,13 +580,17 @@ class Store:
 
     def stage_many(self, bodies, named: bool = False) -> list:
         """Write each of ``bodies`` to a new nameless temp file (``O_TMPFILE`` in the temp
-        directory; a named one where that is not supported), mode 0644, all written first
-        and then made durable together (:func:`~quantum_sync.diskio.fsync_all`); per body
-        ``(temp, stat)`` for :meth:`install_staged`, ``temp`` being the open descriptor of
-        a nameless file or the name of a named one (release it with :meth:`discard`), or
-        the OSError that stopped it. ``named``: every temp is a named file, closed once
-        durable (no descriptor is held until its install), and they are written
-        :data:`STAGE_TURN` at a time, so a large batch never holds more open."""
+        directory), mode 0644, all written first and then made durable together
+        (:func:`~quantum_sync.diskio.fsync_all`); per body ``(temp, stat)`` for
+        :meth:`install_staged`, ``temp`` being a :class:`NamelessTemp` or the name of a
+        named file (release it with :meth:`discard`), or the OSError that stopped it.
+
+        Named files instead where the file system has no ``O_TMPFILE``, when ``named``,
+        or when the descriptors held by staged files would pass :data:`HELD_TEMPS`: a
+        named one is closed once durable, and they are written :data:`STAGE_TURN` at a
+        time, so a large batch never holds more open."""
+        if not named and not (self._nameless.available and self._hold(len(bodies))):
+            named = True
         if named and len(bodies) > STAGE_TURN:
             return [outcome for start in range(0, len(bodies), STAGE_TURN)
                     for outcome in self.stage_many(bodies[start:start + STAGE_TURN], named=True)]
@@ -582,8 +615,22 @@ class Store:
                     os.unlink(name)
                 outcomes[position] = error
             else:
-                outcomes[position] = (fd if name is None else name, st)
+                outcomes[position] = (NamelessTemp(fd) if name is None else name, st)
+        if not named:  # held: the nameless ones; the rest (failed, or named after all) given back
+            self._unhold(len(bodies) - sum(1 for o in outcomes if not isinstance(o, OSError) and isinstance(o[0], NamelessTemp)))
         return outcomes
+
+    def _hold(self, count: int) -> bool:
+        """Reserve ``count`` held temps if they fit (see :data:`HELD_TEMPS`)."""
+        with self._held_lock:
+            if self._held[0] + count > self._held[1]:
+                return False
+            self._held[0] += count
+            return True
+
+    def _unhold(self, count: int) -> None:
+        with self._held_lock:
+            self._held[0] = max(0, self._held[0] - count)
 
     def _write_temp(self, data: bytes, named: bool = False) -> tuple:
         """``(descriptor, name or None, stat)`` of a new temp file holding ``data``, mode
@@ -607,9 +654,13 @@ class Store:
         return fd, name, st
 
     def discard(self, temp) -> None:
-        """Release a temp :meth:`stage_many` returned (after its install, or instead of it)."""
-        if isinstance(temp, int):
-            os.close(temp)
+        """Release a temp :meth:`stage_many` returned (after its install, or instead of it);
+        releasing one again does nothing."""
+        if isinstance(temp, NamelessTemp):
+            fd, temp.fd = temp.fd, None
+            if fd is not None:
+                os.close(fd)
+                self._unhold(1)
             return
         try:
             os.unlink(temp)
@@ -640,15 +691,15 @@ class Store:
             raise SyncError("CONFLICT", f"{path} is a directory")
         self.installed.expect(target, temp_stat)
         try:
-            if isinstance(temp, int):
+            if isinstance(temp, NamelessTemp):
                 if st is None:
                     try:
-                        self._nameless.link(temp, target)
+                        self._nameless.link(temp.fd, target)
                         return created, target
                     except FileExistsError:
                         pass  # someone else's file appeared meanwhile: replace it, as below
                 name = self._temp_name()
-                self._nameless.link(temp, name)
+                self._nameless.link(temp.fd, name)
                 try:
                     os.replace(name, target)
                 except BaseException:
