@@ -277,11 +277,15 @@ def measure_large(pair, mib):
 def run(pair, args):
     pair.start()
     try:
-        return {
-            "latency": measure_latency(pair, args.trials),
-            "small": measure_small_cpu(pair, args.small),
-            "large": measure_large(pair, args.large_mib),
-        }
+        results = {}
+        for name, measure, size in (("latency", measure_latency, args.trials),
+                                    ("small", measure_small_cpu, args.small),
+                                    ("large", measure_large, args.large_mib)):
+            # each measure starts with nothing left to write back from the one before (the
+            # previous system's large file among it): its fsyncs wait for its own data only
+            os.sync()
+            results[name] = measure(pair, size)
+        return results
     finally:
         pair.stop()
 
