@@ -5,9 +5,11 @@ import time
 
 import pytest
 import pytest_twisted
+from watchdog.events import FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
 
-from quantum_sync.client.watcher import FolderWatcher
+from quantum_sync.client.watcher import CHANGE, SETTLE, FolderWatcher, _Bridge
 from test_e2e_sync import sleep, wait_for
+from tests.logcapture import LogCapture
 
 
 #: A settle time far above any scheduling delay of a loaded 2-core machine, for the tests
@@ -89,15 +91,11 @@ async def test_a_change_comes_with_the_stat_seen_after_it(reactor, tmp_path):
 class _Now:
     """A reactor stand-in for the bridge: what is called from a thread runs at once."""
 
-    def callFromThread(self, function, *args):
-        function(*args)
+    def callFromThread(self, function, *args, **kwargs):
+        function(*args, **kwargs)
 
 
 def test_one_read_of_events_makes_one_item_a_path_with_one_stat(tmp_path):
-    from watchdog.events import FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
-
-    from quantum_sync.client.watcher import CHANGE, SETTLE, _Bridge
-
     delivered, grew = [], []
     bridge = _Bridge(_Now(), str(tmp_path), delivered.extend, on_grow=lambda path, size: grew.append((path, size)))
     (tmp_path / "done.bin").write_bytes(b"12345")
@@ -120,3 +118,18 @@ def test_one_read_of_events_makes_one_item_a_path_with_one_stat(tmp_path):
     assert (stats["done.bin"].size, stats["open.bin"].size, stats["again.bin"].size) == (5, 3, 1)
     assert stats["gone.bin"] is None
     assert sorted(grew) == [("again.bin", 1), ("done.bin", 5), ("open.bin", 3)]  # once a path
+
+
+def test_a_failure_taking_in_events_is_logged_and_the_reading_thread_goes_on(tmp_path):
+    def broken(path, size):
+        raise RuntimeError("a bug in a callback")
+
+    delivered = []
+    bridge = _Bridge(_Now(), str(tmp_path), delivered.extend, on_grow=broken)
+    (tmp_path / "a").write_bytes(b"a")
+    with LogCapture() as log:
+        bridge.on_file_events([FileModifiedEvent(str(tmp_path / "a"))])  # does not raise
+        bridge.on_file_events([FileClosedEvent(str(tmp_path / "a"))])  # and the next read is taken
+    assert [f["log_failure"].value.args for f in log.failures()] == [("a bug in a callback",)]
+    assert "lost 1 file event" in log.text()
+    assert [(kind, path) for kind, path, _ in delivered] == [(CHANGE, "a")]

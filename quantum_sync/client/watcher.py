@@ -16,6 +16,7 @@ import threading
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -59,6 +60,9 @@ def _stat(folder, path):
         return None
 
 
+log = Logger()
+
+
 class _Bridge(FileSystemEventHandler):
     """Runs in watchdog's thread: names and stats each event, and hands what is waiting to
     the reactor in one call (a burst of events costs one wake-up, not one per event)."""
@@ -89,7 +93,22 @@ class _Bridge(FileSystemEventHandler):
         """The plain file events of one read from inotify: one item a path, with one lstat
         taken after them all, in the order of each path's last event. That item reports at
         once only when the path's last event is a finished write; a write after a close
-        in the same read waits for quiet, as any write does."""
+        in the same read waits for quiet, as any write does.
+
+        Whatever goes wrong here is logged, never raised: it would end watchdog's reading
+        thread, and with it every later event."""
+        try:
+            items = self._file_items(events)
+        except Exception:
+            failure = Failure()
+            self._reactor.callFromThread(
+                log.failure, "the watcher lost {count} file event(s); the next full rescan finds their changes",
+                failure, count=len(events))
+            return
+        if items:
+            self._hand_over(items)
+
+    def _file_items(self, events) -> list:
         last = {}  # path -> (at once?, modified?), in the order of each path's last event
         names = {}
         for event in events:
@@ -106,8 +125,7 @@ class _Bridge(FileSystemEventHandler):
             if modified and self._on_grow is not None and stat is not None:
                 self._on_grow(path, stat.size)  # from this thread: it only takes note
             items.append((CHANGE if at_once else SETTLE, path, stat))
-        if items:
-            self._hand_over(items)
+        return items
 
     def _hand_over(self, items):
         with self._lock:
