@@ -226,7 +226,7 @@ class Writeback:
     own (``fdatasync``), so that the final fsync of a large file has little left to do and
     the writer never waits for the disk meanwhile."""
 
-    EVERY = 64 * 1024 * 1024
+    EVERY = 8 * 1024 * 1024
 
     def __init__(self, fd: int):
         self._fd = fd

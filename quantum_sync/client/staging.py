@@ -3,7 +3,7 @@ bounded memory.
 
 The body arrives on the reactor. Two threads take it from there, one hashing (SHA-256)
 and one writing, so the two costs overlap instead of adding up, and writeback starts
-every 64 MiB (:class:`~quantum_sync.diskio.Writeback`) so the final fsync is short. When
+every 8 MiB (:class:`~quantum_sync.diskio.Writeback`) so the final fsync is short. When
 more than :data:`BACKLOG` bytes wait for the slower thread, the response is paused (its
 connection stops reading) until that thread is down to half of it: the reactor never
 waits for the disk, and memory stays bounded.
