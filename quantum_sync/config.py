@@ -79,6 +79,9 @@ class HandlerConfig:
     state_dir: str = ""
     max_upload_size: int | None = None
     journal_retention: int = 1000000
+    #: large uploads announced (``upload_started``) and readable at /api/relay while
+    #: they arrive (:mod:`quantum_sync.server.relay`)
+    relay: bool = True
     websocket: WebSocketConfig = WebSocketConfig()
     auth: AuthConfig | None = None
 
@@ -245,7 +248,7 @@ def _auth(r: _Reader, value, where: str, base_dir: str) -> AuthConfig:
 
 _HANDLER_KEYS = {
     "handler", "root", "enable_upload", "state_dir", "max_upload_size",
-    "journal_retention", "websocket", "auth",
+    "journal_retention", "relay", "websocket", "auth",
 }
 
 
@@ -270,6 +273,7 @@ def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
         max_upload_size=max_upload,
         journal_retention=r.number(value.get("journal_retention", 1000000),
                                    f"{where}.journal_retention", minimum=1, integer=True),
+        relay=r.expect(value.get("relay", True), bool, f"{where}.relay", "true or false"),
         websocket=_websocket(r, value.get("websocket", {}), f"{where}.websocket"),
         auth=_auth(r, value["auth"], f"{where}.auth", base_dir) if "auth" in value else None,
     )

@@ -326,6 +326,29 @@ async def test_nothing_is_announced_without_subscribers_and_after_unsubscribing(
     assert await announcements(watcher) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_server_with_relays_turned_off_announces_nothing(reactor, tmp_path, http, sockets):
+    """``"relay": false``: a large upload is stored as any upload is, never announced, and
+    /api/relay has nothing to read while it arrives."""
+    server = await start_server(reactor, tmp_path, relay=False)
+    try:
+        watcher = await sockets.watch(server, "watcher")
+        data = os.urandom(SIZE)
+        body = GatedBody(reactor, data)
+        answer = upload(http, server, "big.bin", body, digest=sha(data))
+        await body.paused.addTimeout(TIMEOUT, reactor)
+        _, error = await json_answer(http, "GET", f"{server.url}/api/relay", expect=404,
+                                   params={"path": "big.bin", "hash": sha(data)})
+        assert error["error"]["code"] == "NOT_FOUND"
+        body.release()
+        code, stored = await answer.addTimeout(TIMEOUT, reactor)
+        assert code == 200 and stored["hash"] == sha(data)
+        assert await announcements(watcher) == []
+    finally:
+        await sockets.close()
+        await server.stop()
+
+
 # -- 2. reading a relay -------------------------------------------------------------------
 
 

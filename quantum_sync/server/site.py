@@ -441,4 +441,4 @@ def build_site(listener, service) -> SyncSite:
     handler = service.config.handler
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
                     reactor=service.reactor, upload_gate=service.api.upload_gate,
-                    upload_started=service.api.relay_upload)
+                    upload_started=service.api.relay_upload if handler.relay else None)
