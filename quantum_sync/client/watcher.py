@@ -110,22 +110,25 @@ class _Bridge(FileSystemEventHandler):
 
     def _file_items(self, events) -> list:
         last = {}  # path -> (at once?, modified?), in the order of each path's last event
-        names = {}
+        names = {}  # on-disk name -> relative path (a file's events share its name)
         for event in events:
-            name = event.src_path
-            path = names[name] if name in names else names.setdefault(name, self._relative(name))
+            if event.src_path not in names:
+                names[event.src_path] = self._relative(event.src_path)
+            path = names[event.src_path]
             if path is None:
                 continue
             earlier = last.pop(path, None)
             modified = isinstance(event, FileModifiedEvent) or (earlier is not None and earlier[1])
             last[path] = (isinstance(event, FileClosedEvent), modified)
-        items = []
-        for path, (at_once, modified) in last.items():
-            stat = _stat(self._folder, path)
-            if modified and self._on_grow is not None and stat is not None:
-                self._on_grow(path, stat.size)  # from this thread: it only takes note
-            items.append((CHANGE if at_once else SETTLE, path, stat))
-        return items
+        return [self._item(CHANGE if at_once else SETTLE, path, modified)
+                for path, (at_once, modified) in last.items()]
+
+    def _item(self, kind, path, modified):
+        """``(kind, path, lstat)``; a file that was written to is reported to ``on_grow``."""
+        stat = _stat(self._folder, path)
+        if modified and self._on_grow is not None and stat is not None:
+            self._on_grow(path, stat.size)  # from this thread: it only takes note
+        return (kind, path, stat)
 
     def _hand_over(self, items):
         with self._lock:
@@ -149,10 +152,7 @@ class _Bridge(FileSystemEventHandler):
         if path is None:
             return None
         kind = CHANGE if isinstance(event, (FileClosedEvent, DirCreatedEvent)) else SETTLE
-        stat = _stat(self._folder, path)
-        if self._on_grow is not None and isinstance(event, FileModifiedEvent) and stat is not None:
-            self._on_grow(path, stat.size)  # from this thread: it only takes note
-        return (kind, path, stat)
+        return self._item(kind, path, isinstance(event, FileModifiedEvent))
 
     def _deliver(self):
         with self._lock:
