@@ -16,6 +16,28 @@ from concurrent.futures import ThreadPoolExecutor
 CHUNK = 1024 * 1024
 
 
+class Budget:
+    """How much of something may be held at once: bytes of file contents in memory, open
+    descriptors of staged files (thread-safe)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more as held, if they fit."""
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
 def sha256_file(path: str) -> str:
     """SHA-256 hex of the file at ``path``."""
     digest = hashlib.sha256()

@@ -15,6 +15,7 @@ from quantum_sync.client.engine import UNKNOWN, Engine
 from quantum_sync.client.reconcile import Entry
 from quantum_sync.client.state import Base, FolderState, tmp_dir
 from quantum_sync.client.transfer import DownloadCorrupt, ServerClient
+from quantum_sync.diskio import Budget
 from quantum_sync.errors import SyncError
 from tests.support import client_of, server  # noqa: F401 (fixture)
 
@@ -47,7 +48,7 @@ def test_a_batch_of_versions_resolves_paths_and_keeps_each_failure_to_its_item(t
 def test_bytes_are_kept_only_within_the_budget(tmp_path):
     for name in "abc":
         (tmp_path / name).write_bytes(name.encode() * 40)
-    budget = localfs.ByteBudget(100)
+    budget = Budget(100)
     kept = [localfs.version(str(tmp_path / n), None, keep=64, budget=budget) for n in "abc"]
     assert [v.data is not None for v in kept] == [True, True, False]  # the third does not fit
     assert kept[2].entry.hash == sha(b"c" * 40) and budget.held == 80

@@ -223,7 +223,7 @@ def test_nameless_temps_held_stay_within_their_budget_and_are_closed_once(store,
     twice (its install, then its upload's failure) closes its descriptor only once."""
     if not store._nameless.available:
         pytest.skip("this file system has no O_TMPFILE")
-    monkeypatch.setattr(store, "_held", [0, 5])
+    monkeypatch.setattr(store._held, "limit", 5)
     first = store.stage_many([b"a", b"b", b"c"])
     assert all(isinstance(temp, NamelessTemp) for temp, _ in first)
     second = store.stage_many([b"d", b"e", b"f"])  # 3 + 3 > 5: named
@@ -237,10 +237,10 @@ def test_nameless_temps_held_stay_within_their_budget_and_are_closed_once(store,
         os.fstat(other)
     finally:
         os.close(other)
-    assert temp.fd is None and store._held[0] == 2
+    assert temp.fd is None and store._held.held == 2
     for temp, _ in first[1:] + second:
         store.discard(temp)
-    assert store._held[0] == 0 and os.listdir(store.temp_dir) == []
+    assert store._held.held == 0 and os.listdir(store.temp_dir) == []
     again = store.stage_many([b"1", b"2", b"3", b"4", b"5"])  # all given back: nameless again
     assert all(isinstance(temp, NamelessTemp) for temp, _ in again)
     for temp, _ in again:

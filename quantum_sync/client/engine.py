@@ -43,7 +43,7 @@ from quantum_sync.client.transfer import (
     SMALL_TRANSFER,
     ServerUnavailable,
 )
-from quantum_sync.diskio import OwnWrites
+from quantum_sync.diskio import Budget, OwnWrites
 from quantum_sync.paths import is_inside, normalize, resolve
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update
 from quantum_sync.errors import SyncError
@@ -112,7 +112,7 @@ class Engine:
         self._deletes = DeleteGate(reactor, self._count_missing, allow_mass_delete)
         self.growing = GrowingHashes(folder)  # fed by the watcher (FolderWatcher on_grow)
         self._seen = {}  # path → the stat the watcher saw last, until its job looks
-        self._inline = localfs.ByteBudget(INLINE_BUDGET)
+        self._inline = Budget(INLINE_BUDGET)
         self._versions = ThreadBatcher(
             reactor,
             lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER, budget=self._inline),
@@ -449,9 +449,11 @@ class Engine:
         # new files in a new directory would otherwise be hashed twice)
         found = await deferToThread(localfs.stats_below, self.folder, self.is_ignored, path)
         for child, stat in found.items():
-            base = self.state.base(child) if child != path else None
-            if child != path and not (localfs.unchanged(stat, base) or (
-                    base is not None and stat.is_directory and base.entry.is_directory)):
+            if child == path:
+                continue
+            base = self.state.base(child)
+            synced_directory = base is not None and stat.is_directory and base.entry.is_directory
+            if not (synced_directory or localfs.unchanged(stat, base)):
                 self.request(child, UNKNOWN)
 
     async def _download(self, path, local, remote):

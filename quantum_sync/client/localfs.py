@@ -14,7 +14,6 @@ import hashlib
 import os
 import stat as stat_module
 import tempfile
-import threading
 
 import attrs
 
@@ -77,27 +76,6 @@ UNHASHED = object()
 _LOOK = object()
 
 
-class ByteBudget:
-    """How many bytes of file contents may be held in memory at once (thread-safe)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bool:
-        """Count ``size`` more bytes as held, if they fit."""
-        with self._lock:
-            if self.held + size > self.limit:
-                return False
-            self.held += size
-            return True
-
-    def give(self, size: int) -> None:
-        with self._lock:
-            self.held -= size
-
-
 def unchanged(st, base) -> bool:
     """Whether the file stat ``st`` is the one recorded with ``base`` (then its content is
     taken to be the base's, unread)."""
@@ -112,16 +90,16 @@ def unchanged(st, base) -> bool:
 
 def _read_small(abspath: str, limit: int, expected: int = -1) -> bytes:
     """At most ``limit`` bytes of the file at ``abspath`` (unbuffered: a small file's read
-    is then a few system calls, not a file object's). A first read that brings exactly
-    the ``expected`` size is taken as the whole file, without a second read to see its
-    end: the caller checks that the file's size and mtime did not move meanwhile."""
+    is then a few system calls, not a file object's). Once the reads bring exactly the
+    ``expected`` size, no further read looks for the end: the caller checks that the
+    file's size and mtime did not move meanwhile."""
     fd = os.open(abspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks, size = [], 0
         while size < limit and (chunk := os.read(fd, limit - size)):
             chunks.append(chunk)
             size += len(chunk)
-            if size == expected and len(chunks) == 1:
+            if size == expected:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
@@ -133,7 +111,7 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
     """The :class:`LocalVersion` of ``abspath`` or None; hashing is skipped when size and
     mtime are those recorded with ``base`` (a :class:`~quantum_sync.client.state.Base`).
     A file of at most ``keep`` bytes is read whole and its bytes come with the version
-    (when they fit in ``budget``, a :class:`ByteBudget` the caller gives them back to);
+    (when they fit in ``budget``, a :class:`~quantum_sync.diskio.Budget` of bytes the caller gives them back to);
     one above ``hash_limit`` that needs hashing gives :data:`UNHASHED` instead.
     ``prehashed(size)`` may supply the digest of a file hashed while it was written
     (:mod:`~quantum_sync.client.prehash`; the server checks it). ``seen``: the

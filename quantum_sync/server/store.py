@@ -22,7 +22,7 @@ import threading
 import attrs
 
 from quantum_sync import paths
-from quantum_sync.diskio import NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory, sha256_file
+from quantum_sync.diskio import Budget, NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory, sha256_file
 from quantum_sync.errors import SyncError
 
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
@@ -428,8 +428,8 @@ class Store:
         #: link or rename (see :meth:`own_write`).
         self.installed = OwnWrites()
         self._nameless = NamelessFiles()
-        self._held = [0, _held_temps_limit()]  # nameless temps held now, at most
-        self._held_lock = threading.Lock()
+        #: the nameless temps staged files hold (see :meth:`stage_many`)
+        self._held = Budget(_held_temps_limit())
 
     def prepare(self) -> None:
         """Create the root (when its parent exists) and the temp area; remove temps left
@@ -589,7 +589,7 @@ class Store:
         or when the descriptors held by staged files would pass :data:`HELD_TEMPS`: a
         named one is closed once durable, and they are written :data:`STAGE_TURN` at a
         time, so a large batch never holds more open."""
-        if not named and not (self._nameless.available and self._hold(len(bodies))):
+        if not named and not (self._nameless.available and self._held.take(len(bodies))):
             named = True
         if named and len(bodies) > STAGE_TURN:
             return [outcome for start in range(0, len(bodies), STAGE_TURN)
@@ -617,20 +617,8 @@ class Store:
             else:
                 outcomes[position] = (NamelessTemp(fd) if name is None else name, st)
         if not named:  # held: the nameless ones; the rest (failed, or named after all) given back
-            self._unhold(len(bodies) - sum(1 for o in outcomes if not isinstance(o, OSError) and isinstance(o[0], NamelessTemp)))
+            self._held.give(len(bodies) - sum(1 for o in outcomes if not isinstance(o, OSError) and isinstance(o[0], NamelessTemp)))
         return outcomes
-
-    def _hold(self, count: int) -> bool:
-        """Reserve ``count`` held temps if they fit (see :data:`HELD_TEMPS`)."""
-        with self._held_lock:
-            if self._held[0] + count > self._held[1]:
-                return False
-            self._held[0] += count
-            return True
-
-    def _unhold(self, count: int) -> None:
-        with self._held_lock:
-            self._held[0] = max(0, self._held[0] - count)
 
     def _write_temp(self, data: bytes, named: bool = False) -> tuple:
         """``(descriptor, name or None, stat)`` of a new temp file holding ``data``, mode
@@ -660,7 +648,7 @@ class Store:
             fd, temp.fd = temp.fd, None
             if fd is not None:
                 os.close(fd)
-                self._unhold(1)
+                self._held.give(1)
             return
         try:
             os.unlink(temp)
