@@ -4,7 +4,7 @@ import calendar
 
 import pytest
 
-from quantum_sync.client.conflicts import conflict_name, is_conflict_name
+from quantum_sync.client.conflicts import conflict_name
 from quantum_sync.client.ignore import IgnoreRules
 
 WHEN = calendar.timegm((2024, 1, 21, 12, 34, 56))
@@ -23,8 +23,6 @@ WHEN = calendar.timegm((2024, 1, 21, 12, 34, 56))
 )
 def test_conflict_names(path, expected):
     assert conflict_name(path, WHEN, "C1") == expected
-    assert is_conflict_name(expected)
-    assert not is_conflict_name(path)
 
 
 def test_conflict_name_time_is_utc_and_id_is_made_path_safe():

@@ -36,7 +36,7 @@ def test_twistd_help_lists_both():
 
 
 def test_wheel_ships_the_dropin_and_installs_discoverably(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                     "-q", "-w", str(tmp_path / "dist"), PROJECT],
                    check=True, capture_output=True, timeout=120)
     (wheel,) = (tmp_path / "dist").iterdir()

@@ -9,7 +9,6 @@ import re
 import time
 
 _MARKER = ".sync-conflict-"
-_PATTERN = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[^/]+?(\.[^./]*)?$")
 
 
 def _split_suffix(name: str):
@@ -28,8 +27,3 @@ def conflict_name(path: str, epoch: float, client_id: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(epoch))
     safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", client_id) or "client"
     return f"{directory}{slash}{stem}{_MARKER}{stamp}-{safe_id}{ext}"
-
-
-def is_conflict_name(path: str) -> bool:
-    """True when the last segment of ``path`` already is a conflict copy's name."""
-    return bool(_PATTERN.search(path.rpartition("/")[2]))

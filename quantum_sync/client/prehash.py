@@ -55,8 +55,8 @@ class GrowingHashes:
     def __init__(self, folder: str):
         self._folder = folder
         self._lock = threading.Lock()
-        self._partials = OrderedDict()  # absolute path -> _Partial
-        self._pending = OrderedDict()  # absolute paths that grew, in order
+        self._partials = OrderedDict()  # relative path -> _Partial
+        self._pending = OrderedDict()  # relative paths that grew, in order
         self._wake = threading.Event()
         self._thread = None
         self._stopped = False

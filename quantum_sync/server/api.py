@@ -222,9 +222,7 @@ class FileApi:
         UPLOAD_DISABLED, or the authorizer's refusal when it can answer at once."""
         if not self.operations.enable_upload:
             raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
-        answer = self.authorizer.authorize_request(request, "write")
-        if isinstance(answer, Deferred):
-            answer.addErrback(lambda failure: None)  # decided again by the route
+        self.authorizer.authorize_request(request, "write")
 
     def relay_upload(self, request, spool, length) -> None:
         """Offer an upload whose headers are in (its body about to go into ``spool``) to
@@ -240,8 +238,7 @@ class FileApi:
             self.relays.offer(spool, path, expected, length, source)
 
     async def _authorize(self, request, role: str):
-        answer = self.authorizer.authorize_request(request, role)
-        return (await answer) if isinstance(answer, Deferred) else answer
+        return self.authorizer.authorize_request(request, role)
 
     def _path(self, request, source_client: str) -> str:
         """The validated ``path`` query parameter, resolved inside the root."""
