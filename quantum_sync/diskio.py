@@ -38,10 +38,27 @@ class Budget:
             self.held -= size
 
 
-def sha256_file(path: str) -> str:
-    """SHA-256 hex of the file at ``path``."""
+def open_regular(path: str, follow_symlinks: bool = True) -> tuple:
+    """``(descriptor, fstat)`` of the regular file at ``path`` opened for reading; OSError(EINVAL)
+    for anything else. Opened non-blocking, then checked with ``fstat``: opening a FIFO
+    plainly waits for a writer, and a device may do anything."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd, st
+
+
+def sha256_file(path: str, follow_symlinks: bool = True) -> str:
+    """SHA-256 hex of the regular file at ``path`` (see :func:`open_regular`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(open_regular(path, follow_symlinks)[0], "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

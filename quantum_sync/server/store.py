@@ -546,7 +546,7 @@ class Store:
         return found
 
     def hash(self, path: str) -> str:
-        return sha256_file(self.resolve(path))
+        return sha256_file(self.resolve(path), follow_symlinks=False)
 
     def make_parents(self, path: str) -> list:
         """Create the missing parent directories of ``path``; returns those created.
