@@ -4,6 +4,7 @@
 metrics, authorizer, root watcher and one listener per listen entry.
 """
 
+import os
 import time
 
 from twisted.application.service import MultiService, Service
@@ -113,11 +114,13 @@ class ServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor):
+    def __init__(self, config, reactor, datasync=os.fdatasync):
         super().__init__()
         handler = config.handler
         self.config = config
         self.reactor = reactor
+        #: The background sync of large upload bodies (a seam for injected disk faults).
+        self.datasync = datasync
         self.started = time.time()
         self.store = Store(handler.root)
         try:
@@ -179,7 +182,7 @@ class ServerService(MultiService):
         self.index.stopService()
 
 
-def make_server_service(config, reactor) -> ServerService:
+def make_server_service(config, reactor, **options) -> ServerService:
     """The server's top service for ``config`` (raises ConfigError for an unusable root
-    or listen entry)."""
-    return ServerService(config, reactor)
+    or listen entry); ``options`` go to :class:`ServerService`."""
+    return ServerService(config, reactor, **options)
