@@ -358,10 +358,16 @@ class FileApi:
         await self._authorize(request, "read")
         since = query_int(request, "since", 0, 0, 2**63 - 1)
         limit = query_int(request, "limit", DEFAULT_CHANGES_LIMIT, 1, MAX_CHANGES_LIMIT)
-        changes, cursor, has_more = await self.operations.index.changes(since, limit)
+        known = query(request, "journal_id", required=False)
+        index = self.operations.index
+        if known is not None and known != index.journal_id:
+            head = await index.head()
+            raise SyncError("CURSOR_EXPIRED", "the journal was started anew; re-list and continue"
+                            f" from {head}", journal_id=index.journal_id, cursor=head)
+        changes, cursor, has_more = await index.changes(since, limit)
         return write_json(request, {
             "changes": [change.to_json() for change in changes],
-            "cursor": cursor, "has_more": has_more,
+            "cursor": cursor, "has_more": has_more, "journal_id": index.journal_id,
         })
 
     # -- writes ----------------------------------------------------------------

@@ -130,7 +130,8 @@ class ServerService(MultiService):
         self.index = Index(handler.state_dir, handler.journal_retention, reactor)
         self.metrics = Metrics(clock=reactor.seconds)
         self.hub = Hub(handler.websocket, reactor, metrics=self.metrics,
-                       storage_root=self.store.root, journal_head=lambda: self.operations.head)
+                       storage_root=self.store.root, journal_head=lambda: self.operations.head,
+                       journal_id=lambda: self.index.journal_id)
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub)
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
