@@ -97,6 +97,8 @@ class Hub(Service):
             (self.config.cleanup_interval, self.cleanup),
             (self.config.metrics_interval, self.metrics_tick),
         ):
+            if not interval:  # off (config.py refuses 0 for the timers that cannot be)
+                continue
             loop = LoopingCall(self._survive, work)
             loop.clock = self.clock
             loop.start(interval, now=False)

@@ -35,6 +35,7 @@ REFUSED_GRACE = 10
 #: Socket read size while an upload body streams in.
 UPLOAD_READ_SIZE = 256 * 1024
 ACCESS_LOG = Logger(namespace="quantum_sync.access")
+log = Logger()
 
 
 def redact(uri: bytes) -> str:
@@ -441,6 +442,9 @@ def build_site(listener, service) -> SyncSite:
     websocket = websocket_resource(service.hub, service.config.handler.websocket,
                                    service.authorizer, service.operations, service.reactor)
     # -------------------------------------------------------------------------------
+    if not listener.routes_to_handler("/ws"):
+        log.warn("no route serves /ws on {endpoint}: clients there get no live changes and"
+                 " poll instead", endpoint=listener.endpoint)
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     handler = service.config.handler
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
