@@ -37,6 +37,8 @@ class WebSocketConfig:
     ``storage_alert_free_bytes``: a ``storage_alert`` is published when free space on the
     root's filesystem drops below it (0 disables). ``performance_alert_ms``: a
     ``performance_alert`` is published when the average response time exceeds it (0 disables).
+    ``rate_limit`` and ``metrics_interval``: 0 turns them off; the other timers must be
+    more than 0 (and ``stale_timeout`` more than ``ping_interval``).
     """
 
     max_connections: int = 1000
@@ -84,6 +86,9 @@ class HandlerConfig:
     relay: bool = True
     websocket: WebSocketConfig = WebSocketConfig()
     auth: AuthConfig | None = None
+    #: seconds between full rescans of the root (0: none); inotify misses writes made
+    #: over NFS or by other hosts, and drops events when its queue overflows
+    rescan_interval: float = 3600
 
 
 @attrs.frozen
@@ -214,6 +219,10 @@ _WEBSOCKET_NUMBERS = {
 }
 
 
+#: The timers that cannot be turned off.
+_WEBSOCKET_TIMERS = ("ping_interval", "stale_timeout", "cleanup_interval")
+
+
 def _websocket(r: _Reader, value, where: str) -> WebSocketConfig:
     r.obj(value, where, set(_WEBSOCKET_NUMBERS) | {"allowed_origins"})
     fields = {}
@@ -223,7 +232,13 @@ def _websocket(r: _Reader, value, where: str) -> WebSocketConfig:
     if "allowed_origins" in value:
         fields["allowed_origins"] = r.strings(
             value["allowed_origins"], f"{where}.allowed_origins", nonempty=False)
-    return WebSocketConfig(**fields)
+    for key in _WEBSOCKET_TIMERS:  # at 0 a LoopingCall spins, or everyone is stale at once
+        if fields.get(key) == 0:
+            r.fail(f"{where}.{key}", "must be more than 0")
+    config = WebSocketConfig(**fields)
+    if config.stale_timeout <= config.ping_interval:
+        r.fail(f"{where}.stale_timeout", f"must be more than ping_interval ({config.ping_interval:g} s)")
+    return config
 
 
 def _auth(r: _Reader, value, where: str, base_dir: str) -> AuthConfig:
@@ -248,7 +263,7 @@ def _auth(r: _Reader, value, where: str, base_dir: str) -> AuthConfig:
 
 _HANDLER_KEYS = {
     "handler", "root", "enable_upload", "state_dir", "max_upload_size",
-    "journal_retention", "relay", "websocket", "auth",
+    "journal_retention", "relay", "websocket", "auth", "rescan_interval",
 }
 
 
@@ -276,6 +291,7 @@ def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
         relay=r.expect(value.get("relay", True), bool, f"{where}.relay", "true or false"),
         websocket=_websocket(r, value.get("websocket", {}), f"{where}.websocket"),
         auth=_auth(r, value["auth"], f"{where}.auth", base_dir) if "auth" in value else None,
+        rescan_interval=r.number(value.get("rescan_interval", 3600), f"{where}.rescan_interval"),
     )
 
 

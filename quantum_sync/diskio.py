@@ -38,10 +38,27 @@ class Budget:
             self.held -= size
 
 
-def sha256_file(path: str) -> str:
-    """SHA-256 hex of the file at ``path``."""
+def open_regular(path: str, follow_symlinks: bool = True) -> tuple:
+    """``(descriptor, fstat)`` of the regular file at ``path`` opened for reading; OSError(EINVAL)
+    for anything else. Opened non-blocking, then checked with ``fstat``: opening a FIFO
+    plainly waits for a writer, and a device may do anything."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd, st
+
+
+def sha256_file(path: str, follow_symlinks: bool = True) -> str:
+    """SHA-256 hex of the regular file at ``path`` (see :func:`open_regular`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(open_regular(path, follow_symlinks)[0], "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -245,17 +262,25 @@ def _fsync(fd: int):
 
 class Writeback:
     """Starts writeback of a growing file every :data:`EVERY` bytes from a thread of its
-    own (``fdatasync``), so that the final fsync of a large file has little left to do and
-    the writer never waits for the disk meanwhile."""
+    own (``datasync``: ``os.fdatasync``), so that the final fsync of a large file has
+    little left to do and the writer never waits for the disk meanwhile.
+
+    Its first error is kept (:attr:`error`, and what :meth:`stop` returns): Linux
+    reports a writeback error once per open file, so after this sync has seen it the
+    final fsync succeeds, and the file must be treated as lost all the same."""
 
     EVERY = 8 * 1024 * 1024
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, datasync=os.fdatasync):
         self._fd = fd
+        self._datasync = datasync
         self._unflushed = 0
         self._wake = threading.Event()
+        self._asked = False  # a sync is asked for and not yet done
         self._stopping = False
         self._thread = None
+        #: The OSError of a background sync, if one failed (set by its thread).
+        self.error = None
 
     def wrote(self, size: int) -> None:
         """``size`` more bytes were written (called by the one writing thread)."""
@@ -263,6 +288,7 @@ class Writeback:
         if self._unflushed < self.EVERY:
             return
         self._unflushed = 0
+        self._asked = True
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
             self._thread.start()
@@ -272,16 +298,20 @@ class Writeback:
         while True:
             self._wake.wait()
             self._wake.clear()
+            if self._asked:  # a sync asked for is done even when stopping: its error counts
+                self._asked = False
+                try:
+                    self._datasync(self._fd)
+                except OSError as error:
+                    self.error = self.error or error
             if self._stopping:
                 return
-            try:
-                os.fdatasync(self._fd)
-            except OSError:
-                pass  # the final fsync reports problems
 
-    def stop(self) -> None:
-        """Wait for the writeback thread (before the descriptor may be closed)."""
+    def stop(self):
+        """Wait for the writeback thread (before the descriptor may be closed); the
+        OSError of a background sync that failed, or None."""
         if self._thread is not None:
             self._stopping = True
             self._wake.set()
             self._thread.join()
+        return self.error

@@ -326,8 +326,12 @@ async def test_changes_parameters(server, http):
                    {"since": "1e3"}):
         _, answer = await http.json("GET", url, params=params, expect=400)
         assert answer["error"]["code"] == "INVALID_REQUEST"
-    _, answer = await http.json("GET", url, params={"since": "50"})
-    assert answer == {"changes": [], "cursor": 0, "has_more": False}
+    _, answer = await http.json("GET", url, params={"since": "0"})
+    journal_id = server.service.index.journal_id
+    assert answer == {"changes": [], "cursor": 0, "has_more": False, "journal_id": journal_id}
+    _, answer = await http.json("GET", url, params={"since": "50"}, expect=410)
+    assert answer["error"]["code"] == "CURSOR_EXPIRED"
+    assert (answer["error"]["cursor"], answer["error"]["journal_id"]) == (0, journal_id)
 
 
 @pytest_twisted.ensureDeferred

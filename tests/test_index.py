@@ -60,7 +60,10 @@ async def test_changes_paging_and_retention(index):
         await index.changes(1, 10)
     assert info.value.code == "CURSOR_EXPIRED" and info.value.extra["cursor"] == 8
     assert await index.changes(8, 10) == ([], 8, False)
-    assert await index.changes(100, 10) == ([], 8, False)
+    with pytest.raises(SyncError) as info:  # beyond the head: a cursor of another journal
+        await index.changes(100, 10)
+    assert info.value.code == "CURSOR_EXPIRED"
+    assert info.value.extra == {"cursor": 8, "journal_id": index.journal_id}
 
 
 @pytest_twisted.ensureDeferred

@@ -115,12 +115,13 @@ def test_ack_and_auth_answers():
 
 def test_file_operation_broadcast_shape():
     change = Change(9, Delete("docs/a.txt"), "c1", "2024-01-21T12:00:00Z")
-    assert json.loads(messages.file_operation(change)) == {
+    assert json.loads(messages.file_operation(change, "0f" * 16)) == {
         "type": "FileOperation",
         "operation": {"Delete": {"path": "docs/a.txt"}},
         "source_client": "c1",
         "topic": "file_operations",
         "seq": 9,
+        "journal_id": "0f" * 16,
         "timestamp": "2024-01-21T12:00:00Z",
     }
 
@@ -132,7 +133,7 @@ def test_a_broadcast_from_the_journals_text_is_the_same_message(path, source, se
     text = json.dumps(operation.to_json(), separators=(",", ":"))
     plain = Change(seq, operation, source, "2024-01-21T12:00:00.5Z")
     journalled = Change(seq, operation, source, "2024-01-21T12:00:00.5Z", text)
-    assert json.loads(messages.file_operation(journalled)) == json.loads(messages.file_operation(plain))
+    assert json.loads(messages.file_operation(journalled, "j")) == json.loads(messages.file_operation(plain, "j"))
     assert journalled == plain  # the text is a cache, not part of the change
 
 

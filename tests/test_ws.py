@@ -5,7 +5,7 @@ import pytest
 import pytest_twisted
 
 from quantum_sync.protocol import Change, Delete, Move, now
-from test_ws_support import logged_failures, sites, wait_for  # noqa: F401 - fixtures
+from test_ws_support import MEMORY_JOURNAL_ID, logged_failures, sites, wait_for  # noqa: F401 - fixtures
 
 
 @pytest_twisted.ensureDeferred
@@ -16,7 +16,7 @@ async def test_subscribe_is_acked_and_announced(sites):
         "type": "Ack", "operation_id": "subscribe", "topic": "peer_network", "id": "w1"}
     laptop = await site.connect()
     assert await laptop.request({"type": "Subscribe", "client_id": "laptop"}) == {
-        "type": "Ack", "operation_id": "subscribe"}
+        "type": "Ack", "operation_id": "subscribe", "journal_id": MEMORY_JOURNAL_ID, "cursor": 0}
     event = await watcher.expect("peer_connected")
     assert event["topic"] == "peer_network"
     assert event["data"]["id"] == "laptop" and event["data"]["address"].startswith("127.0.0.1:")

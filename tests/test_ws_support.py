@@ -38,6 +38,8 @@ from quantum_sync.server.ws import HubFactory, HubResource
 TIMEOUT = 5.0
 #: Timers long enough to stay out of the way of tests that do not exercise them.
 QUIET = {"ping_interval": 30, "stale_timeout": 300, "cleanup_interval": 60, "metrics_interval": 60}
+#: The journal identity of :class:`MemoryJournal`.
+MEMORY_JOURNAL_ID = "6d656d6f72792d6a6f75726e616c2d31"
 
 
 @attrs.define
@@ -49,6 +51,11 @@ class MemoryJournal:
     hub: Hub
     paths: set = attrs.field(factory=set)
     seq: int = 0
+    journal_id: str = MEMORY_JOURNAL_ID
+
+    @property
+    def head(self) -> int:
+        return self.seq
 
     def apply(self, operation, source_client):
         if isinstance(operation, Delete):
@@ -101,7 +108,8 @@ class HubSite:
 async def hub_site(reactor, tmp_path, authorizer=None, factory_clock=None, **settings) -> HubSite:
     """Start a hub (its LoopingCalls on the real reactor) and ``/ws`` on 127.0.0.1:0."""
     config = WebSocketConfig(**settings)
-    hub = Hub(config, reactor, metrics=Metrics(clock=reactor.seconds), storage_root=str(tmp_path))
+    hub = Hub(config, reactor, metrics=Metrics(clock=reactor.seconds), storage_root=str(tmp_path),
+              journal_id=lambda: MEMORY_JOURNAL_ID)
     journal = MemoryJournal(hub)
     factory = HubFactory(hub, config, authorizer or OpenAuthorizer(), journal, factory_clock or reactor)
     root = Resource()

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 
 import attrs
 from klein import Klein
@@ -24,6 +23,7 @@ from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from quantum_sync import batch, paths
+from quantum_sync.diskio import open_regular
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.operations import check_client_id
@@ -355,10 +355,16 @@ class FileApi:
         await self._authorize(request, "read")
         since = query_int(request, "since", 0, 0, 2**63 - 1)
         limit = query_int(request, "limit", DEFAULT_CHANGES_LIMIT, 1, MAX_CHANGES_LIMIT)
-        changes, cursor, has_more = await self.operations.index.changes(since, limit)
+        known = query(request, "journal_id", required=False)
+        index = self.operations.index
+        if known is not None and known != index.journal_id:
+            head = await index.head()
+            raise SyncError("CURSOR_EXPIRED", "the journal was started anew; re-list and continue"
+                            f" from {head}", journal_id=index.journal_id, cursor=head)
+        changes, cursor, has_more = await index.changes(since, limit)
         return write_json(request, {
             "changes": [change.to_json() for change in changes],
-            "cursor": cursor, "has_more": has_more,
+            "cursor": cursor, "has_more": has_more, "journal_id": index.journal_id,
         })
 
     # -- writes ----------------------------------------------------------------
@@ -647,15 +653,12 @@ class _Opened:
 
 def _open_file(absolute: str):
     """The regular file at ``absolute`` opened for reading (never through a final
-    symlink) as an :class:`_Opened`, or None. A file of at most
-    :data:`SMALL_DOWNLOAD` bytes is read whole here, so the reactor never reads it."""
+    symlink, never blocking on a FIFO or device) as an :class:`_Opened`, or None. A file
+    of at most :data:`SMALL_DOWNLOAD` bytes is read whole here, so the reactor never
+    reads it."""
     try:
-        fd = os.open(absolute, os.O_RDONLY | os.O_NOFOLLOW)
+        fd, st = open_regular(absolute, follow_symlinks=False)
     except OSError:
-        return None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
         return None
     opened = os.fdopen(fd, "rb")
     if st.st_size > SMALL_DOWNLOAD:

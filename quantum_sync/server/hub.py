@@ -66,16 +66,20 @@ class Hub(Service):
     :param storage_root: where free space is measured (the sync root), or None.
     :param journal_head: a callable returning the journal's newest ``seq``; without
         it the hub reports the newest seq it has published.
+    :param journal_id: a callable returning the journal's identity, which every
+        ``FileOperation`` broadcast carries.
     """
 
     log = Logger()
 
-    def __init__(self, config, clock, metrics=None, storage_root=None, journal_head=None):
+    def __init__(self, config, clock, metrics=None, storage_root=None, journal_head=None,
+                 journal_id=lambda: ""):
         self.config = config
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics(clock=clock.seconds)
         self.storage_root = storage_root
         self._journal_head = journal_head
+        self._journal_id = journal_id
         self.connections = set()
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
@@ -93,6 +97,8 @@ class Hub(Service):
             (self.config.cleanup_interval, self.cleanup),
             (self.config.metrics_interval, self.metrics_tick),
         ):
+            if not interval:  # off (config.py refuses 0 for the timers that cannot be)
+                continue
             loop = LoopingCall(self._survive, work)
             loop.clock = self.clock
             loop.start(interval, now=False)
@@ -172,7 +178,8 @@ class Hub(Service):
             )
             return
         self.last_seq = change.seq
-        self._deliver(messages.file_operation(change), self._audience("file_operations", change.source_client))
+        self._deliver(messages.file_operation(change, self._journal_id()),
+                      self._audience("file_operations", change.source_client))
 
     def event(self, kind: str, data: dict, skip_client: str = "") -> None:
         """Send a PeerVault event to the subscribers of its topic (except the connections

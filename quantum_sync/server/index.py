@@ -3,11 +3,14 @@
 One writer thread (``adbapi`` with ``cp_max=1``), so the reactor never blocks on SQLite
 and every transaction is serialised. ``files`` caches path/size/mtime_ns/hash so
 listings never rehash unchanged files; ``journal`` gives every applied change the next
-sequence number and keeps the last ``journal_retention`` entries.
+sequence number and keeps the last ``journal_retention`` entries. The journal has an
+identity (``journal_id``, made with it and kept in ``meta``): a new or lost state
+directory means a new journal, which clients must not mistake for the one they followed.
 """
 
 import json
 import os
+import uuid
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -30,6 +33,10 @@ CREATE TABLE IF NOT EXISTS journal (
     source_client TEXT NOT NULL,
     timestamp TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 #: Paths looked up a query by :meth:`Index.get_many` (below SQLite's variable limit).
@@ -38,7 +45,7 @@ LOOKUP_BATCH = 500
 
 def _prepare_connection(connection):
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=5000")
     connection.execute("PRAGMA case_sensitive_like=ON")
 
@@ -64,6 +71,8 @@ class Index(Service):
         self._reactor = reactor
         self._pool = None
         self._opened = None
+        #: The journal's identity (32 hex digits), known once the database is open.
+        self.journal_id = None
 
     def start(self) -> None:
         """Open the database; the schema is created by the first queued transaction, so
@@ -75,7 +84,16 @@ class Index(Service):
             "sqlite3", self.db_path, check_same_thread=False, cp_min=1, cp_max=1,
             cp_openfun=_prepare_connection, cp_reactor=self._reactor,
         )
-        self._opened = self._pool.runInteraction(lambda txn: txn.executescript(SCHEMA))
+        self._opened = self._pool.runInteraction(self._create)
+
+    def _create(self, txn) -> None:
+        txn.executescript(SCHEMA)
+        txn.execute("SELECT value FROM meta WHERE key = 'journal_id'")
+        row = txn.fetchone()
+        if row is None:
+            row = (uuid.uuid4().hex,)
+            txn.execute("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", row)
+        self.journal_id = row[0]
 
     async def open(self) -> None:
         """Wait until the schema exists (after :meth:`start`)."""
@@ -152,9 +170,10 @@ class Index(Service):
         return await self._db.runInteraction(_head)
 
     async def changes(self, since: int, limit: int) -> tuple:
-        """``(changes, cursor, has_more)`` after ``since``; CURSOR_EXPIRED when entries
-        after ``since`` were already pruned."""
-        return await self._db.runInteraction(_changes, since, limit)
+        """``(changes, cursor, has_more)`` after ``since``; CURSOR_EXPIRED (with the
+        ``journal_id`` and the head as ``cursor``) when entries after ``since`` were already
+        pruned, or ``since`` is beyond the head (a cursor of another journal)."""
+        return await self._db.runInteraction(_changes, since, limit, self.journal_id)
 
     # -- writes ---------------------------------------------------------------------
 
@@ -227,8 +246,14 @@ def _head(txn) -> int:
     return row[0] if row else 0
 
 
-def _changes(txn, since: int, limit: int):
+def _changes(txn, since: int, limit: int, journal_id: str):
     head = _head(txn)
+    if since > head:
+        raise SyncError(
+            "CURSOR_EXPIRED",
+            f"cursor {since} is beyond this journal's head; re-list and continue from {head}",
+            journal_id=journal_id, cursor=head,
+        )
     if since < head:
         txn.execute("SELECT MIN(seq) FROM journal")
         oldest = txn.fetchone()[0]
@@ -236,7 +261,7 @@ def _changes(txn, since: int, limit: int):
             raise SyncError(
                 "CURSOR_EXPIRED",
                 f"changes after {since} are no longer kept; re-list and continue from {head}",
-                cursor=head,
+                journal_id=journal_id, cursor=head,
             )
     txn.execute(
         "SELECT seq, operation, source_client, timestamp FROM journal"
@@ -247,5 +272,5 @@ def _changes(txn, since: int, limit: int):
         Change(seq, parse_operation(json.loads(operation)), source, timestamp)
         for seq, operation, source, timestamp in rows[:limit]
     ]
-    cursor = changes[-1].seq if changes else max(min(since, head), 0)
+    cursor = changes[-1].seq if changes else since
     return changes, cursor, has_more

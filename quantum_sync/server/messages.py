@@ -230,7 +230,7 @@ def auth_error(err: SyncError, message_id=None) -> bytes:
     return encode({"type": "auth_error", "code": err.code, "message": err.message, **_id_extra(message_id)})
 
 
-_FILE_OPERATION = b'{"type":"FileOperation","operation":%s,"source_client":%s,"topic":"file_operations","seq":%d,"timestamp":%s}'
+_FILE_OPERATION = b'{"type":"FileOperation","operation":%s,"source_client":%s,"topic":"file_operations","seq":%d,"journal_id":%s,"timestamp":%s}'
 
 
 def _json_string(value: str) -> bytes:
@@ -238,15 +238,16 @@ def _json_string(value: str) -> bytes:
     return encode_basestring_ascii(value).encode("ascii")
 
 
-def file_operation(change) -> bytes:
-    """The broadcast of one journal entry (:class:`quantum_sync.protocol.Change`), ASCII
-    JSON; the operation's text is the journal's where the change carries it (not encoded
-    a second time)."""
+def file_operation(change, journal_id: str) -> bytes:
+    """The broadcast of one journal entry (:class:`quantum_sync.protocol.Change`) of the
+    journal ``journal_id``, ASCII JSON; the operation's text is the journal's where the
+    change carries it (not encoded a second time)."""
     text = change.operation_text or operation_text(change.operation)
     return _FILE_OPERATION % (
         text.encode("ascii"),
         _json_string(change.source_client),
         change.seq,
+        _json_string(journal_id),
         _json_string(change.timestamp),
     )
 

@@ -45,9 +45,9 @@ class Metrics:
         self.bytes_transferred += size
 
     def observe_messages_out(self, count: int, size: int) -> None:
-        """``count`` WebSocket messages of ``size`` payload bytes each sent."""
+        """``count`` WebSocket messages sent, of ``size`` payload bytes together."""
         self.messages_out += count
-        self.bytes_transferred += count * size
+        self.bytes_transferred += size
 
     def _prune(self, now_second: int) -> None:
         oldest = now_second - WINDOW_SECONDS

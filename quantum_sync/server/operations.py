@@ -196,6 +196,11 @@ class FileOperations:
             self._published(change)
         return change
 
+    @property
+    def journal_id(self):
+        """The journal's identity (None until the index is open)."""
+        return self.index.journal_id
+
     def _published(self, change):
         self.head = max(self.head, change.seq)
         self.hub.publish(change)

@@ -4,6 +4,7 @@
 metrics, authorizer, root watcher and one listener per listen entry.
 """
 
+import os
 import time
 
 from twisted.application.service import MultiService, Service
@@ -113,11 +114,13 @@ class ServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor):
+    def __init__(self, config, reactor, datasync=os.fdatasync):
         super().__init__()
         handler = config.handler
         self.config = config
         self.reactor = reactor
+        #: The background sync of large upload bodies (a seam for injected disk faults).
+        self.datasync = datasync
         self.started = time.time()
         self.store = Store(handler.root)
         try:
@@ -127,7 +130,8 @@ class ServerService(MultiService):
         self.index = Index(handler.state_dir, handler.journal_retention, reactor)
         self.metrics = Metrics(clock=reactor.seconds)
         self.hub = Hub(handler.websocket, reactor, metrics=self.metrics,
-                       storage_root=self.store.root, journal_head=lambda: self.operations.head)
+                       storage_root=self.store.root, journal_head=lambda: self.operations.head,
+                       journal_id=lambda: self.index.journal_id)
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub)
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
@@ -179,7 +183,7 @@ class ServerService(MultiService):
         self.index.stopService()
 
 
-def make_server_service(config, reactor) -> ServerService:
+def make_server_service(config, reactor, **options) -> ServerService:
     """The server's top service for ``config`` (raises ConfigError for an unusable root
-    or listen entry)."""
-    return ServerService(config, reactor)
+    or listen entry); ``options`` go to :class:`ServerService`."""
+    return ServerService(config, reactor, **options)

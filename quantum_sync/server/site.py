@@ -9,6 +9,7 @@
 """
 
 import json
+import os
 import re
 import time
 import weakref
@@ -34,6 +35,7 @@ REFUSED_GRACE = 10
 #: Socket read size while an upload body streams in.
 UPLOAD_READ_SIZE = 256 * 1024
 ACCESS_LOG = Logger(namespace="quantum_sync.access")
+log = Logger()
 
 
 def redact(uri: bytes) -> str:
@@ -121,7 +123,8 @@ class SyncRequest(server.Request):
         try:
             reactor = site.reactor
             self.content = UploadSpool(
-                site.temp_dir, on_drained=lambda: reactor.callFromThread(self._resume_reading))
+                site.temp_dir, on_drained=lambda: reactor.callFromThread(self._resume_reading),
+                datasync=site.datasync)
         except OSError:
             super().gotLength(0)  # the handler answers with the spool's absence
             return
@@ -274,10 +277,12 @@ class SyncSite(server.Site):
     request_timeout = 30
 
     def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None,
-                 upload_gate=None, upload_started=None):
+                 upload_gate=None, upload_started=None, datasync=os.fdatasync):
         super().__init__(root, reactor=reactor)
         self.metrics = metrics
         self.temp_dir = temp_dir
+        #: The background sync of spooled uploads (``os.fdatasync``; tests inject faults).
+        self.datasync = datasync
         self.max_upload_size = max_upload_size
         #: ``gate(request)`` raises SyncError when the caller may not upload at all;
         #: checked when an upload's headers are in, before its body is stored.
@@ -437,8 +442,12 @@ def build_site(listener, service) -> SyncSite:
     websocket = websocket_resource(service.hub, service.config.handler.websocket,
                                    service.authorizer, service.operations, service.reactor)
     # -------------------------------------------------------------------------------
+    if not listener.routes_to_handler("/ws"):
+        log.warn("no route serves /ws on {endpoint}: clients there get no live changes and"
+                 " poll instead", endpoint=listener.endpoint)
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     handler = service.config.handler
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
                     reactor=service.reactor, upload_gate=service.api.upload_gate,
-                    upload_started=service.api.relay_upload if handler.relay else None)
+                    upload_started=service.api.relay_upload if handler.relay else None,
+                    datasync=service.datasync)

@@ -142,8 +142,10 @@ class UploadSpool(_Body):
     HIGH_WATER = 4 * BLOCK
     LOW_WATER = BLOCK
 
-    def __init__(self, temp_dir: str, on_drained=None, budget: _MemoryBudget = UPLOAD_MEMORY):
+    def __init__(self, temp_dir: str, on_drained=None, budget: _MemoryBudget = UPLOAD_MEMORY,
+                 datasync=os.fdatasync):
         self._fd, self.path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
+        self._datasync = datasync  # the writeback's sync (a seam for injected faults)
         self._digest = hashlib.sha256()
         self._pending = []
         self._pending_size = 0
@@ -221,15 +223,16 @@ class UploadSpool(_Body):
         self._to_write.put(None)
 
     def _write_loop(self) -> None:
-        flusher = Writeback(self._fd)
+        flusher = Writeback(self._fd, self._datasync)
         while (item := self._to_write.get()) is not None:
             block, size = item
             if self._write_block(block):
                 self._count_written(size)
             flusher.wrote(size)
+            self._lost(flusher.error)
             for spool in self._release(size):
                 spool._notify_drained()
-        flusher.stop()
+        self._lost(flusher.stop())
         if self._aborted:
             os.close(self._fd)
 
@@ -245,6 +248,12 @@ class UploadSpool(_Body):
         self._written += size
         if self.relay is not None:
             self.relay.grew(self._written)
+
+    def _lost(self, error) -> None:
+        """A writeback error (``error``, or None) fails the upload: nothing more is
+        written, and the handler refuses it."""
+        if error is not None and self.error is None:
+            self.error = storage_error(error)
 
     def _write_block(self, block) -> bool:
         """Write ``block`` (a list of chunks) whole; False when nothing was (an error)."""
@@ -546,7 +555,7 @@ class Store:
         return found
 
     def hash(self, path: str) -> str:
-        return sha256_file(self.resolve(path))
+        return sha256_file(self.resolve(path), follow_symlinks=False)
 
     def make_parents(self, path: str) -> list:
         """Create the missing parent directories of ``path``; returns those created.

@@ -322,8 +322,15 @@ class HubProtocol(WebSocketServerProtocol):
     # -- requests -----------------------------------------------------------------------
 
     def _on_subscribe(self, request):
+        operations = self.factory.operations
+        if operations.journal_id is None:  # the index is not open yet
+            self._refuse(SyncError("SERVICE_UNAVAILABLE", "the server is starting; subscribe again",
+                                   retryAfter=1), request.id)
+            return
         self.hub.identify(self, request.client_id)
-        self.send(messages.ack("subscribe", request.id))
+        # every broadcast from here on has a seq above this cursor
+        self.send(messages.ack("subscribe", request.id, journal_id=operations.journal_id,
+                               cursor=operations.head))
 
     def _on_topic(self, request):
         if request.action == "subscribe":
