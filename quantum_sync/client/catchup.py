@@ -222,4 +222,4 @@ class RemoteChanges:
             journal_id = (await engine.server.changes(head)).journal_id
         known = self.journal.journal_id
         restored = known is not None and journal_id is not None and journal_id != known
-        await engine.fullsync.full(head=head, journal_id=journal_id, restored=restored, starting_over=True)
+        await engine.fullsync.full(head=head, journal_id=journal_id, restored=restored)
