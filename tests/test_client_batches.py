@@ -145,7 +145,7 @@ async def test_a_watcher_stat_of_the_synced_version_starts_no_job(reactor, tmp_p
         st = localfs.lstat(str(folder / "a.txt"))
         state.set_base("a.txt", Base(Entry(sha(b"synced"), 6, False), 0.0, st.size, st.mtime_ns))
         done = engine.local_changed("a.txt", st)
-        assert done.called and "a.txt" not in engine._active
+        assert done.called and "a.txt" not in engine.paths
         assert engine.local_changed("never-there.txt", None).called
         # a stat that differs starts a job (it finds the file unchanged by content, so no upload)
         (folder / "a.txt").write_bytes(b"synced")

@@ -47,7 +47,7 @@ async def test_a_download_that_cannot_be_written_changes_nothing(reactor, tmp_pa
     )
     try:
         await wait_for(reactor, lambda: read(str(folder), "small.txt") == b"fits", what="the small file")
-        await wait_for(reactor, lambda: "local file error on big.bin" in (tmp_path / "full.log").read_text(),
+        await wait_for(reactor, lambda: "download of big.bin failed" in (tmp_path / "full.log").read_text(),
                        what="the failed write reported")
         await sleep(reactor, 2.5)  # two more reconciles (--interval 1) retry it and fail again
     finally:

@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
@@ -423,7 +424,7 @@ async def test_a_download_that_failed_while_the_server_was_down_is_retried(react
     await server[0].stop()
     await b.engine.request("late.txt", parse_metadata(announced))  # the download fails: queued
     assert "late.txt" in b.state.pending and read(b.config.folder, "late.txt") is None
-    assert b.engine._hints.get("late.txt", UNKNOWN) is UNKNOWN
+    assert b.engine.paths.hint("late.txt") is UNKNOWN
     server[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
     b.engine.retry_pending()  # what the realtime link does once it is subscribed again
     await wait_for(reactor, lambda: read(b.config.folder, "late.txt") == b"sent while b was not listening",
@@ -447,13 +448,14 @@ async def test_catching_up_never_replays_the_clients_own_changes(reactor, server
     await a.engine.idle()
     journal = a.engine.server.changes
 
-    async def read_before_the_move(since):
-        changes, _, _ = await journal(since)
-        kept = [c for c in changes if not isinstance(c.operation, Move)]
-        return kept, (kept[-1].seq if kept else since), False
+    async def read_before_the_move(since, journal_id=None):
+        page = await journal(since, journal_id)
+        kept = [c for c in page.changes if not isinstance(c.operation, Move)]
+        return attrs.evolve(page, changes=kept, cursor=kept[-1].seq if kept else since, has_more=False)
 
     monkeypatch.setattr(a.engine.server, "changes", read_before_the_move)
-    a.engine.state.set_cursor(0)
+    cursor = a.engine.remote.journal
+    cursor.start_over(0, cursor.journal_id)  # read the whole journal again
     await a.engine.catch_up()
     await a.engine.idle()
     assert not os.path.exists(os.path.join(A, "was-here"))

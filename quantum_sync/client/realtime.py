@@ -78,7 +78,7 @@ class SyncClientProtocol(WebSocketClientProtocol):
         elif kind == "auth_error":
             _log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
         elif kind == "Ack" and message.get("operation_id") == "subscribe" and "topic" not in message:
-            link.subscribed(self)
+            link.subscribed(self, message.get("journal_id"))
             if link.relay:
                 # large uploads of other clients, announced while they arrive (an extension
                 # of the server's; an older one answers an Error, which is only logged)
@@ -91,7 +91,8 @@ class SyncClientProtocol(WebSocketClientProtocol):
             operation = _parsed(protocol.parse_operation, message.get("operation"), kind)
             if operation is not None:
                 seq = message.get("seq")
-                link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation)
+                link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation,
+                              message.get("journal_id"))
         elif kind == "Error" and message.get("id") == TRANSFERS_TOPIC:
             _log.info("realtime: the server announces no uploads in progress; large files are fetched once stored")
         elif kind == "Error":
@@ -138,16 +139,17 @@ class RealtimeLink:
             endpoint, self.factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=reactor
         )
 
-    def subscribed(self, proto):
+    def subscribed(self, proto, journal_id=None):
         self._protocol = proto
+        self.engine.journal_named(journal_id)
         if not self.connected:
             self.log.info("realtime: connected and subscribed to {url}", url=self.factory.url)
         self.connected = True
         self.engine.catch_up_soon()
         self.engine.retry_pending()
 
-    def received(self, seq, operation):
-        self.engine.remote_operation(seq, operation)
+    def received(self, seq, operation, journal_id=None):
+        self.engine.remote_operation(seq, operation, journal_id)
 
     def closed(self, proto, code, reason):
         if self.connected:

@@ -21,8 +21,6 @@ import enum
 
 import attrs
 
-from quantum_sync.paths import is_inside
-
 #: A plan deleting more files than this, and more than half of the synced ones, is held.
 MASS_DELETE_MIN = 10
 
@@ -88,6 +86,11 @@ class Decision:
         return bool(entry and entry.is_directory)
 
 
+def entry_of(meta):
+    """The :class:`Entry` of a FileMetadata (None stays None)."""
+    return None if meta is None else Entry(meta.hash, meta.size, meta.is_directory)
+
+
 def classify(entry, base) -> Side:
     """The :class:`Side` of ``entry`` relative to ``base``."""
     if entry is None:
@@ -113,6 +116,7 @@ def decide(local, remote, base, strategy: str = "rename", suspect: bool = False)
     return action
 
 
+_DELETES = frozenset((Action.DELETE_LOCAL, Action.DELETE_REMOTE))
 _S = Side
 _A = Action
 _TABLE = {
@@ -157,40 +161,55 @@ def plan(
     allow_mass_delete: bool = False,
     trust_remote_deletes: bool = True,
     synced_files: int = None,
+    restore_remote_deletes: bool = False,
 ) -> Plan:
     """Decisions for every path in the three maps (path → :class:`Entry`).
 
     ``synced_files`` is the folder's number of synced files for the mass-delete guard
-    (default: the files in ``base``; a subtree plan passes the whole folder's count)."""
+    (default: the files in ``base``; a subtree plan passes the whole folder's count).
+    ``trust_remote_deletes`` False: what the server lacks is not deleted here;
+    ``restore_remote_deletes``: it is uploaded again (a server whose state was restored
+    lost it, it was not deleted)."""
     decisions = {}
     for path in set(local) | set(remote) | set(base):
         lv, rv, bv = local.get(path), remote.get(path), base.get(path)
-        action = decide(lv, rv, bv, strategy, path in suspects)
-        decisions[path] = Decision(path, action, lv, rv, bv)
+        decisions[path] = Decision(path, decide(lv, rv, bv, strategy, path in suspects), lv, rv, bv)
 
     distrusted = 0
-    if not trust_remote_deletes:
-        for path, d in list(decisions.items()):
-            if d.action is Action.DELETE_LOCAL:
-                decisions[path] = attrs.evolve(d, action=Action.NOTHING)
-                distrusted += 1
+    if restore_remote_deletes:
+        _replace(decisions, Action.DELETE_LOCAL, Action.UPLOAD)
+    elif not trust_remote_deletes:
+        distrusted = _replace(decisions, Action.DELETE_LOCAL, Action.NOTHING)
 
     _detect_moves(decisions)
     _keep_directories_with_survivors(decisions)
 
     held = 0
-    deletes = [
-        d
-        for d in decisions.values()
-        if d.action in (Action.DELETE_LOCAL, Action.DELETE_REMOTE) and not d.is_directory
-    ]
-    synced = synced_files if synced_files is not None else sum(1 for b in base.values() if not b.is_directory)
-    if not allow_mass_delete and is_mass_delete(len(deletes), synced):
-        held = len(deletes)
-        for path, d in list(decisions.items()):
-            if d.action in (Action.DELETE_LOCAL, Action.DELETE_REMOTE):
-                decisions[path] = attrs.evolve(d, action=Action.NOTHING)
+    if not allow_mass_delete:
+        held = _hold_mass_delete(decisions, synced_files if synced_files is not None else _files_in(base))
     return Plan(tuple(_ordered(decisions.values())), held, distrusted)
+
+
+def _files_in(base: dict) -> int:
+    return sum(1 for b in base.values() if not b.is_directory)
+
+
+def _replace(decisions: dict, action: Action, replacement: Action) -> int:
+    """Every ``action`` becomes ``replacement``; how many there were."""
+    changed = [d for d in decisions.values() if d.action is action]
+    for d in changed:
+        decisions[d.path] = attrs.evolve(d, action=replacement)
+    return len(changed)
+
+
+def _hold_mass_delete(decisions: dict, synced: int) -> int:
+    """Withhold every delete when the file deletes are a mass delete; how many were held."""
+    deletes = sum(1 for d in decisions.values() if d.action in _DELETES and not d.is_directory)
+    if not is_mass_delete(deletes, synced):
+        return 0
+    for d in [d for d in decisions.values() if d.action in _DELETES]:
+        decisions[d.path] = attrs.evolve(d, action=Action.NOTHING)
+    return deletes
 
 
 def is_mass_delete(deletes: int, synced_files: int) -> bool:
@@ -198,46 +217,74 @@ def is_mass_delete(deletes: int, synced_files: int) -> bool:
     return deletes > MASS_DELETE_MIN and deletes * 2 > synced_files
 
 
+_MOVE_FOLDS = (
+    (Action.DELETE_REMOTE, Action.UPLOAD, Action.MOVE_REMOTE),
+    (Action.DELETE_LOCAL, Action.DOWNLOAD, Action.MOVE_LOCAL),
+)
+
+
 def _detect_moves(decisions: dict) -> None:
     """Fold a one-sided delete plus a create of the same file content into a move."""
-    for deleted_action, created_action, moved_action in (
-        (Action.DELETE_REMOTE, Action.UPLOAD, Action.MOVE_REMOTE),
-        (Action.DELETE_LOCAL, Action.DOWNLOAD, Action.MOVE_LOCAL),
-    ):
+    ordered = sorted(decisions.values(), key=lambda d: d.path)
+    for deleted_action, created_action, moved_action in _MOVE_FOLDS:
         sources = {}
-        for d in sorted(decisions.values(), key=lambda d: d.path):
+        for d in ordered:
             if d.action is deleted_action and not d.is_directory and d.base is not None:
                 sources.setdefault(d.base.hash, []).append(d)
-        for d in sorted(decisions.values(), key=lambda d: d.path):
-            if d.action is not created_action or d.is_directory or d.base is not None:
-                continue
-            created = d.local if created_action is Action.UPLOAD else d.remote
-            other_side = d.remote if created_action is Action.UPLOAD else d.local
-            if other_side is not None or not sources.get(created.hash):
-                continue
-            source = sources[created.hash].pop(0)
-            decisions[source.path] = attrs.evolve(source, action=Action.NOTHING)
-            decisions[d.path] = attrs.evolve(d, action=moved_action, base=source.base, source=source.path)
+        if not sources:
+            continue
+        for d in ordered:
+            source = _move_source(d, created_action, sources)
+            if source is not None:
+                decisions[source.path] = attrs.evolve(source, action=Action.NOTHING)
+                decisions[d.path] = attrs.evolve(d, action=moved_action, base=source.base, source=source.path)
+
+
+def _move_source(d: Decision, created_action: Action, sources: dict):
+    """The deleted file that ``d``, a new file on one side only, was moved from (taken
+    from ``sources``), or None."""
+    if d.action is not created_action or d.is_directory or d.base is not None:
+        return None
+    upload = created_action is Action.UPLOAD
+    created, other_side = (d.local, d.remote) if upload else (d.remote, d.local)
+    if other_side is not None or not sources.get(created.hash):
+        return None
+    return sources[created.hash].pop(0)
+
+
+_KEEP_SIDES = (
+    ("local", Action.DELETE_LOCAL, Action.UPLOAD, Action.MOVE_LOCAL),
+    ("remote", Action.DELETE_REMOTE, Action.DOWNLOAD, Action.MOVE_REMOTE),
+)
 
 
 def _keep_directories_with_survivors(decisions: dict) -> None:
-    """A directory is deleted only when nothing below it stays on that side."""
-    moved_away = {
-        "local": {d.source for d in decisions.values() if d.action is Action.MOVE_LOCAL},
-        "remote": {d.source for d in decisions.values() if d.action is Action.MOVE_REMOTE},
-    }
-    for path, d in list(decisions.items()):
-        if d.action not in (Action.DELETE_LOCAL, Action.DELETE_REMOTE) or not d.is_directory:
+    """A directory is deleted only when nothing below it stays on that side (else it is
+    recreated on the side that deleted it)."""
+    for side, delete, keep, move in _KEEP_SIDES:
+        doomed = [d for d in decisions.values() if d.action is delete and d.is_directory]
+        if not doomed:
             continue
-        side = "local" if d.action is Action.DELETE_LOCAL else "remote"
-        if any(
-            _survives(other, side) and other.path not in moved_away[side]
-            for other in decisions.values()
-            if other.path != path and is_inside(other.path, path)
-        ):
-            # recreate it on the side that deleted it instead
-            keep = Action.UPLOAD if d.action is Action.DELETE_LOCAL else Action.DOWNLOAD
-            decisions[path] = attrs.evolve(d, action=keep)
+        kept = _ancestors(_staying(decisions, side, move))
+        for d in doomed:
+            if d.path in kept:
+                decisions[d.path] = attrs.evolve(d, action=keep)
+
+
+def _staying(decisions: dict, side: str, move: Action) -> list:
+    """The paths still on ``side`` once the decisions have run (not moved away)."""
+    moved_away = {d.source for d in decisions.values() if d.action is move}
+    return [d.path for d in decisions.values() if _survives(d, side) and d.path not in moved_away]
+
+
+def _ancestors(paths) -> set:
+    """Every directory above any of ``paths``."""
+    found = set()
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            found.add("/".join(parts[:i]))
+    return found
 
 
 def _survives(d: Decision, side: str) -> bool:

@@ -5,7 +5,7 @@ What survives a restart, a crash or a long time offline:
 - ``files``: per path the last version both sides agreed on (hash, size, kind, the
   server's mtime) and the local size/mtime it had then (so an unchanged file is
   recognised without hashing it again);
-- ``meta``: the client id and the journal cursor;
+- ``meta``: the client id, the journal cursor and the journal's id;
 - ``pending``: local changes seen but not yet sent (the offline queue).
 
 Everything is held in memory and written through to SQLite on one dedicated thread in
@@ -127,6 +127,15 @@ class FolderState:
     def set_cursor(self, value: int) -> None:
         if value != self.cursor:
             self._set_meta("cursor", str(int(value)))
+
+    @property
+    def journal_id(self):
+        """The id of the server journal the cursor points into (None: not known yet)."""
+        return self.meta.get("journal_id")
+
+    def set_journal_id(self, value: str) -> None:
+        if value != self.journal_id:
+            self._set_meta("journal_id", value)
 
     def _set_meta(self, key, value):
         self.meta[key] = value

@@ -116,6 +116,17 @@ class _Prefetch:
         return waiter
 
 
+@attrs.frozen
+class ChangesPage:
+    """One answer of ``/api/changes``: entries, the cursor after them, whether more
+    follow, and the id of the journal they are from (None when the server names none)."""
+
+    changes: list
+    cursor: int
+    has_more: bool
+    journal_id: str = None
+
+
 class ServerUnavailable(Exception):
     """No usable answer (connection, timeout, 5xx, TLS refusal): retry later."""
 
@@ -403,13 +414,18 @@ class ServerClient:
             raise ServerUnavailable(f"metadata of {path} names {meta.path}")
         return meta
 
-    async def changes(self, since: int):
-        """``(changes, cursor, has_more)`` after ``since``; raises :class:`CursorExpired`."""
-        body = await self._json("GET", "/api/changes", params={"since": str(since), "limit": str(CHANGES_PAGE)})
+    async def changes(self, since: int, journal_id=None) -> "ChangesPage":
+        """The journal entries after ``since``; raises :class:`CursorExpired` (also when
+        ``journal_id`` is given and is not the server's journal)."""
+        params = {"since": str(since), "limit": str(CHANGES_PAGE)}
+        if journal_id is not None:
+            params["journal_id"] = journal_id
+        body = await self._json("GET", "/api/changes", params=params)
         try:
             raw = body["changes"]
             cursor = int(body.get("cursor", since))
             has_more = bool(body.get("has_more", False))
+            named = body.get("journal_id")
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ServerUnavailable("GET /api/changes: malformed answer") from None
         if not isinstance(raw, list):
@@ -417,7 +433,7 @@ class ServerClient:
         changes = self._parse_each(raw, protocol.parse_change, "journal entry")
         if changes:
             cursor = max(cursor, changes[-1].seq)
-        return changes, cursor, has_more
+        return ChangesPage(changes, cursor, has_more, named if isinstance(named, str) else None)
 
     async def journal_head(self):
         """The journal's newest seq (``/ws/metrics``), or None when the server does not say."""

@@ -1,0 +1,321 @@
+"""One :class:`~quantum_sync.client.reconcile.Decision` carried out.
+
+Every local write is conditional on the local file still being the version the decision
+was made on (``localfs``), every upload on the server still holding the base version
+(``If-Match``/``If-None-Match``), so a race turns into a conflict, never into a loss. A
+download the server refuses (a 4xx other than 404) or that fails on the local disk is
+retried with backoff (:class:`DownloadRetries`), and stays in the offline queue until it
+succeeds.
+"""
+
+import os
+import time
+
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from quantum_sync.client import localfs
+from quantum_sync.client.conflicts import conflict_name
+from quantum_sync.client.deletegate import DeleteGate
+from quantum_sync.client.ignore import IGNORE_FILE
+from quantum_sync.client.pathstate import FETCH, UNKNOWN
+from quantum_sync.client.reconcile import Action, Decision, decide, entry_of
+from quantum_sync.client.state import tmp_dir
+from quantum_sync.client.transfer import DownloadCorrupt, PreconditionFailed, RequestRefused, SMALL_TRANSFER
+from quantum_sync.protocol import Create, Delete, FileMetadata, Move
+
+#: A failed download is tried again this many times, the delay doubling from the first...
+DOWNLOAD_RETRIES = 5
+#: ...up to this many seconds.
+DOWNLOAD_RETRY_CAP = 60.0
+
+
+class DownloadRetries:
+    """Per path, the failed downloads in a row, and when to try the next one."""
+
+    def __init__(self, first_delay: float, retries: int = DOWNLOAD_RETRIES, cap: float = DOWNLOAD_RETRY_CAP):
+        self.first_delay, self.retries, self.cap = first_delay, retries, cap
+        self._failures = {}
+
+    def failed(self, path):
+        """The delay before the next try, or None when the tries are used up (forgotten)."""
+        failures = self._failures.get(path, 0) + 1
+        if failures > self.retries:
+            self._failures.pop(path, None)
+            return None
+        self._failures[path] = failures
+        return min(self.first_delay * 2 ** (failures - 1), self.cap)
+
+    def succeeded(self, path) -> None:
+        self._failures.pop(path, None)
+
+    def __len__(self):
+        return len(self._failures)
+
+
+class Actions:
+    """Carries out decisions for an :class:`~quantum_sync.client.engine.Engine`."""
+
+    log = Logger()
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.deletes = DeleteGate(engine.reactor, self._count_missing, engine.allow_mass_delete)
+        self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
+        self._run = {
+            Action.NOTHING: self._nothing,
+            Action.RECORD: self._record,
+            Action.FORGET: self._forget,
+            Action.HOLD: self._hold,
+            Action.UPLOAD: self._upload_decided,
+            Action.DOWNLOAD: self._download_decided,
+            Action.DELETE_LOCAL: self._delete_local_decided,
+            Action.DELETE_REMOTE: self._delete_remote_decided,
+            Action.CONFLICT: self._conflict_decided,
+            Action.MOVE_LOCAL: self._move_local_decided,
+            Action.MOVE_REMOTE: self._move_remote_decided,
+        }
+
+    async def decide_and_execute(self, path, local, remote, base, attempt=0):
+        """Decide on the three versions of ``path`` and carry the decision out."""
+        strategy = self.engine.strategy
+        action = decide(local.entry if local else None, entry_of(remote), base.entry if base else None, strategy,
+                        bool(local and local.suspect))
+        decision = Decision(path, action, local.entry if local else None, entry_of(remote), base.entry if base else None)
+        await self.execute(decision, local, remote, attempt)
+
+    async def execute(self, d, local, remote, attempt=0):
+        """Carry out ``d`` (``local``/``remote``: the versions it was decided on)."""
+        await self._run[d.action](d, local, remote, attempt)
+
+    # -- the actions, one by one ---------------------------------------------------------
+
+    async def _nothing(self, d, local, remote, attempt):
+        base = self.engine.state.base(d.path)
+        if local is not None and base is not None:
+            self.engine.refresh_stat(d.path, base, local)
+
+    async def _record(self, d, local, remote, attempt):
+        self.engine.record(d.path, remote, local.stat)
+
+    async def _forget(self, d, local, remote, attempt):
+        self.engine.state.forget(d.path)
+        self.engine.state.unqueue(d.path)
+
+    async def _hold(self, d, local, remote, attempt):
+        self.log.warn(
+            "suspect file {path} (zero bytes, not newer than the synced copy) is not uploaded; "
+            "touch or rewrite it to send it",
+            path=d.path,
+        )
+
+    async def _upload_decided(self, d, local, remote, attempt):
+        await self.upload(d.path, local, remote, attempt)
+
+    async def _download_decided(self, d, local, remote, attempt):
+        await self.download(d.path, local, remote)
+
+    async def _delete_local_decided(self, d, local, remote, attempt):
+        await self._delete_local(d.path, local)
+
+    async def _delete_remote_decided(self, d, local, remote, attempt):
+        await self._delete_remote(d.path, d.is_directory)
+
+    async def _conflict_decided(self, d, local, remote, attempt):
+        await self._conflict(d.path, local, remote)
+
+    async def _move_local_decided(self, d, local, remote, attempt):
+        await self._move_local(d.source, d.path)
+
+    async def _move_remote_decided(self, d, local, remote, attempt):
+        await self.move_remote(d.source, d.path)
+
+    # -- uploads -------------------------------------------------------------------------
+
+    async def upload(self, path, local, remote, attempt):
+        engine = self.engine
+        if local.entry.is_directory:
+            return await self._create_remote_directory(path, local)
+        if_match = remote.hash if remote is not None and not remote.is_directory else None
+        base = engine.state.base(path)
+        try:
+            abspath = None if local.data is not None else engine.abspath(path)
+            meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size, local.data)
+        except PreconditionFailed:
+            if attempt >= 2:
+                raise
+            # someone else changed the server's copy meanwhile: decide again on the real one
+            real = await engine.server.metadata(path)
+            return await self.decide_and_execute(path, local, real, base, attempt + 1)
+        except RequestRefused as e:
+            if e.code == "HASH_MISMATCH":
+                raise localfs.LocalChanged(path) from None  # it changed while being sent
+            raise
+        engine.went_online()
+        engine.record(path, meta, local.stat)
+        engine.transfers.add("uploaded", path, meta.size)
+        await self._after_upload(path, local)
+
+    async def _after_upload(self, path, local):
+        engine = self.engine
+        if path == IGNORE_FILE:
+            await engine.intake.reload_rules()
+        if not engine.watched:
+            # the watcher reports a write made after the read; without it, look once more
+            after = await deferToThread(localfs.lstat, engine.abspath(path))
+            if after != local.stat:
+                engine.retry_later(path)
+
+    async def _create_remote_directory(self, path, local):
+        engine = self.engine
+        meta = FileMetadata.directory(path, local.stat.mtime_ns / 1e9)
+        (result,) = await engine.server.sync([Create(meta)])
+        engine.went_online()
+        status = result.get("status") if isinstance(result, dict) else None
+        if status == "applied" or (status == "conflict" and (await engine.server.metadata(path) or meta).is_directory):
+            engine.record(path, meta, local.stat)
+            self.log.info("created directory {path} on the server", path=path)
+            await engine.intake.check_children(path)
+        else:
+            raise RequestRefused(409, str(result.get("code")), str(result.get("message")))
+
+    # -- downloads -----------------------------------------------------------------------
+
+    async def download(self, path, local, remote):
+        """Download ``remote`` onto ``local`` (the version the decision saw). LocalChanged
+        goes up (decided again later); a refusal or a local disk error is retried."""
+        try:
+            await self._download(path, local, remote)
+        except localfs.LocalChanged:
+            raise
+        except (OSError, RequestRefused) as e:
+            self._download_failed(path, e)
+        else:
+            self.download_retries.succeeded(path)
+
+    def _download_failed(self, path, error):
+        engine = self.engine
+        engine.state.queue(path)  # remembered across a restart, until a download succeeds
+        delay = self.download_retries.failed(path)
+        if delay is None:
+            self.log.error("download of {path} failed again ({error}); it stays queued for the next reconnect "
+                           "or reconcile", path=path, error=str(error))
+            return
+        self.log.warn("download of {path} failed ({error}); retrying in {delay:.1f} s", path=path, error=str(error),
+                      delay=delay)
+        engine.retry_later(path, delay, FETCH)
+
+    async def _download(self, path, local, remote):
+        engine = self.engine
+        expected = local.stat if local else None
+        if remote.is_directory:
+            st = await deferToThread(localfs.make_directory, engine.folder, engine.abspath(path))
+            engine.record(path, remote, st)
+            return
+        small = remote.size <= SMALL_TRANSFER
+        try:
+            if small:
+                data = await engine.server.download_bytes(path, remote.hash, remote.size)
+            else:
+                staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
+        except (DownloadCorrupt, RequestRefused) as e:
+            if isinstance(e, RequestRefused) and e.status != 404:
+                raise
+            # the announcement was stale (the file changed or went away since): ask what is there now
+            engine.request(path, FETCH)
+            return
+        engine.went_online()
+        # LocalChanged: decided again later (then a conflict); OSError: retried, base untouched
+        if small:
+            st = await engine.installs.submit(localfs.Install(path, data, expected, remote.modified))
+        else:
+            st = await self._install_staged(path, staged, expected, remote)
+        engine.record(path, remote, st)
+        engine.transfers.add("downloaded", path, remote.size)
+        if path == IGNORE_FILE:
+            await engine.intake.reload_rules()
+
+    async def _install_staged(self, path, staged, expected, remote):
+        engine = self.engine
+        try:
+            return await deferToThread(localfs.install, engine.folder, staged, engine.abspath(path), expected,
+                                       remote.modified)
+        except BaseException:
+            await deferToThread(localfs.unlink_quietly, staged)
+            raise
+
+    # -- deletes -------------------------------------------------------------------------
+
+    async def _delete_local(self, path, local):
+        engine = self.engine
+        if local is not None:
+            removed = await deferToThread(localfs.remove, engine.abspath(path), local.stat)
+            if not removed:
+                return  # a directory with something new inside stays
+            self.log.info("deleted {path} locally (deleted on the server)", path=path)
+        engine.state.forget(path, recursive=True)
+
+    def _count_missing(self):
+        """``(missing, synced)``: synced files gone from the folder now, of all synced files."""
+        engine = self.engine
+        files = [p for p, b in engine.state.bases.items() if not b.entry.is_directory]
+        rules, folder = engine.rules, engine.folder
+
+        def count():  # matching and stat of every synced file: off the reactor
+            synced = [p for p in files if not rules.is_ignored(p, False)]
+            return sum(1 for p in synced if localfs.lstat(os.path.join(folder, p)) is None), len(synced)
+
+        return deferToThread(count)
+
+    async def _delete_remote(self, path, is_directory):
+        engine = self.engine
+        if not await self.deletes.admit(path):
+            return  # a mass delete: held (logged); the base stays, so nothing is forgotten
+        (result,) = await engine.server.sync([Delete(path)])
+        engine.went_online()
+        status = result.get("status") if isinstance(result, dict) else None
+        if status == "applied" or (status == "error" and result.get("code") == "NOT_FOUND"):
+            engine.state.forget(path, recursive=is_directory)
+            engine.state.unqueue(path)
+            self.log.info("deleted {path} on the server", path=path)
+        else:
+            raise RequestRefused(409, str(result.get("code")), str(result.get("message")))
+
+    # -- conflicts and moves -------------------------------------------------------------
+
+    async def _conflict(self, path, local, remote):
+        engine = self.engine
+        copy = conflict_name(path, time.time(), engine.client_id)
+        await deferToThread(localfs.rename, engine.folder, engine.abspath(path), engine.abspath(copy), local.stat)
+        self.log.warn(
+            "conflict on {path}: changed on both sides; the local version is kept as {copy}",
+            path=path,
+            copy=copy,
+        )
+        await self.download(path, None, remote)
+        engine.request(copy, UNKNOWN)
+
+    async def _move_local(self, source, destination):
+        engine = self.engine
+        base = engine.state.base(source)
+        local = await engine.local_version(source)
+        if base is None or local is None or not local.entry.same_content(base.entry):
+            raise localfs.LocalChanged(source)
+        await deferToThread(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
+        engine.state.move(source, destination)
+        self.log.info("moved {source} to {destination} locally (moved on the server)", source=source,
+                      destination=destination)
+
+    async def move_remote(self, source, destination):
+        """Send a Move; refused (the target exists, the source changed): each path synced."""
+        engine = self.engine
+        (result,) = await engine.server.sync([Move(source, destination)])
+        engine.went_online()
+        status = result.get("status") if isinstance(result, dict) else None
+        if status == "applied":
+            engine.state.move(source, destination)
+            engine.state.unqueue(destination)
+            self.log.info("moved {source} to {destination} on the server", source=source, destination=destination)
+        else:
+            engine.request(source, FETCH)
+            engine.request(destination, FETCH)

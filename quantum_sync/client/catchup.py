@@ -1,0 +1,225 @@
+"""Remote changes: FileOperations from the WebSocket, catch-up from ``/api/changes``, and a
+server whose journal started over.
+
+Seqs are tracked by :class:`~quantum_sync.client.journal.JournalCursor`: the stored cursor
+moves only once a change is applied. A gap in the seqs heard means a catch-up from the
+last seq heard. A journal id that is not the known one, or a 410 CURSOR_EXPIRED, means the
+cursor no longer points into the server's journal: a full reconcile runs, then the client
+takes the journal's id and head. When the id changed (a restored or new server state),
+that reconcile uploads again what the server lost instead of deleting it here.
+"""
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from quantum_sync.client import localfs
+from quantum_sync.client.journal import Heard, Identity, JournalCursor
+from quantum_sync.client.pathstate import FETCH
+from quantum_sync.client.state import tmp_dir
+from quantum_sync.client.transfer import CursorExpired
+from quantum_sync.protocol import Create, Delete, Move, Update
+
+
+class RemoteChanges:
+    """Applies the server's changes in journal order for an engine; owns the cursor."""
+
+    log = Logger()
+
+    def __init__(self, engine):
+        self.engine = engine
+        state = engine.state
+        self.journal = JournalCursor(state.cursor, state.journal_id)
+        self._running = None
+        self._again = False
+        self._start_over_due = False
+
+    # -- what the link tells -------------------------------------------------------------
+
+    def upload_started(self, announced):
+        """Another client began a large upload: fetch it from its relay while it arrives,
+        staged, so that the FileOperation that follows finds it ready. Nothing is installed."""
+        engine = self.engine
+        base = engine.state.base(announced.path)
+        if engine.is_ignored(announced.path) or (base is not None and base.entry.hash == announced.hash):
+            return
+        engine.server.prefetch(announced.path, announced.hash, announced.size, tmp_dir(engine.folder))
+
+    def journal_named(self, journal_id) -> bool:
+        """The server named its journal (Ack, broadcast or answer); False when it is not
+        the one the cursor points into (a start over is then due)."""
+        identity = self.journal.check(journal_id)
+        if identity is Identity.ADOPT:
+            self.log.info("server journal {id}", id=journal_id)
+            self._store()
+        elif identity is Identity.CHANGED:
+            if not self._start_over_due:
+                self.log.warn("the server's journal is not the one this folder followed (its state was restored "
+                              "or started anew): full reconcile")
+            self._start_over_due = True
+            self.catch_up_soon()
+            return False
+        return True
+
+    def operation(self, seq, operation, journal_id=None):
+        """A FileOperation (``seq`` None when it carries none); a Deferred fired when applied."""
+        if not self.journal_named(journal_id):
+            return defer.succeed(None)  # the full reconcile that follows covers it
+        if seq is not None:
+            heard = self.journal.hear(seq)
+            if heard is Heard.OLD:
+                return defer.succeed(None)
+            if heard is Heard.GAP:
+                self.catch_up_soon()
+        return self._apply(seq, operation)
+
+    # -- applying ------------------------------------------------------------------------
+
+    def _apply(self, seq, operation):
+        if seq is not None and not self.journal.in_order(operation.paths, seq):
+            done = defer.succeed(None)  # an older change than one already applied
+        else:
+            done = self._dispatch(operation)
+        if seq is not None:
+            done.addBoth(self._applied, seq, self.journal.generation)
+        return done
+
+    def _applied(self, result, seq, generation):
+        self.journal.applied(seq, generation)
+        self._store()
+        return result
+
+    def _store(self):
+        state = self.engine.state
+        state.set_cursor(self.journal.value)
+        if self.journal.journal_id is not None and state.journal_id != self.journal.journal_id:
+            state.set_journal_id(self.journal.journal_id)
+
+    def _dispatch(self, operation):
+        engine = self.engine
+        if isinstance(operation, (Create, Update)):
+            meta = operation.metadata
+            return engine.request(meta.path, meta)
+        if isinstance(operation, Delete):
+            return engine.request(operation.path, None)
+        if isinstance(operation, Move):
+            moving = self._remote_move(operation.source, operation.destination)
+            return defer.ensureDeferred(engine.guard(moving, operation.destination))
+        return defer.succeed(None)
+
+    async def _remote_move(self, source, destination):
+        engine = self.engine
+        async with engine.locks.hold(source, destination):
+            base = engine.state.base(source)
+            local = await engine.local_version(source)
+            target = await deferToThread(localfs.lstat, engine.abspath(destination))
+            if self._moves_here(base, local, target, destination):
+                await self._rename(source, destination, local)
+                return
+            directory = any(v is not None and v.entry.is_directory for v in (base, local))
+        if directory:
+            await engine.reconcile(prefix=source)
+            await engine.reconcile(prefix=destination)
+        else:
+            await defer.DeferredList([engine.request(source, None), engine.request(destination, FETCH)])
+
+    def _moves_here(self, base, local, target, destination) -> bool:
+        """The source is the synced version and nothing is at the destination: rename it."""
+        engine = self.engine
+        return (
+            base is not None
+            and local is not None
+            and local.entry.same_content(base.entry)
+            and target is None
+            and engine.state.base(destination) is None
+            and not engine.is_ignored(destination, base.entry.is_directory)
+        )
+
+    async def _rename(self, source, destination, local):
+        engine = self.engine
+        await deferToThread(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
+        engine.state.move(source, destination)
+        self.log.info("moved {source} to {destination} (moved on the server)", source=source, destination=destination)
+        if local.entry.is_directory:
+            await engine.intake.check_children(destination)
+
+    # -- catching up ---------------------------------------------------------------------
+
+    def catch_up_soon(self):
+        """Catch up from the journal (coalesced); a Deferred."""
+        if self._running is not None:
+            self._again = True
+            return self._running
+        d = defer.ensureDeferred(self.engine.guard(self._catch_up_loop(), None))
+
+        def done(result):
+            self._running = None
+            return result
+
+        if not d.called:
+            self._running = d
+            d.addBoth(done)
+        return d
+
+    async def _catch_up_loop(self):
+        self._again = True
+        while self._again and not self.engine.stopped:
+            self._again = False
+            await self.catch_up()
+
+    async def catch_up(self):
+        """Apply every journal entry after the last seq heard; a full reconcile when the
+        cursor no longer points into the server's journal."""
+        engine = self.engine
+        while not engine.stopped:
+            if self._start_over_due:
+                return await self.start_over()
+            try:
+                page = await engine.server.changes(self.journal.heard, self.journal.journal_id)
+            except CursorExpired:
+                self.log.warn("journal cursor {cursor} expired on the server: full reconcile", cursor=self.journal.heard)
+                return await self.start_over()
+            engine.went_online()
+            if not self.journal_named(page.journal_id):
+                continue  # start over (next round)
+            await self._apply_page(page)
+            if not page.has_more or not page.changes:
+                return
+
+    async def _apply_page(self, page):
+        # the client's own changes are in the journal too (the WebSocket never sends them):
+        # they are already in the folder and its state, and replaying an old one (a
+        # directory's Create, say, read before the Move that followed it was journalled)
+        # would bring back what the folder has since moved or removed
+        own = self.engine.client_id
+        jobs = [
+            self._apply(c.seq, c.operation)
+            for c in page.changes
+            if c.source_client != own and self.journal.hear(c.seq) is not Heard.OLD
+        ]
+        self.journal.delivered(page.cursor)
+        self._store()
+        if jobs:
+            await defer.DeferredList(jobs)
+
+    def reconciled(self, head, journal_id, starting_over: bool) -> None:
+        """A full reconcile covered the journal up to ``head`` (``starting_over``: the
+        cursor is dropped for ``head`` of the journal ``journal_id``)."""
+        if starting_over:
+            self.journal.start_over(head or 0, journal_id)
+            self._start_over_due = False
+        elif head is not None:
+            self.journal.delivered(head)
+        self._store()
+
+    async def start_over(self):
+        """The cursor means nothing in the server's journal: a full reconcile, then the
+        journal's id and head are taken."""
+        engine = self.engine
+        head = await engine.server.journal_head()
+        journal_id = None
+        if head is not None:
+            journal_id = (await engine.server.changes(head)).journal_id
+        known = self.journal.journal_id
+        restored = known is not None and journal_id is not None and journal_id != known
+        await engine.fullsync.full(head=head, journal_id=journal_id, restored=restored)

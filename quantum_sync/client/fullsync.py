@@ -1,0 +1,312 @@
+"""A full (or subtree) three-way reconcile: planned, then carried out in phases.
+
+The server's listing, a scan of the folder and the bases go to
+:func:`~quantum_sync.client.reconcile.plan` in a thread (for a large folder, matching
+and sorting every path would hold the reactor for seconds); the plan is then carried out
+in phases: directories and moves one by one (parents first), transfers and the rest in
+parallel (bounded), deletes last (files in parallel, then directories deepest first).
+Each decision runs under its locks and only if the base is still what it was planned on.
+"""
+
+import time
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from quantum_sync.client import localfs
+from quantum_sync.client.pathstate import FETCH
+from quantum_sync.client.reconcile import Action, entry_of, plan
+from quantum_sync.paths import is_inside
+
+PROGRESS_EVERY = 2.0
+PLAN_CONCURRENCY = 16
+#: A worker that finds nothing to wait for gives the reactor a turn after this long.
+TURN = 0.02
+
+_PULLS = frozenset((Action.DOWNLOAD, Action.MOVE_LOCAL, Action.DELETE_LOCAL, Action.RECORD, Action.FORGET))
+_TRANSFERS = frozenset((Action.UPLOAD, Action.DOWNLOAD))
+_MOVES = frozenset((Action.MOVE_LOCAL, Action.MOVE_REMOTE))
+_DELETES = frozenset((Action.DELETE_LOCAL, Action.DELETE_REMOTE))
+
+
+@attrs.define
+class Progress:
+    """Counts for the steady progress line of a large reconcile."""
+
+    files_total: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    started: float = attrs.field(factory=time.monotonic)
+
+
+@attrs.frozen
+class Scope:
+    """What one reconcile covers: ``prefix`` (None: everything); ``listing`` replaces the
+    server's (``[]``: the server deleted the subtree); ``held``: paths whose locks the
+    caller holds; ``journal``: set when the cursor is dropped (:class:`JournalStart`)."""
+
+    prefix: str = None
+    listing: list = None
+    held: frozenset = frozenset()
+    pull_first: bool = False
+    journal: object = None
+
+    @property
+    def restored(self) -> bool:
+        """A full reconcile with a journal that started over (see :class:`JournalStart`)."""
+        return self.journal is not None and self.journal.restored
+
+
+@attrs.frozen
+class JournalStart:
+    """The journal a full reconcile starts the cursor in: its head and id, and whether it
+    is a journal that started over (then what the server lost is uploaded again)."""
+
+    head: int = None
+    journal_id: str = None
+    restored: bool = False
+
+
+@attrs.frozen
+class Planned:
+    """A plan and what its execution needs (made in a thread)."""
+
+    result: object
+    remote: dict
+    synced: int
+    todo: list
+    bytes_total: int
+
+
+def make_plan(scope, listing, trusted, bases_all, local, is_ignored, strategy, allow_mass_delete) -> Planned:
+    """The plan for ``scope`` (pure; run in a thread): ``bases_all`` is a copy of every base."""
+    remote, bases = _in_scope(scope.prefix, listing, bases_all, is_ignored)
+    synced = sum(1 for b in bases_all.values() if not b.entry.is_directory)
+    result = plan(
+        {p: v.entry for p, v in local.items()},
+        {p: entry_of(m) for p, m in remote.items()},
+        {p: b.entry for p, b in bases.items()},
+        strategy,
+        suspects={p for p, v in local.items() if v.suspect},
+        allow_mass_delete=allow_mass_delete,
+        # an empty listing where files were synced is more likely a fault than a wipe
+        trust_remote_deletes=trusted or bool(listing) or not bases,
+        synced_files=synced,
+        restore_remote_deletes=scope.restored,
+    )
+    todo = result.actionable
+    return Planned(result, remote, synced, todo, _bytes_moved(todo))
+
+
+def _in_scope(prefix, listing, bases_all, is_ignored):
+    """The server's entries and the bases inside ``prefix`` (None: all), ignored ones left out."""
+
+    def inside(path):
+        return prefix is None or is_inside(path, prefix)
+
+    remote = {m.path: m for m in listing if inside(m.path) and not is_ignored(m.path, m.is_directory)}
+    # a directory's own metadata is not part of an empty subtree listing
+    bases = {p: b for p, b in bases_all.items() if inside(p) and not is_ignored(p, b.entry.is_directory)}
+    return remote, bases
+
+
+def _bytes_moved(todo) -> int:
+    """The bytes the file transfers of a plan move."""
+    return sum((d.local if d.action is Action.UPLOAD else d.remote).size
+               for d in todo if d.action in _TRANSFERS and not d.is_directory)
+
+
+def _phase_of(d) -> str:
+    if d.action in _DELETES:
+        return "directory_deletes" if d.is_directory else "file_deletes"
+    if d.action in _MOVES:
+        return "moves"
+    if d.is_directory and d.action in _TRANSFERS:
+        return "directories"
+    return "rest"
+
+
+def phases(decisions) -> dict:
+    """``decisions`` sorted into the phases they run in (one pass, order kept)."""
+    grouped = {"directories": [], "moves": [], "rest": [], "file_deletes": [], "directory_deletes": []}
+    for d in decisions:
+        grouped[_phase_of(d)].append(d)
+    return grouped
+
+
+class FullSync:
+    """Full and subtree reconciles for an engine."""
+
+    log = Logger()
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.running = None  # the full reconcile running, if any
+        self._limit = defer.DeferredSemaphore(PLAN_CONCURRENCY)
+
+    def reconcile(self, prefix=None, listing=None, held=frozenset(), pull_first=False):
+        """Reconcile the folder, or the subtree ``prefix``; a full one is coalesced with
+        one already running."""
+        scope = Scope(prefix, listing, frozenset(held), pull_first)
+        if prefix is None:
+            return self.full(scope)
+        return defer.ensureDeferred(self._reconcile(scope))
+
+    def full(self, scope=Scope(), **journal):
+        """A full reconcile; with ``journal`` (the fields of :class:`JournalStart`) one that
+        drops the cursor, run after the one running if any."""
+        before = self.running
+        if journal:
+            scope = attrs.evolve(scope, journal=JournalStart(**journal))
+        elif before is not None:
+            return before
+        d = defer.ensureDeferred(self._after(before, scope))
+        self.running = d
+
+        def done(result):
+            if self.running is d:
+                self.running = None
+            return result
+
+        d.addBoth(done)
+        return d
+
+    async def _after(self, before, scope):
+        if before is not None:
+            await defer.DeferredList([before])
+        await self._reconcile(scope)
+
+    async def _reconcile(self, scope):
+        engine = self.engine
+        listing, trusted, head = scope.listing, scope.listing is not None, None
+        if scope.journal is not None:
+            head = scope.journal.head
+        if listing is None:
+            if scope.prefix is None and scope.journal is None:
+                head = await engine.server.journal_head()
+            listing = await engine.server.list()
+            engine.went_online()
+        bases_all = dict(engine.state.bases)
+        local = await deferToThread(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix)
+        planned = await deferToThread(make_plan, scope, listing, trusted, bases_all, local, engine.is_ignored,
+                                      engine.strategy, engine.allow_mass_delete)
+        self._warn(planned)
+        await self._execute_plan(planned, local, scope)
+        if scope.prefix is None:
+            self._after_full(scope, head, local, planned.remote)
+
+    def _after_full(self, scope, head, local, remote):
+        engine = self.engine
+        engine.last_full_reconcile = engine.reactor.seconds()
+        journal = scope.journal
+        engine.remote.reconciled(head, journal.journal_id if journal else None, journal is not None)
+        state = engine.state
+        for path in list(state.pending):
+            if path not in state.bases and path not in local and path not in remote:
+                state.unqueue(path)
+
+    def _warn(self, planned):
+        result = planned.result
+        if result.mass_delete_held:
+            self.log.warn(
+                "mass delete held: this reconcile would delete {count} of {synced} synced files; nothing was "
+                "deleted. Restore the files, or restart the client with --allow-mass-delete to confirm",
+                count=result.mass_delete_held,
+                synced=planned.synced,
+            )
+        if result.remote_deletes_distrusted:
+            self.log.warn(
+                "the server listed nothing although {count} files were synced; not deleting anything locally",
+                count=result.remote_deletes_distrusted,
+            )
+
+    async def _execute_plan(self, planned, local, scope):
+        todo = planned.todo
+        if not todo:
+            return
+        progress = Progress(files_total=len(todo), bytes_total=planned.bytes_total)
+        ticker = task.LoopingCall(self._log_progress, progress)
+        ticker.clock = self.engine.reactor
+        ticker.start(PROGRESS_EVERY, now=False)
+        run = _Run(self, local, planned.remote, scope.held, progress)
+        try:
+            if scope.pull_first:
+                pulls = [d for d in todo if d.action in _PULLS]
+                await self._run_phases(pulls, run)
+                todo = [d for d in todo if d.action not in _PULLS]
+            await self._run_phases(todo, run)
+        finally:
+            ticker.stop()
+        if progress.files_total >= 50 or progress.bytes_total >= 50 << 20:
+            self._log_progress(progress, final=True)
+
+    async def _run_phases(self, decisions, run):
+        grouped = phases(decisions)
+        for d in grouped["directories"] + grouped["moves"]:
+            await run.one(d)
+        await self._parallel(grouped["rest"], run)
+        await self._parallel(grouped["file_deletes"], run)
+        for d in grouped["directory_deletes"]:
+            await run.one(d)
+
+    async def _parallel(self, decisions, run):
+        """Up to PLAN_CONCURRENCY decisions at once (shared by all reconciles running)."""
+        pending = iter(decisions)
+        clock = self.engine.reactor
+
+        async def worker():
+            turn_started = time.monotonic()
+            for d in pending:
+                await self._limit.run(lambda d=d: defer.ensureDeferred(run.one(d)))
+                if time.monotonic() - turn_started > TURN:
+                    await task.deferLater(clock, 0, lambda: None)
+                    turn_started = time.monotonic()
+
+        workers = [defer.ensureDeferred(worker()) for _ in range(min(PLAN_CONCURRENCY, len(decisions)))]
+        if workers:
+            await defer.DeferredList(workers)
+
+    def _log_progress(self, progress, final=False):
+        elapsed = max(time.monotonic() - progress.started, 1e-6)
+        self.log.info(
+            "{what}: {files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes, {rate:.1f} MB/s, {files_rate:.0f} files/s",
+            what="sync finished" if final else "sync progress",
+            files_done=progress.files_done,
+            files_total=progress.files_total,
+            bytes_done=progress.bytes_done,
+            bytes_total=progress.bytes_total,
+            rate=progress.bytes_done / elapsed / 1e6,
+            files_rate=progress.files_done / elapsed,
+        )
+
+
+class _Run:
+    """One plan being carried out: the versions it was made on, and its progress."""
+
+    def __init__(self, fullsync, local, remote, held, progress):
+        self.engine = fullsync.engine
+        self.local, self.remote, self.held, self.progress = local, remote, held, progress
+
+    async def one(self, d):
+        """One planned decision, under its locks, if the base is still what it was planned on."""
+        engine = self.engine
+        paths = {d.path} | ({d.source} if d.source else set())
+        taken = await engine.locks.acquire(paths - self.held)
+        try:
+            current = engine.state.base(d.path)
+            if (current.entry if current else None) != d.base and d.source is None:
+                engine.request(d.path, FETCH)  # something happened meanwhile: decide again
+                return
+            await engine.guard(self._execute(d), d.path)
+        finally:
+            engine.locks.release(taken)
+
+    async def _execute(self, d):
+        await self.engine.actions.execute(d, self.local.get(d.path), self.remote.get(d.path))
+        progress = self.progress
+        progress.files_done += 1
+        if d.action in _TRANSFERS:
+            progress.bytes_done += (d.local if d.action is Action.UPLOAD else d.remote).size

@@ -1,0 +1,102 @@
+"""Local changes coming in: the watcher's events and moves, ``.syncignore`` reloads, and
+what is already inside a directory that appeared on one side."""
+
+import os
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from quantum_sync.client import localfs
+from quantum_sync.client.ignore import IGNORE_FILE, IgnoreRules
+from quantum_sync.client.pathstate import UNKNOWN, UNSEEN
+from quantum_sync.client.transfer import ServerUnavailable
+
+
+class LocalIntake:
+    """Turns local events into per-path requests (and local moves into server Moves)."""
+
+    log = Logger()
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._rules_reads = 0  # reloads started; only the newest one's rules are kept
+
+    def changed(self, path: str, stat=UNSEEN):
+        """``path`` changed (created, written, deleted); ``stat``: its lstat seen just after."""
+        engine = self.engine
+        if path == IGNORE_FILE:
+            reloaded = defer.ensureDeferred(self.reload_rules())
+            return reloaded.addCallback(lambda _: engine.request(path, UNKNOWN))
+        return engine.request(path, UNKNOWN, stat)
+
+    def moved(self, source: str, destination: str):
+        """``source`` renamed to ``destination`` inside the folder."""
+        return defer.ensureDeferred(self.engine.guard(self._local_move(source, destination), source))
+
+    async def reload_rules(self):
+        engine = self.engine
+        self._rules_reads += 1
+        mine = self._rules_reads
+        rules = await deferToThread(IgnoreRules.from_file, os.path.join(engine.folder, IGNORE_FILE))
+        if mine == self._rules_reads and rules.text != engine.rules.text:
+            engine.rules = rules
+            self.log.info(".syncignore changed; rules reloaded")
+            defer.ensureDeferred(engine.guard(engine.reconcile(), IGNORE_FILE))
+
+    async def _local_move(self, source, destination):
+        engine = self.engine
+        async with engine.locks.hold(source, destination):
+            base = engine.state.base(source)
+            local = await self._moved_version(destination, base)
+            gone = await deferToThread(localfs.lstat, engine.abspath(source))
+            if self._movable(base, local, gone, destination):
+                await self._send_move(source, destination, local)
+                return
+        engine.request(source, UNKNOWN)
+        engine.request(destination, UNKNOWN)
+
+    async def _moved_version(self, destination, base):
+        engine = self.engine
+        if base is None:
+            return await engine.local_version(destination)
+        return await deferToThread(localfs.version, engine.abspath(destination), base)
+
+    def _movable(self, base, local, gone, destination) -> bool:
+        """A synced path moved as it was: the server can move it too."""
+        engine = self.engine
+        return (
+            base is not None
+            and engine.state.base(destination) is None
+            and gone is None
+            and local is not None
+            and local.entry.same_content(base.entry)
+            and not engine.is_ignored(destination, local.entry.is_directory)
+        )
+
+    async def _send_move(self, source, destination, local):
+        engine = self.engine
+        try:
+            await engine.actions.move_remote(source, destination)
+        except ServerUnavailable:
+            engine.state.queue(destination, source)
+            raise
+        if local.entry.is_directory:
+            await self.check_children(destination)
+        else:
+            engine.refresh_stat(destination, engine.state.base(destination), local)
+
+    async def check_children(self, path):
+        """After a directory appears on one side, look at what is already inside it locally
+        (inotify may have missed files created before the watch was set)."""
+        # only which paths to look at: each one's own job reads and hashes it (a burst of
+        # new files in a new directory would otherwise be hashed twice)
+        engine = self.engine
+        found = await deferToThread(localfs.stats_below, engine.folder, engine.is_ignored, path)
+        for child, stat in found.items():
+            if child == path:
+                continue
+            base = engine.state.base(child)
+            synced_directory = base is not None and stat.is_directory and base.entry.is_directory
+            if not (synced_directory or localfs.unchanged(stat, base)):
+                engine.request(child, UNKNOWN)
