@@ -142,9 +142,16 @@ async function loadTree() {
   tree.reset(list);
   state.cursor = figures.journal_head;
   await catchUp();
-  const recent = await api.changes(Math.max(0, figures.journal_head - FEED_FIRST), FEED_FIRST);
+  return figures.journal_head;
+}
+
+// The feed's first lines: the journal's last entries up to `head` (later ones come live).
+async function loadFeed(head) {
+  const recent = await api.changes(Math.max(0, head - FEED_FIRST), FEED_FIRST);
+  const live = state.feed;
   state.feed = [];
-  for (const change of recent.changes) addToFeed(change, false);
+  for (const change of recent.changes) if (change.seq <= head) addToFeed(change, false);
+  state.feed = live.concat(state.feed).slice(0, FEED_KEEP);
   renderFeed();
 }
 
@@ -169,6 +176,7 @@ function catchUp() {
       } while (state.catchUpAgain);
     } catch (error) {
       if (error.code === "CURSOR_EXPIRED") {
+        state.catchingUp = null;
         await loadTree();
       } else {
         failed(error);
@@ -176,6 +184,7 @@ function catchUp() {
     } finally {
       state.catchingUp = null;
       render();
+      renderFeed();
     }
   })();
   return state.catchingUp;
@@ -410,6 +419,7 @@ function addToFeed(change, fresh) {
 }
 
 function renderFeed() {
+  if ($("view-activity").hidden) return; // drawn when shown
   const now = performance.now();
   $("activity").replaceChildren(...state.feed.map(({ change, fresh }) => {
     const { kind, path } = describe(change.operation);
@@ -474,6 +484,7 @@ function showView(name) {
   }
   status.show(name === "status");
   if (name === "files") list.render();
+  if (name === "activity") renderFeed();
 }
 
 for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
@@ -507,8 +518,9 @@ async function start() {
   applyRole();
   state.cursor = null;
   live.start();
-  await loadTree();
+  const head = await loadTree();
   render();
+  await loadFeed(head);
   status.start();
   state.versions = await probeVersions();
   $("deleted-button").hidden = !state.versions;

@@ -26,13 +26,29 @@ function directory(path) {
 export class Tree {
   constructor() {
     this.entries = new Map();
+    this.byParent = new Map(); // folder -> Set of the paths directly in it
     this.version = 0;
   }
 
   reset(list) {
     this.entries = new Map();
-    for (const metadata of list) this.entries.set(metadata.path, metadata);
+    this.byParent = new Map();
+    for (const metadata of list) this.set(metadata);
     this.version++;
+  }
+
+  set(metadata) {
+    this.entries.set(metadata.path, metadata);
+    const parent = parentOf(metadata.path);
+    let names = this.byParent.get(parent);
+    if (!names) this.byParent.set(parent, (names = new Set()));
+    names.add(metadata.path);
+  }
+
+  delete(path) {
+    this.entries.delete(path);
+    const names = this.byParent.get(parentOf(path));
+    if (names) names.delete(path);
   }
 
   get(path) { return this.entries.get(path); }
@@ -45,7 +61,7 @@ export class Tree {
     if (kind === "Create" || kind === "Update") {
       const metadata = body.metadata;
       this.ensureParents(metadata.path);
-      this.entries.set(metadata.path, metadata);
+      this.set(metadata);
       return [metadata.path];
     }
     if (kind === "Delete") {
@@ -58,7 +74,7 @@ export class Tree {
       this.ensureParents(body.to);
       for (const metadata of moved) {
         const path = body.to + metadata.path.slice(body.from.length);
-        this.entries.set(path, { ...metadata, path });
+        this.set({ ...metadata, path });
       }
       return moved.length ? [body.to] : [];
     }
@@ -67,21 +83,27 @@ export class Tree {
 
   ensureParents(path) {
     for (let parent = parentOf(path); parent && !this.entries.has(parent); parent = parentOf(parent)) {
-      this.entries.set(parent, directory(parent));
+      this.set(directory(parent));
     }
   }
 
+  // `path` and everything under it.
   below(path) {
-    const prefix = `${path}/`;
     const found = [];
-    for (const [key, metadata] of this.entries) {
-      if (key === path || key.startsWith(prefix)) found.push(metadata);
-    }
+    const visit = (at) => {
+      const metadata = this.entries.get(at);
+      if (metadata) found.push(metadata);
+      for (const child of this.byParent.get(at) || []) visit(child);
+    };
+    visit(path);
     return found;
   }
 
   removeBelow(path) {
-    for (const metadata of this.below(path)) this.entries.delete(metadata.path);
+    for (const metadata of this.below(path)) {
+      this.delete(metadata.path);
+      this.byParent.delete(metadata.path);
+    }
   }
 
   isDirectory(path) {
@@ -91,11 +113,7 @@ export class Tree {
   }
 
   children(dir) {
-    const found = [];
-    for (const metadata of this.entries.values()) {
-      if (parentOf(metadata.path) === dir && metadata.path !== "") found.push(metadata);
-    }
-    return found;
+    return Array.from(this.byParent.get(dir) || [], (path) => this.entries.get(path));
   }
 }
 
