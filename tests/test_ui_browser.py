@@ -293,3 +293,166 @@ async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reac
         if page is not None:
             await close(browser, page)
         await server.stop()
+
+
+async def answer_dialog(browser, page, value=None):
+    """Fill (when ``value`` is given) and confirm the page's open dialog."""
+    def fill(b):
+        page.wait_for_selector("#dialog[open]")
+        if value is not None:
+            page.fill("#dialog-input", value)
+        page.click("#dialog-ok")
+    await browser.run(fill)
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, browser, clients):
+    server = await start_server(reactor, tmp_path)
+    page = None
+    try:
+        client = await clients.start(server, "a")
+        folder = client.config.folder
+        write(folder, "have.txt", b"downloaded bytes")
+        page = await open_page(browser, server.url)
+        await browser.run(lambda b: page.wait_for_selector(row_selector("have.txt")))
+        await browser.run(lambda b: page.click("#new-folder"))
+        await answer_dialog(browser, page, "fresh")
+        await wait_on_disk(reactor, lambda: os.path.isdir(os.path.join(folder, "fresh")), what="the new folder")
+        await browser.run(lambda b: page.click(row_selector("fresh") + " button.dir"))
+        # files dropped on the page go into the folder shown
+        await browser.run(lambda b: page.evaluate("""() => {
+            const data = new DataTransfer();
+            data.items.add(new File(["dropped one"], "one.txt"));
+            data.items.add(new File([new Uint8Array([0, 1, 2, 255])], "two.bin"));
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                document.body.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+            }
+        }"""))
+        await wait_on_disk(reactor, lambda: read(folder, "fresh/one.txt") == b"dropped one"
+                           and read(folder, "fresh/two.bin") == bytes([0, 1, 2, 255]), what="the dropped files")
+        # a whole folder through the folder input keeps its tree
+        tree = tmp_path / "picked" / "album"
+        (tree / "inner").mkdir(parents=True)
+        (tree / "cover.txt").write_bytes(b"cover")
+        (tree / "inner" / "deep.txt").write_bytes(b"deep")
+        await browser.run(lambda b: page.set_input_files("#folder-input", str(tree)))
+        await wait_on_disk(reactor, lambda: read(folder, "fresh/album/cover.txt") == b"cover"
+                           and read(folder, "fresh/album/inner/deep.txt") == b"deep", what="the folder upload")
+        await browser.run(lambda b: page.click("#crumbs button:text('root')"))
+
+        def fetch(b):
+            with page.expect_download() as caught:
+                page.click(row_selector("have.txt") + " .act-download")
+            return caught.value.path()
+        saved = await browser.run(fetch)
+        assert open(saved, "rb").read() == b"downloaded bytes"
+        # no versions on this server: no history, no deleted files
+        assert await browser.run(lambda b: page.is_hidden("#deleted-button"))
+        assert await browser.run(lambda b: page.query_selector_all(".act-history")) == []
+        assert page.errors == []
+    finally:
+        if page is not None:
+            await close(browser, page)
+        await clients.stop_all()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_this_version_moves_the_conflict_copy_over_the_original(reactor, tmp_path, browser, clients):
+    root = tmp_path / "root"
+    root.mkdir()
+    copy = "notes.sync-conflict-20240101-120000-bob.txt"
+    (root / "notes.txt").write_bytes(b"theirs")
+    (root / copy).write_bytes(b"mine")
+    (root / "lonely.sync-conflict-20240101-120000-bob.txt").write_bytes(b"no original")
+    server = await start_server(reactor, tmp_path)
+    page = None
+    try:
+        client = await clients.start(server, "a")
+        folder = client.config.folder
+        page = await open_page(browser, server.url)
+        badges = await browser.run(lambda b: page.eval_on_selector_all(
+            ".row .badge", "badges => badges.map(b => b.closest('.row').dataset.path)"))
+        assert sorted(badges) == sorted([copy, "lonely.sync-conflict-20240101-120000-bob.txt"])
+        # (a copy whose original is gone has nothing to replace)
+        assert await browser.run(lambda b: page.query_selector_all(".act-keep")) != []
+        assert await browser.run(lambda b: page.query_selector(
+            row_selector("lonely.sync-conflict-20240101-120000-bob.txt") + " .act-keep")) is None
+        await wait_on_disk(reactor, lambda: read(folder, copy) == b"mine", what="the first sync")
+        await browser.run(lambda b: page.click(row_selector(copy) + " .act-keep"))
+        await answer_dialog(browser, page)
+        await wait_on_disk(reactor, lambda: read(folder, "notes.txt") == b"mine" and read(folder, copy) is None,
+                           what="the kept version")
+        await browser.run(lambda b: page.wait_for_selector(row_selector(copy), state="detached"))
+        assert (root / "notes.txt").read_bytes() == b"mine"
+        assert page.errors == []
+    finally:
+        if page is not None:
+            await close(browser, page)
+        await clients.stop_all()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_shows_clients_and_live_charts(reactor, tmp_path, browser, clients):
+    server = await start_server(reactor, tmp_path)
+    page = None
+    try:
+        await clients.start(server, "status-client")
+        page = await open_page(browser, server.url)
+        await browser.run(lambda b: page.click(".tab[data-view=status]"))
+        await browser.run(lambda b: page.wait_for_selector("#clients td:text('status-client')"))
+        # two samples make a line; the figure beside each chart is the latest one
+        await browser.run(lambda b: page.wait_for_function(
+            "() => document.getElementById('value-messages').textContent !== ''"))
+        connections = await browser.run(lambda b: page.text_content("#value-connections"))
+        assert int(connections) >= 2  # the client and the page
+        drawn = await browser.run(lambda b: page.evaluate("""() => {
+            const canvas = document.getElementById('chart-connections');
+            const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            return pixels.some((value, index) => index % 4 === 3 && value > 0);
+        }"""))
+        assert drawn is True
+        assert page.errors == []
+    finally:
+        if page is not None:
+            await close(browser, page)
+        await clients.stop_all()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"alpha")
+    (root / "b.txt").write_bytes(b"beta")
+    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path, ttl=3))
+    page = None
+    try:
+        page = await open_page(browser, server.url, ready=False)
+
+        def log_in(b):
+            page.fill("#login-user", "wendy")
+            page.fill("#login-password", PASSWORDS["wendy"])
+            page.click("#login-submit")
+            page.wait_for_selector("body[data-ready=true]")
+            return page.evaluate("() => JSON.parse(sessionStorage.getItem('quantum-sync.token'))")
+        first = await browser.run(log_in)
+        expires = first["expires_at"]
+        # a new token before the first one runs out, then work after it ran out
+        await browser.run(lambda b: page.wait_for_function(
+            f"() => JSON.parse(sessionStorage.getItem('quantum-sync.token')).token !== {json.dumps(first['token'])}"))
+        await browser.run(lambda b: page.wait_for_function(
+            f"() => Date.now() > new Date({json.dumps(expires)}).getTime() + 500"))
+        await browser.run(lambda b: page.click(row_selector("b.txt") + " .act-delete"))
+        await answer_dialog(browser, page)
+        await browser.run(lambda b: page.wait_for_selector(row_selector("b.txt"), state="detached"))
+        assert not (root / "b.txt").exists()
+        assert await browser.run(lambda b: page.get_attribute("#connection", "data-state")) == "live"
+        assert await browser.run(lambda b: page.is_hidden("#login"))
+        assert page.errors == []
+    finally:
+        if page is not None:
+            await close(browser, page)
+        await server.stop()
