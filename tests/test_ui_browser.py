@@ -24,6 +24,11 @@ from test_e2e_sync import clients, log_to_stderr, read, wait_for as wait_on_disk
 pytestmark = pytest.mark.skipif(chromium_missing(), reason="needs Debian's chromium at /usr/bin/chromium")
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
+try:
+    import quantum_sync.server.versions  # noqa: F401
+    KEEPS_VERSIONS = True
+except ImportError:
+    KEEPS_VERSIONS = False
 
 
 @pytest.fixture(scope="module")
@@ -346,9 +351,9 @@ async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, br
             return caught.value.path()
         saved = await browser.run(fetch)
         assert open(saved, "rb").read() == b"downloaded bytes"
-        # no versions on this server: no history, no deleted files
-        assert await browser.run(lambda b: page.is_hidden("#deleted-button"))
-        assert await browser.run(lambda b: page.query_selector_all(".act-history")) == []
+        # without versions on the server (/api/versions answers 404): no history, no trash
+        assert await browser.run(lambda b: page.is_hidden("#deleted-button")) is not KEEPS_VERSIONS
+        assert bool(await browser.run(lambda b: page.query_selector_all(".act-history"))) is KEEPS_VERSIONS
         assert page.errors == []
     finally:
         if page is not None:
@@ -453,6 +458,40 @@ async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser
         assert await browser.run(lambda b: page.is_hidden("#login"))
         assert page.errors == []
     finally:
+        if page is not None:
+            await close(browser, page)
+        await server.stop()
+
+
+@pytest.mark.skipif(not KEEPS_VERSIONS, reason="this server keeps no versions (no quantum_sync.server.versions)")
+@pytest_twisted.ensureDeferred
+async def test_history_and_deleted_files_are_restored_from_the_page(reactor, tmp_path, browser):
+    server = await start_server(reactor, tmp_path)
+    page = None
+    http = HttpClient(reactor)
+    try:
+        for path, data in (("a.txt", b"first"), ("a.txt", b"second"), ("d/gone.txt", b"deleted later")):
+            await http.json("POST", server.url + "/api/upload", params={"path": path}, data=data)
+        await http.json("POST", server.url + "/api/sync", data=json.dumps(
+            {"operations": [{"Delete": {"path": "d/gone.txt"}}]}).encode())
+        page = await open_page(browser, server.url)
+        await browser.run(lambda b: page.click(row_selector("a.txt") + " .act-history"))
+        first = f'#versions[open] tr[data-hash="{sha(b"first")}"] .act-restore'
+        await browser.run(lambda b: page.click(first))
+        await browser.run(lambda b: page.wait_for_selector("#versions", state="hidden"))
+        root = tmp_path / "root"
+        await wait_on_disk(reactor, lambda: read(str(root), "a.txt") == b"first", what="the restored version")
+        await browser.run(lambda b: page.wait_for_selector(
+            row_selector("a.txt") + f" .hash:text('{sha(b'first')[:8]}')"))
+        await browser.run(lambda b: page.click(row_selector("d") + " button.dir"))
+        await browser.run(lambda b: page.click("#deleted-button"))
+        await browser.run(lambda b: page.click('#versions[open] tr[data-path="d/gone.txt"] .act-restore'))
+        await wait_on_disk(reactor, lambda: read(str(root), "d/gone.txt") == b"deleted later",
+                           what="the restored file")
+        await browser.run(lambda b: page.wait_for_selector(row_selector("d/gone.txt")))
+        assert page.errors == []
+    finally:
+        await http.close()
         if page is not None:
             await close(browser, page)
         await server.stop()

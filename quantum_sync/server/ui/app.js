@@ -461,7 +461,7 @@ async function showVersions(path, deletedOnly = false) {
         failed(error);
       }
     }, "act-restore");
-    return el("tr", {}, [
+    return el("tr", { attrs: { "data-id": String(version.id), "data-path": target, "data-hash": version.hash || "" } }, [
       el("td", { text: target }),
       el("td", { text: formatTime(version.modified) }),
       el("td", { text: formatSize(version.size) }),
