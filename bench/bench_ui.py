@@ -227,7 +227,7 @@ def main():
         shutil.rmtree(base, ignore_errors=True)
 
     p50_row, p50_bcast = statistics.median(rows), statistics.median(broadcasts)
-    print(f"| measure | p50 | p99 | target | baseline (broadcast at the page) p50 / p99 | ratio p50 |")
+    print("| measure | p50 | p99 | target | baseline (broadcast at the page) p50 / p99 | ratio p50 |")
     print("|---|---|---|---|---|---|")
     print(f"| write → row, {len(rows)} writes | {p50_row:.1f} ms | {percentile(rows, 0.99):.1f} ms "
           f"| p50 < 100 ms | {p50_bcast:.1f} / {percentile(broadcasts, 0.99):.1f} ms "
