@@ -174,6 +174,12 @@ async def test_a_folder_of_10000_files_opens_and_scrolls(reactor, tmp_path, brow
         await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = l.scrollHeight / 2; }"))
         await browser.run(lambda b: page.wait_for_selector(row_selector("big/f05000.txt")))
         assert await browser.run(lambda b: page.eval_on_selector_all(".row", "rows => rows.length")) < 100
+        # sorting by name the other way round brings the last file to the top
+        await browser.run(lambda b: page.click(".columns .col[data-sort=name]"))
+        await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = 0; }"))
+        await browser.run(lambda b: page.wait_for_function(
+            "() => document.querySelector('.row').dataset.path === 'big/f09999.txt'"))
+        assert await browser.run(lambda b: page.get_attribute(".columns .col[data-sort=name]", "data-order")) == "desc"
         # the filter narrows the 10,000 to one
         await browser.run(lambda b: page.fill("#filter", "f04242"))
         await browser.run(lambda b: page.wait_for_selector("#list-count:text('1 entry')"))
@@ -492,6 +498,64 @@ async def test_history_and_deleted_files_are_restored_from_the_page(reactor, tmp
         assert page.errors == []
     finally:
         await http.close()
+        if page is not None:
+            await close(browser, page)
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tree_model_applies_journal_operations(reactor, tmp_path, browser):
+    """tree.js on its own (no DOM, no network), imported into a page of the server."""
+    server = await start_server(reactor, tmp_path)
+    page = None
+    try:
+        page = await open_page(browser, server.url)
+        result = await browser.run(lambda b: page.evaluate("""async () => {
+            const { Tree, conflictOriginal, sortEntries, describe } = await import('/ui/tree.js');
+            const file = (path, size = 1) => ({ path, size, modified: '2024-01-01T00:00:00Z', hash: 'ab', is_directory: false });
+            const tree = new Tree();
+            tree.reset([file('a/b/c.txt'), { path: 'a', size: 0, modified: '', hash: '', is_directory: true },
+                        { path: 'a/b', size: 0, modified: '', hash: '', is_directory: true }, file('z.txt', 5)]);
+            const names = (dir) => tree.children(dir).map((m) => m.path).sort();
+            const out = {};
+            out.created = tree.apply({ Create: { metadata: file('new/deep/x.txt') } });
+            out.implicit = tree.isDirectory('new/deep');
+            tree.apply({ Move: { from: 'a', to: 'm/a2' } });
+            out.moved = [names(''), names('m/a2/b'), tree.get('a/b/c.txt') === undefined];
+            tree.apply({ Delete: { path: 'm' } });
+            out.deleted = [names(''), tree.get('m/a2/b/c.txt') === undefined];
+            out.conflicts = ['a.sync-conflict-20240101-120000-bob.txt', 'a.tar.sync-conflict-20240101-120000-x.gz',
+                             'd/noext.sync-conflict-20240101-120000-bob', 'plain.txt'].map(conflictOriginal);
+            out.sorted = sortEntries([file('b', 3), { path: 'dir', is_directory: true, size: 0, hash: '', modified: '' }, file('a', 9)],
+                                     'size', false).map((m) => m.path);
+            out.described = describe({ Move: { from: 'x', to: 'y' } });
+            return out;
+        }"""))
+        assert result["created"] == ["new/deep/x.txt"]
+        assert result["implicit"] is True
+        assert result["moved"] == [["m", "new", "z.txt"], ["m/a2/b/c.txt"], True]
+        assert result["deleted"] == [["new", "z.txt"], True]
+        assert result["conflicts"] == ["a.txt", "a.tar.gz", "d/noext", None]
+        assert result["sorted"] == ["dir", "a", "b"]
+        assert result["described"] == {"kind": "Move", "path": "x → y"}
+    finally:
+        if page is not None:
+            await close(browser, page)
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_indicator_says_offline_while_the_browser_is(reactor, tmp_path, browser):
+    server = await start_server(reactor, tmp_path)
+    page = None
+    try:
+        page = await open_page(browser, server.url)
+        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+        await browser.run(lambda b: page.context.set_offline(True))
+        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=offline]"))
+        await browser.run(lambda b: page.context.set_offline(False))
+        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+    finally:
         if page is not None:
             await close(browser, page)
         await server.stop()

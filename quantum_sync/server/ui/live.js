@@ -18,8 +18,19 @@ export class Live {
     this.pingTimer = null;
     this.stopped = true;
     this.state = "offline";
-    window.addEventListener("online", () => { if (!this.stopped && !this.socket) this.connect(); });
+    this.subscribed = false;
+    window.addEventListener("online", () => this.online());
     window.addEventListener("offline", () => this.setState("offline", "the browser is offline"));
+  }
+
+  // Back online: a connection that stayed open is live again; a lost one is made anew.
+  online() {
+    if (this.stopped) return;
+    if (!this.socket) this.connect();
+    else if (this.subscribed && this.socket.readyState === WebSocket.OPEN) {
+      this.setState("live");
+      this.handlers.onOpen(); // catch up with whatever did not come through meanwhile
+    }
   }
 
   setState(state, detail = "") {
@@ -47,6 +58,7 @@ export class Live {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}/ws`);
     this.socket = socket;
+    this.subscribed = false;
     socket.onopen = () => {
       if (this.api.token) {
         this.send({ type: "auth", payload: { token: this.api.token } });
@@ -109,6 +121,7 @@ export class Live {
       case "Ack":
         if (message.id === "live") {
           this.attempt = 0;
+          this.subscribed = true;
           this.setState("live");
           clearInterval(this.pingTimer);
           this.pingTimer = setInterval(() => this.send({ type: "Ping" }), PING_EVERY);
