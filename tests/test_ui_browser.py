@@ -559,3 +559,26 @@ async def test_the_indicator_says_offline_while_the_browser_is(reactor, tmp_path
         if page is not None:
             await close(browser, page)
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_show_the_servers_message(reactor, tmp_path, browser):
+    server = await start_server(reactor, tmp_path, enable_upload=False)
+    page = None
+    try:
+        page = await open_page(browser, server.url)
+        await browser.run(lambda b: page.set_input_files("#file-input", files=[
+            {"name": "no.bin", "mimeType": "application/octet-stream", "buffer": b"x" * 100000}]))
+        await browser.run(lambda b: page.wait_for_selector('#upload-items li.failed[data-path="no.bin"]'))
+        shown = await browser.run(lambda b: page.text_content("#error-text"))
+        assert shown == "no.bin: uploads are disabled on this server"
+        await browser.run(lambda b: page.click("#error-close"))
+        await browser.run(lambda b: page.click("#new-folder"))
+        await answer_dialog(browser, page, "nope")
+        await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
+        assert await browser.run(lambda b: page.text_content("#error-text")) == "changes are disabled on this server"
+        assert os.listdir(server.root) == [".quantum-sync"]
+    finally:
+        if page is not None:
+            await close(browser, page)
+        await server.stop()
