@@ -302,7 +302,12 @@ function renderRow(metadata) {
     el("span", { className: "hash", text: metadata.hash ? metadata.hash.slice(0, 8) : "", attrs: { title: metadata.hash || "" } }),
     actions,
   ]);
-  if (state.changed.has(metadata.path)) row.classList.add("changed");
+  const changedAt = state.changed.get(metadata.path);
+  if (changedAt !== undefined) {
+    row.classList.add("changed");
+    // a row drawn again (scrolling, another change) goes on fading where it was
+    row.style.animationDelay = `${-(performance.now() - changedAt)}ms`;
+  }
   return row;
 }
 
