@@ -99,7 +99,11 @@ async function renew() {
     useToken(await api.login(user, password), user);
     live.reauthenticate();
   } catch (error) {
-    showLogin(error.message);
+    if (error.status === 0) {
+      state.renewTimer = setTimeout(renew, 5000); // the server is unreachable: try again
+    } else {
+      showLogin(error.message);
+    }
   }
 }
 
@@ -523,6 +527,7 @@ async function start() {
   applyRole();
   state.cursor = null;
   live.start();
+  status.reset();
   const head = await loadTree();
   render();
   await loadFeed(head);

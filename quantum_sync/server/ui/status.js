@@ -61,6 +61,12 @@ export class Status {
     this.clientsAllowed = true;
   }
 
+  // A new login: the clients table may be allowed now.
+  reset() {
+    this.clientsAllowed = true;
+    $("clients-note").hidden = true;
+  }
+
   start() {
     if (!this.timer) {
       this.sample();
