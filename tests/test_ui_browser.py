@@ -199,11 +199,15 @@ async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser):
     server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path))
     pages = []
 
+    urls = []  # of every request and WebSocket the pages open
+
     async def log_in(user, password):
         page = await open_page(browser, server.url, ready=False)
         pages.append(page)
 
         def submit(b):
+            page.on("request", lambda request: urls.append(request.url))
+            page.on("websocket", lambda socket: urls.append(socket.url))
             page.wait_for_selector("#login:not([hidden])")
             page.fill("#login-user", user)
             page.fill("#login-password", password)
@@ -233,6 +237,8 @@ async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser):
         assert await browser.run(lambda b: reader.is_hidden("#upload-button"))
         assert await browser.run(lambda b: reader.is_hidden("#new-folder"))
         assert "token" not in reader.url
+        assert any(url.endswith("/ws") for url in urls)
+        assert [url for url in urls if "token" in url] == []  # in headers and the auth message only
         assert await browser.run(lambda b: reader.text_content("#user")) == "rita (read)"
 
         writer = await log_in("wendy", PASSWORDS["wendy"])
