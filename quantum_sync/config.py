@@ -84,6 +84,8 @@ class HandlerConfig:
     #: large uploads announced (``upload_started``) and readable at /api/relay while
     #: they arrive (:mod:`quantum_sync.server.relay`)
     relay: bool = True
+    #: the web UI at ``/`` and ``/ui/*`` (:mod:`quantum_sync.server.webui`)
+    ui: bool = True
     websocket: WebSocketConfig = WebSocketConfig()
     auth: AuthConfig | None = None
     #: seconds between full rescans of the root (0: none); inotify misses writes made
@@ -263,7 +265,7 @@ def _auth(r: _Reader, value, where: str, base_dir: str) -> AuthConfig:
 
 _HANDLER_KEYS = {
     "handler", "root", "enable_upload", "state_dir", "max_upload_size",
-    "journal_retention", "relay", "websocket", "auth", "rescan_interval",
+    "journal_retention", "relay", "ui", "websocket", "auth", "rescan_interval",
 }
 
 
@@ -289,6 +291,7 @@ def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
         journal_retention=r.number(value.get("journal_retention", 1000000),
                                    f"{where}.journal_retention", minimum=1, integer=True),
         relay=r.expect(value.get("relay", True), bool, f"{where}.relay", "true or false"),
+        ui=r.expect(value.get("ui", True), bool, f"{where}.ui", "true or false"),
         websocket=_websocket(r, value.get("websocket", {}), f"{where}.websocket"),
         auth=_auth(r, value["auth"], f"{where}.auth", base_dir) if "auth" in value else None,
         rescan_interval=r.number(value.get("rescan_interval", 3600), f"{where}.rescan_interval"),

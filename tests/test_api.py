@@ -131,7 +131,7 @@ async def test_changes_journal_upload_update_delete(server, http):
 
 @pytest_twisted.ensureDeferred
 async def test_unknown_paths_are_json_404(server, http):
-    for path in ("/", "/nope", "/api/nope", "/api"):
+    for path in ("/nope", "/api/nope", "/api", "/ui/nope.js"):  # ("/" is the web UI)
         code, body = await http.json("GET", server.url + path, expect=404)
         assert body["error"]["code"] == "NOT_FOUND"
     _, health = await http.json("GET", server.url + "/ws/health")

@@ -36,6 +36,7 @@ def test_seed_file_verbatim(tmp_path):
     assert handler.max_upload_size is None
     assert handler.journal_retention == 1000000
     assert handler.relay is True
+    assert handler.ui is True
     assert handler.websocket == WebSocketConfig()
     assert handler.websocket.max_connections == 1000
     assert handler.websocket.allowed_origins == ("*",)
@@ -120,7 +121,7 @@ def test_overrides(tmp_path):
 def test_all_handler_keys():
     config = parse(document(
         state_dir="/var/lib/qs", max_upload_size=1024, journal_retention=10, relay=False,
-        websocket={"max_connections": 5, "max_message_size": 100, "max_send_queue": 1000,
+        ui=False, websocket={"max_connections": 5, "max_message_size": 100, "max_send_queue": 1000,
                    "rate_limit": 2.5, "ping_interval": 1, "stale_timeout": 3,
                    "cleanup_interval": 1, "metrics_interval": 1,
                    "allowed_origins": ["https://app.example"],
@@ -131,6 +132,7 @@ def test_all_handler_keys():
     handler = config.handler
     assert handler.state_dir == "/var/lib/qs"
     assert (handler.max_upload_size, handler.journal_retention, handler.relay) == (1024, 10, False)
+    assert handler.ui is False
     assert handler.websocket.rate_limit == 2.5
     assert handler.websocket.allowed_origins == ("https://app.example",)
     assert handler.websocket.performance_alert_ms == 250
@@ -149,6 +151,7 @@ def test_all_handler_keys():
     ({"max_upload_size": 1.5}, "max_upload_size: must be an integer"),
     ({"journal_retention": True}, "journal_retention: must be an integer, not a boolean"),
     ({"relay": "no"}, "handle[0].relay: must be true or false, not a string"),
+    ({"ui": 1}, "handle[0].ui: must be true or false, not a number"),
     ({"state_dir": ["x"]}, "state_dir: must be a string"),
     ({"websocket": []}, "websocket: must be an object, not a list"),
     ({"websocket": {"rate_limit": -1}}, "websocket.rate_limit: must be at least 0"),

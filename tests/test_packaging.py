@@ -44,6 +44,9 @@ def test_wheel_ships_the_dropin_and_installs_discoverably(tmp_path):
     assert "twisted/plugins/quantum_sync_plugin.py" in names
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
     assert {"quantum_sync/server/tap.py", "quantum_sync/client/tap.py"} <= names
+    ui = {"quantum_sync/server/ui/" + name for name in os.listdir(os.path.join(
+        PROJECT, "quantum_sync", "server", "ui"))}
+    assert {"quantum_sync/server/ui/index.html", "quantum_sync/server/ui/app.js"} <= ui <= names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(target), str(wheel)], check=True, capture_output=True, timeout=120)

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+from urllib.parse import quote
 
 import attrs
 from klein import Klein
@@ -29,6 +30,7 @@ from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.operations import check_client_id
 from quantum_sync.server.relay import RelayResource, Relays
 from quantum_sync.server.store import SPOOLS, BatchSpool, storage_error
+from quantum_sync.server.webui import secure_headers
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
@@ -135,6 +137,14 @@ def _parse_json(content):
         raise SyncError("INVALID_REQUEST", "the body must be a JSON object") from None
 
 
+def attachment(name: str) -> bytes:
+    """A ``Content-Disposition`` that saves the body as ``name`` (RFC 6266: an ASCII
+    fallback and the UTF-8 name percent-encoded)."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\%' else "_" for c in name)
+    encoded = quote(name.encode("utf-8", "surrogateescape"), safe="")
+    return f'attachment; filename="{fallback}"; filename*=UTF-8\'\'{encoded}'.encode("ascii")
+
+
 class HashedFile(File):
     """A downloadable file: twisted's static.File (Range/206, HEAD, streaming) plus an
     ETag of its SHA-256; never a directory listing.
@@ -165,6 +175,10 @@ class HashedFile(File):
 
     def render_GET(self, request):
         request.setHeader(b"Accept-Ranges", b"bytes")
+        # Always a download, never a page: an uploaded HTML file must not run in the
+        # web UI's origin.
+        request.setHeader(b"Content-Disposition", attachment(self.basename()))
+        secure_headers(request)
         if request.setETag(f'"{self.digest}"'.encode("ascii")) == http.CACHED:
             self._opened.close()
             return b""

@@ -3,7 +3,8 @@
 - :class:`SyncRequest` hashes upload bodies as they arrive, keeping a small one in
   memory and streaming any other into a temp file in the state directory, and enforces ``max_upload_size`` (Content-Length before reading; counted
   for chunked bodies), answering 413 at once.
-- :class:`RootResource` sends ``/ws/health`` (and the monitoring endpoints) anywhere,
+- :class:`RootResource` sends ``/ws/health`` (and the monitoring endpoints, and the web
+  UI's files when the handler key ``ui`` is true) anywhere,
   routed paths to the ``file_sync`` handler (REST API, WebSocket), everything else 404.
 - :class:`SyncSite` writes one access-log line per request and feeds the metrics.
 """
@@ -24,6 +25,7 @@ from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
 from quantum_sync.server.monitoring import monitoring_endpoints
 from quantum_sync.server.store import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
+from quantum_sync.server.webui import ui_endpoints
 from quantum_sync.server.ws import websocket_resource
 
 #: Cap on bodies of non-upload requests (JSON for /api/sync and login, batches).
@@ -445,8 +447,10 @@ def build_site(listener, service) -> SyncSite:
     if not listener.routes_to_handler("/ws"):
         log.warn("no route serves /ws on {endpoint}: clients there get no live changes and"
                  " poll instead", endpoint=listener.endpoint)
-    root = RootResource(listener, service.api.resource(), endpoints, websocket)
     handler = service.config.handler
+    if handler.ui:
+        endpoints.update(ui_endpoints())
+    root = RootResource(listener, service.api.resource(), endpoints, websocket)
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
                     reactor=service.reactor, upload_gate=service.api.upload_gate,
                     upload_started=service.api.relay_upload if handler.relay else None,
