@@ -72,6 +72,22 @@ class AuthConfig:
     token_ttl: int = 3600
 
 
+#: What a node id may hold (it names the node's temp folder and its heartbeat).
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+
+
+@attrs.frozen
+class ClusterConfig:
+    """The ``cluster`` handler block: the index and journal live in PostgreSQL
+    (``database``, a ``postgresql://`` URL), broadcasts between nodes go through Redis
+    (``redis``, a ``redis://`` URL); ``node_id`` names this node ("" until the server
+    picks its default: host name and port)."""
+
+    database: str
+    redis: str
+    node_id: str = ""
+
+
 @attrs.frozen
 class HandlerConfig:
     """The ``file_sync`` handler: where files live and what the API allows."""
@@ -91,6 +107,8 @@ class HandlerConfig:
     #: seconds between full rescans of the root (0: none); inotify misses writes made
     #: over NFS or by other hosts, and drops events when its queue overflows
     rescan_interval: float = 3600
+    #: several nodes on PostgreSQL and Redis (:mod:`quantum_sync.server.cluster`)
+    cluster: ClusterConfig | None = None
 
 
 @attrs.frozen
@@ -265,8 +283,30 @@ def _auth(r: _Reader, value, where: str, base_dir: str) -> AuthConfig:
 
 _HANDLER_KEYS = {
     "handler", "root", "enable_upload", "state_dir", "max_upload_size",
-    "journal_retention", "relay", "ui", "websocket", "auth", "rescan_interval",
+    "journal_retention", "relay", "ui", "websocket", "auth", "rescan_interval", "cluster",
 }
+
+
+def _url(r: _Reader, value, where: str, schemes: tuple) -> str:
+    r.expect(value, str, where, "a string")
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in schemes or not rest or value != value.strip():
+        r.fail(where, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def _cluster(r: _Reader, value, where: str) -> ClusterConfig:
+    r.obj(value, where, {"database", "redis", "node_id"}, required=("database", "redis"))
+    node_id = value.get("node_id", "")
+    r.expect(node_id, str, f"{where}.node_id", "a string")
+    if "node_id" in value and not _NODE_ID.match(node_id):
+        r.fail(f"{where}.node_id", "must be 1 to 64 letters, digits or . _ : @ - (starting"
+                                   " with a letter or digit)")
+    return ClusterConfig(
+        database=_url(r, value["database"], f"{where}.database", ("postgresql", "postgres")),
+        redis=_url(r, value["redis"], f"{where}.redis", ("redis",)),
+        node_id=node_id,
+    )
 
 
 def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
@@ -295,6 +335,7 @@ def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
         websocket=_websocket(r, value.get("websocket", {}), f"{where}.websocket"),
         auth=_auth(r, value["auth"], f"{where}.auth", base_dir) if "auth" in value else None,
         rescan_interval=r.number(value.get("rescan_interval", 3600), f"{where}.rescan_interval"),
+        cluster=_cluster(r, value["cluster"], f"{where}.cluster") if "cluster" in value else None,
     )
 
 

@@ -223,3 +223,34 @@ def test_seed_document_002_verbatim():
     route["match"] = [{"matcher": "path", "paths": ["/api/*"]}]
     (listener,) = parse(original, base_dir="/srv").listeners
     assert listener.routes_to_handler("/api/upload") and not listener.routes_to_handler("/ws")
+
+
+CLUSTER = {"database": "postgresql://root@db.example:5432/sync", "redis": "redis://cache.example:6379/2"}
+
+
+def test_cluster_block():
+    assert parse(SEED, base_dir="/x").handler.cluster is None
+    cluster = parse(document(cluster=dict(CLUSTER, node_id="node-1")), base_dir="/x").handler.cluster
+    assert (cluster.database, cluster.redis, cluster.node_id) == (
+        CLUSTER["database"], CLUSTER["redis"], "node-1")
+    assert parse(document(cluster=CLUSTER), base_dir="/x").handler.cluster.node_id == ""
+
+
+@pytest.mark.parametrize("cluster, message", [
+    ("postgresql://x", "cluster: must be an object, not a string"),
+    ({"redis": "redis://r"}, "cluster.database: missing"),
+    ({"database": "postgresql://d"}, "cluster.redis: missing"),
+    (dict(CLUSTER, port=1), "cluster.port: unknown key"),
+    (dict(CLUSTER, database="mysql://d"), "cluster.database: must be a URL starting with postgresql:// or postgres://"),
+    (dict(CLUSTER, database=5), "cluster.database: must be a string, not a number"),
+    (dict(CLUSTER, redis="http://r"), "cluster.redis: must be a URL starting with redis://"),
+    (dict(CLUSTER, redis="redis://"), "cluster.redis: must be a URL starting with redis://"),
+    (dict(CLUSTER, node_id=""), "cluster.node_id: must be 1 to 64"),
+    (dict(CLUSTER, node_id="a/b"), "cluster.node_id: must be 1 to 64"),
+    (dict(CLUSTER, node_id="x" * 65), "cluster.node_id: must be 1 to 64"),
+    (dict(CLUSTER, node_id=7), "cluster.node_id: must be a string, not a number"),
+])
+def test_cluster_block_refused(cluster, message):
+    with pytest.raises(ConfigError) as caught:
+        parse(document(cluster=cluster), base_dir="/x")
+    assert message in str(caught.value)

@@ -61,7 +61,7 @@ def write_json(request, body, status: int = 200, encoded: bytes = None) -> bytes
 
 
 def write_error(request, error: SyncError) -> bytes:
-    if error.code == "RATE_LIMIT_EXCEEDED" and "retryAfter" in error.extra:
+    if "retryAfter" in error.extra:  # RATE_LIMIT_EXCEEDED, SERVICE_UNAVAILABLE
         request.setHeader(b"Retry-After", str(int(error.extra["retryAfter"] + 0.999)).encode())
     return write_json(request, error.to_json(), error.status)
 

@@ -6,6 +6,7 @@ order in which the disk changed, and every journalled change is handed to
 ``hub.publish`` exactly once, in journal order, before the lock is released.
 """
 
+import contextlib
 import os
 import queue
 import threading
@@ -69,10 +70,6 @@ def etag_value(header) -> str | None:
     return value.strip('"')
 
 
-async def _nothing():
-    return None
-
-
 def _check_preconditions(path: str, current, if_match, if_none_match) -> None:
     """Raise CONFLICT/PRECONDITION_FAILED unless an upload may replace ``current``
     (``(FileMetadata, mtime_ns)`` or None) at ``path``."""
@@ -126,6 +123,18 @@ class SerialThread:
                 self._reactor.callFromThread(answer.callback, result)
 
 
+class NoFence:
+    """The embedded server's fence: the node's own lock is all there is to hold (a
+    cluster node's fence, :class:`quantum_sync.server.cluster.fence.ClusterFence`, also
+    holds locks across nodes)."""
+
+    def held(self, paths=None):
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        pass
+
+
 @attrs.frozen
 class _WaitingUpload:
     """An upload waiting to be installed by the next group commit."""
@@ -161,6 +170,11 @@ class FileOperations:
         self._installing = False
         #: Small bodies just stored, for the downloads that follow them.
         self.recent = RecentBodies()
+        #: Locks held across nodes with the node's own (``held(paths)``; see NoFence).
+        self.fence = NoFence()
+        #: Where journalled changes go, in journal order (a cluster node's feed orders
+        #: its own with the other nodes'; it keeps :attr:`head` itself).
+        self.feed = None
 
     def _thread(self, function, *args):
         """Run blocking ``function`` for work done under the lock: on a thread of its
@@ -181,13 +195,15 @@ class FileOperations:
     async def _locked(self, function, *args):
         await self._lock.acquire()
         try:
-            return await function(*args)
+            async with self.fence.held():
+                return await function(*args)
         finally:
             self._lock.release()
 
     async def idle(self) -> None:
         """Wait until no operation is in progress."""
-        await self._locked(_nothing)
+        await self._lock.acquire()
+        self._lock.release()
 
     async def _journal(self, operation, source_client, upserts=(), removals=()):
         change = await self.index.record(list(upserts), list(removals), operation,
@@ -202,6 +218,9 @@ class FileOperations:
         return self.index.journal_id
 
     def _published(self, change):
+        if self.feed is not None:
+            self.feed.offer(change)
+            return
         self.head = max(self.head, change.seq)
         self.hub.publish(change)
 
@@ -346,7 +365,8 @@ class FileOperations:
                 batch = self._uploads[:UPLOAD_BATCH]
                 del self._uploads[:UPLOAD_BATCH]
                 try:
-                    outcomes = await self._install_uploads(batch)
+                    async with self.fence.held([waiting.path for waiting in batch]):
+                        outcomes = await self._install_uploads(batch)
                 except Exception:
                     outcomes = [Failure()] * len(batch)
                     # files may be in place without their journal entries (and the root
@@ -494,7 +514,8 @@ class FileOperations:
         return await self._locked(self._refresh, tops)
 
     async def _refresh(self, tops):
-        self.head = max(self.head, await self.index.head())
+        if self.feed is None:
+            self.head = max(self.head, await self.index.head())
         if tops is None:
             rows = await self.index.list_all()
         else:

@@ -122,12 +122,17 @@ class ServerService(MultiService):
         #: The background sync of large upload bodies (a seam for injected disk faults).
         self.datasync = datasync
         self.started = time.time()
-        self.store = Store(handler.root)
+        #: The cluster node (None for an embedded server: SQLite, one process).
+        self.node = _cluster_node(config, reactor)
+        self.store = Store(handler.root, node_id=self.node.node_id if self.node else None)
         try:
             self.store.prepare()
         except (OSError, ValueError) as e:
             raise ConfigError(f"{config.source}: root: {e}") from None
-        self.index = Index(handler.state_dir, handler.journal_retention, reactor)
+        if self.node is None:
+            self.index = Index(handler.state_dir, handler.journal_retention, reactor)
+        else:
+            self.index = self.node.index
         self.metrics = Metrics(clock=reactor.seconds)
         self.hub = Hub(handler.websocket, reactor, metrics=self.metrics,
                        storage_root=self.store.root, journal_head=lambda: self.operations.head,
@@ -138,7 +143,11 @@ class ServerService(MultiService):
                                          handler.enable_upload)
         self.api = FileApi(self.operations, self.authorizer, reactor)
         self.watcher = RootWatcher(self.store.root, self.operations, reactor)
-        self.watcher.setServiceParent(self)
+        if self.node is None:
+            self.watcher.setServiceParent(self)
+        else:  # the cluster's leader watches the shared root, and only it
+            self.operations.fence = self.node.fence
+            self.operations.feed = self.node
         self.listeners = []
         for listener in config.listeners:
             try:
@@ -159,6 +168,9 @@ class ServerService(MultiService):
 
     async def _reconcile(self):
         await self.index.open()
+        if self.node is not None:
+            await self.node.start(self)
+            return
         await self.operations.refresh(None)
 
     def when_ready(self) -> Deferred:
@@ -180,7 +192,23 @@ class ServerService(MultiService):
             except Exception:
                 self.log.failure("start-up reconcile failed")
         await self.operations.idle()
+        if self.node is not None:
+            await self.node.stop()
         self.index.stopService()
+
+
+def _cluster_node(config, reactor):
+    """The :class:`ClusterNode` of a handler with a ``cluster`` block, else None."""
+    cluster = config.handler.cluster
+    if cluster is None:
+        return None
+    from quantum_sync.server.cluster.node import ClusterNode, default_node_id
+
+    node_id = cluster.node_id or default_node_id(config.listeners)
+    try:
+        return ClusterNode(cluster, node_id, config.handler.journal_retention, reactor)
+    except ValueError as e:
+        raise ConfigError(f"{config.source}: cluster.redis: {e}") from None
 
 
 def make_server_service(config, reactor, **options) -> ServerService:
