@@ -68,18 +68,21 @@ class Hub(Service):
         it the hub reports the newest seq it has published.
     :param journal_id: a callable returning the journal's identity, which every
         ``FileOperation`` broadcast carries.
+    :param cluster: on a cluster node, a callable returning what the figures show of
+        the cluster (``node_id``, the live ``nodes``, ...).
     """
 
     log = Logger()
 
     def __init__(self, config, clock, metrics=None, storage_root=None, journal_head=None,
-                 journal_id=lambda: ""):
+                 journal_id=lambda: "", cluster=None):
         self.config = config
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics(clock=clock.seconds)
         self.storage_root = storage_root
         self._journal_head = journal_head
         self._journal_id = journal_id
+        self._cluster = cluster
         self.connections = set()
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
@@ -312,7 +315,7 @@ class Hub(Service):
 
     def figures(self) -> dict:
         """The body of ``/ws/metrics`` (and the data of ``system_metrics``)."""
-        return {
+        figures = {
             "connections": len(self.connections),
             "messages_in": self.metrics.messages_in,
             "messages_out": self.metrics.messages_out,
@@ -322,6 +325,9 @@ class Hub(Service):
             "storage": self.storage(),
             "journal_head": self.journal_head(),
         }
+        if self._cluster is not None:
+            figures["cluster"] = self._cluster()
+        return figures
 
     def status(self) -> dict:
         """The body of ``/ws/status``."""

@@ -48,6 +48,17 @@ class HubCollector:
                                         f"Root file system {name.replace('_', ' ')}", value=value)
         yield GaugeMetricFamily(PREFIX + "journal_head", "Newest journal sequence number",
                                 value=figures["journal_head"])
+        cluster = figures.get("cluster")
+        if cluster is not None:
+            node = GaugeMetricFamily(PREFIX + "cluster_node", "This node (1) and whether it"
+                                     " watches the root", labels=["node_id", "leader"])
+            node.add_metric([cluster["node_id"], str(cluster["leader"]).lower()], 1)
+            yield node
+            live = GaugeMetricFamily(PREFIX + "cluster_live_node", "A node whose heartbeat is"
+                                     " recent", labels=["node_id", "address"])
+            for peer in cluster["nodes"]:
+                live.add_metric([peer["node_id"], peer["address"]], 1)
+            yield live
 
 
 class MonitoringResource(Resource):

@@ -136,7 +136,8 @@ class ServerService(MultiService):
         self.metrics = Metrics(clock=reactor.seconds)
         self.hub = Hub(handler.websocket, reactor, metrics=self.metrics,
                        storage_root=self.store.root, journal_head=lambda: self.operations.head,
-                       journal_id=lambda: self.index.journal_id)
+                       journal_id=lambda: self.index.journal_id,
+                       cluster=self.node.figures if self.node is not None else None)
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub)
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,

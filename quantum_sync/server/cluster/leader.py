@@ -28,9 +28,10 @@ class Leadership:
         self._loop.clock = reactor
         self.interval = interval
 
-    def start(self) -> Deferred:
-        """Start trying; fires after the first try."""
-        return self._loop.start(self.interval, now=True)
+    async def start(self) -> None:
+        """Try once, then every ``interval`` seconds."""
+        await self._check()
+        self._loop.start(self.interval, now=False)
 
     def stop(self) -> Deferred:
         if self._loop.running:
