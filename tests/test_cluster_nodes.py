@@ -59,8 +59,9 @@ async def test_racing_uploads_on_two_nodes_one_wins_one_412(reactor, nodes):
     try:
         base = b"base" * 1000
         await http.json("PUT", nodes.urls[0] + "/api/upload", params={"path": "doc.txt"}, data=base)
+        winner_hash = sha(base)
         for round_ in range(6):
-            current = sha(base) if round_ == 0 else winner_hash
+            current = winner_hash
             bodies = [bytes([65 + n]) * (200_000 + round_) for n in range(2)]
 
             async def put(url, data, current=current):

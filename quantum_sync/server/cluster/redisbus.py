@@ -127,10 +127,15 @@ class RedisBus:
                     pass
         self._publisher = self._subscriber = None
 
+    @property
+    def can_publish(self) -> bool:
+        """True while the publishing connection is up."""
+        return self._publisher is not None and bool(self._publisher.size)
+
     def publish(self, changes) -> None:
         """Send ``changes`` to the other nodes; skipped while Redis is away (the other
         nodes poll the journal then)."""
-        if self._publisher is None or not self._publisher.size:
+        if not self.can_publish:
             return
         for change in changes:
             sent = self._publisher.handler.publish(self.channel, encode_change(change))
