@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from quantum_sync import protocol
+from quantum_sync.client.failover import RotatingEndpoint, host_and_port
 from quantum_sync.errors import SyncError
 
 
@@ -109,7 +110,8 @@ class RealtimeLink:
 
     log = Logger()
 
-    def __init__(self, reactor, server_url, client_id, engine, token=None, ca_cert=None, relay=True):
+    def __init__(self, reactor, server_url, client_id, engine, token=None, ca_cert=None, relay=True,
+                 fallbacks=()):
         self.reactor = reactor
         self.client_id = client_id
         self.relay = relay
@@ -118,9 +120,6 @@ class RealtimeLink:
         self.connected = False
         self._protocol = None
         url = websocket_url(server_url)
-        parts = urlsplit(url)
-        secure = parts.scheme == "wss"
-        port = parts.port or (443 if secure else 80)
         headers = {"X-Client-Id": client_id}
         txaio.set_global_log_level("info")  # Autobahn's frame-level debug lines are not for admins
         self.factory = WebSocketClientFactory(url, headers=headers)
@@ -134,7 +133,8 @@ class RealtimeLink:
                                         utf8validateIncoming=False)
         from quantum_sync.tls import client_endpoint
 
-        endpoint = client_endpoint(reactor, parts.hostname, port, secure, ca_cert)
+        endpoint = RotatingEndpoint([client_endpoint(reactor, *host_and_port(url), ca_cert)
+                                     for url in (server_url, *fallbacks)])
         self.service = ClientService(
             endpoint, self.factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=reactor
         )

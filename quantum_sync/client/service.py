@@ -40,6 +40,8 @@ class ClientConfig:
     relay: bool = True
     safety_interval: float = 600.0
     concurrency: int = 8
+    #: further servers of the same cluster, tried in turn after ``server``
+    fallbacks: tuple = ()
 
 
 class SyncClientService(MultiService):
@@ -80,7 +82,8 @@ class SyncClientService(MultiService):
         )
         if self.state.is_new:
             self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
-        self.server = ServerClient(self.reactor, config.server, client_id, config.token, config.ca_cert, config.concurrency)
+        self.server = ServerClient(self.reactor, config.server, client_id, config.token, config.ca_cert, config.concurrency,
+                                   fallbacks=config.fallbacks)
         self.engine = Engine(
             self.reactor,
             config.folder,
@@ -106,7 +109,7 @@ class SyncClientService(MultiService):
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, config.token, config.ca_cert,
-                                     relay=config.relay)
+                                     relay=config.relay, fallbacks=config.fallbacks)
             self.link.service.startService()
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor

@@ -25,9 +25,8 @@ def fail(line: str, status: int = 1):
 class Options(usage.Options):
     """Options of the ``quantum-sync-client`` twistd plugin."""
 
-    synopsis = "--server URL --local-path DIR [options]"
+    synopsis = "--server URL [--server URL ...] --local-path DIR [options]"
     optParameters = [
-        ["server", "s", None, "the server, http://HOST:PORT or https://HOST:PORT"],
         ["local-path", "d", None, "the folder to keep in sync (created if its parent exists)"],
         ["client-id", None, None, "this client's id (default: a UUID remembered in the folder's state)"],
         ["interval", "i", "30", "seconds between full reconciles (also the fallback while the WebSocket is down)"],
@@ -45,6 +44,13 @@ class Options(usage.Options):
         ["no-relay", None, "fetch other clients' large files only once stored, not while they are uploaded"],
     ]
 
+    def opt_server(self, url):
+        """the server, http://HOST:PORT or https://HOST:PORT (again for each further
+        node of one cluster, tried in turn)"""
+        self.setdefault("servers", []).append(url)
+
+    opt_s = opt_server
+
     def parseOptions(self, options=None):
         try:
             super().parseOptions(options)
@@ -58,16 +64,18 @@ class Options(usage.Options):
             fail(f"quantum-sync-client: {e}")
 
     def _validate(self) -> ClientConfig:
-        server = self["server"]
-        if not server:
+        servers = self.get("servers", [])
+        if not servers:
             raise ValueError("--server URL is required")
-        parts = urlsplit(server)
-        try:
-            parts.port
-        except ValueError:
-            raise ValueError(f"--server {server}: invalid port") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"--server {server}: expected http://HOST:PORT or https://HOST:PORT")
+        for server in servers:
+            parts = urlsplit(server)
+            try:
+                parts.port
+            except ValueError:
+                raise ValueError(f"--server {server}: invalid port") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+                raise ValueError(f"--server {server}: expected http://HOST:PORT or https://HOST:PORT")
+        server = servers[0]
         folder = self["local-path"]
         if not folder:
             raise ValueError("--local-path DIR is required")
@@ -112,6 +120,7 @@ class Options(usage.Options):
             allow_mass_delete=bool(self["allow-mass-delete"]),
             relay=not self["no-relay"],
             safety_interval=max(10 * interval, 300.0),
+            fallbacks=tuple(url.rstrip("/") for url in servers[1:]),
         )
 
     def _token(self):

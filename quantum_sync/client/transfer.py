@@ -38,6 +38,7 @@ from zope.interface import implementer
 from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.failover import ServerList
 from quantum_sync.client.localfs import unlink_quietly
 from quantum_sync.errors import SyncError
 
@@ -265,8 +266,11 @@ class ServerClient:
 
     log = Logger()
 
-    def __init__(self, reactor, server_url: str, client_id: str, token=None, ca_cert=None, concurrency: int = 8):
+    def __init__(self, reactor, server_url: str, client_id: str, token=None, ca_cert=None, concurrency: int = 8,
+                 fallbacks=()):
         self.server_url = server_url.rstrip("/")
+        #: The servers of one cluster, tried in turn when one cannot be reached.
+        self.servers = ServerList((self.server_url, *fallbacks))
         self.client_id = client_id
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -286,11 +290,7 @@ class ServerClient:
         if token:
             self._headers["Authorization"] = [f"Bearer {token}"]
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
-        parts = urlsplit(self.server_url)
-        netloc = parts.netloc.rpartition("@")[2].encode("idna")
-        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
-        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
-        self._raw_headers[b"Host"] = [netloc]
+        self._use(self.server_url)
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
@@ -300,6 +300,20 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
+
+    def _use(self, server_url: str) -> None:
+        self.server_url = server_url
+        parts = urlsplit(server_url)
+        netloc = parts.netloc.rpartition("@")[2].encode("idna")
+        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
+        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
+        self._raw_headers[b"Host"] = [netloc]
+
+    def _fail_over(self) -> None:
+        """The server could not be reached: the next requests go to the next one."""
+        if len(self.servers.urls) > 1:
+            self._use(self.servers.advance())
+            self.log.warn("cannot reach the server; going on with {url}", url=self.server_url)
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -350,10 +364,12 @@ class ServerClient:
         try:
             response = await requested
         except defer.CancelledError:
+            self._fail_over()
             raise ServerUnavailable(f"{method} {path}: timed out") from None
         except Exception as e:  # connection refused, reset, TLS, DNS...
             reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
             self._drop_connections()
+            self._fail_over()
             raise ServerUnavailable(f"{method} {path}: {reason}") from None
         if response.code >= 400:
             await self._raise_for(method, path, response)
