@@ -104,7 +104,25 @@ def test_several_servers_and_listen_entries():
         ("tcp:9090", "second")]
     assert not config.listeners[2].routes_to_handler("/ws")
     servers["second"]["routes"][0]["handle"][0]["root"] = "./other"
-    with pytest.raises(ConfigError, match="configured identically"):
+    config = parse(copy, base_dir="/srv")  # two handlers: two roots in one process
+    assert config.handler.root == "/srv/sync-data" and len(config.listeners) == 2
+    (other,) = config.others
+    assert other.handler.root == "/srv/other" and other.handler.state_dir == "/srv/other/.quantum-sync"
+    assert [(l.endpoint, l.server) for l in other.listeners] == [("tcp:9090", "second")]
+    for option in ("listen", "root"):
+        with pytest.raises(ConfigError, match=f"^--{option}: the configuration has 2 different"):
+            parse(copy, base_dir="/srv", **{option: "127.0.0.1:1"})
+    servers["second"]["routes"][0]["handle"][0].update(root="./sync-data", enable_upload=False)
+    with pytest.raises(ConfigError, match="servers.second: its file_sync handler differs from that"
+                                          " of server 'file_sync_server' but has the same root"):
+        parse(copy, base_dir="/srv")
+    servers["second"]["routes"][0]["handle"][0].update(
+        root="./other", state_dir="/srv/sync-data/.quantum-sync")
+    with pytest.raises(ConfigError, match="but has the same state_dir"):
+        parse(copy, base_dir="/srv")
+    servers["second"]["routes"].append(json.loads(json.dumps(servers["second"]["routes"][0])))
+    servers["second"]["routes"][1]["handle"][0]["root"] = "./third"
+    with pytest.raises(ConfigError, match="servers.second.routes: the routes of one server must share"):
         parse(copy, base_dir="/srv")
 
 

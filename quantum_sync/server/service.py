@@ -212,7 +212,27 @@ def _cluster_node(config, reactor):
         raise ConfigError(f"{config.source}: cluster.redis: {e}") from None
 
 
-def make_server_service(config, reactor, **options) -> ServerService:
+class ServerGroup(MultiService):
+    """Several :class:`ServerService` in one process, one per different ``file_sync``
+    handler of the config (each with its own root, index, journal and hub)."""
+
+    def __init__(self, configs, reactor, **options):
+        super().__init__()
+        self.servers = [ServerService(config, reactor, **options) for config in configs]
+        for server in self.servers:
+            server.setServiceParent(self)
+        self.config = configs[0]
+        self.listeners = [listener for server in self.servers for listener in server.listeners]
+
+    def when_ready(self) -> Deferred:
+        return DeferredList([server.when_ready() for server in self.servers],
+                            fireOnOneErrback=True, consumeErrors=True)
+
+
+def make_server_service(config, reactor, **options):
     """The server's top service for ``config`` (raises ConfigError for an unusable root
-    or listen entry); ``options`` go to :class:`ServerService`."""
+    or listen entry): a :class:`ServerService`, or a :class:`ServerGroup` when the config
+    has several different handlers; ``options`` go to each ServerService."""
+    if config.others:
+        return ServerGroup([config, *config.others], reactor, **options)
     return ServerService(config, reactor, **options)

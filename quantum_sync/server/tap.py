@@ -76,10 +76,11 @@ def makeService(options, reactor=None):
     from quantum_sync.server.service import make_server_service
 
     try:
-        if options.config.handler.cluster is not None:
-            from quantum_sync.server.cluster.node import preflight
+        for part in (options.config, *options.config.others):
+            if part.handler.cluster is not None:
+                from quantum_sync.server.cluster.node import preflight
 
-            preflight(options.config.handler.cluster, options.config.source)
+                preflight(part.handler.cluster, part.source)
         service = make_server_service(options.config, reactor)
     except ConfigError as e:
         fail(str(e))
