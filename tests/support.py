@@ -69,13 +69,14 @@ class RunningServer:
         return await start_server(self.reactor, self.tmp_path, **overrides)
 
 
-async def start_service(reactor, document: dict, base_dir: str):
+async def start_service(reactor, document: dict, base_dir: str, clock=None):
     """Start a server from a whole config ``document``; ``(service, ports)`` once every
-    listener listens and the index is reconciled (stop it with ``service.stopService()``)."""
+    listener listens and the index is reconciled (stop it with ``service.stopService()``).
+    ``clock``: what the versions' retention goes by (default: the reactor)."""
     from quantum_sync.server.service import make_server_service
 
     config = config_module.parse(document, source="<test config>", base_dir=base_dir)
-    service = make_server_service(config, reactor)
+    service = make_server_service(config, reactor, clock)
     service.startService()
     try:
         ports = [(await listener.when_listening()).getHost().port for listener in service.listeners]
@@ -86,12 +87,13 @@ async def start_service(reactor, document: dict, base_dir: str):
     return service, ports
 
 
-async def start_server(reactor, tmp_path, **handler_overrides) -> RunningServer:
+async def start_server(reactor, tmp_path, clock=None, **handler_overrides) -> RunningServer:
     """Start a server on ``tmp_path/"root"`` (unless ``root=`` is given) on a free port of
     127.0.0.1 and wait until it listens and its index is reconciled with the disk."""
     overrides = dict(handler_overrides)
     overrides.setdefault("root", str(tmp_path / "root"))
-    service, (port,) = await start_service(reactor, server_document(**overrides), str(tmp_path))
+    service, (port,) = await start_service(reactor, server_document(**overrides), str(tmp_path),
+                                           clock)
     config = service.config
     return RunningServer(
         url=f"http://127.0.0.1:{port}",

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS files (
     is_directory INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    source_client TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -31,6 +32,13 @@ CREATE TABLE IF NOT EXISTS journal (
     timestamp TEXT NOT NULL
 );
 """
+
+#: A file's row, with the client that wrote its content (kept when only its stat changed).
+UPSERT = (
+    "INSERT INTO files (path, is_directory, size, mtime_ns, hash, source_client) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(path) DO UPDATE SET is_directory = excluded.is_directory, size = excluded.size,"
+    " mtime_ns = excluded.mtime_ns, hash = excluded.hash, source_client = CASE WHEN"
+    " files.hash = excluded.hash THEN files.source_client ELSE excluded.source_client END")
 
 #: Paths looked up a query by :meth:`Index.get_many` (below SQLite's variable limit).
 LOOKUP_BATCH = 500
@@ -75,7 +83,7 @@ class Index(Service):
             "sqlite3", self.db_path, check_same_thread=False, cp_min=1, cp_max=1,
             cp_openfun=_prepare_connection, cp_reactor=self._reactor,
         )
-        self._opened = self._pool.runInteraction(lambda txn: txn.executescript(SCHEMA))
+        self._opened = self._pool.runInteraction(_create_schema)
 
     async def open(self) -> None:
         """Wait until the schema exists (after :meth:`start`)."""
@@ -94,6 +102,11 @@ class Index(Service):
         if self._pool is None:
             raise SyncError("SERVICE_UNAVAILABLE", "the server is shutting down")
         return self._pool
+
+    def interaction(self, function, *args):
+        """``function(txn, *args)`` in the index's thread, in one transaction (for the
+        tables other modules keep in the index, such as the versions)."""
+        return self._db.runInteraction(function, *args)
 
     # -- reads --------------------------------------------------------------------
 
@@ -158,12 +171,18 @@ class Index(Service):
 
     # -- writes ---------------------------------------------------------------------
 
-    async def record(self, upserts, removals, operation, source_client, timestamp):
+    async def record(self, upserts, removals, operation, source_client, timestamp, also=None):
         """In one transaction: update the cache (``upserts``: ``(FileMetadata, mtime_ns)``;
         ``removals``: paths removed with everything below them) and, when ``operation``
-        is given, append it to the journal. Returns the journal :class:`Change` or None."""
-        return await self._db.runInteraction(
-            self._record, upserts, removals, operation, source_client, timestamp)
+        is given, append it to the journal. Returns the journal :class:`Change` or None.
+        ``also(txn)``, when given, runs first in the same transaction (it sees the rows
+        as they were)."""
+        def run(txn):
+            if also is not None:
+                also(txn)
+            return self._record(txn, upserts, removals, operation, source_client, timestamp)
+
+        return await self._db.runInteraction(run)
 
     async def record_many(self, items, source_client, timestamp) -> list:
         """Several :meth:`record` calls in one transaction; ``items`` holds
@@ -172,30 +191,36 @@ class Index(Service):
             [(upserts, removals, operation, source_client) for upserts, removals, operation in items],
             timestamp)
 
-    async def record_each(self, items, timestamp) -> list:
+    async def record_each(self, items, timestamp, also=None) -> list:
         """:meth:`record_many` with a source client per item: ``items`` holds
-        ``(upserts, removals, operation, source_client)``. Returns the Changes, in order."""
+        ``(upserts, removals, operation, source_client)``. Returns the Changes, in order.
+        ``also``: as for :meth:`record`."""
         def run(txn):
+            if also is not None:
+                also(txn)
             changes = [self._record(txn, upserts, removals, operation, source_client, timestamp)
                        for upserts, removals, operation, source_client in items]
             return [change for change in changes if change is not None]
 
         return await self._db.runInteraction(run)
 
-    async def rename(self, source: str, destination: str, operation, source_client, timestamp):
-        """Move the cached rows of ``source`` (and below) to ``destination`` and journal."""
-        return await self._db.runInteraction(
-            self._rename, source, destination, operation, source_client, timestamp)
+    async def rename(self, source: str, destination: str, operation, source_client, timestamp,
+                     also=None):
+        """Move the cached rows of ``source`` (and below) to ``destination`` and journal;
+        ``also``: as for :meth:`record`."""
+        def run(txn):
+            if also is not None:
+                also(txn)
+            return self._rename(txn, source, destination, operation, source_client, timestamp)
+
+        return await self._db.runInteraction(run)
 
     def _record(self, txn, upserts, removals, operation, source_client, timestamp):
         for path in removals:
             txn.execute("DELETE FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'",
                         (path, _escape_like(path) + "/%"))
-        txn.executemany(
-            "INSERT OR REPLACE INTO files (path, is_directory, size, mtime_ns, hash)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(m.path, int(m.is_directory), m.size, mtime_ns, m.hash) for m, mtime_ns in upserts],
-        )
+        txn.executemany(UPSERT, [(m.path, int(m.is_directory), m.size, mtime_ns, m.hash, source_client)
+                                 for m, mtime_ns in upserts])
         return self._journal(txn, operation, source_client, timestamp)
 
     def _rename(self, txn, source, destination, operation, source_client, timestamp):
@@ -219,6 +244,13 @@ class Index(Service):
         if seq > self.retention:
             txn.execute("DELETE FROM journal WHERE seq <= ?", (seq - self.retention,))
         return Change(seq, operation, source_client, timestamp, text)
+
+
+def _create_schema(txn) -> None:
+    txn.executescript(SCHEMA)
+    txn.execute("PRAGMA table_info(files)")
+    if "source_client" not in [row[1] for row in txn.fetchall()]:  # an index made before it
+        txn.execute("ALTER TABLE files ADD COLUMN source_client TEXT NOT NULL DEFAULT ''")
 
 
 def _head(txn) -> int:

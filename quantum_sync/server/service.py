@@ -21,6 +21,7 @@ from quantum_sync.server.operations import FileOperations
 from quantum_sync.server.rootwatch import RootWatcher
 from quantum_sync.server.site import build_site
 from quantum_sync.server.store import Store
+from quantum_sync.server.versions import VersionArea, Versions
 
 
 class ListenerService(Service):
@@ -113,7 +114,7 @@ class ServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor):
+    def __init__(self, config, reactor, clock=None):
         super().__init__()
         handler = config.handler
         self.config = config
@@ -130,9 +131,13 @@ class ServerService(MultiService):
                        storage_root=self.store.root, journal_head=lambda: self.operations.head)
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub)
+        # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
+        area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
+        self.versions = Versions(area, self.index, handler.versions, reactor, clock)
+        self.versions.setServiceParent(self)
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
-                                         handler.enable_upload)
-        self.api = FileApi(self.operations, self.authorizer, reactor)
+                                         handler.enable_upload, area)
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
         self.watcher = RootWatcher(self.store.root, self.operations, reactor)
         self.watcher.setServiceParent(self)
         self.listeners = []
@@ -179,7 +184,7 @@ class ServerService(MultiService):
         self.index.stopService()
 
 
-def make_server_service(config, reactor) -> ServerService:
+def make_server_service(config, reactor, clock=None) -> ServerService:
     """The server's top service for ``config`` (raises ConfigError for an unusable root
-    or listen entry)."""
-    return ServerService(config, reactor)
+    or listen entry); ``clock``: what times the versions' retention (default: reactor)."""
+    return ServerService(config, reactor, clock)
