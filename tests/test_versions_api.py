@@ -266,3 +266,28 @@ def test_version_json_has_the_contract_fields():
     shown = Version("ab" * 12, "a.txt", 1_700_000_000_000_000_000, 3, sha(b"abc"), "c", True, 1.5).to_json()
     assert {"id", "modified", "size", "hash", "source_client", "deleted"} <= set(shown)
     assert shown["modified"] == "2023-11-14T22:13:20Z" and shown["deleted"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_deletes_keep_versions_and_restores_are_broadcast(reactor, server, http):
+    from test_ws_support import connect
+
+    await upload(http, server, "w/a.txt", b"ws")
+    watcher = await connect(reactor, server.ws_url)
+    try:
+        await watcher.request({"type": "Subscribe", "client_id": "watcher"})
+        deleter = await connect(reactor, server.ws_url)
+        try:
+            ack = await deleter.request({"type": "FileOperation", "id": "d1", "source_client": "deleter",
+                                         "operation": {"Delete": {"path": "w"}}})
+            assert ack["type"] == "Ack"
+        finally:
+            deleter.transport.loseConnection()
+        assert (await watcher.expect("FileOperation"))["operation"] == {"Delete": {"path": "w"}}
+        (gone,) = (await versions(http, server, "w"))["versions"]
+        restored = await restore(http, server, path="w/a.txt", id=gone["id"])
+        broadcast = await watcher.expect("FileOperation")
+        assert broadcast["operation"] == {"Create": {"metadata": restored}}
+        assert read(server, "w/a.txt") == b"ws"
+    finally:
+        watcher.transport.loseConnection()
