@@ -7,8 +7,8 @@ off (``"versions": {"keep_days": 0}``), same run, loopback only.
 
 Per run and per server, in turn:
 
-- large: one ``--size-mib`` MiB upload to a new name, then one over an existing file of
-  the same size (with versions on, its old inode is linked into the versions area; off,
+- large: one ``--size-mib`` MiB upload to a new name and one over an existing file of
+  the same size (which goes first alternates from run to run) (with versions on, its old inode is linked into the versions area; off,
   it is freed by the rename), each timed from the request to the answer;
 - small: ``--files`` uploads of 4 KiB to new names on ``--concurrency`` connections, then
   ``--files`` uploads replacing them (no precondition), in files/s.
@@ -60,8 +60,12 @@ def main() -> None:
             servers[name].upload(sources[0], "same.bin", digests[0])
         for run in range(args.runs):
             for name, server in servers.items():
+                # in turn first, so that neither always follows the other's writeback
+                if run % 2:
+                    replace = server.upload(sources[(run + 1) % 2], "same.bin", digests[(run + 1) % 2])
                 new = server.upload(sources[run % 2], f"new-{run}.bin", digests[run % 2])
-                replace = server.upload(sources[(run + 1) % 2], "same.bin", digests[(run + 1) % 2])
+                if not run % 2:
+                    replace = server.upload(sources[(run + 1) % 2], "same.bin", digests[(run + 1) % 2])
                 server.delete(f"new-{run}.bin")
                 results[(name, "new")].append(size / new / 1e6)
                 results[(name, "replace")].append(size / replace / 1e6)

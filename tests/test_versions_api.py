@@ -291,3 +291,42 @@ async def test_websocket_deletes_keep_versions_and_restores_are_broadcast(reacto
         assert read(server, "w/a.txt") == b"ws"
     finally:
         watcher.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_that_fails_halfway_keeps_what_it_moved(server, http, monkeypatch):
+    from quantum_sync.server.store import Store
+
+    await upload(http, server, "d/a.txt", b"a")
+    await upload(http, server, "d/b.txt", b"b")
+
+    def refuse(self, path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Store, "remove", refuse)
+    _, body = await http.json("POST", f"{server.url}/api/sync",
+                              json={"operations": [{"Delete": {"path": "d"}}]})
+    assert body["results"][0]["status"] == "error"
+    monkeypatch.undo()
+    kept = (await versions(http, server, "d"))["versions"]
+    assert sorted(v["path"] for v in kept) == ["d/a.txt", "d/b.txt"]  # moved out: never lost
+    for version in kept:
+        await restore(http, server, path=version["path"], id=version["id"])
+    assert read(server, "d/a.txt") == b"a" and read(server, "d/b.txt") == b"b"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pruning_removes_files_no_row_names_but_not_those_being_recorded(server, http):
+    versions_service = server.service.versions
+    await upload(http, server, "a.txt", b"1")
+    await upload(http, server, "a.txt", b"2")
+    stray = os.path.join(area(server), "ab" * 12)  # left by a crash before its row
+    with open(stray, "wb") as f:
+        f.write(b"orphan")
+    pending = versions_service.area._new_id()  # linked, its transaction not yet run
+    with open(versions_service.area.name_of(pending), "wb") as f:
+        f.write(b"pending")
+    assert await versions_service.prune() == 0
+    assert not os.path.exists(stray)
+    assert os.path.exists(versions_service.area.name_of(pending))
+    assert len((await versions(http, server, "a.txt"))["versions"]) == 1
