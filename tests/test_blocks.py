@@ -1,0 +1,101 @@
+"""Block lists and delta plans (pure, hypothesis): whatever the base and the new content,
+the plan rebuilds the new content exactly; an insert, a delete or an overwrite at a
+random place sends about the edit and reuses every untouched block."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantum_sync.blocks import (
+    AVG_BLOCK,
+    MAX_BLOCK,
+    MIN_BLOCK,
+    Chunker,
+    Reuse,
+    Send,
+    plan_delta,
+    literals,
+    rebuild,
+    sent_bytes,
+)
+
+#: Small blocks, so that small examples hold many of them.
+SMALL = Chunker(min_size=64, avg_size=320, max_size=1280)
+
+
+def random_bytes(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def test_block_lists_cover_the_content_within_the_sizes():
+    data = random_bytes(1, 3 * 1024 * 1024)
+    blocks = Chunker().blocks(data)
+    assert blocks[0].offset == 0 and sum(b.length for b in blocks) == len(data)
+    assert all(a.offset + a.length == b.offset for a, b in zip(blocks, blocks[1:]))
+    assert all(MIN_BLOCK <= b.length <= MAX_BLOCK for b in blocks[:-1])
+    assert 0.5 * AVG_BLOCK < len(data) / len(blocks) < 2 * AVG_BLOCK
+    assert Chunker().blocks(b"") == ()
+    assert Chunker().blocks(data) == blocks  # deterministic
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=6000), st.binary(max_size=6000))
+def test_any_base_and_new_content_rebuild_exactly(base, new):
+    plan = plan_delta(SMALL.blocks(base), SMALL.blocks(new))
+    assert rebuild(plan, base, literals(plan, new)) == new
+    assert sent_bytes(plan) <= len(new)
+
+
+edits = st.tuples(st.sampled_from(["insert", "delete", "overwrite"]), st.integers(0, 2**32),
+                  st.integers(1, 300))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32), st.integers(2000, 40000), st.lists(edits, min_size=1, max_size=3))
+def test_edits_send_about_the_edit_and_reuse_untouched_blocks(seed, size, changes):
+    base = random_bytes(seed, size)
+    new, touched = bytearray(base), 0
+    for kind, where, length in changes:
+        where %= len(new) + 1
+        if kind == "insert":
+            new[where:where] = random_bytes(where + seed, length)
+        elif kind == "delete":
+            del new[where:where + length]
+        else:
+            new[where:where + length] = random_bytes(where ^ seed, min(length, len(new) - where))
+        touched += length
+    new = bytes(new)
+    base_blocks, new_blocks = SMALL.blocks(base), SMALL.blocks(new)
+    plan = plan_delta(base_blocks, new_blocks)
+    assert rebuild(plan, base, literals(plan, new)) == new
+    # the cuts fall again where they did soon after each edit: per edit, at most the
+    # edited bytes and the few blocks around it travel
+    assert sent_bytes(plan) <= touched + len(changes) * 4 * SMALL.max_size
+    # every block of the new content that the base holds is reused
+    held = {(b.sha256, b.length) for b in base_blocks}
+    sent = {(b.sha256, b.length) for b in new_blocks
+            if any(isinstance(s, Send) and s.offset <= b.offset < s.offset + s.length for s in plan)}
+    assert not sent & held
+
+
+def test_an_untouched_content_is_all_reuse_and_an_append_sends_its_tail():
+    base = random_bytes(7, 50_000)
+    blocks = SMALL.blocks(base)
+    assert plan_delta(blocks, blocks) == (Reuse(0, len(base)),)
+    longer = base + random_bytes(8, 3000)
+    plan = plan_delta(blocks, SMALL.blocks(longer))
+    assert sent_bytes(plan) <= 3000 + SMALL.max_size
+    assert plan[0] == Reuse(0, plan[0].length) and plan[0].length >= len(base) - SMALL.max_size
+
+
+def test_rebuild_refuses_bytes_that_do_not_fit_the_plan():
+    base, new = random_bytes(1, 5000), random_bytes(2, 5000)
+    plan = plan_delta(SMALL.blocks(base), SMALL.blocks(new))
+    sent = literals(plan, new)
+    for wrong, kind in [(sent[:-1], "fewer"), (sent + b"x", "more")]:
+        with pytest.raises(ValueError, match=kind):
+            rebuild(plan, base, wrong)
+    with pytest.raises(ValueError, match="past the end"):
+        rebuild((Reuse(4990, 20),), base, b"")
