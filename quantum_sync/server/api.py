@@ -300,9 +300,12 @@ class FileApi:
         await self._authorize(request, "read")
         rows = await self.operations.index.list_all()
         # One entry a file in the root: encoding an unbounded listing is a thread's work.
-        encoded = await deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(),
-            lambda: encode_json([metadata.to_json() for metadata, _ in rows]))
+        return await self._write_json_in_thread(request, lambda: [metadata.to_json() for metadata, _ in rows])
+
+    async def _write_json_in_thread(self, request, body_of):
+        """:func:`write_json` of ``body_of()``, built and encoded in a thread."""
+        encoded = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                          lambda: encode_json(body_of()))
         return write_json(request, None, encoded=encoded)
 
     @app.route("/api/metadata", methods=["GET"])
@@ -438,7 +441,9 @@ class FileApi:
         source = client_id(request)
         path = "" if request.args.get(b"path") == [b""] else self._path(request, source)
         found = await self.versions.listing(path)
-        return write_json(request, {"versions": [version.to_json() for version in found]})
+        # a folder's trash may hold many: encoded in a thread, as a listing is
+        return await self._write_json_in_thread(
+            request, lambda: {"versions": [version.to_json() for version in found]})
 
     @app.route("/api/restore", methods=["POST"])
     async def restore(self, request):
