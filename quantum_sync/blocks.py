@@ -46,8 +46,52 @@ class Chunker:
     def blocks(self, data) -> tuple:
         """The block list of ``data`` (bytes-like): consecutive :class:`Block` s covering
         it from offset 0, none for an empty content."""
-        return tuple(Block(chunk.offset, chunk.length, hashlib.sha256(chunk.data).hexdigest())
-                     for chunk in self._cdc.cut_buf(data))
+        return tuple(_hashed(data, offset, length, 0) for offset, length in self.cuts(data))
+
+    def cuts(self, data) -> list:
+        """``(offset, length)`` of each block of ``data``, unhashed."""
+        return [(chunk.offset, chunk.length) for chunk in self._cdc.cut_buf(data)]
+
+
+def _hashed(data, offset: int, length: int, base: int) -> Block:
+    """The block of ``length`` bytes at ``offset`` of ``data``, placed at ``base + offset``."""
+    return Block(base + offset, length, hashlib.sha256(memoryview(data)[offset:offset + length]).hexdigest())
+
+
+class BlockStream:
+    """The block list of a content that arrives in pieces (an upload as it streams in):
+    :meth:`feed` each piece, then :meth:`finish`; each returns the blocks completed. It
+    holds at most one unfinished block and the piece being fed. The blocks are exactly
+    ``chunker.blocks(whole content)``: a FastCDC cut depends only on the bytes from the
+    start of its block up to it, so every block but the last of what is held is final."""
+
+    def __init__(self, chunker: Chunker):
+        self._chunker = chunker
+        self._held = b""
+        self._offset = 0  # of the held bytes in the whole content
+
+    def feed(self, data) -> list:
+        held = self._held + bytes(data) if self._held else bytes(data)
+        if len(held) <= self._chunker.max_size:  # no cut can be final yet
+            self._held = held
+            return []
+        cuts = self._chunker.cuts(held)
+        last = cuts.pop()[0]  # (only the final ones are hashed)
+        done = [_hashed(held, offset, length, self._offset) for offset, length in cuts]
+        self._held, self._offset = held[last:], self._offset + last
+        return done
+
+    @property
+    def held(self) -> int:
+        """Bytes held: fed but not yet in a block returned."""
+        return len(self._held)
+
+    def finish(self) -> list:
+        """The last blocks (the content has ended)."""
+        held = self._held
+        done = [_hashed(held, offset, length, self._offset) for offset, length in self._chunker.cuts(held)]
+        self._held, self._offset = b"", self._offset + len(held)
+        return done
 
 
 @attrs.frozen

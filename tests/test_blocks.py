@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from quantum_sync.blocks import (
     AVG_BLOCK,
+    BlockStream,
     MAX_BLOCK,
     MIN_BLOCK,
     Chunker,
@@ -99,3 +100,24 @@ def test_rebuild_refuses_bytes_that_do_not_fit_the_plan():
             rebuild(plan, base, wrong)
     with pytest.raises(ValueError, match="past the end"):
         rebuild((Reuse(4990, 20),), base, b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 30000), st.lists(st.integers(1, 5000), max_size=40))
+def test_a_stream_fed_in_any_pieces_gives_the_whole_contents_blocks(seed, size, cuts):
+    data = random_bytes(seed, size)
+    stream, found, position = BlockStream(SMALL), [], 0
+    for length in cuts:
+        found += stream.feed(data[position:position + length])
+        position = min(size, position + length)
+    found += stream.feed(data[position:])
+    found += stream.finish()
+    assert tuple(found) == SMALL.blocks(data)
+
+
+def test_a_stream_holds_at_most_one_block_and_one_piece():
+    stream = BlockStream(SMALL)
+    data = random_bytes(3, 200_000)
+    for start in range(0, len(data), 4096):
+        stream.feed(data[start:start + 4096])
+        assert stream.held <= SMALL.max_size + 4096
