@@ -160,6 +160,7 @@ class ServerService(MultiService):
 
     async def _reconcile(self):
         await self.index.open()
+        await self.versions.open()
         await self.operations.refresh(None)
 
     def when_ready(self) -> Deferred:

@@ -20,6 +20,7 @@ import shutil
 import stat
 import tempfile
 import threading
+from typing import NamedTuple
 
 import attrs
 from twisted.application.service import Service
@@ -165,9 +166,18 @@ def _find(txn, version_id: str):
     return _row_version(row) if row else None
 
 
-def _all(txn) -> list:
-    txn.execute(f"SELECT {_COLUMNS} FROM versions")
-    return [_row_version(row) for row in txn.fetchall()]
+class Retained(NamedTuple):
+    """What retention looks at of one version (light: a pass reads every row)."""
+
+    id: str
+    path: str
+    size: int
+    kept: float
+
+
+def _retained(txn) -> list:
+    txn.execute("SELECT id, path, size, kept FROM versions")
+    return [Retained(*row) for row in txn.fetchall()]
 
 
 def _forget(txn, ids) -> None:
@@ -447,6 +457,7 @@ class Versions(Service):
         self._clock = clock or reactor
         self._interval = interval
         self._loop = None
+        self._opened = None
         self._running = None
         self._reading = collections.Counter()  # version id -> restores reading it
         self._pruning = set()
@@ -458,10 +469,14 @@ class Versions(Service):
         super().startService()
         self.area.prepare()
         # queued on the index's one thread right after its own schema: before any use
-        self.index.interaction(create_schema)
+        self._opened = self.index.interaction(create_schema)
         self._loop = LoopingCall(self._prune_logged)
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=True)
+
+    async def open(self) -> None:
+        """Wait until the versions table exists (after :meth:`startService`)."""
+        await self._opened
 
     def stopService(self):
         super().stopService()
@@ -519,7 +534,7 @@ class Versions(Service):
         """One pass: the versions :func:`plan_prune` chooses are forgotten (row, then
         file), and files in the area without a row (left by a crash) removed. Returns
         how many versions went."""
-        versions = await self.index.interaction(_all)
+        versions = await self.index.interaction(_retained)
         planned = await self._blocking(plan_prune, versions, self._clock.seconds(), self.policy,
                                        frozenset(self._reading))
         doomed = planned - set(self._reading)  # a restore may have started meanwhile
