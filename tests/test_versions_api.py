@@ -9,6 +9,7 @@ import os
 import pytest_twisted
 
 from quantum_sync import passwords
+from quantum_sync.config import VersionsConfig
 from quantum_sync.server.versions import AREA_NAME
 from tests.support import HttpClient, http, server, start_server  # noqa: F401 (fixtures)
 
@@ -316,7 +317,7 @@ async def test_a_delete_that_fails_halfway_keeps_what_it_moved(server, http, mon
 
 
 @pytest_twisted.ensureDeferred
-async def test_pruning_removes_files_no_row_names_but_not_those_being_recorded(server, http):
+async def test_pruning_removes_old_files_no_row_names_but_not_those_being_recorded(server, http):
     versions_service = server.service.versions
     await upload(http, server, "a.txt", b"1")
     await upload(http, server, "a.txt", b"2")
@@ -327,6 +328,9 @@ async def test_pruning_removes_files_no_row_names_but_not_those_being_recorded(s
     with open(versions_service.area.name_of(pending), "wb") as f:
         f.write(b"pending")
     assert await versions_service.prune() == 0
+    assert os.path.exists(stray)  # kept as long as a version would be (an operator may want it)
+    versions_service.policy = VersionsConfig(keep_days=1e-9, keep_per_file=None)
+    assert await versions_service.prune() == 1  # the real one, now past keep_days
     assert not os.path.exists(stray)
     assert os.path.exists(versions_service.area.name_of(pending))
-    assert len((await versions(http, server, "a.txt"))["versions"]) == 1
+    assert (await versions(http, server, "a.txt"))["versions"] == []

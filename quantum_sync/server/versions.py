@@ -332,9 +332,16 @@ class VersionArea:
             self._unlink(version_id)
 
     def listed(self) -> tuple:
-        """``(names in the area, ids not yet recorded)``, in that order (see
-        :meth:`Versions.prune`)."""
-        names = set(os.listdir(self.directory))
+        """``({name in the area: its ctime}, ids not yet recorded)``, taken in that order
+        (see :meth:`Versions.prune`). A link or rename into the area sets the ctime: it
+        is when the file came."""
+        names = {}
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                try:
+                    names[entry.name] = entry.stat(follow_symlinks=False).st_ctime
+                except FileNotFoundError:
+                    pass
         with self._lock:
             return names, set(self._unrecorded)
 
@@ -544,10 +551,14 @@ class Versions(Service):
                 await self.index.interaction(_forget, doomed)
                 await self._blocking(self.area.remove, doomed)
             # a file listed before the snapshot of unrecorded ids, and absent from the rows
-            # read after it, belongs to no version (see VersionArea.recorder)
+            # read after it, belongs to no version (see VersionArea.recorder): left by a
+            # crash before its row, it stays (unlisted, for an operator) as long as a
+            # version would
             names, unrecorded = await self._blocking(self.area.listed)
             known = await self.index.interaction(_ids)
-            orphans = {n for n in names if _ID.match(n)} - unrecorded - known - self._pruning
+            due = self._clock.seconds() - self.policy.keep_days * DAY
+            orphans = {name for name, ctime in names.items() if _ID.match(name)
+                       and (ctime < due or not self.policy.enabled)} - unrecorded - known - self._pruning
             if orphans:
                 await self._blocking(self.area.remove, orphans)
         finally:
