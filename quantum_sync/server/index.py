@@ -177,12 +177,8 @@ class Index(Service):
         is given, append it to the journal. Returns the journal :class:`Change` or None.
         ``also(txn)``, when given, runs first in the same transaction (it sees the rows
         as they were)."""
-        def run(txn):
-            if also is not None:
-                also(txn)
-            return self._record(txn, upserts, removals, operation, source_client, timestamp)
-
-        return await self._db.runInteraction(run)
+        return await self._db.runInteraction(
+            _after(also, self._record), upserts, removals, operation, source_client, timestamp)
 
     async def record_many(self, items, source_client, timestamp) -> list:
         """Several :meth:`record` calls in one transaction; ``items`` holds
@@ -196,24 +192,18 @@ class Index(Service):
         ``(upserts, removals, operation, source_client)``. Returns the Changes, in order.
         ``also``: as for :meth:`record`."""
         def run(txn):
-            if also is not None:
-                also(txn)
             changes = [self._record(txn, upserts, removals, operation, source_client, timestamp)
                        for upserts, removals, operation, source_client in items]
             return [change for change in changes if change is not None]
 
-        return await self._db.runInteraction(run)
+        return await self._db.runInteraction(_after(also, run))
 
     async def rename(self, source: str, destination: str, operation, source_client, timestamp,
                      also=None):
         """Move the cached rows of ``source`` (and below) to ``destination`` and journal;
         ``also``: as for :meth:`record`."""
-        def run(txn):
-            if also is not None:
-                also(txn)
-            return self._rename(txn, source, destination, operation, source_client, timestamp)
-
-        return await self._db.runInteraction(run)
+        return await self._db.runInteraction(
+            _after(also, self._rename), source, destination, operation, source_client, timestamp)
 
     def _record(self, txn, upserts, removals, operation, source_client, timestamp):
         for path in removals:
@@ -244,6 +234,18 @@ class Index(Service):
         if seq > self.retention:
             txn.execute("DELETE FROM journal WHERE seq <= ?", (seq - self.retention,))
         return Change(seq, operation, source_client, timestamp, text)
+
+
+def _after(also, function):
+    """``function`` of a transaction, run after ``also(txn)`` when ``also`` is given."""
+    if also is None:
+        return function
+
+    def run(txn, *args):
+        also(txn)
+        return function(txn, *args)
+
+    return run
 
 
 def _create_schema(txn) -> None:
