@@ -334,3 +334,21 @@ async def test_pruning_removes_old_files_no_row_names_but_not_those_being_record
     assert not os.path.exists(stray)
     assert os.path.exists(versions_service.area.name_of(pending))
     assert (await versions(http, server, "a.txt"))["versions"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_never_shares_its_inode_with_a_file_in_the_root(server, http):
+    await upload(http, server, "a.txt", b"shared")
+    await upload(http, server, "b.txt", b"shared too")
+    os.link(os.path.join(server.root, "a.txt"), os.path.join(server.root, "a-link.txt"))
+    os.link(os.path.join(server.root, "b.txt"), os.path.join(server.root, "b-link.txt"))
+    await upload(http, server, "a.txt", b"replaced")
+    await sync(http, server, {"Delete": {"path": "b.txt"}})
+    for path in ("a-link.txt", "b-link.txt"):  # written in place by another program
+        with open(os.path.join(server.root, path), "r+b") as f:
+            f.write(b"XXXXXX")
+    for path, data in (("a.txt", b"shared"), ("b.txt", b"shared too")):
+        (version,) = (await versions(http, server, path))["versions"]
+        with open(os.path.join(area(server), version["id"]), "rb") as f:
+            assert f.read() == data
+        assert version["hash"] == sha(data)

@@ -283,8 +283,12 @@ class VersionArea:
                 elif not isinstance(error, FileNotFoundError):
                     raise
                 continue
-            kept.append(self._version(version_id, entry.path, os.lstat(name),
-                                      cached.get(entry.path), True, None))
+            st = os.lstat(name)
+            if st.st_nlink > 1:  # another name in the root shares it: kept as a copy of its own
+                shutil.copy2(name, name + ".copy", follow_symlinks=False)
+                os.replace(name + ".copy", name)
+                st = os.lstat(name)
+            kept.append(self._version(version_id, entry.path, st, cached.get(entry.path), True, None))
         self.settle(kept)  # (then the delete's fsync of the parent directory)
         return kept
 
