@@ -9,6 +9,7 @@ new content that must travel.
 """
 
 import hashlib
+import struct
 
 import attrs
 from pyfastcdc import FastCDC
@@ -92,6 +93,33 @@ class BlockStream:
         done = [_hashed(held, offset, length, self._offset) for offset, length in self._chunker.cuts(held)]
         self._held, self._offset = b"", self._offset + len(held)
         return done
+
+
+#: One block in the compact form of a block list: its length (4 bytes, big-endian) and
+#: its raw SHA-256; offsets follow from the lengths.
+_ENTRY = struct.Struct(">I32s")
+ENTRY_SIZE = _ENTRY.size
+
+
+def encode_blocks(blocks) -> bytes:
+    """The compact form of a block list (36 bytes a block: 1.4 MiB for 10 GiB of
+    256 KiB blocks), for the index and the wire."""
+    return b"".join(_ENTRY.pack(block.length, bytes.fromhex(block.sha256)) for block in blocks)
+
+
+def decode_blocks(data, max_size: int = MAX_BLOCK, offset: int = 0) -> tuple:
+    """The block list of compact form ``data`` (a whole number of entries, each block
+    1 to ``max_size`` bytes long); its first block at ``offset`` (for a list read in
+    parts). ValueError for anything else."""
+    if len(data) % ENTRY_SIZE:
+        raise ValueError("a block list is a whole number of 36-byte entries")
+    blocks = []
+    for length, digest in _ENTRY.iter_unpack(data):
+        if not 0 < length <= max_size:
+            raise ValueError(f"a block of {length} bytes (1 to {max_size})")
+        blocks.append(Block(offset, length, digest.hex()))
+        offset += length
+    return tuple(blocks)
 
 
 @attrs.frozen

@@ -16,6 +16,8 @@ from quantum_sync.blocks import (
     Chunker,
     Reuse,
     Send,
+    decode_blocks,
+    encode_blocks,
     plan_delta,
     literals,
     rebuild,
@@ -121,3 +123,27 @@ def test_a_stream_holds_at_most_one_block_and_one_piece():
     for start in range(0, len(data), 4096):
         stream.feed(data[start:start + 4096])
         assert stream.held <= SMALL.max_size + 4096
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 20000), st.integers(0, 5))
+def test_the_compact_form_of_a_block_list_round_trips(seed, size, split):
+    blocks = SMALL.blocks(random_bytes(seed, size))
+    encoded = encode_blocks(blocks)
+    assert len(encoded) == 36 * len(blocks)
+    assert decode_blocks(encoded, SMALL.max_size) == blocks
+    cut = min(split, len(blocks))  # read in two parts
+    first = decode_blocks(encoded[:36 * cut], SMALL.max_size)
+    rest = decode_blocks(encoded[36 * cut:], SMALL.max_size, sum(b.length for b in first))
+    assert first + rest == blocks
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_decode_to_a_block_list_or_a_value_error(data):
+    try:
+        blocks = decode_blocks(data, 1280)
+    except ValueError:
+        return
+    assert encode_blocks(blocks) == data
+    assert all(0 < b.length <= 1280 for b in blocks)
