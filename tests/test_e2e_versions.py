@@ -13,28 +13,12 @@ from twisted.internet.threads import deferToThread
 
 from quantum_sync.config import VersionsConfig
 from quantum_sync.server.versions import AREA_NAME
-from support import HttpClient, start_server
-from test_e2e_sync import Clients, converged, log_to_stderr, read, server, tree, wait_for, write  # noqa: F401
-
-import pytest
+from support import http, start_server  # noqa: F401 (fixture)
+from test_e2e_sync import clients, converged, log_to_stderr, read, server, tree, wait_for, write  # noqa: F401
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def clients(reactor, tmp_path, log_to_stderr):  # noqa: F811
-    group = Clients(reactor, tmp_path)
-    yield group
-    pytest_twisted.blockon(defer.ensureDeferred(group.stop_all()))
-
-
-@pytest_twisted.async_yield_fixture
-async def http(reactor):
-    client = HttpClient(reactor)
-    yield client
-    await client.close()
 
 
 async def listing(http, server, path):
