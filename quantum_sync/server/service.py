@@ -1,7 +1,7 @@
 """The server as one MultiService: the table of contents of a running server.
 
-:func:`make_server_service` wires the store, index/journal, FileOperations, hub,
-metrics, authorizer, root watcher and one listener per listen entry.
+:func:`make_server_service` wires the store, index/journal, versions, FileOperations,
+hub, metrics, authorizer, root watcher and one listener per listen entry.
 """
 
 import time
