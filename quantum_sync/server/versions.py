@@ -40,6 +40,8 @@ AREA_NAME = "versions"
 PRUNE_INTERVAL = 3600.0
 #: The form of a version id (random, 96 bits, hex).
 _ID = re.compile(r"^[0-9a-f]{24}$")
+#: The names of the area's files: a version's id, or a copy being made of one.
+_AREA_FILE = re.compile(r"^[0-9a-f]{24}(\.copy)?$")
 COPY_CHUNK = 1024 * 1024
 DAY = 86400.0
 #: ``statfs`` numbers of the file systems that write metadata changes to one journal in
@@ -561,7 +563,7 @@ class Versions(Service):
             names, unrecorded = await self._blocking(self.area.listed)
             known = await self.index.interaction(_ids)
             due = self._clock.seconds() - self.policy.keep_days * DAY
-            orphans = {name for name, ctime in names.items() if _ID.match(name)
+            orphans = {name for name, ctime in names.items() if _AREA_FILE.match(name)
                        and (ctime < due or not self.policy.enabled)} - unrecorded - known - self._pruning
             if orphans:
                 await self._blocking(self.area.remove, orphans)
