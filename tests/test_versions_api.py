@@ -352,3 +352,24 @@ async def test_a_version_never_shares_its_inode_with_a_file_in_the_root(server, 
         with open(os.path.join(area(server), version["id"]), "rb") as f:
             assert f.read() == data
         assert version["hash"] == sha(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_and_an_upload_on_the_same_base_one_wins(server, http):
+    from twisted.internet import defer
+
+    await upload(http, server, "a.txt", b"one")
+    await upload(http, server, "a.txt", b"two")
+    (old,) = (await versions(http, server, "a.txt"))["versions"]
+    base = {"If-Match": f'"{sha(b"two")}"'}
+    racing = [defer.ensureDeferred(restore(http, server, expect=None, path="a.txt", id=old["id"], headers=base)),
+              defer.ensureDeferred(upload(http, server, "a.txt", b"three", expect=None, **{"If_Match": base["If-Match"]}))]
+    answers = await defer.gatherResults(racing)
+    codes = sorted("error" in answer for answer in answers)
+    assert codes == [False, True]  # exactly one applied, the other 412
+    refused = next(answer for answer in answers if "error" in answer)
+    assert refused["error"]["code"] == "PRECONDITION_FAILED"
+    winner = next(answer for answer in answers if "error" not in answer)
+    assert sha(read(server, "a.txt")) == winner["hash"]
+    kept = {v["hash"] for v in (await versions(http, server, "a.txt"))["versions"]}
+    assert kept | {winner["hash"]} >= {sha(b"one"), sha(b"two")}
