@@ -31,6 +31,7 @@ from quantum_sync.server.operations import check_client_id
 from quantum_sync.server.relay import RelayResource, Relays
 from quantum_sync.server.store import SPOOLS, BatchSpool, storage_error
 from quantum_sync.server.webui import secure_headers
+from quantum_sync.server.versions import parse_restore
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
@@ -222,9 +223,11 @@ class FileApi:
     app = Klein()
     log = Logger()
 
-    def __init__(self, operations, authorizer, reactor):
+    def __init__(self, operations, authorizer, reactor, versions=None):
         self.operations = operations
         self.authorizer = authorizer
+        #: :class:`~quantum_sync.server.versions.Versions`: /api/versions and /api/restore
+        self.versions = versions
         self._reactor = reactor
         self.relays = Relays(reactor, operations.hub)
 
@@ -308,9 +311,12 @@ class FileApi:
         await self._authorize(request, "read")
         rows = await self.operations.index.list_all()
         # One entry a file in the root: encoding an unbounded listing is a thread's work.
-        encoded = await deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(),
-            lambda: encode_json([metadata.to_json() for metadata, _ in rows]))
+        return await self._write_json_in_thread(request, lambda: [metadata.to_json() for metadata, _ in rows])
+
+    async def _write_json_in_thread(self, request, body_of):
+        """:func:`write_json` of ``body_of()``, built and encoded in a thread."""
+        encoded = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                          lambda: encode_json(body_of()))
         return write_json(request, None, encoded=encoded)
 
     @app.route("/api/metadata", methods=["GET"])
@@ -441,6 +447,35 @@ class FileApi:
         except SyncError as error:
             status = "conflict" if error.code == "CONFLICT" else "error"
             return {"status": status, "code": error.code, "message": error.message}
+
+    # -- versions and trash (quantum_sync.server.versions) ------------------------
+
+    @app.route("/api/versions", methods=["GET"])
+    async def list_versions(self, request):
+        """The kept versions of a file, and the deleted files below a folder (an empty
+        ``path``: below the root)."""
+        await self._authorize(request, "read")
+        source = client_id(request)
+        path = "" if request.args.get(b"path") == [b""] else self._path(request, source)
+        found = await self.versions.listing(path)
+        # a folder's trash may hold many: encoded in a thread, as a listing is
+        return await self._write_json_in_thread(
+            request, lambda: {"versions": [version.to_json() for version in found]})
+
+    @app.route("/api/restore", methods=["POST"])
+    async def restore(self, request):
+        """A kept version back at its path (or at ``to``), as an upload of it would be."""
+        await self._authorize(request, "write")
+        source = client_id(request)
+        if not self.operations.enable_upload:
+            raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+        wanted = parse_restore(await read_json_body(request, self._reactor))
+        path = self._locate(lambda: wanted.path, wanted.path, source, request)[0]
+        to = path if wanted.to is None else self._locate(lambda: wanted.to, wanted.to, source, request)[0]
+        metadata, _ = await self.versions.restore(
+            self.operations, path, wanted.id, to, source,
+            if_match=header(request, "If-Match"), if_none_match=header(request, "If-None-Match"))
+        return write_json(request, metadata.to_json())
 
     # -- batches of small files (quantum_sync.batch) ------------------------------
 

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS files (
     is_directory INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    source_client TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,6 +39,13 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+#: A file's row, with the client that wrote its content (kept when only its stat changed).
+UPSERT = (
+    "INSERT INTO files (path, is_directory, size, mtime_ns, hash, source_client) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(path) DO UPDATE SET is_directory = excluded.is_directory, size = excluded.size,"
+    " mtime_ns = excluded.mtime_ns, hash = excluded.hash, source_client = CASE WHEN"
+    " files.hash = excluded.hash THEN files.source_client ELSE excluded.source_client END")
 
 #: Paths looked up a query by :meth:`Index.get_many` (below SQLite's variable limit).
 LOOKUP_BATCH = 500
@@ -87,7 +95,7 @@ class Index(Service):
         self._opened = self._pool.runInteraction(self._create)
 
     def _create(self, txn) -> None:
-        txn.executescript(SCHEMA)
+        _create_schema(txn)
         txn.execute("SELECT value FROM meta WHERE key = 'journal_id'")
         row = txn.fetchone()
         if row is None:
@@ -112,6 +120,11 @@ class Index(Service):
         if self._pool is None:
             raise SyncError("SERVICE_UNAVAILABLE", "the server is shutting down")
         return self._pool
+
+    def interaction(self, function, *args):
+        """``function(txn, *args)`` in the index's thread, in one transaction (for the
+        tables other modules keep in the index, such as the versions)."""
+        return self._db.runInteraction(function, *args)
 
     # -- reads --------------------------------------------------------------------
 
@@ -177,12 +190,14 @@ class Index(Service):
 
     # -- writes ---------------------------------------------------------------------
 
-    async def record(self, upserts, removals, operation, source_client, timestamp):
+    async def record(self, upserts, removals, operation, source_client, timestamp, also=None):
         """In one transaction: update the cache (``upserts``: ``(FileMetadata, mtime_ns)``;
         ``removals``: paths removed with everything below them) and, when ``operation``
-        is given, append it to the journal. Returns the journal :class:`Change` or None."""
+        is given, append it to the journal. Returns the journal :class:`Change` or None.
+        ``also(txn)``, when given, runs first in the same transaction (it sees the rows
+        as they were)."""
         return await self._db.runInteraction(
-            self._record, upserts, removals, operation, source_client, timestamp)
+            _after(also, self._record), upserts, removals, operation, source_client, timestamp)
 
     async def record_many(self, items, source_client, timestamp) -> list:
         """Several :meth:`record` calls in one transaction; ``items`` holds
@@ -191,30 +206,30 @@ class Index(Service):
             [(upserts, removals, operation, source_client) for upserts, removals, operation in items],
             timestamp)
 
-    async def record_each(self, items, timestamp) -> list:
+    async def record_each(self, items, timestamp, also=None) -> list:
         """:meth:`record_many` with a source client per item: ``items`` holds
-        ``(upserts, removals, operation, source_client)``. Returns the Changes, in order."""
+        ``(upserts, removals, operation, source_client)``. Returns the Changes, in order.
+        ``also``: as for :meth:`record`."""
         def run(txn):
             changes = [self._record(txn, upserts, removals, operation, source_client, timestamp)
                        for upserts, removals, operation, source_client in items]
             return [change for change in changes if change is not None]
 
-        return await self._db.runInteraction(run)
+        return await self._db.runInteraction(_after(also, run))
 
-    async def rename(self, source: str, destination: str, operation, source_client, timestamp):
-        """Move the cached rows of ``source`` (and below) to ``destination`` and journal."""
+    async def rename(self, source: str, destination: str, operation, source_client, timestamp,
+                     also=None):
+        """Move the cached rows of ``source`` (and below) to ``destination`` and journal;
+        ``also``: as for :meth:`record`."""
         return await self._db.runInteraction(
-            self._rename, source, destination, operation, source_client, timestamp)
+            _after(also, self._rename), source, destination, operation, source_client, timestamp)
 
     def _record(self, txn, upserts, removals, operation, source_client, timestamp):
         for path in removals:
             txn.execute("DELETE FROM files WHERE path = ? OR path LIKE ? ESCAPE '\\'",
                         (path, _escape_like(path) + "/%"))
-        txn.executemany(
-            "INSERT OR REPLACE INTO files (path, is_directory, size, mtime_ns, hash)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(m.path, int(m.is_directory), m.size, mtime_ns, m.hash) for m, mtime_ns in upserts],
-        )
+        txn.executemany(UPSERT, [(m.path, int(m.is_directory), m.size, mtime_ns, m.hash, source_client)
+                                 for m, mtime_ns in upserts])
         return self._journal(txn, operation, source_client, timestamp)
 
     def _rename(self, txn, source, destination, operation, source_client, timestamp):
@@ -238,6 +253,25 @@ class Index(Service):
         if seq > self.retention:
             txn.execute("DELETE FROM journal WHERE seq <= ?", (seq - self.retention,))
         return Change(seq, operation, source_client, timestamp, text)
+
+
+def _after(also, function):
+    """``function`` of a transaction, run after ``also(txn)`` when ``also`` is given."""
+    if also is None:
+        return function
+
+    def run(txn, *args):
+        also(txn)
+        return function(txn, *args)
+
+    return run
+
+
+def _create_schema(txn) -> None:
+    txn.executescript(SCHEMA)
+    txn.execute("PRAGMA table_info(files)")
+    if "source_client" not in [row[1] for row in txn.fetchall()]:  # an index made before it
+        txn.execute("ALTER TABLE files ADD COLUMN source_client TEXT NOT NULL DEFAULT ''")
 
 
 def _head(txn) -> int:

@@ -20,6 +20,7 @@ from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
 from quantum_sync.server.store import DiskEntry, NamelessTemp, RecentBodies, fsync_directory, storage_error
+from quantum_sync.server.versions import KeepNothing
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).
 DISK_SOURCE = "server"
@@ -147,10 +148,12 @@ class FileOperations:
 
     log = Logger()
 
-    def __init__(self, store, index, hub, reactor, enable_upload: bool):
+    def __init__(self, store, index, hub, reactor, enable_upload: bool, versions=None):
         self.store = store
         self.index = index
         self.hub = hub
+        #: where replaced and deleted files are kept (:mod:`quantum_sync.server.versions`)
+        self.versions = versions or KeepNothing()
         self.enable_upload = enable_upload
         self._reactor = reactor
         self._lock = DeferredLock()
@@ -189,9 +192,9 @@ class FileOperations:
         """Wait until no operation is in progress."""
         await self._locked(_nothing)
 
-    async def _journal(self, operation, source_client, upserts=(), removals=()):
+    async def _journal(self, operation, source_client, upserts=(), removals=(), also=None):
         change = await self.index.record(list(upserts), list(removals), operation,
-                                         source_client, now())
+                                         source_client, now(), also)
         if change is not None:
             self._published(change)
         return change
@@ -270,8 +273,17 @@ class FileOperations:
     async def _delete(self, operation: Delete, source_client):
         if await self._thread(self.store.entry, operation.path) is None:
             raise SyncError("NOT_FOUND", f"{operation.path} does not exist")
-        await self._thread(self.store.remove, operation.path)
-        return await self._journal(operation, source_client, removals=[operation.path])
+        rows = await self.index.list_under(operation.path) if self.versions.enabled else []
+        kept = await self._thread(self.versions.trash, operation.path, rows)
+        try:
+            await self._thread(self.store.remove, operation.path)
+        except BaseException:
+            if kept:  # moved out of the root already: kept as versions of a partial delete
+                await self.index.record([], [], None, "", "", self.versions.recorder(kept))
+                self._reactor.callLater(0, self._refresh_quietly, [operation.path])
+            raise
+        return await self._journal(operation, source_client, removals=[operation.path],
+                                   also=self.versions.recorder(kept))
 
     async def _move(self, operation: Move, source_client):
         source, destination = operation.source, operation.destination
@@ -283,7 +295,8 @@ class FileOperations:
             raise SyncError("CONFLICT", f"{destination} already exists")
         created = await self._thread(self.store.move, source, destination)
         await self._record_directories(created)
-        change = await self.index.rename(source, destination, operation, source_client, now())
+        change = await self.index.rename(source, destination, operation, source_client, now(),
+                                         self.versions.rekey(source, destination))
         self._published(change)
         return change
 
@@ -370,16 +383,17 @@ class FileOperations:
         cached = await self.index.get_many({waiting.path for waiting in batch})
         installed = await self._thread(self._install_all, batch, cached)
         outcomes = [None] * len(batch)
-        items, journalled = [], []
+        items, journalled, kept = [], [], []
         for position, result in enumerate(installed):
             if isinstance(result, SyncError):
                 outcomes[position] = Failure(result)
                 continue
-            current, stored, directories, _ = result
+            current, stored, directories, _, version = result
             operation = (Update if current is not None else Create)(stored[0])
             items.append((directories + [stored], [], operation, batch[position].source_client))
             journalled.append(position)
-        changes = await self.index.record_each(items, now()) if items else []
+            kept.append(version)
+        changes = await self.index.record_each(items, now(), self.versions.recorder(kept)) if items else []
         with self.hub.burst():  # the group's broadcasts in one write per subscriber
             for position, change in zip(journalled, changes):
                 self._published(change)
@@ -396,8 +410,8 @@ class FileOperations:
     def _install_all(self, batch, cached) -> list:
         """The blocking part of :meth:`_install_uploads`: per upload, in order, a
         SyncError or ``(current, stored, created directories, (st_ino, st_size,
-        st_mtime_ns))``; an upload sees the ones before it in the batch as the current
-        state of its path.
+        st_mtime_ns), the replaced file's Version or None)``; an upload sees the ones
+        before it in the batch as the current state of its path.
 
         In three passes, so that the disk's journal commits once for many files rather
         than once per file: every precondition is checked (in order), then the bodies held
@@ -421,7 +435,7 @@ class FileOperations:
             results.append(current)
         in_memory = [p for p, w in enumerate(batch) if w.temp_path is None and not isinstance(results[p], SyncError)]
         staged = dict(zip(in_memory, self.store.stage_many([batch[p].body for p in in_memory])))
-        broken, synced_by, state = set(), {}, {}
+        broken, synced_by, state, authors = set(), {}, {}, {}
         for position, waiting in enumerate(batch):
             current, path = results[position], waiting.path
             if isinstance(current, SyncError):
@@ -430,11 +444,14 @@ class FileOperations:
                 current = state[path]  # an earlier upload of the batch, installed just now
             try:
                 temp, temp_stat = self._staged_for(waiting, staged.get(position))
+                version = None
                 try:
                     if path in broken:  # an earlier upload of this path failed: this one was based on it
                         raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
+                    version = self.versions.keep_replaced(path, current, authors.get(path))
                     created, target = self.store.install_staged(temp, temp_stat, path)
                 except BaseException:
+                    self.versions.discard(version)
                     if waiting.temp_path is None:
                         self.store.discard(temp)
                     raise
@@ -447,15 +464,16 @@ class FileOperations:
                 broken.add(path)
                 results[position] = error if isinstance(error, SyncError) else storage_error(error)
                 continue
-            state[path] = _metadata(entry, waiting.sha256)
+            state[path], authors[path] = _metadata(entry, waiting.sha256), waiting.source_client
             st_key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
-            results[position] = (current, state[path], directories, st_key)
+            results[position] = (current, state[path], directories, st_key, version)
         for directory, positions in synced_by.items():
             try:
                 fsync_directory(directory)
             except OSError as error:
                 for position in positions:
                     results[position] = storage_error(error)
+        self.versions.settle([r[4] for r in results if isinstance(r, tuple) and len(r) == 5 and r[4]])
         return results
 
     def _staged_for(self, waiting, staged) -> tuple:

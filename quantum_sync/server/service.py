@@ -1,7 +1,7 @@
 """The server as one MultiService: the table of contents of a running server.
 
-:func:`make_server_service` wires the store, index/journal, FileOperations, hub,
-metrics, authorizer, root watcher and one listener per listen entry.
+:func:`make_server_service` wires the store, index/journal, versions, FileOperations,
+hub, metrics, authorizer, root watcher and one listener per listen entry.
 """
 
 import os
@@ -22,6 +22,7 @@ from quantum_sync.server.operations import FileOperations
 from quantum_sync.server.rootwatch import RootWatcher
 from quantum_sync.server.site import build_site
 from quantum_sync.server.store import Store
+from quantum_sync.server.versions import VersionArea, Versions
 
 
 class ListenerService(Service):
@@ -114,7 +115,7 @@ class ServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor, datasync=os.fdatasync):
+    def __init__(self, config, reactor, datasync=os.fdatasync, clock=None):
         super().__init__()
         handler = config.handler
         self.config = config
@@ -134,9 +135,13 @@ class ServerService(MultiService):
                        journal_id=lambda: self.index.journal_id)
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub)
+        # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
+        area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
+        self.versions = Versions(area, self.index, handler.versions, reactor, clock)
+        self.versions.setServiceParent(self)
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
-                                         handler.enable_upload)
-        self.api = FileApi(self.operations, self.authorizer, reactor)
+                                         handler.enable_upload, area)
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
         self.watcher = RootWatcher(self.store.root, self.operations, reactor)
         self.watcher.setServiceParent(self)
         self.listeners = []
@@ -159,6 +164,7 @@ class ServerService(MultiService):
 
     async def _reconcile(self):
         await self.index.open()
+        await self.versions.open()
         await self.operations.refresh(None)
 
     def when_ready(self) -> Deferred:

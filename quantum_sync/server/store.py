@@ -734,7 +734,7 @@ class Store:
         target = self.resolve(path)
         if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target)
-        else:
+        elif os.path.lexists(target):  # else moved to the versions area already
             os.unlink(target)
         fsync_directory(os.path.dirname(target))
 
