@@ -137,7 +137,8 @@ class ServerService(MultiService):
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload)
         self.api = FileApi(self.operations, self.authorizer, reactor)
-        self.watcher = RootWatcher(self.store.root, self.operations, reactor)
+        self.watcher = RootWatcher(self.store.root, self.operations, reactor,
+                                   rescan_interval=handler.rescan_interval, metrics=self.metrics)
         self.watcher.setServiceParent(self)
         self.listeners = []
         for listener in config.listeners:
