@@ -180,6 +180,7 @@ class ServerService(MultiService):
                 await self._ready
             except Exception:
                 self.log.failure("start-up reconcile failed")
+        self.operations.close()
         await self.operations.idle()
         self.index.stopService()
 

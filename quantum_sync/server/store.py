@@ -22,7 +22,8 @@ import threading
 import attrs
 
 from quantum_sync import paths
-from quantum_sync.diskio import Budget, NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory, sha256_file
+from quantum_sync.diskio import (CHUNK, Budget, NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory,
+                                 open_regular, sha256_file)
 from quantum_sync.errors import SyncError
 
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
@@ -557,6 +558,24 @@ class Store:
     def hash(self, path: str) -> str:
         return sha256_file(self.resolve(path), follow_symlinks=False)
 
+    def hash_if_unchanged(self, entry: DiskEntry) -> str | None:
+        """The SHA-256 of the file ``entry`` describes, or None when the file is not that
+        one any more: its size or mtime differ before or after hashing, or its name
+        leads to another file afterwards (it changed while being hashed)."""
+        absolute = self.resolve(entry.path)
+        fd, before = open_regular(absolute, follow_symlinks=False)
+        with open(fd, "rb") as f:
+            if (before.st_size, before.st_mtime_ns) != (entry.size, entry.mtime_ns):
+                return None
+            digest = hashlib.sha256()
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+            after = os.fstat(fd)
+        now = os.lstat(absolute)
+        if _stat_key(after) != _stat_key(before) or _stat_key(now) != _stat_key(before):
+            return None
+        return digest.hexdigest()
+
     def make_parents(self, path: str) -> list:
         """Create the missing parent directories of ``path``; returns those created.
         Raises CONFLICT when an ancestor is a file."""
@@ -764,6 +783,11 @@ def _child_path(prefix: str, name: str) -> str | None:
         return None if name == paths.STATE_DIR_NAME else name
     rel = f"{prefix}/{name}"
     return rel if len(rel) <= paths.MAX_PATH_BYTES else None
+
+
+def _stat_key(st) -> tuple:
+    """What says a file is still the same version: inode, size, mtime and ctime."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _entry(path: str, st) -> DiskEntry | None:
