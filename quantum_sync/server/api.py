@@ -59,7 +59,7 @@ def write_json(request, body, status: int = 200, encoded: bytes = None) -> bytes
 
 
 def write_error(request, error: SyncError) -> bytes:
-    if error.code == "RATE_LIMIT_EXCEEDED" and "retryAfter" in error.extra:
+    if "retryAfter" in error.extra:
         request.setHeader(b"Retry-After", str(int(error.extra["retryAfter"] + 0.999)).encode())
     return write_json(request, error.to_json(), error.status)
 
@@ -240,8 +240,13 @@ class FileApi:
             self.relays.offer(spool, path, expected, length, source)
 
     async def _authorize(self, request, role: str):
+        """Authorize ``request`` for ``role``, then wait until the index is trusted after
+        a start (every route that reads or changes files comes here; see
+        :meth:`FileOperations.wait_ready`)."""
         answer = self.authorizer.authorize_request(request, role)
-        return (await answer) if isinstance(answer, Deferred) else answer
+        identity = (await answer) if isinstance(answer, Deferred) else answer
+        await self.operations.wait_ready()
+        return identity
 
     def _path(self, request, source_client: str) -> str:
         """The validated ``path`` query parameter, resolved inside the root."""

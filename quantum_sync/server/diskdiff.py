@@ -10,23 +10,39 @@ from quantum_sync import paths
 from quantum_sync.protocol import Create, Delete, FileMetadata, Update
 
 
-def metadata_of(entry, digest: str) -> tuple:
-    """``(FileMetadata, mtime_ns)`` of a disk entry (:class:`~quantum_sync.server.store.DiskEntry`)
+class Row(tuple):
+    """An index row as ``(FileMetadata, mtime_ns)``, and the inode and ctime of the file
+    it was recorded from (:attr:`ino`, :attr:`ctime_ns`; 0 where unknown): a file
+    replaced, or rewritten with its mtime put back, keeps size and mtime but not both
+    of these (and two writes in one tick of a coarse clock share an mtime)."""
+
+    def __new__(cls, metadata, mtime_ns: int, ino: int = 0, ctime_ns: int = 0):
+        row = super().__new__(cls, (metadata, mtime_ns))
+        row.ino, row.ctime_ns = ino, ctime_ns
+        return row
+
+
+def metadata_of(entry, digest: str) -> Row:
+    """The :class:`Row` of a disk entry (:class:`~quantum_sync.server.store.DiskEntry`)
     with its content hash."""
     metadata = FileMetadata(entry.path, entry.size, entry.mtime_ns / 1e9,
                             "" if entry.is_directory else digest, entry.is_directory)
-    return metadata, entry.mtime_ns
+    return Row(metadata, entry.mtime_ns, entry.ino, entry.ctime_ns)
 
 
 def matches(cached, entry) -> bool:
-    """True when index row ``cached`` (``(FileMetadata, mtime_ns)`` or None) still
-    describes disk entry ``entry`` (or None): no rehash needed."""
+    """True when index row ``cached`` (a :class:`Row`, a plain ``(FileMetadata,
+    mtime_ns)`` pair, or None) still describes disk entry ``entry`` (or None): no rehash
+    needed. Size and mtime must agree, and inode and ctime where both sides know them."""
     if cached is None or entry is None:
         return False
     metadata, mtime_ns = cached
     if metadata.is_directory or entry.is_directory:
         return metadata.is_directory == entry.is_directory
-    return metadata.size == entry.size and mtime_ns == entry.mtime_ns
+    if metadata.size != entry.size or mtime_ns != entry.mtime_ns:
+        return False
+    ino, ctime_ns = getattr(cached, "ino", 0), getattr(cached, "ctime_ns", 0)
+    return not (ino and entry.ino) or (ino, ctime_ns) == (entry.ino, entry.ctime_ns)
 
 
 def stale_files(rows: dict, found: dict) -> list:

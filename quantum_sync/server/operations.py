@@ -11,7 +11,8 @@ import queue
 import threading
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,6 +33,9 @@ UPLOAD_BATCH = 256
 #: when it has at least this many bytes (a smaller one is hashed at once: a write caught
 #: half-way is noticed by the re-check after hashing, and its next event follows).
 QUIET_SECONDS, QUIET_SIZE = 1.0, 1024 * 1024
+#: Seconds a request waits while the server checks its files at start; then it is
+#: refused, told to come back after RETRY_AFTER seconds (``Retry-After``).
+READY_WAIT, RETRY_AFTER = 5.0, 1
 
 
 MAX_CLIENT_ID = 200
@@ -59,6 +63,10 @@ def etag_value(header) -> str | None:
 
 async def _nothing():
     return None
+
+
+def _stat_key(entry: DiskEntry) -> tuple:
+    return entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns
 
 
 def _goes_on(result) -> bool:
@@ -171,6 +179,51 @@ class FileOperations:
         self.quiet_seconds, self.quiet_size = QUIET_SECONDS, QUIET_SIZE
         self._later = set()  # paths whose refresh waits for them to be quiet
         self._later_calls = []
+        #: False until :meth:`recover` has looked at the uploads a crash interrupted:
+        #: until then the index may describe files that were replaced (see wait_ready).
+        self.ready = False
+        self._ready_waiters = []
+        #: Seconds a request waits for :attr:`ready` before it is refused.
+        self.ready_wait = READY_WAIT
+
+    def when_ready(self) -> Deferred:
+        """Fires once :attr:`ready`."""
+        if self.ready:
+            return succeed(None)
+        waiter = Deferred()
+        self._ready_waiters.append(waiter)
+        return waiter
+
+    async def wait_ready(self) -> None:
+        """Return once :attr:`ready`; SERVICE_UNAVAILABLE (with ``retryAfter``) when that
+        takes more than :attr:`ready_wait` seconds."""
+        if self.ready:
+            return
+        try:
+            await self.when_ready().addTimeout(self.ready_wait, self._reactor)
+        except defer.TimeoutError:
+            raise SyncError("SERVICE_UNAVAILABLE", "the server is checking its files after a"
+                            " restart; try again in a moment", retryAfter=RETRY_AFTER) from None
+
+    def _set_ready(self) -> None:
+        self.ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            if not waiter.called:  # (timed out meanwhile)
+                waiter.callback(None)
+
+    async def recover(self) -> None:
+        """At start, once the index is open: bring in line first the paths whose uploads
+        were intended and never journalled (a crash between their rename and their
+        journal entry), then answer requests (:attr:`ready`). The full comparison of the
+        root with the index follows (``refresh(None)``), while requests are answered."""
+        self.head = max(self.head, await self.index.head())
+        intents = await self.index.intents()
+        if intents:
+            self.log.info("looking at {count} upload(s) interrupted by a stop", count=len(intents))
+            await self.refresh(paths.outermost(intents), settle=False)
+            await self.index.forget_intents(intents)
+        self._set_ready()
 
     def _thread(self, function, *args):
         """Run blocking ``function`` for work done under the lock: on a thread of its
@@ -257,6 +310,7 @@ class FileOperations:
         """
         self._check_writable()
         check_client_id(source_client)
+        await self.wait_ready()
         try:
             for path in operation.paths:
                 self.store.resolve(path)
@@ -295,6 +349,12 @@ class FileOperations:
         await self._record_directories(created)
         change = await self.index.rename(source, destination, operation, source_client, now())
         self._published(change)
+        moved = await self._thread(self.store.entry, destination)
+        row = await self.index.get(destination)
+        if moved is not None and not moved.is_directory and row is not None and not matches(row, moved) \
+                and (row[0].size, row[1], row.ino) == (moved.size, moved.mtime_ns, moved.ino):
+            # the rename changed the file's ctime, not its content: keep the row current
+            await self.index.record([metadata_of(moved, row[0].hash)], [], None, "", "")
         return change
 
     async def _record_directories(self, created):
@@ -396,7 +456,8 @@ class FileOperations:
         order (one thread call), fsync each touched directory once, journal them in one
         transaction and publish in seq order. Returns per upload ``(FileMetadata,
         Change)`` or a Failure."""
-        cached = await self.index.get_many({waiting.path for waiting in batch})
+        targets = sorted({waiting.path for waiting in batch})
+        cached = await self.index.get_many_intending(targets)  # durable before any rename
         installed = await self._thread(self._install_all, batch, cached)
         outcomes = [None] * len(batch)
         items, journalled = [], []
@@ -411,7 +472,7 @@ class FileOperations:
             operation = (Update if current is not None else Create)(stored[0])
             items.append((directories + [stored], [], operation, batch[position].source_client))
             journalled.append(position)
-        changes = await self.index.record_each(items, now()) if items else []
+        changes = await self.index.record_each(items, now(), done_intents=targets)
         with self.hub.burst():  # the group's broadcasts in one write per subscriber
             for position, change in zip(journalled, changes):
                 self._published(change)
@@ -483,7 +544,10 @@ class FileOperations:
                 if isinstance(temp, NamelessTemp):
                     self.store.discard(temp)  # linked in place: close it
                 synced_by.setdefault(os.path.dirname(target), []).append(position)
-                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns)
+                placed = os.lstat(target)  # the link or rename changed its ctime
+                ctime_ns = placed.st_ctime_ns if placed.st_ino == temp_stat.st_ino else 0
+                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns,
+                                  temp_stat.st_ino, ctime_ns)
                 directories = [metadata_of(d, "") for d in map(self.store.entry, created) if d]
             except (SyncError, OSError) as error:
                 broken.add(path)
@@ -543,7 +607,7 @@ class FileOperations:
             rows = await self.index.list_all()
         else:
             rows = [row for top in tops for row in await self.index.list_under(top)]
-        return {m.path: (m, mtime) for m, mtime in rows}
+        return {row[0].path: row for row in rows}
 
     def _settling(self, stale, found) -> tuple:
         """``(to hash now, still being written)``: a large file written within
@@ -609,7 +673,7 @@ class FileOperations:
             elif expected.is_directory or now.is_directory:
                 same = expected.is_directory == now.is_directory
             else:
-                same = (now.size, now.mtime_ns) == (expected.size, expected.mtime_ns)
+                same = _stat_key(now) == _stat_key(expected)
             if same:
                 kept.append(item)
         return kept

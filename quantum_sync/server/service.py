@@ -114,7 +114,7 @@ class ServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor, datasync=os.fdatasync):
+    def __init__(self, config, reactor, datasync=os.fdatasync, store=None):
         super().__init__()
         handler = config.handler
         self.config = config
@@ -122,7 +122,8 @@ class ServerService(MultiService):
         #: The background sync of large upload bodies (a seam for injected disk faults).
         self.datasync = datasync
         self.started = time.time()
-        self.store = Store(handler.root)
+        #: ``store``: a :class:`Store` of ``handler.root`` given by the caller (tests)
+        self.store = Store(handler.root) if store is None else store
         try:
             self.store.prepare()
         except (OSError, ValueError) as e:
@@ -160,10 +161,12 @@ class ServerService(MultiService):
 
     async def _reconcile(self):
         await self.index.open()
+        await self.operations.recover()
         await self.operations.refresh(None)
 
     def when_ready(self) -> Deferred:
-        """Fires once the index is open and reconciled with the disk."""
+        """Fires once the index is open and reconciled with the disk (requests are
+        answered a little earlier: :meth:`FileOperations.recover`)."""
         return self._ready
 
     def stopService(self):

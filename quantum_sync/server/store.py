@@ -68,6 +68,9 @@ class DiskEntry:
     is_directory: bool
     size: int
     mtime_ns: int
+    #: inode and ctime (0: unknown), compared with an index row's, not between entries
+    ino: int = attrs.field(default=0, eq=False)
+    ctime_ns: int = attrs.field(default=0, eq=False)
 
 
 def storage_error(error: OSError) -> SyncError:
@@ -794,5 +797,5 @@ def _entry(path: str, st) -> DiskEntry | None:
     if stat.S_ISDIR(st.st_mode):
         return DiskEntry(path, True, 0, st.st_mtime_ns)
     if stat.S_ISREG(st.st_mode):
-        return DiskEntry(path, False, st.st_size, st.st_mtime_ns)
+        return DiskEntry(path, False, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     return None
