@@ -144,6 +144,14 @@ class _WaitingUpload:
     temp_stat: object = None
     #: group commits that sent it back because its target was a large stale file
     attempts: int = 0
+    #: the temp file is the operations' to release when the upload is refused
+    release_temp: bool = False
+
+    @property
+    def owns_temp(self) -> bool:
+        """True when the group commit releases this upload's temp file if not installed
+        (a body written by the commit itself, or one handed over)."""
+        return self.temp_path is None or self.release_temp
 
 
 class _StaleTarget(Exception):
@@ -378,7 +386,7 @@ class FileOperations:
         return await self._journal(type(operation)(current[0]), source_client, upserts=[current])
 
     async def upload(self, path: str, tempfile, sha256, size, source_client: str,
-                     if_match=None, if_none_match=None):
+                     if_match=None, if_none_match=None, release_temp: bool = False):
         """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
         hashing to ``sha256``, already fsynced, a MemorySpool whose body is written and
         fsynced by the group commit, or anything with the ``path`` of a finished temp
@@ -392,13 +400,22 @@ class FileOperations:
         Uploads that arrive while the lock is held are installed together (group
         commit, see :meth:`_install_uploads`); each is answered once its rename, the
         fsync of its directory and its journal entry are done.
+
+        ``release_temp``: the finished temp file is the operations' from this call on
+        (installed, or released when refused), so its caller never touches it again,
+        even if it stops waiting for the answer.
         """
-        self._check_writable()
-        check_client_id(source_client)
+        try:
+            self._check_writable()
+            check_client_id(source_client)
+        except SyncError:
+            if release_temp:
+                await self._thread(self.store.discard, tempfile.path)
+            raise
         body = getattr(tempfile, "body", None)  # kept for the downloads that follow
         waiting = _WaitingUpload(path, tempfile.path, body, sha256, source_client,
                                  etag_value(if_match), if_none_match, Deferred(),
-                                 getattr(tempfile, "stat", None))
+                                 getattr(tempfile, "stat", None), release_temp=release_temp)
         self._uploads.append(waiting)
         self._start_installing()
         return await waiting.answer
@@ -425,6 +442,7 @@ class FileOperations:
                     # files may be in place without their journal entries (and the root
                     # watcher skips the server's own installs): compare them with the disk
                     self._reactor.callLater(0, self._refresh_quietly, [w.path for w in batch])
+                    await self._thread(self._release_temps, [w for w in batch if w.release_temp])
                 finally:
                     self._lock.release()
                 again = []
@@ -528,17 +546,24 @@ class FileOperations:
         for position, waiting in enumerate(batch):
             current, path = results[position], waiting.path
             if not _goes_on(current):
+                if current is not _StaleTarget and waiting.release_temp:
+                    self.store.discard(waiting.temp_path)  # refused: its staged file goes
                 continue
             if path in state:
                 current = state[path]  # an earlier upload of the batch, installed just now
             try:
-                temp, temp_stat = self._staged_for(waiting, staged.get(position))
+                try:
+                    temp, temp_stat = self._staged_for(waiting, staged.get(position))
+                except (SyncError, OSError):
+                    if waiting.release_temp:
+                        self.store.discard(waiting.temp_path)
+                    raise
                 try:
                     if path in broken:  # an earlier upload of this path failed: this one was based on it
                         raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
                     created, target = self.store.install_staged(temp, temp_stat, path)
                 except BaseException:
-                    if waiting.temp_path is None:
+                    if waiting.owns_temp:
                         self.store.discard(temp)
                     raise
                 if isinstance(temp, NamelessTemp):
@@ -563,6 +588,12 @@ class FileOperations:
                 for position in positions:
                     results[position] = storage_error(error)
         return results
+
+    def _release_temps(self, uploads) -> None:
+        """Release the temp files of ``uploads`` (an installed one is gone already:
+        releasing it does nothing)."""
+        for waiting in uploads:
+            self.store.discard(waiting.temp_path)
 
     def _staged_for(self, waiting, staged) -> tuple:
         """``(temp, stat)`` of an upload ready to install: its body written by

@@ -672,6 +672,11 @@ class Store:
             raise
         return fd, name, st
 
+    @property
+    def held_temps(self) -> int:
+        """Descriptors held by staged nameless files now (each until its release)."""
+        return self._held.held
+
     def discard(self, temp) -> None:
         """Release a temp :meth:`stage_many` returned (after its install, or instead of it);
         releasing one again does nothing."""
