@@ -62,7 +62,7 @@ def write_json(request, body, status: int = 200, encoded: bytes = None) -> bytes
 
 
 def write_error(request, error: SyncError) -> bytes:
-    if error.code == "RATE_LIMIT_EXCEEDED" and "retryAfter" in error.extra:
+    if "retryAfter" in error.extra:
         request.setHeader(b"Retry-After", str(int(error.extra["retryAfter"] + 0.999)).encode())
     return write_json(request, error.to_json(), error.status)
 
@@ -255,7 +255,12 @@ class FileApi:
             self.relays.offer(spool, path, expected, length, source)
 
     async def _authorize(self, request, role: str):
-        return self.authorizer.authorize_request(request, role)
+        """Authorize ``request`` for ``role``, then wait until the index is trusted after
+        a start (every route that reads or changes files comes here; see
+        :meth:`FileOperations.wait_ready`)."""
+        identity = self.authorizer.authorize_request(request, role)
+        await self.operations.wait_ready()
+        return identity
 
     def _path(self, request, source_client: str) -> str:
         """The validated ``path`` query parameter, resolved inside the root."""
@@ -491,19 +496,29 @@ class FileApi:
             if not self.operations.enable_upload:
                 raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
             limit = request.channel.site.max_upload_size if request.channel else None
-            items = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                            self._take_apart, content, limit)
-        finally:
-            if isinstance(content, SPOOLS):
-                content.close()
-        left = []  # temp files of uploads that were refused
-        outcomes = await _each([self._batch_upload_one(item, data, source, request, left)
+            taking = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                       self._take_apart, content, limit)
+        except BaseException:
+            _close_spool(content)
+            raise
+        # the body is the thread's until it is done, whatever happens to the request
+        taking.addBoth(lambda result: _close_spool(content) or result)
+        try:
+            items = await _shielded(taking)
+        except CancelledError:  # the client went away: its staged files are released
+            taking.addCallbacks(self._discard_staged, lambda failure: None)
+            raise
+        # each staged file belongs to the operations from here on (release_temp)
+        outcomes = await _each([self._batch_upload_one(item, data, source, request)
                                 for item, data in items])
-        if left:  # gone before the answer: nothing of a refused file stays behind
-            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                    lambda: [self.operations.store.discard(name) for name in left])
         return write_json(request, {"results": [batch.result_json(o) for o in outcomes],
                                     "cursor": self.operations.head})
+
+    def _discard_staged(self, items) -> Deferred:
+        """Release the staged files of a batch nobody will upload (in a thread)."""
+        staged = [data.path for _, data in items if isinstance(data, _StagedBody)]
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                 lambda: [self.operations.store.discard(temp) for temp in staged])
 
     def _take_apart(self, content, limit) -> list:
         """Blocking: ``(UploadItem, its staged body or its SyncError)`` per file of a batch
@@ -539,20 +554,17 @@ class FileApi:
                                else _StagedBody(*outcome, data))
         return taken
 
-    async def _batch_upload_one(self, item, staged, source: str, request, left: list):
-        """One file of an upload batch: its FileMetadata as stored, or its SyncError
-        (then its temp file goes into ``left``)."""
+    async def _batch_upload_one(self, item, staged, source: str, request):
+        """One file of an upload batch: its FileMetadata as stored, or its SyncError. Its
+        staged file is the operations' to install or release from the call on, whatever
+        happens to this request."""
         if isinstance(staged, SyncError):
             if staged.code == "INVALID_PATH":
                 self.operations.reject_path(item.path, staged, source, _address(request))
             return staged
-        try:
-            metadata, _ = await self.operations.upload(
-                item.path, staged, item.sha256, item.size, source,
-                if_match=item.if_match, if_none_match=item.if_none_match)
-        except BaseException:
-            left.append(staged.path)
-            raise
+        metadata, _ = await self.operations.upload(
+            item.path, staged, item.sha256, item.size, source,
+            if_match=item.if_match, if_none_match=item.if_none_match, release_temp=True)
         return metadata
 
     @app.route("/api/batch/download", methods=["POST"])
@@ -673,11 +685,33 @@ async def _each(coroutines) -> list:
     answers = await DeferredList([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
     outcomes = []
     for succeeded, value in answers:
+        if not succeeded and value.check(CancelledError):  # the client went away
+            raise CancelledError()
         if not succeeded and not value.check(SyncError):
             FileApi.log.failure("unhandled error in a batch item", value)
             value = Failure(SyncError("INTERNAL_ERROR", "internal server error"))
         outcomes.append(value if succeeded else value.value)
     return outcomes
+
+
+def _close_spool(content) -> None:
+    if isinstance(content, SPOOLS):
+        content.close()
+
+
+def _shielded(work: Deferred) -> Deferred:
+    """A Deferred firing with ``work``'s result; cancelling it leaves ``work`` running,
+    and callbacks added to ``work`` afterwards get the result."""
+    shield = Deferred()
+
+    def relay(result):
+        if shield.called:  # cancelled: the result stays on work's chain
+            return result
+        shield.callback(result)
+        return None
+
+    work.addBoth(relay)
+    return shield
 
 
 @attrs.frozen

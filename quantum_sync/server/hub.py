@@ -321,6 +321,8 @@ class Hub(Service):
             "average_response_time": self.metrics.average_response_time(),
             "storage": self.storage(),
             "journal_head": self.journal_head(),
+            "events_lost": self.metrics.events_lost,
+            "rescans": self.metrics.rescans,
         }
 
     def status(self) -> dict:

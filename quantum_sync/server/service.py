@@ -115,7 +115,7 @@ class ServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor, datasync=os.fdatasync, clock=None):
+    def __init__(self, config, reactor, datasync=os.fdatasync, store=None, clock=None):
         super().__init__()
         handler = config.handler
         self.config = config
@@ -123,7 +123,8 @@ class ServerService(MultiService):
         #: The background sync of large upload bodies (a seam for injected disk faults).
         self.datasync = datasync
         self.started = time.time()
-        self.store = Store(handler.root)
+        #: ``store``: a :class:`Store` of ``handler.root`` given by the caller (tests)
+        self.store = Store(handler.root) if store is None else store
         try:
             self.store.prepare()
         except (OSError, ValueError) as e:
@@ -142,7 +143,8 @@ class ServerService(MultiService):
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area)
         self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
-        self.watcher = RootWatcher(self.store.root, self.operations, reactor)
+        self.watcher = RootWatcher(self.store.root, self.operations, reactor,
+                                   rescan_interval=handler.rescan_interval, metrics=self.metrics)
         self.watcher.setServiceParent(self)
         self.listeners = []
         for listener in config.listeners:
@@ -165,10 +167,12 @@ class ServerService(MultiService):
     async def _reconcile(self):
         await self.index.open()
         await self.versions.open()
+        await self.operations.recover()
         await self.operations.refresh(None)
 
     def when_ready(self) -> Deferred:
-        """Fires once the index is open and reconciled with the disk."""
+        """Fires once the index is open and reconciled with the disk (requests are
+        answered a little earlier: :meth:`FileOperations.recover`)."""
         return self._ready
 
     def stopService(self):
@@ -185,6 +189,7 @@ class ServerService(MultiService):
                 await self._ready
             except Exception:
                 self.log.failure("start-up reconcile failed")
+        self.operations.close()
         await self.operations.idle()
         self.index.stopService()
 
