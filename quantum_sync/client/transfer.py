@@ -127,6 +127,24 @@ class ChangesPage:
     journal_id: str = None
 
 
+def _parse_listing(raw: bytes) -> tuple:
+    """``(entries, problems)`` of an ``/api/list`` answer; ServerUnavailable when it is not
+    a JSON list."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ServerUnavailable("GET /api/list: the answer is not JSON") from None
+    if not isinstance(body, list):
+        raise ServerUnavailable("GET /api/list: the answer is not a list")
+    parsed, problems = [], []
+    for item in body:
+        try:
+            parsed.append(protocol.parse_metadata(item))
+        except SyncError as e:
+            problems.append(e.message)
+    return parsed, problems
+
+
 class ServerUnavailable(Exception):
     """No usable answer (connection, timeout, 5xx, TLS refusal): retry later."""
 
@@ -382,11 +400,14 @@ class ServerClient:
     # -- metadata ----------------------------------------------------------------------
 
     async def list(self) -> list:
-        """Every file and directory on the server (invalid entries are skipped and logged)."""
-        body = await self._json("GET", "/api/list")
-        if not isinstance(body, list):
-            raise ServerUnavailable("GET /api/list: the answer is not a list")
-        return self._parse_each(body, protocol.parse_metadata, "listing entry")
+        """Every file and directory on the server (invalid entries are skipped and logged).
+        The answer is decoded and checked in a thread: tens of thousands of entries would
+        hold the reactor for a quarter of a second."""
+        response = await self._request("GET", "/api/list")
+        parsed, problems = await deferToThread(_parse_listing, await response.content())
+        for problem in problems:
+            self.log.warn("ignoring a listing entry the server sent: {error}", error=problem)
+        return parsed
 
     def _parse_each(self, items, parse, what):
         """Each item parsed and validated; one the client cannot trust is skipped and logged."""
