@@ -1,7 +1,9 @@
 """The WebSocket link to the server's hub (contract section 5), under a ClientService.
 
-On every connection: ``auth`` first (when a token is configured), then ``Subscribe``
-with the client id; once the server acknowledges it, the engine catches up from the
+On every connection: ``auth`` first (when there is a token: the credentials' current
+one, see :mod:`quantum_sync.client.credentials`), then ``Subscribe`` with the client id;
+a token renewed while the connection is open is sent on it as a new ``auth`` (the
+connection stays: the server checks the identity again on every message); once the server acknowledges it, the engine catches up from the
 journal (a reconnect never needs a full rescan). ``FileOperation`` messages go to the
 engine with their ``seq``; the engine notices gaps. The link also subscribes to the
 ``transfers`` topic, whose ``upload_started`` events let the engine fetch another
@@ -20,11 +22,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from quantum_sync import protocol
+from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.errors import SyncError
 
 
 _log = Logger()
 TRANSFERS_TOPIC = "transfers"
+#: Seconds between reconnects while the server refuses the only token there is.
+SLOW_RETRY = 60.0
 
 
 def websocket_url(server_url: str) -> str:
@@ -51,13 +56,29 @@ class SyncClientProtocol(WebSocketClientProtocol):
 
     def onConnect(self, response):
         self._opened = defer.Deferred()
+        self.auth_token = None  # the token this connection authenticated with
+        self.is_subscribed = False
 
     def onOpen(self):
-        link = self.factory.link
-        if link.token:
-            self._send({"type": "auth", "payload": {"token": link.token}})
+        d = defer.ensureDeferred(self.factory.link.credentials.current())
+        d.addCallbacks(self._authenticate, self._no_token)
+
+    def _authenticate(self, token):
+        if self.state != self.STATE_OPEN:
+            return
+        if token:
+            self.send_token(token)
         else:
             self._subscribe()
+
+    def send_token(self, token):
+        """Authenticate with ``token`` (again, when a renewed one replaces it)."""
+        self.auth_token = token
+        self._send({"type": "auth", "payload": {"token": token}})
+
+    def _no_token(self, failure):
+        _log.warn("realtime: no token to authenticate with ({error})", error=failure.getErrorMessage())
+        self.sendClose()
 
     def _subscribe(self):
         self._send({"type": "Subscribe", "client_id": self.factory.link.client_id})
@@ -74,10 +95,12 @@ class SyncClientProtocol(WebSocketClientProtocol):
             _log.warn("realtime: unreadable message from the server")
             return
         if kind == "auth_success":
-            self._subscribe()
+            if not self.is_subscribed:
+                self._subscribe()
         elif kind == "auth_error":
-            _log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
+            link.token_refused(self.auth_token, message.get("code"), message.get("message", ""))
         elif kind == "Ack" and message.get("operation_id") == "subscribe" and "topic" not in message:
+            self.is_subscribed = True
             link.subscribed(self)
             if link.relay:
                 # large uploads of other clients, announced while they arrive (an extension
@@ -108,11 +131,17 @@ class RealtimeLink:
 
     log = Logger()
 
-    def __init__(self, reactor, server_url, client_id, engine, token=None, ca_cert=None, relay=True):
+    def __init__(self, reactor, server_url, client_id, engine, credentials=None, ca_cert=None, relay=True):
+        """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
+        fixed token (str) or None."""
         self.reactor = reactor
         self.client_id = client_id
         self.relay = relay
-        self.token = token
+        if not isinstance(credentials, Credentials):
+            credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
+        self.credentials = credentials
+        credentials.on_change(self._token_changed)
+        self._hold_until = 0.0  # no reconnect before (a token the server refused, none newer)
         self.engine = engine
         self.connected = False
         self._protocol = None
@@ -134,9 +163,28 @@ class RealtimeLink:
         from quantum_sync.tls import client_endpoint
 
         endpoint = client_endpoint(reactor, parts.hostname, port, secure, ca_cert)
+        backoff = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
         self.service = ClientService(
-            endpoint, self.factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=reactor
+            endpoint, self.factory, retryPolicy=lambda attempts: max(backoff(attempts), self._hold_until - reactor.seconds()),
+            clock=reactor
         )
+
+    def _token_changed(self, token):
+        if self._protocol is not None and token:
+            self._protocol.send_token(token)
+        self._hold_until = 0.0
+
+    def token_refused(self, token, code, message):
+        """The server refused ``token`` (the connection is then closed): reconnect with a
+        newer one when there is one, else slowly."""
+        self.log.info("realtime: the server refused the token: {code} {message}", code=code, message=message)
+
+        def refreshed(newer):
+            if not newer:
+                self._hold_until = self.reactor.seconds() + SLOW_RETRY
+
+        defer.ensureDeferred(self.credentials.refresh(token)).addCallbacks(
+            refreshed, lambda f: self.log.info("realtime: no new token yet: {error}", error=f.getErrorMessage()))
 
     def subscribed(self, proto):
         self._protocol = proto

@@ -14,6 +14,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from quantum_sync.client.credentials import Login, credentials_for
 from quantum_sync.client.engine import Engine
 from quantum_sync.client.realtime import RealtimeLink
 from quantum_sync.client.state import FolderState
@@ -32,6 +33,11 @@ class ClientConfig:
     initial_sync: bool = False
     interval: float = 30.0
     token: str = None
+    #: ``--token-file``: read again when it changes (``token`` is what it held at start).
+    token_file: str = None
+    #: ``--user`` and the password from ``--password-file``: the client logs in itself.
+    user: str = None
+    password: str = attrs.field(default=None, repr=False)
     strategy: str = "rename"
     ca_cert: str = None
     settle: float = 0.2
@@ -51,7 +57,7 @@ class SyncClientService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.state = self.server = self.engine = self.watcher = self.link = None
+        self.state = self.server = self.engine = self.watcher = self.link = self.credentials = None
         self.ready = defer.Deferred()  # fires after the first successful reconcile
         self._starting = None
         self._ticker = None
@@ -80,7 +86,12 @@ class SyncClientService(MultiService):
         )
         if self.state.is_new:
             self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
-        self.server = ServerClient(self.reactor, config.server, client_id, config.token, config.ca_cert, config.concurrency)
+        self.credentials = credentials_for(self.reactor, config.token, config.token_file, config.user, config.password)
+        self.server = ServerClient(self.reactor, config.server, client_id, self.credentials, config.ca_cert,
+                                   config.concurrency)
+        if isinstance(self.credentials, Login):
+            self.credentials.log_in = self.server.log_in
+        self.credentials.start()
         self.engine = Engine(
             self.reactor,
             config.folder,
@@ -105,7 +116,7 @@ class SyncClientService(MultiService):
             self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
-            self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, config.token, config.ca_cert,
+            self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
                                      relay=config.relay)
             self.link.service.startService()
         self._ticker = task.LoopingCall(self._tick)
@@ -163,6 +174,8 @@ class SyncClientService(MultiService):
             self._backoff.cancel()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
+        if self.credentials is not None:
+            self.credentials.stop()
         if self.link is not None:
             await self.link.stop()
         await MultiService.stopService(self)

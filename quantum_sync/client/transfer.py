@@ -7,11 +7,15 @@ in ``.quantum-sync/tmp/`` (:mod:`quantum_sync.client.staging`); small ones trave
 hashed, a body of at most its announced size). Every download is checked against the
 expected SHA-256. Every request
 carries ``X-Client-Id`` (so the server does not send the client its own changes back)
-and, with a token, ``Authorization: Bearer``. Everything the server sends is parsed by
-:mod:`quantum_sync.protocol`, so its paths are validated before the engine sees them.
+and, with a token, ``Authorization: Bearer`` with the token the
+:class:`~quantum_sync.client.credentials.Credentials` hold when the request starts; a
+request refused with a 401 is sent once more when they have a newer token
+(``AUTH_EXPIRED``: logged in again, or the token file rewritten). Everything the server
+sends is parsed by :mod:`quantum_sync.protocol`, so its paths are validated before the
+engine sees them.
 
 Failures are sorted for the engine: :class:`ServerUnavailable` (no answer, a 5xx, a
-refused certificate: try again later, never "everything was deleted"),
+refused certificate, a 401: try again later, never "everything was deleted"),
 :class:`RequestRefused` with the contract code (4xx), and its special cases
 :class:`PreconditionFailed` (412) and :class:`CursorExpired` (410).
 """
@@ -38,6 +42,7 @@ from zope.interface import implementer
 from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.localfs import unlink_quietly
 from quantum_sync.errors import SyncError
 
@@ -128,6 +133,15 @@ class RequestRefused(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class NotAuthorized(ServerUnavailable):
+    """A 401: no token, or one the server no longer takes (a path's job is retried later,
+    as when the server is down; the credentials say what to do, once)."""
+
+    def __init__(self, status, code, message):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
 class PreconditionFailed(RequestRefused):
     """412: the server's file is not the version the upload was based on."""
 
@@ -143,9 +157,11 @@ class DownloadCorrupt(ServerUnavailable):
 def refusal(what: str, status: int, code: str, message: str) -> Exception:
     """The exception for an answer ``status`` with contract ``code`` (``what``: the
     request, for the message): :class:`ServerUnavailable` for a 5xx or a 429, else a
-    :class:`RequestRefused` (or its subclass for 412 and 410)."""
+    :class:`RequestRefused` (or its subclass for 412 and 410); :class:`NotAuthorized` for 401."""
     if status >= 500 or status == 429:
         return ServerUnavailable(f"{what}: {status} {code}: {message}")
+    if status == 401:
+        return NotAuthorized(status, code, message)
     cls = {412: PreconditionFailed, 410: CursorExpired}.get(status, RequestRefused)
     return cls(status, code, message)
 
@@ -254,7 +270,12 @@ class ServerClient:
 
     log = Logger()
 
-    def __init__(self, reactor, server_url: str, client_id: str, token=None, ca_cert=None, concurrency: int = 8):
+    def __init__(self, reactor, server_url: str, client_id: str, credentials=None, ca_cert=None, concurrency: int = 8):
+        """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
+        fixed token (str) or None."""
+        if not isinstance(credentials, Credentials):
+            credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
+        self.credentials = credentials
         self.server_url = server_url.rstrip("/")
         self.client_id = client_id
         self._reactor = reactor
@@ -272,8 +293,6 @@ class ServerClient:
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
-        if token:
-            self._headers["Authorization"] = [f"Bearer {token}"]
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
         parts = urlsplit(self.server_url)
         netloc = parts.netloc.rpartition("@")[2].encode("idna")
@@ -316,23 +335,48 @@ class ServerClient:
         if pause > 0:  # the server said 429 with Retry-After: do not ask again before then
             raise ServerUnavailable(f"{method} {path}: rate limited by the server, next try in {pause:.1f} s")
 
+    async def _authorized(self, send):
+        """``await send(token)`` with the current token; when the server refuses it (401)
+        and the credentials have a newer one, once more with that."""
+        token = await self.credentials.current()
+        try:
+            return await send(token)
+        except NotAuthorized:
+            if not await self.credentials.refresh(token):
+                raise
+        return await send(self.credentials.token)
+
     async def _request(self, method, path, params=None, headers=None, timeout=SMALL_REQUEST_TIMEOUT, **kwargs):
-        self._check_paused(method, path)
-        all_headers = dict(self._headers)
-        all_headers.update(headers or {})
-        requested = self._http.request(method, self._url(path), params=params, headers=Headers(all_headers), timeout=timeout, **kwargs)
-        return await self._answer(method, path, requested)
+        async def send(token):
+            self._check_paused(method, path)
+            all_headers = dict(self._headers)
+            all_headers.update(headers or {})
+            if token:
+                all_headers["Authorization"] = [f"Bearer {token}"]
+            requested = self._http.request(method, self._url(path), params=params, headers=Headers(all_headers),
+                                           timeout=timeout, **kwargs)
+            return await self._answer(method, path, requested)
+
+        return await self._authorized(send)
 
     async def _transfer_request(self, method, path, file_path, headers=None, body=None, query=""):
         """A transfer's request (``path`` with ``?path=file_path`` unless that is None, then
         ``query``; no timeout) on the Agent itself: treq's URL, cookie and redirect layers
-        cost more than a small file."""
-        self._check_paused(method, path)
+        cost more than a small file. ``body``: a producer that can be sent twice, or a
+        callable making a new one for each sending."""
         target = path if file_path is None else f"{path}?path={quote(file_path, safe='')}{query}"
         url = self._transfer_prefix + target.encode("ascii")
-        all_headers = dict(self._raw_headers)
-        all_headers.update(headers or {})
-        return await self._answer(method, path, self._agent.request(method.encode("ascii"), url, Headers(all_headers), body))
+
+        async def send(token):
+            self._check_paused(method, path)
+            all_headers = dict(self._raw_headers)
+            all_headers.update(headers or {})
+            if token:
+                all_headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
+            producer = body() if callable(body) else body
+            return await self._answer(method, path, self._agent.request(method.encode("ascii"), url, Headers(all_headers), producer))
+
+        return await self._authorized(send)
 
     async def _answer(self, method, path, requested):
         """The response to ``requested`` (a Deferred), its failures sorted for the engine."""
@@ -419,6 +463,29 @@ class ServerClient:
             cursor = max(cursor, changes[-1].seq)
         return changes, cursor, has_more
 
+    async def log_in(self, user: str, password: str):
+        """``POST /api/v1/auth/login``: ``(token, life)``, ``life`` the seconds the server
+        gives the token (its ``expires_at`` less the answer's ``Date``, so a client clock
+        that is off does not matter)."""
+        self._check_paused("POST", "/api/v1/auth/login")
+        requested = self._http.request("POST", self._url("/api/v1/auth/login"), headers=Headers(self._headers),
+                                       json={"username": user, "password": password}, timeout=SMALL_REQUEST_TIMEOUT)
+        response = await self._answer("POST", "/api/v1/auth/login", requested)
+        try:
+            data = json.loads(await response.content())["data"]
+            token, expires = data["token"], protocol.parse_time(data["expires_at"])
+            assert isinstance(token, str) and token
+        except (ValueError, KeyError, TypeError, AssertionError, SyncError):
+            raise ServerUnavailable("POST /api/v1/auth/login: malformed answer") from None
+        now = time.time()
+        dated = response.headers.getRawHeaders(b"date")
+        if dated:
+            try:
+                now = email.utils.parsedate_to_datetime(dated[0].decode("latin-1")).timestamp()
+            except (TypeError, ValueError):
+                pass
+        return token, expires - now
+
     async def journal_head(self):
         """The journal's newest seq (``/ws/metrics``), or None when the server does not say."""
         try:
@@ -492,22 +559,25 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
-        if data is not None:
-            body, producer = None, _BytesBody(data)
-        else:
+        opened = []
+
+        def producer():
+            if data is not None:
+                return _BytesBody(data)
             try:
-                body = open(abspath, "rb")
+                opened.append(open(abspath, "rb"))
             except FileNotFoundError:
                 from quantum_sync.client.localfs import LocalChanged
 
                 raise LocalChanged(abspath) from None
-            producer = FileBodyProducer(body, readSize=UPLOAD_CHUNK)
+            return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+
         try:
             # PUT: Twisted parses no form out of it
             response = await self._transfer_request("PUT", "/api/upload", path, headers, producer)
         finally:
-            if body is not None:
-                body.close()
+            for f in opened:
+                f.close()
         try:
             meta = protocol.parse_metadata(json.loads(await treq.content(response)))
         except (ValueError, SyncError):
