@@ -117,7 +117,7 @@ class SyncClientService(MultiService):
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
-                                     relay=config.relay)
+                                     relay=config.relay, poll_interval=config.interval)
             self.link.service.startService()
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
