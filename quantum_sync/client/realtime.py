@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from quantum_sync import protocol
 from quantum_sync.client.backoff import Backoff, session_failed
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
+from quantum_sync.client.keepalive import KeepAliveEndpoint
 from quantum_sync.client.transfer import MAX_RETRY_AFTER, retry_after_seconds
 from quantum_sync.errors import SyncError
 
@@ -206,7 +207,7 @@ class RealtimeLink:
                                         utf8validateIncoming=False)
         from quantum_sync.tls import client_endpoint
 
-        endpoint = client_endpoint(reactor, parts.hostname, port, secure, ca_cert)
+        endpoint = KeepAliveEndpoint(client_endpoint(reactor, parts.hostname, port, secure, ca_cert))
         self.service = ClientService(endpoint, self.factory, retryPolicy=self.next_delay, clock=reactor)
 
     def next_delay(self, _attempts=None) -> float:
