@@ -57,3 +57,49 @@ async def test_crash_leftovers_in_tmp_are_removed_on_open(reactor, tmp_path):
         assert os.listdir(tmp_dir(str(tmp_path))) == []
     finally:
         await state.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copied_folder_takes_a_new_client_id(reactor, tmp_path):
+    import shutil
+
+    original = tmp_path / "original"
+    original.mkdir()
+    state = await FolderState(reactor, str(original)).open()
+    first = state.client_id()
+    state.set_base("f.txt", FILE)
+    await state.close()
+    again = await FolderState(reactor, str(original)).open()
+    try:
+        assert again.client_id() == first and getattr(again, "made_for", None) is None  # the same folder
+    finally:
+        await again.close()
+
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)  # with its .quantum-sync/
+    copied = await FolderState(reactor, str(copy)).open()
+    try:
+        assert copied.made_for == str(original)
+        second = copied.client_id()
+        assert second != first
+        assert copied.bases == {"f.txt": FILE}  # what was synced stays known
+    finally:
+        await copied.close()
+    reopened = await FolderState(reactor, str(copy)).open()
+    try:
+        assert reopened.made_for is None and reopened.client_id() == second  # remembered from now on
+    finally:
+        await reopened.close()
+
+    given = tmp_path / "given"
+    shutil.copytree(original, given)
+    kept = await FolderState(reactor, str(given)).open()
+    try:
+        assert kept.made_for == str(original) and kept.client_id("laptop-1") == "laptop-1"
+    finally:
+        await kept.close()
+    original_again = await FolderState(reactor, str(original)).open()
+    try:
+        assert original_again.client_id() == first
+    finally:
+        await original_again.close()

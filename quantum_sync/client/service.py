@@ -78,6 +78,11 @@ class SyncClientService(MultiService):
         config = self.config
         self.state = await FolderState(self.reactor, config.folder).open()
         client_id = self.state.client_id(config.client_id)
+        if self.state.made_for is not None:
+            self.log.warn(
+                "the state in {folder} was made for {other} (a copy of that folder?): {what} {client_id}",
+                folder=config.folder, other=self.state.made_for, client_id=client_id,
+                what="keeping the client id given," if config.client_id else "taking a new client id,")
         self.log.info(
             "syncing {folder} with {server} as client {client_id}",
             folder=config.folder,

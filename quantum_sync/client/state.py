@@ -5,7 +5,9 @@ What survives a restart, a crash or a long time offline:
 - ``files``: per path the last version both sides agreed on (hash, size, kind, the
   server's mtime) and the local size/mtime it had then (so an unchanged file is
   recognised without hashing it again);
-- ``meta``: the client id and the journal cursor;
+- ``meta``: the client id, the journal cursor, and which folder the state belongs to
+  (device, inode and path: a folder copied with its ``.quantum-sync/`` is noticed, and
+  takes a new client id, since two clients sharing one would miss each other's changes);
 - ``pending``: local changes seen but not yet sent (the offline queue).
 
 Everything is held in memory and written through to SQLite on one dedicated thread in
@@ -14,6 +16,7 @@ database did not exist when it was opened :attr:`is_new`: nothing is known to ha
 synced, so a reconcile deletes nothing on the server.
 """
 
+import json
 import os
 import shutil
 import sqlite3
@@ -47,6 +50,12 @@ class Base:
     local_mtime_ns: int
 
 
+def folder_identity(folder: str) -> str:
+    """Device, inode and real path of ``folder``, as stored in the state (JSON)."""
+    st = os.stat(folder)
+    return json.dumps({"device": st.st_dev, "inode": st.st_ino, "path": os.path.realpath(folder)}, sort_keys=True)
+
+
 def state_dir(folder: str) -> str:
     return os.path.join(folder, STATE_DIR_NAME)
 
@@ -65,6 +74,8 @@ class FolderState:
         self._pool = ThreadPool(1, 1, name="quantum-sync-state")
         self._db = None
         self.is_new = False
+        #: The folder this state was made for, when that is not this one (a copy).
+        self.made_for = None
         self.bases = {}
         self.meta = {}
         self.pending = {}
@@ -97,6 +108,10 @@ class FolderState:
             path_, is_dir, digest, size, modified, lsize, lmtime = row
             self.bases[path_] = Base(Entry(digest, size, bool(is_dir)), modified, lsize, lmtime)
         self.meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        self._identity = folder_identity(self.folder)
+        recorded = self.meta.get("folder")
+        if recorded is not None and recorded != self._identity:
+            self.made_for = json.loads(recorded).get("path", "?")
         self.pending = {p: s for p, s, _ in self._db.execute("SELECT path, source, queued_at FROM pending")}
 
     async def close(self):
@@ -114,10 +129,14 @@ class FolderState:
     # -- client id and cursor ------------------------------------------------------------
 
     def client_id(self, wanted=None) -> str:
-        """``wanted`` when given (and remembered), else the remembered id, else a new UUID."""
-        cid = wanted or self.meta.get("client_id") or str(uuid.uuid4())
+        """``wanted`` when given (and remembered), else the remembered id, else a new UUID;
+        a new one too when the state was made for another folder (:attr:`made_for`)."""
+        remembered = None if self.made_for is not None else self.meta.get("client_id")
+        cid = wanted or remembered or str(uuid.uuid4())
         if self.meta.get("client_id") != cid:
             self._set_meta("client_id", cid)
+        if self.meta.get("folder") != self._identity:  # written with the id (one transaction)
+            self._set_meta("folder", self._identity)
         return cid
 
     @property
