@@ -53,7 +53,7 @@ from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.keepalive import KeepAliveEndpoint
-from quantum_sync.client.localfs import unlink_quietly
+from quantum_sync.client.localfs import open_regular, unlink_quietly
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -739,12 +739,8 @@ class ServerClient:
         def producer():
             if data is not None:
                 return _BytesBody(data)
-            try:
-                opened.append(open(abspath, "rb"))
-            except FileNotFoundError:
-                from quantum_sync.client.localfs import LocalChanged
-
-                raise LocalChanged(abspath) from None
+            # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
+            opened.append(os.fdopen(open_regular(abspath), "rb"))
             return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
         with self._watching() as watch:

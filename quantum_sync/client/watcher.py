@@ -7,10 +7,12 @@ one lstat after them all), and hands a whole burst of them to the reactor in one
 ``callFromThread``. A finished write (inotify's close-after-write, ``FileClosedEvent``)
 is reported at once with that lstat; any other change is reported once the path has been quiet for the
 settle time and its size and mtime have stopped moving, so a file still being written
-is not sent half-written. Renames inside the folder are reported as moves.
+is not sent half-written. Renames inside the folder are reported as moves. Events of
+FIFOs, sockets and devices are dropped: only regular files and directories are synced.
 """
 
 import os
+import stat as stat_module
 import threading
 
 from twisted.application.service import Service
@@ -32,7 +34,7 @@ from watchdog.events import (
 from watchdog.observers.polling import PollingObserver
 
 from quantum_sync import observers
-from quantum_sync.client.localfs import lstat
+from quantum_sync.client.localfs import local_stat
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
 EVENTS = [
@@ -53,11 +55,21 @@ EVENTS = [
 CHANGE, SETTLE, MOVE = "change", "settle", "move"
 
 
+#: :func:`_stat`'s answer for a FIFO, socket or device: its events are dropped.
+SPECIAL = object()
+
+
 def _stat(folder, path):
+    """The path's :class:`~quantum_sync.client.localfs.LocalStat`, None when it is gone (or
+    a symlink), :data:`SPECIAL` for a FIFO, socket or device."""
     try:
-        return lstat(os.path.join(folder, path))
+        st = os.lstat(os.path.join(folder, path))
     except OSError:
         return None
+    seen = local_stat(st)
+    if seen is None and not stat_module.S_ISLNK(st.st_mode):
+        return SPECIAL
+    return seen
 
 
 log = Logger()
@@ -120,12 +132,15 @@ class _Bridge(FileSystemEventHandler):
             earlier = last.pop(path, None)
             modified = isinstance(event, FileModifiedEvent) or (earlier is not None and earlier[1])
             last[path] = (isinstance(event, FileClosedEvent), modified)
-        return [self._item(CHANGE if at_once else SETTLE, path, modified)
-                for path, (at_once, modified) in last.items()]
+        items = (self._item(CHANGE if at_once else SETTLE, path, modified) for path, (at_once, modified) in last.items())
+        return [item for item in items if item is not None]
 
     def _item(self, kind, path, modified):
-        """``(kind, path, lstat)``; a file that was written to is reported to ``on_grow``."""
+        """``(kind, path, lstat)``, None for a special file; a file that was written to is
+        reported to ``on_grow``."""
         stat = _stat(self._folder, path)
+        if stat is SPECIAL:
+            return None
         if modified and self._on_grow is not None and stat is not None:
             self._on_grow(path, stat.size)  # from this thread: it only takes note
         return (kind, path, stat)
@@ -146,9 +161,10 @@ class _Bridge(FileSystemEventHandler):
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
             destination = self._relative(event.dest_path)
             if path is not None and destination is not None:
-                return (MOVE, path, destination)
+                special = not event.is_directory and _stat(self._folder, destination) is SPECIAL
+                return None if special else (MOVE, path, destination)
             changed = path if path is not None else destination
-            return None if changed is None else (CHANGE, changed, _stat(self._folder, changed))
+            return None if changed is None else self._item(CHANGE, changed, False)
         if path is None:
             return None
         kind = CHANGE if isinstance(event, (FileClosedEvent, DirCreatedEvent)) else SETTLE
@@ -258,6 +274,8 @@ class FolderWatcher(Service):
     def _settled(self, path):
         previous = self._timers.pop(path, (None, None))[1]
         now = _stat(self.folder, path)
+        if now is SPECIAL:
+            return  # a FIFO, socket or device took the file's place: not synced
         if now != previous and now is not None and not now.is_directory:
             # still moving: wait for another quiet period
             call = self._reactor.callLater(self.settle, self._settled, path)
