@@ -4,7 +4,8 @@ Start-up order: open the folder's state (cleaning crash leftovers), reconcile wi
 server (retrying with backoff while it is unreachable or its certificate is refused),
 then watch the folder and subscribe to the hub. A periodic tick runs a full reconcile
 every ``interval`` while the WebSocket is down and, as a safety net for events the
-kernel dropped, every ``safety_interval`` while it is up.
+kernel dropped unseen, every ``safety_interval`` while it is up; an inotify overflow the
+watcher reports starts one at once.
 """
 
 import os
@@ -110,7 +111,7 @@ class SyncClientService(MultiService):
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
-            own_write=self.engine.installed.claim,
+            own_write=self.engine.installed.claim, on_lost=self._events_lost,
         )
         if not config.initial_sync:
             self._watch()
@@ -166,6 +167,11 @@ class SyncClientService(MultiService):
         d = self.engine.reconcile()
         d.addErrback(self._tick_failed)
         return None
+
+    def _events_lost(self):
+        """The kernel dropped file events: what they were is unknown, so look at everything."""
+        if not self._stopping:
+            self.engine.reconcile().addErrback(self._tick_failed)
 
     def _tick_failed(self, failure):
         if failure.check(ServerUnavailable, RequestRefused):

@@ -9,6 +9,8 @@ is reported at once with that lstat; any other change is reported once the path 
 settle time and its size and mtime have stopped moving, so a file still being written
 is not sent half-written. Renames inside the folder are reported as moves. Events of
 FIFOs, sockets and devices are dropped: only regular files and directories are synced.
+When the kernel drops events (inotify's queue overflowed: watchdog's ``EventsLostEvent``),
+the watcher says so once per overflow, counts it, and asks for a full reconcile.
 """
 
 import os
@@ -23,6 +25,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -47,12 +50,14 @@ EVENTS = [
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
 ]
 
 
 #: What the bridge hands to the reactor: ``(CHANGE, path, stat)`` (report now),
-#: ``(SETTLE, path, stat)`` (report once quiet) and ``(MOVE, source, destination)``.
-CHANGE, SETTLE, MOVE = "change", "settle", "move"
+#: ``(SETTLE, path, stat)`` (report once quiet), ``(MOVE, source, destination)`` and
+#: ``(LOST, None, None)`` (events were dropped: look at everything).
+CHANGE, SETTLE, MOVE, LOST = "change", "settle", "move", "lost"
 
 
 #: :func:`_stat`'s answer for a FIFO, socket or device: its events are dropped.
@@ -153,6 +158,8 @@ class _Bridge(FileSystemEventHandler):
             self._reactor.callFromThread(self._deliver)
 
     def _translate(self, event):
+        if isinstance(event, EventsLostEvent):
+            return (LOST, None, None)
         if getattr(event, "is_synthetic", False):
             # watchdog adds a moved event for everything inside a moved directory; the
             # directory's own Move covers them (and the engine checks its children)
@@ -179,13 +186,17 @@ class _Bridge(FileSystemEventHandler):
 class FolderWatcher(Service):
     """Reports local changes to ``on_change(path, stat)`` (``stat``: the path's
     :class:`~quantum_sync.client.localfs.LocalStat` just after the change, None when it is
-    gone) and renames to ``on_move(src, dst)``."""
+    gone) and renames to ``on_move(src, dst)``; ``on_lost()`` when the kernel dropped
+    events (then everything must be looked at: a full reconcile)."""
 
     log = Logger()
 
     def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None, is_synced=None,
-                 own_write=None):
+                 own_write=None, on_lost=None):
         self._reactor = reactor
+        self._on_lost = on_lost
+        #: Times the kernel dropped events (inotify queue overflows) since the start.
+        self.events_lost = 0
         #: ``own_write(name)`` (watchdog's thread): the client's own download just landed
         #: at ``name``, its event is dropped before it goes further
         self._own_write = own_write
@@ -244,7 +255,13 @@ class FolderWatcher(Service):
                 self.log.failure("error while handling a file system event")
 
     def _dispatch(self, kind, path, other):
-        if kind is MOVE:
+        if kind is LOST:
+            self.events_lost += 1
+            self.log.warn("the kernel dropped file events (inotify queue overflow; {count} so far): "
+                          "full reconcile", count=self.events_lost)
+            if self._on_lost is not None:
+                self._on_lost()
+        elif kind is MOVE:
             self._cancel(path)
             self._cancel(other)
             self._on_move(path, other)
