@@ -103,3 +103,32 @@ async def test_a_copied_folder_takes_a_new_client_id(reactor, tmp_path):
         assert original_again.client_id() == first
     finally:
         await original_again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_write_is_kept_and_written_again(reactor, tmp_path):
+    from test_e2e_sync import wait_for
+    from logcapture import LogCapture
+
+    state = await FolderState(reactor, str(tmp_path)).open()
+    try:
+        state.client_id()
+        await state.flush()
+        # the database refuses writes for a while (as a full disk or an I/O error would)
+        await state._run(state._db.execute, "PRAGMA query_only=1")
+        with LogCapture() as log:
+            state.set_base("kept.txt", FILE)
+            state.queue("queued.txt")
+            await state.flush()
+            assert state.unwritten == 2
+            state.set_base("later.txt", FILE)  # a change made while the writes fail
+            await state._run(state._db.execute, "PRAGMA query_only=0")
+            await wait_for(reactor, lambda: state.unwritten == 0, what="the retried write")
+        assert sum("writing the folder's state failed" in line for line in log.text().splitlines()) == 1
+    finally:
+        await state.close()
+    again = await FolderState(reactor, str(tmp_path)).open()
+    try:
+        assert again.bases == {"kept.txt": FILE, "later.txt": FILE} and again.pending == {"queued.txt": None}
+    finally:
+        await again.close()
