@@ -180,28 +180,20 @@ async def test_a_request_refused_as_expired_is_sent_once_more_with_the_new_token
     from twisted.internet.task import deferLater
 
     from quantum_sync.client.transfer import ServerClient
-    from quantum_sync.passwords import hash_password
-    from support import HttpClient, start_server
+    from support import start_server
+    from test_e2e_tls_auth import log_in, short_lived_auth
 
-    auth = {"users": {"alice": {"password_hash": hash_password("wonderland", ln=10), "role": "write"}},
-            "secret_file": str(tmp_path / "secret"), "token_ttl": 1}
-    running = await start_server(reactor, tmp_path, auth=auth)
-    http = HttpClient(reactor)
+    running = await start_server(reactor, tmp_path, auth=short_lived_auth(tmp_path, 1))
     client = None
     try:
-        async def token():
-            _, body = await http.json("POST", running.url + "/api/v1/auth/login",
-                                      json={"username": "alice", "password": "wonderland"})
-            return body["data"]["token"]
-
-        old = await token()
+        old = await log_in(reactor, running)
         path = tmp_path / "token"
         path.write_text(old)
         tokens = TokenFile(reactor, str(path), old)  # not started: only a refusal makes it look
         client = ServerClient(reactor, running.url, "c", tokens)
         assert await client.list() == []
         await deferLater(reactor, 1.2, lambda: None)  # the old token's life
-        path.write_text(await token() + "\n")
+        path.write_text(await log_in(reactor, running) + "\n")
         assert await client.list() == []  # refused as expired, then sent with the file's new token
         assert tokens.token != old
         await deferLater(reactor, 1.2, lambda: None)
@@ -210,5 +202,4 @@ async def test_a_request_refused_as_expired_is_sent_once_more_with_the_new_token
     finally:
         if client is not None:
             await client.close()
-        await http.close()
         await running.stop()

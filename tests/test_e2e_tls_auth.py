@@ -52,13 +52,7 @@ async def test_token_authentication_on_http_and_websocket(reactor, tmp_path, log
         "token_ttl": 3600,
     }
     running = await start_server(reactor, tmp_path, auth=auth)
-    http = HttpClient(reactor)
-    try:
-        _, body = await http.json("POST", running.url + "/api/v1/auth/login",
-                                  json={"username": "alice", "password": "wonderland"})
-    finally:
-        await http.close()
-    token = body["data"]["token"]
+    token = await log_in(reactor, running)
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     group = Clients(reactor, tmp_path)
@@ -74,6 +68,17 @@ async def test_token_authentication_on_http_and_websocket(reactor, tmp_path, log
     finally:
         await group.stop_all()
         await running.stop()
+
+
+async def log_in(reactor, running, user="alice", password="wonderland") -> str:
+    """A token from the server's login endpoint."""
+    http = HttpClient(reactor)
+    try:
+        _, body = await http.json("POST", running.url + "/api/v1/auth/login",
+                                  json={"username": user, "password": password})
+    finally:
+        await http.close()
+    return body["data"]["token"]
 
 
 def short_lived_auth(tmp_path, ttl):
@@ -113,15 +118,10 @@ async def test_a_client_that_logs_in_renews_its_token_and_keeps_its_websocket(re
 @pytest_twisted.ensureDeferred
 async def test_an_expired_fixed_token_is_said_once_and_retried_slowly(reactor, tmp_path, log_lines):
     running = await start_server(reactor, tmp_path, auth=short_lived_auth(tmp_path, 2))
-    http = HttpClient(reactor)
-    try:
-        _, body = await http.json("POST", running.url + "/api/v1/auth/login",
-                                  json={"username": "alice", "password": "wonderland"})
-    finally:
-        await http.close()
+    token = await log_in(reactor, running)
     group = Clients(reactor, tmp_path)
     try:
-        a = await group.start(running, "a", token=body["data"]["token"])
+        a = await group.start(running, "a", token=token)
         await sleep(reactor, 2.5)  # the token's life
         write(a.config.folder, "late.txt", b"after expiry")
         a.link._protocol.transport.loseConnection()  # a network blip: the link reconnects

@@ -247,8 +247,9 @@ class RealtimeLink:
                           client_id=self.client_id, wait=self._wait_asked)
 
     def _token_changed(self, token):
-        if self._protocol is not None and token:
-            self._protocol.send_token(token)
+        proto = self._protocol
+        if proto is not None and token and proto.state == proto.STATE_OPEN:
+            proto.send_token(token)
         self._hold_until = 0.0
 
     def token_refused(self, token, code, message):
