@@ -159,3 +159,33 @@ async def test_client_id_in_use_waits_as_asked(reactor):
     finally:
         await link.stop()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_route_without_websocket_is_said_once_and_polled(reactor, tmp_path, log_lines):
+    from support import server_document, start_service
+
+    document = server_document(tmp_path / "root")
+    route = document["apps"]["http"]["servers"]["file_sync_server"]["routes"][0]
+    route["match"][0]["paths"] = ["/api/*"]  # no /ws on this server
+    (tmp_path / "root").mkdir()
+    service, (port,) = await start_service(reactor, document, str(tmp_path))
+
+    class Running:  # what Clients needs of a server
+        url = f"http://127.0.0.1:{port}"
+
+    group = Clients(reactor, tmp_path)
+    try:
+        a = await group.start(Running, "a", wait=False)
+        b = await group.start(Running, "b", wait=False, realtime=False)
+        await wait_for(reactor, lambda: a.ready.called and b.ready.called, what="both ready")
+        await wait_for(reactor, lambda: any("serves no /ws" in line for line in log_lines), what="the warning")
+        (tmp_path / "b" / "from-b.txt").write_bytes(b"polled")
+        # a finds it by polling (its --interval is 1 s in these tests) ...
+        await wait_for(reactor, lambda: (tmp_path / "a" / "from-b.txt").exists(), what="polled download")
+        # ... and neither says the warning again nor knocks on /ws again meanwhile
+        assert sum("serves no /ws" in line for line in log_lines) == 1
+        assert a.link.attempts == 1 and not a.link.connected
+    finally:
+        await group.stop_all()
+        await service.stopService()
