@@ -58,6 +58,9 @@ def test_what_counts_as_a_failed_session():
 
 
 class NoEngine:
+    def journal_named(self, journal_id):
+        pass
+
     def catch_up_soon(self):
         pass
 
