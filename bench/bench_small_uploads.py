@@ -36,9 +36,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def upload_all(server, names, payloads, concurrency):
-    """Upload ``names[i]`` with ``payloads[i]`` on ``concurrency`` connections;
+def upload_all(server, names, payloads, concurrency, create_only=True):
+    """Upload ``names[i]`` with ``payloads[i]`` on ``concurrency`` connections (each with
+    ``If-None-Match: *`` when ``create_only``, else replacing what is there);
     returns (seconds, latencies)."""
+    condition = {"If-None-Match": "*"} if create_only else {}
     next_item = iter(range(len(names)))
     lock = threading.Lock()
     latencies, failures = [], []
@@ -53,7 +55,7 @@ def upload_all(server, names, payloads, concurrency):
             body, digest = payloads[i]
             started = time.perf_counter()
             conn.request("PUT", "/api/upload?" + urllib.parse.urlencode({"path": names[i]}),
-                         body=body, headers={"X-Content-SHA256": digest, "If-None-Match": "*",
+                         body=body, headers={"X-Content-SHA256": digest, **condition,
                                              "X-Client-Id": "bench",
                                              "Content-Type": "application/octet-stream"})
             response = conn.getresponse()

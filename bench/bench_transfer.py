@@ -89,14 +89,15 @@ def status_field(pid: int, name: str) -> int:
 class QuantumServer:
     """``twistd -n quantum-sync`` in a subprocess on a fresh root."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, **handler):
+        """``handler``: further keys of the file_sync handler (``versions``, ...)."""
         self.port = free_port()
         self.root = os.path.join(workdir, "qs-root")
         config = {"apps": {"http": {"servers": {"bench": {
             "listen": [f"127.0.0.1:{self.port}"],
             "routes": [{"match": [{"path": ["/api/*", "/ws"]}],
                         "handle": [{"handler": "file_sync", "root": self.root,
-                                    "enable_upload": True}]}],
+                                    "enable_upload": True, **handler}]}],
         }}}}}
         config_path = os.path.join(workdir, "bench-sync.json")
         with open(config_path, "w") as f:

@@ -89,6 +89,21 @@ class ClusterConfig:
 
 
 @attrs.frozen
+class VersionsConfig:
+    """The ``versions`` handler block: how long and how many old versions (and deleted
+    files) are kept. ``keep_days`` 0 turns keeping off; ``keep_per_file`` and
+    ``max_bytes`` None mean no limit."""
+
+    keep_days: float = 30
+    keep_per_file: int | None = 100
+    max_bytes: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep_days > 0 and self.keep_per_file != 0
+
+
+@attrs.frozen
 class HandlerConfig:
     """The ``file_sync`` handler: where files live and what the API allows."""
 
@@ -107,6 +122,7 @@ class HandlerConfig:
     #: seconds between full rescans of the root (0: none); inotify misses writes made
     #: over NFS or by other hosts, and drops events when its queue overflows
     rescan_interval: float = 3600
+    versions: VersionsConfig = VersionsConfig()
     #: several nodes on PostgreSQL and Redis (:mod:`quantum_sync.server.cluster`)
     cluster: ClusterConfig | None = None
 
@@ -284,9 +300,22 @@ def _auth(r: _Reader, value, where: str, base_dir: str) -> AuthConfig:
                       token_ttl=ttl)
 
 
+def _versions(r: _Reader, value, where: str) -> VersionsConfig:
+    r.obj(value, where, {"keep_days", "keep_per_file", "max_bytes"})
+    fields = {}
+    if "keep_days" in value:
+        fields["keep_days"] = r.number(value["keep_days"], f"{where}.keep_days")
+    for key in ("keep_per_file", "max_bytes"):
+        if key in value:  # null: no limit
+            fields[key] = None if value[key] is None else r.number(
+                value[key], f"{where}.{key}", integer=True)
+    return VersionsConfig(**fields)
+
+
 _HANDLER_KEYS = {
     "handler", "root", "enable_upload", "state_dir", "max_upload_size",
-    "journal_retention", "relay", "ui", "websocket", "auth", "rescan_interval", "cluster",
+    "journal_retention", "relay", "ui", "websocket", "auth", "rescan_interval", "versions",
+    "cluster",
 }
 
 
@@ -338,6 +367,7 @@ def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
         websocket=_websocket(r, value.get("websocket", {}), f"{where}.websocket"),
         auth=_auth(r, value["auth"], f"{where}.auth", base_dir) if "auth" in value else None,
         rescan_interval=r.number(value.get("rescan_interval", 3600), f"{where}.rescan_interval"),
+        versions=_versions(r, value.get("versions", {}), f"{where}.versions"),
         cluster=_cluster(r, value["cluster"], f"{where}.cluster") if "cluster" in value else None,
     )
 

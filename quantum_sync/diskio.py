@@ -222,12 +222,20 @@ def _trusted_device(device: int, fd: int) -> bool:
     trusted = _TRUSTED_DEVICES.get(device)
     if trusted is None:
         trusted = False
-        if _SYNCFS is not None and _FSTATFS is not None and _SYNCFS_REPORTS_ERRORS:
-            buffer = ctypes.create_string_buffer(256)  # struct statfs, f_type first
-            if _FSTATFS(fd, buffer) == 0:
-                trusted = ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in SYNCFS_FILE_SYSTEMS
+        if _SYNCFS is not None and _SYNCFS_REPORTS_ERRORS:
+            trusted = file_system_magic(fd) in SYNCFS_FILE_SYSTEMS
         _TRUSTED_DEVICES[device] = trusted
     return trusted
+
+
+def file_system_magic(fd: int) -> int | None:
+    """The ``statfs`` type number of ``fd``'s file system (None where it cannot be read)."""
+    if _FSTATFS is None:
+        return None
+    buffer = ctypes.create_string_buffer(256)  # struct statfs, f_type first
+    if _FSTATFS(fd, buffer) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
 
 
 def _one_trusted_file_system(fds) -> bool:

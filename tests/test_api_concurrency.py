@@ -203,7 +203,7 @@ async def test_watcher_falls_back_to_polling(reactor, tmp_path, http, monkeypatc
     monkeypatch.setattr(observers, "observer", refusing)
     server = await start_server(reactor, tmp_path)
     try:
-        assert isinstance(server.service.watcher._observer, rootwatch.PollingObserver)
+        assert isinstance(server.service.watcher.observer, rootwatch.PollingObserver)
         with open(os.path.join(server.root, "polled.txt"), "wb") as f:
             f.write(b"p")
 

@@ -146,6 +146,7 @@ HTTP_ROUTES = [
     ("GET", "/api/metadata?path=a.txt", None, "read"),
     ("GET", "/api/download?path=a.txt", None, "read"),
     ("GET", "/api/changes?since=0", None, "read"),
+    ("GET", "/api/versions?path=a.txt", None, "read"),
     ("GET", "/ws/metrics", None, "read"),
     ("POST", "/api/upload?path=new-{n}.txt", b"new", "write"),
     ("PUT", "/api/upload?path=put-{n}.txt", b"put", "write"),

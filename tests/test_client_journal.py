@@ -16,7 +16,7 @@ from quantum_sync.client import localfs
 from quantum_sync.client.engine import Engine
 from quantum_sync.client.state import FolderState
 from quantum_sync.client.transfer import ServerClient
-from quantum_sync.protocol import Create, FileMetadata, Update
+from quantum_sync.protocol import Create, Delete, FileMetadata, Update
 
 from test_e2e_sync import wait_for
 
@@ -161,6 +161,8 @@ class Folder:
         return self
 
     async def close(self):
+        if self.fake.held is not None:  # a test that failed while downloads were held
+            self.fake.held.callback(None)
         self.engine.stop()
         await self.engine.idle()
         await self.server.close()
@@ -261,12 +263,15 @@ async def test_the_cursor_moves_only_once_the_change_is_applied(fake, folder):
     applied = folder.engine.remote_operation(2, create("b.txt", b"two"), OLD)
     await wait_for(folder.reactor, lambda: ("GET", "/api/download", {"path": "b.txt"}) in fake.requests,
                    what="the download asked for")
-    assert not applied.called and folder.engine.remote.journal.heard == 2
+    del fake.files["a.txt"]
+    await folder.engine.remote_operation(3, Delete("a.txt"), OLD)  # a later change, applied meanwhile
+    assert folder.read("a.txt") is None
+    assert not applied.called and folder.engine.remote.journal.heard == 3
     assert folder.state.cursor == 1  # a crash now fetches seq 2 again
     release, fake.held = fake.held, None
     release.callback(None)
     await applied
-    assert folder.read("b.txt") == b"two" and folder.state.cursor == 2
+    assert folder.read("b.txt") == b"two" and folder.state.cursor == 3
 
 
 @pytest_twisted.ensureDeferred

@@ -80,3 +80,35 @@ def test_twistd_reports_a_bad_option_in_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "parent directory" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "absent").exists()
+
+
+def test_user_and_password_file(tmp_path):
+    password = tmp_path / "password"
+    password.write_text("wonderland\n")
+    os.chmod(password, 0o600)
+    config = parse(["--server", "http://x", "--local-path", str(tmp_path), "--user", "alice",
+                    "--password-file", str(password)])
+    assert (config.user, config.password, config.token) == ("alice", "wonderland", None)
+    assert "wonderland" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "args,mode,message",
+    [
+        (["--user", "alice", "--password-file", "{tmp}/password"], 0o644, "readable by group or others"),
+        (["--user", "alice", "--password-file", "{tmp}/password"], 0o640, "readable by group or others"),
+        (["--user", "alice", "--password-file", "{tmp}/missing"], 0o600, "--password-file"),
+        (["--user", "alice"], 0o600, "go together"),
+        (["--password-file", "{tmp}/password"], 0o600, "go together"),
+        (["--user", "alice", "--password-file", "{tmp}/password", "--token", "t"], 0o600, "excludes --token"),
+    ],
+)
+def test_password_file_errors_are_one_line_and_exit_1(tmp_path, capsys, args, mode, message):
+    password = tmp_path / "password"
+    password.write_text("wonderland\n")
+    os.chmod(password, mode)
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--server", "http://x", "--local-path", str(tmp_path)] + [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "wonderland" not in err

@@ -133,3 +133,51 @@ def test_a_failure_taking_in_events_is_logged_and_the_reading_thread_goes_on(tmp
     assert [f["log_failure"].value.args for f in log.failures()] == [("a bug in a callback",)]
     assert "lost 1 file event" in log.text()
     assert [(kind, path) for kind, path, _ in delivered] == [(CHANGE, "a")]
+
+
+def lose_events(watcher):
+    """What watchdog's inotify emitter queues after the kernel's queue overflowed (an
+    overflow cannot be made here without lowering the machine-wide
+    ``fs.inotify.max_queued_events``): the event enters the real observer as any other."""
+    from watchdog.events import EventsLostEvent
+
+    for emitter in watcher._observer.emitters:
+        emitter.queue_event(EventsLostEvent(watcher.folder, is_directory=True))
+
+
+@pytest_twisted.ensureDeferred
+async def test_lost_events_ask_for_a_full_reconcile(reactor, tmp_path):
+    lost = []
+    os.makedirs(tmp_path / ".quantum-sync")
+    watcher = FolderWatcher(reactor, str(tmp_path), lambda p, s: None, lambda a, b: None,
+                            on_lost=lambda: lost.append(watcher.events_lost))
+    watcher.startService()
+    try:
+        with LogCapture() as log:
+            lose_events(watcher)
+            await wait_for(reactor, lambda: lost, what="the loss reported")
+            lose_events(watcher)
+            await wait_for(reactor, lambda: len(lost) == 2, what="the second loss reported")
+        assert lost == [1, 2] and watcher.events_lost == 2
+        lines = [line for line in log.text().splitlines() if "dropped file events" in line]
+        assert len(lines) == 2 and "full reconcile" in lines[0]
+    finally:
+        await watcher.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_reconciles_in_full_when_its_watcher_lost_events(reactor, tmp_path):
+    from support import start_server
+    from test_e2e_sync import Clients
+
+    running = await start_server(reactor, tmp_path)
+    group = Clients(reactor, tmp_path)
+    try:
+        a = await group.start(running, "a", interval=1000)  # no periodic reconcile during the test
+        before = a.engine.last_full_reconcile
+        lose_events(a.watcher)
+        await wait_for(reactor, lambda: a.engine.last_full_reconcile != before, what="a full reconcile")
+        assert a.watcher.events_lost == 1
+    finally:
+        await group.stop_all()
+        await running.stop()

@@ -182,6 +182,14 @@ def test_all_handler_keys():
     ({"auth": {"users": {"a": {"password_hash": "h", "role": "read", "x": 1}}}}, "auth.users.a.x: unknown key"),
     ({"auth": {"users": {"a": {"password_hash": "h", "role": "read"}}, "token_ttl": 0}}, "token_ttl: must be at least 1"),
     ({"handler": "static"}, "handler: unknown handler"),
+    ({"versions": True}, "handle[0].versions: must be an object, not a boolean"),
+    ({"versions": {"keep": 3}}, "versions.keep: unknown key"),
+    ({"versions": {"keep_days": "30"}}, "versions.keep_days: must be a number, not a string"),
+    ({"versions": {"keep_days": -1}}, "versions.keep_days: must be at least 0"),
+    ({"versions": {"keep_per_file": 2.5}}, "versions.keep_per_file: must be an integer"),
+    ({"versions": {"keep_per_file": False}}, "versions.keep_per_file: must be an integer, not a boolean"),
+    ({"versions": {"max_bytes": -5}}, "versions.max_bytes: must be at least 0"),
+    ({"versions": {"max_bytes": "1G"}}, "versions.max_bytes: must be an integer, not a string"),
 ])
 def test_handler_errors_name_the_key(changes, where):
     with pytest.raises(ConfigError) as info:
@@ -241,6 +249,18 @@ def test_seed_document_002_verbatim():
     route["match"] = [{"matcher": "path", "paths": ["/api/*"]}]
     (listener,) = parse(original, base_dir="/srv").listeners
     assert listener.routes_to_handler("/api/upload") and not listener.routes_to_handler("/ws")
+
+
+def test_versions_block():
+    default = parse(document(), base_dir="/srv").handler.versions
+    assert (default.keep_days, default.keep_per_file, default.max_bytes) == (30, 100, None)
+    assert default.enabled
+    given = parse(document(versions={"keep_days": 7.5, "keep_per_file": None, "max_bytes": 10**12}),
+                  base_dir="/srv").handler.versions
+    assert (given.keep_days, given.keep_per_file, given.max_bytes) == (7.5, None, 10**12)
+    assert given.enabled
+    assert not parse(document(versions={"keep_days": 0}), base_dir="/srv").handler.versions.enabled
+    assert not parse(document(versions={"keep_per_file": 0}), base_dir="/srv").handler.versions.enabled
 
 
 CLUSTER = {"database": "postgresql://root@db.example:5432/sync", "redis": "redis://cache.example:6379/2"}

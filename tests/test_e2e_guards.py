@@ -126,3 +126,20 @@ async def test_a_few_files_deleted_while_the_client_runs_are_deleted_on_the_serv
     await converged(reactor, A, B, server[0].root)
     assert len(tree(B)) == 27
     assert not any("mass delete" in line for line in log_lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_copied_with_its_state_syncs_as_a_client_of_its_own(reactor, server, clients, log_lines):
+    a = await clients.start(server[0], "a", client_id=None)
+    write(a.config.folder, "before.txt", b"synced before the copy")
+    await wait_for(reactor, lambda: read(server[0].root, "before.txt") is not None, what="upload")
+    await clients.stop(a)
+    shutil.copytree(a.config.folder, clients.tmp_path / "copy")  # .quantum-sync/ included
+    a = await clients.start(server[0], "a", client_id=None)
+    copy = await clients.start(server[0], "copy", client_id=None)
+    assert copy.engine.client_id != a.engine.client_id
+    assert sum("was made for" in line and "taking a new client id" in line for line in log_lines) == 1
+    # each sees the other's changes (sharing one id, each skipped the other's)
+    write(a.config.folder, "from-a.txt", b"a")
+    write(copy.config.folder, "from-copy.txt", b"copy")
+    await converged(reactor, a.config.folder, copy.config.folder)

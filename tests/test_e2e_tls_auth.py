@@ -7,7 +7,7 @@ from twisted.internet import defer
 
 import certs
 from support import HttpClient, start_server
-from test_e2e_sync import Clients, log_to_stderr, read, wait_for, write  # noqa: F401
+from test_e2e_sync import Clients, log_to_stderr, read, sleep, wait_for, write  # noqa: F401
 from test_e2e_guards import log_lines  # noqa: F401
 from quantum_sync.passwords import hash_password
 
@@ -52,13 +52,7 @@ async def test_token_authentication_on_http_and_websocket(reactor, tmp_path, log
         "token_ttl": 3600,
     }
     running = await start_server(reactor, tmp_path, auth=auth)
-    http = HttpClient(reactor)
-    try:
-        _, body = await http.json("POST", running.url + "/api/v1/auth/login",
-                                  json={"username": "alice", "password": "wonderland"})
-    finally:
-        await http.close()
-    token = body["data"]["token"]
+    token = await log_in(reactor, running)
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     group = Clients(reactor, tmp_path)
@@ -71,6 +65,73 @@ async def test_token_authentication_on_http_and_websocket(reactor, tmp_path, log
         await wait_for(reactor, lambda: anonymous.engine is not None and anonymous.engine.online is False, what="refusal")
         assert read(anonymous.config.folder, "authorised.txt") is None
         assert os.listdir(anonymous.config.folder) == [".quantum-sync"]
+    finally:
+        await group.stop_all()
+        await running.stop()
+
+
+async def log_in(reactor, running, user="alice", password="wonderland") -> str:
+    """A token from the server's login endpoint."""
+    http = HttpClient(reactor)
+    try:
+        _, body = await http.json("POST", running.url + "/api/v1/auth/login",
+                                  json={"username": user, "password": password})
+    finally:
+        await http.close()
+    return body["data"]["token"]
+
+
+def short_lived_auth(tmp_path, ttl):
+    return {
+        "users": {"alice": {"password_hash": hash_password("wonderland", ln=10), "role": "write"}},
+        "secret_file": str(tmp_path / "secret"),
+        "token_ttl": ttl,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_logs_in_renews_its_token_and_keeps_its_websocket(reactor, tmp_path, log_lines):
+    running = await start_server(reactor, tmp_path, auth=short_lived_auth(tmp_path, 3))
+    group = Clients(reactor, tmp_path)
+    try:
+        a = await group.start(running, "a", user="alice", password="wonderland")
+        b = await group.start(running, "b", user="alice", password="wonderland")
+        links = (a.link._protocol, b.link._protocol)
+        started = reactor.seconds()
+        i = 0
+        while reactor.seconds() - started < 8:  # the 3 s token is renewed every 2 s
+            write(a.config.folder, f"f{i}.txt", b"%d" % i)
+            write(b.config.folder, f"g{i}.txt", b"%d" % i)
+            await wait_for(reactor, lambda: read(b.config.folder, f"f{i}.txt") == b"%d" % i
+                           and read(a.config.folder, f"g{i}.txt") == b"%d" % i, what=f"sync {i}")
+            await sleep(reactor, 0.5)
+            i += 1
+        assert a.credentials.logins >= 4 and b.credentials.logins >= 4
+        # the same WebSocket connections all along, never dropped or refused
+        assert (a.link._protocol, b.link._protocol) == links and a.link.connected and b.link.connected
+        assert not any("disconnected" in line or "refused" in line for line in log_lines)
+    finally:
+        await group.stop_all()
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_fixed_token_is_said_once_and_retried_slowly(reactor, tmp_path, log_lines):
+    running = await start_server(reactor, tmp_path, auth=short_lived_auth(tmp_path, 2))
+    token = await log_in(reactor, running)
+    group = Clients(reactor, tmp_path)
+    try:
+        a = await group.start(running, "a", token=token)
+        await sleep(reactor, 2.5)  # the token's life
+        write(a.config.folder, "late.txt", b"after expiry")
+        a.link._protocol.transport.loseConnection()  # a network blip: the link reconnects
+        await wait_for(reactor, lambda: any("realtime: the server refused the token" in line for line in log_lines),
+                       what="the WebSocket's refusal")
+        await sleep(reactor, 3)  # a window in which today's link made several handshakes
+        refusals = [line for line in log_lines if "realtime: the server refused the token" in line]
+        said = [line for line in log_lines if "the server refused the token given with --token" in line]
+        assert len(refusals) == 1 and len(said) == 1, (refusals, said)
+        assert read(running.root, "late.txt") is None and a.engine.online is False
     finally:
         await group.stop_all()
         await running.stop()

@@ -30,7 +30,9 @@ async def test_ws_metrics_has_exactly_the_contract_fields(monitored):
     running, http = monitored
     _, body = await http.json("GET", running.url + "/ws/metrics")
     assert set(body) == {"connections", "messages_in", "messages_out", "bytes_transferred",
-                         "requests_per_second", "average_response_time", "storage", "journal_head"}
+                         "requests_per_second", "average_response_time", "storage", "journal_head",
+                         # extensions (issue 13): the root watcher's lost events and rescans
+                         "events_lost", "rescans"}
     assert set(body["storage"]) == {"total_space", "used_space", "available_space"}
     assert body["connections"] == 1 and body["messages_in"] == 2 and body["messages_out"] >= 2
     assert body["journal_head"] == running.service.operations.head >= 1

@@ -212,3 +212,18 @@ def test_a_subtree_plan_counts_the_whole_folder_for_the_mass_delete_guard():
     assert held.mass_delete_held == 12
     fine = plan(local, {}, base, synced_files=100)
     assert len(fine.of(Action.DELETE_LOCAL)) == 12 and fine.mass_delete_held == 0
+
+
+def test_a_restored_server_gets_back_what_it_lost_and_local_deletes_still_go():
+    """After the server's journal started over, a synced file the server lacks is sent
+    again (not deleted here); a file deleted here is still deleted there."""
+    f, g, h = Entry("1" * 64, 1), Entry("2" * 64, 2), Entry("3" * 64, 3)
+    base = {"lost": f, "gone-here": g, "dir": DIR, "dir/x": h}
+    local = {"lost": f, "dir": DIR, "dir/x": h}
+    remote = {"gone-here": g}
+    result = plan(local, remote, base, restore_remote_deletes=True)
+    actions = {d.path: d.action for d in result.decisions}
+    assert actions == {"lost": Action.UPLOAD, "gone-here": Action.DELETE_REMOTE, "dir": Action.UPLOAD,
+                       "dir/x": Action.UPLOAD}
+    ordinary = {d.path: d.action for d in plan(local, remote, base).decisions}
+    assert ordinary["lost"] is Action.DELETE_LOCAL and ordinary["dir"] is Action.DELETE_LOCAL

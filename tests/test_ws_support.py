@@ -57,6 +57,9 @@ class MemoryJournal:
     def head(self) -> int:
         return self.seq
 
+    #: always ready (the real operations wait for their start-up check)
+    ready = True
+
     def apply(self, operation, source_client):
         if isinstance(operation, Delete):
             if operation.path not in self.paths:

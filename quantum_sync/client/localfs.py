@@ -18,7 +18,7 @@ import tempfile
 import attrs
 
 from quantum_sync.client.reconcile import Entry
-from quantum_sync.diskio import NamelessFiles, fsync_all, fsync_directory, sha256_file
+from quantum_sync.diskio import CHUNK as HASH_CHUNK, NamelessFiles, fsync_all, fsync_directory
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk, resolve, resolve_and_lstat
 
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
@@ -59,6 +59,32 @@ def lstat(abspath: str):
     return local_stat(st)
 
 
+def open_regular(abspath: str) -> int:
+    """A descriptor for reading the regular file at ``abspath``. The open does not block
+    and follows no symlink: a FIFO, socket or device put there since it was looked at
+    (its open would wait for a writer, or worse) raises :class:`LocalChanged`, as a
+    symlink does."""
+    try:
+        fd = os.open(abspath, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.ENOENT, errno.ENOTDIR):
+            raise LocalChanged(abspath) from None
+        raise
+    if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LocalChanged(abspath)
+    return fd
+
+
+def sha256_file(abspath: str) -> str:
+    """SHA-256 hex of the regular file at ``abspath`` (opened by :func:`open_regular`)."""
+    digest = hashlib.sha256()
+    with os.fdopen(open_regular(abspath), "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def local_stat(st):
     """:func:`lstat`'s answer for an ``os.lstat`` result ``st``."""
     if stat_module.S_ISDIR(st.st_mode):
@@ -93,7 +119,7 @@ def _read_small(abspath: str, limit: int, expected: int = -1) -> bytes:
     is then a few system calls, not a file object's). Once the reads bring exactly the
     ``expected`` size, no further read looks for the end: the caller checks that the
     file's size and mtime did not move meanwhile."""
-    fd = os.open(abspath, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_regular(abspath)
     try:
         chunks, size = [], 0
         while size < limit and (chunk := os.read(fd, limit - size)):

@@ -15,6 +15,7 @@ hashed from the start.
 
 import hashlib
 import os
+import stat
 import threading
 from collections import OrderedDict
 
@@ -24,6 +25,8 @@ from quantum_sync.diskio import CHUNK
 MIN_SIZE = 8 << 20
 #: Growing files followed at once; the oldest is forgotten beyond this.
 MAX_FILES = 16
+#: Opens that never wait (a FIFO put in a file's place) and follow no symlink; fstat checks the kind.
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _Partial:
@@ -82,12 +85,13 @@ class GrowingHashes:
             return None
         with partial.lock:
             try:
-                fd = os.open(os.path.join(self._folder, path), os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(os.path.join(self._folder, path), _READ)
             except OSError:
                 return None
             try:
                 st = os.fstat(fd)
-                if st.st_size != size or not partial.extend(fd, st) or partial.offset != size:
+                if not stat.S_ISREG(st.st_mode) or st.st_size != size or not partial.extend(fd, st) \
+                        or partial.offset != size:
                     return None
             finally:
                 os.close(fd)
@@ -111,13 +115,17 @@ class GrowingHashes:
 
     def _follow(self, path, partial):
         try:
-            fd = os.open(os.path.join(self._folder, path), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(os.path.join(self._folder, path), _READ)
         except OSError:
             with self._lock:
                 self._partials.pop(path, None)
             return
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                with self._lock:
+                    self._partials.pop(path, None)
+                return
             if partial is None or partial.ino != st.st_ino:
                 partial = _Partial(st.st_ino)
                 with self._lock:

@@ -1,12 +1,21 @@
 """The WebSocket link to the server's hub (contract section 5), under a ClientService.
 
-On every connection: ``auth`` first (when a token is configured), then ``Subscribe``
-with the client id; once the server acknowledges it, the engine catches up from the
+On every connection: ``auth`` first (when there is a token: the credentials' current
+one, see :mod:`quantum_sync.client.credentials`), then ``Subscribe`` with the client id;
+a token renewed while the connection is open is sent on it as a new ``auth`` (the
+connection stays: the server checks the identity again on every message); once the server acknowledges it, the engine catches up from the
 journal (a reconnect never needs a full rescan). ``FileOperation`` messages go to the
 engine with their ``seq``; the engine notices gaps. The link also subscribes to the
 ``transfers`` topic, whose ``upload_started`` events let the engine fetch another
-client's large upload while it arrives (:mod:`quantum_sync.server.relay`). Reconnection
-uses exponential backoff; every state change is logged.
+client's large upload while it arrives (:mod:`quantum_sync.server.relay`).
+
+Reconnection (:mod:`quantum_sync.client.backoff`): exponential backoff with full jitter
+up to 60 s. ``ClientService`` itself starts over whenever TCP connects, so the link keeps
+its own count: a session is a success only if it was subscribed and stayed up a while.
+A wait the server asks for is honoured: ``Retry-After`` on a refused handshake (503 at
+``max_connections``, 429) and ``retryAfter`` in an ``Error`` (``CLIENT_ID_IN_USE``: another
+live connection has this client id). A server with no ``/ws`` (404) is said once and
+tried again every few minutes, the client polling meanwhile. Every state change is logged.
 """
 
 import json
@@ -15,17 +24,29 @@ import txaio
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from quantum_sync import protocol
 from quantum_sync.client.failover import RotatingEndpoint, host_and_port
+from quantum_sync.client.backoff import Backoff, session_failed
+from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
+from quantum_sync.client.keepalive import KeepAliveEndpoint
+from quantum_sync.client.transfer import MAX_RETRY_AFTER, retry_after_seconds
 from quantum_sync.errors import SyncError
 
 
 _log = Logger()
 TRANSFERS_TOPIC = "transfers"
+#: Seconds between reconnects while the server refuses the only token there is.
+SLOW_RETRY = 60.0
+#: The cap of the reconnect backoff, in seconds.
+MAX_BACKOFF = 60.0
+#: Seconds between tries of a server whose route has no /ws (404).
+NO_WEBSOCKET_RETRY = 180.0
+#: The wait after CLIENT_ID_IN_USE when the server gives no retryAfter.
+DEFAULT_ID_IN_USE_WAIT = 30.0
 
 
 def websocket_url(server_url: str) -> str:
@@ -50,15 +71,46 @@ class SyncClientProtocol(WebSocketClientProtocol):
     (Autobahn's own ``self.log`` is left alone: it filters its frame-level debug lines.)
     """
 
+    def connectionMade(self):
+        self.factory.link.attempts += 1
+        super().connectionMade()
+
+    def failHandshake(self, reason):
+        # the server answered the upgrade with something else than 101: its status and
+        # Retry-After decide the wait (Autobahn keeps the parsed answer on the protocol)
+        status = None
+        parts = (getattr(self, "http_status_line", None) or "").split()
+        if len(parts) > 1 and parts[1].isdigit():
+            status = int(parts[1])
+        headers = getattr(self, "http_headers", None) or {}
+        self.factory.link.handshake_refused(status, headers.get("retry-after"))
+        super().failHandshake(reason)
+
     def onConnect(self, response):
         self._opened = defer.Deferred()
+        self.auth_token = None  # the token this connection authenticated with
+        self.is_subscribed = False
 
     def onOpen(self):
-        link = self.factory.link
-        if link.token:
-            self._send({"type": "auth", "payload": {"token": link.token}})
+        d = defer.ensureDeferred(self.factory.link.credentials.current())
+        d.addCallbacks(self._authenticate, self._no_token)
+
+    def _authenticate(self, token):
+        if self.state != self.STATE_OPEN:
+            return
+        if token:
+            self.send_token(token)
         else:
             self._subscribe()
+
+    def send_token(self, token):
+        """Authenticate with ``token`` (again, when a renewed one replaces it)."""
+        self.auth_token = token
+        self._send({"type": "auth", "payload": {"token": token}})
+
+    def _no_token(self, failure):
+        _log.warn("realtime: no token to authenticate with ({error})", error=failure.getErrorMessage())
+        self.sendClose()
 
     def _subscribe(self):
         self._send({"type": "Subscribe", "client_id": self.factory.link.client_id})
@@ -75,10 +127,12 @@ class SyncClientProtocol(WebSocketClientProtocol):
             _log.warn("realtime: unreadable message from the server")
             return
         if kind == "auth_success":
-            self._subscribe()
+            if not self.is_subscribed:
+                self._subscribe()
         elif kind == "auth_error":
-            _log.error("realtime: the server refused the token: {message}", message=message.get("message", ""))
+            link.token_refused(self.auth_token, message.get("code"), message.get("message", ""))
         elif kind == "Ack" and message.get("operation_id") == "subscribe" and "topic" not in message:
+            self.is_subscribed = True
             link.subscribed(self, message.get("journal_id"))
             if link.relay:
                 # large uploads of other clients, announced while they arrive (an extension
@@ -96,7 +150,12 @@ class SyncClientProtocol(WebSocketClientProtocol):
                               message.get("journal_id"))
         elif kind == "Error" and message.get("id") == TRANSFERS_TOPIC:
             _log.info("realtime: the server announces no uploads in progress; large files are fetched once stored")
+        elif kind == "Error" and message.get("code") == "CLIENT_ID_IN_USE":
+            link.client_id_in_use(message.get("retryAfter"))
+            self.sendClose()
         elif kind == "Error":
+            if "retryAfter" in message:
+                link.server_asked_to_wait(message["retryAfter"])
             _log.warn(
                 "realtime: server error {code}: {message}", code=message.get("code"), message=message.get("message")
             )
@@ -110,12 +169,27 @@ class RealtimeLink:
 
     log = Logger()
 
-    def __init__(self, reactor, server_url, client_id, engine, token=None, ca_cert=None, relay=True,
-                 fallbacks=()):
+    def __init__(self, reactor, server_url, client_id, engine, credentials=None, ca_cert=None, relay=True,
+                 poll_interval=30.0, random=None, fallbacks=()):
+        """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
+        fixed token (str) or None; ``poll_interval``: how often the client reconciles while
+        the link is down (for the log); ``random``: the backoff's jitter source;
+        ``fallbacks``: further servers of the same cluster, tried in turn."""
         self.reactor = reactor
+        self.poll_interval = poll_interval
+        self.attempts = 0  # TCP connections made (each one a handshake)
+        self._backoff = Backoff(initial=1.0, cap=MAX_BACKOFF, **({"random": random} if random else {}))
+        self._subscribed_at = None
+        self._wait_asked = 0.0  # seconds the server asked us to wait before the next attempt
+        self._no_websocket = False
+        self._id_in_use_said = False
         self.client_id = client_id
         self.relay = relay
-        self.token = token
+        if not isinstance(credentials, Credentials):
+            credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
+        self.credentials = credentials
+        credentials.on_change(self._token_changed)
+        self._hold_until = 0.0  # no reconnect before (a token the server refused, none newer)
         self.engine = engine
         self.connected = False
         self._protocol = None
@@ -133,14 +207,68 @@ class RealtimeLink:
                                         utf8validateIncoming=False)
         from quantum_sync.tls import client_endpoint
 
-        endpoint = RotatingEndpoint([client_endpoint(reactor, *host_and_port(url), ca_cert)
+        endpoint = RotatingEndpoint([KeepAliveEndpoint(client_endpoint(reactor, *host_and_port(url), ca_cert))
                                      for url in (server_url, *fallbacks)])
-        self.service = ClientService(
-            endpoint, self.factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=reactor
-        )
+        self.service = ClientService(endpoint, self.factory, retryPolicy=self.next_delay, clock=reactor)
+
+    def next_delay(self, _attempts=None) -> float:
+        """Seconds before the next attempt (``ClientService``'s retry policy; its own count
+        of attempts starts over on every TCP connect, so ours is used)."""
+        asked, self._wait_asked = self._wait_asked, 0.0
+        if self._no_websocket:
+            asked = max(asked, NO_WEBSOCKET_RETRY)
+        asked = max(asked, self._hold_until - self.reactor.seconds())
+        return self._backoff.next_delay(at_least=asked)
+
+    def server_asked_to_wait(self, seconds) -> None:
+        """The server said when to try again (``retryAfter``, ``Retry-After``)."""
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds == seconds:
+            self._wait_asked = max(self._wait_asked, min(max(float(seconds), 0.0), MAX_RETRY_AFTER))
+
+    def handshake_refused(self, status, retry_after) -> None:
+        """The upgrade was answered ``status`` (None: unreadable), with ``retry_after``
+        (the header's text, or None)."""
+        if retry_after is not None:
+            self.server_asked_to_wait(retry_after_seconds([retry_after]))
+        if status == 404:
+            if not self._no_websocket:
+                self.log.warn("realtime: the server serves no /ws on this route: polling every {interval:g} s",
+                              interval=self.poll_interval)
+            self._no_websocket = True
+
+    def client_id_in_use(self, retry_after) -> None:
+        """The server refused a second live connection with our client id."""
+        wait = retry_after if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool) \
+            else DEFAULT_ID_IN_USE_WAIT
+        self.server_asked_to_wait(wait)
+        if not self._id_in_use_said:
+            self._id_in_use_said = True
+            self.log.warn("realtime: another connection uses client id {client_id}; trying again after {wait:g} s "
+                          "(two folders sharing one id miss each other's changes: give one of them --client-id)",
+                          client_id=self.client_id, wait=self._wait_asked)
+
+    def _token_changed(self, token):
+        proto = self._protocol
+        if proto is not None and token and proto.state == proto.STATE_OPEN:
+            proto.send_token(token)
+        self._hold_until = 0.0
+
+    def token_refused(self, token, code, message):
+        """The server refused ``token`` (the connection is then closed): reconnect with a
+        newer one when there is one, else slowly."""
+        self.log.info("realtime: the server refused the token: {code} {message}", code=code, message=message)
+
+        def refreshed(newer):
+            if not newer:
+                self._hold_until = self.reactor.seconds() + SLOW_RETRY
+
+        defer.ensureDeferred(self.credentials.refresh(token)).addCallbacks(
+            refreshed, lambda f: self.log.info("realtime: no new token yet: {error}", error=f.getErrorMessage()))
 
     def subscribed(self, proto, journal_id=None):
         self._protocol = proto
+        self._subscribed_at = self.reactor.seconds()
+        self._no_websocket = self._id_in_use_said = False
         self.engine.journal_named(journal_id)
         if not self.connected:
             self.log.info("realtime: connected and subscribed to {url}", url=self.factory.url)
@@ -152,6 +280,9 @@ class RealtimeLink:
         self.engine.remote_operation(seq, operation, journal_id)
 
     def closed(self, proto, code, reason):
+        if not session_failed(self._subscribed_at, self.reactor.seconds(), code):
+            self._backoff.succeeded()
+        self._subscribed_at = None
         if self.connected:
             self.log.warn("realtime: disconnected (code {code}, {reason}); reconnecting with backoff", code=code, reason=reason or "")
         self.connected = False

@@ -4,7 +4,8 @@ Start-up order: open the folder's state (cleaning crash leftovers), reconcile wi
 server (retrying with backoff while it is unreachable or its certificate is refused),
 then watch the folder and subscribe to the hub. A periodic tick runs a full reconcile
 every ``interval`` while the WebSocket is down and, as a safety net for events the
-kernel dropped, every ``safety_interval`` while it is up.
+kernel dropped unseen, every ``safety_interval`` while it is up; an inotify overflow the
+watcher reports starts one at once.
 """
 
 import os
@@ -14,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from quantum_sync.client.credentials import Login, credentials_for
 from quantum_sync.client.engine import Engine
 from quantum_sync.client.realtime import RealtimeLink
 from quantum_sync.client.state import FolderState
@@ -32,6 +34,11 @@ class ClientConfig:
     initial_sync: bool = False
     interval: float = 30.0
     token: str = None
+    #: ``--token-file``: read again when it changes (``token`` is what it held at start).
+    token_file: str = None
+    #: ``--user`` and the password from ``--password-file``: the client logs in itself.
+    user: str = None
+    password: str = attrs.field(default=None, repr=False)
     strategy: str = "rename"
     ca_cert: str = None
     settle: float = 0.2
@@ -53,7 +60,7 @@ class SyncClientService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.state = self.server = self.engine = self.watcher = self.link = None
+        self.state = self.server = self.engine = self.watcher = self.link = self.credentials = None
         self.ready = defer.Deferred()  # fires after the first successful reconcile
         self._starting = None
         self._ticker = None
@@ -74,6 +81,11 @@ class SyncClientService(MultiService):
         config = self.config
         self.state = await FolderState(self.reactor, config.folder).open()
         client_id = self.state.client_id(config.client_id)
+        if self.state.made_for is not None:
+            self.log.warn(
+                "the state in {folder} was made for {other} (a copy of that folder?): {what} {client_id}",
+                folder=config.folder, other=self.state.made_for, client_id=client_id,
+                what="keeping the client id given," if config.client_id else "taking a new client id,")
         self.log.info(
             "syncing {folder} with {server} as client {client_id}",
             folder=config.folder,
@@ -82,8 +94,13 @@ class SyncClientService(MultiService):
         )
         if self.state.is_new:
             self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
-        self.server = ServerClient(self.reactor, config.server, client_id, config.token, config.ca_cert, config.concurrency,
+        self.credentials = credentials_for(self.reactor, config.token, config.token_file, config.user, config.password)
+        self.server = ServerClient(self.reactor, config.server, client_id, self.credentials, config.ca_cert,
+                                   config.concurrency,
                                    fallbacks=config.fallbacks)
+        if isinstance(self.credentials, Login):
+            self.credentials.log_in = self.server.log_in
+        self.credentials.start()
         self.engine = Engine(
             self.reactor,
             config.folder,
@@ -97,7 +114,7 @@ class SyncClientService(MultiService):
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
-            own_write=self.engine.installed.claim,
+            own_write=self.engine.installed.claim, on_lost=self._events_lost,
         )
         if not config.initial_sync:
             self._watch()
@@ -108,8 +125,8 @@ class SyncClientService(MultiService):
             self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
-            self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, config.token, config.ca_cert,
-                                     relay=config.relay, fallbacks=config.fallbacks)
+            self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
+                                     relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks)
             self.link.service.startService()
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
@@ -154,6 +171,11 @@ class SyncClientService(MultiService):
         d.addErrback(self._tick_failed)
         return None
 
+    def _events_lost(self):
+        """The kernel dropped file events: what they were is unknown, so look at everything."""
+        if not self._stopping:
+            self.engine.reconcile().addErrback(self._tick_failed)
+
     def _tick_failed(self, failure):
         if failure.check(ServerUnavailable, RequestRefused):
             self.engine._went_offline(str(failure.value))
@@ -166,6 +188,8 @@ class SyncClientService(MultiService):
             self._backoff.cancel()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
+        if self.credentials is not None:
+            self.credentials.stop()
         if self.link is not None:
             await self.link.stop()
         await MultiService.stopService(self)

@@ -104,11 +104,15 @@ class StagingSink:
 
 
 class _BodyToSink(Protocol):
-    def __init__(self, sink: StagingSink, done: defer.Deferred):
-        self._sink, self._done = sink, done
+    def __init__(self, sink: StagingSink, done: defer.Deferred, watch=None):
+        self._sink, self._done, self._watch = sink, done, watch
 
     def connectionMade(self):
-        self._sink.flow(self.transport.pauseProducing, self.transport.resumeProducing)
+        if self._watch is None:
+            self._sink.flow(self.transport.pauseProducing, self.transport.resumeProducing)
+        else:
+            self._watch.abort = self.transport.stopProducing
+            self._sink.flow(self._pause, self._resume)
         # fewer, larger socket reads while the body streams in; the pooled connection gets
         # its usual size back afterwards (a large read buffer per small answer costs)
         self._connection = getattr(self.transport, "_producer", None)
@@ -116,7 +120,18 @@ class _BodyToSink(Protocol):
             self._usual_read_size = self._connection.bufferSize
             self._connection.bufferSize = READ_SIZE
 
+    def _pause(self):  # the disk is behind: no byte arrives, and that is not a stall
+        self._watch.paused = True
+        self.transport.pauseProducing()
+
+    def _resume(self):
+        self._watch.paused = False
+        self._watch.touch()
+        self.transport.resumeProducing()
+
     def dataReceived(self, data):
+        if self._watch is not None:
+            self._watch.touch()
         self._sink.put(data)
 
     def connectionLost(self, reason):
@@ -128,11 +143,12 @@ class _BodyToSink(Protocol):
             self._done.errback(reason)
 
 
-def receive(response, sink: StagingSink) -> defer.Deferred:
+def receive(response, sink: StagingSink, watch=None) -> defer.Deferred:
     """Deliver ``response``'s body into ``sink``; fires when all of it has been handed over
-    (the threads may still be working: call :meth:`StagingSink.finish`)."""
+    (the threads may still be working: call :meth:`StagingSink.finish`). ``watch``: the
+    transfer's idle watch (:class:`quantum_sync.client.transfer.IdleWatch`)."""
     if response.length == 0:
         return defer.succeed(None)
     done = defer.Deferred()
-    response.deliverBody(_BodyToSink(sink, done))
+    response.deliverBody(_BodyToSink(sink, done, watch))
     return done

@@ -5,15 +5,22 @@ What survives a restart, a crash or a long time offline:
 - ``files``: per path the last version both sides agreed on (hash, size, kind, the
   server's mtime) and the local size/mtime it had then (so an unchanged file is
   recognised without hashing it again);
-- ``meta``: the client id, the journal cursor and the journal's id;
+- ``meta``: the client id, the journal cursor and the journal's id, and which folder the
+  state belongs to (device, inode and path: a folder copied with its ``.quantum-sync/`` is
+  noticed, and takes a new client id, since two clients sharing one would miss each
+  other's changes);
 - ``pending``: local changes seen but not yet sent (the offline queue).
 
 Everything is held in memory and written through to SQLite on one dedicated thread in
-small batched transactions, so the reactor never waits on the disk. A folder whose
+small batched transactions, so the reactor never waits on the disk. A transaction that
+fails (a full disk, an I/O error) loses nothing: its changes go back into the next batch
+(newer changes of the same rows win) and the write is tried again, after 0.5 s doubling
+to 30 s, with one log line per failing streak. A folder whose
 database did not exist when it was opened :attr:`is_new`: nothing is known to have been
 synced, so a reconcile deletes nothing on the server.
 """
 
+import json
 import os
 import shutil
 import sqlite3
@@ -23,10 +30,19 @@ import uuid
 import attrs
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from quantum_sync.client.reconcile import Entry
 from quantum_sync.paths import STATE_DIR_NAME, is_inside
+
+#: Seconds changes wait to be written together.
+WRITE_DELAY = 0.05
+#: The wait before a failed write is tried again, doubling up to RETRY_MAX.
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+
+log = Logger()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -47,6 +63,12 @@ class Base:
     local_mtime_ns: int
 
 
+def folder_identity(folder: str) -> str:
+    """Device, inode and real path of ``folder``, as stored in the state (JSON)."""
+    st = os.stat(folder)
+    return json.dumps({"device": st.st_dev, "inode": st.st_ino, "path": os.path.realpath(folder)}, sort_keys=True)
+
+
 def state_dir(folder: str) -> str:
     return os.path.join(folder, STATE_DIR_NAME)
 
@@ -65,6 +87,8 @@ class FolderState:
         self._pool = ThreadPool(1, 1, name="quantum-sync-state")
         self._db = None
         self.is_new = False
+        #: The folder this state was made for, when that is not this one (a copy).
+        self.made_for = None
         self.bases = {}
         self.meta = {}
         self.pending = {}
@@ -73,6 +97,7 @@ class FolderState:
         self._dirty_pending = {}
         self._flush_call = None
         self._write_lock = defer.DeferredLock()
+        self._retry_delay = None  # while writes fail: the wait before the next try
 
     # -- opening / closing ---------------------------------------------------------------
 
@@ -97,6 +122,10 @@ class FolderState:
             path_, is_dir, digest, size, modified, lsize, lmtime = row
             self.bases[path_] = Base(Entry(digest, size, bool(is_dir)), modified, lsize, lmtime)
         self.meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        self._identity = folder_identity(self.folder)
+        recorded = self.meta.get("folder")
+        if recorded is not None and recorded != self._identity:
+            self.made_for = json.loads(recorded).get("path", "?")
         self.pending = {p: s for p, s, _ in self._db.execute("SELECT path, source, queued_at FROM pending")}
 
     async def close(self):
@@ -104,6 +133,9 @@ class FolderState:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         await self.flush()
+        if self._flush_call is not None and self._flush_call.active():  # the last write failed
+            self._flush_call.cancel()
+            log.error("closing the folder's state with {count} change(s) not written", count=self.unwritten)
         if self._db is not None:
             await self._run(self._db.close)
         self._pool.stop()
@@ -114,10 +146,14 @@ class FolderState:
     # -- client id and cursor ------------------------------------------------------------
 
     def client_id(self, wanted=None) -> str:
-        """``wanted`` when given (and remembered), else the remembered id, else a new UUID."""
-        cid = wanted or self.meta.get("client_id") or str(uuid.uuid4())
+        """``wanted`` when given (and remembered), else the remembered id, else a new UUID;
+        a new one too when the state was made for another folder (:attr:`made_for`)."""
+        remembered = None if self.made_for is not None else self.meta.get("client_id")
+        cid = wanted or remembered or str(uuid.uuid4())
         if self.meta.get("client_id") != cid:
             self._set_meta("client_id", cid)
+        if self.meta.get("folder") != self._identity:  # written with the id (one transaction)
+            self._set_meta("folder", self._identity)
         return cid
 
     @property
@@ -186,16 +222,48 @@ class FolderState:
 
     # -- write-behind -------------------------------------------------------------------
 
-    def _schedule(self):
+    def _schedule(self, delay=WRITE_DELAY):
         if self._flush_call is None or not self._flush_call.active():
-            self._flush_call = self._reactor.callLater(0.05, self.flush)
+            self._flush_call = self._reactor.callLater(delay, self.flush)
+
+    @property
+    def unwritten(self) -> int:
+        """Changes held in memory, not yet written."""
+        return len(self._dirty_files) + len(self._dirty_meta) + len(self._dirty_pending)
 
     def flush(self):
-        """Write all changes made so far in one transaction; a Deferred that fires when done."""
+        """Write all changes made so far in one transaction; a Deferred that fires when done
+        (it never fails: a failed write is kept and tried again, see the module's doc)."""
         files, meta, pending = self._dirty_files, self._dirty_meta, self._dirty_pending
         self._dirty_files, self._dirty_meta, self._dirty_pending = {}, {}, {}
         if not (files or meta or pending) or self._db is None:
             return self._write_lock.run(defer.succeed, None)
+        d = self._write_lock.run(self._run, self._writer(files, meta, pending))
+        d.addCallbacks(self._written, self._not_written, errbackArgs=(files, meta, pending))
+        return d
+
+    def _written(self, _):
+        if self._retry_delay is not None:
+            self._retry_delay = None
+            log.info("the folder's state is written again")
+
+    def _not_written(self, failure, files, meta, pending):
+        # newer changes (made while this batch was being written) win over the batch's
+        for batch, dirty in ((files, self._dirty_files), (meta, self._dirty_meta), (pending, self._dirty_pending)):
+            for key, value in batch.items():
+                dirty.setdefault(key, value)
+        if self._retry_delay is None:
+            self._retry_delay = RETRY_FIRST
+            log.error("writing the folder's state failed ({error}); its {count} change(s) are kept and written "
+                      "again shortly", error=failure.getErrorMessage(), count=self.unwritten)
+        else:
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = self._reactor.callLater(self._retry_delay, self.flush)
+
+    def _writer(self, files, meta, pending):
+        """The blocking write of one batch (run on the state's thread)."""
 
         def write():
             with self._db:
@@ -216,4 +284,4 @@ class FolderState:
                     else:
                         self._db.execute("INSERT OR REPLACE INTO pending VALUES (?,?,?)", (path, source, time.time()))
 
-        return self._write_lock.run(self._run, write)
+        return write

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
+from quantum_sync.client.credentials import read_secret_file
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
 from quantum_sync.gctune import tune_garbage_collector
@@ -31,7 +32,9 @@ class Options(usage.Options):
         ["client-id", None, None, "this client's id (default: a UUID remembered in the folder's state)"],
         ["interval", "i", "30", "seconds between full reconciles (also the fallback while the WebSocket is down)"],
         ["token", None, None, "bearer token for the server"],
-        ["token-file", None, None, "read the bearer token from this file"],
+        ["token-file", None, None, "read the bearer token from this file (read again when it changes)"],
+        ["user", None, None, "log in as this user (with --password-file); the token is renewed before it expires"],
+        ["password-file", None, None, "the password for --user, on one line (the file must not be readable by group or others)"],
         ["conflict-strategy", None, "rename", "rename (keep both), keep-client or keep-server"],
         ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
         ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
@@ -95,6 +98,7 @@ class Options(usage.Options):
         if client_id is not None and not re.fullmatch(r"[A-Za-z0-9._:@-]{1,128}", client_id):
             raise ValueError("--client-id: 1 to 128 letters, digits or . _ : @ -")
         token = self._token()
+        user, password = self._login()
         ca_cert = self["ca-cert"]
         if ca_cert is not None:
             from quantum_sync.tls import TLSConfigError, load_trust_root
@@ -114,6 +118,9 @@ class Options(usage.Options):
             initial_sync=bool(self["initial-sync"]),
             interval=interval,
             token=token,
+            token_file=self["token-file"],
+            user=user,
+            password=password,
             strategy=strategy,
             ca_cert=ca_cert,
             settle=settle / 1000.0,
@@ -127,15 +134,21 @@ class Options(usage.Options):
         if self["token"] and self["token-file"]:
             raise ValueError("--token and --token-file exclude each other")
         if self["token-file"]:
-            try:
-                with open(self["token-file"], encoding="utf-8") as f:
-                    token = f.read().strip()
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"--token-file {self['token-file']}: {getattr(e, 'strerror', None) or e}") from None
-            if not token:
-                raise ValueError(f"--token-file {self['token-file']}: the file is empty")
-            return token
+            self["token-file"] = os.path.abspath(self["token-file"])  # twistd may chdir
+            return read_secret_file(self["token-file"], "--token-file", private=False)
         return self["token"] or None
+
+    def _login(self):
+        user, password_file = self["user"], self["password-file"]
+        if user is None and password_file is None:
+            return None, None
+        if user is None or password_file is None:
+            raise ValueError("--user and --password-file go together")
+        if self["token"] or self["token-file"]:
+            raise ValueError("--user excludes --token and --token-file")
+        if not user or len(user) > 256 or any(ord(c) < 32 for c in user):
+            raise ValueError("--user: 1 to 256 characters, no control characters")
+        return user, read_secret_file(password_file, "--password-file", private=True)
 
 
 def _number(option, text, kind):

@@ -7,15 +7,25 @@ in ``.quantum-sync/tmp/`` (:mod:`quantum_sync.client.staging`); small ones trave
 hashed, a body of at most its announced size). Every download is checked against the
 expected SHA-256. Every request
 carries ``X-Client-Id`` (so the server does not send the client its own changes back)
-and, with a token, ``Authorization: Bearer``. Everything the server sends is parsed by
-:mod:`quantum_sync.protocol`, so its paths are validated before the engine sees them.
+and, with a token, ``Authorization: Bearer`` with the token the
+:class:`~quantum_sync.client.credentials.Credentials` hold when the request starts; a
+request refused with a 401 is sent once more when they have a newer token
+(``AUTH_EXPIRED``: logged in again, or the token file rewritten). Everything the server
+sends is parsed by :mod:`quantum_sync.protocol`, so its paths are validated before the
+engine sees them.
+
+A transfer that moves no byte for :data:`IDLE_TIMEOUT` seconds (a half-open connection:
+a laptop that slept, a NAT that forgot it) is aborted (:class:`TransferStalled`), and a
+single upload or download is tried again after a backoff, its slot free meanwhile; the
+client's sockets have TCP keepalive on too (:mod:`quantum_sync.client.keepalive`).
 
 Failures are sorted for the engine: :class:`ServerUnavailable` (no answer, a 5xx, a
-refused certificate: try again later, never "everything was deleted"),
+refused certificate, a 401: try again later, never "everything was deleted"),
 :class:`RequestRefused` with the contract code (4xx), and its special cases
 :class:`PreconditionFailed` (412) and :class:`CursorExpired` (410).
 """
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -26,20 +36,25 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from quantum_sync import batch, protocol
 from quantum_sync.client import staging
+from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
-from quantum_sync.client.localfs import unlink_quietly
+from quantum_sync.client.keepalive import KeepAliveEndpoint
+from quantum_sync.client.localfs import open_regular, unlink_quietly
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -67,6 +82,10 @@ PREFETCH_KEEP = 60.0
 #: itself (the upload a relay follows is over by then, unless the FileOperation came from
 #: another upload of the same bytes and the relayed one stalled).
 CLAIM_WAIT = 30.0
+#: Seconds a transfer may go without a byte sent or received before it is aborted.
+IDLE_TIMEOUT = 60.0
+#: Tries of a stalled upload or download after the first (a backoff between, the slot free).
+STALL_RETRIES = 3
 #: A 429 without a usable Retry-After pauses requests this long; a longer one is capped.
 DEFAULT_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 600.0
@@ -128,12 +147,39 @@ class ChangesPage:
     journal_id: str = None
 
 
+def _parse_listing(raw: bytes) -> tuple:
+    """``(entries, problems)`` of an ``/api/list`` answer; ServerUnavailable when it is not
+    a JSON list."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ServerUnavailable("GET /api/list: the answer is not JSON") from None
+    if not isinstance(body, list):
+        raise ServerUnavailable("GET /api/list: the answer is not a list")
+    parsed, problems = [], []
+    for item in body:
+        try:
+            parsed.append(protocol.parse_metadata(item))
+        except SyncError as e:
+            problems.append(e.message)
+    return parsed, problems
+
+
 class ServerUnavailable(Exception):
     """No usable answer (connection, timeout, 5xx, TLS refusal): retry later."""
 
 
 class RequestRefused(Exception):
     """A 4xx answer with a contract error code."""
+
+    def __init__(self, status, code, message):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class NotAuthorized(ServerUnavailable):
+    """A 401: no token, or one the server no longer takes (a path's job is retried later,
+    as when the server is down; the credentials say what to do, once)."""
 
     def __init__(self, status, code, message):
         super().__init__(f"{status} {code}: {message}")
@@ -148,6 +194,10 @@ class CursorExpired(RequestRefused):
     """410: the journal no longer holds the entries after our cursor."""
 
 
+class TransferStalled(ServerUnavailable):
+    """No byte moved for the idle timeout: the connection was aborted."""
+
+
 class DownloadCorrupt(ServerUnavailable):
     """The downloaded bytes did not hash to what the server announced."""
 
@@ -155,9 +205,11 @@ class DownloadCorrupt(ServerUnavailable):
 def refusal(what: str, status: int, code: str, message: str) -> Exception:
     """The exception for an answer ``status`` with contract ``code`` (``what``: the
     request, for the message): :class:`ServerUnavailable` for a 5xx or a 429, else a
-    :class:`RequestRefused` (or its subclass for 412 and 410)."""
+    :class:`RequestRefused` (or its subclass for 412 and 410); :class:`NotAuthorized` for 401."""
     if status >= 500 or status == 429:
         return ServerUnavailable(f"{what}: {status} {code}: {message}")
+    if status == 401:
+        return NotAuthorized(status, code, message)
     cls = {412: PreconditionFailed, 410: CursorExpired}.get(status, RequestRefused)
     return cls(status, code, message)
 
@@ -168,9 +220,80 @@ async def _settled(deferreds) -> list:
     return [value if succeeded else value.value for succeeded, value in answers]
 
 
-async def _bounded_body(response, limit: int, too_long: Exception, what: str) -> bytes:
+class IdleWatch:
+    """Aborts a transfer that moves no byte for ``seconds``: :attr:`abort` is what stops
+    its current phase (cancel the request, stop reading the body); :meth:`touch` on every
+    byte moved; :attr:`paused` while the client itself holds the body back (a slow disk)."""
+
+    def __init__(self, clock, seconds):
+        self._clock, self.seconds = clock, seconds
+        self.last = clock.seconds()
+        self.stalled = False
+        self.paused = False
+        self.abort = None
+        self._call = clock.callLater(seconds, self._check)
+
+    def touch(self, _data=None):
+        self.last = self._clock.seconds()
+
+    def _check(self):
+        idle = self._clock.seconds() - self.last
+        if self.paused or idle < self.seconds:
+            self._call = self._clock.callLater(self.seconds if self.paused else self.seconds - idle, self._check)
+            return
+        self._call = None
+        self.stalled = True
+        if self.abort is not None:
+            self.abort()
+
+    def stop(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class _Collect(Protocol):
+    """Hands each chunk of a body to ``on_chunk``; an exception it raises ends the body."""
+
+    def __init__(self, on_chunk, done, watch):
+        self._on_chunk, self._done, self._watch = on_chunk, done, watch
+        self._error = None
+
+    def connectionMade(self):
+        if self._watch is not None:
+            self._watch.abort = self.transport.stopProducing
+
+    def dataReceived(self, data):
+        if self._error is not None:
+            return
+        if self._watch is not None:
+            self._watch.touch()
+        try:
+            self._on_chunk(data)
+        except Exception as e:
+            self._error = e
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason):
+        if self._error is not None:
+            self._done.errback(self._error)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(None)
+        else:
+            self._done.errback(reason)
+
+
+def read_body(response, on_chunk, watch=None) -> defer.Deferred:
+    """Deliver ``response``'s body to ``on_chunk``; fires when it has all arrived."""
+    done = defer.Deferred()
+    response.deliverBody(_Collect(on_chunk, done, watch))
+    return done
+
+
+async def _bounded_body(response, limit: int, too_long: Exception, what: str, watch=None) -> bytes:
     """The body of ``response``, refused with ``too_long`` as soon as it passes ``limit``
-    bytes (treq then closes the connection); ServerUnavailable when it breaks off."""
+    bytes (the connection is then closed); ServerUnavailable when it breaks off
+    (:class:`TransferStalled` when ``watch`` saw it stall)."""
     chunks, received = [], [0]
 
     def collect(chunk):
@@ -180,12 +303,18 @@ async def _bounded_body(response, limit: int, too_long: Exception, what: str) ->
         chunks.append(chunk)
 
     try:
-        await treq.collect(response, collect)
+        await read_body(response, collect, watch)
     except Exception as e:
         if e is too_long:
             raise
-        raise ServerUnavailable(f"{what} interrupted: {e}") from None
+        raise _broken_off(what, e, watch) from None
     return b"".join(chunks)
+
+
+def _broken_off(what, error, watch) -> ServerUnavailable:
+    if watch is not None and watch.stalled:
+        return TransferStalled(f"{what}: no byte moved for {watch.seconds:g} s; aborted")
+    return ServerUnavailable(f"{what} interrupted: {error}")
 
 
 def _tls_reason(failure):
@@ -237,6 +366,42 @@ class _BytesBody:
         pass
 
 
+@implementer(IBodyProducer)
+class _WatchedBody:
+    """A request body whose every write tells an :class:`IdleWatch`."""
+
+    def __init__(self, producer, watch):
+        self._producer, self._watch = producer, watch
+        self.length = producer.length
+
+    def startProducing(self, consumer):
+        return self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
+
+    def pauseProducing(self):
+        self._producer.pauseProducing()
+
+    def resumeProducing(self):
+        self._producer.resumeProducing()
+
+    def stopProducing(self):
+        self._producer.stopProducing()
+
+
+class _TouchingConsumer:
+    def __init__(self, consumer, watch):
+        self._consumer, self._watch = consumer, watch
+
+    def write(self, data):
+        self._watch.touch()
+        self._consumer.write(data)
+
+    def registerProducer(self, producer, streaming):
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self._consumer.unregisterProducer()
+
+
 class _KeptEndpoints:
     """The Agent's endpoint factory, asked once per server: Agent builds a new endpoint for
     every request (host name checks and encoding included) even when the pool then hands
@@ -250,7 +415,7 @@ class _KeptEndpoints:
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[key] = self._factory.endpointForURI(uri)
+            endpoint = self._endpoints[key] = KeepAliveEndpoint(self._factory.endpointForURI(uri))
         return endpoint
 
 
@@ -266,8 +431,15 @@ class ServerClient:
 
     log = Logger()
 
-    def __init__(self, reactor, server_url: str, client_id: str, token=None, ca_cert=None, concurrency: int = 8,
-                 fallbacks=()):
+    def __init__(self, reactor, server_url: str, client_id: str, credentials=None, ca_cert=None, concurrency: int = 8,
+                 idle_timeout: float = IDLE_TIMEOUT, fallbacks=()):
+        """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
+        fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte;
+        ``fallbacks``: further servers of the same cluster, tried in turn."""
+        self.idle_timeout = idle_timeout
+        if not isinstance(credentials, Credentials):
+            credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
+        self.credentials = credentials
         self.server_url = server_url.rstrip("/")
         #: The servers of one cluster, tried in turn when one cannot be reached.
         self.servers = ServerList((self.server_url, *fallbacks))
@@ -287,8 +459,6 @@ class ServerClient:
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
-        if token:
-            self._headers["Authorization"] = [f"Bearer {token}"]
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
         self._use(self.server_url)
         self._transfers = defer.DeferredSemaphore(concurrency)
@@ -341,34 +511,67 @@ class ServerClient:
         if pause > 0:  # the server said 429 with Retry-After: do not ask again before then
             raise ServerUnavailable(f"{method} {path}: rate limited by the server, next try in {pause:.1f} s")
 
-    async def _request(self, method, path, params=None, headers=None, timeout=SMALL_REQUEST_TIMEOUT, **kwargs):
-        self._check_paused(method, path)
-        all_headers = dict(self._headers)
-        all_headers.update(headers or {})
-        requested = self._http.request(method, self._url(path), params=params, headers=Headers(all_headers), timeout=timeout, **kwargs)
-        return await self._answer(method, path, requested)
+    async def _authorized(self, send):
+        """``await send(token)`` with the current token; when the server refuses it (401)
+        and the credentials have a newer one, once more with that."""
+        token = await self.credentials.current()
+        try:
+            return await send(token)
+        except NotAuthorized:
+            if not await self.credentials.refresh(token):
+                raise
+        return await send(self.credentials.token)
 
-    async def _transfer_request(self, method, path, file_path, headers=None, body=None, query=""):
+    async def _request(self, method, path, params=None, headers=None, timeout=SMALL_REQUEST_TIMEOUT, **kwargs):
+        async def send(token):
+            self._check_paused(method, path)
+            all_headers = dict(self._headers)
+            all_headers.update(headers or {})
+            if token:
+                all_headers["Authorization"] = [f"Bearer {token}"]
+            requested = self._http.request(method, self._url(path), params=params, headers=Headers(all_headers),
+                                           timeout=timeout, **kwargs)
+            return await self._answer(method, path, requested)
+
+        return await self._authorized(send)
+
+    async def _transfer_request(self, method, path, file_path, headers=None, body=None, query="", watch=None):
         """A transfer's request (``path`` with ``?path=file_path`` unless that is None, then
-        ``query``; no timeout) on the Agent itself: treq's URL, cookie and redirect layers
-        cost more than a small file."""
-        self._check_paused(method, path)
+        ``query``) on the Agent itself: treq's URL, cookie and redirect layers cost more
+        than a small file. ``body``: a producer that can be sent twice, or a callable
+        making a new one for each sending. ``watch``: the transfer's :class:`IdleWatch`
+        (the request is aborted when it stalls)."""
         target = path if file_path is None else f"{path}?path={quote(file_path, safe='')}{query}"
         url = self._transfer_prefix + target.encode("ascii")
-        all_headers = dict(self._raw_headers)
-        all_headers.update(headers or {})
-        return await self._answer(method, path, self._agent.request(method.encode("ascii"), url, Headers(all_headers), body))
 
-    async def _answer(self, method, path, requested):
+        async def send(token):
+            self._check_paused(method, path)
+            all_headers = dict(self._raw_headers)
+            all_headers.update(headers or {})
+            if token:
+                all_headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
+            producer = body() if callable(body) else body
+            if watch is not None and producer is not None:
+                producer = _WatchedBody(producer, watch)
+            requested = self._agent.request(method.encode("ascii"), url, Headers(all_headers), producer)
+            if watch is not None:
+                watch.abort = requested.cancel
+            return await self._answer(method, path, requested, watch)
+
+        return await self._authorized(send)
+
+    async def _answer(self, method, path, requested, watch=None):
         """The response to ``requested`` (a Deferred), its failures sorted for the engine."""
         try:
             response = await requested
-        except defer.CancelledError:
-            self._fail_over()
-            raise ServerUnavailable(f"{method} {path}: timed out") from None
-        except Exception as e:  # connection refused, reset, TLS, DNS...
-            reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
+        except Exception as e:  # connection refused, reset, TLS, DNS, aborted...
             self._drop_connections()
+            if watch is not None and watch.stalled:  # (cancelled: however Twisted wraps it)
+                raise TransferStalled(f"{method} {path}: no byte moved for {self.idle_timeout:g} s; aborted") from None
+            if isinstance(e, defer.CancelledError):
+                self._fail_over()
+                raise ServerUnavailable(f"{method} {path}: timed out") from None
+            reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
             self._fail_over()
             raise ServerUnavailable(f"{method} {path}: {reason}") from None
         if response.code >= 400:
@@ -398,11 +601,14 @@ class ServerClient:
     # -- metadata ----------------------------------------------------------------------
 
     async def list(self) -> list:
-        """Every file and directory on the server (invalid entries are skipped and logged)."""
-        body = await self._json("GET", "/api/list")
-        if not isinstance(body, list):
-            raise ServerUnavailable("GET /api/list: the answer is not a list")
-        return self._parse_each(body, protocol.parse_metadata, "listing entry")
+        """Every file and directory on the server (invalid entries are skipped and logged).
+        The answer is decoded and checked in a thread: tens of thousands of entries would
+        hold the reactor for a quarter of a second."""
+        response = await self._request("GET", "/api/list")
+        parsed, problems = await deferToThread(_parse_listing, await response.content())
+        for problem in problems:
+            self.log.warn("ignoring a listing entry the server sent: {error}", error=problem)
+        return parsed
 
     def _parse_each(self, items, parse, what):
         """Each item parsed and validated; one the client cannot trust is skipped and logged."""
@@ -451,6 +657,29 @@ class ServerClient:
             cursor = max(cursor, changes[-1].seq)
         return ChangesPage(changes, cursor, has_more, named if isinstance(named, str) else None)
 
+    async def log_in(self, user: str, password: str):
+        """``POST /api/v1/auth/login``: ``(token, life)``, ``life`` the seconds the server
+        gives the token (its ``expires_at`` less the answer's ``Date``, so a client clock
+        that is off does not matter)."""
+        self._check_paused("POST", "/api/v1/auth/login")
+        requested = self._http.request("POST", self._url("/api/v1/auth/login"), headers=Headers(self._headers),
+                                       json={"username": user, "password": password}, timeout=SMALL_REQUEST_TIMEOUT)
+        response = await self._answer("POST", "/api/v1/auth/login", requested)
+        try:
+            data = json.loads(await response.content())["data"]
+            token, expires = data["token"], protocol.parse_time(data["expires_at"])
+            assert isinstance(token, str) and token
+        except (ValueError, KeyError, TypeError, AssertionError, SyncError):
+            raise ServerUnavailable("POST /api/v1/auth/login: malformed answer") from None
+        now = time.time()
+        dated = response.headers.getRawHeaders(b"date")
+        if dated:
+            try:
+                now = email.utils.parsedate_to_datetime(dated[0].decode("latin-1")).timestamp()
+            except (TypeError, ValueError):
+                pass
+        return token, expires - now
+
     async def journal_head(self):
         """The journal's newest seq (``/ws/metrics``), or None when the server does not say."""
         try:
@@ -482,7 +711,31 @@ class ServerClient:
         still hold (None: the path must be new). The stored FileMetadata."""
         if data is not None:  # small: travels in a batch with the others waiting
             return self._upload_batches.submit(_SmallUpload(path, sha256, if_match, data))
-        return self._lane(size).run(lambda: defer.ensureDeferred(self._upload(path, abspath, sha256, if_match, data)))
+        return defer.ensureDeferred(self._retrying(
+            self._lane(size), f"upload of {path}", lambda: self._upload(path, abspath, sha256, if_match, data)))
+
+    @contextlib.contextmanager
+    def _watching(self):
+        """An :class:`IdleWatch` for one transfer, stopped when it ends."""
+        watch = IdleWatch(self._reactor, self.idle_timeout)
+        try:
+            yield watch
+        finally:
+            watch.stop()
+
+    async def _retrying(self, lane, what, transfer):
+        """``await transfer()`` holding a slot of ``lane``; when it stalls, again after a
+        backoff (the slot given back meanwhile), :data:`STALL_RETRIES` times at most."""
+        backoff = Backoff(initial=1.0, cap=30.0)
+        for tries in range(STALL_RETRIES + 1):
+            try:
+                return await lane.run(lambda: defer.ensureDeferred(transfer()))
+            except TransferStalled as e:
+                if tries == STALL_RETRIES:
+                    raise
+                delay = backoff.next_delay()
+                self.log.info("{error}; trying again in {delay:.1f} s", error=str(e), delay=delay)
+                await task.deferLater(self._reactor, delay, lambda: None)
 
     async def _upload_batch(self, jobs) -> list:
         """Send the small uploads ``jobs``: one request for all of them (a single one
@@ -493,20 +746,30 @@ class ServerClient:
                 for j in jobs)
         manifest = batch.upload_manifest([(j.path, len(j.data), j.sha256, j.if_match) for j in jobs])
         body = _BytesBody(batch.encode(manifest, [j.data for j in jobs]))
-        response = await self._batch_request(BATCH_UPLOAD, body)
-        if response is None:
-            return await self._upload_batch(jobs)
+        with self._watching() as watch:
+            response = await self._batch_request(BATCH_UPLOAD, body, watch)
+            if response is None:
+                return await self._upload_batch(jobs)
+            answer = await self._answer_body(response, "upload batch", watch)
         try:
-            results = batch.parse_upload_answer(json.loads(await treq.content(response)), [j.path for j in jobs])
+            results = batch.parse_upload_answer(json.loads(answer), [j.path for j in jobs])
         except (ValueError, SyncError):
             raise ServerUnavailable("upload batch: malformed answer") from None
         return [self._item_refusal("upload", j.path, r) if isinstance(r, batch.ItemError) else r for j, r in zip(jobs, results)]
 
-    async def _batch_request(self, path, body):
+    @staticmethod
+    def _answer_body(response, what, watch):
+        """The JSON answer to an upload (at most 1 MiB plus a batch's per-file share)."""
+        limit = (1 << 20) + BATCH_FILES * 1024
+        return _bounded_body(response, limit, ServerUnavailable(f"{what}: the answer is longer than {limit} bytes"),
+                             what, watch)
+
+    async def _batch_request(self, path, body, watch):
         """POST a batch to ``path``; None (and no batches from now on) when the server
         has no such endpoint."""
         try:
-            return await self._transfer_request("POST", path, None, {b"Content-Type": [batch.CONTENT_TYPE]}, body)
+            return await self._transfer_request("POST", path, None, {b"Content-Type": [batch.CONTENT_TYPE]}, body,
+                                                watch=watch)
         except RequestRefused as e:
             if e.status not in (404, 405):
                 raise
@@ -524,24 +787,25 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
-        if data is not None:
-            body, producer = None, _BytesBody(data)
-        else:
-            try:
-                body = open(abspath, "rb")
-            except FileNotFoundError:
-                from quantum_sync.client.localfs import LocalChanged
+        opened = []
 
-                raise LocalChanged(abspath) from None
-            producer = FileBodyProducer(body, readSize=UPLOAD_CHUNK)
+        def producer():
+            if data is not None:
+                return _BytesBody(data)
+            # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
+            opened.append(os.fdopen(open_regular(abspath), "rb"))
+            return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+
+        with self._watching() as watch:
+            try:
+                # PUT: Twisted parses no form out of it
+                response = await self._transfer_request("PUT", "/api/upload", path, headers, producer, watch=watch)
+            finally:
+                for f in opened:
+                    f.close()
+            answer = await self._answer_body(response, f"upload of {path}", watch)
         try:
-            # PUT: Twisted parses no form out of it
-            response = await self._transfer_request("PUT", "/api/upload", path, headers, producer)
-        finally:
-            if body is not None:
-                body.close()
-        try:
-            meta = protocol.parse_metadata(json.loads(await treq.content(response)))
+            meta = protocol.parse_metadata(json.loads(answer))
         except (ValueError, SyncError):
             raise ServerUnavailable(f"upload of {path}: malformed answer") from None
         return meta
@@ -559,12 +823,15 @@ class ServerClient:
         goes alone); per job its checked bytes or its exception."""
         if len(jobs) == 1 or not self._batching:
             return await _settled(self._download_alone(j) for j in jobs)
-        response = await self._batch_request(BATCH_DOWNLOAD, _BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")))
-        if response is None:
-            return await self._download_batch(jobs)
-        limit = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs)
-        body = await _bounded_body(
-            response, limit, ServerUnavailable(f"download batch: the answer is longer than {limit} bytes"), "download batch")
+        with self._watching() as watch:
+            response = await self._batch_request(
+                BATCH_DOWNLOAD, _BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")), watch)
+            if response is None:
+                return await self._download_batch(jobs)
+            limit = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs)
+            body = await _bounded_body(
+                response, limit, ServerUnavailable(f"download batch: the answer is longer than {limit} bytes"),
+                "download batch", watch)
         try:
             items = batch.parse_download_answer(body, [j.path for j in jobs])
         except SyncError as e:
@@ -585,9 +852,11 @@ class ServerClient:
         return results
 
     async def _download_bytes(self, path, sha256, size):
-        response = await self._transfer_request("GET", "/api/download", path)
-        data = await _bounded_body(
-            response, size, DownloadCorrupt(f"download of {path}: longer than the {size} bytes announced"), f"download of {path}")
+        with self._watching() as watch:
+            response = await self._transfer_request("GET", "/api/download", path, watch=watch)
+            data = await _bounded_body(
+                response, size, DownloadCorrupt(f"download of {path}: longer than the {size} bytes announced"),
+                f"download of {path}", watch)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
         return data
@@ -603,7 +872,8 @@ class ServerClient:
         return self._fetch(path, sha256, staging_dir, size)
 
     def _fetch(self, path, sha256, staging_dir, size):
-        return self._lane(size).run(lambda: defer.ensureDeferred(self._download(path, sha256, staging_dir)))
+        return defer.ensureDeferred(self._retrying(
+            self._lane(size), f"download of {path}", lambda: self._download(path, sha256, staging_dir)))
 
     async def _claim(self, entry, path, sha256, staging_dir, size):
         waiter = entry.claim()
@@ -658,14 +928,18 @@ class ServerClient:
         return defer.succeed(None)
 
     async def _download(self, path, sha256, staging_dir, route="/api/download", query=""):
-        response = await self._transfer_request("GET", route, path, query=query)
+        with self._watching() as watch:
+            response = await self._transfer_request("GET", route, path, query=query, watch=watch)
+            return await self._stage(response, path, sha256, staging_dir, watch)
+
+    async def _stage(self, response, path, sha256, staging_dir, watch):
         fd, staged = await deferToThread(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
         sink = staging.StagingSink(self._reactor, fd)
         try:
             try:
-                await staging.receive(response, sink)
+                await staging.receive(response, sink, watch)
             except Exception as e:
-                raise ServerUnavailable(f"download of {path} interrupted: {e}") from None
+                raise _broken_off(f"download of {path}", e, watch) from None
             finally:
                 digest = await deferToThread(sink.finish)
             if digest != sha256:

@@ -7,10 +7,14 @@ one lstat after them all), and hands a whole burst of them to the reactor in one
 ``callFromThread``. A finished write (inotify's close-after-write, ``FileClosedEvent``)
 is reported at once with that lstat; any other change is reported once the path has been quiet for the
 settle time and its size and mtime have stopped moving, so a file still being written
-is not sent half-written. Renames inside the folder are reported as moves.
+is not sent half-written. Renames inside the folder are reported as moves. Events of
+FIFOs, sockets and devices are dropped: only regular files and directories are synced.
+When the kernel drops events (inotify's queue overflowed: watchdog's ``EventsLostEvent``),
+the watcher says so once per overflow, counts it, and asks for a full reconcile.
 """
 
 import os
+import stat as stat_module
 import threading
 
 from twisted.application.service import Service
@@ -21,6 +25,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -32,7 +37,7 @@ from watchdog.events import (
 from watchdog.observers.polling import PollingObserver
 
 from quantum_sync import observers
-from quantum_sync.client.localfs import lstat
+from quantum_sync.client.localfs import local_stat
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
 EVENTS = [
@@ -45,19 +50,31 @@ EVENTS = [
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
 ]
 
 
 #: What the bridge hands to the reactor: ``(CHANGE, path, stat)`` (report now),
-#: ``(SETTLE, path, stat)`` (report once quiet) and ``(MOVE, source, destination)``.
-CHANGE, SETTLE, MOVE = "change", "settle", "move"
+#: ``(SETTLE, path, stat)`` (report once quiet), ``(MOVE, source, destination)`` and
+#: ``(LOST, None, None)`` (events were dropped: look at everything).
+CHANGE, SETTLE, MOVE, LOST = "change", "settle", "move", "lost"
+
+
+#: :func:`_stat`'s answer for a FIFO, socket or device: its events are dropped.
+SPECIAL = object()
 
 
 def _stat(folder, path):
+    """The path's :class:`~quantum_sync.client.localfs.LocalStat`, None when it is gone (or
+    a symlink), :data:`SPECIAL` for a FIFO, socket or device."""
     try:
-        return lstat(os.path.join(folder, path))
+        st = os.lstat(os.path.join(folder, path))
     except OSError:
         return None
+    seen = local_stat(st)
+    if seen is None and not stat_module.S_ISLNK(st.st_mode):
+        return SPECIAL
+    return seen
 
 
 log = Logger()
@@ -120,12 +137,15 @@ class _Bridge(FileSystemEventHandler):
             earlier = last.pop(path, None)
             modified = isinstance(event, FileModifiedEvent) or (earlier is not None and earlier[1])
             last[path] = (isinstance(event, FileClosedEvent), modified)
-        return [self._item(CHANGE if at_once else SETTLE, path, modified)
-                for path, (at_once, modified) in last.items()]
+        items = (self._item(CHANGE if at_once else SETTLE, path, modified) for path, (at_once, modified) in last.items())
+        return [item for item in items if item is not None]
 
     def _item(self, kind, path, modified):
-        """``(kind, path, lstat)``; a file that was written to is reported to ``on_grow``."""
+        """``(kind, path, lstat)``, None for a special file; a file that was written to is
+        reported to ``on_grow``."""
         stat = _stat(self._folder, path)
+        if stat is SPECIAL:
+            return None
         if modified and self._on_grow is not None and stat is not None:
             self._on_grow(path, stat.size)  # from this thread: it only takes note
         return (kind, path, stat)
@@ -138,6 +158,8 @@ class _Bridge(FileSystemEventHandler):
             self._reactor.callFromThread(self._deliver)
 
     def _translate(self, event):
+        if isinstance(event, EventsLostEvent):
+            return (LOST, None, None)
         if getattr(event, "is_synthetic", False):
             # watchdog adds a moved event for everything inside a moved directory; the
             # directory's own Move covers them (and the engine checks its children)
@@ -146,9 +168,10 @@ class _Bridge(FileSystemEventHandler):
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
             destination = self._relative(event.dest_path)
             if path is not None and destination is not None:
-                return (MOVE, path, destination)
+                special = not event.is_directory and _stat(self._folder, destination) is SPECIAL
+                return None if special else (MOVE, path, destination)
             changed = path if path is not None else destination
-            return None if changed is None else (CHANGE, changed, _stat(self._folder, changed))
+            return None if changed is None else self._item(CHANGE, changed, False)
         if path is None:
             return None
         kind = CHANGE if isinstance(event, (FileClosedEvent, DirCreatedEvent)) else SETTLE
@@ -163,13 +186,17 @@ class _Bridge(FileSystemEventHandler):
 class FolderWatcher(Service):
     """Reports local changes to ``on_change(path, stat)`` (``stat``: the path's
     :class:`~quantum_sync.client.localfs.LocalStat` just after the change, None when it is
-    gone) and renames to ``on_move(src, dst)``."""
+    gone) and renames to ``on_move(src, dst)``; ``on_lost()`` when the kernel dropped
+    events (then everything must be looked at: a full reconcile)."""
 
     log = Logger()
 
     def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None, is_synced=None,
-                 own_write=None):
+                 own_write=None, on_lost=None):
         self._reactor = reactor
+        self._on_lost = on_lost
+        #: Times the kernel dropped events (inotify queue overflows) since the start.
+        self.events_lost = 0
         #: ``own_write(name)`` (watchdog's thread): the client's own download just landed
         #: at ``name``, its event is dropped before it goes further
         self._own_write = own_write
@@ -228,7 +255,13 @@ class FolderWatcher(Service):
                 self.log.failure("error while handling a file system event")
 
     def _dispatch(self, kind, path, other):
-        if kind is MOVE:
+        if kind is LOST:
+            self.events_lost += 1
+            self.log.warn("the kernel dropped file events (inotify queue overflow; {count} so far): "
+                          "full reconcile", count=self.events_lost)
+            if self._on_lost is not None:
+                self._on_lost()
+        elif kind is MOVE:
             self._cancel(path)
             self._cancel(other)
             self._on_move(path, other)
@@ -258,6 +291,8 @@ class FolderWatcher(Service):
     def _settled(self, path):
         previous = self._timers.pop(path, (None, None))[1]
         now = _stat(self.folder, path)
+        if now is SPECIAL:
+            return  # a FIFO, socket or device took the file's place: not synced
         if now != previous and now is not None and not now.is_directory:
             # still moving: wait for another quiet period
             call = self._reactor.callLater(self.settle, self._settled, path)

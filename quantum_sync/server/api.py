@@ -31,6 +31,7 @@ from quantum_sync.server.operations import check_client_id
 from quantum_sync.server.relay import RelayResource, Relays
 from quantum_sync.server.store import SPOOLS, BatchSpool, storage_error
 from quantum_sync.server.webui import secure_headers
+from quantum_sync.server.versions import parse_restore
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
@@ -61,7 +62,7 @@ def write_json(request, body, status: int = 200, encoded: bytes = None) -> bytes
 
 
 def write_error(request, error: SyncError) -> bytes:
-    if "retryAfter" in error.extra:  # RATE_LIMIT_EXCEEDED, SERVICE_UNAVAILABLE
+    if "retryAfter" in error.extra:
         request.setHeader(b"Retry-After", str(int(error.extra["retryAfter"] + 0.999)).encode())
     return write_json(request, error.to_json(), error.status)
 
@@ -222,9 +223,11 @@ class FileApi:
     app = Klein()
     log = Logger()
 
-    def __init__(self, operations, authorizer, reactor):
+    def __init__(self, operations, authorizer, reactor, versions=None):
         self.operations = operations
         self.authorizer = authorizer
+        #: :class:`~quantum_sync.server.versions.Versions`: /api/versions and /api/restore
+        self.versions = versions
         self._reactor = reactor
         self.relays = Relays(reactor, operations.hub)
 
@@ -252,7 +255,12 @@ class FileApi:
             self.relays.offer(spool, path, expected, length, source)
 
     async def _authorize(self, request, role: str):
-        return self.authorizer.authorize_request(request, role)
+        """Authorize ``request`` for ``role``, then wait until the index is trusted after
+        a start (every route that reads or changes files comes here; see
+        :meth:`FileOperations.wait_ready`)."""
+        identity = self.authorizer.authorize_request(request, role)
+        await self.operations.wait_ready()
+        return identity
 
     def _path(self, request, source_client: str) -> str:
         """The validated ``path`` query parameter, resolved inside the root."""
@@ -308,9 +316,12 @@ class FileApi:
         await self._authorize(request, "read")
         rows = await self.operations.index.list_all()
         # One entry a file in the root: encoding an unbounded listing is a thread's work.
-        encoded = await deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(),
-            lambda: encode_json([metadata.to_json() for metadata, _ in rows]))
+        return await self._write_json_in_thread(request, lambda: [metadata.to_json() for metadata, _ in rows])
+
+    async def _write_json_in_thread(self, request, body_of):
+        """:func:`write_json` of ``body_of()``, built and encoded in a thread."""
+        encoded = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                          lambda: encode_json(body_of()))
         return write_json(request, None, encoded=encoded)
 
     @app.route("/api/metadata", methods=["GET"])
@@ -442,6 +453,35 @@ class FileApi:
             status = "conflict" if error.code == "CONFLICT" else "error"
             return {"status": status, "code": error.code, "message": error.message}
 
+    # -- versions and trash (quantum_sync.server.versions) ------------------------
+
+    @app.route("/api/versions", methods=["GET"])
+    async def list_versions(self, request):
+        """The kept versions of a file, and the deleted files below a folder (an empty
+        ``path``: below the root)."""
+        await self._authorize(request, "read")
+        source = client_id(request)
+        path = "" if request.args.get(b"path") == [b""] else self._path(request, source)
+        found = await self.versions.listing(path)
+        # a folder's trash may hold many: encoded in a thread, as a listing is
+        return await self._write_json_in_thread(
+            request, lambda: {"versions": [version.to_json() for version in found]})
+
+    @app.route("/api/restore", methods=["POST"])
+    async def restore(self, request):
+        """A kept version back at its path (or at ``to``), as an upload of it would be."""
+        await self._authorize(request, "write")
+        source = client_id(request)
+        if not self.operations.enable_upload:
+            raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+        wanted = parse_restore(await read_json_body(request, self._reactor))
+        path = self._locate(lambda: wanted.path, wanted.path, source, request)[0]
+        to = path if wanted.to is None else self._locate(lambda: wanted.to, wanted.to, source, request)[0]
+        metadata, _ = await self.versions.restore(
+            self.operations, path, wanted.id, to, source,
+            if_match=header(request, "If-Match"), if_none_match=header(request, "If-None-Match"))
+        return write_json(request, metadata.to_json())
+
     # -- batches of small files (quantum_sync.batch) ------------------------------
 
     @app.route("/api/batch/upload", methods=["POST", "PUT"])
@@ -456,19 +496,29 @@ class FileApi:
             if not self.operations.enable_upload:
                 raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
             limit = request.channel.site.max_upload_size if request.channel else None
-            items = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                            self._take_apart, content, limit)
-        finally:
-            if isinstance(content, SPOOLS):
-                content.close()
-        left = []  # temp files of uploads that were refused
-        outcomes = await _each([self._batch_upload_one(item, data, source, request, left)
+            taking = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                       self._take_apart, content, limit)
+        except BaseException:
+            _close_spool(content)
+            raise
+        # the body is the thread's until it is done, whatever happens to the request
+        taking.addBoth(lambda result: _close_spool(content) or result)
+        try:
+            items = await _shielded(taking)
+        except CancelledError:  # the client went away: its staged files are released
+            taking.addCallbacks(self._discard_staged, lambda failure: None)
+            raise
+        # each staged file belongs to the operations from here on (release_temp)
+        outcomes = await _each([self._batch_upload_one(item, data, source, request)
                                 for item, data in items])
-        if left:  # gone before the answer: nothing of a refused file stays behind
-            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                    lambda: [self.operations.store.discard(name) for name in left])
         return write_json(request, {"results": [batch.result_json(o) for o in outcomes],
                                     "cursor": self.operations.head})
+
+    def _discard_staged(self, items) -> Deferred:
+        """Release the staged files of a batch nobody will upload (in a thread)."""
+        staged = [data.path for _, data in items if isinstance(data, _StagedBody)]
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                 lambda: [self.operations.store.discard(temp) for temp in staged])
 
     def _take_apart(self, content, limit) -> list:
         """Blocking: ``(UploadItem, its staged body or its SyncError)`` per file of a batch
@@ -504,20 +554,17 @@ class FileApi:
                                else _StagedBody(*outcome, data))
         return taken
 
-    async def _batch_upload_one(self, item, staged, source: str, request, left: list):
-        """One file of an upload batch: its FileMetadata as stored, or its SyncError
-        (then its temp file goes into ``left``)."""
+    async def _batch_upload_one(self, item, staged, source: str, request):
+        """One file of an upload batch: its FileMetadata as stored, or its SyncError. Its
+        staged file is the operations' to install or release from the call on, whatever
+        happens to this request."""
         if isinstance(staged, SyncError):
             if staged.code == "INVALID_PATH":
                 self.operations.reject_path(item.path, staged, source, _address(request))
             return staged
-        try:
-            metadata, _ = await self.operations.upload(
-                item.path, staged, item.sha256, item.size, source,
-                if_match=item.if_match, if_none_match=item.if_none_match)
-        except BaseException:
-            left.append(staged.path)
-            raise
+        metadata, _ = await self.operations.upload(
+            item.path, staged, item.sha256, item.size, source,
+            if_match=item.if_match, if_none_match=item.if_none_match, release_temp=True)
         return metadata
 
     @app.route("/api/batch/download", methods=["POST"])
@@ -638,11 +685,33 @@ async def _each(coroutines) -> list:
     answers = await DeferredList([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
     outcomes = []
     for succeeded, value in answers:
+        if not succeeded and value.check(CancelledError):  # the client went away
+            raise CancelledError()
         if not succeeded and not value.check(SyncError):
             FileApi.log.failure("unhandled error in a batch item", value)
             value = Failure(SyncError("INTERNAL_ERROR", "internal server error"))
         outcomes.append(value if succeeded else value.value)
     return outcomes
+
+
+def _close_spool(content) -> None:
+    if isinstance(content, SPOOLS):
+        content.close()
+
+
+def _shielded(work: Deferred) -> Deferred:
+    """A Deferred firing with ``work``'s result; cancelling it leaves ``work`` running,
+    and callbacks added to ``work`` afterwards get the result."""
+    shield = Deferred()
+
+    def relay(result):
+        if shield.called:  # cancelled: the result stays on work's chain
+            return result
+        shield.callback(result)
+        return None
+
+    work.addBoth(relay)
+    return shield
 
 
 @attrs.frozen

@@ -324,6 +324,8 @@ class Hub(Service):
             "average_response_time": self.metrics.average_response_time(),
             "storage": self.storage(),
             "journal_head": self.journal_head(),
+            "events_lost": self.metrics.events_lost,
+            "rescans": self.metrics.rescans,
         }
         if self._cluster is not None:
             figures["cluster"] = self._cluster()

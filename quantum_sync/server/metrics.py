@@ -26,6 +26,10 @@ class Metrics:
     bytes_transferred: int = 0
     messages_in: int = 0
     messages_out: int = 0
+    #: times the root watcher lost events (inotify queue overflow)
+    events_lost: int = 0
+    #: full rescans of the root (periodic, or after lost events)
+    rescans: int = 0
     clock: object = time.time
     _buckets: dict = attrs.field(factory=dict)
 

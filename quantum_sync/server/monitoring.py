@@ -48,6 +48,11 @@ class HubCollector:
                                         f"Root file system {name.replace('_', ' ')}", value=value)
         yield GaugeMetricFamily(PREFIX + "journal_head", "Newest journal sequence number",
                                 value=figures["journal_head"])
+        yield CounterMetricFamily(PREFIX + "watch_events_lost",
+                                  "Times the root watcher lost events (inotify queue overflow)",
+                                  value=figures["events_lost"])
+        yield CounterMetricFamily(PREFIX + "rescans", "Full rescans of the root",
+                                  value=figures["rescans"])
         cluster = figures.get("cluster")
         if cluster is not None:
             node = GaugeMetricFamily(PREFIX + "cluster_node", "This node (1) and whether it"

@@ -12,7 +12,8 @@ import queue
 import threading
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -20,7 +21,9 @@ from twisted.python.failure import Failure
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
+from quantum_sync.server.diskdiff import item_path, journal_items, matches, metadata_of, stale_files
 from quantum_sync.server.store import DiskEntry, NamelessTemp, RecentBodies, fsync_directory, storage_error
+from quantum_sync.server.versions import KeepNothing
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).
 DISK_SOURCE = "server"
@@ -28,6 +31,13 @@ DISK_SOURCE = "server"
 RECORD_BATCH = 500
 #: Uploads installed and journalled together at most (one lock hold, one transaction).
 UPLOAD_BATCH = 256
+#: A file written by another program is hashed once it has been quiet this many seconds,
+#: when it has at least this many bytes (a smaller one is hashed at once: a write caught
+#: half-way is noticed by the re-check after hashing, and its next event follows).
+QUIET_SECONDS, QUIET_SIZE = 1.0, 1024 * 1024
+#: Seconds a request waits while the server checks its files at start; then it is
+#: refused, told to come back after RETRY_AFTER seconds (``Retry-After``).
+READY_WAIT, RETRY_AFTER = 5.0, 1
 
 
 MAX_CLIENT_ID = 200
@@ -43,23 +53,6 @@ def check_client_id(value) -> str:
     return value
 
 
-def _metadata(entry: DiskEntry, digest: str) -> tuple:
-    """``(FileMetadata, mtime_ns)`` of a disk entry with its content hash."""
-    metadata = FileMetadata(entry.path, entry.size, entry.mtime_ns / 1e9,
-                            "" if entry.is_directory else digest, entry.is_directory)
-    return metadata, entry.mtime_ns
-
-
-def _matches(cached, entry: DiskEntry) -> bool:
-    """True when the index row still describes the disk entry (no rehash needed)."""
-    if cached is None or entry is None:
-        return False
-    metadata, mtime_ns = cached
-    if metadata.is_directory or entry.is_directory:
-        return metadata.is_directory == entry.is_directory
-    return metadata.size == entry.size and mtime_ns == entry.mtime_ns
-
-
 def etag_value(header) -> str | None:
     """The hash inside an ``If-Match``/``ETag`` value (quotes and ``W/`` removed)."""
     if header is None:
@@ -68,6 +61,16 @@ def etag_value(header) -> str | None:
     if value.startswith("W/"):
         value = value[2:]
     return value.strip('"')
+
+
+def _stat_key(entry: DiskEntry) -> tuple:
+    return entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns
+
+
+def _goes_on(result) -> bool:
+    """True when a first-pass result of ``_install_all`` lets the upload go on (the
+    target's current state, not a refusal or a retry)."""
+    return result is not _StaleTarget and not isinstance(result, SyncError)
 
 
 def _check_preconditions(path: str, current, if_match, if_none_match) -> None:
@@ -149,6 +152,25 @@ class _WaitingUpload:
     answer: Deferred
     #: the finished temp file's stat when its stager took it (mode 0644 already)
     temp_stat: object = None
+    #: group commits that sent it back because its target was a large stale file
+    attempts: int = 0
+    #: the temp file is the operations' to release when the upload is refused
+    release_temp: bool = False
+
+    @property
+    def owns_temp(self) -> bool:
+        """True when the group commit releases this upload's temp file if not installed
+        (a body written by the commit itself, or one handed over)."""
+        return self.temp_path is None or self.release_temp
+
+
+class _StaleTarget(Exception):
+    """An upload's target is a large file another program changed: it is hashed outside
+    the operations lock (a refresh) and the upload tried again."""
+
+
+#: Times an upload is tried again before a target that keeps changing is a CONFLICT.
+STALE_TARGET_ATTEMPTS = 3
 
 
 class FileOperations:
@@ -156,10 +178,12 @@ class FileOperations:
 
     log = Logger()
 
-    def __init__(self, store, index, hub, reactor, enable_upload: bool):
+    def __init__(self, store, index, hub, reactor, enable_upload: bool, versions=None):
         self.store = store
         self.index = index
         self.hub = hub
+        #: where replaced and deleted files are kept (:mod:`quantum_sync.server.versions`)
+        self.versions = versions or KeepNothing()
         self.enable_upload = enable_upload
         self._reactor = reactor
         self._lock = DeferredLock()
@@ -175,6 +199,57 @@ class FileOperations:
         #: Where journalled changes go, in journal order (a cluster node's feed orders
         #: its own with the other nodes'; it keeps :attr:`head` itself).
         self.feed = None
+        #: A file of at least ``quiet_size`` bytes written by another program less than
+        #: ``quiet_seconds`` ago is hashed once it has been quiet that long.
+        self.quiet_seconds, self.quiet_size = QUIET_SECONDS, QUIET_SIZE
+        self._later = set()  # paths whose refresh waits for them to be quiet
+        self._later_calls = []
+        #: False until :meth:`recover` has looked at the uploads a crash interrupted:
+        #: until then the index may describe files that were replaced (see wait_ready).
+        self.ready = False
+        self._ready_waiters = []
+        #: Seconds a request waits for :attr:`ready` before it is refused.
+        self.ready_wait = READY_WAIT
+
+    def when_ready(self) -> Deferred:
+        """Fires once :attr:`ready`."""
+        if self.ready:
+            return succeed(None)
+        waiter = Deferred()
+        self._ready_waiters.append(waiter)
+        return waiter
+
+    async def wait_ready(self) -> None:
+        """Return once :attr:`ready`; SERVICE_UNAVAILABLE (with ``retryAfter``) when that
+        takes more than :attr:`ready_wait` seconds."""
+        if self.ready:
+            return
+        try:
+            await self.when_ready().addTimeout(self.ready_wait, self._reactor)
+        except defer.TimeoutError:
+            raise SyncError("SERVICE_UNAVAILABLE", "the server is checking its files after a"
+                            " restart; try again in a moment", retryAfter=RETRY_AFTER) from None
+
+    def _set_ready(self) -> None:
+        self.ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            if not waiter.called:  # (timed out meanwhile)
+                waiter.callback(None)
+
+    async def recover(self) -> None:
+        """At start, once the index is open: bring in line first the paths whose uploads
+        were intended and never journalled (a crash between their rename and their
+        journal entry), then answer requests (:attr:`ready`). The full comparison of the
+        root with the index follows (``refresh(None)``), while requests are answered."""
+        if self.feed is None:  # (a cluster node's feed keeps it)
+            self.head = max(self.head, await self.index.head())
+        intents = await self.index.intents()
+        if intents:
+            self.log.info("looking at {count} upload(s) interrupted by a stop", count=len(intents))
+            await self.refresh(paths.outermost(intents), settle=False)
+            await self.index.forget_intents(intents)
+        self._set_ready()
 
     def _thread(self, function, *args):
         """Run blocking ``function`` for work done under the lock: on a thread of its
@@ -205,9 +280,9 @@ class FileOperations:
         await self._lock.acquire()
         self._lock.release()
 
-    async def _journal(self, operation, source_client, upserts=(), removals=()):
+    async def _journal(self, operation, source_client, upserts=(), removals=(), also=None):
         change = await self.index.record(list(upserts), list(removals), operation,
-                                         source_client, now())
+                                         source_client, now(), also)
         if change is not None:
             self._published(change)
         return change
@@ -239,10 +314,10 @@ class FileOperations:
         try:
             entry = await self._shared_thread(self.store.entry, path)
             cached = await self.index.get(path)
-            if entry is not None and _matches(cached, entry):
+            if entry is not None and matches(cached, entry):
                 return cached
             if entry is not None or cached is not None:
-                await self.refresh([path])
+                await self.refresh([path], settle=False)
                 cached = await self.index.get(path)
         except OSError as error:
             self.log.error("cannot read {path}: {error}", path=path, error=str(error))
@@ -266,6 +341,7 @@ class FileOperations:
         """
         self._check_writable()
         check_client_id(source_client)
+        await self.wait_ready()
         try:
             for path in operation.paths:
                 self.store.resolve(path)
@@ -289,8 +365,17 @@ class FileOperations:
     async def _delete(self, operation: Delete, source_client):
         if await self._thread(self.store.entry, operation.path) is None:
             raise SyncError("NOT_FOUND", f"{operation.path} does not exist")
-        await self._thread(self.store.remove, operation.path)
-        return await self._journal(operation, source_client, removals=[operation.path])
+        rows = await self.index.list_under(operation.path) if self.versions.enabled else []
+        kept = await self._thread(self.versions.trash, operation.path, rows)
+        try:
+            await self._thread(self.store.remove, operation.path)
+        except BaseException:
+            if kept:  # moved out of the root already: kept as versions of a partial delete
+                await self.index.record([], [], None, "", "", self.versions.recorder(kept))
+                self._reactor.callLater(0, self._refresh_quietly, [operation.path])
+            raise
+        return await self._journal(operation, source_client, removals=[operation.path],
+                                   also=self.versions.recorder(kept))
 
     async def _move(self, operation: Move, source_client):
         source, destination = operation.source, operation.destination
@@ -302,20 +387,27 @@ class FileOperations:
             raise SyncError("CONFLICT", f"{destination} already exists")
         created = await self._thread(self.store.move, source, destination)
         await self._record_directories(created)
-        change = await self.index.rename(source, destination, operation, source_client, now())
+        change = await self.index.rename(source, destination, operation, source_client, now(),
+                                         self.versions.rekey(source, destination))
         self._published(change)
+        moved = await self._thread(self.store.entry, destination)
+        row = await self.index.get(destination)
+        if moved is not None and not moved.is_directory and row is not None and not matches(row, moved) \
+                and (row[0].size, row[1], row.ino) == (moved.size, moved.mtime_ns, moved.ino):
+            # the rename changed the file's ctime, not its content: keep the row current
+            await self.index.record([metadata_of(moved, row[0].hash)], [], None, "", "")
         return change
 
     async def _record_directories(self, created):
         entries = [await self._thread(self.store.entry, path) for path in created]
         if entries:
-            await self.index.record([_metadata(e, "") for e in entries if e], [], None, "", "")
+            await self.index.record([metadata_of(e, "") for e in entries if e], [], None, "", "")
 
     async def _make_directory(self, operation, source_client):
         path = operation.metadata.path
         created = await self._thread(self.store.make_directory, path)
         entries = [await self._thread(self.store.entry, p) for p in created or [path]]
-        upserts = [_metadata(e, "") for e in entries if e]
+        upserts = [metadata_of(e, "") for e in entries if e]
         metadata = upserts[-1][0] if upserts else operation.metadata
         return await self._journal(Create(metadata), source_client, upserts=upserts)
 
@@ -327,7 +419,7 @@ class FileOperations:
         return await self._journal(type(operation)(current[0]), source_client, upserts=[current])
 
     async def upload(self, path: str, tempfile, sha256, size, source_client: str,
-                     if_match=None, if_none_match=None):
+                     if_match=None, if_none_match=None, release_temp: bool = False):
         """Install a finished upload (``tempfile``: an UploadSpool holding ``size`` bytes
         hashing to ``sha256``, already fsynced, a MemorySpool whose body is written and
         fsynced by the group commit, or anything with the ``path`` of a finished temp
@@ -341,20 +433,32 @@ class FileOperations:
         Uploads that arrive while the lock is held are installed together (group
         commit, see :meth:`_install_uploads`); each is answered once its rename, the
         fsync of its directory and its journal entry are done.
+
+        ``release_temp``: the finished temp file is the operations' from this call on
+        (installed, or released when refused), so its caller never touches it again,
+        even if it stops waiting for the answer.
         """
-        self._check_writable()
-        check_client_id(source_client)
+        try:
+            self._check_writable()
+            check_client_id(source_client)
+        except SyncError:
+            if release_temp:
+                await self._thread(self.store.discard, tempfile.path)
+            raise
         body = getattr(tempfile, "body", None)  # kept for the downloads that follow
         waiting = _WaitingUpload(path, tempfile.path, body, sha256, source_client,
                                  etag_value(if_match), if_none_match, Deferred(),
-                                 getattr(tempfile, "stat", None))
+                                 getattr(tempfile, "stat", None), release_temp=release_temp)
         self._uploads.append(waiting)
+        self._start_installing()
+        return await waiting.answer
+
+    def _start_installing(self) -> None:
         if not self._installing:
             # on the reactor's next turn: the uploads of a whole batch request, which arrive
             # in this one, then go in one group instead of the first going alone
             self._installing = True
             self._reactor.callLater(0, lambda: Deferred.fromCoroutine(self._drain_uploads()))
-        return await waiting.answer
 
     async def _drain_uploads(self):
         """Install the waiting uploads, up to :data:`UPLOAD_BATCH` a lock hold, until
@@ -372,34 +476,57 @@ class FileOperations:
                     # files may be in place without their journal entries (and the root
                     # watcher skips the server's own installs): compare them with the disk
                     self._reactor.callLater(0, self._refresh_quietly, [w.path for w in batch])
+                    await self._thread(self._release_temps, [w for w in batch if w.release_temp])
                 finally:
                     self._lock.release()
+                again = []
                 for waiting, outcome in zip(batch, outcomes):
-                    if isinstance(outcome, Failure):
+                    if outcome is _StaleTarget:
+                        again.append(attrs.evolve(waiting, attempts=waiting.attempts + 1))
+                    elif isinstance(outcome, Failure):
                         waiting.answer.errback(outcome)
                     else:
                         waiting.answer.callback(outcome)
+                if again:
+                    Deferred.fromCoroutine(self._retry_stale(again))
         finally:
             self._installing = False
+
+    async def _retry_stale(self, uploads) -> None:
+        """Hash the large stale targets of ``uploads`` without the lock (journalling what
+        the other program wrote; other uploads go on meanwhile), then queue the uploads
+        again, first, in order."""
+        try:
+            await self.refresh(sorted({waiting.path for waiting in uploads}), settle=False)
+        except Exception:
+            self.log.failure("refreshing the targets of uploads failed")
+        self._uploads[:0] = uploads
+        self._start_installing()
 
     async def _install_uploads(self, batch) -> list:
         """Under the lock: check preconditions and rename every upload of ``batch`` in
         order (one thread call), fsync each touched directory once, journal them in one
         transaction and publish in seq order. Returns per upload ``(FileMetadata,
         Change)`` or a Failure."""
-        cached = await self.index.get_many({waiting.path for waiting in batch})
+        targets = sorted({waiting.path for waiting in batch})
+        cached = await self.index.get_many_intending(targets)  # durable before any rename
         installed = await self._thread(self._install_all, batch, cached)
         outcomes = [None] * len(batch)
-        items, journalled = [], []
+        items, journalled, kept = [], [], []
         for position, result in enumerate(installed):
+            if result is _StaleTarget:
+                outcomes[position] = _StaleTarget
+                continue
             if isinstance(result, SyncError):
                 outcomes[position] = Failure(result)
                 continue
-            current, stored, directories, _ = result
+            current, stored, directories, _, version = result
             operation = (Update if current is not None else Create)(stored[0])
             items.append((directories + [stored], [], operation, batch[position].source_client))
             journalled.append(position)
-        changes = await self.index.record_each(items, now()) if items else []
+            kept.append(version)
+        changes = await self.index.record_each(items, now(), self.versions.recorder(kept),
+                                               done_intents=targets)
         with self.hub.burst():  # the group's broadcasts in one write per subscriber
             for position, change in zip(journalled, changes):
                 self._published(change)
@@ -416,20 +543,30 @@ class FileOperations:
     def _install_all(self, batch, cached) -> list:
         """The blocking part of :meth:`_install_uploads`: per upload, in order, a
         SyncError or ``(current, stored, created directories, (st_ino, st_size,
-        st_mtime_ns))``; an upload sees the ones before it in the batch as the current
-        state of its path.
+        st_mtime_ns), the replaced file's Version or None)``; an upload sees the ones
+        before it in the batch as the current state of its path.
 
         In three passes, so that the disk's journal commits once for many files rather
         than once per file: every precondition is checked (in order), then the bodies held
         in memory are written and made durable together, then every upload is installed
         (in order), then each directory written to is fsynced once."""
         state = {}  # path -> (FileMetadata, mtime_ns) | None, once known in this batch
-        results = []
+        results, stale = [], set()
         for waiting in batch:
             try:
                 path = waiting.path
-                current = state[path] if path in state else self._current_blocking(path, cached.get(path))
+                if path in stale:  # after an upload of it that waits for its target's hash
+                    raise _StaleTarget()
+                if path in state:
+                    current = state[path]
+                else:
+                    retry = waiting.attempts < STALE_TARGET_ATTEMPTS
+                    current = self._current_blocking(path, cached.get(path), self.quiet_size if retry else None)
                 _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
+            except _StaleTarget:
+                stale.add(path)
+                results.append(_StaleTarget)
+                continue
             except SyncError as error:
                 results.append(error)
                 continue
@@ -439,44 +576,64 @@ class FileOperations:
             # what a later upload of the same path is checked against (its stat comes later)
             state[path] = (FileMetadata(path, len(waiting.body or b""), 0, waiting.sha256), 0)
             results.append(current)
-        in_memory = [p for p, w in enumerate(batch) if w.temp_path is None and not isinstance(results[p], SyncError)]
+        in_memory = [p for p, w in enumerate(batch) if w.temp_path is None and _goes_on(results[p])]
         staged = dict(zip(in_memory, self.store.stage_many([batch[p].body for p in in_memory])))
-        broken, synced_by, state = set(), {}, {}
+        broken, synced_by, state, authors = set(), {}, {}, {}
         for position, waiting in enumerate(batch):
             current, path = results[position], waiting.path
-            if isinstance(current, SyncError):
+            if not _goes_on(current):
+                if current is not _StaleTarget and waiting.release_temp:
+                    self.store.discard(waiting.temp_path)  # refused: its staged file goes
                 continue
             if path in state:
                 current = state[path]  # an earlier upload of the batch, installed just now
             try:
-                temp, temp_stat = self._staged_for(waiting, staged.get(position))
+                try:
+                    temp, temp_stat = self._staged_for(waiting, staged.get(position))
+                except (SyncError, OSError):
+                    if waiting.release_temp:
+                        self.store.discard(waiting.temp_path)
+                    raise
+                version = None
                 try:
                     if path in broken:  # an earlier upload of this path failed: this one was based on it
                         raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
+                    version = self.versions.keep_replaced(path, current, authors.get(path))
                     created, target = self.store.install_staged(temp, temp_stat, path)
                 except BaseException:
-                    if waiting.temp_path is None:
+                    self.versions.discard(version)
+                    if waiting.owns_temp:
                         self.store.discard(temp)
                     raise
                 if isinstance(temp, NamelessTemp):
                     self.store.discard(temp)  # linked in place: close it
                 synced_by.setdefault(os.path.dirname(target), []).append(position)
-                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns)
-                directories = [_metadata(d, "") for d in map(self.store.entry, created) if d]
+                placed = os.lstat(target)  # the link or rename changed its ctime
+                ctime_ns = placed.st_ctime_ns if placed.st_ino == temp_stat.st_ino else 0
+                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns,
+                                  temp_stat.st_ino, ctime_ns)
+                directories = [metadata_of(d, "") for d in map(self.store.entry, created) if d]
             except (SyncError, OSError) as error:
                 broken.add(path)
                 results[position] = error if isinstance(error, SyncError) else storage_error(error)
                 continue
-            state[path] = _metadata(entry, waiting.sha256)
+            state[path], authors[path] = metadata_of(entry, waiting.sha256), waiting.source_client
             st_key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
-            results[position] = (current, state[path], directories, st_key)
+            results[position] = (current, state[path], directories, st_key, version)
         for directory, positions in synced_by.items():
             try:
                 fsync_directory(directory)
             except OSError as error:
                 for position in positions:
                     results[position] = storage_error(error)
+        self.versions.settle([r[4] for r in results if isinstance(r, tuple) and len(r) == 5 and r[4]])
         return results
+
+    def _release_temps(self, uploads) -> None:
+        """Release the temp files of ``uploads`` (an installed one is gone already:
+        releasing it does nothing)."""
+        for waiting in uploads:
+            self.store.discard(waiting.temp_path)
 
     def _staged_for(self, waiting, staged) -> tuple:
         """``(temp, stat)`` of an upload ready to install: its body written by
@@ -487,63 +644,124 @@ class FileOperations:
             raise staged
         return staged
 
-    def _current_blocking(self, path: str, cached):
-        """:meth:`_current`, blocking, given the index row ``cached`` of ``path``."""
+    def _current_blocking(self, path: str, cached, hash_limit=None):
+        """:meth:`_current`, blocking, given the index row ``cached`` of ``path``.
+        A stale file of ``hash_limit`` bytes or more raises :class:`_StaleTarget`
+        instead of being hashed here."""
         entry = self.store.entry(path)
         if entry is None:
             return None
-        if _matches(cached, entry):
+        if matches(cached, entry):
             return cached
-        return _metadata(entry, "" if entry.is_directory else self.store.hash(path))
+        if hash_limit is not None and not entry.is_directory and entry.size >= hash_limit:
+            raise _StaleTarget()
+        return metadata_of(entry, "" if entry.is_directory else self.store.hash(path))
 
     # -- the disk as the truth -----------------------------------------------------
 
-    def _hash_files(self, names) -> dict:
-        """``{path: sha256}`` for the files that could be read (blocking)."""
+    def _hash_files(self, entries) -> dict:
+        """``{path: sha256}`` for the file entries that could be read and did not change
+        while being hashed (blocking)."""
         digests = {}
-        for name in names:
+        for entry in entries:
             try:
-                digests[name] = self.store.hash(name)
+                digest = self.store.hash_if_unchanged(entry)
             except (OSError, SyncError):
-                pass
+                continue
+            if digest is not None:
+                digests[entry.path] = digest
         return digests
 
-    async def refresh(self, tops=None) -> list:
-        """Bring the index in line with the disk at and under each of ``tops`` (None: the
-        whole root), journalling what other programs changed. Returns the changes."""
-        return await self._locked(self._refresh, tops)
-
-    async def _refresh(self, tops):
-        if self.feed is None:
-            self.head = max(self.head, await self.index.head())
+    async def _rows(self, tops) -> dict:
+        """``{path: (FileMetadata, mtime_ns)}`` of the index at and under ``tops``."""
         if tops is None:
             rows = await self.index.list_all()
         else:
             rows = [row for top in tops for row in await self.index.list_under(top)]
-        cached = {m.path: (m, mtime) for m, mtime in rows}
+        return {row[0].path: row for row in rows}
+
+    def _settling(self, stale, found) -> tuple:
+        """``(to hash now, still being written)``: a large file written within
+        :attr:`quiet_seconds` may still be growing, so it waits until it is quiet."""
+        recent = self._reactor.seconds() - self.quiet_seconds
+        later = [p for p in stale if found[p].size >= self.quiet_size and found[p].mtime_ns / 1e9 > recent]
+        if not later:
+            return stale, later
+        waiting = set(later)
+        return [p for p in stale if p not in waiting], later
+
+    def _refresh_later(self, tops) -> None:
+        """Refresh ``tops`` once :attr:`quiet_seconds` have passed (once for each path)."""
+        tops = [top for top in tops if top not in self._later]
+        if not tops:
+            return
+        self._later.update(tops)
+
+        def due():
+            self._later.difference_update(tops)
+            self._refresh_quietly(tops)
+
+        call = self._reactor.callLater(self.quiet_seconds, due)
+        self._later_calls = [c for c in self._later_calls if c.active()] + [call]
+
+    def close(self) -> None:
+        """Cancel the refreshes waiting for files to become quiet (the server stops)."""
+        for call in self._later_calls:
+            if call.active():
+                call.cancel()
+        self._later_calls, self._later = [], set()
+
+    async def refresh(self, tops=None, settle: bool = True) -> list:
+        """Bring the index in line with the disk at and under each of ``tops`` (None: the
+        whole root), journalling what other programs changed. Returns the changes.
+
+        The disk is scanned and the stale files hashed without the operations lock (a
+        large file written by another program holds up no upload); a file that changes
+        while being hashed is left for its next event. With ``settle``, a large file
+        written in the last :attr:`quiet_seconds` is refreshed once it is quiet. Under
+        the lock, the journal items are taken from the index as it is by then, and each
+        path is looked at once more: one that changed since the scan is left out."""
+        rows = await self._rows(tops)
         found = {}
         for top in [""] if tops is None else tops:
-            for entry in await self._thread(self.store.scan, top):
+            for entry in await self._shared_thread(self.store.scan, top):
                 found[entry.path] = entry
-        items = []  # (upserts, removals, operation) in journal order
-        gone = [p for p in cached if p not in found]
-        for path in sorted(gone):
-            if paths.parent(path) not in gone:  # else journalled with its parent
-                items.append(([], [path], Delete(path)))
-        stale = sorted(p for p in found if not _matches(cached.get(p), found[p]))
-        digests = await self._thread(self._hash_files, [p for p in stale if not found[p].is_directory])
-        for path in stale:
-            entry, row = found[path], cached.get(path)
-            if path not in digests and not entry.is_directory:
-                continue  # vanished or unreadable meanwhile; the next event catches it
-            if row is not None and row[0].is_directory != entry.is_directory:
-                items.append(([], [path], Delete(path)))
-                row = None
-            stored = _metadata(entry, digests.get(path, ""))
-            if row is not None and row[0].hash == stored[0].hash:
-                items.append(([stored], [], None))  # touched, not changed
+        stale = stale_files(rows, found)
+        if settle:
+            stale, later = self._settling(stale, found)
+            self._refresh_later(later)
+        digests = await self._shared_thread(self._hash_files, [found[p] for p in stale]) if stale else {}
+        return await self._locked(self._journal_found, tops, set(rows), found, digests)
+
+    def _still_found(self, items, found) -> list:
+        """The ``items`` whose path the disk still shows as ``found`` did (blocking)."""
+        kept = []
+        for item in items:
+            path = item_path(item)
+            expected, now = found.get(path), self.store.entry(path)
+            if expected is None or now is None:
+                same = expected is None and now is None
+            elif expected.is_directory or now.is_directory:
+                same = expected.is_directory == now.is_directory
             else:
-                items.append(([stored], [], (Update if row is not None else Create)(stored[0])))
+                same = _stat_key(now) == _stat_key(expected)
+            if same:
+                kept.append(item)
+        return kept
+
+    async def _journal_found(self, tops, scanned, found, digests) -> list:
+        """Under the lock: journal what the scan ``found`` (and ``digests``) show against
+        the index as it is now; ``scanned``: the paths indexed when the scan began (one
+        indexed since then is the server's own write, not a file gone)."""
+        if self.feed is None:
+            self.head = max(self.head, await self.index.head())
+        rows = {path: row for path, row in (await self._rows(tops)).items() if path in scanned or path in found}
+        items = journal_items(rows, found, digests)
+        if items:
+            checked = await self._thread(self._still_found, items, found)
+            if len(checked) < len(items):  # changed since the scan: look again once quiet
+                self._refresh_later(sorted({item_path(i) for i in items} - {item_path(i) for i in checked}))
+            items = checked
         changes = []
         for start in range(0, len(items), RECORD_BATCH):
             batch = await self.index.record_many(items[start:start + RECORD_BATCH], DISK_SOURCE, now())

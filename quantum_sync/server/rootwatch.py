@@ -6,6 +6,11 @@ event paths to the reactor, a burst at a time (``callFromThread``); there they a
 collected for ``delay`` seconds and then passed to :meth:`FileOperations.refresh`, which
 compares the disk with the index. The server's other writes are already in the index
 when their events arrive (refresh waits for the operation lock), so they journal nothing.
+
+inotify does not see everything: its queue overflows under a burst (watchdog then
+delivers an ``EventsLostEvent``), and writes made over NFS or by other hosts make no
+event at all. An overflow starts a full rescan of the root at once (logged and counted
+as ``events_lost``), and a full rescan runs every ``rescan_interval`` seconds anyway.
 """
 
 import os
@@ -13,12 +18,14 @@ import threading
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
@@ -35,7 +42,7 @@ from quantum_sync import observers, paths
 #: inside changed, and that entry has its own event (refreshing the whole directory for
 #: it made every write rescan its siblings).
 _EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEvent,
-           DirDeletedEvent, FileMovedEvent, DirMovedEvent]
+           DirDeletedEvent, FileMovedEvent, DirMovedEvent, EventsLostEvent]
 #: Events by which a rename of the server's own (:meth:`Store.install_staged`) shows.
 _INSTALL_EVENTS = ("moved", "created", "modified")
 #: Seconds between snapshots when inotify is unavailable and the root is polled.
@@ -47,9 +54,10 @@ class _Bridge(FileSystemEventHandler):
     server's own installs (``own_write``), and hands the other event paths to the
     reactor in batches: one ``callFromThread`` per burst, not per event."""
 
-    def __init__(self, reactor, sink, state_dir: str, own_write):
+    def __init__(self, reactor, sink, state_dir: str, own_write, lost=None):
         self._reactor = reactor
         self._sink = sink
+        self._lost = lost
         self._state_prefix = state_dir + os.sep
         self._own_write = own_write
         self._lock = threading.Lock()
@@ -68,6 +76,10 @@ class _Bridge(FileSystemEventHandler):
         if first:
             self._reactor.callFromThread(self._deliver)
 
+    def on_events_lost(self, event):
+        if self._lost is not None:
+            self._reactor.callFromThread(self._lost)
+
     def _deliver(self):
         with self._lock:
             names, self._names = self._names, []
@@ -75,19 +87,28 @@ class _Bridge(FileSystemEventHandler):
 
 
 class RootWatcher(Service):
-    """Journals changes other programs make under ``root`` within about ``delay`` seconds."""
+    """Journals changes other programs make under ``root`` within about ``delay`` seconds,
+    and rescans the whole root when inotify lost events and every ``rescan_interval``
+    seconds (0: never); ``metrics`` counts ``events_lost`` and ``rescans``."""
 
     log = Logger()
 
-    def __init__(self, root: str, operations, reactor, delay: float = 0.2):
+    def __init__(self, root: str, operations, reactor, delay: float = 0.2,
+                 rescan_interval: float = 0, metrics=None):
         self.root = root
         self.operations = operations
         self.delay = delay
+        self.rescan_interval = rescan_interval
+        self.metrics = metrics
         self._reactor = reactor
-        self._observer = None
+        #: The running watchdog observer (None when neither inotify nor polling works).
+        self.observer = None
         self._pending = set()
         self._call = None
         self._running_refresh = None
+        self._periodic = None
+        self._rescan = None  # the full rescan running, if any
+        self._rescan_again = False  # another one was asked for meanwhile
 
     def startService(self):
         super().startService()
@@ -97,7 +118,8 @@ class RootWatcher(Service):
                               (PollingObserver, {"timeout": POLL_INTERVAL})):
             observer = kind(**options)
             try:
-                bridge = _Bridge(self._reactor, self._changed, self.operations.store.state_dir, own_write)
+                bridge = _Bridge(self._reactor, self._changed, self.operations.store.state_dir, own_write,
+                                 self.events_lost)
                 observer.schedule(bridge, self.root, recursive=True, event_filter=_EVENTS)
                 observer.start()
             except OSError as e:  # e.g. the inotify watch limit: poll instead
@@ -105,10 +127,44 @@ class RootWatcher(Service):
                 self.log.warn("cannot watch {root} with {kind}: {reason}", root=self.root,
                               kind=kind.__name__, reason=str(e))
                 continue
-            self._observer = observer
+            self.observer = observer
+            break
+        else:
+            self.log.error("changes other programs make in {root} are picked up by the"
+                           " periodic rescan only", root=self.root)
+        if self.rescan_interval:
+            self._periodic = LoopingCall(self.rescan)
+            self._periodic.clock = self._reactor
+            self._periodic.start(self.rescan_interval, now=False)
+
+    def events_lost(self) -> None:
+        """inotify dropped events (its queue overflowed): rescan the whole root."""
+        self.log.warn("the watch on {root} lost events (inotify queue overflow): rescanning"
+                      " the whole root", root=self.root)
+        if self.metrics is not None:
+            self.metrics.events_lost += 1
+        self.rescan()
+
+    def rescan(self) -> None:
+        """Compare the whole root with the index (one at a time: asked for while one
+        runs, another follows it)."""
+        if not self.running:
             return
-        self.log.error("changes other programs make in {root} are picked up at the next"
-                       " start only", root=self.root)
+        if self._rescan is not None:
+            self._rescan_again = True
+            return
+        if self.metrics is not None:
+            self.metrics.rescans += 1
+        self._rescan = Deferred.fromCoroutine(self.operations.refresh(None))
+        self._rescan.addErrback(lambda failure: self.log.failure("rescanning {root} failed", failure,
+                                                                 root=self.root))
+        self._rescan.addBoth(self._rescanned)
+
+    def _rescanned(self, _):
+        self._rescan = None
+        if self._rescan_again:
+            self._rescan_again = False
+            self.rescan()
 
     def _changed(self, names):
         for name in names:
@@ -127,12 +183,15 @@ class RootWatcher(Service):
     async def _stop(self):
         if self._call is not None and self._call.active():
             self._call.cancel()
-        if self._observer is not None:
-            observer, self._observer = self._observer, None
+        if self._periodic is not None and self._periodic.running:
+            self._periodic.stop()
+        if self.observer is not None:
+            observer, self.observer = self.observer, None
             observer.stop()
             await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), observer.join)
-        if self._running_refresh is not None:
-            await self._running_refresh
+        for running in (self._running_refresh, self._rescan):
+            if running is not None:
+                await running
 
     def stopService(self):
         super().stopService()

@@ -1,7 +1,7 @@
 """The server as one MultiService: the table of contents of a running server.
 
-:func:`make_server_service` wires the store, index/journal, FileOperations, hub,
-metrics, authorizer, root watcher and one listener per listen entry.
+:func:`make_server_service` wires the store, index/journal, versions, FileOperations,
+hub, metrics, authorizer, root watcher and one listener per listen entry.
 """
 
 import os
@@ -22,6 +22,7 @@ from quantum_sync.server.operations import FileOperations
 from quantum_sync.server.rootwatch import RootWatcher
 from quantum_sync.server.site import build_site
 from quantum_sync.server.store import Store
+from quantum_sync.server.versions import VersionArea, Versions
 
 
 class ListenerService(Service):
@@ -114,7 +115,7 @@ class ServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor, datasync=os.fdatasync):
+    def __init__(self, config, reactor, datasync=os.fdatasync, store=None, clock=None):
         super().__init__()
         handler = config.handler
         self.config = config
@@ -124,7 +125,10 @@ class ServerService(MultiService):
         self.started = time.time()
         #: The cluster node (None for an embedded server: SQLite, one process).
         self.node = _cluster_node(config, reactor)
-        self.store = Store(handler.root, node_id=self.node.node_id if self.node else None)
+        #: ``store``: a :class:`Store` of ``handler.root`` given by the caller (tests)
+        if store is None:
+            store = Store(handler.root, node_id=self.node.node_id if self.node else None)
+        self.store = store
         try:
             self.store.prepare()
         except (OSError, ValueError) as e:
@@ -140,10 +144,15 @@ class ServerService(MultiService):
                        cluster=self.node.figures if self.node is not None else None)
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub)
+        # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
+        area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
+        self.versions = Versions(area, self.index, handler.versions, reactor, clock)
+        self.versions.setServiceParent(self)
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
-                                         handler.enable_upload)
-        self.api = FileApi(self.operations, self.authorizer, reactor)
-        self.watcher = RootWatcher(self.store.root, self.operations, reactor)
+                                         handler.enable_upload, area)
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
+        self.watcher = RootWatcher(self.store.root, self.operations, reactor,
+                                   rescan_interval=handler.rescan_interval, metrics=self.metrics)
         if self.node is None:
             self.watcher.setServiceParent(self)
         else:  # the cluster's leader watches the shared root, and only it
@@ -169,13 +178,17 @@ class ServerService(MultiService):
 
     async def _reconcile(self):
         await self.index.open()
-        if self.node is not None:
+        await self.versions.open()
+        if self.node is not None:  # its leader compares the shared root with the index
             await self.node.start(self)
+            await self.operations.recover()
             return
+        await self.operations.recover()
         await self.operations.refresh(None)
 
     def when_ready(self) -> Deferred:
-        """Fires once the index is open and reconciled with the disk."""
+        """Fires once the index is open and reconciled with the disk (requests are
+        answered a little earlier: :meth:`FileOperations.recover`)."""
         return self._ready
 
     def stopService(self):
@@ -192,6 +205,7 @@ class ServerService(MultiService):
                 await self._ready
             except Exception:
                 self.log.failure("start-up reconcile failed")
+        self.operations.close()
         await self.operations.idle()
         if self.node is not None:
             await self.node.stop()

@@ -22,7 +22,8 @@ import threading
 import attrs
 
 from quantum_sync import paths
-from quantum_sync.diskio import Budget, NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory, sha256_file
+from quantum_sync.diskio import (CHUNK, Budget, NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory,
+                                 open_regular, sha256_file)
 from quantum_sync.errors import SyncError
 
 #: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
@@ -67,6 +68,9 @@ class DiskEntry:
     is_directory: bool
     size: int
     mtime_ns: int
+    #: inode and ctime (0: unknown), compared with an index row's, not between entries
+    ino: int = attrs.field(default=0, eq=False)
+    ctime_ns: int = attrs.field(default=0, eq=False)
 
 
 def storage_error(error: OSError) -> SyncError:
@@ -558,6 +562,24 @@ class Store:
     def hash(self, path: str) -> str:
         return sha256_file(self.resolve(path), follow_symlinks=False)
 
+    def hash_if_unchanged(self, entry: DiskEntry) -> str | None:
+        """The SHA-256 of the file ``entry`` describes, or None when the file is not that
+        one any more: its size or mtime differ before or after hashing, or its name
+        leads to another file afterwards (it changed while being hashed)."""
+        absolute = self.resolve(entry.path)
+        fd, before = open_regular(absolute, follow_symlinks=False)
+        with open(fd, "rb") as f:
+            if (before.st_size, before.st_mtime_ns) != (entry.size, entry.mtime_ns):
+                return None
+            digest = hashlib.sha256()
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+            after = os.fstat(fd)
+        now = os.lstat(absolute)
+        if _stat_key(after) != _stat_key(before) or _stat_key(now) != _stat_key(before):
+            return None
+        return digest.hexdigest()
+
     def make_parents(self, path: str) -> list:
         """Create the missing parent directories of ``path``; returns those created.
         Raises CONFLICT when an ancestor is a file."""
@@ -651,6 +673,11 @@ class Store:
             raise
         return fd, name, st
 
+    @property
+    def held_temps(self) -> int:
+        """Descriptors held by staged nameless files now (each until its release)."""
+        return self._held.held
+
     def discard(self, temp) -> None:
         """Release a temp :meth:`stage_many` returned (after its install, or instead of it);
         releasing one again does nothing."""
@@ -735,7 +762,7 @@ class Store:
         target = self.resolve(path)
         if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target)
-        else:
+        elif os.path.lexists(target):  # else moved to the versions area already
             os.unlink(target)
         fsync_directory(os.path.dirname(target))
 
@@ -767,9 +794,14 @@ def _child_path(prefix: str, name: str) -> str | None:
     return rel if len(rel) <= paths.MAX_PATH_BYTES else None
 
 
+def _stat_key(st) -> tuple:
+    """What says a file is still the same version: inode, size, mtime and ctime."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def _entry(path: str, st) -> DiskEntry | None:
     if stat.S_ISDIR(st.st_mode):
         return DiskEntry(path, True, 0, st.st_mtime_ns)
     if stat.S_ISREG(st.st_mode):
-        return DiskEntry(path, False, st.st_size, st.st_mtime_ns)
+        return DiskEntry(path, False, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     return None

@@ -215,6 +215,11 @@ def accept_deflate(offers):
 # -- the protocol ----------------------------------------------------------------------------
 
 
+#: Requests that wait while the server checks its files at start (they read the journal
+#: head or change files); pings, auth and topic requests are answered at once.
+_NEED_INDEX = (messages.Subscribe, messages.FileOperationRequest)
+
+
 @implementer(IHubConnection, IPushProducer)
 class HubProtocol(WebSocketServerProtocol):
     """One ``/ws`` connection: parse each message, then hand it to the hub."""
@@ -233,6 +238,7 @@ class HubProtocol(WebSocketServerProtocol):
         self.address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self.close_reason = None
         self._limiter = RateLimiter.start(factory.config.rate_limit, now)
+        self._held = None  # requests kept until the index is trusted (see _hold)
         self._backlog = None
         self._backlog_bytes = 0
         self._paused = False
@@ -302,8 +308,26 @@ class HubProtocol(WebSocketServerProtocol):
         if not isinstance(request, (messages.AuthRequest, messages.PingRequest)) \
                 and not self._still_authorized(request):
             return
-        handler = self._HANDLERS[type(request)]
-        handler(self, request)
+        if isinstance(request, _NEED_INDEX) and (self._held is not None or not self.factory.operations.ready):
+            self._hold(request)
+            return
+        self._HANDLERS[type(request)](self, request)
+
+    def _hold(self, request) -> None:
+        """Keep ``request`` (and each later one of :data:`_NEED_INDEX`) until the server's
+        index is trusted after a start, then handle them in order
+        (FileOperations.when_ready)."""
+        if self._held is None:
+            self._held = []
+            self.factory.operations.when_ready().addCallback(self._release_held)
+        self._held.append(request)
+
+    def _release_held(self, _) -> None:
+        held, self._held = self._held, None
+        for request in held:
+            if self.state != self.STATE_OPEN:
+                return
+            self._HANDLERS[type(request)](self, request)
 
     def _still_authorized(self, request) -> bool:
         """Check the connection's identity again for each request, so an expired token,
@@ -323,10 +347,6 @@ class HubProtocol(WebSocketServerProtocol):
 
     def _on_subscribe(self, request):
         operations = self.factory.operations
-        if operations.journal_id is None:  # the index is not open yet
-            self._refuse(SyncError("SERVICE_UNAVAILABLE", "the server is starting; subscribe again",
-                                   retryAfter=1), request.id)
-            return
         self.hub.identify(self, request.client_id)
         # every broadcast from here on has a seq above this cursor
         self.send(messages.ack("subscribe", request.id, journal_id=operations.journal_id,

@@ -15,10 +15,13 @@ import uuid
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
+from quantum_sync.server import versions
+from quantum_sync.server.diskdiff import Row
 
 #: The schema this code writes and reads.
 SCHEMA_VERSION = 1
@@ -30,7 +33,11 @@ SCHEMA = [
         is_directory BOOLEAN NOT NULL,
         size BIGINT NOT NULL,
         mtime_ns BIGINT NOT NULL,
-        hash TEXT NOT NULL)""",
+        hash TEXT NOT NULL,
+        source_client TEXT NOT NULL DEFAULT '',
+        ino BIGINT NOT NULL DEFAULT 0,
+        ctime_ns BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS intents (path TEXT COLLATE "C" PRIMARY KEY)""",
     """CREATE TABLE IF NOT EXISTS journal (
         seq BIGINT PRIMARY KEY,
         operation TEXT NOT NULL,
@@ -50,7 +57,16 @@ SCHEMA = [
 #: Paths looked up a query by :meth:`PgIndex.get_many`.
 LOOKUP_BATCH = 1000
 
-_COLUMNS = "path, is_directory, size, mtime_ns, hash"
+_COLUMNS = "path, is_directory, size, mtime_ns, hash, ino, ctime_ns"
+
+#: A file's row, with the client that wrote its content (kept when only its stat changed).
+UPSERT = (
+    "INSERT INTO files (path, is_directory, size, mtime_ns, hash, ino, ctime_ns, source_client)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (path) DO UPDATE SET is_directory = EXCLUDED.is_directory,"
+    " size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, hash = EXCLUDED.hash,"
+    " ino = EXCLUDED.ino, ctime_ns = EXCLUDED.ctime_ns, source_client = CASE WHEN"
+    " files.hash = EXCLUDED.hash THEN files.source_client ELSE EXCLUDED.source_client END")
 
 
 class SchemaError(Exception):
@@ -68,9 +84,52 @@ def _escape_like(path: str) -> str:
     return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _row_metadata(row) -> tuple:
-    path, is_directory, size, mtime_ns, digest = row
-    return FileMetadata(path, size, mtime_ns / 1e9, digest, bool(is_directory)), mtime_ns
+def _row_metadata(row) -> Row:
+    path, is_directory, size, mtime_ns, digest, ino, ctime_ns = row
+    return Row(FileMetadata(path, size, mtime_ns / 1e9, digest, bool(is_directory)), mtime_ns, ino, ctime_ns)
+
+
+def _file_values(row) -> tuple:
+    """The ``files`` columns of ``row`` (a :class:`Row`, or a ``(FileMetadata, mtime_ns)``
+    pair: inode and ctime unknown)."""
+    metadata, mtime_ns = row
+    return (metadata.path, metadata.is_directory, metadata.size, mtime_ns, metadata.hash,
+            getattr(row, "ino", 0), getattr(row, "ctime_ns", 0))
+
+
+class _Portable:
+    """A psycopg cursor that takes the SQLite-style SQL of the modules that keep tables
+    in the index (``?`` placeholders, ``executescript``; INTEGER and REAL columns made
+    64-bit), so that :mod:`quantum_sync.server.versions` runs on either index."""
+
+    _TYPES = (("INTEGER", "BIGINT"), ("REAL", "DOUBLE PRECISION"))
+
+    def __init__(self, cursor):
+        self._cursor = cursor
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql, params=None):
+        return self._cursor.execute(sql if params is None else self._sql(sql), params)
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        return self._cursor.executemany(self._sql(sql), rows) if rows else None
+
+    def executescript(self, script: str):
+        for old, new in self._TYPES:
+            script = script.replace(f" {old} ", f" {new} ")
+        for statement in script.split(";"):
+            if statement.strip():
+                self._cursor.execute(statement)
+
+    def fetchone(self):
+        return self._cursor.fetchone()
+
+    def fetchall(self):
+        return self._cursor.fetchall()
 
 
 def create_schema(txn) -> str:
@@ -82,6 +141,8 @@ def create_schema(txn) -> str:
     txn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(namespace, "schema"),))
     for statement in SCHEMA:
         txn.execute(statement)
+    # the tables other modules keep in the index: there before any node uses them
+    _Portable(txn).executescript(versions.SCHEMA)
     txn.execute("SELECT max(version) FROM schema_version")
     version = txn.fetchone()[0]
     if version is None:
@@ -127,7 +188,7 @@ class PgIndex(Service):
             "psycopg", self.conninfo, cp_min=1, cp_max=self._pool_size, cp_reconnect=True,
             cp_noisy=False, cp_reactor=self._reactor, connect_timeout=5,
         )
-        self._opened = self._run(self._create)
+        self._opened = Deferred.fromCoroutine(self._run(self._create))
 
     def _create(self, txn):
         self.journal_id = create_schema(txn)
@@ -155,6 +216,12 @@ class PgIndex(Service):
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             raise unavailable(error) from None
 
+    async def interaction(self, function, *args):
+        """``function(txn, *args)`` in one transaction, ``txn`` taking the SQLite-style
+        SQL of the tables other modules keep in the index (the versions)."""
+        await self._opened
+        return await self._run(lambda txn: function(_Portable(txn), *args))
+
     # -- reads --------------------------------------------------------------------
 
     async def get(self, path: str):
@@ -176,17 +243,8 @@ class PgIndex(Service):
         return await self._run(run)
 
     async def get_many(self, paths) -> dict:
-        def run(txn):
-            found = {}
-            for start in range(0, len(paths), LOOKUP_BATCH):
-                txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)",
-                            (paths[start:start + LOOKUP_BATCH],))
-                for row in txn.fetchall():
-                    found[row[0]] = _row_metadata(row)
-            return found
-
         paths = list(paths)
-        return await self._run(run) if paths else {}
+        return await self._run(_get_many, paths) if paths else {}
 
     async def list_all(self) -> list:
         def run(txn):
@@ -234,8 +292,10 @@ class PgIndex(Service):
 
     # -- writes ---------------------------------------------------------------------
 
-    async def record(self, upserts, removals, operation, source_client, timestamp):
-        changes = await self.record_each([(upserts, removals, operation, source_client)], timestamp)
+    async def record(self, upserts, removals, operation, source_client, timestamp, also=None):
+        """As :meth:`Index.record`: the cache updated and ``operation`` (when given)
+        journalled in one transaction, after ``also(txn)``."""
+        changes = await self.record_each([(upserts, removals, operation, source_client)], timestamp, also)
         return changes[0] if changes else None
 
     async def record_many(self, items, source_client, timestamp) -> list:
@@ -243,19 +303,51 @@ class PgIndex(Service):
             [(upserts, removals, operation, source_client) for upserts, removals, operation in items],
             timestamp)
 
-    async def record_each(self, items, timestamp) -> list:
-        """In one transaction: every item's cache changes, and its operation (when given)
-        journalled with the next ``seq``. Returns the Changes, in order."""
+    async def record_each(self, items, timestamp, also=None, done_intents=()) -> list:
+        """In one transaction: ``also(txn)``, every item's cache changes and its operation
+        (when given) journalled with the next ``seq``, the intents of ``done_intents``
+        forgotten. Returns the Changes, in order."""
         def run(txn):
-            for upserts, removals, _, _ in items:
-                _update_files(txn, upserts, removals)
+            if also is not None:
+                also(_Portable(txn))
+            for upserts, removals, _, source in items:
+                _update_files(txn, upserts, removals, source)
+            if done_intents:
+                txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(done_intents),))
             return self._journal(txn, [(operation, source) for _, _, operation, source in items
                                        if operation is not None], timestamp)
 
         return await self._run(run)
 
-    async def rename(self, source: str, destination: str, operation, source_client, timestamp):
+    async def get_many_intending(self, paths) -> dict:
+        """:meth:`get_many`, recording (durably, before it returns) the intent to write
+        each of ``paths`` (see :meth:`Index.get_many_intending`)."""
         def run(txn):
+            txn.execute("INSERT INTO intents (path) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                        (paths,))
+            return _get_many(txn, paths)
+
+        paths = sorted(set(paths))
+        return await self._run(run) if paths else {}
+
+    async def intents(self) -> list:
+        def run(txn):
+            txn.execute("SELECT path FROM intents ORDER BY path")
+            return [row[0] for row in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def forget_intents(self, paths) -> None:
+        def run(txn):
+            txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(paths),))
+
+        await self._run(run)
+
+    async def rename(self, source: str, destination: str, operation, source_client, timestamp,
+                     also=None):
+        def run(txn):
+            if also is not None:
+                also(_Portable(txn))
             txn.execute("DELETE FROM files WHERE path = %s OR path LIKE %s",
                         (destination, _escape_like(destination) + "/%"))
             txn.execute(
@@ -287,15 +379,20 @@ class PgIndex(Service):
         return changes
 
 
-def _update_files(txn, upserts, removals) -> None:
+def _update_files(txn, upserts, removals, source_client) -> None:
     for path in removals:
         txn.execute("DELETE FROM files WHERE path = %s OR path LIKE %s", (path, _escape_like(path) + "/%"))
     if upserts:
-        txn.executemany(
-            "INSERT INTO files (path, is_directory, size, mtime_ns, hash) VALUES (%s, %s, %s, %s, %s)"
-            " ON CONFLICT (path) DO UPDATE SET is_directory = EXCLUDED.is_directory,"
-            " size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, hash = EXCLUDED.hash",
-            [(m.path, m.is_directory, m.size, mtime_ns, m.hash) for m, mtime_ns in upserts])
+        txn.executemany(UPSERT, [_file_values(row) + (source_client,) for row in upserts])
+
+
+def _get_many(txn, paths) -> dict:
+    found = {}
+    for start in range(0, len(paths), LOOKUP_BATCH):
+        txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)", (paths[start:start + LOOKUP_BATCH],))
+        for row in txn.fetchall():
+            found[row[0]] = _row_metadata(row)
+    return found
 
 
 def _head(txn) -> int:

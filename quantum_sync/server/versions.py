@@ -1,0 +1,574 @@
+"""Versions and trash: the old content of every file the server replaces or deletes.
+
+Kept in ``<root>/.quantum-sync/versions/`` (on the root's file system, never listed,
+journalled or synced): a replaced file by a hard link to its old inode made just before
+the rename over it (no copy, whatever its size), a deleted file moved there whole
+(rename). Each version is a row of the index's ``versions`` table, keyed by the path it
+had; a move re-keys the rows with the files. :class:`VersionArea` is the blocking side
+(threads: the group commit's and the operations' own), :class:`Versions` the reactor
+side: listing, restore, and pruning by a LoopingCall, planned by the pure
+:func:`plan_prune`.
+"""
+
+import collections
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+import threading
+from typing import NamedTuple
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from quantum_sync.diskio import file_system_magic, fsync_directory
+from quantum_sync.errors import SyncError
+from quantum_sync.protocol import format_time
+from quantum_sync.server.store import TEMP_PREFIX, storage_error
+
+#: The versions area's name inside the state directory.
+AREA_NAME = "versions"
+#: Seconds between pruning passes.
+PRUNE_INTERVAL = 3600.0
+#: The form of a version id (random, 96 bits, hex).
+_ID = re.compile(r"^[0-9a-f]{24}$")
+#: The names of the area's files: a version's id, or a copy being made of one.
+_AREA_FILE = re.compile(r"^[0-9a-f]{24}(\.copy)?$")
+COPY_CHUNK = 1024 * 1024
+DAY = 86400.0
+#: ``statfs`` numbers of the file systems that write metadata changes to one journal in
+#: the order they were made (ext3/4, whose number ext2 shares; XFS): there a link made
+#: before a rename is durable once the rename is, and needs no fsync of its own.
+ORDERED_METADATA = frozenset({0xEF53, 0x58465342})
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    modified_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    source_client TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    kept REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_path ON versions (path);
+"""
+_COLUMNS = "id, path, modified_ns, size, hash, source_client, deleted, kept"
+
+
+@attrs.frozen
+class Version:
+    """One kept version: the content a file had at ``path`` until ``kept`` (seconds since
+    the epoch), when it was replaced or, ``deleted``, removed. ``source_client``: the
+    client that wrote that content (``""`` when not known)."""
+
+    id: str
+    path: str
+    modified_ns: int
+    size: int
+    hash: str
+    source_client: str
+    deleted: bool
+    kept: float
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "path": self.path, "modified": format_time(self.modified_ns / 1e9),
+                "size": self.size, "hash": self.hash, "source_client": self.source_client,
+                "deleted": self.deleted, "kept": format_time(self.kept)}
+
+
+# -- retention (pure) -------------------------------------------------------------------
+
+
+def plan_prune(versions, now: float, policy, busy=frozenset()) -> set:
+    """The ids of ``versions`` (each with ``id``, ``path``, ``size`` and ``kept``) that
+    ``policy`` (``keep_days``, ``keep_per_file``, ``max_bytes``) no longer keeps at time
+    ``now``: those kept longer than ``keep_days`` ago (all of them when it is 0), past
+    the newest ``keep_per_file`` of their path, and then the oldest until the rest fit
+    in ``max_bytes``. Versions in ``busy`` (being restored) are never chosen."""
+    doomed = set()
+    newest_first = sorted(versions, key=lambda v: (v.kept, v.id), reverse=True)
+    per_path = collections.Counter()
+    for version in newest_first:
+        per_path[version.path] += 1
+        too_old = policy.keep_days <= 0 or version.kept < now - policy.keep_days * DAY
+        too_many = policy.keep_per_file is not None and per_path[version.path] > policy.keep_per_file
+        if too_old or too_many:
+            doomed.add(version.id)
+    if policy.max_bytes is not None:
+        total = sum(v.size for v in newest_first if v.id not in doomed or v.id in busy)
+        for version in reversed(newest_first):
+            if total <= policy.max_bytes:
+                break
+            if version.id not in doomed and version.id not in busy:
+                doomed.add(version.id)
+                total -= version.size
+    return doomed - set(busy)
+
+
+@attrs.frozen
+class RestoreRequest:
+    """The body of ``POST /api/restore``: version ``id`` of ``path``, back at ``to``
+    (its own path when not given). Paths as received: the caller resolves them."""
+
+    path: str
+    id: str
+    to: str | None = None
+
+
+def parse_restore(body) -> RestoreRequest:
+    """A :class:`RestoreRequest` from a decoded JSON body, or INVALID_REQUEST."""
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str) \
+            or not isinstance(body.get("id"), str) or not isinstance(body.get("to", ""), str):
+        raise SyncError("INVALID_REQUEST", 'the body must be {"path": "...", "id": "...", "to"?: "..."}')
+    unknown = set(body) - {"path", "id", "to"}
+    if unknown:
+        raise SyncError("INVALID_REQUEST", f"unknown field(s) {sorted(unknown)}")
+    return RestoreRequest(body["path"], body["id"], body.get("to"))
+
+
+# -- the index's table -----------------------------------------------------------------
+
+
+def create_schema(txn) -> None:
+    txn.executescript(SCHEMA)
+
+
+def _escape_like(path: str) -> str:
+    return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _row_version(row) -> Version:
+    vid, path, modified_ns, size, digest, source, deleted, kept = row
+    return Version(vid, path, modified_ns, size, digest, source, bool(deleted), kept)
+
+
+def _listing(txn, path: str) -> list:
+    if path:
+        txn.execute(f"SELECT {_COLUMNS} FROM versions WHERE path = ?"
+                    " OR (deleted = 1 AND path LIKE ? ESCAPE '\\') ORDER BY kept DESC, id",
+                    (path, _escape_like(path) + "/%"))
+    else:
+        txn.execute(f"SELECT {_COLUMNS} FROM versions WHERE deleted = 1 ORDER BY kept DESC, id")
+    return [_row_version(row) for row in txn.fetchall()]
+
+
+def _find(txn, version_id: str):
+    txn.execute(f"SELECT {_COLUMNS} FROM versions WHERE id = ?", (version_id,))
+    row = txn.fetchone()
+    return _row_version(row) if row else None
+
+
+class Retained(NamedTuple):
+    """What retention looks at of one version (light: a pass reads every row)."""
+
+    id: str
+    path: str
+    size: int
+    kept: float
+
+
+def _retained(txn) -> list:
+    txn.execute("SELECT id, path, size, kept FROM versions")
+    return [Retained(*row) for row in txn.fetchall()]
+
+
+def _forget(txn, ids) -> None:
+    txn.executemany("DELETE FROM versions WHERE id = ?", [(vid,) for vid in ids])
+
+
+def _ids(txn) -> set:
+    txn.execute("SELECT id FROM versions")
+    return {row[0] for row in txn.fetchall()}
+
+
+# -- the blocking side -----------------------------------------------------------------
+
+
+class VersionArea:
+    """The versions directory of ``store`` (blocking: call from a thread). ``clock``
+    gives the kept-at times; with ``enabled`` False nothing new is kept (moves still
+    re-key what was)."""
+
+    def __init__(self, store, clock, enabled: bool = True):
+        self.store = store
+        self.directory = os.path.join(store.state_dir, AREA_NAME)
+        self.enabled = enabled
+        self._clock = clock
+        self._ordered = False
+        self._lock = threading.Lock()
+        #: ids whose file is in the area and whose row is not yet committed
+        self._unrecorded = set()
+
+    def prepare(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            self._ordered = file_system_magic(fd) in ORDERED_METADATA
+        finally:
+            os.close(fd)
+
+    def name_of(self, version_id: str) -> str:
+        return os.path.join(self.directory, version_id)
+
+    def _new_id(self) -> str:
+        version_id = secrets.token_hex(12)
+        with self._lock:
+            self._unrecorded.add(version_id)
+        return version_id
+
+    def _settled(self, ids) -> None:
+        with self._lock:
+            self._unrecorded.difference_update(ids)
+
+    def keep_replaced(self, path: str, current, source_client=None):
+        """Before the file at ``path`` (``current``: its ``(FileMetadata, mtime_ns)``, or
+        None) is replaced: link its inode into the area. Its :class:`Version`, or None
+        when there is nothing to keep. ``source_client``: who wrote it, when known."""
+        if not self.enabled or current is None or current[0].is_directory:
+            return None
+        absolute = self.store.resolve(path)
+        version_id = self._new_id()
+        name = self.name_of(version_id)
+        try:
+            try:
+                os.link(absolute, name, follow_symlinks=False)
+                st = os.lstat(name)
+                if st.st_nlink > 2:  # shared with another name: its bytes could change there
+                    os.unlink(name)
+                    raise OSError(errno.EMLINK, "shared inode")
+            except FileNotFoundError:
+                self._settled([version_id])
+                return None
+            except OSError as error:
+                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copy2(absolute, name, follow_symlinks=False)
+                st = os.lstat(name)
+            if not stat.S_ISREG(st.st_mode):
+                os.unlink(name)
+                self._settled([version_id])
+                return None
+            return self._version(version_id, path, st, current, False, source_client)
+        except BaseException:
+            self._settled([version_id])
+            raise
+
+    def trash(self, path: str, rows) -> list:
+        """Before ``path`` is deleted: move every file at and below it into the area
+        (``rows``: the index's ``(FileMetadata, mtime_ns)`` of them, whose hashes are
+        used where the stat still matches). Their :class:`Version`s."""
+        if not self.enabled:
+            return []
+        cached = {metadata.path: (metadata, mtime_ns) for metadata, mtime_ns in rows}
+        kept = []
+        for entry in self.store.scan(path):
+            if entry.is_directory:
+                continue
+            version_id = self._new_id()
+            name = self.name_of(version_id)
+            try:
+                os.rename(self.store.resolve(entry.path), name)
+            except OSError as error:
+                self._settled([version_id])
+                if error.errno == errno.EXDEV:  # a mount inside the root: kept as a copy
+                    kept.extend(self._copied(entry.path, cached.get(entry.path)))
+                elif not isinstance(error, FileNotFoundError):
+                    raise
+                continue
+            st = os.lstat(name)
+            if st.st_nlink > 1:  # another name in the root shares it: kept as a copy of its own
+                shutil.copy2(name, name + ".copy", follow_symlinks=False)
+                os.replace(name + ".copy", name)
+                st = os.lstat(name)
+            kept.append(self._version(version_id, entry.path, st, cached.get(entry.path), True, None))
+        self.settle(kept)  # (then the delete's fsync of the parent directory)
+        return kept
+
+    def _copied(self, path, current) -> list:
+        version_id = self._new_id()
+        name = self.name_of(version_id)
+        try:
+            shutil.copy2(self.store.resolve(path), name, follow_symlinks=False)
+            return [self._version(version_id, path, os.lstat(name), current, True, None)]
+        except BaseException:
+            self._settled([version_id])
+            raise
+
+    def _version(self, version_id, path, st, current, deleted, source_client) -> Version:
+        if current is not None and (current[0].size, current[1]) == (st.st_size, st.st_mtime_ns):
+            digest = current[0].hash
+        else:  # changed since it was indexed: hashed now
+            with open(self.name_of(version_id), "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return Version(version_id, path, st.st_mtime_ns, st.st_size, digest,
+                       source_client, deleted, self._clock.seconds())
+
+    def discard(self, version) -> None:
+        """Undo :meth:`keep_replaced` whose replacement did not happen."""
+        if version is not None:
+            self._settled([version.id])
+            self._unlink(version.id)
+
+    def settle(self, kept) -> None:
+        """Make the links of ``kept`` durable (one directory fsync), after the renames
+        they preceded were made durable (nothing more where metadata is journalled in
+        order: a second fsync there costs a flush of the disk's cache)."""
+        if kept and not self._ordered:
+            fsync_directory(self.directory)
+
+    def _unlink(self, version_id: str) -> None:
+        try:
+            os.unlink(self.name_of(version_id))
+        except FileNotFoundError:
+            pass
+
+    def remove(self, ids) -> None:
+        """Delete the files of versions ``ids``."""
+        for version_id in ids:
+            self._unlink(version_id)
+
+    def listed(self) -> tuple:
+        """``({name in the area: its ctime}, ids not yet recorded)``, taken in that order
+        (see :meth:`Versions.prune`). A link or rename into the area sets the ctime: it
+        is when the file came."""
+        names = {}
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                try:
+                    names[entry.name] = entry.stat(follow_symlinks=False).st_ctime
+                except FileNotFoundError:
+                    pass
+        with self._lock:
+            return names, set(self._unrecorded)
+
+    def copy_out(self, version: Version) -> tuple:
+        """A named temp file (mode 0644, fsynced) holding ``version``'s bytes, verified
+        against its hash: ``(name, stat)``. NOT_FOUND when its file is gone."""
+        try:
+            source = os.open(self.name_of(version.id), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise SyncError("NOT_FOUND", f"version {version.id} is no longer kept") from None
+        try:
+            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.store.temp_dir)
+            try:
+                digest = hashlib.sha256()
+                while chunk := os.read(source, COPY_CHUNK):
+                    digest.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fchmod(fd, 0o644)
+                os.fsync(fd)
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(name)
+                raise
+            os.close(fd)
+        finally:
+            os.close(source)
+        if digest.hexdigest() != version.hash:
+            os.unlink(name)
+            raise SyncError("INTERNAL_ERROR", f"version {version.id} no longer has its recorded content")
+        return name, st
+
+    def rekey(self, source: str, destination: str):
+        """:func:`rekey`."""
+        return rekey(source, destination)
+
+    def recorder(self, kept):
+        """A function of a transaction that records ``kept`` (None when it is empty), for
+        the ``also`` of :meth:`Index.record` and its kin; it runs before the files' rows
+        change, so a version's unknown source client is the one its row names."""
+        kept = [version for version in kept if version is not None]
+        if not kept:
+            return None
+
+        def record(txn):
+            txn.executemany(
+                f"INSERT INTO versions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, COALESCE(?, (SELECT"
+                " source_client FROM files WHERE path = ? AND hash = ?), ''), ?, ?)",
+                [(v.id, v.path, v.modified_ns, v.size, v.hash, v.source_client, v.path, v.hash,
+                  int(v.deleted), v.kept) for v in kept])
+            # the index's one thread commits this before it runs a pruning pass's query
+            self._settled([v.id for v in kept])
+
+        return record
+
+
+def rekey(source: str, destination: str):
+    """A function of a transaction that moves the versions of ``source`` (and below) to
+    ``destination`` (for the ``also`` of :meth:`Index.rename`)."""
+    def run(txn):
+        txn.execute(
+            "UPDATE versions SET path = ? || substr(path, ?) WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+            (destination, len(source) + 1, source, _escape_like(source) + "/%"))
+
+    return run
+
+
+class KeepNothing:
+    """A version area that keeps nothing (for a FileOperations built without one)."""
+
+    enabled = False
+
+    def keep_replaced(self, path, current, source_client=None):
+        return None
+
+    def trash(self, path, rows) -> list:
+        return []
+
+    def discard(self, version) -> None:
+        pass
+
+    def settle(self, kept) -> None:
+        pass
+
+    def recorder(self, kept):
+        return None
+
+    def rekey(self, source, destination):
+        return None
+
+
+# -- the reactor side ------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Restored:
+    """A version copied out for a restore, in the shape :meth:`FileOperations.upload`
+    takes (a finished named temp file and its stat)."""
+
+    path: str
+    stat: os.stat_result
+    body: None = None
+
+
+class Versions(Service):
+    """Lists and restores the versions of ``area``, recorded in ``index``, and prunes
+    them by ``policy`` (a :class:`~quantum_sync.config.VersionsConfig`) every
+    ``interval`` seconds of ``clock``."""
+
+    log = Logger()
+
+    def __init__(self, area: VersionArea, index, policy, reactor, clock=None,
+                 interval: float = PRUNE_INTERVAL):
+        self.area = area
+        self.index = index
+        self.policy = policy
+        self._reactor = reactor
+        self._clock = clock or reactor
+        self._interval = interval
+        self._loop = None
+        self._opened = None
+        self._running = None
+        self._reading = collections.Counter()  # version id -> restores reading it
+        self._pruning = set()
+
+    def _blocking(self, function, *args):
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+
+    def startService(self):
+        super().startService()
+        self.area.prepare()
+        # queued on the index's one thread right after its own schema: before any use
+        self._opened = self.index.interaction(create_schema)
+        self._loop = LoopingCall(self._prune_logged)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=True)
+
+    async def open(self) -> None:
+        """Wait until the versions table exists (after :meth:`startService`)."""
+        await self._opened
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self._running
+
+    def _prune_logged(self):
+        self._running = Deferred.fromCoroutine(self.prune())
+        self._running.addErrback(lambda failure: self.log.failure("pruning versions failed", failure))
+        return self._running
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def listing(self, path: str) -> list:
+        """The versions of ``path`` and the deleted files below it (``""``: every deleted
+        file), newest first."""
+        return await self.index.interaction(_listing, path)
+
+    async def find(self, version_id) -> Version | None:
+        if not isinstance(version_id, str) or not _ID.match(version_id):
+            return None
+        return await self.index.interaction(_find, version_id)
+
+    # -- restore ---------------------------------------------------------------------
+
+    async def restore(self, operations, path: str, version_id, to: str, source_client: str,
+                      if_match=None, if_none_match=None) -> tuple:
+        """Put version ``version_id`` of ``path`` back at ``to`` as an upload would (the
+        file there now kept as a version in turn, journalled, broadcast). Returns
+        ``(FileMetadata, Change)``; NOT_FOUND for an unknown id or one of another path."""
+        version = await self.find(version_id)
+        if version is None or version.path != path or version.id in self._pruning:
+            raise SyncError("NOT_FOUND", f"{path} has no version {version_id!r}")
+        self._reading[version.id] += 1
+        try:
+            try:
+                temp, st = await self._blocking(self.area.copy_out, version)
+            except OSError as error:
+                raise storage_error(error) from error
+            try:
+                return await operations.upload(to, _Restored(temp, st), version.hash, version.size,
+                                               source_client, if_match=if_match,
+                                               if_none_match=if_none_match)
+            finally:
+                await self._blocking(self.area.store.discard, temp)  # gone once installed
+        finally:
+            self._reading[version.id] -= 1
+            if not self._reading[version.id]:
+                del self._reading[version.id]
+
+    # -- pruning ---------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """One pass: the versions :func:`plan_prune` chooses are forgotten (row, then
+        file), and files in the area without a row (left by a crash) removed. Returns
+        how many versions went."""
+        versions = await self.index.interaction(_retained)
+        planned = await self._blocking(plan_prune, versions, self._clock.seconds(), self.policy,
+                                       frozenset(self._reading))
+        doomed = planned - set(self._reading)  # a restore may have started meanwhile
+        self._pruning |= doomed
+        try:
+            if doomed:
+                await self.index.interaction(_forget, doomed)
+                await self._blocking(self.area.remove, doomed)
+            # a file listed before the snapshot of unrecorded ids, and absent from the rows
+            # read after it, belongs to no version (see VersionArea.recorder): left by a
+            # crash before its row, it stays (unlisted, for an operator) as long as a
+            # version would
+            names, unrecorded = await self._blocking(self.area.listed)
+            known = await self.index.interaction(_ids)
+            due = self._clock.seconds() - self.policy.keep_days * DAY
+            orphans = {name for name, ctime in names.items() if _AREA_FILE.match(name)
+                       and (ctime < due or not self.policy.enabled)} - unrecorded - known - self._pruning
+            if orphans:
+                await self._blocking(self.area.remove, orphans)
+        finally:
+            self._pruning -= doomed
+        if doomed:
+            self.log.info("pruned {count} old version(s)", count=len(doomed))
+        return len(doomed)

@@ -1,0 +1,149 @@
+"""Block lists and delta plans (pure, hypothesis): whatever the base and the new content,
+the plan rebuilds the new content exactly; an insert, a delete or an overwrite at a
+random place sends about the edit and reuses every untouched block."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantum_sync.blocks import (
+    AVG_BLOCK,
+    BlockStream,
+    MAX_BLOCK,
+    MIN_BLOCK,
+    Chunker,
+    Reuse,
+    Send,
+    decode_blocks,
+    encode_blocks,
+    plan_delta,
+    literals,
+    rebuild,
+    sent_bytes,
+)
+
+#: Small blocks, so that small examples hold many of them.
+SMALL = Chunker(min_size=64, avg_size=320, max_size=1280)
+
+
+def random_bytes(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def test_block_lists_cover_the_content_within_the_sizes():
+    data = random_bytes(1, 3 * 1024 * 1024)
+    blocks = Chunker().blocks(data)
+    assert blocks[0].offset == 0 and sum(b.length for b in blocks) == len(data)
+    assert all(a.offset + a.length == b.offset for a, b in zip(blocks, blocks[1:]))
+    assert all(MIN_BLOCK <= b.length <= MAX_BLOCK for b in blocks[:-1])
+    assert 0.5 * AVG_BLOCK < len(data) / len(blocks) < 2 * AVG_BLOCK
+    assert Chunker().blocks(b"") == ()
+    assert Chunker().blocks(data) == blocks  # deterministic
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=6000), st.binary(max_size=6000))
+def test_any_base_and_new_content_rebuild_exactly(base, new):
+    plan = plan_delta(SMALL.blocks(base), SMALL.blocks(new))
+    assert rebuild(plan, base, literals(plan, new)) == new
+    assert sent_bytes(plan) <= len(new)
+
+
+edits = st.tuples(st.sampled_from(["insert", "delete", "overwrite"]), st.integers(0, 2**32),
+                  st.integers(1, 300))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32), st.integers(2000, 40000), st.lists(edits, min_size=1, max_size=3))
+def test_edits_send_about_the_edit_and_reuse_untouched_blocks(seed, size, changes):
+    base = random_bytes(seed, size)
+    new, touched = bytearray(base), 0
+    for kind, where, length in changes:
+        where %= len(new) + 1
+        if kind == "insert":
+            new[where:where] = random_bytes(where + seed, length)
+        elif kind == "delete":
+            del new[where:where + length]
+        else:
+            new[where:where + length] = random_bytes(where ^ seed, min(length, len(new) - where))
+        touched += length
+    new = bytes(new)
+    base_blocks, new_blocks = SMALL.blocks(base), SMALL.blocks(new)
+    plan = plan_delta(base_blocks, new_blocks)
+    assert rebuild(plan, base, literals(plan, new)) == new
+    # the cuts fall again where they did soon after each edit: per edit, at most the
+    # edited bytes and the few blocks around it travel
+    assert sent_bytes(plan) <= touched + len(changes) * 4 * SMALL.max_size
+    # every block of the new content that the base holds is reused
+    held = {(b.sha256, b.length) for b in base_blocks}
+    sent = {(b.sha256, b.length) for b in new_blocks
+            if any(isinstance(s, Send) and s.offset <= b.offset < s.offset + s.length for s in plan)}
+    assert not sent & held
+
+
+def test_an_untouched_content_is_all_reuse_and_an_append_sends_its_tail():
+    base = random_bytes(7, 50_000)
+    blocks = SMALL.blocks(base)
+    assert plan_delta(blocks, blocks) == (Reuse(0, len(base)),)
+    longer = base + random_bytes(8, 3000)
+    plan = plan_delta(blocks, SMALL.blocks(longer))
+    assert sent_bytes(plan) <= 3000 + SMALL.max_size
+    assert plan[0] == Reuse(0, plan[0].length) and plan[0].length >= len(base) - SMALL.max_size
+
+
+def test_rebuild_refuses_bytes_that_do_not_fit_the_plan():
+    base, new = random_bytes(1, 5000), random_bytes(2, 5000)
+    plan = plan_delta(SMALL.blocks(base), SMALL.blocks(new))
+    sent = literals(plan, new)
+    for wrong, kind in [(sent[:-1], "fewer"), (sent + b"x", "more")]:
+        with pytest.raises(ValueError, match=kind):
+            rebuild(plan, base, wrong)
+    with pytest.raises(ValueError, match="past the end"):
+        rebuild((Reuse(4990, 20),), base, b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 30000), st.lists(st.integers(1, 5000), max_size=40))
+def test_a_stream_fed_in_any_pieces_gives_the_whole_contents_blocks(seed, size, cuts):
+    data = random_bytes(seed, size)
+    stream, found, position = BlockStream(SMALL), [], 0
+    for length in cuts:
+        found += stream.feed(data[position:position + length])
+        position = min(size, position + length)
+    found += stream.feed(data[position:])
+    found += stream.finish()
+    assert tuple(found) == SMALL.blocks(data)
+
+
+def test_a_stream_holds_at_most_one_block_and_one_piece():
+    stream = BlockStream(SMALL)
+    data = random_bytes(3, 200_000)
+    for start in range(0, len(data), 4096):
+        stream.feed(data[start:start + 4096])
+        assert stream.held <= SMALL.max_size + 4096
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 20000), st.integers(0, 5))
+def test_the_compact_form_of_a_block_list_round_trips(seed, size, split):
+    blocks = SMALL.blocks(random_bytes(seed, size))
+    encoded = encode_blocks(blocks)
+    assert len(encoded) == 36 * len(blocks)
+    assert decode_blocks(encoded, SMALL.max_size) == blocks
+    cut = min(split, len(blocks))  # read in two parts
+    first = decode_blocks(encoded[:36 * cut], SMALL.max_size)
+    rest = decode_blocks(encoded[36 * cut:], SMALL.max_size, sum(b.length for b in first))
+    assert first + rest == blocks
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_decode_to_a_block_list_or_a_value_error(data):
+    try:
+        blocks = decode_blocks(data, 1280)
+    except ValueError:
+        return
+    assert encode_blocks(blocks) == data
+    assert all(0 < b.length <= 1280 for b in blocks)
