@@ -11,6 +11,8 @@ session locks: a node that dies drops its connection and so its locks.
 
 import contextlib
 
+from twisted.logger import Logger
+
 from quantum_sync.server.cluster.pgindex import lock_key, unavailable
 from quantum_sync.server.operations import SerialThread
 
@@ -20,6 +22,8 @@ class ClusterFence:
     upload group on ``paths``, or for any other change when ``paths`` is None.
 
     Used only under the node's own operation lock (one holder at a time per node)."""
+
+    log = Logger()
 
     def __init__(self, conninfo: str, namespace, reactor):
         self._conninfo = conninfo
@@ -39,7 +43,9 @@ class ClusterFence:
         try:
             yield
         finally:
-            await self._thread.run(self._unlock)
+            # not waited for: the next hold runs on the same thread, after it
+            self._thread.run(self._unlock).addErrback(
+                lambda failure: self.log.failure("releasing the cluster's locks failed", failure))
 
     def _lock(self, tree: int, keys) -> None:
         import psycopg
