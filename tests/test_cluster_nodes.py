@@ -110,7 +110,6 @@ async def test_broadcasts_cross_nodes_in_journal_order(reactor, nodes):
             assert seqs == list(range(1, 31))  # every change once, in order, from both nodes
         figures = [(await http.json("GET", url + "/ws/metrics"))[1] for url in nodes.urls]
         assert [f["cluster"]["node_id"] for f in figures] == ["node-1", "node-2"]
-        await wait_for(reactor, lambda: True)
     finally:
         for client in listeners:
             client.transport.abortConnection()
@@ -178,3 +177,42 @@ def test_sequencer_lets_out_in_order_and_drops_repeats():
     assert [c.seq for c in sequencer.offer(_change(5))] == [5, 6] and not sequencer.gap
     assert [c.seq for c in sequencer.offer(_change(7))] == [7]
     assert sequencer.delivered == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_events_and_alerts_reach_every_node_status_lists_its_own(reactor, nodes):
+    await nodes.start(2)
+    await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in nodes.services),
+                   timeout=15)
+    http = HttpClient(reactor)
+    watcher = await connect(reactor, nodes.urls[1].replace("http", "ws") + "/ws")
+    laptop = None
+    try:
+        for topic in ("peer_network", "alerts"):
+            await watcher.request({"type": "subscribe", "topic": topic, "id": topic})
+        laptop = await connect(reactor, nodes.urls[0].replace("http", "ws") + "/ws")
+        await laptop.request({"type": "Subscribe", "client_id": "laptop"})
+        joined = await watcher.expect("peer_connected")
+        assert joined["data"]["id"] == "laptop" and joined["data"]["node_id"] == "node-1"
+        refused = await http.request("PUT", nodes.urls[0] + "/api/upload", params={"path": "../escape"},
+                                     data=b"x")
+        await refused.content()
+        assert refused.code == 400
+        alert = await watcher.expect("security_alert")
+        assert alert["topic"] == "alerts" and alert["data"]["node_id"] == "node-1"
+        statuses = [(await http.json("GET", url + "/ws/status"))[1] for url in nodes.urls]
+        assert [c["client_id"] for c in statuses[0]["clients"]] == ["laptop"]
+        assert [c["client_id"] for c in statuses[1]["clients"]] == [None]  # the watcher, unnamed
+        figures = (await http.json("GET", nodes.urls[1] + "/ws/metrics"))[1]["cluster"]
+        assert figures["node_id"] == "node-2" and figures["redis"] is True
+        assert [n["node_id"] for n in figures["nodes"]] == ["node-1", "node-2"]
+        assert figures["nodes"][0]["address"] == nodes.urls[0].split("//")[1]
+        prometheus = await (await http.get(nodes.urls[1] + "/metrics")).text()
+        assert 'quantum_sync_cluster_live_node{address="%s",node_id="node-1"} 1.0' % (
+            nodes.urls[0].split("//")[1]) in prometheus
+        assert 'quantum_sync_cluster_node{leader="false",node_id="node-2"} 1.0' in prometheus
+    finally:
+        for client in (watcher, laptop):
+            if client is not None:
+                client.transport.abortConnection()
+        await http.close()

@@ -26,6 +26,11 @@ from quantum_sync.protocol import format_time
 from quantum_sync.server import messages
 from quantum_sync.server.metrics import Metrics
 
+#: The events a cluster node also sends to the other nodes' subscribers (each node sends
+#: its own ``system_metrics``; the relay of large uploads is off in a cluster).
+RELAYED_EVENTS = frozenset({"peer_connected", "peer_disconnected", "storage_alert",
+                            "performance_alert", "security_alert"})
+
 #: WebSocket close codes the hub and the protocol use (RFC 6455 / IANA registry).
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -83,6 +88,9 @@ class Hub(Service):
         self._journal_head = journal_head
         self._journal_id = journal_id
         self._cluster = cluster
+        #: On a cluster node, ``relay(kind, data)`` hands the events of
+        #: :data:`RELAYED_EVENTS` to the other nodes.
+        self.relay = None
         self.connections = set()
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
@@ -186,8 +194,15 @@ class Hub(Service):
 
     def event(self, kind: str, data: dict, skip_client: str = "") -> None:
         """Send a PeerVault event to the subscribers of its topic (except the connections
-        of ``skip_client``, where given)."""
+        of ``skip_client``, where given); on a cluster node, the peer and alert events
+        go to the other nodes' subscribers too (:attr:`relay`)."""
         self._deliver(messages.event(kind, data, self._now()), self._audience(messages.EVENT_TOPICS[kind], skip_client))
+        if self.relay is not None and kind in RELAYED_EVENTS:
+            self.relay(kind, data)
+
+    def relayed_event(self, kind: str, data: dict, timestamp: str) -> None:
+        """An event another node of the cluster sent: to this node's subscribers only."""
+        self._deliver(messages.event(kind, data, timestamp), self._audience(messages.EVENT_TOPICS[kind], ""))
 
     def _audience(self, topic: str, skip_client: str) -> list:
         """The subscribers of ``topic``, without the connections of ``skip_client`` (when

@@ -21,6 +21,7 @@ from quantum_sync.server.cluster.leader import Leadership
 from quantum_sync.server.cluster.pgindex import PgIndex, SchemaError, create_schema
 from quantum_sync.server.cluster.presence import Presence
 from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
+from quantum_sync.server.hub import RELAYED_EVENTS
 
 
 def default_node_id(listeners, hostname=None, pid=None) -> str:
@@ -100,8 +101,9 @@ class ClusterNode:
         self.feed = Feed(self.index, self._deliver, self._reactor)
         self.feed.start(head)
         self.bus = RedisBus(self.redis, self.index.journal_id, self._reactor,
-                            self.feed.offer, self.feed.redis_up)
+                            self.feed.offer, self.feed.redis_up, self.node_id, self._peer_event)
         self.bus.start()
+        service.hub.relay = self._relay_event
         self.presence = Presence(self.index, self.node_id, self._address, self.started, self._reactor)
         self.presence.start()
         self.leadership = Leadership(self.cluster.database, self.index.namespace, self._reactor,
@@ -120,6 +122,14 @@ class ClusterNode:
         order."""
         self.bus.publish([change])
         self.feed.offer(change)
+
+    def _relay_event(self, kind, data) -> None:
+        self.bus.publish_event(kind, {**data, "node_id": self.node_id},
+                               format_time(self._reactor.seconds()))
+
+    def _peer_event(self, kind, data, timestamp) -> None:
+        if kind in RELAYED_EVENTS:
+            self._service.hub.relayed_event(kind, data, timestamp)
 
     def _deliver(self, changes) -> None:
         service = self._service

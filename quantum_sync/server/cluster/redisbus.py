@@ -44,10 +44,10 @@ class RedisAddress:
         return cls(parts.hostname, port, int(db), password)
 
 
-def channel(journal_id: str) -> str:
-    """The pub/sub channel of a journal (channels are global to a Redis server, so the
-    journal's identity keeps clusters sharing one Redis apart)."""
-    return f"quantum-sync:{journal_id}:changes"
+def channel(journal_id: str, kind: str = "changes") -> str:
+    """The pub/sub channel of a journal's ``changes`` or ``events`` (channels are global
+    to a Redis server, so the journal's identity keeps clusters sharing one Redis apart)."""
+    return f"quantum-sync:{journal_id}:{kind}"
 
 
 def encode_change(change) -> str:
@@ -75,13 +75,16 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def connectionMade(self):
         started = super().connectionMade()  # AUTH first where a password is set
-        started.addCallback(lambda _: self.subscribe(self.bus.channel))
+        started.addCallback(lambda _: self.subscribe([self.bus.channel, self.bus.events_channel]))
         started.addCallbacks(lambda _: self.bus.heard_up(self),
                              lambda failure: self.bus.log.warn("cannot subscribe to Redis: {f}",
                                                                f=failure.getErrorMessage()))
 
     def messageReceived(self, pattern, channel, message):
-        self.bus.heard(message)
+        if channel == self.bus.events_channel:
+            self.bus.heard_event(message)
+        else:
+            self.bus.heard(message)
 
     def connectionLost(self, why):
         super().connectionLost(why)
@@ -94,9 +97,13 @@ class RedisBus:
 
     log = Logger()
 
-    def __init__(self, address: RedisAddress, journal_id: str, reactor, on_change, on_state):
+    def __init__(self, address: RedisAddress, journal_id: str, reactor, on_change, on_state,
+                 node_id: str = "", on_event=None):
         self.address = address
         self.channel = channel(journal_id)
+        self.events_channel = channel(journal_id, "events")
+        self.node_id = node_id
+        self._on_event = on_event
         self._reactor = reactor
         self._on_change = on_change
         self._on_state = on_state
@@ -141,6 +148,27 @@ class RedisBus:
             sent = self._publisher.handler.publish(self.channel, encode_change(change))
             sent.addErrback(lambda failure: None)  # lost: the others read the journal
             self.published += 1
+
+    def publish_event(self, kind: str, data: dict, timestamp: str) -> None:
+        """Send one of this node's events to the other nodes (skipped while Redis is away:
+        events are not journalled)."""
+        if not self.can_publish:
+            return
+        text = json.dumps({"node": self.node_id, "kind": kind, "data": data, "timestamp": timestamp},
+                          separators=(",", ":"))
+        self._publisher.handler.publish(self.events_channel, text).addErrback(lambda failure: None)
+
+    def heard_event(self, message) -> None:
+        try:
+            obj = json.loads(message)
+            node, kind, data, timestamp = obj["node"], obj["kind"], obj["data"], obj["timestamp"]
+            if not (isinstance(kind, str) and isinstance(data, dict) and isinstance(timestamp, str)):
+                raise ValueError("bad event")
+        except (ValueError, KeyError, TypeError):
+            self.log.warn("dropped a malformed message on {channel}", channel=self.events_channel)
+            return
+        if node != self.node_id and self._on_event is not None:
+            self._on_event(kind, data, timestamp)
 
     def heard(self, message) -> None:
         try:
