@@ -194,3 +194,17 @@ def test_unreachable_database_or_redis_at_start_is_one_line_and_exit_1(tmp_path,
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"cluster.redis: cannot reach Redis at 127.0.0.1:{dead}" in result.stderr
+
+
+def test_a_newer_schema_is_refused_at_start(tmp_path, cluster_block, pg_schema):
+    import psycopg
+
+    from quantum_sync.server.cluster.pgindex import SCHEMA_VERSION, create_schema
+
+    with psycopg.connect(pg_schema) as connection:
+        with connection.cursor() as cursor:
+            create_schema(cursor)
+            cursor.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    result = _refused_start(tmp_path, cluster_block("x"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"cluster.database: the database's schema is version {SCHEMA_VERSION + 1}" in result.stderr

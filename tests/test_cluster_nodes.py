@@ -216,3 +216,21 @@ async def test_peer_events_and_alerts_reach_every_node_status_lists_its_own(reac
             if client is not None:
                 client.transport.abortConnection()
         await http.close()
+
+
+def test_default_node_id_is_host_and_port():
+    from quantum_sync.config import ListenerConfig
+    from quantum_sync.server.cluster.node import default_node_id
+
+    def listeners(*endpoints):
+        return [ListenerConfig(e, "s", ("*",)) for e in endpoints]
+
+    assert default_node_id(listeners("tcp:8080:backlog=1024"), "sync-a.example.org") == "sync-a:8080"
+    assert default_node_id(listeners("unix:/run/qs.sock", "ssl:8443:privateKey=k"), "h") == "h:8443"
+    assert default_node_id(listeners("tcp:0:interface=127.0.0.1"), "h", pid=42) == "h:pid42"
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_upload_relay_is_off_on_a_cluster_node(reactor, nodes):
+    await nodes.start(1, relay=True)
+    assert nodes.services[0].listeners[0].site.upload_started is None
