@@ -12,11 +12,12 @@ server, all on 127.0.0.1, and measures in the same run:
 - propagation: a WebSocket client on node 1 sends a FileOperation (a new folder); the
   time until a client on node 1 (same node) and a client on node 2 (across nodes, through
   Redis) hear it, p50 and p99 over ``--broadcasts`` operations;
-- small files a second: ``--files`` uploads of 4 KiB with ``If-None-Match: *`` at
-  concurrency 8 through a cluster node and through the embedded server, alternating,
+- small files a second: ``--files`` uploads of 4 KiB with ``If-None-Match: *`` at each
+  ``--concurrency`` through a cluster node and through the embedded server, alternating,
   median of ``--runs`` runs (the cost of PostgreSQL, the head row and the advisory locks);
 - one broadcast to ``--clients`` WebSocket clients on each of the three nodes (sent on
-  node 1): the time until the last client has it, p50 and p99 over 20 broadcasts.
+  node 1): the time until the last client has it, p50 and p99 over 20 broadcasts; then
+  the same number of clients all on the embedded server, as the baseline.
 
 Targets (issue 15): cross-node p50 < 15 ms and p99 < 50 ms; cluster small files at least
 0.7 of embedded; a broadcast to 3 x 3,000 clients, last client p50 < 100 ms.
@@ -186,6 +187,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=500, help="small uploads a run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=3000, help="WebSocket clients a node")
+    parser.add_argument("--concurrency", default="8,32", help="small uploads at once (comma-separated)")
     args = parser.parse_args()
     raise_fd_limit()
     workdir = tempfile.mkdtemp(prefix="qs-cluster-")
@@ -209,14 +211,18 @@ def main() -> None:
         for _ in range(args.files):
             body = os.urandom(4096)
             payloads.append((body, hashlib.sha256(body).hexdigest()))
-        rates = {"cluster": [], "embedded": []}
+        levels = [int(level) for level in args.concurrency.split(",")]
+        rates = {(label, level): [] for label in ("cluster", "embedded") for level in levels}
         for run in range(args.runs):
-            for label, server in (("cluster", servers[0]), ("embedded", embedded)):
-                names = [f"small-r{run}/f{i:05d}.bin" for i in range(args.files)]
-                elapsed, _ = upload_all(server, names, payloads, 8)
-                rates[label].append(args.files / elapsed)
+            for level in levels:
+                for label, server in (("cluster", servers[0]), ("embedded", embedded)):
+                    names = [f"small-c{level}-r{run}/f{i:05d}.bin" for i in range(args.files)]
+                    elapsed, _ = upload_all(server, names, payloads, level)
+                    rates[(label, level)].append(args.files / elapsed)
 
         fan, receivers = broadcast(ports, args.clients)
+        # the same clients on the embedded server: what one process does with all of them
+        fan_one, _ = broadcast([embedded.port], args.clients * len(ports))
     finally:
         for server in servers:
             server.stop()
@@ -224,7 +230,6 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     ms = 1000
-    cluster_rate, embedded_rate = statistics.median(rates["cluster"]), statistics.median(rates["embedded"])
     print(f"\nthree cluster nodes and one embedded server on 127.0.0.1, {os.cpu_count()} CPU(s)")
     print(f"{'measure':<44} | {'p50':>9} | {'p99':>9} | target")
     print("-" * 80)
@@ -234,13 +239,18 @@ def main() -> None:
           f" | {quantile(cross, 0.99) * ms:7.2f}ms | p50 < 15 ms, p99 < 50 ms")
     print(f"{f'broadcast to 3 x {args.clients} clients, last client':<44} | {statistics.median(fan) * ms:7.2f}ms"
           f" | {quantile(fan, 0.99) * ms:7.2f}ms | p50 < 100 ms ({receivers} subscribed)")
-    print(f"\n{'small files a second (4 KiB, concurrency 8)':<44} | {'median':>9} | runs")
+    print(f"{f'the same {len(ports) * args.clients} clients on the embedded server':<44}"
+          f" | {statistics.median(fan_one) * ms:7.2f}ms | {quantile(fan_one, 0.99) * ms:7.2f}ms | baseline")
+    print(f"\n{'small files a second (4 KiB)':<44} | {'median':>9} | runs")
     print("-" * 80)
-    print(f"{'embedded server':<44} | {embedded_rate:9.0f} | "
-          + ", ".join(f"{r:.0f}" for r in rates["embedded"]))
-    print(f"{'cluster node':<44} | {cluster_rate:9.0f} | "
-          + ", ".join(f"{r:.0f}" for r in rates["cluster"]))
-    print(f"{'cluster / embedded':<44} | {cluster_rate / embedded_rate:8.2f}x | target >= 0.7x")
+    for level in levels:
+        medians = {}
+        for label in ("embedded", "cluster"):
+            medians[label] = statistics.median(rates[(label, level)])
+            print(f"{f'{label}, concurrency {level}':<44} | {medians[label]:9.0f} | "
+                  + ", ".join(f"{r:.0f}" for r in rates[(label, level)]))
+        print(f"{f'cluster / embedded, concurrency {level}':<44} | "
+              f"{medians['cluster'] / medians['embedded']:8.2f}x | target >= 0.7x")
 
 
 if __name__ == "__main__":
