@@ -265,7 +265,7 @@ class Login(Credentials):
         try:
             token, life = await self.log_in(self.user, self._password)
         except Exception as e:
-            if getattr(e, "status", None) in (400, 401, 403):
+            if getattr(e, "status", None) in (400, 401, 403, 404):  # 404: a server without accounts
                 self._refused = (self.clock.seconds(), e)
                 self.log.error("login as {user} refused: {error}; trying again in {seconds:.0f} s",
                                user=self.user, error=str(e), seconds=LOGIN_RETRY)
