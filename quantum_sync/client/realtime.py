@@ -2,9 +2,10 @@
 
 On every connection: ``auth`` first (when there is a token: the credentials' current
 one, see :mod:`quantum_sync.client.credentials`), then ``Subscribe`` with the client id;
-a token renewed while the connection is open is sent on it as a new ``auth`` (the
-connection stays: the server checks the identity again on every message); once the server acknowledges it, the engine catches up from the
-journal (a reconnect never needs a full rescan). ``FileOperation`` messages go to the
+once the server acknowledges it, the engine catches up from the journal (a reconnect
+never needs a full rescan). A token renewed while the connection is open is sent on it
+as a new ``auth``: the connection stays, and the server's check of the identity on
+every later message passes. ``FileOperation`` messages go to the
 engine with their ``seq``; the engine notices gaps. The link also subscribes to the
 ``transfers`` topic, whose ``upload_started`` events let the engine fetch another
 client's large upload while it arrives (:mod:`quantum_sync.server.relay`).
@@ -57,6 +58,14 @@ def websocket_url(server_url: str) -> str:
     parts = urlsplit(server_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return f"{scheme}://{parts.netloc}/ws"
+
+
+def _wait(value):
+    """A wait the server asked for, in seconds within [0, MAX_RETRY_AFTER]; None when
+    ``value`` is not a number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    return min(max(float(value), 0.0), MAX_RETRY_AFTER)
 
 
 def _parsed(parse, value, kind):
@@ -239,8 +248,9 @@ class RealtimeLink:
 
     def server_asked_to_wait(self, seconds) -> None:
         """The server said when to try again (``retryAfter``, ``Retry-After``)."""
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds == seconds:
-            self._wait_asked = max(self._wait_asked, min(max(float(seconds), 0.0), MAX_RETRY_AFTER))
+        seconds = _wait(seconds)
+        if seconds is not None:
+            self._wait_asked = max(self._wait_asked, seconds)
 
     def handshake_refused(self, status, retry_after) -> None:
         """The upgrade was answered ``status`` (None: unreadable), with ``retry_after``
@@ -257,9 +267,8 @@ class RealtimeLink:
         """The server refused our ``Subscribe``: another live connection has our client id.
         The seconds to wait (``retry_after``, within bounds); ``again``: refused a second
         time on one connection (said once, and the next connection waits that long)."""
-        wait = DEFAULT_ID_IN_USE_WAIT
-        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool) and retry_after == retry_after:
-            wait = min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
+        wait = _wait(retry_after)
+        wait = DEFAULT_ID_IN_USE_WAIT if wait is None else wait
         if again:
             self.server_asked_to_wait(wait)
             if not self._id_in_use_said:
