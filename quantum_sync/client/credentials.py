@@ -97,6 +97,9 @@ class Credentials:
     """The token requests carry now (None: none), and how to get a newer one."""
 
     log = Logger()
+    #: Where the token came from, and what to do when the server refuses it (for the log).
+    source = "given"
+    advice = "give a new one, or let the client log in itself (--user and --password-file); retrying slowly"
 
     def __init__(self, clock):
         self.clock = clock
@@ -136,9 +139,6 @@ class Credentials:
         if self._warned != self.token:
             self._warned = self.token
             self.log.error("the server refused the token {source}; {advice}", source=self.source, advice=self.advice)
-
-    source = "given"
-    advice = "give a new one, or let the client log in itself (--user and --password-file); retrying slowly"
 
 
 class NoCredentials(Credentials):
