@@ -245,6 +245,9 @@ class FileApi:
         :meth:`FileOperations.wait_ready`)."""
         answer = self.authorizer.authorize_request(request, role)
         identity = (await answer) if isinstance(answer, Deferred) else answer
+        bindings = getattr(self.operations.hub, "bindings", None)
+        if bindings is not None:  # with auth on, a client id is its first user's
+            bindings.claim(header(request, "X-Client-Id") or "", identity.user)
         await self.operations.wait_ready()
         return identity
 
