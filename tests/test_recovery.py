@@ -12,13 +12,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from quantum_sync import config as config_module
-from quantum_sync.server.index import Index
-from quantum_sync.server.operations import FileOperations
 from quantum_sync.server.service import make_server_service
 from quantum_sync.server.store import Store, UploadSpool
 from tests.support import HttpClient, server_document, start_server
-from test_disk_changes import WITHIN, GatedStore
-from test_group_commit import RecordingHub
+from test_disk_changes import WITHIN, GatedStore, operations_on
 from test_ws_support import connect, drop_all, wait_for
 
 
@@ -129,17 +126,10 @@ class IntentCheckingStore(Store):
 @pytest_twisted.ensureDeferred
 async def test_an_uploads_intent_is_durable_before_its_rename(reactor, tmp_path):
     store = IntentCheckingStore(str(tmp_path / "root"))
-    store.prepare()
-    index = Index(store.state_dir, retention=100, reactor=reactor)
-    index.startService()
-    await index.open()
-    operations = FileOperations(store, index, RecordingHub(), reactor, enable_upload=True)
-    try:
+    async with operations_on(reactor, store) as operations:
         spool = UploadSpool(store.temp_dir)
         spool.write(b"data")
         spool.finish()
         await Deferred.fromCoroutine(operations.upload("d/x.bin", spool, spool.sha256, 4, "c"))
         assert store.seen == ["d/x.bin"]
-        assert await index.intents() == []  # forgotten with the journal entry
-    finally:
-        index.stopService()
+        assert await operations.index.intents() == []  # forgotten with the journal entry
