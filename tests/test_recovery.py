@@ -93,8 +93,12 @@ async def test_a_rewrite_with_the_same_size_and_mtime_is_seen(reactor, tmp_path)
     running = await start_server(reactor, tmp_path)
     try:
         name = os.path.join(running.root, "a.txt")
-        await http.json("POST", f"{running.url}/api/upload", params={"path": "a.txt"}, data=b"version-1")
-        _replace_keeping_size_and_mtime(name, b"version-2")  # another inode
+        await http.json("POST", f"{running.url}/api/upload", params={"path": "a.txt"}, data=b"version-0")
+        _replace_keeping_size_and_mtime(name, b"version-1")  # another inode
+        response = await http.get(f"{running.url}/api/download", params={"path": "a.txt"})
+        assert response.headers.getRawHeaders("ETag") == [f'"{sha(b"version-1")}"']  # not version-0's
+        assert await response.content() == b"version-1"
+        _replace_keeping_size_and_mtime(name, b"version-2")
         _, meta = await http.json("GET", f"{running.url}/api/metadata", params={"path": "a.txt"})
         assert meta["hash"] == sha(b"version-2")
         st = os.lstat(name)

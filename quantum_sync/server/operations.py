@@ -579,7 +579,7 @@ class FileOperations:
                 results[position] = error if isinstance(error, SyncError) else storage_error(error)
                 continue
             state[path] = metadata_of(entry, waiting.sha256)
-            st_key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
+            st_key = (entry.ino, entry.size, entry.mtime_ns, entry.ctime_ns)
             results[position] = (current, state[path], directories, st_key)
         for directory, positions in synced_by.items():
             try:
