@@ -19,12 +19,14 @@ async def test_a_second_live_connection_with_an_id_is_refused(sites):
     refused = await second.request({"type": "Subscribe", "client_id": "laptop", "id": 7})
     assert (refused["type"], refused["code"], refused["retryAfter"], refused["id"]) == (
         "Error", "CLIENT_ID_IN_USE", PROBE_TIMEOUT, 7)
+    assert (await second.wait_closed())[0] == 1013  # try again later
     assert await first.request({"type": "Ping"}) == {"type": "Pong"}  # the first stays
     assert [c.client_id for c in site.hub.connections if c.client_id] == ["laptop"]
     first.sendClose(1000)
     await first.wait_closed()
     await wait_for(site.reactor, lambda: site.hub.holder("laptop") is None)
-    assert (await second.request({"type": "Subscribe", "client_id": "laptop"}))["type"] == "Ack"
+    again = await site.connect()
+    assert (await again.request({"type": "Subscribe", "client_id": "laptop"}))["type"] == "Ack"
 
 
 @pytest_twisted.ensureDeferred
@@ -39,6 +41,7 @@ async def test_a_half_open_holder_is_probed_and_dropped(sites):
     assert refused["code"] == "CLIENT_ID_IN_USE"
     other = await site.connect()
     assert (await other.request({"type": "Subscribe", "client_id": "alive"}))["code"] == "CLIENT_ID_IN_USE"
+    newcomer = await site.connect()  # (the refused one was closed: it comes back)
     await wait_for(site.reactor, lambda: len(clock.getDelayedCalls()) >= 2)
     await awake.request({"type": "Ping"})  # the live holder has read its probe ping and answered
     clock.advance(PROBE_TIMEOUT)

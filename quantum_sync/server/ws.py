@@ -369,6 +369,9 @@ class HubProtocol(WebSocketServerProtocol):
             self._refuse(SyncError("CLIENT_ID_IN_USE", f"another connection is subscribed as"
                                    f" {request.client_id!r}; each client needs an id of its own",
                                    retryAfter=PROBE_TIMEOUT), request.id)
+            # refused as a whole: a client reconnects after a close (with its backoff),
+            # where an unanswered Subscribe would leave it connected and deaf
+            self.close(CLOSE_TRY_AGAIN_LATER, "client id in use; try again later")
             return
         self.hub.identify(self, request.client_id)
         # every broadcast from here on has a seq above this cursor
