@@ -234,3 +234,38 @@ def test_default_node_id_is_host_and_port():
 async def test_large_upload_relay_is_off_on_a_cluster_node(reactor, nodes):
     await nodes.start(1, relay=True)
     assert nodes.services[0].listeners[0].site.upload_started is None
+
+
+def test_sequencer_skips_what_was_pruned():
+    sequencer = Sequencer(delivered=2)
+    assert sequencer.offer(_change(9)) == [] and sequencer.lowest_waiting == 9
+    sequencer.skip_to(8)
+    assert [c.seq for c in sequencer.offer_waiting()] == [9] and sequencer.lowest_waiting is None
+    sequencer.skip_to(5)  # never backwards
+    assert sequencer.delivered == 9
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_behind_the_journal_s_retention_goes_on(reactor, nodes):
+    """Entries pruned before a node delivered them (it was cut off longer than the
+    retention lasts): it says so and goes on with what follows."""
+    await nodes.start(2, journal_retention=5)
+    first, second = nodes.services
+    second.node.bus.up = False
+    await second.node.bus.stop()  # node 2 hears nothing and does not poll
+    second.node.feed.stop()
+    watcher = await connect(reactor, nodes.urls[1].replace("http", "ws") + "/ws")
+    http = HttpClient(reactor)
+    try:
+        await watcher.request({"type": "Subscribe", "client_id": "w"})
+        for n in range(120):  # far past the retention (pruned in steps of 100)
+            await http.json("PUT", nodes.urls[0] + "/api/upload", params={"path": f"p{n}"}, data=b"x")
+        await second.node.feed.fill()
+        assert second.node.feed.delivered == 120
+        await http.json("PUT", nodes.urls[0] + "/api/upload", params={"path": "after"}, data=b"y")
+        await second.node.feed.fill()
+        message = await watcher.expect("FileOperation", seq=121)
+        assert "after" in str(message["operation"])
+    finally:
+        watcher.transport.abortConnection()
+        await http.close()

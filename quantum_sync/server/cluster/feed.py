@@ -14,6 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from quantum_sync.errors import SyncError
+
 #: Changes read from the journal a query while filling a gap or polling.
 FILL_BATCH = 1000
 
@@ -32,11 +34,27 @@ class Sequencer:
         if change.seq <= self.delivered:
             return []
         self._waiting.setdefault(change.seq, change)
+        return self.offer_waiting()
+
+    def offer_waiting(self) -> list:
+        """The waiting changes now next in line."""
         ready = []
         while self.delivered + 1 in self._waiting:
             self.delivered += 1
             ready.append(self._waiting.pop(self.delivered))
         return ready
+
+    def skip_to(self, seq: int) -> None:
+        """Give up on what lies at or below ``seq`` (pruned from the journal before this
+        node read it): the next change let out is ``seq + 1``."""
+        if seq > self.delivered:
+            self.delivered = seq
+            self._waiting = {k: v for k, v in self._waiting.items() if k > seq}
+
+    @property
+    def lowest_waiting(self):
+        """The lowest seq waiting for a lower one, or None."""
+        return min(self._waiting, default=None)
 
     @property
     def gap(self) -> bool:
@@ -119,7 +137,27 @@ class Feed:
                 self._again = False
                 try:
                     changes, _, has_more = await self._index.changes(self.delivered, FILL_BATCH)
-                except Exception as error:  # the database away: the next poll tries again
+                except SyncError as error:
+                    if error.code != "CURSOR_EXPIRED":  # the database away: the next poll tries again
+                        self.log.debug("reading the journal failed: {error}", error=error)
+                        return
+                    # pruned before this node heard them: its clients find the same gap
+                    # in their own catch-up (410) and reconcile; the rest goes on
+                    self.log.warn("journal entries after {seq} were pruned before this node"
+                                  " delivered them", seq=self.delivered)
+                    lowest = self.sequencer.lowest_waiting
+                    if lowest is not None and lowest - 1 > self.delivered:
+                        target = lowest - 1  # deliver what was heard, read on from there
+                    else:
+                        target = error.extra["cursor"]  # nothing heard above: from the head
+                    if target <= self.delivered:
+                        return
+                    self.sequencer.skip_to(target)
+                    ready = self.sequencer.offer_waiting()
+                    if ready:
+                        self._deliver(ready)
+                    continue
+                except Exception as error:
                     self.log.debug("reading the journal failed: {error}", error=error)
                     return
                 ready = []
