@@ -111,3 +111,24 @@ async def test_concurrent_writers_become_visible_in_seq_order(reactor, pg_schema
         for index in writers + [reader]:
             index.stopService()
     assert seen == list(range(1, 4 * 40 * 3 + 1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_group_writing_one_path_twice_keeps_the_last(reactor, pg_schema):
+    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
+    await index.open()
+    try:
+        first, second = _file("same", "1" * 64), _file("same", "2" * 64, size=9)
+        await index.get_many_intending(["same"])
+        assert await index.intents() == ["same"]
+        changes = await index.record_each(
+            [([first], [], Create(first[0]), "a"), ([second], [], Create(second[0]), "b")], "t",
+            done_intents=["same"])
+        assert [(c.seq, c.source_client) for c in changes] == [(1, "a"), (2, "b")]
+        row = await index.get("same")
+        assert (row[0].hash, row[0].size) == ("2" * 64, 9)
+        assert await index.intents() == []
+        listed, _, _ = await index.changes(0, 10)
+        assert [c.operation.metadata.hash for c in listed] == ["1" * 64, "2" * 64]
+    finally:
+        index.stopService()

@@ -90,6 +90,7 @@ class ClusterNode:
         self.presence = None
         self.started = format_time(time.time())
         self._service = None
+        self._rescan = None  # the leader's rescan of the whole root, when it began leading
 
     async def start(self, service) -> None:
         """After the index opened: follow the journal from its head, hear the other
@@ -143,8 +144,8 @@ class ClusterNode:
         if leading:
             watcher.startService()
             # what changed while no node watched (or before this cluster started)
-            Deferred.fromCoroutine(self._service.operations.refresh(None)).addErrback(
-                lambda failure: self.log.failure("rescanning the root failed", failure))
+            self._rescan = Deferred.fromCoroutine(self._service.operations.refresh(None))
+            self._rescan.addErrback(lambda failure: self.log.failure("rescanning the root failed", failure))
         elif watcher.running:
             watcher.stopService()
 
@@ -158,6 +159,8 @@ class ClusterNode:
         }
 
     async def stop(self) -> None:
+        if self._rescan is not None:  # (it needs the index, closed after this)
+            await self._rescan
         if self.leadership is not None:
             await self.leadership.stop()
             watcher = self._service.watcher

@@ -310,12 +310,18 @@ class PgIndex(Service):
         def run(txn):
             if also is not None:
                 also(_Portable(txn))
-            for upserts, removals, _, source in items:
-                _update_files(txn, upserts, removals, source)
-            if done_intents:
-                txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(done_intents),))
-            return self._journal(txn, [(operation, source) for _, _, operation, source in items
-                                       if operation is not None], timestamp)
+            # sent together, answered together: one round trip, not one a statement
+            with txn.connection.pipeline():
+                if any(removals for _, removals, _, _ in items):
+                    for upserts, removals, _, source in items:
+                        _update_files(txn, upserts, removals, source)
+                else:  # only upserts: the last row of each path, in one statement
+                    _upsert(txn, {row[0].path: _file_values(row) + (source,)
+                                  for upserts, _, _, source in items for row in upserts})
+                if done_intents:
+                    txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(done_intents),))
+                return self._journal(txn, [(operation, source) for _, _, operation, source in items
+                                           if operation is not None], timestamp)
 
         return await self._run(run)
 
@@ -323,9 +329,10 @@ class PgIndex(Service):
         """:meth:`get_many`, recording (durably, before it returns) the intent to write
         each of ``paths`` (see :meth:`Index.get_many_intending`)."""
         def run(txn):
-            txn.execute("INSERT INTO intents (path) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                        (paths,))
-            return _get_many(txn, paths)
+            txn.execute(f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%s::text[])"
+                        f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)",
+                        (paths, paths))
+            return {row[0]: _row_metadata(row) for row in txn.fetchall()}
 
         paths = sorted(set(paths))
         return await self._run(run) if paths else {}
@@ -363,20 +370,22 @@ class PgIndex(Service):
         from ``journal_head`` (its row lock, held to commit, orders the writers)."""
         if not entries:
             return []
-        txn.execute("UPDATE journal_head SET seq = seq + %s RETURNING seq", (len(entries),))
-        last = txn.fetchone()[0]
+        texts = [operation_text(operation) for operation, _ in entries]
+        # the seqs taken and the entries written in one statement
+        txn.execute(
+            "WITH head AS (UPDATE journal_head SET seq = seq + %(count)s RETURNING seq)"
+            " INSERT INTO journal (seq, operation, source_client, timestamp)"
+            " SELECT head.seq - %(count)s + entry.position, entry.operation, entry.source, %(timestamp)s"
+            " FROM head, unnest(%(operations)s::text[], %(sources)s::text[])"
+            " WITH ORDINALITY AS entry(operation, source, position) RETURNING seq",
+            {"count": len(entries), "timestamp": timestamp, "operations": texts,
+             "sources": [source for _, source in entries]})
+        last = max(row[0] for row in txn.fetchall())
         first = last - len(entries) + 1
-        changes = []
-        rows = []
-        for seq, (operation, source_client) in enumerate(entries, first):
-            text = operation_text(operation)
-            rows.append((seq, text, source_client, timestamp))
-            changes.append(Change(seq, operation, source_client, timestamp, text))
-        txn.executemany("INSERT INTO journal (seq, operation, source_client, timestamp)"
-                        " VALUES (%s, %s, %s, %s)", rows)
         if last > self.retention and last // 100 != (first - 1) // 100:
             txn.execute("DELETE FROM journal WHERE seq <= %s", (last - self.retention,))
-        return changes
+        return [Change(seq, operation, source_client, timestamp, text)
+                for seq, (operation, source_client), text in zip(range(first, last + 1), entries, texts)]
 
 
 def _update_files(txn, upserts, removals, source_client) -> None:
@@ -384,6 +393,17 @@ def _update_files(txn, upserts, removals, source_client) -> None:
         txn.execute("DELETE FROM files WHERE path = %s OR path LIKE %s", (path, _escape_like(path) + "/%"))
     if upserts:
         txn.executemany(UPSERT, [_file_values(row) + (source_client,) for row in upserts])
+
+
+def _upsert(txn, rows: dict) -> None:
+    """``rows`` (path -> the values of UPSERT) written in one statement."""
+    if rows:
+        columns = list(zip(*rows.values()))
+        txn.execute(
+            "INSERT INTO files (path, is_directory, size, mtime_ns, hash, ino, ctime_ns, source_client)"
+            " SELECT * FROM unnest(%s::text[], %s::boolean[], %s::bigint[], %s::bigint[], %s::text[],"
+            " %s::bigint[], %s::bigint[], %s::text[])" + UPSERT[UPSERT.index(" ON CONFLICT"):],
+            [list(column) for column in columns])
 
 
 def _get_many(txn, paths) -> dict:
