@@ -4,6 +4,7 @@
 hub, metrics, authorizer, root watcher and one listener per listen entry.
 """
 
+import importlib
 import os
 import time
 
@@ -220,13 +221,24 @@ class ServerService(MultiService):
         self.index.stopService()
 
 
+def cluster_parts(source: str) -> tuple:
+    """``(ClusterNode, default_node_id)``; ConfigError when the cluster's libraries are
+    not installed."""
+    try:
+        importlib.import_module("psycopg")  # imported where it is used: checked here
+        from quantum_sync.server.cluster.node import ClusterNode, default_node_id
+    except ImportError as e:
+        raise ConfigError(f"{source}: cluster: needs psycopg and txredisapi"
+                          f" (pip install 'quantum-sync[cluster]'): {e}") from None
+    return ClusterNode, default_node_id
+
+
 def _cluster_node(config, reactor):
     """The :class:`ClusterNode` of a handler with a ``cluster`` block, else None."""
     cluster = config.handler.cluster
     if cluster is None:
         return None
-    from quantum_sync.server.cluster.node import ClusterNode, default_node_id
-
+    ClusterNode, default_node_id = cluster_parts(config.source)
     node_id = cluster.node_id or default_node_id(config.listeners)
     try:
         return ClusterNode(cluster, node_id, config.handler.journal_retention, reactor)

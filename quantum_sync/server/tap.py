@@ -78,6 +78,9 @@ def makeService(options, reactor=None):
     try:
         for part in (options.config, *options.config.others):
             if part.handler.cluster is not None:
+                from quantum_sync.server.service import cluster_parts
+
+                cluster_parts(part.source)  # the libraries are there
                 from quantum_sync.server.cluster.node import preflight
 
                 preflight(part.handler.cluster, part.source)
