@@ -4,9 +4,11 @@ of the test's own (the machine's services are never stopped)."""
 
 import hashlib
 import os
+from urllib.parse import urlsplit
 
 import pytest_twisted
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import deferLater
 
@@ -133,16 +135,19 @@ class Proxy(protocol.Factory):
             side.transport.abortConnection()
 
 
-@pytest_twisted.ensureDeferred
-async def test_database_refused_answers_503_and_recovers(reactor, tmp_path, cluster_block, pg_schema):
-    from urllib.parse import urlsplit
-
+async def _proxied_database(reactor, pg_schema):
+    """A listening Proxy to the test database, and the URL of the test's schema through it."""
     target = urlsplit(DATABASE)
     proxy = Proxy(reactor, target.hostname, target.port or 5432)
     await proxy.open()
     schema = pg_schema.split("search_path%3D")[1]
-    proxied = with_schema(DATABASE.replace(f"{target.hostname}:{target.port or 5432}",
-                                           f"127.0.0.1:{proxy.listen_port}"), schema)
+    return proxy, with_schema(DATABASE.replace(f"{target.hostname}:{target.port or 5432}",
+                                               f"127.0.0.1:{proxy.listen_port}"), schema)
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_refused_answers_503_and_recovers(reactor, tmp_path, cluster_block, pg_schema):
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
     service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
     http = HttpClient(reactor, persistent=False)
     root = tmp_path / "root"
@@ -180,5 +185,97 @@ async def test_database_refused_answers_503_and_recovers(reactor, tmp_path, clus
     finally:
         await http.close()
         await service.stopService()
+        if proxy.listening is not None:
+            await proxy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_lost_between_install_and_journal_is_journalled_when_back(
+        reactor, tmp_path, cluster_block, pg_schema):
+    """The window no lock can close: the file is in place when the database goes. The
+    upload answers 503; once the database is back the change is journalled by itself
+    (here by the rescan of the node taking the leader lock again)."""
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
+    http = HttpClient(reactor, persistent=False)
+    index = service.index
+    record_each = index.record_each
+
+    async def cut_then_record(*args, **kwargs):
+        index.record_each = record_each
+        await proxy.close()
+        reactor.callLater(3.0, lambda: Deferred.fromCoroutine(proxy.open()))
+        return await record_each(*args, **kwargs)
+
+    try:
+        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
+        index.record_each = cut_then_record
+        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                     data=b"two", headers={"If-Match": sha(b"one")})
+        await refused.content()
+        assert refused.code == 503
+        assert (tmp_path / "root" / "kept.txt").read_bytes() == b"two"
+
+        async def journalled():
+            response = await http.request("GET", url + "/api/changes")
+            body = await response.content()
+            return response.code == 200 and sha(b"two") in body.decode()
+
+        deadline = reactor.seconds() + 20
+        while not await journalled():
+            assert reactor.seconds() < deadline
+            await deferLater(reactor, 0.2, lambda: None)
+        _, answer = await http.json("GET", url + "/api/changes")
+        assert [c["seq"] for c in answer["changes"]] == [1, 2]
+        assert answer["changes"][1]["operation"]["Update"]["metadata"]["hash"] == sha(b"two")
+    finally:
+        await http.close()
+        await service.stopService()
+        if proxy.listening is not None:
+            await proxy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_lost_the_database_mid_group_journals_it_when_back(
+        reactor, tmp_path, cluster_block, pg_schema):
+    """As above on a node that does not watch the root, beside a leader that sees no
+    event of it (its watcher stopped, as over NFS): the node itself looks again at the
+    paths of its failed group until the database answers."""
+    root = tmp_path / "root"
+    leader, leader_url = await start_node(reactor, tmp_path, root, cluster_block("n1"))
+    await leader.watcher.stopService()
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    other, url = await start_node(reactor, tmp_path, root, cluster_block("n2", database=proxied))
+    assert leader.node.leadership.leading and not other.node.leadership.leading
+    http = HttpClient(reactor, persistent=False)
+    record_each = other.index.record_each
+
+    async def cut_then_record(*args, **kwargs):
+        other.index.record_each = record_each
+        await proxy.close()
+        reactor.callLater(3.0, lambda: Deferred.fromCoroutine(proxy.open()))
+        return await record_each(*args, **kwargs)
+
+    try:
+        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
+        other.index.record_each = cut_then_record
+        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                     data=b"two", headers={"If-Match": sha(b"one")})
+        await refused.content()
+        assert refused.code == 503 and (root / "kept.txt").read_bytes() == b"two"
+
+        async def journalled():
+            _, answer = await http.json("GET", leader_url + "/api/changes")
+            return [c["operation"] for c in answer["changes"]]
+
+        deadline = reactor.seconds() + 20
+        while len(operations := await journalled()) < 2:
+            assert reactor.seconds() < deadline, operations
+            await deferLater(reactor, 0.2, lambda: None)
+        assert operations[1]["Update"]["metadata"]["hash"] == sha(b"two")
+    finally:
+        await http.close()
+        for service in (other, leader):
+            await service.stopService()
         if proxy.listening is not None:
             await proxy.close()

@@ -141,7 +141,8 @@ class NoFence:
     cluster node's fence, :class:`quantum_sync.server.cluster.fence.ClusterFence`, also
     holds locks across nodes)."""
 
-    def held(self, paths=None):
+    def held(self, paths=None, intending=False):
+        """Nothing to hold; gives no rows (the index is asked for them)."""
         return contextlib.nullcontext()
 
     def close(self) -> None:
@@ -214,6 +215,7 @@ class FileOperations:
         self.quiet_seconds, self.quiet_size = QUIET_SECONDS, QUIET_SIZE
         self._later = set()  # paths whose refresh waits for them to be quiet
         self._later_calls = []
+        self._closed = False  # close() was called: nothing more is scheduled
         #: False until :meth:`recover` has looked at the uploads a crash interrupted:
         #: until then the index may describe files that were replaced (see wait_ready).
         self.ready = False
@@ -479,8 +481,8 @@ class FileOperations:
                 batch = self._uploads[:UPLOAD_BATCH]
                 del self._uploads[:UPLOAD_BATCH]
                 try:
-                    async with self.fence.held([waiting.path for waiting in batch]):
-                        outcomes = await self._install_uploads(batch)
+                    async with self.fence.held([w.path for w in batch], intending=True) as cached:
+                        outcomes = await self._install_uploads(batch, cached)
                 except Exception:
                     outcomes = [Failure()] * len(batch)
                     # files may be in place without their journal entries (and the root
@@ -513,13 +515,14 @@ class FileOperations:
         self._uploads[:0] = uploads
         self._start_installing()
 
-    async def _install_uploads(self, batch) -> list:
+    async def _install_uploads(self, batch, cached=None) -> list:
         """Under the lock: check preconditions and rename every upload of ``batch`` in
         order (one thread call), fsync each touched directory once, journal them in one
         transaction and publish in seq order. Returns per upload ``(FileMetadata,
         Change)`` or a Failure."""
         targets = sorted({waiting.path for waiting in batch})
-        cached = await self.index.get_many_intending(targets)  # durable before any rename
+        if cached is None:  # (else the fence read them, intents recorded, with its locks)
+            cached = await self.index.get_many_intending(targets)  # durable before any rename
         installed = await self._thread(self._install_all, batch, cached)
         outcomes = [None] * len(batch)
         items, journalled, kept = [], [], []
@@ -546,9 +549,17 @@ class FileOperations:
                                     batch[position].body)
         return outcomes
 
-    def _refresh_quietly(self, tops) -> None:
-        Deferred.fromCoroutine(self.refresh(paths.outermost(tops))).addErrback(
-            lambda failure: self.log.failure("refreshing {tops} failed", failure, tops=tops))
+    def _refresh_quietly(self, tops, wait: float = 1.0) -> None:
+        """Refresh ``tops`` (a failed group's paths); while the index is unavailable (a
+        cluster's database away), again after ``wait`` seconds, doubling up to a minute."""
+        def failed(failure):
+            if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE" and not self._closed:
+                self._later_calls.append(self._reactor.callLater(
+                    wait, self._refresh_quietly, tops, min(wait * 2, 60.0)))
+                return None
+            self.log.failure("refreshing {tops} failed", failure, tops=tops)
+
+        Deferred.fromCoroutine(self.refresh(paths.outermost(tops))).addErrback(failed)
 
     def _install_all(self, batch, cached) -> list:
         """The blocking part of :meth:`_install_uploads`: per upload, in order, a
@@ -714,6 +725,7 @@ class FileOperations:
 
     def close(self) -> None:
         """Cancel the refreshes waiting for files to become quiet (the server stops)."""
+        self._closed = True
         for call in self._later_calls:
             if call.active():
                 call.cancel()

@@ -13,7 +13,7 @@ import contextlib
 
 from twisted.logger import Logger
 
-from quantum_sync.server.cluster.pgindex import lock_key, unavailable
+from quantum_sync.server.cluster.pgindex import INTENDING, lock_key, rows_by_path, unavailable
 from quantum_sync.server.operations import SerialThread
 
 
@@ -36,29 +36,37 @@ class ClusterFence:
         return sorted({lock_key(namespace, "path:" + path) for path in paths})
 
     @contextlib.asynccontextmanager
-    async def held(self, paths=None):
+    async def held(self, paths=None, intending=False):
+        """With ``intending``, the intents to write ``paths`` are recorded once the locks
+        are held, and the index rows of ``paths`` given (``{path: Row}``), in the same
+        round trip (:meth:`PgIndex.get_many_intending`, without a hop of its own)."""
         tree = lock_key(self._namespace(), "tree")
         keys = None if paths is None else self._keys(paths)
-        await self._thread.run(self._lock, tree, keys)
+        rows = await self._thread.run(self._lock, tree, keys, sorted(set(paths)) if intending else None)
         try:
-            yield
+            yield rows
         finally:
             # not waited for: the next hold runs on the same thread, after it
             self._thread.run(self._unlock).addErrback(
                 lambda failure: self.log.failure("releasing the cluster's locks failed", failure))
 
-    def _lock(self, tree: int, keys) -> None:
+    def _lock(self, tree: int, keys, intended):
         import psycopg
 
         try:
             if self._connection is None or self._connection.closed:
                 self._connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            connection = self._connection
             if keys is None:
-                self._connection.execute("SELECT pg_advisory_lock(%s)", (tree,))
-            else:
-                self._connection.execute(
+                connection.execute("SELECT pg_advisory_lock(%s)", (tree,))
+                return None
+            with connection.pipeline():  # the intents go once the locks are granted
+                connection.execute(
                     "SELECT pg_advisory_lock_shared(%s), (SELECT count(pg_advisory_lock(k))"
                     " FROM (SELECT unnest(%s::bigint[]) AS k) AS keys)", (tree, keys))
+                if intended is not None:
+                    cursor = connection.execute(INTENDING, (intended, intended))
+            return None if intended is None else rows_by_path(cursor.fetchall())
         except psycopg.Error as error:
             self._drop()
             raise unavailable(error) from None

@@ -59,6 +59,11 @@ LOOKUP_BATCH = 1000
 
 _COLUMNS = "path, is_directory, size, mtime_ns, hash, ino, ctime_ns"
 
+#: Records the intents to write the paths of the first parameter and reads the rows of
+#: those of the second (the same list): one statement.
+INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%s::text[])"
+             f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)")
+
 #: A file's row, with the client that wrote its content (kept when only its stat changed).
 UPSERT = (
     "INSERT INTO files (path, is_directory, size, mtime_ns, hash, ino, ctime_ns, source_client)"
@@ -87,6 +92,11 @@ def _escape_like(path: str) -> str:
 def _row_metadata(row) -> Row:
     path, is_directory, size, mtime_ns, digest, ino, ctime_ns = row
     return Row(FileMetadata(path, size, mtime_ns / 1e9, digest, bool(is_directory)), mtime_ns, ino, ctime_ns)
+
+
+def rows_by_path(rows) -> dict:
+    """``{path: Row}`` of ``files`` rows."""
+    return {row[0]: _row_metadata(row) for row in rows}
 
 
 def _file_values(row) -> tuple:
@@ -206,15 +216,28 @@ class PgIndex(Service):
             self._pool = None
 
     async def _run(self, function, *args):
-        """``function(txn, *args)`` in one transaction on a pool thread."""
-        if self._pool is None:
-            raise SyncError("SERVICE_UNAVAILABLE", "the server is shutting down")
+        """``function(txn, *args)`` in one transaction on a pool thread.
+
+        A pooled connection the database dropped (it restarted, or was away) fails on
+        first use, and the pool then makes a new one: a transaction that failed so before
+        its commit was sent changed nothing, and is run once more."""
         import psycopg
 
-        try:
-            return await self._pool.runInteraction(function, *args)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            raise unavailable(error) from None
+        committing = []
+
+        def run(txn, *args):
+            result = function(txn, *args)
+            committing.append(True)  # the pool commits next: an error from here is unknown
+            return result
+
+        for attempt in range(2):
+            if self._pool is None:
+                raise SyncError("SERVICE_UNAVAILABLE", "the server is shutting down")
+            try:
+                return await self._pool.runInteraction(run, *args)
+            except (psycopg.OperationalError, psycopg.InterfaceError, adbapi.ConnectionLost) as error:
+                if attempt or committing:
+                    raise unavailable(error) from None
 
     async def interaction(self, function, *args):
         """``function(txn, *args)`` in one transaction, ``txn`` taking the SQLite-style
@@ -329,10 +352,8 @@ class PgIndex(Service):
         """:meth:`get_many`, recording (durably, before it returns) the intent to write
         each of ``paths`` (see :meth:`Index.get_many_intending`)."""
         def run(txn):
-            txn.execute(f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%s::text[])"
-                        f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)",
-                        (paths, paths))
-            return {row[0]: _row_metadata(row) for row in txn.fetchall()}
+            txn.execute(INTENDING, (paths, paths))
+            return rows_by_path(txn.fetchall())
 
         paths = sorted(set(paths))
         return await self._run(run) if paths else {}
