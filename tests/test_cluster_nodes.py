@@ -269,3 +269,14 @@ async def test_a_node_behind_the_journal_s_retention_goes_on(reactor, nodes):
     finally:
         watcher.transport.abortConnection()
         await http.close()
+
+
+def test_bus_messages_round_trip_and_a_node_knows_its_own():
+    from quantum_sync.server.cluster.redisbus import decode_change, encode_change, sender_prefix
+
+    change = Change(7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z", '{"Delete":{"path":"a b/\\u00e9"}}')
+    text = encode_change(change, "node-1")
+    assert text.startswith(sender_prefix("node-1")) and not text.startswith(sender_prefix("node-10"))
+    back = decode_change(text)
+    assert (back.seq, back.operation, back.source_client, back.timestamp) == (
+        7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z")

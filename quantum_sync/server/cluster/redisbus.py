@@ -50,10 +50,17 @@ def channel(journal_id: str, kind: str = "changes") -> str:
     return f"quantum-sync:{journal_id}:{kind}"
 
 
-def encode_change(change) -> str:
-    return json.dumps({"seq": change.seq, "operation": change.operation_text,
+def encode_change(change, node_id: str = "") -> str:
+    """The message of ``change`` from node ``node_id`` (named first: a node knows its own
+    messages, which Redis sends back to it too, without decoding them)."""
+    return json.dumps({"node": node_id, "seq": change.seq, "operation": change.operation_text,
                        "source_client": change.source_client, "timestamp": change.timestamp},
                       separators=(",", ":"))
+
+
+def sender_prefix(node_id: str) -> str:
+    """How the messages :func:`encode_change` makes for ``node_id`` begin."""
+    return json.dumps({"node": node_id}, separators=(",", ":"))[:-1] + ","
 
 
 def decode_change(text) -> Change:
@@ -103,6 +110,7 @@ class RedisBus:
         self.channel = channel(journal_id)
         self.events_channel = channel(journal_id, "events")
         self.node_id = node_id
+        self._own = sender_prefix(node_id)
         self._on_event = on_event
         self._reactor = reactor
         self._on_change = on_change
@@ -145,7 +153,7 @@ class RedisBus:
         if not self.can_publish:
             return
         for change in changes:
-            sent = self._publisher.handler.publish(self.channel, encode_change(change))
+            sent = self._publisher.handler.publish(self.channel, encode_change(change, self.node_id))
             sent.addErrback(lambda failure: None)  # lost: the others read the journal
             self.published += 1
 
@@ -171,6 +179,8 @@ class RedisBus:
             self._on_event(kind, data, timestamp)
 
     def heard(self, message) -> None:
+        if isinstance(message, str) and message.startswith(self._own):
+            return  # this node's own: delivered already
         try:
             change = decode_change(message)
         except Exception:
