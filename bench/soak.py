@@ -137,6 +137,7 @@ class TreeReader:
         self._hashes = {}
 
     def read(self, top: str) -> dict:
+        top = os.path.normpath(top)
         tree = {}
         for dirpath, dirnames, filenames in os.walk(top):
             if dirpath == top:
@@ -451,13 +452,14 @@ class Workload:
 
     def __init__(self, rng: random.Random, folders: dict, trash: str, ledger: Ledger, max_files: int,
                  contention: bool = True):
-        self.rng, self.folders, self.trash, self.ledger = rng, folders, trash, ledger
+        self.rng, self.trash, self.ledger = rng, trash, ledger
+        self.folders = {name: os.path.normpath(top) for name, top in folders.items()}
         self.max_files = max_files
         self.contention = contention
         #: folders whose user makes no moves or deletes for now
         self.still = set()
         if not contention:
-            for name, top in folders.items():
+            for name, top in self.folders.items():
                 os.makedirs(os.path.join(top, own_root(name)), exist_ok=True)
         self.counts = Counts()
         self._number = 0
@@ -481,7 +483,7 @@ class Workload:
     def _listing(self, top, under):
         """``(dirs, files)`` under ``under`` in the folder, ``under`` itself first in dirs."""
         dirs, files = [under], []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(top, under)):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(top, under) if under else top):
             if dirpath == top:
                 dirnames[:] = [d for d in dirnames if d != STATE]
             rel = os.path.relpath(dirpath, top)
@@ -504,6 +506,8 @@ class Workload:
     def _create(self, folder, top, dirs, files):
         if self.contention and self.rng.random() < 0.15:
             path = f"shared-{self.rng.randint(0, 5)}.txt"  # several folders may create it at once
+            if os.path.lexists(os.path.join(top, path)):
+                return False
         else:
             path = os.path.join(self.rng.choice(dirs), f"f{self._number + 1}-{folder}.bin")
         data = self._content(folder, path)
@@ -603,7 +607,7 @@ class SoakOptions:
     rate: float = 3.0
     faults: tuple = FAULTS
     round_seconds: float = 0.0  # 0: a tenth of the run, 20 s to 180 s
-    converge_timeout: float = 180.0
+    converge_timeout: float = 0.0  # 0: a fifth of the run, 60 s to 180 s
     client_interval: float = 3.0
     max_files: int = 300
     #: False: each folder's user works in a subtree of its own (:func:`own_root`), so no two
@@ -612,6 +616,10 @@ class SoakOptions:
     contention: bool = True
     #: False: the stalled client's user makes no moves or deletes while its link is stalled
     removals_while_stalled: bool = True
+
+    def __post_init__(self):
+        if not self.converge_timeout:
+            self.converge_timeout = min(180.0, max(60.0, self.minutes * 12))
 
     def round_length(self) -> float:
         return self.round_seconds or min(180.0, max(20.0, self.minutes * 6))
@@ -632,6 +640,7 @@ class Report:
     auth: bool
     counts: Counts
     faults: list
+    not_reached: list
     server_restarts: int
     client_restarts: int
     stalls: int
@@ -670,6 +679,7 @@ class Soak:
         self.workload = Workload(self.rng, self.cluster.folders, os.path.join(options.base, "trash"),
                                  self.ledger, options.max_files, options.contention)
         self.results = []
+        self.not_reached = []  # faults planned but not started: the time was up
         self.server_restarts = self.client_restarts = self.stalls = 0
         self.stall_seconds = 0.0
         self._t0 = time.monotonic()
@@ -680,9 +690,12 @@ class Soak:
             self._t0 = time.monotonic()
             plan = plan_faults(self.options.minutes, self.options.faults, self.options.round_length())
             self.log(f"soak: {len(plan)} rounds of about {self.options.round_length():.0f} s: {', '.join(plan)}")
-            for fault in plan:
-                self._round(fault)
             end = self.options.minutes * 60
+            for fault in plan:
+                if self._elapsed() < end:
+                    self._round(fault)
+                else:
+                    self.not_reached.append(fault)
             if self._elapsed() < end:
                 self._work(end - self._elapsed())
             self.log(f"soak: {self._elapsed():.0f} s: quiescing")
@@ -783,6 +796,7 @@ class Soak:
         daemons = {"server": self.cluster.server, **{f"client {n}": c for n, c in self.cluster.clients.items()}}
         return Report(
             options=self.options, auth=self.auth, counts=self.workload.counts, faults=self.results,
+            not_reached=self.not_reached,
             server_restarts=self.server_restarts, client_restarts=self.client_restarts,
             stalls=self.stalls, stall_seconds=self.stall_seconds,
             writes=len(self.ledger.writes), superseded=len(self.ledger.superseded & set(self.ledger.writes)),
@@ -813,6 +827,7 @@ def table(report: Report) -> str:
         ("server restarts survived", f"{report.restarts_survived} of {report.server_restarts} (SIGKILL)"),
         ("client restarts", f"{report.client_restarts} (client {RESTARTED}"
          + (", state folder deleted once)" if "client-state-loss" in [f.fault for f in report.faults] else ")")),
+        ("faults planned but not reached (time up)", ", ".join(report.not_reached) or "none"),
         ("proxy stalls", f"{report.stalls} ({report.stall_seconds:.0f} s in all, client {PROXIED})"),
         ("longest convergence after a fault",
          (f"{worst.converged_after:.1f} s ({worst.fault} at {worst.at:.0f} s)" if worst else "-")
@@ -868,7 +883,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=3.0, help="operations a second, all folders together")
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated, of: " + ", ".join(FAULTS))
     parser.add_argument("--round-seconds", type=float, default=0.0, help="0: a tenth of the run, 20 to 180 s")
-    parser.add_argument("--converge-timeout", type=float, default=180.0)
+    parser.add_argument("--converge-timeout", type=float, default=0.0,
+                        help="longest wait for convergence after a fault and at the end (0: a fifth of the run, "
+                             "60 to 180 s)")
     parser.add_argument("--no-contention", action="store_true",
                         help="each folder's user works in a subtree of its own (no concurrent edits of one path)")
     parser.add_argument("--no-removals-while-stalled", action="store_true",

@@ -5,6 +5,7 @@ workload wrote may be lost, and every folder must end with the server's tree.
 The rule that decides "lost" is tested on its own first, without daemons."""
 
 import os
+import random
 import socket
 import sys
 import threading
@@ -47,6 +48,30 @@ def test_fault_plan_repeats_some_and_injects_one_off_faults_once():
     assert plan.count("server-kill") >= 3 and plan.count("proxy-stall") >= 2
     assert soak.plan_faults(1, SHORT_FAULTS, 20) == ["server-kill", "proxy-stall", "server-kill"]
     assert soak.plan_faults(0.1, ("proxy-stall", "client-state-loss"), 20) == ["proxy-stall", "client-state-loss"]
+
+
+@pytest.mark.parametrize("contention", [True, False])
+def test_workload_never_touches_the_state_folder(tmp_path, contention):
+    folders = {name: str(tmp_path / name) for name in "abc"}
+    state = {}
+    for name, top in folders.items():
+        os.makedirs(os.path.join(top, soak.STATE, "tmp"))
+        with open(os.path.join(top, soak.STATE, "state.db"), "wb") as f:
+            f.write(name.encode())
+        state[name] = soak.TreeReader().read(os.path.join(top, soak.STATE))
+    ledger = soak.Ledger()
+    workload = soak.Workload(random.Random(5), folders, str(tmp_path / "trash"), ledger, 60, contention)
+    for _ in range(600):
+        workload.step()
+    assert workload.counts.raced == 0  # nothing else changes these folders
+    assert sum(workload.counts.applied.values()) > 500 and len(workload.counts.applied) == len(workload.MIX)
+    for name, top in folders.items():
+        assert soak.TreeReader().read(os.path.join(top, soak.STATE)) == state[name]
+        assert soak.STATE not in {p.split(os.sep)[0] for p in soak.TreeReader().read(top)}
+    # every content the workload removed was one it wrote, and every one it wrote is in a
+    # folder unless it was removed
+    assert ledger.superseded <= set(ledger.writes)
+    assert ledger.lost([soak.TreeReader().read(top) for top in folders.values()]) == []
 
 
 def test_proxy_forwards_both_ways_and_after_a_stall():
