@@ -110,15 +110,15 @@ def plan_faults(minutes: float, faults, round_seconds: float) -> list:
     repeating = [f for f in faults if f not in ONCE]
     once = [f for f in faults if f in ONCE]
     rounds = max(len(faults), int(minutes * 60 // round_seconds))
-    plan = []
+    plan, turn = [], 0
     for i in range(rounds):
-        # the one-off faults go in the middle third, when the folders are full
-        if once and i >= max(1, rounds // 3):
+        # the one-off faults go in the middle third, when the folders are full, once every
+        # repeating fault has had its turn
+        if once and (i >= max(1, rounds // 3) and turn >= len(repeating) or not repeating):
             plan.append(once.pop(0))
         elif repeating:
-            plan.append(repeating[len(plan) % len(repeating)])
-        elif once:
-            plan.append(once.pop(0))
+            plan.append(repeating[turn % len(repeating)])
+            turn += 1
     return plan + once
 
 
