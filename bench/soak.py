@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -652,6 +653,7 @@ class Report:
     final_converged_after: float | None
     unexpected_exits: dict
     tracebacks: dict
+    unauthorized: int  # 401 answers in the server's access log
     duration: float
 
     @property
@@ -804,6 +806,7 @@ class Soak:
             final_converged_after=converged,
             unexpected_exits={n: d.unexpected_exits for n, d in daemons.items() if d.unexpected_exits},
             tracebacks={n: d.log_text().count("Traceback (most recent call last)") for n, d in daemons.items()},
+            unauthorized=len(re.findall(r" 401 \d+B ", self.cluster.server.log_text())),
             duration=self._elapsed(),
         )
 
@@ -840,6 +843,7 @@ def table(report: Report) -> str:
         ("paths diverging at the end", str(len(report.diverging))),
         ("daemons that exited by themselves", ", ".join(f"{n} {c}" for n, c in report.unexpected_exits.items())
          or "none"),
+        ("401 answers (expired or refused tokens)", str(report.unauthorized)),
         ("tracebacks in the logs", ", ".join(f"{n} {c}" for n, c in report.tracebacks.items() if c) or "none"),
     ]
     lines = ["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
