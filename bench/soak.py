@@ -602,6 +602,8 @@ class Workload:
 
 @dataclass
 class SoakOptions:
+    """What one run does (the command line's options)."""
+
     minutes: float = 30.0
     seed: int = 1
     base: str = ""
@@ -628,6 +630,8 @@ class SoakOptions:
 
 @dataclass
 class FaultResult:
+    """One round's fault and how the folders came back from it."""
+
     fault: str
     at: float  # seconds into the run
     converged_after: float | None  # seconds from the fault's end, None: not within the timeout
@@ -637,6 +641,8 @@ class FaultResult:
 
 @dataclass
 class Report:
+    """Everything the table prints; ``ok`` decides the exit status."""
+
     options: SoakOptions
     auth: bool
     counts: Counts
