@@ -317,3 +317,17 @@ def test_retries_double_up_to_the_cap_and_end():
     retries.failed("p")
     retries.succeeded("p")
     assert len(retries) == 0 and retries.failed("p") == 1.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_started_after_the_server_was_restored_deletes_nothing_it_lost(reactor, fake, folder):
+    await _synced_then_lost(fake, folder)
+    await folder.close()  # the client was stopped; the server restored meanwhile
+    restarted = await Folder(reactor, folder.path, fake).open()
+    folder.engine = restarted.engine  # closed by the fixture
+    folder.state, folder.server = restarted.state, restarted.server
+    await restarted.engine.reconcile()  # the start-up reconcile, before any subscription
+    assert folder.read("lost.txt") == b"the server loses this one"
+    assert fake.files["lost.txt"] == b"the server loses this one"
+    # the head when the reconcile began (its own upload, journalled after, is skipped by a catch-up)
+    assert restarted.state.journal_id == NEW and restarted.state.cursor == 1
