@@ -12,9 +12,11 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from quantum_sync.blocklists import BlockLists
 from quantum_sync.config import ConfigError
 from quantum_sync.server.api import FileApi
 from quantum_sync.server.auth import OpenAuthorizer
+from quantum_sync.server.delta import Deltas
 from quantum_sync.server.hub import Hub
 from quantum_sync.server.index import Index
 from quantum_sync.server.metrics import Metrics
@@ -142,7 +144,9 @@ class ServerService(MultiService):
         self.versions.setServiceParent(self)
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area)
-        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
+        self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions,
+                           Deltas(self.store, self.block_lists, reactor))
         self.watcher = RootWatcher(self.store.root, self.operations, reactor,
                                    rescan_interval=handler.rescan_interval, metrics=self.metrics)
         self.watcher.setServiceParent(self)

@@ -147,8 +147,12 @@ class UploadSpool(_Body):
     LOW_WATER = BLOCK
 
     def __init__(self, temp_dir: str, on_drained=None, budget: _MemoryBudget = UPLOAD_MEMORY,
-                 datasync=os.fdatasync):
+                 datasync=os.fdatasync, blocks=None):
         self._fd, self.path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
+        #: A :class:`~quantum_sync.blocklists.ListWriter` given the body as it is hashed
+        #: (in a pipeline stage of its own), committed under the body's hash at the end.
+        self.blocks = blocks
+        self._to_block = None
         self._datasync = datasync  # the writeback's sync (a seam for injected faults)
         self._digest = hashlib.sha256()
         self._pending = []
@@ -201,6 +205,9 @@ class UploadSpool(_Body):
                 threading.Thread(target=self._hash_loop, name="upload-hash", daemon=True),
                 threading.Thread(target=self._write_loop, name="upload-write", daemon=True),
             ]
+            if self.blocks is not None:
+                self._to_block = queue.SimpleQueue()
+                self._threads.append(threading.Thread(target=self._block_loop, name="upload-blocks", daemon=True))
             for thread in self._threads:
                 thread.start()
         with self._budget.lock:
@@ -219,12 +226,32 @@ class UploadSpool(_Body):
     # -- the pipeline (its own threads) -----------------------------------------------
 
     def _hash_loop(self) -> None:
+        following = self._to_write if self._to_block is None else self._to_block
         while (item := self._to_hash.get()) is not None:
             if not self._aborted:
                 for chunk in item[0]:
                     self._digest.update(chunk)
+            following.put(item)
+        following.put(None)
+
+    def _block_loop(self) -> None:
+        while (item := self._to_block.get()) is not None:
+            self._feed_blocks(item[0])
             self._to_write.put(item)
         self._to_write.put(None)
+
+    def _feed_blocks(self, chunks) -> None:
+        """Give ``chunks`` to the block list; a failure only means the file has none."""
+        if self.blocks is not None and not self._aborted:
+            try:
+                self.blocks.feed(b"".join(chunks))
+            except (OSError, ValueError):
+                self._drop_blocks()
+
+    def _drop_blocks(self) -> None:
+        blocks, self.blocks = self.blocks, None
+        if blocks is not None:
+            blocks.abort()
 
     def _write_loop(self) -> None:
         flusher = Writeback(self._fd, self._datasync)
@@ -239,6 +266,7 @@ class UploadSpool(_Body):
         self._lost(flusher.stop())
         if self._aborted:
             os.close(self._fd)
+            self._drop_blocks()
 
     def _notify_drained(self) -> None:
         if self._on_drained is not None:
@@ -293,6 +321,7 @@ class UploadSpool(_Body):
             self._pending, self._pending_size = [], 0
             for chunk in block:
                 self._digest.update(chunk)
+            self._feed_blocks(block)
             if self._write_block(block):
                 self._count_written(size)
         try:
@@ -300,6 +329,12 @@ class UploadSpool(_Body):
         except OSError as e:
             self.error = self.error or storage_error(e)
         os.close(self._fd)
+        if self.blocks is not None:
+            try:
+                self.blocks.commit(self.sha256)
+            except OSError:
+                pass  # (aborted by commit) the list is made again when asked for
+            self.blocks = None
 
     def close(self) -> None:
         """Forget the temp file (abandoned, or already renamed away). Never blocks: a
@@ -313,6 +348,8 @@ class UploadSpool(_Body):
                 self._to_hash.put(None)  # the writing thread closes the descriptor
             else:
                 os.close(self._fd)
+            if self._to_block is None:
+                self._drop_blocks()  # (else the block thread may still feed it: dropped once it ends)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
