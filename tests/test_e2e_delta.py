@@ -112,3 +112,28 @@ async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, 
     assert read(server[0].root, "big.bin") == new
     assert deltas_of(a).sent == 0 and deltas_of(b).received == 0  # both went whole
     assert deltas_of(a).failed == 1 and deltas_of(b).failed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_deltas_a_changed_file_travels_whole(reactor, server, clients):
+    a = await clients.start(server[0], "a", delta=False)
+    b = await clients.start(server[0], "b", delta=False)
+    A, B = a.config.folder, b.config.folder
+    base = content(5)
+    write(A, "big.bin", base)
+    await converged(reactor, A, B, server[0].root)
+    before = server[0].service.metrics.bytes_transferred
+    new = b"!" + base
+    write(A, "big.bin", new)
+    await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edit at b")
+    assert server[0].service.metrics.bytes_transferred - before >= 2 * len(new)
+    assert deltas_of(a).sent == 0 and deltas_of(b).received == 0
+
+
+def test_the_no_delta_option(tmp_path):
+    from quantum_sync.client.tap import Options
+
+    for flags, expected in (([], True), (["--no-delta"], False)):
+        options = Options()
+        options.parseOptions(["--server", "http://127.0.0.1:8080", "--local-path", str(tmp_path), *flags])
+        assert options.config.delta is expected

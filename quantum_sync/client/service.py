@@ -45,6 +45,8 @@ class ClientConfig:
     allow_mass_delete: bool = False
     #: Fetch other clients' large uploads while they arrive (quantum_sync.server.relay).
     relay: bool = True
+    #: Send and fetch only the changed blocks of large files (quantum_sync.client.delta).
+    delta: bool = True
     safety_interval: float = 600.0
     concurrency: int = 8
 
@@ -108,6 +110,7 @@ class SyncClientService(MultiService):
             config.allow_mass_delete,
             retry_delay=max(config.settle, 0.05),
         )
+        self.engine.actions.deltas.enabled = config.delta
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,

@@ -46,6 +46,7 @@ class Options(usage.Options):
         ["initial-sync", None, "pull everything the server has before anything else"],
         ["allow-mass-delete", None, "confirm a reconcile that deletes more than half of the synced files"],
         ["no-relay", None, "fetch other clients' large files only once stored, not while they are uploaded"],
+        ["no-delta", None, "send and fetch large changed files whole, not only their changed blocks"],
     ]
 
     def parseOptions(self, options=None):
@@ -118,6 +119,7 @@ class Options(usage.Options):
             settle=settle / 1000.0,
             allow_mass_delete=bool(self["allow-mass-delete"]),
             relay=not self["no-relay"],
+            delta=not self["no-delta"],
             safety_interval=max(10 * interval, 300.0),
         )
 
