@@ -100,10 +100,33 @@ class BlockLists:
 
     def keep(self, sha256: str, data: bytes) -> None:
         """Keep ``data`` (a compact list already checked) as the list of ``sha256``."""
+        self.keep_blocks(sha256, [data])
+
+    def keep_blocks(self, sha256: str, parts) -> None:
+        """Keep the list of ``sha256`` given as ``parts``: compact lists, or
+        :class:`~quantum_sync.blocks.Block` s, written as they come."""
+        name = self._name(sha256)
         fd, temp = tempfile.mkstemp(prefix="list-", dir=self.directory)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temp, self._name(sha256))
+        try:
+            with os.fdopen(fd, "wb", buffering=64 * 1024) as f:
+                for part in parts:
+                    f.write(part if isinstance(part, bytes) else encode_blocks((part,)))
+            os.replace(temp, name)
+        except BaseException:
+            os.unlink(temp)
+            raise
+
+    def blocks_of_range(self, fd: int, offset: int, length: int):
+        """The blocks of ``length`` bytes at ``offset`` of file ``fd`` taken alone
+        (offsets from 0), read a piece at a time."""
+        stream, end = BlockStream(self.chunker), offset + length
+        while offset < end:
+            piece = os.pread(fd, min(READ_SIZE, end - offset), offset)
+            if not piece:
+                raise ValueError("the file ended inside the range")
+            yield from stream.feed(piece)
+            offset += len(piece)
+        yield from stream.finish()
 
     def forget_all_but(self, keep) -> int:
         """Remove every list whose content is not in ``keep`` (a set of hashes), and temp

@@ -7,7 +7,7 @@ followed by the bytes its :class:`~quantum_sync.blocks.Send` steps send, in orde
 
 import struct
 
-from quantum_sync.blocks import MIN_BLOCK, Reuse, Send
+from quantum_sync.blocks import MIN_BLOCK, Block, Reuse, Send
 
 #: Files of fewer bytes travel whole (their block lists are neither kept nor asked for):
 #: below it a whole transfer takes about as long as the extra round trip for a block list
@@ -87,3 +87,28 @@ def runs(plan) -> list:
     """``(offset, length)`` of each range of the new content ``plan`` sends (adjacent ones
     already merged by :func:`~quantum_sync.blocks.plan_delta`)."""
     return [(step.offset, step.length) for step in plan if isinstance(step, Send)]
+
+
+def rebuilt_blocks(plan, base_blocks, blocks_of_sent):
+    """The block list of the content ``plan`` builds, without reading what it reuses:
+    the base's blocks (``base_blocks``) for each Reuse step (a run of whole blocks, see
+    :func:`unheld_reuse`), moved to where they land, and ``blocks_of_sent(step)`` (the
+    blocks of the step's bytes alone, offsets from 0) for each Send step. A Send step
+    starts and ends at block boundaries of the new content (where the sender's list cut
+    it), and a cut depends only on the bytes since the block's start, so this is the
+    list of the whole new content; each block's hash is that of its bytes in any case.
+    Yields the blocks in order."""
+    index = {block.offset: position for position, block in enumerate(base_blocks)}
+    position = 0
+    for step in plan:
+        if isinstance(step, Reuse):
+            at, left = index[step.base_offset], step.length
+            while left > 0:
+                block = base_blocks[at]
+                yield Block(position + step.length - left, block.length, block.sha256)
+                left -= block.length
+                at += 1
+        else:
+            for block in blocks_of_sent(step):
+                yield Block(position + block.offset, block.length, block.sha256)
+        position += step.length

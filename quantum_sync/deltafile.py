@@ -19,16 +19,12 @@ PIECE = 1024 * 1024
 _NO_COPY_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM)
 
 
-def assemble(plan, base_fd: int, sent, out_fd: int, observe=None) -> tuple:
+def assemble(plan, base_fd: int, sent, out_fd: int) -> tuple:
     """Write the content ``plan`` describes into ``out_fd`` (an empty file open for
     reading and writing) from ``base_fd`` and ``sent`` (anything with ``read(n)``
     giving the sent bytes in order). Returns ``(sha256 hex, size)``; ValueError when
-    the base is shorter than the plan reads or ``sent`` ends early or holds more.
-    ``observe(piece)``, when given, sees the new content's bytes in order as they are
-    hashed (a block list made on the way)."""
+    the base is shorter than the plan reads or ``sent`` ends early or holds more."""
     digest, position = hashlib.sha256(), 0
-    if observe is not None:
-        digest = _Observed(digest, observe)
     base_size = os.fstat(base_fd).st_size
     copy_range = getattr(os, "copy_file_range", None)
     for step in plan:
@@ -50,20 +46,6 @@ def assemble(plan, base_fd: int, sent, out_fd: int, observe=None) -> tuple:
     if sent.read(1):
         raise ValueError("more bytes were sent than the plan needs")
     return digest.hexdigest(), position
-
-
-class _Observed:
-    """A digest that also shows each piece to ``observe``."""
-
-    def __init__(self, digest, observe):
-        self._digest, self._observe = digest, observe
-
-    def update(self, piece) -> None:
-        self._digest.update(piece)
-        self._observe(piece)
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
 
 
 def _copy(source: int, offset: int, target: int, at: int, length: int, copy_range):

@@ -84,27 +84,24 @@ class Deltas:
     def _build(self, open_body, base_list, base_fd, expected) -> BuiltFile:
         with open_body() as body:
             plan = _read_plan(body)
-            missing = delta.unheld_reuse(plan, decode_blocks(base_list))
+            base_blocks = decode_blocks(base_list)
+            missing = delta.unheld_reuse(plan, base_blocks)
             if missing is not None:
                 raise SyncError("CONFLICT", f"the plan reuses {missing.length} bytes at {missing.base_offset},"
                                 " which are not whole blocks of the base", reason="BLOCK_NOT_HELD")
             fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.store.temp_dir)
             try:
                 try:
-                    writer = self.block_lists.writer()
-                    try:
-                        digest, _ = assemble(plan, base_fd, body, fd,
-                                             observe=writer.feed)
-                    except BaseException:
-                        writer.abort()
-                        raise
+                    digest, _ = assemble(plan, base_fd, body, fd)
                     if digest != expected:
-                        writer.abort()
                         raise SyncError("HASH_MISMATCH", f"the delta builds a file hashing to {digest}, not {expected}")
-                    writer.commit(digest)
                     os.fchmod(fd, 0o644)
                     os.fsync(fd)
                     st = os.fstat(fd)
+                    # the new list from the base's and the few sent blocks: no second read
+                    self.block_lists.keep_blocks(digest, delta.rebuilt_blocks(
+                        plan, base_blocks,
+                        lambda step: self.block_lists.blocks_of_range(fd, step.offset, step.length)))
                 finally:
                     os.close(fd)
             except ValueError as error:
