@@ -156,7 +156,7 @@ class RsyncSystem:
         os.makedirs(self.dir_b)
 
     def _hop(self, source, target):
-        answer = subprocess.run([self.rsync, "--stats", "-t", source, target],
+        answer = subprocess.run([self.rsync, "--stats", "-t", "--ignore-times", source, target],
                                 check=True, capture_output=True, text=True).stdout
         sent = int(re.search(r"Total bytes sent: ([\d,.]+)", answer).group(1).replace(",", "").replace(".", ""))
         received = int(re.search(r"Total bytes received: ([\d,.]+)", answer).group(1).replace(",", "").replace(".", ""))

@@ -16,7 +16,6 @@ the whole upload's would be. Block lists are kept by content hash in the folder'
 :data:`~quantum_sync.delta.DELTA_MIN` bytes.
 """
 
-import hashlib
 import json
 import os
 import tempfile
@@ -104,16 +103,18 @@ class Deltas:
     async def upload(self, path: str, abspath: str, sha256: str, if_match: str, size: int, staging_dir: str):
         """Upload ``abspath`` (``size`` bytes hashing to ``sha256``) onto the server's
         version ``if_match`` of ``path`` as a delta: the stored FileMetadata, or None
-        (then upload it whole). PreconditionFailed when the server's version is another."""
+        (then upload it whole). PreconditionFailed when the server's version is another;
+        a file that no longer hashes to ``sha256`` is refused by the server (422) and goes
+        whole, where its hash is checked again."""
         if not (self.applies(size) and if_match):
             return None
         base = await self._server_list(path, if_match)
         if base is None:
             return None
-        made = await deferToThread(_delta_body, self.lists, abspath, sha256, base, staging_dir)
+        made = await deferToThread(_delta_body, self.lists, abspath, base, staging_dir)
         if made is None:
-            return None  # changed while read, or not worth it
-        body, length = made
+            return None  # not worth it
+        body, length, blocks = made
         headers = {b"X-Content-SHA256": [sha256.encode("ascii")], b"If-Match": [f'"{if_match}"'.encode("ascii")],
                    b"Content-Type": [b"application/octet-stream"]}
         opened = []
@@ -148,7 +149,8 @@ class Deltas:
         except (ValueError, SyncError):
             raise ServerUnavailable(f"delta upload of {path}: malformed answer") from None
         self.sent += length
-        if meta.hash == sha256:
+        if meta.hash == sha256:  # the server built exactly the content read: its list is right
+            await deferToThread(self.lists.keep, sha256, blocks)
             self.forget(if_match)
         return meta
 
@@ -235,27 +237,24 @@ def _local_list(lists, abspath, sha256, expected):
     return None if data is None else decode_blocks(data, lists.chunker.max_size)
 
 
-def _delta_body(lists, abspath, sha256, base, staging_dir):
-    """``(name of a temp file holding the delta body, its length)`` that makes the local
-    file ``abspath`` from ``base`` (the server's list), the file's list kept under
-    ``sha256``; None when the file does not hash to ``sha256`` or the delta is not worth it."""
+def _delta_body(lists, abspath, base, staging_dir):
+    """``(name of a temp file holding the delta body, its length, the file's block list)``
+    that makes the local file ``abspath`` from ``base`` (the server's list); None when the
+    delta is not worth it. The file is read once for its list (not hashed whole again:
+    the server checks the result against the hash the caller names)."""
     try:
-        fd, st = open_regular(abspath, follow_symlinks=False)
+        fd, _ = open_regular(abspath, follow_symlinks=False)
     except OSError:
         return None
     try:
-        stream, digest, blocks, offset = BlockStream(lists.chunker), hashlib.sha256(), [], 0
+        stream, blocks, offset = BlockStream(lists.chunker), [], 0
         while piece := os.pread(fd, PIECE, offset):
-            digest.update(piece)
             blocks.extend(stream.feed(piece))
             offset += len(piece)
         blocks.extend(stream.finish())
-        if digest.hexdigest() != sha256:
-            return None
         plan = plan_delta(base, blocks)
         if sent_bytes(plan) > WORTH * offset:
             return None
-        lists.keep(sha256, encode_blocks(blocks))
         out, name = tempfile.mkstemp(dir=staging_dir, prefix="up-delta-")
         with os.fdopen(out, "wb") as body:
             body.write(delta.encode_head(plan))
@@ -270,7 +269,7 @@ def _delta_body(lists, abspath, sha256, base, staging_dir):
             length = body.tell()
     finally:
         os.close(fd)
-    return name, length
+    return name, length, encode_blocks(blocks)
 
 
 def _assemble(plan, abspath, expected, sent_path, staging_dir, sha256):
