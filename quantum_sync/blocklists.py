@@ -128,15 +128,18 @@ class BlockLists:
             offset += len(piece)
         yield from stream.finish()
 
-    def forget_all_but(self, keep) -> int:
+    def forget_all_but(self, keep, now: float, temp_age: float = 3600) -> int:
         """Remove every list whose content is not in ``keep`` (a set of hashes), and temp
-        names left by a crash; returns how many were removed."""
+        names older than ``temp_age`` seconds at ``now`` (a crash's; younger ones are
+        being written); returns how many were removed."""
         removed = 0
         for name in os.listdir(self.directory):
-            if name not in keep:
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+            path = os.path.join(self.directory, name)
+            try:
+                if name in keep or (name.startswith("list-") and now - os.lstat(path).st_mtime < temp_age):
+                    continue
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
         return removed

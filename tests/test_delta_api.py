@@ -168,3 +168,19 @@ def test_plans_for_the_edits_send_little():
     new = base[:1000] + b"y" + base[1000:]
     plan = plan_delta(chunker.blocks(base), chunker.blocks(new))
     assert sent_bytes(plan) <= 2 * 1024 * 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_start_removes_the_lists_of_contents_no_file_has(server, http):
+    old, new = content(10), content(11)
+    await upload(http, server, "f.bin", old)
+    await upload(http, server, "f.bin", new)
+    blocks = os.path.join(server.root, ".quantum-sync", "blocks")
+    assert sorted(os.listdir(blocks)) == sorted([sha(old), sha(new)])
+    with open(os.path.join(blocks, "list-writing"), "wb"):
+        pass  # a list being written (young): stays
+    restarted = await server.restart()
+    try:
+        assert sorted(os.listdir(blocks)) == sorted([sha(new), "list-writing"])
+    finally:
+        await restarted.stop()

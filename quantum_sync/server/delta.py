@@ -11,6 +11,7 @@
 
 import os
 import tempfile
+import time
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -65,6 +66,12 @@ class Deltas:
         if data is None:
             raise SyncError("CONFLICT", f"{metadata.path} changed while its block list was made; try again")
         return data
+
+    async def prune(self, index) -> int:
+        """Remove the lists of contents no file in ``index`` has any more (replaced or
+        deleted files'); returns how many went."""
+        keep = {metadata.hash for metadata, _ in await index.list_all() if metadata.size >= delta.DELTA_MIN}
+        return await self._thread(self.block_lists.forget_all_but, keep, time.time())
 
     def _made(self, result, sha256) -> None:
         for waiter in self._making.pop(sha256):

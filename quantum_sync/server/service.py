@@ -173,6 +173,7 @@ class ServerService(MultiService):
         await self.versions.open()
         await self.operations.recover()
         await self.operations.refresh(None)
+        await self.api.deltas.prune(self.index)
 
     def when_ready(self) -> Deferred:
         """Fires once the index is open and reconciled with the disk (requests are
