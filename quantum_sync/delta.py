@@ -5,7 +5,9 @@ Pure: bytes in, values out. A delta upload's body (``POST /api/upload-delta``) i
 followed by the bytes its :class:`~quantum_sync.blocks.Send` steps send, in order.
 """
 
+import ipaddress
 import struct
+from urllib.parse import urlsplit
 
 from quantum_sync.blocks import MIN_BLOCK, Block, Reuse, Send
 
@@ -13,6 +15,9 @@ from quantum_sync.blocks import MIN_BLOCK, Block, Reuse, Send
 #: below it a whole transfer takes about as long as the extra round trip for a block list
 #: (see bench/bench_delta.py), and the small-file paths (batches, memory) stay as they are.
 DELTA_MIN = 4 * 1024 * 1024
+
+#: When a client uses deltas (``--delta``): ``auto`` unless the server is on this machine.
+MODES = ("auto", "always", "never")
 
 MAGIC = b"QSD1"
 _COUNT = struct.Struct(">4sI")
@@ -23,6 +28,22 @@ _REUSE, _SEND = 1, 2
 #: Most steps one plan may have: a 16 GiB file cut into blocks of the smallest size, each
 #: alternating between reused and sent (the head is read whole into memory: 4.5 MiB).
 MAX_STEPS = 2 * (16 << 30) // MIN_BLOCK
+
+
+def wanted(mode: str, server_url: str) -> bool:
+    """Whether a client in delta ``mode`` (one of :data:`MODES`) uses deltas with the
+    server at ``server_url``. ``auto``: not with a server on the loopback, where a whole
+    file moves faster than both sides can read it again for its blocks (see
+    bench/bench_delta.py); wherever the link is slower than that, deltas win."""
+    if mode != "auto":
+        return mode == "always"
+    host = urlsplit(server_url).hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: a remote server
 
 
 def encode_head(plan) -> bytes:

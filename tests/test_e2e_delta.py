@@ -6,9 +6,11 @@ import hashlib
 import os
 import random
 
+import pytest
 import pytest_twisted
 
 from quantum_sync import delta
+from quantum_sync.delta import wanted
 from quantum_sync.blocks import encode_blocks
 from quantum_sync.client.delta import Deltas
 from quantum_sync.client.transfer import PreconditionFailed
@@ -23,13 +25,20 @@ def content(seed: int, size: int = SIZE) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+async def pair(group, running, delta="always"):
+    """Clients a and b (deltas always: the server is on the loopback) and their folders."""
+    a = await group.start(running, "a", delta=delta)
+    b = await group.start(running, "b", delta=delta)
+    return a, b, a.config.folder, b.config.folder
+
+
 def deltas_of(client) -> Deltas:
     return client.engine.actions.deltas
 
 
 @pytest_twisted.ensureDeferred
 async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+    a, b, A, B = await pair(clients, server[0])
     base = content(1)
     write(A, "big.bin", base)
     await converged(reactor, A, B, server[0].root)
@@ -57,7 +66,7 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, server,
 @pytest_twisted.ensureDeferred
 async def test_a_base_changed_during_a_delta_upload_is_412_then_both_are_kept(reactor, server, clients, http,
                                                                                monkeypatch):
-    a, b, A, B = await clients.pair(server[0])
+    a, b, A, B = await pair(clients, server[0])
     base = content(2)
     write(A, "big.bin", base)
     await converged(reactor, A, B, server[0].root)
@@ -95,7 +104,7 @@ async def test_a_base_changed_during_a_delta_upload_is_412_then_both_are_kept(re
 
 @pytest_twisted.ensureDeferred
 async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+    a, b, A, B = await pair(clients, server[0])
     base = content(3)
     write(A, "big.bin", base)
     await converged(reactor, A, B, server[0].root)
@@ -116,9 +125,7 @@ async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, 
 
 @pytest_twisted.ensureDeferred
 async def test_without_deltas_a_changed_file_travels_whole(reactor, server, clients):
-    a = await clients.start(server[0], "a", delta=False)
-    b = await clients.start(server[0], "b", delta=False)
-    A, B = a.config.folder, b.config.folder
+    a, b, A, B = await pair(clients, server[0], delta="never")
     base = content(5)
     write(A, "big.bin", base)
     await converged(reactor, A, B, server[0].root)
@@ -130,10 +137,19 @@ async def test_without_deltas_a_changed_file_travels_whole(reactor, server, clie
     assert deltas_of(a).sent == 0 and deltas_of(b).received == 0
 
 
-def test_the_no_delta_option(tmp_path):
+def test_the_delta_option_and_its_default_off_on_the_loopback(tmp_path, capsys):
     from quantum_sync.client.tap import Options
 
-    for flags, expected in (([], True), (["--no-delta"], False)):
+    def mode(*flags):
         options = Options()
         options.parseOptions(["--server", "http://127.0.0.1:8080", "--local-path", str(tmp_path), *flags])
-        assert options.config.delta is expected
+        return options.config.delta
+
+    assert (mode(), mode("--delta", "always"), mode("--delta", "never")) == ("auto", "always", "never")
+    with pytest.raises(SystemExit):
+        Options().parseOptions(["--server", "http://x", "--local-path", str(tmp_path), "--delta", "sometimes"])
+    assert "--delta sometimes" in capsys.readouterr().err
+    assert [wanted("auto", url) for url in ("http://127.0.0.1:1", "http://[::1]:1", "http://localhost:1",
+                                             "https://sync.example", "http://192.0.2.1:8080")] == \
+        [False, False, False, True, True]
+    assert wanted("always", "http://127.0.0.1:1") and not wanted("never", "https://sync.example")

@@ -51,12 +51,14 @@ class Deltas:
         self.server = server
         self.lists = lists
         self.enabled = True  # until the server shows it has no delta endpoints
+        #: the client's choice (``--delta``, see :func:`quantum_sync.delta.wanted`)
+        self.wanted = True
         #: bytes the deltas sent and received (the bodies), and deltas tried that failed
         #: on the way (the file then went whole)
         self.sent = self.received = self.failed = 0
 
     def applies(self, size) -> bool:
-        return self.enabled and size is not None and size >= delta.DELTA_MIN
+        return self.enabled and self.wanted and size is not None and size >= delta.DELTA_MIN
 
     # -- block lists ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from twisted.python import usage
 from quantum_sync.client.credentials import read_secret_file
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
+from quantum_sync.delta import MODES
 from quantum_sync.gctune import tune_garbage_collector
 
 
@@ -37,6 +38,8 @@ class Options(usage.Options):
         ["user", None, None, "log in as this user (with --password-file); the token is renewed before it expires"],
         ["password-file", None, None, "the password for --user, on one line (the file must not be readable by group or others)"],
         ["conflict-strategy", None, "rename", "rename (keep both), keep-client or keep-server"],
+        ["delta", None, "auto", "send and fetch only the changed blocks of large files: auto (not with a server"
+                                " on this machine), always or never"],
         ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
         ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
     ]
@@ -46,7 +49,6 @@ class Options(usage.Options):
         ["initial-sync", None, "pull everything the server has before anything else"],
         ["allow-mass-delete", None, "confirm a reconcile that deletes more than half of the synced files"],
         ["no-relay", None, "fetch other clients' large files only once stored, not while they are uploaded"],
-        ["no-delta", None, "send and fetch large changed files whole, not only their changed blocks"],
     ]
 
     def parseOptions(self, options=None):
@@ -85,6 +87,8 @@ class Options(usage.Options):
         strategy = self["conflict-strategy"]
         if strategy not in STRATEGIES:
             raise ValueError(f"--conflict-strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+        if self["delta"] not in MODES:
+            raise ValueError(f"--delta {self['delta']}: expected one of {', '.join(MODES)}")
         if self["realtime"] and self["no-realtime"]:
             raise ValueError("--realtime and --no-realtime exclude each other")
         client_id = self["client-id"]
@@ -119,7 +123,7 @@ class Options(usage.Options):
             settle=settle / 1000.0,
             allow_mass_delete=bool(self["allow-mass-delete"]),
             relay=not self["no-relay"],
-            delta=not self["no-delta"],
+            delta=self["delta"],
             safety_interval=max(10 * interval, 300.0),
         )
 
