@@ -2,30 +2,37 @@
 """Delta transfers: a large file changed in place, end to end, beside whole-file
 transfers, an rsync daemon and (when installed) a Syncthing pair, same run, loopback only.
 
-    .venv/bin/python bench/bench_delta.py [--size-mib 256] [--append-base-mib 1024] [--runs 3]
-                                          [--no-syncthing] [--no-whole]
+    .venv/bin/python bench/bench_delta.py [--size-mib 64] [--append-base-mib 256] [--runs 3]
+                                          [--no-syncthing] [--no-whole] [--link-mbit N]
 
 Three edits, each made ``--runs`` times (plus one warm-up edit, not counted) to a file
 already synced everywhere:
 
 - ``change``: 1 MiB overwritten in the middle of a ``--size-mib`` MiB file,
-- ``insert``: 1 byte inserted at the start of a ``--size-mib`` MiB file (the file rewritten),
+- ``insert``: 1 byte inserted at the start of a ``--size-mib`` MiB file (saved as editors
+  do: a new file written beside it, then renamed over it),
 - ``append``: 1 MiB appended to a ``--append-base-mib`` MiB file.
 
 Per system, the seconds from the start of the edit until B's copy is the new version
 (B's file replaced, of the new size; its bytes checked afterwards, outside the time), and
 the bytes on the wire for one edit:
 
-- quantum-sync (delta): a server and clients A and B, ``twistd`` subprocesses; bytes are
+- quantum-sync delta: a server and clients A and B (``--delta always``: the server is on
+  the loopback, where ``auto`` sends whole files), ``twistd`` subprocesses; bytes are
   the server's ``bytes_transferred`` (HTTP bodies and WebSocket payloads, from
   ``/ws/metrics``: headers not counted, a few hundred bytes a request);
-- quantum-sync (whole): the same with ``--no-delta`` clients;
+- quantum-sync whole: the same with ``--delta never`` clients;
 - rsync: ``rsync`` from A's copy to a daemon on 127.0.0.1, then from the daemon to B's
   copy (two hops, as A → server → B), its delta algorithm on (the default over a
   daemon); bytes are the sum of its ``--stats`` "Total bytes sent" and "received";
 - Syncthing (unless ``--no-syncthing`` or not installed): two instances sharing a folder
   (/work/shared/tools/syncthing_pair.py, fsWatcherDelayS=1: a change waits at least 1 s
   for the watcher); bytes from the instances' connection totals.
+
+``--link-mbit N`` (root only; needs ``tc``) gives each direction to and from each
+quantum-sync server and the rsync daemon its own N Mbit/s link on ``lo`` (as remote
+clients would have; Syncthing is then left out: its ports are not shaped). The shaping is
+removed afterwards, whatever happens.
 
 Prints one table of medians. Everything it starts it stops, and its files are removed.
 """
@@ -45,7 +52,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_sync import PAIR, QuantumPair, SyncthingPair, wait  # noqa: E402
+from bench_large import shape, unshape  # noqa: E402
+from bench_sync import PAIR, QuantumPair, SyncthingPair, free_port, wait  # noqa: E402
 from bench_transfer import RsyncDaemon, ensure_rsync  # noqa: E402
 
 MiB = 1 << 20
@@ -72,8 +80,9 @@ def edit(path, kind, round_):
     elif kind == "insert":
         with open(path, "rb") as f:
             data = f.read()
-        with open(path, "wb") as f:
+        with open(path + ".new", "wb") as f:
             f.write(bytes([round_ & 0xFF]) + data)
+        os.rename(path + ".new", path)
         size += 1
     else:
         with open(path, "ab") as f:
@@ -106,6 +115,7 @@ class QuantumSystem:
     def __init__(self, name, base, client_args=()):
         self.name = name
         self.pair = QuantumPair(base, client_args=client_args)
+        self.port = self.pair.port
 
     def start(self):
         self.pair.start()
@@ -146,11 +156,12 @@ class RsyncSystem:
 
     def __init__(self, base):
         self.base = base
+        self.port = free_port()
 
     def start(self):
         self.rsync = ensure_rsync()
         os.makedirs(self.base)
-        self.daemon = RsyncDaemon(self.rsync, self.base)
+        self.daemon = RsyncDaemon(self.rsync, self.base, self.port)
         self.dir_a, self.dir_b = os.path.join(self.base, "A"), os.path.join(self.base, "B")
         os.makedirs(self.dir_a)
         os.makedirs(self.dir_b)
@@ -243,21 +254,25 @@ def measure(system, cases, runs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size-mib", type=int, default=256)
-    ap.add_argument("--append-base-mib", type=int, default=1024)
+    # the issue's sizes are 256 and 1024 (about 4.5 minutes here); these fit a shared machine
+    ap.add_argument("--size-mib", type=int, default=64)
+    ap.add_argument("--append-base-mib", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--base", default="/tmp/qs-bench-delta")
     ap.add_argument("--no-syncthing", action="store_true")
     ap.add_argument("--no-whole", action="store_true", help="leave out the whole-file transfers")
+    ap.add_argument("--link-mbit", type=int, default=0, help="shape each server's link on lo (root, tc)")
     args = ap.parse_args()
     if os.path.exists(args.base):
         shutil.rmtree(args.base)
     cases = [("change", args.size_mib * MiB), ("insert", args.size_mib * MiB), ("append", args.append_base_mib * MiB)]
-    systems = [QuantumSystem("quantum-sync delta", os.path.join(args.base, "qs-delta"))]
+    systems = [QuantumSystem("quantum-sync delta", os.path.join(args.base, "qs-delta"), ["--delta", "always"])]
     if not args.no_whole:
-        systems.append(QuantumSystem("quantum-sync whole", os.path.join(args.base, "qs-whole"), ["--no-delta"]))
+        systems.append(QuantumSystem("quantum-sync whole", os.path.join(args.base, "qs-whole"), ["--delta", "never"]))
     systems.append(RsyncSystem(os.path.join(args.base, "rsync")))
-    if not args.no_syncthing:
+    if args.link_mbit:
+        shape([system.port for system in systems], args.link_mbit)
+    elif not args.no_syncthing:
         if shutil.which("syncthing"):
             systems.append(SyncthingSystem(os.path.join(args.base, "st")))
         else:
@@ -267,6 +282,8 @@ def main():
         for system in systems:
             results[system.name] = measure(system, cases, args.runs)
     finally:
+        if args.link_mbit:
+            unshape()
         shutil.rmtree(args.base, ignore_errors=True)
     print_table(results, args)
 
@@ -274,9 +291,10 @@ def main():
 def print_table(results, args):
     labels = {"change": f"1 MiB changed in {args.size_mib} MiB", "insert": f"1 byte inserted at the start of {args.size_mib} MiB",
               "append": f"1 MiB appended to {args.append_base_mib} MiB"}
-    changed = {"change": MiB, "insert": 1, "append": MiB}
+    changed = {"change": MiB, "insert": 1, "append": MiB}  # (the insert: per changed byte)
     names = list(results)
-    print(f"medians of {args.runs} edits; ms end to end / MiB on the wire")
+    link = f"{args.link_mbit} Mbit/s links" if args.link_mbit else "loopback"
+    print(f"medians of {args.runs} edits ({link}); ms end to end / MiB on the wire")
     header = f"{'edit':<40}" + "".join(f"{n:>24}" for n in names)
     print(header)
     print("-" * len(header))
@@ -292,7 +310,8 @@ def print_table(results, args):
         for kind, label in labels.items():
             seconds, wire = delta[kind]
             ratios = ", ".join(f"{seconds / results[n][kind][0]:.2f}x {n}" for n in names[1:] if results[n][kind][0])
-            print(f"{label}: delta wire {wire / max(changed[kind], 1):.1f}x the changed bytes; time {ratios}")
+            print(f"{label}: delta {wire / 2 / MiB:.2f} MiB a hop ({wire / 2 / changed[kind]:.1f}x the changed"
+                  f" bytes); time {ratios}")
 
 
 if __name__ == "__main__":
