@@ -208,10 +208,15 @@ class SyncthingSystem:
         self.dir_a, self.dir_b = self.pair.dir_a, self.pair.dir_b
 
     def wire_bytes(self):
-        status = json.loads(subprocess.run([sys.executable, PAIR, "--base", self.pair.base, "status"],
-                                           check=True, capture_output=True, text=True).stdout)
-        totals = [side.get("connection", {}) for side in status.values() if isinstance(side, dict)]
-        return sum(t.get("inBytesTotal", 0) for t in totals)
+        """Bytes A's instance sent and received over all its connections (only to B)."""
+        env = dict(line.split("=", 1) for line in subprocess.run(
+            [sys.executable, PAIR, "--base", self.pair.base, "env"], check=True, capture_output=True,
+            text=True).stdout.splitlines() if "=" in line)
+        request = urllib.request.Request(env["ST_A_URL"] + "/rest/system/connections",
+                                         headers={"X-API-Key": env["ST_A_APIKEY"]})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            total = json.load(answer)["total"]
+        return total["inBytesTotal"] + total["outBytesTotal"]
 
     place = QuantumSystem.place
     remove = QuantumSystem.remove
@@ -223,7 +228,9 @@ class SyncthingSystem:
         size = edit(os.path.join(self.dir_a, NAME), kind, round_)
         wait(lambda: replaced(target, before, size) and sha256_of(target) == sha256_of(os.path.join(self.dir_a, NAME)),
              300, f"{kind} at B", 0.01)
-        return time.perf_counter() - start, self.wire_bytes() - wire
+        seconds = time.perf_counter() - start
+        time.sleep(1)  # the totals are counted by the second
+        return seconds, self.wire_bytes() - wire
 
     def stop(self):
         self.pair.stop()
