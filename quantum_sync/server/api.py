@@ -410,6 +410,8 @@ class FileApi:
             if not self.operations.enable_upload:
                 raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
             expected = expected_sha256(request)
+            if expected is None and spool.compressed:
+                raise SyncError("INVALID_REQUEST", "a compressed upload needs X-Content-SHA256")
             if spool.path is not None:  # a file: write, hash and fsync what is left
                 await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
             if spool.error is not None:

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from quantum_sync import batch
+from quantum_sync.compression import ENCODING
 from quantum_sync.delta import DELTA_MIN
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
@@ -124,28 +125,43 @@ class SyncRequest(server.Request):
         streams in when it may be large, and which may be relayed."""
         if not self._gate(site, target):
             return
-        if length is not None and length <= SMALL_BODY:
+        compressed = self._compressed()
+        if compressed is None:
+            return
+        if length is not None and length <= SMALL_BODY and not compressed:
             self.content = MemorySpool.reserve(length)
             if self.content is not None:
                 return
         blocks = None
         try:
             reactor = site.reactor
-            if whole and site.block_lists is not None and (length is None or length >= DELTA_MIN):
+            if whole and site.block_lists is not None and (length is None or length >= DELTA_MIN or compressed):
                 blocks = site.block_lists.writer()
             self.content = UploadSpool(
                 site.temp_dir, on_drained=lambda: reactor.callFromThread(self._resume_reading),
-                datasync=site.datasync, blocks=blocks)
+                datasync=site.datasync, blocks=blocks,
+                inflate_limit=site.max_upload_size if compressed else False)
         except OSError:
             if blocks is not None:
                 blocks.abort()
             super().gotLength(0)  # the handler answers with the spool's absence
             return
-        if whole and site.upload_started is not None:
+        if whole and not compressed and site.upload_started is not None:
             site.upload_started(self, self.content, length)
         # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
         if hasattr(self.channel.transport, "bufferSize"):
             self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+
+    def _compressed(self):
+        """True for a zstd body, False for a plain one; None (refused here) for any other
+        ``Content-Encoding``."""
+        encoding = (self.requestHeaders.getRawHeaders(b"content-encoding") or [b"identity"])[-1].strip().lower()
+        if encoding in (b"identity", b""):
+            return False
+        if encoding == ENCODING:
+            return True
+        self._refuse(SyncError("INVALID_REQUEST", "an upload's Content-Encoding is zstd or none"))
+        return None
 
     def _too_large(self) -> SyncError:
         return SyncError("TOO_LARGE", f"the body is larger than the limit of {self._limit} bytes")
