@@ -40,6 +40,8 @@ class Options(usage.Options):
         ["conflict-strategy", None, "rename", "rename (keep both), keep-client or keep-server"],
         ["delta", None, "auto", "send and fetch only the changed blocks of large files: auto (not with a server"
                                 " on this machine), always or never"],
+        ["compress", None, "auto", "send large files as zstd where a sample shows it pays: auto (not with a"
+                                   " server on this machine), always or never"],
         ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
         ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
     ]
@@ -87,8 +89,9 @@ class Options(usage.Options):
         strategy = self["conflict-strategy"]
         if strategy not in STRATEGIES:
             raise ValueError(f"--conflict-strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
-        if self["delta"] not in MODES:
-            raise ValueError(f"--delta {self['delta']}: expected one of {', '.join(MODES)}")
+        for name in ("delta", "compress"):
+            if self[name] not in MODES:
+                raise ValueError(f"--{name} {self[name]}: expected one of {', '.join(MODES)}")
         if self["realtime"] and self["no-realtime"]:
             raise ValueError("--realtime and --no-realtime exclude each other")
         client_id = self["client-id"]
@@ -124,6 +127,7 @@ class Options(usage.Options):
             allow_mass_delete=bool(self["allow-mass-delete"]),
             relay=not self["no-relay"],
             delta=self["delta"],
+            compress=self["compress"],
             safety_interval=max(10 * interval, 300.0),
         )
 

@@ -51,9 +51,11 @@ from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.compress import ZstdFileBody, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.keepalive import KeepAliveEndpoint
 from quantum_sync.client.localfs import open_regular, unlink_quietly
+from quantum_sync.compression import ENCODING
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -470,6 +472,8 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
+        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress).
+        self.compress_uploads = False
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -771,6 +775,9 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
+        compress = data is None and self.compress_uploads and await deferToThread(sample_pays, abspath)
+        if compress:
+            headers[b"Content-Encoding"] = [ENCODING]
         opened = []
 
         def producer():
@@ -778,7 +785,7 @@ class ServerClient:
                 return _BytesBody(data)
             # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
             opened.append(os.fdopen(open_regular(abspath), "rb"))
-            return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+            return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
         with self._watching() as watch:
             try:
