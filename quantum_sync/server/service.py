@@ -16,6 +16,7 @@ from quantum_sync.blocklists import BlockLists
 from quantum_sync.config import ConfigError
 from quantum_sync.server.api import FileApi
 from quantum_sync.server.auth import OpenAuthorizer
+from quantum_sync.server.clientids import ClientIdBindings
 from quantum_sync.server.delta import Deltas
 from quantum_sync.server.hub import Hub
 from quantum_sync.server.index import Index
@@ -142,6 +143,11 @@ class ServerService(MultiService):
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
         self.versions = Versions(area, self.index, handler.versions, reactor, clock)
         self.versions.setServiceParent(self)
+        if self.authorizer.enabled:
+            try:
+                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor)
+            except ValueError as e:
+                raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area)
         self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
@@ -196,6 +202,8 @@ class ServerService(MultiService):
                 self.log.failure("start-up reconcile failed")
         self.operations.close()
         await self.operations.idle()
+        if self.hub.bindings is not None:
+            await self.hub.bindings.flush()
         self.index.stopService()
 
 
