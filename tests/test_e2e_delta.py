@@ -153,3 +153,22 @@ def test_the_delta_option_and_its_default_off_on_the_loopback(tmp_path, capsys):
                                              "https://sync.example", "http://192.0.2.1:8080")] == \
         [False, False, False, True, True]
     assert wanted("always", "http://127.0.0.1:1") and not wanted("never", "https://sync.example")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_start_drops_the_kept_lists_of_versions_no_longer_synced(reactor, server, clients):
+    a, b, A, B = await pair(clients, server[0])
+    for name, seed in (("one.bin", 6), ("two.bin", 7)):
+        write(A, name, content(seed))
+    await converged(reactor, A, B, server[0].root)
+    first, second = content(6) + b"edit", content(7) + b"edit"  # deltas: their lists are kept
+    write(A, "one.bin", first)
+    write(A, "two.bin", second)
+    await wait_for(reactor, lambda: read(B, "one.bin") == first and read(B, "two.bin") == second, what="edits at b")
+    lists = deltas_of(a).lists.directory
+    assert sorted(os.listdir(lists)) == sorted(hashlib.sha256(d).hexdigest() for d in (first, second))
+    os.unlink(os.path.join(A, "two.bin"))
+    await wait_for(reactor, lambda: read(B, "two.bin") is None, what="the delete at b")
+    await clients.stop(a)
+    a = await clients.start(server[0], "a", delta="always")
+    assert os.listdir(lists) == [hashlib.sha256(first).hexdigest()]

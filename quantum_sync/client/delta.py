@@ -19,6 +19,7 @@ the whole upload's would be. Block lists are kept by content hash in the folder'
 import json
 import os
 import tempfile
+import time
 
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
@@ -91,6 +92,12 @@ class Deltas:
         if self.enabled:
             self.log.info("the server takes no delta transfers; large files travel whole")
         self.enabled = False
+
+    async def prune(self, bases) -> int:
+        """Remove the kept lists of contents none of ``bases`` (the folder's synced
+        versions) has: deleted files' and versions replaced while the client was away."""
+        keep = {base.entry.hash for base in bases if not base.entry.is_directory and base.entry.size >= delta.DELTA_MIN}
+        return await deferToThread(self.lists.forget_all_but, keep, time.time())
 
     def forget(self, sha256) -> None:
         """The list of ``sha256`` is not needed any more (a version replaced)."""

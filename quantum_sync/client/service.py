@@ -127,6 +127,7 @@ class SyncClientService(MultiService):
         await self._first_reconcile()
         if self._stopping:
             return
+        await self.engine.actions.deltas.prune(list(self.state.bases.values()))
         if config.initial_sync:
             self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
