@@ -59,7 +59,9 @@ class Deltas:
         waiters = self._making.get(metadata.hash)
         if waiters is None:  # one thread makes it, every request for it waits for that one
             waiters = self._making[metadata.hash] = []
-            self._thread(self.block_lists.make, opened_fd, metadata.hash).addBoth(self._made, metadata.hash)
+            # on a descriptor of its own: the request's may be closed before the thread ends
+            self._thread(_closing, self.block_lists.make, os.dup(opened_fd), metadata.hash).addBoth(
+                self._made, metadata.hash)
         waiter = Deferred()
         waiters.append(waiter)
         data = await waiter
@@ -86,9 +88,9 @@ class Deltas:
         Raises INVALID_REQUEST (not a delta body), CONFLICT (it reuses a block the
         base does not have), HASH_MISMATCH (the result is not ``expected``: nothing kept)."""
         base_list = await self.block_list(metadata, base_fd)
-        return await self._thread(self._build, open_body, base_list, base_fd, expected)
+        return await self._thread(_closing, self._build, os.dup(base_fd), open_body, base_list, expected)
 
-    def _build(self, open_body, base_list, base_fd, expected) -> BuiltFile:
+    def _build(self, base_fd, open_body, base_list, expected) -> BuiltFile:
         with open_body() as body:
             plan = _read_plan(body)
             base_blocks = decode_blocks(base_list)
@@ -121,6 +123,14 @@ class Deltas:
                 os.unlink(temp)
                 raise
         return BuiltFile(temp, st)
+
+
+def _closing(function, fd: int, *args):
+    """``function(fd, *args)``, then close ``fd``."""
+    try:
+        return function(fd, *args)
+    finally:
+        os.close(fd)
 
 
 def _read_plan(body) -> tuple:
