@@ -261,6 +261,7 @@ class UploadSpool(_Body):
         self._feed_blocks([piece])
         if not self._write_block([piece]):
             raise SyncError("INTERNAL_ERROR", "the upload could not be written")
+
     def _block_loop(self) -> None:
         while (item := self._to_block.get()) is not None:
             self._feed_blocks(item[0])
