@@ -37,7 +37,7 @@ async def test_a_compressed_upload_is_stored_inflated_with_its_block_list(server
         data = compressible(size)
         body = zstandard.ZstdCompressor(level=1).compress(data)
         assert len(body) < len(data) / 2 or size < 10_000
-        _, meta = await put(http, server, f"f{size}.txt", body, 200, X_Content_SHA256=sha(data))
+        _, meta = await put(http, server, f"f{size}.txt", body, 200, X_Content_SHA256=sha(data), X_Block_List="keep")
         assert (meta["size"], meta["hash"]) == (len(data), sha(data))
         assert on_disk(server, f"f{size}.txt") == data
     response = await http.get(f"{server.url}/api/blocks", params={"path": f"f{size}.txt"})

@@ -21,9 +21,9 @@ def content(seed: int, size: int = SIZE) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-async def upload(http, server, path, data):
+async def upload(http, server, path, data, keep="keep"):
     return await http.json("PUT", f"{server.url}/api/upload", params={"path": path}, data=data,
-                           headers={"X-Content-SHA256": sha(data)})
+                           headers={"X-Content-SHA256": sha(data), "X-Block-List": keep})
 
 
 async def block_list(http, server, path, expect=200):
@@ -59,6 +59,17 @@ async def test_an_upload_leaves_its_block_list_made_as_it_streamed_in(server, ht
     response, body = await block_list(http, server, "big.bin")
     assert response.headers.getRawHeaders(b"etag") == [f'"{sha(data)}"'.encode()]
     assert decode_blocks(body) == Chunker().blocks(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_that_does_not_ask_gets_its_list_only_when_asked(server, http):
+    data = content(12)
+    await upload(http, server, "big.bin", data, keep="")
+    blocks = os.path.join(server.root, ".quantum-sync", "blocks")
+    assert os.listdir(blocks) == []  # not made while it streamed in
+    _, body = await block_list(http, server, "big.bin")
+    assert decode_blocks(body) == Chunker().blocks(data)
+    assert os.listdir(blocks) == [sha(data)]
 
 
 @pytest_twisted.ensureDeferred

@@ -42,6 +42,8 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, server,
     base = content(1)
     write(A, "big.bin", base)
     await converged(reactor, A, B, server[0].root)
+    # a asked the server to keep the list while its upload streamed in (no one asked yet)
+    assert os.listdir(os.path.join(server[0].root, ".quantum-sync", "blocks")) == [hashlib.sha256(base).hexdigest()]
     metrics = server[0].service.metrics
     edits = [
         ("middle", lambda old: old[:3 * MiB] + os.urandom(100_000) + old[3 * MiB + 100_000:]),

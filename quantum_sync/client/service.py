@@ -116,6 +116,7 @@ class SyncClientService(MultiService):
             retry_delay=max(config.settle, 0.05),
         )
         self.engine.actions.deltas.wanted = delta_wanted(config.delta, config.server)
+        self.server.keep_block_lists = self.engine.actions.deltas.wanted
         self.server.compress_uploads = delta_wanted(config.compress, config.server)
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,

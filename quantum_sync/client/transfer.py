@@ -503,6 +503,8 @@ class ServerClient:
         self._prefetches = {}  # (path, sha256) -> _Prefetch
         #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress).
         self.compress_uploads = False
+        #: The server is asked to keep the block lists of large uploads (deltas are on).
+        self.keep_block_lists = False
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -804,6 +806,8 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
+        if data is None and self.keep_block_lists:  # (a large file: deltas of it later)
+            headers[b"X-Block-List"] = [b"keep"]
         compress = data is None and self.compress_uploads and await deferToThread(sample_pays, abspath)
         if compress:
             headers[b"Content-Encoding"] = [ENCODING]

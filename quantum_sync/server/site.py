@@ -135,7 +135,8 @@ class SyncRequest(server.Request):
         blocks = None
         try:
             reactor = site.reactor
-            if whole and site.block_lists is not None and (length is None or length >= DELTA_MIN or compressed):
+            if whole and site.block_lists is not None and self._wants_blocks() \
+                    and (length is None or length >= DELTA_MIN or compressed):
                 blocks = site.block_lists.writer()
             self.content = UploadSpool(
                 site.temp_dir, on_drained=lambda: reactor.callFromThread(self._resume_reading),
@@ -151,6 +152,13 @@ class SyncRequest(server.Request):
         # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
         if hasattr(self.channel.transport, "bufferSize"):
             self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+
+    def _wants_blocks(self) -> bool:
+        """Whether the uploader asks for the file's block list to be made as the body
+        streams in (``X-Block-List: keep``: a client that sends deltas later). Cutting
+        and hashing blocks costs a core beside the hashing; an upload that does not ask
+        goes at full speed, and its list is made from the file if ever asked for."""
+        return (self.requestHeaders.getRawHeaders(b"x-block-list") or [b""])[-1].strip().lower() == b"keep"
 
     def _compressed(self):
         """True for a zstd body, False for a plain one; None (refused here) for any other
