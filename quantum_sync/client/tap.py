@@ -13,6 +13,7 @@ from twisted.python import usage
 from quantum_sync.client.credentials import read_secret_file
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
+from quantum_sync.delta import MODES
 from quantum_sync.gctune import tune_garbage_collector
 
 
@@ -36,6 +37,10 @@ class Options(usage.Options):
         ["user", None, None, "log in as this user (with --password-file); the token is renewed before it expires"],
         ["password-file", None, None, "the password for --user, on one line (the file must not be readable by group or others)"],
         ["conflict-strategy", None, "rename", "rename (keep both), keep-client or keep-server"],
+        ["delta", None, "auto", "send and fetch only the changed blocks of large files: auto (not with a server"
+                                " on this machine), always or never"],
+        ["compress", None, "auto", "send large files as zstd where a sample shows it pays: auto (not with a"
+                                   " server on this machine), always or never"],
         ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
         ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
     ]
@@ -92,6 +97,9 @@ class Options(usage.Options):
         strategy = self["conflict-strategy"]
         if strategy not in STRATEGIES:
             raise ValueError(f"--conflict-strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+        for name in ("delta", "compress"):
+            if self[name] not in MODES:
+                raise ValueError(f"--{name} {self[name]}: expected one of {', '.join(MODES)}")
         if self["realtime"] and self["no-realtime"]:
             raise ValueError("--realtime and --no-realtime exclude each other")
         client_id = self["client-id"]
@@ -126,6 +134,8 @@ class Options(usage.Options):
             settle=settle / 1000.0,
             allow_mass_delete=bool(self["allow-mass-delete"]),
             relay=not self["no-relay"],
+            delta=self["delta"],
+            compress=self["compress"],
             safety_interval=max(10 * interval, 300.0),
             fallbacks=tuple(url.rstrip("/") for url in servers[1:]),
         )

@@ -52,10 +52,12 @@ from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.compress import ZstdFileBody, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
 from quantum_sync.client.keepalive import KeepAliveEndpoint
 from quantum_sync.client.localfs import open_regular, unlink_quietly
+from quantum_sync.compression import ENCODING
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -499,6 +501,10 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
+        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress).
+        self.compress_uploads = False
+        #: The server is asked to keep the block lists of large uploads (deltas are on).
+        self.keep_block_lists = False
 
     def _use(self, server_url: str) -> None:
         self.server_url = server_url
@@ -816,6 +822,11 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
+        if data is None and self.keep_block_lists:  # (a large file: deltas of it later)
+            headers[b"X-Block-List"] = [b"keep"]
+        compress = data is None and self.compress_uploads and await deferToThread(sample_pays, abspath)
+        if compress:
+            headers[b"Content-Encoding"] = [ENCODING]
         opened = []
 
         def producer():
@@ -823,7 +834,7 @@ class ServerClient:
                 return _BytesBody(data)
             # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
             opened.append(os.fdopen(open_regular(abspath), "rb"))
-            return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+            return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
         with self._watching() as watch:
             try:
