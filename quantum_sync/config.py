@@ -422,6 +422,11 @@ def parse(document, source: str = "<config>", base_dir: str | None = None,
 def load(path: str, listen: str | None = None, root: str | None = None) -> ServerConfig:
     """Read and validate the JSON file at ``path`` (relative paths inside it are taken
     from the working directory)."""
+    return parse(read_document(path), source=path, listen=listen, root=root)
+
+
+def read_document(path: str):
+    """The JSON document in the file at ``path``; any problem is a one-line :class:`ConfigError`."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -433,4 +438,4 @@ def load(path: str, listen: str | None = None, root: str | None = None) -> Serve
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    return parse(document, source=path, listen=listen, root=root)
+    return document

@@ -259,10 +259,10 @@ class Actions:
         """``(missing, synced)``: synced files gone from the folder now, of all synced files."""
         engine = self.engine
         files = [p for p, b in engine.state.bases.items() if not b.entry.is_directory]
-        rules, folder = engine.rules, engine.folder
+        is_ignored, folder = engine.is_ignored, engine.folder
 
         def count():  # matching and stat of every synced file: off the reactor
-            synced = [p for p in files if not rules.is_ignored(p, False)]
+            synced = [p for p in files if not is_ignored(p, False)]
             return sum(1 for p in synced if localfs.lstat(os.path.join(folder, p)) is None), len(synced)
 
         return deferToThread(count)

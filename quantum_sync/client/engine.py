@@ -33,6 +33,7 @@ from quantum_sync.client.intake import LocalIntake
 from quantum_sync.client.locks import PathLocks
 from quantum_sync.client.pathstate import FETCH, UNKNOWN, UNSEEN, PathStates, Phase
 from quantum_sync.client.prehash import GrowingHashes
+from quantum_sync.client.selection import EVERYTHING
 from quantum_sync.client.reconcile import entry_of
 from quantum_sync.client.state import Base, tmp_dir
 from quantum_sync.client.transferlog import TransferLog
@@ -67,7 +68,8 @@ class Engine:
 
     log = Logger()
 
-    def __init__(self, reactor, folder, state, server, client_id, strategy="rename", allow_mass_delete=False, retry_delay=0.5):
+    def __init__(self, reactor, folder, state, server, client_id, strategy="rename", allow_mass_delete=False, retry_delay=0.5,
+                 selection=EVERYTHING):
         self.reactor = reactor
         self.folder = folder
         self.state = state
@@ -77,6 +79,8 @@ class Engine:
         self.allow_mass_delete = allow_mass_delete
         self.retry_delay = retry_delay
         self.rules = IgnoreRules.from_file(os.path.join(folder, IGNORE_FILE))
+        #: this client's own selective-sync rules (a path outside is neither synced nor deleted)
+        self.selection = selection
         self.online = None  # unknown until the first answer
         self.last_full_reconcile = None
         self.stopped = False
@@ -178,7 +182,8 @@ class Engine:
         return resolve(self.folder, path)
 
     def is_ignored(self, path: str, is_directory: bool = False) -> bool:
-        return self.rules.is_ignored(path, is_directory)
+        """Excluded by ``.syncignore`` or outside this client's selection."""
+        return self.rules.is_ignored(path, is_directory) or not self.selection.selects(path, is_directory)
 
     def went_online(self):
         if self.online is not True:

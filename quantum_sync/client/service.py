@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from quantum_sync.client.credentials import Login, credentials_for
 from quantum_sync.client.engine import Engine
 from quantum_sync.client.realtime import RealtimeLink
+from quantum_sync.client.selection import EVERYTHING, Selection
 from quantum_sync.client.state import FolderState
 from quantum_sync.client.transfer import RequestRefused, ServerClient, ServerUnavailable
 from quantum_sync.client.watcher import FolderWatcher
@@ -47,6 +48,8 @@ class ClientConfig:
     relay: bool = True
     safety_interval: float = 600.0
     concurrency: int = 8
+    #: what this client syncs of the folder (its own rules; ``.syncignore`` is everyone's)
+    selection: Selection = EVERYTHING
 
 
 class SyncClientService(MultiService):
@@ -107,6 +110,7 @@ class SyncClientService(MultiService):
             config.strategy,
             config.allow_mass_delete,
             retry_delay=max(config.settle, 0.05),
+            selection=config.selection,
         )
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
@@ -207,18 +211,18 @@ class SyncClientService(MultiService):
         return defer.ensureDeferred(self._stop())
 
 
-def folder_problem(folder: str):
-    """Why ``folder`` cannot be used (None when it can); a missing folder is created
-    only when its parent exists (an absent mount point is an error)."""
+def folder_problem(folder: str, label: str = "--local-path"):
+    """Why ``folder`` cannot be used (None when it can), said of ``label``; a missing
+    folder is created only when its parent exists (an absent mount point is an error)."""
     if os.path.isdir(folder):
         return None
     if os.path.exists(folder):
-        return f"--local-path {folder}: not a directory"
+        return f"{label} {folder}: not a directory"
     parent_dir = os.path.dirname(os.path.abspath(folder))
     if not os.path.isdir(parent_dir):
-        return f"--local-path {folder}: its parent directory {parent_dir} does not exist"
+        return f"{label} {folder}: its parent directory {parent_dir} does not exist"
     try:
         os.mkdir(folder)
     except OSError as e:
-        return f"--local-path {folder}: cannot create it ({e.strerror})"
+        return f"{label} {folder}: cannot create it ({e.strerror})"
     return None

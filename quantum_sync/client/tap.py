@@ -10,9 +10,12 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
+from quantum_sync.client.clientconfig import load as load_client_config
 from quantum_sync.client.credentials import read_secret_file
+from quantum_sync.client.folders import FoldersService
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
+from quantum_sync.config import ConfigError
 from quantum_sync.gctune import tune_garbage_collector
 
 
@@ -26,8 +29,9 @@ def fail(line: str, status: int = 1):
 class Options(usage.Options):
     """Options of the ``quantum-sync-client`` twistd plugin."""
 
-    synopsis = "--server URL --local-path DIR [options]"
+    synopsis = "--server URL --local-path DIR [options] | --config client.json"
     optParameters = [
+        ["config", "c", None, "a JSON file of folders to sync (instead of --server and --local-path)"],
         ["server", "s", None, "the server, http://HOST:PORT or https://HOST:PORT"],
         ["local-path", "d", None, "the folder to keep in sync (created if its parent exists)"],
         ["client-id", None, None, "this client's id (default: a UUID remembered in the folder's state)"],
@@ -55,9 +59,22 @@ class Options(usage.Options):
             fail(f"quantum-sync-client: {e}")
 
     def postOptions(self):
+        self.folders = None
+        if self["config"] is not None:
+            self.folders = self._load_config()
+            return
         try:
             self.config = self._validate()
         except ValueError as e:
+            fail(f"quantum-sync-client: {e}")
+
+    def _load_config(self):
+        given = [name for name, value in self.items() if name not in ("config",) and value and value != self.defaults.get(name)]
+        if given:
+            fail(f"quantum-sync-client: --config excludes --{sorted(given)[0]} (set it in the file)")
+        try:
+            return load_client_config(self["config"])
+        except ConfigError as e:
             fail(f"quantum-sync-client: {e}")
 
     def _validate(self) -> ClientConfig:
@@ -153,6 +170,9 @@ def makeService(options, reactor=None):
     """The client's service for parsed ``options``."""
     if reactor is None:
         from twisted.internet import reactor
-    service = SyncClientService(options.config, reactor)
+    if options.folders is not None:
+        service = FoldersService(options.folders, reactor)
+    else:
+        service = SyncClientService(options.config, reactor)
     tune_garbage_collector()
     return service
