@@ -13,9 +13,11 @@ import os
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client.credentials import Login, credentials_for
+from quantum_sync.client.deselect import leave_selection
 from quantum_sync.client.engine import Engine
 from quantum_sync.client.realtime import RealtimeLink
 from quantum_sync.client.selection import EVERYTHING, Selection
@@ -117,6 +119,8 @@ class SyncClientService(MultiService):
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
             own_write=self.engine.installed.claim, on_lost=self._events_lost,
         )
+        if not config.selection.everything:
+            await self._leave_selection()
         if not config.initial_sync:
             self._watch()
         await self._first_reconcile()
@@ -133,6 +137,23 @@ class SyncClientService(MultiService):
         self._ticker.clock = self.reactor
         self._ticker.start(config.interval, now=False)
         self.ready.callback(None)
+
+    async def _leave_selection(self):
+        """Local copies of synced paths now outside the selection go (when unchanged)."""
+        engine, state = self.engine, self.state
+        selection, rules = self.config.selection, engine.rules
+        done = await deferToThread(leave_selection, self.config.folder, dict(state.bases),
+                                   lambda p, d: not selection.selects(p, d), rules.is_ignored)
+        for path in done.removed:
+            state.forget(path)
+        if done.removed:
+            self.log.info("removed {count} local copies outside this client's selection (unchanged since synced)",
+                          count=len(done.removed))
+        for path in done.kept:
+            self.log.warn("kept {path}: outside this client's selection, but changed since it was last synced", path=path)
+        if done.outside:
+            self.log.info("left alone outside this client's selection (not synced): {paths}",
+                          paths=", ".join(done.outside[:10]) + (" ..." if len(done.outside) > 10 else ""))
 
     def _watch(self):
         self.watcher.setServiceParent(self)
