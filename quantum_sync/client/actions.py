@@ -60,7 +60,7 @@ class Actions:
 
     def __init__(self, engine):
         self.engine = engine
-        self.deletes = DeleteGate(engine.reactor, self._count_missing, engine.allow_mass_delete)
+        self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete)
         self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
         self._run = {
             Action.NOTHING: self._nothing,
@@ -267,9 +267,17 @@ class Actions:
 
         return deferToThread(count)
 
+    def _count_synced(self):
+        return sum(1 for b in self.engine.state.bases.values() if not b.entry.is_directory)
+
+    def _files_below(self, path):
+        prefix = path + "/"
+        return sum(1 for p, b in self.engine.state.bases.items() if p.startswith(prefix) and not b.entry.is_directory)
+
     async def _delete_remote(self, path, is_directory):
         engine = self.engine
-        if not await self.deletes.admit(path):
+        # a directory deleted on the server takes every synced file below it along
+        if not await self.deletes.admit(path, self._files_below(path) if is_directory else 1):
             return  # a mass delete: held (logged); the base stays, so nothing is forgotten
         (result,) = await engine.server.sync([Delete(path)])
         engine.went_online()
