@@ -24,10 +24,11 @@ class Daemon:
         self.process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "quantum-sync-client", *args],
                                         stdout=self._log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
 
-    def stop(self):
+    async def stop(self, reactor):
+        """SIGTERM, then wait (the reactor running: the daemon may still talk to a server in it)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
+            await wait_for(reactor, lambda: self.process.poll() is not None, timeout=30, what="the daemon to stop")
         self._log.close()
         return self.log_path.read_text()
 
@@ -68,7 +69,7 @@ async def test_two_folders_on_two_servers_one_stopped(reactor, tmp_path, clients
                            what="upload while one is down")
             assert read(one.root, "queued.txt") is None
         finally:
-            text = daemon.stop()
+            text = await daemon.stop(reactor)
     finally:
         for server in servers:
             await server.stop()

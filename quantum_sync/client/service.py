@@ -16,6 +16,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from quantum_sync.client.control import ControlService
 from quantum_sync.client.credentials import Login, credentials_for
 from quantum_sync.client.deselect import leave_selection
 from quantum_sync.client.engine import Engine
@@ -83,6 +84,9 @@ class SyncClientService(MultiService):
     async def _start(self):
         config = self.config
         self.state = await FolderState(self.reactor, config.folder).open()
+        if self._stopping:
+            return
+        ControlService(self.folder_name, self, self.reactor).setServiceParent(self)
         client_id = self.state.client_id(config.client_id)
         if self.state.made_for is not None:
             self.log.warn(
@@ -154,6 +158,11 @@ class SyncClientService(MultiService):
         if done.outside:
             self.log.info("left alone outside this client's selection (not synced): {paths}",
                           paths=", ".join(done.outside[:10]) + (" ..." if len(done.outside) > 10 else ""))
+
+    @property
+    def folder_name(self) -> str:
+        """The folder's name (``status``, ``pause``): its configured name, or the last part of its path."""
+        return self.name or os.path.basename(self.config.folder)
 
     def _watch(self):
         self.watcher.setServiceParent(self)

@@ -1,0 +1,134 @@
+"""End to end: ``quantum-sync-client status|pause|resume`` against a running daemon.
+
+The daemon is ``twistd quantum-sync-client --config`` in a subprocess; the server runs in
+the test's reactor, and the command runs as a process the reactor waits for (a blocking
+call would stop the server the daemon talks to).
+"""
+
+import json
+import os
+import stat
+import sys
+
+import pytest_twisted
+from twisted.internet.utils import getProcessOutputAndValue
+
+from support import start_server
+from test_e2e_folders import Daemon, write_config
+from test_e2e_sync import clients, log_to_stderr, read, wait_for, write  # noqa: F401
+
+
+async def cli(reactor, *args):
+    """``(exit status, stdout, stderr)`` of ``quantum-sync-client ARGS``."""
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable, ["-m", "quantum_sync.client.cli", *args], env=dict(os.environ), reactor=reactor)
+    return code, out.decode(), err.decode()
+
+
+async def status_json(reactor, config, folder="docs"):
+    """The folder's status; its daemon is running (waits for its control socket)."""
+    deadline = reactor.seconds() + 30
+    while True:
+        code, out, err = await cli(reactor, "--config", config, "status", "--json", folder)
+        (answer,) = json.loads(out)["folders"]
+        if code == 0:
+            return answer
+        assert code == 3 and answer["state"] == "not running", err
+        assert reactor.seconds() < deadline, "the daemon never answered"
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_during_a_first_sync_of_2000_files(reactor, tmp_path):
+    root = tmp_path / "root"
+    for i in range(2000):
+        write(str(root), f"d{i % 20:02}/f{i:04}.txt", b"%04d" % i * 64)
+    srv = await start_server(reactor, tmp_path, root=str(root))
+    config = write_config(tmp_path, [{"name": "docs", "server": srv.url, "local_path": "docs", "interval": 5}])
+    daemon = Daemon(tmp_path, "--config", config)
+    seen = []
+    try:
+        async def progressing():
+            answer = await status_json(reactor, config)
+            if answer.get("progress") and answer["progress"]["files_done"] < answer["progress"]["files_total"]:
+                seen.append(answer)
+            return bool(seen) or (answer.get("state") == "in sync")
+
+        deadline = reactor.seconds() + 60
+        while not await progressing():
+            assert reactor.seconds() < deadline, "no status while syncing"
+        assert seen, "the first sync ended before a status could see it"
+        during = seen[0]
+        p = during["progress"]
+        assert p["files_total"] == 2020  # 2,000 files and 20 directories
+        assert p["bytes_total"] == 2000 * 256
+        assert during["waiting"]["down"]["files"] + (p["files_done"] - 20) == 2000  # directories first
+        assert during["waiting"]["down"]["bytes"] + p["bytes_done"] == 2000 * 256
+        assert during["state"] == "syncing" and not during["in_sync"] and during["running"]
+        code, text, _ = await cli(reactor, "--config", config, "status")
+        assert code == 0 and text.startswith("docs: ")
+
+        async def in_sync():
+            return (await status_json(reactor, config))["in_sync"]
+
+        while not await in_sync():
+            assert reactor.seconds() < deadline + 60, "never in sync"
+        done = await status_json(reactor, config)
+        assert done["state"] == "in sync" and done["progress"] is None
+        assert done["waiting"]["down"] == {"files": 0, "bytes": 0} and done["journal"]["behind"] == 0
+        assert done["server"]["reachable"] is True
+        assert sum(1 for _, _, files in os.walk(tmp_path / "docs") for f in files if f.endswith(".txt")) == 2000
+        sock = tmp_path / "docs" / ".quantum-sync" / "control.sock"
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    finally:
+        text = await daemon.stop(reactor)
+        await srv.stop()
+    assert "Traceback (most recent call last)" not in text
+    code, out, _ = await cli(reactor, "--config", config, "status", "--json")
+    (answer,) = json.loads(out)["folders"]
+    assert code == 3 and answer["state"] == "not running" and not answer["running"]
+    code, out, _ = await cli(reactor, "--config", config, "status")
+    assert "not running" in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
+    srv = await start_server(reactor, tmp_path)
+    config = write_config(tmp_path, [{"name": "docs", "server": srv.url, "local_path": "docs", "interval": 1,
+                                      "settle_ms": 20}])
+    daemon = Daemon(tmp_path, "--config", config)
+    docs = str(tmp_path / "docs")
+    try:
+        other = await clients.start(srv, "other")
+        write(docs, "before.txt", b"synced before the pause")
+        await wait_for(reactor, lambda: read(other.config.folder, "before.txt"), what="a first upload")
+        code, out, err = await cli(reactor, "pause", docs)
+        assert code == 0 and "paused" in out, err
+
+        write(docs, "up.txt", b"written while paused")
+        write(other.config.folder, "down.txt", b"from the other side while paused")
+        deadline = reactor.seconds() + 30
+        while True:  # both noticed (the daemon watches on) and both held
+            answer = await status_json(reactor, config, docs)
+            if answer["waiting"]["held_while_paused"] >= 1 and (answer["journal"]["behind"] or 0) >= 1:
+                break
+            assert reactor.seconds() < deadline, f"never held: {answer}"
+        assert answer["paused"] and answer["state"] == "paused" and not answer["in_sync"]
+        assert read(srv.root, "up.txt") is None and read(docs, "down.txt") is None
+
+        code, out, err = await cli(reactor, "--config", config, "resume", "docs")
+        assert code == 0, err
+        await wait_for(reactor, lambda: read(other.config.folder, "up.txt") == b"written while paused", what="upload")
+        await wait_for(reactor, lambda: read(docs, "down.txt") == b"from the other side while paused", what="download")
+        assert not (await status_json(reactor, config))["paused"]
+    finally:
+        text = await daemon.stop(reactor)
+        await srv.stop()
+    assert "paused: no new transfers" in text and "resumed" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_errors_are_one_line(reactor, tmp_path):
+    code, _, err = await cli(reactor, "--config", str(tmp_path / "missing.json"), "status")
+    assert code == 1 and err.count("\n") == 1 and "missing.json" in err
+    code, _, err = await cli(reactor, "pause", str(tmp_path / "no-such-folder"))
+    assert code == 1 and "neither a configured folder's name nor a directory" in err
