@@ -13,6 +13,7 @@ from twisted.python import usage
 from quantum_sync.client.clientconfig import load as load_client_config
 from quantum_sync.client.credentials import read_secret_file
 from quantum_sync.client.folders import FoldersService
+from quantum_sync.client.progress import ProgressBars, wants_bars
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
 from quantum_sync.config import ConfigError
@@ -172,7 +173,12 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     if options.folders is not None:
         service = FoldersService(options.folders, reactor)
+        folders = service.folders
     else:
         service = SyncClientService(options.config, reactor)
+        folders = {service.folder_name: service}
+    parent = getattr(options, "parent", None) or {}
+    if wants_bars(parent.get("nodaemon", False), sys.__stderr__):
+        ProgressBars(reactor, folders, sys.__stderr__).setServiceParent(service)
     tune_garbage_collector()
     return service

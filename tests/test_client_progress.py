@@ -1,0 +1,94 @@
+"""The terminal progress bars (tqdm) of a foreground daemon, driven by a Clock."""
+
+import io
+import os
+
+import attrs
+from twisted.internet.task import Clock
+
+from quantum_sync.client.fullsync import Progress
+from quantum_sync.client.progress import EVERY, ProgressBars, wants_bars
+
+
+@attrs.define
+class _FullSync:
+    progress: object = None
+
+
+@attrs.define
+class _Engine:
+    fullsync: _FullSync = attrs.Factory(_FullSync)
+
+
+@attrs.define
+class _Service:
+    engine: _Engine = attrs.Factory(_Engine)
+
+
+def test_a_bar_follows_a_large_reconcile_and_goes_when_it_ends():
+    clock, stream = Clock(), io.StringIO()
+    folder = _Service()
+    bars = ProgressBars(clock, {"docs": folder, "idle": _Service(engine=None)}, stream)
+    bars.startService()
+    clock.advance(EVERY)
+    assert stream.getvalue() == ""  # nothing running: no bar
+    progress = Progress(files_total=2000, bytes_total=8_000_000)
+    folder.engine.fullsync.progress = progress
+    progress.files_done, progress.bytes_done = 500, 2_000_000
+    clock.advance(EVERY)
+    assert bars.showing == ["docs"]
+    drawn = stream.getvalue()
+    assert "docs" in drawn and "500/2000" in drawn and "2.0/8.0 MB" in drawn
+    progress.files_done = 1500
+    clock.advance(EVERY)
+    assert "1500/2000" in stream.getvalue()
+    folder.engine.fullsync.progress = None
+    clock.advance(EVERY)
+    assert bars.showing == []
+    bars.stopService()
+
+
+def test_a_small_reconcile_draws_nothing():
+    clock, stream = Clock(), io.StringIO()
+    folder = _Service()
+    folder.engine.fullsync.progress = Progress(files_total=3, bytes_total=100)
+    bars = ProgressBars(clock, {"docs": folder}, stream)
+    bars.startService()
+    clock.advance(EVERY * 3)
+    bars.stopService()
+    assert stream.getvalue() == ""
+
+
+def test_bars_only_in_the_foreground_on_a_terminal(tmp_path):
+    main, terminal = os.openpty()
+    try:
+        with os.fdopen(terminal, "w", closefd=False) as f:
+            assert wants_bars(True, f) and not wants_bars(False, f)
+    finally:
+        os.close(main)
+        os.close(terminal)
+    with open(tmp_path / "log", "w") as f:
+        assert not wants_bars(True, f)
+    assert not wants_bars(True, io.StringIO())
+    with open(tmp_path / "log", "w") as f:
+        assert not wants_bars(False, f)
+
+
+def test_a_foreground_daemon_on_a_terminal_gets_bars(tmp_path, monkeypatch):
+    import sys
+
+    from quantum_sync.client.tap import Options, makeService
+
+    main, terminal = os.openpty()
+    try:
+        with os.fdopen(terminal, "w", closefd=False) as f:
+            monkeypatch.setattr(sys, "__stderr__", f)
+            for nodaemon, expected in ((True, 1), (False, 0)):
+                options = Options()
+                options.parseOptions(["--server", "http://127.0.0.1:1", "--local-path", str(tmp_path)])
+                options.parent = {"nodaemon": nodaemon}
+                service = makeService(options, reactor=Clock())
+                assert sum(isinstance(s, ProgressBars) for s in service) == expected
+    finally:
+        os.close(main)
+        os.close(terminal)
