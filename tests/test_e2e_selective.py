@@ -5,6 +5,7 @@ selection brings it; narrowing removes the unchanged copies and keeps an edited 
 """
 
 import os
+import shutil
 
 import pytest_twisted
 
@@ -53,3 +54,25 @@ async def test_exclude_widen_and_narrow(reactor, server, clients):
     await a.engine.idle()
     for rel in ("videos/v1.bin", "videos/v2.bin", "videos/v3.bin"):
         assert read(srv.root, rel) == rel.encode() and read(B, rel) == rel.encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_a_directory_keeps_what_is_outside_the_selection_on_the_server(reactor, server, clients):
+    srv = server[0]
+    b = await clients.start(srv, "b")
+    B = b.config.folder
+    write(B, "docs/a.txt", b"selected")
+    write(B, "docs/private/secret.txt", b"not synced by a")
+    await wait_for(reactor, lambda: read(srv.root, "docs/private/secret.txt"), what="b's upload")
+    a = await clients.start(srv, "a", selection=Selection(exclude=["/docs/private/"]))
+    A = a.config.folder
+    await wait_for(reactor, lambda: read(A, "docs/a.txt") == b"selected", what="the selected file")
+    assert not os.path.exists(os.path.join(A, "docs", "private"))
+    shutil.rmtree(os.path.join(A, "docs"))
+    await wait_for(reactor, lambda: read(B, "docs/a.txt") is None, what="the delete on the other client")
+    await a.engine.idle()
+    write(B, "marker.txt", b"after")  # the journal is ordered: whatever a did came before this
+    await wait_for(reactor, lambda: read(A, "marker.txt") == b"after", what="a later change")
+    await a.engine.idle()
+    assert read(srv.root, "docs/private/secret.txt") == b"not synced by a"
+    assert read(B, "docs/private/secret.txt") == b"not synced by a"

@@ -279,6 +279,11 @@ class Actions:
         # a directory deleted on the server takes every synced file below it along
         if not await self.deletes.admit(path, self._files_below(path) if is_directory else 1):
             return  # a mass delete: held (logged); the base stays, so nothing is forgotten
+        if is_directory and not engine.selection.everything and await self._holds_unselected(path):
+            engine.state.forget(path)
+            self.log.info("kept directory {path} on the server: it holds files outside this client's selection",
+                          path=path)
+            return
         (result,) = await engine.server.sync([Delete(path)])
         engine.went_online()
         status = result.get("status") if isinstance(result, dict) else None
@@ -288,6 +293,13 @@ class Actions:
             self.log.info("deleted {path} on the server", path=path)
         else:
             raise RequestRefused(409, str(result.get("code")), str(result.get("message")))
+
+    async def _holds_unselected(self, directory) -> bool:
+        """Whether the server holds something below ``directory`` that this client does not
+        sync (deleting the directory there would take it along)."""
+        selects, prefix = self.engine.selection.selects, directory + "/"
+        listing = await self.engine.server.list()
+        return any(m.path.startswith(prefix) and not selects(m.path, m.is_directory) for m in listing)
 
     # -- conflicts and moves -------------------------------------------------------------
 
