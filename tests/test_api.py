@@ -104,7 +104,7 @@ def test_recent_bodies_keep_a_bounded_amount():
 
     recent = RecentBodies(limit=10)
     st = os.stat(__file__)
-    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     for name in ("a", "b", "c"):
         recent.add(FileMetadata(name, st.st_size, 0.0, "h", False), key, b"1234")
     assert recent.get("a", st) is None  # evicted: 12 bytes > 10

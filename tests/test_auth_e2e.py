@@ -136,9 +136,9 @@ async def test_token_accepted_three_ways(secured, reactor):
     assert (await client.request({"type": "auth", "payload": {"token": token}}))["type"] == "auth_success"
     assert (await client.request({"type": "Subscribe", "client_id": "c1"}))["type"] == "Ack"
     # at the WebSocket handshake too: ?token= and the Authorization header
-    for path, headers in [(f"/ws?token={token}", None), ("/ws", {"Authorization": f"Bearer {token}"})]:
-        client = await ws(server, reactor, path, headers)
-        assert (await client.request({"type": "Subscribe", "client_id": "c2"}))["type"] == "Ack"
+    for n, (path, headers) in enumerate([(f"/ws?token={token}", None), ("/ws", {"Authorization": f"Bearer {token}"})]):
+        client = await ws(server, reactor, path, headers)  # (one live connection per client id)
+        assert (await client.request({"type": "Subscribe", "client_id": f"c{n + 2}"}))["type"] == "Ack"
 
 
 HTTP_ROUTES = [

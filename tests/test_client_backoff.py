@@ -135,30 +135,68 @@ async def test_a_client_refused_by_a_full_server_makes_few_handshakes(reactor, t
 
 
 class IdInUse(WebSocketServerProtocol):
-    """Answers every Subscribe as a server does for an id already connected."""
+    """Answers Subscribe as a server does while another connection holds the id: refused
+    ``factory.refusals`` times on each connection (then acknowledged), with retryAfter."""
+
+    def onConnect(self, request):
+        self.factory.connections += 1
+        self.refused = 0
 
     def onMessage(self, payload, isBinary):
-        self.factory.connections += 1
         message = json.loads(payload)
-        if message.get("type") == "Subscribe":
-            self.sendMessage(json.dumps({"type": "Error", "code": "CLIENT_ID_IN_USE", "retryAfter": 20,
-                                         "message": "client id c1 is connected already"}).encode())
+        if message.get("type") != "Subscribe":
+            return
+        self.factory.subscribes.append(self.factory.reactor.seconds())
+        if self.refused < self.factory.refusals:
+            self.refused += 1
+            self.sendMessage(json.dumps({"type": "Error", "code": "CLIENT_ID_IN_USE", "retryAfter": RETRY_AFTER,
+                                         "message": "another connection is subscribed as 'c1'"}).encode())
+        else:
+            self.sendMessage(json.dumps({"type": "Ack", "operation_id": "subscribe"}).encode())
+
+
+RETRY_AFTER = 2
+
+
+async def id_in_use_server(reactor, refusals):
+    factory = WebSocketServerFactory()
+    factory.protocol = IdInUse
+    factory.reactor, factory.refusals, factory.connections, factory.subscribes = reactor, refusals, 0, []
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    link = RealtimeLink(reactor, f"http://127.0.0.1:{port.getHost().port}", "c1", NoEngine(), relay=False)
+    return factory, port, link
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_id_in_use_waits_as_asked(reactor):
-    factory = WebSocketServerFactory()
-    factory.protocol = IdInUse
-    factory.connections = 0
-    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
-    link = RealtimeLink(reactor, f"http://127.0.0.1:{port.getHost().port}", "c1", NoEngine())
+async def test_an_id_in_use_is_asked_for_again_after_retry_after(reactor):
+    # a half-open connection of our own held the id: the server drops it meanwhile
+    factory, port, link = await id_in_use_server(reactor, refusals=1)
     try:
         with LogCapture() as log:
             link.service.startService()
-            await wait_for(reactor, lambda: factory.connections >= 1, what="the subscription")
-            await sleep(reactor, 3)
-            assert factory.connections == 1 and not link.connected
-            assert sum("another connection uses client id c1" in line for line in log.text().splitlines()) == 1
+            await wait_for(reactor, lambda: link.connected, what="the subscription")
+        first, second = factory.subscribes
+        assert second - first >= RETRY_AFTER and factory.connections == 1  # on the same connection
+        assert "another client is connected" not in log.text()
+    finally:
+        await link.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_id_really_in_use_is_said_once_and_backed_off(reactor):
+    factory, port, link = await id_in_use_server(reactor, refusals=100)
+    try:
+        with LogCapture() as log:
+            link.service.startService()
+            await wait_for(reactor, lambda: len(factory.subscribes) >= 2, what="the second Subscribe")
+            refused_again = reactor.seconds()
+            await wait_for(reactor, lambda: factory.connections >= 2, timeout=4 * RETRY_AFTER + 5,
+                           what="the next connection")
+            assert reactor.seconds() - refused_again >= RETRY_AFTER  # not before retryAfter
+            assert not link.connected
+            assert sum("another client is connected with client id c1" in line
+                       for line in log.text().splitlines()) == 1
     finally:
         await link.stop()
         await port.stopListening()

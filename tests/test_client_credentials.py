@@ -19,7 +19,7 @@ from quantum_sync.client.credentials import (
     TokenFile,
     read_secret_file,
 )
-from quantum_sync.client.transfer import NotAuthorized, ServerUnavailable
+from quantum_sync.client.transfer import NotAuthorized, RequestRefused, ServerUnavailable
 
 
 def now_in_thread(fn, *args):
@@ -99,13 +99,17 @@ def test_an_expired_token_is_replaced_before_a_request_uses_it():
     assert run(defer.ensureDeferred(login.current())) == "token-2"
 
 
-def test_a_refused_password_is_not_tried_again_for_a_while():
+@pytest.mark.parametrize("error", [
+    NotAuthorized(401, "AUTH_FAILED", "invalid username or password"),
+    RequestRefused(404, "NOT_FOUND", "authentication is not configured on this server"),
+])
+def test_a_refused_login_is_not_tried_again_for_a_while(error):
     clock, logins = Clock(), FakeLogins()
-    logins.error = NotAuthorized(401, "AUTH_FAILED", "invalid username or password")
+    logins.error = error
     login = Login(clock, "alice", "wonderland", logins)
     with LogCapture() as log:
         for _ in range(5):
-            with pytest.raises(NotAuthorized):
+            with pytest.raises(type(error)):
                 run(defer.ensureDeferred(login.current()))
         assert logins.calls == 1
         assert sum("login as alice refused" in line for line in log.text().splitlines()) == 1

@@ -200,13 +200,18 @@ async def test_a_client_without_a_journal_id_adopts_the_first_it_hears(fake, fol
     assert [args.get("journal_id") for _, path, args in fake.requests if path == "/api/changes"][-1] == OLD
 
 
+async def _follow(folder):
+    """The folder synced with the server and following its journal OLD."""
+    await folder.engine.reconcile()
+    folder.engine.journal_named(OLD)
+    await folder.engine.catch_up()
+
+
 async def _synced_then_lost(fake, folder):
     """Two files synced; the server then loses one of them and its journal starts over."""
     fake.add("kept.txt", b"kept")
     fake.add("lost.txt", b"the server loses this one")
-    await folder.engine.reconcile()
-    folder.engine.journal_named(OLD)
-    await folder.engine.catch_up()
+    await _follow(folder)
     assert folder.read("lost.txt") == b"the server loses this one" and folder.state.cursor == 2
     del fake.files["lost.txt"]
     fake.start_over()
@@ -242,9 +247,7 @@ async def test_a_broadcast_from_another_journal_starts_over(fake, folder):
 async def test_a_410_with_the_same_journal_reconciles_and_takes_the_head(fake, folder):
     fake.add("a.txt", b"one")
     fake.add("a.txt", b"one, edited")
-    await folder.engine.reconcile()
-    folder.engine.journal_named(OLD)
-    await folder.engine.catch_up()
+    await _follow(folder)
     assert folder.state.cursor == 2
     del fake.journal[1:]  # a rolled-back journal: our cursor is beyond its head
     fake.files["b.txt"] = b"two"
@@ -314,3 +317,17 @@ def test_retries_double_up_to_the_cap_and_end():
     retries.failed("p")
     retries.succeeded("p")
     assert len(retries) == 0 and retries.failed("p") == 1.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_started_after_the_server_was_restored_deletes_nothing_it_lost(reactor, fake, folder):
+    await _synced_then_lost(fake, folder)
+    await folder.close()  # the client was stopped; the server restored meanwhile
+    restarted = await Folder(reactor, folder.path, fake).open()
+    folder.engine = restarted.engine  # closed by the fixture
+    folder.state, folder.server = restarted.state, restarted.server
+    await restarted.engine.reconcile()  # the start-up reconcile, before any subscription
+    assert folder.read("lost.txt") == b"the server loses this one"
+    assert fake.files["lost.txt"] == b"the server loses this one"
+    # the head when the reconcile began (its own upload, journalled after, is skipped by a catch-up)
+    assert restarted.state.journal_id == NEW and restarted.state.cursor == 1

@@ -70,12 +70,14 @@ async def test_the_watcher_drops_special_files(reactor, tmp_path):
     watcher.startService()
     try:
         sock = specials(str(tmp_path))
-        os.rename(tmp_path / "pipe", tmp_path / "moved-pipe")
         write(str(tmp_path), "after.txt", b"written after the special files")
         # inotify reports in order: once the later file is seen, the special ones were too
         await wait_for(reactor, lambda: "after.txt" in events, what="the regular file's event")
+        os.rename(tmp_path / "pipe", tmp_path / "moved-pipe")  # a move inside the folder
+        write(str(tmp_path), "after-move.txt", b"written after the move")
+        await wait_for(reactor, lambda: "after-move.txt" in events, what="the next regular file's event")
         await wait_for(reactor, lambda: not watcher._timers, what="settled")
-        assert set(events) == {"after.txt"}
+        assert set(events) == {"after.txt", "after-move.txt"}
         sock.close()
     finally:
         await watcher.stopService()

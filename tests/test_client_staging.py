@@ -1,7 +1,10 @@
 """Downloads into the staging file: hashed and written by two threads, paused when they fall behind."""
 
+import errno
 import hashlib
 import os
+
+import pytest
 
 import pytest_twisted
 from twisted.internet import defer
@@ -32,6 +35,21 @@ def test_a_write_error_is_reported_by_finish(tmp_path, reactor):
         pass
     else:
         raise AssertionError("a failed write went unreported")
+
+
+def test_a_writeback_error_is_reported_by_finish(tmp_path, reactor):
+    """The background sync saw the error, so the final fsync would succeed: the download
+    fails all the same and is never installed."""
+    def lost_writeback(fd):
+        raise OSError(errno.EIO, "lost")
+
+    fd = os.open(tmp_path / "staged", os.O_WRONLY | os.O_CREAT)
+    sink = staging.StagingSink(reactor, fd, datasync=lost_writeback)
+    for _ in range(9):
+        sink.put(b"x" * (1024 * 1024))
+    with pytest.raises(OSError) as raised:
+        sink.finish()
+    assert raised.value.errno == errno.EIO
 
 
 @pytest_twisted.ensureDeferred

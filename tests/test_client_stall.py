@@ -197,3 +197,37 @@ def test_keepalive_options_on_a_socket():
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
         if hasattr(socket, "TCP_KEEPIDLE"):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == keepalive.IDLE
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_held_past_its_token_life_still_arrives(reactor, tmp_path):
+    """The server checks the token once the body is in: an upload that outlives its token
+    gets AUTH_EXPIRED at the end, and is sent once more with the renewed token."""
+    from twisted.internet.task import deferLater
+
+    from quantum_sync.client.credentials import Login
+    from test_e2e_tls_auth import short_lived_auth
+
+    running = await start_server(reactor, tmp_path, auth=short_lived_auth(tmp_path, 2))
+    proxy = StallingProxy(reactor, running.port)
+    login = Login(reactor, "alice", "wonderland")
+    proxied = ServerClient(reactor, f"http://127.0.0.1:{await proxy.listen()}", "c1", login, idle_timeout=10)
+    login.log_in = proxied.log_in
+    try:
+        source = tmp_path / "big.bin"
+        source.write_bytes(BIG)
+        await login.current()
+        first = login.token
+        proxy.stall(256 << 10, "up")
+        upload = proxied.upload("big.bin", str(source), hashlib.sha256(BIG).hexdigest(), size=len(BIG))
+        await deferLater(reactor, 2.5, lambda: None)  # the token's life passes while the upload is held
+        proxy.resume()
+        meta = await upload.addTimeout(30, reactor)
+        assert meta.size == len(BIG) and login.token != first
+        with open(os.path.join(running.root, "big.bin"), "rb") as f:
+            assert f.read() == BIG
+    finally:
+        login.stop()
+        await proxied.close()
+        await proxy.port.stopListening()
+        await running.stop()

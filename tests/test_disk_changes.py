@@ -3,6 +3,7 @@
 journalled; an upload onto a large file another program changed waits for its hash
 outside the lock too. Real Store and Index; the hashing is gated to hold it open."""
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -58,12 +59,21 @@ class GrowingStore(Store):
         return super().hash_if_unchanged(entry)
 
 
-async def _operations(reactor, store):
+@contextlib.asynccontextmanager
+async def operations_on(reactor, store):
+    """FileOperations on ``store`` (prepared here) with a real Index, closed afterwards."""
     store.prepare()
     index = Index(store.state_dir, retention=1000, reactor=reactor)
     index.startService()
     await index.open()
-    return FileOperations(store, index, RecordingHub(), reactor, enable_upload=True)
+    operations = FileOperations(store, index, RecordingHub(), reactor, enable_upload=True)
+    try:
+        yield operations
+    finally:
+        if isinstance(store, GatedStore):
+            store.release.set()
+        operations.close()
+        index.stopService()
 
 
 def _write(store, path, data, age=60.0):
@@ -85,15 +95,10 @@ async def _upload(operations, path, data, **conditions):
         spool.close()
 
 
-def _journalled(operations):
-    return [(c.operation.kind, getattr(c.operation, "metadata", None)) for c in operations.hub.published]
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_large_new_file_is_hashed_while_uploads_go_on(reactor, tmp_path):
     store = GatedStore(str(tmp_path / "root"))
-    operations = await _operations(reactor, store)
-    try:
+    async with operations_on(reactor, store) as operations:
         big = os.urandom(BIG)
         _write(store, "big.bin", big)
         store.release.clear()
@@ -106,17 +111,12 @@ async def test_a_large_new_file_is_hashed_while_uploads_go_on(reactor, tmp_path)
         changes = await refreshing
         assert [(c.operation.kind, c.operation.metadata.hash) for c in changes] == [
             ("Create", hashlib.sha256(big).hexdigest())]
-    finally:
-        store.release.set()
-        operations.close()
-        operations.index.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_upload_onto_a_large_file_changed_by_another_program(reactor, tmp_path):
     store = GatedStore(str(tmp_path / "root"))
-    operations = await _operations(reactor, store)
-    try:
+    async with operations_on(reactor, store) as operations:
         _write(store, "t.bin", b"a" * BIG)
         await operations.refresh(None)
         _write(store, "t.bin", b"b" * BIG, age=30)  # unknown to the index
@@ -139,37 +139,25 @@ async def test_an_upload_onto_a_large_file_changed_by_another_program(reactor, t
         assert operations.hub.published[-1].operation.metadata.hash == hashlib.sha256(b"b" * BIG).hexdigest()
         with open(os.path.join(store.root, "t.bin"), "rb") as f:
             assert f.read(1) == b"b"
-    finally:
-        store.release.set()
-        operations.close()
-        operations.index.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_that_changes_while_hashed_is_not_journalled_with_that_hash(reactor, tmp_path):
     store = GrowingStore(str(tmp_path / "root"))
-    operations = await _operations(reactor, store)
-    try:
+    async with operations_on(reactor, store) as operations:
         _write(store, "log.txt", b"first line")
         assert await operations.refresh(None) == []
         assert await operations.index.list_all() == []
-    finally:
-        operations.close()
-        operations.index.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_large_file_being_written_is_journalled_once_quiet(reactor, tmp_path):
     store = Store(str(tmp_path / "root"))
-    operations = await _operations(reactor, store)
-    operations.quiet_seconds = 0.3
-    try:
+    async with operations_on(reactor, store) as operations:
+        operations.quiet_seconds = 0.3
         data = os.urandom(BIG)
         _write(store, "fresh.bin", data, age=0)
         assert await operations.refresh(None) == []  # written just now: it may still grow
         await wait_for(reactor, lambda: operations.hub.published, WITHIN)
         [change] = operations.hub.published
         assert (change.operation.kind, change.operation.metadata.hash) == ("Create", hashlib.sha256(data).hexdigest())
-    finally:
-        operations.close()
-        operations.index.stopService()

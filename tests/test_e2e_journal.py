@@ -1,7 +1,6 @@
 """A server whose journal starts over (its state folder lost) is noticed by running
 clients: real server, real clients, real folders."""
 
-import os
 import shutil
 
 import pytest

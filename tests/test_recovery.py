@@ -12,13 +12,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from quantum_sync import config as config_module
-from quantum_sync.server.index import Index
-from quantum_sync.server.operations import FileOperations
 from quantum_sync.server.service import make_server_service
 from quantum_sync.server.store import Store, UploadSpool
 from tests.support import HttpClient, server_document, start_server
-from test_disk_changes import WITHIN, GatedStore
-from test_group_commit import RecordingHub
+from test_disk_changes import WITHIN, GatedStore, operations_on
 from test_ws_support import connect, drop_all, wait_for
 
 
@@ -96,8 +93,12 @@ async def test_a_rewrite_with_the_same_size_and_mtime_is_seen(reactor, tmp_path)
     running = await start_server(reactor, tmp_path)
     try:
         name = os.path.join(running.root, "a.txt")
-        await http.json("POST", f"{running.url}/api/upload", params={"path": "a.txt"}, data=b"version-1")
-        _replace_keeping_size_and_mtime(name, b"version-2")  # another inode
+        await http.json("POST", f"{running.url}/api/upload", params={"path": "a.txt"}, data=b"version-0")
+        _replace_keeping_size_and_mtime(name, b"version-1")  # another inode
+        response = await http.get(f"{running.url}/api/download", params={"path": "a.txt"})
+        assert response.headers.getRawHeaders("ETag") == [f'"{sha(b"version-1")}"']  # not version-0's
+        assert await response.content() == b"version-1"
+        _replace_keeping_size_and_mtime(name, b"version-2")
         _, meta = await http.json("GET", f"{running.url}/api/metadata", params={"path": "a.txt"})
         assert meta["hash"] == sha(b"version-2")
         st = os.lstat(name)
@@ -129,17 +130,10 @@ class IntentCheckingStore(Store):
 @pytest_twisted.ensureDeferred
 async def test_an_uploads_intent_is_durable_before_its_rename(reactor, tmp_path):
     store = IntentCheckingStore(str(tmp_path / "root"))
-    store.prepare()
-    index = Index(store.state_dir, retention=100, reactor=reactor)
-    index.startService()
-    await index.open()
-    operations = FileOperations(store, index, RecordingHub(), reactor, enable_upload=True)
-    try:
+    async with operations_on(reactor, store) as operations:
         spool = UploadSpool(store.temp_dir)
         spool.write(b"data")
         spool.finish()
         await Deferred.fromCoroutine(operations.upload("d/x.bin", spool, spool.sha256, 4, "c"))
         assert store.seen == ["d/x.bin"]
-        assert await index.intents() == []  # forgotten with the journal entry
-    finally:
-        index.stopService()
+        assert await operations.index.intents() == []  # forgotten with the journal entry

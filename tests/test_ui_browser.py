@@ -21,14 +21,11 @@ from tests.support import HttpClient, start_server
 from tests.test_auth_e2e import PASSWORDS, auth_section
 from test_e2e_sync import clients, log_to_stderr, read, wait_for as wait_on_disk, write  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.skipif(chromium_missing(), reason="needs Debian's chromium at /usr/bin/chromium")
+# CI installs chromium (.ci/run): there a missing browser is a failure, not a skip
+pytestmark = pytest.mark.skipif(chromium_missing() and not os.environ.get("CI"),
+                                reason="needs Debian's chromium at /usr/bin/chromium")
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
-try:
-    import quantum_sync.server.versions  # noqa: F401
-    KEEPS_VERSIONS = True
-except ImportError:
-    KEEPS_VERSIONS = False
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +33,38 @@ def browser(reactor):
     running = BrowserThread(reactor)
     yield running
     running.close()
+
+
+class UiSession:
+    """The servers a test starts and the pages it opens, all closed when it ends (the
+    pages first, then the servers; a test's sync clients stop before either)."""
+
+    def __init__(self, reactor, tmp_path, browser):
+        self.reactor, self.tmp_path, self.browser = reactor, tmp_path, browser
+        self.servers, self.pages = [], []
+
+    async def serve(self, **handler_overrides):
+        server = await start_server(self.reactor, self.tmp_path, **handler_overrides)
+        self.servers.append(server)
+        return server
+
+    async def open(self, url, **options):
+        page = await open_page(self.browser, url, **options)
+        self.pages.append(page)
+        return page
+
+    async def close(self):
+        for page in self.pages:
+            await self.browser.run(lambda b, page=page: page.context.close())
+        for server in self.servers:
+            await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def ui(reactor, tmp_path, browser):
+    session = UiSession(reactor, tmp_path, browser)
+    yield session
+    await session.close()
 
 
 def sha(data: bytes) -> str:
@@ -47,163 +76,137 @@ async def paths_listed(browser, page) -> list:
         ".row", "rows => rows.map(r => r.dataset.path)"))
 
 
-async def close(browser, page):
-    await browser.run(lambda b: page.context.close())
-
-
 @pytest_twisted.ensureDeferred
-async def test_lists_the_files_and_shows_a_clients_write_without_reload(reactor, tmp_path, browser, clients):
+async def test_lists_the_files_and_shows_a_clients_write_without_reload(reactor, tmp_path, browser, ui, clients):
     root = tmp_path / "root"
     (root / "docs").mkdir(parents=True)
     (root / "docs" / "a.txt").write_bytes(b"alpha")
     (root / "top.bin").write_bytes(b"x" * 2048)
-    server = await start_server(reactor, tmp_path)
-    page = None
-    try:
-        client = await clients.start(server, "a")
-        page = await open_page(browser, server.url)
-        assert await paths_listed(browser, page) == ["docs", "top.bin"]
-        cells = await browser.run(lambda b: page.eval_on_selector(
-            row_selector("top.bin"), "r => [...r.querySelectorAll('span.size, span.hash')].map(c => c.textContent)"))
-        assert cells == ["2.0 KiB", sha(b"x" * 2048)[:8]]
-        await browser.run(lambda b: page.click(row_selector("docs") + " button.dir"))
-        await browser.run(lambda b: page.wait_for_selector(row_selector("docs/a.txt")))
-        assert await browser.run(lambda b: page.text_content("#crumbs")) == "root/docs"
-        await browser.run(lambda b: page.evaluate("window.__same_page = true"))
-        await wait_on_disk(reactor, lambda: read(client.config.folder, "docs/a.txt") == b"alpha",
-                           what="the client's first sync")
-        write(client.config.folder, "docs/new.txt", b"written by a client")
-        # the row appears, highlighted, in the page that was never reloaded
-        await browser.run(lambda b: page.wait_for_selector(row_selector("docs/new.txt") + ".changed"))
-        assert await browser.run(lambda b: page.evaluate("window.__same_page")) is True
-        assert await paths_listed(browser, page) == ["docs/a.txt", "docs/new.txt"]
-        # the activity feed names the operation, the path and the client
-        await browser.run(lambda b: page.click(".tab[data-view=activity]"))
-        first = await browser.run(lambda b: page.eval_on_selector(
-            "#activity tr", "r => [...r.cells].slice(1).map(c => c.textContent)"))
-        assert first == ["Create", "docs/new.txt", "a"]
-        await browser.run(lambda b: page.click(".tab[data-view=files]"))
-        shot = tmp_path / "ui.png"
-        await browser.run(lambda b: page.screenshot(path=str(shot)))
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        if os.environ.get("QS_UI_SCREENSHOT"):  # docs/ui.md's picture
-            shutil.copy(shot, os.environ["QS_UI_SCREENSHOT"])
-        assert page.errors == []
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await clients.stop_all()
-        await server.stop()
+    server = await ui.serve()
+    client = await clients.start(server, "a")
+    page = await ui.open(server.url)
+    assert await paths_listed(browser, page) == ["docs", "top.bin"]
+    cells = await browser.run(lambda b: page.eval_on_selector(
+        row_selector("top.bin"), "r => [...r.querySelectorAll('span.size, span.hash')].map(c => c.textContent)"))
+    assert cells == ["2.0 KiB", sha(b"x" * 2048)[:8]]
+    await browser.run(lambda b: page.click(row_selector("docs") + " button.dir"))
+    await browser.run(lambda b: page.wait_for_selector(row_selector("docs/a.txt")))
+    assert await browser.run(lambda b: page.text_content("#crumbs")) == "root/docs"
+    await browser.run(lambda b: page.evaluate("window.__same_page = true"))
+    await wait_on_disk(reactor, lambda: read(client.config.folder, "docs/a.txt") == b"alpha",
+                       what="the client's first sync")
+    write(client.config.folder, "docs/new.txt", b"written by a client")
+    # the row appears, highlighted, in the page that was never reloaded
+    await browser.run(lambda b: page.wait_for_selector(row_selector("docs/new.txt") + ".changed"))
+    assert await browser.run(lambda b: page.evaluate("window.__same_page")) is True
+    assert await paths_listed(browser, page) == ["docs/a.txt", "docs/new.txt"]
+    # the activity feed names the operation, the path and the client
+    await browser.run(lambda b: page.click(".tab[data-view=activity]"))
+    first = await browser.run(lambda b: page.eval_on_selector(
+        "#activity tr", "r => [...r.cells].slice(1).map(c => c.textContent)"))
+    assert first == ["Create", "docs/new.txt", "a"]
+    await browser.run(lambda b: page.click(".tab[data-view=files]"))
+    shot = tmp_path / "ui.png"
+    await browser.run(lambda b: page.screenshot(path=str(shot)))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("QS_UI_SCREENSHOT"):  # docs/ui.md's picture
+        shutil.copy(shot, os.environ["QS_UI_SCREENSHOT"])
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path, browser, clients):
-    server = await start_server(reactor, tmp_path)
-    page = None
+async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path, browser, ui, clients):
+    server = await ui.serve()
+    client = await clients.start(server, "a")
+    folder = client.config.folder
+    write(folder, "other.txt", b"taken")
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.wait_for_selector(row_selector("other.txt")))
+    data = os.urandom(300 * 1024) + bytes(range(256))
+    await browser.run(lambda b: page.set_input_files("#file-input", files=[
+        {"name": "up.bin", "mimeType": "application/octet-stream", "buffer": data}]))
+    await wait_on_disk(reactor, lambda: read(folder, "up.bin") == data, what="the uploaded file")
+    await browser.run(lambda b: page.wait_for_selector('#upload-items li.done[data-path="up.bin"]'))
+    assert await browser.run(lambda b: page.eval_on_selector(
+        "#upload-overall", "p => p.value === p.max")) is True
+
+    async def answer_dialog(value=None):
+        def fill(b):
+            page.wait_for_selector("#dialog[open]")
+            if value is not None:
+                page.fill("#dialog-input", value)
+            page.click("#dialog-ok")
+        await browser.run(fill)
+
+    # a rename onto an existing name: the server's message is shown, nothing changes
+    await browser.run(lambda b: page.click(row_selector("up.bin") + " .act-rename"))
+    await answer_dialog("other.txt")
+    await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
+    message = await browser.run(lambda b: page.text_content("#error-text"))
+    http = HttpClient(reactor)
     try:
-        client = await clients.start(server, "a")
-        folder = client.config.folder
-        write(folder, "other.txt", b"taken")
-        page = await open_page(browser, server.url)
-        await browser.run(lambda b: page.wait_for_selector(row_selector("other.txt")))
-        data = os.urandom(300 * 1024) + bytes(range(256))
-        await browser.run(lambda b: page.set_input_files("#file-input", files=[
-            {"name": "up.bin", "mimeType": "application/octet-stream", "buffer": data}]))
-        await wait_on_disk(reactor, lambda: read(folder, "up.bin") == data, what="the uploaded file")
-        await browser.run(lambda b: page.wait_for_selector('#upload-items li.done[data-path="up.bin"]'))
-        assert await browser.run(lambda b: page.eval_on_selector(
-            "#upload-overall", "p => p.value === p.max")) is True
-
-        async def answer_dialog(value=None):
-            def fill(b):
-                page.wait_for_selector("#dialog[open]")
-                if value is not None:
-                    page.fill("#dialog-input", value)
-                page.click("#dialog-ok")
-            await browser.run(fill)
-
-        # a rename onto an existing name: the server's message is shown, nothing changes
-        await browser.run(lambda b: page.click(row_selector("up.bin") + " .act-rename"))
-        await answer_dialog("other.txt")
-        await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
-        message = await browser.run(lambda b: page.text_content("#error-text"))
-        http = HttpClient(reactor)
-        try:
-            _, answer = await http.json("POST", server.url + "/api/sync", data=json.dumps(
-                {"operations": [{"Move": {"from": "up.bin", "to": "other.txt"}}]}).encode())
-        finally:
-            await http.close()
-        assert message == answer["results"][0]["message"]
-        assert read(folder, "other.txt") == b"taken"
-
-        await browser.run(lambda b: page.click(row_selector("up.bin") + " .act-rename"))
-        await answer_dialog("moved/renamed.bin")
-        await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") == data
-                           and read(folder, "up.bin") is None, what="the rename")
-        await browser.run(lambda b: page.click(row_selector("moved") + " button.dir"))
-        await browser.run(lambda b: page.click(row_selector("moved/renamed.bin") + " .act-delete"))
-        await answer_dialog()
-        await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") is None, what="the delete")
-        await browser.run(lambda b: page.wait_for_selector(row_selector("moved/renamed.bin"), state="detached"))
-        assert page.errors == []
+        _, answer = await http.json("POST", server.url + "/api/sync", data=json.dumps(
+            {"operations": [{"Move": {"from": "up.bin", "to": "other.txt"}}]}).encode())
     finally:
-        if page is not None:
-            await close(browser, page)
-        await clients.stop_all()
-        await server.stop()
+        await http.close()
+    assert message == answer["results"][0]["message"]
+    assert read(folder, "other.txt") == b"taken"
+
+    await browser.run(lambda b: page.click(row_selector("up.bin") + " .act-rename"))
+    await answer_dialog("moved/renamed.bin")
+    await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") == data
+                       and read(folder, "up.bin") is None, what="the rename")
+    await browser.run(lambda b: page.click(row_selector("moved") + " button.dir"))
+    await browser.run(lambda b: page.click(row_selector("moved/renamed.bin") + " .act-delete"))
+    await answer_dialog()
+    await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") is None, what="the delete")
+    await browser.run(lambda b: page.wait_for_selector(row_selector("moved/renamed.bin"), state="detached"))
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_of_10000_files_opens_and_scrolls(reactor, tmp_path, browser):
+async def test_a_folder_of_10000_files_opens_and_scrolls(reactor, tmp_path, browser, ui):
     big = tmp_path / "root" / "big"
     big.mkdir(parents=True)
     for i in range(10000):
         (big / f"f{i:05d}.txt").write_bytes(b"%d" % i)
-    server = await start_server(reactor, tmp_path)
-    page = None
-    try:
-        started = time.monotonic()
-        page = await open_page(browser, server.url + "/#/big", ready=False)
-        await browser.run(lambda b: page.wait_for_selector(row_selector("big/f00000.txt")))
-        print(f"time to first row of 10,000: {time.monotonic() - started:.3f} s")
-        assert await browser.run(lambda b: page.text_content("#list-count")) == "10000 entries"
-        in_dom = await browser.run(lambda b: page.eval_on_selector_all(".row", "rows => rows.length"))
-        assert 10 < in_dom < 100  # only what is in view
-        await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = l.scrollHeight; }"))
-        await browser.run(lambda b: page.wait_for_selector(row_selector("big/f09999.txt")))
-        await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = l.scrollHeight / 2; }"))
-        await browser.run(lambda b: page.wait_for_selector(row_selector("big/f05000.txt")))
-        assert await browser.run(lambda b: page.eval_on_selector_all(".row", "rows => rows.length")) < 100
-        # sorting by name the other way round brings the last file to the top
-        await browser.run(lambda b: page.click(".columns .col[data-sort=name]"))
-        await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = 0; }"))
-        await browser.run(lambda b: page.wait_for_function(
-            "() => document.querySelector('.row').dataset.path === 'big/f09999.txt'"))
-        assert await browser.run(lambda b: page.get_attribute(".columns .col[data-sort=name]", "data-order")) == "desc"
-        # the filter narrows the 10,000 to one
-        await browser.run(lambda b: page.fill("#filter", "f04242"))
-        await browser.run(lambda b: page.wait_for_selector("#list-count:text('1 entry')"))
-        assert await paths_listed(browser, page) == ["big/f04242.txt"]
-        assert page.errors == []
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
+    server = await ui.serve()
+    started = time.monotonic()
+    page = await ui.open(server.url + "/#/big", ready=False)
+    await browser.run(lambda b: page.wait_for_selector(row_selector("big/f00000.txt")))
+    print(f"time to first row of 10,000: {time.monotonic() - started:.3f} s")
+    assert await browser.run(lambda b: page.text_content("#list-count")) == "10000 entries"
+    in_dom = await browser.run(lambda b: page.eval_on_selector_all(".row", "rows => rows.length"))
+    assert 10 < in_dom < 100  # only what is in view
+    await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = l.scrollHeight; }"))
+    await browser.run(lambda b: page.wait_for_selector(row_selector("big/f09999.txt")))
+    await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = l.scrollHeight / 2; }"))
+    await browser.run(lambda b: page.wait_for_selector(row_selector("big/f05000.txt")))
+    assert await browser.run(lambda b: page.eval_on_selector_all(".row", "rows => rows.length")) < 100
+    # sorting by name the other way round brings the last file to the top
+    await browser.run(lambda b: page.click(".columns .col[data-sort=name]"))
+    await browser.run(lambda b: page.eval_on_selector("#list", "l => { l.scrollTop = 0; }"))
+    await browser.run(lambda b: page.wait_for_function(
+        "() => document.querySelector('.row').dataset.path === 'big/f09999.txt'"))
+    assert await browser.run(lambda b: page.get_attribute(".columns .col[data-sort=name]", "data-order")) == "desc"
+    # the filter narrows the 10,000 to one
+    await browser.run(lambda b: page.fill("#filter", "f04242"))
+    await browser.run(lambda b: page.wait_for_selector("#list-count:text('1 entry')"))
+    assert await paths_listed(browser, page) == ["big/f04242.txt"]
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser):
+async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser, ui):
     root = tmp_path / "root"
     root.mkdir()
     (root / "a.txt").write_bytes(b"alpha")
-    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path))
-    pages = []
+    server = await ui.serve(auth=auth_section(tmp_path))
 
     urls = []  # of every request and WebSocket the pages open
 
     async def log_in(user, password):
-        page = await open_page(browser, server.url, ready=False)
-        pages.append(page)
+        page = await ui.open(server.url, ready=False)
 
         def submit(b):
             page.on("request", lambda request: urls.append(request.url))
@@ -215,101 +218,84 @@ async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser):
         await browser.run(submit)
         return page
 
+    page = await log_in("rita", "not her password")
+    await browser.run(lambda b: page.wait_for_selector("#login-error:not(:empty)"))
+    shown = await browser.run(lambda b: page.text_content("#login-error"))
+    http = HttpClient(reactor)
     try:
-        page = await log_in("rita", "not her password")
-        await browser.run(lambda b: page.wait_for_selector("#login-error:not(:empty)"))
-        shown = await browser.run(lambda b: page.text_content("#login-error"))
-        http = HttpClient(reactor)
-        try:
-            _, answer = await http.json("POST", server.url + "/api/v1/auth/login", expect=401,
-                                        data=json.dumps({"username": "rita", "password": "x"}).encode())
-        finally:
-            await http.close()
-        assert shown == answer["error"]["message"]
-        assert await browser.run(lambda b: page.is_hidden("#app"))
-
-        reader = await log_in("rita", PASSWORDS["rita"])
-        await browser.run(lambda b: reader.wait_for_selector("body[data-ready=true]"))
-        await browser.run(lambda b: reader.wait_for_selector("#connection[data-state=live]"))
-        assert await paths_listed(browser, reader) == ["a.txt"]
-        assert await browser.run(lambda b: reader.query_selector_all(".act-delete, .act-rename")) == []
-        assert await browser.run(lambda b: reader.query_selector(row_selector("a.txt") + " .act-download"))
-        assert await browser.run(lambda b: reader.is_hidden("#upload-button"))
-        assert await browser.run(lambda b: reader.is_hidden("#new-folder"))
-        assert "token" not in reader.url
-        assert any(url.endswith("/ws") for url in urls)
-        assert [url for url in urls if "token" in url] == []  # in headers and the auth message only
-        assert await browser.run(lambda b: reader.text_content("#user")) == "rita (read)"
-
-        writer = await log_in("wendy", PASSWORDS["wendy"])
-        await browser.run(lambda b: writer.wait_for_selector(row_selector("a.txt") + " .act-delete"))
-        assert await browser.run(lambda b: writer.is_visible("#upload-button"))
-        for page in pages:
-            assert page.errors == []
+        _, answer = await http.json("POST", server.url + "/api/v1/auth/login", expect=401,
+                                    data=json.dumps({"username": "rita", "password": "x"}).encode())
     finally:
-        for page in pages:
-            await close(browser, page)
-        await server.stop()
+        await http.close()
+    assert shown == answer["error"]["message"]
+    assert await browser.run(lambda b: page.is_hidden("#app"))
+
+    reader = await log_in("rita", PASSWORDS["rita"])
+    await browser.run(lambda b: reader.wait_for_selector("body[data-ready=true]"))
+    await browser.run(lambda b: reader.wait_for_selector("#connection[data-state=live]"))
+    assert await paths_listed(browser, reader) == ["a.txt"]
+    assert await browser.run(lambda b: reader.query_selector_all(".act-delete, .act-rename")) == []
+    assert await browser.run(lambda b: reader.query_selector(row_selector("a.txt") + " .act-download"))
+    assert await browser.run(lambda b: reader.is_hidden("#upload-button"))
+    assert await browser.run(lambda b: reader.is_hidden("#new-folder"))
+    assert "token" not in reader.url
+    assert any(url.endswith("/ws") for url in urls)
+    assert [url for url in urls if "token" in url] == []  # in headers and the auth message only
+    assert await browser.run(lambda b: reader.text_content("#user")) == "rita (read)"
+
+    writer = await log_in("wendy", PASSWORDS["wendy"])
+    await browser.run(lambda b: writer.wait_for_selector(row_selector("a.txt") + " .act-delete"))
+    assert await browser.run(lambda b: writer.is_visible("#upload-button"))
+    for page in ui.pages:
+        assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_name_made_of_markup_is_shown_as_text(reactor, tmp_path, browser):
+async def test_a_name_made_of_markup_is_shown_as_text(reactor, tmp_path, browser, ui):
     root = tmp_path / "root"
     root.mkdir()
     (root / HOSTILE).write_bytes(b"<script>window.__pwned=2</script>")
-    server = await start_server(reactor, tmp_path)
-    page = None
+    server = await ui.serve()
+    page = await ui.open(server.url)
+    # and one more arriving live, into the list and the activity feed
+    http = HttpClient(reactor)
     try:
-        page = await open_page(browser, server.url)
-        # and one more arriving live, into the list and the activity feed
-        http = HttpClient(reactor)
-        try:
-            await http.json("POST", server.url + "/api/upload", params={"path": HOSTILE + "2"}, data=b"x")
-        finally:
-            await http.close()
-        await browser.run(lambda b: page.wait_for_selector(row_selector(HOSTILE + "2")))
-        names = await browser.run(lambda b: page.eval_on_selector_all(
-            ".row .name", "cells => cells.map(c => c.textContent)"))
-        assert names == [HOSTILE, HOSTILE + "2"]
-        await browser.run(lambda b: page.click(".tab[data-view=activity]"))
-        feed = await browser.run(lambda b: page.text_content("#activity"))
-        assert HOSTILE + "2" in feed
-        assert await browser.run(lambda b: page.evaluate("document.querySelectorAll('main img').length")) == 0
-        assert await browser.run(lambda b: page.evaluate("window.__pwned")) is None
-        assert page.errors == []
+        await http.json("POST", server.url + "/api/upload", params={"path": HOSTILE + "2"}, data=b"x")
     finally:
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
+        await http.close()
+    await browser.run(lambda b: page.wait_for_selector(row_selector(HOSTILE + "2")))
+    names = await browser.run(lambda b: page.eval_on_selector_all(
+        ".row .name", "cells => cells.map(c => c.textContent)"))
+    assert names == [HOSTILE, HOSTILE + "2"]
+    await browser.run(lambda b: page.click(".tab[data-view=activity]"))
+    feed = await browser.run(lambda b: page.text_content("#activity"))
+    assert HOSTILE + "2" in feed
+    assert await browser.run(lambda b: page.evaluate("document.querySelectorAll('main img').length")) == 0
+    assert await browser.run(lambda b: page.evaluate("window.__pwned")) is None
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reactor, tmp_path, browser):
+async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reactor, tmp_path, browser, ui):
     root = tmp_path / "root"
     root.mkdir()
     (root / "before.txt").write_bytes(b"before")
-    server = await start_server(reactor, tmp_path)
+    server = await ui.serve()
     listen = f"tcp:{server.port}:interface=127.0.0.1"
-    page = None
-    try:
-        page = await open_page(browser, server.url)
-        requests = []
-        await browser.run(lambda b: page.on("request", lambda r: requests.append(r.url)))
-        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
-        await server.stop()
-        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=reconnecting]"))
-        (root / "meanwhile.txt").write_bytes(b"made while the page was cut off")
-        server = await start_server(reactor, tmp_path, listen=listen)
-        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
-        await browser.run(lambda b: page.wait_for_selector(row_selector("meanwhile.txt")))
-        assert await paths_listed(browser, page) == ["before.txt", "meanwhile.txt"]
-        # caught up from the journal with its cursor, not by listing everything again
-        assert not any("/api/list" in url for url in requests), requests
-        assert any("/api/changes?since=" in url for url in requests), requests
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
+    page = await ui.open(server.url)
+    requests = []
+    await browser.run(lambda b: page.on("request", lambda r: requests.append(r.url)))
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+    await server.stop()
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=reconnecting]"))
+    (root / "meanwhile.txt").write_bytes(b"made while the page was cut off")
+    server = await ui.serve(listen=listen)
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+    await browser.run(lambda b: page.wait_for_selector(row_selector("meanwhile.txt")))
+    assert await paths_listed(browser, page) == ["before.txt", "meanwhile.txt"]
+    # caught up from the journal with its cursor, not by listing everything again
+    assert not any("/api/list" in url for url in requests), requests
+    assert any("/api/changes?since=" in url for url in requests), requests
 
 
 async def answer_dialog(browser, page, value=None):
@@ -323,170 +309,141 @@ async def answer_dialog(browser, page, value=None):
 
 
 @pytest_twisted.ensureDeferred
-async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, browser, clients):
-    server = await start_server(reactor, tmp_path)
-    page = None
-    try:
-        client = await clients.start(server, "a")
-        folder = client.config.folder
-        write(folder, "have.txt", b"downloaded bytes")
-        page = await open_page(browser, server.url)
-        await browser.run(lambda b: page.wait_for_selector(row_selector("have.txt")))
-        await browser.run(lambda b: page.click("#new-folder"))
-        await answer_dialog(browser, page, "fresh")
-        await wait_on_disk(reactor, lambda: os.path.isdir(os.path.join(folder, "fresh")), what="the new folder")
-        await browser.run(lambda b: page.click(row_selector("fresh") + " button.dir"))
-        # files dropped on the page go into the folder shown
-        await browser.run(lambda b: page.evaluate("""() => {
-            const data = new DataTransfer();
-            data.items.add(new File(["dropped one"], "one.txt"));
-            data.items.add(new File([new Uint8Array([0, 1, 2, 255])], "two.bin"));
-            for (const type of ["dragenter", "dragover", "drop"]) {
-                document.body.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
-            }
-        }"""))
-        await wait_on_disk(reactor, lambda: read(folder, "fresh/one.txt") == b"dropped one"
-                           and read(folder, "fresh/two.bin") == bytes([0, 1, 2, 255]), what="the dropped files")
-        # a whole folder through the folder input keeps its tree
-        tree = tmp_path / "picked" / "album"
-        (tree / "inner").mkdir(parents=True)
-        (tree / "cover.txt").write_bytes(b"cover")
-        (tree / "inner" / "deep.txt").write_bytes(b"deep")
-        await browser.run(lambda b: page.set_input_files("#folder-input", str(tree)))
-        await wait_on_disk(reactor, lambda: read(folder, "fresh/album/cover.txt") == b"cover"
-                           and read(folder, "fresh/album/inner/deep.txt") == b"deep", what="the folder upload")
-        await browser.run(lambda b: page.click("#crumbs button:text('root')"))
+async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, browser, ui, clients):
+    server = await ui.serve()
+    client = await clients.start(server, "a")
+    folder = client.config.folder
+    write(folder, "have.txt", b"downloaded bytes")
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.wait_for_selector(row_selector("have.txt")))
+    await browser.run(lambda b: page.click("#new-folder"))
+    await answer_dialog(browser, page, "fresh")
+    await wait_on_disk(reactor, lambda: os.path.isdir(os.path.join(folder, "fresh")), what="the new folder")
+    await browser.run(lambda b: page.click(row_selector("fresh") + " button.dir"))
+    # files dropped on the page go into the folder shown
+    await browser.run(lambda b: page.evaluate("""() => {
+        const data = new DataTransfer();
+        data.items.add(new File(["dropped one"], "one.txt"));
+        data.items.add(new File([new Uint8Array([0, 1, 2, 255])], "two.bin"));
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            document.body.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+        }
+    }"""))
+    await wait_on_disk(reactor, lambda: read(folder, "fresh/one.txt") == b"dropped one"
+                       and read(folder, "fresh/two.bin") == bytes([0, 1, 2, 255]), what="the dropped files")
+    # a whole folder through the folder input keeps its tree
+    tree = tmp_path / "picked" / "album"
+    (tree / "inner").mkdir(parents=True)
+    (tree / "cover.txt").write_bytes(b"cover")
+    (tree / "inner" / "deep.txt").write_bytes(b"deep")
+    await browser.run(lambda b: page.set_input_files("#folder-input", str(tree)))
+    await wait_on_disk(reactor, lambda: read(folder, "fresh/album/cover.txt") == b"cover"
+                       and read(folder, "fresh/album/inner/deep.txt") == b"deep", what="the folder upload")
+    await browser.run(lambda b: page.click("#crumbs button:text('root')"))
 
-        def fetch(b):
-            with page.expect_download() as caught:
-                page.click(row_selector("have.txt") + " .act-download")
-            return caught.value.path()
-        saved = await browser.run(fetch)
-        assert open(saved, "rb").read() == b"downloaded bytes"
-        # without versions on the server (/api/versions answers 404): no history, no trash
-        assert await browser.run(lambda b: page.is_hidden("#deleted-button")) is not KEEPS_VERSIONS
-        assert bool(await browser.run(lambda b: page.query_selector_all(".act-history"))) is KEEPS_VERSIONS
-        assert page.errors == []
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await clients.stop_all()
-        await server.stop()
+    def fetch(b):
+        with page.expect_download() as caught:
+            page.click(row_selector("have.txt") + " .act-download")
+        return caught.value.path()
+    saved = await browser.run(fetch)
+    assert open(saved, "rb").read() == b"downloaded bytes"
+    # the server keeps versions: every file has a history, every folder its deleted files
+    assert await browser.run(lambda b: page.is_hidden("#deleted-button")) is False
+    assert bool(await browser.run(lambda b: page.query_selector_all(".act-history"))) is True
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_keep_this_version_moves_the_conflict_copy_over_the_original(reactor, tmp_path, browser, clients):
+async def test_keep_this_version_moves_the_conflict_copy_over_the_original(reactor, tmp_path, browser, ui, clients):
     root = tmp_path / "root"
     root.mkdir()
     copy = "notes.sync-conflict-20240101-120000-bob.txt"
     (root / "notes.txt").write_bytes(b"theirs")
     (root / copy).write_bytes(b"mine")
     (root / "lonely.sync-conflict-20240101-120000-bob.txt").write_bytes(b"no original")
-    server = await start_server(reactor, tmp_path)
-    page = None
-    try:
-        client = await clients.start(server, "a")
-        folder = client.config.folder
-        page = await open_page(browser, server.url)
-        badges = await browser.run(lambda b: page.eval_on_selector_all(
-            ".row .badge", "badges => badges.map(b => b.closest('.row').dataset.path)"))
-        assert sorted(badges) == sorted([copy, "lonely.sync-conflict-20240101-120000-bob.txt"])
-        # (a copy whose original is gone has nothing to replace)
-        assert await browser.run(lambda b: page.query_selector_all(".act-keep")) != []
-        assert await browser.run(lambda b: page.query_selector(
-            row_selector("lonely.sync-conflict-20240101-120000-bob.txt") + " .act-keep")) is None
-        await wait_on_disk(reactor, lambda: read(folder, copy) == b"mine", what="the first sync")
-        await browser.run(lambda b: page.click(row_selector(copy) + " .act-keep"))
-        await answer_dialog(browser, page)
-        await wait_on_disk(reactor, lambda: read(folder, "notes.txt") == b"mine" and read(folder, copy) is None,
-                           what="the kept version")
-        await browser.run(lambda b: page.wait_for_selector(row_selector(copy), state="detached"))
-        assert (root / "notes.txt").read_bytes() == b"mine"
-        assert page.errors == []
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await clients.stop_all()
-        await server.stop()
+    server = await ui.serve()
+    client = await clients.start(server, "a")
+    folder = client.config.folder
+    page = await ui.open(server.url)
+    badges = await browser.run(lambda b: page.eval_on_selector_all(
+        ".row .badge", "badges => badges.map(b => b.closest('.row').dataset.path)"))
+    assert sorted(badges) == sorted([copy, "lonely.sync-conflict-20240101-120000-bob.txt"])
+    # (a copy whose original is gone has nothing to replace)
+    assert await browser.run(lambda b: page.query_selector_all(".act-keep")) != []
+    assert await browser.run(lambda b: page.query_selector(
+        row_selector("lonely.sync-conflict-20240101-120000-bob.txt") + " .act-keep")) is None
+    await wait_on_disk(reactor, lambda: read(folder, copy) == b"mine", what="the first sync")
+    await browser.run(lambda b: page.click(row_selector(copy) + " .act-keep"))
+    await answer_dialog(browser, page)
+    await wait_on_disk(reactor, lambda: read(folder, "notes.txt") == b"mine" and read(folder, copy) is None,
+                       what="the kept version")
+    await browser.run(lambda b: page.wait_for_selector(row_selector(copy), state="detached"))
+    assert (root / "notes.txt").read_bytes() == b"mine"
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_status_shows_clients_and_live_charts(reactor, tmp_path, browser, clients):
-    server = await start_server(reactor, tmp_path)
-    page = None
-    try:
-        await clients.start(server, "status-client")
-        page = await open_page(browser, server.url)
-        await browser.run(lambda b: page.click(".tab[data-view=status]"))
-        await browser.run(lambda b: page.wait_for_selector("#clients td:text('status-client')"))
-        # two samples make a line; the figure beside each chart is the latest one
-        await browser.run(lambda b: page.wait_for_function(
-            "() => document.getElementById('value-messages').textContent !== ''"))
-        connections = await browser.run(lambda b: page.text_content("#value-connections"))
-        assert int(connections) >= 2  # the client and the page
-        drawn = await browser.run(lambda b: page.evaluate("""() => {
-            const canvas = document.getElementById('chart-connections');
-            const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-            return pixels.some((value, index) => index % 4 === 3 && value > 0);
-        }"""))
-        assert drawn is True
-        assert page.errors == []
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await clients.stop_all()
-        await server.stop()
+async def test_status_shows_clients_and_live_charts(reactor, tmp_path, browser, ui, clients):
+    server = await ui.serve()
+    await clients.start(server, "status-client")
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.click(".tab[data-view=status]"))
+    await browser.run(lambda b: page.wait_for_selector("#clients td:text('status-client')"))
+    # two samples make a line; the figure beside each chart is the latest one
+    await browser.run(lambda b: page.wait_for_function(
+        "() => document.getElementById('value-messages').textContent !== ''"))
+    connections = await browser.run(lambda b: page.text_content("#value-connections"))
+    assert int(connections) >= 2  # the client and the page
+    drawn = await browser.run(lambda b: page.evaluate("""() => {
+        const canvas = document.getElementById('chart-connections');
+        const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        return pixels.some((value, index) => index % 4 === 3 && value > 0);
+    }"""))
+    assert drawn is True
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser):
+async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser, ui):
     root = tmp_path / "root"
     root.mkdir()
     (root / "a.txt").write_bytes(b"alpha")
     (root / "b.txt").write_bytes(b"beta")
-    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path, ttl=3))
-    page = None
-    try:
-        page = await open_page(browser, server.url, ready=False)
+    server = await ui.serve(auth=auth_section(tmp_path, ttl=3))
+    page = await ui.open(server.url, ready=False)
 
-        def log_in(b):
-            page.fill("#login-user", "wendy")
-            page.fill("#login-password", PASSWORDS["wendy"])
-            page.click("#login-submit")
-            page.wait_for_selector("body[data-ready=true]")
-            return page.evaluate("() => JSON.parse(sessionStorage.getItem('quantum-sync.token'))")
-        first = await browser.run(log_in)
-        expires = first["expires_at"]
-        # a new token before the first one runs out, then work after it ran out
-        await browser.run(lambda b: page.wait_for_function(
-            f"() => JSON.parse(sessionStorage.getItem('quantum-sync.token')).token !== {json.dumps(first['token'])}"))
-        await browser.run(lambda b: page.wait_for_function(
-            f"() => Date.now() > new Date({json.dumps(expires)}).getTime() + 500"))
-        await browser.run(lambda b: page.click(row_selector("b.txt") + " .act-delete"))
-        await answer_dialog(browser, page)
-        await browser.run(lambda b: page.wait_for_selector(row_selector("b.txt"), state="detached"))
-        assert not (root / "b.txt").exists()
-        assert await browser.run(lambda b: page.get_attribute("#connection", "data-state")) == "live"
-        assert await browser.run(lambda b: page.is_hidden("#login"))
-        assert page.errors == []
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
+    def log_in(b):
+        page.fill("#login-user", "wendy")
+        page.fill("#login-password", PASSWORDS["wendy"])
+        page.click("#login-submit")
+        page.wait_for_selector("body[data-ready=true]")
+        return page.evaluate("() => JSON.parse(sessionStorage.getItem('quantum-sync.token'))")
+    first = await browser.run(log_in)
+    expires = first["expires_at"]
+    # a new token before the first one runs out, then work after it ran out
+    await browser.run(lambda b: page.wait_for_function(
+        f"() => JSON.parse(sessionStorage.getItem('quantum-sync.token')).token !== {json.dumps(first['token'])}"))
+    await browser.run(lambda b: page.wait_for_function(
+        f"() => Date.now() > new Date({json.dumps(expires)}).getTime() + 500"))
+    await browser.run(lambda b: page.click(row_selector("b.txt") + " .act-delete"))
+    await answer_dialog(browser, page)
+    await browser.run(lambda b: page.wait_for_selector(row_selector("b.txt"), state="detached"))
+    assert not (root / "b.txt").exists()
+    assert await browser.run(lambda b: page.get_attribute("#connection", "data-state")) == "live"
+    assert await browser.run(lambda b: page.is_hidden("#login"))
+    assert page.errors == []
 
 
-@pytest.mark.skipif(not KEEPS_VERSIONS, reason="this server keeps no versions (no quantum_sync.server.versions)")
 @pytest_twisted.ensureDeferred
-async def test_history_and_deleted_files_are_restored_from_the_page(reactor, tmp_path, browser):
-    server = await start_server(reactor, tmp_path)
-    page = None
+async def test_history_and_deleted_files_are_restored_from_the_page(reactor, tmp_path, browser, ui):
+    server = await ui.serve()
     http = HttpClient(reactor)
     try:
         for path, data in (("a.txt", b"first"), ("a.txt", b"second"), ("d/gone.txt", b"deleted later")):
             await http.json("POST", server.url + "/api/upload", params={"path": path}, data=data)
         await http.json("POST", server.url + "/api/sync", data=json.dumps(
             {"operations": [{"Delete": {"path": "d/gone.txt"}}]}).encode())
-        page = await open_page(browser, server.url)
+        page = await ui.open(server.url)
         await browser.run(lambda b: page.click(row_selector("a.txt") + " .act-history"))
         first = f'#versions[open] tr[data-hash="{sha(b"first")}"] .act-restore'
         await browser.run(lambda b: page.click(first))
@@ -504,87 +461,66 @@ async def test_history_and_deleted_files_are_restored_from_the_page(reactor, tmp
         assert page.errors == []
     finally:
         await http.close()
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_tree_model_applies_journal_operations(reactor, tmp_path, browser):
+async def test_the_tree_model_applies_journal_operations(reactor, tmp_path, browser, ui):
     """tree.js on its own (no DOM, no network), imported into a page of the server."""
-    server = await start_server(reactor, tmp_path)
-    page = None
-    try:
-        page = await open_page(browser, server.url)
-        result = await browser.run(lambda b: page.evaluate("""async () => {
-            const { Tree, conflictOriginal, sortEntries, describe } = await import('/ui/tree.js');
-            const file = (path, size = 1) => ({ path, size, modified: '2024-01-01T00:00:00Z', hash: 'ab', is_directory: false });
-            const tree = new Tree();
-            tree.reset([file('a/b/c.txt'), { path: 'a', size: 0, modified: '', hash: '', is_directory: true },
-                        { path: 'a/b', size: 0, modified: '', hash: '', is_directory: true }, file('z.txt', 5)]);
-            const names = (dir) => tree.children(dir).map((m) => m.path).sort();
-            const out = {};
-            out.created = tree.apply({ Create: { metadata: file('new/deep/x.txt') } });
-            out.implicit = tree.isDirectory('new/deep');
-            tree.apply({ Move: { from: 'a', to: 'm/a2' } });
-            out.moved = [names(''), names('m/a2/b'), tree.get('a/b/c.txt') === undefined];
-            tree.apply({ Delete: { path: 'm' } });
-            out.deleted = [names(''), tree.get('m/a2/b/c.txt') === undefined];
-            out.conflicts = ['a.sync-conflict-20240101-120000-bob.txt', 'a.tar.sync-conflict-20240101-120000-x.gz',
-                             'd/noext.sync-conflict-20240101-120000-bob', 'plain.txt'].map(conflictOriginal);
-            out.sorted = sortEntries([file('b', 3), { path: 'dir', is_directory: true, size: 0, hash: '', modified: '' }, file('a', 9)],
-                                     'size', false).map((m) => m.path);
-            out.described = describe({ Move: { from: 'x', to: 'y' } });
-            return out;
-        }"""))
-        assert result["created"] == ["new/deep/x.txt"]
-        assert result["implicit"] is True
-        assert result["moved"] == [["m", "new", "z.txt"], ["m/a2/b/c.txt"], True]
-        assert result["deleted"] == [["new", "z.txt"], True]
-        assert result["conflicts"] == ["a.txt", "a.tar.gz", "d/noext", None]
-        assert result["sorted"] == ["dir", "a", "b"]
-        assert result["described"] == {"kind": "Move", "path": "x → y"}
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
+    server = await ui.serve()
+    page = await ui.open(server.url)
+    result = await browser.run(lambda b: page.evaluate("""async () => {
+        const { Tree, conflictOriginal, sortEntries, describe } = await import('/ui/tree.js');
+        const file = (path, size = 1) => ({ path, size, modified: '2024-01-01T00:00:00Z', hash: 'ab', is_directory: false });
+        const tree = new Tree();
+        tree.reset([file('a/b/c.txt'), { path: 'a', size: 0, modified: '', hash: '', is_directory: true },
+                    { path: 'a/b', size: 0, modified: '', hash: '', is_directory: true }, file('z.txt', 5)]);
+        const names = (dir) => tree.children(dir).map((m) => m.path).sort();
+        const out = {};
+        out.created = tree.apply({ Create: { metadata: file('new/deep/x.txt') } });
+        out.implicit = tree.isDirectory('new/deep');
+        tree.apply({ Move: { from: 'a', to: 'm/a2' } });
+        out.moved = [names(''), names('m/a2/b'), tree.get('a/b/c.txt') === undefined];
+        tree.apply({ Delete: { path: 'm' } });
+        out.deleted = [names(''), tree.get('m/a2/b/c.txt') === undefined];
+        out.conflicts = ['a.sync-conflict-20240101-120000-bob.txt', 'a.tar.sync-conflict-20240101-120000-x.gz',
+                         'd/noext.sync-conflict-20240101-120000-bob', 'plain.txt'].map(conflictOriginal);
+        out.sorted = sortEntries([file('b', 3), { path: 'dir', is_directory: true, size: 0, hash: '', modified: '' }, file('a', 9)],
+                                 'size', false).map((m) => m.path);
+        out.described = describe({ Move: { from: 'x', to: 'y' } });
+        return out;
+    }"""))
+    assert result["created"] == ["new/deep/x.txt"]
+    assert result["implicit"] is True
+    assert result["moved"] == [["m", "new", "z.txt"], ["m/a2/b/c.txt"], True]
+    assert result["deleted"] == [["new", "z.txt"], True]
+    assert result["conflicts"] == ["a.txt", "a.tar.gz", "d/noext", None]
+    assert result["sorted"] == ["dir", "a", "b"]
+    assert result["described"] == {"kind": "Move", "path": "x → y"}
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_indicator_says_offline_while_the_browser_is(reactor, tmp_path, browser):
-    server = await start_server(reactor, tmp_path)
-    page = None
-    try:
-        page = await open_page(browser, server.url)
-        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
-        await browser.run(lambda b: page.context.set_offline(True))
-        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=offline]"))
-        await browser.run(lambda b: page.context.set_offline(False))
-        await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
+async def test_the_indicator_says_offline_while_the_browser_is(reactor, tmp_path, browser, ui):
+    server = await ui.serve()
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+    await browser.run(lambda b: page.context.set_offline(True))
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=offline]"))
+    await browser.run(lambda b: page.context.set_offline(False))
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
 
 
 @pytest_twisted.ensureDeferred
-async def test_refusals_show_the_servers_message(reactor, tmp_path, browser):
-    server = await start_server(reactor, tmp_path, enable_upload=False)
-    page = None
-    try:
-        page = await open_page(browser, server.url)
-        await browser.run(lambda b: page.set_input_files("#file-input", files=[
-            {"name": "no.bin", "mimeType": "application/octet-stream", "buffer": b"x" * 100000}]))
-        await browser.run(lambda b: page.wait_for_selector('#upload-items li.failed[data-path="no.bin"]'))
-        shown = await browser.run(lambda b: page.text_content("#error-text"))
-        assert shown == "no.bin: uploads are disabled on this server"
-        await browser.run(lambda b: page.click("#error-close"))
-        await browser.run(lambda b: page.click("#new-folder"))
-        await answer_dialog(browser, page, "nope")
-        await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
-        assert await browser.run(lambda b: page.text_content("#error-text")) == "changes are disabled on this server"
-        assert os.listdir(server.root) == [".quantum-sync"]
-    finally:
-        if page is not None:
-            await close(browser, page)
-        await server.stop()
+async def test_refusals_show_the_servers_message(reactor, tmp_path, browser, ui):
+    server = await ui.serve(enable_upload=False)
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.set_input_files("#file-input", files=[
+        {"name": "no.bin", "mimeType": "application/octet-stream", "buffer": b"x" * 100000}]))
+    await browser.run(lambda b: page.wait_for_selector('#upload-items li.failed[data-path="no.bin"]'))
+    shown = await browser.run(lambda b: page.text_content("#error-text"))
+    assert shown == "no.bin: uploads are disabled on this server"
+    await browser.run(lambda b: page.click("#error-close"))
+    await browser.run(lambda b: page.click("#new-folder"))
+    await answer_dialog(browser, page, "nope")
+    await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
+    assert await browser.run(lambda b: page.text_content("#error-text")) == "changes are disabled on this server"
+    assert os.listdir(server.root) == [".quantum-sync"]

@@ -97,6 +97,9 @@ class Credentials:
     """The token requests carry now (None: none), and how to get a newer one."""
 
     log = Logger()
+    #: Where the token came from, and what to do when the server refuses it (for the log).
+    source = "given"
+    advice = "give a new one, or let the client log in itself (--user and --password-file); retrying slowly"
 
     def __init__(self, clock):
         self.clock = clock
@@ -136,9 +139,6 @@ class Credentials:
         if self._warned != self.token:
             self._warned = self.token
             self.log.error("the server refused the token {source}; {advice}", source=self.source, advice=self.advice)
-
-    source = "given"
-    advice = "give a new one, or let the client log in itself (--user and --password-file); retrying slowly"
 
 
 class NoCredentials(Credentials):
@@ -265,7 +265,7 @@ class Login(Credentials):
         try:
             token, life = await self.log_in(self.user, self._password)
         except Exception as e:
-            if getattr(e, "status", None) in (400, 401, 403):
+            if getattr(e, "status", None) in (400, 401, 403, 404):  # 404: a server without accounts
                 self._refused = (self.clock.seconds(), e)
                 self.log.error("login as {user} refused: {error}; trying again in {seconds:.0f} s",
                                user=self.user, error=str(e), seconds=LOGIN_RETRY)

@@ -288,8 +288,10 @@ class Engine:
         delay = delay or self.retry_delay
         old = self._retry_calls.get(path)
         if old is not None and old.active():
-            old.reset(delay)
-            return
+            if hint is UNKNOWN:
+                old.reset(delay)
+                return
+            old.cancel()  # this one knows more (ask the server): it replaces the waiting one
 
         def fire():
             self._retry_calls.pop(path, None)

@@ -224,12 +224,11 @@ class FullSync:
 
     async def _reconcile(self, scope):
         engine = self.engine
-        listing, trusted, head = scope.listing, scope.listing is not None, None
-        if scope.journal is not None:
-            head = scope.journal.head
+        listing, trusted = scope.listing, scope.listing is not None
+        head = scope.journal.head if scope.journal is not None else None
+        if listing is None and scope.prefix is None and scope.journal is None:
+            scope, head = await self._with_journal(scope)
         if listing is None:
-            if scope.prefix is None and scope.journal is None:
-                head = await engine.server.journal_head()
             listing = await engine.server.list()
             engine.went_online()
         bases_all = dict(engine.state.bases)
@@ -240,6 +239,22 @@ class FullSync:
         await self._execute_plan(planned, local, scope)
         if scope.prefix is None:
             self._after_full(scope, head, local, planned.remote)
+
+    async def _with_journal(self, scope):
+        """``(scope, head)``: the journal's head, and when the server's journal is not the
+        one the cursor points into (its state restored while this client was away), a
+        scope that starts the cursor over and uploads what the server lost."""
+        engine = self.engine
+        head = await engine.server.journal_head()
+        known = engine.remote.journal.journal_id
+        if head is None or known is None:
+            return scope, head
+        current = (await engine.server.changes(head)).journal_id
+        if current is None or current == known:
+            return scope, head
+        self.log.warn("the server's journal is not the one this folder followed (its state was restored or "
+                      "started anew): what it lost is sent again")
+        return attrs.evolve(scope, journal=JournalStart(head, current, restored=True)), head
 
     def _after_full(self, scope, head, local, remote):
         engine = self.engine

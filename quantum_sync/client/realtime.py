@@ -2,9 +2,10 @@
 
 On every connection: ``auth`` first (when there is a token: the credentials' current
 one, see :mod:`quantum_sync.client.credentials`), then ``Subscribe`` with the client id;
-a token renewed while the connection is open is sent on it as a new ``auth`` (the
-connection stays: the server checks the identity again on every message); once the server acknowledges it, the engine catches up from the
-journal (a reconnect never needs a full rescan). ``FileOperation`` messages go to the
+once the server acknowledges it, the engine catches up from the journal (a reconnect
+never needs a full rescan). A token renewed while the connection is open is sent on it
+as a new ``auth``: the connection stays, and the server's check of the identity on
+every later message passes. ``FileOperation`` messages go to the
 engine with their ``seq``; the engine notices gaps. The link also subscribes to the
 ``transfers`` topic, whose ``upload_started`` events let the engine fetch another
 client's large upload while it arrives (:mod:`quantum_sync.server.relay`).
@@ -13,9 +14,13 @@ Reconnection (:mod:`quantum_sync.client.backoff`): exponential backoff with full
 up to 60 s. ``ClientService`` itself starts over whenever TCP connects, so the link keeps
 its own count: a session is a success only if it was subscribed and stayed up a while.
 A wait the server asks for is honoured: ``Retry-After`` on a refused handshake (503 at
-``max_connections``, 429) and ``retryAfter`` in an ``Error`` (``CLIENT_ID_IN_USE``: another
-live connection has this client id). A server with no ``/ws`` (404) is said once and
-tried again every few minutes, the client polling meanwhile. Every state change is logged.
+``max_connections``, 429) and ``retryAfter`` in an ``Error``. ``CLIENT_ID_IN_USE`` (another
+live connection is subscribed with this client id) is answered as the protocol asks:
+``Subscribe`` again on the same connection after ``retryAfter`` (the server meanwhile
+drops a half-open holder, such as this client's own connection from before a sleep);
+refused once more, another client really uses the id: said once, the connection closed
+and the link backed off. A server with no ``/ws`` (404) is said once and tried again
+every few minutes, the client polling meanwhile. Every state change is logged.
 """
 
 import json
@@ -55,6 +60,14 @@ def websocket_url(server_url: str) -> str:
     return f"{scheme}://{parts.netloc}/ws"
 
 
+def _wait(value):
+    """A wait the server asked for, in seconds within [0, MAX_RETRY_AFTER]; None when
+    ``value`` is not a number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+
+
 def _parsed(parse, value, kind):
     """``parse(value)``, or None (logged) when the server sent something invalid."""
     try:
@@ -89,6 +102,8 @@ class SyncClientProtocol(WebSocketClientProtocol):
         self._opened = defer.Deferred()
         self.auth_token = None  # the token this connection authenticated with
         self.is_subscribed = False
+        self._id_refusals = 0
+        self._resubscribe = None
 
     def onOpen(self):
         d = defer.ensureDeferred(self.factory.link.credentials.current())
@@ -150,8 +165,12 @@ class SyncClientProtocol(WebSocketClientProtocol):
         elif kind == "Error" and message.get("id") == TRANSFERS_TOPIC:
             _log.info("realtime: the server announces no uploads in progress; large files are fetched once stored")
         elif kind == "Error" and message.get("code") == "CLIENT_ID_IN_USE":
-            link.client_id_in_use(message.get("retryAfter"))
-            self.sendClose()
+            self._id_refusals += 1
+            wait = link.client_id_in_use(message.get("retryAfter"), again=self._id_refusals > 1)
+            if self._id_refusals == 1:
+                self._resubscribe = link.reactor.callLater(wait, self._subscribe_again)
+            else:
+                self.sendClose()
         elif kind == "Error":
             if "retryAfter" in message:
                 link.server_asked_to_wait(message["retryAfter"])
@@ -159,7 +178,15 @@ class SyncClientProtocol(WebSocketClientProtocol):
                 "realtime: server error {code}: {message}", code=message.get("code"), message=message.get("message")
             )
 
+    def _subscribe_again(self):
+        self._resubscribe = None
+        if self.state == self.STATE_OPEN and not self.is_subscribed:
+            self._subscribe()
+
     def onClose(self, wasClean, code, reason):
+        resubscribe = getattr(self, "_resubscribe", None)
+        if resubscribe is not None and resubscribe.active():
+            resubscribe.cancel()
         self.factory.link.closed(self, code, reason)
 
 
@@ -222,8 +249,9 @@ class RealtimeLink:
 
     def server_asked_to_wait(self, seconds) -> None:
         """The server said when to try again (``retryAfter``, ``Retry-After``)."""
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds == seconds:
-            self._wait_asked = max(self._wait_asked, min(max(float(seconds), 0.0), MAX_RETRY_AFTER))
+        seconds = _wait(seconds)
+        if seconds is not None:
+            self._wait_asked = max(self._wait_asked, seconds)
 
     def handshake_refused(self, status, retry_after) -> None:
         """The upgrade was answered ``status`` (None: unreadable), with ``retry_after``
@@ -236,16 +264,20 @@ class RealtimeLink:
                               interval=self.poll_interval)
             self._no_websocket = True
 
-    def client_id_in_use(self, retry_after) -> None:
-        """The server refused a second live connection with our client id."""
-        wait = retry_after if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool) \
-            else DEFAULT_ID_IN_USE_WAIT
-        self.server_asked_to_wait(wait)
-        if not self._id_in_use_said:
-            self._id_in_use_said = True
-            self.log.warn("realtime: another connection uses client id {client_id}; trying again after {wait:g} s "
-                          "(two folders sharing one id miss each other's changes: give one of them --client-id)",
-                          client_id=self.client_id, wait=self._wait_asked)
+    def client_id_in_use(self, retry_after, again: bool) -> float:
+        """The server refused our ``Subscribe``: another live connection has our client id.
+        The seconds to wait (``retry_after``, within bounds); ``again``: refused a second
+        time on one connection (said once, and the next connection waits that long)."""
+        wait = _wait(retry_after)
+        wait = DEFAULT_ID_IN_USE_WAIT if wait is None else wait
+        if again:
+            self.server_asked_to_wait(wait)
+            if not self._id_in_use_said:
+                self._id_in_use_said = True
+                self.log.warn("realtime: another client is connected with client id {client_id}; retrying with "
+                              "backoff (two clients sharing one id miss each other's changes: give each its own "
+                              "--client-id)", client_id=self.client_id)
+        return wait
 
     def _token_changed(self, token):
         proto = self._protocol

@@ -17,6 +17,7 @@ delete more than half of the synced files (and more than :data:`MASS_DELETE_MIN`
 deletes nothing until the user allows it.
 """
 
+import collections
 import enum
 
 import attrs
@@ -230,7 +231,7 @@ def _detect_moves(decisions: dict) -> None:
         sources = {}
         for d in ordered:
             if d.action is deleted_action and not d.is_directory and d.base is not None:
-                sources.setdefault(d.base.hash, []).append(d)
+                sources.setdefault(d.base.hash, collections.deque()).append(d)
         if not sources:
             continue
         for d in ordered:
@@ -249,7 +250,7 @@ def _move_source(d: Decision, created_action: Action, sources: dict):
     created, other_side = (d.local, d.remote) if upload else (d.remote, d.local)
     if other_side is not None or not sources.get(created.hash):
         return None
-    return sources[created.hash].pop(0)
+    return sources[created.hash].popleft()
 
 
 _KEEP_SIDES = (

@@ -29,11 +29,11 @@ class StagingSink:
     """Takes chunks on the reactor (:meth:`put`); :meth:`finish` (blocking, in a thread)
     waits for both threads, fsyncs, closes and returns the SHA-256 hex digest."""
 
-    def __init__(self, reactor, fd: int):
+    def __init__(self, reactor, fd: int, datasync=os.fdatasync):
         self._reactor = reactor
         self._fd = fd
         self._digest = hashlib.sha256()
-        self._writeback = Writeback(fd)
+        self._writeback = Writeback(fd, datasync)  # (datasync: a seam for injected faults)
         self._error = None
         self._lock = threading.Lock()
         self._waiting = {"hash": 0, "write": 0}  # bytes each thread has still to do
@@ -93,10 +93,10 @@ class StagingSink:
             q.put(None)
         for thread in self._threads:
             thread.join()
-        self._writeback.stop()
+        lost = self._writeback.stop()  # Linux reports a writeback error once: here, not later
         try:
-            if self._error is not None:
-                raise self._error
+            if self._error is not None or lost is not None:
+                raise self._error or lost
             os.fsync(self._fd)
         finally:
             os.close(self._fd)

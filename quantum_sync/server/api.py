@@ -27,9 +27,10 @@ from quantum_sync import batch, paths
 from quantum_sync.diskio import open_regular
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
+from quantum_sync.server.diskdiff import matches
 from quantum_sync.server.operations import check_client_id
 from quantum_sync.server.relay import RelayResource, Relays
-from quantum_sync.server.store import SPOOLS, BatchSpool, storage_error
+from quantum_sync.server.store import SPOOLS, BatchSpool, DiskEntry, storage_error
 from quantum_sync.server.webui import secure_headers
 from quantum_sync.server.versions import parse_restore
 
@@ -259,6 +260,9 @@ class FileApi:
         a start (every route that reads or changes files comes here; see
         :meth:`FileOperations.wait_ready`)."""
         identity = self.authorizer.authorize_request(request, role)
+        bindings = getattr(self.operations.hub, "bindings", None)
+        if bindings is not None:  # with auth on, a client id is its first user's
+            bindings.claim(header(request, "X-Client-Id") or "", identity.user)
         await self.operations.wait_ready()
         return identity
 
@@ -758,7 +762,8 @@ def _describes(current, opened) -> bool:
     version of the regular file ``opened`` (or None)."""
     if current is None or opened is None or opened.stat is None or current[0].is_directory:
         return False
-    return (opened.stat.st_size, opened.stat.st_mtime_ns) == (current[0].size, current[1])
+    st = opened.stat
+    return matches(current, DiskEntry(current[0].path, False, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
 
 
 def _address(request) -> str:

@@ -81,6 +81,9 @@ class Hub(Service):
         self._journal_head = journal_head
         self._journal_id = journal_id
         self.connections = set()
+        self._clients = {}  # client id -> the connection that named itself so
+        #: :class:`~quantum_sync.server.clientids.ClientIdBindings` with auth on, else None
+        self.bindings = None
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
         self._bursts = 0  # burst() blocks open
@@ -133,6 +136,8 @@ class Hub(Service):
         self.connections.discard(connection)
         for topic in connection.topics:
             self._subscribers[topic].discard(connection)
+        if self._clients.get(connection.client_id) is connection:
+            del self._clients[connection.client_id]
         if connection.client_id is not None:
             self.event(
                 "peer_disconnected",
@@ -142,12 +147,20 @@ class Hub(Service):
     def identify(self, connection, client_id: str) -> None:
         """Subscribe (seed form): name the connection, subscribe it to file_operations
         and announce ``peer_connected``."""
+        if self._clients.get(connection.client_id) is connection:
+            del self._clients[connection.client_id]
+        if connection in self.connections:
+            self._clients[client_id] = connection
         connection.client_id = client_id
         self.subscribe(connection, "file_operations")
         self.event(
             "peer_connected",
             {"id": client_id, "address": connection.address, "timestamp": self._now()},
         )
+
+    def holder(self, client_id: str):
+        """The open connection that named itself ``client_id``, or None."""
+        return self._clients.get(client_id)
 
     def subscribe(self, connection, topic: str) -> None:
         if connection in self.connections:

@@ -66,6 +66,16 @@ async def _nothing():
     return None
 
 
+def _ctime_after_install(target: str, temp_stat) -> int:
+    """The ctime of the file just linked or renamed to ``target`` (the link or rename
+    changed it), or 0 (unknown) when ``target`` is not that file any more."""
+    try:
+        placed = os.lstat(target)
+    except OSError:
+        return 0
+    return placed.st_ctime_ns if placed.st_ino == temp_stat.st_ino else 0
+
+
 def _stat_key(entry: DiskEntry) -> tuple:
     return entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns
 
@@ -587,17 +597,15 @@ class FileOperations:
                 if isinstance(temp, NamelessTemp):
                     self.store.discard(temp)  # linked in place: close it
                 synced_by.setdefault(os.path.dirname(target), []).append(position)
-                placed = os.lstat(target)  # the link or rename changed its ctime
-                ctime_ns = placed.st_ctime_ns if placed.st_ino == temp_stat.st_ino else 0
                 entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns,
-                                  temp_stat.st_ino, ctime_ns)
+                                  temp_stat.st_ino, _ctime_after_install(target, temp_stat))
                 directories = [metadata_of(d, "") for d in map(self.store.entry, created) if d]
             except (SyncError, OSError) as error:
                 broken.add(path)
                 results[position] = error if isinstance(error, SyncError) else storage_error(error)
                 continue
             state[path], authors[path] = metadata_of(entry, waiting.sha256), waiting.source_client
-            st_key = (temp_stat.st_ino, temp_stat.st_size, temp_stat.st_mtime_ns)
+            st_key = (entry.ino, entry.size, entry.mtime_ns, entry.ctime_ns)
             results[position] = (current, state[path], directories, st_key, version)
         for directory, positions in synced_by.items():
             try:

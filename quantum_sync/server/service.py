@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from quantum_sync.config import ConfigError
 from quantum_sync.server.api import FileApi
 from quantum_sync.server.auth import OpenAuthorizer
+from quantum_sync.server.clientids import ClientIdBindings
 from quantum_sync.server.hub import Hub
 from quantum_sync.server.index import Index
 from quantum_sync.server.metrics import Metrics
@@ -140,6 +141,11 @@ class ServerService(MultiService):
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
         self.versions = Versions(area, self.index, handler.versions, reactor, clock)
         self.versions.setServiceParent(self)
+        if self.authorizer.enabled:
+            try:
+                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor)
+            except ValueError as e:
+                raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area)
         self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
@@ -191,6 +197,8 @@ class ServerService(MultiService):
                 self.log.failure("start-up reconcile failed")
         self.operations.close()
         await self.operations.idle()
+        if self.hub.bindings is not None:
+            await self.hub.bindings.flush()
         self.index.stopService()
 
 

@@ -215,6 +215,10 @@ def accept_deflate(offers):
 # -- the protocol ----------------------------------------------------------------------------
 
 
+#: Seconds a connection holding a client id that another connection asks for has to
+#: answer a ping (and the newcomer is told to retry after).
+PROBE_TIMEOUT = 5
+
 #: Requests that wait while the server checks its files at start (they read the journal
 #: head or change files); pings, auth and topic requests are answered at once.
 _NEED_INDEX = (messages.Subscribe, messages.FileOperationRequest)
@@ -239,6 +243,8 @@ class HubProtocol(WebSocketServerProtocol):
         self.close_reason = None
         self._limiter = RateLimiter.start(factory.config.rate_limit, now)
         self._held = None  # requests kept until the index is trusted (see _hold)
+        self._probe = None  # the timer of a probe (see probe)
+        self._probe_answered = False
         self._backlog = None
         self._backlog_bytes = 0
         self._paused = False
@@ -254,6 +260,9 @@ class HubProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self._cancel_auth_deadline()
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = None
         self._backlog = None
         self.hub.detach(self, self.close_reason or "closed")
 
@@ -347,6 +356,23 @@ class HubProtocol(WebSocketServerProtocol):
 
     def _on_subscribe(self, request):
         operations = self.factory.operations
+        try:
+            self._claim(request.client_id)
+        except SyncError as error:
+            self._refuse(error, request.id)
+            return
+        holder = self.hub.holder(request.client_id)
+        if holder is not None and holder is not self:
+            # a half-open connection (a laptop that slept) would hold the id until
+            # stale_timeout: it must answer a ping now, or it is dropped
+            holder.probe(PROBE_TIMEOUT)
+            self._refuse(SyncError("CLIENT_ID_IN_USE", f"another connection is subscribed as"
+                                   f" {request.client_id!r}; each client needs an id of its own",
+                                   retryAfter=PROBE_TIMEOUT), request.id)
+            # refused as a whole: a client reconnects after a close (with its backoff),
+            # where an unanswered Subscribe would leave it connected and deaf
+            self.close(CLOSE_TRY_AGAIN_LATER, "client id in use; try again later")
+            return
         self.hub.identify(self, request.client_id)
         # every broadcast from here on has a seq above this cursor
         self.send(messages.ack("subscribe", request.id, journal_id=operations.journal_id,
@@ -374,8 +400,37 @@ class HubProtocol(WebSocketServerProtocol):
         self._cancel_auth_deadline()
         self.send(messages.auth_success(identity.user, identity.role, request.id))
 
+    def _claim(self, client_id: str) -> None:
+        """With auth on, ``client_id`` must be (or become) this user's."""
+        bindings = self.hub.bindings
+        if bindings is not None and self.identity is not None:
+            bindings.claim(client_id, self.identity.user)
+
+    def probe(self, timeout: float) -> None:
+        """Ping now; drop the connection unless a pong comes within ``timeout``."""
+        if self._probe is not None or self.state != self.STATE_OPEN:
+            return
+        self._probe_answered = False
+        self.sendPing()
+        self._probe = self.factory.clock.callLater(timeout, self._probe_due)
+
+    def onPong(self, payload):
+        self._probe_answered = True
+
+    def _probe_due(self):
+        self._probe = None
+        if not self._probe_answered:
+            log.info("dropping {address}: no answer to a probe", address=self.address)
+            self.abort("no answer to a ping")
+
     def _on_file_operation(self, request):
         source = self.client_id or request.source_client
+        if not self.client_id:
+            try:
+                self._claim(source)
+            except SyncError as error:
+                self._refuse(error, request.id)
+                return
         d = maybeDeferred(self.factory.operations.apply, request.operation, source)
 
         def applied(change):
