@@ -119,7 +119,10 @@ async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
         assert code == 0, err
         await wait_for(reactor, lambda: read(other.config.folder, "up.txt") == b"written while paused", what="upload")
         await wait_for(reactor, lambda: read(docs, "down.txt") == b"from the other side while paused", what="download")
-        assert not (await status_json(reactor, config))["paused"]
+        deadline = reactor.seconds() + 30
+        while not (answer := await status_json(reactor, config))["in_sync"]:  # its own uploads included
+            assert reactor.seconds() < deadline, f"never in sync after the resume: {answer}"
+        assert not answer["paused"] and answer["journal"]["behind"] == 0 and answer["state"] == "in sync"
     finally:
         text = await daemon.stop(reactor)
         await srv.stop()

@@ -39,7 +39,7 @@ async def folder_status(name, service, reactor) -> dict:
     working = sorted(set(engine.locks.held()))
     conflicts = sorted(p for p in state.bases if is_conflict_copy(p))
     cursor = state.cursor
-    behind = max(head - cursor, 0) if head is not None else None
+    behind = await _behind(engine, state, head, reactor)
     guards = _guards(engine)
     answer["server"].update(reachable=engine.online, last_error=engine.last_error if engine.online is not True else None)
     answer.update(
@@ -83,9 +83,30 @@ def _guards(engine) -> list:
 
 
 async def _journal_head(engine, reactor):
-    d = defer.ensureDeferred(engine.server.journal_head())
+    return await _asked(engine.server.journal_head(), reactor)
+
+
+async def _behind(engine, state, head, reactor):
+    """How many changes of other clients the journal holds after the cursor (None: not
+    known). The client's own changes are in the journal too, but never come back to it,
+    so the cursor stays behind them until a catch-up passes over them: they do not count."""
+    cursor = state.cursor
+    if head is None:
+        return None
+    if head <= cursor:
+        return 0
+    page = await _asked(engine.server.changes(cursor, state.journal_id), reactor)
+    if page is None:
+        return head - cursor
+    others = sum(1 for change in page.changes if change.source_client != engine.client_id)
+    return others + (max(head - page.cursor, 0) if page.has_more else 0)
+
+
+async def _asked(coroutine, reactor):
+    """The server's answer, None when it gives none within HEAD_TIMEOUT."""
+    d = defer.ensureDeferred(coroutine)
     d.addTimeout(HEAD_TIMEOUT, reactor)
     try:
         return await d
-    except Exception:
+    except Exception:  # unreachable, refused, malformed or too slow: not known
         return None
