@@ -110,6 +110,8 @@ def describe(status: dict) -> str:
     t = status["transfers"]
     if t["count"]:
         lines.append(f"  in progress: {t['count']}: " + ", ".join(t["paths"]) + (" ..." if t["count"] > len(t["paths"]) else ""))
+    for running in t.get("running", []):
+        lines.append(f"    {running['direction']} {running['path']}: {_size(running['bytes'])} so far")
     c = status["conflicts"]
     if c["count"]:
         lines.append(f"  conflicts: {c['count']}: " + ", ".join(c["paths"]) + (" ..." if c["count"] > len(c["paths"]) else ""))

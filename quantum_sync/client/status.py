@@ -55,7 +55,10 @@ async def folder_status(name, service, reactor) -> dict:
             "rate_bytes_per_s": round(progress.rate, 1),
             "seconds_left": None if progress.seconds_left is None else round(progress.seconds_left, 1),
         },
-        transfers={"count": len(working), "paths": working[:LISTED]},
+        transfers={"count": len(working), "paths": working[:LISTED],
+                   "running": [{"direction": direction, "path": path, "bytes": moved}
+                               for direction, path, moved in sorted(engine.server.transfers_running(),
+                                                                    key=lambda t: t[1])][:LISTED]},
         conflicts={"count": len(conflicts), "paths": conflicts[:LISTED]},
         journal={"journal_id": state.journal_id, "cursor": cursor, "head": head, "behind": behind},
         guards=guards,
