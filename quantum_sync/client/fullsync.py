@@ -236,6 +236,9 @@ class FullSync:
         planned = await deferToThread(make_plan, scope, listing, trusted, bases_all, local, engine.is_ignored,
                                       engine.strategy, engine.allow_mass_delete)
         self._warn(planned)
+        if scope.prefix is None:
+            held = planned.result.mass_delete_held
+            self.mass_delete_held = (held, planned.synced) if held else None
         await self._execute_plan(planned, local, scope)
         if scope.prefix is None:
             self._after_full(scope, head, local, planned.remote)
@@ -268,7 +271,6 @@ class FullSync:
 
     def _warn(self, planned):
         result = planned.result
-        self.mass_delete_held = (result.mass_delete_held, planned.synced) if result.mass_delete_held else None
         if result.mass_delete_held:
             self.log.warn(
                 "mass delete held: this reconcile would delete {count} of {synced} synced files; nothing was "
