@@ -98,35 +98,36 @@ class QuantumPair:
 
     name = "quantum-sync"
 
-    def __init__(self, base, client_args=(), port=None):
+    def __init__(self, base, client_args=(), port=None, sides="AB"):
         self.base = base
         self.procs = []
         self.pids = {}
         self.client_args = list(client_args)
         self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = os.path.join(base, "root")
+        self.sides = sides  # one client daemon a letter, folder base/<letter>
+        self.dir_a = os.path.join(base, "A")
+        self.dir_b = os.path.join(base, "B")
 
-    def start(self):
-        os.makedirs(self.base)
-        port = self.port
-        self.url = f"http://127.0.0.1:{port}"
+    def start(self, timeout=30):
+        os.makedirs(self.base, exist_ok=True)
         config = {"apps": {"http": {"servers": {"bench": {
-            "listen": [f"tcp:{port}:interface=127.0.0.1"],
+            "listen": [f"tcp:{self.port}:interface=127.0.0.1"],
             "routes": [{"match": [{"matcher": "path", "paths": ["/api/*", "/ws"]}],
-                        "handle": [{"handler": "file_sync", "root": os.path.join(self.base, "root"),
-                                    "enable_upload": True}]}],
+                        "handle": [{"handler": "file_sync", "root": self.root, "enable_upload": True}]}],
         }}}}}
         config_path = os.path.join(self.base, "sync.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
         self._spawn("server", ["quantum-sync", "--config", config_path])
-        wait(self._healthy, 30, "server health")
-        self.dir_a = os.path.join(self.base, "A")
-        self.dir_b = os.path.join(self.base, "B")
-        for side, folder in (("A", self.dir_a), ("B", self.dir_b)):
-            self._spawn(f"client{side}", ["quantum-sync-client", "--server", self.url, "--local-path", folder,
-                                          "--client-id", f"bench-{side}", *self.client_args])
-        for side in "AB":
-            wait(lambda: "realtime: connected" in self._log(f"client{side}"), 30, f"client {side} subscribed")
+        wait(self._healthy, timeout, "server health")
+        for side in self.sides:
+            self._spawn(f"client{side}", ["quantum-sync-client", "--server", self.url, "--local-path",
+                                          os.path.join(self.base, side), "--client-id", f"bench-{side}",
+                                          *self.client_args])
+        for side in self.sides:
+            wait(lambda: "realtime: connected" in self._log(f"client{side}"), timeout, f"client {side} subscribed")
 
     def _spawn(self, name, args):
         log = open(os.path.join(self.base, name + ".log"), "wb")
