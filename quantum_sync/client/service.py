@@ -47,12 +47,12 @@ class ClientConfig:
     ca_cert: str = None
     settle: float = 0.2
     allow_mass_delete: bool = False
+    #: what this client syncs of the folder (its own rules; ``.syncignore`` is everyone's)
+    selection: Selection = EVERYTHING
     #: Fetch other clients' large uploads while they arrive (quantum_sync.server.relay).
     relay: bool = True
     safety_interval: float = 600.0
     concurrency: int = 8
-    #: what this client syncs of the folder (its own rules; ``.syncignore`` is everyone's)
-    selection: Selection = EVERYTHING
 
 
 class SyncClientService(MultiService):

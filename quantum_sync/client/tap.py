@@ -30,9 +30,8 @@ def fail(line: str, status: int = 1):
 class Options(usage.Options):
     """Options of the ``quantum-sync-client`` twistd plugin."""
 
-    synopsis = "--server URL --local-path DIR [options] | --config client.json"
+    synopsis = "--server URL --local-path DIR [options]"
     optParameters = [
-        ["config", "c", None, "a JSON file of folders to sync (instead of --server and --local-path)"],
         ["server", "s", None, "the server, http://HOST:PORT or https://HOST:PORT"],
         ["local-path", "d", None, "the folder to keep in sync (created if its parent exists)"],
         ["client-id", None, None, "this client's id (default: a UUID remembered in the folder's state)"],
@@ -44,6 +43,7 @@ class Options(usage.Options):
         ["conflict-strategy", None, "rename", "rename (keep both), keep-client or keep-server"],
         ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
         ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
+        ["config", "c", None, "a JSON file of folders to sync, instead of all the options above"],
     ]
     optFlags = [
         ["realtime", None, "receive changes over the WebSocket (the default)"],
@@ -70,9 +70,10 @@ class Options(usage.Options):
             fail(f"quantum-sync-client: {e}")
 
     def _load_config(self):
-        given = [name for name, value in self.items() if name not in ("config",) and value and value != self.defaults.get(name)]
+        given = sorted(name for name, value in self.items() if name != "config" and value and value != self.defaults.get(name))
         if given:
-            fail(f"quantum-sync-client: --config excludes --{sorted(given)[0]} (set it in the file)")
+            option = "server" if given[0] == "servers" else given[0]  # --server may be given several times
+            fail(f"quantum-sync-client: --config excludes --{option} (set it in the file)")
         try:
             return load_client_config(self["config"])
         except ConfigError as e:
