@@ -10,13 +10,12 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
-from quantum_sync.client.clientconfig import load as load_client_config
+from quantum_sync.client.clientconfig import ConfigError, load as load_client_config
 from quantum_sync.client.credentials import read_secret_file
 from quantum_sync.client.folders import FoldersService
 from quantum_sync.client.progress import ProgressBars, wants_bars
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
-from quantum_sync.config import ConfigError
 from quantum_sync.gctune import tune_garbage_collector
 
 
