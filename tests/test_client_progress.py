@@ -92,3 +92,34 @@ def test_a_foreground_daemon_on_a_terminal_gets_bars(tmp_path, monkeypatch):
     finally:
         os.close(main)
         os.close(terminal)
+
+
+def test_progress_counts_what_is_left_each_way():
+    from quantum_sync.client.reconcile import Action, Decision, Entry
+
+    up = Decision("a.txt", Action.UPLOAD, local=Entry("h1", 100))
+    down = Decision("b.txt", Action.DOWNLOAD, remote=Entry("h2", 300))
+    folder = Decision("d", Action.DOWNLOAD, remote=Entry("", 0, True))
+    gone = Decision("c.txt", Action.DELETE_REMOTE, base=Entry("h3", 5))
+    progress = Progress.of([up, down, folder, gone], 400)
+    assert (progress.files_total, progress.up_files, progress.up_bytes, progress.down_files, progress.down_bytes) == (
+        4, 1, 100, 1, 300)
+    assert progress.seconds_left is None  # nothing done yet: no rate to go by
+    for d in (folder, down, gone):
+        progress.finished(d)
+    assert (progress.files_done, progress.bytes_done, progress.down_files, progress.down_bytes, progress.up_files) == (
+        3, 300, 0, 0, 1)
+    assert progress.seconds_left is not None and progress.seconds_left >= 0
+
+
+def test_a_pause_holds_what_is_asked_and_gives_it_back_once():
+    from quantum_sync.client.pausing import Held, PauseHold
+
+    pause = PauseHold()
+    pause.pause()
+    pause.hold_path("a")
+    pause.hold_path("a")
+    pause.hold_catch_up()
+    assert pause.paused and pause.holding == 1
+    assert pause.resume() == Held(frozenset({"a"}), reconcile=False, catch_up=True)
+    assert not pause.paused and pause.resume() == Held()
