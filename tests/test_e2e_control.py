@@ -13,7 +13,8 @@ import sys
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
-from support import start_server
+from support import HttpClient, start_server
+from test_client_stall import StallingProxy
 from test_e2e_folders import Daemon, write_config
 from test_e2e_sync import clients, log_to_stderr, read, wait_for, write  # noqa: F401
 
@@ -43,36 +44,42 @@ async def test_status_during_a_first_sync_of_2000_files(reactor, tmp_path):
     for i in range(2000):
         write(str(root), f"d{i % 20:02}/f{i:04}.txt", b"%04d" % i * 64)
     srv = await start_server(reactor, tmp_path, root=str(root))
-    config = write_config(tmp_path, [{"name": "docs", "server": srv.url, "local_path": "docs", "interval": 5}])
+    http = HttpClient(reactor)
+    listing = await (await http.get(srv.url + "/api/list")).content()
+    await http.close()
+    # the daemon reaches the server through a forwarder that holds everything once the
+    # listing and about half the files have come down: the first sync stays half done
+    # for as long as the test looks at it
+    proxy = StallingProxy(reactor, srv.port)
+    proxy.stall(len(listing) + 2000 * 256 // 2, "down")
+    url = f"http://127.0.0.1:{await proxy.listen()}"
+    config = write_config(tmp_path, [{"name": "docs", "server": url, "local_path": "docs", "interval": 5}])
     daemon = Daemon(tmp_path, "--config", config)
-    seen = []
     try:
-        async def progressing():
-            answer = await status_json(reactor, config)
-            if answer.get("progress") and answer["progress"]["files_done"] < answer["progress"]["files_total"]:
-                seen.append(answer)
-            return bool(seen) or (answer.get("state") == "in sync")
-
         deadline = reactor.seconds() + 60
-        while not await progressing():
-            assert reactor.seconds() < deadline, "no status while syncing"
-        assert seen, "the first sync ended before a status could see it"
-        during = seen[0]
-        p = during["progress"]
+        while True:
+            during = await status_json(reactor, config)
+            p = during.get("progress")
+            if p and p["files_done"] > 20 and not proxy.forwarding:
+                break
+            assert reactor.seconds() < deadline, f"no progress shown: {during}"
+        code, out, err = await cli(reactor, "--config", config, "status", "--json")
+        assert code == 0, err
+        (parsed,) = json.loads(out)["folders"]  # --json parses, and says the same
+        p = parsed["progress"]
         assert p["files_total"] == 2020  # 2,000 files and 20 directories
-        assert p["bytes_total"] == 2000 * 256
-        assert during["waiting"]["down"]["files"] + (p["files_done"] - 20) == 2000  # directories first
-        assert during["waiting"]["down"]["bytes"] + p["bytes_done"] == 2000 * 256
-        assert during["state"] == "syncing" and not during["in_sync"] and during["running"]
+        assert p["bytes_total"] == 2000 * 256 and 0 < p["bytes_done"] < 2000 * 256
+        assert p["files_done"] < 2020 and p["rate_bytes_per_s"] > 0
+        down = parsed["waiting"]["down"]
+        assert down["files"] == 2000 - (p["files_done"] - 20)  # the directories came first
+        assert down["bytes"] == 2000 * 256 - p["bytes_done"]
+        assert parsed["state"] == "syncing" and not parsed["in_sync"] and parsed["running"]
         code, text, _ = await cli(reactor, "--config", config, "status")
-        assert code == 0 and text.startswith("docs: ")
+        assert code == 0 and text.startswith("docs: syncing") and f"{p['files_done']}/2020 files" in text
 
-        async def in_sync():
-            return (await status_json(reactor, config))["in_sync"]
-
-        while not await in_sync():
-            assert reactor.seconds() < deadline + 60, "never in sync"
-        done = await status_json(reactor, config)
+        proxy.resume()
+        while not (done := await status_json(reactor, config))["in_sync"]:
+            assert reactor.seconds() < deadline + 60, f"never in sync: {done}"
         assert done["state"] == "in sync" and done["progress"] is None
         assert done["waiting"]["down"] == {"files": 0, "bytes": 0} and done["journal"]["behind"] == 0
         assert done["server"]["reachable"] is True
@@ -80,7 +87,9 @@ async def test_status_during_a_first_sync_of_2000_files(reactor, tmp_path):
         sock = tmp_path / "docs" / ".quantum-sync" / "control.sock"
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
     finally:
+        proxy.resume()
         text = await daemon.stop(reactor)
+        await proxy.port.stopListening()
         await srv.stop()
     assert "Traceback (most recent call last)" not in text
     code, out, _ = await cli(reactor, "--config", config, "status", "--json")
