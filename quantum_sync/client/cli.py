@@ -100,6 +100,7 @@ def describe(status: dict) -> str:
         return "\n".join(lines)
     up, down = status["waiting"]["up"], status["waiting"]["down"]
     lines.append(f"  waiting: up {up['files']} files ({_size(up['bytes'])}), down {down['files']} files ({_size(down['bytes'])})"
+                 + (f", {status['waiting']['queued']} paths queued for the server" if status["waiting"]["queued"] else "")
                  + (f", {status['waiting']['held_while_paused']} changes held while paused"
                     if status["waiting"]["held_while_paused"] else ""))
     p = status.get("progress")

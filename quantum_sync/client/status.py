@@ -34,8 +34,6 @@ async def folder_status(name, service, reactor) -> dict:
     head = await _journal_head(engine, reactor)
     progress = engine.fullsync.progress
     pending = dict(state.pending)
-    up_files = len(pending) + (progress.up_files if progress else 0)
-    up_bytes = progress.up_bytes if progress else 0
     working = sorted(set(engine.locks.held()))
     conflicts = sorted(p for p in state.bases if is_conflict_copy(p))
     cursor = state.cursor
@@ -45,8 +43,10 @@ async def folder_status(name, service, reactor) -> dict:
     answer.update(
         paused=engine.pause.paused,
         waiting={
-            "up": {"files": up_files, "bytes": up_bytes},
+            "up": {"files": progress.up_files if progress else 0, "bytes": progress.up_bytes if progress else 0},
             "down": {"files": progress.down_files if progress else 0, "bytes": progress.down_bytes if progress else 0},
+            # paths to sync again once the server answers (either way: decided then)
+            "queued": len(pending),
             "held_while_paused": engine.pause.holding,
         },
         progress=None if progress is None else {
