@@ -21,8 +21,11 @@ def test_deletes_that_cannot_make_a_mass_delete_go_at_once():
     assert results([gate.admit(f"f{i}") for i in range(10)]) == [True] * 10  # ten is never a mass delete
     assert gate.waiting == 0
     gate = DeleteGate(clock, lambda: (0, 100), lambda: 100)
-    assert results([gate.admit(f"f{i}") for i in range(50)]) == [True] * 50  # half is not more than half
-    assert results([gate.admit("f50")]) == [] and gate.waiting == 1  # the 51st could make one: it waits
+    assert results([gate.admit(f"f{i}") for i in range(10)]) == [True] * 10
+    eleventh = results([gate.admit("f10")])  # past ten it could be one in some folder: it waits
+    assert eleventh == [] and gate.waiting == 1
+    clock.advance(QUIET)
+    assert eleventh == [True]  # 11 of 100 is no mass delete
 
 
 def test_the_rest_of_a_burst_waits_then_a_mass_delete_is_held_and_logged():
@@ -34,14 +37,14 @@ def test_the_rest_of_a_burst_waits_then_a_mass_delete_is_held_and_logged():
     clock = Clock()
     synced = [30]
     gate = DeleteGate(clock, lambda: (10, synced[0]), lambda: synced[0])
-    first = results([gate.admit(f"f{i}") for i in range(15)])
-    assert first == [True] * 15  # half of 30 is no mass delete
-    synced[0] = 15  # the ones deleted on the server are forgotten
-    later = results([gate.admit(f"g{i}") for i in range(10)])  # the sixteenth could make one
-    assert later == [] and gate.waiting == 10
+    first = results([gate.admit(f"f{i}") for i in range(10)])
+    assert first == [True] * 10
+    synced[0] = 20  # the ones deleted on the server are forgotten
+    later = results([gate.admit(f"g{i}") for i in range(15)])  # the eleventh on waits
+    assert later == [] and gate.waiting == 15
     clock.advance(QUIET * 0.9)
     assert later == []
-    gate.admit("g10")  # a new delete restarts the quiet period
+    gate.admit("g15")  # a new delete restarts the quiet period
     clock.advance(QUIET * 0.9)
     assert later == []
     globalLogPublisher.addObserver(observe)
@@ -49,8 +52,8 @@ def test_the_rest_of_a_burst_waits_then_a_mass_delete_is_held_and_logged():
         clock.advance(QUIET * 0.2)
     finally:
         globalLogPublisher.removeObserver(observe)
-    assert later == [False] * 10
-    assert gate.held == (26, 30)  # 15 sent, and 11 waiting (more than the 10 missing), of 30
+    assert later == [False] * 15
+    assert gate.held == (26, 30)  # 10 sent, and 16 waiting (more than the 10 missing), of 30
     assert any("mass delete held" in line and "26 of 30" in line and "--allow-mass-delete" in line for line in lines)
     assert results([gate.admit("alone")]) == [True]  # a new burst: a single delete goes at once
 

@@ -5,10 +5,12 @@ holds a mass delete. A folder emptied while the client runs (``rm -rf``, an unmo
 disk, a bad script) arrives instead as a stream of single-path watcher events, each of
 which alone looks harmless. A delete is final when it happens, so it goes to the server
 at once while the deletes of the current burst (the deletes since the last :data:`QUIET`
-seconds without one) cannot make a mass delete
-(:func:`~quantum_sync.client.reconcile.is_mass_delete`: more than half of the files synced
-when the burst began, and more than ten). The first delete that could make one, and every
-later one of the burst, waits until the burst is over; then the gate counts the synced files now missing
+seconds without one) cannot make a mass delete whatever the folder holds: a mass delete
+(:func:`~quantum_sync.client.reconcile.is_mass_delete`) is more than half of the files
+synced and more than ten, so the first ten files of a burst go at once. The first delete
+past those ten, and every later one of the burst, waits until the burst is over (letting
+through up to half of the folder before judging would send half of an ``rm -rf`` to the
+server before the guard could hold it); then the gate counts the synced files now missing
 from the folder and lets the waiting ones through only when the whole burst is not a mass
 delete. A held batch deletes nothing: the files stay on the server, their base stays
 recorded, and the next start with ``--allow-mass-delete`` (or the files coming back)
@@ -18,7 +20,7 @@ settles them.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from quantum_sync.client.reconcile import is_mass_delete
+from quantum_sync.client.reconcile import MASS_DELETE_MIN, is_mass_delete
 
 #: Seconds without a new delete that end a burst.
 QUIET = 0.3
@@ -61,7 +63,7 @@ class DeleteGate:
             self._call.reset(self.quiet)
         else:
             self._call = self._clock.callLater(self.quiet, self._judge)
-        if not self._waiting and not is_mass_delete(self._passed + weight, self._synced):
+        if not self._waiting and self._passed + weight <= MASS_DELETE_MIN:
             self._passed += weight
             return defer.succeed(True)
         d = defer.Deferred()
