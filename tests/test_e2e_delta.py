@@ -123,6 +123,11 @@ async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, 
     assert read(server[0].root, "big.bin") == new
     assert deltas_of(a).sent == 0 and deltas_of(b).received == 0  # both went whole
     assert deltas_of(a).failed == 1 and deltas_of(b).failed == 1
+    # the wrong lists were dropped: the next edit goes as a delta both ways
+    newer = new + b"more"
+    write(A, "big.bin", newer)
+    await wait_for(reactor, lambda: read(B, "big.bin") == newer, what="the next edit at b")
+    assert deltas_of(a).sent > 0 and deltas_of(b).received > 0
 
 
 @pytest_twisted.ensureDeferred

@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -99,13 +100,12 @@ class Deltas:
         keep = {base.entry.hash for base in bases if not base.entry.is_directory and base.entry.size >= delta.DELTA_MIN}
         return await deferToThread(self.lists.forget_all_but, keep, time.time())
 
-    def forget(self, sha256) -> None:
-        """The list of ``sha256`` is not needed any more (a version replaced)."""
-        if protocol.is_sha256(sha256 or ""):
-            try:
-                os.unlink(os.path.join(self.lists.directory, sha256))
-            except FileNotFoundError:
-                pass
+    def forget(self, sha256):
+        """Drop the kept list of ``sha256`` (a version replaced, or a list that proved
+        wrong: it is made or fetched again when needed); a Deferred."""
+        if not protocol.is_sha256(sha256 or ""):
+            return defer.succeed(None)
+        return deferToThread(unlink_quietly, os.path.join(self.lists.directory, sha256))
 
     # -- uploads -------------------------------------------------------------------------
 
@@ -150,6 +150,7 @@ class Deltas:
                 self.failed += 1
                 self.log.info("delta upload of {path} refused ({code}: {message}); it goes whole",
                               path=path, code=e.code, message=e.message)
+                await self.forget(if_match)  # (the list kept of the server's version may be wrong)
             return None
         finally:
             await deferToThread(unlink_quietly, body)
@@ -160,7 +161,7 @@ class Deltas:
         self.sent += length
         if meta.hash == sha256:  # the server built exactly the content read: its list is right
             await deferToThread(self.lists.keep, sha256, blocks)
-            self.forget(if_match)
+            await self.forget(if_match)
         return meta
 
     # -- downloads -----------------------------------------------------------------------
@@ -197,7 +198,7 @@ class Deltas:
             self.log.info("delta download of {path} did not make its new version; it comes whole", path=path)
         else:
             self.received += sent_bytes(plan)
-            self.forget(local_hash)
+        await self.forget(local_hash)  # replaced, or (failed) perhaps wrong
         return staged
 
     async def _fetch_run(self, path, sha256, offset, length, fd) -> bool:
