@@ -133,7 +133,7 @@ class Deltas:
             return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
         try:
-            with self.server._watching() as watch:
+            with self.server._watching("up", path) as watch:
                 try:
                     response = await self.server._transfer_request("POST", "/api/upload-delta", path, headers,
                                                                    producer, watch=watch)
@@ -207,7 +207,7 @@ class Deltas:
         headers = {b"Range": [f"bytes={offset}-{offset + length - 1}".encode("ascii")]}
         sink = staging.StagingSink(self.server._reactor, fd)
         try:
-            with self.server._watching() as watch:
+            with self.server._watching("down", path) as watch:
                 response = await self.server._transfer_request("GET", "/api/download", path, headers, watch=watch)
                 etag = (response.headers.getRawHeaders(b"etag") or [b""])[0].decode("ascii", "replace").strip('"')
                 if response.code != 206 or etag != sha256 or response.length != length:

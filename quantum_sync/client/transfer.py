@@ -54,6 +54,7 @@ from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
 from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
+from quantum_sync.client.failover import ServerList
 from quantum_sync.client.keepalive import KeepAliveEndpoint
 from quantum_sync.client.localfs import open_regular, unlink_quietly
 from quantum_sync.compression import ENCODING
@@ -258,13 +259,16 @@ class IdleWatch:
     def __init__(self, clock, seconds):
         self._clock, self.seconds = clock, seconds
         self.last = clock.seconds()
+        self.moved = 0  # bytes moved so far (what ``touch`` was told of)
         self.stalled = False
         self.paused = False
         self.abort = None
         self._call = clock.callLater(seconds, self._check)
 
-    def touch(self, _data=None):
+    def touch(self, data=None):
         self.last = self._clock.seconds()
+        if data:
+            self.moved += len(data)
 
     def _check(self):
         idle = self._clock.seconds() - self.last
@@ -297,7 +301,7 @@ class _Collect(Protocol):
         if self._error is not None:
             return
         if self._watch is not None:
-            self._watch.touch()
+            self._watch.touch(data)
         try:
             self._on_chunk(data)
         except Exception as e:
@@ -422,7 +426,7 @@ class _TouchingConsumer:
         self._consumer, self._watch = consumer, watch
 
     def write(self, data):
-        self._watch.touch()
+        self._watch.touch(data)
         self._consumer.write(data)
 
     def registerProducer(self, producer, streaming):
@@ -462,14 +466,18 @@ class ServerClient:
     log = Logger()
 
     def __init__(self, reactor, server_url: str, client_id: str, credentials=None, ca_cert=None, concurrency: int = 8,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT, fallbacks=()):
         """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
-        fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte."""
+        fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte;
+        ``fallbacks``: further servers of the same cluster, tried in turn."""
         self.idle_timeout = idle_timeout
+        self._running = {}  # IdleWatch -> (direction, path) of the single transfers running
         if not isinstance(credentials, Credentials):
             credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
         self.credentials = credentials
         self.server_url = server_url.rstrip("/")
+        #: The servers of one cluster, tried in turn when one cannot be reached.
+        self.servers = ServerList((self.server_url, *fallbacks))
         self.client_id = client_id
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -487,11 +495,7 @@ class ServerClient:
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
-        parts = urlsplit(self.server_url)
-        netloc = parts.netloc.rpartition("@")[2].encode("idna")
-        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
-        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
-        self._raw_headers[b"Host"] = [netloc]
+        self._use(self.server_url)
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
@@ -506,6 +510,20 @@ class ServerClient:
         self.compress_uploads = self.compress_downloads = False
         #: The server is asked to keep the block lists of large uploads (deltas are on).
         self.keep_block_lists = False
+
+    def _use(self, server_url: str) -> None:
+        self.server_url = server_url
+        parts = urlsplit(server_url)
+        netloc = parts.netloc.rpartition("@")[2].encode("idna")
+        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
+        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
+        self._raw_headers[b"Host"] = [netloc]
+
+    def _fail_over(self) -> None:
+        """The server could not be reached: the next requests go to the next one."""
+        if len(self.servers.urls) > 1:
+            self._use(self.servers.advance())
+            self.log.warn("cannot reach the server; going on with {url}", url=self.server_url)
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -591,8 +609,10 @@ class ServerClient:
             if watch is not None and watch.stalled:  # (cancelled: however Twisted wraps it)
                 raise TransferStalled(f"{method} {path}: no byte moved for {self.idle_timeout:g} s; aborted") from None
             if isinstance(e, defer.CancelledError):
+                self._fail_over()
                 raise ServerUnavailable(f"{method} {path}: timed out") from None
             reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
+            self._fail_over()
             raise ServerUnavailable(f"{method} {path}: {reason}") from None
         if response.code >= 400:
             await self._raise_for(method, path, response)
@@ -735,13 +755,22 @@ class ServerClient:
             self._lane(size), f"upload of {path}", lambda: self._upload(path, abspath, sha256, if_match, data)))
 
     @contextlib.contextmanager
-    def _watching(self):
-        """An :class:`IdleWatch` for one transfer, stopped when it ends."""
+    def _watching(self, direction=None, path=None):
+        """An :class:`IdleWatch` for one transfer, stopped when it ends; one of ``path``
+        is listed by :meth:`transfers_running` meanwhile."""
         watch = IdleWatch(self._reactor, self.idle_timeout)
+        if path is not None:
+            self._running[watch] = (direction, path)
         try:
             yield watch
         finally:
+            self._running.pop(watch, None)
             watch.stop()
+
+    def transfers_running(self) -> list:
+        """``(direction, path, bytes moved)`` of every single file transfer running
+        (small files travelling in batches are not listed)."""
+        return [(direction, path, watch.moved) for watch, (direction, path) in self._running.items()]
 
     async def _retrying(self, lane, what, transfer):
         """``await transfer()`` holding a slot of ``lane``; when it stalls, again after a
@@ -821,7 +850,7 @@ class ServerClient:
             opened.append(os.fdopen(open_regular(abspath), "rb"))
             return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
-        with self._watching() as watch:
+        with self._watching("up", path) as watch:
             try:
                 # PUT: Twisted parses no form out of it
                 response = await self._transfer_request("PUT", "/api/upload", path, headers, producer, watch=watch)
@@ -955,7 +984,7 @@ class ServerClient:
     async def _download(self, path, sha256, staging_dir, route="/api/download", query="", size=None):
         # asked for as zstd where compression is on: the server sends it so if it pays
         headers = {b"Accept-Encoding": [ENCODING]} if self.compress_downloads and route == "/api/download" else None
-        with self._watching() as watch:
+        with self._watching("down", path) as watch:
             response = await self._transfer_request("GET", route, path, headers, query=query, watch=watch)
             if (response.headers.getRawHeaders(b"content-encoding") or [b""])[-1].strip().lower() == ENCODING:
                 compressed = await self._stage(response, path, None, staging_dir, watch)

@@ -504,10 +504,11 @@ SPOOLS = (UploadSpool, MemorySpool)
 class Store:
     """The root directory and its temp area; every method is blocking (use a thread)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, node_id: str | None = None):
         self.root = os.path.realpath(root)
         self.state_dir = os.path.join(self.root, paths.STATE_DIR_NAME)
-        self.temp_dir = os.path.join(self.state_dir, "tmp")
+        # a cluster node's temps in a folder of its own: the others' stay when it starts
+        self.temp_dir = os.path.join(self.state_dir, *(("nodes", node_id) if node_id else ()), "tmp")
         self._prefix = self.root + os.sep
         self._temp_names = itertools.count()
         #: Files being installed, until the root watcher recognises the event of their
