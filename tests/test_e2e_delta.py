@@ -179,3 +179,16 @@ async def test_a_start_drops_the_kept_lists_of_versions_no_longer_synced(reactor
     await clients.stop(a)
     a = await clients.start(server[0], "a", delta="always")
     assert os.listdir(lists) == [hashlib.sha256(first).hexdigest()]
+
+
+def test_the_client_config_file_takes_delta_and_compress(tmp_path):
+    from quantum_sync.client import clientconfig
+    from quantum_sync.config import ConfigError
+
+    folder = {"server": "http://127.0.0.1:8080", "local_path": str(tmp_path)}
+    (only,) = clientconfig.parse({"folders": [folder]})
+    assert (only.client.delta, only.client.compress) == ("auto", "auto")
+    (only,) = clientconfig.parse({"folders": [dict(folder, delta="always", compress="never")]})
+    assert (only.client.delta, only.client.compress) == ("always", "never")
+    with pytest.raises(ConfigError, match=r"folders\[0\]\.delta"):
+        clientconfig.parse({"folders": [dict(folder, delta="sometimes")]})
