@@ -192,3 +192,17 @@ def test_the_client_config_file_takes_delta_and_compress(tmp_path):
     assert (only.client.delta, only.client.compress) == ("always", "never")
     with pytest.raises(ConfigError, match=r"folders\[0\]\.delta"):
         clientconfig.parse({"folders": [dict(folder, delta="sometimes")]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_coming_from_the_relay_is_not_fetched_again_as_a_delta(reactor, server, clients):
+    a = await clients.start(server[0], "a", delta="never")  # uploads whole: relayed
+    b = await clients.start(server[0], "b", delta="always")
+    A, B = a.config.folder, b.config.folder
+    base = content(8, 9 * MiB)
+    write(A, "big.bin", base)
+    await converged(reactor, A, B, server[0].root)
+    new = base[:MiB] + b"edit" + base[MiB + 4:]
+    write(A, "big.bin", new)
+    await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edit at b")
+    assert deltas_of(b).received == 0 and deltas_of(b).failed == 0

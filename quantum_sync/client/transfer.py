@@ -941,6 +941,11 @@ class ServerClient:
             return staged
         return await self._fetch(path, sha256, staging_dir, size)
 
+    def prefetching(self, path: str, sha256: str) -> bool:
+        """Whether a prefetch of that version of ``path`` is kept or running (its
+        :meth:`download` claims it)."""
+        return (path, sha256) in self._prefetches
+
     def prefetch(self, path: str, sha256: str, size: int, staging_dir: str) -> None:
         """Start reading another client's upload of ``path`` (``size`` bytes hashing to
         ``sha256``) from the server's relay while it arrives, staged and checked like
