@@ -206,3 +206,21 @@ async def test_a_version_coming_from_the_relay_is_not_fetched_again_as_a_delta(r
     write(A, "big.bin", new)
     await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edit at b")
     assert deltas_of(b).received == 0 and deltas_of(b).failed == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_scattered_edits_come_in_one_multi_range_request(reactor, server, clients):
+    a, b, A, B = await pair(clients, server[0])
+    base = content(9)
+    write(A, "big.bin", base)
+    await converged(reactor, A, B, server[0].root)
+    new = bytearray(base)
+    for i in range(5):  # five edits, far apart: five runs of missing bytes
+        at = 300_000 + i * 1_200_000
+        new[at:at + 10] = b"0123456789"
+    new = bytes(new)
+    before = deltas_of(b).range_requests
+    write(A, "big.bin", new)
+    await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edits at b")
+    assert deltas_of(b).range_requests - before == 1
+    assert 0 < deltas_of(b).received < len(new) / 2
