@@ -1,6 +1,6 @@
-"""The watchers' observer (quantum_sync.observers): watchdog's inotify observer with the
-state directory left unwatched and the process's own installs dropped in its reading
-thread. Real inotify on a real folder; every wait is bounded."""
+"""The watchers' observer (quantum_sync.adapters.watchdog): watchdog's inotify observer with the
+state directory left unwatched and the process's own installs dropped in its inotify
+dispatcher thread. Real inotify on a real folder; every wait is bounded."""
 
 import os
 import threading
@@ -8,7 +8,7 @@ import time
 
 from watchdog.events import FileSystemEventHandler
 
-from quantum_sync import observers
+from quantum_sync.adapters import watchdog as observers
 from quantum_sync.diskio import OwnWrites
 
 
@@ -120,3 +120,29 @@ def test_file_events_go_straight_to_direct_and_moves_and_directories_to_the_hand
     assert ("FileMovedEvent", a) in seen.kinds and b in seen.paths
     assert not [path for _, path in direct if path in (str(tmp_path / "d"), str(tmp_path / "e"))]
     assert reads and 0 not in reads and sum(reads) == len(direct)  # never an empty call
+
+
+def test_watchdogs_own_reading_path_runs_and_stops(tmp_path):
+    """Pins what the adapter relies on in watchdog 7.1: its reader hands each read to a
+    dispatcher thread through ``_raw_queue``, whose next ``get`` comes once the read's
+    events are handled (``direct`` is called there, with them); stopping the observer
+    ends that thread."""
+    threads, direct = [], []
+
+    def take(events):
+        threads.append(threading.current_thread())
+        direct.extend((type(event).__name__, event.src_path) for event in events)
+
+    observer, seen = _watch(tmp_path, direct=take)
+    try:
+        (tmp_path / "f").write_bytes(b"x")
+        deadline = time.monotonic() + 5
+        while ("FileClosedEvent", str(tmp_path / "f")) not in direct and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        observer.stop()
+        observer.join(5)
+    assert ("FileClosedEvent", str(tmp_path / "f")) in direct
+    assert {thread.name for thread in threads} == {"InotifyFD-Dispatcher"}
+    threads[0].join(5)
+    assert not observer.is_alive() and not threads[0].is_alive()

@@ -7,9 +7,16 @@ the four events of each download a client installs, half of the server's events 
 upload. :func:`observer` gives an observer that never adds a watch on
 ``<watched directory>/.quantum-sync`` or below.
 
-It builds on watchdog 7's inotify classes (``InotifyWatchGroup._add_callback``, the
-emitter's ``on_thread_start``); with a watchdog that lacks them, or off Linux, it is
-watchdog's own ``Observer`` (which watches everything, as before).
+It builds on watchdog 7.1's inotify classes, details without a public API:
+``InotifyWatchGroup._add_callback`` (where a watch is added), the emitter's
+``on_thread_start`` and ``_inotify``/``_inotify_fd`` (which group it makes), and
+``InotifyFD._raw_queue``, the queue between watchdog's reading thread and its
+dispatching thread: a dispatcher that comes back to the queue for the next read has
+handled every event of the previous one, which is when ``direct`` gets them.
+watchdog's own reading path (its dispatcher thread, the coalescing of a burst's reads,
+its stop on close) runs unchanged. setup.cfg pins watchdog to the tested range and
+tests/test_adapters_watchdog.py pins these details; with a watchdog that lacks them, or off
+Linux, it is watchdog's own ``Observer`` (which watches everything).
 """
 
 import os
@@ -26,14 +33,15 @@ def observer(timeout: float = 1.0, ignore=None, direct=None):
     directory unwatched where watchdog allows; ``timeout``: how often its threads wake
     (a quicker stop).
 
-    ``ignore(name)``, called in watchdog's reading thread for each file that appears at
+    ``ignore(name)``, called in watchdog's dispatching thread for each file that appears at
     ``name`` (created, or renamed into place), may answer True to drop that event there:
     the process's own installs then cost no hand-off through watchdog's other threads
     (the handler would have dropped them anyway).
 
     ``direct(events)``, also called in that thread, receives the plain events of files
     (created, modified, attributes, closed after writing, deleted) as watchdog's event
-    objects, a list of them once per read from inotify (in order; a burst's create,
+    objects, a list of them once per read from inotify (watchdog joins the reads of a
+    burst that come within a millisecond into one; in order; a burst's create,
     modify and close of one file then come together), instead of through watchdog's two
     further threads (each event crossed two queues, and a burst of new files queued up
     there for a second); moves and everything about directories still go through them,
@@ -52,6 +60,30 @@ def _unwatched(top: bytes, path: bytes) -> bool:
     return path == state or path.startswith(state + b"/")
 
 
+class AfterRead:
+    """watchdog's queue of raw reads (``InotifyFD._raw_queue``), calling ``hooks`` each time
+    the dispatching thread comes back for another read: the events of the one before are
+    all handled then."""
+
+    def __init__(self, queue, hooks: list):
+        self._queue, self._hooks = queue, hooks
+
+    def put(self, item) -> None:
+        self._queue.put(item)
+
+    def get(self, *args, **kwargs):
+        self._after()
+        return self._queue.get(*args, **kwargs)
+
+    def get_nowait(self):
+        self._after()
+        return self._queue.get_nowait()
+
+    def _after(self) -> None:
+        for hook in tuple(self._hooks):
+            hook()
+
+
 def _build():
     try:
         from watchdog.observers.api import BaseObserver
@@ -62,7 +94,7 @@ def _build():
     if not all(hasattr(InotifyWatchGroup, name) for name in
                ("_add_callback", "_add_all_callbacks", "_build_event_source_path", "on_event", "is_active")) \
             or not hasattr(InotifyEmitter, "get_event_mask_from_filter") \
-            or not all(hasattr(InotifyFD, name) for name in ("read_events", "handle_event", "should_keep_running")):
+            or not all(hasattr(InotifyFD, name) for name in ("_dispatch_raw_buffers", "handle_event", "run")):
         return None
 
     from watchdog.events import FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
@@ -85,19 +117,13 @@ def _build():
         def __init__(self):
             super().__init__()
             self.after_read = []
-
-        def run(self) -> None:  # InotifyFD's, and the hooks after each read
-            while self.should_keep_running():
-                for event in self.read_events():
-                    self.handle_event(event)
-                for hook in tuple(self.after_read):
-                    hook()
+            self._raw_queue = AfterRead(self._raw_queue, self.after_read)
 
     class WatchGroup(InotifyWatchGroup):
         ignore = direct = None  # set on a subclass per observer
 
         def __post_init__(self) -> None:
-            self.held = []  # the direct events of the read being handled (reading thread only)
+            self.held = []  # the direct events of the read being handled (dispatching thread only)
             super().__post_init__()
 
         def _add_callback(self, path: bytes) -> None:
