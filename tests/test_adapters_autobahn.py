@@ -1,5 +1,6 @@
-"""quantum_sync.adapters.autobahn: pins the Autobahn detail it uses (a close frame with
-the contract's codes) over a real WebSocket connection. Every wait is bounded."""
+"""quantum_sync.adapters.autobahn: pins the Autobahn details it uses (a close frame with
+the contract's codes, its own send queue) over a real WebSocket connection. Every wait is
+bounded."""
 
 import pytest
 import pytest_twisted
@@ -18,7 +19,7 @@ from quantum_sync.adapters import autobahn as adapter
 @pytest.mark.parametrize("code", [1001, 1008, 1009, 1013])
 @pytest_twisted.ensureDeferred
 async def test_a_close_frame_carries_the_contracts_codes(reactor, code):
-    closed, refused = defer.Deferred(), []
+    closed, refused, queued = defer.Deferred(), [], []
 
     class Server(WebSocketServerProtocol):
         def onOpen(self):
@@ -26,7 +27,11 @@ async def test_a_close_frame_carries_the_contracts_codes(reactor, code):
                 self.sendClose(code, "public API")
             except Exception:  # Autobahn's sendClose takes 1000 and 3000-4999 only
                 refused.append(code)
-            adapter.send_close(self, code, "é" + "x" * 200)
+            queued.append(adapter.bytes_queued(self))
+            self.sendData(b"", sync=True)  # the first goes out, a second synchronous send
+            self.sendData(b"", sync=True)  # waits in Autobahn's queue for a later turn
+            queued.append(adapter.bytes_queued(self))
+            adapter.send_close(self, code, "é" + "x" * 200)  # (queued behind them)
 
     class Client(WebSocketClientProtocol):
         def onClose(self, wasClean, code, reason):
@@ -47,5 +52,6 @@ async def test_a_close_frame_carries_the_contracts_codes(reactor, code):
         await port.stopListening()
     # When this fails because sendClose accepts the code, the adapter can use sendClose.
     assert refused == [code]
+    assert queued == [False, True]
     assert was_clean and got == code
     assert reason == ("é" + "x" * 200).encode("utf-8")[:adapter.MAX_CLOSE_REASON].decode("utf-8")

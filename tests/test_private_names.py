@@ -18,7 +18,7 @@ KNOWN = frozenset({
     "_tempDataLen", "dataBuffer", "_tempDataBuffer", "_producer", "_handlingRequest", "_command",
     "_path", "_factory", "_endpointFactory", "_HTTP11ClientFactory", "_networkProducer",
     # Autobahn
-    "_perMessageCompress", "sendCloseFrame",
+    "_perMessageCompress", "sendCloseFrame", "send_queue",
     # watchdog
     "_add_callback", "_inotify", "_inotify_fd", "_raw_queue", "_dispatch_raw_buffers", "_closed",
 })

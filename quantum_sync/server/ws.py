@@ -516,7 +516,7 @@ class HubProtocol(WebSocketServerProtocol):
         line per call); on an idle plain TCP socket not even through Twisted's write
         buffer, sparing two epoll updates and a write pass per subscriber — together
         most of a broadcast's CPU time. Anything else takes ``transport.write``."""
-        if self.send_queue:
+        if autobahn_adapter.bytes_queued(self):
             self.sendData(frame)
             return
         transport = self.transport
