@@ -10,12 +10,10 @@ upload. :func:`observer` gives an observer that never adds a watch on
 It builds on watchdog 7.1's inotify classes, details without a public API:
 ``InotifyWatchGroup._add_callback`` (where a watch is added), the emitter's
 ``on_thread_start`` and ``_inotify``/``_inotify_fd`` (which group it makes), and
-``InotifyFD._raw_queue``, the queue between watchdog's reading thread and its
-dispatching thread: a dispatcher that comes back to the queue for the next read has
-handled every event of the previous one, which is when ``direct`` gets them.
-watchdog's own reading path (its dispatcher thread, the coalescing of a burst's reads,
-its stop on close) runs unchanged. setup.cfg pins watchdog to the tested range and
-tests/test_adapters_watchdog.py pins these details; with a watchdog that lacks them, or off
+``InotifyFD.run`` with its ``_closed`` (a reader that hands the events of each read over
+at once, in its own thread, without watchdog's dispatcher thread: see ``ReadingFD.run``).
+setup.cfg pins watchdog to the tested range and tests/test_adapters_watchdog.py pins
+these details, watchdog's ``run`` among them; with a watchdog that lacks them, or off
 Linux, it is watchdog's own ``Observer`` (which watches everything).
 """
 
@@ -33,15 +31,14 @@ def observer(timeout: float = 1.0, ignore=None, direct=None):
     directory unwatched where watchdog allows; ``timeout``: how often its threads wake
     (a quicker stop).
 
-    ``ignore(name)``, called in watchdog's dispatching thread for each file that appears at
+    ``ignore(name)``, called in watchdog's inotify reading thread for each file that appears at
     ``name`` (created, or renamed into place), may answer True to drop that event there:
     the process's own installs then cost no hand-off through watchdog's other threads
     (the handler would have dropped them anyway).
 
     ``direct(events)``, also called in that thread, receives the plain events of files
     (created, modified, attributes, closed after writing, deleted) as watchdog's event
-    objects, a list of them once per read from inotify (watchdog joins the reads of a
-    burst that come within a millisecond into one; in order; a burst's create,
+    objects, a list of them once per read from inotify (in order; a burst's create,
     modify and close of one file then come together), instead of through watchdog's two
     further threads (each event crossed two queues, and a burst of new files queued up
     there for a second); moves and everything about directories still go through them,
@@ -60,30 +57,6 @@ def _unwatched(top: bytes, path: bytes) -> bool:
     return path == state or path.startswith(state + b"/")
 
 
-class AfterRead:
-    """watchdog's queue of raw reads (``InotifyFD._raw_queue``), calling ``hooks`` each time
-    the dispatching thread comes back for another read: the events of the one before are
-    all handled then."""
-
-    def __init__(self, queue, hooks: list):
-        self._queue, self._hooks = queue, hooks
-
-    def put(self, item) -> None:
-        self._queue.put(item)
-
-    def get(self, *args, **kwargs):
-        self._after()
-        return self._queue.get(*args, **kwargs)
-
-    def get_nowait(self):
-        self._after()
-        return self._queue.get_nowait()
-
-    def _after(self) -> None:
-        for hook in tuple(self._hooks):
-            hook()
-
-
 def _build():
     try:
         from watchdog.observers.api import BaseObserver
@@ -94,7 +67,7 @@ def _build():
     if not all(hasattr(InotifyWatchGroup, name) for name in
                ("_add_callback", "_add_all_callbacks", "_build_event_source_path", "on_event", "is_active")) \
             or not hasattr(InotifyEmitter, "get_event_mask_from_filter") \
-            or not all(hasattr(InotifyFD, name) for name in ("_dispatch_raw_buffers", "handle_event", "run")):
+            or not all(hasattr(InotifyFD, name) for name in ("read_events", "handle_event", "should_keep_running")):
         return None
 
     from watchdog.events import FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
@@ -117,13 +90,29 @@ def _build():
         def __init__(self):
             super().__init__()
             self.after_read = []
-            self._raw_queue = AfterRead(self._raw_queue, self.after_read)
+
+        def run(self) -> None:
+            """watchdog 7.1's ``InotifyFD.run`` (which tests/test_adapters_watchdog.py pins)
+            reads in this thread and hands each read to a dispatcher thread, joining the
+            reads of a burst that come within a millisecond. Here the events of each read
+            are handled in this thread and then the hooks run; the rest is watchdog's own:
+            the reads and their stop on close (``_read_event_buffer`` through
+            ``read_events``), the parsing and ``handle_event``. The second thread is left
+            out on purpose: each event woke two threads that contend for the GIL with the
+            reactor (bench/README.md, adapters: a 1,000-client broadcast's p50 18.9 → 23.7
+            ms, a file's close reached ``direct`` 0.46 → 1.47 ms). An exception from a
+            callback ends this thread, as it ends watchdog's."""
+            while self.should_keep_running() and not self._closed:
+                for event in self.read_events():
+                    self.handle_event(event)
+                for hook in tuple(self.after_read):
+                    hook()
 
     class WatchGroup(InotifyWatchGroup):
         ignore = direct = None  # set on a subclass per observer
 
         def __post_init__(self) -> None:
-            self.held = []  # the direct events of the read being handled (dispatching thread only)
+            self.held = []  # the direct events of the read being handled (reading thread only)
             super().__post_init__()
 
         def _add_callback(self, path: bytes) -> None:
