@@ -1,6 +1,6 @@
 """The watchers' observer (quantum_sync.adapters.watchdog): watchdog's inotify observer with the
-state directory left unwatched and the process's own installs dropped in its inotify
-dispatcher thread. Real inotify on a real folder; every wait is bounded."""
+state directory left unwatched and the process's own installs dropped in its reading
+thread. Real inotify on a real folder; every wait is bounded."""
 
 import os
 import threading

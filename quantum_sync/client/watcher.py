@@ -112,8 +112,8 @@ class _Bridge(FileSystemEventHandler):
         once only when the path's last event is a finished write; a write after a close
         in the same read waits for quiet, as any write does.
 
-        Whatever goes wrong here is logged, never raised: it would stop watchdog's inotify
-        threads, and with them every later event."""
+        Whatever goes wrong here is logged, never raised: it would end watchdog's reading
+        thread, and with it every later event."""
         try:
             items = self._file_items(events)
         except Exception:
@@ -217,7 +217,7 @@ class FolderWatcher(Service):
         super().startService()
         bridge = _Bridge(self._reactor, self.folder, self._events, self._on_grow)
         try:
-            # .quantum-sync unwatched; file events straight from watchdog's inotify dispatcher thread
+            # .quantum-sync unwatched; file events straight from watchdog's reading thread
             self._observer = observers.observer(ignore=self._own_write, direct=bridge.on_file_events)
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)
             self._observer.start()
