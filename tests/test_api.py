@@ -67,6 +67,7 @@ async def test_upload_then_list_metadata_download(server, http):
     response = await http.get(f"{server.url}/api/download", params={"path": "docs/a.txt"})
     assert response.code == 200
     assert response.headers.getRawHeaders("ETag") == [f'"{sha(b"hello")}"']
+    assert response.headers.getRawHeaders("Content-Type") == ["text/plain"]  # served from memory
     assert await response.content() == b"hello"
 
 

@@ -186,7 +186,7 @@ async def test_watcher_falls_back_to_polling(reactor, tmp_path, http, monkeypatc
     """When inotify refuses (its watch limit), the root is polled instead."""
     import errno
 
-    from quantum_sync import observers
+    from quantum_sync.adapters import watchdog as observers
     from quantum_sync.server import rootwatch
 
     inotify_observer = observers.observer

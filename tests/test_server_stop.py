@@ -50,7 +50,7 @@ async def upload_in_progress(reactor, client, site, path: str, body: bytes, dead
     client.transport.write(b"POST /api/upload?path=%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
                            % (path.encode(), len(body), body))
     waited = 0.0
-    while not any(c._handlingRequest for c in site.channels):
+    while not any(c.answering for c in site.channels):
         assert waited < deadline, "the upload never reached the site"
         await _sleep(reactor, 0.01)
         waited += 0.01

@@ -42,7 +42,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -55,7 +55,7 @@ from quantum_sync.client.batches import Batcher
 from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
-from quantum_sync.client.keepalive import KeepAliveEndpoint
+from quantum_sync.client.keepalive import KeptEndpoints
 from quantum_sync.client.localfs import open_regular, unlink_quietly
 from quantum_sync.compression import ENCODING
 from quantum_sync.errors import SyncError
@@ -436,30 +436,6 @@ class _TouchingConsumer:
         self._consumer.unregisterProducer()
 
 
-class _KeptEndpoints:
-    """The Agent's endpoint factory, asked once per server: Agent builds a new endpoint for
-    every request (host name checks and encoding included) even when the pool then hands
-    it a kept-alive connection. An endpoint connects as often as asked, so one is kept."""
-
-    def __init__(self, factory):
-        self._factory = factory
-        self._endpoints = {}
-
-    def endpointForURI(self, uri):
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            endpoint = self._endpoints[key] = KeepAliveEndpoint(self._factory.endpointForURI(uri))
-        return endpoint
-
-
-class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory without its "Starting factory" line per connection
-    (with dozens of pooled connections it drowned the transfer log)."""
-
-    noisy = False
-
-
 class ServerClient:
     """HTTP calls to one quantum-sync server for one client id."""
 
@@ -481,16 +457,15 @@ class ServerClient:
         self.client_id = client_id
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool._factory = _QuietHTTP11ClientFactory
         self._pool.maxPersistentPerHost = concurrency * (1 + SMALL_LANE_FACTOR) + 4
         self._pool.retryAutomatically = True
         if urlsplit(self.server_url).scheme == "https":
             from quantum_sync.tls import https_policy
 
-            agent = Agent(reactor, contextFactory=https_policy(ca_cert), pool=self._pool, connectTimeout=10)
+            endpoints = KeptEndpoints(reactor, https_policy(ca_cert), connect_timeout=10)
         else:
-            agent = Agent(reactor, pool=self._pool, connectTimeout=10)
-        agent._endpointFactory = _KeptEndpoints(agent._endpointFactory)
+            endpoints = KeptEndpoints(reactor, connect_timeout=10)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}

@@ -36,7 +36,7 @@ from watchdog.events import (
 )
 from watchdog.observers.polling import PollingObserver
 
-from quantum_sync import observers
+from quantum_sync.adapters import watchdog as observers
 from quantum_sync.client.localfs import local_stat
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
 
@@ -217,7 +217,7 @@ class FolderWatcher(Service):
         super().startService()
         bridge = _Bridge(self._reactor, self.folder, self._events, self._on_grow)
         try:
-            # .quantum-sync unwatched; file events straight from the reading thread
+            # .quantum-sync unwatched; file events straight from watchdog's reading thread
             self._observer = observers.observer(ignore=self._own_write, direct=bridge.on_file_events)
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)
             self._observer.start()

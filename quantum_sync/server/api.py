@@ -208,7 +208,11 @@ class HashedFile(File):
         if self.type is None:
             self.type, self.encoding = getTypeAndEncoding(
                 self.basename(), self.contentTypes, self.contentEncodings, self.defaultType)
-        self._setContentHeaders(request)
+        request.setHeader(b"Content-Length", b"%d" % self.getFileSize())  # as File's own answer
+        if self.type:
+            request.setHeader(b"Content-Type", self.type.encode("ascii"))
+        if self.encoding:
+            request.setHeader(b"Content-Encoding", self.encoding.encode("ascii"))
         return b"" if request.method == b"HEAD" else self._opened.getvalue()
 
     def restat(self, reraise=True):

@@ -34,7 +34,8 @@ from watchdog.events import (
 )
 from watchdog.observers.polling import PollingObserver
 
-from quantum_sync import observers, paths
+from quantum_sync import paths
+from quantum_sync.adapters import watchdog as observers
 
 #: The events asked of watchdog (and of inotify: the others are never even read). Every
 #: change of content or name shows as one of these; opening, reading and closing a file
