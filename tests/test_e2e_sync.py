@@ -153,8 +153,8 @@ def log_to_stderr():
 
 
 @pytest.fixture
-def server(reactor, tmp_path):
-    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path)))
+def server(reactor, tmp_path, server_overrides):
+    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path, **server_overrides)))
     holder = [running]
     yield holder
     pytest_twisted.blockon(defer.ensureDeferred(holder[0].stop()))
