@@ -280,3 +280,32 @@ def test_bus_messages_round_trip_and_a_node_knows_its_own():
     back = decode_change(text)
     assert (back.seq, back.operation, back.source_client, back.timestamp) == (
         7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z")
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_auth_a_client_id_is_its_first_user_s_on_every_node(reactor, nodes, tmp_path):
+    from test_auth_e2e import WS_TIMERS, auth_section, bearer, login
+
+    await nodes.start(2, auth=auth_section(tmp_path), websocket=WS_TIMERS)
+    first, second = nodes.urls
+    http = HttpClient(reactor)
+    try:
+        alice = await login(http, first, "alice")
+        wendy = await login(http, second, "wendy")  # one secret for both nodes
+        await http.json("POST", first + "/api/upload", data=b"x", params={"path": "a.txt"},
+                        headers={**bearer(alice), "X-Client-Id": ["alice-laptop"]})
+        await nodes.services[0].hub.bindings.flush()
+        await nodes.services[1].node.bindings.load()  # (the reload every 5 s, now)
+        code, body = await http.json("POST", second + "/api/upload", expect=None, data=b"y",
+                                     params={"path": "w.txt"},
+                                     headers={**bearer(wendy), "X-Client-Id": ["alice-laptop"]})
+        assert (code, body["error"]["code"]) == (403, "PERMISSION_DENIED")
+        # both claim a new id at once on two nodes: the database keeps the first
+        nodes.services[0].hub.bindings.claim("shared-id", "alice")
+        nodes.services[1].hub.bindings.claim("shared-id", "wendy")
+        for service in nodes.services:
+            await service.hub.bindings.flush()
+        owners = {service.hub.bindings.owner("shared-id") for service in nodes.services}
+        assert len(owners) == 1
+    finally:
+        await http.close()

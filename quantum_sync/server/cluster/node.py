@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from quantum_sync.config import ConfigError
 from quantum_sync.protocol import format_time
+from quantum_sync.server.cluster.bindings import ClusterBindings
 from quantum_sync.server.cluster.feed import Feed
 from quantum_sync.server.cluster.fence import ClusterFence
 from quantum_sync.server.cluster.leader import Leadership
@@ -84,6 +85,8 @@ class ClusterNode:
         self.redis = RedisAddress.parse(cluster.redis)
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
+        #: client ids bound to users (used with ``auth``), kept in the database
+        self.bindings = ClusterBindings(self.index, reactor)
         self.feed = None
         self.bus = None
         self.leadership = None
@@ -107,6 +110,8 @@ class ClusterNode:
         service.hub.relay = self._relay_event
         self.presence = Presence(self.index, self.node_id, self._address, self.started, self._reactor)
         self.presence.start()
+        if service.hub.bindings is self.bindings:
+            self.bindings.start()
         self.leadership = Leadership(self.cluster.database, self.index.namespace, self._reactor,
                                      self._lead)
         await self.leadership.start()
@@ -166,6 +171,7 @@ class ClusterNode:
             watcher = self._service.watcher
             if watcher.running:
                 await watcher.stopService()
+        self.bindings.stop()
         if self.presence is not None:
             self.presence.stop()
             await self.presence.leave()

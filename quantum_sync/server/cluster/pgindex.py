@@ -47,6 +47,9 @@ SCHEMA = [
         one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
         seq BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS client_ids (
+        client_id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY,
         address TEXT NOT NULL,
@@ -304,6 +307,24 @@ class PgIndex(Service):
             txn.execute("SELECT node_id, address, started FROM nodes"
                         " WHERE seen > now() - make_interval(secs => %s) ORDER BY node_id", (live_for,))
             return [{"node_id": n, "address": a, "started": s} for n, a, s in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def client_bindings(self) -> dict:
+        """``{client id: user}``: every client id bound to a user (with ``auth``)."""
+        def run(txn):
+            txn.execute("SELECT client_id, user_name FROM client_ids")
+            return dict(txn.fetchall())
+
+        return await self._run(run)
+
+    async def bind_client(self, client_id: str, user: str) -> str:
+        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user."""
+        def run(txn):
+            txn.execute("INSERT INTO client_ids (client_id, user_name) VALUES (%s, %s)"
+                        " ON CONFLICT DO NOTHING", (client_id, user))
+            txn.execute("SELECT user_name FROM client_ids WHERE client_id = %s", (client_id,))
+            return txn.fetchone()[0]
 
         return await self._run(run)
 
