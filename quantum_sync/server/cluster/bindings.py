@@ -70,7 +70,7 @@ class ClusterBindings:
         except Exception as error:  # written by the next claim of the id, on a node
             self.log.warn("cannot record that {client_id} is {user}'s: {error}",
                           client_id=client_id, user=user, error=error)
-            del self._users[client_id]
+            self._users.pop(client_id, None)
             return
         if owner != user:
             self.log.warn("client id {client_id} was bound to another user on another node first",

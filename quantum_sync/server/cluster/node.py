@@ -8,7 +8,6 @@ order with theirs, to the node's own hub.
 """
 
 import socket
-import time
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -91,7 +90,7 @@ class ClusterNode:
         self.bus = None
         self.leadership = None
         self.presence = None
-        self.started = format_time(time.time())
+        self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
 
