@@ -18,7 +18,7 @@ from quantum_sync.server.cluster.bindings import ClusterBindings
 from quantum_sync.server.cluster.feed import Feed
 from quantum_sync.server.cluster.fence import ClusterFence
 from quantum_sync.server.cluster.leader import Leadership
-from quantum_sync.server.cluster.pgindex import PgIndex, SchemaError, create_schema
+from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, PgIndex, SchemaError, create_schema
 from quantum_sync.server.cluster.presence import Presence
 from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
 from quantum_sync.server.hub import RELAYED_EVENTS
@@ -45,7 +45,7 @@ def preflight(cluster, source: str) -> None:
 
     where = f"{source}: cluster"
     try:
-        with psycopg.connect(cluster.database, connect_timeout=5) as connection:
+        with psycopg.connect(cluster.database, **CONNECT_OPTIONS) as connection:
             with connection.cursor() as cursor:
                 create_schema(cursor)
     except SchemaError as error:

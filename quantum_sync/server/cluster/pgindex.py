@@ -77,6 +77,13 @@ UPSERT = (
     " files.hash = EXCLUDED.hash THEN files.source_client ELSE EXCLUDED.source_client END")
 
 
+#: libpq settings of every connection a node makes: a database that cannot be reached is
+#: known in seconds (not after TCP's retransmissions, some 15 minutes, for a host gone
+#: silently), so requests answer 503 rather than hang.
+CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                   "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 15000}
+
+
 class SchemaError(Exception):
     """The database holds a schema this code cannot use (one line for the operator)."""
 
@@ -199,7 +206,7 @@ class PgIndex(Service):
             return
         self._pool = adbapi.ConnectionPool(
             "psycopg", self.conninfo, cp_min=1, cp_max=self._pool_size, cp_reconnect=True,
-            cp_noisy=False, cp_reactor=self._reactor, connect_timeout=5,
+            cp_noisy=False, cp_reactor=self._reactor, **CONNECT_OPTIONS,
         )
         self._opened = Deferred.fromCoroutine(self._run(self._create))
 
