@@ -52,10 +52,12 @@ from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.compress import ZstdFileBody, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
 from quantum_sync.client.keepalive import KeepAliveEndpoint
 from quantum_sync.client.localfs import open_regular, unlink_quietly
+from quantum_sync.compression import ENCODING
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -257,13 +259,16 @@ class IdleWatch:
     def __init__(self, clock, seconds):
         self._clock, self.seconds = clock, seconds
         self.last = clock.seconds()
+        self.moved = 0  # bytes moved so far (what ``touch`` was told of)
         self.stalled = False
         self.paused = False
         self.abort = None
         self._call = clock.callLater(seconds, self._check)
 
-    def touch(self, _data=None):
+    def touch(self, data=None):
         self.last = self._clock.seconds()
+        if data:
+            self.moved += len(data)
 
     def _check(self):
         idle = self._clock.seconds() - self.last
@@ -296,7 +301,7 @@ class _Collect(Protocol):
         if self._error is not None:
             return
         if self._watch is not None:
-            self._watch.touch()
+            self._watch.touch(data)
         try:
             self._on_chunk(data)
         except Exception as e:
@@ -421,7 +426,7 @@ class _TouchingConsumer:
         self._consumer, self._watch = consumer, watch
 
     def write(self, data):
-        self._watch.touch()
+        self._watch.touch(data)
         self._consumer.write(data)
 
     def registerProducer(self, producer, streaming):
@@ -466,6 +471,7 @@ class ServerClient:
         fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte;
         ``fallbacks``: further servers of the same cluster, tried in turn."""
         self.idle_timeout = idle_timeout
+        self._running = {}  # IdleWatch -> (direction, path) of the single transfers running
         if not isinstance(credentials, Credentials):
             credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
         self.credentials = credentials
@@ -499,6 +505,10 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
+        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress).
+        self.compress_uploads = False
+        #: The server is asked to keep the block lists of large uploads (deltas are on).
+        self.keep_block_lists = False
 
     def _use(self, server_url: str) -> None:
         self.server_url = server_url
@@ -744,13 +754,22 @@ class ServerClient:
             self._lane(size), f"upload of {path}", lambda: self._upload(path, abspath, sha256, if_match, data)))
 
     @contextlib.contextmanager
-    def _watching(self):
-        """An :class:`IdleWatch` for one transfer, stopped when it ends."""
+    def _watching(self, direction=None, path=None):
+        """An :class:`IdleWatch` for one transfer, stopped when it ends; one of ``path``
+        is listed by :meth:`transfers_running` meanwhile."""
         watch = IdleWatch(self._reactor, self.idle_timeout)
+        if path is not None:
+            self._running[watch] = (direction, path)
         try:
             yield watch
         finally:
+            self._running.pop(watch, None)
             watch.stop()
+
+    def transfers_running(self) -> list:
+        """``(direction, path, bytes moved)`` of every single file transfer running
+        (small files travelling in batches are not listed)."""
+        return [(direction, path, watch.moved) for watch, (direction, path) in self._running.items()]
 
     async def _retrying(self, lane, what, transfer):
         """``await transfer()`` holding a slot of ``lane``; when it stalls, again after a
@@ -816,6 +835,11 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
+        if data is None and self.keep_block_lists:  # (a large file: deltas of it later)
+            headers[b"X-Block-List"] = [b"keep"]
+        compress = data is None and self.compress_uploads and await deferToThread(sample_pays, abspath)
+        if compress:
+            headers[b"Content-Encoding"] = [ENCODING]
         opened = []
 
         def producer():
@@ -823,9 +847,9 @@ class ServerClient:
                 return _BytesBody(data)
             # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
             opened.append(os.fdopen(open_regular(abspath), "rb"))
-            return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+            return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
-        with self._watching() as watch:
+        with self._watching("up", path) as watch:
             try:
                 # PUT: Twisted parses no form out of it
                 response = await self._transfer_request("PUT", "/api/upload", path, headers, producer, watch=watch)
@@ -957,7 +981,7 @@ class ServerClient:
         return defer.succeed(None)
 
     async def _download(self, path, sha256, staging_dir, route="/api/download", query=""):
-        with self._watching() as watch:
+        with self._watching("down", path) as watch:
             response = await self._transfer_request("GET", route, path, query=query, watch=watch)
             return await self._stage(response, path, sha256, staging_dir, watch)
 

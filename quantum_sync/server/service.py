@@ -13,10 +13,12 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from quantum_sync.blocklists import BlockLists
 from quantum_sync.config import ConfigError
 from quantum_sync.server.api import FileApi
 from quantum_sync.server.auth import OpenAuthorizer
 from quantum_sync.server.clientids import ClientIdBindings
+from quantum_sync.server.delta import Deltas
 from quantum_sync.server.hub import Hub
 from quantum_sync.server.index import Index
 from quantum_sync.server.metrics import Metrics
@@ -159,7 +161,9 @@ class ServerService(MultiService):
                 raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area)
-        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
+        self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions,
+                           Deltas(self.store, self.block_lists, reactor))
         self.watcher = RootWatcher(self.store.root, self.operations, reactor,
                                    rescan_interval=handler.rescan_interval, metrics=self.metrics)
         if self.node is None:
@@ -194,6 +198,7 @@ class ServerService(MultiService):
             return
         await self.operations.recover()
         await self.operations.refresh(None)
+        await self.api.deltas.prune(self.index)
 
     def when_ready(self) -> Deferred:
         """Fires once the index is open and reconciled with the disk (requests are
