@@ -31,6 +31,10 @@ from test_batch_api import (  # noqa: F401
     test_client_downloads_waiting_at_once_travel_in_batches, test_client_uploads_waiting_at_once_travel_in_batches,
     test_each_file_of_a_batch_succeeds_or_fails_on_its_own, test_uploads_of_one_path_in_a_batch_apply_in_order,
 )
+from test_delta_api import (  # noqa: F401
+    test_a_base_that_changed_is_412_and_nothing_changes, test_a_delta_upload_sends_only_the_change_and_is_installed,
+    test_an_upload_leaves_its_block_list_made_as_it_streamed_in,
+)
 from tests.support import http, server  # noqa: F401 - fixtures
 
 
