@@ -64,8 +64,8 @@ class Sequencer:
 
 class Feed:
     """Delivers changes to ``deliver(changes)`` in journal order, reading gaps from
-    ``index`` (a :class:`.pgindex.PgIndex`); ``poll_interval(redis_up)`` gives the
-    seconds between journal polls."""
+    ``index`` (a :class:`.pgindex.PgIndex`); polls the journal every ``fast_poll``
+    seconds while Redis is away and every ``slow_poll`` while it is there."""
 
     log = Logger()
 
@@ -128,8 +128,10 @@ class Feed:
         if self._filling is not None:
             self._again = True
             return self._filling
-        self._filling = Deferred.fromCoroutine(self._fill())
-        return self._filling
+        filling = Deferred.fromCoroutine(self._fill())
+        if not filling.called:  # (one that ended at once has cleared _filling already)
+            self._filling = filling
+        return filling
 
     async def _fill(self):
         try:
