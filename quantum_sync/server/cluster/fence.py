@@ -63,7 +63,7 @@ class ClusterFence:
             with connection.pipeline():  # the intents go once the locks are granted
                 connection.execute(
                     "SELECT pg_advisory_lock_shared(%s), (SELECT count(pg_advisory_lock(k))"
-                    " FROM (SELECT unnest(%s::bigint[]) AS k) AS keys)", (tree, keys))
+                    " FROM (SELECT unnest(%b::bigint[]) AS k) AS keys)", (tree, keys))
                 if intended is not None:
                     cursor = connection.execute(INTENDING, (intended, intended))
             return None if intended is None else rows_by_path(cursor.fetchall())

@@ -64,8 +64,8 @@ _COLUMNS = "path, is_directory, size, mtime_ns, hash, ino, ctime_ns"
 
 #: Records the intents to write the paths of the first parameter and reads the rows of
 #: those of the second (the same list): one statement.
-INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%s::text[])"
-             f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)")
+INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%b::text[])"
+             f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%b)")
 
 #: A file's row, with the client that wrote its content (kept when only its stat changed).
 UPSERT = (
@@ -370,7 +370,7 @@ class PgIndex(Service):
                     _upsert(txn, {row[0].path: _file_values(row) + (source,)
                                   for upserts, _, _, source in items for row in upserts})
                 if done_intents:
-                    txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(done_intents),))
+                    txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(done_intents),))
                 return self._journal(txn, [(operation, source) for _, _, operation, source in items
                                            if operation is not None], timestamp)
 
@@ -395,7 +395,7 @@ class PgIndex(Service):
 
     async def forget_intents(self, paths) -> None:
         def run(txn):
-            txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(paths),))
+            txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(paths),))
 
         await self._run(run)
 
@@ -425,7 +425,7 @@ class PgIndex(Service):
             "WITH head AS (UPDATE journal_head SET seq = seq + %(count)s RETURNING seq)"
             " INSERT INTO journal (seq, operation, source_client, timestamp)"
             " SELECT head.seq - %(count)s + entry.position, entry.operation, entry.source, %(timestamp)s"
-            " FROM head, unnest(%(operations)s::text[], %(sources)s::text[])"
+            " FROM head, unnest(%(operations)b::text[], %(sources)b::text[])"
             " WITH ORDINALITY AS entry(operation, source, position) RETURNING seq",
             {"count": len(entries), "timestamp": timestamp, "operations": texts,
              "sources": [source for _, source in entries]})
@@ -450,15 +450,15 @@ def _upsert(txn, rows: dict) -> None:
         columns = list(zip(*rows.values()))
         txn.execute(
             "INSERT INTO files (path, is_directory, size, mtime_ns, hash, ino, ctime_ns, source_client)"
-            " SELECT * FROM unnest(%s::text[], %s::boolean[], %s::bigint[], %s::bigint[], %s::text[],"
-            " %s::bigint[], %s::bigint[], %s::text[])" + UPSERT[UPSERT.index(" ON CONFLICT"):],
+            " SELECT * FROM unnest(%b::text[], %b::boolean[], %b::bigint[], %b::bigint[], %b::text[],"
+            " %b::bigint[], %b::bigint[], %b::text[])" + UPSERT[UPSERT.index(" ON CONFLICT"):],
             [list(column) for column in columns])
 
 
 def _get_many(txn, paths) -> dict:
     found = {}
     for start in range(0, len(paths), LOOKUP_BATCH):
-        txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)", (paths[start:start + LOOKUP_BATCH],))
+        txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ANY(%b)", (paths[start:start + LOOKUP_BATCH],))
         for row in txn.fetchall():
             found[row[0]] = _row_metadata(row)
     return found
