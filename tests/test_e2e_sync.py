@@ -255,6 +255,8 @@ async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, cli
     os.unlink(os.path.join(A, "edited-there.txt"))
     write(A, "new-on-a.txt", b"a")
     await wait_for(reactor, lambda: read(server[0].root, "notes.txt") == b"version of a", what="a's edit on the server")
+    await wait_for(reactor, lambda: read(server[0].root, "gone-here.txt") == b"a's edit",
+                   what="a's other edit on the server")  # else b's delete, based on the original, wins
     await wait_for(reactor, lambda: not os.path.exists(os.path.join(server[0].root, "edited-there.txt")), what="a's delete")
     write(B, "notes.txt", b"version of b")
     os.unlink(os.path.join(B, "gone-here.txt"))
