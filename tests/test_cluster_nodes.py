@@ -5,6 +5,7 @@ watcher of the root, and the feed's ordering (pure)."""
 import hashlib
 import os
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -272,14 +273,18 @@ async def test_a_node_behind_the_journal_s_retention_goes_on(reactor, nodes):
 
 
 def test_bus_messages_round_trip_and_a_node_knows_its_own():
-    from quantum_sync.server.cluster.redisbus import decode_change, encode_change, sender_prefix
+    from quantum_sync.server.cluster.redisbus import decode_changes, encode_changes, sender_prefix
 
-    change = Change(7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z", '{"Delete":{"path":"a b/\\u00e9"}}')
-    text = encode_change(change, "node-1")
+    changes = [Change(7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z", '{"Delete":{"path":"a b/\\u00e9"}}'),
+               Change(8, Delete("x"), "desk", "2026-01-01T00:00:01Z", '{"Delete":{"path":"x"}}')]
+    text = encode_changes(changes, "node-1")
     assert text.startswith(sender_prefix("node-1")) and not text.startswith(sender_prefix("node-10"))
-    back = decode_change(text)
-    assert (back.seq, back.operation, back.source_client, back.timestamp) == (
-        7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z")
+    back = decode_changes(text)
+    assert [(c.seq, c.operation, c.source_client, c.timestamp) for c in back] == [
+        (7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z"), (8, Delete("x"), "desk", "2026-01-01T00:00:01Z")]
+    for malformed in ('{"node":"n","changes":[[0,"{}","c","t"]]}', '{"node":"n"}', "[]", "{"):
+        with pytest.raises(Exception):
+            decode_changes(malformed)
 
 
 @pytest_twisted.ensureDeferred

@@ -113,10 +113,10 @@ class Feed:
         self._loop.clock = self._reactor
         self._loop.start(interval, now=False)
 
-    def offer(self, change) -> None:
-        """A change heard (from Redis) or made here: deliver what is now in order; a
-        gap is read from the journal."""
-        ready = self.sequencer.offer(change)
+    def offer(self, changes) -> None:
+        """Changes heard (from Redis) or made here: deliver what is now in order; a gap
+        is read from the journal."""
+        ready = [change for offered in changes for change in self.sequencer.offer(offered)]
         if ready:
             self._deliver(ready)
         if self.sequencer.gap:

@@ -93,6 +93,7 @@ class ClusterNode:
         self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
+        self._outgoing = []  # this node's changes of this reactor turn, for the other nodes
 
     async def start(self, service) -> None:
         """After the index opened: follow the journal from its head, hear the other
@@ -123,10 +124,17 @@ class ClusterNode:
         return ""
 
     def offer(self, change) -> None:
-        """A change this node journalled: to the other nodes, and to its own hub in
-        order."""
-        self.bus.publish([change])
-        self.feed.offer(change)
+        """A change this node journalled: to its own hub in order and, with the others
+        journalled in the same reactor turn (a group's), to the other nodes in one
+        message."""
+        self.feed.offer([change])
+        if not self._outgoing:
+            self._reactor.callLater(0, self._send)
+        self._outgoing.append(change)
+
+    def _send(self) -> None:
+        changes, self._outgoing = self._outgoing, []
+        self.bus.publish(changes)
 
     def _relay_event(self, kind, data) -> None:
         self.bus.publish_event(kind, {**data, "node_id": self.node_id},
