@@ -228,7 +228,9 @@ class Actions:
                 data = await engine.server.download_bytes(path, remote.hash, remote.size)
             else:
                 staged = None
-                if local is not None and self.deltas.applies(remote.size):
+                # (a version already coming from the relay is claimed, not fetched again)
+                if local is not None and self.deltas.applies(remote.size) \
+                        and not engine.server.prefetching(path, remote.hash):
                     staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
                                                         remote, tmp_dir(engine.folder))
                 if staged is None:

@@ -19,6 +19,7 @@ from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.selection import Selection
 from quantum_sync.client.service import ClientConfig, folder_problem
 from quantum_sync.config import ConfigError, _Reader, read_document
+from quantum_sync.delta import MODES
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 FOLDER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -26,6 +27,7 @@ FOLDER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _FOLDER_KEYS = (
     "name", "server", "local_path", "client_id", "auth", "ca_cert", "conflict_strategy", "interval",
     "settle_ms", "allow_mass_delete", "realtime", "initial_sync", "relay", "include", "exclude",
+    "delta", "compress",
 )
 
 
@@ -74,6 +76,10 @@ def _folder(r, value, where, base_dir) -> FolderConfig:
         r.fail(f"{where}.conflict_strategy", f"expected one of {', '.join(STRATEGIES)}")
     flags = {key: _flag(r, value, key, where, default)
              for key, default in (("allow_mass_delete", False), ("realtime", True), ("initial_sync", False), ("relay", True))}
+    modes = {key: value.get(key, "auto") for key in ("delta", "compress")}
+    for key, mode in modes.items():
+        if mode not in MODES:
+            r.fail(f"{where}.{key}", f"expected one of {', '.join(MODES)}")
     auth = _auth(r, value.get("auth"), f"{where}.auth", base_dir)
     ca_cert = value.get("ca_cert")
     if ca_cert is not None:
@@ -97,7 +103,7 @@ def _folder(r, value, where, base_dir) -> FolderConfig:
     client = ClientConfig(
         server=servers[0], folder=os.path.realpath(local_path), client_id=client_id, interval=float(interval),
         settle=settle / 1000.0, strategy=strategy, ca_cert=ca_cert, safety_interval=max(10 * interval, 300.0),
-        selection=selection, **auth, **flags, **extra,
+        selection=selection, **auth, **flags, **modes, **extra,
     )
     return FolderConfig(name, client)
 

@@ -130,7 +130,7 @@ class SyncClientService(MultiService):
         )
         self.engine.actions.deltas.wanted = delta_wanted(config.delta, config.server)
         self.server.keep_block_lists = self.engine.actions.deltas.wanted
-        self.server.compress_uploads = delta_wanted(config.compress, config.server)
+        self.server.compress_uploads = self.server.compress_downloads = delta_wanted(config.compress, config.server)
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,

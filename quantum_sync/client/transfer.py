@@ -52,7 +52,7 @@ from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
-from quantum_sync.client.compress import ZstdFileBody, sample_pays
+from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
 from quantum_sync.client.keepalive import KeepAliveEndpoint
@@ -505,8 +505,9 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
-        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress).
-        self.compress_uploads = False
+        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress),
+        #: and large downloads are asked for as zstd (the server decides by its own sample).
+        self.compress_uploads = self.compress_downloads = False
         #: The server is asked to keep the block lists of large uploads (deltas are on).
         self.keep_block_lists = False
 
@@ -926,7 +927,7 @@ class ServerClient:
 
     def _fetch(self, path, sha256, staging_dir, size):
         return defer.ensureDeferred(self._retrying(
-            self._lane(size), f"download of {path}", lambda: self._download(path, sha256, staging_dir)))
+            self._lane(size), f"download of {path}", lambda: self._download(path, sha256, staging_dir, size=size)))
 
     async def _claim(self, entry, path, sha256, staging_dir, size):
         waiter = entry.claim()
@@ -939,6 +940,11 @@ class ServerClient:
         if staged is not None:
             return staged
         return await self._fetch(path, sha256, staging_dir, size)
+
+    def prefetching(self, path: str, sha256: str) -> bool:
+        """Whether a prefetch of that version of ``path`` is kept or running (its
+        :meth:`download` claims it)."""
+        return (path, sha256) in self._prefetches
 
     def prefetch(self, path: str, sha256: str, size: int, staging_dir: str) -> None:
         """Start reading another client's upload of ``path`` (``size`` bytes hashing to
@@ -980,12 +986,22 @@ class ServerClient:
             return deferToThread(unlink_quietly, staged)
         return defer.succeed(None)
 
-    async def _download(self, path, sha256, staging_dir, route="/api/download", query=""):
+    async def _download(self, path, sha256, staging_dir, route="/api/download", query="", size=None):
+        # asked for as zstd where compression is on: the server sends it so if it pays
+        headers = {b"Accept-Encoding": [ENCODING]} if self.compress_downloads and route == "/api/download" else None
         with self._watching("down", path) as watch:
-            response = await self._transfer_request("GET", route, path, query=query, watch=watch)
+            response = await self._transfer_request("GET", route, path, headers, query=query, watch=watch)
+            if (response.headers.getRawHeaders(b"content-encoding") or [b""])[-1].strip().lower() == ENCODING:
+                compressed = await self._stage(response, path, None, staging_dir, watch)
+                staged = await deferToThread(inflate_file, compressed, staging_dir, sha256, size)
+                if staged is None:
+                    raise DownloadCorrupt(f"download of {path}: its zstd body does not inflate to its SHA-256")
+                return staged
             return await self._stage(response, path, sha256, staging_dir, watch)
 
     async def _stage(self, response, path, sha256, staging_dir, watch):
+        """The body of ``response`` in a new file of ``staging_dir``, checked to hash to
+        ``sha256`` (None: not checked, a compressed body)."""
         fd, staged = await deferToThread(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
         sink = staging.StagingSink(self._reactor, fd)
         try:
@@ -995,7 +1011,7 @@ class ServerClient:
                 raise _broken_off(f"download of {path}", e, watch) from None
             finally:
                 digest = await deferToThread(sink.finish)
-            if digest != sha256:
+            if sha256 is not None and digest != sha256:
                 raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
         except BaseException:
             await deferToThread(os.unlink, staged)
