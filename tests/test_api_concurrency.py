@@ -67,7 +67,7 @@ async def test_concurrent_uploads_to_one_path_leave_one_complete_version(reactor
     assert meta["hash"] == sha(final) and meta["size"] == len(final)
     kinds = [kind for kind, _ in await change_ops(http, server)]
     assert kinds == ["Create"] + ["Update"] * 7
-    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    assert os.listdir(server.service.store.temp_dir) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -178,7 +178,7 @@ async def test_three_hundred_simultaneous_uploads(reactor, server, http):
     results = await gatherResults([Deferred.fromCoroutine(one(i)) for i in range(300)])
     assert {meta["hash"] for _, meta in results} == {sha(data)}
     assert len(os.listdir(os.path.join(server.root, "crowd"))) == 300
-    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    assert os.listdir(server.service.store.temp_dir) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -75,7 +75,7 @@ async def changes_since(http, server, since=0) -> dict:
 
 
 def temp_files(server) -> list:
-    return os.listdir(os.path.join(server.root, ".quantum-sync", "tmp"))
+    return os.listdir(server.service.store.temp_dir)
 
 
 @pytest_twisted.async_yield_fixture

@@ -153,8 +153,8 @@ def log_to_stderr():
 
 
 @pytest.fixture
-def server(reactor, tmp_path):
-    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path)))
+def server(reactor, tmp_path, server_overrides):
+    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path, **server_overrides)))
     holder = [running]
     yield holder
     pytest_twisted.blockon(defer.ensureDeferred(holder[0].stop()))
@@ -255,6 +255,8 @@ async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, cli
     os.unlink(os.path.join(A, "edited-there.txt"))
     write(A, "new-on-a.txt", b"a")
     await wait_for(reactor, lambda: read(server[0].root, "notes.txt") == b"version of a", what="a's edit on the server")
+    await wait_for(reactor, lambda: read(server[0].root, "gone-here.txt") == b"a's edit",
+                   what="a's other edit on the server")  # else b's delete, based on the original, wins
     await wait_for(reactor, lambda: not os.path.exists(os.path.join(server[0].root, "edited-there.txt")), what="a's delete")
     write(B, "notes.txt", b"version of b")
     os.unlink(os.path.join(B, "gone-here.txt"))

@@ -152,7 +152,9 @@ class ServerService(MultiService):
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
         self.versions = Versions(area, self.index, handler.versions, reactor, clock)
         self.versions.setServiceParent(self)
-        if self.authorizer.enabled:
+        if self.authorizer.enabled and self.node is not None:
+            self.hub.bindings = self.node.bindings  # shared by the nodes
+        elif self.authorizer.enabled:
             try:
                 self.hub.bindings = ClientIdBindings(handler.state_dir, reactor)
             except ValueError as e:
