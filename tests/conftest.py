@@ -52,6 +52,43 @@ async def http(reactor):
     await client.close()
 
 
+@pytest.fixture
+def hostile_tree(tmp_path):
+    """``tmp_path`` with an empty ``root`` whose symlinks lead out of it, to files a path
+    attack would like to read (``test_api_paths.CANARY`` and ``PASSWD``)."""
+    from test_api_paths import CANARY, PASSWD
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root-evil").mkdir()
+    (tmp_path / "root-evil" / "canary").write_bytes(CANARY)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_bytes(PASSWD)
+    os.symlink(str(tmp_path / "etc"), str(tmp_path / "root" / "link-out"))
+    os.symlink("../root-evil", str(tmp_path / "root" / "link-sib"))
+    return tmp_path
+
+
+@pytest_twisted.async_yield_fixture
+async def hostile(reactor, hostile_tree):
+    """``(server, http, alerts)`` on :func:`hostile_tree`; afterwards, nothing outside
+    the root may have changed."""
+    from support import HttpClient, start_server
+    from test_api_paths import snapshot
+
+    server = await start_server(reactor, hostile_tree)
+    alerts = []
+    server.service.hub.alert = lambda kind, data: alerts.append((kind, data))
+    http = HttpClient(reactor)
+    outside = {k: v for k, v in snapshot(hostile_tree).items()
+               if not k.startswith(server.root + os.sep)}
+    yield server, http, alerts
+    await http.close()
+    await server.stop()
+    after = {k: v for k, v in snapshot(hostile_tree).items()
+             if not k.startswith(server.root + os.sep)}
+    assert after == outside, "something outside the root changed"
+
+
 # -- real clients ----------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from tests.support import http, server, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 
 def sha(data: bytes) -> str:
