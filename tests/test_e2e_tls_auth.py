@@ -96,7 +96,7 @@ async def test_a_client_that_logs_in_renews_its_token_and_keeps_its_websocket(re
     try:
         a = await group.start(running, "a", user="alice", password="wonderland")
         b = await group.start(running, "b", user="alice", password="wonderland")
-        links = (a.link._protocol, b.link._protocol)
+        links = (a.link.protocol, b.link.protocol)
         started = reactor.seconds()
         i = 0
         # files keep syncing both ways while the 3 s token is renewed (every 2 s) 3 times
@@ -109,7 +109,7 @@ async def test_a_client_that_logs_in_renews_its_token_and_keeps_its_websocket(re
             await deferLater(reactor, 0.5, lambda: None)  # the next pair of files, half a second later
             i += 1
         # the same WebSocket connections all along, never dropped or refused
-        assert (a.link._protocol, b.link._protocol) == links and a.link.connected and b.link.connected
+        assert (a.link.protocol, b.link.protocol) == links and a.link.connected and b.link.connected
         assert not any("disconnected" in line or "refused" in line for line in log_lines)
     finally:
         await group.stop_all()
@@ -125,7 +125,7 @@ async def test_an_expired_fixed_token_is_said_once_and_retried_slowly(reactor, t
         a = await group.start(running, "a", token=token)
         await deferLater(reactor, 2.5, lambda: None)  # the token's life passes
         write(a.config.folder, "late.txt", b"after expiry")
-        a.link._protocol.transport.loseConnection()  # a network blip: the link reconnects
+        a.link.protocol.transport.loseConnection()  # a network blip: the link reconnects
         await wait_for(reactor, lambda: any("realtime: the server refused the token" in line for line in log_lines),
                        what="the WebSocket's refusal")
         await deferLater(reactor, 3, lambda: None)  # a window in which today's link made several handshakes

@@ -623,7 +623,7 @@ class SpoolGate:
 
 def relay_readers(server) -> int:
     """Readers following uploads on ``server`` right now."""
-    return sum(len(relay._readers) for relay in server.service.api.relays._relays.values())
+    return server.service.api.relays.reader_count()
 
 
 def subscribed_to_transfers(server, client_id) -> bool:
