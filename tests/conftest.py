@@ -20,12 +20,20 @@ def reactor():
 # -- a server and an HTTP client -------------------------------------------------------
 
 
+@pytest.fixture
+def server_overrides():
+    """Handler keys the ``server`` fixtures add to their config: none here; a module that
+    runs the same tests against a cluster node overrides it (one fixture, two modes)."""
+    return {}
+
+
 @pytest_twisted.async_yield_fixture
-async def server(reactor, tmp_path):
-    """A default server (uploads enabled) on ``tmp_path/"root"``, stopped afterwards."""
+async def server(reactor, tmp_path, server_overrides):
+    """A default server (uploads enabled) on ``tmp_path/"root"``, stopped afterwards
+    (``server_overrides``: see above)."""
     from support import start_server
 
-    running = await start_server(reactor, tmp_path)
+    running = await start_server(reactor, tmp_path, **server_overrides)
     yield running
     await running.stop()
 

@@ -14,13 +14,15 @@ import time
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from quantum_sync.blocklists import BlockLists
 from quantum_sync.client import localfs
 from quantum_sync.client.conflicts import conflict_name
 from quantum_sync.client.deletegate import DeleteGate
+from quantum_sync.client.delta import Deltas
 from quantum_sync.client.ignore import IGNORE_FILE
 from quantum_sync.client.pathstate import FETCH, UNKNOWN
 from quantum_sync.client.reconcile import Action, Decision, decide, entry_of
-from quantum_sync.client.state import tmp_dir
+from quantum_sync.client.state import state_dir, tmp_dir
 from quantum_sync.client.transfer import DownloadCorrupt, PreconditionFailed, RequestRefused, SMALL_TRANSFER
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move
 
@@ -62,6 +64,8 @@ class Actions:
         self.engine = engine
         self.deletes = DeleteGate(engine.reactor, self._count_missing, engine.allow_mass_delete)
         self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
+        #: delta transfers of large files (block lists kept in the folder's state)
+        self.deltas = Deltas(engine.server, BlockLists(os.path.join(state_dir(engine.folder), "blocks")))
         self._run = {
             Action.NOTHING: self._nothing,
             Action.RECORD: self._record,
@@ -140,7 +144,13 @@ class Actions:
         base = engine.state.base(path)
         try:
             abspath = None if local.data is not None else engine.abspath(path)
-            meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size, local.data)
+            meta = None
+            if abspath is not None and self.deltas.applies(local.entry.size):
+                meta = await self.deltas.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                                tmp_dir(engine.folder))
+            if meta is None:
+                meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                                  local.data)
         except PreconditionFailed:
             if attempt >= 2:
                 raise
@@ -217,7 +227,12 @@ class Actions:
             if small:
                 data = await engine.server.download_bytes(path, remote.hash, remote.size)
             else:
-                staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
+                staged = None
+                if local is not None and self.deltas.applies(remote.size):
+                    staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
+                                                        remote, tmp_dir(engine.folder))
+                if staged is None:
+                    staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
         except (DownloadCorrupt, RequestRefused) as e:
             if isinstance(e, RequestRefused) and e.status != 404:
                 raise

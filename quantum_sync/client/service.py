@@ -21,6 +21,7 @@ from quantum_sync.client.realtime import RealtimeLink
 from quantum_sync.client.state import FolderState
 from quantum_sync.client.transfer import RequestRefused, ServerClient, ServerUnavailable
 from quantum_sync.client.watcher import FolderWatcher
+from quantum_sync.delta import wanted as delta_wanted
 
 
 @attrs.frozen
@@ -45,8 +46,16 @@ class ClientConfig:
     allow_mass_delete: bool = False
     #: Fetch other clients' large uploads while they arrive (quantum_sync.server.relay).
     relay: bool = True
+    #: Send and fetch only the changed blocks of large files (quantum_sync.client.delta):
+    #: auto (not with a server on the loopback), always or never.
+    delta: str = "auto"
+    #: Send large files as zstd where a sample shows it pays: auto (not with a server on
+    #: the loopback), always or never.
+    compress: str = "auto"
     safety_interval: float = 600.0
     concurrency: int = 8
+    #: further servers of the same cluster, tried in turn after ``server``
+    fallbacks: tuple = ()
 
 
 class SyncClientService(MultiService):
@@ -94,7 +103,8 @@ class SyncClientService(MultiService):
             self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
         self.credentials = credentials_for(self.reactor, config.token, config.token_file, config.user, config.password)
         self.server = ServerClient(self.reactor, config.server, client_id, self.credentials, config.ca_cert,
-                                   config.concurrency)
+                                   config.concurrency,
+                                   fallbacks=config.fallbacks)
         if isinstance(self.credentials, Login):
             self.credentials.log_in = self.server.log_in
         self.credentials.start()
@@ -108,6 +118,9 @@ class SyncClientService(MultiService):
             config.allow_mass_delete,
             retry_delay=max(config.settle, 0.05),
         )
+        self.engine.actions.deltas.wanted = delta_wanted(config.delta, config.server)
+        self.server.keep_block_lists = self.engine.actions.deltas.wanted
+        self.server.compress_uploads = delta_wanted(config.compress, config.server)
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
@@ -118,12 +131,13 @@ class SyncClientService(MultiService):
         await self._first_reconcile()
         if self._stopping:
             return
+        await self.engine.actions.deltas.prune(list(self.state.bases.values()))
         if config.initial_sync:
             self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
-                                     relay=config.relay, poll_interval=config.interval)
+                                     relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks)
             self.link.service.startService()
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor

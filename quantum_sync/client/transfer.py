@@ -52,9 +52,12 @@ from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.compress import ZstdFileBody, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
+from quantum_sync.client.failover import ServerList
 from quantum_sync.client.keepalive import KeepAliveEndpoint
 from quantum_sync.client.localfs import open_regular, unlink_quietly
+from quantum_sync.compression import ENCODING
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -460,14 +463,17 @@ class ServerClient:
     log = Logger()
 
     def __init__(self, reactor, server_url: str, client_id: str, credentials=None, ca_cert=None, concurrency: int = 8,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT, fallbacks=()):
         """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
-        fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte."""
+        fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte;
+        ``fallbacks``: further servers of the same cluster, tried in turn."""
         self.idle_timeout = idle_timeout
         if not isinstance(credentials, Credentials):
             credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
         self.credentials = credentials
         self.server_url = server_url.rstrip("/")
+        #: The servers of one cluster, tried in turn when one cannot be reached.
+        self.servers = ServerList((self.server_url, *fallbacks))
         self.client_id = client_id
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -485,11 +491,7 @@ class ServerClient:
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
-        parts = urlsplit(self.server_url)
-        netloc = parts.netloc.rpartition("@")[2].encode("idna")
-        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
-        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
-        self._raw_headers[b"Host"] = [netloc]
+        self._use(self.server_url)
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
@@ -499,6 +501,24 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
+        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress).
+        self.compress_uploads = False
+        #: The server is asked to keep the block lists of large uploads (deltas are on).
+        self.keep_block_lists = False
+
+    def _use(self, server_url: str) -> None:
+        self.server_url = server_url
+        parts = urlsplit(server_url)
+        netloc = parts.netloc.rpartition("@")[2].encode("idna")
+        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
+        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
+        self._raw_headers[b"Host"] = [netloc]
+
+    def _fail_over(self) -> None:
+        """The server could not be reached: the next requests go to the next one."""
+        if len(self.servers.urls) > 1:
+            self._use(self.servers.advance())
+            self.log.warn("cannot reach the server; going on with {url}", url=self.server_url)
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -584,8 +604,10 @@ class ServerClient:
             if watch is not None and watch.stalled:  # (cancelled: however Twisted wraps it)
                 raise TransferStalled(f"{method} {path}: no byte moved for {self.idle_timeout:g} s; aborted") from None
             if isinstance(e, defer.CancelledError):
+                self._fail_over()
                 raise ServerUnavailable(f"{method} {path}: timed out") from None
             reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
+            self._fail_over()
             raise ServerUnavailable(f"{method} {path}: {reason}") from None
         if response.code >= 400:
             await self._raise_for(method, path, response)
@@ -800,6 +822,11 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
+        if data is None and self.keep_block_lists:  # (a large file: deltas of it later)
+            headers[b"X-Block-List"] = [b"keep"]
+        compress = data is None and self.compress_uploads and await deferToThread(sample_pays, abspath)
+        if compress:
+            headers[b"Content-Encoding"] = [ENCODING]
         opened = []
 
         def producer():
@@ -807,7 +834,7 @@ class ServerClient:
                 return _BytesBody(data)
             # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
             opened.append(os.fdopen(open_regular(abspath), "rb"))
-            return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+            return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
         with self._watching() as watch:
             try:
