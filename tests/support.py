@@ -15,6 +15,7 @@
 """
 
 import contextlib
+import inspect
 import json
 import time
 
@@ -38,13 +39,16 @@ WAIT_TIMEOUT = 15.0
 async def wait_for(reactor, predicate, timeout=WAIT_TIMEOUT, what="the condition", step=0.02):
     """Call ``predicate()`` every ``step`` seconds (of ``reactor``'s timers) until it
     returns something true, and return that; after ``timeout`` seconds of real time,
-    fail with an AssertionError naming ``what``.
+    fail with an AssertionError naming ``what``. A predicate may be asynchronous (return
+    a Deferred or a coroutine, e.g. one that asks the server): its result is awaited.
 
     The only wait the tests use: it proves that something happened. That something did
     *not* happen is proved by waiting for a later event that would have come after it."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
