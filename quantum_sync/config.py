@@ -501,6 +501,11 @@ def _finish(r: _Reader, handler: HandlerConfig, listeners: list, base_dir: str, 
 def load(path: str, listen: str | None = None, root: str | None = None) -> ServerConfig:
     """Read and validate the JSON file at ``path`` (relative paths inside it are taken
     from the working directory)."""
+    return parse(read_document(path), source=path, listen=listen, root=root)
+
+
+def read_document(path: str):
+    """The JSON document in the file at ``path``; any problem is a one-line :class:`ConfigError`."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -512,4 +517,4 @@ def load(path: str, listen: str | None = None, root: str | None = None) -> Serve
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    return parse(document, source=path, listen=listen, root=root)
+    return document

@@ -133,3 +133,60 @@ def rebuilt_blocks(plan, base_blocks, blocks_of_sent):
             for block in blocks_of_sent(step):
                 yield Block(position + block.offset, block.length, block.sha256)
         position += step.length
+
+
+#: Runs a multi-range request asks for at most (the server sends the whole file past 16).
+GROUP_RUNS = 16
+#: Bytes a multi-range request asks for at most (its answer is held in memory).
+GROUP_BYTES = 8 * 1024 * 1024
+#: A run longer than this is fetched alone, streamed to disk.
+ALONE_ABOVE = 1024 * 1024
+
+
+def range_groups(runs) -> list:
+    """``runs`` (``(offset, length)``, in order) in groups for the requests that fetch
+    them: consecutive runs of at most :data:`ALONE_ABOVE` bytes together, at most
+    :data:`GROUP_RUNS` of them and :data:`GROUP_BYTES` in all (one multi-range request
+    each); a longer run alone (one plain range request, streamed)."""
+    groups, current, total = [], [], 0
+    for run in runs:
+        if run[1] > ALONE_ABOVE:
+            if current:
+                groups.append(current)
+                current, total = [], 0
+            groups.append([run])
+            continue
+        if current and (len(current) == GROUP_RUNS or total + run[1] > GROUP_BYTES):
+            groups.append(current)
+            current, total = [], 0
+        current.append(run)
+        total += run[1]
+    if current:
+        groups.append(current)
+    return groups
+
+
+def split_byteranges(body: bytes, boundary: bytes, runs) -> list:
+    """The bytes of each of ``runs`` (``(offset, length)``) from a ``multipart/byteranges``
+    answer ``body`` with ``boundary``: one part per run, in order, each with the
+    ``Content-Range`` of its run. ValueError for anything else."""
+    parts, position, marker = [], 0, b"--" + boundary + b"\r\n"
+    for offset, length in runs:
+        start = body.find(marker, position)
+        if start < 0 or body[position:start].strip(b"\r\n"):
+            raise ValueError("a part is missing")
+        head_end = body.find(b"\r\n\r\n", start + len(marker) - 2)
+        if head_end < 0:
+            raise ValueError("a part's head does not end")
+        headers = body[start + len(marker):head_end].split(b"\r\n")
+        ranges = [h.split(b":", 1)[1].strip() for h in headers if h.lower().startswith(b"content-range:")]
+        if len(ranges) != 1 or not ranges[0].startswith(b"bytes %d-%d/" % (offset, offset + length - 1)):
+            raise ValueError(f"a part is not the range {offset}+{length}")
+        data = body[head_end + 4:head_end + 4 + length]
+        if len(data) != length:
+            raise ValueError("a part ends early")
+        parts.append(data)
+        position = head_end + 4 + length
+    if not body[position:].strip(b"\r\n").startswith(b"--" + boundary + b"--"):
+        raise ValueError("the answer does not end with its closing boundary")
+    return parts

@@ -67,3 +67,31 @@ async def test_bad_compressed_uploads_are_refused_and_change_nothing(reactor, tm
         assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
     finally:
         await server.stop()
+
+
+async def get(http, server, path, **headers):
+    response = await http.get(f"{server.url}/api/download", params={"path": path},
+                              headers={k.replace("_", "-"): v for k, v in headers.items()})
+    return response, await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_download_goes_as_zstd_to_who_asks_when_it_shrinks(server, http):
+    text, noise = compressible(3 * 1024 * 1024), os.urandom(3 * 1024 * 1024)
+    for name, data in (("text.txt", text), ("noise.bin", noise)):
+        await http.json("PUT", f"{server.url}/api/upload", params={"path": name}, data=data)
+    response, body = await get(http, server, "text.txt", Accept_Encoding="gzip, zstd")
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-encoding") == [b"zstd"]
+    assert response.headers.getRawHeaders(b"etag") == [f'"{sha(text)}"'.encode()]
+    assert response.headers.getRawHeaders(b"content-disposition")
+    assert len(body) < len(text) / 2
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(body) == text
+    # not asked, a range, or a content that does not shrink: as it is
+    for path, headers in (("text.txt", {}), ("text.txt", {"Accept_Encoding": "zstd", "Range": "bytes=0-9"}),
+                          ("noise.bin", {"Accept_Encoding": "zstd"})):
+        response, body = await get(http, server, path, **headers)
+        assert response.headers.getRawHeaders(b"content-encoding") in (None, [b""]), (path, headers)
+        assert body == {"text.txt": text, "noise.bin": noise}[path][:10 if "Range" in headers else None]
+    response, body = await get(http, server, "text.txt", Accept_Encoding="zstd", If_None_Match=f'"{sha(text)}"')
+    assert response.code == 304 and body == b""

@@ -84,3 +84,34 @@ def test_a_reuse_that_is_not_whole_base_blocks_is_found():
     assert delta.unheld_reuse((Reuse(0, blocks[0].length + second.length),), blocks) is None
     assert delta.unheld_reuse((Reuse(1, second.length),), blocks) == Reuse(1, second.length)
     assert delta.unheld_reuse((Send(0, 5), Reuse(second.offset, second.length - 1)), blocks) is not None
+
+
+def test_runs_are_grouped_for_multi_range_requests():
+    small, big = 100_000, 2 * 1024 * 1024
+    runs = [(i * 10**7, small) for i in range(20)]
+    groups = delta.range_groups(runs)
+    assert [len(g) for g in groups] == [16, 4] and sum(groups, []) == runs
+    mixed = [(0, small), (10**7, big), (2 * 10**7, small), (3 * 10**7, small)]
+    assert delta.range_groups(mixed) == [[(0, small)], [(10**7, big)], [(2 * 10**7, small), (3 * 10**7, small)]]
+    many = [(i * 10**7, 900_000) for i in range(12)]
+    assert [len(g) for g in delta.range_groups(many)] == [9, 3]  # 8 MiB at most a request
+    assert delta.range_groups([]) == []
+
+
+def byteranges(boundary, parts, total=10**6):
+    body = b"".join(b"\r\n--%s\r\nContent-type: application/octet-stream\r\nContent-range: bytes %d-%d/%d\r\n\r\n%s"
+                    % (boundary, offset, offset + len(data) - 1, total, data) for offset, data in parts)
+    return body + b"\r\n--%s--\r\n" % boundary
+
+
+def test_a_multipart_answer_is_split_into_its_runs():
+    boundary = b"b0undary"
+    parts = [(10, b"--b0undary\r\n" * 3), (5000, b"x" * 100)]  # a boundary inside the data
+    body = byteranges(boundary, parts)
+    runs = [(offset, len(data)) for offset, data in parts]
+    assert delta.split_byteranges(body, boundary, runs) == [data for _, data in parts]
+    for wrong_body, wrong_runs in ((body, [(10, 39), (5001, 100)]), (body, runs + [(9000, 5)]),
+                                   (body[:-10], runs), (body.replace(b"Content-range", b"X-range"), runs),
+                                   (byteranges(boundary, parts[::-1]), runs)):
+        with pytest.raises(ValueError):
+            delta.split_byteranges(wrong_body, boundary, wrong_runs)

@@ -123,6 +123,11 @@ async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, 
     assert read(server[0].root, "big.bin") == new
     assert deltas_of(a).sent == 0 and deltas_of(b).received == 0  # both went whole
     assert deltas_of(a).failed == 1 and deltas_of(b).failed == 1
+    # the wrong lists were dropped: the next edit goes as a delta both ways
+    newer = new + b"more"
+    write(A, "big.bin", newer)
+    await wait_for(reactor, lambda: read(B, "big.bin") == newer, what="the next edit at b")
+    assert deltas_of(a).sent > 0 and deltas_of(b).received > 0
 
 
 @pytest_twisted.ensureDeferred
@@ -174,3 +179,48 @@ async def test_a_start_drops_the_kept_lists_of_versions_no_longer_synced(reactor
     await clients.stop(a)
     a = await clients.start(server[0], "a", delta="always")
     assert os.listdir(lists) == [hashlib.sha256(first).hexdigest()]
+
+
+def test_the_client_config_file_takes_delta_and_compress(tmp_path):
+    from quantum_sync.client import clientconfig
+    from quantum_sync.config import ConfigError
+
+    folder = {"server": "http://127.0.0.1:8080", "local_path": str(tmp_path)}
+    (only,) = clientconfig.parse({"folders": [folder]})
+    assert (only.client.delta, only.client.compress) == ("auto", "auto")
+    (only,) = clientconfig.parse({"folders": [dict(folder, delta="always", compress="never")]})
+    assert (only.client.delta, only.client.compress) == ("always", "never")
+    with pytest.raises(ConfigError, match=r"folders\[0\]\.delta"):
+        clientconfig.parse({"folders": [dict(folder, delta="sometimes")]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_coming_from_the_relay_is_not_fetched_again_as_a_delta(reactor, server, clients):
+    a = await clients.start(server[0], "a", delta="never")  # uploads whole: relayed
+    b = await clients.start(server[0], "b", delta="always")
+    A, B = a.config.folder, b.config.folder
+    base = content(8, 9 * MiB)
+    write(A, "big.bin", base)
+    await converged(reactor, A, B, server[0].root)
+    new = base[:MiB] + b"edit" + base[MiB + 4:]
+    write(A, "big.bin", new)
+    await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edit at b")
+    assert deltas_of(b).received == 0 and deltas_of(b).failed == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_scattered_edits_come_in_one_multi_range_request(reactor, server, clients):
+    a, b, A, B = await pair(clients, server[0])
+    base = content(9)
+    write(A, "big.bin", base)
+    await converged(reactor, A, B, server[0].root)
+    new = bytearray(base)
+    for i in range(5):  # five edits, far apart: five runs of missing bytes
+        at = 300_000 + i * 1_200_000
+        new[at:at + 10] = b"0123456789"
+    new = bytes(new)
+    before = deltas_of(b).range_requests
+    write(A, "big.bin", new)
+    await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edits at b")
+    assert deltas_of(b).range_requests - before == 1
+    assert 0 < deltas_of(b).received < len(new) / 2

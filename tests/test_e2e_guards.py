@@ -7,6 +7,7 @@ import pytest_twisted
 
 from clients import converged, read, tree, write
 from conftest import log_lines
+from quantum_sync.client.status import folder_status
 from support import start_server, wait_for
 
 # ``log_lines`` lives in conftest.py; this is its old import path.
@@ -28,6 +29,10 @@ async def test_mass_delete_is_held_until_allowed(reactor, servers, clients, log_
     await a.engine.reconcile()  # a later reconcile holds it too
     assert len([line for line in log_lines if "mass delete" in line]) > len(held)
     assert len(tree(servers[0].root)) == 30 and len(tree(B)) == 30
+    status = await folder_status("a", a, reactor)
+    assert [(g["guard"], g["what"], g["files"], g["synced"]) for g in status["guards"]] == [
+        ("mass delete", "reconcile", 20, 30)]
+    assert "--allow-mass-delete" in status["guards"][0]["release"] and not status["in_sync"]
     await clients.stop(a)
     a = await clients.start(servers[0], "a", allow_mass_delete=True)
     await converged(reactor, A, B, servers[0].root)
@@ -100,14 +105,16 @@ async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(rea
     write(A, "marker.txt", b"m")
     await wait_for(reactor, lambda: read(servers[0].root, "marker.txt") == b"m", what="the marker")
     await a.engine.idle()
-    assert len([p for p in tree(servers[0].root) if p.startswith("d/f")]) == 30
-    assert len([p for p in tree(B) if p.startswith("d/f")]) == 30
-    warned = len([line for line in log_lines if "mass delete" in line])
-    os.unlink(os.path.join(A, "keep.txt"))  # one more delete alone is still a mass delete: held too
-    await wait_for(reactor, lambda: len([line for line in log_lines if "mass delete" in line]) > warned,
-                   what="the second mass delete warning")
+    # the first ten went at once (ten is never a mass delete), the rest is held
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/f")]) == 20
+    os.unlink(os.path.join(A, "keep.txt"))  # a delete alone, later, goes at once while the rest is held
+    await wait_for(reactor, lambda: read(B, "keep.txt") is None, what="the single delete on the other client")
     await a.engine.idle()
-    assert read(servers[0].root, "keep.txt") == b"k"
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/f")]) == 20
+    assert len([p for p in tree(B) if p.startswith("d/f")]) == 20
+    status = await folder_status("a", a, reactor)
+    assert [(g["what"], g["synced"]) for g in status["guards"]] == [("local deletes", 31)]
+    assert status["state"] == "held" and "restore the files" in status["guards"][0]["release"]
 
 
 @pytest_twisted.ensureDeferred

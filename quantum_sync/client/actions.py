@@ -62,7 +62,7 @@ class Actions:
 
     def __init__(self, engine):
         self.engine = engine
-        self.deletes = DeleteGate(engine.reactor, self._count_missing, engine.allow_mass_delete)
+        self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete)
         self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
         #: delta transfers of large files (block lists kept in the folder's state)
         self.deltas = Deltas(engine.server, BlockLists(os.path.join(state_dir(engine.folder), "blocks")))
@@ -228,7 +228,9 @@ class Actions:
                 data = await engine.server.download_bytes(path, remote.hash, remote.size)
             else:
                 staged = None
-                if local is not None and self.deltas.applies(remote.size):
+                # (a version already coming from the relay is claimed, not fetched again)
+                if local is not None and self.deltas.applies(remote.size) \
+                        and not engine.server.prefetching(path, remote.hash):
                     staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
                                                         remote, tmp_dir(engine.folder))
                 if staged is None:
@@ -274,18 +276,31 @@ class Actions:
         """``(missing, synced)``: synced files gone from the folder now, of all synced files."""
         engine = self.engine
         files = [p for p, b in engine.state.bases.items() if not b.entry.is_directory]
-        rules, folder = engine.rules, engine.folder
+        is_ignored, folder = engine.is_ignored, engine.folder
 
         def count():  # matching and stat of every synced file: off the reactor
-            synced = [p for p in files if not rules.is_ignored(p, False)]
+            synced = [p for p in files if not is_ignored(p, False)]
             return sum(1 for p in synced if localfs.lstat(os.path.join(folder, p)) is None), len(synced)
 
         return deferToThread(count)
 
+    def _count_synced(self):
+        return sum(1 for b in self.engine.state.bases.values() if not b.entry.is_directory)
+
+    def _files_below(self, path):
+        prefix = path + "/"
+        return sum(1 for p, b in self.engine.state.bases.items() if p.startswith(prefix) and not b.entry.is_directory)
+
     async def _delete_remote(self, path, is_directory):
         engine = self.engine
-        if not await self.deletes.admit(path):
+        # a directory deleted on the server takes every synced file below it along
+        if not await self.deletes.admit(path, self._files_below(path) if is_directory else 1):
             return  # a mass delete: held (logged); the base stays, so nothing is forgotten
+        if is_directory and not engine.selection.everything and await self._holds_unselected(path):
+            engine.state.forget(path)
+            self.log.info("kept directory {path} on the server: it holds files outside this client's selection",
+                          path=path)
+            return
         (result,) = await engine.server.sync([Delete(path)])
         engine.went_online()
         status = result.get("status") if isinstance(result, dict) else None
@@ -295,6 +310,13 @@ class Actions:
             self.log.info("deleted {path} on the server", path=path)
         else:
             raise RequestRefused(409, str(result.get("code")), str(result.get("message")))
+
+    async def _holds_unselected(self, directory) -> bool:
+        """Whether the server holds something below ``directory`` that this client does not
+        sync (deleting the directory there would take it along)."""
+        selects, prefix = self.engine.selection.selects, directory + "/"
+        listing = await self.engine.server.list()
+        return any(m.path.startswith(prefix) and not selects(m.path, m.is_directory) for m in listing)
 
     # -- conflicts and moves -------------------------------------------------------------
 

@@ -1,9 +1,14 @@
-"""Compressed uploads (``Content-Encoding: zstd``) for slow links.
+"""Compressed transfers (``Content-Encoding: zstd``) for slow links.
 
 :func:`sample_pays` reads the start of a file and says whether compressing it is worth
 it (:func:`quantum_sync.compression.pays`); :class:`ZstdFileBody` is a request body that
-reads and compresses a file a piece at a time in a thread, so the reactor only writes.
+reads and compresses a file a piece at a time in a thread, so the reactor only writes;
+:func:`inflate_file` turns a compressed download, staged as it came, into the file.
 """
+
+import hashlib
+import os
+import tempfile
 
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
@@ -11,8 +16,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 import zstandard
 
-from quantum_sync.compression import LEVEL, SAMPLE, pays
+from quantum_sync.compression import LEVEL, SAMPLE, Inflater, pays
 from quantum_sync.diskio import open_regular
+from quantum_sync.errors import SyncError
 
 #: Bytes read and compressed at a time.
 PIECE = 1024 * 1024
@@ -76,3 +82,35 @@ class ZstdFileBody:
     def stopProducing(self):
         self._stopped = True
         self.resumeProducing()
+
+
+def inflate_file(compressed: str, staging_dir: str, sha256: str, limit=None):
+    """Inflate the zstd file ``compressed`` (removed afterwards) into a new file of
+    ``staging_dir``, fsynced (blocking: a thread); its name when its content hashes to
+    ``sha256`` and is at most ``limit`` bytes, else None (nothing left)."""
+    fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+    digest = hashlib.sha256()
+
+    def sink(piece):
+        digest.update(piece)
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view):]
+
+    try:
+        inflater = Inflater(sink, limit)
+        with open(compressed, "rb") as source:
+            while data := source.read(PIECE):
+                inflater.feed(data)
+        good = digest.hexdigest() == sha256
+        if good:
+            os.fsync(fd)
+    except SyncError:
+        good = False
+    finally:
+        os.close(fd)
+        os.unlink(compressed)
+    if not good:
+        os.unlink(staged)
+        return None
+    return staged

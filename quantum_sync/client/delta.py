@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -57,6 +58,8 @@ class Deltas:
         #: bytes the deltas sent and received (the bodies), and deltas tried that failed
         #: on the way (the file then went whole)
         self.sent = self.received = self.failed = 0
+        #: range requests made for deltas (a multi-range request counts once)
+        self.range_requests = 0
 
     def applies(self, size) -> bool:
         return self.enabled and self.wanted and size is not None and size >= delta.DELTA_MIN
@@ -99,13 +102,12 @@ class Deltas:
         keep = {base.entry.hash for base in bases if not base.entry.is_directory and base.entry.size >= delta.DELTA_MIN}
         return await deferToThread(self.lists.forget_all_but, keep, time.time())
 
-    def forget(self, sha256) -> None:
-        """The list of ``sha256`` is not needed any more (a version replaced)."""
-        if protocol.is_sha256(sha256 or ""):
-            try:
-                os.unlink(os.path.join(self.lists.directory, sha256))
-            except FileNotFoundError:
-                pass
+    def forget(self, sha256):
+        """Drop the kept list of ``sha256`` (a version replaced, or a list that proved
+        wrong: it is made or fetched again when needed); a Deferred."""
+        if not protocol.is_sha256(sha256 or ""):
+            return defer.succeed(None)
+        return deferToThread(unlink_quietly, os.path.join(self.lists.directory, sha256))
 
     # -- uploads -------------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class Deltas:
             return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
         try:
-            with self.server._watching() as watch:
+            with self.server._watching("up", path) as watch:
                 try:
                     response = await self.server._transfer_request("POST", "/api/upload-delta", path, headers,
                                                                    producer, watch=watch)
@@ -150,6 +152,7 @@ class Deltas:
                 self.failed += 1
                 self.log.info("delta upload of {path} refused ({code}: {message}); it goes whole",
                               path=path, code=e.code, message=e.message)
+                await self.forget(if_match)  # (the list kept of the server's version may be wrong)
             return None
         finally:
             await deferToThread(unlink_quietly, body)
@@ -160,7 +163,7 @@ class Deltas:
         self.sent += length
         if meta.hash == sha256:  # the server built exactly the content read: its list is right
             await deferToThread(self.lists.keep, sha256, blocks)
-            self.forget(if_match)
+            await self.forget(if_match)
         return meta
 
     # -- downloads -----------------------------------------------------------------------
@@ -184,8 +187,12 @@ class Deltas:
         fd, sent_path = tempfile.mkstemp(dir=staging_dir, prefix="dl-sent-")
         try:
             try:
-                for offset, length in delta.runs(plan):
-                    if not await self._fetch_run(path, remote.hash, offset, length, os.dup(fd)):
+                for group in delta.range_groups(delta.runs(plan)):
+                    if len(group) == 1:
+                        fetched = await self._fetch_run(path, remote.hash, *group[0], os.dup(fd))
+                    else:
+                        fetched = await self._fetch_runs(path, remote.hash, group, fd)
+                    if not fetched:
                         return None  # (the server holds another version now)
             finally:
                 os.close(fd)
@@ -197,16 +204,45 @@ class Deltas:
             self.log.info("delta download of {path} did not make its new version; it comes whole", path=path)
         else:
             self.received += sent_bytes(plan)
-            self.forget(local_hash)
+        await self.forget(local_hash)  # replaced, or (failed) perhaps wrong
         return staged
+
+    async def _fetch_runs(self, path, sha256, runs, fd) -> bool:
+        """Append the bytes of ``runs`` (several short ones) of the server's ``path`` to
+        ``fd``, from one multi-range request (its answer held in memory, at most
+        :data:`~quantum_sync.delta.GROUP_BYTES` and the parts' heads); False when the
+        server no longer serves version ``sha256`` or answers otherwise."""
+        ranges = ",".join(f"{offset}-{offset + length - 1}" for offset, length in runs)
+        limit = sum(length for _, length in runs) + 512 * (len(runs) + 1)
+        self.range_requests += 1
+        try:
+            with self.server._watching("down", path) as watch:
+                response = await self.server._transfer_request(
+                    "GET", "/api/download", path, {b"Range": [f"bytes={ranges}".encode("ascii")]}, watch=watch)
+                etag = (response.headers.getRawHeaders(b"etag") or [b""])[0].decode("ascii", "replace").strip('"')
+                boundary = _boundary(response)
+                if response.code != 206 or etag != sha256 or boundary is None:
+                    response.deliverBody(_Discard())
+                    return False
+                body = await _bounded_body(response, limit, ServerUnavailable(f"ranges of {path}: too long"),
+                                           f"ranges of {path}", watch)
+        except RequestRefused:
+            return False
+        try:
+            parts = delta.split_byteranges(body, boundary, runs)
+        except ValueError:
+            return False
+        await deferToThread(_append, fd, parts)
+        return True
 
     async def _fetch_run(self, path, sha256, offset, length, fd) -> bool:
         """Append bytes ``offset`` to ``offset + length`` of the server's ``path`` to
         ``fd`` (closed here); False when the server no longer serves version ``sha256``."""
         headers = {b"Range": [f"bytes={offset}-{offset + length - 1}".encode("ascii")]}
+        self.range_requests += 1
         sink = staging.StagingSink(self.server._reactor, fd)
         try:
-            with self.server._watching() as watch:
+            with self.server._watching("down", path) as watch:
                 response = await self.server._transfer_request("GET", "/api/download", path, headers, watch=watch)
                 etag = (response.headers.getRawHeaders(b"etag") or [b""])[0].decode("ascii", "replace").strip('"')
                 if response.code != 206 or etag != sha256 or response.length != length:
@@ -225,6 +261,27 @@ class _Discard(Protocol):
 
     def dataReceived(self, data):
         pass
+
+
+def _boundary(response):
+    """The boundary of a ``multipart/byteranges`` answer, or None."""
+    kind = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+    media, _, parameters = kind.partition(b";")
+    if media.strip().lower() != b"multipart/byteranges":
+        return None
+    for parameter in parameters.split(b";"):
+        name, _, value = parameter.partition(b"=")
+        if name.strip().lower() == b"boundary" and value.strip().strip(b'"'):
+            return value.strip().strip(b'"')
+    return None
+
+
+def _append(fd: int, parts) -> None:
+    """Write ``parts`` at the end of ``fd``, in order."""
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _local_list(lists, abspath, sha256, expected):

@@ -10,7 +10,10 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
+from quantum_sync.client.clientconfig import ConfigError, load as load_client_config
 from quantum_sync.client.credentials import read_secret_file
+from quantum_sync.client.folders import FoldersService
+from quantum_sync.client.progress import ProgressBars, wants_bars
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
 from quantum_sync.delta import MODES
@@ -43,6 +46,7 @@ class Options(usage.Options):
                                    " server on this machine), always or never"],
         ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
         ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
+        ["config", "c", None, "a JSON file of folders to sync, instead of all the options above"],
     ]
     optFlags = [
         ["realtime", None, "receive changes over the WebSocket (the default)"],
@@ -66,9 +70,23 @@ class Options(usage.Options):
             fail(f"quantum-sync-client: {e}")
 
     def postOptions(self):
+        self.folders = None
+        if self["config"] is not None:
+            self.folders = self._load_config()
+            return
         try:
             self.config = self._validate()
         except ValueError as e:
+            fail(f"quantum-sync-client: {e}")
+
+    def _load_config(self):
+        given = sorted(name for name, value in self.items() if name != "config" and value and value != self.defaults.get(name))
+        if given:
+            option = "server" if given[0] == "servers" else given[0]  # --server may be given several times
+            fail(f"quantum-sync-client: --config excludes --{option} (set it in the file)")
+        try:
+            return load_client_config(self["config"])
+        except ConfigError as e:
             fail(f"quantum-sync-client: {e}")
 
     def _validate(self) -> ClientConfig:
@@ -172,6 +190,14 @@ def makeService(options, reactor=None):
     """The client's service for parsed ``options``."""
     if reactor is None:
         from twisted.internet import reactor
-    service = SyncClientService(options.config, reactor)
+    if options.folders is not None:
+        service = FoldersService(options.folders, reactor)
+        folders = service.folders
+    else:
+        service = SyncClientService(options.config, reactor)
+        folders = {service.folder_name: service}
+    parent = getattr(options, "parent", None) or {}
+    if wants_bars(parent.get("nodaemon", False), sys.__stderr__):
+        ProgressBars(reactor, folders, sys.__stderr__).setServiceParent(service)
     tune_garbage_collector()
     return service

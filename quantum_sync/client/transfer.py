@@ -52,7 +52,7 @@ from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
-from quantum_sync.client.compress import ZstdFileBody, sample_pays
+from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
 from quantum_sync.client.keepalive import KeepAliveEndpoint
@@ -259,13 +259,16 @@ class IdleWatch:
     def __init__(self, clock, seconds):
         self._clock, self.seconds = clock, seconds
         self.last = clock.seconds()
+        self.moved = 0  # bytes moved so far (what ``touch`` was told of)
         self.stalled = False
         self.paused = False
         self.abort = None
         self._call = clock.callLater(seconds, self._check)
 
-    def touch(self, _data=None):
+    def touch(self, data=None):
         self.last = self._clock.seconds()
+        if data:
+            self.moved += len(data)
 
     def _check(self):
         idle = self._clock.seconds() - self.last
@@ -298,7 +301,7 @@ class _Collect(Protocol):
         if self._error is not None:
             return
         if self._watch is not None:
-            self._watch.touch()
+            self._watch.touch(data)
         try:
             self._on_chunk(data)
         except Exception as e:
@@ -423,7 +426,7 @@ class _TouchingConsumer:
         self._consumer, self._watch = consumer, watch
 
     def write(self, data):
-        self._watch.touch()
+        self._watch.touch(data)
         self._consumer.write(data)
 
     def registerProducer(self, producer, streaming):
@@ -468,6 +471,7 @@ class ServerClient:
         fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte;
         ``fallbacks``: further servers of the same cluster, tried in turn."""
         self.idle_timeout = idle_timeout
+        self._running = {}  # IdleWatch -> (direction, path) of the single transfers running
         if not isinstance(credentials, Credentials):
             credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
         self.credentials = credentials
@@ -501,8 +505,9 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
-        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress).
-        self.compress_uploads = False
+        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress),
+        #: and large downloads are asked for as zstd (the server decides by its own sample).
+        self.compress_uploads = self.compress_downloads = False
         #: The server is asked to keep the block lists of large uploads (deltas are on).
         self.keep_block_lists = False
 
@@ -750,13 +755,22 @@ class ServerClient:
             self._lane(size), f"upload of {path}", lambda: self._upload(path, abspath, sha256, if_match, data)))
 
     @contextlib.contextmanager
-    def _watching(self):
-        """An :class:`IdleWatch` for one transfer, stopped when it ends."""
+    def _watching(self, direction=None, path=None):
+        """An :class:`IdleWatch` for one transfer, stopped when it ends; one of ``path``
+        is listed by :meth:`transfers_running` meanwhile."""
         watch = IdleWatch(self._reactor, self.idle_timeout)
+        if path is not None:
+            self._running[watch] = (direction, path)
         try:
             yield watch
         finally:
+            self._running.pop(watch, None)
             watch.stop()
+
+    def transfers_running(self) -> list:
+        """``(direction, path, bytes moved)`` of every single file transfer running
+        (small files travelling in batches are not listed)."""
+        return [(direction, path, watch.moved) for watch, (direction, path) in self._running.items()]
 
     async def _retrying(self, lane, what, transfer):
         """``await transfer()`` holding a slot of ``lane``; when it stalls, again after a
@@ -836,7 +850,7 @@ class ServerClient:
             opened.append(os.fdopen(open_regular(abspath), "rb"))
             return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
-        with self._watching() as watch:
+        with self._watching("up", path) as watch:
             try:
                 # PUT: Twisted parses no form out of it
                 response = await self._transfer_request("PUT", "/api/upload", path, headers, producer, watch=watch)
@@ -913,7 +927,7 @@ class ServerClient:
 
     def _fetch(self, path, sha256, staging_dir, size):
         return defer.ensureDeferred(self._retrying(
-            self._lane(size), f"download of {path}", lambda: self._download(path, sha256, staging_dir)))
+            self._lane(size), f"download of {path}", lambda: self._download(path, sha256, staging_dir, size=size)))
 
     async def _claim(self, entry, path, sha256, staging_dir, size):
         waiter = entry.claim()
@@ -926,6 +940,11 @@ class ServerClient:
         if staged is not None:
             return staged
         return await self._fetch(path, sha256, staging_dir, size)
+
+    def prefetching(self, path: str, sha256: str) -> bool:
+        """Whether a prefetch of that version of ``path`` is kept or running (its
+        :meth:`download` claims it)."""
+        return (path, sha256) in self._prefetches
 
     def prefetch(self, path: str, sha256: str, size: int, staging_dir: str) -> None:
         """Start reading another client's upload of ``path`` (``size`` bytes hashing to
@@ -967,12 +986,22 @@ class ServerClient:
             return deferToThread(unlink_quietly, staged)
         return defer.succeed(None)
 
-    async def _download(self, path, sha256, staging_dir, route="/api/download", query=""):
-        with self._watching() as watch:
-            response = await self._transfer_request("GET", route, path, query=query, watch=watch)
+    async def _download(self, path, sha256, staging_dir, route="/api/download", query="", size=None):
+        # asked for as zstd where compression is on: the server sends it so if it pays
+        headers = {b"Accept-Encoding": [ENCODING]} if self.compress_downloads and route == "/api/download" else None
+        with self._watching("down", path) as watch:
+            response = await self._transfer_request("GET", route, path, headers, query=query, watch=watch)
+            if (response.headers.getRawHeaders(b"content-encoding") or [b""])[-1].strip().lower() == ENCODING:
+                compressed = await self._stage(response, path, None, staging_dir, watch)
+                staged = await deferToThread(inflate_file, compressed, staging_dir, sha256, size)
+                if staged is None:
+                    raise DownloadCorrupt(f"download of {path}: its zstd body does not inflate to its SHA-256")
+                return staged
             return await self._stage(response, path, sha256, staging_dir, watch)
 
     async def _stage(self, response, path, sha256, staging_dir, watch):
+        """The body of ``response`` in a new file of ``staging_dir``, checked to hash to
+        ``sha256`` (None: not checked, a compressed body)."""
         fd, staged = await deferToThread(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
         sink = staging.StagingSink(self._reactor, fd)
         try:
@@ -982,7 +1011,7 @@ class ServerClient:
                 raise _broken_off(f"download of {path}", e, watch) from None
             finally:
                 digest = await deferToThread(sink.finish)
-            if digest != sha256:
+            if sha256 is not None and digest != sha256:
                 raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
         except BaseException:
             await deferToThread(os.unlink, staged)

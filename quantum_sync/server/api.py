@@ -32,6 +32,7 @@ from quantum_sync.server.operations import check_client_id, etag_value
 from quantum_sync.server.relay import RelayResource, Relays
 from quantum_sync.server.store import SPOOLS, BatchSpool, DiskEntry, storage_error
 from quantum_sync.server.webui import secure_headers
+from quantum_sync.server.zstdfile import ZstdDownload, accepts_zstd, worth_compressing
 from quantum_sync.server.versions import parse_restore
 
 MAX_CHANGES_LIMIT = 10000
@@ -175,12 +176,16 @@ class HashedFile(File):
     def isdir(self):
         return False
 
-    def render_GET(self, request):
+    def download_headers(self, request) -> None:
+        """The headers of every download of this file (with or without compression)."""
         request.setHeader(b"Accept-Ranges", b"bytes")
         # Always a download, never a page: an uploaded HTML file must not run in the
         # web UI's origin.
         request.setHeader(b"Content-Disposition", attachment(self.basename()))
         secure_headers(request)
+
+    def render_GET(self, request):
+        self.download_headers(request)
         if request.setETag(f'"{self.digest}"'.encode("ascii")) == http.CACHED:
             self._opened.close()
             return b""
@@ -342,7 +347,17 @@ class FileApi:
         await self._authorize(request, "read")
         path, absolute, st = self._located(request, client_id(request))
         metadata, opened = await self._opened_version(path, absolute, st)
-        return HashedFile(absolute, metadata.hash, opened)
+        served = HashedFile(absolute, metadata.hash, opened)
+        if accepts_zstd(request) and not isinstance(opened.file, io.BytesIO):
+            try:
+                worth = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                                worth_compressing, opened.file.fileno())
+            except BaseException:
+                opened.file.close()
+                raise
+            if worth:  # (a file that does not shrink goes as it is)
+                return ZstdDownload(opened.file, metadata.hash, served.download_headers, self._reactor)
+        return served
 
     async def _opened_version(self, path: str, absolute: str, st) -> tuple:
         """``(FileMetadata, _Opened)`` of the file stored at ``path`` (on-disk name
