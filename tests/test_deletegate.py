@@ -8,6 +8,11 @@ from twisted.logger import formatEvent, globalLogPublisher
 from quantum_sync.client.deletegate import QUIET, DeleteGate
 
 
+def below(directory, count):
+    """``count`` synced files in ``directory``."""
+    return [f"{directory}/f{i}" for i in range(count)]
+
+
 def results(ds):
     out = []
     for d in ds:
@@ -61,7 +66,7 @@ def test_the_rest_of_a_burst_waits_then_a_mass_delete_is_held_and_logged():
 def test_once_one_waits_every_later_delete_of_the_burst_waits_too():
     clock = Clock()
     gate = DeleteGate(clock, lambda: (1, 30), lambda: 30)
-    assert results([gate.admit("big", weight=25)]) == []  # a directory of 25 synced files
+    assert results([gate.admit("big", files=below("big", 25))]) == []  # a directory of 25 synced files
     small = results([gate.admit("a")])
     assert small == []
     clock.advance(QUIET)
@@ -71,11 +76,11 @@ def test_once_one_waits_every_later_delete_of_the_burst_waits_too():
 def test_a_waiting_batch_that_is_no_mass_delete_goes_after_quiet():
     clock = Clock()
     gate = DeleteGate(clock, lambda: (0, 20), lambda: 20)
-    verdicts = results([gate.admit("dir", weight=11)])  # 11 of 20 could be one: counted
+    verdicts = results([gate.admit("dir", files=below("dir", 11))])  # 11 of 20 could be one: counted
     clock.advance(QUIET)
     assert verdicts == [False]
     gate = DeleteGate(clock, lambda: (3, 100), lambda: 20)
-    verdicts = results([gate.admit("dir", weight=11)])
+    verdicts = results([gate.admit("dir", files=below("dir", 11))])
     clock.advance(QUIET)
     assert verdicts == [True]  # 11 of the 100 synced now: no mass delete
 
@@ -84,7 +89,7 @@ def test_counting_off_the_reactor_is_awaited():
     clock = Clock()
     counted = defer.Deferred()
     gate = DeleteGate(clock, lambda: counted, lambda: 20)
-    verdicts = results([gate.admit("d", weight=11)])
+    verdicts = results([gate.admit("d", files=below("d", 11))])
     clock.advance(QUIET)
     assert verdicts == []
     counted.callback((0, 100))  # many files came in meanwhile: 11 of 100 is no mass delete
@@ -94,7 +99,7 @@ def test_counting_off_the_reactor_is_awaited():
 def test_a_failed_count_holds_the_batch():
     clock = Clock()
     gate = DeleteGate(clock, lambda: defer.fail(OSError("disk gone")), lambda: 12)
-    verdicts = results([gate.admit("a", weight=12)])
+    verdicts = results([gate.admit("a", files=below("a", 12))])
     clock.advance(QUIET)
     assert verdicts == [False]
 
@@ -102,4 +107,16 @@ def test_a_failed_count_holds_the_batch():
 def test_allowed_mass_deletes_do_not_wait():
     clock = Clock()
     gate = DeleteGate(clock, lambda: (20, 30), lambda: 30, allow=True)
-    assert results([gate.admit("a", weight=30)]) == [True]
+    assert results([gate.admit("a", files=below("a", 30))]) == [True]
+
+
+def test_files_deleted_before_their_directory_are_counted_once():
+    """``rm -rf`` reports each file, then each directory: a directory's files that went
+    on their own before it are not counted again (5 synced files are no mass delete)."""
+    clock = Clock()
+    gate = DeleteGate(clock, lambda: (4, 5), lambda: 5)
+    verdicts = results([gate.admit(path) for path in ("p/a", "p/s/b", "p/s/l/c", "p/d")])
+    verdicts += results([gate.admit("p/s/l", files=["p/s/l/c"]), gate.admit("p/s", files=["p/s/b", "p/s/l/c"]),
+                         gate.admit("p", files=["p/a", "p/s/b", "p/s/l/c", "p/d"])])
+    clock.advance(QUIET)
+    assert verdicts == [True] * 7 and gate.held is None

@@ -289,12 +289,12 @@ class Actions:
 
     def _files_below(self, path):
         prefix = path + "/"
-        return sum(1 for p, b in self.engine.state.bases.items() if p.startswith(prefix) and not b.entry.is_directory)
+        return [p for p, b in self.engine.state.bases.items() if p.startswith(prefix) and not b.entry.is_directory]
 
     async def _delete_remote(self, path, is_directory):
         engine = self.engine
         # a directory deleted on the server takes every synced file below it along
-        if not await self.deletes.admit(path, self._files_below(path) if is_directory else 1):
+        if not await self.deletes.admit(path, self._files_below(path) if is_directory else None):
             return  # a mass delete: held (logged); the base stays, so nothing is forgotten
         if is_directory and not engine.selection.everything and await self._holds_unselected(path):
             engine.state.forget(path)

@@ -48,13 +48,19 @@ class DeleteGate:
         self._call = None
         self._passed = 0  # files deleted at once in this burst
         self._synced = None  # synced files when the burst began (None: no burst)
+        self._counted = set()  # the files the burst's deletes take along
         #: ``(count, synced)`` of the last batch held, None when none is held
         self.held = None
 
-    def admit(self, path: str, weight: int = 1):
-        """A Deferred that fires True when deleting ``path`` (``weight`` synced files:
-        more for a directory) on the server may go ahead, False when it is held as part
-        of a mass delete."""
+    def admit(self, path: str, files=None):
+        """A Deferred that fires True when deleting ``path`` on the server may go ahead,
+        False when it is held as part of a mass delete. ``files``: the synced files the
+        delete takes along (a directory's files below it; default ``path`` alone); a file
+        already counted in this burst (deleted on its own before its directory, as
+        ``rm -rf`` does) is not counted again."""
+        covered = {path} if files is None else set(files)
+        weight = len(covered - self._counted)
+        self._counted |= covered
         if self.allow:
             return defer.succeed(True)
         if self._synced is None:
@@ -85,6 +91,7 @@ class DeleteGate:
     def _take(self):
         taken = self._waiting, self._passed, self._synced
         self._waiting, self._passed, self._synced, self._call = [], 0, None, None
+        self._counted = set()
         return taken
 
     def _judge(self):
