@@ -70,7 +70,8 @@ def test_an_own_install_is_dropped_once_and_anything_else_is_reported(tmp_path):
     try:
         staged = tmp_path / ".quantum-sync" / "staged"  # renamed from the unwatched state dir
         staged.write_bytes(b"ours")
-        time.sleep(0.2)
+        (tmp_path / "before").write_bytes(b"m")  # reported after whatever the write above caused
+        _settle(seen, str(tmp_path / "before"))
         seen.paths.clear()
         target = tmp_path / "landed"
         own.expect(str(target), os.stat(staged))

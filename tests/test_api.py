@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from tests.support import http, server, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 
 @implementer(IBodyProducer)

@@ -6,18 +6,17 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 from twisted.web import resource
 
 from quantum_sync.client import localfs
 from quantum_sync.client.batches import ThreadBatcher
-from quantum_sync.client.engine import UNKNOWN, Engine
+from quantum_sync.client.engine import Engine
 from quantum_sync.client.reconcile import Entry
-from quantum_sync.client.state import Base, FolderState, tmp_dir
+from quantum_sync.client.state import Base, FolderState
 from quantum_sync.client.transfer import DownloadCorrupt, ServerClient
 from quantum_sync.diskio import Budget
 from quantum_sync.errors import SyncError
-from tests.support import client_of, server  # noqa: F401 (fixture)
+from tests.support import client_of
 
 
 def sha(data):

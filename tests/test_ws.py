@@ -5,7 +5,8 @@ import pytest
 import pytest_twisted
 
 from quantum_sync.protocol import Change, Delete, Move, now
-from test_ws_support import MEMORY_JOURNAL_ID, logged_failures, sites, wait_for  # noqa: F401 - fixtures
+from support import wait_for
+from test_ws_support import MEMORY_JOURNAL_ID
 
 
 @pytest_twisted.ensureDeferred

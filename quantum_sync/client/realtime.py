@@ -320,6 +320,11 @@ class RealtimeLink:
         self.connected = False
         self._protocol = None
 
+    @property
+    def protocol(self):
+        """The subscribed connection (a :class:`SyncClientProtocol`); None while there is none."""
+        return self._protocol
+
     def stop(self):
         """Stop reconnecting and drop the connection (a Deferred)."""
         self.connected = False
