@@ -119,7 +119,8 @@ class Actions:
         await self._delete_local(d.path, local)
 
     async def _delete_remote_decided(self, d, local, remote, attempt):
-        await self._delete_remote(d.path, d.is_directory)
+        seen = d.remote or d.base  # the server's version the decision saw (unchanged since the base)
+        await self._delete_remote(d.path, d.is_directory, "" if d.is_directory else seen.hash)
 
     async def _conflict_decided(self, d, local, remote, attempt):
         await self._conflict(d.path, local, remote)
@@ -267,17 +268,24 @@ class Actions:
 
         return deferToThread(count)
 
-    async def _delete_remote(self, path, is_directory):
+    async def _delete_remote(self, path, is_directory, seen):
+        """Delete ``path`` on the server if it still holds ``seen`` (a file's hash; ``""``:
+        a directory with no file left below). Refused: the path is decided again on the
+        server's version, so a change this client never saw comes back (edit beats delete)."""
         engine = self.engine
         if not await self.deletes.admit(path):
             return  # a mass delete: held (logged); the base stays, so nothing is forgotten
-        (result,) = await engine.server.sync([Delete(path)])
+        (result,) = await engine.server.sync([Delete(path, seen)])
         engine.went_online()
         status = result.get("status") if isinstance(result, dict) else None
         if status == "applied" or (status == "error" and result.get("code") == "NOT_FOUND"):
             engine.state.forget(path, recursive=is_directory)
             engine.state.unqueue(path)
             self.log.info("deleted {path} on the server", path=path)
+        elif status == "conflict" and result.get("code") == "PRECONDITION_FAILED":
+            self.log.info("not deleted on the server: {path} changed there since this client saw it; "
+                          "it is synced again", path=path)
+            engine.request(path, FETCH)
         else:
             raise RequestRefused(409, str(result.get("code")), str(result.get("message")))
 
