@@ -78,13 +78,15 @@ async def test_a_folder_deleted_keeps_the_files_uploaded_into_it_meanwhile(react
     uploaded = []
 
     async def upload_new(operations):
-        if not uploaded:
+        # just before the first directory Delete: its files' Deletes were sent, the decision made
+        if not uploaded and any(op.path in ("d", "d/e") for op in operations if isinstance(op, Delete)):
             uploaded.append(True)
             await upload_as_other(server[0].url, "d/e/new.bin", b"uploaded while a deleted d")
 
     sent = before_deletes(a, upload_new)
     shutil.rmtree(os.path.join(A, "d"))
-    await wait_for(reactor, lambda: any(isinstance(op, Delete) and op.path == "d" for op, _ in sent), what="the Delete of d")
+    await wait_for(reactor, lambda: uploaded and any(op.path in ("d", "d/e") for op, _ in sent),
+                   what="a directory's Delete")
     assert read(server[0].root, "d/e/new.bin") == b"uploaded while a deleted d"
     final = await converged(reactor, A, server[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None, "d/e": None,

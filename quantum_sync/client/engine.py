@@ -206,7 +206,12 @@ class Engine:
 
     def is_synced(self, path, stat) -> bool:
         """Whether ``stat``, seen by the watcher, shows the synced version (or no file, and
-        none synced): the same size-and-mtime rule that lets a scan skip hashing."""
+        none synced): the same size-and-mtime rule that lets a scan skip hashing. Never
+        while an operation on the path is in flight (an upload records its base only when
+        it lands: a delete seen before that is a change)."""
+        return not self.locks.locked(path) and self._matches_base(path, stat)
+
+    def _matches_base(self, path, stat) -> bool:
         base = self.state.base(path)
         return localfs.unchanged(stat, base) or (stat is None and base is None)
 
@@ -284,7 +289,7 @@ class Engine:
             while paths.phase(path) is Phase.QUEUED and not self.stopped:
                 async with self.locks.hold(path):
                     taken = paths.take(path)
-                    if taken.hint is UNKNOWN and taken.seen is not UNSEEN and self.is_synced(path, taken.seen):
+                    if taken.hint is UNKNOWN and taken.seen is not UNSEEN and self._matches_base(path, taken.seen):
                         continue  # a change already synced (our own download, or an upload's read)
                     await self.guard(self._sync_one(path, taken.hint), path)
         finally:

@@ -185,6 +185,8 @@ class FullSync:
         head = scope.journal.head if scope.journal is not None else None
         if listing is None and scope.prefix is None and scope.journal is None:
             scope, head = await self._with_journal(scope)
+        if scope.prefix is not None:
+            await engine.locks.wait_below(scope.prefix)  # an upload inside that read its bytes first lands first
         if listing is None:
             listing = await engine.server.list()
             engine.went_online()

@@ -14,6 +14,19 @@ class PathLocks:
         lock = self._locks.get(path)
         return lock is not None and lock.locked
 
+    def held_below(self, prefix: str) -> list:
+        """The paths strictly below ``prefix`` whose lock is held now."""
+        start = prefix + "/"
+        return [path for path, lock in self._locks.items() if lock.locked and path.startswith(start)]
+
+    async def wait_below(self, prefix: str) -> None:
+        """Wait until every operation running below ``prefix`` now has ended (for a
+        directory's move or delete: an upload inside it that read its bytes before must
+        land first, so that the move or delete covers it)."""
+        held = self.held_below(prefix)
+        if held:
+            self.release(await self.acquire(held))
+
     async def acquire(self, paths) -> list:
         """Take the locks of ``paths`` (sorted, so two callers never deadlock); the list to release."""
         taken = []
