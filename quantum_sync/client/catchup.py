@@ -9,6 +9,7 @@ takes the journal's id and head. When the id changed (a restored or new server s
 that reconcile uploads again what the server lost instead of deleting it here.
 """
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -18,6 +19,7 @@ from quantum_sync.client.journal import Heard, Identity, JournalCursor
 from quantum_sync.client.pathstate import FETCH
 from quantum_sync.client.state import tmp_dir
 from quantum_sync.client.transfer import CursorExpired
+from quantum_sync.paths import is_inside
 from quantum_sync.protocol import Create, Delete, Move, Update
 
 
@@ -33,6 +35,8 @@ class RemoteChanges:
         self._running = None
         self._again = False
         self._start_over_due = False
+        self._in_flight = set()  # changes being applied since the last Move began
+        self._move = None  # the Move being applied: later changes wait for it
 
     # -- what the link tells -------------------------------------------------------------
 
@@ -79,7 +83,7 @@ class RemoteChanges:
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
         else:
-            done = self._dispatch(operation)
+            done = self._in_turn(operation)
         if seq is not None:
             done.addBoth(self._applied, seq, self.journal.generation)
         return done
@@ -95,6 +99,41 @@ class RemoteChanges:
         if self.journal.journal_id is not None and state.journal_id != self.journal.journal_id:
             state.set_journal_id(self.journal.journal_id)
 
+    def _in_turn(self, operation):
+        """Dispatch ``operation`` in its turn: changes run at once, but a Move waits for
+        every change before it, and every change after it waits for the Move (a file
+        created in a folder just before the folder moved must be there to move with it;
+        one created in its new place must not land before the folder does)."""
+        if isinstance(operation, Move):
+            before = list(self._in_flight) + ([self._move] if self._move is not None else [])
+            self._in_flight = set()
+            done = self._move = defer.ensureDeferred(self._after(before, operation))
+
+            def moved(result):
+                if self._move is done:
+                    self._move = None
+                return result
+
+            done.addBoth(moved)
+            return done
+        if self._move is not None:
+            done = defer.ensureDeferred(self._after([self._move], operation))
+        else:
+            done = self._dispatch(operation)
+        if not done.called:
+            self._in_flight.add(done)
+            done.addBoth(self._landed, done)
+        return done
+
+    def _landed(self, result, done):
+        self._in_flight.discard(done)
+        return result
+
+    async def _after(self, before, operation):
+        if before:
+            await defer.DeferredList(before, consumeErrors=True)
+        await self._dispatch(operation)
+
     def _dispatch(self, operation):
         engine = self.engine
         if isinstance(operation, (Create, Update)):
@@ -109,14 +148,22 @@ class RemoteChanges:
 
     async def _remote_move(self, source, destination):
         engine = self.engine
+        await engine.locks.wait_below(source)  # an upload into the folder in flight lands first
         async with engine.locks.hold(source, destination):
             base = engine.state.base(source)
             local = await engine.local_version(source)
             target = await deferToThread(localfs.lstat, engine.abspath(destination))
-            if self._moves_here(base, local, target, destination):
-                await self._rename(source, destination, local)
-                return
             directory = any(v is not None and v.entry.is_directory for v in (base, local))
+            moved = self._moves_here(base, local, target, destination)
+            if moved:
+                await self._rename(source, destination, local)
+                if not directory:
+                    return
+        if moved:
+            # an upload of ours that landed in the old folder after the server moved it
+            # re-created it there: then both places are reconciled
+            if await engine.server.metadata(source) is None:
+                return
         if directory:
             await engine.reconcile(prefix=source)
             await engine.reconcile(prefix=destination)
@@ -192,11 +239,8 @@ class RemoteChanges:
         # directory's Create, say, read before the Move that followed it was journalled)
         # would bring back what the folder has since moved or removed
         own = self.engine.client_id
-        jobs = [
-            self._apply(c.seq, c.operation)
-            for c in page.changes
-            if c.source_client != own and self.journal.hear(c.seq) is not Heard.OLD
-        ]
+        fresh = [c for c in page.changes if c.source_client != own and self.journal.hear(c.seq) is not Heard.OLD]
+        jobs = [self._apply(change.seq, operation) for change, operation in carried_by_moves(fresh)]
         self.journal.delivered(page.cursor)
         self._store()
         if jobs:
@@ -223,3 +267,27 @@ class RemoteChanges:
         known = self.journal.journal_id
         restored = known is not None and journal_id is not None and journal_id != known
         await engine.fullsync.full(head=head, journal_id=journal_id, restored=restored)
+
+
+def carried_by_moves(changes) -> list:
+    """``(change, operation)`` in the order to apply a page of ``changes``: a Create or
+    Update of a path that a later Move of the page moved is applied after that Move, at
+    the moved path (pure). The server has the file only there now: downloaded at its old
+    path it would be gone (404), and the Move would carry nothing."""
+    ordered = []
+    for change in changes:
+        operation = change.operation
+        if not isinstance(operation, Move):
+            ordered.append((change, operation))
+            continue
+        kept, carried = [], []
+        source, destination = operation.source, operation.destination
+        for item in ordered:
+            earlier = item[1]
+            if isinstance(earlier, (Create, Update)) and is_inside(earlier.metadata.path, source):
+                moved_to = destination + earlier.metadata.path[len(source):]
+                carried.append((item[0], type(earlier)(attrs.evolve(earlier.metadata, path=moved_to))))
+            else:
+                kept.append(item)
+        ordered = kept + [(change, operation)] + carried
+    return ordered
