@@ -9,7 +9,7 @@ import shutil
 
 import pytest_twisted
 
-from quantum_sync.protocol import Delete
+from quantum_sync.protocol import Create, Delete, FileMetadata
 from test_e2e_sync import clients, converged, log_to_stderr, read, server, tree, wait_for, write  # noqa: F401
 
 
@@ -97,3 +97,23 @@ async def test_a_folder_deleted_keeps_the_files_uploaded_into_it_meanwhile(react
 
 def read_back(path):
     return {"d/x.txt": b"x", "d/e/y.txt": b"y"}[path]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_heard_before_the_own_delete_does_not_bring_the_folder_back(reactor, server, clients):
+    a = await clients.start(server[0], "a")
+    A = a.config.folder
+    write(A, "keep.txt", b"so that the folder is not emptied")
+    os.makedirs(os.path.join(A, "e"))
+    await converged(reactor, A, server[0].root)
+    stale = FileMetadata.directory("e", 0.0)
+
+    async def heard_meanwhile(operations):
+        # another client's (older) Create of e arrives while a's Delete is on its way
+        a.engine.remote_operation(None, Create(stale))
+
+    sent = before_deletes(a, heard_meanwhile)
+    os.rmdir(os.path.join(A, "e"))
+    await wait_for(reactor, lambda: sent, what="the Delete")
+    await a.engine.idle()
+    assert "e" not in tree(A) and "e" not in tree(server[0].root)

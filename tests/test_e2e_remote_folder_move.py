@@ -67,3 +67,18 @@ async def test_an_own_upload_into_the_old_folder_after_the_move_converges(reacto
     final = await converged(reactor, A, server[0].root)
     assert sha(b"read before the folder moved on the server") in final.values()
     assert final["d2/x.txt"] == sha(b"x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_delete_heard_after_an_own_upload_into_it_landed(reactor, server, clients):
+    a, A = await start_behind(reactor, server[0], clients)
+    body = await as_other(server[0], "POST", "/api/sync", json={
+        "operations": [{"Delete": {"path": "d"}}], "client_id": "other"})
+    assert body["results"][0]["status"] == "applied"
+    write(A, "d/new.bin", b"made while the folder was deleted elsewhere")  # uploaded at once: re-creates d
+    await wait_for(reactor, lambda: os.path.exists(os.path.join(server[0].root, "d", "new.bin")), what="the upload")
+    await a.engine.idle()
+    await a.engine.catch_up()  # now a hears the older Delete of d
+    final = await converged(reactor, A, server[0].root)
+    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None,
+                     "d/new.bin": sha(b"made while the folder was deleted elsewhere")}

@@ -281,6 +281,7 @@ class Actions:
         if status == "applied" or (status == "error" and result.get("code") == "NOT_FOUND"):
             engine.state.forget(path, recursive=is_directory)
             engine.state.unqueue(path)
+            engine.paths.refetch(path)
             self.log.info("deleted {path} on the server", path=path)
         elif status == "conflict" and result.get("code") == "PRECONDITION_FAILED":
             self.log.info("not deleted on the server: {path} changed there since this client saw it; "
@@ -323,6 +324,8 @@ class Actions:
         if status == "applied":
             engine.state.move(source, destination)
             engine.state.unqueue(destination)
+            engine.paths.refetch(source)
+            engine.paths.refetch(destination)
             self.log.info("moved {source} to {destination} on the server", source=source, destination=destination)
         else:
             engine.request(source, FETCH)

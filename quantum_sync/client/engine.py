@@ -198,6 +198,7 @@ class Engine:
             path, Base(entry_of(meta), meta.modified, local_stat.size if local_stat else 0, local_stat.mtime_ns if local_stat else 0)
         )
         self.state.unqueue(path)
+        self.paths.refetch(path)
 
     def refresh_stat(self, path, base, local):
         """The synced version's local stat changed (a touch): remember the new one."""
@@ -316,6 +317,14 @@ class Engine:
                 return
             if isinstance(hint, _Assumed):
                 return await self.actions.decide_and_execute(path, local, hint.remote, base)
+        if hint is None and local is not None and local.entry.is_directory:
+            # a folder deleted on the server, heard before a change of ours inside it may
+            # have landed there (re-creating it): ask; if it is back, look at all of it
+            remote = await self.server.metadata(path)
+            self.went_online()
+            if remote is not None and remote.is_directory:
+                return await self.reconcile(prefix=path, held={path})
+            return await self._sync_against(path, remote, base, local)
         if hint is FETCH:
             hint = await self.server.metadata(path)
             self.went_online()
