@@ -11,7 +11,7 @@ from twisted.internet import defer, task
 
 from quantum_sync.client.transfer import ServerClient
 from quantum_sync.protocol import Delete, Move
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, tree, wait_for, write  # noqa: F401
+from test_e2e_sync import clients, converged, log_to_stderr, server, wait_for, write  # noqa: F401
 
 
 def sha(data: bytes) -> str:
