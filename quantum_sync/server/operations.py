@@ -379,10 +379,9 @@ class FileOperations:
         if expected == "":
             if not entry.is_directory:
                 raise SyncError("PRECONDITION_FAILED", f"{path} is no longer a directory")
-            left = sum(1 for e in await self._thread(self.store.scan, path) if not e.is_directory)
-            if left:
+            if await self._thread(self.store.holds_a_file, path):
                 raise SyncError("PRECONDITION_FAILED",
-                                f"{left} file(s) below {path} were not deleted by this client; nothing changed")
+                                f"files below {path} were not deleted by this client; nothing changed")
             return
         current = await self._current(path)
         if current is None or current[0].is_directory or current[0].hash != expected:
