@@ -24,7 +24,10 @@ class _State:
 
 
 class _Engine:
-    """Records what is started; every job is a Deferred the test fires."""
+    """Records what is started; every job is a Deferred the test fires. Stopped: a gap in
+    the seqs starts no catch-up."""
+
+    stopped = True
 
     def __init__(self):
         self.state, self.started, self.jobs = _State(), [], {}
@@ -54,10 +57,22 @@ def test_a_move_waits_for_the_changes_before_it_and_the_later_ones_wait_for_it()
     engine.jobs["d/x.bin"].callback(None)
     assert engine.started == ["d/x.bin", "d->d2"]
     engine.jobs["move"].callback(None)
-    assert engine.started == ["d/x.bin", "d->d2", "d2/y.bin", "other.bin"]
+    # d/x.bin was moved with d on the server: looked for at its new path too
+    assert engine.started == ["d/x.bin", "d->d2", "d2/x.bin", "d2/y.bin", "other.bin"]
     for path in ("d2/y.bin", "other.bin"):
         engine.jobs[path].callback(None)
     assert engine.state.cursor == 4
+
+
+def test_a_create_heard_after_a_later_move_of_its_folder_is_applied_where_the_move_put_it():
+    engine = _Engine()
+    remote = RemoteChanges(engine)
+    remote.moved(5, "d", "d2")  # this client's own Move of d, applied as seq 5
+    remote.moved(7, "d2/e", "f")
+    remote.operation(4, create("d/e/x.bin"))  # a Create made before it, heard after
+    remote.operation(6, create("d2/e/y.bin"))
+    remote.operation(8, create("d/z.bin"))  # made after the moves: stays where it is
+    assert engine.started == ["f/x.bin", "f/y.bin", "d/z.bin"]
 
 
 def test_a_page_applies_a_moved_files_create_after_the_move_at_its_new_path():

@@ -326,6 +326,7 @@ class Actions:
             engine.state.unqueue(destination)
             engine.paths.refetch(source)
             engine.paths.refetch(destination)
+            engine.remote.moved(result.get("seq"), source, destination)
             self.log.info("moved {source} to {destination} on the server", source=source, destination=destination)
         else:
             engine.request(source, FETCH)

@@ -9,6 +9,8 @@ takes the journal's id and head. When the id changed (a restored or new server s
 that reconcile uploads again what the server lost instead of deleting it here.
 """
 
+import collections
+
 import attrs
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
@@ -21,6 +23,10 @@ from quantum_sync.client.state import tmp_dir
 from quantum_sync.client.transfer import CursorExpired
 from quantum_sync.paths import is_inside
 from quantum_sync.protocol import Create, Delete, Move, Update
+
+
+#: How many of the latest Creates/Updates and Moves are remembered (to follow a move).
+RECENT = 1024
 
 
 class RemoteChanges:
@@ -37,6 +43,9 @@ class RemoteChanges:
         self._start_over_due = False
         self._in_flight = set()  # changes being applied since the last Move began
         self._move = None  # the Move being applied: later changes wait for it
+        self._recent = collections.deque(maxlen=RECENT)  # (seq, path) of Creates/Updates heard
+        self._moves = collections.deque(maxlen=RECENT)  # (seq, source, destination) applied, any client's
+        self._last_move = 0  # the highest seq of those
 
     # -- what the link tells -------------------------------------------------------------
 
@@ -80,13 +89,49 @@ class RemoteChanges:
     # -- applying ------------------------------------------------------------------------
 
     def _apply(self, seq, operation):
+        if seq is not None and isinstance(operation, (Create, Update)):
+            operation = self._followed(seq, operation)
+            self._recent.append((seq, operation.metadata.path))
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
         else:
             done = self._in_turn(operation)
+            if seq is not None and isinstance(operation, Move):
+                done.addBoth(self._passed, seq, operation)
         if seq is not None:
             done.addBoth(self._applied, seq, self.journal.generation)
         return done
+
+    def _passed(self, result, seq, operation):
+        self.moved(seq, operation.source, operation.destination)
+        return result
+
+    def moved(self, seq, source, destination) -> None:
+        """The Move ``seq`` (this client's or another's) is applied. A file created or
+        changed inside ``source`` just before it (heard with a lower seq) was moved with
+        it on the server, where its download at the old path found nothing: it is
+        looked for at the new one."""
+        if seq is None:
+            return
+        self._moves.append((seq, source, destination))
+        self._last_move = max(self._last_move, seq)
+        engine = self.engine
+        for heard, path in list(self._recent):
+            if heard < seq and is_inside(path, source):
+                engine.request(destination + path[len(source):], FETCH)
+
+    def _followed(self, seq, operation):
+        """``operation`` (a Create or Update ``seq``) at the path where the Moves applied
+        since (with higher seqs) put its file."""
+        if seq > self._last_move:
+            return operation  # the usual case: no Move after it yet
+        path = operation.metadata.path
+        for move_seq, source, destination in sorted(self._moves):
+            if move_seq > seq and is_inside(path, source):
+                path = destination + path[len(source):]
+        if path == operation.metadata.path:
+            return operation
+        return type(operation)(attrs.evolve(operation.metadata, path=path))
 
     def _applied(self, result, seq, generation):
         self.journal.applied(seq, generation)
