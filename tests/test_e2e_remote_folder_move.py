@@ -82,3 +82,37 @@ async def test_a_folder_delete_heard_after_an_own_upload_into_it_landed(reactor,
     final = await converged(reactor, A, server[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None,
                      "d/new.bin": sha(b"made while the folder was deleted elsewhere")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_made_remotely_inside_a_folder_moved_here_does_not_bring_it_back(reactor, server, clients):
+    from twisted.internet import defer
+
+    from quantum_sync.protocol import Create, FileMetadata, Move
+
+    a = await clients.start(server[0], "a", realtime=False, interval=3600)
+    A = a.config.folder
+    write(A, "keep.txt", b"so that the folder is not emptied")
+    os.makedirs(os.path.join(A, "d"))
+    await converged(reactor, A, server[0].root)
+    body = await as_other(server[0], "POST", "/api/sync", json={"client_id": "other", "operations": [
+        {"Create": {"metadata": {"path": "d/sub", "size": 0, "modified": "2026-01-01T00:00:00Z", "hash": "",
+                                 "is_directory": True}}}]})
+    seq = body["results"][0]["seq"]
+    gate, moving = defer.Deferred(), defer.Deferred()
+    real_sync = a.engine.server.sync
+
+    async def held_sync(operations):
+        if any(isinstance(op, Move) for op in operations):
+            moving.callback(None)
+            await gate  # the Move is on its way while the other client's Create arrives
+        return await real_sync(operations)
+
+    a.engine.server.sync = held_sync
+    os.rename(os.path.join(A, "d"), os.path.join(A, "d2"))
+    await moving
+    await a.engine.remote_operation(seq, Create(FileMetadata.directory("d/sub", 0.0)))
+    gate.callback(None)
+    await wait_for(reactor, lambda: os.path.isdir(os.path.join(A, "d2", "sub")), what="d2/sub here")
+    final = await converged(reactor, A, server[0].root)
+    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None, "d2/sub": None}

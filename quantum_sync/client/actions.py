@@ -210,6 +210,11 @@ class Actions:
         engine = self.engine
         expected = local.stat if local else None
         if remote.is_directory:
+            missing = await deferToThread(localfs.missing_ancestors, engine.folder, path)
+            if any(engine.state.base(parent) is not None for parent in missing):
+                # a synced folder above it was moved or deleted here and that change is on its
+                # way: re-creating the folder would undo it; the server's outcome comes back
+                return
             st = await deferToThread(localfs.make_directory, engine.folder, engine.abspath(path))
             engine.record(path, remote, st)
             return
