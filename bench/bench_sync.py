@@ -8,7 +8,8 @@ B) on 127.0.0.1, and (unless --no-syncthing) two Syncthing instances sharing one
 (/work/shared/tools/syncthing_pair.py, fsWatcherDelayS=1). For each system it measures:
 
 - latency: a 1 KiB file written in A until identical bytes are readable in B
-  (``--trials`` new files, one at a time; p50/p90/p99),
+  (``--trials`` new files, one at a time; p50/p90/p99), then each renamed, then each
+  deleted, until B shows it (``--latency-only``: nothing else),
 - small files: ``--small`` files of 4 KiB created at once in A until all are in B (files/s),
 - large file: one ``--large-mib`` MiB file written in A until it is complete in B (MB/s).
 
@@ -97,35 +98,36 @@ class QuantumPair:
 
     name = "quantum-sync"
 
-    def __init__(self, base, client_args=(), port=None):
+    def __init__(self, base, client_args=(), port=None, sides="AB"):
         self.base = base
         self.procs = []
         self.pids = {}
         self.client_args = list(client_args)
         self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = os.path.join(base, "root")
+        self.sides = sides  # one client daemon a letter, folder base/<letter>
+        self.dir_a = os.path.join(base, "A")
+        self.dir_b = os.path.join(base, "B")
 
-    def start(self):
-        os.makedirs(self.base)
-        port = self.port
-        self.url = f"http://127.0.0.1:{port}"
+    def start(self, timeout=30):
+        os.makedirs(self.base, exist_ok=True)
         config = {"apps": {"http": {"servers": {"bench": {
-            "listen": [f"tcp:{port}:interface=127.0.0.1"],
+            "listen": [f"tcp:{self.port}:interface=127.0.0.1"],
             "routes": [{"match": [{"matcher": "path", "paths": ["/api/*", "/ws"]}],
-                        "handle": [{"handler": "file_sync", "root": os.path.join(self.base, "root"),
-                                    "enable_upload": True}]}],
+                        "handle": [{"handler": "file_sync", "root": self.root, "enable_upload": True}]}],
         }}}}}
         config_path = os.path.join(self.base, "sync.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
         self._spawn("server", ["quantum-sync", "--config", config_path])
-        wait(self._healthy, 30, "server health")
-        self.dir_a = os.path.join(self.base, "A")
-        self.dir_b = os.path.join(self.base, "B")
-        for side, folder in (("A", self.dir_a), ("B", self.dir_b)):
-            self._spawn(f"client{side}", ["quantum-sync-client", "--server", self.url, "--local-path", folder,
-                                          "--client-id", f"bench-{side}", *self.client_args])
-        for side in "AB":
-            wait(lambda: "realtime: connected" in self._log(f"client{side}"), 30, f"client {side} subscribed")
+        wait(self._healthy, timeout, "server health")
+        for side in self.sides:
+            self._spawn(f"client{side}", ["quantum-sync-client", "--server", self.url, "--local-path",
+                                          os.path.join(self.base, side), "--client-id", f"bench-{side}",
+                                          *self.client_args])
+        for side in self.sides:
+            wait(lambda: "realtime: connected" in self._log(f"client{side}"), timeout, f"client {side} subscribed")
 
     def _spawn(self, name, args):
         log = open(os.path.join(self.base, name + ".log"), "wb")
@@ -189,19 +191,47 @@ class SyncthingPair:
 
 
 def measure_latency(pair, trials):
+    """Creates, then renames, then deletes of ``trials`` 1 KiB files, one at a time: each
+    until B shows it. The folder holds as many files again that stay, so deleting the
+    trial files one after another is never more than half of the synced files (a mass
+    delete, which the client holds)."""
     folder = "lat-%d" % time.time_ns()
-    os.makedirs(os.path.join(pair.dir_a, folder))
-    wait(lambda: os.path.isdir(os.path.join(pair.dir_b, folder)), 60, "latency folder")
-    samples = []
+    os.makedirs(os.path.join(pair.dir_a, folder, "stay"))
+    for i in range(trials + 1):
+        with open(os.path.join(pair.dir_a, folder, "stay", f"k{i:03}.bin"), "wb") as f:
+            f.write(os.urandom(64))
+    last = os.path.join(pair.dir_b, folder, "stay", f"k{trials:03}.bin")
+    wait(lambda: os.path.exists(last), 120, "latency folder")
+    a, b = os.path.join(pair.dir_a, folder), os.path.join(pair.dir_b, folder)
+    creates, renames, deletes = [], [], []
     for i in range(trials):
         data = os.urandom(1024)
-        target = os.path.join(pair.dir_b, folder, f"t{i:03}.bin")
+        target = os.path.join(b, f"t{i:03}.bin")
         start = time.perf_counter()
-        with open(os.path.join(pair.dir_a, folder, f"t{i:03}.bin"), "wb") as f:
+        with open(os.path.join(a, f"t{i:03}.bin"), "wb") as f:
             f.write(data)
-        wait(lambda: content(target) == data, 60, f"latency trial {i}")
-        samples.append(time.perf_counter() - start)
-    samples.sort()
+        wait(lambda: content(target) == data, 60, f"create trial {i}")
+        creates.append(time.perf_counter() - start)
+    for i in range(trials):
+        old, new = os.path.join(b, f"t{i:03}.bin"), os.path.join(b, f"r{i:03}.bin")
+        start = time.perf_counter()
+        os.rename(os.path.join(a, f"t{i:03}.bin"), os.path.join(a, f"r{i:03}.bin"))
+        wait(lambda: os.path.exists(new) and not os.path.exists(old), 60, f"rename trial {i}")
+        renames.append(time.perf_counter() - start)
+    for i in range(trials):
+        gone = os.path.join(b, f"r{i:03}.bin")
+        start = time.perf_counter()
+        os.unlink(os.path.join(a, f"r{i:03}.bin"))
+        wait(lambda: not os.path.exists(gone), 60, f"delete trial {i}")
+        deletes.append(time.perf_counter() - start)
+    result = percentiles(creates)
+    result["rename"], result["delete"] = percentiles(renames), percentiles(deletes)
+    return result
+
+
+def percentiles(samples):
+    """p50, p90 and p99 of ``samples`` (seconds) in milliseconds."""
+    samples = sorted(samples)
 
     def pct(p):
         return samples[min(len(samples) - 1, int(round(p / 100 * (len(samples) - 1))))] * 1000
@@ -278,9 +308,10 @@ def run(pair, args):
     pair.start()
     try:
         results = {}
-        for name, measure, size in (("latency", measure_latency, args.trials),
-                                    ("small", measure_small_cpu, args.small),
-                                    ("large", measure_large, args.large_mib)):
+        measures = [("latency", measure_latency, args.trials)]
+        if not args.latency_only:
+            measures += [("small", measure_small_cpu, args.small), ("large", measure_large, args.large_mib)]
+        for name, measure, size in measures:
             # each measure starts with nothing left to write back from the one before (the
             # previous system's large file among it): its fsyncs wait for its own data only
             os.sync()
@@ -298,6 +329,7 @@ def main():
     ap.add_argument("--base", default="/tmp/qs-bench")
     ap.add_argument("--no-syncthing", action="store_true")
     ap.add_argument("--no-settle", action="store_true", help="measure at once after removing an earlier run's files")
+    ap.add_argument("--latency-only", action="store_true", help="only the create, rename and delete latencies")
     args = ap.parse_args()
     clear_base(args.base, wait=not args.no_settle)
     results = {}
@@ -310,12 +342,18 @@ def main():
 
 def print_table(results, args):
     rows = [
-        (f"latency p50 (ms, 1 KiB, {args.trials} trials)", lambda r: r["latency"]["p50"], "<25"),
-        ("latency p90 (ms)", lambda r: r["latency"]["p90"], ""),
-        ("latency p99 (ms)", lambda r: r["latency"]["p99"], "<100"),
-        (f"small files/s ({args.small} x 4 KiB)", lambda r: r["small"]["files_per_s"], ">=1000"),
-        (f"large file MB/s ({args.large_mib} MiB)", lambda r: r["large"]["mb_per_s"], ">=2x Syncthing"),
+        (f"create p50 (ms, 1 KiB, {args.trials} trials)", lambda r: r["latency"]["p50"], "<25"),
+        ("create p90 (ms)", lambda r: r["latency"]["p90"], ""),
+        ("create p99 (ms)", lambda r: r["latency"]["p99"], "<100"),
+        ("rename p50 (ms)", lambda r: r["latency"]["rename"]["p50"], ""),
+        ("delete p50 (ms)", lambda r: r["latency"]["delete"]["p50"], "<20"),
+        ("delete p90 (ms)", lambda r: r["latency"]["delete"]["p90"], ""),
     ]
+    if not args.latency_only:
+        rows += [
+            (f"small files/s ({args.small} x 4 KiB)", lambda r: r["small"]["files_per_s"], ">=1000"),
+            (f"large file MB/s ({args.large_mib} MiB)", lambda r: r["large"]["mb_per_s"], ">=2x Syncthing"),
+        ]
     names = list(results)
     header = f"{'measure':<40}" + "".join(f"{n:>15}" for n in names) + (f"{'ratio':>10}" if len(names) == 2 else "") + f"{'target':>16}"
     print(header)
@@ -328,6 +366,9 @@ def print_table(results, args):
         print(line + f"{target:>16}")
     for n in names:
         r = results[n]
+        print(f"{n}: delete p50 / create p50 = {r['latency']['delete']['p50'] / r['latency']['p50']:.2f}")
+        if args.latency_only:
+            continue
         print(f"{n}: small files wrong={r['small']['wrong']}, large file identical={r['large']['identical']}")
         cpu = r["small"].get("cpu_ms_per_file")
         if cpu:

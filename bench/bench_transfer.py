@@ -195,9 +195,9 @@ class QuantumServer:
 class RsyncDaemon:
     """``rsync --daemon`` on 127.0.0.1 exporting one writable module."""
 
-    def __init__(self, rsync: str, workdir: str):
+    def __init__(self, rsync: str, workdir: str, port=None):
         self.rsync = rsync
-        self.port = free_port()
+        self.port = port or free_port()
         self.module_dir = os.path.join(workdir, "rsync-module")
         os.makedirs(self.module_dir)
         config = os.path.join(workdir, "rsyncd.conf")

@@ -23,17 +23,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from bench_sync import QuantumPair, wait
+
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update"]
@@ -75,78 +71,9 @@ window.WebSocket = class extends Native {
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(predicate, timeout, what, poll=0.01):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(poll)
-
-
 def get_json(url):
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
-
-
-class Daemons:
-    """The server and one client daemon, each a twistd subprocess."""
-
-    def __init__(self, base):
-        self.base = base
-        self.procs = []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.root = os.path.join(base, "root")
-        self.folder = os.path.join(base, "A")
-
-    def start(self):
-        config = {"apps": {"http": {"servers": {"bench": {
-            "listen": [f"tcp:{self.port}:interface=127.0.0.1"],
-            "routes": [{"match": [{"matcher": "path", "paths": ["/api/*", "/ws"]}],
-                        "handle": [{"handler": "file_sync", "root": self.root, "enable_upload": True}]}],
-        }}}}}
-        path = os.path.join(self.base, "sync.json")
-        with open(path, "w") as f:
-            json.dump(config, f)
-        self._spawn("server", ["quantum-sync", "--config", path])
-        wait(self._healthy, 60, "server health")
-        self._spawn("client", ["quantum-sync-client", "--server", self.url, "--local-path", self.folder,
-                               "--client-id", "bench-A"])
-        wait(lambda: "realtime: connected" in self._log("client"), 60, "client subscribed")
-
-    def _spawn(self, name, args):
-        log = open(os.path.join(self.base, name + ".log"), "wb")
-        proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", *args], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=self.base)
-        self.procs.append((proc, log))
-
-    def _log(self, name):
-        with open(os.path.join(self.base, name + ".log"), errors="replace") as f:
-            return f.read()
-
-    def _healthy(self):
-        try:
-            return get_json(self.url + "/ws/health")["status"] == "ok"
-        except OSError:
-            return False
-
-    def stop(self):
-        for proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, log in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
 
 
 def percentile(values, fraction):
@@ -166,7 +93,7 @@ def measure_writes(browser, daemons, count):
     for i in range(count):
         name = f"lat-{count - i:03d}.txt"  # each new file sorts first: its row is in view
         written = time.time() * 1000
-        with open(os.path.join(daemons.folder, name), "wb") as f:
+        with open(os.path.join(daemons.dir_a, name), "wb") as f:
             f.write(os.urandom(1024))
         page.wait_for_function(f"() => {json.dumps(name)} in window.__rows", timeout=10000)
         seen = page.evaluate(f"() => [window.__rows[{json.dumps(name)}], window.__broadcasts[{json.dumps(name)}]]")
@@ -200,14 +127,14 @@ def main():
     from playwright.sync_api import sync_playwright
 
     base = tempfile.mkdtemp(prefix="bench-ui-")
-    daemons = Daemons(base)
+    daemons = QuantumPair(base, sides="A")
     try:
         big = os.path.join(daemons.root, "big")
         os.makedirs(big)
         for i in range(options.entries):
             with open(os.path.join(big, f"f{i:05d}.txt"), "wb") as f:
                 f.write(b"%d" % i)
-        daemons.start()
+        daemons.start(timeout=60)
         wait(lambda: len(get_json(daemons.url + "/api/list")) > options.entries, 120, "the big folder indexed")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)

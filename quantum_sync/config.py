@@ -72,6 +72,22 @@ class AuthConfig:
     token_ttl: int = 3600
 
 
+#: What a node id may hold (it names the node's temp folder and its heartbeat).
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+
+
+@attrs.frozen
+class ClusterConfig:
+    """The ``cluster`` handler block: the index and journal live in PostgreSQL
+    (``database``, a ``postgresql://`` URL), broadcasts between nodes go through Redis
+    (``redis``, a ``redis://`` URL); ``node_id`` names this node ("" until the server
+    picks its default: host name and port)."""
+
+    database: str
+    redis: str
+    node_id: str = ""
+
+
 @attrs.frozen
 class VersionsConfig:
     """The ``versions`` handler block: how long and how many old versions (and deleted
@@ -107,6 +123,8 @@ class HandlerConfig:
     #: over NFS or by other hosts, and drops events when its queue overflows
     rescan_interval: float = 3600
     versions: VersionsConfig = VersionsConfig()
+    #: several nodes on PostgreSQL and Redis (:mod:`quantum_sync.server.cluster`)
+    cluster: ClusterConfig | None = None
 
 
 @attrs.frozen
@@ -124,11 +142,14 @@ class ListenerConfig:
 
 @attrs.frozen
 class ServerConfig:
-    """The whole server configuration: every listener and the one ``file_sync`` handler."""
+    """The server configuration: a ``file_sync`` handler and the listeners that route to
+    it; ``others`` holds one more ServerConfig per further, different handler (its own
+    root, index, journal and hub, in the same process)."""
 
     listeners: tuple
     handler: HandlerConfig
     source: str = "<config>"
+    others: tuple = ()
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -294,7 +315,30 @@ def _versions(r: _Reader, value, where: str) -> VersionsConfig:
 _HANDLER_KEYS = {
     "handler", "root", "enable_upload", "state_dir", "max_upload_size",
     "journal_retention", "relay", "ui", "websocket", "auth", "rescan_interval", "versions",
+    "cluster",
 }
+
+
+def _url(r: _Reader, value, where: str, schemes: tuple) -> str:
+    r.expect(value, str, where, "a string")
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in schemes or not rest or value != value.strip():
+        r.fail(where, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def _cluster(r: _Reader, value, where: str) -> ClusterConfig:
+    r.obj(value, where, {"database", "redis", "node_id"}, required=("database", "redis"))
+    node_id = value.get("node_id", "")
+    r.expect(node_id, str, f"{where}.node_id", "a string")
+    if "node_id" in value and not _NODE_ID.match(node_id):
+        r.fail(f"{where}.node_id", "must be 1 to 64 letters, digits or . _ : @ - (starting"
+                                   " with a letter or digit)")
+    return ClusterConfig(
+        database=_url(r, value["database"], f"{where}.database", ("postgresql", "postgres")),
+        redis=_url(r, value["redis"], f"{where}.redis", ("redis",)),
+        node_id=node_id,
+    )
 
 
 def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
@@ -324,6 +368,7 @@ def _handler(r: _Reader, value, where: str, base_dir: str) -> HandlerConfig:
         auth=_auth(r, value["auth"], f"{where}.auth", base_dir) if "auth" in value else None,
         rescan_interval=r.number(value.get("rescan_interval", 3600), f"{where}.rescan_interval"),
         versions=_versions(r, value.get("versions", {}), f"{where}.versions"),
+        cluster=_cluster(r, value["cluster"], f"{where}.cluster") if "cluster" in value else None,
     )
 
 
@@ -388,16 +433,50 @@ def parse(document, source: str = "<config>", base_dir: str | None = None,
     r.expect(servers, dict, "apps.http.servers", "an object")
     if not servers:
         r.fail("apps.http.servers", "must name at least one server")
-    listeners, handlers = [], []
+    groups = []  # [handler, [listeners]] per distinct handler, in the order first met
+    bare = []  # listeners of servers without a route to a handler (they answer 404)
     for name, server in servers.items():
-        endpoints, patterns, found = _server(r, name, server, f"apps.http.servers.{name}", base_dir)
-        listeners.extend(ListenerConfig(e, name, patterns) for e in endpoints)
-        handlers.extend(found)
-    if not handlers:
+        at = f"apps.http.servers.{name}"
+        endpoints, patterns, found = _server(r, name, server, at, base_dir)
+        if any(h != found[0] for h in found[1:]):
+            r.fail(f"{at}.routes", "the routes of one server must share one file_sync handler"
+                                   " configuration (give another handler a server of its own)")
+        if not found:
+            bare.extend(ListenerConfig(e, name, patterns) for e in endpoints)
+            continue
+        group = next((g for g in groups if g[0] == found[0]), None)
+        if group is None:
+            group = [found[0], []]
+            groups.append(group)
+        group[1].extend(ListenerConfig(e, name, patterns) for e in endpoints)
+    if not groups:
         r.fail("apps.http.servers", "no route has a file_sync handler")
-    if any(h != handlers[0] for h in handlers[1:]):
-        r.fail("apps.http.servers", "all file_sync handlers must be configured identically")
-    handler = handlers[0]
+    groups[0][1].extend(bare)
+    if len(groups) > 1 and (root is not None or listen is not None):
+        raise ConfigError(f"{'--root' if root is not None else '--listen'}: the configuration has"
+                          f" {len(groups)} different file_sync handlers; give it one, or leave"
+                          " the option out")
+    parts = [_finish(r, handler, listeners, base_dir, listen, root, source) for handler, listeners in groups]
+    for n, part in enumerate(parts):
+        for other in parts[:n]:
+            for mine, theirs, what in ((part.handler.root, other.handler.root, "root"),
+                                       (part.handler.state_dir, other.handler.state_dir, "state_dir"),
+                                       (_database(part), _database(other), "cluster database")):
+                if mine is not None and mine == theirs:
+                    r.fail(f"apps.http.servers.{part.listeners[0].server}",
+                           f"its file_sync handler differs from that of server"
+                           f" {other.listeners[0].server!r} but has the same {what} {mine};"
+                           " configure them identically or give each its own")
+    return attrs.evolve(parts[0], others=tuple(parts[1:]))
+
+
+def _database(config: ServerConfig):
+    return config.handler.cluster.database if config.handler.cluster is not None else None
+
+
+def _finish(r: _Reader, handler: HandlerConfig, listeners: list, base_dir: str, listen, root,
+            source: str) -> ServerConfig:
+    """One handler's :class:`ServerConfig`: overrides applied, state_dir defaulted."""
     if root is not None:
         if not root:
             raise ConfigError("--root: must not be empty")
@@ -422,6 +501,11 @@ def parse(document, source: str = "<config>", base_dir: str | None = None,
 def load(path: str, listen: str | None = None, root: str | None = None) -> ServerConfig:
     """Read and validate the JSON file at ``path`` (relative paths inside it are taken
     from the working directory)."""
+    return parse(read_document(path), source=path, listen=listen, root=root)
+
+
+def read_document(path: str):
+    """The JSON document in the file at ``path``; any problem is a one-line :class:`ConfigError`."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -433,4 +517,4 @@ def load(path: str, listen: str | None = None, root: str | None = None) -> Serve
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    return parse(document, source=path, listen=listen, root=root)
+    return document

@@ -137,9 +137,10 @@ class HttpClient:
 
 
 @pytest_twisted.async_yield_fixture
-async def server(reactor, tmp_path):
-    """A default server (uploads enabled) on ``tmp_path/"root"``, stopped afterwards."""
-    running = await start_server(reactor, tmp_path)
+async def server(reactor, tmp_path, server_overrides):
+    """A default server (uploads enabled) on ``tmp_path/"root"``, stopped afterwards
+    (``server_overrides``: see conftest.py)."""
+    running = await start_server(reactor, tmp_path, **server_overrides)
     yield running
     await running.stop()
 

@@ -214,7 +214,7 @@ async def test_hash_mismatch_changes_nothing(server, http):
     assert body["error"]["code"] == "INVALID_REQUEST"
     _, meta = await upload(http, server, "h.txt", b"new", X_Content_SHA256=sha(b"new").upper())
     assert meta["hash"] == sha(b"new")
-    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    assert os.listdir(server.service.store.temp_dir) == []
     _, changes = await http.json("GET", f"{server.url}/api/changes")
     assert [list(c["operation"])[0] for c in changes["changes"]] == ["Create", "Update"]
 

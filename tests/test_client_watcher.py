@@ -112,7 +112,7 @@ def test_one_read_of_events_makes_one_item_a_path_with_one_stat(tmp_path):
         (SETTLE, "open.bin"),
         (CHANGE, "done.bin"),
         (SETTLE, "again.bin"),  # written again after its close: wait until it is quiet
-        (SETTLE, "gone.bin"),
+        (CHANGE, "gone.bin"),  # gone: a delete is reported at once
     ]
     stats = {path: stat for _, path, stat in delivered}
     assert (stats["done.bin"].size, stats["open.bin"].size, stats["again.bin"].size) == (5, 3, 1)

@@ -104,7 +104,25 @@ def test_several_servers_and_listen_entries():
         ("tcp:9090", "second")]
     assert not config.listeners[2].routes_to_handler("/ws")
     servers["second"]["routes"][0]["handle"][0]["root"] = "./other"
-    with pytest.raises(ConfigError, match="configured identically"):
+    config = parse(copy, base_dir="/srv")  # two handlers: two roots in one process
+    assert config.handler.root == "/srv/sync-data" and len(config.listeners) == 2
+    (other,) = config.others
+    assert other.handler.root == "/srv/other" and other.handler.state_dir == "/srv/other/.quantum-sync"
+    assert [(l.endpoint, l.server) for l in other.listeners] == [("tcp:9090", "second")]
+    for option in ("listen", "root"):
+        with pytest.raises(ConfigError, match=f"^--{option}: the configuration has 2 different"):
+            parse(copy, base_dir="/srv", **{option: "127.0.0.1:1"})
+    servers["second"]["routes"][0]["handle"][0].update(root="./sync-data", enable_upload=False)
+    with pytest.raises(ConfigError, match="servers.second: its file_sync handler differs from that"
+                                          " of server 'file_sync_server' but has the same root"):
+        parse(copy, base_dir="/srv")
+    servers["second"]["routes"][0]["handle"][0].update(
+        root="./other", state_dir="/srv/sync-data/.quantum-sync")
+    with pytest.raises(ConfigError, match="but has the same state_dir"):
+        parse(copy, base_dir="/srv")
+    servers["second"]["routes"].append(json.loads(json.dumps(servers["second"]["routes"][0])))
+    servers["second"]["routes"][1]["handle"][0]["root"] = "./third"
+    with pytest.raises(ConfigError, match="servers.second.routes: the routes of one server must share"):
         parse(copy, base_dir="/srv")
 
 
@@ -243,3 +261,34 @@ def test_versions_block():
     assert given.enabled
     assert not parse(document(versions={"keep_days": 0}), base_dir="/srv").handler.versions.enabled
     assert not parse(document(versions={"keep_per_file": 0}), base_dir="/srv").handler.versions.enabled
+
+
+CLUSTER = {"database": "postgresql://root@db.example:5432/sync", "redis": "redis://cache.example:6379/2"}
+
+
+def test_cluster_block():
+    assert parse(SEED, base_dir="/x").handler.cluster is None
+    cluster = parse(document(cluster=dict(CLUSTER, node_id="node-1")), base_dir="/x").handler.cluster
+    assert (cluster.database, cluster.redis, cluster.node_id) == (
+        CLUSTER["database"], CLUSTER["redis"], "node-1")
+    assert parse(document(cluster=CLUSTER), base_dir="/x").handler.cluster.node_id == ""
+
+
+@pytest.mark.parametrize("cluster, message", [
+    ("postgresql://x", "cluster: must be an object, not a string"),
+    ({"redis": "redis://r"}, "cluster.database: missing"),
+    ({"database": "postgresql://d"}, "cluster.redis: missing"),
+    (dict(CLUSTER, port=1), "cluster.port: unknown key"),
+    (dict(CLUSTER, database="mysql://d"), "cluster.database: must be a URL starting with postgresql:// or postgres://"),
+    (dict(CLUSTER, database=5), "cluster.database: must be a string, not a number"),
+    (dict(CLUSTER, redis="http://r"), "cluster.redis: must be a URL starting with redis://"),
+    (dict(CLUSTER, redis="redis://"), "cluster.redis: must be a URL starting with redis://"),
+    (dict(CLUSTER, node_id=""), "cluster.node_id: must be 1 to 64"),
+    (dict(CLUSTER, node_id="a/b"), "cluster.node_id: must be 1 to 64"),
+    (dict(CLUSTER, node_id="x" * 65), "cluster.node_id: must be 1 to 64"),
+    (dict(CLUSTER, node_id=7), "cluster.node_id: must be a string, not a number"),
+])
+def test_cluster_block_refused(cluster, message):
+    with pytest.raises(ConfigError) as caught:
+        parse(document(cluster=cluster), base_dir="/x")
+    assert message in str(caught.value)

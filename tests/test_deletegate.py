@@ -1,10 +1,16 @@
-"""The delete gate: remote deletes wait for a quiet moment, then a mass delete is held."""
+"""The delete gate: deletes go through at once while they cannot make a mass delete;
+the rest of a burst waits for a quiet moment, then a mass delete is held."""
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from quantum_sync.client.deletegate import QUIET, DeleteGate
+
+
+def below(directory, count):
+    """``count`` synced files in ``directory``."""
+    return [f"{directory}/f{i}" for i in range(count)]
 
 
 def results(ds):
@@ -14,75 +20,103 @@ def results(ds):
     return out
 
 
-def test_a_few_deletes_go_through_together_once_quiet():
+def test_deletes_that_cannot_make_a_mass_delete_go_at_once():
     clock = Clock()
-    gate = DeleteGate(clock, lambda: (2, 30))
-    verdicts = results([gate.admit("a"), gate.admit("b")])
-    clock.advance(QUIET * 0.9)
-    assert verdicts == []
-    gate.admit("c")  # a new delete restarts the quiet period
-    clock.advance(QUIET * 0.9)
-    assert verdicts == []
-    clock.advance(QUIET * 0.2)
-    assert verdicts == [True, True]
+    gate = DeleteGate(clock, lambda: (0, 12), lambda: 12)
+    assert results([gate.admit(f"f{i}") for i in range(10)]) == [True] * 10  # ten is never a mass delete
+    assert gate.waiting == 0
+    gate = DeleteGate(clock, lambda: (0, 100), lambda: 100)
+    assert results([gate.admit(f"f{i}") for i in range(10)]) == [True] * 10
+    eleventh = results([gate.admit("f10")])  # past ten it could be one in some folder: it waits
+    assert eleventh == [] and gate.waiting == 1
+    clock.advance(QUIET)
+    assert eleventh == [True]  # 11 of 100 is no mass delete
 
 
-def test_a_mass_delete_is_held_and_logged():
+def test_the_rest_of_a_burst_waits_then_a_mass_delete_is_held_and_logged():
     lines = []
 
     def observe(event):
         lines.append(formatEvent(event))
 
     clock = Clock()
-    gate = DeleteGate(clock, lambda: (20, 30))
-    verdicts = results([gate.admit(f"f{i}") for i in range(3)])
+    synced = [30]
+    gate = DeleteGate(clock, lambda: (10, synced[0]), lambda: synced[0])
+    first = results([gate.admit(f"f{i}") for i in range(10)])
+    assert first == [True] * 10
+    synced[0] = 20  # the ones deleted on the server are forgotten
+    later = results([gate.admit(f"g{i}") for i in range(15)])  # the eleventh on waits
+    assert later == [] and gate.waiting == 15
+    clock.advance(QUIET * 0.9)
+    assert later == []
+    gate.admit("g15")  # a new delete restarts the quiet period
+    clock.advance(QUIET * 0.9)
+    assert later == []
     globalLogPublisher.addObserver(observe)
     try:
-        clock.advance(QUIET)
+        clock.advance(QUIET * 0.2)
     finally:
         globalLogPublisher.removeObserver(observe)
-    assert verdicts == [False, False, False]
-    assert any("mass delete" in line and "20 of 30" in line for line in lines)
+    assert later == [False] * 15
+    assert gate.held == (26, 30)  # 10 sent, and 16 waiting (more than the 10 missing), of 30
+    assert any("mass delete held" in line and "26 of 30" in line and "--allow-mass-delete" in line for line in lines)
+    assert results([gate.admit("alone")]) == [True]  # a new burst: a single delete goes at once
 
 
-def test_the_batch_size_counts_even_when_the_files_are_back():
+def test_once_one_waits_every_later_delete_of_the_burst_waits_too():
     clock = Clock()
-    gate = DeleteGate(clock, lambda: (0, 20))
-    verdicts = results([gate.admit(f"f{i}") for i in range(11)])
+    gate = DeleteGate(clock, lambda: (1, 30), lambda: 30)
+    assert results([gate.admit("big", files=below("big", 25))]) == []  # a directory of 25 synced files
+    small = results([gate.admit("a")])
+    assert small == []
     clock.advance(QUIET)
-    assert verdicts == [False] * 11
+    assert small == [False]
+
+
+def test_a_waiting_batch_that_is_no_mass_delete_goes_after_quiet():
+    clock = Clock()
+    gate = DeleteGate(clock, lambda: (0, 20), lambda: 20)
+    verdicts = results([gate.admit("dir", files=below("dir", 11))])  # 11 of 20 could be one: counted
+    clock.advance(QUIET)
+    assert verdicts == [False]
+    gate = DeleteGate(clock, lambda: (3, 100), lambda: 20)
+    verdicts = results([gate.admit("dir", files=below("dir", 11))])
+    clock.advance(QUIET)
+    assert verdicts == [True]  # 11 of the 100 synced now: no mass delete
 
 
 def test_counting_off_the_reactor_is_awaited():
     clock = Clock()
     counted = defer.Deferred()
-    gate = DeleteGate(clock, lambda: counted)
-    verdicts = results([gate.admit("a")])
+    gate = DeleteGate(clock, lambda: counted, lambda: 20)
+    verdicts = results([gate.admit("d", files=below("d", 11))])
     clock.advance(QUIET)
     assert verdicts == []
-    counted.callback((1, 100))
+    counted.callback((0, 100))  # many files came in meanwhile: 11 of 100 is no mass delete
     assert verdicts == [True]
 
 
 def test_a_failed_count_holds_the_batch():
     clock = Clock()
-    gate = DeleteGate(clock, lambda: defer.fail(OSError("disk gone")))
-    verdicts = results([gate.admit("a")])
+    gate = DeleteGate(clock, lambda: defer.fail(OSError("disk gone")), lambda: 12)
+    verdicts = results([gate.admit("a", files=below("a", 12))])
     clock.advance(QUIET)
     assert verdicts == [False]
 
 
 def test_allowed_mass_deletes_do_not_wait():
     clock = Clock()
-    gate = DeleteGate(clock, lambda: (20, 30), allow=True)
-    assert results([gate.admit("a")]) == [True]
+    gate = DeleteGate(clock, lambda: (20, 30), lambda: 30, allow=True)
+    assert results([gate.admit("a", files=below("a", 30))]) == [True]
 
 
-def test_stopping_holds_what_waits():
+def test_files_deleted_before_their_directory_are_counted_once():
+    """``rm -rf`` reports each file, then each directory: a directory's files that went
+    on their own before it are not counted again (5 synced files are no mass delete)."""
     clock = Clock()
-    gate = DeleteGate(clock, lambda: (0, 30))
-    verdicts = results([gate.admit("a")])
-    gate.stop()
-    assert verdicts == [False]
+    gate = DeleteGate(clock, lambda: (4, 5), lambda: 5)
+    verdicts = results([gate.admit(path) for path in ("p/a", "p/s/b", "p/s/l/c", "p/d")])
+    verdicts += results([gate.admit("p/s/l", files=["p/s/l/c"]), gate.admit("p/s", files=["p/s/b", "p/s/l/c"]),
+                         gate.admit("p", files=["p/a", "p/s/b", "p/s/l/c", "p/d"])])
     clock.advance(QUIET)
-    assert verdicts == [False]
+    assert verdicts == [True] * 7 and gate.held is None

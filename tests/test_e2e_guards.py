@@ -7,6 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.logger import globalLogPublisher
 
+from quantum_sync.client.status import folder_status
 from test_e2e_sync import clients, converged, log_to_stderr, read, server, sleep, tree, wait_for, write  # noqa: F401
 
 
@@ -39,6 +40,10 @@ async def test_mass_delete_is_held_until_allowed(reactor, server, clients, log_l
     assert held and "20" in held[0]
     await sleep(reactor, 0.3)
     assert len(tree(server[0].root)) == 30 and len(tree(B)) == 30
+    status = await folder_status("a", a, reactor)
+    assert [(g["guard"], g["what"], g["files"], g["synced"]) for g in status["guards"]] == [
+        ("mass delete", "reconcile", 20, 30)]
+    assert "--allow-mass-delete" in status["guards"][0]["release"] and not status["in_sync"]
     await clients.stop(a)
     a = await clients.start(server[0], "a", allow_mass_delete=True)
     await converged(reactor, A, B, server[0].root)
@@ -109,12 +114,16 @@ async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(rea
         os.unlink(os.path.join(A, "d", f"f{i:02}.txt"))
     await wait_for(reactor, lambda: any("mass delete" in line for line in log_lines), what="the mass delete warning")
     await a.engine.idle()
-    await sleep(reactor, 0.5)
-    assert len([p for p in tree(server[0].root) if p.startswith("d/f")]) == 30
-    assert len([p for p in tree(B) if p.startswith("d/f")]) == 30
-    os.unlink(os.path.join(A, "keep.txt"))  # one more delete alone is still a mass delete: held too
-    await sleep(reactor, 1.0)
-    assert read(server[0].root, "keep.txt") == b"k"
+    # the first ten went at once (ten is never a mass delete), the rest is held
+    assert len([p for p in tree(server[0].root) if p.startswith("d/f")]) == 20
+    os.unlink(os.path.join(A, "keep.txt"))  # a delete alone, later, goes at once while the rest is held
+    await wait_for(reactor, lambda: read(B, "keep.txt") is None, what="the single delete on the other client")
+    await a.engine.idle()
+    assert len([p for p in tree(server[0].root) if p.startswith("d/f")]) == 20
+    assert len([p for p in tree(B) if p.startswith("d/f")]) == 20
+    status = await folder_status("a", a, reactor)
+    assert [(g["what"], g["synced"]) for g in status["guards"]] == [("local deletes", 31)]
+    assert status["state"] == "held" and "restore the files" in status["guards"][0]["release"]
 
 
 @pytest_twisted.ensureDeferred

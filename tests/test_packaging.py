@@ -100,3 +100,17 @@ def test_systemd_units_verify(tmp_path):
     result = subprocess.run([analyze, "verify", "--man=no", *[str(tmp_path / n) for n in names]],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_client_user_unit_template(tmp_path):
+    """The client's user unit: one instance per configuration file, started at login;
+    ``systemd-analyze verify`` accepts an instance of it."""
+    unit = read_unit("quantum-sync-client@.service")
+    assert "twistd --nodaemon --pidfile=" in unit and "quantum-sync-client --config %E/quantum-sync/%i.json" in unit
+    assert "WantedBy=default.target" in unit and "RestartPreventExitStatus=1" in unit
+    assert "User=" not in unit  # a user service runs as its user
+    instance = tmp_path / "quantum-sync-client@work.service"
+    instance.write_text(unit.replace("/opt/quantum-sync/venv/bin/twistd", os.path.join(BIN, "twistd")))
+    result = subprocess.run(["/usr/bin/systemd-analyze", "verify", "--man=no", str(instance)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr

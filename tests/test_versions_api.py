@@ -143,7 +143,7 @@ async def test_restore_honours_if_match(server, http):
     assert refused["error"]["code"] == "PRECONDITION_FAILED"
     assert read(server, "a.txt") == b"second"
     assert len((await versions(http, server, "a.txt"))["versions"]) == 1
-    assert len(os.listdir(os.path.join(server.root, ".quantum-sync", "tmp"))) == 0
+    assert len(os.listdir(server.service.store.temp_dir)) == 0
     done = await restore(http, server, path="a.txt", id=old["id"],
                          headers={"If-Match": f'"{sha(b"second")}"'})
     assert done["hash"] == sha(b"first")

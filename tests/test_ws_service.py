@@ -14,8 +14,8 @@ TIMERS = {"ping_interval": 30, "stale_timeout": 300, "cleanup_interval": 60, "me
 
 
 @pytest_twisted.async_yield_fixture
-async def server(reactor, tmp_path, logged_failures):
-    running = await start_server(reactor, tmp_path, websocket=TIMERS)
+async def server(reactor, tmp_path, logged_failures, server_overrides):
+    running = await start_server(reactor, tmp_path, websocket=TIMERS, **server_overrides)
     http = HttpClient(reactor)
     clients = []
 

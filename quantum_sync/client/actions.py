@@ -14,13 +14,15 @@ import time
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from quantum_sync.blocklists import BlockLists
 from quantum_sync.client import localfs
 from quantum_sync.client.conflicts import conflict_name
 from quantum_sync.client.deletegate import DeleteGate
+from quantum_sync.client.delta import Deltas
 from quantum_sync.client.ignore import IGNORE_FILE
 from quantum_sync.client.pathstate import FETCH, UNKNOWN
 from quantum_sync.client.reconcile import Action, Decision, decide, entry_of
-from quantum_sync.client.state import tmp_dir
+from quantum_sync.client.state import state_dir, tmp_dir
 from quantum_sync.client.transfer import DownloadCorrupt, PreconditionFailed, RequestRefused, SMALL_TRANSFER
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move
 
@@ -60,8 +62,10 @@ class Actions:
 
     def __init__(self, engine):
         self.engine = engine
-        self.deletes = DeleteGate(engine.reactor, self._count_missing, engine.allow_mass_delete)
+        self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete)
         self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
+        #: delta transfers of large files (block lists kept in the folder's state)
+        self.deltas = Deltas(engine.server, BlockLists(os.path.join(state_dir(engine.folder), "blocks")))
         self._run = {
             Action.NOTHING: self._nothing,
             Action.RECORD: self._record,
@@ -141,7 +145,13 @@ class Actions:
         base = engine.state.base(path)
         try:
             abspath = None if local.data is not None else engine.abspath(path)
-            meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size, local.data)
+            meta = None
+            if abspath is not None and self.deltas.applies(local.entry.size):
+                meta = await self.deltas.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                                tmp_dir(engine.folder))
+            if meta is None:
+                meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                                  local.data)
         except PreconditionFailed:
             if attempt >= 2:
                 raise
@@ -223,7 +233,14 @@ class Actions:
             if small:
                 data = await engine.server.download_bytes(path, remote.hash, remote.size)
             else:
-                staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
+                staged = None
+                # (a version already coming from the relay is claimed, not fetched again)
+                if local is not None and self.deltas.applies(remote.size) \
+                        and not engine.server.prefetching(path, remote.hash):
+                    staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
+                                                        remote, tmp_dir(engine.folder))
+                if staged is None:
+                    staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
         except (DownloadCorrupt, RequestRefused) as e:
             if isinstance(e, RequestRefused) and e.status != 404:
                 raise
@@ -265,21 +282,34 @@ class Actions:
         """``(missing, synced)``: synced files gone from the folder now, of all synced files."""
         engine = self.engine
         files = [p for p, b in engine.state.bases.items() if not b.entry.is_directory]
-        rules, folder = engine.rules, engine.folder
+        is_ignored, folder = engine.is_ignored, engine.folder
 
         def count():  # matching and stat of every synced file: off the reactor
-            synced = [p for p in files if not rules.is_ignored(p, False)]
+            synced = [p for p in files if not is_ignored(p, False)]
             return sum(1 for p in synced if localfs.lstat(os.path.join(folder, p)) is None), len(synced)
 
         return deferToThread(count)
+
+    def _count_synced(self):
+        return sum(1 for b in self.engine.state.bases.values() if not b.entry.is_directory)
+
+    def _files_below(self, path):
+        prefix = path + "/"
+        return [p for p, b in self.engine.state.bases.items() if p.startswith(prefix) and not b.entry.is_directory]
 
     async def _delete_remote(self, path, is_directory, seen):
         """Delete ``path`` on the server if it still holds ``seen`` (a file's hash; ``""``:
         a directory with no file left below). Refused: the path is decided again on the
         server's version, so a change this client never saw comes back (edit beats delete)."""
         engine = self.engine
-        if not await self.deletes.admit(path):
+        # a directory deleted on the server takes every synced file below it along
+        if not await self.deletes.admit(path, self._files_below(path) if is_directory else None):
             return  # a mass delete: held (logged); the base stays, so nothing is forgotten
+        if is_directory and not engine.selection.everything and await self._holds_unselected(path):
+            engine.state.forget(path)
+            self.log.info("kept directory {path} on the server: it holds files outside this client's selection",
+                          path=path)
+            return
         (result,) = await engine.server.sync([Delete(path, seen)])
         engine.went_online()
         status = result.get("status") if isinstance(result, dict) else None
@@ -294,6 +324,13 @@ class Actions:
             engine.request(path, FETCH)
         else:
             raise RequestRefused(409, str(result.get("code")), str(result.get("message")))
+
+    async def _holds_unselected(self, directory) -> bool:
+        """Whether the server holds something below ``directory`` that this client does not
+        sync (deleting the directory there would take it along)."""
+        selects, prefix = self.engine.selection.selects, directory + "/"
+        listing = await self.engine.server.list()
+        return any(m.path.startswith(prefix) and not selects(m.path, m.is_directory) for m in listing)
 
     # -- conflicts and moves -------------------------------------------------------------
 

@@ -27,3 +27,8 @@ def conflict_name(path: str, epoch: float, client_id: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(epoch))
     safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", client_id) or "client"
     return f"{directory}{slash}{stem}{_MARKER}{stamp}-{safe_id}{ext}"
+
+
+def is_conflict_copy(path: str) -> bool:
+    """Whether ``path`` names a conflict copy."""
+    return _MARKER in path.rpartition("/")[2]

@@ -3,79 +3,116 @@
 A full reconcile sees all its deletes at once, and :func:`~quantum_sync.client.reconcile.plan`
 holds a mass delete. A folder emptied while the client runs (``rm -rf``, an unmounted
 disk, a bad script) arrives instead as a stream of single-path watcher events, each of
-which alone looks harmless. So every delete the engine would send to the server waits
-here until none has arrived for :data:`QUIET` seconds; then the gate counts the synced
-files now missing from the folder and lets the whole batch through only when that is
-not a mass delete (:func:`~quantum_sync.client.reconcile.is_mass_delete`). A held batch
-deletes nothing: the files stay on the server, their base stays recorded, and the next
-start with ``--allow-mass-delete`` (or the files coming back) settles them.
+which alone looks harmless. A delete is final when it happens, so it goes to the server
+at once while the deletes of the current burst (the deletes since the last :data:`QUIET`
+seconds without one) cannot make a mass delete whatever the folder holds: a mass delete
+(:func:`~quantum_sync.client.reconcile.is_mass_delete`) is more than half of the files
+synced and more than ten, so the first ten files of a burst go at once. The first delete
+past those ten, and every later one of the burst, waits until the burst is over (letting
+through up to half of the folder before judging would send half of an ``rm -rf`` to the
+server before the guard could hold it); then the gate counts the synced files now missing
+from the folder and lets the waiting ones through only when the whole burst is not a mass
+delete. A held batch deletes nothing: the files stay on the server, their base stays
+recorded, and the next start with ``--allow-mass-delete`` (or the files coming back)
+settles them.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from quantum_sync.client.reconcile import is_mass_delete
+from quantum_sync.client.reconcile import MASS_DELETE_MIN, is_mass_delete
 
-#: Seconds without a new delete before a batch is judged.
+#: Seconds without a new delete that end a burst.
 QUIET = 0.3
+
+RELEASE_HINT = "Restore the files, or restart the client with --allow-mass-delete to confirm"
 
 
 class DeleteGate:
-    """Batches remote deletes and holds a mass delete.
+    """Lets deletes through at once while they cannot make a mass delete, holds a mass delete.
 
-    ``count_missing`` returns (a Deferred of) ``(missing, synced)``: how many synced files
-    are gone from the folder now, out of how many are synced; it should do its disk work
-    off the reactor."""
+    ``count_synced()`` returns how many files are synced (cheap: called once a burst, on
+    the reactor); ``count_missing`` returns (a Deferred of) ``(missing, synced)``: how
+    many synced files are gone from the folder now, out of how many are synced; it should
+    do its disk work off the reactor."""
 
     log = Logger()
 
-    def __init__(self, clock, count_missing, allow: bool = False, quiet: float = QUIET):
+    def __init__(self, clock, count_missing, count_synced, allow: bool = False, quiet: float = QUIET):
         self._clock = clock
         self._count_missing = count_missing
+        self._count_synced = count_synced
         self.allow = allow
         self.quiet = quiet
-        self._waiting = []  # (path, Deferred) of the batch being gathered
+        self._waiting = []  # (path, Deferred, weight) of the deletes waiting for the burst's end
         self._call = None
+        self._passed = 0  # files deleted at once in this burst
+        self._synced = None  # synced files when the burst began (None: no burst)
+        self._counted = set()  # the files the burst's deletes take along
+        #: ``(count, synced)`` of the last batch held, None when none is held
+        self.held = None
 
-    def admit(self, path: str):
+    def admit(self, path: str, files=None):
         """A Deferred that fires True when deleting ``path`` on the server may go ahead,
-        False when its batch is held as a mass delete."""
+        False when it is held as part of a mass delete. ``files``: the synced files the
+        delete takes along (a directory's files below it; default ``path`` alone); a file
+        already counted in this burst (deleted on its own before its directory, as
+        ``rm -rf`` does) is not counted again."""
+        covered = {path} if files is None else set(files)
+        weight = len(covered - self._counted)
+        self._counted |= covered
         if self.allow:
             return defer.succeed(True)
-        d = defer.Deferred()
-        self._waiting.append((path, d))
+        if self._synced is None:
+            self._synced = self._count_synced()
         if self._call is not None and self._call.active():
             self._call.reset(self.quiet)
         else:
             self._call = self._clock.callLater(self.quiet, self._judge)
+        if not self._waiting and self._passed + weight <= MASS_DELETE_MIN:
+            self._passed += weight
+            return defer.succeed(True)
+        d = defer.Deferred()
+        self._waiting.append((path, d, weight))
         return d
+
+    @property
+    def waiting(self) -> int:
+        """How many deletes wait for the end of the burst."""
+        return len(self._waiting)
 
     def stop(self):
         """Hold whatever is waiting (the client is stopping)."""
         if self._call is not None and self._call.active():
             self._call.cancel()
-        self._release(self._take(), False)
+        batch, _, _ = self._take()
+        self._release(batch, False)
 
     def _take(self):
-        batch, self._waiting = self._waiting, []
-        self._call = None
-        return batch
+        taken = self._waiting, self._passed, self._synced
+        self._waiting, self._passed, self._synced, self._call = [], 0, None, None
+        self._counted = set()
+        return taken
 
     def _judge(self):
-        batch = self._take()
+        batch, passed, synced_before = self._take()
+        if not batch:
+            return
         d = defer.maybeDeferred(self._count_missing)
 
         def judged(counts):
             missing, synced = counts
-            deletes = max(missing, len(batch))
+            deletes = passed + max(missing, sum(weight for _, _, weight in batch))
+            synced = max(synced_before, synced + passed)
             if is_mass_delete(deletes, synced):
+                self.held = (deletes, synced)
                 self.log.warn(
-                    "mass delete held: {count} of {synced} synced files are gone from the folder; nothing was "
-                    "deleted on the server. Restore the files, or restart the client with --allow-mass-delete to confirm",
-                    count=deletes,
-                    synced=synced,
+                    "mass delete held: {count} of {synced} synced files are gone from the folder; {held} deletes "
+                    "were not sent to the server. " + RELEASE_HINT,
+                    count=deletes, synced=synced, held=len(batch),
                 )
                 return False
+            self.held = None
             return True
 
         def failed(failure):
@@ -87,5 +124,5 @@ class DeleteGate:
 
     @staticmethod
     def _release(batch, verdict):
-        for _, d in batch:
+        for _, d, _ in batch:
             d.callback(verdict)

@@ -32,7 +32,9 @@ from quantum_sync.client.ignore import IGNORE_FILE, IgnoreRules
 from quantum_sync.client.intake import LocalIntake
 from quantum_sync.client.locks import PathLocks
 from quantum_sync.client.pathstate import FETCH, UNKNOWN, UNSEEN, PathStates, Phase
+from quantum_sync.client.pausing import PauseHold
 from quantum_sync.client.prehash import GrowingHashes
+from quantum_sync.client.selection import EVERYTHING
 from quantum_sync.client.reconcile import entry_of
 from quantum_sync.client.state import Base, tmp_dir
 from quantum_sync.client.transferlog import TransferLog
@@ -67,7 +69,8 @@ class Engine:
 
     log = Logger()
 
-    def __init__(self, reactor, folder, state, server, client_id, strategy="rename", allow_mass_delete=False, retry_delay=0.5):
+    def __init__(self, reactor, folder, state, server, client_id, strategy="rename", allow_mass_delete=False, retry_delay=0.5,
+                 selection=EVERYTHING):
         self.reactor = reactor
         self.folder = folder
         self.state = state
@@ -77,10 +80,15 @@ class Engine:
         self.allow_mass_delete = allow_mass_delete
         self.retry_delay = retry_delay
         self.rules = IgnoreRules.from_file(os.path.join(folder, IGNORE_FILE))
+        #: this client's own selective-sync rules (a path outside is neither synced nor deleted)
+        self.selection = selection
         self.online = None  # unknown until the first answer
+        self.last_error = None  # why the server was last unreachable or refusing
         self.last_full_reconcile = None
         self.stopped = False
         self.locks = PathLocks()
+        #: paused: no new transfers, what is asked meanwhile replayed by :meth:`resume`
+        self.pause = PauseHold()
         self.paths = PathStates()
         self._retry_calls = {}
         self.growing = GrowingHashes(folder)  # fed by the watcher (FolderWatcher on_grow)
@@ -112,15 +120,23 @@ class Engine:
 
     def local_moved(self, source: str, destination: str):
         """The watcher saw ``source`` renamed to ``destination`` inside the folder."""
+        if self.pause.paused:
+            self.pause.hold_path(source)
+            self.pause.hold_path(destination)
+            return defer.succeed(None)
         return self.intake.moved(source, destination)
 
     def upload_started(self, announced):
         """Another client began a large upload (a :class:`~quantum_sync.protocol.UploadStarted`)."""
-        self.remote.upload_started(announced)
+        if not self.pause.paused:
+            self.remote.upload_started(announced)
 
     def remote_operation(self, seq, operation, journal_id=None):
         """A FileOperation from the server (``seq`` None when it carries none); a Deferred
         that fires when it has been applied."""
+        if self.pause.paused:
+            self.pause.hold_catch_up()  # not heard: the catch-up on resume brings it
+            return defer.succeed(None)
         return self.remote.operation(seq, operation, journal_id)
 
     def journal_named(self, journal_id):
@@ -129,16 +145,39 @@ class Engine:
 
     def catch_up_soon(self):
         """Catch up from the journal (coalesced); a Deferred."""
+        if self.pause.paused:
+            self.pause.hold_catch_up()
+            return defer.succeed(None)
         return self.remote.catch_up_soon()
 
     async def catch_up(self):
         """Apply every journal entry after the cursor."""
+        if self.pause.paused:
+            self.pause.hold_catch_up()
+            return
         await self.remote.catch_up()
 
     def reconcile(self, prefix=None, listing=None, held=frozenset(), pull_first=False):
         """Three-way reconcile of the whole folder, or of the subtree ``prefix``;
         ``listing`` replaces the server's listing (``[]``: the server deleted the subtree)."""
+        if self.pause.paused:
+            self.pause.hold_reconcile()
+            return defer.succeed(None)
         return self.fullsync.reconcile(prefix, listing, held, pull_first)
+
+    def pause_transfers(self):
+        """Start no new transfer (running ones finish); keep noting what changes."""
+        self.pause.pause()
+
+    def resume(self):
+        """Sync what changed while paused: the paths noted, the journal, a reconcile."""
+        held = self.pause.resume()
+        for path in sorted(held.paths):
+            self.request(path, FETCH)
+        if held.catch_up:
+            self.catch_up_soon()
+        if held.reconcile:
+            self.reconcile().addErrback(lambda f: self.log.failure("reconcile after resume failed", f))
 
     @property
     def _reconcile_running(self):
@@ -178,7 +217,8 @@ class Engine:
         return resolve(self.folder, path)
 
     def is_ignored(self, path: str, is_directory: bool = False) -> bool:
-        return self.rules.is_ignored(path, is_directory)
+        """Excluded by ``.syncignore`` or outside this client's selection."""
+        return self.rules.is_ignored(path, is_directory) or not self.selection.selects(path, is_directory)
 
     def went_online(self):
         if self.online is not True:
@@ -186,6 +226,7 @@ class Engine:
         self.online = True
 
     def went_offline(self, reason):
+        self.last_error = reason
         if self.online is not False:
             self.log.warn("server unavailable or refusing; local changes are queued: {reason}", reason=reason)
         self.online = False
@@ -271,6 +312,10 @@ class Engine:
         ``hint`` is what is known of the server's version, ``stat`` what the watcher saw
         of the local file. A Deferred that fires when done."""
         if self.stopped:
+            return defer.succeed(None)
+        if self.pause.paused:
+            if not (hint is UNKNOWN and stat is not UNSEEN and self.is_synced(path, stat)):
+                self.pause.hold_path(path)
             return defer.succeed(None)
         paths = self.paths
         idle = paths.phase(path) is Phase.IDLE

@@ -33,13 +33,52 @@ _DELETES = frozenset((Action.DELETE_LOCAL, Action.DELETE_REMOTE))
 
 @attrs.define
 class Progress:
-    """Counts for the steady progress line of a large reconcile."""
+    """Counts for the steady progress line of a large reconcile (and ``status``); the
+    ``up_*`` and ``down_*`` counts are what is left to upload and download."""
 
     files_total: int = 0
     bytes_total: int = 0
     files_done: int = 0
     bytes_done: int = 0
     started: float = attrs.field(factory=time.monotonic)
+    up_files: int = 0
+    up_bytes: int = 0
+    down_files: int = 0
+    down_bytes: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Bytes a second so far."""
+        return self.bytes_done / max(time.monotonic() - self.started, 1e-6)
+
+    @property
+    def seconds_left(self):
+        """The time left at the rate so far (files when no bytes move); None: unknown."""
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        if self.bytes_total and self.bytes_done:
+            return (self.bytes_total - self.bytes_done) / (self.bytes_done / elapsed)
+        if self.files_done:
+            return (self.files_total - self.files_done) / (self.files_done / elapsed)
+        return None
+
+    @classmethod
+    def of(cls, todo, bytes_total):
+        """The progress of carrying out the decisions ``todo``."""
+        uploads = [d.local.size for d in todo if d.action is Action.UPLOAD and not d.is_directory]
+        downloads = [d.remote.size for d in todo if d.action is Action.DOWNLOAD and not d.is_directory]
+        return cls(files_total=len(todo), bytes_total=bytes_total, up_files=len(uploads), up_bytes=sum(uploads),
+                   down_files=len(downloads), down_bytes=sum(downloads))
+
+    def finished(self, d) -> None:
+        """Decision ``d`` was carried out."""
+        self.files_done += 1
+        if d.action in _TRANSFERS and not d.is_directory:
+            size = (d.local if d.action is Action.UPLOAD else d.remote).size
+            self.bytes_done += size
+            if d.action is Action.UPLOAD:
+                self.up_files, self.up_bytes = self.up_files - 1, self.up_bytes - size
+            else:
+                self.down_files, self.down_bytes = self.down_files - 1, self.down_bytes - size
 
 
 @attrs.frozen
@@ -145,6 +184,10 @@ class FullSync:
     def __init__(self, engine):
         self.engine = engine
         self.running = None  # the full reconcile running, if any
+        #: the :class:`Progress` of the full reconcile being carried out (None: none is)
+        self.progress = None
+        #: ``(count, synced)`` of the mass delete the last full reconcile held (None: none)
+        self.mass_delete_held = None
         self._limit = defer.DeferredSemaphore(PLAN_CONCURRENCY)
 
     def reconcile(self, prefix=None, listing=None, held=frozenset(), pull_first=False):
@@ -196,6 +239,9 @@ class FullSync:
         planned = await deferToThread(make_plan, scope, listing, trusted, bases_all, local, engine.is_ignored,
                                       engine.strategy, engine.allow_mass_delete)
         self._warn(planned)
+        if scope.prefix is None:
+            held = planned.result.mass_delete_held
+            self.mass_delete_held = (held, planned.synced) if held else None
         await self._execute_plan(planned, local, scope)
         if scope.prefix is None:
             self._after_full(scope, head, local, planned.remote)
@@ -245,11 +291,16 @@ class FullSync:
         todo = planned.todo
         if not todo:
             return
-        progress = Progress(files_total=len(todo), bytes_total=planned.bytes_total)
+        progress = Progress.of(todo, planned.bytes_total)
         ticker = task.LoopingCall(self._log_progress, progress)
         ticker.clock = self.engine.reactor
         ticker.start(PROGRESS_EVERY, now=False)
         run = _Run(self, local, planned.remote, scope.held, progress)
+        if scope.prefix is None:
+            self.progress = progress
+        large = _large(progress)
+        if large:
+            self.engine.transfers.quiet += 1  # the progress line instead of a line per batch
         try:
             if scope.pull_first:
                 pulls = [d for d in todo if d.action in _PULLS]
@@ -258,7 +309,11 @@ class FullSync:
             await self._run_phases(todo, run)
         finally:
             ticker.stop()
-        if progress.files_total >= 50 or progress.bytes_total >= 50 << 20:
+            if self.progress is progress:
+                self.progress = None
+            if large:
+                self.engine.transfers.quiet -= 1
+        if large:
             self._log_progress(progress, final=True)
 
     async def _run_phases(self, decisions, run):
@@ -289,8 +344,10 @@ class FullSync:
 
     def _log_progress(self, progress, final=False):
         elapsed = max(time.monotonic() - progress.started, 1e-6)
+        left = progress.seconds_left
         self.log.info(
-            "{what}: {files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes, {rate:.1f} MB/s, {files_rate:.0f} files/s",
+            "{what}: {files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes, {rate:.1f} MB/s, "
+            "{files_rate:.0f} files/s{left}",
             what="sync finished" if final else "sync progress",
             files_done=progress.files_done,
             files_total=progress.files_total,
@@ -298,7 +355,13 @@ class FullSync:
             bytes_total=progress.bytes_total,
             rate=progress.bytes_done / elapsed / 1e6,
             files_rate=progress.files_done / elapsed,
+            left="" if final or left is None else f", about {left:.0f} s left",
         )
+
+
+def _large(progress) -> bool:
+    """A plan worth progress lines."""
+    return progress.files_total >= 50 or progress.bytes_total >= 50 << 20
 
 
 class _Run:
@@ -311,6 +374,9 @@ class _Run:
     async def one(self, d):
         """One planned decision, under its locks, if the base is still what it was planned on."""
         engine = self.engine
+        if engine.pause.paused:
+            engine.pause.hold_reconcile()  # the rest of the plan: planned again on resume
+            return
         paths = {d.path} | ({d.source} if d.source else set())
         taken = await engine.locks.acquire(paths - self.held)
         try:
@@ -324,7 +390,4 @@ class _Run:
 
     async def _execute(self, d):
         await self.engine.actions.execute(d, self.local.get(d.path), self.remote.get(d.path))
-        progress = self.progress
-        progress.files_done += 1
-        if d.action in _TRANSFERS:
-            progress.bytes_done += (d.local if d.action is Action.UPLOAD else d.remote).size
+        self.progress.finished(d)

@@ -31,15 +31,7 @@ class IgnoreRules:
             return True
         if not self.text:
             return False
-        candidate = path + "/" if is_directory else path
-        if self._spec.match_file(candidate):
-            return True
-        # a pattern naming a directory excludes everything below it
-        segments = path.split("/")
-        for i in range(1, len(segments)):
-            if self._spec.match_file("/".join(segments[:i]) + "/"):
-                return True
-        return False
+        return spec_matches(self._spec, path, is_directory)
 
     @classmethod
     def from_file(cls, filename: str) -> "IgnoreRules":
@@ -49,3 +41,13 @@ class IgnoreRules:
                 return cls(f.read())
         except OSError:
             return cls("")
+
+
+def spec_matches(spec, path: str, is_directory: bool = False) -> bool:
+    """True when the pathspec ``spec`` matches ``path`` or one of its parent directories."""
+    candidate = path + "/" if is_directory else path
+    if spec.match_file(candidate):
+        return True
+    # a pattern naming a directory matches everything below it
+    segments = path.split("/")
+    return any(spec.match_file("/".join(segments[:i]) + "/") for i in range(1, len(segments)))

@@ -21,14 +21,25 @@ class LocalIntake:
     def __init__(self, engine):
         self.engine = engine
         self._rules_reads = 0  # reloads started; only the newest one's rules are kept
+        self._reported = set()  # local paths outside the selection already reported
 
     def changed(self, path: str, stat=UNSEEN):
         """``path`` changed (created, written, deleted); ``stat``: its lstat seen just after."""
         engine = self.engine
+        if stat and stat is not UNSEEN:
+            self._report_outside(path, stat.is_directory)
         if path == IGNORE_FILE:
             reloaded = defer.ensureDeferred(self.reload_rules())
             return reloaded.addCallback(lambda _: engine.request(path, UNKNOWN))
         return engine.request(path, UNKNOWN, stat)
+
+    def _report_outside(self, path, is_directory):
+        """A local file outside this client's selection is left alone: said once a path."""
+        engine = self.engine
+        if path in self._reported or engine.selection.selects(path, is_directory) or engine.rules.is_ignored(path, is_directory):
+            return
+        self._reported.add(path)
+        self.log.info("left alone: {path} is outside this client's selection (not uploaded)", path=path)
 
     def moved(self, source: str, destination: str):
         """``source`` renamed to ``destination`` inside the folder."""

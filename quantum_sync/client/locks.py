@@ -14,6 +14,10 @@ class PathLocks:
         lock = self._locks.get(path)
         return lock is not None and lock.locked
 
+    def held(self) -> list:
+        """The paths locked now (being worked on)."""
+        return [path for path, lock in self._locks.items() if lock.locked]
+
     def held_below(self, prefix: str) -> list:
         """The paths strictly below ``prefix`` whose lock is held now."""
         start = prefix + "/"

@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from quantum_sync import protocol
+from quantum_sync.client.failover import RotatingEndpoint, host_and_port
 from quantum_sync.client.backoff import Backoff, session_failed
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.keepalive import KeepAliveEndpoint
@@ -196,10 +197,11 @@ class RealtimeLink:
     log = Logger()
 
     def __init__(self, reactor, server_url, client_id, engine, credentials=None, ca_cert=None, relay=True,
-                 poll_interval=30.0, random=None):
+                 poll_interval=30.0, random=None, fallbacks=()):
         """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
         fixed token (str) or None; ``poll_interval``: how often the client reconciles while
-        the link is down (for the log); ``random``: the backoff's jitter source."""
+        the link is down (for the log); ``random``: the backoff's jitter source;
+        ``fallbacks``: further servers of the same cluster, tried in turn."""
         self.reactor = reactor
         self.poll_interval = poll_interval
         self.attempts = 0  # TCP connections made (each one a handshake)
@@ -219,9 +221,6 @@ class RealtimeLink:
         self.connected = False
         self._protocol = None
         url = websocket_url(server_url)
-        parts = urlsplit(url)
-        secure = parts.scheme == "wss"
-        port = parts.port or (443 if secure else 80)
         headers = {"X-Client-Id": client_id}
         txaio.set_global_log_level("info")  # Autobahn's frame-level debug lines are not for admins
         self.factory = WebSocketClientFactory(url, headers=headers)
@@ -235,7 +234,8 @@ class RealtimeLink:
                                         utf8validateIncoming=False)
         from quantum_sync.tls import client_endpoint
 
-        endpoint = KeepAliveEndpoint(client_endpoint(reactor, parts.hostname, port, secure, ca_cert))
+        endpoint = RotatingEndpoint([KeepAliveEndpoint(client_endpoint(reactor, *host_and_port(url), ca_cert))
+                                     for url in (server_url, *fallbacks)])
         self.service = ClientService(endpoint, self.factory, retryPolicy=self.next_delay, clock=reactor)
 
     def next_delay(self, _attempts=None) -> float:

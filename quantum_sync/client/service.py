@@ -13,14 +13,19 @@ import os
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from quantum_sync.client.control import ControlService
 from quantum_sync.client.credentials import Login, credentials_for
+from quantum_sync.client.deselect import leave_selection
 from quantum_sync.client.engine import Engine
 from quantum_sync.client.realtime import RealtimeLink
+from quantum_sync.client.selection import EVERYTHING, Selection
 from quantum_sync.client.state import FolderState
 from quantum_sync.client.transfer import RequestRefused, ServerClient, ServerUnavailable
 from quantum_sync.client.watcher import FolderWatcher
+from quantum_sync.delta import wanted as delta_wanted
 
 
 @attrs.frozen
@@ -43,10 +48,20 @@ class ClientConfig:
     ca_cert: str = None
     settle: float = 0.2
     allow_mass_delete: bool = False
+    #: what this client syncs of the folder (its own rules; ``.syncignore`` is everyone's)
+    selection: Selection = EVERYTHING
     #: Fetch other clients' large uploads while they arrive (quantum_sync.server.relay).
     relay: bool = True
+    #: Send and fetch only the changed blocks of large files (quantum_sync.client.delta):
+    #: auto (not with a server on the loopback), always or never.
+    delta: str = "auto"
+    #: Send large files as zstd where a sample shows it pays: auto (not with a server on
+    #: the loopback), always or never.
+    compress: str = "auto"
     safety_interval: float = 600.0
     concurrency: int = 8
+    #: further servers of the same cluster, tried in turn after ``server``
+    fallbacks: tuple = ()
 
 
 class SyncClientService(MultiService):
@@ -78,6 +93,9 @@ class SyncClientService(MultiService):
     async def _start(self):
         config = self.config
         self.state = await FolderState(self.reactor, config.folder).open()
+        if self._stopping:
+            return
+        ControlService(self.folder_name, self, self.reactor).setServiceParent(self)
         client_id = self.state.client_id(config.client_id)
         if self.state.made_for is not None:
             self.log.warn(
@@ -94,7 +112,8 @@ class SyncClientService(MultiService):
             self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
         self.credentials = credentials_for(self.reactor, config.token, config.token_file, config.user, config.password)
         self.server = ServerClient(self.reactor, config.server, client_id, self.credentials, config.ca_cert,
-                                   config.concurrency)
+                                   config.concurrency,
+                                   fallbacks=config.fallbacks)
         if isinstance(self.credentials, Login):
             self.credentials.log_in = self.server.log_in
         self.credentials.start()
@@ -107,28 +126,57 @@ class SyncClientService(MultiService):
             config.strategy,
             config.allow_mass_delete,
             retry_delay=max(config.settle, 0.05),
+            selection=config.selection,
         )
+        self.engine.actions.deltas.wanted = delta_wanted(config.delta, config.server)
+        self.server.keep_block_lists = self.engine.actions.deltas.wanted
+        self.server.compress_uploads = self.server.compress_downloads = delta_wanted(config.compress, config.server)
         self.watcher = FolderWatcher(
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
             own_write=self.engine.installed.claim, on_lost=self._events_lost,
         )
+        if not config.selection.everything:
+            await self._leave_selection()
         if not config.initial_sync:
             self._watch()
         await self._first_reconcile()
         if self._stopping:
             return
+        await self.engine.actions.deltas.prune(list(self.state.bases.values()))
         if config.initial_sync:
             self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
-                                     relay=config.relay, poll_interval=config.interval)
+                                     relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks)
             self.link.service.startService()
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
         self._ticker.start(config.interval, now=False)
         self.ready.callback(None)
+
+    async def _leave_selection(self):
+        """Local copies of synced paths now outside the selection go (when unchanged)."""
+        engine, state = self.engine, self.state
+        selection, rules = self.config.selection, engine.rules
+        done = await deferToThread(leave_selection, self.config.folder, dict(state.bases),
+                                   lambda p, d: not selection.selects(p, d), rules.is_ignored)
+        for path in done.removed:
+            state.forget(path)
+        if done.removed:
+            self.log.info("removed {count} local copies outside this client's selection (unchanged since synced)",
+                          count=len(done.removed))
+        for path in done.kept:
+            self.log.warn("kept {path}: outside this client's selection, but changed since it was last synced", path=path)
+        if done.outside:
+            self.log.info("left alone outside this client's selection (not synced): {paths}",
+                          paths=", ".join(done.outside[:10]) + (" ..." if len(done.outside) > 10 else ""))
+
+    @property
+    def folder_name(self) -> str:
+        """The folder's name (``status``, ``pause``): its configured name, or the last part of its path."""
+        return self.name or os.path.basename(self.config.folder)
 
     def _watch(self):
         self.watcher.setServiceParent(self)
@@ -207,18 +255,18 @@ class SyncClientService(MultiService):
         return defer.ensureDeferred(self._stop())
 
 
-def folder_problem(folder: str):
-    """Why ``folder`` cannot be used (None when it can); a missing folder is created
-    only when its parent exists (an absent mount point is an error)."""
+def folder_problem(folder: str, label: str = "--local-path"):
+    """Why ``folder`` cannot be used (None when it can), said of ``label``; a missing
+    folder is created only when its parent exists (an absent mount point is an error)."""
     if os.path.isdir(folder):
         return None
     if os.path.exists(folder):
-        return f"--local-path {folder}: not a directory"
+        return f"{label} {folder}: not a directory"
     parent_dir = os.path.dirname(os.path.abspath(folder))
     if not os.path.isdir(parent_dir):
-        return f"--local-path {folder}: its parent directory {parent_dir} does not exist"
+        return f"{label} {folder}: its parent directory {parent_dir} does not exist"
     try:
         os.mkdir(folder)
     except OSError as e:
-        return f"--local-path {folder}: cannot create it ({e.strerror})"
+        return f"{label} {folder}: cannot create it ({e.strerror})"
     return None

@@ -131,7 +131,7 @@ class _BodyToSink(Protocol):
 
     def dataReceived(self, data):
         if self._watch is not None:
-            self._watch.touch()
+            self._watch.touch(data)
         self._sink.put(data)
 
     def connectionLost(self, reason):

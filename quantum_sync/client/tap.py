@@ -10,9 +10,13 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
+from quantum_sync.client.clientconfig import ConfigError, load as load_client_config
 from quantum_sync.client.credentials import read_secret_file
+from quantum_sync.client.folders import FoldersService
+from quantum_sync.client.progress import ProgressBars, wants_bars
 from quantum_sync.client.reconcile import STRATEGIES
 from quantum_sync.client.service import ClientConfig, SyncClientService, folder_problem
+from quantum_sync.delta import MODES
 from quantum_sync.gctune import tune_garbage_collector
 
 
@@ -26,9 +30,8 @@ def fail(line: str, status: int = 1):
 class Options(usage.Options):
     """Options of the ``quantum-sync-client`` twistd plugin."""
 
-    synopsis = "--server URL --local-path DIR [options]"
+    synopsis = "--server URL [--server URL ...] --local-path DIR [options]"
     optParameters = [
-        ["server", "s", None, "the server, http://HOST:PORT or https://HOST:PORT"],
         ["local-path", "d", None, "the folder to keep in sync (created if its parent exists)"],
         ["client-id", None, None, "this client's id (default: a UUID remembered in the folder's state)"],
         ["interval", "i", "30", "seconds between full reconciles (also the fallback while the WebSocket is down)"],
@@ -37,8 +40,13 @@ class Options(usage.Options):
         ["user", None, None, "log in as this user (with --password-file); the token is renewed before it expires"],
         ["password-file", None, None, "the password for --user, on one line (the file must not be readable by group or others)"],
         ["conflict-strategy", None, "rename", "rename (keep both), keep-client or keep-server"],
+        ["delta", None, "auto", "send and fetch only the changed blocks of large files: auto (not with a server"
+                                " on this machine), always or never"],
+        ["compress", None, "auto", "send large files as zstd where a sample shows it pays: auto (not with a"
+                                   " server on this machine), always or never"],
         ["ca-cert", None, None, "PEM file with the trust roots for https/wss"],
         ["settle", None, "200", "milliseconds a still-changing file must be quiet before it is sent"],
+        ["config", "c", None, "a JSON file of folders to sync, instead of all the options above"],
     ]
     optFlags = [
         ["realtime", None, "receive changes over the WebSocket (the default)"],
@@ -48,6 +56,13 @@ class Options(usage.Options):
         ["no-relay", None, "fetch other clients' large files only once stored, not while they are uploaded"],
     ]
 
+    def opt_server(self, url):
+        """the server, http://HOST:PORT or https://HOST:PORT (again for each further
+        node of one cluster, tried in turn)"""
+        self.setdefault("servers", []).append(url)
+
+    opt_s = opt_server
+
     def parseOptions(self, options=None):
         try:
             super().parseOptions(options)
@@ -55,22 +70,38 @@ class Options(usage.Options):
             fail(f"quantum-sync-client: {e}")
 
     def postOptions(self):
+        self.folders = None
+        if self["config"] is not None:
+            self.folders = self._load_config()
+            return
         try:
             self.config = self._validate()
         except ValueError as e:
             fail(f"quantum-sync-client: {e}")
 
-    def _validate(self) -> ClientConfig:
-        server = self["server"]
-        if not server:
-            raise ValueError("--server URL is required")
-        parts = urlsplit(server)
+    def _load_config(self):
+        given = sorted(name for name, value in self.items() if name != "config" and value and value != self.defaults.get(name))
+        if given:
+            option = "server" if given[0] == "servers" else given[0]  # --server may be given several times
+            fail(f"quantum-sync-client: --config excludes --{option} (set it in the file)")
         try:
-            parts.port
-        except ValueError:
-            raise ValueError(f"--server {server}: invalid port") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"--server {server}: expected http://HOST:PORT or https://HOST:PORT")
+            return load_client_config(self["config"])
+        except ConfigError as e:
+            fail(f"quantum-sync-client: {e}")
+
+    def _validate(self) -> ClientConfig:
+        servers = self.get("servers", [])
+        if not servers:
+            raise ValueError("--server URL is required")
+        for server in servers:
+            parts = urlsplit(server)
+            try:
+                parts.port
+            except ValueError:
+                raise ValueError(f"--server {server}: invalid port") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+                raise ValueError(f"--server {server}: expected http://HOST:PORT or https://HOST:PORT")
+        server = servers[0]
         folder = self["local-path"]
         if not folder:
             raise ValueError("--local-path DIR is required")
@@ -84,6 +115,9 @@ class Options(usage.Options):
         strategy = self["conflict-strategy"]
         if strategy not in STRATEGIES:
             raise ValueError(f"--conflict-strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+        for name in ("delta", "compress"):
+            if self[name] not in MODES:
+                raise ValueError(f"--{name} {self[name]}: expected one of {', '.join(MODES)}")
         if self["realtime"] and self["no-realtime"]:
             raise ValueError("--realtime and --no-realtime exclude each other")
         client_id = self["client-id"]
@@ -118,7 +152,10 @@ class Options(usage.Options):
             settle=settle / 1000.0,
             allow_mass_delete=bool(self["allow-mass-delete"]),
             relay=not self["no-relay"],
+            delta=self["delta"],
+            compress=self["compress"],
             safety_interval=max(10 * interval, 300.0),
+            fallbacks=tuple(url.rstrip("/") for url in servers[1:]),
         )
 
     def _token(self):
@@ -153,6 +190,14 @@ def makeService(options, reactor=None):
     """The client's service for parsed ``options``."""
     if reactor is None:
         from twisted.internet import reactor
-    service = SyncClientService(options.config, reactor)
+    if options.folders is not None:
+        service = FoldersService(options.folders, reactor)
+        folders = service.folders
+    else:
+        service = SyncClientService(options.config, reactor)
+        folders = {service.folder_name: service}
+    parent = getattr(options, "parent", None) or {}
+    if wants_bars(parent.get("nodaemon", False), sys.__stderr__):
+        ProgressBars(reactor, folders, sys.__stderr__).setServiceParent(service)
     tune_garbage_collector()
     return service

@@ -52,9 +52,12 @@ from quantum_sync import batch, protocol
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
+from quantum_sync.client.failover import ServerList
 from quantum_sync.client.keepalive import KeepAliveEndpoint
 from quantum_sync.client.localfs import open_regular, unlink_quietly
+from quantum_sync.compression import ENCODING
 from quantum_sync.errors import SyncError
 
 SMALL_REQUEST_TIMEOUT = 30.0
@@ -256,13 +259,16 @@ class IdleWatch:
     def __init__(self, clock, seconds):
         self._clock, self.seconds = clock, seconds
         self.last = clock.seconds()
+        self.moved = 0  # bytes moved so far (what ``touch`` was told of)
         self.stalled = False
         self.paused = False
         self.abort = None
         self._call = clock.callLater(seconds, self._check)
 
-    def touch(self, _data=None):
+    def touch(self, data=None):
         self.last = self._clock.seconds()
+        if data:
+            self.moved += len(data)
 
     def _check(self):
         idle = self._clock.seconds() - self.last
@@ -295,7 +301,7 @@ class _Collect(Protocol):
         if self._error is not None:
             return
         if self._watch is not None:
-            self._watch.touch()
+            self._watch.touch(data)
         try:
             self._on_chunk(data)
         except Exception as e:
@@ -420,7 +426,7 @@ class _TouchingConsumer:
         self._consumer, self._watch = consumer, watch
 
     def write(self, data):
-        self._watch.touch()
+        self._watch.touch(data)
         self._consumer.write(data)
 
     def registerProducer(self, producer, streaming):
@@ -460,14 +466,18 @@ class ServerClient:
     log = Logger()
 
     def __init__(self, reactor, server_url: str, client_id: str, credentials=None, ca_cert=None, concurrency: int = 8,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT, fallbacks=()):
         """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
-        fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte."""
+        fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte;
+        ``fallbacks``: further servers of the same cluster, tried in turn."""
         self.idle_timeout = idle_timeout
+        self._running = {}  # IdleWatch -> (direction, path) of the single transfers running
         if not isinstance(credentials, Credentials):
             credentials = FixedToken(reactor, credentials) if credentials else NoCredentials(reactor)
         self.credentials = credentials
         self.server_url = server_url.rstrip("/")
+        #: The servers of one cluster, tried in turn when one cannot be reached.
+        self.servers = ServerList((self.server_url, *fallbacks))
         self.client_id = client_id
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -485,11 +495,7 @@ class ServerClient:
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
         self._raw_headers = {k.encode("ascii"): [v.encode("utf-8") for v in vs] for k, vs in self._headers.items()}
-        parts = urlsplit(self.server_url)
-        netloc = parts.netloc.rpartition("@")[2].encode("idna")
-        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
-        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
-        self._raw_headers[b"Host"] = [netloc]
+        self._use(self.server_url)
         self._transfers = defer.DeferredSemaphore(concurrency)
         self._small_transfers = defer.DeferredSemaphore(concurrency * SMALL_LANE_FACTOR)
         self._paused_until = 0.0  # reactor time before which no request is sent (Retry-After)
@@ -499,6 +505,25 @@ class ServerClient:
         self._download_batches = Batcher(self._download_batch, BATCHES_IN_FLIGHT, BATCH_FILES, BATCH_BYTES,
                                          size=lambda job: job.size, reactor=reactor)
         self._prefetches = {}  # (path, sha256) -> _Prefetch
+        #: Large files whose sample compresses well go as zstd (quantum_sync.client.compress),
+        #: and large downloads are asked for as zstd (the server decides by its own sample).
+        self.compress_uploads = self.compress_downloads = False
+        #: The server is asked to keep the block lists of large uploads (deltas are on).
+        self.keep_block_lists = False
+
+    def _use(self, server_url: str) -> None:
+        self.server_url = server_url
+        parts = urlsplit(server_url)
+        netloc = parts.netloc.rpartition("@")[2].encode("idna")
+        self._transfer_prefix = parts.scheme.encode("ascii") + b"://" + netloc
+        # with its Host header given, Agent sends a transfer's headers as they are (no copy)
+        self._raw_headers[b"Host"] = [netloc]
+
+    def _fail_over(self) -> None:
+        """The server could not be reached: the next requests go to the next one."""
+        if len(self.servers.urls) > 1:
+            self._use(self.servers.advance())
+            self.log.warn("cannot reach the server; going on with {url}", url=self.server_url)
 
     def _lane(self, size):
         """The semaphore a transfer of ``size`` bytes (None: unknown) waits on: many small
@@ -584,8 +609,10 @@ class ServerClient:
             if watch is not None and watch.stalled:  # (cancelled: however Twisted wraps it)
                 raise TransferStalled(f"{method} {path}: no byte moved for {self.idle_timeout:g} s; aborted") from None
             if isinstance(e, defer.CancelledError):
+                self._fail_over()
                 raise ServerUnavailable(f"{method} {path}: timed out") from None
             reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
+            self._fail_over()
             raise ServerUnavailable(f"{method} {path}: {reason}") from None
         if response.code >= 400:
             await self._raise_for(method, path, response)
@@ -728,13 +755,22 @@ class ServerClient:
             self._lane(size), f"upload of {path}", lambda: self._upload(path, abspath, sha256, if_match, data)))
 
     @contextlib.contextmanager
-    def _watching(self):
-        """An :class:`IdleWatch` for one transfer, stopped when it ends."""
+    def _watching(self, direction=None, path=None):
+        """An :class:`IdleWatch` for one transfer, stopped when it ends; one of ``path``
+        is listed by :meth:`transfers_running` meanwhile."""
         watch = IdleWatch(self._reactor, self.idle_timeout)
+        if path is not None:
+            self._running[watch] = (direction, path)
         try:
             yield watch
         finally:
+            self._running.pop(watch, None)
             watch.stop()
+
+    def transfers_running(self) -> list:
+        """``(direction, path, bytes moved)`` of every single file transfer running
+        (small files travelling in batches are not listed)."""
+        return [(direction, path, watch.moved) for watch, (direction, path) in self._running.items()]
 
     async def _retrying(self, lane, what, transfer):
         """``await transfer()`` holding a slot of ``lane``; when it stalls, again after a
@@ -800,6 +836,11 @@ class ServerClient:
             headers[b"If-Match"] = [f'"{if_match}"'.encode("ascii")]
         else:
             headers[b"If-None-Match"] = [b"*"]
+        if data is None and self.keep_block_lists:  # (a large file: deltas of it later)
+            headers[b"X-Block-List"] = [b"keep"]
+        compress = data is None and self.compress_uploads and await deferToThread(sample_pays, abspath)
+        if compress:
+            headers[b"Content-Encoding"] = [ENCODING]
         opened = []
 
         def producer():
@@ -807,9 +848,9 @@ class ServerClient:
                 return _BytesBody(data)
             # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
             opened.append(os.fdopen(open_regular(abspath), "rb"))
-            return FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+            return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
-        with self._watching() as watch:
+        with self._watching("up", path) as watch:
             try:
                 # PUT: Twisted parses no form out of it
                 response = await self._transfer_request("PUT", "/api/upload", path, headers, producer, watch=watch)
@@ -886,7 +927,7 @@ class ServerClient:
 
     def _fetch(self, path, sha256, staging_dir, size):
         return defer.ensureDeferred(self._retrying(
-            self._lane(size), f"download of {path}", lambda: self._download(path, sha256, staging_dir)))
+            self._lane(size), f"download of {path}", lambda: self._download(path, sha256, staging_dir, size=size)))
 
     async def _claim(self, entry, path, sha256, staging_dir, size):
         waiter = entry.claim()
@@ -899,6 +940,11 @@ class ServerClient:
         if staged is not None:
             return staged
         return await self._fetch(path, sha256, staging_dir, size)
+
+    def prefetching(self, path: str, sha256: str) -> bool:
+        """Whether a prefetch of that version of ``path`` is kept or running (its
+        :meth:`download` claims it)."""
+        return (path, sha256) in self._prefetches
 
     def prefetch(self, path: str, sha256: str, size: int, staging_dir: str) -> None:
         """Start reading another client's upload of ``path`` (``size`` bytes hashing to
@@ -940,12 +986,22 @@ class ServerClient:
             return deferToThread(unlink_quietly, staged)
         return defer.succeed(None)
 
-    async def _download(self, path, sha256, staging_dir, route="/api/download", query=""):
-        with self._watching() as watch:
-            response = await self._transfer_request("GET", route, path, query=query, watch=watch)
+    async def _download(self, path, sha256, staging_dir, route="/api/download", query="", size=None):
+        # asked for as zstd where compression is on: the server sends it so if it pays
+        headers = {b"Accept-Encoding": [ENCODING]} if self.compress_downloads and route == "/api/download" else None
+        with self._watching("down", path) as watch:
+            response = await self._transfer_request("GET", route, path, headers, query=query, watch=watch)
+            if (response.headers.getRawHeaders(b"content-encoding") or [b""])[-1].strip().lower() == ENCODING:
+                compressed = await self._stage(response, path, None, staging_dir, watch)
+                staged = await deferToThread(inflate_file, compressed, staging_dir, sha256, size)
+                if staged is None:
+                    raise DownloadCorrupt(f"download of {path}: its zstd body does not inflate to its SHA-256")
+                return staged
             return await self._stage(response, path, sha256, staging_dir, watch)
 
     async def _stage(self, response, path, sha256, staging_dir, watch):
+        """The body of ``response`` in a new file of ``staging_dir``, checked to hash to
+        ``sha256`` (None: not checked, a compressed body)."""
         fd, staged = await deferToThread(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
         sink = staging.StagingSink(self._reactor, fd)
         try:
@@ -955,7 +1011,7 @@ class ServerClient:
                 raise _broken_off(f"download of {path}", e, watch) from None
             finally:
                 digest = await deferToThread(sink.finish)
-            if digest != sha256:
+            if sha256 is not None and digest != sha256:
                 raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
         except BaseException:
             await deferToThread(os.unlink, staged)

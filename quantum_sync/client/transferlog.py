@@ -3,7 +3,8 @@
 Every upload and download is logged, so that an admin can follow them; but a burst of
 small files finishes hundreds of transfers in one reactor turn (a batch request's
 answer), and a log event per file cost the client more than the transfer itself. The
-transfers finished in the same turn share one line that names each of them.
+transfers finished in the same turn share one line that names each of them. While a
+large reconcile logs its progress every few seconds, these lines go to the debug level.
 """
 
 from twisted.logger import Logger
@@ -20,6 +21,8 @@ class TransferLog:
         self._reactor = reactor
         self._done = {}  # verb -> [(path, size)], in the order they finished
         self._call = None
+        #: while more than 0, the lines are logged at the debug level
+        self.quiet = 0
 
     def add(self, verb: str, path: str, size: int) -> None:
         self._done.setdefault(verb, []).append((path, size))
@@ -31,12 +34,15 @@ class TransferLog:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        #: while more than 0, the lines are logged at the debug level
+        self.quiet = 0
         done, self._done = self._done, {}
+        emit = self.log.debug if self.quiet else self.log.info
         for verb, items in done.items():
             if len(items) == 1:
                 (path, size), = items
-                self.log.info("{verb} {path} ({size} bytes)", verb=verb, path=path, size=size)
+                emit("{verb} {path} ({size} bytes)", verb=verb, path=path, size=size)
                 continue
             listing = ", ".join(f"{path} ({size} bytes)" for path, size in items)
-            self.log.info("{verb} {count} files ({size} bytes): {listing}", verb=verb, count=len(items),
+            emit("{verb} {count} files ({size} bytes): {listing}", verb=verb, count=len(items),
                           size=sum(size for _, size in items), listing=listing)

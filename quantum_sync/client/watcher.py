@@ -5,8 +5,8 @@ and names that cannot be synced are dropped there) and an lstat taken right afte
 event (the create, writes and close of one file read from inotify together: one item,
 one lstat after them all), and hands a whole burst of them to the reactor in one
 ``callFromThread``. A finished write (inotify's close-after-write, ``FileClosedEvent``)
-is reported at once with that lstat; any other change is reported once the path has been quiet for the
-settle time and its size and mtime have stopped moving, so a file still being written
+is reported at once with that lstat, and so is a path found gone (a delete); any other
+change is reported once the path has been quiet for the settle time and its size and mtime have stopped moving, so a file still being written
 is not sent half-written. Renames inside the folder are reported as moves. Events of
 FIFOs, sockets and devices are dropped: only regular files and directories are synced.
 When the kernel drops events (inotify's queue overflowed: watchdog's ``EventsLostEvent``),
@@ -146,6 +146,8 @@ class _Bridge(FileSystemEventHandler):
         stat = _stat(self._folder, path)
         if stat is SPECIAL:
             return None
+        if stat is None:
+            kind = CHANGE  # gone: nothing is being written, and a delete is final at once
         if modified and self._on_grow is not None and stat is not None:
             self._on_grow(path, stat.size)  # from this thread: it only takes note
         return (kind, path, stat)

@@ -28,10 +28,11 @@ from quantum_sync.diskio import open_regular
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.diskdiff import matches
-from quantum_sync.server.operations import check_client_id
+from quantum_sync.server.operations import check_client_id, etag_value
 from quantum_sync.server.relay import RelayResource, Relays
 from quantum_sync.server.store import SPOOLS, BatchSpool, DiskEntry, storage_error
 from quantum_sync.server.webui import secure_headers
+from quantum_sync.server.zstdfile import ZstdDownload, accepts_zstd, worth_compressing
 from quantum_sync.server.versions import parse_restore
 
 MAX_CHANGES_LIMIT = 10000
@@ -175,12 +176,16 @@ class HashedFile(File):
     def isdir(self):
         return False
 
-    def render_GET(self, request):
+    def download_headers(self, request) -> None:
+        """The headers of every download of this file (with or without compression)."""
         request.setHeader(b"Accept-Ranges", b"bytes")
         # Always a download, never a page: an uploaded HTML file must not run in the
         # web UI's origin.
         request.setHeader(b"Content-Disposition", attachment(self.basename()))
         secure_headers(request)
+
+    def render_GET(self, request):
+        self.download_headers(request)
         if request.setETag(f'"{self.digest}"'.encode("ascii")) == http.CACHED:
             self._opened.close()
             return b""
@@ -224,8 +229,10 @@ class FileApi:
     app = Klein()
     log = Logger()
 
-    def __init__(self, operations, authorizer, reactor, versions=None):
+    def __init__(self, operations, authorizer, reactor, versions=None, deltas=None):
         self.operations = operations
+        #: :class:`~quantum_sync.server.delta.Deltas`: /api/blocks and /api/upload-delta
+        self.deltas = deltas
         self.authorizer = authorizer
         #: :class:`~quantum_sync.server.versions.Versions`: /api/versions and /api/restore
         self.versions = versions
@@ -340,7 +347,17 @@ class FileApi:
         await self._authorize(request, "read")
         path, absolute, st = self._located(request, client_id(request))
         metadata, opened = await self._opened_version(path, absolute, st)
-        return HashedFile(absolute, metadata.hash, opened)
+        served = HashedFile(absolute, metadata.hash, opened)
+        if accepts_zstd(request) and not isinstance(opened.file, io.BytesIO):
+            try:
+                worth = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                                worth_compressing, opened.file.fileno())
+            except BaseException:
+                opened.file.close()
+                raise
+            if worth:  # (a file that does not shrink goes as it is)
+                return ZstdDownload(opened.file, metadata.hash, served.download_headers, self._reactor)
+        return served
 
     async def _opened_version(self, path: str, absolute: str, st) -> tuple:
         """``(FileMetadata, _Opened)`` of the file stored at ``path`` (on-disk name
@@ -412,6 +429,8 @@ class FileApi:
             if not self.operations.enable_upload:
                 raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
             expected = expected_sha256(request)
+            if expected is None and spool.compressed:
+                raise SyncError("INVALID_REQUEST", "a compressed upload needs X-Content-SHA256")
             if spool.path is not None:  # a file: write, hash and fsync what is left
                 await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
             if spool.error is not None:
@@ -422,6 +441,60 @@ class FileApi:
                 path, spool, spool.sha256, spool.size, source,
                 if_match=header(request, "If-Match"),
                 if_none_match=header(request, "If-None-Match"))
+            return write_json(request, metadata.to_json())
+        finally:
+            if isinstance(spool, SPOOLS):
+                spool.close()
+
+    # -- delta transfers (quantum_sync.server.delta) ---------------------------------
+
+    @app.route("/api/blocks", methods=["GET"])
+    async def blocks(self, request):
+        """The block list of a stored file (ETag: the file's hash)."""
+        await self._authorize(request, "read")
+        path, absolute, st = self._located(request, client_id(request))
+        metadata, opened = await self._opened_version(path, absolute, st)
+        with opened.file:
+            if self.deltas is None or isinstance(opened.file, io.BytesIO):
+                raise SyncError("NOT_FOUND", f"{path} has no block list (too small)")
+            data = await self.deltas.block_list(metadata, opened.file.fileno())
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"ETag", f'"{metadata.hash}"'.encode("ascii"))
+        return data
+
+    @app.route("/api/upload-delta", methods=["POST", "PUT"])
+    async def upload_delta(self, request):
+        """A changed file as a delta of the stored version its If-Match names."""
+        spool = request.content
+        try:
+            await self._authorize(request, "write")
+            source = client_id(request)
+            path, absolute, st = self._located(request, source)
+            if not isinstance(spool, SPOOLS) or self.deltas is None:
+                raise SyncError("INTERNAL_ERROR", "upload body was not spooled")
+            if spool.error is not None:
+                raise spool.error
+            if not self.operations.enable_upload:
+                raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+            expected, base = expected_sha256(request), etag_value(header(request, "If-Match"))
+            if expected is None or not base or not is_sha256(base):
+                raise SyncError("INVALID_REQUEST", "a delta upload needs X-Content-SHA256 and If-Match naming its base")
+            if spool.path is not None:
+                await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
+            if spool.error is not None:
+                raise spool.error
+            if st is None:
+                raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
+            metadata, opened = await self._opened_version(path, absolute, st)
+            with opened.file:
+                if metadata.hash != base:
+                    raise SyncError("PRECONDITION_FAILED", f"{path} is at {metadata.hash}, not {base}")
+                if isinstance(opened.file, io.BytesIO):
+                    raise SyncError("CONFLICT", f"{path} is too small for a delta", reason="BLOCK_NOT_HELD")
+                body = (lambda: open(spool.path, "rb")) if spool.path is not None else (lambda: io.BytesIO(spool.body))
+                built = await self.deltas.build(body, metadata, opened.file.fileno(), expected)
+            metadata, _ = await self.operations.upload(path, built, expected, built.stat.st_size, source,
+                                                       if_match=base, release_temp=True)
             return write_json(request, metadata.to_json())
         finally:
             if isinstance(spool, SPOOLS):

@@ -26,6 +26,11 @@ from quantum_sync.protocol import format_time
 from quantum_sync.server import messages
 from quantum_sync.server.metrics import Metrics
 
+#: The events a cluster node also sends to the other nodes' subscribers (each node sends
+#: its own ``system_metrics``; the relay of large uploads is off in a cluster).
+RELAYED_EVENTS = frozenset({"peer_connected", "peer_disconnected", "storage_alert",
+                            "performance_alert", "security_alert"})
+
 #: WebSocket close codes the hub and the protocol use (RFC 6455 / IANA registry).
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -68,18 +73,24 @@ class Hub(Service):
         it the hub reports the newest seq it has published.
     :param journal_id: a callable returning the journal's identity, which every
         ``FileOperation`` broadcast carries.
+    :param cluster: on a cluster node, a callable returning what the figures show of
+        the cluster (``node_id``, the live ``nodes``, ...).
     """
 
     log = Logger()
 
     def __init__(self, config, clock, metrics=None, storage_root=None, journal_head=None,
-                 journal_id=lambda: ""):
+                 journal_id=lambda: "", cluster=None):
         self.config = config
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics(clock=clock.seconds)
         self.storage_root = storage_root
         self._journal_head = journal_head
         self._journal_id = journal_id
+        self._cluster = cluster
+        #: On a cluster node, ``relay(kind, data)`` hands the events of
+        #: :data:`RELAYED_EVENTS` to the other nodes.
+        self.relay = None
         self.connections = set()
         self._clients = {}  # client id -> the connection that named itself so
         #: :class:`~quantum_sync.server.clientids.ClientIdBindings` with auth on, else None
@@ -196,8 +207,15 @@ class Hub(Service):
 
     def event(self, kind: str, data: dict, skip_client: str = "") -> None:
         """Send a PeerVault event to the subscribers of its topic (except the connections
-        of ``skip_client``, where given)."""
+        of ``skip_client``, where given); on a cluster node, the peer and alert events
+        go to the other nodes' subscribers too (:attr:`relay`)."""
         self._deliver(messages.event(kind, data, self._now()), self._audience(messages.EVENT_TOPICS[kind], skip_client))
+        if self.relay is not None and kind in RELAYED_EVENTS:
+            self.relay(kind, data)
+
+    def relayed_event(self, kind: str, data: dict, timestamp: str) -> None:
+        """An event another node of the cluster sent: to this node's subscribers only."""
+        self._deliver(messages.event(kind, data, timestamp), self._audience(messages.EVENT_TOPICS[kind], ""))
 
     def _audience(self, topic: str, skip_client: str) -> list:
         """The subscribers of ``topic``, without the connections of ``skip_client`` (when
@@ -325,7 +343,7 @@ class Hub(Service):
 
     def figures(self) -> dict:
         """The body of ``/ws/metrics`` (and the data of ``system_metrics``)."""
-        return {
+        figures = {
             "connections": len(self.connections),
             "messages_in": self.metrics.messages_in,
             "messages_out": self.metrics.messages_out,
@@ -337,6 +355,9 @@ class Hub(Service):
             "events_lost": self.metrics.events_lost,
             "rescans": self.metrics.rescans,
         }
+        if self._cluster is not None:
+            figures["cluster"] = self._cluster()
+        return figures
 
     def status(self) -> dict:
         """The body of ``/ws/status``."""

@@ -53,6 +53,17 @@ class HubCollector:
                                   value=figures["events_lost"])
         yield CounterMetricFamily(PREFIX + "rescans", "Full rescans of the root",
                                   value=figures["rescans"])
+        cluster = figures.get("cluster")
+        if cluster is not None:
+            node = GaugeMetricFamily(PREFIX + "cluster_node", "This node (1) and whether it"
+                                     " watches the root", labels=["node_id", "leader"])
+            node.add_metric([cluster["node_id"], str(cluster["leader"]).lower()], 1)
+            yield node
+            live = GaugeMetricFamily(PREFIX + "cluster_live_node", "A node whose heartbeat is"
+                                     " recent", labels=["node_id", "address"])
+            for peer in cluster["nodes"]:
+                live.add_metric([peer["node_id"], peer["address"]], 1)
+            yield live
 
 
 class MonitoringResource(Resource):

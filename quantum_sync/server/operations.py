@@ -6,6 +6,7 @@ order in which the disk changed, and every journalled change is handed to
 ``hub.publish`` exactly once, in journal order, before the lock is released.
 """
 
+import contextlib
 import os
 import queue
 import threading
@@ -60,10 +61,6 @@ def etag_value(header) -> str | None:
     if value.startswith("W/"):
         value = value[2:]
     return value.strip('"')
-
-
-async def _nothing():
-    return None
 
 
 def _ctime_after_install(target: str, temp_stat) -> int:
@@ -139,6 +136,19 @@ class SerialThread:
                 self._reactor.callFromThread(answer.callback, result)
 
 
+class NoFence:
+    """The embedded server's fence: the node's own lock is all there is to hold (a
+    cluster node's fence, :class:`quantum_sync.server.cluster.fence.ClusterFence`, also
+    holds locks across nodes)."""
+
+    def held(self, paths=None, intending=False):
+        """Nothing to hold; gives no rows (the index is asked for them)."""
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        pass
+
+
 @attrs.frozen
 class _WaitingUpload:
     """An upload waiting to be installed by the next group commit."""
@@ -195,11 +205,17 @@ class FileOperations:
         self._installing = False
         #: Small bodies just stored, for the downloads that follow them.
         self.recent = RecentBodies()
+        #: Locks held across nodes with the node's own (``held(paths)``; see NoFence).
+        self.fence = NoFence()
+        #: Where journalled changes go, in journal order (a cluster node's feed orders
+        #: its own with the other nodes'; it keeps :attr:`head` itself).
+        self.feed = None
         #: A file of at least ``quiet_size`` bytes written by another program less than
         #: ``quiet_seconds`` ago is hashed once it has been quiet that long.
         self.quiet_seconds, self.quiet_size = QUIET_SECONDS, QUIET_SIZE
         self._later = set()  # paths whose refresh waits for them to be quiet
         self._later_calls = []
+        self._closed = False  # close() was called: nothing more is scheduled
         #: False until :meth:`recover` has looked at the uploads a crash interrupted:
         #: until then the index may describe files that were replaced (see wait_ready).
         self.ready = False
@@ -238,7 +254,8 @@ class FileOperations:
         were intended and never journalled (a crash between their rename and their
         journal entry), then answer requests (:attr:`ready`). The full comparison of the
         root with the index follows (``refresh(None)``), while requests are answered."""
-        self.head = max(self.head, await self.index.head())
+        if self.feed is None:  # (a cluster node's feed keeps it)
+            self.head = max(self.head, await self.index.head())
         intents = await self.index.intents()
         if intents:
             self.log.info("looking at {count} upload(s) interrupted by a stop", count=len(intents))
@@ -265,13 +282,15 @@ class FileOperations:
     async def _locked(self, function, *args):
         await self._lock.acquire()
         try:
-            return await function(*args)
+            async with self.fence.held():
+                return await function(*args)
         finally:
             self._lock.release()
 
     async def idle(self) -> None:
         """Wait until no operation is in progress."""
-        await self._locked(_nothing)
+        await self._lock.acquire()
+        self._lock.release()
 
     async def _journal(self, operation, source_client, upserts=(), removals=(), also=None):
         change = await self.index.record(list(upserts), list(removals), operation,
@@ -286,6 +305,9 @@ class FileOperations:
         return self.index.journal_id
 
     def _published(self, change):
+        if self.feed is not None:
+            self.feed.offer(change)
+            return
         self.head = max(self.head, change.seq)
         self.hub.publish(change)
 
@@ -479,7 +501,8 @@ class FileOperations:
                 batch = self._uploads[:UPLOAD_BATCH]
                 del self._uploads[:UPLOAD_BATCH]
                 try:
-                    outcomes = await self._install_uploads(batch)
+                    async with self.fence.held([w.path for w in batch], intending=True) as cached:
+                        outcomes = await self._install_uploads(batch, cached)
                 except Exception:
                     outcomes = [Failure()] * len(batch)
                     # files may be in place without their journal entries (and the root
@@ -512,13 +535,14 @@ class FileOperations:
         self._uploads[:0] = uploads
         self._start_installing()
 
-    async def _install_uploads(self, batch) -> list:
+    async def _install_uploads(self, batch, cached=None) -> list:
         """Under the lock: check preconditions and rename every upload of ``batch`` in
         order (one thread call), fsync each touched directory once, journal them in one
         transaction and publish in seq order. Returns per upload ``(FileMetadata,
         Change)`` or a Failure."""
         targets = sorted({waiting.path for waiting in batch})
-        cached = await self.index.get_many_intending(targets)  # durable before any rename
+        if cached is None:  # (else the fence read them, intents recorded, with its locks)
+            cached = await self.index.get_many_intending(targets)  # durable before any rename
         installed = await self._thread(self._install_all, batch, cached)
         outcomes = [None] * len(batch)
         items, journalled, kept = [], [], []
@@ -545,9 +569,17 @@ class FileOperations:
                                     batch[position].body)
         return outcomes
 
-    def _refresh_quietly(self, tops) -> None:
-        Deferred.fromCoroutine(self.refresh(paths.outermost(tops))).addErrback(
-            lambda failure: self.log.failure("refreshing {tops} failed", failure, tops=tops))
+    def _refresh_quietly(self, tops, wait: float = 1.0) -> None:
+        """Refresh ``tops`` (a failed group's paths); while the index is unavailable (a
+        cluster's database away), again after ``wait`` seconds, doubling up to a minute."""
+        def failed(failure):
+            if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE" and not self._closed:
+                self._later_calls.append(self._reactor.callLater(
+                    wait, self._refresh_quietly, tops, min(wait * 2, 60.0)))
+                return None
+            self.log.failure("refreshing {tops} failed", failure, tops=tops)
+
+        Deferred.fromCoroutine(self.refresh(paths.outermost(tops))).addErrback(failed)
 
     def _install_all(self, batch, cached) -> list:
         """The blocking part of :meth:`_install_uploads`: per upload, in order, a
@@ -713,6 +745,7 @@ class FileOperations:
 
     def close(self) -> None:
         """Cancel the refreshes waiting for files to become quiet (the server stops)."""
+        self._closed = True
         for call in self._later_calls:
             if call.active():
                 call.cancel()
@@ -760,7 +793,8 @@ class FileOperations:
         """Under the lock: journal what the scan ``found`` (and ``digests``) show against
         the index as it is now; ``scanned``: the paths indexed when the scan began (one
         indexed since then is the server's own write, not a file gone)."""
-        self.head = max(self.head, await self.index.head())
+        if self.feed is None:
+            self.head = max(self.head, await self.index.head())
         rows = {path: row for path, row in (await self._rows(tops)).items() if path in scanned or path in found}
         items = journal_items(rows, found, digests)
         if items:

@@ -4,6 +4,7 @@
 hub, metrics, authorizer, root watcher and one listener per listen entry.
 """
 
+import importlib
 import os
 import time
 
@@ -12,10 +13,12 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from quantum_sync.blocklists import BlockLists
 from quantum_sync.config import ConfigError
 from quantum_sync.server.api import FileApi
 from quantum_sync.server.auth import OpenAuthorizer
 from quantum_sync.server.clientids import ClientIdBindings
+from quantum_sync.server.delta import Deltas
 from quantum_sync.server.hub import Hub
 from quantum_sync.server.index import Index
 from quantum_sync.server.metrics import Metrics
@@ -124,17 +127,25 @@ class ServerService(MultiService):
         #: The background sync of large upload bodies (a seam for injected disk faults).
         self.datasync = datasync
         self.started = time.time()
+        #: The cluster node (None for an embedded server: SQLite, one process).
+        self.node = _cluster_node(config, reactor)
         #: ``store``: a :class:`Store` of ``handler.root`` given by the caller (tests)
-        self.store = Store(handler.root) if store is None else store
+        if store is None:
+            store = Store(handler.root, node_id=self.node.node_id if self.node else None)
+        self.store = store
         try:
             self.store.prepare()
         except (OSError, ValueError) as e:
             raise ConfigError(f"{config.source}: root: {e}") from None
-        self.index = Index(handler.state_dir, handler.journal_retention, reactor)
+        if self.node is None:
+            self.index = Index(handler.state_dir, handler.journal_retention, reactor)
+        else:
+            self.index = self.node.index
         self.metrics = Metrics(clock=reactor.seconds)
         self.hub = Hub(handler.websocket, reactor, metrics=self.metrics,
                        storage_root=self.store.root, journal_head=lambda: self.operations.head,
-                       journal_id=lambda: self.index.journal_id)
+                       journal_id=lambda: self.index.journal_id,
+                       cluster=self.node.figures if self.node is not None else None)
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub)
         # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
@@ -148,10 +159,16 @@ class ServerService(MultiService):
                 raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area)
-        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions)
+        self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions,
+                           Deltas(self.store, self.block_lists, reactor))
         self.watcher = RootWatcher(self.store.root, self.operations, reactor,
                                    rescan_interval=handler.rescan_interval, metrics=self.metrics)
-        self.watcher.setServiceParent(self)
+        if self.node is None:
+            self.watcher.setServiceParent(self)
+        else:  # the cluster's leader watches the shared root, and only it
+            self.operations.fence = self.node.fence
+            self.operations.feed = self.node
         self.listeners = []
         for listener in config.listeners:
             try:
@@ -173,8 +190,13 @@ class ServerService(MultiService):
     async def _reconcile(self):
         await self.index.open()
         await self.versions.open()
+        if self.node is not None:  # its leader compares the shared root with the index
+            await self.node.start(self)
+            await self.operations.recover()
+            return
         await self.operations.recover()
         await self.operations.refresh(None)
+        await self.api.deltas.prune(self.index)
 
     def when_ready(self) -> Deferred:
         """Fires once the index is open and reconciled with the disk (requests are
@@ -199,10 +221,57 @@ class ServerService(MultiService):
         await self.operations.idle()
         if self.hub.bindings is not None:
             await self.hub.bindings.flush()
+        if self.node is not None:
+            await self.node.stop()
         self.index.stopService()
 
 
-def make_server_service(config, reactor, **options) -> ServerService:
+def cluster_parts(source: str) -> tuple:
+    """``(ClusterNode, default_node_id)``; ConfigError when the cluster's libraries are
+    not installed."""
+    try:
+        importlib.import_module("psycopg")  # imported where it is used: checked here
+        from quantum_sync.server.cluster.node import ClusterNode, default_node_id
+    except ImportError as e:
+        raise ConfigError(f"{source}: cluster: needs psycopg and txredisapi"
+                          f" (pip install 'quantum-sync[cluster]'): {e}") from None
+    return ClusterNode, default_node_id
+
+
+def _cluster_node(config, reactor):
+    """The :class:`ClusterNode` of a handler with a ``cluster`` block, else None."""
+    cluster = config.handler.cluster
+    if cluster is None:
+        return None
+    ClusterNode, default_node_id = cluster_parts(config.source)
+    node_id = cluster.node_id or default_node_id(config.listeners)
+    try:
+        return ClusterNode(cluster, node_id, config.handler.journal_retention, reactor)
+    except ValueError as e:
+        raise ConfigError(f"{config.source}: cluster.redis: {e}") from None
+
+
+class ServerGroup(MultiService):
+    """Several :class:`ServerService` in one process, one per different ``file_sync``
+    handler of the config (each with its own root, index, journal and hub)."""
+
+    def __init__(self, configs, reactor, **options):
+        super().__init__()
+        self.servers = [ServerService(config, reactor, **options) for config in configs]
+        for server in self.servers:
+            server.setServiceParent(self)
+        self.config = configs[0]
+        self.listeners = [listener for server in self.servers for listener in server.listeners]
+
+    def when_ready(self) -> Deferred:
+        return DeferredList([server.when_ready() for server in self.servers],
+                            fireOnOneErrback=True, consumeErrors=True)
+
+
+def make_server_service(config, reactor, **options):
     """The server's top service for ``config`` (raises ConfigError for an unusable root
-    or listen entry); ``options`` go to :class:`ServerService`."""
+    or listen entry): a :class:`ServerService`, or a :class:`ServerGroup` when the config
+    has several different handlers; ``options`` go to each ServerService."""
+    if config.others:
+        return ServerGroup([config, *config.others], reactor, **options)
     return ServerService(config, reactor, **options)

@@ -21,6 +21,8 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from quantum_sync import batch
+from quantum_sync.compression import ENCODING
+from quantum_sync.delta import DELTA_MIN
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
 from quantum_sync.server.monitoring import monitoring_endpoints
@@ -31,6 +33,9 @@ from quantum_sync.server.ws import websocket_resource
 #: Cap on bodies of non-upload requests (JSON for /api/sync and login, batches).
 MAX_JSON_BODY = batch.MAX_BODY
 UPLOAD_PATH = b"/api/upload"
+DELTA_UPLOAD_PATH = b"/api/upload-delta"
+#: Routes whose bodies are spooled to a hashing file (and may be as large as an upload).
+SPOOLED_PATHS = (UPLOAD_PATH, DELTA_UPLOAD_PATH)
 BATCH_UPLOAD_PATH = b"/api/batch/upload"
 #: Seconds a refused (413) request may keep sending before the connection is cut.
 REFUSED_GRACE = 10
@@ -79,12 +84,12 @@ class SyncRequest(server.Request):
         target = getattr(self.channel, "_path", b"")
         writing = getattr(self.channel, "_command", b"") in (b"POST", b"PUT")
         route = target.split(b"?")[0] if writing else None
-        self._limit = site.max_upload_size if route == UPLOAD_PATH else MAX_JSON_BODY
+        self._limit = site.max_upload_size if route in SPOOLED_PATHS else MAX_JSON_BODY
         if length is not None and self._limit is not None and length > self._limit:
             self._refuse(self._too_large())
             return
-        if route == UPLOAD_PATH:
-            self._start_upload(site, target, length)
+        if route in SPOOLED_PATHS:
+            self._start_upload(site, target, length, whole=route == UPLOAD_PATH)
             return
         if route == BATCH_UPLOAD_PATH:
             self._start_batch(site, target, length)
@@ -113,28 +118,58 @@ class SyncRequest(server.Request):
         if self.content is None:
             super().gotLength(length)
 
-    def _start_upload(self, site, target: bytes, length):
+    def _start_upload(self, site, target: bytes, length, whole: bool = True):
         """Check the caller may upload at all before a byte is stored, then spool: in
-        memory when the body is small (and all uploads' memory allows), else to a file."""
+        memory when the body is small (and all uploads' memory allows), else to a file.
+        ``whole``: a whole file's body (not a delta's), whose block list is made as it
+        streams in when it may be large, and which may be relayed."""
         if not self._gate(site, target):
             return
-        if length is not None and length <= SMALL_BODY:
+        compressed = self._compressed()
+        if compressed is None:
+            return
+        if length is not None and length <= SMALL_BODY and not compressed:
             self.content = MemorySpool.reserve(length)
             if self.content is not None:
                 return
+        blocks = None
         try:
             reactor = site.reactor
+            if whole and site.block_lists is not None and self._wants_blocks() \
+                    and (length is None or length >= DELTA_MIN or compressed):
+                blocks = site.block_lists.writer()
             self.content = UploadSpool(
                 site.temp_dir, on_drained=lambda: reactor.callFromThread(self._resume_reading),
-                datasync=site.datasync)
+                datasync=site.datasync, blocks=blocks,
+                inflate_limit=site.max_upload_size if compressed else False)
         except OSError:
+            if blocks is not None:
+                blocks.abort()
             super().gotLength(0)  # the handler answers with the spool's absence
             return
-        if site.upload_started is not None:
+        if whole and not compressed and site.upload_started is not None:
             site.upload_started(self, self.content, length)
         # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
         if hasattr(self.channel.transport, "bufferSize"):
             self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+
+    def _wants_blocks(self) -> bool:
+        """Whether the uploader asks for the file's block list to be made as the body
+        streams in (``X-Block-List: keep``: a client that sends deltas later). Cutting
+        and hashing blocks costs a core beside the hashing; an upload that does not ask
+        goes at full speed, and its list is made from the file if ever asked for."""
+        return (self.requestHeaders.getRawHeaders(b"x-block-list") or [b""])[-1].strip().lower() == b"keep"
+
+    def _compressed(self):
+        """True for a zstd body, False for a plain one; None (refused here) for any other
+        ``Content-Encoding``."""
+        encoding = (self.requestHeaders.getRawHeaders(b"content-encoding") or [b"identity"])[-1].strip().lower()
+        if encoding in (b"identity", b""):
+            return False
+        if encoding == ENCODING:
+            return True
+        self._refuse(SyncError("INVALID_REQUEST", "an upload's Content-Encoding is zstd or none"))
+        return None
 
     def _too_large(self) -> SyncError:
         return SyncError("TOO_LARGE", f"the body is larger than the limit of {self._limit} bytes")
@@ -246,7 +281,7 @@ class SyncChannel(http.HTTPChannel):
         self.transport.abortConnection()
 
     def allHeadersReceived(self):
-        if getattr(self, "_path", b"").split(b"?")[0] in (UPLOAD_PATH, BATCH_UPLOAD_PATH):
+        if getattr(self, "_path", b"").split(b"?")[0] in (*SPOOLED_PATHS, BATCH_UPLOAD_PATH):
             self._disarm()
         super().allHeadersReceived()
 
@@ -279,8 +314,11 @@ class SyncSite(server.Site):
     request_timeout = 30
 
     def __init__(self, root, metrics, temp_dir: str, max_upload_size, reactor=None,
-                 upload_gate=None, upload_started=None, datasync=os.fdatasync):
+                 upload_gate=None, upload_started=None, datasync=os.fdatasync, block_lists=None):
         super().__init__(root, reactor=reactor)
+        #: :class:`~quantum_sync.blocklists.BlockLists` where uploads of at least
+        #: :data:`~quantum_sync.delta.DELTA_MIN` bytes leave their block lists (None: none kept)
+        self.block_lists = block_lists
         self.metrics = metrics
         self.temp_dir = temp_dir
         #: The background sync of spooled uploads (``os.fdatasync``; tests inject faults).
@@ -453,5 +491,5 @@ def build_site(listener, service) -> SyncSite:
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
                     reactor=service.reactor, upload_gate=service.api.upload_gate,
-                    upload_started=service.api.relay_upload if handler.relay else None,
-                    datasync=service.datasync)
+                    upload_started=service.api.relay_upload if handler.relay and handler.cluster is None else None,
+                    datasync=service.datasync, block_lists=service.block_lists)

@@ -22,6 +22,8 @@ import threading
 import attrs
 
 from quantum_sync import paths
+from quantum_sync.compression import Inflater
+from quantum_sync.delta import DELTA_MIN
 from quantum_sync.diskio import (CHUNK, Budget, NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory,
                                  open_regular, sha256_file)
 from quantum_sync.errors import SyncError
@@ -110,6 +112,7 @@ class _Body:
     form parsing never loads the body), and the digest of everything written."""
 
     size = 0
+    compressed = False
 
     @property
     def sha256(self) -> str:
@@ -147,8 +150,17 @@ class UploadSpool(_Body):
     LOW_WATER = BLOCK
 
     def __init__(self, temp_dir: str, on_drained=None, budget: _MemoryBudget = UPLOAD_MEMORY,
-                 datasync=os.fdatasync):
+                 datasync=os.fdatasync, blocks=None, inflate_limit=False):
         self._fd, self.path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
+        #: A zstd body (``Content-Encoding: zstd``) is inflated by the hashing thread, which
+        #: then also writes it (``inflate_limit``: the most bytes it may inflate to, None
+        #: for no limit; False: not compressed). ``size`` is the inflated size once finished.
+        self.compressed = inflate_limit is not False
+        self._inflater = Inflater(self._inflated, inflate_limit or None) if self.compressed else None
+        #: A :class:`~quantum_sync.blocklists.ListWriter` given the body as it is hashed
+        #: (in a pipeline stage of its own), committed under the body's hash at the end.
+        self.blocks = blocks
+        self._to_block = None
         self._datasync = datasync  # the writeback's sync (a seam for injected faults)
         self._digest = hashlib.sha256()
         self._pending = []
@@ -201,6 +213,9 @@ class UploadSpool(_Body):
                 threading.Thread(target=self._hash_loop, name="upload-hash", daemon=True),
                 threading.Thread(target=self._write_loop, name="upload-write", daemon=True),
             ]
+            if self.blocks is not None and self._inflater is None:
+                self._to_block = queue.SimpleQueue()
+                self._threads.append(threading.Thread(target=self._block_loop, name="upload-blocks", daemon=True))
             for thread in self._threads:
                 thread.start()
         with self._budget.lock:
@@ -219,12 +234,52 @@ class UploadSpool(_Body):
     # -- the pipeline (its own threads) -----------------------------------------------
 
     def _hash_loop(self) -> None:
+        following = self._to_write if self._to_block is None else self._to_block
         while (item := self._to_hash.get()) is not None:
-            if not self._aborted:
+            if self._inflater is not None:
+                self._inflate(item[0])
+                item = ([], item[1])  # written already: only given back to the budget
+            elif not self._aborted:
                 for chunk in item[0]:
                     self._digest.update(chunk)
+            following.put(item)
+        following.put(None)
+
+    def _inflate(self, chunks) -> None:
+        """Inflate compressed ``chunks``: each inflated piece hashed, cut into blocks and
+        written here (:meth:`_inflated`); a bad or too large stream fails the upload."""
+        for chunk in chunks:
+            if self._aborted or self.error is not None:
+                return
+            try:
+                self._inflater.feed(chunk)
+            except SyncError as error:
+                self.error = self.error or error
+
+    def _inflated(self, piece) -> None:
+        self._digest.update(piece)
+        self._feed_blocks([piece])
+        if not self._write_block([piece]):
+            raise SyncError("INTERNAL_ERROR", "the upload could not be written")
+
+    def _block_loop(self) -> None:
+        while (item := self._to_block.get()) is not None:
+            self._feed_blocks(item[0])
             self._to_write.put(item)
         self._to_write.put(None)
+
+    def _feed_blocks(self, chunks) -> None:
+        """Give ``chunks`` to the block list; a failure only means the file has none."""
+        if self.blocks is not None and not self._aborted:
+            try:
+                self.blocks.feed(b"".join(chunks))
+            except (OSError, ValueError):
+                self._drop_blocks()
+
+    def _drop_blocks(self) -> None:
+        blocks, self.blocks = self.blocks, None
+        if blocks is not None:
+            blocks.abort()
 
     def _write_loop(self) -> None:
         flusher = Writeback(self._fd, self._datasync)
@@ -239,6 +294,7 @@ class UploadSpool(_Body):
         self._lost(flusher.stop())
         if self._aborted:
             os.close(self._fd)
+            self._drop_blocks()
 
     def _notify_drained(self) -> None:
         if self._on_drained is not None:
@@ -288,18 +344,32 @@ class UploadSpool(_Body):
             self._to_hash.put(None)
             for thread in self._threads:
                 thread.join()
+        elif self._pending and self._inflater is not None:
+            self._inflate(self._pending)
+            self._pending, self._pending_size = [], 0
         elif self._pending:
             block, size = self._pending, self._pending_size
             self._pending, self._pending_size = [], 0
             for chunk in block:
                 self._digest.update(chunk)
+            self._feed_blocks(block)
             if self._write_block(block):
                 self._count_written(size)
+        if self._inflater is not None:
+            self.size = self._inflater.size
+            if self.size < DELTA_MIN:
+                self._drop_blocks()  # (the compressed length did not tell)
         try:
             os.fsync(self._fd)
         except OSError as e:
             self.error = self.error or storage_error(e)
         os.close(self._fd)
+        if self.blocks is not None:
+            try:
+                self.blocks.commit(self.sha256)
+            except OSError:
+                pass  # (aborted by commit) the list is made again when asked for
+            self.blocks = None
 
     def close(self) -> None:
         """Forget the temp file (abandoned, or already renamed away). Never blocks: a
@@ -313,6 +383,8 @@ class UploadSpool(_Body):
                 self._to_hash.put(None)  # the writing thread closes the descriptor
             else:
                 os.close(self._fd)
+            if self._to_block is None:
+                self._drop_blocks()  # (else the block thread may still feed it: dropped once it ends)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -432,10 +504,11 @@ SPOOLS = (UploadSpool, MemorySpool)
 class Store:
     """The root directory and its temp area; every method is blocking (use a thread)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, node_id: str | None = None):
         self.root = os.path.realpath(root)
         self.state_dir = os.path.join(self.root, paths.STATE_DIR_NAME)
-        self.temp_dir = os.path.join(self.state_dir, "tmp")
+        # a cluster node's temps in a folder of its own: the others' stay when it starts
+        self.temp_dir = os.path.join(self.state_dir, *(("nodes", node_id) if node_id else ()), "tmp")
         self._prefix = self.root + os.sep
         self._temp_names = itertools.count()
         #: Files being installed, until the root watcher recognises the event of their

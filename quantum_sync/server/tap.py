@@ -76,6 +76,14 @@ def makeService(options, reactor=None):
     from quantum_sync.server.service import make_server_service
 
     try:
+        for part in (options.config, *options.config.others):
+            if part.handler.cluster is not None:
+                from quantum_sync.server.service import cluster_parts
+
+                cluster_parts(part.source)  # the libraries are there
+                from quantum_sync.server.cluster.node import preflight
+
+                preflight(part.handler.cluster, part.source)
         service = make_server_service(options.config, reactor)
     except ConfigError as e:
         fail(str(e))

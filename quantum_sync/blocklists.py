@@ -1,0 +1,145 @@
+"""Block lists kept on disk, one file per content, named by the content's SHA-256.
+
+Blocking: use a thread. A list is written as its blocks are found (:class:`ListWriter`,
+36 bytes a block, never held whole), into a temp name, and renamed to its content's hash
+once that is known, so a list on disk is always whole; a content's list depends only on
+its bytes, so whichever file holds those bytes, now or later, the list is right. Both the
+server (in its state folder) and the client (in its own) keep them this way.
+"""
+
+import hashlib
+import os
+import tempfile
+
+from quantum_sync.blocks import ENTRY_SIZE, BlockStream, Chunker, decode_blocks, encode_blocks
+from quantum_sync.protocol import is_sha256
+
+#: Bytes read at a time when a list is made from a file.
+READ_SIZE = 1024 * 1024
+
+
+class ListWriter:
+    """A block list being written as a content streams by: :meth:`feed` its bytes in
+    order, then :meth:`commit` under the content's hash (or :meth:`abort`)."""
+
+    def __init__(self, directory: str, chunker: Chunker):
+        self._directory = directory
+        self._stream = BlockStream(chunker)
+        fd, self._temp = tempfile.mkstemp(prefix="list-", dir=directory)
+        self._file = os.fdopen(fd, "wb", buffering=64 * 1024)
+
+    def feed(self, data) -> None:
+        self._file.write(encode_blocks(self._stream.feed(data)))
+
+    def commit(self, sha256: str) -> None:
+        """The content has ended and hashes to ``sha256``: the list takes its name."""
+        try:
+            self._file.write(encode_blocks(self._stream.finish()))
+            self._file.close()
+            os.replace(self._temp, os.path.join(self._directory, sha256))
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        try:
+            os.unlink(self._temp)
+        except FileNotFoundError:
+            pass
+
+
+class BlockLists:
+    """The block lists kept in ``directory`` (created when missing)."""
+
+    def __init__(self, directory: str, chunker: Chunker = Chunker()):
+        self.directory = directory
+        self.chunker = chunker
+        os.makedirs(directory, exist_ok=True)
+
+    def writer(self) -> ListWriter:
+        return ListWriter(self.directory, self.chunker)
+
+    def _name(self, sha256: str) -> str:
+        if not is_sha256(sha256):
+            raise ValueError("not a SHA-256")
+        return os.path.join(self.directory, sha256)
+
+    def read(self, sha256: str) -> bytes | None:
+        """The compact form of the list of content ``sha256``, or None when none is kept."""
+        try:
+            with open(self._name(sha256), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data if len(data) % ENTRY_SIZE == 0 else None
+
+    def blocks(self, sha256: str):
+        """The decoded list of content ``sha256``, or None."""
+        data = self.read(sha256)
+        return None if data is None else decode_blocks(data, self.chunker.max_size)
+
+    def make(self, fd: int, sha256: str) -> bytes | None:
+        """Read the open file ``fd`` from its start, keep its list under ``sha256`` and
+        return it; None (nothing kept) when the file does not hash to ``sha256``."""
+        writer, digest, offset = self.writer(), hashlib.sha256(), 0
+        try:
+            while piece := os.pread(fd, READ_SIZE, offset):
+                digest.update(piece)
+                writer.feed(piece)
+                offset += len(piece)
+        except BaseException:
+            writer.abort()
+            raise
+        if digest.hexdigest() != sha256:
+            writer.abort()
+            return None
+        writer.commit(sha256)
+        return self.read(sha256)
+
+    def keep(self, sha256: str, data: bytes) -> None:
+        """Keep ``data`` (a compact list already checked) as the list of ``sha256``."""
+        self.keep_blocks(sha256, [data])
+
+    def keep_blocks(self, sha256: str, parts) -> None:
+        """Keep the list of ``sha256`` given as ``parts``: compact lists, or
+        :class:`~quantum_sync.blocks.Block` s, written as they come."""
+        name = self._name(sha256)
+        fd, temp = tempfile.mkstemp(prefix="list-", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb", buffering=64 * 1024) as f:
+                for part in parts:
+                    f.write(part if isinstance(part, bytes) else encode_blocks((part,)))
+            os.replace(temp, name)
+        except BaseException:
+            os.unlink(temp)
+            raise
+
+    def blocks_of_range(self, fd: int, offset: int, length: int):
+        """The blocks of ``length`` bytes at ``offset`` of file ``fd`` taken alone
+        (offsets from 0), read a piece at a time."""
+        stream, end = BlockStream(self.chunker), offset + length
+        while offset < end:
+            piece = os.pread(fd, min(READ_SIZE, end - offset), offset)
+            if not piece:
+                raise ValueError("the file ended inside the range")
+            yield from stream.feed(piece)
+            offset += len(piece)
+        yield from stream.finish()
+
+    def forget_all_but(self, keep, now: float, temp_age: float = 3600) -> int:
+        """Remove every list whose content is not in ``keep`` (a set of hashes), and temp
+        names older than ``temp_age`` seconds at ``now`` (a crash's; younger ones are
+        being written); returns how many were removed."""
+        removed = 0
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            try:
+                if name in keep or (name.startswith("list-") and now - os.lstat(path).st_mtime < temp_age):
+                    continue
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed

@@ -1,0 +1,116 @@
+"""Compressed transfers (``Content-Encoding: zstd``) for slow links.
+
+:func:`sample_pays` reads the start of a file and says whether compressing it is worth
+it (:func:`quantum_sync.compression.pays`); :class:`ZstdFileBody` is a request body that
+reads and compresses a file a piece at a time in a thread, so the reactor only writes;
+:func:`inflate_file` turns a compressed download, staged as it came, into the file.
+"""
+
+import hashlib
+import os
+import tempfile
+
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThread
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+import zstandard
+
+from quantum_sync.compression import LEVEL, SAMPLE, Inflater, pays
+from quantum_sync.diskio import open_regular
+from quantum_sync.errors import SyncError
+
+#: Bytes read and compressed at a time.
+PIECE = 1024 * 1024
+
+
+def sample_pays(abspath: str) -> bool:
+    """Whether the file at ``abspath`` compresses well enough to send it compressed
+    (blocking: run it in a thread); False when it cannot be read."""
+    try:
+        fd, _ = open_regular(abspath, follow_symlinks=False)
+    except OSError:
+        return False
+    with open(fd, "rb") as f:
+        return pays(f.read(SAMPLE))
+
+
+@implementer(IBodyProducer)
+class ZstdFileBody:
+    """The zstd stream of an open file (read from where it is), sent chunked."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, file):
+        self._file = file
+        self._compressor = zstandard.ZstdCompressor(level=LEVEL).compressobj()
+        self._paused = None  # a Deferred while paused
+        self._stopped = False
+
+    def startProducing(self, consumer):
+        return defer.ensureDeferred(self._run(consumer))
+
+    async def _run(self, consumer):
+        while True:
+            if self._paused is not None:
+                await self._paused
+            if self._stopped:
+                raise task.TaskStopped()
+            piece, done = await deferToThread(self._next)
+            if self._stopped:
+                raise task.TaskStopped()
+            if piece:
+                consumer.write(piece)
+            if done:
+                return
+
+    def _next(self) -> tuple:
+        data = self._file.read(PIECE)
+        if not data:
+            return self._compressor.flush(), True
+        return self._compressor.compress(data), False
+
+    def pauseProducing(self):
+        if self._paused is None:
+            self._paused = defer.Deferred()
+
+    def resumeProducing(self):
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self):
+        self._stopped = True
+        self.resumeProducing()
+
+
+def inflate_file(compressed: str, staging_dir: str, sha256: str, limit=None):
+    """Inflate the zstd file ``compressed`` (removed afterwards) into a new file of
+    ``staging_dir``, fsynced (blocking: a thread); its name when its content hashes to
+    ``sha256`` and is at most ``limit`` bytes, else None (nothing left)."""
+    fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+    digest = hashlib.sha256()
+
+    def sink(piece):
+        digest.update(piece)
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view):]
+
+    try:
+        inflater = Inflater(sink, limit)
+        with open(compressed, "rb") as source:
+            while data := source.read(PIECE):
+                inflater.feed(data)
+        good = digest.hexdigest() == sha256
+        if good:
+            os.fsync(fd)
+    except SyncError:
+        good = False
+    finally:
+        os.close(fd)
+        os.unlink(compressed)
+    if not good:
+        os.unlink(staged)
+        return None
+    return staged

@@ -1,0 +1,115 @@
+"""What ``quantum-sync-client status`` says of one running folder (a JSON-ready dict).
+
+Gathered from the folder's service on the reactor: its engine's counters, the progress of
+a reconcile being carried out, the state's queue and cursor, and the server's journal
+head (asked with a short timeout, so a status never hangs on a server that does not
+answer).
+"""
+
+from twisted.internet import defer
+
+from quantum_sync.client.conflicts import is_conflict_copy
+
+#: Seconds a status waits for the server's journal head.
+HEAD_TIMEOUT = 2.0
+#: At most this many paths are listed (transfers, conflicts); the counts are whole.
+LISTED = 20
+
+RELEASE_MASS_DELETE = ("restore the files, or confirm: restart the client with --allow-mass-delete "
+                       "(\"allow_mass_delete\": true for this folder in the --config file)")
+
+
+async def folder_status(name, service, reactor) -> dict:
+    """The status of the folder that ``service`` (a SyncClientService) syncs."""
+    config, engine, state = service.config, service.engine, service.state
+    answer = {
+        "name": name,
+        "folder": config.folder,
+        "running": True,
+        "server": {"url": config.server, "reachable": None, "last_error": None},
+    }
+    if engine is None or state is None:
+        answer.update(state="starting", in_sync=False, paused=False)
+        return answer
+    head = await _journal_head(engine, reactor)
+    progress = engine.fullsync.progress
+    pending = dict(state.pending)
+    working = sorted(set(engine.locks.held()))
+    conflicts = sorted(p for p in state.bases if is_conflict_copy(p))
+    cursor = state.cursor
+    behind = await _behind(engine, state, head, reactor)
+    guards = _guards(engine)
+    answer["server"].update(reachable=engine.online, last_error=engine.last_error if engine.online is not True else None)
+    answer.update(
+        paused=engine.pause.paused,
+        waiting={
+            "up": {"files": progress.up_files if progress else 0, "bytes": progress.up_bytes if progress else 0},
+            "down": {"files": progress.down_files if progress else 0, "bytes": progress.down_bytes if progress else 0},
+            # paths to sync again once the server answers (either way: decided then)
+            "queued": len(pending),
+            "held_while_paused": engine.pause.holding,
+        },
+        progress=None if progress is None else {
+            "files_done": progress.files_done, "files_total": progress.files_total,
+            "bytes_done": progress.bytes_done, "bytes_total": progress.bytes_total,
+            "rate_bytes_per_s": round(progress.rate, 1),
+            "seconds_left": None if progress.seconds_left is None else round(progress.seconds_left, 1),
+        },
+        transfers={"count": len(working), "paths": working[:LISTED],
+                   "running": [{"direction": direction, "path": path, "bytes": moved}
+                               for direction, path, moved in sorted(engine.server.transfers_running(),
+                                                                    key=lambda t: t[1])][:LISTED]},
+        conflicts={"count": len(conflicts), "paths": conflicts[:LISTED]},
+        journal={"journal_id": state.journal_id, "cursor": cursor, "head": head, "behind": behind},
+        guards=guards,
+        selection={"include": list(config.selection.include), "exclude": list(config.selection.exclude)},
+    )
+    busy = bool(pending or working or progress or len(engine.paths) or engine.pause.holding or behind)
+    answer["in_sync"] = (service.ready.called and engine.online is True and not engine.pause.paused
+                         and not busy and not guards)
+    answer["state"] = ("paused" if engine.pause.paused else "in sync" if answer["in_sync"]
+                       else "offline" if engine.online is False else "syncing" if busy
+                       else "starting" if not service.ready.called else "held" if guards else "syncing")
+    return answer
+
+
+def _guards(engine) -> list:
+    """What a guard holds back, each with how to release it."""
+    held = []
+    gate = engine.actions.deletes
+    for what, counts in (("reconcile", engine.fullsync.mass_delete_held), ("local deletes", gate.held)):
+        if counts:
+            count, synced = counts
+            held.append({"guard": "mass delete", "what": what, "files": count, "synced": synced,
+                         "release": RELEASE_MASS_DELETE})
+    return held
+
+
+async def _journal_head(engine, reactor):
+    return await _asked(engine.server.journal_head(), reactor)
+
+
+async def _behind(engine, state, head, reactor):
+    """How many changes of other clients the journal holds after the cursor (None: not
+    known). The client's own changes are in the journal too, but never come back to it,
+    so the cursor stays behind them until a catch-up passes over them: they do not count."""
+    cursor = state.cursor
+    if head is None:
+        return None
+    if head <= cursor:
+        return 0
+    page = await _asked(engine.server.changes(cursor, state.journal_id), reactor)
+    if page is None:
+        return head - cursor
+    others = sum(1 for change in page.changes if change.source_client != engine.client_id)
+    return others + (max(head - page.cursor, 0) if page.has_more else 0)
+
+
+async def _asked(coroutine, reactor):
+    """The server's answer, None when it gives none within HEAD_TIMEOUT."""
+    d = defer.ensureDeferred(coroutine)
+    d.addTimeout(HEAD_TIMEOUT, reactor)
+    try:
+        return await d
+    except Exception:  # unreachable, refused, malformed or too slow: not known
+        return None

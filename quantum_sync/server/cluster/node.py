@@ -1,0 +1,176 @@
+"""One node of a cluster: the parts of :mod:`quantum_sync.server.cluster` put together
+for a :class:`quantum_sync.server.service.ServerService`.
+
+The service asks the node for its index (:class:`.pgindex.PgIndex`) and fence
+(:class:`.fence.ClusterFence`); its FileOperations hand every journalled change to
+:meth:`ClusterNode.offer`, which publishes it to the other nodes and delivers it, in
+order with theirs, to the node's own hub.
+"""
+
+import socket
+import time
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from quantum_sync.config import ConfigError
+from quantum_sync.protocol import format_time
+from quantum_sync.server.cluster.feed import Feed
+from quantum_sync.server.cluster.fence import ClusterFence
+from quantum_sync.server.cluster.leader import Leadership
+from quantum_sync.server.cluster.pgindex import PgIndex, SchemaError, create_schema
+from quantum_sync.server.cluster.presence import Presence
+from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
+from quantum_sync.server.hub import RELAYED_EVENTS
+
+
+def default_node_id(listeners, hostname=None, pid=None) -> str:
+    """Host name and the port of the first listener (``host:8080``); where that port is
+    not fixed in the config (0, a UNIX socket), host name and process id."""
+    import os
+
+    host = (hostname or socket.gethostname()).split(".")[0] or "node"
+    for listener in listeners:
+        kind, _, rest = listener.endpoint.partition(":")
+        port = rest.split(":", 1)[0]
+        if kind in ("tcp", "tcp6", "ssl") and port.isdigit() and int(port):
+            return f"{host}:{port}"
+    return f"{host}:pid{pid or os.getpid()}"
+
+
+def preflight(cluster, source: str) -> None:
+    """Blocking, before the reactor runs: reach the database (creating or checking its
+    schema) and Redis; ConfigError with one line when either cannot be used."""
+    import psycopg
+
+    where = f"{source}: cluster"
+    try:
+        with psycopg.connect(cluster.database, connect_timeout=5) as connection:
+            with connection.cursor() as cursor:
+                create_schema(cursor)
+    except SchemaError as error:
+        raise ConfigError(f"{where}.database: {error}") from None
+    except psycopg.Error as error:
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigError(f"{where}.database: cannot use the database: {reason}") from None
+    try:
+        address = RedisAddress.parse(cluster.redis)
+    except ValueError as error:
+        raise ConfigError(f"{where}.redis: {error}") from None
+    try:
+        with socket.create_connection((address.host, address.port), timeout=5) as connection:
+            if address.password is not None:
+                connection.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (
+                    len(address.password.encode()), address.password.encode()))
+            connection.sendall(b"*1\r\n$4\r\nPING\r\n")
+            answer = connection.recv(256)
+    except OSError as error:
+        raise ConfigError(f"{where}.redis: cannot reach Redis at {address.host}:{address.port}:"
+                          f" {error.strerror or error}") from None
+    if b"+PONG" not in answer:
+        raise ConfigError(f"{where}.redis: Redis at {address.host}:{address.port} answered"
+                          f" {answer.decode('utf-8', 'replace').strip()[:100]!r}")
+
+
+class ClusterNode:
+    """A cluster node's shared index, fence, feed, bus, leadership and heartbeat."""
+
+    log = Logger()
+
+    def __init__(self, cluster, node_id: str, retention: int, reactor):
+        self.cluster = cluster
+        self.node_id = node_id
+        self._reactor = reactor
+        self.redis = RedisAddress.parse(cluster.redis)
+        self.index = PgIndex(cluster.database, retention, reactor)
+        self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
+        self.feed = None
+        self.bus = None
+        self.leadership = None
+        self.presence = None
+        self.started = format_time(time.time())
+        self._service = None
+        self._rescan = None  # the leader's rescan of the whole root, when it began leading
+
+    async def start(self, service) -> None:
+        """After the index opened: follow the journal from its head, hear the other
+        nodes, beat, and try to lead."""
+        self._service = service
+        operations = service.operations
+        head = await self.index.head()
+        operations.head = head
+        self.feed = Feed(self.index, self._deliver, self._reactor)
+        self.feed.start(head)
+        self.bus = RedisBus(self.redis, self.index.journal_id, self._reactor,
+                            self.feed.offer, self.feed.redis_up, self.node_id, self._peer_event)
+        self.bus.start()
+        service.hub.relay = self._relay_event
+        self.presence = Presence(self.index, self.node_id, self._address, self.started, self._reactor)
+        self.presence.start()
+        self.leadership = Leadership(self.cluster.database, self.index.namespace, self._reactor,
+                                     self._lead)
+        await self.leadership.start()
+
+    def _address(self) -> str:
+        for listener in self._service.listeners:
+            if listener.port is not None:
+                host = listener.port.getHost()
+                return f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
+        return ""
+
+    def offer(self, change) -> None:
+        """A change this node journalled: to the other nodes, and to its own hub in
+        order."""
+        self.bus.publish([change])
+        self.feed.offer(change)
+
+    def _relay_event(self, kind, data) -> None:
+        self.bus.publish_event(kind, {**data, "node_id": self.node_id},
+                               format_time(self._reactor.seconds()))
+
+    def _peer_event(self, kind, data, timestamp) -> None:
+        if kind in RELAYED_EVENTS:
+            self._service.hub.relayed_event(kind, data, timestamp)
+
+    def _deliver(self, changes) -> None:
+        service = self._service
+        with service.hub.burst():
+            for change in changes:
+                service.operations.head = change.seq
+                service.hub.publish(change)
+
+    def _lead(self, leading: bool) -> None:
+        watcher = self._service.watcher
+        if leading:
+            watcher.startService()
+            # what changed while no node watched (or before this cluster started)
+            self._rescan = Deferred.fromCoroutine(self._service.operations.refresh(None))
+            self._rescan.addErrback(lambda failure: self.log.failure("rescanning the root failed", failure))
+        elif watcher.running:
+            watcher.stopService()
+
+    def figures(self) -> dict:
+        """What the monitoring endpoints show of the cluster."""
+        return {
+            "node_id": self.node_id,
+            "nodes": self.presence.live if self.presence is not None else [],
+            "leader": bool(self.leadership and self.leadership.leading),
+            "redis": bool(self.bus and self.bus.up),
+        }
+
+    async def stop(self) -> None:
+        if self._rescan is not None:  # (it needs the index, closed after this)
+            await self._rescan
+        if self.leadership is not None:
+            await self.leadership.stop()
+            watcher = self._service.watcher
+            if watcher.running:
+                await watcher.stopService()
+        if self.presence is not None:
+            self.presence.stop()
+            await self.presence.leave()
+        if self.feed is not None:
+            self.feed.stop()
+        if self.bus is not None:
+            await self.bus.stop()
+        self.fence.close()

@@ -1,0 +1,467 @@
+"""The index and the journal in PostgreSQL: the same interface as the SQLite
+:class:`quantum_sync.server.index.Index`, shared by every node of a cluster.
+
+Every call is one transaction on a thread of ``adbapi``'s pool, never on the reactor.
+The journal's order is its commit order: the transaction that appends takes its ``seq``
+values by updating the one row of ``journal_head``, whose row lock it holds until it
+commits, so a later ``seq`` can never become visible before an earlier one (a reader of
+``/api/changes`` would otherwise skip it). The schema is created and versioned here
+(``schema_version``); a database whose schema is newer than this code is refused.
+"""
+
+import hashlib
+import json
+import uuid
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from quantum_sync.errors import SyncError
+from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
+from quantum_sync.server import versions
+from quantum_sync.server.diskdiff import Row
+
+#: The schema this code writes and reads.
+SCHEMA_VERSION = 1
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS files (
+        path TEXT COLLATE "C" PRIMARY KEY,
+        is_directory BOOLEAN NOT NULL,
+        size BIGINT NOT NULL,
+        mtime_ns BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        source_client TEXT NOT NULL DEFAULT '',
+        ino BIGINT NOT NULL DEFAULT 0,
+        ctime_ns BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS intents (path TEXT COLLATE "C" PRIMARY KEY)""",
+    """CREATE TABLE IF NOT EXISTS journal (
+        seq BIGINT PRIMARY KEY,
+        operation TEXT NOT NULL,
+        source_client TEXT NOT NULL,
+        timestamp TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS journal_head (
+        one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+        seq BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        node_id TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        started TEXT NOT NULL,
+        seen TIMESTAMPTZ NOT NULL)""",
+]
+
+#: Paths looked up a query by :meth:`PgIndex.get_many`.
+LOOKUP_BATCH = 1000
+
+_COLUMNS = "path, is_directory, size, mtime_ns, hash, ino, ctime_ns"
+
+#: Records the intents to write the paths of the first parameter and reads the rows of
+#: those of the second (the same list): one statement.
+INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%s::text[])"
+             f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)")
+
+#: A file's row, with the client that wrote its content (kept when only its stat changed).
+UPSERT = (
+    "INSERT INTO files (path, is_directory, size, mtime_ns, hash, ino, ctime_ns, source_client)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (path) DO UPDATE SET is_directory = EXCLUDED.is_directory,"
+    " size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, hash = EXCLUDED.hash,"
+    " ino = EXCLUDED.ino, ctime_ns = EXCLUDED.ctime_ns, source_client = CASE WHEN"
+    " files.hash = EXCLUDED.hash THEN files.source_client ELSE EXCLUDED.source_client END")
+
+
+class SchemaError(Exception):
+    """The database holds a schema this code cannot use (one line for the operator)."""
+
+
+def lock_key(namespace: str, name: str) -> int:
+    """A bigint advisory-lock key for ``name`` in ``namespace`` (the schema: advisory
+    locks are shared by every schema of a database)."""
+    digest = hashlib.sha256(f"{namespace}\0{name}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _escape_like(path: str) -> str:
+    return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _row_metadata(row) -> Row:
+    path, is_directory, size, mtime_ns, digest, ino, ctime_ns = row
+    return Row(FileMetadata(path, size, mtime_ns / 1e9, digest, bool(is_directory)), mtime_ns, ino, ctime_ns)
+
+
+def rows_by_path(rows) -> dict:
+    """``{path: Row}`` of ``files`` rows."""
+    return {row[0]: _row_metadata(row) for row in rows}
+
+
+def _file_values(row) -> tuple:
+    """The ``files`` columns of ``row`` (a :class:`Row`, or a ``(FileMetadata, mtime_ns)``
+    pair: inode and ctime unknown)."""
+    metadata, mtime_ns = row
+    return (metadata.path, metadata.is_directory, metadata.size, mtime_ns, metadata.hash,
+            getattr(row, "ino", 0), getattr(row, "ctime_ns", 0))
+
+
+class _Portable:
+    """A psycopg cursor that takes the SQLite-style SQL of the modules that keep tables
+    in the index (``?`` placeholders, ``executescript``; INTEGER and REAL columns made
+    64-bit), so that :mod:`quantum_sync.server.versions` runs on either index."""
+
+    _TYPES = (("INTEGER", "BIGINT"), ("REAL", "DOUBLE PRECISION"))
+
+    def __init__(self, cursor):
+        self._cursor = cursor
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql, params=None):
+        return self._cursor.execute(sql if params is None else self._sql(sql), params)
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        return self._cursor.executemany(self._sql(sql), rows) if rows else None
+
+    def executescript(self, script: str):
+        for old, new in self._TYPES:
+            script = script.replace(f" {old} ", f" {new} ")
+        for statement in script.split(";"):
+            if statement.strip():
+                self._cursor.execute(statement)
+
+    def fetchone(self):
+        return self._cursor.fetchone()
+
+    def fetchall(self):
+        return self._cursor.fetchall()
+
+
+def create_schema(txn) -> str:
+    """Create or check the schema in the transaction ``txn`` (the first node to start
+    creates it, under an advisory lock); returns the journal id. Raises
+    :class:`SchemaError` for a newer schema."""
+    txn.execute("SELECT current_schema()")
+    namespace = txn.fetchone()[0]
+    txn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(namespace, "schema"),))
+    for statement in SCHEMA:
+        txn.execute(statement)
+    # the tables other modules keep in the index: there before any node uses them
+    _Portable(txn).executescript(versions.SCHEMA)
+    txn.execute("SELECT max(version) FROM schema_version")
+    version = txn.fetchone()[0]
+    if version is None:
+        txn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+    elif version > SCHEMA_VERSION:
+        raise SchemaError(f"the database's schema is version {version}; this server knows"
+                          f" up to {SCHEMA_VERSION} (upgrade the server)")
+    txn.execute("INSERT INTO journal_head (seq) VALUES (0) ON CONFLICT DO NOTHING")
+    txn.execute("INSERT INTO meta (key, value) VALUES ('journal_id', %s) ON CONFLICT DO NOTHING",
+                (uuid.uuid4().hex,))
+    txn.execute("SELECT value FROM meta WHERE key = 'journal_id'")
+    return txn.fetchone()[0]
+
+
+def unavailable(error) -> SyncError:
+    """The answer to a request that met an unreachable database: 503, try again soon."""
+    return SyncError("SERVICE_UNAVAILABLE", f"the database cannot be reached: {str(error).strip()[:200]}",
+                     retryAfter=2)
+
+
+class PgIndex(Service):
+    """Metadata cache and journal in PostgreSQL; every method returns a Deferred (or is
+    a coroutine). A database that cannot be reached gives SERVICE_UNAVAILABLE."""
+
+    log = Logger()
+
+    def __init__(self, conninfo: str, retention: int, reactor, pool_size: int = 4):
+        self.conninfo = conninfo
+        self.retention = retention
+        self._reactor = reactor
+        self._pool_size = pool_size
+        self._pool = None
+        self._opened = None
+        #: The journal's identity, known once the database is open.
+        self.journal_id = None
+        #: The schema's name (advisory-lock keys are made in it), once open.
+        self.namespace = None
+
+    def start(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = adbapi.ConnectionPool(
+            "psycopg", self.conninfo, cp_min=1, cp_max=self._pool_size, cp_reconnect=True,
+            cp_noisy=False, cp_reactor=self._reactor, connect_timeout=5,
+        )
+        self._opened = Deferred.fromCoroutine(self._run(self._create))
+
+    def _create(self, txn):
+        self.journal_id = create_schema(txn)
+        txn.execute("SELECT current_schema()")
+        self.namespace = txn.fetchone()[0]
+
+    async def open(self) -> None:
+        self.start()
+        await self._opened
+
+    def stopService(self):
+        super().stopService()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def _run(self, function, *args):
+        """``function(txn, *args)`` in one transaction on a pool thread.
+
+        A pooled connection the database dropped (it restarted, or was away) fails on
+        first use, and the pool then makes a new one: a transaction that failed so before
+        its commit was sent changed nothing, and is run once more."""
+        import psycopg
+
+        committing = []
+
+        def run(txn, *args):
+            result = function(txn, *args)
+            committing.append(True)  # the pool commits next: an error from here is unknown
+            return result
+
+        for attempt in range(2):
+            if self._pool is None:
+                raise SyncError("SERVICE_UNAVAILABLE", "the server is shutting down")
+            try:
+                return await self._pool.runInteraction(run, *args)
+            except (psycopg.OperationalError, psycopg.InterfaceError, adbapi.ConnectionLost) as error:
+                if attempt or committing:
+                    raise unavailable(error) from None
+
+    async def interaction(self, function, *args):
+        """``function(txn, *args)`` in one transaction, ``txn`` taking the SQLite-style
+        SQL of the tables other modules keep in the index (the versions)."""
+        await self._opened
+        return await self._run(lambda txn: function(_Portable(txn), *args))
+
+    # -- reads --------------------------------------------------------------------
+
+    async def get(self, path: str):
+        def run(txn):
+            txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = %s", (path,))
+            row = txn.fetchone()
+            return _row_metadata(row) if row else None
+
+        return await self._run(run)
+
+    async def get_after(self, function, path: str) -> tuple:
+        """``(function(), get(path))`` in one pool thread call."""
+        def run(txn):
+            first = function()
+            txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = %s", (path,))
+            row = txn.fetchone()
+            return first, (_row_metadata(row) if row else None)
+
+        return await self._run(run)
+
+    async def get_many(self, paths) -> dict:
+        paths = list(paths)
+        return await self._run(_get_many, paths) if paths else {}
+
+    async def list_all(self) -> list:
+        def run(txn):
+            txn.execute(f"SELECT {_COLUMNS} FROM files ORDER BY path")
+            return [_row_metadata(row) for row in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def list_under(self, top: str) -> list:
+        def run(txn):
+            txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = %s OR path LIKE %s"
+                        " ORDER BY path", (top, _escape_like(top) + "/%"))
+            return [_row_metadata(row) for row in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def head(self) -> int:
+        return await self._run(_head)
+
+    async def changes(self, since: int, limit: int) -> tuple:
+        """``(changes, cursor, has_more)`` after ``since``, as the SQLite index answers
+        (CURSOR_EXPIRED for a pruned or foreign cursor)."""
+        return await self._run(_changes, since, limit, self.journal_id)
+
+    # -- the nodes ------------------------------------------------------------------
+
+    async def heartbeat(self, node_id: str, address: str, started: str, live_for: float) -> list:
+        """Mark ``node_id`` seen now; the nodes seen within ``live_for`` seconds."""
+        def run(txn):
+            txn.execute(
+                "INSERT INTO nodes (node_id, address, started, seen) VALUES (%s, %s, %s, now())"
+                " ON CONFLICT (node_id) DO UPDATE SET address = EXCLUDED.address,"
+                " started = EXCLUDED.started, seen = now()", (node_id, address, started))
+            txn.execute("SELECT node_id, address, started FROM nodes"
+                        " WHERE seen > now() - make_interval(secs => %s) ORDER BY node_id", (live_for,))
+            return [{"node_id": n, "address": a, "started": s} for n, a, s in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def forget_node(self, node_id: str) -> None:
+        def run(txn):
+            txn.execute("DELETE FROM nodes WHERE node_id = %s", (node_id,))
+
+        await self._run(run)
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def record(self, upserts, removals, operation, source_client, timestamp, also=None):
+        """As :meth:`Index.record`: the cache updated and ``operation`` (when given)
+        journalled in one transaction, after ``also(txn)``."""
+        changes = await self.record_each([(upserts, removals, operation, source_client)], timestamp, also)
+        return changes[0] if changes else None
+
+    async def record_many(self, items, source_client, timestamp) -> list:
+        return await self.record_each(
+            [(upserts, removals, operation, source_client) for upserts, removals, operation in items],
+            timestamp)
+
+    async def record_each(self, items, timestamp, also=None, done_intents=()) -> list:
+        """In one transaction: ``also(txn)``, every item's cache changes and its operation
+        (when given) journalled with the next ``seq``, the intents of ``done_intents``
+        forgotten. Returns the Changes, in order."""
+        def run(txn):
+            if also is not None:
+                also(_Portable(txn))
+            # sent together, answered together: one round trip, not one a statement
+            with txn.connection.pipeline():
+                if any(removals for _, removals, _, _ in items):
+                    for upserts, removals, _, source in items:
+                        _update_files(txn, upserts, removals, source)
+                else:  # only upserts: the last row of each path, in one statement
+                    _upsert(txn, {row[0].path: _file_values(row) + (source,)
+                                  for upserts, _, _, source in items for row in upserts})
+                if done_intents:
+                    txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(done_intents),))
+                return self._journal(txn, [(operation, source) for _, _, operation, source in items
+                                           if operation is not None], timestamp)
+
+        return await self._run(run)
+
+    async def get_many_intending(self, paths) -> dict:
+        """:meth:`get_many`, recording (durably, before it returns) the intent to write
+        each of ``paths`` (see :meth:`Index.get_many_intending`)."""
+        def run(txn):
+            txn.execute(INTENDING, (paths, paths))
+            return rows_by_path(txn.fetchall())
+
+        paths = sorted(set(paths))
+        return await self._run(run) if paths else {}
+
+    async def intents(self) -> list:
+        def run(txn):
+            txn.execute("SELECT path FROM intents ORDER BY path")
+            return [row[0] for row in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def forget_intents(self, paths) -> None:
+        def run(txn):
+            txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(paths),))
+
+        await self._run(run)
+
+    async def rename(self, source: str, destination: str, operation, source_client, timestamp,
+                     also=None):
+        def run(txn):
+            if also is not None:
+                also(_Portable(txn))
+            txn.execute("DELETE FROM files WHERE path = %s OR path LIKE %s",
+                        (destination, _escape_like(destination) + "/%"))
+            txn.execute(
+                "UPDATE files SET path = %s || substr(path, %s) WHERE path = %s OR path LIKE %s",
+                (destination, len(source) + 1, source, _escape_like(source) + "/%"))
+            changes = self._journal(txn, [(operation, source_client)], timestamp)
+            return changes[0] if changes else None
+
+        return await self._run(run)
+
+    def _journal(self, txn, entries, timestamp) -> list:
+        """Append ``entries`` (``(operation, source_client)``) with consecutive seqs taken
+        from ``journal_head`` (its row lock, held to commit, orders the writers)."""
+        if not entries:
+            return []
+        texts = [operation_text(operation) for operation, _ in entries]
+        # the seqs taken and the entries written in one statement
+        txn.execute(
+            "WITH head AS (UPDATE journal_head SET seq = seq + %(count)s RETURNING seq)"
+            " INSERT INTO journal (seq, operation, source_client, timestamp)"
+            " SELECT head.seq - %(count)s + entry.position, entry.operation, entry.source, %(timestamp)s"
+            " FROM head, unnest(%(operations)s::text[], %(sources)s::text[])"
+            " WITH ORDINALITY AS entry(operation, source, position) RETURNING seq",
+            {"count": len(entries), "timestamp": timestamp, "operations": texts,
+             "sources": [source for _, source in entries]})
+        last = max(row[0] for row in txn.fetchall())
+        first = last - len(entries) + 1
+        if last > self.retention and last // 100 != (first - 1) // 100:
+            txn.execute("DELETE FROM journal WHERE seq <= %s", (last - self.retention,))
+        return [Change(seq, operation, source_client, timestamp, text)
+                for seq, (operation, source_client), text in zip(range(first, last + 1), entries, texts)]
+
+
+def _update_files(txn, upserts, removals, source_client) -> None:
+    for path in removals:
+        txn.execute("DELETE FROM files WHERE path = %s OR path LIKE %s", (path, _escape_like(path) + "/%"))
+    if upserts:
+        txn.executemany(UPSERT, [_file_values(row) + (source_client,) for row in upserts])
+
+
+def _upsert(txn, rows: dict) -> None:
+    """``rows`` (path -> the values of UPSERT) written in one statement."""
+    if rows:
+        columns = list(zip(*rows.values()))
+        txn.execute(
+            "INSERT INTO files (path, is_directory, size, mtime_ns, hash, ino, ctime_ns, source_client)"
+            " SELECT * FROM unnest(%s::text[], %s::boolean[], %s::bigint[], %s::bigint[], %s::text[],"
+            " %s::bigint[], %s::bigint[], %s::text[])" + UPSERT[UPSERT.index(" ON CONFLICT"):],
+            [list(column) for column in columns])
+
+
+def _get_many(txn, paths) -> dict:
+    found = {}
+    for start in range(0, len(paths), LOOKUP_BATCH):
+        txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)", (paths[start:start + LOOKUP_BATCH],))
+        for row in txn.fetchall():
+            found[row[0]] = _row_metadata(row)
+    return found
+
+
+def _head(txn) -> int:
+    txn.execute("SELECT seq FROM journal_head")
+    row = txn.fetchone()
+    return row[0] if row else 0
+
+
+def _changes(txn, since: int, limit: int, journal_id: str):
+    head = _head(txn)
+    if since > head:
+        raise SyncError(
+            "CURSOR_EXPIRED",
+            f"cursor {since} is beyond this journal's head; re-list and continue from {head}",
+            journal_id=journal_id, cursor=head)
+    if since < head:
+        txn.execute("SELECT min(seq) FROM journal")
+        oldest = txn.fetchone()[0]
+        if oldest is None or oldest > since + 1:
+            raise SyncError(
+                "CURSOR_EXPIRED",
+                f"changes after {since} are no longer kept; re-list and continue from {head}",
+                journal_id=journal_id, cursor=head)
+    txn.execute("SELECT seq, operation, source_client, timestamp FROM journal"
+                " WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s", (since, head, limit + 1))
+    rows = txn.fetchall()
+    has_more = len(rows) > limit
+    changes = [Change(seq, parse_operation(json.loads(operation)), source, timestamp, operation)
+               for seq, operation, source, timestamp in rows[:limit]]
+    cursor = changes[-1].seq if changes else since
+    return changes, cursor, has_more

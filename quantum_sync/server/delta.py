@@ -1,0 +1,146 @@
+"""Delta transfers on the server: block lists of stored files, and delta uploads.
+
+- :meth:`Deltas.block_list`: the block list of a stored version (kept when its upload
+  streamed in, see :class:`~quantum_sync.server.store.UploadSpool`; else made once, in a
+  thread, and kept), for ``GET /api/blocks``.
+- :meth:`Deltas.build`: a delta upload's new file, made in a temp file from the stored
+  base (its reused ranges copied with ``copy_file_range``) and the bytes sent, its
+  SHA-256 checked; the group commit then installs it as any upload
+  (:meth:`~quantum_sync.server.operations.FileOperations.upload`).
+"""
+
+import os
+import tempfile
+import time
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from quantum_sync import delta
+from quantum_sync.blocks import decode_blocks
+from quantum_sync.deltafile import assemble
+from quantum_sync.errors import SyncError
+from quantum_sync.server.store import TEMP_PREFIX, storage_error
+
+
+@attrs.frozen
+class BuiltFile:
+    """A delta upload's finished temp file (fsynced, mode 0644), for the group commit."""
+
+    path: str
+    stat: os.stat_result
+    body: None = None
+
+
+class Deltas:
+    """Block lists and delta builds of one store (``block_lists``: its
+    :class:`~quantum_sync.blocklists.BlockLists`)."""
+
+    def __init__(self, store, block_lists, reactor):
+        self.store = store
+        self.block_lists = block_lists
+        self._reactor = reactor
+        self._making = {}  # sha256 -> the Deferreds waiting for its list being made
+
+    def _thread(self, function, *args) -> Deferred:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+
+    async def block_list(self, metadata, opened_fd: int) -> bytes:
+        """The compact block list of the stored version ``metadata`` (open as
+        ``opened_fd``). NOT_FOUND below :data:`~quantum_sync.delta.DELTA_MIN` bytes;
+        CONFLICT when the file changed while its list was being made."""
+        if metadata.size < delta.DELTA_MIN:
+            raise SyncError("NOT_FOUND", f"files below {delta.DELTA_MIN} bytes have no block list")
+        data = await self._thread(self.block_lists.read, metadata.hash)
+        if data is not None:
+            return data
+        waiters = self._making.get(metadata.hash)
+        if waiters is None:  # one thread makes it, every request for it waits for that one
+            waiters = self._making[metadata.hash] = []
+            # on a descriptor of its own: the request's may be closed before the thread ends
+            self._thread(_closing, self.block_lists.make, os.dup(opened_fd), metadata.hash).addBoth(
+                self._made, metadata.hash)
+        waiter = Deferred()
+        waiters.append(waiter)
+        data = await waiter
+        if data is None:
+            raise SyncError("CONFLICT", f"{metadata.path} changed while its block list was made; try again")
+        return data
+
+    async def prune(self, index) -> int:
+        """Remove the lists of contents no file in ``index`` has any more (replaced or
+        deleted files'); returns how many went."""
+        keep = {metadata.hash for metadata, _ in await index.list_all() if metadata.size >= delta.DELTA_MIN}
+        return await self._thread(self.block_lists.forget_all_but, keep, time.time())
+
+    def _made(self, result, sha256) -> None:
+        for waiter in self._making.pop(sha256):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def build(self, open_body, metadata, base_fd: int, expected: str) -> BuiltFile:
+        """The new file a delta body (``open_body()`` opens it for reading) makes from the
+        stored version ``metadata`` (open as ``base_fd``); it must hash to ``expected``.
+        Raises INVALID_REQUEST (not a delta body), CONFLICT (it reuses a block the
+        base does not have), HASH_MISMATCH (the result is not ``expected``: nothing kept)."""
+        base_list = await self.block_list(metadata, base_fd)
+        return await self._thread(_closing, self._build, os.dup(base_fd), open_body, base_list, expected)
+
+    def _build(self, base_fd, open_body, base_list, expected) -> BuiltFile:
+        with open_body() as body:
+            plan = _read_plan(body)
+            base_blocks = decode_blocks(base_list)
+            missing = delta.unheld_reuse(plan, base_blocks)
+            if missing is not None:
+                raise SyncError("CONFLICT", f"the plan reuses {missing.length} bytes at {missing.base_offset},"
+                                " which are not whole blocks of the base", reason="BLOCK_NOT_HELD")
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.store.temp_dir)
+            try:
+                try:
+                    digest, _ = assemble(plan, base_fd, body, fd)
+                    if digest != expected:
+                        raise SyncError("HASH_MISMATCH", f"the delta builds a file hashing to {digest}, not {expected}")
+                    os.fchmod(fd, 0o644)
+                    os.fsync(fd)
+                    st = os.fstat(fd)
+                    # the new list from the base's and the few sent blocks: no second read
+                    self.block_lists.keep_blocks(digest, delta.rebuilt_blocks(
+                        plan, base_blocks,
+                        lambda step: self.block_lists.blocks_of_range(fd, step.offset, step.length)))
+                finally:
+                    os.close(fd)
+            except ValueError as error:
+                os.unlink(temp)
+                raise SyncError("INVALID_REQUEST", f"the delta does not fit its base: {error}") from None
+            except OSError as error:
+                os.unlink(temp)
+                raise storage_error(error) from None
+            except BaseException:
+                os.unlink(temp)
+                raise
+        return BuiltFile(temp, st)
+
+
+def _closing(function, fd: int, *args):
+    """``function(fd, *args)``, then close ``fd``."""
+    try:
+        return function(fd, *args)
+    finally:
+        os.close(fd)
+
+
+def _read_plan(body) -> tuple:
+    """The plan at the start of the delta body open as ``body`` (read up to the sent bytes)."""
+    try:
+        count = delta.head_steps(body.read(delta.HEAD_FIXED))
+        steps = body.read(count * delta.STEP_SIZE)
+        if len(steps) != count * delta.STEP_SIZE:
+            raise ValueError("the body ends inside the plan")
+        plan = delta.decode_steps(steps)
+    except ValueError as error:
+        raise SyncError("INVALID_REQUEST", f"not a delta body: {error}") from None
+    return plan

@@ -1,0 +1,120 @@
+"""A download sent as zstd (``Content-Encoding: zstd``) to a client that asked for it.
+
+:class:`ZstdDownload` answers for one opened file: its headers as
+:class:`~quantum_sync.server.api.HashedFile` gives them (ETag of the content, an
+attachment), no ``Content-Length`` (the body goes chunked), and a push producer that
+reads and compresses the file a piece at a time in the reactor's thread pool, so the
+reactor only writes, paused by its transport. :func:`worth_compressing` samples the file
+first: only a file whose start shrinks enough is sent this way.
+"""
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web import http, resource, server
+from zope.interface import implementer
+import zstandard
+
+from quantum_sync.compression import ENCODING, LEVEL, SAMPLE, pays
+
+#: Bytes read and compressed at a time.
+PIECE = 1024 * 1024
+log = Logger()
+
+
+def accepts_zstd(request) -> bool:
+    """Whether ``request`` lists zstd in its ``Accept-Encoding`` (and asks no range)."""
+    if request.getHeader(b"range") is not None:
+        return False
+    accepted = b",".join(request.requestHeaders.getRawHeaders(b"accept-encoding") or [])
+    codings = {part.split(b";")[0].strip().lower() for part in accepted.split(b",")}
+    return ENCODING in codings
+
+
+def worth_compressing(fd: int) -> bool:
+    """Whether the file open as ``fd`` compresses well enough (blocking: a thread)."""
+    return pays(os.pread(fd, SAMPLE, 0))
+
+
+class ZstdDownload(resource.Resource):
+    """One opened file (``opened``: its file object) with content hash ``digest``, sent as
+    zstd; ``headers(request)`` sets the download's other headers."""
+
+    isLeaf = True
+
+    def __init__(self, opened, digest: str, headers, reactor):
+        super().__init__()
+        self._file, self._digest, self._headers, self._reactor = opened, digest, headers, reactor
+
+    def render_GET(self, request):
+        self._headers(request)
+        request.setHeader(b"Vary", b"Accept-Encoding")
+        if request.setETag(f'"{self._digest}"'.encode("ascii")) == http.CACHED or request.method == b"HEAD":
+            self._file.close()
+            return b""
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Content-Encoding", ENCODING)
+        _ZstdStream(request, self._file, self._reactor).start()
+        return server.NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+
+@implementer(IPushProducer)
+class _ZstdStream:
+    def __init__(self, request, file, reactor):
+        self._request, self._file, self._reactor = request, file, reactor
+        self._compressor = zstandard.ZstdCompressor(level=LEVEL).compressobj()
+        self._paused = None
+        self._stopped = False
+
+    def start(self) -> None:
+        self._request.registerProducer(self, True)
+        self._request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        Deferred.fromCoroutine(self._run()).addErrback(
+            lambda failure: log.failure("sending a compressed download failed", failure))
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self._paused is not None:
+                    await self._paused
+                if self._stopped:
+                    return
+                piece, done = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._next)
+                if self._stopped:
+                    return
+                if piece:
+                    self._request.write(piece)
+                if done:
+                    self._request.unregisterProducer()
+                    self._request.finish()
+                    return
+        except Exception:
+            if not self._stopped:
+                self._request.loseConnection()  # cut short: the client sees an incomplete body
+            raise
+        finally:
+            self._file.close()
+
+    def _next(self) -> tuple:
+        data = self._file.read(PIECE)
+        if not data:
+            return self._compressor.flush(), True
+        return self._compressor.compress(data), False
+
+    def pauseProducing(self):
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self):
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self):
+        self._stopped = True
+        self.resumeProducing()

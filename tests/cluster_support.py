@@ -1,0 +1,127 @@
+"""Test support for the cluster: a PostgreSQL schema and a Redis of each test's own.
+
+``QS_TEST_DATABASE`` (default ``postgresql://root@127.0.0.1:5432/test``) and
+``QS_TEST_REDIS`` (default ``redis://127.0.0.1:6379``) name the services. Each test gets
+a fresh schema (dropped afterwards; advisory-lock keys and the Redis channel are made
+from the schema and the journal, so tests never meet). A service that cannot be reached
+skips the test with the reason, unless ``CI`` is set: then it fails.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from urllib.parse import quote
+
+import pytest
+
+DATABASE = os.environ.get("QS_TEST_DATABASE", "postgresql://root@127.0.0.1:5432/test")
+REDIS = os.environ.get("QS_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _unreachable(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"cluster tests need {reason} (CI is set, so this is not skipped)")
+    pytest.skip(reason)
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` with ``search_path`` set to ``schema``."""
+    joiner = "&" if "?" in url else "?"
+    return f"{url}{joiner}options={quote(f'-csearch_path={schema}')}"
+
+
+def database_available():
+    import psycopg
+
+    try:
+        psycopg.connect(DATABASE, connect_timeout=3).close()
+    except psycopg.Error as error:
+        _unreachable(f"PostgreSQL at {DATABASE}: {' '.join(str(error).split())[:200]}")
+
+
+def redis_available():
+    from quantum_sync.server.cluster.redisbus import RedisAddress
+
+    address = RedisAddress.parse(REDIS)
+    try:
+        socket.create_connection((address.host, address.port), timeout=3).close()
+    except OSError as error:
+        _unreachable(f"Redis at {REDIS}: {error}")
+
+
+@pytest.fixture
+def pg_schema():
+    """A conninfo URL whose search_path is a new schema, dropped afterwards."""
+    import psycopg
+
+    database_available()
+    schema = "qs_test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(DATABASE, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_schema(DATABASE, schema)
+    finally:
+        with psycopg.connect(DATABASE, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def cluster_block(pg_schema):
+    """A factory of ``cluster`` handler blocks on the test's schema and Redis."""
+    redis_available()
+
+    def block(node_id: str, redis: str = REDIS, database: str = pg_schema) -> dict:
+        return {"database": database, "redis": redis, "node_id": node_id}
+
+    return block
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port (stopped and started
+    again by the test, never the machine's shared one)."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.port = free_port()
+        self.process = None
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _unreachable("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.directory],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("the private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()

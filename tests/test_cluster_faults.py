@@ -1,0 +1,281 @@
+"""Cluster nodes when Redis or PostgreSQL goes away, with real services: a Redis of
+the test's own is stopped and started again; PostgreSQL is refused through a TCP proxy
+of the test's own (the machine's services are never stopped)."""
+
+import hashlib
+import os
+from urllib.parse import urlsplit
+
+import pytest_twisted
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import deferLater
+
+from cluster_support import DATABASE, cluster_block, pg_schema, private_redis, with_schema  # noqa: F401
+from test_cluster_nodes import start_node
+from test_ws_support import connect, wait_for
+from tests.support import HttpClient
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def operations_of(client) -> list:
+    return [m["seq"] for m in client.received if m["type"] == "FileOperation"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_stopped_and_restarted_no_broadcast_missed(reactor, tmp_path, cluster_block, private_redis):
+    services, urls = [], []
+    http = HttpClient(reactor)
+    watcher = None
+    try:
+        for n in (1, 2):
+            service, url = await start_node(reactor, tmp_path, tmp_path / "root",
+                                            cluster_block(f"n{n}", redis=private_redis.url))
+            services.append(service)
+            urls.append(url)
+        await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in services),
+                       timeout=15)
+        watcher = await connect(reactor, urls[1].replace("http", "ws") + "/ws")
+        await watcher.request({"type": "Subscribe", "client_id": "watcher"})
+
+        async def upload(name):
+            await http.json("PUT", urls[0] + "/api/upload", params={"path": name}, data=name.encode())
+
+        await upload("before")
+        await wait_for(reactor, lambda: operations_of(watcher) == [1])
+        private_redis.stop()
+        await wait_for(reactor, lambda: not any(s.node.bus.up for s in services), timeout=15)
+        for n in range(5):  # writes go on; node 2 follows the journal by polling
+            await upload(f"during-{n}")
+        await wait_for(reactor, lambda: operations_of(watcher) == [1, 2, 3, 4, 5, 6])
+        private_redis.start()
+        await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in services),
+                       timeout=30)
+        published = services[0].node.bus.published
+        await upload("after")
+        await wait_for(reactor, lambda: operations_of(watcher) == list(range(1, 8)))
+        assert services[0].node.bus.published == published + 1  # through Redis again
+    finally:
+        if watcher is not None:
+            watcher.transport.abortConnection()
+        await http.close()
+        for service in services:
+            await service.stopService()
+
+
+class _Relay(protocol.Protocol):
+    """One side of a proxied connection; what arrives before the other side is
+    connected waits in ``pending``."""
+
+    def __init__(self, sides):
+        self.sides = sides
+        self.peer = None
+        self.pending = []
+
+    def connectionMade(self):
+        self.sides.add(self)
+
+    def dataReceived(self, data):
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def joined(self, peer):
+        self.peer = peer
+        for data in self.pending:
+            peer.transport.write(data)
+        self.pending = []
+
+    def connectionLost(self, reason):
+        self.sides.discard(self)
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class Proxy(protocol.Factory):
+    """A TCP proxy to PostgreSQL that can refuse: ``close()`` stops listening and drops
+    every connection, ``open()`` listens again on the same port."""
+
+    def __init__(self, reactor, host, port):
+        self.reactor, self.host, self.port = reactor, host, port
+        self.listening = None
+        self.sides = set()
+        self.listen_port = None
+
+    def buildProtocol(self, addr):
+        inner = _Relay(self.sides)
+
+        def connected(outer):
+            outer.joined(inner)
+            inner.joined(outer)
+
+        def failed(_):
+            if inner.transport is not None:
+                inner.transport.loseConnection()
+
+        outer_factory = protocol.Factory.forProtocol(lambda: _Relay(self.sides))
+        TCP4ClientEndpoint(self.reactor, self.host, self.port).connect(outer_factory).addCallbacks(
+            connected, failed)
+        return inner
+
+    async def open(self):
+        description = f"tcp:{self.listen_port or 0}:interface=127.0.0.1"
+        self.listening = await serverFromString(self.reactor, description).listen(self)
+        self.listen_port = self.listening.getHost().port
+
+    async def close(self):
+        listening, self.listening = self.listening, None
+        await listening.stopListening()
+        for side in list(self.sides):
+            side.transport.abortConnection()
+
+
+async def _proxied_database(reactor, pg_schema):
+    """A listening Proxy to the test database, and the URL of the test's schema through it."""
+    target = urlsplit(DATABASE)
+    proxy = Proxy(reactor, target.hostname, target.port or 5432)
+    await proxy.open()
+    schema = pg_schema.split("search_path%3D")[1]
+    return proxy, with_schema(DATABASE.replace(f"{target.hostname}:{target.port or 5432}",
+                                               f"127.0.0.1:{proxy.listen_port}"), schema)
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_refused_answers_503_and_recovers(reactor, tmp_path, cluster_block, pg_schema):
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
+    http = HttpClient(reactor, persistent=False)
+    root = tmp_path / "root"
+    try:
+        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
+        await proxy.close()
+        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                     data=b"two", headers={"If-Match": sha(b"one")})
+        body = await refused.content()
+        assert refused.code == 503, body
+        assert refused.headers.getRawHeaders("Retry-After") == ["2"]
+        assert b"SERVICE_UNAVAILABLE" in body
+        assert (root / "kept.txt").read_bytes() == b"one"  # nothing half-applied
+        new = await http.request("PUT", url + "/api/upload", params={"path": "new.txt"}, data=b"x")
+        await new.content()
+        assert new.code == 503 and not os.path.exists(root / "new.txt")
+        changes = await http.request("GET", url + "/api/changes")
+        await changes.content()
+        assert changes.code == 503
+        await proxy.open()
+
+        async def upload_again():
+            response = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                          data=b"two", headers={"If-Match": sha(b"one")})
+            await response.content()
+            return response.code
+
+        deadline = reactor.seconds() + 20
+        while await upload_again() != 200:
+            assert reactor.seconds() < deadline
+            await deferLater(reactor, 0.2, lambda: None)
+        _, answer = await http.json("GET", url + "/api/changes")
+        assert [c["seq"] for c in answer["changes"]] == [1, 2]
+        assert (root / "kept.txt").read_bytes() == b"two"
+    finally:
+        await http.close()
+        await service.stopService()
+        if proxy.listening is not None:
+            await proxy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_lost_between_install_and_journal_is_journalled_when_back(
+        reactor, tmp_path, cluster_block, pg_schema):
+    """The window no lock can close: the file is in place when the database goes. The
+    upload answers 503; once the database is back the change is journalled by itself
+    (here by the rescan of the node taking the leader lock again)."""
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
+    http = HttpClient(reactor, persistent=False)
+    index = service.index
+    record_each = index.record_each
+
+    async def cut_then_record(*args, **kwargs):
+        index.record_each = record_each
+        await proxy.close()
+        reactor.callLater(3.0, lambda: Deferred.fromCoroutine(proxy.open()))
+        return await record_each(*args, **kwargs)
+
+    try:
+        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
+        index.record_each = cut_then_record
+        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                     data=b"two", headers={"If-Match": sha(b"one")})
+        await refused.content()
+        assert refused.code == 503
+        assert (tmp_path / "root" / "kept.txt").read_bytes() == b"two"
+
+        async def journalled():
+            response = await http.request("GET", url + "/api/changes")
+            body = await response.content()
+            return response.code == 200 and sha(b"two") in body.decode()
+
+        deadline = reactor.seconds() + 20
+        while not await journalled():
+            assert reactor.seconds() < deadline
+            await deferLater(reactor, 0.2, lambda: None)
+        _, answer = await http.json("GET", url + "/api/changes")
+        assert [c["seq"] for c in answer["changes"]] == [1, 2]
+        assert answer["changes"][1]["operation"]["Update"]["metadata"]["hash"] == sha(b"two")
+    finally:
+        await http.close()
+        await service.stopService()
+        if proxy.listening is not None:
+            await proxy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_lost_the_database_mid_group_journals_it_when_back(
+        reactor, tmp_path, cluster_block, pg_schema):
+    """As above on a node that does not watch the root, beside a leader that sees no
+    event of it (its watcher stopped, as over NFS): the node itself looks again at the
+    paths of its failed group until the database answers."""
+    root = tmp_path / "root"
+    leader, leader_url = await start_node(reactor, tmp_path, root, cluster_block("n1"))
+    await leader.watcher.stopService()
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    other, url = await start_node(reactor, tmp_path, root, cluster_block("n2", database=proxied))
+    assert leader.node.leadership.leading and not other.node.leadership.leading
+    http = HttpClient(reactor, persistent=False)
+    record_each = other.index.record_each
+
+    async def cut_then_record(*args, **kwargs):
+        other.index.record_each = record_each
+        await proxy.close()
+        reactor.callLater(3.0, lambda: Deferred.fromCoroutine(proxy.open()))
+        return await record_each(*args, **kwargs)
+
+    try:
+        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
+        other.index.record_each = cut_then_record
+        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                     data=b"two", headers={"If-Match": sha(b"one")})
+        await refused.content()
+        assert refused.code == 503 and (root / "kept.txt").read_bytes() == b"two"
+
+        async def journalled():
+            _, answer = await http.json("GET", leader_url + "/api/changes")
+            return [c["operation"] for c in answer["changes"]]
+
+        deadline = reactor.seconds() + 20
+        while len(operations := await journalled()) < 2:
+            assert reactor.seconds() < deadline, operations
+            await deferLater(reactor, 0.2, lambda: None)
+        assert operations[1]["Update"]["metadata"]["hash"] == sha(b"two")
+    finally:
+        await http.close()
+        for service in (other, leader):
+            await service.stopService()
+        if proxy.listening is not None:
+            await proxy.close()

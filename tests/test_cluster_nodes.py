@@ -1,0 +1,282 @@
+"""Two cluster nodes in one process on one shared root, with a real PostgreSQL and
+Redis: racing uploads, broadcasts across nodes in journal order, one journal, one
+watcher of the root, and the feed's ordering (pure)."""
+
+import hashlib
+import os
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from cluster_support import cluster_block, pg_schema, private_redis  # noqa: F401 - fixtures
+from quantum_sync.protocol import Change, Delete
+from quantum_sync.server.cluster.feed import Sequencer
+from test_ws_support import connect, wait_for
+from tests.support import HttpClient, server_document, start_service
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def start_node(reactor, tmp_path, root, block, **handler):
+    service, (port,) = await start_service(
+        reactor, server_document(root=str(root), cluster=block, **handler), str(tmp_path))
+    return service, f"http://127.0.0.1:{port}"
+
+
+class Nodes:
+    def __init__(self, reactor, tmp_path, cluster_block):
+        self.reactor, self.tmp_path, self.block = reactor, tmp_path, cluster_block
+        self.root = tmp_path / "root"
+        self.services, self.urls = [], []
+
+    async def start(self, count, **handler):
+        for n in range(count):
+            service, url = await start_node(self.reactor, self.tmp_path, self.root,
+                                            self.block(f"node-{len(self.services) + 1}"), **handler)
+            self.services.append(service)
+            self.urls.append(url)
+        return self
+
+    async def stop(self):
+        for service in self.services:
+            if service.running:
+                await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(reactor, tmp_path, cluster_block):
+    made = Nodes(reactor, tmp_path, cluster_block)
+    yield made
+    await made.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_racing_uploads_on_two_nodes_one_wins_one_412(reactor, nodes):
+    await nodes.start(2)
+    http = HttpClient(reactor)
+    try:
+        base = b"base" * 1000
+        await http.json("PUT", nodes.urls[0] + "/api/upload", params={"path": "doc.txt"}, data=base)
+        winner_hash = sha(base)
+        for round_ in range(6):
+            current = winner_hash
+            bodies = [bytes([65 + n]) * (200_000 + round_) for n in range(2)]
+
+            async def put(url, data, current=current):
+                response = await http.request("PUT", url + "/api/upload", params={"path": "doc.txt"},
+                                              data=data, headers={"If-Match": current})
+                return response.code, await response.content()
+
+            results = await gatherResults([Deferred.fromCoroutine(put(url, body))
+                                           for url, body in zip(nodes.urls, bodies)])
+            codes = sorted(code for code, _ in results)
+            assert codes == [200, 412], results
+            winner = bodies[[code for code, _ in results].index(200)]
+            with open(nodes.root / "doc.txt", "rb") as f:
+                assert f.read() == winner  # never a mix, never the loser
+            winner_hash = sha(winner)
+        answers = [await http.json("GET", url + "/api/changes") for url in nodes.urls]
+        assert answers[0][1] == answers[1][1]
+        assert [c["seq"] for c in answers[0][1]["changes"]] == list(range(1, 8))
+    finally:
+        await http.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcasts_cross_nodes_in_journal_order(reactor, nodes):
+    await nodes.start(2)
+    http = HttpClient(reactor)
+    listeners = []
+    try:
+        for service, url in zip(nodes.services, nodes.urls):
+            client = await connect(reactor, url.replace("http", "ws") + "/ws")
+            ack = await client.request({"type": "Subscribe", "client_id": f"watch-{len(listeners)}"})
+            assert ack["journal_id"] == nodes.services[0].index.journal_id
+            listeners.append(client)
+
+        async def writes(url, name):
+            for n in range(15):
+                data = f"{name}{n}".encode()
+                await http.json("PUT", url + "/api/upload", params={"path": f"{name}/{n}"}, data=data,
+                                headers={"X-Client-Id": f"writer-{name}"})
+
+        await gatherResults([Deferred.fromCoroutine(writes(url, name))
+                             for url, name in zip(nodes.urls, "ab")])
+        for client in listeners:
+            await wait_for(reactor, lambda c=client: len([m for m in c.received if m["type"] == "FileOperation"]) >= 30)
+            seqs = [m["seq"] for m in client.received if m["type"] == "FileOperation"]
+            assert seqs == list(range(1, 31))  # every change once, in order, from both nodes
+        figures = [(await http.json("GET", url + "/ws/metrics"))[1] for url in nodes.urls]
+        assert [f["cluster"]["node_id"] for f in figures] == ["node-1", "node-2"]
+    finally:
+        for client in listeners:
+            client.transport.abortConnection()
+        await http.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_node_watches_the_root_and_another_takes_over(reactor, nodes):
+    await nodes.start(2)
+    first, second = nodes.services
+    await wait_for(reactor, lambda: first.node.leadership.leading)
+    assert not second.node.leadership.leading and not second.watcher.running
+    http = HttpClient(reactor)
+    try:
+        (nodes.root / "dropped.txt").write_bytes(b"from another program")
+
+        async def journalled():
+            _, answer = await http.json("GET", nodes.urls[1] + "/api/changes")
+            return [c["operation"] for c in answer["changes"]]
+
+        await wait_for_async(reactor, journalled, lambda ops: len(ops) == 1)
+        await first.stopService()
+        await wait_for(reactor, lambda: second.node.leadership.leading, timeout=15)
+        assert second.watcher.running
+        (nodes.root / "later.txt").write_bytes(b"while the second leads")
+        ops = await wait_for_async(reactor, journalled, lambda ops: len(ops) == 2)
+        assert "later.txt" in str(ops[1])
+    finally:
+        await http.close()
+
+
+async def wait_for_async(reactor, read, good, timeout=15):
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = await read()
+        if good(value):
+            return value
+        assert reactor.seconds() < deadline, value
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_temps_in_a_folder_per_node(reactor, nodes):
+    await nodes.start(2)
+    dirs = [service.store.temp_dir for service in nodes.services]
+    assert dirs == [str(nodes.root / ".quantum-sync" / "nodes" / f"node-{n}" / "tmp") for n in (1, 2)]
+    marker = os.path.join(dirs[1], "in-flight")
+    open(marker, "wb").close()
+    await nodes.services[0].stopService()
+    await nodes.start(1)  # a third node starting clears its own temps only
+    assert os.path.exists(marker)
+
+
+def _change(seq):
+    return Change(seq, Delete(f"p{seq}"), "c", "t")
+
+
+def test_sequencer_lets_out_in_order_and_drops_repeats():
+    sequencer = Sequencer(delivered=4)
+    assert sequencer.offer(_change(4)) == []
+    assert sequencer.offer(_change(6)) == [] and sequencer.gap
+    assert sequencer.offer(_change(6)) == []
+    assert [c.seq for c in sequencer.offer(_change(5))] == [5, 6] and not sequencer.gap
+    assert [c.seq for c in sequencer.offer(_change(7))] == [7]
+    assert sequencer.delivered == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_events_and_alerts_reach_every_node_status_lists_its_own(reactor, nodes):
+    await nodes.start(2)
+    await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in nodes.services),
+                   timeout=15)
+    http = HttpClient(reactor)
+    watcher = await connect(reactor, nodes.urls[1].replace("http", "ws") + "/ws")
+    laptop = None
+    try:
+        for topic in ("peer_network", "alerts"):
+            await watcher.request({"type": "subscribe", "topic": topic, "id": topic})
+        laptop = await connect(reactor, nodes.urls[0].replace("http", "ws") + "/ws")
+        await laptop.request({"type": "Subscribe", "client_id": "laptop"})
+        joined = await watcher.expect("peer_connected")
+        assert joined["data"]["id"] == "laptop" and joined["data"]["node_id"] == "node-1"
+        refused = await http.request("PUT", nodes.urls[0] + "/api/upload", params={"path": "../escape"},
+                                     data=b"x")
+        await refused.content()
+        assert refused.code == 400
+        alert = await watcher.expect("security_alert")
+        assert alert["topic"] == "alerts" and alert["data"]["node_id"] == "node-1"
+        statuses = [(await http.json("GET", url + "/ws/status"))[1] for url in nodes.urls]
+        assert [c["client_id"] for c in statuses[0]["clients"]] == ["laptop"]
+        assert [c["client_id"] for c in statuses[1]["clients"]] == [None]  # the watcher, unnamed
+        figures = (await http.json("GET", nodes.urls[1] + "/ws/metrics"))[1]["cluster"]
+        assert figures["node_id"] == "node-2" and figures["redis"] is True
+        assert [n["node_id"] for n in figures["nodes"]] == ["node-1", "node-2"]
+        assert figures["nodes"][0]["address"] == nodes.urls[0].split("//")[1]
+        prometheus = await (await http.get(nodes.urls[1] + "/metrics")).text()
+        assert 'quantum_sync_cluster_live_node{address="%s",node_id="node-1"} 1.0' % (
+            nodes.urls[0].split("//")[1]) in prometheus
+        assert 'quantum_sync_cluster_node{leader="false",node_id="node-2"} 1.0' in prometheus
+    finally:
+        for client in (watcher, laptop):
+            if client is not None:
+                client.transport.abortConnection()
+        await http.close()
+
+
+def test_default_node_id_is_host_and_port():
+    from quantum_sync.config import ListenerConfig
+    from quantum_sync.server.cluster.node import default_node_id
+
+    def listeners(*endpoints):
+        return [ListenerConfig(e, "s", ("*",)) for e in endpoints]
+
+    assert default_node_id(listeners("tcp:8080:backlog=1024"), "sync-a.example.org") == "sync-a:8080"
+    assert default_node_id(listeners("unix:/run/qs.sock", "ssl:8443:privateKey=k"), "h") == "h:8443"
+    assert default_node_id(listeners("tcp:0:interface=127.0.0.1"), "h", pid=42) == "h:pid42"
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_upload_relay_is_off_on_a_cluster_node(reactor, nodes):
+    await nodes.start(1, relay=True)
+    assert nodes.services[0].listeners[0].site.upload_started is None
+
+
+def test_sequencer_skips_what_was_pruned():
+    sequencer = Sequencer(delivered=2)
+    assert sequencer.offer(_change(9)) == [] and sequencer.lowest_waiting == 9
+    sequencer.skip_to(8)
+    assert [c.seq for c in sequencer.offer_waiting()] == [9] and sequencer.lowest_waiting is None
+    sequencer.skip_to(5)  # never backwards
+    assert sequencer.delivered == 9
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_behind_the_journal_s_retention_goes_on(reactor, nodes):
+    """Entries pruned before a node delivered them (it was cut off longer than the
+    retention lasts): it says so and goes on with what follows."""
+    await nodes.start(2, journal_retention=5)
+    first, second = nodes.services
+    second.node.bus.up = False
+    await second.node.bus.stop()  # node 2 hears nothing and does not poll
+    second.node.feed.stop()
+    watcher = await connect(reactor, nodes.urls[1].replace("http", "ws") + "/ws")
+    http = HttpClient(reactor)
+    try:
+        await watcher.request({"type": "Subscribe", "client_id": "w"})
+        for n in range(120):  # far past the retention (pruned in steps of 100)
+            await http.json("PUT", nodes.urls[0] + "/api/upload", params={"path": f"p{n}"}, data=b"x")
+        await second.node.feed.fill()
+        assert second.node.feed.delivered == 120
+        await http.json("PUT", nodes.urls[0] + "/api/upload", params={"path": "after"}, data=b"y")
+        await second.node.feed.fill()
+        message = await watcher.expect("FileOperation", seq=121)
+        assert "after" in str(message["operation"])
+    finally:
+        watcher.transport.abortConnection()
+        await http.close()
+
+
+def test_bus_messages_round_trip_and_a_node_knows_its_own():
+    from quantum_sync.server.cluster.redisbus import decode_change, encode_change, sender_prefix
+
+    change = Change(7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z", '{"Delete":{"path":"a b/\\u00e9"}}')
+    text = encode_change(change, "node-1")
+    assert text.startswith(sender_prefix("node-1")) and not text.startswith(sender_prefix("node-10"))
+    back = decode_change(text)
+    assert (back.seq, back.operation, back.source_client, back.timestamp) == (
+        7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z")
