@@ -124,3 +124,33 @@ async def test_a_file_deleted_while_its_first_upload_is_in_flight(reactor, serve
     held.release()
     final = await converged(reactor, A, server[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_moved_while_the_server_was_unreachable_is_moved_not_deleted(reactor, server, clients):
+    from quantum_sync.client.transfer import ServerUnavailable
+
+    a = await clients.start(server[0], "a", realtime=False, interval=3600)
+    A = a.config.folder
+    write(A, "keep.txt", b"so that the folder is not emptied")
+    write(A, "d/x.bin", b"moved with its folder")
+    await converged(reactor, A, server[0].root)
+    real_sync = a.engine.server.sync
+    refused = []
+
+    async def unreachable_once(operations):
+        if not refused and any(isinstance(op, Move) for op in operations):
+            refused.append(operations)
+            raise ServerUnavailable("the server went away")
+        return await real_sync(operations)
+
+    a.engine.server.sync = unreachable_once
+    os.rename(os.path.join(A, "d"), os.path.join(A, "d2"))
+    await wait_for(reactor, lambda: a.engine.state.pending.get("d2") == "d", what="the Move queued")
+    await a.engine.idle()
+    a.engine.retry_pending()  # the server is back
+    await a.engine.idle()
+    final = await converged(reactor, A, server[0].root)
+    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None,
+                     "d2/x.bin": sha(b"moved with its folder")}
+    assert a.engine.state.pending == {}

@@ -366,6 +366,7 @@ class Actions:
         if status == "applied":
             engine.state.move(source, destination)
             engine.state.unqueue(destination)
+            engine.state.unqueue(source)
             engine.paths.refetch(source)
             engine.paths.refetch(destination)
             engine.remote.moved(result.get("seq"), source, destination)

@@ -189,10 +189,12 @@ class Engine:
         Each path is decided on the server's current version (FETCH): a queued path may
         be a remote change whose download failed, which neither the local folder nor the
         base remembers (and the journal cursor has moved past it)."""
-        for path, source in list(self.state.pending.items()):
+        pending = list(self.state.pending.items())
+        moved_away = {source for _, source in pending if source}
+        for path, source in pending:
             if source:
                 self.local_moved(source, path)
-            else:
+            elif path not in moved_away:  # the source of a move waiting: the Move covers it
                 self.request(path, FETCH)
 
     def stop(self):
