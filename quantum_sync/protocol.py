@@ -160,17 +160,30 @@ class Update(Create):
 
 @attrs.frozen
 class Delete:
-    """A path (file or whole directory) was removed (``{"Delete": {"path": ...}}``)."""
+    """A path (file or whole directory) was removed (``{"Delete": {"path": ...}}``).
+
+    ``if_match``, when given, is what the sender saw there: a file's SHA-256 (the server
+    deletes it only while it holds that content), or ``""`` for a directory (deleted only
+    when no file is left below it). Without it the delete is unconditional."""
 
     path: str
+    if_match: str | None = None
     kind = "Delete"
 
     @property
     def paths(self) -> tuple:
         return (self.path,)
 
+    @property
+    def bare(self) -> "Delete":
+        """The delete without its precondition (the form journalled and broadcast)."""
+        return self if self.if_match is None else Delete(self.path)
+
     def to_json(self) -> dict:
-        return {"Delete": {"path": self.path}}
+        body = {"path": self.path}
+        if self.if_match is not None:
+            body["if_match"] = self.if_match
+        return {"Delete": body}
 
 
 @attrs.frozen
@@ -200,7 +213,10 @@ def parse_operation(obj):
         metadata = parse_metadata(_field(body, "metadata", dict, kind))
         return (Create if kind == "Create" else Update)(metadata)
     if kind == "Delete":
-        return Delete(paths.normalize(_field(body, "path", str, kind)))
+        if_match = _field(body, "if_match", str, kind) if "if_match" in body else None
+        if if_match not in (None, "") and not is_sha256(if_match):
+            raise _invalid("if_match of a Delete is a lowercase SHA-256 hex, or \"\" for a directory")
+        return Delete(paths.normalize(_field(body, "path", str, kind)), if_match)
     if kind == "Move":
         source = paths.normalize(_field(body, "from", str, kind))
         destination = paths.normalize(_field(body, "to", str, kind))

@@ -157,6 +157,23 @@ async def test_a_watcher_stat_of_the_synced_version_starts_no_job(reactor, tmp_p
         await state.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_delete_seen_while_the_path_is_in_flight_is_never_taken_as_synced(reactor, tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    state = await FolderState(reactor, str(folder)).open()
+    try:
+        engine = Engine(reactor, str(folder), state, server=None, client_id="c")
+        assert engine.is_synced("new.bin", None)  # nothing there, nothing synced
+        # a reconcile uploading new.bin holds its lock; its base comes when the upload lands
+        taken = await engine.locks.acquire(["new.bin"])
+        assert not engine.is_synced("new.bin", None)
+        engine.locks.release(taken)
+        assert engine.is_synced("new.bin", None)
+    finally:
+        await state.close()
+
+
 @pytest.mark.parametrize("edit", ["rewritten", "touched"])
 @pytest_twisted.ensureDeferred
 async def test_a_remote_change_onto_a_local_file_changed_since_is_decided_on_what_is_there(reactor, tmp_path, server, edit):  # noqa: F811

@@ -79,3 +79,15 @@ def test_every_event_the_table_does_not_allow_is_refused(phase, event):
     with pytest.raises(InvalidTransition):
         step("a")
     assert states.phase("a") is phase
+
+
+def test_refetch_turns_a_waiting_server_version_into_a_question():
+    states = PathStates()
+    states.refetch("idle.txt")  # nothing waiting: nothing to do
+    assert "idle.txt" not in states
+    states.request("a.txt", None)  # a Delete heard...
+    states.refetch("a.txt")  # ...before this client's own change to a.txt was applied
+    assert states.take("a.txt").hint is FETCH
+    states.request("a.txt")
+    states.refetch("a.txt")
+    assert states.take("a.txt").hint is UNKNOWN  # no server version waiting: the base is assumed

@@ -123,7 +123,8 @@ class Actions:
         await self._delete_local(d.path, local)
 
     async def _delete_remote_decided(self, d, local, remote, attempt):
-        await self._delete_remote(d.path, d.is_directory)
+        seen = d.remote or d.base  # the server's version the decision saw (unchanged since the base)
+        await self._delete_remote(d.path, d.is_directory, "" if d.is_directory else seen.hash)
 
     async def _conflict_decided(self, d, local, remote, attempt):
         await self._conflict(d.path, local, remote)
@@ -219,6 +220,11 @@ class Actions:
         engine = self.engine
         expected = local.stat if local else None
         if remote.is_directory:
+            missing = await deferToThread(localfs.missing_ancestors, engine.folder, path)
+            if any(engine.state.base(parent) is not None for parent in missing):
+                # a synced folder above it was moved or deleted here and that change is on its
+                # way: re-creating the folder would undo it; the server's outcome comes back
+                return
             st = await deferToThread(localfs.make_directory, engine.folder, engine.abspath(path))
             engine.record(path, remote, st)
             return
@@ -291,7 +297,10 @@ class Actions:
         prefix = path + "/"
         return [p for p, b in self.engine.state.bases.items() if p.startswith(prefix) and not b.entry.is_directory]
 
-    async def _delete_remote(self, path, is_directory):
+    async def _delete_remote(self, path, is_directory, seen):
+        """Delete ``path`` on the server if it still holds ``seen`` (a file's hash; ``""``:
+        a directory with no file left below). Refused: the path is decided again on the
+        server's version, so a change this client never saw comes back (edit beats delete)."""
         engine = self.engine
         # a directory deleted on the server takes every synced file below it along
         if not await self.deletes.admit(path, self._files_below(path) if is_directory else None):
@@ -301,13 +310,18 @@ class Actions:
             self.log.info("kept directory {path} on the server: it holds files outside this client's selection",
                           path=path)
             return
-        (result,) = await engine.server.sync([Delete(path)])
+        (result,) = await engine.server.sync([Delete(path, seen)])
         engine.went_online()
         status = result.get("status") if isinstance(result, dict) else None
         if status == "applied" or (status == "error" and result.get("code") == "NOT_FOUND"):
             engine.state.forget(path, recursive=is_directory)
             engine.state.unqueue(path)
+            engine.paths.refetch(path)
             self.log.info("deleted {path} on the server", path=path)
+        elif status == "conflict" and result.get("code") == "PRECONDITION_FAILED":
+            self.log.info("not deleted on the server: {path} changed there since this client saw it; "
+                          "it is synced again", path=path)
+            engine.request(path, FETCH)
         else:
             raise RequestRefused(409, str(result.get("code")), str(result.get("message")))
 
@@ -352,6 +366,10 @@ class Actions:
         if status == "applied":
             engine.state.move(source, destination)
             engine.state.unqueue(destination)
+            engine.state.unqueue(source)
+            engine.paths.refetch(source)
+            engine.paths.refetch(destination)
+            engine.remote.moved(result.get("seq"), source, destination)
             self.log.info("moved {source} to {destination} on the server", source=source, destination=destination)
         else:
             engine.request(source, FETCH)

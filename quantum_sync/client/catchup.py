@@ -9,6 +9,9 @@ takes the journal's id and head. When the id changed (a restored or new server s
 that reconcile uploads again what the server lost instead of deleting it here.
 """
 
+import collections
+
+import attrs
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -18,7 +21,12 @@ from quantum_sync.client.journal import Heard, Identity, JournalCursor
 from quantum_sync.client.pathstate import FETCH
 from quantum_sync.client.state import tmp_dir
 from quantum_sync.client.transfer import CursorExpired
+from quantum_sync.paths import is_inside
 from quantum_sync.protocol import Create, Delete, Move, Update
+
+
+#: How many of the latest Creates/Updates and Moves are remembered (to follow a move).
+RECENT = 1024
 
 
 class RemoteChanges:
@@ -33,6 +41,11 @@ class RemoteChanges:
         self._running = None
         self._again = False
         self._start_over_due = False
+        self._in_flight = set()  # changes being applied since the last Move began
+        self._move = None  # the Move being applied: later changes wait for it
+        self._recent = collections.deque(maxlen=RECENT)  # (seq, path) of Creates/Updates heard
+        self._moves = collections.deque(maxlen=RECENT)  # (seq, source, destination) applied, any client's
+        self._last_move = 0  # the highest seq of those
 
     # -- what the link tells -------------------------------------------------------------
 
@@ -76,13 +89,49 @@ class RemoteChanges:
     # -- applying ------------------------------------------------------------------------
 
     def _apply(self, seq, operation):
+        if seq is not None and isinstance(operation, (Create, Update)):
+            operation = self._followed(seq, operation)
+            self._recent.append((seq, operation.metadata.path))
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
         else:
-            done = self._dispatch(operation)
+            done = self._in_turn(operation)
+            if seq is not None and isinstance(operation, Move):
+                done.addBoth(self._passed, seq, operation)
         if seq is not None:
             done.addBoth(self._applied, seq, self.journal.generation)
         return done
+
+    def _passed(self, result, seq, operation):
+        self.moved(seq, operation.source, operation.destination)
+        return result
+
+    def moved(self, seq, source, destination) -> None:
+        """The Move ``seq`` (this client's or another's) is applied. A file created or
+        changed inside ``source`` just before it (heard with a lower seq) was moved with
+        it on the server, where its download at the old path found nothing: it is
+        looked for at the new one."""
+        if seq is None:
+            return
+        self._moves.append((seq, source, destination))
+        self._last_move = max(self._last_move, seq)
+        engine = self.engine
+        for heard, path in list(self._recent):
+            if heard < seq and is_inside(path, source):
+                engine.request(destination + path[len(source):], FETCH)
+
+    def _followed(self, seq, operation):
+        """``operation`` (a Create or Update ``seq``) at the path where the Moves applied
+        since (with higher seqs) put its file."""
+        if seq > self._last_move:
+            return operation  # the usual case: no Move after it yet
+        path = operation.metadata.path
+        for move_seq, source, destination in sorted(self._moves):
+            if move_seq > seq and is_inside(path, source):
+                path = destination + path[len(source):]
+        if path == operation.metadata.path:
+            return operation
+        return type(operation)(attrs.evolve(operation.metadata, path=path))
 
     def _applied(self, result, seq, generation):
         self.journal.applied(seq, generation)
@@ -94,6 +143,41 @@ class RemoteChanges:
         state.set_cursor(self.journal.value)
         if self.journal.journal_id is not None and state.journal_id != self.journal.journal_id:
             state.set_journal_id(self.journal.journal_id)
+
+    def _in_turn(self, operation):
+        """Dispatch ``operation`` in its turn: changes run at once, but a Move waits for
+        every change before it, and every change after it waits for the Move (a file
+        created in a folder just before the folder moved must be there to move with it;
+        one created in its new place must not land before the folder does)."""
+        if isinstance(operation, Move):
+            before = list(self._in_flight) + ([self._move] if self._move is not None else [])
+            self._in_flight = set()
+            done = self._move = defer.ensureDeferred(self._after(before, operation))
+
+            def moved(result):
+                if self._move is done:
+                    self._move = None
+                return result
+
+            done.addBoth(moved)
+            return done
+        if self._move is not None:
+            done = defer.ensureDeferred(self._after([self._move], operation))
+        else:
+            done = self._dispatch(operation)
+        if not done.called:
+            self._in_flight.add(done)
+            done.addBoth(self._landed, done)
+        return done
+
+    def _landed(self, result, done):
+        self._in_flight.discard(done)
+        return result
+
+    async def _after(self, before, operation):
+        if before:
+            await defer.DeferredList(before, consumeErrors=True)
+        await self._dispatch(operation)
 
     def _dispatch(self, operation):
         engine = self.engine
@@ -109,14 +193,22 @@ class RemoteChanges:
 
     async def _remote_move(self, source, destination):
         engine = self.engine
+        await engine.locks.wait_below(source)  # an upload into the folder in flight lands first
         async with engine.locks.hold(source, destination):
             base = engine.state.base(source)
             local = await engine.local_version(source)
             target = await deferToThread(localfs.lstat, engine.abspath(destination))
-            if self._moves_here(base, local, target, destination):
-                await self._rename(source, destination, local)
-                return
             directory = any(v is not None and v.entry.is_directory for v in (base, local))
+            moved = self._moves_here(base, local, target, destination)
+            if moved:
+                await self._rename(source, destination, local)
+                if not directory:
+                    return
+        if moved:
+            # an upload of ours that landed in the old folder after the server moved it
+            # re-created it there: then both places are reconciled
+            if await engine.server.metadata(source) is None:
+                return
         if directory:
             await engine.reconcile(prefix=source)
             await engine.reconcile(prefix=destination)
@@ -192,11 +284,8 @@ class RemoteChanges:
         # directory's Create, say, read before the Move that followed it was journalled)
         # would bring back what the folder has since moved or removed
         own = self.engine.client_id
-        jobs = [
-            self._apply(c.seq, c.operation)
-            for c in page.changes
-            if c.source_client != own and self.journal.hear(c.seq) is not Heard.OLD
-        ]
+        fresh = [c for c in page.changes if c.source_client != own and self.journal.hear(c.seq) is not Heard.OLD]
+        jobs = [self._apply(change.seq, operation) for change, operation in carried_by_moves(fresh)]
         self.journal.delivered(page.cursor)
         self._store()
         if jobs:
@@ -223,3 +312,27 @@ class RemoteChanges:
         known = self.journal.journal_id
         restored = known is not None and journal_id is not None and journal_id != known
         await engine.fullsync.full(head=head, journal_id=journal_id, restored=restored)
+
+
+def carried_by_moves(changes) -> list:
+    """``(change, operation)`` in the order to apply a page of ``changes``: a Create or
+    Update of a path that a later Move of the page moved is applied after that Move, at
+    the moved path (pure). The server has the file only there now: downloaded at its old
+    path it would be gone (404), and the Move would carry nothing."""
+    ordered = []
+    for change in changes:
+        operation = change.operation
+        if not isinstance(operation, Move):
+            ordered.append((change, operation))
+            continue
+        kept, carried = [], []
+        source, destination = operation.source, operation.destination
+        for item in ordered:
+            earlier = item[1]
+            if isinstance(earlier, (Create, Update)) and is_inside(earlier.metadata.path, source):
+                moved_to = destination + earlier.metadata.path[len(source):]
+                carried.append((item[0], type(earlier)(attrs.evolve(earlier.metadata, path=moved_to))))
+            else:
+                kept.append(item)
+        ordered = kept + [(change, operation)] + carried
+    return ordered

@@ -189,10 +189,12 @@ class Engine:
         Each path is decided on the server's current version (FETCH): a queued path may
         be a remote change whose download failed, which neither the local folder nor the
         base remembers (and the journal cursor has moved past it)."""
-        for path, source in list(self.state.pending.items()):
+        pending = list(self.state.pending.items())
+        moved_away = {source for _, source in pending if source}
+        for path, source in pending:
             if source:
                 self.local_moved(source, path)
-            else:
+            elif path not in moved_away:  # the source of a move waiting: the Move covers it
                 self.request(path, FETCH)
 
     def stop(self):
@@ -239,6 +241,7 @@ class Engine:
             path, Base(entry_of(meta), meta.modified, local_stat.size if local_stat else 0, local_stat.mtime_ns if local_stat else 0)
         )
         self.state.unqueue(path)
+        self.paths.refetch(path)
 
     def refresh_stat(self, path, base, local):
         """The synced version's local stat changed (a touch): remember the new one."""
@@ -247,7 +250,12 @@ class Engine:
 
     def is_synced(self, path, stat) -> bool:
         """Whether ``stat``, seen by the watcher, shows the synced version (or no file, and
-        none synced): the same size-and-mtime rule that lets a scan skip hashing."""
+        none synced): the same size-and-mtime rule that lets a scan skip hashing. Never
+        while an operation on the path is in flight (an upload records its base only when
+        it lands: a delete seen before that is a change)."""
+        return not self.locks.locked(path) and self._matches_base(path, stat)
+
+    def _matches_base(self, path, stat) -> bool:
         base = self.state.base(path)
         return localfs.unchanged(stat, base) or (stat is None and base is None)
 
@@ -329,7 +337,7 @@ class Engine:
             while paths.phase(path) is Phase.QUEUED and not self.stopped:
                 async with self.locks.hold(path):
                     taken = paths.take(path)
-                    if taken.hint is UNKNOWN and taken.seen is not UNSEEN and self.is_synced(path, taken.seen):
+                    if taken.hint is UNKNOWN and taken.seen is not UNSEEN and self._matches_base(path, taken.seen):
                         continue  # a change already synced (our own download, or an upload's read)
                     await self.guard(self._sync_one(path, taken.hint), path)
         finally:
@@ -356,6 +364,14 @@ class Engine:
                 return
             if isinstance(hint, _Assumed):
                 return await self.actions.decide_and_execute(path, local, hint.remote, base)
+        if hint is None and local is not None and local.entry.is_directory:
+            # a folder deleted on the server, heard before a change of ours inside it may
+            # have landed there (re-creating it): ask; if it is back, look at all of it
+            remote = await self.server.metadata(path)
+            self.went_online()
+            if remote is not None and remote.is_directory:
+                return await self.reconcile(prefix=path, held={path})
+            return await self._sync_against(path, remote, base, local)
         if hint is FETCH:
             hint = await self.server.metadata(path)
             self.went_online()

@@ -228,6 +228,9 @@ class FullSync:
         head = scope.journal.head if scope.journal is not None else None
         if listing is None and scope.prefix is None and scope.journal is None:
             scope, head = await self._with_journal(scope)
+        if scope.prefix is not None and await engine.locks.wait_below(scope.prefix) and listing is not None:
+            # an upload inside that read its bytes first landed first: the listing given is stale
+            listing, trusted = None, False
         if listing is None:
             listing = await engine.server.list()
             engine.went_online()

@@ -57,6 +57,7 @@ class LocalIntake:
 
     async def _local_move(self, source, destination):
         engine = self.engine
+        await engine.locks.wait_below(source)
         async with engine.locks.hold(source, destination):
             base = engine.state.base(source)
             local = await self._moved_version(destination, base)

@@ -12,6 +12,7 @@ with one fsync per directory for the whole batch.
 import errno
 import hashlib
 import os
+import posixpath
 import stat as stat_module
 import tempfile
 
@@ -395,6 +396,16 @@ def unlink_quietly(name):
         os.unlink(name)
     except FileNotFoundError:
         pass
+
+
+def missing_ancestors(folder: str, path: str) -> list:
+    """The ancestors of canonical ``path`` that are absent from ``folder``, nearest first."""
+    missing = []
+    parent = posixpath.dirname(path)
+    while parent and not os.path.isdir(os.path.join(folder, parent)):
+        missing.append(parent)
+        parent = posixpath.dirname(parent)
+    return missing
 
 
 def make_directory(folder: str, abspath: str) -> LocalStat:

@@ -18,6 +18,20 @@ class PathLocks:
         """The paths locked now (being worked on)."""
         return [path for path, lock in self._locks.items() if lock.locked]
 
+    def held_below(self, prefix: str) -> list:
+        """The paths strictly below ``prefix`` whose lock is held now."""
+        start = prefix + "/"
+        return [path for path, lock in self._locks.items() if lock.locked and path.startswith(start)]
+
+    async def wait_below(self, prefix: str) -> bool:
+        """Wait until every operation running below ``prefix`` now has ended (for a
+        directory's move or delete: an upload inside it that read its bytes before must
+        land first, so that the move or delete covers it); True when there were some."""
+        held = self.held_below(prefix)
+        if held:
+            self.release(await self.acquire(held))
+        return bool(held)
+
     async def acquire(self, paths) -> list:
         """Take the locks of ``paths`` (sorted, so two callers never deadlock); the list to release."""
         taken = []

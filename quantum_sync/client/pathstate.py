@@ -122,6 +122,14 @@ class PathStates:
         job.hint, job.seen = UNKNOWN, UNSEEN
         return taken
 
+    def refetch(self, path) -> None:
+        """This client just changed the server's version of ``path``: a server version
+        waiting as the hint was heard before that and may be older, so the next round
+        asks the server instead (an UNKNOWN hint stays: it assumes the base)."""
+        job = self._jobs.get(path)
+        if job is not None and job.hint is not UNKNOWN:
+            job.hint = FETCH
+
     def finish(self, path) -> None:
         self._step(path, Event.FINISH)
 

@@ -531,7 +531,7 @@ class FileApi:
             change = await self.operations.apply(operation, source)
             return {"status": "applied", "seq": change.seq}
         except SyncError as error:
-            status = "conflict" if error.code == "CONFLICT" else "error"
+            status = "conflict" if error.code in ("CONFLICT", "PRECONDITION_FAILED") else "error"
             return {"status": status, "code": error.code, "message": error.message}
 
     # -- versions and trash (quantum_sync.server.versions) ------------------------

@@ -375,8 +375,12 @@ class FileOperations:
             raise storage_error(error) from error
 
     async def _delete(self, operation: Delete, source_client):
-        if await self._thread(self.store.entry, operation.path) is None:
+        entry = await self._thread(self.store.entry, operation.path)
+        if entry is None:
             raise SyncError("NOT_FOUND", f"{operation.path} does not exist")
+        if operation.if_match is not None:
+            await self._check_delete(operation, entry)
+            operation = operation.bare
         rows = await self.index.list_under(operation.path) if self.versions.enabled else []
         kept = await self._thread(self.versions.trash, operation.path, rows)
         try:
@@ -388,6 +392,22 @@ class FileOperations:
             raise
         return await self._journal(operation, source_client, removals=[operation.path],
                                    also=self.versions.recorder(kept))
+
+    async def _check_delete(self, operation: Delete, entry) -> None:
+        """PRECONDITION_FAILED unless ``operation.path`` still holds what its sender saw:
+        a file with the content ``if_match``, or (``""``) a directory with no file below
+        it (what is left was made or changed by someone the sender did not hear from)."""
+        path, expected = operation.path, operation.if_match
+        if expected == "":
+            if not entry.is_directory:
+                raise SyncError("PRECONDITION_FAILED", f"{path} is no longer a directory")
+            if await self._thread(self.store.holds_a_file, path):
+                raise SyncError("PRECONDITION_FAILED",
+                                f"files below {path} were not deleted by this client; nothing changed")
+            return
+        current = await self._current(path)
+        if current is None or current[0].is_directory or current[0].hash != expected:
+            raise SyncError("PRECONDITION_FAILED", f"{path} changed since this client saw it; nothing changed")
 
     async def _move(self, operation: Move, source_client):
         source, destination = operation.source, operation.destination

@@ -632,6 +632,24 @@ class Store:
                     stack.append((item.path, rel))
         return found
 
+    def holds_a_file(self, top: str) -> bool:
+        """Whether any regular file lies below the directory ``top`` (stops at the first)."""
+        stack = [self.resolve(top)]
+        while stack:
+            try:
+                items = list(os.scandir(stack.pop()))
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                continue
+            for item in items:
+                try:
+                    if item.is_file(follow_symlinks=False):
+                        return True
+                    if item.is_dir(follow_symlinks=False):
+                        stack.append(item.path)
+                except OSError:
+                    continue
+        return False
+
     def hash(self, path: str) -> str:
         return sha256_file(self.resolve(path), follow_symlinks=False)
 
