@@ -166,12 +166,15 @@ class Engine:
         return self.fullsync.reconcile(prefix, listing, held, pull_first)
 
     def pause_transfers(self):
-        """Start no new transfer (running ones finish); keep noting what changes."""
+        """Start no new transfer (running ones finish); keep noting what changes. The
+        pause is recorded in the state, so it holds after a restart too."""
         self.pause.pause()
+        self.state.set_paused(True)
 
     def resume(self):
         """Sync what changed while paused: the paths noted, the journal, a reconcile."""
         held = self.pause.resume()
+        self.state.set_paused(False)
         for path in sorted(held.paths):
             self.request(path, FETCH)
         if held.catch_up:

@@ -128,6 +128,10 @@ class SyncClientService(MultiService):
             retry_delay=max(config.settle, 0.05),
             selection=config.selection,
         )
+        if self.state.paused:  # paused before this start: stays paused until resumed
+            self.engine.pause_transfers()
+            self.log.warn("{folder} is paused (quantum-sync-client resume {name} resumes it): "
+                          "its changes are noted, not synced", folder=config.folder, name=self.folder_name)
         self.engine.actions.deltas.wanted = delta_wanted(config.delta, config.server)
         self.server.keep_block_lists = self.engine.actions.deltas.wanted
         self.server.compress_uploads = self.server.compress_downloads = delta_wanted(config.compress, config.server)
