@@ -236,6 +236,7 @@ class Login(Credentials):
         self._expires = None  # clock time the token runs out
         self._renewal = None
         self._refused = None  # (clock time, exception) of the last refused login
+        self._renew_failures = 0  # renewals failed in a row
         self._stopped = False
 
     def __repr__(self):  # never the password
@@ -271,6 +272,7 @@ class Login(Credentials):
                                user=self.user, error=str(e), seconds=LOGIN_RETRY)
             raise
         self._refused = None
+        self._renew_failures = 0
         self.logins += 1
         life = max(float(life), 1.0)
         now = self.clock.seconds()
@@ -291,10 +293,15 @@ class Login(Credentials):
         d = self._login()
 
         def failed(failure):
+            # a quarter of what is left while the token lasts; once it has run out (a
+            # server down for a while), doubling from 1 s to RENEW_RETRY, said once a streak
             left = self._expires - self.clock.seconds()
-            retry = min(RENEW_RETRY, max(left / 4, 1.0))
-            self.log.warn("renewing the token of {user} failed ({error}); trying again in {seconds:.0f} s",
-                          user=self.user, error=failure.getErrorMessage(), seconds=retry)
+            retry = min(RENEW_RETRY, max(left / 4, 2.0 ** self._renew_failures))
+            if not self._renew_failures:
+                self.log.warn("renewing the token of {user} failed ({error}); trying again in {seconds:.0f} s,"
+                              " then less and less often (up to every {cap:.0f} s) until it works",
+                              user=self.user, error=failure.getErrorMessage(), seconds=retry, cap=RENEW_RETRY)
+            self._renew_failures += 1
             self._schedule(retry)
 
         d.addErrback(failed)
