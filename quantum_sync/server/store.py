@@ -21,15 +21,13 @@ import threading
 
 import attrs
 
-from quantum_sync import paths
+from quantum_sync import paths, resolve
 from quantum_sync.compression import Inflater
 from quantum_sync.delta import DELTA_MIN
 from quantum_sync.diskio import (CHUNK, Budget, NamelessFiles, OwnWrites, Writeback, fsync_all, fsync_directory,
                                  open_regular, sha256_file)
 from quantum_sync.errors import SyncError
 
-#: Longest absolute name the OS accepts (Linux PATH_MAX, terminating NUL included).
-PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 TEMP_PREFIX = "upload-"
 #: Named temp files :meth:`Store.stage_many` holds open at once at most.
 STAGE_TURN = 128
@@ -509,7 +507,6 @@ class Store:
         self.state_dir = os.path.join(self.root, paths.STATE_DIR_NAME)
         # a cluster node's temps in a folder of its own: the others' stay when it starts
         self.temp_dir = os.path.join(self.state_dir, *(("nodes", node_id) if node_id else ()), "tmp")
-        self._prefix = self.root + os.sep
         self._temp_names = itertools.count()
         #: Files being installed, until the root watcher recognises the event of their
         #: link or rename (see :meth:`own_write`).
@@ -538,11 +535,8 @@ class Store:
                 os.unlink(path)
 
     def resolve(self, path: str) -> str:
-        """The on-disk name of ``path`` (INVALID_PATH when it cannot live under the root).
-
-        The server never goes through a symbolic link inside the root either: listings
-        and scans do not follow them, so neither do reads and writes (a link itself, as
-        the last segment, counts as absent and may be replaced)."""
+        """The on-disk name of ``path`` (INVALID_PATH when it cannot live under the root),
+        by the one resolver's rules (:mod:`quantum_sync.resolve`)."""
         return self._walk(path)[0]
 
     def look(self, path: str) -> tuple:
@@ -551,42 +545,7 @@ class Store:
         return absolute, st or None
 
     def _walk(self, path: str) -> tuple:
-        """``(absolute, its lstat, parents exist)`` for ``path``, checked as
-        :meth:`resolve` says: only the segments below the (once resolved) root are looked
-        at, one ``lstat`` each; the walk ends at the first missing one (lstat None) or
-        one that cannot be looked at (lstat False)."""
-        path = paths.normalize(path)
-        absolute = self._prefix + path
-        if len(absolute) * 4 >= PATH_MAX and len(os.fsencode(absolute)) >= PATH_MAX:  # 4: UTF-8's widest
-            raise SyncError("INVALID_PATH", "the path is too long for the server's file system")
-        end = len(self._prefix) - 1
-        while True:
-            end = absolute.find(os.sep, end + 1)
-            current = absolute if end < 0 else absolute[:end]
-            try:
-                st = os.lstat(current)
-            except FileNotFoundError:  # nothing below can be a link
-                return absolute, None, end < 0
-            except NotADirectoryError:
-                return absolute, None, False
-            except OSError:  # e.g. unreadable: the caller's own I/O reports it
-                return absolute, False, False
-            if stat.S_ISLNK(st.st_mode):
-                if end >= 0:
-                    raise SyncError("INVALID_PATH", "the path goes through a symbolic link")
-                self._check_final_link(absolute)
-            if end < 0:
-                return absolute, st, True
-
-    def _check_final_link(self, absolute: str) -> None:
-        """A link as the last segment must not lead outside the root or into the state
-        directory (it is never followed, but such a name is refused as a whole)."""
-        target = os.path.realpath(absolute)
-        for outside in (os.path.commonpath([target, self.root]) != self.root,
-                        os.path.commonpath([target, self.state_dir]) == self.state_dir,
-                        target == self.root):
-            if outside:
-                raise SyncError("INVALID_PATH", "the path leads outside the root through a symlink")
+        return resolve.walk(self.root, path)
 
     def entry(self, path: str) -> DiskEntry | None:
         """The on-disk state of canonical ``path`` (symlinks and specials count as absent)."""
