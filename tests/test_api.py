@@ -101,7 +101,7 @@ async def test_downloads_of_just_uploaded_files_follow_the_disk(server, http):
 
 def test_recent_bodies_keep_a_bounded_amount():
     from quantum_sync.protocol import FileMetadata
-    from quantum_sync.server.store import RecentBodies
+    from quantum_sync.server.recentbodies import RecentBodies
 
     recent = RecentBodies(limit=10)
     st = os.stat(__file__)
@@ -525,7 +525,7 @@ async def test_large_upload_with_a_slow_disk_pauses_reading(server, http, monkey
     reading pauses and resumes, and the stored file is exact."""
     import time as time_module
 
-    from quantum_sync.server.store import UploadSpool
+    from quantum_sync.server.spools import UploadSpool
 
     real_writev = os.writev
     pauses = []

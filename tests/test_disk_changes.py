@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred
 
 from quantum_sync.server.index import Index
 from quantum_sync.server.operations import FileOperations
-from quantum_sync.server.store import Store, UploadSpool
+from quantum_sync.server.spools import UploadSpool
+from quantum_sync.server.store import Store
 from test_group_commit import RecordingHub
 from test_ws_support import wait_for
 

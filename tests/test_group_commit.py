@@ -13,7 +13,8 @@ from quantum_sync.client.transfer import SMALL_TRANSFER, ServerClient
 from quantum_sync.errors import SyncError
 from quantum_sync.server.index import Index
 from quantum_sync.server.operations import FileOperations
-from quantum_sync.server.store import Store, UploadSpool
+from quantum_sync.server.spools import UploadSpool
+from quantum_sync.server.store import Store
 from tests.support import wait_for
 
 

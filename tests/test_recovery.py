@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred
 
 from quantum_sync import config as config_module
 from quantum_sync.server.service import make_server_service
-from quantum_sync.server.store import Store, UploadSpool
+from quantum_sync.server.spools import UploadSpool
+from quantum_sync.server.store import Store
 from tests.support import HttpClient, server_document, start_server
 from test_disk_changes import WITHIN, GatedStore, operations_on
 from test_ws_support import connect, drop_all, wait_for

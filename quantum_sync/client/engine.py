@@ -41,7 +41,8 @@ from quantum_sync.client.transferlog import TransferLog
 from quantum_sync.client.transfer import RequestRefused, SMALL_TRANSFER, ServerUnavailable
 from quantum_sync.diskio import Budget, OwnWrites
 from quantum_sync.errors import SyncError
-from quantum_sync.paths import normalize, resolve
+from quantum_sync.paths import normalize
+from quantum_sync.resolve import resolve
 from quantum_sync.protocol import FileMetadata
 
 __all__ = ["Engine", "FETCH", "UNKNOWN", "UNSEEN", "entry_of"]

@@ -30,7 +30,8 @@ from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.diskdiff import matches
 from quantum_sync.server.operations import check_client_id, etag_value
 from quantum_sync.server.relay import RelayResource, Relays
-from quantum_sync.server.store import SPOOLS, BatchSpool, DiskEntry, storage_error
+from quantum_sync.server.spools import SPOOLS, BatchSpool
+from quantum_sync.server.store import DiskEntry, storage_error
 from quantum_sync.server.webui import secure_headers
 from quantum_sync.server.zstdfile import ZstdDownload, accepts_zstd, worth_compressing
 from quantum_sync.server.versions import parse_restore

@@ -1,7 +1,7 @@
 """Delta transfers on the server: block lists of stored files, and delta uploads.
 
 - :meth:`Deltas.block_list`: the block list of a stored version (kept when its upload
-  streamed in, see :class:`~quantum_sync.server.store.UploadSpool`; else made once, in a
+  streamed in, see :class:`~quantum_sync.server.spools.UploadSpool`; else made once, in a
   thread, and kept), for ``GET /api/blocks``.
 - :meth:`Deltas.build`: a delta upload's new file, made in a temp file from the stored
   base (its reused ranges copied with ``copy_file_range``) and the bytes sent, its

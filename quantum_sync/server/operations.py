@@ -22,7 +22,8 @@ from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
 from quantum_sync.server.diskdiff import item_path, journal_items, matches, metadata_of, stale_files
-from quantum_sync.server.store import DiskEntry, NamelessTemp, RecentBodies, fsync_directory, storage_error
+from quantum_sync.server.recentbodies import RecentBodies
+from quantum_sync.server.store import DiskEntry, NamelessTemp, fsync_directory, storage_error
 from quantum_sync.server.versions import KeepNothing
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).

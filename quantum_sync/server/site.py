@@ -27,7 +27,7 @@ from quantum_sync.delta import DELTA_MIN
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
 from quantum_sync.server.monitoring import monitoring_endpoints
-from quantum_sync.server.store import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
+from quantum_sync.server.spools import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
 from quantum_sync.server.webui import ui_endpoints
 from quantum_sync.server.ws import websocket_resource
 
