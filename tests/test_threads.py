@@ -82,9 +82,11 @@ async def test_a_folders_blocking_work_runs_in_its_own_pool_stopped_with_it(reac
     write(folder_a, "x.txt", b"hashed in the folder's pool")
     await converged(reactor, folder_a, folder_b)
     assert any("quantum-sync-folder" in t.name for t in a.threads.pool.threads)
+    assert a.link.service in list(a) and a.link.service.running  # the WebSocket's, a child too
     used = a.threads.pool
     await clients.stop(a)
     assert not a.threads.running and used.joined and not any(t.is_alive() for t in used.threads)
+    assert not a.link.service.running
 
 
 def test_a_folder_pool_is_never_smaller_than_a_reactors():

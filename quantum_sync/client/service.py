@@ -163,7 +163,7 @@ class SyncClientService(MultiService):
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
                                      relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks)
-            self.link.service.startService()
+            self.link.service.setServiceParent(self)  # started now: this service runs
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
         self._ticker.start(config.interval, now=False)
