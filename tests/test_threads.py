@@ -7,6 +7,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from clients import converged, write
+from support import start_server
 from quantum_sync.client.service import thread_pool_size
 from quantum_sync.threads import ThreadPoolService
 
@@ -91,3 +92,27 @@ async def test_a_folders_blocking_work_runs_in_its_own_pool_stopped_with_it(reac
 
 def test_a_folder_pool_is_never_smaller_than_a_reactors():
     assert thread_pool_size(1) == 10 and thread_pool_size(8) == 12
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_servers_pool_and_index_are_children_stopped_after_everything_else(reactor, tmp_path):
+    running = await start_server(reactor, tmp_path)
+    service = running.service
+    assert list(service)[:2] == [service.threads, service.index]  # started first
+    assert service.threads.running and service.index.running
+    order = []
+    for child in list(service)[2:]:  # every other part notes when its stop is over
+        stopping = child.stopService
+
+        def noted(stopping=stopping, child=child):
+            done = defer.maybeDeferred(stopping)
+            done.addCallback(lambda _: order.append(child))
+            return done
+
+        child.stopService = noted
+    index_stop = service.index.stopService
+    service.index.stopService = lambda: (order.append("index"), index_stop())[1]
+    used = service.threads.pool
+    await running.stop()
+    assert order[-1] == "index" and len(order) == len(list(service)) - 1
+    assert not service.threads.running and used.joined

@@ -9,7 +9,7 @@ import os
 import time
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -134,8 +134,9 @@ class ServerService(MultiService):
         #: The background sync of large upload bodies (a seam for injected disk faults).
         self.datasync = datasync
         self.started = time.time()
-        #: blocking work (store, hashing, zstd, password checks), stopped after the rest
+        #: blocking work (store, hashing, zstd, password checks); the first child, stopped last
         self.threads = ThreadPoolService(reactor, SERVER_THREADS, "quantum-sync-server")
+        self.threads.setServiceParent(self)
         #: The cluster node (None for an embedded server: SQLite, one process).
         self.node = _cluster_node(config, reactor)
         #: ``store``: a :class:`Store` of ``handler.root`` given by the caller (tests)
@@ -148,6 +149,7 @@ class ServerService(MultiService):
             raise ConfigError(f"{config.source}: root: {e}") from None
         if self.node is None:
             self.index = Index(handler.state_dir, handler.journal_retention, reactor)
+            self.index.setServiceParent(self)  # started before the parts that use it
         else:
             self.index = self.node.index
         self.metrics = Metrics(clock=reactor.seconds)
@@ -195,8 +197,8 @@ class ServerService(MultiService):
         self._ready = None
 
     def startService(self):
-        self.threads.startService()
-        self.index.start()
+        if self.node is not None:
+            self.index.start()  # the node's, not a child of this service
         super().startService()
         self._ready = Deferred.fromCoroutine(self._reconcile())
 
@@ -220,7 +222,11 @@ class ServerService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
-        await super().stopService()
+        # as MultiService does, but the pool and the index stay up until the rest is done
+        Service.stopService(self)
+        last = (self.threads, self.index)
+        await DeferredList([maybeDeferred(service.stopService) for service in reversed(list(self))
+                            if service not in last])
         # connections accepted before the ports closed may still send requests: they are
         # closed (or answered, then closed) before the index goes away under them
         await DeferredList([Deferred.fromCoroutine(listener.site.close_connections())
