@@ -8,6 +8,7 @@ on their own (tests, tools) without a service around them.
 """
 
 from twisted.application.service import Service
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -41,6 +42,15 @@ class ThreadPoolService(Service):
     def defer(self, f, *args, **kwargs):
         """Run ``f(*args, **kwargs)`` in the pool; a Deferred of its result."""
         return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+
+def stop_children_but(parent, *last):
+    """Stop ``parent`` and its children as ``MultiService.stopService`` does, except
+    ``last`` (its pool, its database), which the parent stops itself once everything
+    that uses them is done; a Deferred."""
+    Service.stopService(parent)
+    return DeferredList([maybeDeferred(child.stopService) for child in reversed(list(parent))
+                         if not any(child is kept for kept in last)])
 
 
 class ReactorThreads:

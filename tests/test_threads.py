@@ -79,6 +79,7 @@ def test_a_pool_needs_a_thread(reactor):
 async def test_a_folders_blocking_work_runs_in_its_own_pool_stopped_with_it(reactor, server, clients):
     a, b, folder_a, folder_b = await clients.pair(server, concurrency=9)
     assert a.threads.running and a.threads.size == thread_pool_size(9) == 13
+    assert list(a)[0] is a.threads  # the first child: started before the rest
     assert a.engine.threads is a.server.threads is a.engine.actions.deltas.threads is a.threads
     write(folder_a, "x.txt", b"hashed in the folder's pool")
     await converged(reactor, folder_a, folder_b)

@@ -25,7 +25,7 @@ from quantum_sync.client.state import FolderState
 from quantum_sync.client.transfer import RequestRefused, ServerClient, ServerUnavailable
 from quantum_sync.client.watcher import FolderWatcher
 from quantum_sync.delta import wanted as delta_wanted
-from quantum_sync.threads import ThreadPoolService
+from quantum_sync.threads import ThreadPoolService, stop_children_but
 
 
 @attrs.frozen
@@ -80,8 +80,9 @@ class SyncClientService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        #: blocking work of this folder (hashing, scans, installs), stopped after the rest
+        #: blocking work of this folder (hashing, scans, installs); the first child, stopped last
         self.threads = ThreadPoolService(reactor, thread_pool_size(config.concurrency), "quantum-sync-folder")
+        self.threads.setServiceParent(self)
         self.state = self.server = self.engine = self.watcher = self.link = self.credentials = None
         self.ready = defer.Deferred()  # fires after the first successful reconcile
         self._starting = None
@@ -90,7 +91,6 @@ class SyncClientService(MultiService):
         self._backoff = None
 
     def startService(self):
-        self.threads.startService()
         super().startService()
         self._stopping = False
         self._starting = defer.ensureDeferred(self._start())
@@ -248,9 +248,11 @@ class SyncClientService(MultiService):
             self._ticker.stop()
         if self.credentials is not None:
             self.credentials.stop()
+        stopped = []
         if self.link is not None:
             await self.link.stop()
-        await MultiService.stopService(self)
+            stopped.append(self.link.service)  # stopped: a second stop can re-enter the first
+        await stop_children_but(self, self.threads, *stopped)
         if self.engine is not None:
             self.engine.stop()
             await self.engine.idle()

@@ -9,7 +9,7 @@ import os
 import time
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -27,7 +27,7 @@ from quantum_sync.server.rootwatch import RootWatcher
 from quantum_sync.server.site import build_site
 from quantum_sync.server.store import Store
 from quantum_sync.server.versions import VersionArea, Versions
-from quantum_sync.threads import ThreadPoolService
+from quantum_sync.threads import ThreadPoolService, stop_children_but
 
 
 #: Threads of a server's pool: upload bodies' fsyncs wait on the disk, not on a CPU, so
@@ -222,11 +222,7 @@ class ServerService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
-        # as MultiService does, but the pool and the index stay up until the rest is done
-        Service.stopService(self)
-        last = (self.threads, self.index)
-        await DeferredList([maybeDeferred(service.stopService) for service in reversed(list(self))
-                            if service not in last])
+        await stop_children_but(self, self.threads, self.index)
         # connections accepted before the ports closed may still send requests: they are
         # closed (or answered, then closed) before the index goes away under them
         await DeferredList([Deferred.fromCoroutine(listener.site.close_connections())
