@@ -1,6 +1,6 @@
 """Blocking disk helpers shared by the server store and the client folder.
 
-Call them from a thread (``deferToThread``), never on the reactor.
+Call them from a thread (a service's pool, :mod:`quantum_sync.threads`), never on the reactor.
 """
 
 import ctypes

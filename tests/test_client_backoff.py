@@ -230,3 +230,15 @@ async def test_a_route_without_websocket_is_said_once_and_polled(reactor, tmp_pa
     finally:
         await group.stop_all()
         await service.stopService()
+
+
+def test_building_a_link_leaves_the_process_log_level_alone():
+    import txaio
+
+    before = txaio.get_global_log_level()
+    txaio.set_global_log_level("warn")
+    try:
+        make_link(Clock())
+        assert txaio.get_global_log_level() == "warn"  # the daemon's makeService sets it
+    finally:
+        txaio.set_global_log_level(before)

@@ -14,7 +14,6 @@ import stat
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client import localfs
@@ -211,7 +210,7 @@ class RemoteChanges:
         async with engine.locks.hold(source, destination):
             base = engine.state.base(source)
             local = await engine.local_version(source)
-            target = await deferToThread(localfs.lstat, engine.abspath(destination))
+            target = await engine.threads.defer(localfs.lstat, engine.abspath(destination))
             directory = any(v is not None and v.entry.is_directory for v in (base, local))
             moved = self._moves_here(base, local, target, destination)
             if moved:
@@ -243,7 +242,7 @@ class RemoteChanges:
 
     async def _rename(self, source, destination, local):
         engine = self.engine
-        await deferToThread(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
+        await engine.threads.defer(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
         engine.state.move(source, destination)
         self.log.info("moved {source} to {destination} (moved on the server)", source=source, destination=destination)
         if local.entry.is_directory:

@@ -21,9 +21,10 @@ import os
 import stat
 
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from quantum_sync.threads import ReactorThreads
 
 #: A token is renewed after this share of its life has passed.
 RENEW_AT = 2 / 3
@@ -167,12 +168,14 @@ class TokenFile(Credentials):
 
     advice = "write a new one into the file (it is read again when it changes); retrying slowly"
 
-    def __init__(self, clock, path, token, run_in_thread=deferToThread):
+    def __init__(self, clock, path, token, run_in_thread=None):
+        """``run_in_thread(f, *args)``: a Deferred of ``f(*args)`` run off the reactor (by
+        default in ``clock``'s, the reactor's, thread pool)."""
         super().__init__(clock)
         self.path = path
         self.token = token
         self.source = f"in {path}"
-        self._run_in_thread = run_in_thread
+        self._run_in_thread = run_in_thread if run_in_thread is not None else ReactorThreads(clock).defer
         self._seen = _file_identity(path)
         self._checker = None
         self.check = _Coalesced(self._check)
@@ -307,12 +310,13 @@ class Login(Credentials):
         d.addErrback(failed)
 
 
-def credentials_for(clock, token=None, token_file=None, user=None, password=None) -> Credentials:
-    """The credentials the options ask for: a login, a token file, a token, or none."""
+def credentials_for(clock, token=None, token_file=None, user=None, password=None, run_in_thread=None) -> Credentials:
+    """The credentials the options ask for: a login, a token file, a token, or none
+    (``run_in_thread``: see :class:`TokenFile`)."""
     if user is not None:
         return Login(clock, user, password)
     if token_file is not None:
-        return TokenFile(clock, token_file, token)
+        return TokenFile(clock, token_file, token, run_in_thread)
     if token:
         return FixedToken(clock, token)
     return NoCredentials(clock)

@@ -25,7 +25,6 @@ every few minutes, the client polling meanwhile. Every state change is logged.
 
 import json
 
-import txaio
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -192,7 +191,8 @@ class SyncClientProtocol(WebSocketClientProtocol):
 
 
 class RealtimeLink:
-    """Owns the ClientService; tells the engine when it is up, down, and what arrives."""
+    """Owns the ClientService (``service``: a child of the folder's service); tells the
+    engine when it is up, down, and what arrives."""
 
     log = Logger()
 
@@ -222,7 +222,6 @@ class RealtimeLink:
         self._protocol = None
         url = websocket_url(server_url)
         headers = {"X-Client-Id": client_id}
-        txaio.set_global_log_level("info")  # Autobahn's frame-level debug lines are not for admins
         self.factory = WebSocketClientFactory(url, headers=headers)
         self.factory.protocol = SyncClientProtocol
         self.factory.link = self

@@ -1,7 +1,8 @@
 """Files on disk under the server root: safe writes, hashing, scans.
 
 Everything here is blocking file-system work meant to run in a thread
-(``deferToThread``); upload bodies arrive in :mod:`quantum_sync.server.spools`.
+(the server's pool, :mod:`quantum_sync.threads`); upload bodies arrive in
+:mod:`quantum_sync.server.spools`.
 :class:`FileOperations` decides *what* to do, this module only knows *how* to do it
 without ever leaving a partial file visible: temp file in ``<root>/.quantum-sync/tmp/``
 (nameless for a small body kept in memory) → hash while writing → fsync(file) → rename
