@@ -9,6 +9,9 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
+# The cluster fixtures (pg_schema, cluster_block, private_redis) for every module.
+pytest_plugins = ["cluster_support"]
+
 
 @pytest.fixture(scope="session")
 def reactor():

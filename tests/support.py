@@ -20,7 +20,6 @@ import json
 import time
 
 import attrs
-import treq
 from treq.client import HTTPClient
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
@@ -54,6 +53,11 @@ async def wait_for(reactor, predicate, timeout=WAIT_TIMEOUT, what="the condition
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await deferLater(reactor, step, lambda: None)
+
+
+async def sleep(reactor, seconds):
+    """Let ``seconds`` pass: only to pace a writer, never as proof that nothing happened."""
+    await deferLater(reactor, seconds, lambda: None)
 
 
 def server_document(root, listen: str = LOCAL_LISTEN, **handler_overrides) -> dict:
@@ -173,10 +177,3 @@ async def client_of(reactor, resource, client_id: str = "c"):
     finally:
         await client.close()
         await port.stopListening()
-
-
-# The ``server`` and ``http`` fixtures live in conftest.py; this is their old import path.
-from conftest import http, server  # noqa: E402
-
-__all__ = ["HttpClient", "RunningServer", "WAIT_TIMEOUT", "client_of", "http", "server", "server_document",
-           "start_server", "start_service", "treq", "wait_for"]

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from logcapture import LogCapture
 from quantum_sync.client.backoff import STABLE, Backoff, session_failed
 from quantum_sync.client.realtime import NO_WEBSOCKET_RETRY, RealtimeLink
-from test_e2e_guards import log_lines  # noqa: F401 (fixture)
-from test_e2e_sync import Clients, sleep, wait_for
+from clients import Clients
+from support import sleep, wait_for
 
 
 def highest(value=0.999):

@@ -14,8 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from quantum_sync.client import keepalive
 from quantum_sync.client.transfer import SMALL_TRANSFER, ServerClient, TransferStalled
-from support import start_server
-from test_e2e_sync import wait_for
+from support import start_server, wait_for
 
 BIG = os.urandom(3 << 20)
 

@@ -3,15 +3,24 @@ node: the same ``server`` fixture, its ``server_overrides`` naming a cluster her
 
 import pytest
 
-from cluster_support import cluster_block, pg_schema  # noqa: F401 - fixtures
-from test_e2e_sync import (  # noqa: F401 - the fixtures, and their tests collected again here
-    clients, log_to_stderr, server, test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere,
+from test_e2e_sync import (
+    test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere,
     test_a_directory_moved_in_from_outside_brings_what_is_inside_it,
     test_catching_up_never_replays_the_clients_own_changes, test_conflict_keeps_both_versions_in_both_folders,
     test_create_update_delete_propagate, test_initial_sync_pulls_first_then_sends_local_files,
     test_moves_and_empty_nested_directories, test_server_restart_in_the_middle,
     test_two_hundred_files_at_once_and_a_20_mib_file,
 )
+
+# Collected again here, against a cluster node (the fixtures they need come along).
+__all__ = [
+    "test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere",
+    "test_a_directory_moved_in_from_outside_brings_what_is_inside_it",
+    "test_catching_up_never_replays_the_clients_own_changes",
+    "test_conflict_keeps_both_versions_in_both_folders", "test_create_update_delete_propagate",
+    "test_initial_sync_pulls_first_then_sends_local_files", "test_moves_and_empty_nested_directories",
+    "test_server_restart_in_the_middle", "test_two_hundred_files_at_once_and_a_20_mib_file",
+]
 
 
 @pytest.fixture

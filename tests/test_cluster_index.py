@@ -7,7 +7,6 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from cluster_support import pg_schema  # noqa: F401 - fixture
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move
 from quantum_sync.server.cluster import pgindex

@@ -9,11 +9,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from cluster_support import cluster_block, pg_schema, private_redis  # noqa: F401 - fixtures
 from quantum_sync.protocol import Change, Delete
 from quantum_sync.server.cluster.feed import Sequencer
-from test_ws_support import connect, wait_for
-from tests.support import HttpClient, server_document, start_service
+from test_ws_support import connect
+from tests.support import HttpClient, server_document, start_service, wait_for
 
 
 def sha(data: bytes) -> str:

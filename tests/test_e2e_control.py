@@ -13,10 +13,10 @@ import sys
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
-from support import HttpClient, start_server
+from support import HttpClient, start_server, wait_for
 from test_client_stall import StallingProxy
 from test_e2e_folders import Daemon, write_config
-from test_e2e_sync import clients, log_to_stderr, read, wait_for, write  # noqa: F401
+from clients import read, write
 
 
 async def cli(reactor, *args):

@@ -6,12 +6,8 @@ import shutil
 import pytest_twisted
 
 from clients import converged, read, tree, write
-from conftest import log_lines
 from quantum_sync.client.status import folder_status
 from support import start_server, wait_for
-
-# ``log_lines`` lives in conftest.py; this is its old import path.
-__all__ = ["log_lines"]
 
 
 @pytest_twisted.ensureDeferred

@@ -12,26 +12,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from clients import Clients, converged, read, tree, write
-from conftest import clients, log_to_stderr
-from support import start_server, wait_for
+from clients import converged, read, tree, write
+from support import sleep, start_server, wait_for
 from quantum_sync.paths import STATE_DIR_NAME
-
-
-async def sleep(reactor, seconds):
-    """Let ``seconds`` pass: only to pace a writer, never as proof that nothing happened."""
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-@pytest.fixture
-def server(servers):
-    """The old name of the ``servers`` fixture, for modules that import it from here."""
-    return servers
-
-
-# The names other test modules import from here (the fixtures now live in conftest.py,
-# the helpers in clients.py and support.py).
-__all__ = ["Clients", "clients", "converged", "log_to_stderr", "read", "server", "sleep", "tree", "wait_for", "write"]
 
 
 # -- basic operations --------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest_twisted
 
 from quantum_sync import diskio
 from quantum_sync.server.spools import UploadSpool
-from tests.support import http, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 
 def _failing(code: int):

@@ -221,10 +221,3 @@ async def raw_handshake(reactor, url, headers=None):
         return response.code, json.loads(body) if body else None
     finally:
         await pool.closeCachedConnections()
-
-
-# The fixtures the WebSocket tests use live in conftest.py; this is their old import path.
-from conftest import logged_failures, sites  # noqa: E402
-
-__all__ = ["Client", "HubSite", "MEMORY_JOURNAL_ID", "MemoryJournal", "QUIET", "TIMEOUT", "UPGRADE_HEADERS", "connect", "drop_all",
-           "hub_site", "logged_failures", "raw_handshake", "sites", "wait_for"]

@@ -199,7 +199,7 @@ class RemoteChanges:
 
     async def _remote_move(self, source, destination):
         engine = self.engine
-        if await deferToThread(_through_a_link, engine.folder, source, destination):
+        if await engine.threads.defer(_through_a_link, engine.folder, source, destination):
             # a symlink here is never synced: a move of it, or through it, is not taken
             # as a hint to fetch what the server claims is at the destination either
             self.log.warn("a move from the server of {source} to {destination} was refused: it goes "
