@@ -42,12 +42,13 @@ async def server(reactor, tmp_path, server_overrides):
 
 
 @pytest.fixture
-def servers(reactor, tmp_path):
-    """A one-item list holding a default server on ``tmp_path/"root"``: a test that
-    restarts the server puts the new one at ``[0]``; whichever is there is stopped."""
+def servers(reactor, tmp_path, server_overrides):
+    """A one-item list holding a server on ``tmp_path/"root"`` (``server_overrides``: see
+    above): a test that restarts the server puts the new one at ``[0]``; whichever is
+    there is stopped."""
     from support import start_server
 
-    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path)))
+    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path, **server_overrides)))
     holder = [running]
     yield holder
     pytest_twisted.blockon(defer.ensureDeferred(holder[0].stop()))

@@ -27,3 +27,8 @@ __all__ = [
 def server_overrides(cluster_block):
     """The tests' ``server`` is a cluster node here."""
     return {"cluster": cluster_block("sync-node")}
+
+
+def test_the_servers_here_are_cluster_nodes(servers):
+    """The re-run tests above get a cluster node from ``servers``, not an embedded server."""
+    assert servers[0].config.handler.cluster is not None

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import task
 
 from clients import converged, read, tree, write
-from support import sleep, start_server, wait_for
+from support import sleep, wait_for
 from quantum_sync.paths import STATE_DIR_NAME
 
 
@@ -136,7 +136,7 @@ async def test_server_restart_in_the_middle(reactor, tmp_path, servers, clients)
     write(B, "before.txt", b"changed during the outage")
     await wait_for(reactor, lambda: "during.txt" in a.state.pending and "before.txt" in b.state.pending,
                    what="both changes queued while the server is down")
-    servers[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
+    servers[0] = await servers[0].restart(listen=f"tcp:{port}:interface=127.0.0.1")
     final = await converged(reactor, A, B, servers[0].root, timeout=20)
     assert read(A, "during.txt") == b"during"
     assert read(A, "before.txt") == b"changed during the outage"
@@ -282,7 +282,7 @@ async def test_a_download_that_failed_while_the_server_was_down_is_retried(react
     await b.engine.request("late.txt", parse_metadata(announced))  # the download fails: queued
     assert "late.txt" in b.state.pending and read(b.config.folder, "late.txt") is None
     assert b.engine.paths.hint("late.txt") is UNKNOWN
-    servers[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
+    servers[0] = await servers[0].restart(listen=f"tcp:{port}:interface=127.0.0.1")
     b.engine.retry_pending()  # what the realtime link does once it is subscribed again
     await wait_for(reactor, lambda: read(b.config.folder, "late.txt") == b"sent while b was not listening",
                    what="the failed download retried")
