@@ -99,7 +99,6 @@ class SyncClientProtocol(WebSocketClientProtocol):
         super().failHandshake(reason)
 
     def onConnect(self, response):
-        self._opened = defer.Deferred()
         self.auth_token = None  # the token this connection authenticated with
         self.is_subscribed = False
         self._id_refusals = 0
