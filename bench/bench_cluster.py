@@ -14,7 +14,9 @@ server, all on 127.0.0.1, and measures in the same run:
   Redis) hear it, p50 and p99 over ``--broadcasts`` operations;
 - small files a second: ``--files`` uploads of 4 KiB with ``If-None-Match: *`` at each
   ``--concurrency`` through a cluster node and through the embedded server, alternating,
-  median of ``--runs`` runs (the cost of PostgreSQL, the head row and the advisory locks);
+  median of ``--runs`` runs (the cost of PostgreSQL, the head row and the advisory locks),
+  and the same files as the client sends them: ``/api/batch/upload`` requests of 64 files,
+  two at a time;
 - one broadcast to ``--clients`` WebSocket clients on each of the three nodes (sent on
   node 1): the time until the last client has it, p50 and p99 over 20 broadcasts; then
   the same number of clients all on the embedded server, as the baseline.
@@ -33,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from urllib.parse import quote
@@ -106,6 +109,43 @@ class SpreadLoad(Load):
         super()._counted(connection)
         if self.timed:
             self.heard[(connection, connection.messages)] = time.perf_counter()
+
+
+def batch_upload_all(server, prefix, payloads, per_batch=64, in_flight=2):
+    """The client's way for small files: ``/api/batch/upload`` requests of ``per_batch``
+    files, ``in_flight`` at once (threads, one connection each). Returns seconds."""
+    from quantum_sync import batch
+
+    groups = [list(enumerate(payloads))[i:i + per_batch] for i in range(0, len(payloads), per_batch)]
+    lock = threading.Lock()
+    failures = []
+
+    def worker():
+        conn = server.connection()
+        while True:
+            with lock:
+                if not groups:
+                    break
+                group = groups.pop()
+            manifest = batch.upload_manifest([(f"{prefix}/f{i:05d}.bin", len(body), digest, None)
+                                              for i, (body, digest) in group])
+            conn.request("POST", "/api/batch/upload", body=batch.encode(manifest, [body for _, (body, _) in group]),
+                         headers={"X-Client-Id": "bench", "Content-Type": "application/octet-stream"})
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            if response.status != 200 or any("error" in result for result in answer["results"]):
+                failures.append(answer)
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(in_flight)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise SystemExit(f"batch uploads failed: {str(failures[0])[:300]}")
+    return time.perf_counter() - started
 
 
 def quantile(values, q):
@@ -219,6 +259,9 @@ def main() -> None:
                     names = [f"small-c{level}-r{run}/f{i:05d}.bin" for i in range(args.files)]
                     elapsed, _ = upload_all(server, names, payloads, level)
                     rates[(label, level)].append(args.files / elapsed)
+            for label, server in (("cluster", servers[0]), ("embedded", embedded)):
+                elapsed = batch_upload_all(server, f"batch-r{run}", payloads)
+                rates.setdefault((label, "batch"), []).append(args.files / elapsed)
 
         fan, receivers = broadcast(ports, args.clients)
         # the same clients on the embedded server: what one process does with all of them
@@ -251,6 +294,13 @@ def main() -> None:
                   + ", ".join(f"{r:.0f}" for r in rates[(label, level)]))
         print(f"{f'cluster / embedded, concurrency {level}':<44} | "
               f"{medians['cluster'] / medians['embedded']:8.2f}x | target >= 0.7x")
+    medians = {}
+    for label in ("embedded", "cluster"):
+        medians[label] = statistics.median(rates[(label, "batch")])
+        print(f"{f'{label}, batches of 64, 2 in flight (the client)':<44} | {medians[label]:9.0f} | "
+              + ", ".join(f"{r:.0f}" for r in rates[(label, "batch")]))
+    print(f"{'cluster / embedded, batches':<44} | {medians['cluster'] / medians['embedded']:8.2f}x"
+          " | target >= 0.7x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Blocking disk helpers shared by the server store and the client folder.
 
-Call them from a thread (``deferToThread``), never on the reactor.
+Call them from a thread (a service's pool, :mod:`quantum_sync.threads`), never on the reactor.
 """
 
 import ctypes
@@ -200,14 +200,15 @@ _FSTATFS = _libc_function("fstatfs", (ctypes.c_int, ctypes.c_void_p))
 _TRUSTED_DEVICES = {}  # st_dev -> bool
 
 
-def _kernel_release() -> tuple:
+def kernel_release() -> tuple:
+    """The running kernel's ``(major, minor)`` release; ``(0, 0)`` when it cannot be read."""
     try:
         return tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
     except (AttributeError, ValueError):
         return (0, 0)
 
 
-_SYNCFS_REPORTS_ERRORS = _kernel_release() >= SYNCFS_KERNEL
+_SYNCFS_REPORTS_ERRORS = kernel_release() >= SYNCFS_KERNEL
 
 
 def syncfs_trusted(fd: int) -> bool:

@@ -1,24 +1,21 @@
-"""The one place where a path from the outside becomes a path on disk.
+"""The one place where a path from the outside becomes a canonical path: pure, no I/O.
 
 Server and client alike pass every path that arrives over the network (query strings,
 JSON bodies, WebSocket messages, listings, journal entries) through :func:`normalize`
-and, before touching the disk, :func:`resolve`. The rules (contract section 3):
+and, before touching the disk, :func:`quantum_sync.resolve.walk` (the I/O half: symlinks,
+see that module). The rules (contract section 3):
 
 - relative, ``/``-separated, NFC-normalised; no empty, ``.`` or ``..`` segments;
 - no NUL, control or format characters (bidi overrides included), no backslashes;
 - each segment at most 255 bytes and the whole path at most 4096 bytes of UTF-8;
-- never the internal state directory :data:`STATE_DIR_NAME` or anything below it;
-- on disk, never through a symlink that leads outside the root (checked with the real
-  path and :func:`os.path.commonpath`, segment by segment; Twisted's
-  ``FilePath.preauthChild`` is only a string-prefix check and is not used).
+- never the internal state directory :data:`STATE_DIR_NAME` or anything below it.
 
-Everything here is pure except :func:`resolve` and :func:`relative_from_disk`, which
-only ``lstat``/``realpath`` and never write.
+Nothing here touches the disk: :func:`relative_from_disk` only works on the name it is
+given.
 """
 
 import functools
 import os
-import stat
 import unicodedata
 
 from quantum_sync.errors import SyncError, invalid_path
@@ -113,61 +110,6 @@ def outermost(tops) -> list:
         if not any(ancestor in kept for ancestor in ancestors(path)):
             kept.add(path)
     return sorted(kept)
-
-
-@functools.lru_cache(maxsize=64)
-def _real_root(root: str) -> str:
-    # a client resolves every path of its one folder: the folder's own real path is
-    # taken once (as the server takes its root's once), not again per path
-    return os.path.realpath(root)
-
-
-def _within(real: str, real_root: str) -> bool:
-    return os.path.commonpath([real, real_root]) == real_root
-
-
-def resolve(root: str, path: str) -> str:
-    """The absolute on-disk path for ``path`` under ``root``, or raise INVALID_PATH.
-
-    The path is normalised, joined one segment at a time, and every existing prefix
-    that is a symlink must really lead inside the root and not into the state
-    directory. The result is the joined name (not the symlink target), so a rename
-    onto it replaces the name itself. Missing trailing segments are fine (uploads).
-    """
-    return resolve_and_lstat(root, path)[0]
-
-
-def resolve_and_lstat(root: str, path: str) -> tuple:
-    """:func:`resolve`, and the ``os.lstat`` of the name it gives, taken on the way
-    (None when a segment was missing or could not be looked at)."""
-    path = normalize(path)
-    real_root = _real_root(root)
-    state_real = os.path.join(real_root, STATE_DIR_NAME)
-    prefix = real_root.rstrip(os.sep) + os.sep
-    absolute = prefix + path.replace("/", os.sep)  # os.path.join's result, a segment at a time below
-    end, linked = len(prefix) - 1, False
-    while True:
-        end = absolute.find(os.sep, end + 1)
-        current = absolute if end < 0 else absolute[:end]
-        try:
-            st = os.lstat(current)
-        except OSError:
-            st = None
-            break  # missing (or unreadable): nothing below it can be a link
-        if stat.S_ISLNK(st.st_mode):
-            linked = True
-            target = os.path.realpath(current)
-            if not _within(target, real_root):
-                raise invalid_path("the path leads outside the root through a symlink")
-            if _within(target, state_real):
-                raise invalid_path(f"the path leads into {STATE_DIR_NAME}")
-        if end < 0:
-            break
-    if linked:  # without a link, the joined name is its own real path, inside the root
-        final = os.path.realpath(absolute)
-        if not _within(final, real_root) or _within(final, state_real) or final == real_root:
-            raise invalid_path("the path leads outside the root")
-    return absolute, st
 
 
 def relative_from_disk(root: str, absolute: str):

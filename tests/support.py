@@ -15,19 +15,49 @@
 """
 
 import contextlib
+import inspect
 import json
+import time
 
 import attrs
-import pytest_twisted
-import treq
 from treq.client import HTTPClient
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from quantum_sync import config as config_module
 
 LOCAL_LISTEN = "tcp:0:interface=127.0.0.1:backlog=1024"
+
+#: Seconds a test waits for something that must happen before it fails: far above what
+#: anything takes on a loaded machine, so a test that waits this long has failed.
+WAIT_TIMEOUT = 15.0
+
+
+async def wait_for(reactor, predicate, timeout=WAIT_TIMEOUT, what="the condition", step=0.02):
+    """Call ``predicate()`` every ``step`` seconds (of ``reactor``'s timers) until it
+    returns something true, and return that; after ``timeout`` seconds of real time,
+    fail with an AssertionError naming ``what``. A predicate may be asynchronous (return
+    a Deferred or a coroutine, e.g. one that asks the server): its result is awaited.
+
+    The only wait the tests use: it proves that something happened. That something did
+    *not* happen is proved by waiting for a later event that would have come after it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, step, lambda: None)
+
+
+async def sleep(reactor, seconds):
+    """Let ``seconds`` pass: only to pace a writer, never as proof that nothing happened."""
+    await deferLater(reactor, seconds, lambda: None)
 
 
 def server_document(root, listen: str = LOCAL_LISTEN, **handler_overrides) -> dict:
@@ -131,30 +161,6 @@ class HttpClient:
 
     async def close(self) -> None:
         await self.pool.closeCachedConnections()
-
-
-# -- fixtures: import them by name into a test module (``from tests.support import http``) --
-
-
-@pytest_twisted.async_yield_fixture
-async def server(reactor, tmp_path, server_overrides):
-    """A default server (uploads enabled) on ``tmp_path/"root"``, stopped afterwards
-    (``server_overrides``: see conftest.py)."""
-    running = await start_server(reactor, tmp_path, **server_overrides)
-    yield running
-    await running.stop()
-
-
-@pytest_twisted.async_yield_fixture
-async def http(reactor):
-    """An :class:`HttpClient` whose connections are closed afterwards."""
-    client = HttpClient(reactor)
-    yield client
-    await client.close()
-
-
-__all__ = ["HttpClient", "RunningServer", "http", "server", "server_document", "start_server",
-           "start_service", "treq"]
 
 
 @contextlib.asynccontextmanager

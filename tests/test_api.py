@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from tests.support import http, server, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 
 @implementer(IBodyProducer)
@@ -67,6 +67,7 @@ async def test_upload_then_list_metadata_download(server, http):
     response = await http.get(f"{server.url}/api/download", params={"path": "docs/a.txt"})
     assert response.code == 200
     assert response.headers.getRawHeaders("ETag") == [f'"{sha(b"hello")}"']
+    assert response.headers.getRawHeaders("Content-Type") == ["text/plain"]  # served from memory
     assert await response.content() == b"hello"
 
 
@@ -100,7 +101,7 @@ async def test_downloads_of_just_uploaded_files_follow_the_disk(server, http):
 
 def test_recent_bodies_keep_a_bounded_amount():
     from quantum_sync.protocol import FileMetadata
-    from quantum_sync.server.store import RecentBodies
+    from quantum_sync.server.recentbodies import RecentBodies
 
     recent = RecentBodies(limit=10)
     st = os.stat(__file__)
@@ -524,7 +525,7 @@ async def test_large_upload_with_a_slow_disk_pauses_reading(server, http, monkey
     reading pauses and resumes, and the stored file is exact."""
     import time as time_module
 
-    from quantum_sync.server.store import UploadSpool
+    from quantum_sync.server.spools import UploadSpool
 
     real_writev = os.writev
     pauses = []

@@ -2,27 +2,15 @@
 
 import hashlib
 import os
-import time
 
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
 
-from tests.support import http, server, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server, wait_for
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-async def poll(reactor, check, timeout=10.0, interval=0.05):
-    """Call ``await check()`` until it returns a truthy value or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await deferLater(reactor, interval, lambda: None)
 
 
 async def change_ops(http, server, since=0):
@@ -67,7 +55,7 @@ async def test_concurrent_uploads_to_one_path_leave_one_complete_version(reactor
     assert meta["hash"] == sha(final) and meta["size"] == len(final)
     kinds = [kind for kind, _ in await change_ops(http, server)]
     assert kinds == ["Create"] + ["Update"] * 7
-    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    assert os.listdir(server.service.store.temp_dir) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -120,13 +108,13 @@ async def test_files_written_by_other_programs_are_journalled(reactor, server, h
                  if kind == "Create"}
         return {"dropped.txt", "sub", "sub/deep", "sub/deep/x.txt"} <= paths
 
-    assert await poll(reactor, seen)
+    await wait_for(reactor, seen, 10.0, "the files written into the root journalled", step=0.05)
     os.unlink(os.path.join(server.root, "dropped.txt"))
 
     async def deleted():
         return ("Delete", {"Delete": {"path": "dropped.txt"}}) in await change_ops(http, server)
 
-    assert await poll(reactor, deleted)
+    await wait_for(reactor, deleted, 10.0, "the delete journalled", step=0.05)
     # the server's own upload was journalled once, not again by the watcher
     ops = await change_ops(http, server)
     mine = [kind for kind, op in ops if "mine.txt" in str(op)]
@@ -160,8 +148,7 @@ async def test_every_change_is_published_once_in_journal_order(reactor, server, 
         _, answer = await http.json("GET", f"{server.url}/api/changes")
         return answer["cursor"] >= 13 and answer
 
-    answer = await poll(reactor, journalled)
-    assert answer, "the file from another program was never journalled"
+    answer = await wait_for(reactor, journalled, 10.0, "the file from another program journalled", step=0.05)
     assert published == [c["seq"] for c in answer["changes"]] == list(range(1, 14))
 
 
@@ -178,7 +165,7 @@ async def test_three_hundred_simultaneous_uploads(reactor, server, http):
     results = await gatherResults([Deferred.fromCoroutine(one(i)) for i in range(300)])
     assert {meta["hash"] for _, meta in results} == {sha(data)}
     assert len(os.listdir(os.path.join(server.root, "crowd"))) == 300
-    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+    assert os.listdir(server.service.store.temp_dir) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -186,7 +173,7 @@ async def test_watcher_falls_back_to_polling(reactor, tmp_path, http, monkeypatc
     """When inotify refuses (its watch limit), the root is polled instead."""
     import errno
 
-    from quantum_sync import observers
+    from quantum_sync.adapters import watchdog as observers
     from quantum_sync.server import rootwatch
 
     inotify_observer = observers.observer
@@ -212,7 +199,7 @@ async def test_watcher_falls_back_to_polling(reactor, tmp_path, http, monkeypatc
                 (kind, op[kind]["metadata"]["path"]) for kind, op in await change_ops(http, server)
                 if kind == "Create"]
 
-        assert await poll(reactor, seen)
+        await wait_for(reactor, seen, 10.0, "the polled file journalled", step=0.05)
     finally:
         await server.stop()
 
@@ -258,7 +245,7 @@ async def test_the_watcher_skips_the_servers_own_uploads_not_other_writers(react
         return ("Create", "own") in [(kind, op[kind]["metadata"]["path"])
                                      for kind, op in await change_ops(http, server)]
 
-    assert await poll(reactor, directory_seen)
+    await wait_for(reactor, directory_seen, 10.0, "the directory journalled", step=0.05)
     refreshed = []
     original = server.service.operations.refresh
 
@@ -277,6 +264,6 @@ async def test_the_watcher_skips_the_servers_own_uploads_not_other_writers(react
         ops = await change_ops(http, server)
         return [op for kind, op in ops if kind == "Update"]
 
-    updates = await poll(reactor, journalled)
+    updates = await wait_for(reactor, journalled, 10.0, "the rewrite journalled", step=0.05)
     assert [u["Update"]["metadata"]["hash"] for u in updates] == [sha(b"rewritten by another program")]
     assert refreshed and all(call == ["own/f3.bin"] for call in refreshed), refreshed

@@ -1,6 +1,6 @@
 """Hostile paths (reliability notes S6) against every path-taking endpoint of a real server.
 
-Fixture: ``root``, a sibling ``root-evil/canary``, a fake ``etc/passwd`` outside the root,
+Fixture ``hostile`` (conftest.py): ``root``, a sibling ``root-evil/canary``, a fake ``etc/passwd`` outside the root,
 and symlinks ``root/link-out -> etc`` and ``root/link-sib -> ../root-evil``. No answer may
 be a 500, nothing outside the root may change, and no outside content may be served.
 """
@@ -9,10 +9,7 @@ import hashlib
 import json
 import os
 
-import pytest
 import pytest_twisted
-
-from tests.support import HttpClient, start_server
 
 CANARY = b"canary: must never be served or changed\n"
 PASSWD = b"root:x:0:0:fake passwd outside the root\n"
@@ -113,34 +110,6 @@ def snapshot(directory) -> dict:
             else:
                 result[path] = os.readlink(path) if os.path.islink(path) else "dir"
     return result
-
-
-@pytest.fixture
-def hostile_tree(tmp_path):
-    (tmp_path / "root").mkdir()
-    (tmp_path / "root-evil").mkdir()
-    (tmp_path / "root-evil" / "canary").write_bytes(CANARY)
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "passwd").write_bytes(PASSWD)
-    os.symlink(str(tmp_path / "etc"), str(tmp_path / "root" / "link-out"))
-    os.symlink("../root-evil", str(tmp_path / "root" / "link-sib"))
-    return tmp_path
-
-
-@pytest_twisted.async_yield_fixture
-async def hostile(reactor, hostile_tree):
-    server = await start_server(reactor, hostile_tree)
-    alerts = []
-    server.service.hub.alert = lambda kind, data: alerts.append((kind, data))
-    http = HttpClient(reactor)
-    outside = {k: v for k, v in snapshot(hostile_tree).items()
-               if not k.startswith(server.root + os.sep)}
-    yield server, http, alerts
-    await http.close()
-    await server.stop()
-    after = {k: v for k, v in snapshot(hostile_tree).items()
-             if not k.startswith(server.root + os.sep)}
-    assert after == outside, "something outside the root changed"
 
 
 def assert_safe(code: int, body: bytes, server, what):

@@ -15,8 +15,8 @@ from twisted.logger import formatEvent
 from quantum_sync import passwords, tls
 from tests import certs
 from tests.logcapture import LogCapture
-from tests.support import HttpClient, start_server
-from test_ws_support import Client, connect, raw_handshake, wait_for
+from tests.support import HttpClient, start_server, wait_for
+from test_ws_support import Client, connect, raw_handshake
 
 FAST = {"ln": 10, "r": 8, "p": 1}
 PASSWORDS = {"alice": "alice-Pw-1", "wendy": "wendy-Pw-2", "rita": "rita-Pw-3"}

@@ -198,8 +198,12 @@ def _unsigned(header, claims):
     return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}."
 
 
-def forged_tokens(authorizer, clock):
-    key = authorizer._key
+def signing_key(tmp_path) -> bytes:
+    """The key the ``authorizer`` fixture signs with (its secret file, read as it does)."""
+    return auth.load_or_create_secret(str(tmp_path / "secret"))
+
+
+def forged_tokens(key, clock):
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = rsa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -235,15 +239,15 @@ def _tamper(token, clock):
 
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512 forgery
-def test_forged_tokens_are_refused(authorizer, clock):
-    for name, token in forged_tokens(authorizer, clock).items():
+def test_forged_tokens_are_refused(authorizer, clock, tmp_path):
+    for name, token in forged_tokens(signing_key(tmp_path), clock).items():
         with pytest.raises(SyncError) as raised:
             authorizer.authorize_token(token, "read")
         assert raised.value.code == "AUTH_FAILED", name
 
 
-def test_correctly_signed_token_is_accepted(authorizer, clock):
-    token = jwt.encode(_claims(clock), authorizer._key, algorithm="HS256")
+def test_correctly_signed_token_is_accepted(authorizer, clock, tmp_path):
+    token = jwt.encode(_claims(clock), signing_key(tmp_path), algorithm="HS256")
     assert authorizer.authorize_token(token, "admin").user == "alice"
 
 

@@ -22,9 +22,9 @@ from quantum_sync.client.transfer import (DownloadCorrupt, PreconditionFailed, R
 from quantum_sync.protocol import FileMetadata
 from quantum_sync.server.api import SMALL_DOWNLOAD
 from tests.logcapture import LogCapture
-from tests.support import client_of, http, server, server_document, start_server, start_service  # noqa: F401 (fixtures)
+from tests.support import client_of, server_document, start_server, start_service
 from tests.test_api import EndlessBody, UnsizedBody, sha, upload
-from tests.test_api_paths import ATTACKS, assert_safe, hostile, hostile_tree  # noqa: F401 (fixtures)
+from tests.test_api_paths import ATTACKS, assert_safe
 from tests.test_auth_e2e import auth_section, bearer, tokens_by_role, tree
 from tests.test_batch import INVALID_DOWNLOAD_REQUESTS, INVALID_UPLOAD_BODIES, entry
 from tests.test_hostile_slow import RawClient, trickle, within
@@ -75,7 +75,7 @@ async def changes_since(http, server, since=0) -> dict:
 
 
 def temp_files(server) -> list:
-    return os.listdir(os.path.join(server.root, ".quantum-sync", "tmp"))
+    return os.listdir(server.service.store.temp_dir)
 
 
 @pytest_twisted.async_yield_fixture

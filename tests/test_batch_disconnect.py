@@ -13,10 +13,9 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 
 from tests.logcapture import LogCapture
-from tests.support import http, server  # noqa: F401 (fixtures)
+from tests.support import wait_for
 from tests.test_batch_api import BATCH_UPLOAD, batch_body, item
 from tests.test_hostile_slow import RawClient
-from test_ws_support import wait_for
 
 ROUNDS, FILES = 40, 32
 WITHIN = 20

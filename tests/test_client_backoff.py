@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from logcapture import LogCapture
 from quantum_sync.client.backoff import STABLE, Backoff, session_failed
 from quantum_sync.client.realtime import NO_WEBSOCKET_RETRY, RealtimeLink
-from test_e2e_guards import log_lines  # noqa: F401 (fixture)
-from test_e2e_sync import Clients, sleep, wait_for
+from clients import Clients
+from support import sleep, wait_for
 
 
 def highest(value=0.999):
@@ -230,3 +230,15 @@ async def test_a_route_without_websocket_is_said_once_and_polled(reactor, tmp_pa
     finally:
         await group.stop_all()
         await service.stopService()
+
+
+def test_building_a_link_leaves_the_process_log_level_alone():
+    import txaio
+
+    before = txaio.get_global_log_level()
+    txaio.set_global_log_level("warn")
+    try:
+        make_link(Clock())
+        assert txaio.get_global_log_level() == "warn"  # the daemon's makeService sets it
+    finally:
+        txaio.set_global_log_level(before)

@@ -6,18 +6,18 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 from twisted.web import resource
 
 from quantum_sync.client import localfs
 from quantum_sync.client.batches import ThreadBatcher
-from quantum_sync.client.engine import UNKNOWN, Engine
+from quantum_sync.client.engine import Engine
 from quantum_sync.client.reconcile import Entry
-from quantum_sync.client.state import Base, FolderState, tmp_dir
+from quantum_sync.client.state import Base, FolderState
 from quantum_sync.client.transfer import DownloadCorrupt, ServerClient
 from quantum_sync.diskio import Budget
 from quantum_sync.errors import SyncError
-from tests.support import client_of, server  # noqa: F401 (fixture)
+from quantum_sync.threads import ThreadPoolService
+from tests.support import client_of
 
 
 def sha(data):
@@ -88,18 +88,23 @@ async def test_a_thread_batcher_takes_everything_waiting_in_one_call(reactor):
         calls.append(list(items))
         return [ValueError(i) if i == "bad" else i.upper() for i in items]
 
-    batcher = ThreadBatcher(reactor, work)
-    results = [batcher.submit(i) for i in ("a", "b", "bad")]
-    later = results[0].addCallback(lambda r: [r, batcher.submit("d"), batcher.submit("e")])
-    results.append(batcher.submit("c"))
-    first, d, e = await later
-    assert first == "A" and await results[1] == "B" and await results[3] == "C"
-    assert (await d, await e) == ("D", "E")
-    with pytest.raises(ValueError):
-        await results[2]
-    # what one reactor turn submitted went together, and so did everything submitted
-    # while it ran (even from its callbacks)
-    assert calls == [["a", "b", "bad", "c"], ["d", "e"]]
+    threads = ThreadPoolService(reactor, 1, "test-batcher")
+    threads.startService()
+    try:
+        batcher = ThreadBatcher(reactor, threads, work)
+        results = [batcher.submit(i) for i in ("a", "b", "bad")]
+        later = results[0].addCallback(lambda r: [r, batcher.submit("d"), batcher.submit("e")])
+        results.append(batcher.submit("c"))
+        first, d, e = await later
+        assert first == "A" and await results[1] == "B" and await results[3] == "C"
+        assert (await d, await e) == ("D", "E")
+        with pytest.raises(ValueError):
+            await results[2]
+        # what one reactor turn submitted went together, and so did everything submitted
+        # while it ran (even from its callbacks)
+        assert calls == [["a", "b", "bad", "c"], ["d", "e"]]
+    finally:
+        threads.stopService()
 
 
 @pytest_twisted.ensureDeferred

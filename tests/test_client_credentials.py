@@ -13,6 +13,7 @@ from logcapture import LogCapture
 from quantum_sync.client.credentials import (
     FILE_CHECK,
     LOGIN_RETRY,
+    RENEW_RETRY,
     CredentialsError,
     FixedToken,
     Login,
@@ -128,6 +129,24 @@ def test_a_renewal_that_fails_is_tried_again_before_the_token_runs_out():
     logins.error = None
     clock.advance(25)
     assert logins.calls == 3 and login.token == "token-3"
+
+
+def test_renewals_during_a_long_outage_back_off_and_are_said_once():
+    clock, logins = Clock(), FakeLogins(life=30.0)
+    login = Login(clock, "alice", "wonderland", logins)
+    run(defer.ensureDeferred(login.current()))
+    logins.error = ServerUnavailable("connection refused")
+    with LogCapture() as log:
+        clock.advance(20)  # the first renewal fails; then the token runs out, the server still down
+        for _ in range(300):
+            clock.advance(1)
+        failed = logins.calls - 1
+        # every second would be 300 tries; doubling to RENEW_RETRY makes about a dozen
+        assert 5 <= failed <= 20, failed
+        assert sum("renewing the token of alice failed" in line for line in log.text().splitlines()) == 1
+    logins.error = None
+    clock.advance(RENEW_RETRY)
+    assert login.token == f"token-{logins.calls}"
 
 
 def test_the_password_never_shows(tmp_path):

@@ -10,7 +10,6 @@ from quantum_sync.client.failover import RotatingEndpoint, ServerList, host_and_
 from quantum_sync.client.tap import Options
 from quantum_sync.client.transfer import ServerClient, ServerUnavailable
 from quantum_sync.tls import client_endpoint
-from tests.support import server  # noqa: F401 - fixture
 
 
 def test_server_list_goes_round():

@@ -6,9 +6,9 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from quantum_sync.server.ws import PROBE_TIMEOUT
-from tests.support import HttpClient, start_server
+from tests.support import HttpClient, start_server, wait_for
 from tests.test_auth_e2e import WS_TIMERS, auth_section, bearer, login
-from test_ws_support import connect, drop_all, logged_failures, sites, wait_for  # noqa: F401 - fixtures
+from test_ws_support import connect, drop_all
 
 
 @pytest_twisted.ensureDeferred

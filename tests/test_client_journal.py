@@ -18,7 +18,7 @@ from quantum_sync.client.state import FolderState
 from quantum_sync.client.transfer import ServerClient
 from quantum_sync.protocol import Create, Delete, FileMetadata, Update
 
-from test_e2e_sync import wait_for
+from support import wait_for
 
 OLD, NEW = "a" * 32, "b" * 32
 WHEN = "2024-01-21T12:00:00Z"

@@ -112,3 +112,23 @@ def test_password_file_errors_are_one_line_and_exit_1(tmp_path, capsys, args, mo
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "wonderland" not in err
+
+
+LOG_LEVEL_SCRIPT = """
+import sys, txaio
+from twisted.internet import reactor
+from quantum_sync.client import tap
+options = tap.Options()
+options.parseOptions(["--server", "http://127.0.0.1:9", "--local-path", sys.argv[1]])
+txaio.set_global_log_level("debug")
+tap.makeService(options, reactor)
+print(txaio.get_global_log_level())
+"""
+
+
+def test_the_daemon_keeps_autobahns_frame_level_debug_lines_out(tmp_path):
+    # in a subprocess: makeService also tunes this process's garbage collector
+    result = subprocess.run([sys.executable, "-c", LOG_LEVEL_SCRIPT, str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "info"

@@ -18,10 +18,11 @@ def hashes(monkeypatch, tmp_path):
 
 
 def settle(hashes, timeout=5.0):
+    """Wait (bounded) until the worker has hashed every growth reported so far."""
     deadline = time.monotonic() + timeout
-    while hashes._pending and time.monotonic() < deadline:
+    while not hashes.idle():
+        assert time.monotonic() < deadline, "the worker never caught up"
         time.sleep(0.005)
-    time.sleep(0.02)
 
 
 def grow(path, hashes, blocks):
@@ -37,7 +38,7 @@ def test_a_file_written_front_to_back_gets_its_hash(tmp_path, hashes):
     path = tmp_path / "big.bin"
     blocks = [os.urandom(5000) for _ in range(5)]
     grow(path, hashes, blocks[:4])
-    assert hashes._partials[path.name].offset == 20000  # the worker kept up
+    assert hashes.hashed(path.name) == 20000  # the worker kept up
     with open(path, "ab") as f:
         f.write(blocks[4])  # the tail nobody reported yet
     data = b"".join(blocks)

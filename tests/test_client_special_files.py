@@ -12,7 +12,8 @@ from twisted.internet.threads import deferToThread
 from quantum_sync.client import localfs
 from quantum_sync.client.localfs import LocalChanged, LocalStat
 from quantum_sync.client.watcher import FolderWatcher
-from test_e2e_sync import Clients, read, wait_for, write
+from clients import Clients, read, write
+from support import wait_for
 
 STUCK = 10  # seconds after which a call is taken to be blocked for good
 

@@ -14,8 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from quantum_sync.client import keepalive
 from quantum_sync.client.transfer import SMALL_TRANSFER, ServerClient, TransferStalled
-from support import start_server
-from test_e2e_sync import wait_for
+from support import start_server, wait_for
 
 BIG = os.urandom(3 << 20)
 
@@ -230,4 +229,25 @@ async def test_an_upload_held_past_its_token_life_still_arrives(reactor, tmp_pat
         login.stop()
         await proxied.close()
         await proxy.port.stopListening()
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pooled_connections_keep_alive_and_log_no_factory_lines(reactor, tmp_path, monkeypatch):
+    """The client's Agent connects through keepalive.KeptEndpoints: TCP keepalive on each
+    pooled connection, and no "Starting factory" line per connection."""
+    from logcapture import LogCapture
+
+    sockets = []
+    set_options = keepalive._set_options
+    monkeypatch.setattr(keepalive, "_set_options", lambda sock: (sockets.append(sock), set_options(sock)))
+    running = await start_server(reactor, tmp_path)
+    client = ServerClient(reactor, f"http://127.0.0.1:{running.port}", "c1")
+    try:
+        with LogCapture() as log:
+            await client.list()
+        assert sockets and all(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) for s in sockets)
+        assert "Starting factory" not in log.text()
+    finally:
+        await client.close()
         await running.stop()

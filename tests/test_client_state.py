@@ -107,7 +107,7 @@ async def test_a_copied_folder_takes_a_new_client_id(reactor, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_failed_write_is_kept_and_written_again(reactor, tmp_path):
-    from test_e2e_sync import wait_for
+    from support import wait_for
     from logcapture import LogCapture
 
     state = await FolderState(reactor, str(tmp_path)).open()

@@ -7,9 +7,8 @@ import pytest
 import pytest_twisted
 
 from quantum_sync.client.transfer import ServerClient
-from support import start_server
+from support import start_server, wait_for
 from test_client_stall import BIG, StallingProxy
-from test_e2e_sync import wait_for
 
 
 @pytest_twisted.ensureDeferred

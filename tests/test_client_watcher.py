@@ -7,8 +7,10 @@ import pytest
 import pytest_twisted
 from watchdog.events import FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent
 
+from twisted.internet.task import deferLater
+
 from quantum_sync.client.watcher import CHANGE, SETTLE, FolderWatcher, _Bridge
-from test_e2e_sync import sleep, wait_for
+from support import wait_for
 from tests.logcapture import LogCapture
 
 
@@ -53,9 +55,12 @@ async def test_a_file_still_being_written_waits_until_it_is_quiet(reactor, watch
         for _ in range(6):
             f.write(b"x" * 1000)
             f.flush()
-            await sleep(reactor, 0.05)  # however late this wakes under load, far below the settle time
-        assert [p for _, p, _ in events if p == "slow.bin"] == []  # nothing while it keeps changing
-    await wait_for(reactor, lambda: any(p == "slow.bin" for _, p, _ in events), timeout=LONG_SETTLE + 5)
+            await deferLater(reactor, 0.05, lambda: None)  # the writer's pace, far below the settle time
+        closing = time.monotonic()
+    await wait_for(reactor, lambda: any(p == "slow.bin" for _, p, _ in events), timeout=LONG_SETTLE + 5,
+                   what="the change once the file is closed")
+    # every report came after the writes: nothing while it kept changing
+    assert all(t >= closing for _, p, t in events if p == "slow.bin")
 
 
 @pytest_twisted.ensureDeferred
@@ -66,7 +71,9 @@ async def test_moves_are_moves_and_the_state_dir_is_silent(reactor, watched):
     (folder / ".quantum-sync" / "state.db").write_bytes(b"private")
     os.rename(folder / "old.txt", folder / "new.txt")
     await wait_for(reactor, lambda: any(k == "move" for k, _, _ in events), timeout=5)
-    await sleep(reactor, 0.3)
+    # written after the state dir's file: once its change is reported, so would that one be
+    (folder / "marker.txt").write_bytes(b"m")
+    await wait_for(reactor, lambda: any(p == "marker.txt" for _, p, _ in events), timeout=5, what="the marker")
     assert ("move", ("old.txt", "new.txt")) in [(k, p) for k, p, _ in events]
     assert not [p for _, p, _ in events if isinstance(p, str) and p.startswith(".quantum-sync")]
 
@@ -167,8 +174,8 @@ async def test_lost_events_ask_for_a_full_reconcile(reactor, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_reconciles_in_full_when_its_watcher_lost_events(reactor, tmp_path):
+    from clients import Clients
     from support import start_server
-    from test_e2e_sync import Clients
 
     running = await start_server(reactor, tmp_path)
     group = Clients(reactor, tmp_path)

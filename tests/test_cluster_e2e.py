@@ -13,9 +13,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from cluster_support import REDIS, cluster_block, free_port, pg_schema  # noqa: F401 - fixtures
-from test_e2e_sync import Clients, clients, converged, log_to_stderr, read, tree, wait_for, write  # noqa: F401
-from tests.support import HttpClient, server_document
+from cluster_support import free_port
+from tests.clients import converged, read, tree, write
+from tests.support import HttpClient, server_document, wait_for
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

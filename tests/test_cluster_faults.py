@@ -12,10 +12,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import deferLater
 
-from cluster_support import DATABASE, cluster_block, pg_schema, private_redis, with_schema  # noqa: F401
+from cluster_support import DATABASE, with_schema
 from test_cluster_nodes import start_node
-from test_ws_support import connect, wait_for
-from tests.support import HttpClient
+from test_ws_support import connect
+from tests.support import HttpClient, wait_for
 
 
 def sha(data: bytes) -> str:

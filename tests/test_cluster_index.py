@@ -7,7 +7,6 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from cluster_support import pg_schema  # noqa: F401 - fixture
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move
 from quantum_sync.server.cluster import pgindex
@@ -132,3 +131,15 @@ async def test_one_group_writing_one_path_twice_keeps_the_last(reactor, pg_schem
         assert [c.operation.metadata.hash for c in listed] == ["1" * 64, "2" * 64]
     finally:
         index.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_connection_gives_up_on_a_silent_database_in_seconds(reactor, pg_schema):
+    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
+    await index.open()
+    try:
+        parameters = await index._run(lambda txn: txn.connection.info.get_parameters())
+    finally:
+        index.stopService()
+    assert (parameters["tcp_user_timeout"], parameters["keepalives_idle"], parameters["connect_timeout"]) == (
+        "15000", "10", "5")

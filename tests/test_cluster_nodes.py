@@ -5,14 +5,14 @@ watcher of the root, and the feed's ordering (pure)."""
 import hashlib
 import os
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from cluster_support import cluster_block, pg_schema, private_redis  # noqa: F401 - fixtures
 from quantum_sync.protocol import Change, Delete
 from quantum_sync.server.cluster.feed import Sequencer
-from test_ws_support import connect, wait_for
-from tests.support import HttpClient, server_document, start_service
+from test_ws_support import connect
+from tests.support import HttpClient, server_document, start_service, wait_for
 
 
 def sha(data: bytes) -> str:
@@ -272,11 +272,92 @@ async def test_a_node_behind_the_journal_s_retention_goes_on(reactor, nodes):
 
 
 def test_bus_messages_round_trip_and_a_node_knows_its_own():
-    from quantum_sync.server.cluster.redisbus import decode_change, encode_change, sender_prefix
+    from quantum_sync.server.cluster.redisbus import decode_changes, encode_changes, sender_prefix
 
-    change = Change(7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z", '{"Delete":{"path":"a b/\\u00e9"}}')
-    text = encode_change(change, "node-1")
+    changes = [Change(7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z", '{"Delete":{"path":"a b/\\u00e9"}}'),
+               Change(8, Delete("x"), "desk", "2026-01-01T00:00:01Z", '{"Delete":{"path":"x"}}')]
+    text = encode_changes(changes, "node-1")
     assert text.startswith(sender_prefix("node-1")) and not text.startswith(sender_prefix("node-10"))
-    back = decode_change(text)
-    assert (back.seq, back.operation, back.source_client, back.timestamp) == (
-        7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z")
+    back = decode_changes(text)
+    assert [(c.seq, c.operation, c.source_client, c.timestamp) for c in back] == [
+        (7, Delete("a b/é"), "laptop", "2026-01-01T00:00:00Z"), (8, Delete("x"), "desk", "2026-01-01T00:00:01Z")]
+    for malformed in ('{"node":"n","changes":[[0,"{}","c","t"]]}', '{"node":"n"}', "[]", "{"):
+        with pytest.raises(Exception):
+            decode_changes(malformed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_auth_a_client_id_is_its_first_user_s_on_every_node(reactor, nodes, tmp_path):
+    from test_auth_e2e import WS_TIMERS, auth_section, bearer, login
+
+    await nodes.start(2, auth=auth_section(tmp_path), websocket=WS_TIMERS)
+    first, second = nodes.urls
+    http = HttpClient(reactor)
+    try:
+        alice = await login(http, first, "alice")
+        wendy = await login(http, second, "wendy")  # one secret for both nodes
+        await http.json("POST", first + "/api/upload", data=b"x", params={"path": "a.txt"},
+                        headers={**bearer(alice), "X-Client-Id": ["alice-laptop"]})
+        await nodes.services[0].hub.bindings.flush()
+        await nodes.services[1].node.bindings.load()  # (the reload every 5 s, now)
+        code, body = await http.json("POST", second + "/api/upload", expect=None, data=b"y",
+                                     params={"path": "w.txt"},
+                                     headers={**bearer(wendy), "X-Client-Id": ["alice-laptop"]})
+        assert (code, body["error"]["code"]) == (403, "PERMISSION_DENIED")
+        # both claim a new id at once on two nodes: the database keeps the first
+        nodes.services[0].hub.bindings.claim("shared-id", "alice")
+        nodes.services[1].hub.bindings.claim("shared-id", "wendy")
+        for service in nodes.services:
+            await service.hub.bindings.flush()
+        owners = {service.hub.bindings.owner("shared-id") for service in nodes.services}
+        assert len(owners) == 1
+    finally:
+        await http.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_update_is_lost_under_racing_conditional_uploads_on_three_nodes(reactor, nodes):
+    """Writers on three nodes update five files with If-Match, each from the version it
+    last read: every accepted upload follows exactly the version it named, so the
+    journal of each path is one chain of accepted uploads (no lost update)."""
+    import random
+
+    await nodes.start(3)
+    http = HttpClient(reactor)
+    paths = [f"doc-{n}.txt" for n in range(5)]
+    accepted, refused = [], 0
+    rng = random.Random(15)
+    try:
+        for path in paths:
+            await http.json("PUT", nodes.urls[0] + "/api/upload", params={"path": path}, data=path.encode())
+
+        async def writer(name):
+            nonlocal refused
+            for n in range(12):
+                path = rng.choice(paths)
+                _, meta = await http.json("GET", rng.choice(nodes.urls) + "/api/metadata", params={"path": path})
+                body = f"{name}-{n}-{path}".encode() * 100
+                response = await http.request("PUT", rng.choice(nodes.urls) + "/api/upload", params={"path": path},
+                                              data=body, headers={"If-Match": meta["hash"]})
+                await response.content()
+                if response.code == 200:
+                    accepted.append((path, meta["hash"], sha(body)))
+                else:
+                    assert response.code == 412
+                    refused += 1
+
+        await gatherResults([Deferred.fromCoroutine(writer(f"w{n}")) for n in range(6)])
+        _, answer = await http.json("GET", nodes.urls[2] + "/api/changes", params={"limit": "10000"})
+        history = {path: [] for path in paths}
+        for change in answer["changes"]:
+            (kind, body), = change["operation"].items()
+            history[body["metadata"]["path"]].append(body["metadata"]["hash"])
+        chained = {(path, before, after) for path, hashes in history.items()
+                   for before, after in zip(hashes, hashes[1:])}
+        assert chained == set(accepted)
+        assert len(answer["changes"]) == len(paths) + len(accepted)
+        for path, hashes in history.items():
+            assert sha((nodes.root / path).read_bytes()) == hashes[-1]
+        assert refused > 0  # the race was real
+    finally:
+        await http.close()

@@ -8,7 +8,7 @@ import zstandard
 
 from quantum_sync import delta
 from quantum_sync.blocks import Chunker, decode_blocks
-from tests.support import http, server, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 
 def sha(data: bytes) -> str:

@@ -9,7 +9,6 @@ import pytest_twisted
 
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Delete, parse_operation
-from tests.support import http, server  # noqa: F401 (fixtures)
 
 
 def sha(data: bytes) -> str:

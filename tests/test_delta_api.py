@@ -8,7 +8,6 @@ import pytest_twisted
 
 from quantum_sync import delta
 from quantum_sync.blocks import Chunker, decode_blocks, encode_blocks, literals, plan_delta, sent_bytes
-from tests.support import http, server  # noqa: F401 (fixtures)
 
 SIZE = delta.DELTA_MIN + 2 * 1024 * 1024
 

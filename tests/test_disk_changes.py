@@ -14,9 +14,10 @@ from twisted.internet.defer import Deferred
 
 from quantum_sync.server.index import Index
 from quantum_sync.server.operations import FileOperations
-from quantum_sync.server.store import Store, UploadSpool
+from quantum_sync.server.spools import UploadSpool
+from quantum_sync.server.store import Store
 from test_group_commit import RecordingHub
-from test_ws_support import wait_for
+from support import wait_for
 
 WITHIN = 10
 BIG = 2 * 1024 * 1024  # past FileOperations.quiet_size

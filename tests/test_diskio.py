@@ -100,6 +100,6 @@ def test_tmpfs_is_not_trusted(tmp_path):
 
 
 def test_the_kernel_release_is_read(monkeypatch):
-    assert diskio._kernel_release() >= (2, 6)
+    assert diskio.kernel_release() >= (2, 6)
     monkeypatch.setattr(diskio.os, "uname", lambda: os.uname_result(("Linux", "h", "5.7.19-x", "", "x86_64")))
-    assert diskio._kernel_release() == (5, 7) < diskio.SYNCFS_KERNEL
+    assert diskio.kernel_release() == (5, 7) < diskio.SYNCFS_KERNEL

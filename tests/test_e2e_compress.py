@@ -9,8 +9,8 @@ import zstandard
 
 from quantum_sync.client.compress import inflate_file, sample_pays
 from quantum_sync.compression import pays
-from support import http  # noqa: F401 (fixture)
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, wait_for, write  # noqa: F401 (fixtures)
+from clients import converged, read, write
+from support import wait_for
 
 SIZE = 6 * 1024 * 1024
 
@@ -32,23 +32,23 @@ async def moved_for_a_new_file(reactor, server, clients, compress, data, receive
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_compressible_file_goes_up_compressed(reactor, server, clients):
+async def test_a_compressible_file_goes_up_compressed(reactor, servers, clients):
     data = compressible(SIZE)
-    moved = await moved_for_a_new_file(reactor, server[0], clients, "always", data)
+    moved = await moved_for_a_new_file(reactor, servers[0], clients, "always", data)
     # down whole (SIZE), up compressed: far less than twice the file
     assert moved < 1.3 * SIZE, moved
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_compressible_file_comes_down_compressed_too(reactor, server, clients):
+async def test_a_compressible_file_comes_down_compressed_too(reactor, servers, clients):
     data = compressible(SIZE)
-    moved = await moved_for_a_new_file(reactor, server[0], clients, "always", data, receiver="always")
+    moved = await moved_for_a_new_file(reactor, servers[0], clients, "always", data, receiver="always")
     assert moved < 0.6 * SIZE, moved
 
 
 @pytest_twisted.ensureDeferred
-async def test_with_a_loopback_server_auto_sends_it_plain(reactor, server, clients):
-    moved = await moved_for_a_new_file(reactor, server[0], clients, "auto", compressible(SIZE))  # the loopback
+async def test_with_a_loopback_server_auto_sends_it_plain(reactor, servers, clients):
+    moved = await moved_for_a_new_file(reactor, servers[0], clients, "auto", compressible(SIZE))  # the loopback
     assert moved >= 2 * SIZE
 
 

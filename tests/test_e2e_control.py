@@ -13,10 +13,10 @@ import sys
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
-from support import HttpClient, start_server
+from support import HttpClient, start_server, wait_for
 from test_client_stall import StallingProxy
 from test_e2e_folders import Daemon, write_config
-from test_e2e_sync import clients, log_to_stderr, read, wait_for, write  # noqa: F401
+from clients import read, write
 
 
 async def cli(reactor, *args):
@@ -107,6 +107,7 @@ async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
                                       "settle_ms": 20}])
     daemon = Daemon(tmp_path, "--config", config)
     docs = str(tmp_path / "docs")
+    texts = []
     try:
         other = await clients.start(srv, "other")
         write(docs, "before.txt", b"synced before the pause")
@@ -125,6 +126,16 @@ async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
         assert answer["paused"] and answer["state"] == "paused" and not answer["in_sync"]
         assert read(srv.root, "up.txt") is None and read(docs, "down.txt") is None
 
+        texts = [await daemon.stop(reactor)]  # a pause outlives a restart of the daemon
+        daemon = Daemon(tmp_path, "--config", config)
+        answer = await status_json(reactor, config, docs)
+        deadline = reactor.seconds() + 30
+        while answer["state"] == "starting":
+            assert reactor.seconds() < deadline, f"never started: {answer}"
+            answer = await status_json(reactor, config, docs)
+        assert answer["paused"] and answer["state"] == "paused", answer
+        assert read(srv.root, "up.txt") is None and read(docs, "down.txt") is None
+
         code, out, err = await cli(reactor, "--config", config, "resume", "docs")
         assert code == 0, err
         await wait_for(reactor, lambda: read(other.config.folder, "up.txt") == b"written while paused", what="upload")
@@ -134,9 +145,10 @@ async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
             assert reactor.seconds() < deadline, f"never in sync after the resume: {answer}"
         assert not answer["paused"] and answer["journal"]["behind"] == 0 and answer["state"] == "in sync"
     finally:
-        text = await daemon.stop(reactor)
+        texts.append(await daemon.stop(reactor))
         await srv.stop()
-    assert "paused: no new transfers" in text and "resumed" in text
+    assert "paused: no new transfers" in texts[0] and "is paused (quantum-sync-client resume docs" in texts[1]
+    assert "resumed" in texts[1]
 
 
 @pytest_twisted.ensureDeferred

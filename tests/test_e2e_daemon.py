@@ -7,27 +7,28 @@ import sys
 
 import pytest_twisted
 
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, wait_for, write  # noqa: F401
+from clients import converged, read, write
+from support import wait_for
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
 @pytest_twisted.ensureDeferred
-async def test_twistd_client_syncs_both_ways(reactor, tmp_path, server, clients):
+async def test_twistd_client_syncs_both_ways(reactor, tmp_path, servers, clients):
     folder = tmp_path / "daemon"
     log = open(tmp_path / "daemon.log", "wb")
     daemon = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "quantum-sync-client", "--server", server[0].url, "--local-path", str(folder),
+        [TWISTD, "-n", "--pidfile=", "quantum-sync-client", "--server", servers[0].url, "--local-path", str(folder),
          "--client-id", "daemon", "--interval", "1", "--settle", "50"],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
     )
     try:
-        b = await clients.start(server[0], "b")
+        b = await clients.start(servers[0], "b")
         write(b.config.folder, "to-daemon.txt", b"hello daemon")
         await wait_for(reactor, lambda: read(str(folder), "to-daemon.txt") == b"hello daemon", what="download")
         write(str(folder), "from-daemon/x.txt", b"hello b")
         await wait_for(reactor, lambda: read(b.config.folder, "from-daemon/x.txt") == b"hello b", what="upload")
-        await converged(reactor, str(folder), b.config.folder, server[0].root)
+        await converged(reactor, str(folder), b.config.folder, servers[0].root)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)

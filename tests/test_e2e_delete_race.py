@@ -10,7 +10,8 @@ import shutil
 import pytest_twisted
 
 from quantum_sync.protocol import Create, Delete, FileMetadata
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, tree, wait_for, write  # noqa: F401
+from clients import converged, read, tree, write
+from support import wait_for
 
 
 def sha(data: bytes) -> str:
@@ -45,50 +46,50 @@ async def upload_as_other(http_url, path, data):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_file_edited_on_the_server_just_before_its_delete_comes_back(reactor, server, clients):
-    a = await clients.start(server[0], "a")
+async def test_a_file_edited_on_the_server_just_before_its_delete_comes_back(reactor, servers, clients):
+    a = await clients.start(servers[0], "a")
     A = a.config.folder
     write(A, "keep.txt", b"so that the folder is not emptied")
     write(A, "f.txt", b"seen by a")
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
 
     async def edit(operations):
-        await upload_as_other(server[0].url, "f.txt", b"edited elsewhere, never seen by a")
+        await upload_as_other(servers[0].url, "f.txt", b"edited elsewhere, never seen by a")
 
     sent = before_deletes(a, edit)
     os.unlink(os.path.join(A, "f.txt"))
     await wait_for(reactor, lambda: sent, what="the Delete")
-    assert read(server[0].root, "f.txt") == b"edited elsewhere, never seen by a"
+    assert read(servers[0].root, "f.txt") == b"edited elsewhere, never seen by a"
     (operation, result), = sent
     assert operation == Delete("f.txt", sha(b"seen by a"))
     assert (result["status"], result["code"]) == ("conflict", "PRECONDITION_FAILED")
     await wait_for(reactor, lambda: read(A, "f.txt") == b"edited elsewhere, never seen by a",
                    what="the edit back in a")
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_deleted_keeps_the_files_uploaded_into_it_meanwhile(reactor, server, clients):
-    a = await clients.start(server[0], "a")
+async def test_a_folder_deleted_keeps_the_files_uploaded_into_it_meanwhile(reactor, servers, clients):
+    a = await clients.start(servers[0], "a")
     A = a.config.folder
     write(A, "keep.txt", b"so that the folder is not emptied")
     write(A, "d/x.txt", b"x")
     write(A, "d/e/y.txt", b"y")
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
     uploaded = []
 
     async def upload_new(operations):
         # just before the first directory Delete: its files' Deletes were sent, the decision made
         if not uploaded and any(op.path in ("d", "d/e") for op in operations if isinstance(op, Delete)):
             uploaded.append(True)
-            await upload_as_other(server[0].url, "d/e/new.bin", b"uploaded while a deleted d")
+            await upload_as_other(servers[0].url, "d/e/new.bin", b"uploaded while a deleted d")
 
     sent = before_deletes(a, upload_new)
     shutil.rmtree(os.path.join(A, "d"))
     await wait_for(reactor, lambda: uploaded and any(op.path in ("d", "d/e") for op, _ in sent),
                    what="a directory's Delete")
-    assert read(server[0].root, "d/e/new.bin") == b"uploaded while a deleted d"
-    final = await converged(reactor, A, server[0].root)
+    assert read(servers[0].root, "d/e/new.bin") == b"uploaded while a deleted d"
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None, "d/e": None,
                      "d/e/new.bin": sha(b"uploaded while a deleted d")}
     for operation, _ in [s for s in sent if isinstance(s[0], Delete)]:  # each said what a had seen
@@ -100,12 +101,12 @@ def read_back(path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_broadcast_heard_before_the_own_delete_does_not_bring_the_folder_back(reactor, server, clients):
-    a = await clients.start(server[0], "a")
+async def test_a_broadcast_heard_before_the_own_delete_does_not_bring_the_folder_back(reactor, servers, clients):
+    a = await clients.start(servers[0], "a")
     A = a.config.folder
     write(A, "keep.txt", b"so that the folder is not emptied")
     os.makedirs(os.path.join(A, "e"))
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
     stale = FileMetadata.directory("e", 0.0)
 
     async def heard_meanwhile(operations):
@@ -116,4 +117,4 @@ async def test_a_broadcast_heard_before_the_own_delete_does_not_bring_the_folder
     os.rmdir(os.path.join(A, "e"))
     await wait_for(reactor, lambda: sent, what="the Delete")
     await a.engine.idle()
-    assert "e" not in tree(A) and "e" not in tree(server[0].root)
+    assert "e" not in tree(A) and "e" not in tree(servers[0].root)

@@ -14,8 +14,8 @@ from quantum_sync.delta import wanted
 from quantum_sync.blocks import encode_blocks
 from quantum_sync.client.delta import Deltas
 from quantum_sync.client.transfer import PreconditionFailed
-from support import http  # noqa: F401 (fixture)
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, wait_for, write  # noqa: F401 (fixtures)
+from clients import converged, read, write
+from support import wait_for
 
 SIZE = delta.DELTA_MIN + 2 * 1024 * 1024
 MiB = 1024 * 1024
@@ -37,14 +37,14 @@ def deltas_of(client) -> Deltas:
 
 
 @pytest_twisted.ensureDeferred
-async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, server, clients):
-    a, b, A, B = await pair(clients, server[0])
+async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, servers, clients):
+    a, b, A, B = await pair(clients, servers[0])
     base = content(1)
     write(A, "big.bin", base)
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     # a asked the server to keep the list while its upload streamed in (no one asked yet)
-    assert os.listdir(os.path.join(server[0].root, ".quantum-sync", "blocks")) == [hashlib.sha256(base).hexdigest()]
-    metrics = server[0].service.metrics
+    assert os.listdir(os.path.join(servers[0].root, ".quantum-sync", "blocks")) == [hashlib.sha256(base).hexdigest()]
+    metrics = servers[0].service.metrics
     edits = [
         ("middle", lambda old: old[:3 * MiB] + os.urandom(100_000) + old[3 * MiB + 100_000:]),
         ("insert at the start", lambda old: b"!" + old),
@@ -56,22 +56,22 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, server,
         before = (metrics.bytes_transferred, deltas_of(a).sent, deltas_of(b).received)
         write(A, "big.bin", new)
         await wait_for(reactor, lambda: read(B, "big.bin") == new, what=f"{name} at b")
-        await wait_for(reactor, lambda: read(server[0].root, "big.bin") == new, what=f"{name} on the server")
+        await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == new, what=f"{name} on the server")
         moved = metrics.bytes_transferred - before[0]
         # whole, it would be the file twice (up and down): 12 MiB and more
         assert moved < 3 * MiB, (name, moved)
         assert deltas_of(a).sent > before[1], name
         assert deltas_of(b).received > before[2], name
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_base_changed_during_a_delta_upload_is_412_then_both_are_kept(reactor, server, clients, http,
+async def test_a_base_changed_during_a_delta_upload_is_412_then_both_are_kept(reactor, servers, clients, http,
                                                                                monkeypatch):
-    a, b, A, B = await pair(clients, server[0])
+    a, b, A, B = await pair(clients, servers[0])
     base = content(2)
     write(A, "big.bin", base)
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     theirs = base[:MiB] + b"b's edit" + base[MiB + 8:]
     ours = base + b"a's edit"
     refused = []
@@ -81,7 +81,7 @@ async def test_a_base_changed_during_a_delta_upload_is_412_then_both_are_kept(re
         blocks = await real_list(self, path, sha256)
         if self is deltas_of(a) and not refused:
             # b's edit reaches the server between a's decision and a's delta upload
-            await http.json("PUT", f"{server[0].url}/api/upload", params={"path": "big.bin"}, data=theirs,
+            await http.json("PUT", f"{servers[0].url}/api/upload", params={"path": "big.bin"}, data=theirs,
                             headers={"X-Content-SHA256": hashlib.sha256(theirs).hexdigest(),
                                      "If-Match": f'"{sha256}"', "X-Client-Id": "someone-else"})
         return blocks
@@ -97,7 +97,7 @@ async def test_a_base_changed_during_a_delta_upload_is_412_then_both_are_kept(re
     monkeypatch.setattr(Deltas, "upload", watched_upload)
     await clients.stop(b)  # b's own copy stays as it is; its edit goes straight to the server
     write(A, "big.bin", ours)
-    final = await converged(reactor, A, server[0].root, timeout=30)
+    final = await converged(reactor, A, servers[0].root, timeout=30)
     assert refused == ["big.bin"]
     copies = [p for p in final if ".sync-conflict-" in p]
     assert len(copies) == 1
@@ -105,11 +105,11 @@ async def test_a_base_changed_during_a_delta_upload_is_412_then_both_are_kept(re
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, clients):
-    a, b, A, B = await pair(clients, server[0])
+async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, servers, clients):
+    a, b, A, B = await pair(clients, servers[0])
     base = content(3)
     write(A, "big.bin", base)
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     old = hashlib.sha256(base).hexdigest()
     new = base[:2 * MiB] + b"edit" + base[2 * MiB + 4:]
     # wrong lists kept on both sides, the new blocks three bytes off: a's plan reuses
@@ -120,7 +120,7 @@ async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, 
         lists.keep(old, encode_blocks(lists.chunker.blocks(b"xyz" + new)))
     write(A, "big.bin", new)
     await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edit at b")
-    assert read(server[0].root, "big.bin") == new
+    assert read(servers[0].root, "big.bin") == new
     assert deltas_of(a).sent == 0 and deltas_of(b).received == 0  # both went whole
     assert deltas_of(a).failed == 1 and deltas_of(b).failed == 1
     # the wrong lists were dropped: the next edit goes as a delta both ways
@@ -131,16 +131,16 @@ async def test_a_delta_that_fails_falls_back_to_the_whole_file(reactor, server, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_deltas_a_changed_file_travels_whole(reactor, server, clients):
-    a, b, A, B = await pair(clients, server[0], delta="never")
+async def test_without_deltas_a_changed_file_travels_whole(reactor, servers, clients):
+    a, b, A, B = await pair(clients, servers[0], delta="never")
     base = content(5)
     write(A, "big.bin", base)
-    await converged(reactor, A, B, server[0].root)
-    before = server[0].service.metrics.bytes_transferred
+    await converged(reactor, A, B, servers[0].root)
+    before = servers[0].service.metrics.bytes_transferred
     new = b"!" + base
     write(A, "big.bin", new)
     await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edit at b")
-    assert server[0].service.metrics.bytes_transferred - before >= 2 * len(new)
+    assert servers[0].service.metrics.bytes_transferred - before >= 2 * len(new)
     assert deltas_of(a).sent == 0 and deltas_of(b).received == 0
 
 
@@ -163,11 +163,11 @@ def test_the_delta_option_and_its_default_off_on_the_loopback(tmp_path, capsys):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_start_drops_the_kept_lists_of_versions_no_longer_synced(reactor, server, clients):
-    a, b, A, B = await pair(clients, server[0])
+async def test_a_start_drops_the_kept_lists_of_versions_no_longer_synced(reactor, servers, clients):
+    a, b, A, B = await pair(clients, servers[0])
     for name, seed in (("one.bin", 6), ("two.bin", 7)):
         write(A, name, content(seed))
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     first, second = content(6) + b"edit", content(7) + b"edit"  # deltas: their lists are kept
     write(A, "one.bin", first)
     write(A, "two.bin", second)
@@ -177,7 +177,7 @@ async def test_a_start_drops_the_kept_lists_of_versions_no_longer_synced(reactor
     os.unlink(os.path.join(A, "two.bin"))
     await wait_for(reactor, lambda: read(B, "two.bin") is None, what="the delete at b")
     await clients.stop(a)
-    a = await clients.start(server[0], "a", delta="always")
+    a = await clients.start(servers[0], "a", delta="always")
     assert os.listdir(lists) == [hashlib.sha256(first).hexdigest()]
 
 
@@ -195,13 +195,13 @@ def test_the_client_config_file_takes_delta_and_compress(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_version_coming_from_the_relay_is_not_fetched_again_as_a_delta(reactor, server, clients):
-    a = await clients.start(server[0], "a", delta="never")  # uploads whole: relayed
-    b = await clients.start(server[0], "b", delta="always")
+async def test_a_version_coming_from_the_relay_is_not_fetched_again_as_a_delta(reactor, servers, clients):
+    a = await clients.start(servers[0], "a", delta="never")  # uploads whole: relayed
+    b = await clients.start(servers[0], "b", delta="always")
     A, B = a.config.folder, b.config.folder
     base = content(8, 9 * MiB)
     write(A, "big.bin", base)
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     new = base[:MiB] + b"edit" + base[MiB + 4:]
     write(A, "big.bin", new)
     await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edit at b")
@@ -209,11 +209,11 @@ async def test_a_version_coming_from_the_relay_is_not_fetched_again_as_a_delta(r
 
 
 @pytest_twisted.ensureDeferred
-async def test_scattered_edits_come_in_one_multi_range_request(reactor, server, clients):
-    a, b, A, B = await pair(clients, server[0])
+async def test_scattered_edits_come_in_one_multi_range_request(reactor, servers, clients):
+    a, b, A, B = await pair(clients, servers[0])
     base = content(9)
     write(A, "big.bin", base)
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     new = bytearray(base)
     for i in range(5):  # five edits, far apart: five runs of missing bytes
         at = 300_000 + i * 1_200_000

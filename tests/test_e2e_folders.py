@@ -9,8 +9,8 @@ import sys
 
 import pytest_twisted
 
-from support import start_server
-from test_e2e_sync import clients, log_to_stderr, read, wait_for, write  # noqa: F401
+from clients import read, write
+from support import start_server, wait_for
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

@@ -3,123 +3,110 @@
 import os
 import shutil
 
-import pytest
 import pytest_twisted
-from twisted.logger import globalLogPublisher
 
+from clients import converged, read, tree, write
 from quantum_sync.client.status import folder_status
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, sleep, tree, wait_for, write  # noqa: F401
-
-
-@pytest.fixture
-def log_lines():
-    """Every log line formatted, for asserting what an admin would read."""
-    from twisted.logger import formatEvent
-
-    lines = []
-
-    def observe(event):
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
+from support import start_server, wait_for
 
 
 @pytest_twisted.ensureDeferred
-async def test_mass_delete_is_held_until_allowed(reactor, server, clients, log_lines):
-    a, b, A, B = await clients.pair(server[0])
+async def test_mass_delete_is_held_until_allowed(reactor, servers, clients, log_lines):
+    a, b, A, B = await clients.pair(servers[0])
     for i in range(30):
         write(A, f"f{i:02}.txt", b"x%d" % i)
     await converged(reactor, A, B)
     await clients.stop(a)
     for i in range(20):  # 20 of 30 vanish while the client is off (an unmounted disk, a bad script)
         os.unlink(os.path.join(A, f"f{i:02}.txt"))
-    a = await clients.start(server[0], "a")
+    a = await clients.start(servers[0], "a")
     held = [line for line in log_lines if "mass delete" in line]
     assert held and "20" in held[0]
-    await sleep(reactor, 0.3)
-    assert len(tree(server[0].root)) == 30 and len(tree(B)) == 30
+    await a.engine.reconcile()  # a later reconcile holds it too
+    assert len([line for line in log_lines if "mass delete" in line]) > len(held)
+    assert len(tree(servers[0].root)) == 30 and len(tree(B)) == 30
     status = await folder_status("a", a, reactor)
     assert [(g["guard"], g["what"], g["files"], g["synced"]) for g in status["guards"]] == [
         ("mass delete", "reconcile", 20, 30)]
     assert "--allow-mass-delete" in status["guards"][0]["release"] and not status["in_sync"]
     await clients.stop(a)
-    a = await clients.start(server[0], "a", allow_mass_delete=True)
-    await converged(reactor, A, B, server[0].root)
+    a = await clients.start(servers[0], "a", allow_mass_delete=True)
+    await converged(reactor, A, B, servers[0].root)
     assert len(tree(B)) == 10
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_that_lost_its_state_deletes_nothing(reactor, server, clients):
-    a = await clients.start(server[0], "a")
+async def test_a_folder_that_lost_its_state_deletes_nothing(reactor, servers, clients):
+    a = await clients.start(servers[0], "a")
     A = a.config.folder
     write(A, "one.txt", b"1")
     write(A, "two/three.txt", b"3")
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
     await clients.stop(a)
     shutil.rmtree(A)  # the disk is gone; an empty mount point is all that is left
     os.mkdir(A)
-    a = await clients.start(server[0], "a")
-    await converged(reactor, A, server[0].root)
+    a = await clients.start(servers[0], "a")
+    await converged(reactor, A, servers[0].root)
     assert read(A, "one.txt") == b"1" and read(A, "two/three.txt") == b"3"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_zero_byte_file_with_an_old_mtime_is_not_uploaded(reactor, server, clients, log_lines):
-    a = await clients.start(server[0], "a")
+async def test_a_zero_byte_file_with_an_old_mtime_is_not_uploaded(reactor, servers, clients, log_lines):
+    a = await clients.start(servers[0], "a")
     A = a.config.folder
     write(A, "precious.txt", b"precious content")
-    await wait_for(reactor, lambda: read(server[0].root, "precious.txt") == b"precious content")
+    await wait_for(reactor, lambda: read(servers[0].root, "precious.txt") == b"precious content")
     await clients.stop(a)
     path = os.path.join(A, "precious.txt")
     mtime = os.stat(path).st_mtime
     open(path, "wb").close()  # power loss: truncated, old mtime put back
     os.utime(path, (mtime, mtime))
-    a = await clients.start(server[0], "a")
+    a = await clients.start(servers[0], "a")
     await wait_for(reactor, lambda: any("suspect" in line for line in log_lines), what="the suspect warning")
-    assert read(server[0].root, "precious.txt") == b"precious content"
+    assert read(servers[0].root, "precious.txt") == b"precious content"
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_empty_listing_is_not_everything_deleted(reactor, server, clients, log_lines):
-    a = await clients.start(server[0], "a")
+async def test_an_empty_listing_is_not_everything_deleted(reactor, servers, clients, log_lines):
+    a = await clients.start(servers[0], "a")
     A = a.config.folder
     for name in ("a.txt", "b.txt"):
         write(A, name, name.encode())
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
     await clients.stop(a)
-    await server[0].stop()
-    shutil.rmtree(server[0].root)  # the server comes back with an empty root
-    os.mkdir(server[0].root)
-    shutil.rmtree(server[0].state_dir, ignore_errors=True)
-    from support import start_server
-
-    server[0] = await start_server(reactor, server[0].tmp_path)
-    a = await clients.start(server[0], "a")
+    await servers[0].stop()
+    shutil.rmtree(servers[0].root)  # the server comes back with an empty root
+    os.mkdir(servers[0].root)
+    shutil.rmtree(servers[0].state_dir, ignore_errors=True)
+    servers[0] = await start_server(reactor, servers[0].tmp_path)
+    a = await clients.start(servers[0], "a")
     # the server's journal started over (a new journal_id): what it lost is sent back to it
-    await wait_for(reactor, lambda: read(server[0].root, "a.txt") == b"a.txt"
-                   and read(server[0].root, "b.txt") == b"b.txt", what="the files uploaded again")
+    await wait_for(reactor, lambda: read(servers[0].root, "a.txt") == b"a.txt"
+                   and read(servers[0].root, "b.txt") == b"b.txt", what="the files uploaded again")
     assert read(A, "a.txt") == b"a.txt" and read(A, "b.txt") == b"b.txt"
 
 
 @pytest_twisted.ensureDeferred
-async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(reactor, server, clients, log_lines):
-    a, b, A, B = await clients.pair(server[0])
+async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(reactor, servers, clients, log_lines):
+    a, b, A, B = await clients.pair(servers[0])
     for i in range(30):
         write(A, f"d/f{i:02}.txt", b"x%d" % i)
     write(A, "keep.txt", b"k")
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     for i in range(25):  # a script empties most of the folder while the client watches
         os.unlink(os.path.join(A, "d", f"f{i:02}.txt"))
     await wait_for(reactor, lambda: any("mass delete" in line for line in log_lines), what="the mass delete warning")
+    # the marker's upload follows every delete event into the engine, where each waits on
+    # the guard's verdict; once the engine is idle, every verdict has been acted on
+    write(A, "marker.txt", b"m")
+    await wait_for(reactor, lambda: read(servers[0].root, "marker.txt") == b"m", what="the marker")
     await a.engine.idle()
     # the first ten went at once (ten is never a mass delete), the rest is held
-    assert len([p for p in tree(server[0].root) if p.startswith("d/f")]) == 20
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/f")]) == 20
     os.unlink(os.path.join(A, "keep.txt"))  # a delete alone, later, goes at once while the rest is held
     await wait_for(reactor, lambda: read(B, "keep.txt") is None, what="the single delete on the other client")
     await a.engine.idle()
-    assert len([p for p in tree(server[0].root) if p.startswith("d/f")]) == 20
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/f")]) == 20
     assert len([p for p in tree(B) if p.startswith("d/f")]) == 20
     status = await folder_status("a", a, reactor)
     assert [(g["what"], g["synced"]) for g in status["guards"]] == [("local deletes", 31)]
@@ -127,27 +114,27 @@ async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(rea
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_few_files_deleted_while_the_client_runs_are_deleted_on_the_server(reactor, server, clients, log_lines):
-    a, b, A, B = await clients.pair(server[0])
+async def test_a_few_files_deleted_while_the_client_runs_are_deleted_on_the_server(reactor, servers, clients, log_lines):
+    a, b, A, B = await clients.pair(servers[0])
     for i in range(30):
         write(A, f"f{i:02}.txt", b"x%d" % i)
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     for i in range(3):
         os.unlink(os.path.join(A, f"f{i:02}.txt"))
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     assert len(tree(B)) == 27
     assert not any("mass delete" in line for line in log_lines)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_copied_with_its_state_syncs_as_a_client_of_its_own(reactor, server, clients, log_lines):
-    a = await clients.start(server[0], "a", client_id=None)
+async def test_a_folder_copied_with_its_state_syncs_as_a_client_of_its_own(reactor, servers, clients, log_lines):
+    a = await clients.start(servers[0], "a", client_id=None)
     write(a.config.folder, "before.txt", b"synced before the copy")
-    await wait_for(reactor, lambda: read(server[0].root, "before.txt") is not None, what="upload")
+    await wait_for(reactor, lambda: read(servers[0].root, "before.txt") is not None, what="upload")
     await clients.stop(a)
     shutil.copytree(a.config.folder, clients.tmp_path / "copy")  # .quantum-sync/ included
-    a = await clients.start(server[0], "a", client_id=None)
-    copy = await clients.start(server[0], "copy", client_id=None)
+    a = await clients.start(servers[0], "a", client_id=None)
+    copy = await clients.start(servers[0], "copy", client_id=None)
     assert copy.engine.client_id != a.engine.client_id
     assert sum("was made for" in line and "taking a new client id" in line for line in log_lines) == 1
     # each sees the other's changes (sharing one id, each skipped the other's)

@@ -5,8 +5,9 @@ import shutil
 
 import pytest_twisted
 
+from clients import converged, read, write
 from support import HttpClient, start_server
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, wait_for, write  # noqa: F401
+from support import wait_for
 
 
 async def _journal(reactor, url):
@@ -20,28 +21,28 @@ async def _journal(reactor, url):
 
 
 @pytest_twisted.ensureDeferred
-async def test_clients_follow_a_server_whose_state_folder_was_lost(reactor, tmp_path, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_clients_follow_a_server_whose_state_folder_was_lost(reactor, tmp_path, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     write(A, "kept.txt", b"stays")
     for i in range(15):  # a journal longer than the one the server makes anew from its files
         write(A, "edited.txt", b"edit %d" % i)
-        await wait_for(reactor, lambda: read(server[0].root, "edited.txt") == b"edit %d" % i, what=f"edit {i} sent")
-    await converged(reactor, A, B, server[0].root)
+        await wait_for(reactor, lambda: read(servers[0].root, "edited.txt") == b"edit %d" % i, what=f"edit {i} sent")
+    await converged(reactor, A, B, servers[0].root)
     await a.engine.idle()
     await b.engine.idle()
-    old_id, old_head = await _journal(reactor, server[0].url)
+    old_id, old_head = await _journal(reactor, servers[0].url)
 
-    port = server[0].port
-    await server[0].stop()
-    shutil.rmtree(server[0].state_dir)  # the index and its journal are gone; the files stay
-    server[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
-    new_id, new_head = await _journal(reactor, server[0].url)
+    port = servers[0].port
+    await servers[0].stop()
+    shutil.rmtree(servers[0].state_dir)  # the index and its journal are gone; the files stay
+    servers[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
+    new_id, new_head = await _journal(reactor, servers[0].url)
     assert new_id is not None and new_id != old_id and new_head < old_head  # the deaf case: every new seq is below the old cursor
     await wait_for(reactor, lambda: a.link.connected and b.link.connected, timeout=45, what="both reconnected")
 
     write(A, "after.txt", b"written once the server started over")
     await wait_for(reactor, lambda: read(B, "after.txt") == b"written once the server started over",
                    what="a change after the restart reaching the other client")
-    final = await converged(reactor, A, B, server[0].root)
+    final = await converged(reactor, A, B, servers[0].root)
     assert set(final) == {"kept.txt", "edited.txt", "after.txt"}
     assert b.state.journal_id == new_id and a.state.journal_id == new_id

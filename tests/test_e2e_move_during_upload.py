@@ -11,7 +11,8 @@ from twisted.internet import defer, task
 
 from quantum_sync.client.transfer import ServerClient
 from quantum_sync.protocol import Delete, Move
-from test_e2e_sync import clients, converged, log_to_stderr, server, wait_for, write  # noqa: F401
+from clients import converged, write
+from support import wait_for
 
 
 def sha(data: bytes) -> str:
@@ -72,69 +73,69 @@ async def start_with_a_held_upload(reactor, server, clients):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_moved_while_an_upload_inside_is_in_flight(reactor, server, clients):
-    a, A, held = await start_with_a_held_upload(reactor, server[0], clients)
+async def test_a_folder_moved_while_an_upload_inside_is_in_flight(reactor, servers, clients):
+    a, A, held = await start_with_a_held_upload(reactor, servers[0], clients)
     os.rename(os.path.join(A, "d"), os.path.join(A, "d2"))
     await task.deferLater(reactor, 0.5, lambda: None)  # time for the move to be reported (and sent, if it would be)
     held.release()
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None,
                      "d2/f.bin": sha(b"read before the folder moved")}
     assert held.events[:2] == [("uploaded", "d/f.bin"), ("sent", Move("d", "d2"))]
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_deleted_while_an_upload_inside_is_in_flight(reactor, server, clients):
-    a, A, held = await start_with_a_held_upload(reactor, server[0], clients)
+async def test_a_folder_deleted_while_an_upload_inside_is_in_flight(reactor, servers, clients):
+    a, A, held = await start_with_a_held_upload(reactor, servers[0], clients)
     shutil.rmtree(os.path.join(A, "d"))
     await task.deferLater(reactor, 0.5, lambda: None)  # time for the delete to be reported (and sent, if it would be)
     held.release()
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied")}
     assert held.events[0] == ("uploaded", "d/f.bin")
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_file_deleted_while_the_start_up_reconcile_uploads_it(reactor, tmp_path, server, clients, monkeypatch):
+async def test_a_file_deleted_while_the_start_up_reconcile_uploads_it(reactor, tmp_path, servers, clients, monkeypatch):
     A = str(tmp_path / "a")
     write(A, "keep.txt", b"so that the folder is not emptied")
     write(A, "f.bin", b"uploaded by the first reconcile")
     held = HeldUpload("f.bin", monkeypatch=monkeypatch)
-    a = await clients.start(server[0], "a", wait=False)
+    a = await clients.start(servers[0], "a", wait=False)
     await held.started
     await wait_for(reactor, lambda: a.engine.watched, what="the watcher")
     os.unlink(os.path.join(A, "f.bin"))
     await task.deferLater(reactor, 0.5, lambda: None)  # time for the watcher to report the delete
     held.release()
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied")}
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_file_deleted_while_its_first_upload_is_in_flight(reactor, server, clients):
-    a = await clients.start(server[0], "a")
+async def test_a_file_deleted_while_its_first_upload_is_in_flight(reactor, servers, clients):
+    a = await clients.start(servers[0], "a")
     A = a.config.folder
     write(A, "keep.txt", b"so that the folder is not emptied")
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
     held = HeldUpload("f.bin", client=a)
     write(A, "f.bin", b"deleted before its upload landed")
     await held.started
     os.unlink(os.path.join(A, "f.bin"))
     await task.deferLater(reactor, 0.5, lambda: None)  # time for the watcher to report the delete
     held.release()
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied")}
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_moved_while_the_server_was_unreachable_is_moved_not_deleted(reactor, server, clients):
+async def test_a_folder_moved_while_the_server_was_unreachable_is_moved_not_deleted(reactor, servers, clients):
     from quantum_sync.client.transfer import ServerUnavailable
 
-    a = await clients.start(server[0], "a", realtime=False, interval=3600)
+    a = await clients.start(servers[0], "a", realtime=False, interval=3600)
     A = a.config.folder
     write(A, "keep.txt", b"so that the folder is not emptied")
     write(A, "d/x.bin", b"moved with its folder")
-    await converged(reactor, A, server[0].root)
+    await converged(reactor, A, servers[0].root)
     real_sync = a.engine.server.sync
     refused = []
 
@@ -150,7 +151,7 @@ async def test_a_folder_moved_while_the_server_was_unreachable_is_moved_not_dele
     await a.engine.idle()
     a.engine.retry_pending()  # the server is back
     await a.engine.idle()
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None,
                      "d2/x.bin": sha(b"moved with its folder")}
     assert a.engine.state.pending == {}

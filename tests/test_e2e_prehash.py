@@ -4,9 +4,11 @@ import hashlib
 import os
 
 import pytest_twisted
+from twisted.internet.task import deferLater
 
 from quantum_sync.client import localfs, prehash
-from test_e2e_sync import clients, log_to_stderr, read, server, sleep, wait_for  # noqa: F401
+from clients import read
+from support import wait_for
 
 BLOCK = 1 << 20
 
@@ -24,11 +26,11 @@ def full_hashes(monkeypatch):
     return seen
 
 
-async def following_client(server, clients, monkeypatch):
+async def following_client(servers, clients, monkeypatch):
     """Files from 2 MiB are followed while written; (the full hashes seen, client a, 12 blocks of 1 MiB)."""
     monkeypatch.setattr(prehash, "MIN_SIZE", 2 * BLOCK)
     hashed = full_hashes(monkeypatch)
-    a = await clients.start(server[0], "a")
+    a = await clients.start(servers[0], "a")
     return hashed, a, [os.urandom(BLOCK) for _ in range(12)]
 
 
@@ -37,23 +39,23 @@ async def write_slowly(reactor, path, blocks, before_close=None):
         for block in blocks:
             f.write(block)
             f.flush()
-            await sleep(reactor, 0.01)
+            await deferLater(reactor, 0.01, lambda: None)  # the writer's pace
         if before_close is not None:
             before_close(f)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_file_written_front_to_back_is_not_read_twice(reactor, server, clients, monkeypatch):
-    hashed, a, blocks = await following_client(server, clients, monkeypatch)
+async def test_a_file_written_front_to_back_is_not_read_twice(reactor, servers, clients, monkeypatch):
+    hashed, a, blocks = await following_client(servers, clients, monkeypatch)
     await write_slowly(reactor, os.path.join(a.config.folder, "big.bin"), blocks)
     data = b"".join(blocks)
-    await wait_for(reactor, lambda: read(server[0].root, "big.bin") == data, what="the upload")
+    await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == data, what="the upload")
     assert "big.bin" not in hashed
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_rewrite_the_growing_hash_missed_is_caught_and_sent_right(reactor, server, clients, monkeypatch):
-    hashed, a, blocks = await following_client(server, clients, monkeypatch)
+async def test_a_rewrite_the_growing_hash_missed_is_caught_and_sent_right(reactor, servers, clients, monkeypatch):
+    hashed, a, blocks = await following_client(servers, clients, monkeypatch)
 
     def rewrite_the_start(f):
         f.seek(0)
@@ -61,6 +63,6 @@ async def test_a_rewrite_the_growing_hash_missed_is_caught_and_sent_right(reacto
 
     await write_slowly(reactor, os.path.join(a.config.folder, "big.bin"), blocks, rewrite_the_start)
     data = b"rewritten in place" + b"".join(blocks)[len(b"rewritten in place"):]
-    await wait_for(reactor, lambda: read(server[0].root, "big.bin") == data, what="the right upload")
+    await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == data, what="the right upload")
     assert "big.bin" in hashed  # the server refused the guess (422); the retry hashed it all
-    assert hashlib.sha256(read(server[0].root, "big.bin")).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert hashlib.sha256(read(servers[0].root, "big.bin")).hexdigest() == hashlib.sha256(data).hexdigest()

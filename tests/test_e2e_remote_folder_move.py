@@ -12,7 +12,8 @@ import pytest_twisted
 import treq
 
 from test_e2e_move_during_upload import HeldUpload
-from test_e2e_sync import clients, converged, log_to_stderr, server, wait_for, write  # noqa: F401
+from clients import converged, write
+from support import wait_for
 
 
 def sha(data: bytes) -> str:
@@ -43,59 +44,59 @@ async def move(server, source, destination):
 
 
 @pytest_twisted.ensureDeferred
-async def test_catching_up_on_a_folder_move_with_changes_around_it(reactor, server, clients):
-    a, A = await start_behind(reactor, server[0], clients)
-    await as_other(server[0], "POST", "/api/upload", params={"path": "d/new.bin"}, data=b"made before the move")
-    await move(server[0], "d", "d2")
-    await as_other(server[0], "POST", "/api/upload", params={"path": "d2/after.bin"}, data=b"made after the move")
+async def test_catching_up_on_a_folder_move_with_changes_around_it(reactor, servers, clients):
+    a, A = await start_behind(reactor, servers[0], clients)
+    await as_other(servers[0], "POST", "/api/upload", params={"path": "d/new.bin"}, data=b"made before the move")
+    await move(servers[0], "d", "d2")
+    await as_other(servers[0], "POST", "/api/upload", params={"path": "d2/after.bin"}, data=b"made after the move")
     await a.engine.catch_up()
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None, "d2/x.txt": sha(b"x"),
                      "d2/new.bin": sha(b"made before the move"), "d2/after.bin": sha(b"made after the move")}
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_own_upload_into_the_old_folder_after_the_move_converges(reactor, server, clients):
-    a, A = await start_behind(reactor, server[0], clients)
+async def test_an_own_upload_into_the_old_folder_after_the_move_converges(reactor, servers, clients):
+    a, A = await start_behind(reactor, servers[0], clients)
     held = HeldUpload("d/late.bin", client=a)
     write(A, "d/late.bin", b"read before the folder moved on the server")
     await held.started
-    await move(server[0], "d", "d2")
+    await move(servers[0], "d", "d2")
     held.release()
     await wait_for(reactor, lambda: held.events, what="the late upload")
     await a.engine.catch_up()
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert sha(b"read before the folder moved on the server") in final.values()
     assert final["d2/x.txt"] == sha(b"x")
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_delete_heard_after_an_own_upload_into_it_landed(reactor, server, clients):
-    a, A = await start_behind(reactor, server[0], clients)
-    body = await as_other(server[0], "POST", "/api/sync", json={
+async def test_a_folder_delete_heard_after_an_own_upload_into_it_landed(reactor, servers, clients):
+    a, A = await start_behind(reactor, servers[0], clients)
+    body = await as_other(servers[0], "POST", "/api/sync", json={
         "operations": [{"Delete": {"path": "d"}}], "client_id": "other"})
     assert body["results"][0]["status"] == "applied"
     write(A, "d/new.bin", b"made while the folder was deleted elsewhere")  # uploaded at once: re-creates d
-    await wait_for(reactor, lambda: os.path.exists(os.path.join(server[0].root, "d", "new.bin")), what="the upload")
+    await wait_for(reactor, lambda: os.path.exists(os.path.join(servers[0].root, "d", "new.bin")), what="the upload")
     await a.engine.idle()
     await a.engine.catch_up()  # now a hears the older Delete of d
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None,
                      "d/new.bin": sha(b"made while the folder was deleted elsewhere")}
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_made_remotely_inside_a_folder_moved_here_does_not_bring_it_back(reactor, server, clients):
+async def test_a_folder_made_remotely_inside_a_folder_moved_here_does_not_bring_it_back(reactor, servers, clients):
     from twisted.internet import defer
 
     from quantum_sync.protocol import Create, FileMetadata, Move
 
-    a = await clients.start(server[0], "a", realtime=False, interval=3600)
+    a = await clients.start(servers[0], "a", realtime=False, interval=3600)
     A = a.config.folder
     write(A, "keep.txt", b"so that the folder is not emptied")
     os.makedirs(os.path.join(A, "d"))
-    await converged(reactor, A, server[0].root)
-    body = await as_other(server[0], "POST", "/api/sync", json={"client_id": "other", "operations": [
+    await converged(reactor, A, servers[0].root)
+    body = await as_other(servers[0], "POST", "/api/sync", json={"client_id": "other", "operations": [
         {"Create": {"metadata": {"path": "d/sub", "size": 0, "modified": "2026-01-01T00:00:00Z", "hash": "",
                                  "is_directory": True}}}]})
     seq = body["results"][0]["seq"]
@@ -114,5 +115,5 @@ async def test_a_folder_made_remotely_inside_a_folder_moved_here_does_not_bring_
     await a.engine.remote_operation(seq, Create(FileMetadata.directory("d/sub", 0.0)))
     gate.callback(None)
     await wait_for(reactor, lambda: os.path.isdir(os.path.join(A, "d2", "sub")), what="d2/sub here")
-    final = await converged(reactor, A, server[0].root)
+    final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None, "d2/sub": None}

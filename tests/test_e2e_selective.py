@@ -10,12 +10,13 @@ import shutil
 import pytest_twisted
 
 from quantum_sync.client.selection import Selection
-from test_e2e_sync import clients, log_to_stderr, read, server, wait_for, write  # noqa: F401
+from clients import read, write
+from support import wait_for
 
 
 @pytest_twisted.ensureDeferred
-async def test_exclude_widen_and_narrow(reactor, server, clients):
-    srv = server[0]
+async def test_exclude_widen_and_narrow(reactor, servers, clients):
+    srv = servers[0]
     b = await clients.start(srv, "b")
     B = b.config.folder
     for rel in ("docs/a.txt", "videos/v1.bin", "videos/v2.bin"):
@@ -57,8 +58,8 @@ async def test_exclude_widen_and_narrow(reactor, server, clients):
 
 
 @pytest_twisted.ensureDeferred
-async def test_deleting_a_directory_keeps_what_is_outside_the_selection_on_the_server(reactor, server, clients):
-    srv = server[0]
+async def test_deleting_a_directory_keeps_what_is_outside_the_selection_on_the_server(reactor, servers, clients):
+    srv = servers[0]
     b = await clients.start(srv, "b")
     B = b.config.folder
     write(B, "docs/a.txt", b"selected")

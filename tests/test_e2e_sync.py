@@ -6,177 +6,23 @@ Every wait polls the disk with a deadline; nothing sleeps for a fixed time to pa
 
 import hashlib
 import os
-import time
 
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import task
 
-from support import start_server
-from quantum_sync.client.service import ClientConfig, SyncClientService
+from clients import converged, read, tree, write
+from support import sleep, wait_for
 from quantum_sync.paths import STATE_DIR_NAME
-
-DEADLINE = 15.0
-
-
-async def sleep(reactor, seconds):
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(reactor, predicate, timeout=DEADLINE, what="condition"):
-    """Poll ``predicate`` every 20 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await sleep(reactor, 0.02)
-
-
-def tree(folder):
-    """path → sha256 (None for directories) of everything under ``folder`` but the state dir."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        rel_dir = os.path.relpath(dirpath, folder)
-        if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if d != STATE_DIR_NAME]
-        for d in dirnames:
-            found[os.path.normpath(os.path.join(rel_dir, d))] = None
-        for f in filenames:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                found[os.path.normpath(os.path.join(rel_dir, f))] = hashlib.sha256(fh.read()).hexdigest()
-    return found
-
-
-def write(folder, rel, data: bytes, mtime=None):
-    path = os.path.join(folder, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
-
-
-def read(folder, rel):
-    try:
-        with open(os.path.join(folder, rel), "rb") as f:
-            return f.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-
-
-def server_has_websocket(server) -> bool:
-    """True once the server mounts /ws (the real-time part may land after the REST API)."""
-    try:
-        listener = server.service.listeners[0]
-        site = listener.site if hasattr(listener, "site") else None
-    except (AttributeError, IndexError):
-        return True
-    root = getattr(site, "resource", None)
-    return getattr(root, "_websocket", True) is not None
-
-
-class Clients:
-    """Starts clients against a server and stops them all at the end."""
-
-    def __init__(self, reactor, tmp_path):
-        self.reactor, self.tmp_path, self.running = reactor, tmp_path, []
-
-    async def start(self, server, name, wait=True, **options):
-        folder = options.pop("folder", None) or str(self.tmp_path / name)
-        os.makedirs(folder, exist_ok=True)
-        config = ClientConfig(
-            server=server.url,
-            folder=os.path.realpath(folder),
-            client_id=options.pop("client_id", name),
-            interval=options.pop("interval", 1.0),
-            settle=options.pop("settle", 0.05),
-            **options,
-        )
-        client = SyncClientService(config, self.reactor)
-        client.startService()
-        self.running.append(client)
-        if wait:
-            await wait_for(self.reactor, lambda: client.ready.called, what=f"{name} ready")
-            if config.realtime and server_has_websocket(server):
-                await wait_for(self.reactor, lambda: client.link.connected, what=f"{name} subscribed")
-        return client
-
-    async def pair(self, server, **options):
-        """Clients "a" and "b" on one server, and their folders."""
-        a = await self.start(server, "a", **options)
-        b = await self.start(server, "b")
-        return a, b, a.config.folder, b.config.folder
-
-    async def stop(self, client):
-        if client in self.running:
-            self.running.remove(client)
-            await client.stopService()
-
-    async def stop_all(self):
-        for client in list(self.running):
-            await self.stop(client)
-
-
-@pytest.fixture
-def clients(reactor, tmp_path, log_to_stderr):
-    group = Clients(reactor, tmp_path)
-    yield group
-    pytest_twisted.blockon(defer.ensureDeferred(group.stop_all()))
-
-
-@pytest.fixture
-def log_to_stderr():
-    """With QS_TEST_LOG=1, the clients' and server's log lines go to stderr."""
-    if not os.environ.get("QS_TEST_LOG"):
-        yield
-        return
-    import sys
-
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogPublisher,
-        textFileLogObserver,
-    )
-
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
-    )
-    globalLogPublisher.addObserver(observer)
-    yield
-    globalLogPublisher.removeObserver(observer)
-
-
-@pytest.fixture
-def server(reactor, tmp_path):
-    running = pytest_twisted.blockon(defer.ensureDeferred(start_server(reactor, tmp_path)))
-    holder = [running]
-    yield holder
-    pytest_twisted.blockon(defer.ensureDeferred(holder[0].stop()))
-
-
-async def converged(reactor, *folders, timeout=DEADLINE):
-    def same():
-        trees = [tree(f) for f in folders]
-        return all(t == trees[0] for t in trees[1:]) and trees[0]
-
-    try:
-        return await wait_for(reactor, same, timeout, "folders to converge")
-    except AssertionError:
-        raise AssertionError("not converged: " + repr([tree(f) for f in folders])) from None
 
 
 # -- basic operations --------------------------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_create_update_delete_propagate(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_create_update_delete_propagate(reactor, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     write(A, "hello.txt", b"hello")
     await wait_for(reactor, lambda: read(B, "hello.txt") == b"hello", what="create")
     write(A, "hello.txt", b"hello again")
@@ -186,12 +32,12 @@ async def test_create_update_delete_propagate(reactor, server, clients):
     os.unlink(os.path.join(A, "hello.txt"))
     await wait_for(reactor, lambda: not os.path.exists(os.path.join(B, "hello.txt")), what="delete")
     assert tree(A) == tree(B) == {"back.txt": hashlib.sha256(b"from b").hexdigest()}
-    assert tree(server[0].root) == tree(A)
+    assert tree(servers[0].root) == tree(A)
 
 
 @pytest_twisted.ensureDeferred
-async def test_moves_and_empty_nested_directories(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_moves_and_empty_nested_directories(reactor, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     os.makedirs(os.path.join(A, "empty/deeper/deepest"))
     write(A, "docs/sub/report.txt", b"report")
     write(A, "single.txt", b"single")
@@ -202,19 +48,19 @@ async def test_moves_and_empty_nested_directories(reactor, server, clients):
     os.rename(os.path.join(A, "docs/sub"), os.path.join(A, "moved-sub"))
     await wait_for(reactor, lambda: read(B, "moved-sub/report.txt") == b"report", what="dir move")
     await wait_for(reactor, lambda: read(B, "docs/renamed.txt") == b"single", what="file move")
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     assert "single.txt" not in tree(B) and "docs/sub" not in tree(B)
     # deleting a nested tree
     import shutil
 
     shutil.rmtree(os.path.join(A, "empty"))
     await wait_for(reactor, lambda: not os.path.exists(os.path.join(B, "empty")), what="tree delete")
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
 
 
 @pytest_twisted.ensureDeferred
-async def test_two_hundred_files_at_once_and_a_20_mib_file(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_two_hundred_files_at_once_and_a_20_mib_file(reactor, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     for i in range(200):
         write(A, f"many/f{i:03}.txt", os.urandom(100 + i))
     big = os.urandom(20 << 20)
@@ -223,27 +69,27 @@ async def test_two_hundred_files_at_once_and_a_20_mib_file(reactor, server, clie
     assert len(tree(A)) == 202
     assert read(A, "big.bin") == big
     # the downloader kept the server's mtime; nothing was staged outside .quantum-sync
-    assert abs(os.path.getmtime(os.path.join(A, "big.bin")) - os.path.getmtime(os.path.join(server[0].root, "big.bin"))) < 1
+    assert abs(os.path.getmtime(os.path.join(A, "big.bin")) - os.path.getmtime(os.path.join(servers[0].root, "big.bin"))) < 1
     assert os.listdir(os.path.join(A, STATE_DIR_NAME, "tmp")) == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_directory_moved_in_from_outside_brings_what_is_inside_it(reactor, tmp_path, server, clients):
+async def test_a_directory_moved_in_from_outside_brings_what_is_inside_it(reactor, tmp_path, servers, clients):
     # inotify reports only the directory (its contents made no event in the folder): the
     # client looks inside the directory it created on the server, well before any rescan
-    a, b, A, B = await clients.pair(server[0], interval=3600)
+    a, b, A, B = await clients.pair(servers[0], interval=3600)
     outside = tmp_path / "outside" / "album"
     for name, data in (("one.jpg", b"1" * 3000), ("sub/two.jpg", b"2" * 70000), ("sub/deeper/three", b"3")):
         write(str(outside), name, data)
     os.rename(outside, os.path.join(A, "album"))
     await wait_for(reactor, lambda: read(B, "album/sub/deeper/three") == b"3", what="the moved-in tree")
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)
     assert read(B, "album/sub/two.jpg") == b"2" * 70000
 
 
 @pytest_twisted.ensureDeferred
-async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_conflict_keeps_both_versions_in_both_folders(reactor, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     write(A, "notes.txt", b"original")
     write(A, "gone-here.txt", b"will be deleted by b, edited by a")
     write(A, "edited-there.txt", b"will be edited by b, deleted by a")
@@ -254,14 +100,16 @@ async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, cli
     write(A, "gone-here.txt", b"a's edit")
     os.unlink(os.path.join(A, "edited-there.txt"))
     write(A, "new-on-a.txt", b"a")
-    await wait_for(reactor, lambda: read(server[0].root, "notes.txt") == b"version of a", what="a's edit on the server")
-    await wait_for(reactor, lambda: not os.path.exists(os.path.join(server[0].root, "edited-there.txt")), what="a's delete")
+    await wait_for(reactor, lambda: read(servers[0].root, "notes.txt") == b"version of a", what="a's edit on the server")
+    await wait_for(reactor, lambda: read(servers[0].root, "gone-here.txt") == b"a's edit",
+                   what="a's other edit on the server")  # else b's delete, based on the original, wins
+    await wait_for(reactor, lambda: not os.path.exists(os.path.join(servers[0].root, "edited-there.txt")), what="a's delete")
     write(B, "notes.txt", b"version of b")
     os.unlink(os.path.join(B, "gone-here.txt"))
     write(B, "edited-there.txt", b"b's edit")
     write(B, "new-on-b.txt", b"b")
-    await clients.start(server[0], "b")
-    final = await converged(reactor, A, B, server[0].root)
+    await clients.start(servers[0], "b")
+    final = await converged(reactor, A, B, servers[0].root)
     contents = {read(A, p) for p in final if p.startswith("notes")}
     assert contents == {b"version of a", b"version of b"}
     copies = [p for p in final if ".sync-conflict-" in p]
@@ -274,32 +122,33 @@ async def test_conflict_keeps_both_versions_in_both_folders(reactor, server, cli
 
 
 @pytest_twisted.ensureDeferred
-async def test_server_restart_in_the_middle(reactor, tmp_path, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_server_restart_in_the_middle(reactor, tmp_path, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     write(A, "before.txt", b"before")
     await converged(reactor, A, B)
-    port = server[0].port
+    port = servers[0].port
     for i in range(100):  # the server goes down in the middle of these transfers
         write(A, f"batch/{i:03}.bin", os.urandom(2000))
     await wait_for(reactor, lambda: len(tree(B)) > 3, what="some of the batch in b")
-    await server[0].stop()
+    await servers[0].stop()
     # changes while the server is down are queued, then sent
     write(A, "during.txt", b"during")
     write(B, "before.txt", b"changed during the outage")
-    await sleep(reactor, 0.5)
-    server[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
-    final = await converged(reactor, A, B, server[0].root, timeout=20)
+    await wait_for(reactor, lambda: "during.txt" in a.state.pending and "before.txt" in b.state.pending,
+                   what="both changes queued while the server is down")
+    servers[0] = await servers[0].restart(listen=f"tcp:{port}:interface=127.0.0.1")
+    final = await converged(reactor, A, B, servers[0].root, timeout=20)
     assert read(A, "during.txt") == b"during"
     assert read(A, "before.txt") == b"changed during the outage"
     assert not [p for p in final if "sync-conflict" in p]
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_slowly_written_file_is_never_seen_half_written(reactor, server, clients):
+async def test_a_slowly_written_file_is_never_seen_half_written(reactor, servers, clients):
     # the writer pauses 50 ms between chunks; a pause longer than the settle time would
     # rightly be taken for the end of the write, so the settle time stays far above any
     # lateness of a loaded machine
-    a, b, A, B = await clients.pair(server[0], settle=2.0)
+    a, b, A, B = await clients.pair(servers[0], settle=2.0)
     chunks = [os.urandom(8192) for _ in range(12)]
     whole = b"".join(chunks)
     seen = []
@@ -323,12 +172,12 @@ async def test_a_slowly_written_file_is_never_seen_half_written(reactor, server,
     finally:
         watcher.stop()
     assert seen and all(data == whole for data in seen)
-    assert read(server[0].root, "slow.bin") == whole
+    assert read(servers[0].root, "slow.bin") == whole
 
 
 @pytest_twisted.ensureDeferred
-async def test_syncignore_and_the_state_folder(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_syncignore_and_the_state_folder(reactor, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     write(A, ".syncignore", b"*.log\nbuild/\n")
     await wait_for(reactor, lambda: read(B, ".syncignore") == b"*.log\nbuild/\n", what=".syncignore")
     await wait_for(reactor, lambda: b.engine.rules.is_ignored("x.log"), what="b reloads the rules")
@@ -337,9 +186,17 @@ async def test_syncignore_and_the_state_folder(reactor, server, clients):
     write(B, "y.log", b"log")
     write(A, "keep.txt", b"keep")
     await wait_for(reactor, lambda: read(B, "keep.txt") == b"keep", what="keep.txt")
-    await sleep(reactor, 0.3)
-    listed = tree(server[0].root)
-    assert set(listed) == {".syncignore", "keep.txt"}
+    # markers written after the ignored files: once each has reached the other side, each
+    # client's watcher has passed the ignored files to it, and once it is idle any upload
+    # they had started would have finished
+    write(A, "after-a.txt", b"a")
+    write(B, "after-b.txt", b"b")
+    await wait_for(reactor, lambda: read(B, "after-a.txt") == b"a" and read(A, "after-b.txt") == b"b",
+                   what="the markers")
+    await a.engine.idle()
+    await b.engine.idle()
+    listed = tree(servers[0].root)
+    assert set(listed) == {".syncignore", "keep.txt", "after-a.txt", "after-b.txt"}
     assert read(B, "x.log") is None and read(A, "y.log") is None and not os.path.exists(os.path.join(B, "build"))
     # the state folders stay private: never uploaded, never listed
     assert os.path.exists(os.path.join(A, STATE_DIR_NAME, "state.db"))
@@ -347,42 +204,42 @@ async def test_syncignore_and_the_state_folder(reactor, server, clients):
 
     http = HttpClient(reactor)
     try:
-        _, listing = await http.json("GET", server[0].url + "/api/list")
+        _, listing = await http.json("GET", servers[0].url + "/api/list")
     finally:
         await http.close()
-    assert sorted(m["path"] for m in listing) == [".syncignore", "keep.txt"]
+    assert sorted(m["path"] for m in listing) == [".syncignore", "after-a.txt", "after-b.txt", "keep.txt"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_initial_sync_pulls_first_then_sends_local_files(reactor, server, clients):
-    a = await clients.start(server[0], "a")
+async def test_initial_sync_pulls_first_then_sends_local_files(reactor, servers, clients):
+    a = await clients.start(servers[0], "a")
     for i in range(60):
         write(a.config.folder, f"server-side/{i}.txt", b"%d" % i)
-    await wait_for(reactor, lambda: len(tree(server[0].root)) == 61, what="a's files on the server")
+    await wait_for(reactor, lambda: len(tree(servers[0].root)) == 61, what="a's files on the server")
     write(str(clients.tmp_path / "c"), "local-only.txt", b"mine")
-    c = await clients.start(server[0], "c", initial_sync=True)
-    await converged(reactor, a.config.folder, c.config.folder, server[0].root)
+    c = await clients.start(servers[0], "c", initial_sync=True)
+    await converged(reactor, a.config.folder, c.config.folder, servers[0].root)
     assert read(a.config.folder, "local-only.txt") == b"mine"
 
 
 @pytest.mark.parametrize("strategy,winner", [("keep-server", b"version of a"), ("keep-client", b"version of b")])
 @pytest_twisted.ensureDeferred
-async def test_keep_server_and_keep_client_strategies(reactor, server, clients, strategy, winner):
-    a, b, A, B = await clients.pair(server[0])
+async def test_keep_server_and_keep_client_strategies(reactor, servers, clients, strategy, winner):
+    a, b, A, B = await clients.pair(servers[0])
     write(A, "n.txt", b"original")
     await converged(reactor, A, B)
     await clients.stop(b)
     write(A, "n.txt", b"version of a")
-    await wait_for(reactor, lambda: read(server[0].root, "n.txt") == b"version of a", what="a's edit on the server")
+    await wait_for(reactor, lambda: read(servers[0].root, "n.txt") == b"version of a", what="a's edit on the server")
     write(B, "n.txt", b"version of b")
-    await clients.start(server[0], "b", strategy=strategy)
-    final = await converged(reactor, A, B, server[0].root)
+    await clients.start(servers[0], "b", strategy=strategy)
+    final = await converged(reactor, A, B, servers[0].root)
     assert read(A, "n.txt") == winner and list(final) == ["n.txt"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere(reactor, server, clients):
-    a, b, A, B = await clients.pair(server[0])
+async def test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere(reactor, servers, clients):
+    a, b, A, B = await clients.pair(servers[0])
     write(A, "d/x.txt", b"x")
     write(A, "d/y.txt", b"y")
     write(A, "d/e/z.txt", b"z")
@@ -392,54 +249,54 @@ async def test_a_deleted_directory_keeps_what_was_edited_inside_it_elsewhere(rea
     import shutil
 
     shutil.rmtree(os.path.join(A, "d"))
-    await wait_for(reactor, lambda: not os.path.exists(os.path.join(server[0].root, "d")), what="the delete on the server")
+    await wait_for(reactor, lambda: not os.path.exists(os.path.join(servers[0].root, "d")), what="the delete on the server")
     write(B, "d/x.txt", b"edited while a deleted the folder")
-    await clients.start(server[0], "b")
-    final = await converged(reactor, A, B, server[0].root)
+    await clients.start(servers[0], "b")
+    final = await converged(reactor, A, B, servers[0].root)
     del final["elsewhere.txt"]
     assert final == {"d": None, "d/x.txt": hashlib.sha256(b"edited while a deleted the folder").hexdigest()}
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_download_that_failed_while_the_server_was_down_is_retried(reactor, tmp_path, server, clients):
+async def test_a_download_that_failed_while_the_server_was_down_is_retried(reactor, tmp_path, servers, clients):
     """A remote change whose download failed for want of a server is remembered nowhere
     but in the offline queue (no local file, no base, the cursor moved on): the retry
     asks the server instead of deciding on local knowledge alone."""
     from quantum_sync.client.engine import UNKNOWN
     from quantum_sync.protocol import parse_metadata
 
-    a = await clients.start(server[0], "a")
-    b = await clients.start(server[0], "b", interval=3600)  # no periodic reconcile to mend it
+    a = await clients.start(servers[0], "a")
+    b = await clients.start(servers[0], "b", interval=3600)  # no periodic reconcile to mend it
     await b.link.stop()  # b hears of the change only through the announcement below
     write(a.config.folder, "late.txt", b"sent while b was not listening")
-    await wait_for(reactor, lambda: read(server[0].root, "late.txt") is not None, what="late.txt on the server")
+    await wait_for(reactor, lambda: read(servers[0].root, "late.txt") is not None, what="late.txt on the server")
     from support import HttpClient
 
     http = HttpClient(reactor)
     try:
-        _, announced = await http.json("GET", server[0].url + "/api/metadata?path=late.txt")
+        _, announced = await http.json("GET", servers[0].url + "/api/metadata?path=late.txt")
     finally:
         await http.close()
-    port = server[0].port
-    await server[0].stop()
+    port = servers[0].port
+    await servers[0].stop()
     await b.engine.request("late.txt", parse_metadata(announced))  # the download fails: queued
     assert "late.txt" in b.state.pending and read(b.config.folder, "late.txt") is None
     assert b.engine.paths.hint("late.txt") is UNKNOWN
-    server[0] = await start_server(reactor, tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
+    servers[0] = await servers[0].restart(listen=f"tcp:{port}:interface=127.0.0.1")
     b.engine.retry_pending()  # what the realtime link does once it is subscribed again
     await wait_for(reactor, lambda: read(b.config.folder, "late.txt") == b"sent while b was not listening",
                    what="the failed download retried")
 
 
 @pytest_twisted.ensureDeferred
-async def test_catching_up_never_replays_the_clients_own_changes(reactor, server, clients, monkeypatch):
+async def test_catching_up_never_replays_the_clients_own_changes(reactor, servers, clients, monkeypatch):
     """The journal holds the client's own changes too (the WebSocket never sends them).
     A page read before the server journalled the client's Move of a directory still holds
     its old Create: replaying it brought the directory back in the folder (with a base, so
     it was never sent), where neither the server nor the other client has it."""
     from quantum_sync.protocol import Move
 
-    a, b, A, B = await clients.pair(server[0])
+    a, b, A, B = await clients.pair(servers[0])
     os.makedirs(os.path.join(A, "was-here"))
     await wait_for(reactor, lambda: os.path.isdir(os.path.join(B, "was-here")), what="directory synced")
     os.rename(os.path.join(A, "was-here"), os.path.join(A, "now-here"))
@@ -459,4 +316,4 @@ async def test_catching_up_never_replays_the_clients_own_changes(reactor, server
     await a.engine.catch_up()
     await a.engine.idle()
     assert not os.path.exists(os.path.join(A, "was-here"))
-    await converged(reactor, A, B, server[0].root)
+    await converged(reactor, A, B, servers[0].root)

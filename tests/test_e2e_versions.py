@@ -13,8 +13,8 @@ from twisted.internet.threads import deferToThread
 
 from quantum_sync.config import VersionsConfig
 from quantum_sync.server.versions import AREA_NAME
-from support import http, start_server  # noqa: F401 (fixture)
-from test_e2e_sync import clients, converged, log_to_stderr, read, server, tree, wait_for, write  # noqa: F401
+from clients import converged, read, tree, write
+from support import start_server, wait_for
 
 
 def sha(data: bytes) -> str:
@@ -30,8 +30,8 @@ def area(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_restore_after_rm_rf_brings_every_file_back_to_every_client(reactor, server, clients, http):
-    running = server[0]
+async def test_a_restore_after_rm_rf_brings_every_file_back_to_every_client(reactor, servers, clients, http):
+    running = servers[0]
     a, b, A, B = await clients.pair(running)
     files = {"project/readme.txt": b"read me", "project/src/main.py": b"print(1)\n",
              "project/src/lib/util.py": b"def f(): pass\n", "project/data.bin": os.urandom(300_000)}
@@ -81,8 +81,8 @@ async def test_versions_are_pruned_by_count_and_by_age(reactor, tmp_path, http):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_restore_racing_a_new_upload_loses_nothing(reactor, server, clients, http):
-    running = server[0]
+async def test_a_restore_racing_a_new_upload_loses_nothing(reactor, servers, clients, http):
+    running = servers[0]
     a, b, A, B = await clients.pair(running)
     write(A, "doc.txt", b"one")
     await wait_for(reactor, lambda: read(B, "doc.txt") == b"one", what="one on b")

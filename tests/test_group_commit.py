@@ -4,19 +4,18 @@ still checked against the ones before it (real Store, real Index, real server)."
 import contextlib
 import hashlib
 import os
-import time
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.internet.task import deferLater
 
 from quantum_sync.client.transfer import SMALL_TRANSFER, ServerClient
 from quantum_sync.errors import SyncError
 from quantum_sync.server.index import Index
 from quantum_sync.server.operations import FileOperations
-from quantum_sync.server.store import Store, UploadSpool
-from tests.support import http, server  # noqa: F401 (fixtures)
+from quantum_sync.server.spools import UploadSpool
+from quantum_sync.server.store import Store
+from tests.support import wait_for
 
 
 def sha(data: bytes) -> str:
@@ -165,14 +164,6 @@ async def test_racing_conditional_uploads_over_http_one_wins(reactor, server, ht
     assert [list(c["operation"]) for c in answer["changes"]] == [["Create"], ["Update"]]
 
 
-async def wait_for(reactor, check, timeout=10.0):
-    """Poll ``check()`` every 20 ms until it is true or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        await deferLater(reactor, 0.02, lambda: None)
-    return check()
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_client_sends_small_files_side_by_side(reactor, server, tmp_path):
     """With ``concurrency=1`` a client still has many small uploads in flight (so the
@@ -190,8 +181,9 @@ async def test_a_client_sends_small_files_side_by_side(reactor, server, tmp_path
     try:
         started = [client.upload(name, str(tmp_path / name.replace("/", "-")), sha(data), None, len(data))
                    for name, data in sources.items()]
-        assert await wait_for(reactor, lambda: len(operations._uploads) == 7)
-        await deferLater(reactor, 0.3, lambda: None)
+        # the second large upload waits in the client for the first: it is never sent
+        await wait_for(reactor, lambda: len(operations._uploads) == 7 and client._transfers.waiting,
+                       what="six small uploads and one large on the server, the other large one queued")
         assert sorted(w.path for w in operations._uploads) == \
             ["large/0"] + [f"small/{i}" for i in range(6)]
     finally:

@@ -13,8 +13,8 @@ NAMES = sorted(name for name, _ in inspect.getmembers(IndexInterface, inspect.is
                if not name.startswith("_"))
 
 
-#: What only a cluster node's index offers (the nodes' heartbeat rows).
-CLUSTER_ONLY = {"heartbeat", "forget_node"}
+#: What only a cluster node's index offers (the nodes' heartbeat rows, client ids across nodes).
+CLUSTER_ONLY = {"heartbeat", "forget_node", "client_bindings", "bind_client"}
 
 
 def _public(cls) -> set:

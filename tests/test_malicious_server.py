@@ -14,12 +14,10 @@ import pytest_twisted
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import deferLater
 from twisted.web import resource, server
 
-from tests import hostile
 from tests.logcapture import LogCapture
-from test_ws_support import wait_for
+from support import wait_for
 
 EVIL = b"EVIL: a hostile server's content\n"
 GOOD = b"good content\n"
@@ -227,7 +225,10 @@ async def test_hostile_server_cannot_escape_the_folder(reactor, tmp_path, hostil
                 # the hostile scenarios keep the good file in the listing: once it has
                 # arrived, the client has processed what came before and after it
                 await wait_for(reactor, lambda: (folder / "good.txt").exists(), 10)
-            await deferLater(reactor, 1.0, lambda: None)  # a few more periodic reconciles
+            # one more full reconcile against the hostile listing and journal, and every
+            # job anything started has ended
+            await client.engine.reconcile()
+            await client.engine.idle()
         finally:
             await client.stopService()
 

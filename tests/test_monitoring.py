@@ -5,7 +5,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import HttpClient, start_server
-from test_ws_support import connect, drop_all, logged_failures  # noqa: F401 - fixture
+from test_ws_support import connect, drop_all
 
 TIMERS = {"ping_interval": 30, "stale_timeout": 300, "cleanup_interval": 60, "metrics_interval": 60}
 

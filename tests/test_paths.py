@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quantum_sync import paths
+from quantum_sync import paths, resolve
 from quantum_sync.errors import SyncError
 from tests.test_api_paths import ATTACKS
 
@@ -85,14 +85,34 @@ def tree(tmp_path):
                                   "link-out", "link-state", "link-sib"])
 def test_resolve_refuses_symlinks_out(tree, path):
     with pytest.raises(SyncError) as info:
-        paths.resolve(str(tree), path)
+        resolve.resolve(str(tree), path)
     assert info.value.code == "INVALID_PATH"
 
 
 def test_resolve_inside(tree):
-    assert paths.resolve(str(tree), "dir/new.txt") == str(tree / "dir" / "new.txt")
-    assert paths.resolve(str(tree), "link-in/x") == str(tree / "link-in" / "x")
-    assert paths.resolve(str(tree), "missing/deeper/x") == str(tree / "missing" / "deeper" / "x")
+    assert resolve.resolve(str(tree), "dir/new.txt") == str(tree / "dir" / "new.txt")
+    # a link as the last segment is the name itself, never its target
+    assert resolve.resolve(str(tree), "link-in") == str(tree / "link-in")
+    assert resolve.resolve(str(tree), "missing/deeper/x") == str(tree / "missing" / "deeper" / "x")
+
+
+def test_resolve_goes_through_no_link_even_one_inside(tree):
+    """One rule for server and client: scans never follow a link, so neither does a
+    read or a write (the client used to go through links leading inside its folder)."""
+    with pytest.raises(SyncError) as info:
+        resolve.resolve(str(tree), "link-in/x")
+    assert info.value.code == "INVALID_PATH"
+
+
+def test_walk_hands_back_the_names_own_lstat(tree):
+    (tree / "dir" / "f").write_bytes(b"abc")
+    absolute, st, parents_exist = resolve.walk(str(tree), "dir/f")
+    assert (absolute, st.st_size, st.st_ino, parents_exist) == (str(tree / "dir" / "f"), 3,
+                                                                os.lstat(tree / "dir" / "f").st_ino, True)
+    assert resolve.walk(str(tree), "dir/missing")[1:] == (None, True)
+    assert resolve.walk(str(tree), "missing/deeper/x")[1:] == (None, False)
+    assert resolve.walk(str(tree), "dir/f/below")[1:] == (None, False)
+    assert resolve.resolve_and_lstat(str(tree), "link-in")[1].st_mode == os.lstat(tree / "link-in").st_mode
 
 
 def test_relative_from_disk(tree):
@@ -116,7 +136,7 @@ def test_resolve_never_leaves_the_root(tree, path):
     outside the state directory, or resolve refuses it with INVALID_PATH."""
     real_root = os.path.realpath(str(tree))
     try:
-        resolved = paths.resolve(str(tree), path)
+        resolved = resolve.resolve(str(tree), path)
     except SyncError as error:
         assert error.code == "INVALID_PATH"
         return

@@ -13,10 +13,11 @@ from twisted.internet.defer import Deferred
 
 from quantum_sync import config as config_module
 from quantum_sync.server.service import make_server_service
-from quantum_sync.server.store import Store, UploadSpool
-from tests.support import HttpClient, server_document, start_server
+from quantum_sync.server.spools import UploadSpool
+from quantum_sync.server.store import Store
+from tests.support import HttpClient, server_document, start_server, wait_for
 from test_disk_changes import WITHIN, GatedStore, operations_on
-from test_ws_support import connect, drop_all, wait_for
+from test_ws_support import connect, drop_all
 
 
 def sha(data: bytes) -> str:

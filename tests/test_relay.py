@@ -30,11 +30,12 @@ from quantum_sync.client import transfer
 from quantum_sync.client.transfer import _Prefetch, ServerClient
 from quantum_sync.server.relay import RELAY_MIN, TOPIC
 from tests.logcapture import LogCapture
-from tests.support import HttpClient, http, server, start_server  # noqa: F401 (fixtures)
+from clients import read
+from support import wait_for
+from tests.support import HttpClient, start_server
 from tests.test_auth_e2e import auth_section, bearer, tokens_by_role
 from tests.test_server_stop import KeepAliveClient
-from test_e2e_sync import Clients, log_to_stderr, read, wait_for as wait_on_disk  # noqa: F401 (fixture)
-from test_ws_support import connect, drop_all, wait_for
+from test_ws_support import connect, drop_all
 
 TIMEOUT = 5.0
 #: Just above the threshold: relayed, and quick to send on loopback.
@@ -622,7 +623,7 @@ class SpoolGate:
 
 def relay_readers(server) -> int:
     """Readers following uploads on ``server`` right now."""
-    return sum(len(relay._readers) for relay in server.service.api.relays._relays.values())
+    return server.service.api.relays.reader_count()
 
 
 def subscribed_to_transfers(server, client_id) -> bool:
@@ -638,13 +639,6 @@ def access_lines(log) -> list:
 def requests_for(log, route, path) -> list:
     return [line for line in access_lines(log)
             if line[1].startswith(route + "?") and f"path={path}" in line[1]]
-
-
-@pytest.fixture
-def clients(reactor, tmp_path, log_to_stderr):  # noqa: F811
-    group = Clients(reactor, tmp_path)
-    yield group
-    pytest_twisted.blockon(defer.ensureDeferred(group.stop_all()))
 
 
 def staged_bytes(folder) -> int:
@@ -688,7 +682,7 @@ async def test_a_client_gets_a_large_file_from_its_relay(reactor, tmp_path, serv
             assert not os.path.exists(os.path.join(b.config.folder, "big.bin"))
         finally:
             gate.open()
-        await wait_on_disk(reactor, lambda: read(b.config.folder, "big.bin") == data, TIMEOUT, "B has big.bin")
+        await wait_for(reactor, lambda: read(b.config.folder, "big.bin") == data, TIMEOUT, "B has big.bin")
         await wait_for(reactor, lambda: requests_for(log, "/api/relay", "big.bin"), TIMEOUT)
     assert [status for _, _, status in requests_for(log, "/api/relay", "big.bin")] == [200]
     assert requests_for(log, "/api/download", "big.bin") == []
@@ -710,11 +704,10 @@ async def test_a_client_without_relay_downloads_once_stored(reactor, tmp_path, s
         put_in_place(tmp_path, a.config.folder, "big.bin", data)
         try:
             await wait_for(reactor, gate.held.is_set, TIMEOUT)
-            await sleep(reactor, 0.5)  # time enough for B to follow a relay, if it heard of one
             assert relay_readers(server) == 0
         finally:
             gate.open()
-        await wait_on_disk(reactor, lambda: read(b.config.folder, "big.bin") == data, TIMEOUT, "B has big.bin")
+        await wait_for(reactor, lambda: read(b.config.folder, "big.bin") == data, TIMEOUT, "B has big.bin")
     assert not subscribed_to_transfers(server, "b")
     assert subscribed_to_transfers(server, "a")  # A (relay on) does subscribe
     assert requests_for(log, "/api/relay", "big.bin") == []
@@ -853,6 +846,7 @@ async def test_a_download_claims_the_prefetch_of_its_version(reactor, server, ht
     """A download asked while the relay is still being read waits for it and gets the
     relayed file (no /api/download); the claimed file is not expired afterwards."""
     client, body, answer, data, staging = await prefetching(reactor, server, http, sockets, tmp_path, monkeypatch)
+    entry = client._prefetches[("big.bin", sha(data))]
     try:
         with LogCapture() as log:
             await body.paused.addTimeout(TIMEOUT, reactor)
@@ -866,7 +860,7 @@ async def test_a_download_claims_the_prefetch_of_its_version(reactor, server, ht
         routes = [line[1].split("?")[0] for line in access_lines(log)]
         assert "/api/relay" in routes and "/api/download" not in routes
         assert client._prefetches == {}
-        await sleep(reactor, 0.5)  # longer than PREFETCH_KEEP: the claimer's file stays
+        assert entry.expiry is None  # nothing will throw the claimer's file away
         assert os.listdir(staging) == [os.path.basename(staged)]
     finally:
         await client.close()
@@ -984,7 +978,7 @@ async def test_a_client_acts_only_on_useful_announcements(reactor, tmp_path, ser
     same = os.urandom(1000)
     await json_answer(http, "PUT", f"{server.url}/api/upload", 200, params={"path": "same.bin"}, data=same,
                       headers={"X-Client-Id": ["a"]})
-    await wait_on_disk(reactor, lambda: read(b.config.folder, "same.bin") == same, TIMEOUT, "B has same.bin")
+    await wait_for(reactor, lambda: read(b.config.folder, "same.bin") == same, TIMEOUT, "B has same.bin")
     hub = server.service.hub
     with LogCapture() as log:
         hub.event("upload_started", {"path": "../escape.bin", "hash": sha(b"x"), "size": SIZE, "source_client": "a"})

@@ -7,7 +7,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.logcapture import LogCapture
-from tests.support import start_server
+from tests.support import start_server, wait_for
 
 REQUEST = b"GET /api/metadata?path=a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -32,34 +32,21 @@ async def connect(reactor, port):
     return client
 
 
-async def answered(reactor, client, deadline=10.0):
+async def answered(reactor, client):
     """Wait (bounded) until one whole small answer is in."""
-    waited = 0.0
     def complete():  # a chunked body ends with an empty chunk, a sized one with the JSON
         data = client.received
         return b"\r\n\r\n" in data and (data.endswith(b"\r\n0\r\n\r\n") or data.rstrip().endswith(b"}"))
 
-    while not complete():
-        assert waited < deadline, client.received
-        await defer.ensureDeferred(_sleep(reactor, 0.01))
-        waited += 0.01
+    await wait_for(reactor, complete, what="the answer")
 
 
-async def upload_in_progress(reactor, client, site, path: str, body: bytes, deadline=10.0):
-    """Send an upload and wait (bounded) until the site is handling it."""
+async def upload_in_progress(reactor, client, lock, path: str, body: bytes):
+    """Send an upload and wait (bounded) until its install waits for ``lock`` (held by
+    the test): the request is then surely in progress."""
     client.transport.write(b"POST /api/upload?path=%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
                            % (path.encode(), len(body), body))
-    waited = 0.0
-    while not any(c._handlingRequest for c in site.channels):
-        assert waited < deadline, "the upload never reached the site"
-        await _sleep(reactor, 0.01)
-        waited += 0.01
-
-
-async def _sleep(reactor, seconds):
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, seconds, lambda: None)
+    await wait_for(reactor, lambda: lock.waiting, what="the upload waiting to be installed")
 
 
 @pytest_twisted.ensureDeferred
@@ -86,15 +73,18 @@ async def test_idle_keepalive_connections_are_closed_before_the_index(reactor, t
 async def test_a_request_in_progress_when_the_server_stops_is_answered(reactor, tmp_path):
     server = await start_server(reactor, tmp_path)
     client = await connect(reactor, server.port)
+    idle = await connect(reactor, server.port)
     lock = server.service.operations._lock
     await lock.acquire()  # the upload's install waits here: the request is surely in progress
     try:
         with LogCapture() as log:
             body = b"uploaded while the server stops"
-            await upload_in_progress(reactor, client, server.service.listeners[0].site, "b.txt", body)
+            await upload_in_progress(reactor, client, lock, "b.txt", body)
             stopping = defer.ensureDeferred(server.stop())
-            await _sleep(reactor, 0.05)
-            assert not stopping.called  # it waits for the answer
+            # the idle connection is dropped as the stop closes connections: from then on
+            # the stop waits for the answer
+            await idle.lost.addTimeout(5, reactor)
+            assert not stopping.called
             lock.release()
             await stopping
             await client.lost.addTimeout(5, reactor)
@@ -119,7 +109,7 @@ async def test_connections_still_busy_after_the_grace_time_are_aborted_quietly(r
     site = server.service.listeners[0].site
     try:
         with LogCapture() as log:
-            await upload_in_progress(reactor, client, site, "c.txt", b"c")
+            await upload_in_progress(reactor, client, lock, "c.txt", b"c")
             await site.close_connections(grace=0.2)
             await client.lost.addTimeout(5, reactor)
             gc.collect()  # an unhandled failure in a forgotten Deferred is logged now

@@ -5,7 +5,6 @@ import os
 
 import pytest_twisted
 
-from cluster_support import cluster_block, pg_schema  # noqa: F401 - fixtures
 from test_ws_support import connect
 from tests.support import LOCAL_LISTEN, HttpClient, start_service
 

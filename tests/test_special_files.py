@@ -13,7 +13,7 @@ from twisted.internet import defer
 
 from quantum_sync import diskio
 from quantum_sync.server.store import Store
-from tests.support import http, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 #: A request that does not answer within this many seconds is stuck on a special file.
 ANSWER_WITHIN = 10

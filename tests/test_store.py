@@ -8,7 +8,8 @@ import pytest
 from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.diskio import sha256_file
-from quantum_sync.server.store import NamelessTemp, Store, UploadSpool
+from quantum_sync.server.spools import UploadSpool
+from quantum_sync.server.store import NamelessTemp, Store
 
 
 @pytest.fixture
@@ -122,12 +123,12 @@ def test_memory_budget_pauses_and_releases_every_spool(store, monkeypatch):
     import threading
     import time
 
-    from quantum_sync.server.store import _MemoryBudget
+    from quantum_sync.server.uploadmemory import MemoryBudget
 
     real_writev = os.writev
     monkeypatch.setattr(os, "writev", lambda fd, blocks: (time.sleep(0.002), real_writev(fd, blocks))[1])
     chunk_size, limit = 256 * 1024, 2 * 1024 * 1024
-    budget = _MemoryBudget(limit)
+    budget = MemoryBudget(limit)
     drained = [threading.Event() for _ in range(3)]
     spools = [UploadSpool(store.temp_dir, on_drained=event.set, budget=budget) for event in drained]
     bodies = [os.urandom(chunk_size) * 12 for _ in spools]
@@ -274,9 +275,10 @@ def test_resolve_walks_only_below_the_root(tmp_path):
 def test_memory_spools_count_in_the_shared_budget():
     """Small bodies kept in memory take their length from the budget until closed; when
     it is spent, the caller gets None (and spools to a file instead)."""
-    from quantum_sync.server.store import MemorySpool, _MemoryBudget
+    from quantum_sync.server.spools import MemorySpool
+    from quantum_sync.server.uploadmemory import MemoryBudget
 
-    budget = _MemoryBudget(100)
+    budget = MemoryBudget(100)
     first = MemorySpool.reserve(60, budget)
     assert first is not None and budget.total == 60
     assert MemorySpool.reserve(50, budget) is None

@@ -14,7 +14,7 @@ from quantum_sync.server.metrics import Metrics
 from tests.logcapture import LogCapture
 from tests.support import server_document, start_service
 from test_config import document
-from test_ws_support import MEMORY_JOURNAL_ID, sites, logged_failures  # noqa: F401 - fixtures
+from test_ws_support import MEMORY_JOURNAL_ID
 
 
 @pytest.mark.parametrize("key", ["ping_interval", "stale_timeout", "cleanup_interval"])

@@ -176,8 +176,7 @@ async def test_sync_client_over_https_verifies_the_server(reactor, tmp_path, pki
     """The real sync client against a real https/wss server: without the CA it moves no
     byte and says why (and keeps retrying); with ``ca_cert`` it syncs."""
     from quantum_sync.client.service import ClientConfig, SyncClientService
-    from test_ws_support import wait_for
-    from tests.support import start_server
+    from tests.support import start_server, wait_for
 
     root = tmp_path / "root"
     root.mkdir()

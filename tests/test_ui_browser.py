@@ -17,9 +17,9 @@ import pytest
 import pytest_twisted
 
 from tests.browser import BrowserThread, chromium_missing, open_page, row_selector
-from tests.support import HttpClient, start_server
+from tests.support import HttpClient, start_server, wait_for as wait_on_disk
 from tests.test_auth_e2e import PASSWORDS, auth_section
-from test_e2e_sync import clients, log_to_stderr, read, wait_for as wait_on_disk, write  # noqa: F401 (fixtures)
+from tests.clients import read, write
 
 # CI installs chromium (.ci/run): there a missing browser is a failure, not a skip
 pytestmark = pytest.mark.skipif(chromium_missing() and not os.environ.get("CI"),

@@ -7,7 +7,7 @@ import os
 import pytest_twisted
 
 from quantum_sync.server import webui
-from tests.support import http, server, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 
 def header(response, name: str):

@@ -11,7 +11,7 @@ import pytest_twisted
 from quantum_sync import passwords
 from quantum_sync.config import VersionsConfig
 from quantum_sync.server.versions import AREA_NAME
-from tests.support import http, server, start_server  # noqa: F401 (fixtures)
+from tests.support import start_server
 
 
 def sha(data: bytes) -> str:

@@ -10,8 +10,8 @@ import pytest
 import pytest_twisted
 
 from quantum_sync import diskio
-from quantum_sync.server.store import UploadSpool
-from tests.support import http, start_server  # noqa: F401 (fixtures)
+from quantum_sync.server.spools import UploadSpool
+from tests.support import start_server
 
 
 def _failing(code: int):

@@ -5,7 +5,8 @@ import pytest
 import pytest_twisted
 
 from quantum_sync.protocol import Change, Delete, Move, now
-from test_ws_support import MEMORY_JOURNAL_ID, logged_failures, sites, wait_for  # noqa: F401 - fixtures
+from support import wait_for
+from test_ws_support import MEMORY_JOURNAL_ID
 
 
 @pytest_twisted.ensureDeferred
@@ -138,9 +139,10 @@ async def test_system_metrics_on_the_system_topic(sites):
 async def test_compression_is_negotiated_small_and_context_free(sites):
     site = await sites()
     sender, reader = await site.connect(), await site.connect(compress=True)
-    assert reader._perMessageCompress.client_max_window_bits == 9  # asked of the client
-    (server_side,) = [c for c in site.hub.connections if c._perMessageCompress is not None]
-    deflate = server_side._perMessageCompress
+    (asked,) = reader.websocket_extensions_in_use
+    assert asked.client_max_window_bits == 9  # asked of the client
+    (server_side,) = [c for c in site.hub.connections if c.websocket_extensions_in_use]
+    (deflate,) = server_side.websocket_extensions_in_use
     assert deflate.server_no_context_takeover and deflate.server_max_window_bits == 9
     assert deflate.mem_level == 1 and deflate.client_max_window_bits == 9
     await reader.request({"type": "Subscribe", "client_id": "reader"})

@@ -11,7 +11,8 @@ from twisted.internet.task import Clock, LoopingCall, deferLater
 
 from quantum_sync.protocol import Change, Delete, now
 from quantum_sync.server.auth import Account, TokenAuthorizer
-from test_ws_support import logged_failures, raw_handshake, sites, wait_for  # noqa: F401 - fixtures
+from support import wait_for
+from test_ws_support import raw_handshake
 
 
 def padded_ping(size: int) -> bytes:

@@ -8,7 +8,8 @@ import os
 import pytest_twisted
 
 from tests.support import HttpClient, start_server
-from test_ws_support import connect, drop_all, logged_failures, wait_for  # noqa: F401 - fixture
+from support import wait_for
+from test_ws_support import connect, drop_all
 
 TIMERS = {"ping_interval": 30, "stale_timeout": 300, "cleanup_interval": 60, "metrics_interval": 60}
 

@@ -14,15 +14,12 @@ import json
 import os
 
 import attrs
-import pytest
-import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -34,6 +31,7 @@ from quantum_sync.server.auth import OpenAuthorizer
 from quantum_sync.server.hub import Hub
 from quantum_sync.server.metrics import Metrics
 from quantum_sync.server.ws import HubFactory, HubResource
+from support import wait_for
 
 TIMEOUT = 5.0
 #: Timers long enough to stay out of the way of tests that do not exercise them.
@@ -205,15 +203,6 @@ async def drop_all(reactor, clients, hub, timeout=TIMEOUT):
     await deferLater(reactor, 0, lambda: None)
 
 
-async def wait_for(reactor, condition, timeout=TIMEOUT, step=0.01):
-    """Poll ``condition`` until true; fail after ``timeout`` seconds."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in time")
-        await deferLater(reactor, step, lambda: None)
-
-
 UPGRADE_HEADERS = {
     "Upgrade": ["websocket"],
     "Connection": ["Upgrade"],
@@ -232,35 +221,3 @@ async def raw_handshake(reactor, url, headers=None):
         return response.code, json.loads(body) if body else None
     finally:
         await pool.closeCachedConnections()
-
-
-# -- fixtures (imported by the test modules) -------------------------------------------
-
-
-@pytest.fixture
-def logged_failures():
-    """Every failure (traceback) logged while the test runs; tests assert there are none."""
-    failures = []
-
-    def observe(event):
-        if "log_failure" in event:
-            failures.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield failures
-    globalLogPublisher.removeObserver(observe)
-
-
-@pytest_twisted.async_yield_fixture
-async def sites(reactor, tmp_path, logged_failures):
-    started = []
-
-    async def start(**settings):
-        site = await hub_site(reactor, tmp_path, **{**QUIET, **settings})
-        started.append(site)
-        return site
-
-    yield start
-    for site in started:
-        await site.stop()
-    assert [e.get("log_format") for e in logged_failures] == []

@@ -11,7 +11,6 @@ succeeds.
 import os
 import time
 
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.blocklists import BlockLists
@@ -65,7 +64,7 @@ class Actions:
         self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete)
         self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
         #: delta transfers of large files (block lists kept in the folder's state)
-        self.deltas = Deltas(engine.server, BlockLists(os.path.join(state_dir(engine.folder), "blocks")))
+        self.deltas = Deltas(engine.server, BlockLists(os.path.join(state_dir(engine.folder), "blocks")), engine.threads)
         self._run = {
             Action.NOTHING: self._nothing,
             Action.RECORD: self._record,
@@ -173,7 +172,7 @@ class Actions:
             await engine.intake.reload_rules()
         if not engine.watched:
             # the watcher reports a write made after the read; without it, look once more
-            after = await deferToThread(localfs.lstat, engine.abspath(path))
+            after = await engine.threads.defer(localfs.lstat, engine.abspath(path))
             if after != local.stat:
                 engine.retry_later(path)
 
@@ -220,12 +219,12 @@ class Actions:
         engine = self.engine
         expected = local.stat if local else None
         if remote.is_directory:
-            missing = await deferToThread(localfs.missing_ancestors, engine.folder, path)
+            missing = await engine.threads.defer(localfs.missing_ancestors, engine.folder, path)
             if any(engine.state.base(parent) is not None for parent in missing):
                 # a synced folder above it was moved or deleted here and that change is on its
                 # way: re-creating the folder would undo it; the server's outcome comes back
                 return
-            st = await deferToThread(localfs.make_directory, engine.folder, engine.abspath(path))
+            st = await engine.threads.defer(localfs.make_directory, engine.folder, engine.abspath(path))
             engine.record(path, remote, st)
             return
         small = remote.size <= SMALL_TRANSFER
@@ -261,10 +260,10 @@ class Actions:
     async def _install_staged(self, path, staged, expected, remote):
         engine = self.engine
         try:
-            return await deferToThread(localfs.install, engine.folder, staged, engine.abspath(path), expected,
+            return await engine.threads.defer(localfs.install, engine.folder, staged, engine.abspath(path), expected,
                                        remote.modified)
         except BaseException:
-            await deferToThread(localfs.unlink_quietly, staged)
+            await engine.threads.defer(localfs.unlink_quietly, staged)
             raise
 
     # -- deletes -------------------------------------------------------------------------
@@ -272,7 +271,7 @@ class Actions:
     async def _delete_local(self, path, local):
         engine = self.engine
         if local is not None:
-            removed = await deferToThread(localfs.remove, engine.abspath(path), local.stat)
+            removed = await engine.threads.defer(localfs.remove, engine.abspath(path), local.stat)
             if not removed:
                 return  # a directory with something new inside stays
             self.log.info("deleted {path} locally (deleted on the server)", path=path)
@@ -288,7 +287,7 @@ class Actions:
             synced = [p for p in files if not is_ignored(p, False)]
             return sum(1 for p in synced if localfs.lstat(os.path.join(folder, p)) is None), len(synced)
 
-        return deferToThread(count)
+        return engine.threads.defer(count)
 
     def _count_synced(self):
         return sum(1 for b in self.engine.state.bases.values() if not b.entry.is_directory)
@@ -337,7 +336,7 @@ class Actions:
     async def _conflict(self, path, local, remote):
         engine = self.engine
         copy = conflict_name(path, time.time(), engine.client_id)
-        await deferToThread(localfs.rename, engine.folder, engine.abspath(path), engine.abspath(copy), local.stat)
+        await engine.threads.defer(localfs.rename, engine.folder, engine.abspath(path), engine.abspath(copy), local.stat)
         self.log.warn(
             "conflict on {path}: changed on both sides; the local version is kept as {copy}",
             path=path,
@@ -352,7 +351,7 @@ class Actions:
         local = await engine.local_version(source)
         if base is None or local is None or not local.entry.same_content(base.entry):
             raise localfs.LocalChanged(source)
-        await deferToThread(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
+        await engine.threads.defer(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
         engine.state.move(source, destination)
         self.log.info("moved {source} to {destination} locally (moved on the server)", source=source,
                       destination=destination)

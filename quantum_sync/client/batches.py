@@ -8,7 +8,6 @@ the reactor's turn, with everything else submitted in that turn.
 """
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 
 
 class Batcher:
@@ -86,11 +85,12 @@ class Batcher:
 
 
 class ThreadBatcher(Batcher):
-    """Runs blocking ``work(items)`` on the reactor's thread pool, ``concurrency`` batches
+    """Runs blocking ``work(items)`` in ``threads`` (a
+    :class:`~quantum_sync.threads.ThreadPoolService`), ``concurrency`` batches
     at a time, each started at the end of a reactor turn (the downloads of one batch
     answer in one turn: their installs go as one call, not the first one or two alone,
     each with an fsync of its own)."""
 
-    def __init__(self, reactor, work, concurrency: int = 1):
-        super().__init__(lambda items: deferToThreadPool(reactor, reactor.getThreadPool(), work, items), concurrency,
+    def __init__(self, reactor, threads, work, concurrency: int = 1):
+        super().__init__(lambda items: threads.defer(work, items), concurrency,
                          reactor=reactor)

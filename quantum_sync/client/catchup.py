@@ -10,13 +10,15 @@ that reconcile uploads again what the server lost instead of deleting it here.
 """
 
 import collections
+import stat
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client import localfs
+from quantum_sync.errors import SyncError
+from quantum_sync.resolve import resolve_and_lstat
 from quantum_sync.client.journal import Heard, Identity, JournalCursor
 from quantum_sync.client.pathstate import FETCH
 from quantum_sync.client.state import tmp_dir
@@ -45,6 +47,7 @@ class RemoteChanges:
         self._move = None  # the Move being applied: later changes wait for it
         self._recent = collections.deque(maxlen=RECENT)  # (seq, path) of Creates/Updates heard
         self._moves = collections.deque(maxlen=RECENT)  # (seq, source, destination) applied, any client's
+        self._refused_moves = set()  # (source, destination) of Moves not taken (symlinks)
         self._last_move = 0  # the highest seq of those
 
     # -- what the link tells -------------------------------------------------------------
@@ -104,7 +107,10 @@ class RemoteChanges:
         return done
 
     def _passed(self, result, seq, operation):
-        self.moved(seq, operation.source, operation.destination)
+        if (operation.source, operation.destination) in self._refused_moves:
+            self._refused_moves.discard((operation.source, operation.destination))
+        else:
+            self.moved(seq, operation.source, operation.destination)
         return result
 
     def moved(self, seq, source, destination) -> None:
@@ -201,11 +207,18 @@ class RemoteChanges:
 
     async def _remote_move(self, source, destination):
         engine = self.engine
+        if await engine.threads.defer(_through_a_link, engine.folder, source, destination):
+            # a symlink here is never synced: a move of it, or through it, is not taken
+            # as a hint to fetch what the server claims is at the destination either
+            self.log.warn("a move from the server of {source} to {destination} was refused: it goes "
+                          "through a symbolic link in the folder", source=source, destination=destination)
+            self._refused_moves.add((source, destination))  # nothing is followed to its destination
+            return
         await engine.locks.wait_below(source)  # an upload into the folder in flight lands first
         async with engine.locks.hold(source, destination):
             base = engine.state.base(source)
             local = await engine.local_version(source)
-            target = await deferToThread(localfs.lstat, engine.abspath(destination))
+            target = await engine.threads.defer(localfs.lstat, engine.abspath(destination))
             directory = any(v is not None and v.entry.is_directory for v in (base, local))
             moved = self._moves_here(base, local, target, destination)
             if moved:
@@ -237,7 +250,7 @@ class RemoteChanges:
 
     async def _rename(self, source, destination, local):
         engine = self.engine
-        await deferToThread(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
+        await engine.threads.defer(localfs.rename, engine.folder, engine.abspath(source), engine.abspath(destination), local.stat)
         engine.state.move(source, destination)
         self.log.info("moved {source} to {destination} (moved on the server)", source=source, destination=destination)
         if local.entry.is_directory:
@@ -344,3 +357,15 @@ def carried_by_moves(changes) -> list:
                 kept.append(item)
         ordered = kept + [(change, operation)] + carried
     return ordered
+
+
+def _through_a_link(folder, *paths) -> bool:
+    """Whether any of ``paths`` is, or goes through, a symbolic link in ``folder``."""
+    for path in paths:
+        try:
+            _, st = resolve_and_lstat(folder, path)
+        except SyncError:
+            return True
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return True
+    return False

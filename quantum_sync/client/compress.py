@@ -11,7 +11,6 @@ import os
 import tempfile
 
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThread
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 import zstandard
@@ -37,12 +36,14 @@ def sample_pays(abspath: str) -> bool:
 
 @implementer(IBodyProducer)
 class ZstdFileBody:
-    """The zstd stream of an open file (read from where it is), sent chunked."""
+    """The zstd stream of an open file (read from where it is), sent chunked; compressed
+    in ``threads`` (a :class:`~quantum_sync.threads.ThreadPoolService`)."""
 
     length = UNKNOWN_LENGTH
 
-    def __init__(self, file):
+    def __init__(self, file, threads):
         self._file = file
+        self._threads = threads
         self._compressor = zstandard.ZstdCompressor(level=LEVEL).compressobj()
         self._paused = None  # a Deferred while paused
         self._stopped = False
@@ -56,7 +57,7 @@ class ZstdFileBody:
                 await self._paused
             if self._stopped:
                 raise task.TaskStopped()
-            piece, done = await deferToThread(self._next)
+            piece, done = await self._threads.defer(self._next)
             if self._stopped:
                 raise task.TaskStopped()
             if piece:

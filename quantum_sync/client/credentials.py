@@ -21,9 +21,10 @@ import os
 import stat
 
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from quantum_sync.threads import ReactorThreads
 
 #: A token is renewed after this share of its life has passed.
 RENEW_AT = 2 / 3
@@ -167,12 +168,14 @@ class TokenFile(Credentials):
 
     advice = "write a new one into the file (it is read again when it changes); retrying slowly"
 
-    def __init__(self, clock, path, token, run_in_thread=deferToThread):
+    def __init__(self, clock, path, token, run_in_thread=None):
+        """``run_in_thread(f, *args)``: a Deferred of ``f(*args)`` run off the reactor (by
+        default in ``clock``'s, the reactor's, thread pool)."""
         super().__init__(clock)
         self.path = path
         self.token = token
         self.source = f"in {path}"
-        self._run_in_thread = run_in_thread
+        self._run_in_thread = run_in_thread if run_in_thread is not None else ReactorThreads(clock).defer
         self._seen = _file_identity(path)
         self._checker = None
         self.check = _Coalesced(self._check)
@@ -236,6 +239,7 @@ class Login(Credentials):
         self._expires = None  # clock time the token runs out
         self._renewal = None
         self._refused = None  # (clock time, exception) of the last refused login
+        self._renew_failures = 0  # renewals failed in a row
         self._stopped = False
 
     def __repr__(self):  # never the password
@@ -271,6 +275,7 @@ class Login(Credentials):
                                user=self.user, error=str(e), seconds=LOGIN_RETRY)
             raise
         self._refused = None
+        self._renew_failures = 0
         self.logins += 1
         life = max(float(life), 1.0)
         now = self.clock.seconds()
@@ -291,21 +296,27 @@ class Login(Credentials):
         d = self._login()
 
         def failed(failure):
+            # a quarter of what is left while the token lasts; once it has run out (a
+            # server down for a while), doubling from 1 s to RENEW_RETRY, said once a streak
             left = self._expires - self.clock.seconds()
-            retry = min(RENEW_RETRY, max(left / 4, 1.0))
-            self.log.warn("renewing the token of {user} failed ({error}); trying again in {seconds:.0f} s",
-                          user=self.user, error=failure.getErrorMessage(), seconds=retry)
+            retry = min(RENEW_RETRY, max(left / 4, 2.0 ** self._renew_failures))
+            if not self._renew_failures:
+                self.log.warn("renewing the token of {user} failed ({error}); trying again in {seconds:.0f} s,"
+                              " then less and less often (up to every {cap:.0f} s) until it works",
+                              user=self.user, error=failure.getErrorMessage(), seconds=retry, cap=RENEW_RETRY)
+            self._renew_failures += 1
             self._schedule(retry)
 
         d.addErrback(failed)
 
 
-def credentials_for(clock, token=None, token_file=None, user=None, password=None) -> Credentials:
-    """The credentials the options ask for: a login, a token file, a token, or none."""
+def credentials_for(clock, token=None, token_file=None, user=None, password=None, run_in_thread=None) -> Credentials:
+    """The credentials the options ask for: a login, a token file, a token, or none
+    (``run_in_thread``: see :class:`TokenFile`)."""
     if user is not None:
         return Login(clock, user, password)
     if token_file is not None:
-        return TokenFile(clock, token_file, token)
+        return TokenFile(clock, token_file, token, run_in_thread)
     if token:
         return FixedToken(clock, token)
     return NoCredentials(clock)

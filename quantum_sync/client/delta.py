@@ -23,7 +23,6 @@ import time
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 
@@ -45,12 +44,14 @@ MAX_LIST = (64 << 30) // (64 << 10) * 36
 
 class Deltas:
     """Delta uploads and downloads through ``server`` (a
-    :class:`~quantum_sync.client.transfer.ServerClient`), block lists kept in ``lists``."""
+    :class:`~quantum_sync.client.transfer.ServerClient`), block lists kept in ``lists``, blocking work in ``threads`` (a
+    :class:`~quantum_sync.threads.ThreadPoolService`)."""
 
     log = Logger()
 
-    def __init__(self, server, lists):
+    def __init__(self, server, lists, threads):
         self.server = server
+        self.threads = threads
         self.lists = lists
         self.enabled = True  # until the server shows it has no delta endpoints
         #: the client's choice (``--delta``, see :func:`quantum_sync.delta.wanted`)
@@ -69,7 +70,7 @@ class Deltas:
     async def _server_list(self, path: str, sha256: str):
         """The block list of the server's ``path`` when it is version ``sha256`` (kept
         here, else asked for and kept), or None."""
-        kept = await deferToThread(self.lists.blocks, sha256)
+        kept = await self.threads.defer(self.lists.blocks, sha256)
         if kept is not None:
             return kept
         try:
@@ -88,7 +89,7 @@ class Deltas:
             blocks = decode_blocks(data, self.lists.chunker.max_size)
         except ValueError:
             return None
-        await deferToThread(self.lists.keep, sha256, data)
+        await self.threads.defer(self.lists.keep, sha256, data)
         return blocks
 
     def _unsupported(self):
@@ -100,14 +101,14 @@ class Deltas:
         """Remove the kept lists of contents none of ``bases`` (the folder's synced
         versions) has: deleted files' and versions replaced while the client was away."""
         keep = {base.entry.hash for base in bases if not base.entry.is_directory and base.entry.size >= delta.DELTA_MIN}
-        return await deferToThread(self.lists.forget_all_but, keep, time.time())
+        return await self.threads.defer(self.lists.forget_all_but, keep, time.time())
 
     def forget(self, sha256):
         """Drop the kept list of ``sha256`` (a version replaced, or a list that proved
         wrong: it is made or fetched again when needed); a Deferred."""
         if not protocol.is_sha256(sha256 or ""):
             return defer.succeed(None)
-        return deferToThread(unlink_quietly, os.path.join(self.lists.directory, sha256))
+        return self.threads.defer(unlink_quietly, os.path.join(self.lists.directory, sha256))
 
     # -- uploads -------------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class Deltas:
         base = await self._server_list(path, if_match)
         if base is None:
             return None
-        made = await deferToThread(_delta_body, self.lists, abspath, base, staging_dir)
+        made = await self.threads.defer(_delta_body, self.lists, abspath, base, staging_dir)
         if made is None:
             return None  # not worth it
         body, length, blocks = made
@@ -155,14 +156,14 @@ class Deltas:
                 await self.forget(if_match)  # (the list kept of the server's version may be wrong)
             return None
         finally:
-            await deferToThread(unlink_quietly, body)
+            await self.threads.defer(unlink_quietly, body)
         try:
             meta = protocol.parse_metadata(json.loads(answer))
         except (ValueError, SyncError):
             raise ServerUnavailable(f"delta upload of {path}: malformed answer") from None
         self.sent += length
         if meta.hash == sha256:  # the server built exactly the content read: its list is right
-            await deferToThread(self.lists.keep, sha256, blocks)
+            await self.threads.defer(self.lists.keep, sha256, blocks)
             await self.forget(if_match)
         return meta
 
@@ -178,7 +179,7 @@ class Deltas:
         new = await self._server_list(path, remote.hash)
         if new is None:
             return None
-        local = await deferToThread(_local_list, self.lists, abspath, local_hash, expected)
+        local = await self.threads.defer(_local_list, self.lists, abspath, local_hash, expected)
         if local is None:
             return None
         plan = plan_delta(local, new)
@@ -196,9 +197,9 @@ class Deltas:
                         return None  # (the server holds another version now)
             finally:
                 os.close(fd)
-            staged = await deferToThread(_assemble, plan, abspath, expected, sent_path, staging_dir, remote.hash)
+            staged = await self.threads.defer(_assemble, plan, abspath, expected, sent_path, staging_dir, remote.hash)
         finally:
-            await deferToThread(unlink_quietly, sent_path)
+            await self.threads.defer(unlink_quietly, sent_path)
         if staged is None:
             self.failed += 1
             self.log.info("delta download of {path} did not make its new version; it comes whole", path=path)
@@ -232,7 +233,7 @@ class Deltas:
             parts = delta.split_byteranges(body, boundary, runs)
         except ValueError:
             return False
-        await deferToThread(_append, fd, parts)
+        await self.threads.defer(_append, fd, parts)
         return True
 
     async def _fetch_run(self, path, sha256, offset, length, fd) -> bool:
@@ -252,7 +253,7 @@ class Deltas:
         except RequestRefused:
             return False
         finally:
-            await deferToThread(sink.finish)
+            await self.threads.defer(sink.finish)
         return True
 
 

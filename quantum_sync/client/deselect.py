@@ -11,7 +11,7 @@ empty. Nothing here touches the server: outside the selection, nothing is delete
 import attrs
 
 from quantum_sync.client import localfs
-from quantum_sync.paths import resolve
+from quantum_sync.resolve import resolve
 
 
 @attrs.frozen

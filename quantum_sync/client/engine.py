@@ -20,7 +20,6 @@ import os
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client import localfs
@@ -41,8 +40,10 @@ from quantum_sync.client.transferlog import TransferLog
 from quantum_sync.client.transfer import RequestRefused, SMALL_TRANSFER, ServerUnavailable
 from quantum_sync.diskio import Budget, OwnWrites
 from quantum_sync.errors import SyncError
-from quantum_sync.paths import normalize, resolve
+from quantum_sync.paths import normalize
+from quantum_sync.resolve import resolve
 from quantum_sync.protocol import FileMetadata
+from quantum_sync.threads import ReactorThreads
 
 __all__ = ["Engine", "FETCH", "UNKNOWN", "UNSEEN", "entry_of"]
 
@@ -70,8 +71,10 @@ class Engine:
     log = Logger()
 
     def __init__(self, reactor, folder, state, server, client_id, strategy="rename", allow_mass_delete=False, retry_delay=0.5,
-                 selection=EVERYTHING):
+                 selection=EVERYTHING, threads=None):
         self.reactor = reactor
+        #: where blocking work runs (a :class:`~quantum_sync.threads.ThreadPoolService`)
+        self.threads = threads if threads is not None else ReactorThreads(reactor)
         self.folder = folder
         self.state = state
         self.server = server
@@ -94,7 +97,7 @@ class Engine:
         self.growing = GrowingHashes(folder)  # fed by the watcher (FolderWatcher on_grow)
         self._inline = Budget(INLINE_BUDGET)
         self._versions = ThreadBatcher(
-            reactor,
+            reactor, self.threads,
             lambda items: localfs.versions(folder, items, keep=INLINE_UPLOAD, hash_limit=SMALL_TRANSFER, budget=self._inline),
         )
         #: Downloads just installed, until the watcher's thread recognises their events.
@@ -102,7 +105,7 @@ class Engine:
         # two at once: a batch's fsyncs overlap the next one's writes (a path is in one at most:
         # its job holds the path's lock until its install is done)
         self.installs = ThreadBatcher(
-            reactor, lambda items: localfs.install_many(folder, tmp_dir(folder), items, self.installed), concurrency=2)
+            reactor, self.threads, lambda items: localfs.install_many(folder, tmp_dir(folder), items, self.installed), concurrency=2)
         self.transfers = TransferLog(reactor)
         #: The watcher is running: a local change after a read is reported to us anyway.
         self.watched = False
@@ -166,12 +169,15 @@ class Engine:
         return self.fullsync.reconcile(prefix, listing, held, pull_first)
 
     def pause_transfers(self):
-        """Start no new transfer (running ones finish); keep noting what changes."""
+        """Start no new transfer (running ones finish); keep noting what changes. The
+        pause is recorded in the state, so it holds after a restart too."""
         self.pause.pause()
+        self.state.set_paused(True)
 
     def resume(self):
         """Sync what changed while paused: the paths noted, the journal, a reconcile."""
         held = self.pause.resume()
+        self.state.set_paused(False)
         for path in sorted(held.paths):
             self.request(path, FETCH)
         if held.catch_up:
@@ -266,7 +272,7 @@ class Engine:
         local = await self._versions.submit((path, base, with_bytes))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
             take = functools.partial(self.growing.take, path)
-            local = await deferToThread(localfs.version, self.abspath(path), base, prehashed=take)
+            local = await self.threads.defer(localfs.version, self.abspath(path), base, prehashed=take)
         return local
 
     async def guard(self, coroutine, path):

@@ -12,7 +12,6 @@ import time
 
 import attrs
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client import localfs
@@ -235,8 +234,8 @@ class FullSync:
             listing = await engine.server.list()
             engine.went_online()
         bases_all = dict(engine.state.bases)
-        local = await deferToThread(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix)
-        planned = await deferToThread(make_plan, scope, listing, trusted, bases_all, local, engine.is_ignored,
+        local = await engine.threads.defer(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix)
+        planned = await engine.threads.defer(make_plan, scope, listing, trusted, bases_all, local, engine.is_ignored,
                                       engine.strategy, engine.allow_mass_delete)
         self._warn(planned)
         if scope.prefix is None:

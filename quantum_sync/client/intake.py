@@ -4,7 +4,6 @@ what is already inside a directory that appeared on one side."""
 import os
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client import localfs
@@ -49,7 +48,7 @@ class LocalIntake:
         engine = self.engine
         self._rules_reads += 1
         mine = self._rules_reads
-        rules = await deferToThread(IgnoreRules.from_file, os.path.join(engine.folder, IGNORE_FILE))
+        rules = await engine.threads.defer(IgnoreRules.from_file, os.path.join(engine.folder, IGNORE_FILE))
         if mine == self._rules_reads and rules.text != engine.rules.text:
             engine.rules = rules
             self.log.info(".syncignore changed; rules reloaded")
@@ -61,7 +60,7 @@ class LocalIntake:
         async with engine.locks.hold(source, destination):
             base = engine.state.base(source)
             local = await self._moved_version(destination, base)
-            gone = await deferToThread(localfs.lstat, engine.abspath(source))
+            gone = await engine.threads.defer(localfs.lstat, engine.abspath(source))
             if self._movable(base, local, gone, destination):
                 await self._send_move(source, destination, local)
                 return
@@ -72,7 +71,7 @@ class LocalIntake:
         engine = self.engine
         if base is None:
             return await engine.local_version(destination)
-        return await deferToThread(localfs.version, engine.abspath(destination), base)
+        return await engine.threads.defer(localfs.version, engine.abspath(destination), base)
 
     def _movable(self, base, local, gone, destination) -> bool:
         """A synced path moved as it was: the server can move it too."""
@@ -104,7 +103,7 @@ class LocalIntake:
         # only which paths to look at: each one's own job reads and hashes it (a burst of
         # new files in a new directory would otherwise be hashed twice)
         engine = self.engine
-        found = await deferToThread(localfs.stats_below, engine.folder, engine.is_ignored, path)
+        found = await engine.threads.defer(localfs.stats_below, engine.folder, engine.is_ignored, path)
         for child, stat in found.items():
             if child == path:
                 continue

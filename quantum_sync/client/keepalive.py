@@ -10,7 +10,11 @@ this is the floor under everything else, the WebSocket included.
 
 import socket
 
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 IDLE = 30
@@ -46,8 +50,47 @@ def _set_options(sock: socket.socket) -> None:
 class KeepAliveEndpoint:
     """An endpoint whose connections have TCP keepalive on."""
 
-    def __init__(self, endpoint):
+    def __init__(self, endpoint, quiet: bool = False):
         self._endpoint = endpoint
+        self._quiet = quiet
 
     def connect(self, factory):
+        if self._quiet:
+            factory.noisy = False  # no "Starting factory" line per connection
         return self._endpoint.connect(factory).addCallback(keep_alive)
+
+
+@implementer(IAgentEndpointFactory)
+class KeptEndpoints:
+    """An Agent's endpoints (``Agent.usingEndpointFactory``), one per server: Agent asks
+    for an endpoint for every request (host name checks and encoding included) even when
+    the pool then hands it a kept-alive connection, and an endpoint connects as often as
+    asked, so one is kept. Its connections have TCP keepalive on, and the pool's factory
+    of each (one per connection) logs no line: with dozens of pooled connections those
+    lines drowned the transfer log."""
+
+    def __init__(self, reactor, tls_policy=None, connect_timeout: float = 10):
+        self._reactor = reactor
+        self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+        self._connect_timeout = connect_timeout
+        self._endpoints = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = KeepAliveEndpoint(self._endpoint(uri), quiet=True)
+        return endpoint
+
+    def _endpoint(self, uri):
+        """What Agent's own endpoint factory builds: TCP to the host, TLS for https."""
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host {uri.host!r} is not ASCII (IDNA-encoded)") from None
+        endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._connect_timeout)
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            return wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")

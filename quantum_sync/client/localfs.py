@@ -20,7 +20,8 @@ import attrs
 
 from quantum_sync.client.reconcile import Entry
 from quantum_sync.diskio import CHUNK as HASH_CHUNK, NamelessFiles, fsync_all, fsync_directory
-from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk, resolve, resolve_and_lstat
+from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
+from quantum_sync.resolve import resolve, resolve_and_lstat
 
 #: A restored mtime may come back rounded (float seconds): "not newer" allows this much.
 SUSPECT_MTIME_SLACK_NS = 1_000_000

@@ -60,6 +60,7 @@ class GrowingHashes:
         self._lock = threading.Lock()
         self._partials = OrderedDict()  # relative path -> _Partial
         self._pending = OrderedDict()  # relative paths that grew, in order
+        self._busy = False  # the worker is hashing one of them
         self._wake = threading.Event()
         self._thread = None
         self._stopped = False
@@ -97,6 +98,17 @@ class GrowingHashes:
                 os.close(fd)
             return partial.digest.hexdigest()
 
+    def idle(self) -> bool:
+        """True when no growth reported so far is waiting or being hashed."""
+        with self._lock:
+            return not self._pending and not self._busy
+
+    def hashed(self, path: str) -> int:
+        """How many bytes of ``path`` are hashed (0 when it is not followed)."""
+        with self._lock:
+            partial = self._partials.get(path)
+        return partial.offset if partial is not None else 0
+
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
@@ -111,7 +123,12 @@ class GrowingHashes:
                         break
                     path, _ = self._pending.popitem(last=False)
                     partial = self._partials.get(path)
-                self._follow(path, partial)
+                    self._busy = True
+                try:
+                    self._follow(path, partial)
+                finally:
+                    with self._lock:
+                        self._busy = False
 
     def _follow(self, path, partial):
         try:

@@ -25,7 +25,6 @@ every few minutes, the client polling meanwhile. Every state change is logged.
 
 import json
 
-import txaio
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -100,7 +99,6 @@ class SyncClientProtocol(WebSocketClientProtocol):
         super().failHandshake(reason)
 
     def onConnect(self, response):
-        self._opened = defer.Deferred()
         self.auth_token = None  # the token this connection authenticated with
         self.is_subscribed = False
         self._id_refusals = 0
@@ -192,7 +190,8 @@ class SyncClientProtocol(WebSocketClientProtocol):
 
 
 class RealtimeLink:
-    """Owns the ClientService; tells the engine when it is up, down, and what arrives."""
+    """Owns the ClientService (``service``: a child of the folder's service); tells the
+    engine when it is up, down, and what arrives."""
 
     log = Logger()
 
@@ -222,7 +221,6 @@ class RealtimeLink:
         self._protocol = None
         url = websocket_url(server_url)
         headers = {"X-Client-Id": client_id}
-        txaio.set_global_log_level("info")  # Autobahn's frame-level debug lines are not for admins
         self.factory = WebSocketClientFactory(url, headers=headers)
         self.factory.protocol = SyncClientProtocol
         self.factory.link = self
@@ -319,6 +317,11 @@ class RealtimeLink:
             self.log.warn("realtime: disconnected (code {code}, {reason}); reconnecting with backoff", code=code, reason=reason or "")
         self.connected = False
         self._protocol = None
+
+    @property
+    def protocol(self):
+        """The subscribed connection (a :class:`SyncClientProtocol`); None while there is none."""
+        return self._protocol
 
     def stop(self):
         """Stop reconnecting and drop the connection (a Deferred)."""

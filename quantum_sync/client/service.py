@@ -13,7 +13,6 @@ import os
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync.client.control import ControlService
@@ -26,6 +25,7 @@ from quantum_sync.client.state import FolderState
 from quantum_sync.client.transfer import RequestRefused, ServerClient, ServerUnavailable
 from quantum_sync.client.watcher import FolderWatcher
 from quantum_sync.delta import wanted as delta_wanted
+from quantum_sync.threads import ThreadPoolService, stop_children_but
 
 
 @attrs.frozen
@@ -64,6 +64,13 @@ class ClientConfig:
     fallbacks: tuple = ()
 
 
+def thread_pool_size(concurrency: int) -> int:
+    """Threads of one folder's pool: one per large transfer (hashing, zstd, staging),
+    two batches of installs, one batch of small-file versions and one scan, and never
+    fewer than the ten a reactor's own pool has."""
+    return max(10, concurrency + 4)
+
+
 class SyncClientService(MultiService):
     """One folder kept converged with one server."""
 
@@ -73,6 +80,9 @@ class SyncClientService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        #: blocking work of this folder (hashing, scans, installs); the first child, stopped last
+        self.threads = ThreadPoolService(reactor, thread_pool_size(config.concurrency), "quantum-sync-folder")
+        self.threads.setServiceParent(self)
         self.state = self.server = self.engine = self.watcher = self.link = self.credentials = None
         self.ready = defer.Deferred()  # fires after the first successful reconcile
         self._starting = None
@@ -110,10 +120,11 @@ class SyncClientService(MultiService):
         )
         if self.state.is_new:
             self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
-        self.credentials = credentials_for(self.reactor, config.token, config.token_file, config.user, config.password)
+        self.credentials = credentials_for(self.reactor, config.token, config.token_file, config.user, config.password,
+                                           run_in_thread=self.threads.defer)
         self.server = ServerClient(self.reactor, config.server, client_id, self.credentials, config.ca_cert,
                                    config.concurrency,
-                                   fallbacks=config.fallbacks)
+                                   fallbacks=config.fallbacks, threads=self.threads)
         if isinstance(self.credentials, Login):
             self.credentials.log_in = self.server.log_in
         self.credentials.start()
@@ -127,7 +138,12 @@ class SyncClientService(MultiService):
             config.allow_mass_delete,
             retry_delay=max(config.settle, 0.05),
             selection=config.selection,
+            threads=self.threads,
         )
+        if self.state.paused:  # paused before this start: stays paused until resumed
+            self.engine.pause_transfers()
+            self.log.warn("{folder} is paused (quantum-sync-client resume {name} resumes it): "
+                          "its changes are noted, not synced", folder=config.folder, name=self.folder_name)
         self.engine.actions.deltas.wanted = delta_wanted(config.delta, config.server)
         self.server.keep_block_lists = self.engine.actions.deltas.wanted
         self.server.compress_uploads = self.server.compress_downloads = delta_wanted(config.compress, config.server)
@@ -135,6 +151,7 @@ class SyncClientService(MultiService):
             self.reactor, config.folder, self.engine.local_changed, self.engine.local_moved, config.settle,
             on_grow=self.engine.growing.grew, is_synced=self.engine.is_synced,
             own_write=self.engine.installed.claim, on_lost=self._events_lost,
+            threads=self.threads,
         )
         if not config.selection.everything:
             await self._leave_selection()
@@ -150,7 +167,7 @@ class SyncClientService(MultiService):
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
                                      relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks)
-            self.link.service.startService()
+            self.link.service.setServiceParent(self)  # started now: this service runs
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
         self._ticker.start(config.interval, now=False)
@@ -160,8 +177,8 @@ class SyncClientService(MultiService):
         """Local copies of synced paths now outside the selection go (when unchanged)."""
         engine, state = self.engine, self.state
         selection, rules = self.config.selection, engine.rules
-        done = await deferToThread(leave_selection, self.config.folder, dict(state.bases),
-                                   lambda p, d: not selection.selects(p, d), rules.is_ignored)
+        done = await self.threads.defer(leave_selection, self.config.folder, dict(state.bases),
+                                         lambda p, d: not selection.selects(p, d), rules.is_ignored)
         for path in done.removed:
             state.forget(path)
         if done.removed:
@@ -235,9 +252,11 @@ class SyncClientService(MultiService):
             self._ticker.stop()
         if self.credentials is not None:
             self.credentials.stop()
+        stopped = []
         if self.link is not None:
             await self.link.stop()
-        await MultiService.stopService(self)
+            stopped.append(self.link.service)  # stopped: a second stop can re-enter the first
+        await stop_children_but(self, self.threads, *stopped)
         if self.engine is not None:
             self.engine.stop()
             await self.engine.idle()
@@ -250,6 +269,7 @@ class SyncClientService(MultiService):
             await self.server.close()
         if self.state is not None:
             await self.state.close()
+        self.threads.stopService()
 
     def stopService(self):
         return defer.ensureDeferred(self._stop())

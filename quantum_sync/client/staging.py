@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from quantum_sync.adapters import twisted as twisted_adapter
 from quantum_sync.diskio import Writeback
 
 BACKLOG = 16 << 20
@@ -115,8 +116,8 @@ class _BodyToSink(Protocol):
             self._sink.flow(self._pause, self._resume)
         # fewer, larger socket reads while the body streams in; the pooled connection gets
         # its usual size back afterwards (a large read buffer per small answer costs)
-        self._connection = getattr(self.transport, "_producer", None)
-        if hasattr(self._connection, "bufferSize"):
+        self._connection = twisted_adapter.body_connection(self.transport)
+        if self._connection is not None:
             self._usual_read_size = self._connection.bufferSize
             self._connection.bufferSize = READ_SIZE
 
@@ -135,7 +136,7 @@ class _BodyToSink(Protocol):
         self._sink.put(data)
 
     def connectionLost(self, reason):
-        if hasattr(self._connection, "bufferSize"):
+        if self._connection is not None:
             self._connection.bufferSize = self._usual_read_size
         if reason.check(ResponseDone, PotentialDataLoss):
             self._done.callback(None)

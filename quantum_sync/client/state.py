@@ -5,7 +5,8 @@ What survives a restart, a crash or a long time offline:
 - ``files``: per path the last version both sides agreed on (hash, size, kind, the
   server's mtime) and the local size/mtime it had then (so an unchanged file is
   recognised without hashing it again);
-- ``meta``: the client id, the journal cursor and the journal's id, and which folder the
+- ``meta``: the client id, the journal cursor and the journal's id, whether the folder is
+  paused, and which folder the
   state belongs to (device, inode and path: a folder copied with its ``.quantum-sync/`` is
   noticed, and takes a new client id, since two clients sharing one would miss each
   other's changes);
@@ -172,6 +173,16 @@ class FolderState:
     def set_journal_id(self, value: str) -> None:
         if value != self.journal_id:
             self._set_meta("journal_id", value)
+
+    @property
+    def paused(self) -> bool:
+        """The folder was paused (``quantum-sync-client pause``) and not resumed since: a
+        pause outlives a restart of the daemon."""
+        return self.meta.get("paused") == "1"
+
+    def set_paused(self, value: bool) -> None:
+        if value != self.paused:
+            self._set_meta("paused", "1" if value else "0")
 
     def _set_meta(self, key, value):
         self.meta[key] = value

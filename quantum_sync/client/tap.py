@@ -8,6 +8,7 @@ import re
 import sys
 from urllib.parse import urlsplit
 
+import txaio
 from twisted.python import usage
 
 from quantum_sync.client.clientconfig import ConfigError, load as load_client_config
@@ -199,5 +200,6 @@ def makeService(options, reactor=None):
     parent = getattr(options, "parent", None) or {}
     if wants_bars(parent.get("nodaemon", False), sys.__stderr__):
         ProgressBars(reactor, folders, sys.__stderr__).setServiceParent(service)
+    txaio.set_global_log_level("info")  # Autobahn's frame-level debug lines are not for admins
     tune_garbage_collector()
     return service

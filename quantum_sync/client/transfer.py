@@ -39,10 +39,9 @@ import attrs
 import treq
 from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -55,10 +54,11 @@ from quantum_sync.client.batches import Batcher
 from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
-from quantum_sync.client.keepalive import KeepAliveEndpoint
+from quantum_sync.client.keepalive import KeptEndpoints
 from quantum_sync.client.localfs import open_regular, unlink_quietly
 from quantum_sync.compression import ENCODING
 from quantum_sync.errors import SyncError
+from quantum_sync.threads import ReactorThreads
 
 SMALL_REQUEST_TIMEOUT = 30.0
 BATCH_UPLOAD = "/api/batch/upload"
@@ -436,40 +436,17 @@ class _TouchingConsumer:
         self._consumer.unregisterProducer()
 
 
-class _KeptEndpoints:
-    """The Agent's endpoint factory, asked once per server: Agent builds a new endpoint for
-    every request (host name checks and encoding included) even when the pool then hands
-    it a kept-alive connection. An endpoint connects as often as asked, so one is kept."""
-
-    def __init__(self, factory):
-        self._factory = factory
-        self._endpoints = {}
-
-    def endpointForURI(self, uri):
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            endpoint = self._endpoints[key] = KeepAliveEndpoint(self._factory.endpointForURI(uri))
-        return endpoint
-
-
-class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory without its "Starting factory" line per connection
-    (with dozens of pooled connections it drowned the transfer log)."""
-
-    noisy = False
-
-
 class ServerClient:
     """HTTP calls to one quantum-sync server for one client id."""
 
     log = Logger()
 
     def __init__(self, reactor, server_url: str, client_id: str, credentials=None, ca_cert=None, concurrency: int = 8,
-                 idle_timeout: float = IDLE_TIMEOUT, fallbacks=()):
+                 idle_timeout: float = IDLE_TIMEOUT, fallbacks=(), threads=None):
         """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
         fixed token (str) or None; ``idle_timeout``: seconds a transfer may move no byte;
-        ``fallbacks``: further servers of the same cluster, tried in turn."""
+        ``fallbacks``: further servers of the same cluster, tried in turn; ``threads``: the
+        :class:`~quantum_sync.threads.ThreadPoolService` for blocking work (else the reactor's)."""
         self.idle_timeout = idle_timeout
         self._running = {}  # IdleWatch -> (direction, path) of the single transfers running
         if not isinstance(credentials, Credentials):
@@ -480,17 +457,17 @@ class ServerClient:
         self.servers = ServerList((self.server_url, *fallbacks))
         self.client_id = client_id
         self._reactor = reactor
+        self.threads = threads if threads is not None else ReactorThreads(reactor)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool._factory = _QuietHTTP11ClientFactory
         self._pool.maxPersistentPerHost = concurrency * (1 + SMALL_LANE_FACTOR) + 4
         self._pool.retryAutomatically = True
         if urlsplit(self.server_url).scheme == "https":
             from quantum_sync.tls import https_policy
 
-            agent = Agent(reactor, contextFactory=https_policy(ca_cert), pool=self._pool, connectTimeout=10)
+            endpoints = KeptEndpoints(reactor, https_policy(ca_cert), connect_timeout=10)
         else:
-            agent = Agent(reactor, pool=self._pool, connectTimeout=10)
-        agent._endpointFactory = _KeptEndpoints(agent._endpointFactory)
+            endpoints = KeptEndpoints(reactor, connect_timeout=10)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
         self._headers = {"X-Client-Id": [client_id]}
@@ -645,7 +622,7 @@ class ServerClient:
         The answer is decoded and checked in a thread: tens of thousands of entries would
         hold the reactor for a quarter of a second."""
         response = await self._request("GET", "/api/list")
-        parsed, problems = await deferToThread(_parse_listing, await response.content())
+        parsed, problems = await self.threads.defer(_parse_listing, await response.content())
         for problem in problems:
             self.log.warn("ignoring a listing entry the server sent: {error}", error=problem)
         return parsed
@@ -838,7 +815,7 @@ class ServerClient:
             headers[b"If-None-Match"] = [b"*"]
         if data is None and self.keep_block_lists:  # (a large file: deltas of it later)
             headers[b"X-Block-List"] = [b"keep"]
-        compress = data is None and self.compress_uploads and await deferToThread(sample_pays, abspath)
+        compress = data is None and self.compress_uploads and await self.threads.defer(sample_pays, abspath)
         if compress:
             headers[b"Content-Encoding"] = [ENCODING]
         opened = []
@@ -848,7 +825,7 @@ class ServerClient:
                 return _BytesBody(data)
             # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
             opened.append(os.fdopen(open_regular(abspath), "rb"))
-            return ZstdFileBody(opened[-1]) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
+            return ZstdFileBody(opened[-1], self.threads) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
 
         with self._watching("up", path) as watch:
             try:
@@ -968,7 +945,7 @@ class ServerClient:
                 else:  # failed, or thrown away while it ran: settled once its file is gone
                     if self._prefetches.get(key) is entry:
                         del self._prefetches[key]
-                    return deferToThread(unlink_quietly, staged).addCallback(lambda _: entry.settle(None))
+                    return self.threads.defer(unlink_quietly, staged).addCallback(lambda _: entry.settle(None))
             entry.settle(staged)
 
         relay = defer.ensureDeferred(self._download(path, sha256, staging_dir, route="/api/relay", query=f"&hash={sha256}"))
@@ -983,7 +960,7 @@ class ServerClient:
             entry.expiry.cancel()
         if entry.done and not entry.claimed:
             staged, entry.staged = entry.staged, None
-            return deferToThread(unlink_quietly, staged)
+            return self.threads.defer(unlink_quietly, staged)
         return defer.succeed(None)
 
     async def _download(self, path, sha256, staging_dir, route="/api/download", query="", size=None):
@@ -993,7 +970,7 @@ class ServerClient:
             response = await self._transfer_request("GET", route, path, headers, query=query, watch=watch)
             if (response.headers.getRawHeaders(b"content-encoding") or [b""])[-1].strip().lower() == ENCODING:
                 compressed = await self._stage(response, path, None, staging_dir, watch)
-                staged = await deferToThread(inflate_file, compressed, staging_dir, sha256, size)
+                staged = await self.threads.defer(inflate_file, compressed, staging_dir, sha256, size)
                 if staged is None:
                     raise DownloadCorrupt(f"download of {path}: its zstd body does not inflate to its SHA-256")
                 return staged
@@ -1002,7 +979,7 @@ class ServerClient:
     async def _stage(self, response, path, sha256, staging_dir, watch):
         """The body of ``response`` in a new file of ``staging_dir``, checked to hash to
         ``sha256`` (None: not checked, a compressed body)."""
-        fd, staged = await deferToThread(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
+        fd, staged = await self.threads.defer(tempfile.mkstemp, dir=staging_dir, prefix="dl-")
         sink = staging.StagingSink(self._reactor, fd)
         try:
             try:
@@ -1010,10 +987,10 @@ class ServerClient:
             except Exception as e:
                 raise _broken_off(f"download of {path}", e, watch) from None
             finally:
-                digest = await deferToThread(sink.finish)
+                digest = await self.threads.defer(sink.finish)
             if sha256 is not None and digest != sha256:
                 raise DownloadCorrupt(f"download of {path}: content does not match its SHA-256")
         except BaseException:
-            await deferToThread(os.unlink, staged)
+            await self.threads.defer(os.unlink, staged)
             raise
         return staged

@@ -18,7 +18,6 @@ import stat as stat_module
 import threading
 
 from twisted.application.service import Service
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from watchdog.events import (
@@ -36,9 +35,10 @@ from watchdog.events import (
 )
 from watchdog.observers.polling import PollingObserver
 
-from quantum_sync import observers
+from quantum_sync.adapters import watchdog as observers
 from quantum_sync.client.localfs import local_stat
 from quantum_sync.paths import STATE_DIR_NAME, relative_from_disk
+from quantum_sync.threads import ReactorThreads
 
 EVENTS = [
     FileCreatedEvent,
@@ -189,13 +189,15 @@ class FolderWatcher(Service):
     """Reports local changes to ``on_change(path, stat)`` (``stat``: the path's
     :class:`~quantum_sync.client.localfs.LocalStat` just after the change, None when it is
     gone) and renames to ``on_move(src, dst)``; ``on_lost()`` when the kernel dropped
-    events (then everything must be looked at: a full reconcile)."""
+    events (then everything must be looked at: a full reconcile). ``threads``: the
+    :class:`~quantum_sync.threads.ThreadPoolService` that waits for watchdog's thread to end."""
 
     log = Logger()
 
     def __init__(self, reactor, folder, on_change, on_move, settle: float = 0.2, on_grow=None, is_synced=None,
-                 own_write=None, on_lost=None):
+                 own_write=None, on_lost=None, threads=None):
         self._reactor = reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._on_lost = on_lost
         #: Times the kernel dropped events (inotify queue overflows) since the start.
         self.events_lost = 0
@@ -217,7 +219,7 @@ class FolderWatcher(Service):
         super().startService()
         bridge = _Bridge(self._reactor, self.folder, self._events, self._on_grow)
         try:
-            # .quantum-sync unwatched; file events straight from the reading thread
+            # .quantum-sync unwatched; file events straight from watchdog's reading thread
             self._observer = observers.observer(ignore=self._own_write, direct=bridge.on_file_events)
             self._observer.schedule(bridge, self.folder, recursive=True, event_filter=EVENTS)
             self._observer.start()
@@ -238,7 +240,7 @@ class FolderWatcher(Service):
         if observer is None:
             return None
         observer.stop()
-        return deferToThread(observer.join, 5)
+        return self._threads.defer(observer.join, 5)
 
     # -- in the reactor -----------------------------------------------------------------
 

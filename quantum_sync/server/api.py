@@ -15,7 +15,6 @@ from urllib.parse import quote
 import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -30,10 +29,12 @@ from quantum_sync.protocol import is_sha256, parse_operation
 from quantum_sync.server.diskdiff import matches
 from quantum_sync.server.operations import check_client_id, etag_value
 from quantum_sync.server.relay import RelayResource, Relays
-from quantum_sync.server.store import SPOOLS, BatchSpool, DiskEntry, storage_error
+from quantum_sync.server.spools import SPOOLS, BatchSpool
+from quantum_sync.server.store import DiskEntry, storage_error
 from quantum_sync.server.webui import secure_headers
 from quantum_sync.server.zstdfile import ZstdDownload, accepts_zstd, worth_compressing
 from quantum_sync.server.versions import parse_restore
+from quantum_sync.threads import ReactorThreads
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
@@ -122,14 +123,14 @@ def expected_sha256(request):
     return expected
 
 
-async def read_json_body(request, reactor):
+async def read_json_body(request, threads):
     """The request's JSON body, parsed on the reactor when it is small and in a thread
-    above :data:`JSON_INLINE` bytes (bodies go up to 16 MiB); INVALID_REQUEST if it is
+    above :data:`JSON_INLINE` bytes (in ``threads``; bodies go up to 16 MiB); INVALID_REQUEST if it is
     not JSON."""
     content = request.content
     if content.seek(0, os.SEEK_END) <= JSON_INLINE:
         return _parse_json(content)
-    return await deferToThreadPool(reactor, reactor.getThreadPool(), _parse_json, content)
+    return await threads.defer(_parse_json, content)
 
 
 def _parse_json(content):
@@ -208,7 +209,11 @@ class HashedFile(File):
         if self.type is None:
             self.type, self.encoding = getTypeAndEncoding(
                 self.basename(), self.contentTypes, self.contentEncodings, self.defaultType)
-        self._setContentHeaders(request)
+        request.setHeader(b"Content-Length", b"%d" % self.getFileSize())  # as File's own answer
+        if self.type:
+            request.setHeader(b"Content-Type", self.type.encode("ascii"))
+        if self.encoding:
+            request.setHeader(b"Content-Encoding", self.encoding.encode("ascii"))
         return b"" if request.method == b"HEAD" else self._opened.getvalue()
 
     def restat(self, reraise=True):
@@ -229,7 +234,7 @@ class FileApi:
     app = Klein()
     log = Logger()
 
-    def __init__(self, operations, authorizer, reactor, versions=None, deltas=None):
+    def __init__(self, operations, authorizer, reactor, versions=None, deltas=None, threads=None):
         self.operations = operations
         #: :class:`~quantum_sync.server.delta.Deltas`: /api/blocks and /api/upload-delta
         self.deltas = deltas
@@ -237,6 +242,7 @@ class FileApi:
         #: :class:`~quantum_sync.server.versions.Versions`: /api/versions and /api/restore
         self.versions = versions
         self._reactor = reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
         self.relays = Relays(reactor, operations.hub)
 
     def resource(self):
@@ -331,8 +337,7 @@ class FileApi:
 
     async def _write_json_in_thread(self, request, body_of):
         """:func:`write_json` of ``body_of()``, built and encoded in a thread."""
-        encoded = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                          lambda: encode_json(body_of()))
+        encoded = await self._threads.defer(lambda: encode_json(body_of()))
         return write_json(request, None, encoded=encoded)
 
     @app.route("/api/metadata", methods=["GET"])
@@ -350,13 +355,12 @@ class FileApi:
         served = HashedFile(absolute, metadata.hash, opened)
         if accepts_zstd(request) and not isinstance(opened.file, io.BytesIO):
             try:
-                worth = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                                worth_compressing, opened.file.fileno())
+                worth = await self._threads.defer(worth_compressing, opened.file.fileno())
             except BaseException:
                 opened.file.close()
                 raise
             if worth:  # (a file that does not shrink goes as it is)
-                return ZstdDownload(opened.file, metadata.hash, served.download_headers, self._reactor)
+                return ZstdDownload(opened.file, metadata.hash, served.download_headers, self._reactor, self._threads)
         return served
 
     async def _opened_version(self, path: str, absolute: str, st) -> tuple:
@@ -432,7 +436,7 @@ class FileApi:
             if expected is None and spool.compressed:
                 raise SyncError("INVALID_REQUEST", "a compressed upload needs X-Content-SHA256")
             if spool.path is not None:  # a file: write, hash and fsync what is left
-                await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
+                await self._threads.defer(spool.finish)
             if spool.error is not None:
                 raise spool.error
             if expected is not None and expected != spool.sha256:
@@ -480,7 +484,7 @@ class FileApi:
             if expected is None or not base or not is_sha256(base):
                 raise SyncError("INVALID_REQUEST", "a delta upload needs X-Content-SHA256 and If-Match naming its base")
             if spool.path is not None:
-                await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), spool.finish)
+                await self._threads.defer(spool.finish)
             if spool.error is not None:
                 raise spool.error
             if st is None:
@@ -505,7 +509,7 @@ class FileApi:
         await self._authorize(request, "write")
         if not self.operations.enable_upload:
             raise SyncError("UPLOAD_DISABLED", "changes are disabled on this server")
-        body = await read_json_body(request, self._reactor)
+        body = await read_json_body(request, self._threads)
         if not isinstance(body, dict) or not isinstance(body.get("operations"), list):
             raise SyncError("INVALID_REQUEST", 'the body must be {"operations": [...], "client_id": "..."}')
         unknown = set(body) - {"operations", "client_id"}
@@ -551,7 +555,7 @@ class FileApi:
         source = client_id(request)
         if not self.operations.enable_upload:
             raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
-        wanted = parse_restore(await read_json_body(request, self._reactor))
+        wanted = parse_restore(await read_json_body(request, self._threads))
         path = self._locate(lambda: wanted.path, wanted.path, source, request)[0]
         to = path if wanted.to is None else self._locate(lambda: wanted.to, wanted.to, source, request)[0]
         metadata, _ = await self.versions.restore(
@@ -573,8 +577,7 @@ class FileApi:
             if not self.operations.enable_upload:
                 raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
             limit = request.channel.site.max_upload_size if request.channel else None
-            taking = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                       self._take_apart, content, limit)
+            taking = self._threads.defer(self._take_apart, content, limit)
         except BaseException:
             _close_spool(content)
             raise
@@ -594,8 +597,7 @@ class FileApi:
     def _discard_staged(self, items) -> Deferred:
         """Release the staged files of a batch nobody will upload (in a thread)."""
         staged = [data.path for _, data in items if isinstance(data, _StagedBody)]
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                 lambda: [self.operations.store.discard(temp) for temp in staged])
+        return self._threads.defer(lambda: [self.operations.store.discard(temp) for temp in staged])
 
     def _take_apart(self, content, limit) -> list:
         """Blocking: ``(UploadItem, its staged body or its SyncError)`` per file of a batch
@@ -650,7 +652,7 @@ class FileApi:
         sent; a file that cannot be sent so is refused on its own."""
         await self._authorize(request, "read")
         source = client_id(request)
-        wanted = batch.parse_download_request(await read_json_body(request, self._reactor))
+        wanted = batch.parse_download_request(await read_json_body(request, self._threads))
         # a file just uploaded is answered from memory at once; the others need the disk
         outcomes = [self._batch_read_recent(raw, source, request) for raw in wanted]
         later = [position for position, outcome in enumerate(outcomes) if outcome is None]
@@ -695,7 +697,7 @@ class FileApi:
 
     @app.route("/api/v1/auth/login", methods=["POST"])
     async def login(self, request):
-        body = await read_json_body(request, self._reactor)
+        body = await read_json_body(request, self._threads)
         if not isinstance(body, dict) or set(body) - {"username", "password"} \
                 or not isinstance(body.get("username"), str) \
                 or not isinstance(body.get("password"), str):

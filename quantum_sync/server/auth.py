@@ -388,7 +388,7 @@ def _check_secret_location(secret_file: str, root: str) -> None:
         )
 
 
-def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None):
+def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None, run_in_thread=deferToThread):
     """The authorizer for the config's ``auth`` section (a dict or an attrs object with
     ``users``, ``secret_file``, ``token_ttl``): :class:`OpenAuthorizer` when it is None.
     A relative ``secret_file`` is taken from the working directory; without one the
@@ -407,4 +407,4 @@ def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None):
     if root is not None:
         _check_secret_location(secret_file, root)
     key = load_or_create_secret(secret_file)
-    return TokenAuthorizer(accounts, key, ttl, reactor, hub)
+    return TokenAuthorizer(accounts, key, ttl, reactor, hub, run_in_thread=run_in_thread)

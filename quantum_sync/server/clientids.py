@@ -12,11 +12,11 @@ refuses an id to any user but its first (``PERMISSION_DENIED``).
 import json
 import os
 
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from quantum_sync.diskio import fsync_directory
 from quantum_sync.errors import SyncError
+from quantum_sync.threads import ReactorThreads
 
 FILE_NAME = "client-ids.json"
 
@@ -28,9 +28,10 @@ class ClientIdBindings:
 
     log = Logger()
 
-    def __init__(self, state_dir: str, reactor):
+    def __init__(self, state_dir: str, reactor, threads=None):
         self.path = os.path.join(state_dir, FILE_NAME)
         self._reactor = reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._users = _load(self.path)
         self._saving = None  # the write in progress
         self._dirty = False
@@ -55,7 +56,7 @@ class ClientIdBindings:
             return
         self._dirty = False
         document = dict(self._users)
-        self._saving = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _write, self.path, document)
+        self._saving = self._threads.defer(_write, self.path, document)
         self._saving.addErrback(lambda failure: self.log.failure("cannot save {path}", failure, path=self.path))
         self._saving.addBoth(self._saved)
 

@@ -1,7 +1,7 @@
 """Delta transfers on the server: block lists of stored files, and delta uploads.
 
 - :meth:`Deltas.block_list`: the block list of a stored version (kept when its upload
-  streamed in, see :class:`~quantum_sync.server.store.UploadSpool`; else made once, in a
+  streamed in, see :class:`~quantum_sync.server.spools.UploadSpool`; else made once, in a
   thread, and kept), for ``GET /api/blocks``.
 - :meth:`Deltas.build`: a delta upload's new file, made in a temp file from the stored
   base (its reused ranges copied with ``copy_file_range``) and the bytes sent, its
@@ -15,7 +15,6 @@ import time
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from quantum_sync import delta
@@ -23,6 +22,7 @@ from quantum_sync.blocks import decode_blocks
 from quantum_sync.deltafile import assemble
 from quantum_sync.errors import SyncError
 from quantum_sync.server.store import TEMP_PREFIX, storage_error
+from quantum_sync.threads import ReactorThreads
 
 
 @attrs.frozen
@@ -38,14 +38,15 @@ class Deltas:
     """Block lists and delta builds of one store (``block_lists``: its
     :class:`~quantum_sync.blocklists.BlockLists`)."""
 
-    def __init__(self, store, block_lists, reactor):
+    def __init__(self, store, block_lists, reactor, threads=None):
         self.store = store
         self.block_lists = block_lists
         self._reactor = reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._making = {}  # sha256 -> the Deferreds waiting for its list being made
 
     def _thread(self, function, *args) -> Deferred:
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+        return self._threads.defer(function, *args)
 
     async def block_list(self, metadata, opened_fd: int) -> bytes:
         """The compact block list of the stored version ``metadata`` (open as

@@ -122,6 +122,10 @@ class Index(Service):
             txn.execute("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", row)
         self.journal_id = row[0]
 
+    def startService(self):
+        super().startService()
+        self.start()
+
     async def open(self) -> None:
         """Wait until the schema exists (after :meth:`start`)."""
         self.start()

@@ -14,7 +14,6 @@ import threading
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -22,8 +21,10 @@ from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
 from quantum_sync.server.diskdiff import item_path, journal_items, matches, metadata_of, stale_files
-from quantum_sync.server.store import DiskEntry, NamelessTemp, RecentBodies, fsync_directory, storage_error
+from quantum_sync.server.recentbodies import RecentBodies
+from quantum_sync.server.store import DiskEntry, NamelessTemp, fsync_directory, storage_error
 from quantum_sync.server.versions import KeepNothing
+from quantum_sync.threads import ReactorThreads
 
 #: The ``source_client`` of changes found on disk (other programs, changes while down).
 DISK_SOURCE = "server"
@@ -189,7 +190,7 @@ class FileOperations:
 
     log = Logger()
 
-    def __init__(self, store, index, hub, reactor, enable_upload: bool, versions=None):
+    def __init__(self, store, index, hub, reactor, enable_upload: bool, versions=None, threads=None):
         self.store = store
         self.index = index
         self.hub = hub
@@ -197,6 +198,7 @@ class FileOperations:
         self.versions = versions or KeepNothing()
         self.enable_upload = enable_upload
         self._reactor = reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._lock = DeferredLock()
         #: The newest journal seq (kept here so synchronous callers can read it).
         self.head = 0
@@ -266,11 +268,11 @@ class FileOperations:
     def _thread(self, function, *args):
         """Run blocking ``function`` for work done under the lock: on a thread of its
         own, so the lock is never held while waiting behind unrelated work (fsyncs of
-        upload bodies, downloads) in the reactor's shared pool."""
+        upload bodies, downloads) in the service's shared pool."""
         return self._serial.run(function, *args)
 
     def _shared_thread(self, function, *args):
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+        return self._threads.defer(function, *args)
 
     def reject_path(self, path, error: SyncError, source_client: str, address: str = "") -> None:
         """Report a refused hostile path to the ``alerts`` topic."""

@@ -92,6 +92,11 @@ class Relay:
     def _left(self, reader) -> None:
         self._readers.discard(reader)
 
+    @property
+    def reader_count(self) -> int:
+        """Responses following this upload right now."""
+        return len(self._readers)
+
 
 @implementer(IPushProducer)
 class _RelayReader:
@@ -212,6 +217,10 @@ class Relays:
         if relay is None:
             raise SyncError("NOT_FOUND", f"no upload of {path} with that hash is arriving")
         return relay
+
+    def reader_count(self) -> int:
+        """Responses following any upload right now (the relays' readers)."""
+        return sum(relay.reader_count for relay in self._relays.values())
 
     def _forget(self, relay: Relay) -> None:
         if self._relays.get((relay.path, relay.sha256)) is relay:

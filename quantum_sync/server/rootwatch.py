@@ -19,7 +19,6 @@ import threading
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from watchdog.events import (
     DirCreatedEvent,
@@ -34,7 +33,9 @@ from watchdog.events import (
 )
 from watchdog.observers.polling import PollingObserver
 
-from quantum_sync import observers, paths
+from quantum_sync import paths
+from quantum_sync.adapters import watchdog as observers
+from quantum_sync.threads import ReactorThreads
 
 #: The events asked of watchdog (and of inotify: the others are never even read). Every
 #: change of content or name shows as one of these; opening, reading and closing a file
@@ -94,13 +95,14 @@ class RootWatcher(Service):
     log = Logger()
 
     def __init__(self, root: str, operations, reactor, delay: float = 0.2,
-                 rescan_interval: float = 0, metrics=None):
+                 rescan_interval: float = 0, metrics=None, threads=None):
         self.root = root
         self.operations = operations
         self.delay = delay
         self.rescan_interval = rescan_interval
         self.metrics = metrics
         self._reactor = reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
         #: The running watchdog observer (None when neither inotify nor polling works).
         self.observer = None
         self._pending = set()
@@ -188,7 +190,7 @@ class RootWatcher(Service):
         if self.observer is not None:
             observer, self.observer = self.observer, None
             observer.stop()
-            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), observer.join)
+            await self._threads.defer(observer.join)
         for running in (self._running_refresh, self._rescan):
             if running is not None:
                 await running

@@ -27,6 +27,13 @@ from quantum_sync.server.rootwatch import RootWatcher
 from quantum_sync.server.site import build_site
 from quantum_sync.server.store import Store
 from quantum_sync.server.versions import VersionArea, Versions
+from quantum_sync.threads import ThreadPoolService, stop_children_but
+
+
+#: Threads of a server's pool: upload bodies' fsyncs wait on the disk, not on a CPU, so
+#: more of them than the reactor's own ten keep a few slow fsyncs from holding up the
+#: listings, zstd downloads and password checks behind them.
+SERVER_THREADS = 16
 
 
 class ListenerService(Service):
@@ -99,7 +106,7 @@ class ListenerService(Service):
         return None
 
 
-def build_authorizer(config, reactor, hub):
+def build_authorizer(config, reactor, hub, threads):
     """OpenAuthorizer without an ``auth`` section, else the security module's authorizer."""
     if config.handler.auth is None:
         return OpenAuthorizer()
@@ -109,7 +116,7 @@ def build_authorizer(config, reactor, hub):
         raise ConfigError(f"{config.source}: auth: authentication is not available in this build") from None
     try:
         return build(config.handler.auth, state_dir=config.handler.state_dir, reactor=reactor, hub=hub,
-                     root=config.handler.root)
+                     root=config.handler.root, run_in_thread=threads.defer)
     except ValueError as e:  # auth.AuthConfigError names the key and the reason
         raise ConfigError(f"{config.source}: {e}") from None
 
@@ -127,6 +134,9 @@ class ServerService(MultiService):
         #: The background sync of large upload bodies (a seam for injected disk faults).
         self.datasync = datasync
         self.started = time.time()
+        #: blocking work (store, hashing, zstd, password checks); the first child, stopped last
+        self.threads = ThreadPoolService(reactor, SERVER_THREADS, "quantum-sync-server")
+        self.threads.setServiceParent(self)
         #: The cluster node (None for an embedded server: SQLite, one process).
         self.node = _cluster_node(config, reactor)
         #: ``store``: a :class:`Store` of ``handler.root`` given by the caller (tests)
@@ -139,6 +149,7 @@ class ServerService(MultiService):
             raise ConfigError(f"{config.source}: root: {e}") from None
         if self.node is None:
             self.index = Index(handler.state_dir, handler.journal_retention, reactor)
+            self.index.setServiceParent(self)  # started before the parts that use it
         else:
             self.index = self.node.index
         self.metrics = Metrics(clock=reactor.seconds)
@@ -147,23 +158,26 @@ class ServerService(MultiService):
                        journal_id=lambda: self.index.journal_id,
                        cluster=self.node.figures if self.node is not None else None)
         self.hub.setServiceParent(self)
-        self.authorizer = build_authorizer(config, reactor, self.hub)
+        self.authorizer = build_authorizer(config, reactor, self.hub, self.threads)
         # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
-        self.versions = Versions(area, self.index, handler.versions, reactor, clock)
+        self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads)
         self.versions.setServiceParent(self)
-        if self.authorizer.enabled:
+        if self.authorizer.enabled and self.node is not None:
+            self.hub.bindings = self.node.bindings  # shared by the nodes
+        elif self.authorizer.enabled:
             try:
-                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor)
+                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor, self.threads)
             except ValueError as e:
                 raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
-                                         handler.enable_upload, area)
+                                         handler.enable_upload, area, threads=self.threads)
         self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
         self.api = FileApi(self.operations, self.authorizer, reactor, self.versions,
-                           Deltas(self.store, self.block_lists, reactor))
+                           Deltas(self.store, self.block_lists, reactor, self.threads), threads=self.threads)
         self.watcher = RootWatcher(self.store.root, self.operations, reactor,
-                                   rescan_interval=handler.rescan_interval, metrics=self.metrics)
+                                   rescan_interval=handler.rescan_interval, metrics=self.metrics,
+                                   threads=self.threads)
         if self.node is None:
             self.watcher.setServiceParent(self)
         else:  # the cluster's leader watches the shared root, and only it
@@ -183,7 +197,8 @@ class ServerService(MultiService):
         self._ready = None
 
     def startService(self):
-        self.index.start()
+        if self.node is not None:
+            self.index.start()  # the node's, not a child of this service
         super().startService()
         self._ready = Deferred.fromCoroutine(self._reconcile())
 
@@ -207,7 +222,7 @@ class ServerService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
-        await super().stopService()
+        await stop_children_but(self, self.threads, self.index)
         # connections accepted before the ports closed may still send requests: they are
         # closed (or answered, then closed) before the index goes away under them
         await DeferredList([Deferred.fromCoroutine(listener.site.close_connections())
@@ -224,6 +239,7 @@ class ServerService(MultiService):
         if self.node is not None:
             await self.node.stop()
         self.index.stopService()
+        self.threads.stopService()
 
 
 def cluster_parts(source: str) -> tuple:

@@ -21,12 +21,13 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from quantum_sync import batch
+from quantum_sync.adapters import twisted as twisted_adapter
 from quantum_sync.compression import ENCODING
 from quantum_sync.delta import DELTA_MIN
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
 from quantum_sync.server.monitoring import monitoring_endpoints
-from quantum_sync.server.store import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
+from quantum_sync.server.spools import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
 from quantum_sync.server.webui import ui_endpoints
 from quantum_sync.server.ws import websocket_resource
 
@@ -81,8 +82,8 @@ class SyncRequest(server.Request):
 
     def gotLength(self, length):
         site = self.channel.site
-        target = getattr(self.channel, "_path", b"")
-        writing = getattr(self.channel, "_command", b"") in (b"POST", b"PUT")
+        method, target = twisted_adapter.request_line(self.channel)  # (self.method is not set yet)
+        writing = method in (b"POST", b"PUT")
         route = target.split(b"?")[0] if writing else None
         self._limit = site.max_upload_size if route in SPOOLED_PATHS else MAX_JSON_BODY
         if length is not None and self._limit is not None and length > self._limit:
@@ -247,6 +248,8 @@ class SyncChannel(http.HTTPChannel):
 
     _deadline = None
     _gone = False
+    #: True from a request's last byte until its answer is done.
+    answering = False
 
     def connectionMade(self):
         super().connectionMade()
@@ -281,15 +284,17 @@ class SyncChannel(http.HTTPChannel):
         self.transport.abortConnection()
 
     def allHeadersReceived(self):
-        if getattr(self, "_path", b"").split(b"?")[0] in (*SPOOLED_PATHS, BATCH_UPLOAD_PATH):
+        if twisted_adapter.request_line(self)[1].split(b"?")[0] in (*SPOOLED_PATHS, BATCH_UPLOAD_PATH):
             self._disarm()
         super().allHeadersReceived()
 
     def allContentReceived(self):
         self._disarm()
+        self.answering = True
         super().allContentReceived()
 
     def requestDone(self, request):
+        self.answering = False
         super().requestDone(request)
         if self.persistent and self.transport is not None and self.transport.connected:
             self._arm()  # the next request on this connection gets its own deadline
@@ -344,7 +349,7 @@ class SyncSite(server.Site):
         live = [c for c in list(self.channels) if c.transport is not None]
         for channel in live:
             channel.persistent = False
-            if not channel._handlingRequest:
+            if not channel.answering:
                 channel.transport.loseConnection()
         if not live:
             return
@@ -371,7 +376,8 @@ class SyncSite(server.Site):
     def log_refused(self, request, status, sent):
         """The access-log line of a request refused before it was read (413)."""
         channel = request.channel
-        self._access(getattr(channel, "_command", b"?"), getattr(channel, "_path", b""), status,
+        method, target = twisted_adapter.request_line(channel)
+        self._access(method or b"?", target, status,
                      sent, request.bytes_in, time.monotonic() - request.started,
                      request.getClientAddress())
 

@@ -26,13 +26,13 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from quantum_sync.diskio import file_system_magic, fsync_directory
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import format_time
 from quantum_sync.server.store import TEMP_PREFIX, storage_error
+from quantum_sync.threads import ReactorThreads
 
 #: The versions area's name inside the state directory.
 AREA_NAME = "versions"
@@ -462,11 +462,12 @@ class Versions(Service):
     log = Logger()
 
     def __init__(self, area: VersionArea, index, policy, reactor, clock=None,
-                 interval: float = PRUNE_INTERVAL):
+                 interval: float = PRUNE_INTERVAL, threads=None):
         self.area = area
         self.index = index
         self.policy = policy
         self._reactor = reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._clock = clock or reactor
         self._interval = interval
         self._loop = None
@@ -476,7 +477,7 @@ class Versions(Service):
         self._pruning = set()
 
     def _blocking(self, function, *args):
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+        return self._threads.defer(function, *args)
 
     def startService(self):
         super().startService()

@@ -36,13 +36,14 @@ import attrs
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from twisted.internet import tcp
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from quantum_sync.adapters import autobahn as autobahn_adapter
+from quantum_sync.adapters import twisted as twisted_adapter
 from quantum_sync.errors import SyncError
 from quantum_sync.server import messages
 from quantum_sync.server.auth import ANONYMOUS_ADMIN
@@ -163,17 +164,6 @@ class OutgoingFrames:
         return self._deflated
 
 
-def _nothing_buffered(transport) -> bool:
-    """True when a TCP transport is open and holds no unsent bytes, so a frame may go to
-    its socket at once without overtaking anything."""
-    return (
-        transport.connected
-        and not transport.disconnecting
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    )
-
-
 def shares_our_deflate(extension) -> bool:
     """True for a permessage-deflate that :func:`accept_deflate` set up (so
     :meth:`OutgoingFrames.deflated` is valid for it)."""
@@ -268,15 +258,12 @@ class HubProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         # How this connection's frames are made, fixed by the handshake.
-        extension = self._perMessageCompress
-        if extension is None:
+        extensions = self.websocket_extensions_in_use
+        if not extensions:
             self._framing = "plain"
-        elif shares_our_deflate(extension):
+        elif len(extensions) == 1 and shares_our_deflate(extensions[0]):
             self._framing = "deflate"
-        if type(self.transport) is tcp.Server and all(
-            hasattr(self.transport, name) for name in ("_tempDataLen", "offset", "dataBuffer")
-        ):  # (Twisted's buffer internals, read by _nothing_buffered; else transport.write)
-            self._socket = self.transport.socket
+        self._socket = twisted_adapter.direct_socket(self.transport)
         if self.identity is None:
             self._auth_deadline = self.factory.clock.callLater(
                 self.factory.auth_timeout, self._auth_expired
@@ -529,11 +516,11 @@ class HubProtocol(WebSocketServerProtocol):
         line per call); on an idle plain TCP socket not even through Twisted's write
         buffer, sparing two epoll updates and a write pass per subscriber — together
         most of a broadcast's CPU time. Anything else takes ``transport.write``."""
-        if self.send_queue:
+        if autobahn_adapter.bytes_queued(self):
             self.sendData(frame)
             return
         transport = self.transport
-        if self._socket is not None and _nothing_buffered(transport):
+        if self._socket is not None and twisted_adapter.nothing_buffered(transport):
             try:
                 written = self._socket.send(frame)
             except OSError:  # would block, or lost: Twisted finds out on its own
@@ -552,9 +539,7 @@ class HubProtocol(WebSocketServerProtocol):
         if self.close_reason is None:
             self.close_reason = reason
         if self.state == self.STATE_OPEN:
-            # sendCloseFrame, not sendClose: Autobahn's sendClose only takes 1000 and
-            # 3000-4999, and the contract's codes are 1001/1008/1009/1013.
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
+            autobahn_adapter.send_close(self, code, reason)  # the contract's codes, 1001/1008/1009/1013
         elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
 

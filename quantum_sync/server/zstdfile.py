@@ -12,13 +12,13 @@ import os
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 from zope.interface import implementer
 import zstandard
 
 from quantum_sync.compression import ENCODING, LEVEL, SAMPLE, pays
+from quantum_sync.threads import ReactorThreads
 
 #: Bytes read and compressed at a time.
 PIECE = 1024 * 1024
@@ -45,9 +45,10 @@ class ZstdDownload(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, opened, digest: str, headers, reactor):
+    def __init__(self, opened, digest: str, headers, reactor, threads=None):
         super().__init__()
         self._file, self._digest, self._headers, self._reactor = opened, digest, headers, reactor
+        self._threads = threads if threads is not None else ReactorThreads(reactor)
 
     def render_GET(self, request):
         self._headers(request)
@@ -57,7 +58,7 @@ class ZstdDownload(resource.Resource):
             return b""
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Encoding", ENCODING)
-        _ZstdStream(request, self._file, self._reactor).start()
+        _ZstdStream(request, self._file, self._reactor, self._threads).start()
         return server.NOT_DONE_YET
 
     render_HEAD = render_GET
@@ -65,8 +66,8 @@ class ZstdDownload(resource.Resource):
 
 @implementer(IPushProducer)
 class _ZstdStream:
-    def __init__(self, request, file, reactor):
-        self._request, self._file, self._reactor = request, file, reactor
+    def __init__(self, request, file, reactor, threads):
+        self._request, self._file, self._reactor, self._threads = request, file, reactor, threads
         self._compressor = zstandard.ZstdCompressor(level=LEVEL).compressobj()
         self._paused = None
         self._stopped = False
@@ -84,7 +85,7 @@ class _ZstdStream:
                     await self._paused
                 if self._stopped:
                     return
-                piece, done = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._next)
+                piece, done = await self._threads.defer(self._next)
                 if self._stopped:
                     return
                 if piece:

@@ -64,8 +64,8 @@ class Sequencer:
 
 class Feed:
     """Delivers changes to ``deliver(changes)`` in journal order, reading gaps from
-    ``index`` (a :class:`.pgindex.PgIndex`); ``poll_interval(redis_up)`` gives the
-    seconds between journal polls."""
+    ``index`` (a :class:`.pgindex.PgIndex`); polls the journal every ``fast_poll``
+    seconds while Redis is away and every ``slow_poll`` while it is there."""
 
     log = Logger()
 
@@ -113,10 +113,10 @@ class Feed:
         self._loop.clock = self._reactor
         self._loop.start(interval, now=False)
 
-    def offer(self, change) -> None:
-        """A change heard (from Redis) or made here: deliver what is now in order; a
-        gap is read from the journal."""
-        ready = self.sequencer.offer(change)
+    def offer(self, changes) -> None:
+        """Changes heard (from Redis) or made here: deliver what is now in order; a gap
+        is read from the journal."""
+        ready = [change for offered in changes for change in self.sequencer.offer(offered)]
         if ready:
             self._deliver(ready)
         if self.sequencer.gap:
@@ -128,8 +128,10 @@ class Feed:
         if self._filling is not None:
             self._again = True
             return self._filling
-        self._filling = Deferred.fromCoroutine(self._fill())
-        return self._filling
+        filling = Deferred.fromCoroutine(self._fill())
+        if not filling.called:  # (one that ended at once has cleared _filling already)
+            self._filling = filling
+        return filling
 
     async def _fill(self):
         try:

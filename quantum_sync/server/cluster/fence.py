@@ -13,7 +13,7 @@ import contextlib
 
 from twisted.logger import Logger
 
-from quantum_sync.server.cluster.pgindex import INTENDING, lock_key, rows_by_path, unavailable
+from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, INTENDING, lock_key, rows_by_path, unavailable
 from quantum_sync.server.operations import SerialThread
 
 
@@ -55,7 +55,7 @@ class ClusterFence:
 
         try:
             if self._connection is None or self._connection.closed:
-                self._connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+                self._connection = psycopg.connect(self._conninfo, autocommit=True, **CONNECT_OPTIONS)
             connection = self._connection
             if keys is None:
                 connection.execute("SELECT pg_advisory_lock(%s)", (tree,))
@@ -63,7 +63,7 @@ class ClusterFence:
             with connection.pipeline():  # the intents go once the locks are granted
                 connection.execute(
                     "SELECT pg_advisory_lock_shared(%s), (SELECT count(pg_advisory_lock(k))"
-                    " FROM (SELECT unnest(%s::bigint[]) AS k) AS keys)", (tree, keys))
+                    " FROM (SELECT unnest(%b::bigint[]) AS k) AS keys)", (tree, keys))
                 if intended is not None:
                     cursor = connection.execute(INTENDING, (intended, intended))
             return None if intended is None else rows_by_path(cursor.fetchall())

@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from quantum_sync.server.cluster.pgindex import lock_key
+from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, lock_key
 from quantum_sync.server.operations import SerialThread
 
 
@@ -55,7 +55,7 @@ class Leadership:
 
         try:
             if self._connection is None:
-                self._connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+                self._connection = psycopg.connect(self._conninfo, autocommit=True, **CONNECT_OPTIONS)
             if self.leading:
                 self._connection.execute("SELECT 1")  # still there, so still held
                 return True

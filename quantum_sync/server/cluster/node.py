@@ -8,17 +8,17 @@ order with theirs, to the node's own hub.
 """
 
 import socket
-import time
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from quantum_sync.config import ConfigError
 from quantum_sync.protocol import format_time
+from quantum_sync.server.cluster.bindings import ClusterBindings
 from quantum_sync.server.cluster.feed import Feed
 from quantum_sync.server.cluster.fence import ClusterFence
 from quantum_sync.server.cluster.leader import Leadership
-from quantum_sync.server.cluster.pgindex import PgIndex, SchemaError, create_schema
+from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, PgIndex, SchemaError, create_schema
 from quantum_sync.server.cluster.presence import Presence
 from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
 from quantum_sync.server.hub import RELAYED_EVENTS
@@ -45,7 +45,7 @@ def preflight(cluster, source: str) -> None:
 
     where = f"{source}: cluster"
     try:
-        with psycopg.connect(cluster.database, connect_timeout=5) as connection:
+        with psycopg.connect(cluster.database, **CONNECT_OPTIONS) as connection:
             with connection.cursor() as cursor:
                 create_schema(cursor)
     except SchemaError as error:
@@ -84,13 +84,16 @@ class ClusterNode:
         self.redis = RedisAddress.parse(cluster.redis)
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
+        #: client ids bound to users (used with ``auth``), kept in the database
+        self.bindings = ClusterBindings(self.index, reactor)
         self.feed = None
         self.bus = None
         self.leadership = None
         self.presence = None
-        self.started = format_time(time.time())
+        self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
+        self._outgoing = []  # this node's changes of this reactor turn, for the other nodes
 
     async def start(self, service) -> None:
         """After the index opened: follow the journal from its head, hear the other
@@ -107,6 +110,8 @@ class ClusterNode:
         service.hub.relay = self._relay_event
         self.presence = Presence(self.index, self.node_id, self._address, self.started, self._reactor)
         self.presence.start()
+        if service.hub.bindings is self.bindings:
+            self.bindings.start()
         self.leadership = Leadership(self.cluster.database, self.index.namespace, self._reactor,
                                      self._lead)
         await self.leadership.start()
@@ -119,10 +124,17 @@ class ClusterNode:
         return ""
 
     def offer(self, change) -> None:
-        """A change this node journalled: to the other nodes, and to its own hub in
-        order."""
-        self.bus.publish([change])
-        self.feed.offer(change)
+        """A change this node journalled: to its own hub in order and, with the others
+        journalled in the same reactor turn (a group's), to the other nodes in one
+        message."""
+        self.feed.offer([change])
+        if not self._outgoing:
+            self._reactor.callLater(0, self._send)
+        self._outgoing.append(change)
+
+    def _send(self) -> None:
+        changes, self._outgoing = self._outgoing, []
+        self.bus.publish(changes)
 
     def _relay_event(self, kind, data) -> None:
         self.bus.publish_event(kind, {**data, "node_id": self.node_id},
@@ -166,6 +178,7 @@ class ClusterNode:
             watcher = self._service.watcher
             if watcher.running:
                 await watcher.stopService()
+        self.bindings.stop()
         if self.presence is not None:
             self.presence.stop()
             await self.presence.leave()

@@ -47,6 +47,9 @@ SCHEMA = [
         one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
         seq BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS client_ids (
+        client_id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY,
         address TEXT NOT NULL,
@@ -61,8 +64,8 @@ _COLUMNS = "path, is_directory, size, mtime_ns, hash, ino, ctime_ns"
 
 #: Records the intents to write the paths of the first parameter and reads the rows of
 #: those of the second (the same list): one statement.
-INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%s::text[])"
-             f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)")
+INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%b::text[])"
+             f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%b)")
 
 #: A file's row, with the client that wrote its content (kept when only its stat changed).
 UPSERT = (
@@ -72,6 +75,13 @@ UPSERT = (
     " size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, hash = EXCLUDED.hash,"
     " ino = EXCLUDED.ino, ctime_ns = EXCLUDED.ctime_ns, source_client = CASE WHEN"
     " files.hash = EXCLUDED.hash THEN files.source_client ELSE EXCLUDED.source_client END")
+
+
+#: libpq settings of every connection a node makes: a database that cannot be reached is
+#: known in seconds (not after TCP's retransmissions, some 15 minutes, for a host gone
+#: silently), so requests answer 503 rather than hang.
+CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                   "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 15000}
 
 
 class SchemaError(Exception):
@@ -196,7 +206,7 @@ class PgIndex(Service):
             return
         self._pool = adbapi.ConnectionPool(
             "psycopg", self.conninfo, cp_min=1, cp_max=self._pool_size, cp_reconnect=True,
-            cp_noisy=False, cp_reactor=self._reactor, connect_timeout=5,
+            cp_noisy=False, cp_reactor=self._reactor, **CONNECT_OPTIONS,
         )
         self._opened = Deferred.fromCoroutine(self._run(self._create))
 
@@ -307,6 +317,24 @@ class PgIndex(Service):
 
         return await self._run(run)
 
+    async def client_bindings(self) -> dict:
+        """``{client id: user}``: every client id bound to a user (with ``auth``)."""
+        def run(txn):
+            txn.execute("SELECT client_id, user_name FROM client_ids")
+            return dict(txn.fetchall())
+
+        return await self._run(run)
+
+    async def bind_client(self, client_id: str, user: str) -> str:
+        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user."""
+        def run(txn):
+            txn.execute("INSERT INTO client_ids (client_id, user_name) VALUES (%s, %s)"
+                        " ON CONFLICT DO NOTHING", (client_id, user))
+            txn.execute("SELECT user_name FROM client_ids WHERE client_id = %s", (client_id,))
+            return txn.fetchone()[0]
+
+        return await self._run(run)
+
     async def forget_node(self, node_id: str) -> None:
         def run(txn):
             txn.execute("DELETE FROM nodes WHERE node_id = %s", (node_id,))
@@ -342,7 +370,7 @@ class PgIndex(Service):
                     _upsert(txn, {row[0].path: _file_values(row) + (source,)
                                   for upserts, _, _, source in items for row in upserts})
                 if done_intents:
-                    txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(done_intents),))
+                    txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(done_intents),))
                 return self._journal(txn, [(operation, source) for _, _, operation, source in items
                                            if operation is not None], timestamp)
 
@@ -367,7 +395,7 @@ class PgIndex(Service):
 
     async def forget_intents(self, paths) -> None:
         def run(txn):
-            txn.execute("DELETE FROM intents WHERE path = ANY(%s)", (list(paths),))
+            txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(paths),))
 
         await self._run(run)
 
@@ -397,7 +425,7 @@ class PgIndex(Service):
             "WITH head AS (UPDATE journal_head SET seq = seq + %(count)s RETURNING seq)"
             " INSERT INTO journal (seq, operation, source_client, timestamp)"
             " SELECT head.seq - %(count)s + entry.position, entry.operation, entry.source, %(timestamp)s"
-            " FROM head, unnest(%(operations)s::text[], %(sources)s::text[])"
+            " FROM head, unnest(%(operations)b::text[], %(sources)b::text[])"
             " WITH ORDINALITY AS entry(operation, source, position) RETURNING seq",
             {"count": len(entries), "timestamp": timestamp, "operations": texts,
              "sources": [source for _, source in entries]})
@@ -422,15 +450,15 @@ def _upsert(txn, rows: dict) -> None:
         columns = list(zip(*rows.values()))
         txn.execute(
             "INSERT INTO files (path, is_directory, size, mtime_ns, hash, ino, ctime_ns, source_client)"
-            " SELECT * FROM unnest(%s::text[], %s::boolean[], %s::bigint[], %s::bigint[], %s::text[],"
-            " %s::bigint[], %s::bigint[], %s::text[])" + UPSERT[UPSERT.index(" ON CONFLICT"):],
+            " SELECT * FROM unnest(%b::text[], %b::boolean[], %b::bigint[], %b::bigint[], %b::text[],"
+            " %b::bigint[], %b::bigint[], %b::text[])" + UPSERT[UPSERT.index(" ON CONFLICT"):],
             [list(column) for column in columns])
 
 
 def _get_many(txn, paths) -> dict:
     found = {}
     for start in range(0, len(paths), LOOKUP_BATCH):
-        txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ANY(%s)", (paths[start:start + LOOKUP_BATCH],))
+        txn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ANY(%b)", (paths[start:start + LOOKUP_BATCH],))
         for row in txn.fetchall():
             found[row[0]] = _row_metadata(row)
     return found

@@ -50,29 +50,32 @@ def channel(journal_id: str, kind: str = "changes") -> str:
     return f"quantum-sync:{journal_id}:{kind}"
 
 
-def encode_change(change, node_id: str = "") -> str:
-    """The message of ``change`` from node ``node_id`` (named first: a node knows its own
-    messages, which Redis sends back to it too, without decoding them)."""
-    return json.dumps({"node": node_id, "seq": change.seq, "operation": change.operation_text,
-                       "source_client": change.source_client, "timestamp": change.timestamp},
-                      separators=(",", ":"))
+def encode_changes(changes, node_id: str = "") -> str:
+    """One message for ``changes`` (a group's, in seq order) from node ``node_id`` (named
+    first: a node knows its own messages, which Redis sends back to it too, without
+    decoding them)."""
+    return json.dumps({"node": node_id, "changes": [
+        [change.seq, change.operation_text, change.source_client, change.timestamp] for change in changes]},
+        separators=(",", ":"))
 
 
 def sender_prefix(node_id: str) -> str:
-    """How the messages :func:`encode_change` makes for ``node_id`` begin."""
+    """How the messages :func:`encode_changes` makes for ``node_id`` begin."""
     return json.dumps({"node": node_id}, separators=(",", ":"))[:-1] + ","
 
 
-def decode_change(text) -> Change:
-    """The Change a message carries (ValueError/SyncError for a malformed one)."""
+def decode_changes(text) -> list:
+    """The Changes a message carries (ValueError, KeyError, TypeError or SyncError for a
+    malformed one)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    obj = json.loads(text)
-    operation = obj["operation"]
-    if not isinstance(obj["seq"], int) or obj["seq"] < 1:
-        raise ValueError("bad seq")
-    return Change(obj["seq"], parse_operation(json.loads(operation)), str(obj["source_client"]),
-                  str(obj["timestamp"]), operation)
+    changes = []
+    for seq, operation, source_client, timestamp in json.loads(text)["changes"]:
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise ValueError("bad seq")
+        changes.append(Change(seq, parse_operation(json.loads(operation)), str(source_client),
+                              str(timestamp), operation))
+    return changes
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -99,7 +102,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 
 class RedisBus:
-    """Publishes this node's changes and feeds the ones heard to ``on_change``;
+    """Publishes this node's changes and feeds the ones heard to ``on_change`` (a list,
+    one group's);
     ``on_state(up)`` hears when the subscription comes and goes."""
 
     log = Logger()
@@ -152,10 +156,9 @@ class RedisBus:
         nodes poll the journal then)."""
         if not self.can_publish:
             return
-        for change in changes:
-            sent = self._publisher.handler.publish(self.channel, encode_change(change, self.node_id))
-            sent.addErrback(lambda failure: None)  # lost: the others read the journal
-            self.published += 1
+        sent = self._publisher.handler.publish(self.channel, encode_changes(changes, self.node_id))
+        sent.addErrback(lambda failure: None)  # lost: the others read the journal
+        self.published += 1
 
     def publish_event(self, kind: str, data: dict, timestamp: str) -> None:
         """Send one of this node's events to the other nodes (skipped while Redis is away:
@@ -182,11 +185,11 @@ class RedisBus:
         if isinstance(message, str) and message.startswith(self._own):
             return  # this node's own: delivered already
         try:
-            change = decode_change(message)
+            changes = decode_changes(message)
         except Exception:
             self.log.warn("dropped a malformed message on {channel}", channel=self.channel)
             return
-        self._on_change(change)
+        self._on_change(changes)
 
     def heard_up(self, protocol) -> None:
         self.up = True

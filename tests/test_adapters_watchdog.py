@@ -1,4 +1,4 @@
-"""The watchers' observer (quantum_sync.observers): watchdog's inotify observer with the
+"""The watchers' observer (quantum_sync.adapters.watchdog): watchdog's inotify observer with the
 state directory left unwatched and the process's own installs dropped in its reading
 thread. Real inotify on a real folder; every wait is bounded."""
 
@@ -8,7 +8,7 @@ import time
 
 from watchdog.events import FileSystemEventHandler
 
-from quantum_sync import observers
+from quantum_sync.adapters import watchdog as observers
 from quantum_sync.diskio import OwnWrites
 
 
@@ -70,7 +70,8 @@ def test_an_own_install_is_dropped_once_and_anything_else_is_reported(tmp_path):
     try:
         staged = tmp_path / ".quantum-sync" / "staged"  # renamed from the unwatched state dir
         staged.write_bytes(b"ours")
-        time.sleep(0.2)
+        (tmp_path / "before").write_bytes(b"m")  # reported after whatever the write above caused
+        _settle(seen, str(tmp_path / "before"))
         seen.paths.clear()
         target = tmp_path / "landed"
         own.expect(str(target), os.stat(staged))
@@ -120,3 +121,45 @@ def test_file_events_go_straight_to_direct_and_moves_and_directories_to_the_hand
     assert ("FileMovedEvent", a) in seen.kinds and b in seen.paths
     assert not [path for _, path in direct if path in (str(tmp_path / "d"), str(tmp_path / "e"))]
     assert reads and 0 not in reads and sum(reads) == len(direct)  # never an empty call
+
+
+#: SHA-256 of the source of watchdog 7.1.1's ``InotifyFD.run``, which ``ReadingFD.run``
+#: stands in for. A watchdog whose ``run`` changed fails here: read what it does now
+#: and carry into ReadingFD.run what matters (see its docstring) before moving the pin.
+WATCHDOG_RUN = "65d94ea9e91860cd63ad5be583fe47cd52d8411cc91227ae1507745fd5124faa"
+
+
+def test_the_reader_stands_in_for_the_run_it_was_written_against():
+    import hashlib
+    import inspect
+
+    from watchdog.observers.inotify_c import InotifyFD
+
+    assert hashlib.sha256(inspect.getsource(InotifyFD.run).encode()).hexdigest() == WATCHDOG_RUN
+
+
+def test_direct_is_called_in_the_reading_thread_which_ends_on_close(tmp_path):
+    """The events of a read are handled where they were read (no dispatcher thread), and
+    closing watchdog's inotify reader (``InotifyFD.close``) ends that thread."""
+    threads, direct = [], []
+
+    def take(events):
+        threads.append(threading.current_thread())
+        direct.extend((type(event).__name__, event.src_path) for event in events)
+
+    observer, seen = _watch(tmp_path, direct=take)
+    try:
+        (tmp_path / "f").write_bytes(b"x")
+        deadline = time.monotonic() + 5
+        while ("FileClosedEvent", str(tmp_path / "f")) not in direct and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not [t for t in threading.enumerate() if t.name == "InotifyFD-Dispatcher"]
+        (reader,) = set(threads)  # the reader itself (an InotifyFD is a thread)
+        reader.close()
+        reader.join(5)
+        assert not reader.is_alive()
+    finally:
+        observer.stop()
+        observer.join(5)
+    assert ("FileClosedEvent", str(tmp_path / "f")) in direct
+    assert not observer.is_alive()

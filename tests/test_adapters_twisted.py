@@ -1,0 +1,125 @@
+"""quantum_sync.adapters.twisted: pins the Twisted details it reads, over real sockets,
+so that a Twisted that changes them fails here instead of corrupting a WebSocket stream
+or misrouting an upload. Every wait is bounded."""
+
+import socket
+
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.task import deferLater
+from twisted.web import http, resource, server
+from twisted.web.client import Agent
+
+from quantum_sync.adapters import twisted as adapter
+
+
+async def _until(reactor, condition, what, timeout=10.0):
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, what
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
+
+
+class _Collect(protocol.Protocol):
+    def __init__(self):
+        self.received = bytearray()
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tcp_servers_write_buffer_is_read_as_the_adapter_expects(reactor):
+    accepted = defer.Deferred()
+
+    class Server(protocol.Protocol):
+        def connectionMade(self):
+            accepted.callback(self)
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(protocol.Factory.forProtocol(Server))
+    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), _Collect())
+    try:
+        server_side = await accepted
+        transport = server_side.transport
+        sock = adapter.direct_socket(transport)
+        assert isinstance(sock, socket.socket) and sock is transport.getHandle()
+        assert adapter.nothing_buffered(transport)  # idle: a write may go straight out
+        transport.write(b"x" * 100)  # held in Twisted's buffer until the reactor writes it
+        assert not adapter.nothing_buffered(transport)
+        await _until(reactor, lambda: len(client.received) == 100, "the buffered bytes never arrived")
+        await _until(reactor, lambda: adapter.nothing_buffered(transport), "the buffer never emptied")
+        sock.send(b"y")  # the direct path: arrives after everything buffered before it
+        await _until(reactor, lambda: len(client.received) == 101, "the direct byte never arrived")
+        assert bytes(client.received) == b"x" * 100 + b"y"
+        transport.loseConnection()
+        assert not adapter.nothing_buffered(transport)  # closing: nothing may be written
+    finally:
+        client.transport.loseConnection()
+        await port.stopListening()
+
+
+def test_a_transport_that_is_not_plain_tcp_has_no_direct_socket():
+    from twisted.internet.testing import StringTransport
+
+    assert adapter.direct_socket(StringTransport()) is None
+
+
+class _Seen:
+    lines = []
+
+
+class _SeeingRequest(server.Request):
+    def gotLength(self, length):
+        _Seen.lines.append(adapter.request_line(self.channel))
+        super().gotLength(length)
+
+
+class _Hello(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return b"hello " * 20000  # larger than one socket read: the body streams
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_request_line_is_known_when_the_body_length_is(reactor):
+    site = server.Site(_Hello())
+    site.requestFactory = _SeeingRequest
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), _Collect())
+    try:
+        _Seen.lines.clear()
+        client.transport.write(b"POST /api/upload?path=a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        await _until(reactor, lambda: b"hello" in client.received, "no answer")
+        assert _Seen.lines == [(b"POST", b"/api/upload?path=a")]
+        assert adapter.request_line(http.HTTPChannel()) == (b"", b"")  # before any request line
+    finally:
+        client.transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_bodys_transport_leads_to_its_tcp_connection(reactor):
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(_Hello()))
+    seen, done = [], defer.Deferred()
+
+    class Body(protocol.Protocol):
+        def connectionMade(self):
+            connection = adapter.body_connection(self.transport)
+            seen.append(connection)
+            connection.bufferSize = 1 << 18  # what staging does while a download streams
+
+        def connectionLost(self, reason):
+            done.callback(None)
+
+    try:
+        response = await Agent(reactor).request(b"GET", b"http://127.0.0.1:%d/" % port.getHost().port)
+        response.deliverBody(Body())
+        await done
+        (connection,) = seen
+        assert isinstance(connection.getHandle(), socket.socket)  # the TCP connection itself
+        assert connection.bufferSize == 1 << 18
+    finally:
+        await port.stopListening()
