@@ -83,3 +83,19 @@ def test_a_page_applies_a_moved_files_create_after_the_move_at_its_new_path():
     order = [(change.seq, operation) for change, operation in carried_by_moves(changes)]
     assert order == [(2, create("e.bin")), (3, Move("d", "d2")), (1, create("d2/a.bin")), (4, create("d2/b.bin")),
                      (5, Delete("d2/a.bin")), (7, Move("d2x", "z")), (6, create("z/c.bin"))]
+
+
+def test_a_move_into_a_folder_heard_after_the_folder_moved_lands_in_its_new_place():
+    engine = _Engine()
+    remote = RemoteChanges(engine)
+    moves = []
+
+    def remote_move(source, destination):
+        moves.append((source, destination))
+        return defer.succeed(None)
+
+    remote._remote_move = remote_move
+    remote.moved(5, "d", "d2")  # this client's own Move of d, applied as seq 5
+    remote.operation(4, Move("x.bin", "d/y.bin"))  # another client's, made before it
+    remote.operation(6, Move("d2/y.bin", "z.bin"))
+    assert moves == [("x.bin", "d2/y.bin"), ("d2/y.bin", "z.bin")]

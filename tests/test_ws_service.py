@@ -123,3 +123,25 @@ async def test_file_dropped_into_root_by_another_program_is_broadcast(server):
     event = await reader.expect("FileOperation", timeout=10)
     assert event["operation"]["Create"]["metadata"]["path"] == "dropped.txt"
     assert event["seq"] == running.service.operations.head
+
+
+@pytest_twisted.ensureDeferred
+async def test_ws_delete_with_if_match_refuses_what_changed_and_broadcasts_it_bare(server):
+    running, http, open_client = server
+    with open(os.path.join(running.root, "f.txt"), "wb") as f:
+        f.write(b"changed since alice saw it")
+    await running.service.operations.refresh(None)
+    alice, bob = await open_client("alice"), await open_client("bob")
+    head = running.service.operations.head
+    seen = hashlib.sha256(b"what alice saw").hexdigest()
+    refused = await alice.request({"type": "FileOperation", "id": "del",
+                                   "operation": {"Delete": {"path": "f.txt", "if_match": seen}}})
+    assert (refused["type"], refused["code"], refused["id"]) == ("Error", "PRECONDITION_FAILED", "del")
+    assert os.path.exists(os.path.join(running.root, "f.txt")) and running.service.operations.head == head
+    current = hashlib.sha256(b"changed since alice saw it").hexdigest()
+    ack = await alice.request({"type": "FileOperation", "id": "del2",
+                               "operation": {"Delete": {"path": "f.txt", "if_match": current}}})
+    assert ack["type"] == "Ack" and ack["seq"] == head + 1
+    deleted = await bob.expect("FileOperation")
+    assert deleted["operation"] == {"Delete": {"path": "f.txt"}}
+    assert not os.path.exists(os.path.join(running.root, "f.txt"))

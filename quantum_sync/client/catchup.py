@@ -92,8 +92,9 @@ class RemoteChanges:
     # -- applying ------------------------------------------------------------------------
 
     def _apply(self, seq, operation):
-        if seq is not None and isinstance(operation, (Create, Update)):
+        if seq is not None and isinstance(operation, (Create, Update, Move)):
             operation = self._followed(seq, operation)
+        if seq is not None and isinstance(operation, (Create, Update)):
             self._recent.append((seq, operation.metadata.path))
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
@@ -127,14 +128,21 @@ class RemoteChanges:
                 engine.request(destination + path[len(source):], FETCH)
 
     def _followed(self, seq, operation):
-        """``operation`` (a Create or Update ``seq``) at the path where the Moves applied
-        since (with higher seqs) put its file."""
+        """``operation`` (a Create, Update or Move ``seq``) at the paths where the Moves
+        applied since (with higher seqs) put them."""
         if seq > self._last_move:
             return operation  # the usual case: no Move after it yet
-        path = operation.metadata.path
-        for move_seq, source, destination in sorted(self._moves):
-            if move_seq > seq and is_inside(path, source):
-                path = destination + path[len(source):]
+        later = [(source, destination) for move_seq, source, destination in sorted(self._moves) if move_seq > seq]
+
+        def follow(path):
+            for source, destination in later:
+                if is_inside(path, source):
+                    path = destination + path[len(source):]
+            return path
+
+        if isinstance(operation, Move):
+            return Move(follow(operation.source), follow(operation.destination))
+        path = follow(operation.metadata.path)
         if path == operation.metadata.path:
             return operation
         return type(operation)(attrs.evolve(operation.metadata, path=path))
