@@ -383,6 +383,30 @@ async def test_keep_this_version_moves_the_conflict_copy_over_the_original(react
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_delete_of_a_file_changed_meanwhile_is_refused(reactor, tmp_path, browser, ui):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"seen")
+    server = await ui.serve()
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.click(row_selector("a.txt") + " .act-delete"))
+    await browser.run(lambda b: page.wait_for_selector("#dialog[open]"))
+    http = HttpClient(reactor)  # another client changes it while the dialog is open
+    try:
+        await http.json("POST", server.url + "/api/upload", params={"path": "a.txt"}, data=b"changed")
+    finally:
+        await http.close()
+    await browser.run(lambda b: page.wait_for_selector(
+        row_selector("a.txt") + f" .hash:text('{sha(b'changed')[:8]}')"))
+    await answer_dialog(browser, page)
+    await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
+    shown = await browser.run(lambda b: page.text_content("#error-text"))
+    assert "a.txt changed since this client saw it" in shown  # the server's message
+    assert (root / "a.txt").read_bytes() == b"changed"
+    assert page.errors == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_status_shows_clients_and_live_charts(reactor, tmp_path, browser, ui, clients):
     server = await ui.serve()
     await clients.start(server, "status-client")

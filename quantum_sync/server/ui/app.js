@@ -361,16 +361,26 @@ async function rename(path) {
 
 async function remove(path) {
   const what = tree.isDirectory(path) ? "the folder" : "";
+  const operation = seenDelete(path);  // the version shown when the user chose to delete
   const sure = await ask(`Delete ${what} ${path}${what ? " and everything in it" : ""}?`, { okText: "Delete" });
   if (!sure) return;
-  await api.sync([{ Delete: { path } }]);
+  await api.sync([{ Delete: operation }]);
+}
+
+// A file's Delete names the version the page showed when the user chose (if_match): one
+// changed meanwhile is refused by the server (and the refusal shown), never deleted unseen.
+// A folder goes whole.
+function seenDelete(path) {
+  const seen = tree.get(path);
+  return seen && !seen.is_directory ? { path, if_match: seen.hash } : { path };
 }
 
 async function keep(copy, original) {
+  const operation = seenDelete(original);
   const sure = await ask(`Keep ${copy} as ${original}? The other version of ${original} is replaced.`,
     { okText: "Keep this version" });
   if (!sure) return;
-  await api.sync([{ Delete: { path: original } }, { Move: { from: copy, to: original } }]);
+  await api.sync([{ Delete: operation }, { Move: { from: copy, to: original } }]);
 }
 
 $("new-folder").addEventListener("click", async () => {
