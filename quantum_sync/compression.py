@@ -4,9 +4,12 @@ Both sides: the server inflates compressed upload bodies (:class:`Inflater`: nev
 than a limit, one piece of :data:`PIECE` bytes in memory at a time, however small the
 compressed input); a client compresses a file it uploads only where a sample of it
 shrinks enough (:func:`pays`), and only with a server that is not on its machine unless
-told otherwise (:func:`~quantum_sync.delta.wanted`'s modes).
+told otherwise (:func:`~quantum_sync.delta.wanted`'s modes). :class:`CompressedPieces`
+is the compressing side both directions share: a file's zstd stream made a piece at a time
+in a thread pool, paused and resumed by the transport it is written to.
 """
 
+from twisted.internet.defer import Deferred
 import zstandard
 
 from quantum_sync.errors import SyncError
@@ -57,3 +60,47 @@ class Inflater:
             raise SyncError("TOO_LARGE", f"the body inflates to more than the limit of {self._limit} bytes") from None
         except zstandard.ZstdError as error:
             raise SyncError("INVALID_REQUEST", f"the body is not a valid zstd stream: {error}") from None
+
+
+class CompressedPieces:
+    """The zstd stream of an open ``file`` (read from where it is), compressed a piece of
+    :data:`PIECE` bytes at a time in ``threads`` (a
+    :class:`~quantum_sync.threads.ThreadPoolService`), so the reactor only writes. The
+    push-producer methods pause and resume it; subclasses write what
+    :meth:`next_piece` gives where their body goes."""
+
+    def __init__(self, file, threads):
+        self._file = file
+        self._threads = threads
+        self._compressor = zstandard.ZstdCompressor(level=LEVEL).compressobj()
+        self._paused = None  # a Deferred while paused
+        self._stopped = False
+
+    async def next_piece(self):
+        """``(compressed bytes, whether the stream is complete)`` once not paused; None
+        once stopped."""
+        if self._paused is not None:
+            await self._paused
+        if self._stopped:
+            return None
+        piece = await self._threads.defer(self._next)
+        return None if self._stopped else piece
+
+    def _next(self) -> tuple:
+        data = self._file.read(PIECE)
+        if not data:
+            return self._compressor.flush(), True
+        return self._compressor.compress(data), False
+
+    def pauseProducing(self):
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self):
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self):
+        self._stopped = True
+        self.resumeProducing()

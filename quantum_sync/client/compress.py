@@ -13,15 +13,10 @@ import tempfile
 from twisted.internet import defer, task
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
-import zstandard
 
-from quantum_sync.compression import LEVEL, SAMPLE, Inflater, pays
+from quantum_sync.compression import PIECE, SAMPLE, CompressedPieces, Inflater, pays
 from quantum_sync.diskio import open_regular
 from quantum_sync.errors import SyncError
-
-#: Bytes read and compressed at a time.
-PIECE = 1024 * 1024
-
 
 def sample_pays(abspath: str) -> bool:
     """Whether the file at ``abspath`` compresses well enough to send it compressed
@@ -35,54 +30,25 @@ def sample_pays(abspath: str) -> bool:
 
 
 @implementer(IBodyProducer)
-class ZstdFileBody:
+class ZstdFileBody(CompressedPieces):
     """The zstd stream of an open file (read from where it is), sent chunked; compressed
     in ``threads`` (a :class:`~quantum_sync.threads.ThreadPoolService`)."""
 
     length = UNKNOWN_LENGTH
-
-    def __init__(self, file, threads):
-        self._file = file
-        self._threads = threads
-        self._compressor = zstandard.ZstdCompressor(level=LEVEL).compressobj()
-        self._paused = None  # a Deferred while paused
-        self._stopped = False
 
     def startProducing(self, consumer):
         return defer.ensureDeferred(self._run(consumer))
 
     async def _run(self, consumer):
         while True:
-            if self._paused is not None:
-                await self._paused
-            if self._stopped:
+            got = await self.next_piece()
+            if got is None:
                 raise task.TaskStopped()
-            piece, done = await self._threads.defer(self._next)
-            if self._stopped:
-                raise task.TaskStopped()
+            piece, done = got
             if piece:
                 consumer.write(piece)
             if done:
                 return
-
-    def _next(self) -> tuple:
-        data = self._file.read(PIECE)
-        if not data:
-            return self._compressor.flush(), True
-        return self._compressor.compress(data), False
-
-    def pauseProducing(self):
-        if self._paused is None:
-            self._paused = defer.Deferred()
-
-    def resumeProducing(self):
-        paused, self._paused = self._paused, None
-        if paused is not None:
-            paused.callback(None)
-
-    def stopProducing(self):
-        self._stopped = True
-        self.resumeProducing()
 
 
 def inflate_file(compressed: str, staging_dir: str, sha256: str, limit=None):

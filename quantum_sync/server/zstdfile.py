@@ -15,13 +15,10 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 from zope.interface import implementer
-import zstandard
 
-from quantum_sync.compression import ENCODING, LEVEL, SAMPLE, pays
+from quantum_sync.compression import ENCODING, SAMPLE, CompressedPieces, pays
 from quantum_sync.threads import ReactorThreads
 
-#: Bytes read and compressed at a time.
-PIECE = 1024 * 1024
 log = Logger()
 
 
@@ -65,12 +62,10 @@ class ZstdDownload(resource.Resource):
 
 
 @implementer(IPushProducer)
-class _ZstdStream:
+class _ZstdStream(CompressedPieces):
     def __init__(self, request, file, reactor, threads):
-        self._request, self._file, self._reactor, self._threads = request, file, reactor, threads
-        self._compressor = zstandard.ZstdCompressor(level=LEVEL).compressobj()
-        self._paused = None
-        self._stopped = False
+        super().__init__(file, threads)
+        self._request, self._reactor = request, reactor
 
     def start(self) -> None:
         self._request.registerProducer(self, True)
@@ -81,13 +76,10 @@ class _ZstdStream:
     async def _run(self) -> None:
         try:
             while True:
-                if self._paused is not None:
-                    await self._paused
-                if self._stopped:
+                got = await self.next_piece()
+                if got is None:
                     return
-                piece, done = await self._threads.defer(self._next)
-                if self._stopped:
-                    return
+                piece, done = got
                 if piece:
                     self._request.write(piece)
                 if done:
@@ -100,22 +92,3 @@ class _ZstdStream:
             raise
         finally:
             self._file.close()
-
-    def _next(self) -> tuple:
-        data = self._file.read(PIECE)
-        if not data:
-            return self._compressor.flush(), True
-        return self._compressor.compress(data), False
-
-    def pauseProducing(self):
-        if self._paused is None:
-            self._paused = Deferred()
-
-    def resumeProducing(self):
-        paused, self._paused = self._paused, None
-        if paused is not None:
-            paused.callback(None)
-
-    def stopProducing(self):
-        self._stopped = True
-        self.resumeProducing()
