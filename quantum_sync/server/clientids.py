@@ -39,16 +39,8 @@ class ClientIdBindings:
     def claim(self, client_id: str, user: str) -> None:
         """Bind ``client_id`` to ``user`` if it is free; PERMISSION_DENIED when it is
         another user's."""
-        if not client_id:
-            return
-        owner = self._users.get(client_id)
-        if owner == user:
-            return
-        if owner is not None:
-            raise SyncError("PERMISSION_DENIED", f"client id {client_id!r} belongs to another user;"
-                            " use an id of your own")
-        self._users[client_id] = user
-        self._save()
+        if claim(self._users, client_id, user):
+            self._save()
 
     def _save(self) -> None:
         if self._saving is not None:
@@ -69,6 +61,22 @@ class ClientIdBindings:
         """Wait until every binding made so far is on disk."""
         while self._saving is not None:
             await self._saving
+
+
+def claim(users: dict, client_id: str, user: str) -> bool:
+    """The one rule of bindings (``users``: client id -> user): an empty id is not bound,
+    a free id becomes ``user``'s (True: a new binding to record), another user's is
+    PERMISSION_DENIED."""
+    if not client_id:
+        return False
+    owner = users.get(client_id)
+    if owner == user:
+        return False
+    if owner is not None:
+        raise SyncError("PERMISSION_DENIED", f"client id {client_id!r} belongs to another user;"
+                        " use an id of your own")
+    users[client_id] = user
+    return True
 
 
 def _load(path: str) -> dict:

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from quantum_sync.errors import SyncError
+from quantum_sync.server.clientids import claim
 
 RELOAD_INTERVAL = 5.0
 
@@ -51,15 +51,8 @@ class ClusterBindings:
     def claim(self, client_id: str, user: str) -> None:
         """Bind ``client_id`` to ``user`` if it is free; PERMISSION_DENIED when it is
         another user's."""
-        if not client_id:
+        if not claim(self._users, client_id, user):
             return
-        owner = self._users.get(client_id)
-        if owner == user:
-            return
-        if owner is not None:
-            raise SyncError("PERMISSION_DENIED", f"client id {client_id!r} belongs to another user;"
-                            " use an id of your own")
-        self._users[client_id] = user
         writing = Deferred.fromCoroutine(self._write(client_id, user))
         self._writing.add(writing)
         writing.addBoth(lambda _: self._writing.discard(writing))
