@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
 from quantum_sync.server.diskdiff import Row
+from quantum_sync.server.indexapi import check_cursor
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -329,21 +330,12 @@ def _head(txn) -> int:
 
 def _changes(txn, since: int, limit: int, journal_id: str):
     head = _head(txn)
-    if since > head:
-        raise SyncError(
-            "CURSOR_EXPIRED",
-            f"cursor {since} is beyond this journal's head; re-list and continue from {head}",
-            journal_id=journal_id, cursor=head,
-        )
-    if since < head:
+
+    def oldest():
         txn.execute("SELECT MIN(seq) FROM journal")
-        oldest = txn.fetchone()[0]
-        if oldest is None or oldest > since + 1:
-            raise SyncError(
-                "CURSOR_EXPIRED",
-                f"changes after {since} are no longer kept; re-list and continue from {head}",
-                journal_id=journal_id, cursor=head,
-            )
+        return txn.fetchone()[0]
+
+    check_cursor(since, head, oldest, journal_id)
     txn.execute(
         "SELECT seq, operation, source_client, timestamp FROM journal"
         " WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit + 1))

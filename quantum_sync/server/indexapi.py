@@ -10,6 +10,8 @@ checks that both classes have every method named here, with the same parameters.
 
 from typing import Protocol
 
+from quantum_sync.errors import SyncError
+
 
 class IndexInterface(Protocol):
     """The index and journal of one root."""
@@ -75,3 +77,22 @@ class IndexInterface(Protocol):
     async def rename(self, source: str, destination: str, operation, source_client, timestamp,
                      also=None):
         """Move the rows of ``source`` (and below) to ``destination`` and journal it."""
+
+
+def check_cursor(since: int, head: int, oldest, journal_id: str) -> None:
+    """Both indexes' rule for ``/api/changes?since=``: CURSOR_EXPIRED (with the journal's
+    id and head) for a ``since`` beyond ``head``, or one after which entries are no longer
+    kept (``oldest()``: the oldest seq kept, None for an empty journal; asked only when
+    ``since`` is below the head)."""
+    if since > head:
+        raise SyncError(
+            "CURSOR_EXPIRED",
+            f"cursor {since} is beyond this journal's head; re-list and continue from {head}",
+            journal_id=journal_id, cursor=head)
+    if since < head:
+        first = oldest()
+        if first is None or first > since + 1:
+            raise SyncError(
+                "CURSOR_EXPIRED",
+                f"changes after {since} are no longer kept; re-list and continue from {head}",
+                journal_id=journal_id, cursor=head)

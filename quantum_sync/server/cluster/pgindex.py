@@ -22,6 +22,7 @@ from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
 from quantum_sync.server import versions
 from quantum_sync.server.diskdiff import Row
+from quantum_sync.server.indexapi import check_cursor
 
 #: The schema this code writes and reads.
 SCHEMA_VERSION = 1
@@ -472,19 +473,12 @@ def _head(txn) -> int:
 
 def _changes(txn, since: int, limit: int, journal_id: str):
     head = _head(txn)
-    if since > head:
-        raise SyncError(
-            "CURSOR_EXPIRED",
-            f"cursor {since} is beyond this journal's head; re-list and continue from {head}",
-            journal_id=journal_id, cursor=head)
-    if since < head:
+
+    def oldest():
         txn.execute("SELECT min(seq) FROM journal")
-        oldest = txn.fetchone()[0]
-        if oldest is None or oldest > since + 1:
-            raise SyncError(
-                "CURSOR_EXPIRED",
-                f"changes after {since} are no longer kept; re-list and continue from {head}",
-                journal_id=journal_id, cursor=head)
+        return txn.fetchone()[0]
+
+    check_cursor(since, head, oldest, journal_id)
     txn.execute("SELECT seq, operation, source_client, timestamp FROM journal"
                 " WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s", (since, head, limit + 1))
     rows = txn.fetchall()
