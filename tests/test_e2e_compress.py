@@ -6,8 +6,9 @@ import os
 
 import pytest_twisted
 import zstandard
+from twisted.internet.defer import succeed
 
-from quantum_sync.client.compress import inflate_file, sample_pays
+from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.compression import pays
 from clients import converged, read, write
 from support import wait_for
@@ -80,3 +81,25 @@ def test_the_compress_option(tmp_path):
         options = Options()
         options.parseOptions(["--server", "http://127.0.0.1:8080", "--local-path", str(tmp_path), *flags])
         assert options.config.compress == expected
+
+
+class _InlineThreads:
+    """Runs the body's compression at once, in the test's thread."""
+
+    def defer(self, f, *args, **kwargs):
+        return succeed(f(*args, **kwargs))
+
+
+def test_a_stopped_compressed_body_never_fires(tmp_path):
+    """IBodyProducer: once stopped, startProducing's Deferred never fires (Twisted logs
+    a failed one on a lost connection as an unhandled error)."""
+    (tmp_path / "f").write_bytes(compressible(3 * 1024 * 1024))
+    written = []
+    with open(tmp_path / "f", "rb") as f:
+        body = ZstdFileBody(f, _InlineThreads())
+        body.pauseProducing()
+        done = body.startProducing(type("Sink", (), {"write": staticmethod(written.append)}))
+        body.stopProducing()
+        fired = []
+        done.addBoth(fired.append)
+    assert fired == [] and written == []

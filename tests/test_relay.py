@@ -102,7 +102,7 @@ class GatedBody:
                     self.paused.callback(self.sent)
                 await self._go
             if self._stopped:
-                raise ConnectionError("body stopped")
+                return await defer.Deferred()  # IBodyProducer: never fires once stopped
             chunk = self.data[self.sent:self.sent + self.CHUNK]
             consumer.write(chunk)
             self.sent += len(chunk)

@@ -37,7 +37,7 @@ class ZstdFileBody(CompressedPieces):
     length = UNKNOWN_LENGTH
 
     def startProducing(self, consumer):
-        return defer.ensureDeferred(self._run(consumer))
+        return defer.ensureDeferred(self._run(consumer)).addErrback(_never_once_stopped)
 
     async def _run(self, consumer):
         while True:
@@ -49,6 +49,13 @@ class ZstdFileBody(CompressedPieces):
                 consumer.write(piece)
             if done:
                 return
+
+
+def _never_once_stopped(failure):
+    """IBodyProducer: once stopProducing was called, the Deferred of startProducing must
+    never fire (Twisted logs an unhandled error for one that fails on a lost connection)."""
+    failure.trap(task.TaskStopped)
+    return defer.Deferred()
 
 
 def inflate_file(compressed: str, staging_dir: str, sha256: str, limit=None):
