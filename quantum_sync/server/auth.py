@@ -27,7 +27,6 @@ import uuid
 import attrs
 import jwt
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync import passwords
@@ -183,7 +182,8 @@ class TokenAuthorizer:
         clock,
         hub=None,
         throttle=None,
-        run_in_thread=deferToThread,
+        *,
+        run_in_thread,
     ):
         self.accounts = accounts
         self._key = key
@@ -388,12 +388,13 @@ def _check_secret_location(secret_file: str, root: str) -> None:
         )
 
 
-def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None, run_in_thread=deferToThread):
+def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None, *, run_in_thread):
     """The authorizer for the config's ``auth`` section (a dict or an attrs object with
     ``users``, ``secret_file``, ``token_ttl``): :class:`OpenAuthorizer` when it is None.
     A relative ``secret_file`` is taken from the working directory; without one the
     key lives in ``<state_dir>/auth-secret``. With ``root`` given, a key file inside
-    the synced root is refused. Raises :class:`AuthConfigError`."""
+    the synced root is refused. ``run_in_thread(f, *args)`` (the server's thread pool)
+    checks passwords off the reactor. Raises :class:`AuthConfigError`."""
     if auth_config is None:
         return OpenAuthorizer()
     accounts = _accounts(_get(auth_config, "users"))
