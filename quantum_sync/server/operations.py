@@ -593,21 +593,34 @@ class FileOperations:
         than once per file: every precondition is checked (in order), then the bodies held
         in memory are written and made durable together, then every upload is installed
         (in order), then each directory written to is fsynced once."""
+        results = self._check_all(batch, cached)
+        in_memory = [p for p, w in enumerate(batch) if w.temp_path is None and _goes_on(results[p])]
+        staged = dict(zip(in_memory, self.store.stage_many([batch[p].body for p in in_memory])))
+        self._fsync_written(self._install_checked(batch, results, staged), results)
+        self.versions.settle([r[4] for r in results if isinstance(r, tuple) and len(r) == 5 and r[4]])
+        return results
+
+    @staticmethod
+    def _fsync_written(synced_by, results) -> None:
+        """The last pass of :meth:`_install_all`: fsync each directory written to once
+        (``{directory: [positions]}``); the uploads in one that fails get its error."""
+        for directory, positions in synced_by.items():
+            try:
+                fsync_directory(directory)
+            except OSError as error:
+                for position in positions:
+                    results[position] = storage_error(error)
+
+    def _check_all(self, batch, cached) -> list:
+        """The first pass of :meth:`_install_all`: per upload, the current state of its
+        path, or the SyncError refusing it, or :class:`_StaleTarget`."""
         state = {}  # path -> (FileMetadata, mtime_ns) | None, once known in this batch
         results, stale = [], set()
         for waiting in batch:
             try:
-                path = waiting.path
-                if path in stale:  # after an upload of it that waits for its target's hash
-                    raise _StaleTarget()
-                if path in state:
-                    current = state[path]
-                else:
-                    retry = waiting.attempts < STALE_TARGET_ATTEMPTS
-                    current = self._current_blocking(path, cached.get(path), self.quiet_size if retry else None)
-                _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
+                current = self._checked_current(waiting, state, stale, cached)
             except _StaleTarget:
-                stale.add(path)
+                stale.add(waiting.path)
                 results.append(_StaleTarget)
                 continue
             except SyncError as error:
@@ -617,10 +630,29 @@ class FileOperations:
                 results.append(storage_error(error))
                 continue
             # what a later upload of the same path is checked against (its stat comes later)
-            state[path] = (FileMetadata(path, len(waiting.body or b""), 0, waiting.sha256), 0)
+            state[waiting.path] = (FileMetadata(waiting.path, len(waiting.body or b""), 0, waiting.sha256), 0)
             results.append(current)
-        in_memory = [p for p, w in enumerate(batch) if w.temp_path is None and _goes_on(results[p])]
-        staged = dict(zip(in_memory, self.store.stage_many([batch[p].body for p in in_memory])))
+        return results
+
+    def _checked_current(self, waiting, state, stale, cached):
+        """The current state of ``waiting``'s path (``state``: as the uploads before it in
+        the batch leave it) once its preconditions hold; raises :class:`_StaleTarget`
+        or the refusal."""
+        path = waiting.path
+        if path in stale:  # after an upload of it that waits for its target's hash
+            raise _StaleTarget()
+        if path in state:
+            current = state[path]
+        else:
+            retry = waiting.attempts < STALE_TARGET_ATTEMPTS
+            current = self._current_blocking(path, cached.get(path), self.quiet_size if retry else None)
+        _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
+        return current
+
+    def _install_checked(self, batch, results, staged) -> dict:
+        """The installing pass of :meth:`_install_all`: install every upload ``results``
+        lets go on (``staged``: the in-memory bodies written, by position), replacing its
+        result. Returns ``{directory: [positions]}`` of the directories written to."""
         broken, synced_by, state, authors = set(), {}, {}, {}
         for position, waiting in enumerate(batch):
             current, path = results[position], waiting.path
@@ -628,28 +660,10 @@ class FileOperations:
                 if current is not _StaleTarget and waiting.release_temp:
                     self.store.discard(waiting.temp_path)  # refused: its staged file goes
                 continue
-            if path in state:
-                current = state[path]  # an earlier upload of the batch, installed just now
+            current = state.get(path, current)  # an earlier upload of the batch, installed just now
             try:
-                try:
-                    temp, temp_stat = self._staged_for(waiting, staged.get(position))
-                except (SyncError, OSError):
-                    if waiting.release_temp:
-                        self.store.discard(waiting.temp_path)
-                    raise
-                version = None
-                try:
-                    if path in broken:  # an earlier upload of this path failed: this one was based on it
-                        raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
-                    version = self.versions.keep_replaced(path, current, authors.get(path))
-                    created, target = self.store.install_staged(temp, temp_stat, path)
-                except BaseException:
-                    self.versions.discard(version)
-                    if waiting.owns_temp:
-                        self.store.discard(temp)
-                    raise
-                if isinstance(temp, NamelessTemp):
-                    self.store.discard(temp)  # linked in place: close it
+                target, temp_stat, created, version = self._place(
+                    waiting, current, staged.get(position), path in broken, authors.get(path))
                 synced_by.setdefault(os.path.dirname(target), []).append(position)
                 entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns,
                                   temp_stat.st_ino, _ctime_after_install(target, temp_stat))
@@ -661,14 +675,33 @@ class FileOperations:
             state[path], authors[path] = metadata_of(entry, waiting.sha256), waiting.source_client
             st_key = (entry.ino, entry.size, entry.mtime_ns, entry.ctime_ns)
             results[position] = (current, state[path], directories, st_key, version)
-        for directory, positions in synced_by.items():
-            try:
-                fsync_directory(directory)
-            except OSError as error:
-                for position in positions:
-                    results[position] = storage_error(error)
-        self.versions.settle([r[4] for r in results if isinstance(r, tuple) and len(r) == 5 and r[4]])
-        return results
+        return synced_by
+
+    def _place(self, waiting, current, staged, broken, author) -> tuple:
+        """Install one upload over ``current`` (``broken``: an earlier upload of its path
+        failed), keeping the replaced file's version. ``(target, the temp file's stat,
+        created directories, Version or None)``."""
+        path = waiting.path
+        try:
+            temp, temp_stat = self._staged_for(waiting, staged)
+        except (SyncError, OSError):
+            if waiting.release_temp:
+                self.store.discard(waiting.temp_path)
+            raise
+        version = None
+        try:
+            if broken:  # an earlier upload of this path failed: this one was based on it
+                raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
+            version = self.versions.keep_replaced(path, current, author)
+            created, target = self.store.install_staged(temp, temp_stat, path)
+        except BaseException:
+            self.versions.discard(version)
+            if waiting.owns_temp:
+                self.store.discard(temp)
+            raise
+        if isinstance(temp, NamelessTemp):
+            self.store.discard(temp)  # linked in place: close it
+        return target, temp_stat, created, version
 
     def _release_temps(self, uploads) -> None:
         """Release the temp files of ``uploads`` (an installed one is gone already:
