@@ -153,7 +153,18 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
         return LocalVersion(base.entry, st)
     if hash_limit is not None and st.size > hash_limit:
         return UNHASHED
-    data = None
+    digest, data = _digest(abspath, st, keep, prehashed, budget)
+    if lstat(abspath) != st:
+        if data is not None and budget is not None:
+            budget.give(st.size)
+        raise LocalChanged(abspath)  # still being written: try again later
+    return LocalVersion(Entry(digest, st.size, False), st, _suspect(st, base), data)
+
+
+def _digest(abspath: str, st, keep: int, prehashed, budget) -> tuple:
+    """``(sha256, the file's bytes or None)`` of the file ``st`` describes: read whole
+    when it has at most ``keep`` bytes that fit in ``budget``, else hashed from disk
+    (or ``prehashed``)."""
     if st.size <= keep and (budget is None or budget.take(st.size)):
         try:
             data = _read_small(abspath, keep + 1, st.size)
@@ -163,22 +174,20 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
             if budget is not None:
                 budget.give(st.size)
             raise
-        digest = hashlib.sha256(data).hexdigest()
-    else:
-        digest = (prehashed and prehashed(st.size)) or sha256_file(abspath)
-    after = lstat(abspath)
-    if after != st:
-        if data is not None and budget is not None:
-            budget.give(st.size)
-        raise LocalChanged(abspath)  # still being written: try again later
-    suspect = (
+        return hashlib.sha256(data).hexdigest(), data
+    return (prehashed and prehashed(st.size)) or sha256_file(abspath), None
+
+
+def _suspect(st, base) -> bool:
+    """True for a file found empty, synced with content and with no newer mtime since
+    (zero bytes, old mtime: held, never sent)."""
+    return (
         base is not None
         and st.size == 0
         and base.entry.size > 0
         and not base.entry.is_directory
         and st.mtime_ns <= base.local_mtime_ns + SUSPECT_MTIME_SLACK_NS
     )
-    return LocalVersion(Entry(digest, st.size, False), st, suspect, data)
 
 
 def versions(folder: str, items, keep: int, hash_limit: int, budget=None) -> list:
