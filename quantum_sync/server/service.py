@@ -163,13 +163,8 @@ class ServerService(MultiService):
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
         self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads)
         self.versions.setServiceParent(self)
-        if self.authorizer.enabled and self.node is not None:
-            self.hub.bindings = self.node.bindings  # shared by the nodes
-        elif self.authorizer.enabled:
-            try:
-                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor, self.threads)
-            except ValueError as e:
-                raise ConfigError(f"{config.source}: {e}") from None
+        if self.authorizer.enabled:
+            self.hub.bindings = self._client_id_bindings()
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area, threads=self.threads)
         self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
@@ -183,18 +178,30 @@ class ServerService(MultiService):
         else:  # the cluster's leader watches the shared root, and only it
             self.operations.fence = self.node.fence
             self.operations.feed = self.node
-        self.listeners = []
-        for listener in config.listeners:
-            try:
-                endpoint = serverFromString(reactor, listener.endpoint)
-            except Exception as e:  # endpoint parsers raise anything from ValueError on
-                where = ("--listen" if listener.server == "--listen"
-                         else f"{config.source}: apps.http.servers.{listener.server}.listen")
-                raise ConfigError(f"{where}: {listener.endpoint!r}: {e}") from None
-            service = ListenerService(listener.endpoint, endpoint, build_site(listener, self))
-            service.setServiceParent(self)
-            self.listeners.append(service)
+        self.listeners = [self._listener(listener) for listener in config.listeners]
         self._ready = None
+
+    def _client_id_bindings(self):
+        """Which client ids belong to which account: the cluster's, shared by the nodes,
+        or this server's own file."""
+        if self.node is not None:
+            return self.node.bindings
+        try:
+            return ClientIdBindings(self.config.handler.state_dir, self.reactor, self.threads)
+        except ValueError as e:
+            raise ConfigError(f"{self.config.source}: {e}") from None
+
+    def _listener(self, listener) -> ListenerService:
+        """A child service listening as ``listener`` (a ListenerConfig) says."""
+        try:
+            endpoint = serverFromString(self.reactor, listener.endpoint)
+        except Exception as e:  # endpoint parsers raise anything from ValueError on
+            where = ("--listen" if listener.server == "--listen"
+                     else f"{self.config.source}: apps.http.servers.{listener.server}.listen")
+            raise ConfigError(f"{where}: {listener.endpoint!r}: {e}") from None
+        service = ListenerService(listener.endpoint, endpoint, build_site(listener, self))
+        service.setServiceParent(self)
+        return service
 
     def startService(self):
         if self.node is not None:
