@@ -169,6 +169,16 @@ def _bearer_token(request):
     return None
 
 
+def _may_match(username: str, password: str) -> bool:
+    """Whether ``username`` and ``password`` are short enough to be worth the (slow)
+    password check; one with a lone surrogate (valid JSON) is nobody's password."""
+    try:
+        password_bytes = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return len(username) <= MAX_USERNAME_LENGTH and password_bytes <= passwords.MAX_PASSWORD_BYTES
+
+
 class TokenAuthorizer:
     """Accounts from the config, HS256 JWTs, roles, and failed-login throttling."""
 
@@ -222,23 +232,7 @@ class TokenAuthorizer:
             raise SyncError("AUTH_REQUIRED", "authentication required: send a token")
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             raise SyncError("AUTH_FAILED", "invalid token")
-        try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=[ALGORITHM],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                options={
-                    "require": ["exp", "iat", "sub", "iss", "aud"],
-                    # expiry is checked below against the injected clock
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                },
-            )
-        except jwt.InvalidTokenError:
-            raise SyncError("AUTH_FAILED", "invalid token") from None
+        claims = self._claims(token)
         expires, user = claims["exp"], claims["sub"]
         if not isinstance(expires, (int, float)) or isinstance(expires, bool):
             raise SyncError("AUTH_FAILED", "invalid token")
@@ -248,6 +242,27 @@ class TokenAuthorizer:
         if account is None:
             raise SyncError("AUTH_FAILED", "invalid token")
         return Identity(account.name, account.role, expires)
+
+    def _claims(self, token: str) -> dict:
+        """The claims of a token this server signed (its expiry not yet checked);
+        AUTH_FAILED for any other."""
+        try:
+            return jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={
+                    "require": ["exp", "iat", "sub", "iss", "aud"],
+                    # expiry is checked by the caller against the injected clock
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.InvalidTokenError:
+            raise SyncError("AUTH_FAILED", "invalid token") from None
 
     def recheck(self, identity: Identity, role: str) -> Identity:
         """For long-lived connections (the WebSocket): the identity authenticated earlier,
@@ -299,12 +314,7 @@ class TokenAuthorizer:
         # Counted before the (slow) check, so parallel guesses cannot pass the limit;
         # a correct password clears it again.
         lockouts = self.throttle.failed(address, user)
-        try:
-            password_bytes = len(password.encode("utf-8"))
-        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): nobody's password
-            password_bytes = None
-        if (len(username) > MAX_USERNAME_LENGTH or password_bytes is None
-                or password_bytes > passwords.MAX_PASSWORD_BYTES):
+        if not _may_match(username, password):
             ok = False
         else:
             stored = account.password_hash if account is not None else passwords.dummy_hash()
