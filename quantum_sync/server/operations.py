@@ -91,10 +91,18 @@ def _check_preconditions(path: str, current, if_match, if_none_match) -> None:
         raise SyncError("CONFLICT", f"{path} is a directory")
     if if_none_match is not None and if_none_match.strip() == "*" and current is not None:
         raise SyncError("PRECONDITION_FAILED", f"{path} already exists")
-    if if_match is not None and if_match != "*" and (current is None or current[0].hash != if_match):
+    _check_if_match(path, current, if_match)
+
+
+def _check_if_match(path: str, current, if_match) -> None:
+    """PRECONDITION_FAILED unless ``current`` holds the ``If-Match`` hash (``*``: any)."""
+    if if_match is None:
+        return
+    if if_match == "*":
+        if current is None:
+            raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
+    elif current is None or current[0].hash != if_match:
         raise SyncError("PRECONDITION_FAILED", f"{path} does not have the expected hash")
-    if if_match == "*" and current is None:
-        raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
 
 
 class SerialThread:
@@ -513,18 +521,23 @@ class FileOperations:
                     await self._thread(self._release_temps, [w for w in batch if w.release_temp])
                 finally:
                     self._lock.release()
-                again = []
-                for waiting, outcome in zip(batch, outcomes):
-                    if outcome is _StaleTarget:
-                        again.append(attrs.evolve(waiting, attempts=waiting.attempts + 1))
-                    elif isinstance(outcome, Failure):
-                        waiting.answer.errback(outcome)
-                    else:
-                        waiting.answer.callback(outcome)
-                if again:
-                    Deferred.fromCoroutine(self._retry_stale(again))
+                self._answer(batch, outcomes)
         finally:
             self._installing = False
+
+    def _answer(self, batch, outcomes) -> None:
+        """Answer each upload of ``batch`` with its outcome; those whose target was stale
+        are tried again."""
+        again = []
+        for waiting, outcome in zip(batch, outcomes):
+            if outcome is _StaleTarget:
+                again.append(attrs.evolve(waiting, attempts=waiting.attempts + 1))
+            elif isinstance(outcome, Failure):
+                waiting.answer.errback(outcome)
+            else:
+                waiting.answer.callback(outcome)
+        if again:
+            Deferred.fromCoroutine(self._retry_stale(again))
 
     async def _retry_stale(self, uploads) -> None:
         """Hash the large stale targets of ``uploads`` without the lock (journalling what
@@ -824,6 +837,14 @@ class FileOperations:
                 kept.append(item)
         return kept
 
+    async def _unchanged_since(self, items, found) -> list:
+        """The journal ``items`` whose path the disk still shows as the scan ``found``
+        it; the others changed since: they are looked at again once quiet."""
+        checked = await self._thread(self._still_found, items, found)
+        if len(checked) < len(items):
+            self._refresh_later(sorted({item_path(i) for i in items} - {item_path(i) for i in checked}))
+        return checked
+
     async def _journal_found(self, tops, scanned, found, digests) -> list:
         """Under the lock: journal what the scan ``found`` (and ``digests``) show against
         the index as it is now; ``scanned``: the paths indexed when the scan began (one
@@ -833,10 +854,7 @@ class FileOperations:
         rows = {path: row for path, row in (await self._rows(tops)).items() if path in scanned or path in found}
         items = journal_items(rows, found, digests)
         if items:
-            checked = await self._thread(self._still_found, items, found)
-            if len(checked) < len(items):  # changed since the scan: look again once quiet
-                self._refresh_later(sorted({item_path(i) for i in items} - {item_path(i) for i in checked}))
-            items = checked
+            items = await self._unchanged_since(items, found)
         changes = []
         for start in range(0, len(items), RECORD_BATCH):
             batch = await self.index.record_many(items[start:start + RECORD_BATCH], DISK_SOURCE, now())
