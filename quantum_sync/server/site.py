@@ -26,6 +26,7 @@ from quantum_sync.compression import ENCODING
 from quantum_sync.delta import DELTA_MIN
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
+from quantum_sync.server.httpio import write_json
 from quantum_sync.server.monitoring import monitoring_endpoints
 from quantum_sync.server.spools import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
 from quantum_sync.server.webui import ui_endpoints
@@ -426,8 +427,6 @@ class JsonResource(resource.Resource):
         self._status = status
 
     def render(self, request):
-        from quantum_sync.server.api import write_json
-
         body = self._body() if callable(self._body) else self._body
         return write_json(request, body, self._status)
 

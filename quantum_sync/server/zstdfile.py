@@ -1,7 +1,7 @@
 """A download sent as zstd (``Content-Encoding: zstd``) to a client that asked for it.
 
 :class:`ZstdDownload` answers for one opened file: its headers as
-:class:`~quantum_sync.server.api.HashedFile` gives them (ETag of the content, an
+:class:`~quantum_sync.server.download.HashedFile` gives them (ETag of the content, an
 attachment), no ``Content-Length`` (the body goes chunked), and a push producer that
 reads and compresses the file a piece at a time in the reactor's thread pool, so the
 reactor only writes, paused by its transport. :func:`worth_compressing` samples the file
