@@ -424,15 +424,7 @@ class FileApi:
         taken = []
         for item in items:
             try:
-                if item.error is not None:
-                    raise item.error
-                self.operations.store.resolve(item.path)
-                if limit is not None and item.size > limit:
-                    raise SyncError("TOO_LARGE", f"{item.path} is larger than the limit of {limit} bytes")
-                data = item.content(contents)
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != item.sha256:
-                    raise SyncError("HASH_MISMATCH", f"{item.path} hashes to {digest}, not {item.sha256}")
+                data = self._checked_bytes(item, contents, limit)
             except SyncError as error:
                 data = error
             taken.append((item, data))
@@ -443,6 +435,20 @@ class FileApi:
             taken[position] = (item, storage_error(outcome) if isinstance(outcome, OSError)
                                else _StagedBody(*outcome, data))
         return taken
+
+    def _checked_bytes(self, item, contents, limit) -> bytes:
+        """The bytes of one file of a batch body once its path, size and hash are good
+        (blocking: it resolves the path on disk); its SyncError otherwise."""
+        if item.error is not None:
+            raise item.error
+        self.operations.store.resolve(item.path)
+        if limit is not None and item.size > limit:
+            raise SyncError("TOO_LARGE", f"{item.path} is larger than the limit of {limit} bytes")
+        data = item.content(contents)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != item.sha256:
+            raise SyncError("HASH_MISMATCH", f"{item.path} hashes to {digest}, not {item.sha256}")
+        return data
 
     async def _batch_upload_one(self, item, staged, source: str, request):
         """One file of an upload batch: its FileMetadata as stored, or its SyncError. Its
