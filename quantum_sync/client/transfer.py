@@ -30,7 +30,6 @@ import email.utils
 import hashlib
 import json
 import os
-import re
 import tempfile
 import time
 from urllib.parse import quote, urlsplit
@@ -38,11 +37,9 @@ from urllib.parse import quote, urlsplit
 import attrs
 import treq
 from twisted.internet import defer, task
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -54,6 +51,8 @@ from quantum_sync.client.batches import Batcher
 from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
+from quantum_sync.client.idlewatch import IdleWatch, read_body
+from quantum_sync.client.jsonarray import json_array_items
 from quantum_sync.client.keepalive import KeptEndpoints
 from quantum_sync.client.localfs import open_regular, unlink_quietly
 from quantum_sync.compression import ENCODING
@@ -150,41 +149,11 @@ class ChangesPage:
     journal_id: str = None
 
 
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _json_array_items(text: str) -> list:
-    """The items of the JSON array ``text``, decoded one at a time: ``json.loads`` of a
-    listing of 50,000 entries holds the GIL (and so the reactor) for about 100 ms at once.
-    ValueError when ``text`` is not a JSON array."""
-    decoder, items = json.JSONDecoder(), []
-    at = _JSON_SPACE.match(text).end()
-    if text[at:at + 1] != "[":
-        raise ValueError("not a JSON array")
-    at = _JSON_SPACE.match(text, at + 1).end()
-    if text[at:at + 1] == "]":
-        at += 1
-    else:
-        while True:
-            item, at = decoder.raw_decode(text, at)
-            items.append(item)
-            at = _JSON_SPACE.match(text, at).end()
-            separator, at = text[at:at + 1], at + 1
-            if separator == "]":
-                break
-            if separator != ",":
-                raise ValueError("malformed JSON array")
-            at = _JSON_SPACE.match(text, at).end()
-    if _JSON_SPACE.match(text, at).end() != len(text):
-        raise ValueError("extra data after the JSON array")
-    return items
-
-
 def _parse_listing(raw: bytes) -> tuple:
     """``(entries, problems)`` of an ``/api/list`` answer; ServerUnavailable when it is not
     a JSON list."""
     try:
-        body = _json_array_items(raw.decode("utf-8"))
+        body = json_array_items(raw.decode("utf-8"))
     except ValueError:  # UnicodeDecodeError too
         raise ServerUnavailable("GET /api/list: the answer is not a JSON list") from None
     parsed, problems = [], []
@@ -249,79 +218,6 @@ async def _settled(deferreds) -> list:
     """Per Deferred of ``deferreds``, its result or the exception it failed with."""
     answers = await defer.DeferredList(list(deferreds), consumeErrors=True)
     return [value if succeeded else value.value for succeeded, value in answers]
-
-
-class IdleWatch:
-    """Aborts a transfer that moves no byte for ``seconds``: :attr:`abort` is what stops
-    its current phase (cancel the request, stop reading the body); :meth:`touch` on every
-    byte moved; :attr:`paused` while the client itself holds the body back (a slow disk)."""
-
-    def __init__(self, clock, seconds):
-        self._clock, self.seconds = clock, seconds
-        self.last = clock.seconds()
-        self.moved = 0  # bytes moved so far (what ``touch`` was told of)
-        self.stalled = False
-        self.paused = False
-        self.abort = None
-        self._call = clock.callLater(seconds, self._check)
-
-    def touch(self, data=None):
-        self.last = self._clock.seconds()
-        if data:
-            self.moved += len(data)
-
-    def _check(self):
-        idle = self._clock.seconds() - self.last
-        if self.paused or idle < self.seconds:
-            self._call = self._clock.callLater(self.seconds if self.paused else self.seconds - idle, self._check)
-            return
-        self._call = None
-        self.stalled = True
-        if self.abort is not None:
-            self.abort()
-
-    def stop(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-
-class _Collect(Protocol):
-    """Hands each chunk of a body to ``on_chunk``; an exception it raises ends the body."""
-
-    def __init__(self, on_chunk, done, watch):
-        self._on_chunk, self._done, self._watch = on_chunk, done, watch
-        self._error = None
-
-    def connectionMade(self):
-        if self._watch is not None:
-            self._watch.abort = self.transport.stopProducing
-
-    def dataReceived(self, data):
-        if self._error is not None:
-            return
-        if self._watch is not None:
-            self._watch.touch(data)
-        try:
-            self._on_chunk(data)
-        except Exception as e:
-            self._error = e
-            self.transport.stopProducing()
-
-    def connectionLost(self, reason):
-        if self._error is not None:
-            self._done.errback(self._error)
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
-
-
-def read_body(response, on_chunk, watch=None) -> defer.Deferred:
-    """Deliver ``response``'s body to ``on_chunk``; fires when it has all arrived."""
-    done = defer.Deferred()
-    response.deliverBody(_Collect(on_chunk, done, watch))
-    return done
 
 
 async def _bounded_body(response, limit: int, too_long: Exception, what: str, watch=None) -> bytes:
