@@ -163,8 +163,13 @@ class ServerService(MultiService):
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
         self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads)
         self.versions.setServiceParent(self)
-        if self.authorizer.enabled:
-            self.hub.bindings = self._client_id_bindings()
+        if self.authorizer.enabled and self.node is not None:
+            self.hub.bindings = self.node.bindings  # shared by the nodes
+        elif self.authorizer.enabled:
+            try:
+                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor, self.threads)
+            except ValueError as e:
+                raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area, threads=self.threads)
         self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
@@ -180,16 +185,6 @@ class ServerService(MultiService):
             self.operations.feed = self.node
         self.listeners = [self._listener(listener) for listener in config.listeners]
         self._ready = None
-
-    def _client_id_bindings(self):
-        """Which client ids belong to which account: the cluster's, shared by the nodes,
-        or this server's own file."""
-        if self.node is not None:
-            return self.node.bindings
-        try:
-            return ClientIdBindings(self.config.handler.state_dir, self.reactor, self.threads)
-        except ValueError as e:
-            raise ConfigError(f"{self.config.source}: {e}") from None
 
     def _listener(self, listener) -> ListenerService:
         """A child service listening as ``listener`` (a ListenerConfig) says."""
