@@ -163,26 +163,31 @@ class Store:
         stack = [(self.resolve(top) if top else self.root, top)]
         while stack:
             directory, prefix = stack.pop()
-            try:
-                items = list(os.scandir(directory))
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
-                continue
-            for item in items:
-                rel = _child_path(prefix, item.name)
-                if rel is None:
-                    rel = paths.relative_from_disk(self.root, item.path)
-                    if rel is None:
-                        continue
-                try:
-                    entry = _entry(rel, item.stat(follow_symlinks=False))
-                except FileNotFoundError:
-                    continue
-                if entry is None:
-                    continue
+            for name, entry in self._entries_in(directory, prefix):
                 found.append(entry)
                 if entry.is_directory:
-                    stack.append((item.path, rel))
+                    stack.append((name, entry.path))
         return found
+
+    def _entries_in(self, directory: str, prefix: str) -> list:
+        """``(on-disk name, DiskEntry)`` of each addressable file and directory in
+        ``directory`` (the one of path ``prefix``); none when it cannot be listed."""
+        try:
+            items = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return []
+        entries = []
+        for item in items:
+            rel = _child_path(prefix, item.name) or paths.relative_from_disk(self.root, item.path)
+            if rel is None:
+                continue
+            try:
+                entry = _entry(rel, item.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+            if entry is not None:
+                entries.append((item.path, entry))
+        return entries
 
     def holds_a_file(self, top: str) -> bool:
         """Whether any regular file lies below the directory ``top`` (stops at the first)."""
