@@ -77,13 +77,19 @@ def folders_meant(config_path, folder):
         if not configured:
             raise ConfigError("no folders: name a FOLDER, or give --config")
         return configured
+    return [_folder_meant(configured, folder)]
+
+
+def _folder_meant(configured, folder) -> tuple:
+    """``(name, path)`` of ``folder``: a configured folder's name, else a directory
+    (named as configured, or by its last part)."""
     for name, path in configured:
         if folder == name:
-            return [(name, path)]
+            return name, path
     if os.path.isdir(folder):
         path = os.path.realpath(folder)
         names = [name for name, p in configured if p == path]
-        return [(names[0] if names else os.path.basename(path), path)]
+        return names[0] if names else os.path.basename(path), path
     raise ConfigError(f"{folder}: neither a configured folder's name nor a directory")
 
 
