@@ -10,7 +10,6 @@ commits, so a later ``seq`` can never become visible before an earlier one (a re
 """
 
 import hashlib
-import json
 import uuid
 
 from twisted.application.service import Service
@@ -19,10 +18,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from quantum_sync.errors import SyncError
-from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
+from quantum_sync.protocol import Change, FileMetadata, operation_text
 from quantum_sync.server import versions
 from quantum_sync.server.diskdiff import Row
-from quantum_sync.server.indexapi import check_cursor
+from quantum_sync.server.indexapi import check_cursor, journal_page
 
 #: The schema this code writes and reads.
 SCHEMA_VERSION = 1
@@ -481,9 +480,4 @@ def _changes(txn, since: int, limit: int, journal_id: str):
     check_cursor(since, head, oldest, journal_id)
     txn.execute("SELECT seq, operation, source_client, timestamp FROM journal"
                 " WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s", (since, head, limit + 1))
-    rows = txn.fetchall()
-    has_more = len(rows) > limit
-    changes = [Change(seq, parse_operation(json.loads(operation)), source, timestamp, operation)
-               for seq, operation, source, timestamp in rows[:limit]]
-    cursor = changes[-1].seq if changes else since
-    return changes, cursor, has_more
+    return journal_page(txn.fetchall(), limit, since)
