@@ -666,18 +666,25 @@ class ServerClient:
             return await _settled(
                 self._small_transfers.run(lambda j=j: defer.ensureDeferred(self._upload(j.path, None, j.sha256, j.if_match, j.data)))
                 for j in jobs)
-        manifest = batch.upload_manifest([(j.path, len(j.data), j.sha256, j.if_match) for j in jobs])
-        body = _BytesBody(batch.encode(manifest, [j.data for j in jobs]))
-        with self._watching() as watch:
-            response = await self._batch_request(BATCH_UPLOAD, body, watch)
-            if response is None:
-                return await self._upload_batch(jobs)
-            answer = await self._answer_body(response, "upload batch", watch)
+        answer = await self._send_batch(jobs)
+        if answer is None:
+            return await self._upload_batch(jobs)
         try:
             results = batch.parse_upload_answer(json.loads(answer), [j.path for j in jobs])
         except (ValueError, SyncError):
             raise ServerUnavailable("upload batch: malformed answer") from None
         return [self._item_refusal("upload", j.path, r) if isinstance(r, batch.ItemError) else r for j, r in zip(jobs, results)]
+
+    async def _send_batch(self, jobs):
+        """The answer's body to an upload batch of ``jobs`` (None: the server takes no
+        batches)."""
+        manifest = batch.upload_manifest([(j.path, len(j.data), j.sha256, j.if_match) for j in jobs])
+        body = _BytesBody(batch.encode(manifest, [j.data for j in jobs]))
+        with self._watching() as watch:
+            response = await self._batch_request(BATCH_UPLOAD, body, watch)
+            if response is None:
+                return None
+            return await self._answer_body(response, "upload batch", watch)
 
     @staticmethod
     def _answer_body(response, what, watch):
@@ -750,33 +757,42 @@ class ServerClient:
         goes alone); per job its checked bytes or its exception."""
         if len(jobs) == 1 or not self._batching:
             return await _settled(self._download_alone(j) for j in jobs)
+        items = await self._fetch_batch(jobs)
+        if items is None:
+            return await self._download_batch(jobs)
+        results, alone = [], {}
+        for position, (job, item) in enumerate(zip(jobs, items)):
+            if isinstance(item, batch.ItemError) and item.code == "TOO_LARGE":
+                alone[position] = self._download_alone(job)  # grown since announced, or the batch was full
+            results.append(self._batch_item(job, item))
+        for position, outcome in zip(alone, await _settled(alone.values())):
+            results[position] = outcome
+        return results
+
+    async def _fetch_batch(self, jobs):
+        """The items of the answer to a download batch of ``jobs``, one a job (None: the
+        server takes no batches)."""
         with self._watching() as watch:
             response = await self._batch_request(
                 BATCH_DOWNLOAD, _BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")), watch)
             if response is None:
-                return await self._download_batch(jobs)
+                return None
             limit = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs)
             body = await _bounded_body(
                 response, limit, ServerUnavailable(f"download batch: the answer is longer than {limit} bytes"),
                 "download batch", watch)
         try:
-            items = batch.parse_download_answer(body, [j.path for j in jobs])
+            return batch.parse_download_answer(body, [j.path for j in jobs])
         except SyncError as e:
             raise ServerUnavailable(f"download batch: malformed answer: {e.message}") from None
-        results, alone = [], {}
-        for position, (job, item) in enumerate(zip(jobs, items)):
-            if isinstance(item, batch.ItemError):
-                if item.code == "TOO_LARGE":  # grown since announced, or the batch was full
-                    alone[position] = self._download_alone(job)
-                item = self._item_refusal("download", job.path, item)
-            elif hashlib.sha256(item[1]).hexdigest() != job.sha256:
-                item = DownloadCorrupt(f"download of {job.path}: content does not match its SHA-256")
-            else:
-                item = item[1]
-            results.append(item)
-        for position, outcome in zip(alone, await _settled(alone.values())):
-            results[position] = outcome
-        return results
+
+    def _batch_item(self, job, item):
+        """One file of a download batch's answer: its checked bytes, or the exception."""
+        if isinstance(item, batch.ItemError):
+            return self._item_refusal("download", job.path, item)
+        if hashlib.sha256(item[1]).hexdigest() != job.sha256:
+            return DownloadCorrupt(f"download of {job.path}: content does not match its SHA-256")
+        return item[1]
 
     async def _download_bytes(self, path, sha256, size):
         with self._watching() as watch:
