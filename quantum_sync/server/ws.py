@@ -286,28 +286,37 @@ class HubProtocol(WebSocketServerProtocol):
         if refusal is not None:
             self._rate_limited(refusal)
             return
-        try:
-            request = messages.parse_client_message(payload, isBinary)
-        except SyncError as err:
-            if self.identity is None:
-                self._require_auth()
-                return
-            if err.code == "INVALID_PATH":  # (operations.apply reports its own refusals)
-                self.factory.security_alert("rejected_path", self.address, err.message)
-            self._refuse(err)
-            return
-        if self.identity is None and not isinstance(
-            request, (messages.AuthRequest, messages.PingRequest)
-        ):
-            self._require_auth(request.id)
-            return
-        if not isinstance(request, (messages.AuthRequest, messages.PingRequest)) \
-                and not self._still_authorized(request):
+        request = self._parsed(payload, isBinary)
+        if request is None or not self._admitted(request):
             return
         if isinstance(request, _NEED_INDEX) and (self._held is not None or not self.factory.operations.ready):
             self._hold(request)
             return
         self._HANDLERS[type(request)](self, request)
+
+    def _parsed(self, payload, isBinary):
+        """The request in a message, or None once a message that is none is refused
+        (before authentication: told to authenticate)."""
+        try:
+            return messages.parse_client_message(payload, isBinary)
+        except SyncError as err:
+            if self.identity is None:
+                self._require_auth()
+                return None
+            if err.code == "INVALID_PATH":  # (operations.apply reports its own refusals)
+                self.factory.security_alert("rejected_path", self.address, err.message)
+            self._refuse(err)
+            return None
+
+    def _admitted(self, request) -> bool:
+        """Whether the connection may make ``request``: anything but auth and ping needs
+        an identity, checked again for each request."""
+        if isinstance(request, (messages.AuthRequest, messages.PingRequest)):
+            return True
+        if self.identity is None:
+            self._require_auth(request.id)
+            return False
+        return self._still_authorized(request)
 
     def _hold(self, request) -> None:
         """Keep ``request`` (and each later one of :data:`_NEED_INDEX`) until the server's
