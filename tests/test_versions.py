@@ -92,7 +92,7 @@ def test_limits_at_keep_time_choose_what_the_plan_would(versions, policy, data):
 
 @pytest_twisted.ensureDeferred
 async def test_the_space_total_follows_what_is_kept_and_forgotten(index, tmp_path):
-    from quantum_sync.server.versions import _forget, _recount
+    from quantum_sync.server.versions import _forget, _forget_and_recount
 
     store, area = area_of(tmp_path)
     area.policy = VersionsConfig()
@@ -109,7 +109,7 @@ async def test_the_space_total_follows_what_is_kept_and_forgotten(index, tmp_pat
     await index.interaction(_forget, {v.id: v.size for v in kept if v.path == "x"})
     assert await index.interaction(total) == 3
     await index.interaction(lambda txn: txn.execute("UPDATE versions_space SET total = 99"))
-    await index.interaction(_recount)
+    await index.interaction(_forget_and_recount, [])
     assert await index.interaction(total) == 3
 
 

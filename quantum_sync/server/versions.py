@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS versions (
     deleted INTEGER NOT NULL,
     kept REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS versions_path ON versions (path);
+DROP INDEX IF EXISTS versions_path;
+CREATE INDEX IF NOT EXISTS versions_path_kept ON versions (path, kept, id);
 CREATE INDEX IF NOT EXISTS versions_kept ON versions (kept, id);
 CREATE TABLE IF NOT EXISTS versions_space (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -210,8 +211,10 @@ def _forget(txn, sizes) -> None:
     txn.execute("UPDATE versions_space SET total = total - ?", (sum(sizes.values()),))
 
 
-def _recount(txn) -> None:
-    """The space total from the rows (a safety net: every change keeps it)."""
+def _forget_and_recount(txn, ids) -> None:
+    """Delete the rows of ``ids`` (some may be gone already), and count the space total
+    from the rows left (a safety net too: every change keeps it)."""
+    txn.executemany("DELETE FROM versions WHERE id = ?", [(vid,) for vid in ids])
     txn.execute("UPDATE versions_space SET total = (SELECT COALESCE(SUM(size), 0) FROM versions)")
 
 
@@ -231,6 +234,8 @@ def _named(txn, ids) -> set:
 
 #: rows read at a time when the space cap looks for the oldest versions
 _OLDEST_PAGE = 64
+#: a LIMIT that is no limit, in the SQL of SQLite and PostgreSQL alike
+_ALL_ROWS = 2 ** 62
 
 
 def _over_limits(txn, policy, paths, busy) -> dict:
@@ -248,11 +253,9 @@ def _over_limits(txn, policy, paths, busy) -> dict:
 
 
 def _over_count(txn, path, keep_per_file, busy) -> list:
-    txn.execute("SELECT COUNT(*) FROM versions WHERE path = ?", (path,))
-    excess = txn.fetchone()[0] - keep_per_file
-    if excess <= 0:
-        return []
-    txn.execute("SELECT id, size FROM versions WHERE path = ? ORDER BY kept, id LIMIT ?", (path, excess))
+    # the path's rows past its newest keep_per_file, read along the index backwards
+    txn.execute("SELECT id, size FROM versions WHERE path = ? ORDER BY kept DESC, id DESC"
+                " LIMIT ? OFFSET ?", (path, _ALL_ROWS, keep_per_file))
     return [(vid, size) for vid, size in txn.fetchall() if vid not in busy]
 
 
@@ -737,9 +740,7 @@ class Versions(Service):
         doomed = planned - self.area.busy()  # a restore may have started meanwhile
         self._pruning |= doomed
         try:
-            sizes = {v.id: v.size for v in versions if v.id in doomed}
-            await self.index.interaction(_forget, sizes)
-            await self.index.interaction(_recount)
+            await self.index.interaction(_forget_and_recount, doomed)
             if doomed:
                 await self._blocking(self.area.remove, doomed)
             # a file listed before the snapshot of unrecorded ids, and absent from the rows
