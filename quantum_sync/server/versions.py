@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS versions (
     kept REAL NOT NULL
 );
 DROP INDEX IF EXISTS versions_path;
-CREATE INDEX IF NOT EXISTS versions_path_kept ON versions (path, kept, id);
+CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path, kept, id, size);
 CREATE INDEX IF NOT EXISTS versions_kept ON versions (kept, id);
 CREATE TABLE IF NOT EXISTS versions_space (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -253,7 +253,7 @@ def _over_limits(txn, policy, paths, busy) -> dict:
 
 
 def _over_count(txn, path, keep_per_file, busy) -> list:
-    # the path's rows past its newest keep_per_file, read along the index backwards
+    # the path's rows past its newest keep_per_file, read from its index alone, backwards
     txn.execute("SELECT id, size FROM versions WHERE path = ? ORDER BY kept DESC, id DESC"
                 " LIMIT ? OFFSET ?", (path, _ALL_ROWS, keep_per_file))
     return [(vid, size) for vid, size in txn.fetchall() if vid not in busy]
