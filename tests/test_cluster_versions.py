@@ -4,20 +4,13 @@ node that takes over runs them; the count and space limits hold as either node k
 
 import hashlib
 import os
-import time
 
 import pytest_twisted
 from twisted.internet import task
 
 from quantum_sync.server.versions import AREA_NAME, ORPHAN_AGE, PRUNE_INTERVAL
+from test_versions_api import wall_clock
 from tests.support import HttpClient, server_document, start_service, wait_for
-
-
-def wall_clock():
-    """A Clock at the time of day: the area's ctimes are compared with it."""
-    clock = task.Clock()
-    clock.advance(time.time())
-    return clock
 
 
 @pytest_twisted.ensureDeferred

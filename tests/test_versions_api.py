@@ -2,6 +2,7 @@
 /api/versions after replaces, deletes and moves; /api/restore with and without
 If-Match, to another path, with unknown ids and hostile paths; roles."""
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -327,11 +328,20 @@ def wall_clock():
     return clock
 
 
+@contextlib.asynccontextmanager
+async def clocked_server(reactor, tmp_path, clock, **handler):
+    """A server whose versions' times and pruning passes go by ``clock``."""
+    running = await start_server(reactor, tmp_path, service_options={"clock": clock}, **handler)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_pruning_removes_files_no_row_names_once_they_are_an_hour_old(reactor, tmp_path, http):
     clock = wall_clock()
-    running = await start_server(reactor, tmp_path, service_options={"clock": clock})
-    try:
+    async with clocked_server(reactor, tmp_path, clock) as running:
         versions_service = running.service.versions
         await upload(http, running, "a.txt", b"1")
         await upload(http, running, "a.txt", b"2")
@@ -349,8 +359,6 @@ async def test_pruning_removes_files_no_row_names_once_they_are_an_hour_old(reac
         assert not os.path.exists(stray) and not os.path.exists(versions_service.area.name_of(pending))
         (kept,) = (await versions(http, running, "a.txt"))["versions"]  # the real one stays
         assert os.listdir(area(running)) == [kept["id"]]
-    finally:
-        await running.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -359,8 +367,7 @@ async def test_an_upload_whose_directory_fsync_failed_leaves_no_file_for_keep_da
     from quantum_sync.server import operations
 
     clock = wall_clock()
-    running = await start_server(reactor, tmp_path, service_options={"clock": clock})
-    try:
+    async with clocked_server(reactor, tmp_path, clock) as running:
         await upload(http, running, "a.txt", b"one")
         await upload(http, running, "a.txt", b"two")
         (kept,) = (await versions(http, running, "a.txt"))["versions"]
@@ -380,16 +387,12 @@ async def test_an_upload_whose_directory_fsync_failed_leaves_no_file_for_keep_da
         clock.advance(ORPHAN_AGE + 1)  # the hourly pass (keep_days is 30)
         await wait_for(reactor, lambda: os.listdir(area(running)) == [kept["id"]],
                        what="the unlisted file swept")
-    finally:
-        await running.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_keep_per_file_holds_as_versions_are_kept(reactor, tmp_path, http):
     clock = task.Clock()  # no pass but the first at start
-    running = await start_server(reactor, tmp_path, service_options={"clock": clock},
-                                 versions={"keep_per_file": 2})
-    try:
+    async with clocked_server(reactor, tmp_path, clock, versions={"keep_per_file": 2}) as running:
         for n in range(6):
             await upload(http, running, "a.txt", b"v%d" % n)
             clock.advance(1)
@@ -398,16 +401,13 @@ async def test_keep_per_file_holds_as_versions_are_kept(reactor, tmp_path, http)
         assert [v["hash"] for v in listed] == [sha(b"v5"), sha(b"v4")]  # the deleted file, the one before
         await wait_for(reactor, lambda: sorted(os.listdir(area(running))) == sorted(v["id"] for v in listed),
                        what="only the two newest files in the area")
-    finally:
-        await running.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_max_bytes_holds_as_versions_are_kept_by_the_tracked_total(reactor, tmp_path, http):
     clock = task.Clock()
-    running = await start_server(reactor, tmp_path, service_options={"clock": clock},
-                                 versions={"max_bytes": 2500, "keep_per_file": None})
-    try:
+    limits = {"max_bytes": 2500, "keep_per_file": None}
+    async with clocked_server(reactor, tmp_path, clock, versions=limits) as running:
         for n in range(4):
             for path in ("a.bin", "b.bin"):
                 await upload(http, running, path, bytes([n]) * 1000)
@@ -420,16 +420,12 @@ async def test_max_bytes_holds_as_versions_are_kept_by_the_tracked_total(reactor
         total = await index.interaction(lambda txn: txn.execute("SELECT total FROM versions_space").fetchone())
         assert total == (2000,)
         await wait_for(reactor, lambda: len(os.listdir(area(running))) == 2, what="the oldest files gone")
-    finally:
-        await running.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_limits_applied_at_keep_time_never_take_a_version_being_restored(reactor, tmp_path, http):
     clock = task.Clock()
-    running = await start_server(reactor, tmp_path, service_options={"clock": clock},
-                                 versions={"keep_per_file": 1})
-    try:
+    async with clocked_server(reactor, tmp_path, clock, versions={"keep_per_file": 1}) as running:
         await upload(http, running, "a.txt", b"old")
         clock.advance(1)
         await upload(http, running, "a.txt", b"new")
@@ -454,8 +450,6 @@ async def test_limits_applied_at_keep_time_never_take_a_version_being_restored(r
         go_on.set()
         await restoring
         assert read(running, "a.txt") == b"old"
-    finally:
-        await running.stop()
 
 
 @pytest_twisted.ensureDeferred
