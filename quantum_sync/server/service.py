@@ -161,7 +161,8 @@ class ServerService(MultiService):
         self.authorizer = build_authorizer(config, reactor, self.hub, self.threads)
         # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
-        self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads)
+        self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads,
+                                 leading=self.node is None)  # a cluster's: its leader prunes
         self.versions.setServiceParent(self)
         if self.authorizer.enabled and self.node is not None:
             self.hub.bindings = self.node.bindings  # shared by the nodes

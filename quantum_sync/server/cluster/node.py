@@ -152,6 +152,7 @@ class ClusterNode:
                 service.hub.publish(change)
 
     def _lead(self, leading: bool) -> None:
+        self._service.versions.lead(leading)  # the shared versions area: pruned by one node
         watcher = self._service.watcher
         if leading:
             watcher.startService()
