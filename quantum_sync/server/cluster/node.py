@@ -84,6 +84,7 @@ class ClusterNode:
         self.redis = RedisAddress.parse(cluster.redis)
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
+        self.index.fence = self.fence  # an upload group commits on the fence's connection
         #: client ids bound to users (used with ``auth``), kept in the database
         self.bindings = ClusterBindings(self.index, reactor)
         self.feed = None
