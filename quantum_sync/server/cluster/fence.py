@@ -13,9 +13,12 @@ its transaction and the release of its locks go in one round trip.
 """
 
 import contextlib
+import threading
+from collections.abc import Mapping
 
 from twisted.logger import Logger
 
+from quantum_sync.errors import SyncError
 from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, INTENDING, lock_key, rows_by_path, unavailable
 from quantum_sync.server.operations import SerialThread
 
@@ -33,9 +36,11 @@ class ClusterFence:
         self._namespace = namespace  # a callable: the schema's name, once the index is open
         self._thread = SerialThread(reactor)
         self._connection = None
-        self._locked = False  # (on the fence's thread) locks held on the connection
+        self._locked = False  # locks held on the connection (known where it is used)
+        self._queued = 0  # calls queued on the fence's thread, not yet done
         #: True while an upload group's locks are held (its commit goes through the fence)
         self.grouping = False
+        self._released = False  # the hold's locks went with its commit
 
     def _keys(self, paths) -> list:
         namespace = self._namespace()
@@ -43,20 +48,37 @@ class ClusterFence:
 
     @contextlib.asynccontextmanager
     async def held(self, paths=None, intending=False):
-        """With ``intending``, the intents to write ``paths`` are recorded once the locks
-        are held, and the index rows of ``paths`` given (``{path: Row}``), in the same
-        round trip (:meth:`PgIndex.get_many_intending`, without a hop of its own)."""
+        """With ``intending``, gives the index rows of ``paths`` as a mapping
+        (``{path: Row}``) whose first look takes the locks and records the intents to
+        write ``paths``, in one round trip, on the thread that looks: the group's install,
+        which looks before it writes anything (so the locks cost no thread hop of their
+        own)."""
         tree = lock_key(self._namespace(), "tree")
-        keys = None if paths is None else self._keys(paths)
-        rows = await self._thread.run(self._lock, tree, keys, sorted(set(paths)) if intending else None)
-        self.grouping = intending
+        if intending:
+            if self._queued:  # (a release still to run: the connection is used in order)
+                await self._on_thread(lambda: None)
+            rows = _LockedRows(lambda: self._lock(tree, self._keys(paths), sorted(set(paths))))
+        else:
+            keys = None if paths is None else self._keys(paths)
+            rows = await self._on_thread(self._lock, tree, keys, None)
+        self.grouping, self._released = intending, False
         try:
             yield rows
         finally:
             self.grouping = False
-            # not waited for: the next hold runs on the same thread, after it
-            self._thread.run(self._unlock).addErrback(
-                lambda failure: self.log.failure("releasing the cluster's locks failed", failure))
+            if not self._released:  # (not waited for: the next hold runs after it)
+                self._on_thread(self._unlock).addErrback(
+                    lambda failure: self.log.failure("releasing the cluster's locks failed", failure))
+
+    def _on_thread(self, function, *args):
+        """``function(*args)`` on the fence's thread, after what was queued before."""
+        self._queued += 1
+
+        def done(result):
+            self._queued -= 1
+            return result
+
+        return self._thread.run(function, *args).addBoth(done)
 
     def _lock(self, tree: int, keys, intended):
         import psycopg
@@ -84,7 +106,9 @@ class ClusterFence:
         """While an upload group's locks are held: ``send(cursor)``'s statements in one
         transaction on the fence's connection, then the locks released, all in one
         round trip; the result of the function ``send`` returned."""
-        return await self._thread.run(self._commit, send)
+        result = await self._on_thread(self._commit, send)
+        self._released = True
+        return result
 
     def _commit(self, send):
         import psycopg
@@ -129,4 +153,37 @@ class ClusterFence:
 
     def close(self) -> None:
         """Close the connection (its locks go with it)."""
-        self._thread.run(self._drop)
+        self._on_thread(self._drop)
+
+
+class _LockedRows(Mapping):
+    """An upload group's index rows (``{path: Row}``), read by ``take()`` (which takes
+    the group's locks first) at the first look, on the looking thread; a failure is
+    raised again at every look after it."""
+
+    def __init__(self, take):
+        self._take = take
+        self._rows = None
+        self._error = None
+        self._guard = threading.Lock()
+
+    def _taken(self) -> dict:
+        with self._guard:
+            if self._rows is None:
+                if self._error is not None:
+                    raise self._error
+                try:
+                    self._rows = self._take()
+                except SyncError as error:
+                    self._error = error
+                    raise
+            return self._rows
+
+    def __getitem__(self, path):
+        return self._taken()[path]
+
+    def __iter__(self):
+        return iter(self._taken())
+
+    def __len__(self) -> int:
+        return len(self._taken())
