@@ -49,7 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_small_uploads import upload_all  # noqa: E402
 from bench_transfer import TWISTD, free_port, wait_port  # noqa: E402
-from ws_load import Load, raise_fd_limit  # noqa: E402
+from ws_load import Load, cpu_seconds, raise_fd_limit  # noqa: E402
 
 import http.client  # noqa: E402
 
@@ -213,10 +213,11 @@ def receive(port, count, prefix, pipe) -> None:
         connection.sock.close()
 
 
-def broadcast(ports, per_port, broadcasts=20):
+def broadcast(ports, per_port, pids, broadcasts=20):
     """Last-client latencies of ``broadcasts`` broadcasts sent on ``ports[0]``, heard by
     ``per_port`` clients on each of ``ports``, each port's held by a process of its own
-    (so that no one process of the load drives every socket); and the receivers."""
+    (so that no one process of the load drives every socket); the receivers; and the CPU
+    seconds the server processes ``pids`` spent a broadcast."""
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
     for n, port in enumerate(ports):
@@ -237,6 +238,7 @@ def broadcast(ports, per_port, broadcasts=20):
         load.sender = connected_sender(load, ports[0])
         load.settle(1.0)
         latencies = []
+        cpu = sum(cpu_seconds(pid) for pid in pids)
         for _ in range(broadcasts):
             wanted = {pipe: done + 1 for pipe, done in delivered.items()}
             started = now()
@@ -254,8 +256,9 @@ def broadcast(ports, per_port, broadcasts=20):
                         last = max(last, when)
             latencies.append(last - started)
             load.settle(0.05)
+        cpu = (sum(cpu_seconds(pid) for pid in pids) - cpu) / broadcasts
         load.sender.sock.close()
-        return latencies, receivers
+        return latencies, receivers, cpu
     finally:
         for pipe in pipes:
             pipe.send("stop")
@@ -336,10 +339,10 @@ def main() -> None:
 
         rates = small_files(servers[0], embedded, args)
 
-        fan, receivers = broadcast(ports, args.clients)
+        fan, receivers, fan_cpu = broadcast(ports, args.clients, [s.process.pid for s in servers[:3]])
         # the same clients (and receiving processes) on the embedded server: what one
         # server process does with all of them
-        fan_one, _ = broadcast([embedded.port] * len(ports), args.clients)
+        fan_one, _, fan_one_cpu = broadcast([embedded.port] * len(ports), args.clients, [embedded.process.pid])
     finally:
         for server in servers:
             server.stop()
@@ -358,6 +361,8 @@ def main() -> None:
           f" | {quantile(fan, 0.99) * ms:7.2f}ms | p50 < 100 ms ({receivers} subscribed)")
     print(f"{f'the same {len(ports) * args.clients} clients on the embedded server':<44}"
           f" | {statistics.median(fan_one) * ms:7.2f}ms | {quantile(fan_one, 0.99) * ms:7.2f}ms | baseline")
+    print(f"server CPU a broadcast: the three nodes {fan_cpu * ms:.1f} ms together, the embedded server"
+          f" {fan_one_cpu * ms:.1f} ms")
     print(f"\n{'small files a second (4 KiB)':<44} | {'median':>9} | runs (cluster / embedded of each)")
     print("-" * 80)
     for kind, name in rates:

@@ -147,6 +147,10 @@ class ClusterNode:
 
     def _deliver(self, changes) -> None:
         service = self._service
+        if len(changes) == 1:  # (a burst only pays for several: it holds each subscriber's)
+            service.operations.head = changes[0].seq
+            service.hub.publish(changes[0])
+            return
         with service.hub.burst():
             for change in changes:
                 service.operations.head = change.seq
