@@ -84,6 +84,7 @@ class ClusterNode:
         self.redis = RedisAddress.parse(cluster.redis)
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
+        self.index.fence = self.fence  # an upload group commits on the fence's connection
         #: client ids bound to users (used with ``auth``), kept in the database
         self.bindings = ClusterBindings(self.index, reactor)
         self.feed = None
@@ -146,6 +147,10 @@ class ClusterNode:
 
     def _deliver(self, changes) -> None:
         service = self._service
+        if len(changes) == 1:  # (a burst only pays for several: it holds each subscriber's)
+            service.operations.head = changes[0].seq
+            service.hub.publish(changes[0])
+            return
         with service.hub.burst():
             for change in changes:
                 service.operations.head = change.seq

@@ -200,6 +200,9 @@ class PgIndex(Service):
         self.journal_id = None
         #: The schema's name (advisory-lock keys are made in it), once open.
         self.namespace = None
+        #: The node's :class:`.fence.ClusterFence`, on whose connection an upload group
+        #: commits (None: every commit on a pooled connection).
+        self.fence = None
 
     def start(self) -> None:
         if self._pool is not None:
@@ -357,24 +360,28 @@ class PgIndex(Service):
     async def record_each(self, items, timestamp, also=None, done_intents=()) -> list:
         """In one transaction: ``also(txn)``, every item's cache changes and its operation
         (when given) journalled with the next ``seq``, the intents of ``done_intents``
-        forgotten. Returns the Changes, in order."""
-        def run(txn):
+        forgotten. Returns the Changes, in order.
+
+        An upload group's commit (``done_intents`` given while :attr:`fence` holds the
+        group's locks) runs on the fence's connection and releases the locks in the same
+        round trip; any other in one pipeline and its commit on a pooled connection."""
+        def send(txn):
             if also is not None:
                 also(_Portable(txn))
-            # sent together, answered together: one round trip, not one a statement
-            with txn.connection.pipeline():
-                if any(removals for _, removals, _, _ in items):
-                    for upserts, removals, _, source in items:
-                        _update_files(txn, upserts, removals, source)
-                else:  # only upserts: the last row of each path, in one statement
-                    _upsert(txn, {row[0].path: _file_values(row) + (source,)
-                                  for upserts, _, _, source in items for row in upserts})
-                if done_intents:
-                    txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(done_intents),))
-                return self._journal(txn, [(operation, source) for _, _, operation, source in items
-                                           if operation is not None], timestamp)
+            if any(removals for _, removals, _, _ in items):
+                for upserts, removals, _, source in items:
+                    _update_files(txn, upserts, removals, source)
+            else:  # only upserts: the last row of each path, in one statement
+                _upsert(txn, {row[0].path: _file_values(row) + (source,)
+                              for upserts, _, _, source in items for row in upserts})
+            if done_intents:
+                txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(done_intents),))
+            return self._journal(txn, [(operation, source) for _, _, operation, source in items
+                                       if operation is not None], timestamp)
 
-        return await self._run(run)
+        if done_intents and self.fence is not None and self.fence.grouping:
+            return await self.fence.commit(send)
+        return await self._run(_pipelined, send)
 
     async def get_many_intending(self, paths) -> dict:
         """:meth:`get_many`, recording (durably, before it returns) the intent to write
@@ -409,32 +416,48 @@ class PgIndex(Service):
             txn.execute(
                 "UPDATE files SET path = %s || substr(path, %s) WHERE path = %s OR path LIKE %s",
                 (destination, len(source) + 1, source, _escape_like(source) + "/%"))
-            changes = self._journal(txn, [(operation, source_client)], timestamp)
+            changes = self._journal(txn, [(operation, source_client)], timestamp)()
             return changes[0] if changes else None
 
         return await self._run(run)
 
-    def _journal(self, txn, entries, timestamp) -> list:
-        """Append ``entries`` (``(operation, source_client)``) with consecutive seqs taken
-        from ``journal_head`` (its row lock, held to commit, orders the writers)."""
+    def _journal(self, txn, entries, timestamp):
+        """Send the append of ``entries`` (``(operation, source_client)``) with
+        consecutive seqs taken from ``journal_head`` (its row lock, held to commit, orders
+        the writers), and the pruning past the retention when the head crosses a hundred;
+        returns a function giving their Changes once the statements are answered (so
+        that a pipeline needs no round trip of its own for them)."""
         if not entries:
-            return []
+            return lambda: []
         texts = [operation_text(operation) for operation, _ in entries]
+        count = len(entries)
+        appended = txn.connection.cursor()  # (read after the pipeline: a cursor of its own)
         # the seqs taken and the entries written in one statement
-        txn.execute(
+        appended.execute(
             "WITH head AS (UPDATE journal_head SET seq = seq + %(count)s RETURNING seq)"
             " INSERT INTO journal (seq, operation, source_client, timestamp)"
             " SELECT head.seq - %(count)s + entry.position, entry.operation, entry.source, %(timestamp)s"
             " FROM head, unnest(%(operations)b::text[], %(sources)b::text[])"
             " WITH ORDINALITY AS entry(operation, source, position) RETURNING seq",
-            {"count": len(entries), "timestamp": timestamp, "operations": texts,
+            {"count": count, "timestamp": timestamp, "operations": texts,
              "sources": [source for _, source in entries]})
-        last = max(row[0] for row in txn.fetchall())
-        first = last - len(entries) + 1
-        if last > self.retention and last // 100 != (first - 1) // 100:
-            txn.execute("DELETE FROM journal WHERE seq <= %s", (last - self.retention,))
-        return [Change(seq, operation, source_client, timestamp, text)
-                for seq, (operation, source_client), text in zip(range(first, last + 1), entries, texts)]
+        txn.execute("DELETE FROM journal WHERE seq <= (SELECT seq - %s FROM journal_head"
+                    " WHERE seq / 100 <> (seq - %s) / 100)", (self.retention, count))
+
+        def changes():
+            last = max(row[0] for row in appended.fetchall())
+            return [Change(seq, operation, source_client, timestamp, text) for seq, (operation, source_client), text
+                    in zip(range(last - count + 1, last + 1), entries, texts)]
+
+        return changes
+
+
+def _pipelined(txn, send):
+    """``send(txn)``'s statements in one pipeline (one round trip before the commit);
+    the result of the function it returns."""
+    with txn.connection.pipeline():
+        finish = send(txn)
+    return finish()
 
 
 def _update_files(txn, upserts, removals, source_client) -> None:
