@@ -62,6 +62,8 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, servers
         assert moved < 3 * MiB, (name, moved)
         assert deltas_of(a).sent > before[1], name
         assert deltas_of(b).received > before[2], name
+    # a's file was read once for each edit: its block list was made with its hash
+    assert deltas_of(a).lists_reread == 0
     await converged(reactor, A, B, servers[0].root)
 
 

@@ -27,8 +27,9 @@ from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 
 from quantum_sync import delta, protocol
+from quantum_sync.blocklists import READ_SIZE
 from quantum_sync.blocks import BlockStream, decode_blocks, encode_blocks, plan_delta, sent_bytes
-from quantum_sync.client import staging
+from quantum_sync.client import localfs, staging
 from quantum_sync.client.localfs import unlink_quietly
 from quantum_sync.client.transfer import (UPLOAD_CHUNK, PreconditionFailed, RequestRefused, ServerUnavailable,
                                           _bounded_body)
@@ -61,6 +62,9 @@ class Deltas:
         self.sent = self.received = self.failed = 0
         #: range requests made for deltas (a multi-range request counts once)
         self.range_requests = 0
+        #: delta uploads that read their file again for its block list (it was not
+        #: kept when the file was hashed: one hashed while it was written)
+        self.lists_reread = 0
 
     def applies(self, size) -> bool:
         return self.enabled and self.wanted and size is not None and size >= delta.DELTA_MIN
@@ -110,6 +114,25 @@ class Deltas:
             return defer.succeed(None)
         return self.threads.defer(unlink_quietly, os.path.join(self.lists.directory, sha256))
 
+    def prehashed(self, abspath: str, take):
+        """A ``prehashed(size)`` for :func:`~quantum_sync.client.localfs.version`: the
+        hash ``take(size)`` has (a file hashed while it was written), else, for a file
+        deltas apply to, its hash and block list from one read (the list kept: the
+        delta upload that follows reads only the blocks it sends); else None."""
+        lists = self.lists
+
+        def prehashed(size):
+            digest = take(size)
+            if digest or not self.applies(size):
+                return digest
+            fd = localfs.open_regular(abspath)
+            try:
+                return lists.hash_and_keep(fd)
+            finally:
+                os.close(fd)
+
+        return prehashed
+
     # -- uploads -------------------------------------------------------------------------
 
     async def upload(self, path: str, abspath: str, sha256: str, if_match: str, size: int, staging_dir: str):
@@ -123,10 +146,11 @@ class Deltas:
         base = await self._server_list(path, if_match)
         if base is None:
             return None
-        made = await self.threads.defer(_delta_body, self.lists, abspath, base, staging_dir)
+        made = await self.threads.defer(_delta_body, self.lists, abspath, sha256, base, staging_dir)
         if made is None:
             return None  # not worth it
-        body, length, blocks = made
+        body, length, blocks, reread = made
+        self.lists_reread += reread
         headers = {b"X-Content-SHA256": [sha256.encode("ascii")], b"If-Match": [f'"{if_match}"'.encode("ascii")],
                    b"Content-Type": [b"application/octet-stream"]}
         opened = []
@@ -304,23 +328,25 @@ def _local_list(lists, abspath, sha256, expected):
     return None if data is None else decode_blocks(data, lists.chunker.max_size)
 
 
-def _delta_body(lists, abspath, base, staging_dir):
-    """``(name of a temp file holding the delta body, its length, the file's block list)``
-    that makes the local file ``abspath`` from ``base`` (the server's list); None when the
-    delta is not worth it. The file is read once for its list (not hashed whole again:
-    the server checks the result against the hash the caller names)."""
+def _delta_body(lists, abspath, sha256, base, staging_dir):
+    """``(name of a temp file holding the delta body, its length, the file's block list,
+    whether the file was read for that list)``
+    that makes the local file ``abspath`` (version ``sha256``) from ``base`` (the
+    server's list); None when the delta is not worth it. The file's list is the one kept
+    when it was hashed, else made from one read (not hashed whole again: the server
+    checks the result against ``sha256``); then only the blocks sent are read."""
     try:
         fd, _ = open_regular(abspath, follow_symlinks=False)
     except OSError:
         return None
     try:
-        stream, blocks, offset = BlockStream(lists.chunker), [], 0
-        while piece := os.pread(fd, PIECE, offset):
-            blocks.extend(stream.feed(piece))
-            offset += len(piece)
-        blocks.extend(stream.finish())
+        blocks = lists.blocks(sha256)
+        reread = blocks is None
+        if reread:
+            blocks = _blocks_of(lists.chunker, fd)
         plan = plan_delta(base, blocks)
-        if sent_bytes(plan) > WORTH * offset:
+        size = sum(block.length for block in blocks)
+        if sent_bytes(plan) > WORTH * size:
             return None
         out, name = tempfile.mkstemp(dir=staging_dir, prefix="up-delta-")
         with os.fdopen(out, "wb") as body:
@@ -336,7 +362,17 @@ def _delta_body(lists, abspath, base, staging_dir):
             length = body.tell()
     finally:
         os.close(fd)
-    return name, length, encode_blocks(blocks)
+    return name, length, encode_blocks(blocks), reread
+
+
+def _blocks_of(chunker, fd) -> list:
+    """The block list of the open file ``fd``, read once."""
+    stream, blocks, offset = BlockStream(chunker), [], 0
+    while piece := os.pread(fd, READ_SIZE, offset):
+        blocks.extend(stream.feed(piece))
+        offset += len(piece)
+    blocks.extend(stream.finish())
+    return blocks
 
 
 def _assemble(plan, abspath, expected, sent_path, staging_dir, sha256):
