@@ -67,14 +67,15 @@ class BlockLists:
             raise ValueError("not a SHA-256")
         return os.path.join(self.directory, sha256)
 
-    def read(self, sha256: str) -> bytes | None:
-        """The compact form of the list of content ``sha256``, or None when none is kept."""
+    def read(self, sha256: str, limit: int = -1) -> bytes | None:
+        """The compact form of the list of content ``sha256``, or None when none is kept
+        (or, given a ``limit``, when it is longer than that)."""
         try:
             with open(self._name(sha256), "rb") as f:
-                data = f.read()
+                data = f.read(limit + 1 if limit >= 0 else -1)
         except FileNotFoundError:
             return None
-        return data if len(data) % ENTRY_SIZE == 0 else None
+        return data if len(data) % ENTRY_SIZE == 0 and (limit < 0 or len(data) <= limit) else None
 
     def blocks(self, sha256: str):
         """The decoded list of content ``sha256``, or None."""

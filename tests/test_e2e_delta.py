@@ -53,7 +53,7 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, servers
     ]
     for name, edit in edits:
         new = edit(read(A, "big.bin"))
-        before = (metrics.bytes_transferred, deltas_of(a).sent, deltas_of(b).received)
+        before = (metrics.bytes_transferred, deltas_of(a).sent, deltas_of(b).received, deltas_of(b).lists_offered)
         write(A, "big.bin", new)
         await wait_for(reactor, lambda: read(B, "big.bin") == new, what=f"{name} at b")
         await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == new, what=f"{name} on the server")
@@ -62,6 +62,8 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, servers
         assert moved < 3 * MiB, (name, moved)
         assert deltas_of(a).sent > before[1], name
         assert deltas_of(b).received > before[2], name
+        # the new version's list came with its broadcast: b did not ask for it
+        assert deltas_of(b).lists_offered == before[3] + 1, name
     # a's file was read once for each edit: its block list was made with its hash
     assert deltas_of(a).lists_reread == 0
     await converged(reactor, A, B, servers[0].root)

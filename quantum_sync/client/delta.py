@@ -16,6 +16,7 @@ the whole upload's would be. Block lists are kept by content hash in the folder'
 :data:`~quantum_sync.delta.DELTA_MIN` bytes.
 """
 
+import base64
 import json
 import os
 import tempfile
@@ -39,6 +40,8 @@ from quantum_sync.errors import SyncError
 
 #: A delta is not worth it when it would send more than this share of the file.
 WORTH = 0.75
+#: Block lists from broadcasts held at most (each until its download asks for it).
+OFFERS_HELD = 16
 #: Longest block list answer taken (a 64 GiB file of the smallest blocks).
 MAX_LIST = (64 << 30) // (64 << 10) * 36
 
@@ -62,6 +65,9 @@ class Deltas:
         self.sent = self.received = self.failed = 0
         #: range requests made for deltas (a multi-range request counts once)
         self.range_requests = 0
+        #: block lists that came with their broadcast (not asked for)
+        self.lists_offered = 0
+        self._offered = {}  # sha256 -> compact list, oldest first
         #: delta uploads that read their file again for its block list (it was not
         #: kept when the file was hashed: one hashed while it was written)
         self.lists_reread = 0
@@ -71,12 +77,38 @@ class Deltas:
 
     # -- block lists ---------------------------------------------------------------------
 
+    def offer(self, operation, text) -> None:
+        """A FileOperation broadcast brought the block list of the version ``operation``
+        names (``text``: its ``blocks`` field, base64 of the compact form): held for the
+        download that follows, at most :data:`OFFERS_HELD` of them (the oldest dropped)."""
+        metadata = getattr(operation, "metadata", None)
+        if not isinstance(text, str) or metadata is None or len(text) > 2 * delta.BROADCAST_LIST:
+            return
+        try:
+            data = base64.b64decode(text, validate=True)
+        except ValueError:
+            return
+        self._offered.pop(metadata.hash, None)
+        self._offered[metadata.hash] = data
+        while len(self._offered) > OFFERS_HELD:
+            self._offered.pop(next(iter(self._offered)))
+
     async def _server_list(self, path: str, sha256: str):
         """The block list of the server's ``path`` when it is version ``sha256`` (kept
-        here, else asked for and kept), or None."""
+        here, or come with its broadcast, else asked for; then kept), or None."""
         kept = await self.threads.defer(self.lists.blocks, sha256)
         if kept is not None:
             return kept
+        offered = self._offered.pop(sha256, None)
+        if offered is not None:
+            try:
+                blocks = decode_blocks(offered, self.lists.chunker.max_size)
+            except ValueError:
+                blocks = None  # asked for instead
+            if blocks:
+                await self.threads.defer(self.lists.keep, sha256, offered)
+                self.lists_offered += 1
+                return blocks
         try:
             with self.server._watching() as watch:
                 response = await self.server._transfer_request("GET", "/api/blocks", path, watch=watch)
