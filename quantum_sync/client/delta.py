@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import tempfile
+import threading
 import time
 
 from twisted.internet import defer
@@ -40,6 +41,8 @@ from quantum_sync.errors import SyncError
 
 #: A delta is not worth it when it would send more than this share of the file.
 WORTH = 0.75
+#: Hashes of large files remembered at most, by path and stat (:meth:`Deltas.prehashed`).
+HASHES_HELD = 64
 #: Block lists from broadcasts held at most (each until its download asks for it).
 OFFERS_HELD = 16
 #: Longest block list answer taken (a 64 GiB file of the smallest blocks).
@@ -65,6 +68,10 @@ class Deltas:
         self.sent = self.received = self.failed = 0
         #: range requests made for deltas (a multi-range request counts once)
         self.range_requests = 0
+        #: large files read for their hash and block list (:meth:`prehashed`)
+        self.files_hashed = 0
+        self._hashed = {}  # (path, inode, size, mtime) -> sha256, oldest first
+        self._hashed_lock = threading.Lock()  # (prehashed runs in the pool's threads)
         #: block lists that came with their broadcast (not asked for)
         self.lists_offered = 0
         self._offered = {}  # sha256 -> compact list, oldest first
@@ -150,20 +157,39 @@ class Deltas:
         """A ``prehashed(size)`` for :func:`~quantum_sync.client.localfs.version`: the
         hash ``take(size)`` has (a file hashed while it was written), else, for a file
         deltas apply to, its hash and block list from one read (the list kept: the
-        delta upload that follows reads only the blocks it sends); else None."""
-        lists = self.lists
-
+        delta upload that follows reads only the blocks it sends); else None. A file
+        hashed so a moment ago, and unchanged since (the same inode, size and mtime: the
+        rule that lets a scan skip a synced file), is not read again: a file saved by a
+        rename over the old one is looked at twice, as a move and then as a change."""
         def prehashed(size):
             digest = take(size)
             if digest or not self.applies(size):
                 return digest
             fd = localfs.open_regular(abspath)
             try:
-                return lists.hash_and_keep(fd)
+                return self._hash_once(abspath, fd)
             finally:
                 os.close(fd)
 
         return prehashed
+
+    def _hash_once(self, abspath, fd) -> str:
+        before = os.fstat(fd)
+        key = (abspath, before.st_ino, before.st_size, before.st_mtime_ns)
+        with self._hashed_lock:
+            digest = self._hashed.get(key)
+        if digest is not None and os.path.exists(os.path.join(self.lists.directory, digest)):
+            return digest
+        digest = self.lists.hash_and_keep(fd)
+        after = os.fstat(fd)
+        with self._hashed_lock:
+            self.files_hashed += 1
+            if (after.st_ino, after.st_size, after.st_mtime_ns) == key[1:]:  # (else it changed while read)
+                self._hashed.pop(key, None)
+                self._hashed[key] = digest
+                while len(self._hashed) > HASHES_HELD:
+                    self._hashed.pop(next(iter(self._hashed)))
+        return digest
 
     # -- uploads -------------------------------------------------------------------------
 
