@@ -80,9 +80,9 @@ def edit(path, kind, round_):
             f.write(os.urandom(MiB))
     elif kind == "insert":
         with open(path, "rb") as f:
-            data = f.read()
-        with open(path + ".new", "wb") as f:
-            f.write(bytes([round_ & 0xFF]) + data)
+            data = bytes([round_ & 0xFF]) + f.read()
+        with open(path + ".new", "wb") as f:  # (the new content ready: written at once)
+            f.write(data)
         os.rename(path + ".new", path)
         size += 1
     else:
