@@ -6,6 +6,7 @@ Upload bodies arrive already spooled and hashed by
 :class:`quantum_sync.server.site.SyncRequest` (small ones in memory, others in a temp file).
 """
 
+import contextlib
 import hashlib
 import io
 import os
@@ -252,10 +253,11 @@ class FileApi:
                 raise spool.error
             if expected is not None and expected != spool.sha256:
                 raise SyncError("HASH_MISMATCH", f"the body hashes to {spool.sha256}, not {expected}")
-            metadata, _ = await self.operations.upload(
-                path, spool, spool.sha256, spool.size, source,
-                if_match=header(request, "If-Match"),
-                if_none_match=header(request, "If-None-Match"))
+            async with self._offering(spool.sha256, spool.size):
+                metadata, _ = await self.operations.upload(
+                    path, spool, spool.sha256, spool.size, source,
+                    if_match=header(request, "If-Match"),
+                    if_none_match=header(request, "If-None-Match"))
             return write_json(request, metadata.to_json())
         finally:
             if isinstance(spool, SPOOLS):
@@ -276,6 +278,10 @@ class FileApi:
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"ETag", f'"{metadata.hash}"'.encode("ascii"))
         return data
+
+    def _offering(self, sha256, size):
+        """The new version's short block list goes with its broadcast (while the upload installs)."""
+        return self.deltas.offering(sha256, size) if self.deltas is not None else contextlib.nullcontext()
 
     @app.route("/api/upload-delta", methods=["POST", "PUT"])
     async def upload_delta(self, request):
@@ -308,8 +314,9 @@ class FileApi:
                     raise SyncError("CONFLICT", f"{path} is too small for a delta", reason="BLOCK_NOT_HELD")
                 body = (lambda: open(spool.path, "rb")) if spool.path is not None else (lambda: io.BytesIO(spool.body))
                 built = await self.deltas.build(body, metadata, opened.file.fileno(), expected)
-            metadata, _ = await self.operations.upload(path, built, expected, built.stat.st_size, source,
-                                                       if_match=base, release_temp=True)
+            async with self._offering(expected, built.stat.st_size):
+                metadata, _ = await self.operations.upload(path, built, expected, built.stat.st_size, source,
+                                                           if_match=base, release_temp=True)
             return write_json(request, metadata.to_json())
         finally:
             if isinstance(spool, SPOOLS):

@@ -95,6 +95,9 @@ class Hub(Service):
         self._clients = {}  # client id -> the connection that named itself so
         #: :class:`~quantum_sync.server.clientids.ClientIdBindings` with auth on, else None
         self.bindings = None
+        #: ``block_lists(sha256)``: the short block list of a new version, carried in its
+        #: FileOperation (:meth:`quantum_sync.server.delta.Deltas.offered`), or None
+        self.block_lists = None
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
         self._bursts = 0  # burst() blocks open
@@ -202,8 +205,15 @@ class Hub(Service):
             )
             return
         self.last_seq = change.seq
-        self._deliver(messages.file_operation(change, self._journal_id()),
+        self._deliver(messages.file_operation(change, self._journal_id(), self._blocks_of(change)),
                       self._audience("file_operations", change.source_client))
+
+    def _blocks_of(self, change):
+        """The block list offered for the version a change names (:attr:`block_lists`), or None."""
+        metadata = getattr(change.operation, "metadata", None)
+        if self.block_lists is None or metadata is None or metadata.is_directory:
+            return None
+        return self.block_lists(metadata.hash)
 
     def event(self, kind: str, data: dict, skip_client: str = "") -> None:
         """Send a PeerVault event to the subscribers of its topic (except the connections

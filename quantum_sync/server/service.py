@@ -174,8 +174,9 @@ class ServerService(MultiService):
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area, threads=self.threads)
         self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
-        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions,
-                           Deltas(self.store, self.block_lists, reactor, self.threads), threads=self.threads)
+        deltas = Deltas(self.store, self.block_lists, reactor, self.threads)
+        self.hub.block_lists = deltas.offered
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions, deltas, threads=self.threads)
         self.watcher = RootWatcher(self.store.root, self.operations, reactor,
                                    rescan_interval=handler.rescan_interval, metrics=self.metrics,
                                    threads=self.threads)
