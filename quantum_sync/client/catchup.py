@@ -45,7 +45,7 @@ class RemoteChanges:
         self._start_over_due = False
         self._in_flight = set()  # changes being applied since the last Move began
         self._move = None  # the Move being applied: later changes wait for it
-        self._recent = collections.deque(maxlen=RECENT)  # (seq, path) of Creates/Updates heard
+        self._recent = collections.deque(maxlen=RECENT)  # (seq, path, hash) of Creates/Updates heard
         self._moves = collections.deque(maxlen=RECENT)  # (seq, source, destination) applied, any client's
         self._refused_moves = set()  # (source, destination) of Moves not taken (symlinks)
         self._last_move = 0  # the highest seq of those
@@ -95,7 +95,7 @@ class RemoteChanges:
         if seq is not None and isinstance(operation, (Create, Update, Move)):
             operation = self._followed(seq, operation)
         if seq is not None and isinstance(operation, (Create, Update)):
-            self._recent.append((seq, operation.metadata.path))
+            self._recent.append((seq, operation.metadata.path, operation.metadata.hash))
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
         else:
@@ -117,15 +117,20 @@ class RemoteChanges:
         """The Move ``seq`` (this client's or another's) is applied. A file created or
         changed inside ``source`` just before it (heard with a lower seq) was moved with
         it on the server, where its download at the old path found nothing: it is
-        looked for at the new one."""
+        looked for at the new one, unless the Move brought that version there (asked,
+        the server may answer from after a later Move not applied here yet, and a
+        "nothing there" would delete the file the next Move is to carry)."""
         if seq is None:
             return
         self._moves.append((seq, source, destination))
         self._last_move = max(self._last_move, seq)
         engine = self.engine
-        for heard, path in list(self._recent):
+        for heard, path, digest in list(self._recent):
             if heard < seq and is_inside(path, source):
-                engine.request(destination + path[len(source):], FETCH)
+                moved_to = destination + path[len(source):]
+                base = engine.state.base(moved_to)
+                if base is None or base.entry.hash != digest:
+                    engine.request(moved_to, FETCH)
 
     def _followed(self, seq, operation):
         """``operation`` (a Create, Update or Move ``seq``) at the paths where the Moves
