@@ -235,11 +235,22 @@ class RemoteChanges:
             # re-created it there: then both places are reconciled
             if await engine.server.metadata(source) is None:
                 return
+        await self._not_renamed(source, destination, moved or directory)
+
+    async def _not_renamed(self, source, destination, directory):
+        """A Move that a rename here did not carry out (whole): each place synced."""
+        engine = self.engine
+        remote = FETCH
+        if not directory:
+            # no folder here (never synced, or already taken away): the server's destination
+            # may still be one, with files inside that no Create of theirs names
+            remote = await engine.server.metadata(destination)
+            directory = remote is not None and remote.is_directory
         if directory:
             await engine.reconcile(prefix=source)
             await engine.reconcile(prefix=destination)
         else:
-            await defer.DeferredList([engine.request(source, None), engine.request(destination, FETCH)])
+            await defer.DeferredList([engine.request(source, None), engine.request(destination, remote)])
 
     def _moves_here(self, base, local, target, destination) -> bool:
         """The source is the synced version and nothing is at the destination: rename it."""
