@@ -45,6 +45,10 @@ class RemoteChanges:
         self._start_over_due = False
         self._in_flight = set()  # changes being applied since the last Move began
         self._move = None  # the Move being applied: later changes wait for it
+        self._forget_seqs()
+
+    def _forget_seqs(self):
+        """What is remembered by seq, of one journal (its seqs mean nothing in another)."""
         self._recent = collections.deque(maxlen=RECENT)  # (seq, path, hash) of Creates/Updates heard
         self._moves = collections.deque(maxlen=RECENT)  # (seq, source, destination) applied, any client's
         self._refused_moves = set()  # (source, destination) of Moves not taken (symlinks)
@@ -101,12 +105,14 @@ class RemoteChanges:
         else:
             done = self._in_turn(operation)
             if seq is not None and isinstance(operation, Move):
-                done.addBoth(self._passed, seq, operation)
+                done.addBoth(self._passed, seq, operation, self.journal.generation)
         if seq is not None:
             done.addBoth(self._applied, seq, self.journal.generation)
         return done
 
-    def _passed(self, result, seq, operation):
+    def _passed(self, result, seq, operation, generation):
+        if generation != self.journal.generation:
+            return result  # a Move of a journal that has started over since
         if (operation.source, operation.destination) in self._refused_moves:
             self._refused_moves.discard((operation.source, operation.destination))
         else:
@@ -333,6 +339,7 @@ class RemoteChanges:
         cursor is dropped for ``head`` of the journal ``journal_id``)."""
         if starting_over:
             self.journal.start_over(head or 0, journal_id)
+            self._forget_seqs()  # a Move of the old journal is not followed by seq in the new one
             self._start_over_due = False
         elif head is not None:
             self.journal.delivered(head)
