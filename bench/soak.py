@@ -742,7 +742,8 @@ class Soak:
         self.results.append(FaultResult(fault, at, converged, lost, apart))
         self.log(f"soak: {self._elapsed():.0f} s: after {fault}: "
                  + (f"converged in {converged:.1f} s, {lost} lost" if converged is not None
-                    else f"NOT converged within {self.options.converge_timeout:.0f} s"))
+                    else f"NOT converged within {self.options.converge_timeout:.0f} s; apart:\n"
+                    + "\n".join(_apart(apart))))
 
     def _server_kill(self, hold: float, lose_state: bool = False) -> None:
         self.cluster.server.kill()

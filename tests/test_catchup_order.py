@@ -22,6 +22,9 @@ class _State:
     def set_journal_id(self, value):
         self.journal_id = value
 
+    def base(self, path):
+        return None  # nothing synced: a moved file's version is looked for
+
 
 class _Engine:
     """Records what is started; every job is a Deferred the test fires. Stopped: a gap in

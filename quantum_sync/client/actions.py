@@ -9,6 +9,7 @@ succeeds.
 """
 
 import os
+import posixpath
 import time
 
 from twisted.logger import Logger
@@ -253,9 +254,21 @@ class Actions:
         else:
             st = await self._install_staged(path, staged, expected, remote)
         engine.record(path, remote, st)
+        self._parents_synced(path, remote.modified)
         engine.transfers.add("downloaded", path, remote.size)
         if path == IGNORE_FILE:
             await engine.intake.reload_rules()
+
+    def _parents_synced(self, path, modified):
+        """The folders above a file just downloaded are on the server too (it lists the
+        parents it made for an upload): one that the install made here is synced from
+        now on, not taken for a new local folder (sent back as a Create, it would bring
+        back a folder another client deleted meanwhile)."""
+        state = self.engine.state
+        parent = posixpath.dirname(path)
+        while parent and state.base(parent) is None:
+            self.engine.record(parent, FileMetadata.directory(parent, modified), None)
+            parent = posixpath.dirname(parent)
 
     async def _install_staged(self, path, staged, expected, remote):
         engine = self.engine

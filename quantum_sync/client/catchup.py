@@ -45,7 +45,11 @@ class RemoteChanges:
         self._start_over_due = False
         self._in_flight = set()  # changes being applied since the last Move began
         self._move = None  # the Move being applied: later changes wait for it
-        self._recent = collections.deque(maxlen=RECENT)  # (seq, path) of Creates/Updates heard
+        self._forget_seqs()
+
+    def _forget_seqs(self):
+        """What is remembered by seq, of one journal (its seqs mean nothing in another)."""
+        self._recent = collections.deque(maxlen=RECENT)  # (seq, path, hash) of Creates/Updates heard
         self._moves = collections.deque(maxlen=RECENT)  # (seq, source, destination) applied, any client's
         self._refused_moves = set()  # (source, destination) of Moves not taken (symlinks)
         self._last_move = 0  # the highest seq of those
@@ -95,18 +99,20 @@ class RemoteChanges:
         if seq is not None and isinstance(operation, (Create, Update, Move)):
             operation = self._followed(seq, operation)
         if seq is not None and isinstance(operation, (Create, Update)):
-            self._recent.append((seq, operation.metadata.path))
+            self._recent.append((seq, operation.metadata.path, operation.metadata.hash))
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
         else:
             done = self._in_turn(operation)
             if seq is not None and isinstance(operation, Move):
-                done.addBoth(self._passed, seq, operation)
+                done.addBoth(self._passed, seq, operation, self.journal.generation)
         if seq is not None:
             done.addBoth(self._applied, seq, self.journal.generation)
         return done
 
-    def _passed(self, result, seq, operation):
+    def _passed(self, result, seq, operation, generation):
+        if generation != self.journal.generation:
+            return result  # a Move of a journal that has started over since
         if (operation.source, operation.destination) in self._refused_moves:
             self._refused_moves.discard((operation.source, operation.destination))
         else:
@@ -117,15 +123,20 @@ class RemoteChanges:
         """The Move ``seq`` (this client's or another's) is applied. A file created or
         changed inside ``source`` just before it (heard with a lower seq) was moved with
         it on the server, where its download at the old path found nothing: it is
-        looked for at the new one."""
+        looked for at the new one, unless the Move brought that version there (asked,
+        the server may answer from after a later Move not applied here yet, and a
+        "nothing there" would delete the file the next Move is to carry)."""
         if seq is None:
             return
         self._moves.append((seq, source, destination))
         self._last_move = max(self._last_move, seq)
         engine = self.engine
-        for heard, path in list(self._recent):
+        for heard, path, digest in list(self._recent):
             if heard < seq and is_inside(path, source):
-                engine.request(destination + path[len(source):], FETCH)
+                moved_to = destination + path[len(source):]
+                base = engine.state.base(moved_to)
+                if base is None or base.entry.hash != digest:
+                    engine.request(moved_to, FETCH)
 
     def _followed(self, seq, operation):
         """``operation`` (a Create, Update or Move ``seq``) at the paths where the Moves
@@ -230,11 +241,22 @@ class RemoteChanges:
             # re-created it there: then both places are reconciled
             if await engine.server.metadata(source) is None:
                 return
+        await self._not_renamed(source, destination, moved or directory)
+
+    async def _not_renamed(self, source, destination, directory):
+        """A Move that a rename here did not carry out (whole): each place synced."""
+        engine = self.engine
+        remote = FETCH
+        if not directory:
+            # no folder here (never synced, or already taken away): the server's destination
+            # may still be one, with files inside that no Create of theirs names
+            remote = await engine.server.metadata(destination)
+            directory = remote is not None and remote.is_directory
         if directory:
             await engine.reconcile(prefix=source)
             await engine.reconcile(prefix=destination)
         else:
-            await defer.DeferredList([engine.request(source, None), engine.request(destination, FETCH)])
+            await defer.DeferredList([engine.request(source, None), engine.request(destination, remote)])
 
     def _moves_here(self, base, local, target, destination) -> bool:
         """The source is the synced version and nothing is at the destination: rename it."""
@@ -317,6 +339,7 @@ class RemoteChanges:
         cursor is dropped for ``head`` of the journal ``journal_id``)."""
         if starting_over:
             self.journal.start_over(head or 0, journal_id)
+            self._forget_seqs()  # a Move of the old journal is not followed by seq in the new one
             self._start_over_due = False
         elif head is not None:
             self.journal.delivered(head)

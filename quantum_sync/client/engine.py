@@ -366,6 +366,7 @@ class Engine:
         if self.is_ignored(path, bool(local and local.entry.is_directory)):
             return
         if hint is UNKNOWN:
+            base = await self._settled_base(path, base, local)
             hint = self._without_news(path, base, local)
             if hint is _SETTLED:
                 return
@@ -383,6 +384,16 @@ class Engine:
             hint = await self.server.metadata(path)
             self.went_online()
         return await self._sync_against(path, hint, base, local)
+
+    async def _settled_base(self, path, base, local):
+        """The base of ``path``, once the downloads running below a folder that appeared
+        here without one have landed: the folder may be the parent such a download made,
+        which it records as synced (sent as a new folder instead, it would bring back
+        one that another client deleted meanwhile)."""
+        if base is None and local is not None and local.entry.is_directory:
+            await self.locks.wait_below(path)
+            return self.state.base(path)  # (read again: such a download may have ended meanwhile)
+        return base
 
     def _without_news(self, path, base, local):
         """What a local change needs when nothing new is known of the server's version."""

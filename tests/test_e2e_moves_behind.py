@@ -1,0 +1,47 @@
+"""End to end: a client that catches up on two Moves in a row made by another client
+(after a stalled link) ends with every file the server has at their end: a file moved
+into a folder that then moved on, and a folder moved twice after this client's copy of it
+was emptied, are not left out. Real server, real client; the catch-up is started by hand,
+as a reconnect after a stall would start it."""
+
+import pytest_twisted
+
+from clients import converged, write
+from test_e2e_move_during_upload import HeldUpload
+from test_e2e_remote_folder_move import as_other, move, sha, start_behind
+from support import wait_for
+
+KEEP = sha(b"so that the folder is not emptied")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_moved_into_a_folder_that_moved_on_is_not_deleted_here(reactor, servers, clients):
+    server = servers[0]
+    a, A = await start_behind(reactor, server, clients)
+    await as_other(server, "POST", "/api/upload", params={"path": "f.bin"}, data=b"f")
+    await a.engine.catch_up()  # a downloads f.bin, heard as a Create
+    await converged(reactor, A, server.root)
+    await move(server, "f.bin", "d/g.bin")
+    await move(server, "d", "d2")
+    await a.engine.catch_up()
+    final = await converged(reactor, A, server.root)
+    assert final == {"keep.txt": KEEP, "d2": None, "d2/x.txt": sha(b"x"), "d2/g.bin": sha(b"f")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_moved_twice_after_this_client_emptied_it_arrives_whole(reactor, servers, clients):
+    server = servers[0]
+    a, A = await start_behind(reactor, server, clients)
+    # an upload of a's own lands in d after the server moved d to d2 (re-creating d there):
+    # applying that Move reconciles d2, which the server has meanwhile moved on to d3
+    held = HeldUpload("d/late.bin", client=a)
+    write(A, "d/late.bin", b"read before the folder moved on the server")
+    await held.started
+    await move(server, "d", "d2")
+    await move(server, "d2", "d3")
+    held.release()
+    await wait_for(reactor, lambda: held.events, what="the late upload")
+    await a.engine.catch_up()
+    final = await converged(reactor, A, server.root)
+    assert final["d3/x.txt"] == sha(b"x")
+    assert final["d/late.bin"] == sha(b"read before the folder moved on the server")
