@@ -126,10 +126,7 @@ def make_plan(scope, listing, trusted, bases_all, local, is_ignored, strategy, a
               special=frozenset()) -> Planned:
     """The plan for ``scope`` (pure; run in a thread): ``bases_all`` is a copy of every base;
     ``special``: paths left alone (:func:`special_paths`), neither deleted nor downloaded."""
-    remote, bases = _in_scope(scope.prefix, listing, bases_all, is_ignored)
-    if special:
-        remote = {p: m for p, m in remote.items() if p not in special}
-        bases = {p: b for p, b in bases.items() if p not in special}
+    remote, bases = (_without(found, special) for found in _in_scope(scope.prefix, listing, bases_all, is_ignored))
     synced = sum(1 for b in bases_all.values() if not b.entry.is_directory)
     result = plan(
         {p: v.entry for p, v in local.items()},
@@ -157,6 +154,10 @@ def _in_scope(prefix, listing, bases_all, is_ignored):
     # a directory's own metadata is not part of an empty subtree listing
     bases = {p: b for p, b in bases_all.items() if inside(p) and not is_ignored(p, b.entry.is_directory)}
     return remote, bases
+
+
+def _without(found: dict, special) -> dict:
+    return {p: v for p, v in found.items() if p not in special} if special else found
 
 
 def special_paths(folder, prefix, listing, bases, local) -> tuple:
