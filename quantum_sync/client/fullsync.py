@@ -126,7 +126,7 @@ def make_plan(scope, listing, trusted, bases_all, local, is_ignored, strategy, a
               special=frozenset()) -> Planned:
     """The plan for ``scope`` (pure; run in a thread): ``bases_all`` is a copy of every base;
     ``special``: paths left alone (:func:`special_paths`), neither deleted nor downloaded."""
-    remote, bases = (_without(found, special) for found in _in_scope(scope.prefix, listing, bases_all, is_ignored))
+    remote, bases = _in_scope(scope.prefix, listing, bases_all, is_ignored, special)
     synced = sum(1 for b in bases_all.values() if not b.entry.is_directory)
     result = plan(
         {p: v.entry for p, v in local.items()},
@@ -144,8 +144,9 @@ def make_plan(scope, listing, trusted, bases_all, local, is_ignored, strategy, a
     return Planned(result, remote, synced, todo, _bytes_moved(todo))
 
 
-def _in_scope(prefix, listing, bases_all, is_ignored):
-    """The server's entries and the bases inside ``prefix`` (None: all), ignored ones left out."""
+def _in_scope(prefix, listing, bases_all, is_ignored, special=frozenset()):
+    """The server's entries and the bases inside ``prefix`` (None: all), ignored ones and
+    ``special`` ones left out."""
 
     def inside(path):
         return prefix is None or is_inside(path, prefix)
@@ -153,7 +154,7 @@ def _in_scope(prefix, listing, bases_all, is_ignored):
     remote = {m.path: m for m in listing if inside(m.path) and not is_ignored(m.path, m.is_directory)}
     # a directory's own metadata is not part of an empty subtree listing
     bases = {p: b for p, b in bases_all.items() if inside(p) and not is_ignored(p, b.entry.is_directory)}
-    return remote, bases
+    return _without(remote, special), _without(bases, special)
 
 
 def _without(found: dict, special) -> dict:
