@@ -237,6 +237,8 @@ class FullSync:
         self.progress = None
         #: ``(count, synced)`` of the mass delete the last full reconcile held (None: none)
         self.mass_delete_held = None
+        #: full reconciles finished since the start (``status``: ``watch.full_reconciles``)
+        self.completed = 0
         self._limit = defer.DeferredSemaphore(PLAN_CONCURRENCY)
         self._special_said = set()  # special names already logged
 
@@ -318,6 +320,7 @@ class FullSync:
     def _after_full(self, scope, head, local, remote):
         engine = self.engine
         engine.last_full_reconcile = engine.reactor.seconds()
+        self.completed += 1
         journal = scope.journal
         engine.remote.reconciled(head, journal.journal_id if journal else None, journal is not None)
         state = engine.state

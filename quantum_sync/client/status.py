@@ -62,6 +62,7 @@ async def folder_status(name, service, reactor) -> dict:
         conflicts={"count": len(conflicts), "paths": conflicts[:LISTED]},
         journal={"journal_id": state.journal_id, "cursor": cursor, "head": head, "behind": behind},
         guards=guards,
+        watch=_watch(service, engine, reactor),
         selection={"include": list(config.selection.include), "exclude": list(config.selection.exclude)},
     )
     busy = bool(pending or working or progress or len(engine.paths) or engine.pause.holding or behind)
@@ -71,6 +72,18 @@ async def folder_status(name, service, reactor) -> dict:
                        else "offline" if engine.online is False else "syncing" if busy
                        else "starting" if not service.ready.called else "held" if guards else "syncing")
     return answer
+
+
+def _watch(service, engine, reactor) -> dict:
+    """How the folder is watched: the times the kernel dropped its file events (inotify
+    queue overflows, each followed by a full reconcile), the full reconciles finished
+    since the start (at start, on lost events, periodic ones) and how long ago the last
+    one ended (seconds; None: none yet)."""
+    last = engine.last_full_reconcile
+    watcher = service.watcher
+    return {"events_lost": watcher.events_lost if watcher is not None else 0,
+            "full_reconciles": engine.fullsync.completed,
+            "last_full_reconcile_ago": None if last is None else round(reactor.seconds() - last, 1)}
 
 
 def _guards(engine) -> list:
