@@ -499,3 +499,63 @@ async def test_an_upload_that_outlives_its_token_is_taken_once(reactor, tmp_path
     finally:
         await http.close()
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_refused_at_its_head_stops_sending(reactor, tmp_path, logged_failures):
+    """A token refused when the upload's head arrives (401 before the body is read): the
+    client stops its body there instead of sending the rest into a connection the
+    server only drains before closing."""
+    from twisted.internet.defer import Deferred
+    from twisted.web.iweb import IBodyProducer
+    from zope.interface import implementer
+
+    from quantum_sync.client.transfer import IdleWatch, NotAuthorized, ServerClient
+
+    @implementer(IBodyProducer)
+    class Endless:
+        """1 GiB announced, 64 KiB a reactor turn."""
+
+        length = 1 << 30
+
+        def __init__(self):
+            self.sent, self.stopped, self.paused, self._consumer = 0, False, False, None
+
+        def startProducing(self, consumer):
+            self._consumer = consumer
+            reactor.callLater(0, self._more)
+            return Deferred()  # never done: the test ends before 1 GiB
+
+        def _more(self):
+            if self.stopped or self.paused:
+                return
+            self._consumer.write(b"x" * 65536)
+            self.sent += 65536
+            reactor.callLater(0, self._more)
+
+        def pauseProducing(self):
+            self.paused = True
+
+        def resumeProducing(self):
+            self.paused = False
+            reactor.callLater(0, self._more)
+
+        def stopProducing(self):
+            self.stopped = True
+
+    (tmp_path / "root").mkdir()
+    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path))
+    http = HttpClient(reactor)
+    client = ServerClient(reactor, server.url, "c", "not-a-token")
+    try:
+        body = Endless()
+        watch = IdleWatch(reactor, 60)
+        with pytest.raises(NotAuthorized, match="AUTH_FAILED"):
+            await client._transfer_request("PUT", "/api/upload", "big.bin", {}, body, watch=watch)
+        watch.stop()
+        assert body.stopped and body.sent < Endless.length
+        assert [e.get("log_format") for e in logged_failures] == []
+    finally:
+        await client.close()
+        await http.close()
+        await server.stop()

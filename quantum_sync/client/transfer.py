@@ -423,9 +423,23 @@ class _WatchedBody:
         self._producer, self._watch = producer, watch
         self.length = producer.length
         self._paused = False
+        self._sending = False  # started, neither done nor stopped
 
     def startProducing(self, consumer):
-        return self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
+        self._sending = True
+        done = self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
+        return done.addBoth(self._done)
+
+    def _done(self, result):
+        self._sending = False
+        return result
+
+    def answered(self) -> None:
+        """The server answered (or the request failed) before the whole body went: a
+        refusal at the head (401, 413, 503...) stops the body there, rather than sending
+        the rest into a connection the server only drains before closing it."""
+        if self._sending:
+            self.stopProducing()
 
     def pauseProducing(self):
         if not self._paused:
@@ -438,7 +452,9 @@ class _WatchedBody:
             self._producer.resumeProducing()
 
     def stopProducing(self):
-        self._producer.stopProducing()
+        if self._sending:
+            self._sending = False
+            self._producer.stopProducing()
 
 
 class _TouchingConsumer:
@@ -593,7 +609,11 @@ class ServerClient:
             requested = self._agent.request(method.encode("ascii"), url, Headers(all_headers), producer)
             if watch is not None:
                 watch.abort = requested.cancel
-            return await self._answer(method, path, requested, watch)
+            try:
+                return await self._answer(method, path, requested, watch)
+            finally:
+                if isinstance(producer, _WatchedBody):
+                    producer.answered()
 
         return await self._authorized(send)
 
