@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import task
 
 from quantum_sync.client.transfer import ServerClient
-from support import start_server
+from support import InlineThreads, start_server
 
 
 @pytest_twisted.ensureDeferred
@@ -47,15 +47,6 @@ async def test_a_body_after_one_written_whole_on_a_kept_connection(reactor, tmp_
         await running.stop()
 
 
-class _InlineThreads:
-    """Runs the body's compression at once, in the test's thread."""
-
-    def defer(self, f, *args, **kwargs):
-        from twisted.internet.defer import succeed
-
-        return succeed(f(*args, **kwargs))
-
-
 class _FullBuffer:
     """A consumer whose buffer is full after every write: it pauses its producer, as a
     connection does, and holds it paused until the test resumes it."""
@@ -80,15 +71,22 @@ def _bodies(tmp_path):
     (tmp_path / "f").write_bytes(b"compressible " * 100_000)
     yield "whole", _BytesBody(b"x" * 300_000)
     with open(tmp_path / "f", "rb") as f:
-        yield "zstd", ZstdFileBody(f, _InlineThreads())
+        yield "zstd", ZstdFileBody(f, InlineThreads())
+
+
+def _started(body) -> tuple:
+    """``(consumer, fired)``: ``body`` producing into a :class:`_FullBuffer`, and what its
+    Deferred fired with so far."""
+    consumer = _FullBuffer()
+    consumer.producer = body
+    fired = []
+    body.startProducing(consumer).addBoth(fired.append)
+    return consumer, fired
 
 
 def test_a_body_paused_by_its_last_write_is_done_once_resumed(tmp_path):
     for name, body in _bodies(tmp_path):
-        consumer = _FullBuffer()
-        consumer.producer = body
-        fired = []
-        body.startProducing(consumer).addBoth(fired.append)
+        consumer, fired = _started(body)
         for _ in range(1000):
             if fired:
                 break
@@ -99,10 +97,7 @@ def test_a_body_paused_by_its_last_write_is_done_once_resumed(tmp_path):
 
 def test_a_body_stopped_while_paused_never_fires(tmp_path):
     for name, body in _bodies(tmp_path):
-        consumer = _FullBuffer()
-        consumer.producer = body
-        fired = []
-        body.startProducing(consumer).addBoth(fired.append)
+        consumer, fired = _started(body)
         body.stopProducing()
         consumer.resume()
         assert fired == [], name

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 
 from quantum_sync.errors import SyncError
 from quantum_sync.server.ws import PROBE_TIMEOUT
-from tests.support import HttpClient, start_server, wait_for
+from tests.support import HttpClient, InlineThreads, start_server, wait_for
 from tests.test_auth_e2e import WS_TIMERS, auth_section, bearer, login
 from test_ws_support import connect, drop_all
 
@@ -91,15 +91,6 @@ async def test_with_auth_a_client_id_belongs_to_its_first_user(reactor, tmp_path
         await running.stop()
 
 
-class _InlineThreads:
-    """Runs the bindings' file writes at once, in the test's thread."""
-
-    def defer(self, f, *args, **kwargs):
-        from twisted.internet.defer import succeed
-
-        return succeed(f(*args, **kwargs))
-
-
 def _saved(state_dir):
     import json
     import os
@@ -119,7 +110,7 @@ def test_client_ids_not_seen_for_long_are_forgotten(tmp_path):
     clock = Clock()
     clock.advance(1_000_000)
     live = {"on-the-websocket"}
-    bindings = ClientIdBindings(str(tmp_path), clock, _InlineThreads(), live=live.__contains__,
+    bindings = ClientIdBindings(str(tmp_path), clock, InlineThreads(), live=live.__contains__,
                                 forget_after=1000, max_ids=3, prune_every=100)
     bindings.startService()
     try:
@@ -138,7 +129,7 @@ def test_client_ids_not_seen_for_long_are_forgotten(tmp_path):
     finally:
         bindings.stopService()
     # what was seen since the last pass is written at the stop, and read back at a start
-    again = ClientIdBindings(str(tmp_path), clock, _InlineThreads())
+    again = ClientIdBindings(str(tmp_path), clock, InlineThreads())
     again.claim("new-2", "wendy")
     with pytest.raises(SyncError, match="another user"):
         again.claim("on-the-websocket", "wendy")
@@ -153,7 +144,7 @@ def test_a_bindings_file_without_seen_times_is_read(tmp_path):
     (tmp_path / FILE_NAME).write_text(json.dumps({"laptop": "alice"}))
     clock = Clock()
     clock.advance(5000)
-    bindings = ClientIdBindings(str(tmp_path), clock, _InlineThreads(), forget_after=1000, prune_every=100)
+    bindings = ClientIdBindings(str(tmp_path), clock, InlineThreads(), forget_after=1000, prune_every=100)
     bindings.startService()
     try:
         assert _saved(tmp_path) == {"laptop": {"user": "alice", "seen": 5000}}
