@@ -125,3 +125,16 @@ def test_a_watched_body_is_resumed_only_after_a_pause():
     body.resumeProducing()  # one resume undoes the pauses
     body.stopProducing()
     watch.stop()
+
+
+def test_a_whole_body_stopped_while_paused_can_be_sent_again():
+    """A batch body is sent once more after a refusal (a new token): the pause of the
+    first connection does not hold the second sending."""
+    from quantum_sync.client.transfer import _BytesBody
+
+    body = _BytesBody(b"x" * 1000)
+    _, fired = _started(body)
+    body.stopProducing()  # the first connection went, the body paused
+    sink = []
+    body.startProducing(type("Sink", (), {"write": staticmethod(sink.append)})).addBoth(fired.append)
+    assert fired == [None] and sink == [b"x" * 1000]

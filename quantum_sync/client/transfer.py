@@ -393,6 +393,7 @@ class _BytesBody:
         self._resumed = None  # fires when resumed after a pause during the write
 
     def startProducing(self, consumer):
+        self._paused = False  # (sent again after a refusal: a new connection)
         consumer.write(self._data)
         if not self._paused:
             return defer.succeed(None)
