@@ -48,6 +48,7 @@ async def folder_status(name, service, reactor) -> dict:
         conflicts={"count": len(conflicts), "paths": conflicts[:LISTED]},
         journal={"journal_id": state.journal_id, "cursor": cursor, "head": head, "behind": behind},
         guards=guards,
+        watch=_watch(service, engine, reactor),
         selection={"include": list(config.selection.include), "exclude": list(config.selection.exclude)},
     )
     busy = _busy(engine, pending, working, progress, behind)
@@ -110,6 +111,18 @@ def _state_word(paused: bool, in_sync: bool, online, busy: bool, ready: bool, gu
     if not ready:
         return "starting"
     return "held" if guards else "syncing"
+
+
+def _watch(service, engine, reactor) -> dict:
+    """How the folder is watched: the times the kernel dropped its file events (inotify
+    queue overflows, each followed by a full reconcile), the full reconciles finished
+    since the start (at start, on lost events, periodic ones) and how long ago the last
+    one ended (seconds; None: none yet)."""
+    last = engine.last_full_reconcile
+    watcher = service.watcher
+    return {"events_lost": watcher.events_lost if watcher is not None else 0,
+            "full_reconciles": engine.fullsync.completed,
+            "last_full_reconcile_ago": None if last is None else round(reactor.seconds() - last, 1)}
 
 
 def _guards(engine) -> list:

@@ -276,45 +276,82 @@ def retry_after_seconds(values, now=None) -> float:
 
 @implementer(IBodyProducer)
 class _BytesBody:
-    """A request body already in memory, written in one go (no cooperator task)."""
+    """A request body already in memory, written in one go (no cooperator task). When
+    that write fills the connection's buffer (it pauses the body), the body is done only
+    once the connection resumes it: a body done while paused would leave the kept-alive
+    connection taking its *next* body for a paused one, and resuming that (Twisted's
+    ``NotPaused`` from a ``FileBodyProducer``: the connection drops)."""
 
     def __init__(self, data: bytes):
         self._data = data
         self.length = len(data)
+        self._paused = False
+        self._resumed = None  # fires when resumed after a pause during the write
 
     def startProducing(self, consumer):
+        self._paused = False  # (sent again after a refusal: a new connection)
         consumer.write(self._data)
-        return defer.succeed(None)
+        if not self._paused:
+            return defer.succeed(None)
+        self._resumed = defer.Deferred()  # never fires once stopped (IBodyProducer)
+        return self._resumed
 
     def pauseProducing(self):
-        pass
+        self._paused = True
 
     def resumeProducing(self):
-        pass
+        self._paused = False
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
 
     def stopProducing(self):
-        pass
+        self._resumed = None
 
 
 @implementer(IBodyProducer)
 class _WatchedBody:
-    """A request body whose every write tells an :class:`IdleWatch`."""
+    """A request body whose every write tells an :class:`IdleWatch`. The body is resumed
+    only after it was paused (once however many pauses came between): a connection that
+    resumes a body it never paused (see :class:`_BytesBody`) must not make a
+    ``FileBodyProducer`` raise ``NotPaused`` in the reactor's write."""
 
     def __init__(self, producer, watch):
         self._producer, self._watch = producer, watch
         self.length = producer.length
+        self._paused = False
+        self._sending = False  # started, neither done nor stopped
 
     def startProducing(self, consumer):
-        return self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
+        self._sending = True
+        done = self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
+        return done.addBoth(self._done)
+
+    def _done(self, result):
+        self._sending = False
+        return result
+
+    def answered(self) -> None:
+        """The server answered (or the request failed) before the whole body went: a
+        refusal at the head (401, 413, 503...) stops the body there, rather than sending
+        the rest into a connection the server only drains before closing it."""
+        if self._sending:
+            self.stopProducing()
 
     def pauseProducing(self):
-        self._producer.pauseProducing()
+        if not self._paused:
+            self._producer.pauseProducing()  # (a finished FileBodyProducer raises: not paused)
+            self._paused = True
 
     def resumeProducing(self):
-        self._producer.resumeProducing()
+        if self._paused:
+            self._paused = False
+            self._producer.resumeProducing()
 
     def stopProducing(self):
-        self._producer.stopProducing()
+        if self._sending:
+            self._sending = False
+            self._producer.stopProducing()
 
 
 class _TouchingConsumer:
@@ -469,7 +506,11 @@ class ServerClient:
             requested = self._agent.request(method.encode("ascii"), url, Headers(all_headers), producer)
             if watch is not None:
                 watch.abort = requested.cancel
-            return await self._answer(method, path, requested, watch)
+            try:
+                return await self._answer(method, path, requested, watch)
+            finally:
+                if isinstance(producer, _WatchedBody):
+                    producer.answered()
 
         return await self._authorized(send)
 

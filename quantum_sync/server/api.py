@@ -62,10 +62,11 @@ class FileApi:
 
     def upload_gate(self, request) -> None:
         """Refuse an upload as soon as its headers are in (before the body is stored):
-        UPLOAD_DISABLED, or the authorizer's refusal when it can answer at once."""
+        UPLOAD_DISABLED, or the authorizer's refusal (its token is judged now, not when
+        the body is all in: see :meth:`TokenAuthorizer.admit_head`)."""
         if not self.operations.enable_upload:
             raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
-        self.authorizer.authorize_request(request, "write")
+        self.authorizer.admit_head(request, "write")
 
     def relay_upload(self, request, spool, length) -> None:
         """Offer an upload whose headers are in (its body about to go into ``spool``) to

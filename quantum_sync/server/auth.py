@@ -13,6 +13,10 @@ default). With one, :func:`build_authorizer` makes a :class:`TokenAuthorizer`:
   or a lowered role takes effect at once;
 - tokens arrive as ``Authorization: Bearer T``, ``?token=T`` or the WebSocket ``auth``
   message (:meth:`TokenAuthorizer.authorize_token`);
+- an upload's token is checked when its head arrives (:meth:`TokenAuthorizer.admit_head`,
+  401 before a byte of the body is read) and its expiry judged at that moment: a long
+  body may outlive the token it started with, so it is never refused after it is all in
+  and sent again (the account and role are checked again at the end);
 - failed logins are throttled per address and per user (:mod:`.throttle`): 429
   RATE_LIMIT_EXCEEDED with ``retryAfter``, announced as a ``security_alert``.
 
@@ -48,6 +52,8 @@ DEFAULT_SECRET_NAME = "auth-secret"
 #: Longer "tokens" are refused without parsing (ours are about 300 characters).
 MAX_TOKEN_LENGTH = 4096
 MAX_USERNAME_LENGTH = 256
+#: The request attribute holding the identity its head was admitted with (:meth:`TokenAuthorizer.admit_head`).
+ADMITTED = "quantum_sync_admitted"
 
 
 def role_allows(have: str, need: str) -> bool:
@@ -86,6 +92,11 @@ class OpenAuthorizer:
 
     def authorize_token(self, token, role: str) -> Identity:
         """Same for a bare token (the WebSocket ``auth`` message)."""
+        return ANONYMOUS_ADMIN
+
+    def admit_head(self, request, role: str) -> Identity:
+        """:meth:`authorize_request` for a request whose head is in and whose body is not
+        yet read (an upload); the identity is kept on the request for the check at its end."""
         return ANONYMOUS_ADMIN
 
     def login(self, username, password, address: str) -> dict:
@@ -288,13 +299,27 @@ class TokenAuthorizer:
         return identity
 
     def authorize_request(self, request, role: str) -> Identity:
-        """Same for an HTTP request (Bearer header, else ``?token=``)."""
+        """Same for an HTTP request (Bearer header, else ``?token=``). A request admitted
+        by :meth:`admit_head` is judged as its head was: the token's expiry then, the
+        account and role now."""
         try:
+            admitted = getattr(request, ADMITTED, None)
+            if admitted is not None:
+                return self.recheck(attrs.evolve(admitted, expires=None), role)
             return self.authorize_token(_bearer_token(request), role)
         except SyncError as e:
             if e.status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="quantum-sync"')
             raise
+
+    def admit_head(self, request, role: str) -> Identity:
+        """Check the token of a request whose head is in, before its body is read (an
+        upload: refused with 401 at once rather than after its last byte). The identity
+        is kept on the request, so a body that takes longer than the token has left is
+        not refused at its end as expired (and sent again by the client)."""
+        identity = self.authorize_request(request, role)
+        setattr(request, ADMITTED, identity)
+        return identity
 
     # logins
 

@@ -168,7 +168,9 @@ class ServerService(MultiService):
             self.hub.bindings = self.node.bindings  # shared by the nodes
         elif self.authorizer.enabled:
             try:
-                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor, self.threads)
+                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor, self.threads,
+                                                     live=lambda client_id: self.hub.holder(client_id) is not None)
+                self.hub.bindings.setServiceParent(self)
             except ValueError as e:
                 raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
