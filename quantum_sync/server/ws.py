@@ -36,7 +36,7 @@ import attrs
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -342,11 +342,22 @@ class HubProtocol(WebSocketServerProtocol):
     # -- requests -----------------------------------------------------------------------
 
     def _on_subscribe(self, request):
+        subscribing = Deferred.fromCoroutine(self._subscribe(request))
+        subscribing.addErrback(lambda failure: log.failure("Subscribe from {address} failed", failure,
+                                                           address=self.address))
+
+    async def _subscribe(self, request):
+        """Claim the client id (its binding; on a cluster, where the database is asked,
+        this waits), then name the connection; on one server all of it happens at once."""
         operations = self.factory.operations
         try:
-            self._claim(request.client_id)
+            await self._claim(request.client_id)
         except SyncError as error:
             self._refuse(error, request.id)
+            if error.code == "SERVICE_UNAVAILABLE":  # reconnect later, not stay deaf
+                self.close(CLOSE_TRY_AGAIN_LATER, "try again later")
+            return
+        if self.state != self.STATE_OPEN:
             return
         holder = self.hub.holder(request.client_id)
         if holder is not None and holder is not self:
@@ -387,11 +398,13 @@ class HubProtocol(WebSocketServerProtocol):
         self._cancel_auth_deadline()
         self.send(messages.auth_success(identity.user, identity.role, request.id))
 
-    def _claim(self, client_id: str) -> None:
-        """With auth on, ``client_id`` must be (or become) this user's."""
+    def _claim(self, client_id: str) -> Deferred:
+        """With auth on, ``client_id`` must be (or become) this user's (a Deferred, fired
+        at once on one server; a cluster node asks the database about a new id)."""
         bindings = self.hub.bindings
-        if bindings is not None and self.identity is not None:
-            bindings.claim(client_id, self.identity.user)
+        if bindings is None or self.identity is None:
+            return succeed(None)
+        return maybeDeferred(bindings.claim, client_id, self.identity.user)
 
     def probe(self, timeout: float) -> None:
         """Ping now; drop the connection unless a pong comes within ``timeout``."""
@@ -412,13 +425,8 @@ class HubProtocol(WebSocketServerProtocol):
 
     def _on_file_operation(self, request):
         source = self.client_id or request.source_client
-        if not self.client_id:
-            try:
-                self._claim(source)
-            except SyncError as error:
-                self._refuse(error, request.id)
-                return
-        d = maybeDeferred(self.factory.operations.apply, request.operation, source)
+        claimed = succeed(None) if self.client_id else self._claim(source)
+        d = claimed.addCallback(lambda _: maybeDeferred(self.factory.operations.apply, request.operation, source))
 
         def applied(change):
             operation_id = request.id if request.id is not None else "FileOperation"

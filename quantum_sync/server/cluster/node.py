@@ -85,7 +85,7 @@ class ClusterNode:
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
         #: client ids bound to users (used with ``auth``), kept in the database
-        self.bindings = ClusterBindings(self.index, reactor)
+        self.bindings = ClusterBindings(self.index)
         self.feed = None
         self.bus = None
         self.leadership = None
@@ -110,8 +110,6 @@ class ClusterNode:
         service.hub.relay = self._relay_event
         self.presence = Presence(self.index, self.node_id, self._address, self.started, self._reactor)
         self.presence.start()
-        if service.hub.bindings is self.bindings:
-            self.bindings.start()
         self.leadership = Leadership(self.cluster.database, self.index.namespace, self._reactor,
                                      self._lead)
         await self.leadership.start()
@@ -178,7 +176,6 @@ class ClusterNode:
             watcher = self._service.watcher
             if watcher.running:
                 await watcher.stopService()
-        self.bindings.stop()
         if self.presence is not None:
             self.presence.stop()
             await self.presence.leave()

@@ -318,20 +318,14 @@ class PgIndex(Service):
 
         return await self._run(run)
 
-    async def client_bindings(self) -> dict:
-        """``{client id: user}``: every client id bound to a user (with ``auth``)."""
-        def run(txn):
-            txn.execute("SELECT client_id, user_name FROM client_ids")
-            return dict(txn.fetchall())
-
-        return await self._run(run)
-
     async def bind_client(self, client_id: str, user: str) -> str:
-        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user."""
+        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user
+        (one statement: a racing binding on another node is waited for, and its user
+        returned)."""
         def run(txn):
-            txn.execute("INSERT INTO client_ids (client_id, user_name) VALUES (%s, %s)"
-                        " ON CONFLICT DO NOTHING", (client_id, user))
-            txn.execute("SELECT user_name FROM client_ids WHERE client_id = %s", (client_id,))
+            txn.execute("INSERT INTO client_ids AS c (client_id, user_name) VALUES (%s, %s)"
+                        " ON CONFLICT (client_id) DO UPDATE SET user_name = c.user_name"
+                        " RETURNING user_name", (client_id, user))
             return txn.fetchone()[0]
 
         return await self._run(run)
