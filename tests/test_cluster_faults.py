@@ -13,7 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import deferLater
 
 from cluster_support import DATABASE, with_schema
-from test_cluster_nodes import start_node
+from cluster_support import start_node
 from test_ws_support import connect
 from tests.support import HttpClient, wait_for
 

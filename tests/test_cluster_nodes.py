@@ -12,44 +12,12 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from quantum_sync.protocol import Change, Delete
 from quantum_sync.server.cluster.feed import Sequencer
 from test_ws_support import connect
-from tests.support import HttpClient, server_document, start_service, wait_for
+from cluster_support import wait_for_async
+from tests.support import HttpClient, wait_for
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-async def start_node(reactor, tmp_path, root, block, **handler):
-    service, (port,) = await start_service(
-        reactor, server_document(root=str(root), cluster=block, **handler), str(tmp_path))
-    return service, f"http://127.0.0.1:{port}"
-
-
-class Nodes:
-    def __init__(self, reactor, tmp_path, cluster_block):
-        self.reactor, self.tmp_path, self.block = reactor, tmp_path, cluster_block
-        self.root = tmp_path / "root"
-        self.services, self.urls = [], []
-
-    async def start(self, count, **handler):
-        for n in range(count):
-            service, url = await start_node(self.reactor, self.tmp_path, self.root,
-                                            self.block(f"node-{len(self.services) + 1}"), **handler)
-            self.services.append(service)
-            self.urls.append(url)
-        return self
-
-    async def stop(self):
-        for service in self.services:
-            if service.running:
-                await service.stopService()
-
-
-@pytest_twisted.async_yield_fixture
-async def nodes(reactor, tmp_path, cluster_block):
-    made = Nodes(reactor, tmp_path, cluster_block)
-    yield made
-    await made.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -139,18 +107,6 @@ async def test_one_node_watches_the_root_and_another_takes_over(reactor, nodes):
         assert "later.txt" in str(ops[1])
     finally:
         await http.close()
-
-
-async def wait_for_async(reactor, read, good, timeout=15):
-    from twisted.internet.task import deferLater
-
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = await read()
-        if good(value):
-            return value
-        assert reactor.seconds() < deadline, value
-        await deferLater(reactor, 0.05, lambda: None)
 
 
 @pytest_twisted.ensureDeferred

@@ -18,6 +18,7 @@ from quantum_sync.server.cluster.bindings import ClusterBindings
 from quantum_sync.server.cluster.feed import Feed
 from quantum_sync.server.cluster.fence import ClusterFence
 from quantum_sync.server.cluster.leader import Leadership
+from quantum_sync.server.cluster.liveclients import PROBE_EVENT, LiveClients
 from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, PgIndex, SchemaError, create_schema
 from quantum_sync.server.cluster.presence import Presence
 from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
@@ -90,6 +91,7 @@ class ClusterNode:
         self.bus = None
         self.leadership = None
         self.presence = None
+        self.clients = None
         self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
@@ -108,8 +110,11 @@ class ClusterNode:
                             self.feed.offer, self.feed.redis_up, self.node_id, self._peer_event)
         self.bus.start()
         service.hub.relay = self._relay_event
-        self.presence = Presence(self.index, self.node_id, self._address, self.started, self._reactor)
-        self.presence.start()
+        self.clients = LiveClients(self.index, self.node_id, service.hub, self._ask_probe)
+        service.hub.claims = self.clients
+        self.presence = Presence(self.cluster.database, self.index.namespace, self.node_id, self._address,
+                                 self.started, self._reactor, after_beat=self.clients.renew)
+        await self.presence.start()  # live before it serves: its claims hold from the first
         self.leadership = Leadership(self.cluster.database, self.index.namespace, self._reactor,
                                      self._lead)
         await self.leadership.start()
@@ -138,8 +143,13 @@ class ClusterNode:
         self.bus.publish_event(kind, {**data, "node_id": self.node_id},
                                format_time(self._reactor.seconds()))
 
+    def _ask_probe(self, client_id: str) -> None:
+        self.bus.publish_event(PROBE_EVENT, {"id": client_id}, format_time(self._reactor.seconds()))
+
     def _peer_event(self, kind, data, timestamp) -> None:
-        if kind in RELAYED_EVENTS:
+        if kind == PROBE_EVENT and isinstance(data.get("id"), str):
+            self.clients.probe(data["id"])
+        elif kind in RELAYED_EVENTS:
             self._service.hub.relayed_event(kind, data, timestamp)
 
     def _deliver(self, changes) -> None:
