@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from quantum_sync.config import ConfigError
 from quantum_sync.protocol import format_time
 from quantum_sync.server.cluster.bindings import ClusterBindings
+from quantum_sync.server.cluster.events import EventRelay
 from quantum_sync.server.cluster.feed import Feed
 from quantum_sync.server.cluster.fence import ClusterFence
 from quantum_sync.server.cluster.leader import Leadership
@@ -89,6 +90,7 @@ class ClusterNode:
         self.bindings = ClusterBindings(self.index)
         self.feed = None
         self.bus = None
+        self.events = None
         self.leadership = None
         self.presence = None
         self.clients = None
@@ -107,8 +109,11 @@ class ClusterNode:
         self.feed = Feed(self.index, self._deliver, self._reactor)
         self.feed.start(head)
         self.bus = RedisBus(self.redis, self.index.journal_id, self._reactor,
-                            self.feed.offer, self.feed.redis_up, self.node_id, self._peer_event)
+                            self.feed.offer, self._redis_up, self.node_id, self._heard_event)
+        self.events = EventRelay(self.index, self.bus, self.node_id, self._reactor, self._peer_event,
+                                 lambda: len(self.presence.live) if self.presence is not None else 1)
         self.bus.start()
+        self.events.start()
         service.hub.relay = self._relay_event
         self.clients = LiveClients(self.index, self.node_id, service.hub, self._ask_probe)
         service.hub.claims = self.clients
@@ -140,11 +145,17 @@ class ClusterNode:
         self.bus.publish(changes)
 
     def _relay_event(self, kind, data) -> None:
-        self.bus.publish_event(kind, {**data, "node_id": self.node_id},
-                               format_time(self._reactor.seconds()))
+        self.events.send(kind, {**data, "node_id": self.node_id}, format_time(self._reactor.seconds()))
 
     def _ask_probe(self, client_id: str) -> None:
-        self.bus.publish_event(PROBE_EVENT, {"id": client_id}, format_time(self._reactor.seconds()))
+        self.events.send(PROBE_EVENT, {"id": client_id}, format_time(self._reactor.seconds()))
+
+    def _redis_up(self, up: bool) -> None:
+        self.feed.redis_up(up)
+        self.events.redis_up(up)
+
+    def _heard_event(self, kind, data, timestamp, uid) -> None:
+        self.events.heard(kind, data, timestamp, uid)
 
     def _peer_event(self, kind, data, timestamp) -> None:
         if kind == PROBE_EVENT and isinstance(data.get("id"), str):
@@ -191,6 +202,8 @@ class ClusterNode:
             await self.presence.leave()
         if self.feed is not None:
             self.feed.stop()
+        if self.events is not None:
+            self.events.stop()
         if self.bus is not None:
             await self.bus.stop()
         self.fence.close()

@@ -61,6 +61,16 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS live_clients (
         client_id TEXT PRIMARY KEY,
         node_id TEXT NOT NULL)""",
+    # the events Redis may not have carried to every node, for a short while (events.py)
+    """CREATE TABLE IF NOT EXISTS events (
+        id BIGSERIAL PRIMARY KEY,
+        uid TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    """CREATE INDEX IF NOT EXISTS events_at ON events (at)""",
 ]
 
 #: Paths looked up a query by :meth:`PgIndex.get_many`.
@@ -351,6 +361,27 @@ class PgIndex(Service):
                         (list(client_ids), node_id))
 
         await self._run(run)
+
+    async def record_events(self, node_id: str, events, keep_for: float) -> None:
+        """Keep ``node_id``'s ``events`` (``(uid, kind, data as JSON, timestamp)``) for
+        the other nodes to read; drop those older than ``keep_for`` seconds."""
+        def run(txn):
+            txn.executemany("INSERT INTO events (uid, node_id, kind, data, timestamp)"
+                            " VALUES (%s, %s, %s, %s, %s)",
+                            [(uid, node_id, kind, data, timestamp) for uid, kind, data, timestamp in events])
+            txn.execute("DELETE FROM events WHERE at < now() - make_interval(secs => %s)", (keep_for,))
+
+        await self._run(run)
+
+    async def recent_events(self, node_id: str, within: float) -> list:
+        """The other nodes' events of the last ``within`` seconds, oldest first:
+        ``(uid, kind, data as JSON, timestamp)``."""
+        def run(txn):
+            txn.execute("SELECT uid, kind, data, timestamp FROM events WHERE at > now() -"
+                        " make_interval(secs => %s) AND node_id <> %s ORDER BY id", (within, node_id))
+            return txn.fetchall()
+
+        return await self._run(run)
 
     # -- writes ---------------------------------------------------------------------
 
