@@ -31,13 +31,15 @@ class LiveClients:
 
     log = Logger()
 
-    def __init__(self, index, node_id: str, hub, ask_probe):
+    def __init__(self, index, node_id: str, hub, ask_probe, reactor):
         self._index = index
+        self._reactor = reactor
+        self._batch = None  # (ids given up this reactor turn, fired once they are)
         self.node_id = node_id
         self._hub = hub
         self._ask_probe = ask_probe
         self._claiming = {}  # client id -> claims in flight
-        self._releasing = {}  # client id -> the Deferred of its row's removal
+        self._releasing = {}  # client id -> a Deferred fired once its row is removed
 
     async def claim(self, client_id: str) -> bool:
         """True when this node may hold ``client_id``'s connection; False when another
@@ -51,8 +53,8 @@ class LiveClients:
         try:
             taken = await self._index.claim_clients([client_id], self.node_id, LIVE_FOR)
         except SyncError as error:
-            self.log.warn("cannot check client id {client_id} across the nodes: {error}",
-                          client_id=client_id, error=error.message)
+            self.log.debug("cannot check client id {client_id} across the nodes: {error}",
+                           client_id=client_id, error=error.message)
             return True
         finally:
             self._claiming[client_id] -= 1
@@ -64,15 +66,28 @@ class LiveClients:
         return True
 
     def release(self, client_id: str) -> None:
-        """No connection here holds ``client_id`` any more: give its row up."""
+        """No connection here holds ``client_id`` any more: give its row up (with the
+        others given up in the same reactor turn, in one statement)."""
         if client_id in self._claiming or client_id in self._releasing:
             return
-        releasing = Deferred.fromCoroutine(self._index.release_clients([client_id], self.node_id))
+        if self._batch is None:
+            self._batch = ([], Deferred())
+            self._reactor.callLater(0, self._release_all)
+        released, done = self._batch
+        released.append(client_id)
+        self._releasing[client_id] = done
+
+    def _release_all(self) -> None:
+        (released, done), self._batch = self._batch, None
+        releasing = Deferred.fromCoroutine(self._index.release_clients(released, self.node_id))
         releasing.addErrback(lambda failure: self.log.debug(
-            "cannot give up client id {client_id}: {error}", client_id=client_id, error=failure.value))
-        if not releasing.called:
-            self._releasing[client_id] = releasing
-            releasing.addBoth(lambda _: self._releasing.pop(client_id, None) and None)
+            "cannot give up {count} client ids: {error}", count=len(released), error=failure.value))
+        releasing.addBoth(self._released, released, done)
+
+    def _released(self, _, released, done) -> None:
+        for client_id in released:
+            self._releasing.pop(client_id, None)
+        done.callback(None)
 
     def probe(self, client_id: str) -> None:
         """Another node asks: probe the connection holding ``client_id`` here, or give

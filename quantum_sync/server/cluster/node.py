@@ -115,7 +115,7 @@ class ClusterNode:
         self.bus.start()
         self.events.start()
         service.hub.relay = self._relay_event
-        self.clients = LiveClients(self.index, self.node_id, service.hub, self._ask_probe)
+        self.clients = LiveClients(self.index, self.node_id, service.hub, self._ask_probe, self._reactor)
         service.hub.claims = self.clients
         self.presence = Presence(self.cluster.database, self.index.namespace, self.node_id, self._address,
                                  self.started, self._reactor, after_beat=self.clients.renew)
