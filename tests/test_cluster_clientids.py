@@ -3,9 +3,10 @@ Redis, two nodes in one process): a second Subscribe on another node gets
 CLIENT_ID_IN_USE with retryAfter, a half-open holder on another node is probed, and the
 ids held by a node that is no longer live are taken over (and given up by it)."""
 
+import pytest
 import pytest_twisted
 
-from cluster_support import wait_for_async
+from cluster_support import Nodes, wait_for_async
 from quantum_sync.server.ws import PROBE_TIMEOUT
 from test_ws_support import connect
 from tests.support import wait_for
@@ -65,25 +66,35 @@ async def test_a_client_id_is_live_on_one_node_at_a_time(reactor, nodes):
             client.transport.abortConnection()
 
 
+@pytest.mark.parametrize("redis_stopped", [False, True], ids=["through-redis", "redis-stopped"])
 @pytest_twisted.ensureDeferred
-async def test_a_half_open_holder_on_another_node_is_probed_and_dropped(reactor, nodes):
-    await nodes.start(2)
-    await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in nodes.services),
-                   timeout=15)
-    asleep, answer = await subscribe(reactor, nodes.urls[0], "sleeper")
-    assert answer["type"] == "Ack"
-    asleep.transport.pauseProducing()  # reads nothing more: answers no ping (a sleeping laptop)
-    newcomer, refused = await subscribe(reactor, nodes.urls[1], "sleeper")
+async def test_a_half_open_holder_on_another_node_is_probed_and_dropped(reactor, tmp_path, cluster_block,
+                                                                       private_redis, redis_stopped):
+    """The request to probe goes through Redis, or through PostgreSQL while Redis is away."""
+    nodes = Nodes(reactor, tmp_path, lambda name: cluster_block(name, redis=private_redis.url))
     try:
-        assert refused["code"] == "CLIENT_ID_IN_USE"
-        # node 1 heard node 2's request through Redis, probed, and dropped the sleeper
-        await wait_for(reactor, lambda: nodes.services[0].hub.holder("sleeper") is None,
-                       timeout=PROBE_TIMEOUT + 10)
-        back = await subscribed_in_time(reactor, nodes.urls[1], "sleeper")
-        back.transport.abortConnection()
+        await nodes.start(2)
+        await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in nodes.services),
+                       timeout=15)
+        if redis_stopped:
+            private_redis.stop()
+            await wait_for(reactor, lambda: not any(s.node.bus.can_publish for s in nodes.services), timeout=15)
+        asleep, answer = await subscribe(reactor, nodes.urls[0], "sleeper")
+        assert answer["type"] == "Ack"
+        asleep.transport.pauseProducing()  # reads nothing more: answers no ping (a sleeping laptop)
+        newcomer, refused = await subscribe(reactor, nodes.urls[1], "sleeper")
+        try:
+            assert refused["code"] == "CLIENT_ID_IN_USE"
+            # node 1 heard node 2's request, probed, and dropped the sleeper
+            await wait_for(reactor, lambda: nodes.services[0].hub.holder("sleeper") is None,
+                           timeout=PROBE_TIMEOUT + 10)
+            back = await subscribed_in_time(reactor, nodes.urls[1], "sleeper")
+            back.transport.abortConnection()
+        finally:
+            for client in (asleep, newcomer):
+                client.transport.abortConnection()
     finally:
-        for client in (asleep, newcomer):
-            client.transport.abortConnection()
+        await nodes.stop()
 
 
 @pytest_twisted.ensureDeferred
