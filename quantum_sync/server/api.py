@@ -88,7 +88,7 @@ class FileApi:
         identity = self.authorizer.authorize_request(request, role)
         bindings = getattr(self.operations.hub, "bindings", None)
         if bindings is not None:  # with auth on, a client id is its first user's
-            bindings.claim(header(request, "X-Client-Id") or "", identity.user)
+            await maybeDeferred(bindings.claim, header(request, "X-Client-Id") or "", identity.user)
         await self.operations.wait_ready()
         return identity
 

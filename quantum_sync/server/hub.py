@@ -98,6 +98,9 @@ class Hub(Service):
         #: ``block_lists(sha256)``: the short block list of a new version, carried in its
         #: FileOperation (:meth:`quantum_sync.server.delta.Deltas.offered`), or None
         self.block_lists = None
+        #: On a cluster node, the client ids whose connections the node holds
+        #: (:class:`~quantum_sync.server.cluster.liveclients.LiveClients`), else None
+        self.claims = None
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
         self._bursts = 0  # burst() blocks open
@@ -152,6 +155,7 @@ class Hub(Service):
             self._subscribers[topic].discard(connection)
         if self._clients.get(connection.client_id) is connection:
             del self._clients[connection.client_id]
+            self.release(connection.client_id)
         if connection.client_id is not None:
             self.event(
                 "peer_disconnected",
@@ -163,6 +167,8 @@ class Hub(Service):
         and announce ``peer_connected``."""
         if self._clients.get(connection.client_id) is connection:
             del self._clients[connection.client_id]
+            if connection.client_id != client_id:
+                self.release(connection.client_id)
         if connection in self.connections:
             self._clients[client_id] = connection
         connection.client_id = client_id
@@ -175,6 +181,15 @@ class Hub(Service):
     def holder(self, client_id: str):
         """The open connection that named itself ``client_id``, or None."""
         return self._clients.get(client_id)
+
+    def client_ids(self) -> list:
+        """The client ids of the open connections that named themselves."""
+        return list(self._clients)
+
+    def release(self, client_id: str) -> None:
+        """On a cluster node, give ``client_id`` up unless a connection here holds it."""
+        if self.claims is not None and client_id not in self._clients:
+            self.claims.release(client_id)
 
     def subscribe(self, connection, topic: str) -> None:
         if connection in self.connections:

@@ -55,6 +55,21 @@ SCHEMA = [
         address TEXT NOT NULL,
         started TEXT NOT NULL,
         seen TIMESTAMPTZ NOT NULL)""",
+    # the advisory lock the node's session holds while it lives (presence.py)
+    """ALTER TABLE nodes ADD COLUMN IF NOT EXISTS session_key BIGINT NOT NULL DEFAULT 0""",
+    """CREATE TABLE IF NOT EXISTS live_clients (
+        client_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL)""",
+    # the events Redis may not have carried to every node, for a short while (events.py)
+    """CREATE TABLE IF NOT EXISTS events (
+        id BIGSERIAL PRIMARY KEY,
+        uid TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    """CREATE INDEX IF NOT EXISTS events_at ON events (at)""",
 ]
 
 #: Paths looked up a query by :meth:`PgIndex.get_many`.
@@ -66,6 +81,16 @@ _COLUMNS = "path, is_directory, size, mtime_ns, hash, ino, ctime_ns"
 #: those of the second (the same list): one statement.
 INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%b::text[])"
              f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%b)")
+
+#: Takes the client ids ``%(ids)s`` for node ``%(node)s``, but those a live node holds:
+#: one seen within ``%(live_for)s`` seconds whose session still holds its lock (the
+#: shared try fails against it; presence.py).
+CLAIM_CLIENTS = (
+    "INSERT INTO live_clients AS l (client_id, node_id) SELECT unnest(%(ids)s::text[]), %(node)s"
+    " ON CONFLICT (client_id) DO UPDATE SET node_id = EXCLUDED.node_id"
+    " WHERE l.node_id <> EXCLUDED.node_id AND NOT EXISTS (SELECT 1 FROM nodes n"
+    " WHERE n.node_id = l.node_id AND n.seen > now() - make_interval(secs => %(live_for)s)"
+    " AND NOT pg_try_advisory_xact_lock_shared(n.session_key))")
 
 #: A file's row, with the client that wrote its content (kept when only its stat changed).
 UPSERT = (
@@ -307,42 +332,58 @@ class PgIndex(Service):
 
     # -- the nodes ------------------------------------------------------------------
 
-    async def heartbeat(self, node_id: str, address: str, started: str, live_for: float) -> list:
-        """Mark ``node_id`` seen now; the nodes seen within ``live_for`` seconds."""
-        def run(txn):
-            txn.execute(
-                "INSERT INTO nodes (node_id, address, started, seen) VALUES (%s, %s, %s, now())"
-                " ON CONFLICT (node_id) DO UPDATE SET address = EXCLUDED.address,"
-                " started = EXCLUDED.started, seen = now()", (node_id, address, started))
-            txn.execute("SELECT node_id, address, started FROM nodes"
-                        " WHERE seen > now() - make_interval(secs => %s) ORDER BY node_id", (live_for,))
-            return [{"node_id": n, "address": a, "started": s} for n, a, s in txn.fetchall()]
-
-        return await self._run(run)
-
-    async def client_bindings(self) -> dict:
-        """``{client id: user}``: every client id bound to a user (with ``auth``)."""
-        def run(txn):
-            txn.execute("SELECT client_id, user_name FROM client_ids")
-            return dict(txn.fetchall())
-
-        return await self._run(run)
-
     async def bind_client(self, client_id: str, user: str) -> str:
-        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user."""
+        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user
+        (one statement: a racing binding on another node is waited for, and its user
+        returned)."""
         def run(txn):
-            txn.execute("INSERT INTO client_ids (client_id, user_name) VALUES (%s, %s)"
-                        " ON CONFLICT DO NOTHING", (client_id, user))
-            txn.execute("SELECT user_name FROM client_ids WHERE client_id = %s", (client_id,))
+            txn.execute("INSERT INTO client_ids AS c (client_id, user_name) VALUES (%s, %s)"
+                        " ON CONFLICT (client_id) DO UPDATE SET user_name = c.user_name"
+                        " RETURNING user_name", (client_id, user))
             return txn.fetchone()[0]
 
         return await self._run(run)
 
-    async def forget_node(self, node_id: str) -> None:
+    async def claim_clients(self, client_ids, node_id: str, live_for: float) -> list:
+        """Record that ``node_id`` holds the live connections of ``client_ids``, except
+        those another live node holds (:data:`CLAIM_CLIENTS`); returns those."""
         def run(txn):
-            txn.execute("DELETE FROM nodes WHERE node_id = %s", (node_id,))
+            values = {"ids": list(client_ids), "node": node_id, "live_for": live_for}
+            txn.execute(CLAIM_CLIENTS, values)
+            txn.execute("SELECT client_id FROM live_clients WHERE client_id = ANY(%(ids)s)"
+                        " AND node_id <> %(node)s", values)
+            return [row[0] for row in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def release_clients(self, client_ids, node_id: str) -> None:
+        """``node_id`` no longer holds connections of ``client_ids``."""
+        def run(txn):
+            txn.execute("DELETE FROM live_clients WHERE client_id = ANY(%s) AND node_id = %s",
+                        (list(client_ids), node_id))
 
         await self._run(run)
+
+    async def record_events(self, node_id: str, events, keep_for: float) -> None:
+        """Keep ``node_id``'s ``events`` (``(uid, kind, data as JSON, timestamp)``) for
+        the other nodes to read; drop those older than ``keep_for`` seconds."""
+        def run(txn):
+            txn.executemany("INSERT INTO events (uid, node_id, kind, data, timestamp)"
+                            " VALUES (%s, %s, %s, %s, %s)",
+                            [(uid, node_id, kind, data, timestamp) for uid, kind, data, timestamp in events])
+            txn.execute("DELETE FROM events WHERE at < now() - make_interval(secs => %s)", (keep_for,))
+
+        await self._run(run)
+
+    async def recent_events(self, node_id: str, within: float) -> list:
+        """The other nodes' events of the last ``within`` seconds, oldest first:
+        ``(uid, kind, data as JSON, timestamp)``."""
+        def run(txn):
+            txn.execute("SELECT uid, kind, data, timestamp FROM events WHERE at > now() -"
+                        " make_interval(secs => %s) AND node_id <> %s ORDER BY id", (within, node_id))
+            return txn.fetchall()
+
+        return await self._run(run)
 
     # -- writes ---------------------------------------------------------------------
 
