@@ -57,48 +57,6 @@ async def folder_status(name, service, reactor) -> dict:
     return answer
 
 
-def _guards(engine) -> list:
-    """What a guard holds back, each with how to release it."""
-    held = []
-    gate = engine.actions.deletes
-    for what, counts in (("reconcile", engine.fullsync.mass_delete_held), ("local deletes", gate.held)):
-        if counts:
-            count, synced = counts
-            held.append({"guard": "mass delete", "what": what, "files": count, "synced": synced,
-                         "release": RELEASE_MASS_DELETE})
-    return held
-
-
-async def _journal_head(engine, reactor):
-    return await _asked(engine.server.journal_head(), reactor)
-
-
-async def _behind(engine, state, head, reactor):
-    """How many changes of other clients the journal holds after the cursor (None: not
-    known). The client's own changes are in the journal too, but never come back to it,
-    so the cursor stays behind them until a catch-up passes over them: they do not count."""
-    cursor = state.cursor
-    if head is None:
-        return None
-    if head <= cursor:
-        return 0
-    page = await _asked(engine.server.changes(cursor, state.journal_id), reactor)
-    if page is None:
-        return head - cursor
-    others = sum(1 for change in page.changes if change.source_client != engine.client_id)
-    return others + (max(head - page.cursor, 0) if page.has_more else 0)
-
-
-async def _asked(coroutine, reactor):
-    """The server's answer, None when it gives none within HEAD_TIMEOUT."""
-    d = defer.ensureDeferred(coroutine)
-    d.addTimeout(HEAD_TIMEOUT, reactor)
-    try:
-        return await d
-    except Exception:  # unreachable, refused, malformed or too slow: not known
-        return None
-
-
 def _waiting(progress, queued: int, holding) -> dict:
     """What waits to go up and down, and what waits for the server or a resume."""
     return {
@@ -152,3 +110,45 @@ def _state_word(paused: bool, in_sync: bool, online, busy: bool, ready: bool, gu
     if not ready:
         return "starting"
     return "held" if guards else "syncing"
+
+
+def _guards(engine) -> list:
+    """What a guard holds back, each with how to release it."""
+    held = []
+    gate = engine.actions.deletes
+    for what, counts in (("reconcile", engine.fullsync.mass_delete_held), ("local deletes", gate.held)):
+        if counts:
+            count, synced = counts
+            held.append({"guard": "mass delete", "what": what, "files": count, "synced": synced,
+                         "release": RELEASE_MASS_DELETE})
+    return held
+
+
+async def _journal_head(engine, reactor):
+    return await _asked(engine.server.journal_head(), reactor)
+
+
+async def _behind(engine, state, head, reactor):
+    """How many changes of other clients the journal holds after the cursor (None: not
+    known). The client's own changes are in the journal too, but never come back to it,
+    so the cursor stays behind them until a catch-up passes over them: they do not count."""
+    cursor = state.cursor
+    if head is None:
+        return None
+    if head <= cursor:
+        return 0
+    page = await _asked(engine.server.changes(cursor, state.journal_id), reactor)
+    if page is None:
+        return head - cursor
+    others = sum(1 for change in page.changes if change.source_client != engine.client_id)
+    return others + (max(head - page.cursor, 0) if page.has_more else 0)
+
+
+async def _asked(coroutine, reactor):
+    """The server's answer, None when it gives none within HEAD_TIMEOUT."""
+    d = defer.ensureDeferred(coroutine)
+    d.addTimeout(HEAD_TIMEOUT, reactor)
+    try:
+        return await d
+    except Exception:  # unreachable, refused, malformed or too slow: not known
+        return None
