@@ -139,23 +139,7 @@ class SyncClientProtocol(WebSocketClientProtocol):
         except (ValueError, UnicodeDecodeError, AttributeError):
             _log.warn("realtime: unreadable message from the server")
             return
-        if kind == "auth_success":
-            if not self.is_subscribed:
-                self._subscribe()
-        elif kind == "auth_error":
-            link.token_refused(self.auth_token, message.get("code"), message.get("message", ""))
-        elif kind == "Ack" and message.get("operation_id") == "subscribe" and "topic" not in message:
-            self.is_subscribed = True
-            link.subscribed(self, message.get("journal_id"))
-            if link.relay:
-                # large uploads of other clients, announced while they arrive (an extension
-                # of the server's; an older one answers an Error, which is only logged)
-                self._send({"type": "subscribe", "topic": TRANSFERS_TOPIC, "id": TRANSFERS_TOPIC})
-        elif kind == "upload_started":
-            announced = _parsed(protocol.parse_upload_started, message.get("data"), kind)
-            if announced is not None:
-                link.engine.upload_started(announced)
-        elif kind == "FileOperation":
+        if kind == "FileOperation":
             operation = _parsed(protocol.parse_operation, message.get("operation"), kind)
             if operation is not None:
                 seq = message.get("seq")
@@ -163,19 +147,61 @@ class SyncClientProtocol(WebSocketClientProtocol):
                               message.get("journal_id"), message.get("blocks"))
         elif kind == "Error" and message.get("id") == TRANSFERS_TOPIC:
             _log.info("realtime: the server announces no uploads in progress; large files are fetched once stored")
-        elif kind == "Error" and message.get("code") == "CLIENT_ID_IN_USE":
-            self._id_refusals += 1
-            wait = link.client_id_in_use(message.get("retryAfter"), again=self._id_refusals > 1)
-            if self._id_refusals == 1:
-                self._resubscribe = link.reactor.callLater(wait, self._subscribe_again)
-            else:
-                self.sendClose()
-        elif kind == "Error":
-            if "retryAfter" in message:
-                link.server_asked_to_wait(message["retryAfter"])
-            _log.warn(
-                "realtime: server error {code}: {message}", code=message.get("code"), message=message.get("message")
-            )
+        else:
+            handler = self._HANDLERS.get(kind) if isinstance(kind, str) else None
+            if handler is not None:
+                handler(self, message, link)
+
+    def _on_auth_success(self, message, link):
+        if not self.is_subscribed:
+            self._subscribe()
+
+    def _on_auth_error(self, message, link):
+        link.token_refused(self.auth_token, message.get("code"), message.get("message", ""))
+
+    def _on_ack(self, message, link):
+        if message.get("operation_id") != "subscribe" or "topic" in message:
+            return
+        self.is_subscribed = True
+        link.subscribed(self, message.get("journal_id"))
+        if link.relay:
+            # large uploads of other clients, announced while they arrive (an extension
+            # of the server's; an older one answers an Error, which is only logged)
+            self._send({"type": "subscribe", "topic": TRANSFERS_TOPIC, "id": TRANSFERS_TOPIC})
+
+    def _on_upload_started(self, message, link):
+        announced = _parsed(protocol.parse_upload_started, message.get("data"), "upload_started")
+        if announced is not None:
+            link.engine.upload_started(announced)
+
+    def _on_error(self, message, link):
+        if message.get("code") == "CLIENT_ID_IN_USE":
+            self._client_id_in_use(message, link)
+            return
+        if "retryAfter" in message:
+            link.server_asked_to_wait(message["retryAfter"])
+        _log.warn(
+            "realtime: server error {code}: {message}", code=message.get("code"), message=message.get("message")
+        )
+
+    def _client_id_in_use(self, message, link):
+        """Another connection holds this client id: subscribe again once after the wait
+        the server asks for; the second refusal closes (the link backs off)."""
+        self._id_refusals += 1
+        wait = link.client_id_in_use(message.get("retryAfter"), again=self._id_refusals > 1)
+        if self._id_refusals == 1:
+            self._resubscribe = link.reactor.callLater(wait, self._subscribe_again)
+        else:
+            self.sendClose()
+
+    #: The handler of each other message type from the server (the rest are ignored).
+    _HANDLERS = {
+        "auth_success": _on_auth_success,
+        "auth_error": _on_auth_error,
+        "Ack": _on_ack,
+        "upload_started": _on_upload_started,
+        "Error": _on_error,
+    }
 
     def _subscribe_again(self):
         self._resubscribe = None

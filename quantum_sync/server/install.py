@@ -28,8 +28,8 @@ def _ctime_after_install(target: str, temp_stat) -> int:
 
 
 def _goes_on(result) -> bool:
-    """True when a first-pass result of :meth:`GroupInstall.install_all` lets the upload go on (the
-    target's current state, not a refusal or a retry)."""
+    """True when a first-pass result of :meth:`GroupInstall.install_all` lets the upload
+    go on (the target's current state, not a refusal or a retry)."""
     return result is not StaleTarget and not isinstance(result, SyncError)
 
 

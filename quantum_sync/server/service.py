@@ -139,14 +139,7 @@ class ServerService(MultiService):
         self.threads.setServiceParent(self)
         #: The cluster node (None for an embedded server: SQLite, one process).
         self.node = _cluster_node(config, reactor)
-        #: ``store``: a :class:`Store` of ``handler.root`` given by the caller (tests)
-        if store is None:
-            store = Store(handler.root, node_id=self.node.node_id if self.node else None)
-        self.store = store
-        try:
-            self.store.prepare()
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{config.source}: root: {e}") from None
+        self.store = self._prepared_store(store)
         if self.node is None:
             self.index = Index(handler.state_dir, handler.journal_retention, reactor)
             self.index.setServiceParent(self)  # started before the parts that use it
@@ -189,6 +182,17 @@ class ServerService(MultiService):
             self.operations.feed = self.node
         self.listeners = [self._listener(listener) for listener in config.listeners]
         self._ready = None
+
+    def _prepared_store(self, store) -> Store:
+        """``store`` (a :class:`Store` of the handler's root given by the caller: tests),
+        else the root's own, prepared; ConfigError when the root cannot be used."""
+        if store is None:
+            store = Store(self.config.handler.root, node_id=self.node.node_id if self.node else None)
+        try:
+            store.prepare()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{self.config.source}: root: {e}") from None
+        return store
 
     def _listener(self, listener) -> ListenerService:
         """A child service listening as ``listener`` (a ListenerConfig) says."""
