@@ -15,6 +15,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 
 from quantum_sync import passwords
+from quantum_sync.server import store
 from quantum_sync.server.versions import AREA_NAME, ORPHAN_AGE
 from tests.support import start_server, wait_for
 
@@ -328,6 +329,29 @@ def wall_clock():
     return clock
 
 
+def an_hour_on(clock) -> None:
+    """Advance ``clock`` (a :func:`wall_clock`) until every file made so far is
+    :data:`ORPHAN_AGE` old by it, however long the test took."""
+    clock.advance(max(0.0, time.time() - clock.seconds()) + ORPHAN_AGE + 1)
+
+
+def group_commit_modules() -> list:
+    """The server's modules that bind ``fsync_directory`` for the group commit (the
+    directory fsync after its renames), to make it fail."""
+    import importlib
+
+    modules = []
+    for name in ("quantum_sync.server.operations", "quantum_sync.server.install"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(module, "fsync_directory", None) is store.fsync_directory:
+            modules.append(module)
+    assert modules
+    return modules
+
+
 @contextlib.asynccontextmanager
 async def clocked_server(reactor, tmp_path, clock, **handler):
     """A server whose versions' times and pruning passes go by ``clock``."""
@@ -354,7 +378,7 @@ async def test_pruning_removes_files_no_row_names_once_they_are_an_hour_old(reac
         clock.advance(ORPHAN_AGE - 60)
         assert await versions_service.prune() == 0
         assert os.path.exists(stray) and os.path.exists(versions_service.area.name_of(pending))
-        clock.advance(120)  # an hour old, and the pending id never recorded: both go
+        an_hour_on(clock)  # an hour old, and the pending id never recorded: both go
         assert await versions_service.prune() == 0
         assert not os.path.exists(stray) and not os.path.exists(versions_service.area.name_of(pending))
         (kept,) = (await versions(http, running, "a.txt"))["versions"]  # the real one stays
@@ -364,27 +388,26 @@ async def test_pruning_removes_files_no_row_names_once_they_are_an_hour_old(reac
 @pytest_twisted.ensureDeferred
 async def test_an_upload_whose_directory_fsync_failed_leaves_no_file_for_keep_days(
         reactor, tmp_path, http, monkeypatch):
-    from quantum_sync.server import operations
-
     clock = wall_clock()
     async with clocked_server(reactor, tmp_path, clock) as running:
         await upload(http, running, "a.txt", b"one")
         await upload(http, running, "a.txt", b"two")
         (kept,) = (await versions(http, running, "a.txt"))["versions"]
-        real = operations.fsync_directory
+        real = store.fsync_directory
 
         def failing(directory):
             if directory == running.root:
                 raise OSError(errno.EIO, "Input/output error")
             return real(directory)
 
-        monkeypatch.setattr(operations, "fsync_directory", failing)
+        for module in group_commit_modules():
+            monkeypatch.setattr(module, "fsync_directory", failing)
         answer = await upload(http, running, "a.txt", b"three", expect=None)
         assert answer["error"]["code"] in ("INSUFFICIENT_STORAGE", "INTERNAL_ERROR"), answer
         monkeypatch.undo()
         unlisted = set(os.listdir(area(running))) - {kept["id"]}
         assert len(unlisted) == 1  # "two", linked before the rename, its row never written
-        clock.advance(ORPHAN_AGE + 1)  # the hourly pass (keep_days is 30)
+        an_hour_on(clock)  # and the hourly pass comes (keep_days is 30)
         await wait_for(reactor, lambda: os.listdir(area(running)) == [kept["id"]],
                        what="the unlisted file swept")
 
