@@ -186,12 +186,6 @@ def test_default_node_id_is_host_and_port():
     assert default_node_id(listeners("tcp:0:interface=127.0.0.1"), "h", pid=42) == "h:pid42"
 
 
-@pytest_twisted.ensureDeferred
-async def test_large_upload_relay_is_off_on_a_cluster_node(reactor, nodes):
-    await nodes.start(1, relay=True)
-    assert nodes.services[0].listeners[0].site.upload_started is None
-
-
 def test_sequencer_skips_what_was_pruned():
     sequencer = Sequencer(delivered=2)
     assert sequencer.offer(_change(9)) == [] and sequencer.lowest_waiting == 9

@@ -27,7 +27,8 @@ from quantum_sync.server import messages
 from quantum_sync.server.metrics import Metrics
 
 #: The events a cluster node also sends to the other nodes' subscribers (each node sends
-#: its own ``system_metrics``; the relay of large uploads is off in a cluster).
+#: its own ``system_metrics``, and announces the uploads it relays itself, the other
+#: nodes' included: cluster/relaypeers.py).
 RELAYED_EVENTS = frozenset({"peer_connected", "peer_disconnected", "storage_alert",
                             "performance_alert", "security_alert"})
 

@@ -23,11 +23,17 @@ first:
 
 Nothing becomes visible earlier than without relays, and the uploader's request is
 answered exactly as before.
+
+On a cluster node (:mod:`quantum_sync.server.cluster`) the upload may arrive at another
+node: that node announces it to the others (:attr:`Relays.peers`), and each follows the
+temp file on the shared root (:class:`FollowedRelay`: its size looked at every
+:data:`FOLLOW_INTERVAL` seconds) until the uploading node says the upload is over.
 """
 
 import os
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import resource, server
 from zope.interface import implementer
@@ -38,6 +44,11 @@ from quantum_sync.errors import SyncError
 RELAY_MIN = 8 << 20
 READ_SIZE = 256 << 10
 TOPIC = "transfers"
+#: Seconds between looks at the size of a temp file another node writes.
+FOLLOW_INTERVAL = 0.05
+#: A followed upload whose temp file has not grown for this many seconds is given up
+#: (its node's word that it is over was lost).
+FOLLOW_IDLE = 30.0
 
 
 class Relay:
@@ -96,6 +107,45 @@ class Relay:
     def reader_count(self) -> int:
         """Responses following this upload right now."""
         return len(self._readers)
+
+
+class FollowedRelay(Relay):
+    """An upload arriving at another node of a cluster, followed through its temp file
+    on the shared root: the bytes written are the file's size, looked at every
+    :data:`FOLLOW_INTERVAL` seconds; :meth:`spool_closed` when that node says the upload
+    is over (or after :data:`FOLLOW_IDLE` seconds without growth)."""
+
+    def __init__(self, reactor, path: str, sha256: str, size: int, temp_path: str, forget):
+        super().__init__(reactor, path, sha256, size, temp_path, forget)
+        self._grown_at = reactor.seconds()
+        self._loop = LoopingCall(self._look)
+        self._loop.clock = reactor
+        self._loop.start(FOLLOW_INTERVAL, now=True)
+
+    def _size_now(self) -> int:
+        try:
+            return min(os.fstat(self._fd).st_size, self.size)
+        except OSError:
+            return self.written
+
+    def _look(self) -> None:
+        size = self._size_now()
+        now = self._reactor.seconds()
+        if size > self.written:
+            self._grown_at = now
+            self._advance(size)
+        elif now - self._grown_at > FOLLOW_IDLE:
+            self.spool_closed()
+
+    def spool_closed(self) -> None:
+        if self.closed:
+            return
+        if self._loop.running:
+            self._loop.stop()
+        size = self._size_now()  # the last bytes
+        if size > self.written:
+            self._advance(size)
+        super().spool_closed()
 
 
 @implementer(IPushProducer)
@@ -197,12 +247,16 @@ class Relays:
         self._reactor = reactor
         self._hub = hub
         self._relays = {}
+        #: On a cluster node: tells the other nodes of this node's relays
+        #: (``started(relay, source)``, ``ended(relay)``); every large upload is
+        #: relayed then, whoever listens here.
+        self.peers = None
 
     def offer(self, spool, path: str, sha256: str, length, source: str) -> Relay | None:
         """Relay the upload of ``path`` from client ``source`` (its headers in, announcing
         ``length`` bytes hashing to ``sha256``, its body about to go into ``spool``) if it
         is large and someone listens."""
-        if length is None or length < RELAY_MIN or not self._hub.subscriber_count(TOPIC):
+        if length is None or length < RELAY_MIN or not (self.peers or self._hub.subscriber_count(TOPIC)):
             return None
         if (path, sha256) in self._relays:
             return None
@@ -212,9 +266,32 @@ class Relays:
             return None
         self._relays[(path, sha256)] = relay
         spool.relay = relay
-        self._hub.event("upload_started", {"path": path, "hash": sha256, "size": length, "source_client": source},
-                        skip_client=source)
+        self._announce(relay, source)
+        if self.peers is not None:
+            self.peers.started(relay, source)
         return relay
+
+    def _announce(self, relay: Relay, source: str) -> None:
+        self._hub.event("upload_started", {"path": relay.path, "hash": relay.sha256, "size": relay.size,
+                                           "source_client": source}, skip_client=source)
+
+    def follow(self, path: str, sha256: str, size: int, temp_path: str, source: str) -> None:
+        """Another node relays an upload (into ``temp_path``, on the shared root):
+        follow it here and announce it to this node's subscribers."""
+        if (path, sha256) in self._relays:
+            return
+        try:
+            relay = FollowedRelay(self._reactor, path, sha256, size, temp_path, self._forget)
+        except OSError:  # over already (renamed away), or no descriptor left: not relayed
+            return
+        self._relays[(path, sha256)] = relay
+        self._announce(relay, source)
+
+    def followed_ended(self, path: str, sha256: str) -> None:
+        """The node receiving a followed upload says it is over."""
+        relay = self._relays.get((path, sha256))
+        if isinstance(relay, FollowedRelay):
+            relay.spool_closed()
 
     def get(self, path: str, sha256: str) -> Relay:
         """The relay of ``path`` hashing to ``sha256``; NOT_FOUND when there is none."""
@@ -230,3 +307,5 @@ class Relays:
     def _forget(self, relay: Relay) -> None:
         if self._relays.get((relay.path, relay.sha256)) is relay:
             del self._relays[(relay.path, relay.sha256)]
+        if self.peers is not None and not isinstance(relay, FollowedRelay):
+            self.peers.ended(relay)

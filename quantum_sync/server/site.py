@@ -516,5 +516,5 @@ def build_site(listener, service) -> SyncSite:
     root = RootResource(listener, service.api.resource(), endpoints, websocket)
     return SyncSite(root, service.metrics, service.store.temp_dir, handler.max_upload_size,
                     reactor=service.reactor, upload_gate=service.api.upload_gate,
-                    upload_started=service.api.relay_upload if handler.relay and handler.cluster is None else None,
+                    upload_started=service.api.relay_upload if handler.relay else None,
                     datasync=service.datasync, block_lists=service.block_lists)

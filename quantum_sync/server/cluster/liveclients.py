@@ -105,7 +105,7 @@ class LiveClients:
         if not held:
             return
         try:
-            taken = await self._index.claim_clients(held, self.node_id, LIVE_FOR)
+            taken = await self._index.renew_clients(held, self.node_id, LIVE_FOR)
         except Exception as error:  # the database away: next time
             self.log.debug("cannot renew the client ids held here: {error}", error=error)
             return

@@ -23,6 +23,9 @@ from quantum_sync.server.cluster.liveclients import PROBE_EVENT, LiveClients
 from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, PgIndex, SchemaError, create_schema
 from quantum_sync.server.cluster.presence import Presence
 from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
+from quantum_sync.server.cluster.relaypeers import ENDED as RELAY_ENDED
+from quantum_sync.server.cluster.relaypeers import STARTED as RELAY_STARTED
+from quantum_sync.server.cluster.relaypeers import RelayPeers
 from quantum_sync.server.hub import RELAYED_EVENTS
 
 
@@ -95,6 +98,7 @@ class ClusterNode:
         self.leadership = None
         self.presence = None
         self.clients = None
+        self.relays = None  # the large uploads relayed across nodes (with ``relay`` on)
         self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
@@ -116,6 +120,9 @@ class ClusterNode:
         self.bus.start()
         self.events.start()
         service.hub.relay = self._relay_event
+        if service.config.handler.relay:
+            self.relays = RelayPeers(service.api.relays, service.store.root, self._send_event)
+            service.api.relays.peers = self.relays
         self.clients = LiveClients(self.index, self.node_id, service.hub, self._ask_probe, self._reactor)
         service.hub.claims = self.clients
         self.presence = Presence(self.cluster.database, self.index.namespace, self.node_id, self._address,
@@ -146,10 +153,13 @@ class ClusterNode:
         self.bus.publish(changes)
 
     def _relay_event(self, kind, data) -> None:
-        self.events.send(kind, {**data, "node_id": self.node_id}, format_time(self._reactor.seconds()))
+        self._send_event(kind, {**data, "node_id": self.node_id})
 
     def _ask_probe(self, client_id: str) -> None:
-        self.events.send(PROBE_EVENT, {"id": client_id}, format_time(self._reactor.seconds()))
+        self._send_event(PROBE_EVENT, {"id": client_id})
+
+    def _send_event(self, kind, data) -> None:
+        self.events.send(kind, data, format_time(self._reactor.seconds()))
 
     def _redis_up(self, up: bool) -> None:
         self.feed.redis_up(up)
@@ -161,6 +171,8 @@ class ClusterNode:
     def _peer_event(self, kind, data, timestamp) -> None:
         if kind == PROBE_EVENT and isinstance(data.get("id"), str):
             self.clients.probe(data["id"])
+        elif kind in (RELAY_STARTED, RELAY_ENDED) and self.relays is not None:
+            self.relays.heard(kind, data)
         elif kind in RELAYED_EVENTS:
             self._service.hub.relayed_event(kind, data, timestamp)
 

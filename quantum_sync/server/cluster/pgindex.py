@@ -347,12 +347,19 @@ class PgIndex(Service):
     async def claim_clients(self, client_ids, node_id: str, live_for: float) -> list:
         """Record that ``node_id`` holds the live connections of ``client_ids``, except
         those another live node holds (:data:`CLAIM_CLIENTS`); returns those."""
+        values = {"ids": list(client_ids), "node": node_id, "live_for": live_for}
+        return await self._run(_claim_clients, values)
+
+    async def renew_clients(self, client_ids, node_id: str, live_for: float) -> list:
+        """:meth:`claim_clients` for the ids ``node_id`` holds already (nearly all of
+        them, read first, need no write); returns those another live node holds."""
         def run(txn):
-            values = {"ids": list(client_ids), "node": node_id, "live_for": live_for}
-            txn.execute(CLAIM_CLIENTS, values)
-            txn.execute("SELECT client_id FROM live_clients WHERE client_id = ANY(%(ids)s)"
-                        " AND node_id <> %(node)s", values)
-            return [row[0] for row in txn.fetchall()]
+            txn.execute("SELECT t.id FROM unnest(%s::text[]) AS t(id) LEFT JOIN live_clients l"
+                        " ON l.client_id = t.id WHERE l.node_id IS DISTINCT FROM %s", (list(client_ids), node_id))
+            missing = [row[0] for row in txn.fetchall()]
+            if not missing:
+                return []
+            return _claim_clients(txn, {"ids": missing, "node": node_id, "live_for": live_for})
 
         return await self._run(run)
 
@@ -499,6 +506,13 @@ def _pipelined(txn, send):
     with txn.connection.pipeline():
         finish = send(txn)
     return finish()
+
+
+def _claim_clients(txn, values) -> list:
+    txn.execute(CLAIM_CLIENTS, values)
+    txn.execute("SELECT client_id FROM live_clients WHERE client_id = ANY(%(ids)s)"
+                " AND node_id <> %(node)s", values)
+    return [row[0] for row in txn.fetchall()]
 
 
 def _update_files(txn, upserts, removals, source_client) -> None:
