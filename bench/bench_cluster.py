@@ -213,6 +213,18 @@ def receive(port, count, prefix, pipe) -> None:
         connection.sock.close()
 
 
+def wait_idle(pids, timeout=60.0, share=0.05) -> None:
+    """Wait (up to ``timeout`` s) until the processes ``pids`` together use under
+    ``share`` of a CPU, so that a broadcast is timed, and its CPU counted, without what
+    the connections' arrival left them to do (the peer events each node relays)."""
+    deadline = now() + timeout
+    while now() < deadline:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        time.sleep(0.5)
+        if sum(cpu_seconds(pid) for pid in pids) - before < share * 0.5:
+            return
+
+
 def broadcast(ports, per_port, pids, broadcasts=20):
     """Last-client latencies of ``broadcasts`` broadcasts sent on ``ports[0]``, heard by
     ``per_port`` clients on each of ``ports``, each port's held by a process of its own
@@ -234,6 +246,7 @@ def broadcast(ports, per_port, pids, broadcasts=20):
             _, count, done = pipe.recv()
             receivers += count
             delivered[pipe] = done
+        wait_idle(pids)
         load = SpreadLoad(ports[:1])
         load.sender = connected_sender(load, ports[0])
         load.settle(1.0)
