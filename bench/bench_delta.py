@@ -3,7 +3,8 @@
 transfers, an rsync daemon and (when installed) a Syncthing pair, same run, loopback only.
 
     .venv/bin/python bench/bench_delta.py [--size-mib 64] [--append-base-mib 256] [--runs 3]
-                                          [--no-syncthing] [--no-whole] [--link-mbit N]
+                                          [--no-syncthing] [--no-whole] [--no-rsync]
+                                          [--link-mbit N]
 
 Three edits, each made ``--runs`` times (plus one warm-up edit, not counted) to a file
 already synced everywhere:
@@ -79,9 +80,9 @@ def edit(path, kind, round_):
             f.write(os.urandom(MiB))
     elif kind == "insert":
         with open(path, "rb") as f:
-            data = f.read()
-        with open(path + ".new", "wb") as f:
-            f.write(bytes([round_ & 0xFF]) + data)
+            data = bytes([round_ & 0xFF]) + f.read()
+        with open(path + ".new", "wb") as f:  # (the new content ready: written at once)
+            f.write(data)
         os.rename(path + ".new", path)
         size += 1
     else:
@@ -269,6 +270,7 @@ def main():
     ap.add_argument("--no-syncthing", action="store_true")
     ap.add_argument("--no-whole", action="store_true", help="leave out the whole-file transfers")
     ap.add_argument("--link-mbit", type=int, default=0, help="shape each server's link on lo (root, tc)")
+    ap.add_argument("--no-rsync", action="store_true", help="leave out the rsync daemon")
     args = ap.parse_args()
     if os.path.exists(args.base):
         shutil.rmtree(args.base)
@@ -276,7 +278,8 @@ def main():
     systems = [QuantumSystem("quantum-sync delta", os.path.join(args.base, "qs-delta"), ["--delta", "always"])]
     if not args.no_whole:
         systems.append(QuantumSystem("quantum-sync whole", os.path.join(args.base, "qs-whole"), ["--delta", "never"]))
-    systems.append(RsyncSystem(os.path.join(args.base, "rsync")))
+    if not args.no_rsync:
+        systems.append(RsyncSystem(os.path.join(args.base, "rsync")))
     if args.link_mbit:
         shape([system.port for system in systems], args.link_mbit)
     elif not args.no_syncthing:

@@ -18,6 +18,17 @@ Per run and per server, in turn:
 Prints medians: MB/s of a new large file and of a replacement and their ratio (the
 replacement against the new file of the same server and run), and the small-file rates
 with the on/off ratio. Stops both servers and removes their roots.
+
+    .venv/bin/python bench/bench_versions.py --recording [--history 50] [--runs 9]
+
+measures instead, in this process, the CPU the versions' part of a group commit's
+transaction takes (groups of 8 replaced files, each path with ``--history`` versions
+already): the rows alone (an INSERT), and the rows with the limits applied as they are
+kept (the space total and a count of each path's rows; with ``max_bytes`` set, its
+total read too; at ``keep_per_file``, the oldest row of the path forgotten each time:
+its file's removal, which the hourly pass would make anyway, is not counted), in µs per
+replaced file, medians of ``--runs`` runs in turn, to set
+against the server's CPU per replaced file above.
 """
 
 import argparse
@@ -37,14 +48,88 @@ from bench_transfer import QuantumServer, make_file  # noqa: E402
 SETUPS = {"on": {}, "off": {"versions": {"keep_days": 0}}}
 
 
+GROUP = 8
+
+
+def recording_cost(history: int, runs: int, groups: int = 300) -> None:
+    """Thread CPU per replaced file of the versions' part of a group's transaction."""
+    import sqlite3
+    import time
+
+    from quantum_sync.config import VersionsConfig
+    from quantum_sync.server.index import _create_schema, _prepare_connection
+    from quantum_sync.server.store import Store
+    from quantum_sync.server.versions import _COLUMNS, Version, VersionArea, create_schema
+
+    class Clock:
+        def seconds(self):
+            return time.time()
+
+    def rows_only(kept):  # what a recording did before the limits applied at keep time
+        def record(txn):
+            txn.executemany(f"INSERT INTO versions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(v.id, v.path, v.modified_ns, v.size, v.hash, v.source_client,
+                              int(v.deleted), v.kept) for v in kept])
+        return record
+
+    workdir = tempfile.mkdtemp(prefix="qs-recording-")
+    try:
+        store = Store(os.path.join(workdir, "root"))
+        store.prepare()
+        area = VersionArea(store, Clock())
+        setups = {"rows only": (rows_only, None),
+                  "rows + keep_per_file": (area.recorder, VersionsConfig(keep_per_file=history + groups)),
+                  "rows + both limits": (area.recorder, VersionsConfig(keep_per_file=history + groups,
+                                                                       max_bytes=1 << 60)),
+                  "rows + at keep_per_file": (area.recorder, VersionsConfig(keep_per_file=history))}
+        figures = {name: [] for name in setups}
+        for run in range(runs):
+            for number, (name, (recorder, policy)) in enumerate(setups.items()):
+                connection = sqlite3.connect(os.path.join(workdir, f"{run}-{number}.db"))  # a new index
+                _prepare_connection(connection)
+                txn = connection.cursor()
+                _create_schema(txn)
+                create_schema(txn)
+                paths = [f"dir/file-{i:05d}.bin" for i in range(GROUP * 4)]
+                seed = [(os.urandom(12).hex(), path, 0, 4096, "0" * 64, "", 0, float(n))
+                        for path in paths for n in range(history)]
+                txn.executemany(f"INSERT INTO versions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", seed)
+                connection.commit()
+                area.policy = policy
+                spent = 0.0
+                for g in range(groups):
+                    kept = [Version(os.urandom(12).hex(), paths[(g * GROUP + i) % len(paths)], 0, 4096,
+                                    "1" * 64, "c", False, time.time()) for i in range(GROUP)]
+                    started = time.thread_time()
+                    recorder(kept)(txn)
+                    spent += time.thread_time() - started
+                    connection.commit()
+                connection.close()
+                figures[name].append(spent / (groups * GROUP) * 1e6)
+        print(f"\nversions' part of a group commit's transaction, {GROUP} replaced files a group,"
+              f" {history} versions a path before, median of {runs} runs, thread CPU")
+        print(f"{'recording':<22} | {'µs per replaced file':>20}")
+        print("-" * 45)
+        for name, values in figures.items():
+            print(f"{name:<22} | {statistics.median(values):>20.1f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recording", action="store_true",
+                        help="measure the versions' part of a group commit's transaction instead")
+    parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", default=None, help="work directory (default: a new temp dir)")
     args = parser.parse_args()
+    if args.recording:
+        recording_cost(args.history, args.runs)
+        return
     size = args.size_mib * 1024 * 1024
     workdir = tempfile.mkdtemp(prefix="qs-versions-", dir=args.dir)
     servers = {}

@@ -7,15 +7,16 @@ its bytes, so whichever file holds those bytes, now or later, the list is right.
 server (in its state folder) and the client (in its own) keep them this way.
 """
 
-import hashlib
 import os
 import tempfile
 
 from quantum_sync.blocks import ENTRY_SIZE, BlockStream, Chunker, decode_blocks, encode_blocks
+from quantum_sync.deltafile import HashThread
 from quantum_sync.protocol import is_sha256
 
-#: Bytes read at a time when a list is made from a file.
-READ_SIZE = 1024 * 1024
+#: Bytes read at a time when a list is made from a file (the block being cut when a
+#: piece ends is cut again with the next: larger pieces, less of that).
+READ_SIZE = 4 * 1024 * 1024
 
 
 class ListWriter:
@@ -66,14 +67,15 @@ class BlockLists:
             raise ValueError("not a SHA-256")
         return os.path.join(self.directory, sha256)
 
-    def read(self, sha256: str) -> bytes | None:
-        """The compact form of the list of content ``sha256``, or None when none is kept."""
+    def read(self, sha256: str, limit: int = -1) -> bytes | None:
+        """The compact form of the list of content ``sha256``, or None when none is kept
+        (or, given a ``limit``, when it is longer than that)."""
         try:
             with open(self._name(sha256), "rb") as f:
-                data = f.read()
+                data = f.read(limit + 1 if limit >= 0 else -1)
         except FileNotFoundError:
             return None
-        return data if len(data) % ENTRY_SIZE == 0 else None
+        return data if len(data) % ENTRY_SIZE == 0 and (limit < 0 or len(data) <= limit) else None
 
     def blocks(self, sha256: str):
         """The decoded list of content ``sha256``, or None."""
@@ -82,21 +84,27 @@ class BlockLists:
 
     def make(self, fd: int, sha256: str) -> bytes | None:
         """Read the open file ``fd`` from its start, keep its list under ``sha256`` and
-        return it; None (nothing kept) when the file does not hash to ``sha256``."""
-        writer, digest, offset = self.writer(), hashlib.sha256(), 0
+        return it; None when the file does not hash to ``sha256`` (its list is then kept
+        under the hash it has)."""
+        return self.read(sha256) if self.hash_and_keep(fd) == sha256 else None
+
+    def hash_and_keep(self, fd: int) -> str:
+        """Read the open file ``fd`` once from its start: its SHA-256 (hex), its list
+        kept under it. The whole-file hash runs on a thread of its own while this one
+        cuts the blocks and hashes them (two cores, one read)."""
+        writer, digest, offset = self.writer(), HashThread(), 0
         try:
             while piece := os.pread(fd, READ_SIZE, offset):
-                digest.update(piece)
+                digest.bytes(piece)
                 writer.feed(piece)
                 offset += len(piece)
+            sha256 = digest.finish()
         except BaseException:
+            digest.stop()
             writer.abort()
             raise
-        if digest.hexdigest() != sha256:
-            writer.abort()
-            return None
         writer.commit(sha256)
-        return self.read(sha256)
+        return sha256
 
     def keep(self, sha256: str, data: bytes) -> None:
         """Keep ``data`` (a compact list already checked) as the list of ``sha256``."""

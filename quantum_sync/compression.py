@@ -92,6 +92,14 @@ class CompressedPieces:
             return self._compressor.flush(), True
         return self._compressor.compress(data), False
 
+    async def unpaused(self) -> bool:
+        """Wait while paused; False once stopped. A body done while its consumer holds it
+        paused would leave that consumer waiting to resume it (and resuming the next
+        producer registered with it instead)."""
+        if self._paused is not None:
+            await self._paused
+        return not self._stopped
+
     def pauseProducing(self):
         if self._paused is None:
             self._paused = Deferred()

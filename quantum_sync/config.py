@@ -394,6 +394,7 @@ def _matchers(r: _Reader, value, where: str) -> tuple:
 
 
 def _server(r: _Reader, name, value, where: str, base_dir: str):
+    """``(endpoints, path patterns, its one HandlerConfig or None)`` of one server."""
     r.obj(value, where, {"listen", "routes"}, required=("listen", "routes"))
     listen = r.strings(value["listen"], f"{where}.listen")
     endpoints = []
@@ -413,7 +414,10 @@ def _server(r: _Reader, name, value, where: str, base_dir: str):
             r.fail(f"{at}.handle", "must hold exactly one file_sync handler")
         handlers.append(_handler(r, route["handle"][0], f"{at}.handle[0]", base_dir))
         patterns.extend(route_patterns)
-    return endpoints, tuple(patterns), handlers
+    if any(h != handlers[0] for h in handlers[1:]):
+        r.fail(f"{where}.routes", "the routes of one server must share one file_sync handler"
+                                  " configuration (give another handler a server of its own)")
+    return endpoints, tuple(patterns), handlers[0] if handlers else None
 
 
 def parse(document, source: str = "<config>", base_dir: str | None = None,
@@ -426,6 +430,18 @@ def parse(document, source: str = "<config>", base_dir: str | None = None,
     """
     base_dir = os.getcwd() if base_dir is None else base_dir
     r = _Reader(source)
+    groups = _handler_groups(r, _servers(r, document), base_dir)
+    if len(groups) > 1 and (root is not None or listen is not None):
+        raise ConfigError(f"{'--root' if root is not None else '--listen'}: the configuration has"
+                          f" {len(groups)} different file_sync handlers; give it one, or leave"
+                          " the option out")
+    parts = [_finish(r, handler, listeners, base_dir, listen, root, source) for handler, listeners in groups]
+    _check_apart(r, parts)
+    return attrs.evolve(parts[0], others=tuple(parts[1:]))
+
+
+def _servers(r: _Reader, document) -> dict:
+    """The ``apps.http.servers`` object of ``document`` (at least one server)."""
     r.obj(document, "(top)", {"apps"}, required=("apps",))
     r.obj(document["apps"], "apps", {"http"}, required=("http",))
     r.obj(document["apps"]["http"], "apps.http", {"servers"}, required=("servers",))
@@ -433,30 +449,34 @@ def parse(document, source: str = "<config>", base_dir: str | None = None,
     r.expect(servers, dict, "apps.http.servers", "an object")
     if not servers:
         r.fail("apps.http.servers", "must name at least one server")
-    groups = []  # [handler, [listeners]] per distinct handler, in the order first met
-    bare = []  # listeners of servers without a route to a handler (they answer 404)
+    return servers
+
+
+def _handler_groups(r: _Reader, servers: dict, base_dir: str) -> list:
+    """``[handler, [listeners]]`` per distinct handler of ``servers``, in the order first
+    met; the listeners of servers without a route to a handler (they answer 404) go to
+    the first."""
+    groups = []
+    bare = []
     for name, server in servers.items():
         at = f"apps.http.servers.{name}"
-        endpoints, patterns, found = _server(r, name, server, at, base_dir)
-        if any(h != found[0] for h in found[1:]):
-            r.fail(f"{at}.routes", "the routes of one server must share one file_sync handler"
-                                   " configuration (give another handler a server of its own)")
-        if not found:
+        endpoints, patterns, handler = _server(r, name, server, at, base_dir)
+        if handler is None:
             bare.extend(ListenerConfig(e, name, patterns) for e in endpoints)
             continue
-        group = next((g for g in groups if g[0] == found[0]), None)
+        group = next((g for g in groups if g[0] == handler), None)
         if group is None:
-            group = [found[0], []]
+            group = [handler, []]
             groups.append(group)
         group[1].extend(ListenerConfig(e, name, patterns) for e in endpoints)
     if not groups:
         r.fail("apps.http.servers", "no route has a file_sync handler")
     groups[0][1].extend(bare)
-    if len(groups) > 1 and (root is not None or listen is not None):
-        raise ConfigError(f"{'--root' if root is not None else '--listen'}: the configuration has"
-                          f" {len(groups)} different file_sync handlers; give it one, or leave"
-                          " the option out")
-    parts = [_finish(r, handler, listeners, base_dir, listen, root, source) for handler, listeners in groups]
+    return groups
+
+
+def _check_apart(r: _Reader, parts: list) -> None:
+    """Refuse two different handlers sharing a root, a state_dir or a cluster database."""
     for n, part in enumerate(parts):
         for other in parts[:n]:
             for mine, theirs, what in ((part.handler.root, other.handler.root, "root"),
@@ -467,7 +487,6 @@ def parse(document, source: str = "<config>", base_dir: str | None = None,
                            f"its file_sync handler differs from that of server"
                            f" {other.listeners[0].server!r} but has the same {what} {mine};"
                            " configure them identically or give each its own")
-    return attrs.evolve(parts[0], others=tuple(parts[1:]))
 
 
 def _database(config: ServerConfig):

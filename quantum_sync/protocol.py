@@ -202,6 +202,29 @@ class Move:
         return {"Move": {"from": self.source, "to": self.destination}}
 
 
+def _parse_write(kind: str, body: dict):
+    metadata = parse_metadata(_field(body, "metadata", dict, kind))
+    return (Create if kind == "Create" else Update)(metadata)
+
+
+def _parse_delete(kind: str, body: dict):
+    if_match = _field(body, "if_match", str, kind) if "if_match" in body else None
+    if if_match not in (None, "") and not is_sha256(if_match):
+        raise _invalid("if_match of a Delete is a lowercase SHA-256 hex, or \"\" for a directory")
+    return Delete(paths.normalize(_field(body, "path", str, kind)), if_match)
+
+
+def _parse_move(kind: str, body: dict):
+    source = paths.normalize(_field(body, "from", str, kind))
+    destination = paths.normalize(_field(body, "to", str, kind))
+    return Move(source, destination)
+
+
+#: The parser of each operation's body, by its key.
+_OPERATION_PARSERS = {"Create": _parse_write, "Update": _parse_write,
+                      "Delete": _parse_delete, "Move": _parse_move}
+
+
 def parse_operation(obj):
     """A validated SyncOperation (Create, Update, Delete or Move) from its JSON form."""
     if not isinstance(obj, dict) or len(obj) != 1:
@@ -209,19 +232,10 @@ def parse_operation(obj):
     ((kind, body),) = obj.items()
     if not isinstance(body, dict):
         raise _invalid(f"the body of {kind!r} must be an object")
-    if kind in ("Create", "Update"):
-        metadata = parse_metadata(_field(body, "metadata", dict, kind))
-        return (Create if kind == "Create" else Update)(metadata)
-    if kind == "Delete":
-        if_match = _field(body, "if_match", str, kind) if "if_match" in body else None
-        if if_match not in (None, "") and not is_sha256(if_match):
-            raise _invalid("if_match of a Delete is a lowercase SHA-256 hex, or \"\" for a directory")
-        return Delete(paths.normalize(_field(body, "path", str, kind)), if_match)
-    if kind == "Move":
-        source = paths.normalize(_field(body, "from", str, kind))
-        destination = paths.normalize(_field(body, "to", str, kind))
-        return Move(source, destination)
-    raise _invalid(f"unknown operation {kind!r}")
+    parser = _OPERATION_PARSERS.get(kind)
+    if parser is None:
+        raise _invalid(f"unknown operation {kind!r}")
+    return parser(kind, body)
 
 
 # -- journal entries -------------------------------------------------------------------

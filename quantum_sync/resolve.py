@@ -43,12 +43,9 @@ def walk(root: str, path: str) -> tuple:
     ``lstat`` is None when a segment is missing, False when one cannot be looked at
     (e.g. unreadable: the caller's own I/O reports it); ``parents exist`` is False when
     the walk stopped before the last segment."""
-    path = paths.normalize(path)
     top = real_root(root)
     prefix = top.rstrip(os.sep) + os.sep
-    absolute = prefix + path.replace("/", os.sep)
-    if len(absolute) * 4 >= PATH_MAX and len(os.fsencode(absolute)) >= PATH_MAX:  # 4: UTF-8's widest
-        raise SyncError("INVALID_PATH", "the path is too long for the file system")
+    absolute = _absolute(prefix, path)
     end = len(prefix) - 1
     while True:
         end = absolute.find(os.sep, end + 1)
@@ -67,6 +64,15 @@ def walk(root: str, path: str) -> tuple:
             _check_final_link(absolute, top)
         if end < 0:
             return absolute, st, True
+
+
+def _absolute(prefix: str, path: str) -> str:
+    """The on-disk name of ``path`` below ``prefix`` (the real root and a separator);
+    INVALID_PATH when the file system cannot hold a name that long."""
+    absolute = prefix + paths.normalize(path).replace("/", os.sep)
+    if len(absolute) * 4 >= PATH_MAX and len(os.fsencode(absolute)) >= PATH_MAX:  # 4: UTF-8's widest
+        raise SyncError("INVALID_PATH", "the path is too long for the file system")
+    return absolute
 
 
 def _check_final_link(absolute: str, top: str) -> None:

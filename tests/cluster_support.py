@@ -16,6 +16,7 @@ import uuid
 from urllib.parse import quote
 
 import pytest
+import pytest_twisted
 
 DATABASE = os.environ.get("QS_TEST_DATABASE", "postgresql://root@127.0.0.1:5432/test")
 REDIS = os.environ.get("QS_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -125,3 +126,54 @@ def private_redis(tmp_path):
     redis.start()
     yield redis
     redis.stop()
+
+
+async def start_node(reactor, tmp_path, root, block, **handler):
+    """A cluster node (a ServerService in this process) on ``root``: ``(service, url)``."""
+    from tests.support import server_document, start_service
+
+    service, (port,) = await start_service(
+        reactor, server_document(root=str(root), cluster=block, **handler), str(tmp_path))
+    return service, f"http://127.0.0.1:{port}"
+
+
+class Nodes:
+    """Cluster nodes in this process on one shared root (``node-1``, ``node-2``, ...)."""
+
+    def __init__(self, reactor, tmp_path, cluster_block):
+        self.reactor, self.tmp_path, self.block = reactor, tmp_path, cluster_block
+        self.root = tmp_path / "root"
+        self.services, self.urls = [], []
+
+    async def start(self, count, **handler):
+        for n in range(count):
+            service, url = await start_node(self.reactor, self.tmp_path, self.root,
+                                            self.block(f"node-{len(self.services) + 1}"), **handler)
+            self.services.append(service)
+            self.urls.append(url)
+        return self
+
+    async def stop(self):
+        for service in self.services:
+            if service.running:
+                await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(reactor, tmp_path, cluster_block):
+    made = Nodes(reactor, tmp_path, cluster_block)
+    yield made
+    await made.stop()
+
+
+async def wait_for_async(reactor, read, good, timeout=15):
+    """``await read()`` until ``good(value)``; fails after ``timeout`` seconds."""
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = await read()
+        if good(value):
+            return value
+        assert reactor.seconds() < deadline, value
+        await deferLater(reactor, 0.05, lambda: None)

@@ -177,3 +177,13 @@ async def client_of(reactor, resource, client_id: str = "c"):
     finally:
         await client.close()
         await port.stopListening()
+
+
+class InlineThreads:
+    """A thread pool stand-in that runs ``f`` at once, in the test's thread (for parts
+    driven by a Clock, whose writes must be done when the test looks)."""
+
+    def defer(self, f, *args, **kwargs):
+        from twisted.internet.defer import succeed
+
+        return succeed(f(*args, **kwargs))

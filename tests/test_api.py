@@ -303,8 +303,8 @@ async def test_sync_malformed_bodies(server, http):
 
 @pytest_twisted.ensureDeferred
 async def test_large_json_bodies_are_parsed_like_small_ones(server, http):
-    """Bodies above api.JSON_INLINE are parsed in a thread: same answers."""
-    from quantum_sync.server.api import JSON_INLINE
+    """Bodies above httpio.JSON_INLINE are parsed in a thread: same answers."""
+    from quantum_sync.server.httpio import JSON_INLINE
 
     url = f"{server.url}/api/sync"
     operations = [{"Create": {"metadata": {"path": f"d{i:05d}", "size": 0, "modified": "2024-01-01T00:00:00Z",

@@ -422,3 +422,140 @@ async def test_open_websocket_follows_expiry_and_account_changes(reactor, tmp_pa
         assert (await clients["admin"].wait_closed())[0] == 1008
     finally:
         await shut_down(server, http)
+
+
+class _RawHttp:
+    """One HTTP/1.1 request written by hand over a socket, in as many pieces as the test
+    wants; ``answer`` fires with the status line's code once the head is in."""
+
+    def __init__(self):
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import Protocol
+
+        self.received = b""
+        self.answer = Deferred()
+        outer = self
+
+        class _Protocol(Protocol):
+            def dataReceived(self, data):
+                outer.received += data
+                if b"\r\n\r\n" in outer.received and not outer.answer.called:
+                    outer.answer.callback(int(outer.received.split(b" ", 2)[1]))
+
+        self.protocol = _Protocol()
+
+    async def connect(self, reactor, port):
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), self.protocol)
+
+    def send(self, data: bytes):
+        self.protocol.transport.write(data)
+
+
+def _upload_head(path, length, token, sha):
+    return (f"POST /api/upload?path={path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+            f"Authorization: Bearer {token}\r\nX-Client-Id: long\r\nX-Content-SHA256: {sha}\r\n\r\n").encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_that_outlives_its_token_is_taken_once(reactor, tmp_path):
+    """The token is judged when the upload's head arrives: a body that is still coming
+    when the token runs out is stored, not refused at its end (the client would send it
+    all again); a token expired before the head is refused before the body."""
+    import hashlib
+
+    from twisted.internet.task import Clock
+
+    (tmp_path / "root").mkdir()
+    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path, ttl=60))
+    http = HttpClient(reactor)
+    clock = Clock()
+    clock.advance(1_000_000)
+    server.service.authorizer.clock = clock  # the tokens' time, moved by the test
+    temp_dir = server.service.store.temp_dir
+    try:
+        token = await login(http, server.url, "wendy")
+        body = os.urandom(4 * 1024 * 1024)
+        sha = hashlib.sha256(body).hexdigest()
+        upload = _RawHttp()
+        await upload.connect(reactor, server.port)
+        upload.send(_upload_head("long.bin", len(body), token, sha) + body[:1024 * 1024])
+
+        def spooled():  # the head was let in: its body is going to a temp file
+            return any(os.path.getsize(os.path.join(temp_dir, name)) > 0 for name in os.listdir(temp_dir))
+
+        await wait_for(reactor, spooled, what="the first part of the body in the server's temp file")
+        clock.advance(61)  # the token runs out while the body is still coming
+        upload.send(body[1024 * 1024:])
+        assert await upload.answer == 200, upload.received[:300]
+        assert open(os.path.join(server.root, "long.bin"), "rb").read() == body
+        # a token that has run out before the head: 401 without waiting for the body
+        late = _RawHttp()
+        await late.connect(reactor, server.port)
+        late.send(_upload_head("late.bin", len(body), token, sha))
+        assert await late.answer == 401
+        assert b"AUTH_EXPIRED" in late.received
+    finally:
+        await http.close()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_refused_at_its_head_stops_sending(reactor, tmp_path, logged_failures):
+    """A token refused when the upload's head arrives (401 before the body is read): the
+    client stops its body there instead of sending the rest into a connection the
+    server only drains before closing."""
+    from twisted.internet.defer import Deferred
+    from twisted.web.iweb import IBodyProducer
+    from zope.interface import implementer
+
+    from quantum_sync.client.transfer import IdleWatch, NotAuthorized, ServerClient
+
+    @implementer(IBodyProducer)
+    class Endless:
+        """1 GiB announced, 64 KiB a reactor turn."""
+
+        length = 1 << 30
+
+        def __init__(self):
+            self.sent, self.stopped, self.paused, self._consumer = 0, False, False, None
+
+        def startProducing(self, consumer):
+            self._consumer = consumer
+            reactor.callLater(0, self._more)
+            return Deferred()  # never done: the test ends before 1 GiB
+
+        def _more(self):
+            if self.stopped or self.paused:
+                return
+            self._consumer.write(b"x" * 65536)
+            self.sent += 65536
+            reactor.callLater(0, self._more)
+
+        def pauseProducing(self):
+            self.paused = True
+
+        def resumeProducing(self):
+            self.paused = False
+            reactor.callLater(0, self._more)
+
+        def stopProducing(self):
+            self.stopped = True
+
+    (tmp_path / "root").mkdir()
+    server = await start_server(reactor, tmp_path, auth=auth_section(tmp_path))
+    http = HttpClient(reactor)
+    client = ServerClient(reactor, server.url, "c", "not-a-token")
+    try:
+        body = Endless()
+        watch = IdleWatch(reactor, 60)
+        with pytest.raises(NotAuthorized, match="AUTH_FAILED"):
+            await client._transfer_request("PUT", "/api/upload", "big.bin", {}, body, watch=watch)
+        watch.stop()
+        assert body.stopped and body.sent < Endless.length
+        assert [e.get("log_format") for e in logged_failures] == []
+    finally:
+        await client.close()
+        await http.close()
+        await server.stop()

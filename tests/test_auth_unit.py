@@ -75,8 +75,8 @@ def authorizer(users, clock, hub, tmp_path):
         str(tmp_path / "state"),
         clock,
         hub,
+        run_in_thread=run_now,
     )
-    built._run_in_thread = run_now
     return built
 
 
@@ -149,7 +149,7 @@ def test_secret_file_in_unwritable_place(tmp_path):
 
 
 def test_default_secret_lives_in_state_dir(users, clock, tmp_path):
-    built = auth.build_authorizer({"users": users}, str(tmp_path / "st"), clock)
+    built = auth.build_authorizer({"users": users}, str(tmp_path / "st"), clock, run_in_thread=run_now)
     assert (tmp_path / "st" / auth.DEFAULT_SECRET_NAME).exists()
     assert built.token_ttl == auth.DEFAULT_TOKEN_TTL
 
@@ -294,7 +294,7 @@ def test_request_refusals(authorizer):
 
 
 def test_open_authorizer_lets_everyone_in():
-    open_auth = auth.build_authorizer(None, "/nonexistent", Clock())
+    open_auth = auth.build_authorizer(None, "/nonexistent", Clock(), run_in_thread=run_now)
     assert not open_auth.enabled
     assert open_auth.authorize_request(_request(), "admin").role == "admin"
     refused("NOT_FOUND", open_auth.login, "a", "b", "c")
@@ -390,7 +390,24 @@ def test_config_errors_name_the_key(section, message, users, tmp_path):
     if section == "USERS":
         section = {"users": users, "token_ttl": -5}
     with pytest.raises(auth.AuthConfigError, match=message.replace(".", r"\.")):
+        auth.build_authorizer(section, str(tmp_path), Clock(), run_in_thread=run_now)
+
+
+def test_password_checks_run_on_the_pool_passed_in(users, tmp_path):
+    """No authorizer falls back to the reactor's global thread pool: the caller's runner
+    is required, and logins check the password on it."""
+    section = {"users": users, "secret_file": str(tmp_path / "secret")}
+    with pytest.raises(TypeError, match="run_in_thread"):
         auth.build_authorizer(section, str(tmp_path), Clock())
+    calls = []
+
+    def recording(function, *args):
+        calls.append(function)
+        return run_now(function, *args)
+
+    built = auth.build_authorizer(section, str(tmp_path), Clock(), run_in_thread=recording)
+    assert login(built, "alice", "alice-pw")["token"]
+    assert calls == [passwords.verify_password]
 
 
 def test_attrs_style_config_is_accepted(users, tmp_path):
@@ -408,7 +425,7 @@ def test_attrs_style_config_is_accepted(users, tmp_path):
         token_ttl: int
 
     section = Section({n: User(**u) for n, u in users.items()}, str(tmp_path / "s"), 60)
-    built = auth.build_authorizer(section, str(tmp_path), Clock())
+    built = auth.build_authorizer(section, str(tmp_path), Clock(), run_in_thread=run_now)
     assert built.enabled and built.token_ttl == 60 and built.accounts["rita"].role == "read"
 
 
@@ -420,11 +437,11 @@ def test_config_module_auth_section_is_accepted(users, tmp_path):
         secret_file=str(tmp_path / "secret"),
         token_ttl=120,
     )
-    built = auth.build_authorizer(section, str(tmp_path), Clock())
+    built = auth.build_authorizer(section, str(tmp_path), Clock(), run_in_thread=run_now)
     assert built.accounts["wendy"] == auth.Account("wendy", users["wendy"]["password_hash"], "write")
     bad = AuthConfig(users={"x": ("nohash", "read")}, secret_file=str(tmp_path / "secret"))
     with pytest.raises(ConfigError, match="auth.users.x.password_hash"):
-        auth.build_authorizer(bad, str(tmp_path), Clock())
+        auth.build_authorizer(bad, str(tmp_path), Clock(), run_in_thread=run_now)
 
 
 def test_secret_file_inside_the_root_is_refused(users, tmp_path):
@@ -432,12 +449,12 @@ def test_secret_file_inside_the_root_is_refused(users, tmp_path):
     root.mkdir()
     section = {"users": users, "secret_file": str(root / "docs" / "secret")}
     with pytest.raises(auth.AuthConfigError, match="inside the synced root"):
-        auth.build_authorizer(section, str(root / ".quantum-sync"), Clock(), root=str(root))
+        auth.build_authorizer(section, str(root / ".quantum-sync"), Clock(), root=str(root), run_in_thread=run_now)
     assert not (root / "docs").exists()
     # in the state directory, or outside the root, it is fine
     for place in (root / ".quantum-sync" / "secret", tmp_path / "elsewhere" / "secret"):
         section["secret_file"] = str(place)
-        auth.build_authorizer(section, str(root / ".quantum-sync"), Clock(), root=str(root))
+        auth.build_authorizer(section, str(root / ".quantum-sync"), Clock(), root=str(root), run_in_thread=run_now)
         assert place.exists()
 
 

@@ -20,7 +20,7 @@ from quantum_sync import batch
 from quantum_sync.client.transfer import (DownloadCorrupt, PreconditionFailed, RequestRefused, ServerClient,
                                           ServerUnavailable)
 from quantum_sync.protocol import FileMetadata
-from quantum_sync.server.api import SMALL_DOWNLOAD
+from quantum_sync.server.download import SMALL_DOWNLOAD
 from tests.logcapture import LogCapture
 from tests.support import client_of, server_document, start_server, start_service
 from tests.test_api import EndlessBody, UnsizedBody, sha, upload

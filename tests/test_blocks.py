@@ -2,8 +2,6 @@
 the plan rebuilds the new content exactly; an insert, a delete or an overwrite at a
 random place sends about the edit and reuses every untouched block."""
 
-import random
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,14 +21,7 @@ from quantum_sync.blocks import (
     rebuild,
     sent_bytes,
 )
-
-#: Small blocks, so that small examples hold many of them.
-SMALL = Chunker(min_size=64, avg_size=320, max_size=1280)
-
-
-def random_bytes(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
+from edits import SMALL, edited, edits, random_bytes
 
 def test_block_lists_cover_the_content_within_the_sizes():
     data = random_bytes(1, 3 * 1024 * 1024)
@@ -51,25 +42,11 @@ def test_any_base_and_new_content_rebuild_exactly(base, new):
     assert sent_bytes(plan) <= len(new)
 
 
-edits = st.tuples(st.sampled_from(["insert", "delete", "overwrite"]), st.integers(0, 2**32),
-                  st.integers(1, 300))
-
-
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 2**32), st.integers(2000, 40000), st.lists(edits, min_size=1, max_size=3))
+@given(st.integers(0, 2**32), st.integers(2000, 40000), st.lists(edits(300), min_size=1, max_size=3))
 def test_edits_send_about_the_edit_and_reuse_untouched_blocks(seed, size, changes):
     base = random_bytes(seed, size)
-    new, touched = bytearray(base), 0
-    for kind, where, length in changes:
-        where %= len(new) + 1
-        if kind == "insert":
-            new[where:where] = random_bytes(where + seed, length)
-        elif kind == "delete":
-            del new[where:where + length]
-        else:
-            new[where:where + length] = random_bytes(where ^ seed, min(length, len(new) - where))
-        touched += length
-    new = bytes(new)
+    new, touched = edited(base, seed, changes), sum(length for _, _, length in changes)
     base_blocks, new_blocks = SMALL.blocks(base), SMALL.blocks(new)
     plan = plan_delta(base_blocks, new_blocks)
     assert rebuild(plan, base, literals(plan, new)) == new

@@ -2,11 +2,13 @@
 and the first is probed with a ping so a half-open one goes at once), and with auth on
 a client id belongs to the user that first used it."""
 
+import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from quantum_sync.errors import SyncError
 from quantum_sync.server.ws import PROBE_TIMEOUT
-from tests.support import HttpClient, start_server, wait_for
+from tests.support import HttpClient, InlineThreads, start_server, wait_for
 from tests.test_auth_e2e import WS_TIMERS, auth_section, bearer, login
 from test_ws_support import connect, drop_all
 
@@ -87,3 +89,68 @@ async def test_with_auth_a_client_id_belongs_to_its_first_user(reactor, tmp_path
         await drop_all(reactor, clients, running.service.hub)
         await http.close()
         await running.stop()
+
+
+def _saved(state_dir):
+    import json
+    import os
+
+    from quantum_sync.server.clientids import FILE_NAME
+
+    with open(os.path.join(state_dir, FILE_NAME), encoding="utf-8") as f:
+        return json.load(f)["ids"]
+
+
+def test_client_ids_not_seen_for_long_are_forgotten(tmp_path):
+    """The bindings file is bounded: an id unseen for ``forget_after`` seconds is forgotten
+    by the pruning pass (and free for anyone again); one in use, or held by a live
+    connection, is kept; beyond ``max_ids`` the least recently seen go first."""
+    from quantum_sync.server.clientids import ClientIdBindings
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    live = {"on-the-websocket"}
+    bindings = ClientIdBindings(str(tmp_path), clock, InlineThreads(), live=live.__contains__,
+                                forget_after=1000, max_ids=3, prune_every=100)
+    bindings.startService()
+    try:
+        for client_id in ("old-laptop", "desk", "on-the-websocket"):
+            bindings.claim(client_id, "alice")
+        clock.advance(600)
+        bindings.claim("desk", "alice")  # seen again
+        clock.advance(500)  # old-laptop and on-the-websocket: unseen for 1,100 s; desk for 500 s
+        assert set(_saved(tmp_path)) == {"desk", "on-the-websocket"}
+        bindings.claim("old-laptop", "wendy")  # free again: anyone's
+        for n in range(3):  # beyond max_ids: the least recently seen goes
+            clock.advance(1)
+            bindings.claim(f"new-{n}", "wendy")
+        clock.advance(100)
+        assert set(_saved(tmp_path)) == {"on-the-websocket", "new-1", "new-2"}
+    finally:
+        bindings.stopService()
+    # what was seen since the last pass is written at the stop, and read back at a start
+    again = ClientIdBindings(str(tmp_path), clock, InlineThreads())
+    again.claim("new-2", "wendy")
+    with pytest.raises(SyncError, match="another user"):
+        again.claim("on-the-websocket", "wendy")
+
+
+def test_a_bindings_file_without_seen_times_is_read(tmp_path):
+    """A file of ``{id: user}`` (an older server's) is read, its ids taken as seen at start."""
+    import json
+
+    from quantum_sync.server.clientids import FILE_NAME, ClientIdBindings
+
+    (tmp_path / FILE_NAME).write_text(json.dumps({"laptop": "alice"}))
+    clock = Clock()
+    clock.advance(5000)
+    bindings = ClientIdBindings(str(tmp_path), clock, InlineThreads(), forget_after=1000, prune_every=100)
+    bindings.startService()
+    try:
+        assert _saved(tmp_path) == {"laptop": {"user": "alice", "seen": 5000}}
+        with pytest.raises(SyncError):
+            bindings.claim("laptop", "wendy")
+        clock.advance(1100)
+        assert _saved(tmp_path) == {}
+    finally:
+        bindings.stopService()

@@ -6,7 +6,8 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from quantum_sync.client.transfer import ServerUnavailable, _json_array_items, _parse_listing
+from quantum_sync.client.jsonarray import json_array_items
+from quantum_sync.client.transfer import ServerUnavailable, _parse_listing
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -18,13 +19,13 @@ JSON = st.recursive(
 @given(st.lists(JSON, max_size=8), st.sampled_from([None, 0, 2]))
 def test_any_json_array_decodes_as_json_loads_does(items, indent):
     text = json.dumps(items, indent=indent)
-    assert _json_array_items(text) == json.loads(text)
+    assert json_array_items(text) == json.loads(text)
 
 
 @pytest.mark.parametrize("text", ["", "{}", "1", "[", "[1,", "[1,]", "[1 2]", "[1]x", "[1]]"])
 def test_anything_but_one_json_array_is_refused(text):
     with pytest.raises(ValueError):
-        _json_array_items(text)
+        json_array_items(text)
     with pytest.raises(ServerUnavailable):
         _parse_listing(text.encode())
 

@@ -108,3 +108,45 @@ async def test_a_client_with_special_files_in_its_folder_syncs_the_rest(reactor,
             unblock(str(folder / name))
         await group.stop_all()
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_synced_file_replaced_by_a_special_file_is_left_alone(reactor, tmp_path, log_lines):
+    """A full reconcile that finds a FIFO where a synced file was, or a socket where a
+    synced folder was, deletes nothing on the server and downloads nothing over them."""
+    from support import start_server
+
+    running = await start_server(reactor, tmp_path)
+    group = Clients(reactor, tmp_path)
+    folder = tmp_path / "a"
+    sock = None
+    try:
+        a = await group.start(running, "a")
+        write(str(folder), "file.txt", b"synced file")
+        write(str(folder), "d/inner.txt", b"synced folder")
+        await wait_for(reactor, lambda: read(running.root, "d/inner.txt") == b"synced folder"
+                       and read(running.root, "file.txt") == b"synced file", what="uploads")
+        await wait_for(reactor, lambda: {"file.txt", "d", "d/inner.txt"} <= set(a.state.bases), what="synced")
+        await group.stop(a)
+        os.unlink(folder / "file.txt")
+        os.mkfifo(folder / "file.txt")
+        os.unlink(folder / "d" / "inner.txt")
+        os.rmdir(folder / "d")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(folder / "d"))
+        write(str(folder), "after.txt", b"made while stopped")
+        a = await group.start(running, "a")  # its first full reconcile
+        await wait_for(reactor, lambda: read(running.root, "after.txt") == b"made while stopped", what="the upload")
+        await a.engine.reconcile()
+        assert read(running.root, "file.txt") == b"synced file"
+        assert read(running.root, "d/inner.txt") == b"synced folder"
+        assert os.path.exists(folder / "file.txt") and not os.path.isfile(folder / "file.txt")
+        assert not os.path.isdir(folder / "d")
+        said = [line for line in log_lines if "left alone" in line]
+        assert len(said) == 2 and any("file.txt" in line for line in said), said
+    finally:
+        if sock is not None:
+            sock.close()
+        unblock(str(folder / "file.txt"))
+        await group.stop_all()
+        await running.stop()

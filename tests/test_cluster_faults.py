@@ -13,13 +13,27 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import deferLater
 
 from cluster_support import DATABASE, with_schema
-from test_cluster_nodes import start_node
+from cluster_support import Nodes, start_node
 from test_ws_support import connect
 from tests.support import HttpClient, wait_for
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+async def _two_nodes(reactor, tmp_path, cluster_block, redis, services) -> tuple:
+    """Two nodes on the test's own Redis (added to ``services``) once both hear it:
+    ``(services, urls)``."""
+    made = Nodes(reactor, tmp_path, lambda name: cluster_block(name, redis=redis.url))
+    made.services = services
+    await made.start(2)
+    await wait_for(reactor, lambda: _redis_up(services), timeout=15)
+    return services, made.urls
+
+
+def _redis_up(services) -> bool:
+    return all(s.node.bus.up and s.node.bus.can_publish for s in services)
 
 
 def operations_of(client) -> list:
@@ -32,13 +46,7 @@ async def test_redis_stopped_and_restarted_no_broadcast_missed(reactor, tmp_path
     http = HttpClient(reactor)
     watcher = None
     try:
-        for n in (1, 2):
-            service, url = await start_node(reactor, tmp_path, tmp_path / "root",
-                                            cluster_block(f"n{n}", redis=private_redis.url))
-            services.append(service)
-            urls.append(url)
-        await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in services),
-                       timeout=15)
+        services, urls = await _two_nodes(reactor, tmp_path, cluster_block, private_redis, services)
         watcher = await connect(reactor, urls[1].replace("http", "ws") + "/ws")
         await watcher.request({"type": "Subscribe", "client_id": "watcher"})
 
@@ -53,8 +61,7 @@ async def test_redis_stopped_and_restarted_no_broadcast_missed(reactor, tmp_path
             await upload(f"during-{n}")
         await wait_for(reactor, lambda: operations_of(watcher) == [1, 2, 3, 4, 5, 6])
         private_redis.start()
-        await wait_for(reactor, lambda: all(s.node.bus.up and s.node.bus.can_publish for s in services),
-                       timeout=30)
+        await wait_for(reactor, lambda: _redis_up(services), timeout=30)
         published = services[0].node.bus.published
         await upload("after")
         await wait_for(reactor, lambda: operations_of(watcher) == list(range(1, 8)))
@@ -279,3 +286,53 @@ async def test_a_node_that_lost_the_database_mid_group_journals_it_when_back(
             await service.stopService()
         if proxy.listening is not None:
             await proxy.close()
+
+
+async def _watching(reactor, url):
+    """A WebSocket on ``url`` subscribed to the peer and alert topics."""
+    watcher = await connect(reactor, url.replace("http", "ws") + "/ws")
+    for topic in ("peer_network", "alerts"):
+        await watcher.request({"type": "subscribe", "topic": topic, "id": topic})
+    return watcher
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_reach_every_node_while_redis_is_down(reactor, tmp_path, cluster_block, private_redis):
+    """Peer events and alerts go through PostgreSQL where Redis cannot carry them: with
+    Redis stopped, and with only the receiving node's subscription gone."""
+    services, urls = [], []
+    http = HttpClient(reactor)
+    sockets = []
+    try:
+        services, urls = await _two_nodes(reactor, tmp_path, cluster_block, private_redis, services)
+        watcher = await _watching(reactor, urls[1])
+        sockets.append(watcher)
+        private_redis.stop()
+        await wait_for(reactor, lambda: not any(s.node.bus.up or s.node.bus.can_publish for s in services),
+                       timeout=15)
+        laptop = await connect(reactor, urls[0].replace("http", "ws") + "/ws")
+        sockets.append(laptop)
+        await laptop.request({"type": "Subscribe", "client_id": "laptop"})
+        joined = await watcher.expect("peer_connected")
+        assert joined["data"]["id"] == "laptop" and joined["data"]["node_id"] == "node-1"
+        refused = await http.request("PUT", urls[0] + "/api/upload", params={"path": "../escape"}, data=b"x")
+        await refused.content()
+        alert = await watcher.expect("security_alert")
+        assert alert["data"]["node_id"] == "node-1"
+
+        private_redis.start()  # back for node 1; node 2 stays deaf to it
+        await wait_for(reactor, lambda: _redis_up(services), timeout=30)
+        await services[0].node.presence.beat()  # (node 1 knows node 2 is live: its next beat, now)
+        assert len(services[0].node.presence.live) == 2
+        await services[1].node.bus.stop()
+        assert not services[1].node.bus.up
+        laptop.transport.abortConnection()
+        left = await watcher.expect("peer_disconnected")
+        assert left["data"]["id"] == "laptop" and left["data"]["node_id"] == "node-1"
+        assert not [m for m in watcher.received if m.get("type") == "peer_connected"][1:]  # once each
+    finally:
+        for client in sockets:
+            client.transport.abortConnection()
+        await http.close()
+        for service in services:
+            await service.stopService()

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move
 from quantum_sync.server.cluster import pgindex
+from quantum_sync.server.cluster.fence import ClusterFence, _LockedRows
 from quantum_sync.server.cluster.pgindex import PgIndex, SchemaError, create_schema
 
 
@@ -143,3 +144,52 @@ async def test_every_connection_gives_up_on_a_silent_database_in_seconds(reactor
         index.stopService()
     assert (parameters["tcp_user_timeout"], parameters["keepalives_idle"], parameters["connect_timeout"]) == (
         "15000", "10", "5")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_group_locks_at_its_first_look_and_unlocks_with_its_commit(reactor, pg_schema):
+    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
+    await index.open()
+    fence = ClusterFence(pg_schema, lambda: index.namespace, reactor)
+    index.fence = fence
+    other = psycopg.connect(pg_schema, autocommit=True)
+    key = pgindex.lock_key(index.namespace, "path:a.txt")
+
+    def free() -> bool:
+        """True when another session can take the path's lock (it lets it go again)."""
+        taken = other.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+        if taken:
+            other.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        return taken
+
+    try:
+        async with fence.held(["a.txt"], intending=True) as rows:
+            assert free()  # nothing taken before the install looks
+            assert rows.get("a.txt") is None  # (blocking here: the install's thread does it)
+            assert not free()
+            assert await index.intents() == ["a.txt"]
+            changes = await index.record_each([([_file("a.txt")], [], Create(_file("a.txt")[0]), "c")], "t",
+                                              done_intents=["a.txt"])
+            assert [c.seq for c in changes] == [1]
+            assert free()  # released with the commit, before the hold ends
+        assert await index.intents() == []
+        assert (await index.get("a.txt"))[0].hash == "a" * 64
+    finally:
+        other.close()
+        fence.close()
+        index.stopService()
+
+
+def test_locked_rows_take_once_and_raise_a_failure_again():
+    calls = []
+
+    def take():
+        calls.append(1)
+        raise SyncError("SERVICE_UNAVAILABLE", "away")
+
+    rows = _LockedRows(take)
+    for _ in range(3):
+        with pytest.raises(SyncError):
+            rows.get("a")
+    assert len(calls) == 1
+    assert dict(_LockedRows(lambda: {"a": 1})) == {"a": 1}

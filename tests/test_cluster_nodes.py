@@ -7,49 +7,17 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 
 from quantum_sync.protocol import Change, Delete
 from quantum_sync.server.cluster.feed import Sequencer
 from test_ws_support import connect
-from tests.support import HttpClient, server_document, start_service, wait_for
+from cluster_support import wait_for_async
+from tests.support import HttpClient, wait_for
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-async def start_node(reactor, tmp_path, root, block, **handler):
-    service, (port,) = await start_service(
-        reactor, server_document(root=str(root), cluster=block, **handler), str(tmp_path))
-    return service, f"http://127.0.0.1:{port}"
-
-
-class Nodes:
-    def __init__(self, reactor, tmp_path, cluster_block):
-        self.reactor, self.tmp_path, self.block = reactor, tmp_path, cluster_block
-        self.root = tmp_path / "root"
-        self.services, self.urls = [], []
-
-    async def start(self, count, **handler):
-        for n in range(count):
-            service, url = await start_node(self.reactor, self.tmp_path, self.root,
-                                            self.block(f"node-{len(self.services) + 1}"), **handler)
-            self.services.append(service)
-            self.urls.append(url)
-        return self
-
-    async def stop(self):
-        for service in self.services:
-            if service.running:
-                await service.stopService()
-
-
-@pytest_twisted.async_yield_fixture
-async def nodes(reactor, tmp_path, cluster_block):
-    made = Nodes(reactor, tmp_path, cluster_block)
-    yield made
-    await made.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -139,18 +107,6 @@ async def test_one_node_watches_the_root_and_another_takes_over(reactor, nodes):
         assert "later.txt" in str(ops[1])
     finally:
         await http.close()
-
-
-async def wait_for_async(reactor, read, good, timeout=15):
-    from twisted.internet.task import deferLater
-
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = await read()
-        if good(value):
-            return value
-        assert reactor.seconds() < deadline, value
-        await deferLater(reactor, 0.05, lambda: None)
 
 
 @pytest_twisted.ensureDeferred
@@ -288,6 +244,8 @@ def test_bus_messages_round_trip_and_a_node_knows_its_own():
 
 @pytest_twisted.ensureDeferred
 async def test_with_auth_a_client_id_is_its_first_user_s_on_every_node(reactor, nodes, tmp_path):
+    """A binding made on one node holds on every other at once (checked in the
+    database when a node meets an id it has not seen), over HTTP and WebSocket."""
     from test_auth_e2e import WS_TIMERS, auth_section, bearer, login
 
     await nodes.start(2, auth=auth_section(tmp_path), websocket=WS_TIMERS)
@@ -298,19 +256,28 @@ async def test_with_auth_a_client_id_is_its_first_user_s_on_every_node(reactor, 
         wendy = await login(http, second, "wendy")  # one secret for both nodes
         await http.json("POST", first + "/api/upload", data=b"x", params={"path": "a.txt"},
                         headers={**bearer(alice), "X-Client-Id": ["alice-laptop"]})
-        await nodes.services[0].hub.bindings.flush()
-        await nodes.services[1].node.bindings.load()  # (the reload every 5 s, now)
         code, body = await http.json("POST", second + "/api/upload", expect=None, data=b"y",
                                      params={"path": "w.txt"},
                                      headers={**bearer(wendy), "X-Client-Id": ["alice-laptop"]})
         assert (code, body["error"]["code"]) == (403, "PERMISSION_DENIED")
-        # both claim a new id at once on two nodes: the database keeps the first
-        nodes.services[0].hub.bindings.claim("shared-id", "alice")
-        nodes.services[1].hub.bindings.claim("shared-id", "wendy")
-        for service in nodes.services:
-            await service.hub.bindings.flush()
-        owners = {service.hub.bindings.owner("shared-id") for service in nodes.services}
-        assert len(owners) == 1
+        socket = await connect(reactor, first.replace("http", "ws") + "/ws")
+        try:
+            await socket.request({"type": "auth", "payload": {"token": wendy}})
+            assert (await socket.request({"type": "Subscribe", "client_id": "wendy-phone"}))["type"] == "Ack"
+        finally:
+            socket.transport.abortConnection()
+        code, body = await http.json("POST", second + "/api/upload", expect=None, data=b"z",
+                                     params={"path": "p.txt"},
+                                     headers={**bearer(alice), "X-Client-Id": ["wendy-phone"]})
+        assert (code, body["error"]["code"]) == (403, "PERMISSION_DENIED")
+        # both claim a new id at once on two nodes: the database's first wins on both
+        users = ("alice", "wendy")
+        results = await DeferredList([Deferred.fromCoroutine(service.hub.bindings.claim("shared-id", user))
+                                      for service, user in zip(nodes.services, users)], consumeErrors=True)
+        winners = [user for (ok, _), user in zip(results, users) if ok]
+        assert len(winners) == 1
+        assert [r.value.code for ok, r in results if not ok] == ["PERMISSION_DENIED"]
+        assert {service.hub.bindings.owner("shared-id") for service in nodes.services} == set(winners)
     finally:
         await http.close()
 

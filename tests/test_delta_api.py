@@ -1,5 +1,6 @@
 """Block lists and delta uploads against a real server on 127.0.0.1 (docs/http-api.md)."""
 
+import base64
 import hashlib
 import os
 import random
@@ -9,7 +10,10 @@ import pytest_twisted
 from quantum_sync import delta
 from quantum_sync.blocks import Chunker, decode_blocks, encode_blocks, literals, plan_delta, sent_bytes
 
+from tests import test_batch_api
+
 SIZE = delta.DELTA_MIN + 2 * 1024 * 1024
+subscribe = test_batch_api.subscribe  # (a fixture: WebSocket subscribers)
 
 
 def sha(data: bytes) -> str:
@@ -194,3 +198,25 @@ async def test_a_start_removes_the_lists_of_contents_no_file_has(server, http):
         assert sorted(os.listdir(blocks)) == sorted([sha(new), "list-writing"])
     finally:
         await restarted.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_short_list_travels_in_the_broadcast_of_its_change(server, http, subscribe, monkeypatch):
+    reader = await subscribe("reader")
+    base = content(21)
+    await upload(http, server, "big.bin", base)
+    message = await reader.expect("FileOperation")
+    assert base64.b64decode(message["blocks"]) == encode_blocks(Chunker().blocks(base))
+    new = base[:100] + b"edit" + base[104:]
+    await upload_delta(http, server, "big.bin", delta_body(base, new), sha(base), sha(new), 200)
+    message = await reader.expect("FileOperation")
+    assert message["operation"]["Update"]["metadata"]["hash"] == sha(new)
+    assert decode_blocks(base64.b64decode(message["blocks"])) == Chunker().blocks(new)
+    await upload(http, server, "small.txt", b"small")  # no list: no field
+    assert "blocks" not in await reader.expect("FileOperation")
+    # a list longer than the limit is asked for instead
+    monkeypatch.setattr(delta, "BROADCAST_LIST", len(encode_blocks(Chunker().blocks(base))) - 36)
+    await upload(http, server, "big.bin", base, keep="keep")
+    message = await reader.expect("FileOperation")
+    assert message["operation"]["Update"]["metadata"]["hash"] == sha(base) and "blocks" not in message
+    assert server.service.api.deltas.offered(sha(base)) is None  # nothing held once broadcast

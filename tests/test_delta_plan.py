@@ -1,40 +1,15 @@
 """The delta upload's head and the new block list made from a plan (pure, hypothesis)."""
 
-import random
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantum_sync import delta
-from quantum_sync.blocks import Chunker, Reuse, Send, plan_delta
-
-#: Small blocks, so that small examples hold many of them.
-SMALL = Chunker(min_size=64, avg_size=320, max_size=1280)
-
-
-def random_bytes(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-edits = st.tuples(st.sampled_from(["insert", "delete", "overwrite"]), st.integers(0, 2**32), st.integers(1, 3000))
-
-
-def edited(base: bytes, seed: int, changes) -> bytes:
-    new = bytearray(base)
-    for kind, where, length in changes:
-        where %= len(new) + 1
-        if kind == "insert":
-            new[where:where] = random_bytes(where + seed, length)
-        elif kind == "delete":
-            del new[where:where + length]
-        else:
-            new[where:where + length] = random_bytes(where ^ seed, min(length, len(new) - where))
-    return bytes(new)
-
+from quantum_sync.blocks import Reuse, Send, plan_delta
+from edits import SMALL, edited, edits, random_bytes
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**32), st.integers(0, 40000), st.lists(edits, max_size=4), st.booleans())
+@given(st.integers(0, 2**32), st.integers(0, 40000), st.lists(edits(3000), max_size=4), st.booleans())
 def test_the_list_rebuilt_from_a_plan_is_the_new_contents_list(seed, size, changes, repeat):
     base = random_bytes(seed, size)
     if repeat:  # a base holding a block twice

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantum_sync import deltafile
+from quantum_sync import blocklists, deltafile
 from quantum_sync.blocks import Chunker, Reuse, Send, literals, plan_delta
 
 SMALL = Chunker(min_size=64, avg_size=320, max_size=1280)
@@ -71,3 +71,59 @@ def test_what_does_not_fit_the_plan_is_refused(tmp_path):
     with pytest.raises(ValueError, match="more"):
         build(tmp_path, base, (Send(0, 2),), b"abc")
     assert build(tmp_path, base, (Reuse(2, 3), Send(3, 2), Reuse(0, 1)), b"xy")[2] == b"234xy0"
+
+
+def test_a_failed_background_writeback_fails_the_build(tmp_path):
+    """Linux reports a writeback error once: the final fsync would then succeed, so the
+    error of the background sync must fail the build itself."""
+    base = random.Random(2).randbytes(3 * deltafile.COPY_PIECE)
+    plan = (Reuse(0, len(base)),)
+    base_path, out_path = tmp_path / "base", tmp_path / "out"
+    base_path.write_bytes(base)
+    base_fd = os.open(base_path, os.O_RDONLY)
+    out_fd = os.open(out_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    try:
+        with pytest.raises(OSError, match="Input/output"):
+            deltafile.assemble(plan, base_fd, io.BytesIO(), out_fd, datasync=failing)
+    finally:
+        os.close(base_fd)
+        os.close(out_fd)
+
+
+def test_the_hash_thread_hashes_bytes_and_ranges_in_order(tmp_path):
+    data = random.Random(3).randbytes(5 * deltafile.PIECE + 7)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hasher = deltafile.HashThread(fd)
+        hasher.bytes(data[:100])
+        hasher.range(100, 3 * deltafile.PIECE)
+        hasher.bytes(data[100 + 3 * deltafile.PIECE:])
+        assert hasher.finish() == hashlib.sha256(data).hexdigest()
+        short = deltafile.HashThread(fd)
+        short.range(len(data) - 10, 20)  # past the end: the file is shorter than was copied
+        with pytest.raises(ValueError, match="shorter"):
+            short.finish()
+    finally:
+        os.close(fd)
+
+
+def test_one_read_gives_the_hash_and_keeps_the_list(tmp_path):
+    data = random.Random(4).randbytes(3 * blocklists.READ_SIZE + 99)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    lists = blocklists.BlockLists(str(tmp_path / "lists"))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sha256 = lists.hash_and_keep(fd)
+        assert lists.make(fd, "0" * 64) is None  # another content's hash: nothing under it
+    finally:
+        os.close(fd)
+    assert sha256 == hashlib.sha256(data).hexdigest()
+    assert lists.blocks(sha256) == Chunker().blocks(data)
+    assert sorted(os.listdir(tmp_path / "lists")) == [sha256]

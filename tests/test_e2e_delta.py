@@ -11,7 +11,8 @@ import pytest_twisted
 
 from quantum_sync import delta
 from quantum_sync.delta import wanted
-from quantum_sync.blocks import encode_blocks
+from quantum_sync.blocklists import BlockLists
+from quantum_sync.blocks import Chunker, encode_blocks
 from quantum_sync.client.delta import Deltas
 from quantum_sync.client.transfer import PreconditionFailed
 from clients import converged, read, write
@@ -53,7 +54,7 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, servers
     ]
     for name, edit in edits:
         new = edit(read(A, "big.bin"))
-        before = (metrics.bytes_transferred, deltas_of(a).sent, deltas_of(b).received)
+        before = (metrics.bytes_transferred, deltas_of(a).sent, deltas_of(b).received, deltas_of(b).lists_offered)
         write(A, "big.bin", new)
         await wait_for(reactor, lambda: read(B, "big.bin") == new, what=f"{name} at b")
         await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == new, what=f"{name} on the server")
@@ -62,6 +63,10 @@ async def test_edits_of_a_large_file_travel_as_deltas_both_ways(reactor, servers
         assert moved < 3 * MiB, (name, moved)
         assert deltas_of(a).sent > before[1], name
         assert deltas_of(b).received > before[2], name
+        # the new version's list came with its broadcast: b did not ask for it
+        assert deltas_of(b).lists_offered == before[3] + 1, name
+    # a's file was read once for each edit: its block list was made with its hash
+    assert deltas_of(a).lists_reread == 0
     await converged(reactor, A, B, servers[0].root)
 
 
@@ -224,3 +229,25 @@ async def test_scattered_edits_come_in_one_multi_range_request(reactor, servers,
     await wait_for(reactor, lambda: read(B, "big.bin") == new, what="the edits at b")
     assert deltas_of(b).range_requests - before == 1
     assert 0 < deltas_of(b).received < len(new) / 2
+
+
+def test_a_large_file_unchanged_since_it_was_hashed_is_not_read_again(tmp_path):
+    """A file saved by a rename over the old one is looked at as a move, then as a
+    change: its hash and list come from one read."""
+    deltas = Deltas(None, BlockLists(str(tmp_path / "lists")), None)
+    path = str(tmp_path / "big.bin")
+    data = content(31, delta.DELTA_MIN)
+    with open(path, "wb") as f:
+        f.write(data)
+    nothing_growing = lambda size: None  # noqa: E731
+    hashes = [deltas.prehashed(path, nothing_growing)(len(data)) for _ in range(2)]
+    assert hashes == [hashlib.sha256(data).hexdigest()] * 2 and deltas.files_hashed == 1
+    assert deltas.lists.blocks(hashes[0]) == Chunker().blocks(data)
+    new = b"!" + data
+    with open(path + ".new", "wb") as f:
+        f.write(new)
+    os.rename(path + ".new", path)  # another inode: read
+    assert deltas.prehashed(path, nothing_growing)(len(new)) == hashlib.sha256(new).hexdigest()
+    assert deltas.files_hashed == 2
+    assert deltas.prehashed(path, nothing_growing)(len(new)) == hashlib.sha256(new).hexdigest()
+    assert deltas.files_hashed == 2

@@ -978,7 +978,9 @@ async def test_a_client_acts_only_on_useful_announcements(reactor, tmp_path, ser
     same = os.urandom(1000)
     await json_answer(http, "PUT", f"{server.url}/api/upload", 200, params={"path": "same.bin"}, data=same,
                       headers={"X-Client-Id": ["a"]})
-    await wait_for(reactor, lambda: read(b.config.folder, "same.bin") == same, TIMEOUT, "B has same.bin")
+    # the file, and its version recorded (which the announcement is compared with)
+    await wait_for(reactor, lambda: read(b.config.folder, "same.bin") == same and b.state.base("same.bin") is not None,
+                   TIMEOUT, "B has same.bin")
     hub = server.service.hub
     with LogCapture() as log:
         hub.event("upload_started", {"path": "../escape.bin", "hash": sha(b"x"), "size": SIZE, "source_client": "a"})

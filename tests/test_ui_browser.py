@@ -42,6 +42,21 @@ class UiSession:
     def __init__(self, reactor, tmp_path, browser):
         self.reactor, self.tmp_path, self.browser = reactor, tmp_path, browser
         self.servers, self.pages = [], []
+        self._http = None
+
+    def root(self, files: dict):
+        """The root the servers serve (``tmp_path/root``), holding ``files`` ({name: bytes})."""
+        root = self.tmp_path / "root"
+        root.mkdir(exist_ok=True)
+        for name, data in files.items():
+            (root / name).write_bytes(data)
+        return root
+
+    async def api(self, method, url, **options):
+        """``HttpClient.json`` of one request to a server, as another client would send it."""
+        if self._http is None:
+            self._http = HttpClient(self.reactor)
+        return await self._http.json(method, url, **options)
 
     async def serve(self, **handler_overrides):
         server = await start_server(self.reactor, self.tmp_path, **handler_overrides)
@@ -56,6 +71,8 @@ class UiSession:
     async def close(self):
         for page in self.pages:
             await self.browser.run(lambda b, page=page: page.context.close())
+        if self._http is not None:
+            await self._http.close()
         for server in self.servers:
             await server.stop()
 
@@ -143,12 +160,8 @@ async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path,
     await answer_dialog("other.txt")
     await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
     message = await browser.run(lambda b: page.text_content("#error-text"))
-    http = HttpClient(reactor)
-    try:
-        _, answer = await http.json("POST", server.url + "/api/sync", data=json.dumps(
-            {"operations": [{"Move": {"from": "up.bin", "to": "other.txt"}}]}).encode())
-    finally:
-        await http.close()
+    _, answer = await ui.api("POST", server.url + "/api/sync", data=json.dumps(
+        {"operations": [{"Move": {"from": "up.bin", "to": "other.txt"}}]}).encode())
     assert message == answer["results"][0]["message"]
     assert read(folder, "other.txt") == b"taken"
 
@@ -198,9 +211,7 @@ async def test_a_folder_of_10000_files_opens_and_scrolls(reactor, tmp_path, brow
 
 @pytest_twisted.ensureDeferred
 async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser, ui):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "a.txt").write_bytes(b"alpha")
+    ui.root({"a.txt": b"alpha"})
     server = await ui.serve(auth=auth_section(tmp_path))
 
     urls = []  # of every request and WebSocket the pages open
@@ -221,12 +232,8 @@ async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser, ui):
     page = await log_in("rita", "not her password")
     await browser.run(lambda b: page.wait_for_selector("#login-error:not(:empty)"))
     shown = await browser.run(lambda b: page.text_content("#login-error"))
-    http = HttpClient(reactor)
-    try:
-        _, answer = await http.json("POST", server.url + "/api/v1/auth/login", expect=401,
-                                    data=json.dumps({"username": "rita", "password": "x"}).encode())
-    finally:
-        await http.close()
+    _, answer = await ui.api("POST", server.url + "/api/v1/auth/login", expect=401,
+                             data=json.dumps({"username": "rita", "password": "x"}).encode())
     assert shown == answer["error"]["message"]
     assert await browser.run(lambda b: page.is_hidden("#app"))
 
@@ -252,17 +259,11 @@ async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser, ui):
 
 @pytest_twisted.ensureDeferred
 async def test_a_name_made_of_markup_is_shown_as_text(reactor, tmp_path, browser, ui):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / HOSTILE).write_bytes(b"<script>window.__pwned=2</script>")
+    ui.root({HOSTILE: b"<script>window.__pwned=2</script>"})
     server = await ui.serve()
     page = await ui.open(server.url)
     # and one more arriving live, into the list and the activity feed
-    http = HttpClient(reactor)
-    try:
-        await http.json("POST", server.url + "/api/upload", params={"path": HOSTILE + "2"}, data=b"x")
-    finally:
-        await http.close()
+    await ui.api("POST", server.url + "/api/upload", params={"path": HOSTILE + "2"}, data=b"x")
     await browser.run(lambda b: page.wait_for_selector(row_selector(HOSTILE + "2")))
     names = await browser.run(lambda b: page.eval_on_selector_all(
         ".row .name", "cells => cells.map(c => c.textContent)"))
@@ -277,9 +278,7 @@ async def test_a_name_made_of_markup_is_shown_as_text(reactor, tmp_path, browser
 
 @pytest_twisted.ensureDeferred
 async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reactor, tmp_path, browser, ui):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "before.txt").write_bytes(b"before")
+    root = ui.root({"before.txt": b"before"})
     server = await ui.serve()
     listen = f"tcp:{server.port}:interface=127.0.0.1"
     page = await ui.open(server.url)
@@ -355,12 +354,9 @@ async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, br
 
 @pytest_twisted.ensureDeferred
 async def test_keep_this_version_moves_the_conflict_copy_over_the_original(reactor, tmp_path, browser, ui, clients):
-    root = tmp_path / "root"
-    root.mkdir()
     copy = "notes.sync-conflict-20240101-120000-bob.txt"
-    (root / "notes.txt").write_bytes(b"theirs")
-    (root / copy).write_bytes(b"mine")
-    (root / "lonely.sync-conflict-20240101-120000-bob.txt").write_bytes(b"no original")
+    root = ui.root({"notes.txt": b"theirs", copy: b"mine",
+                    "lonely.sync-conflict-20240101-120000-bob.txt": b"no original"})
     server = await ui.serve()
     client = await clients.start(server, "a")
     folder = client.config.folder
@@ -384,18 +380,13 @@ async def test_keep_this_version_moves_the_conflict_copy_over_the_original(react
 
 @pytest_twisted.ensureDeferred
 async def test_a_delete_of_a_file_changed_meanwhile_is_refused(reactor, tmp_path, browser, ui):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "a.txt").write_bytes(b"seen")
+    root = ui.root({"a.txt": b"seen"})
     server = await ui.serve()
     page = await ui.open(server.url)
     await browser.run(lambda b: page.click(row_selector("a.txt") + " .act-delete"))
     await browser.run(lambda b: page.wait_for_selector("#dialog[open]"))
-    http = HttpClient(reactor)  # another client changes it while the dialog is open
-    try:
-        await http.json("POST", server.url + "/api/upload", params={"path": "a.txt"}, data=b"changed")
-    finally:
-        await http.close()
+    # another client changes it while the dialog is open
+    await ui.api("POST", server.url + "/api/upload", params={"path": "a.txt"}, data=b"changed")
     await browser.run(lambda b: page.wait_for_selector(
         row_selector("a.txt") + f" .hash:text('{sha(b'changed')[:8]}')"))
     await answer_dialog(browser, page)
@@ -429,10 +420,7 @@ async def test_status_shows_clients_and_live_charts(reactor, tmp_path, browser, 
 
 @pytest_twisted.ensureDeferred
 async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser, ui):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "a.txt").write_bytes(b"alpha")
-    (root / "b.txt").write_bytes(b"beta")
+    root = ui.root({"a.txt": b"alpha", "b.txt": b"beta"})
     server = await ui.serve(auth=auth_section(tmp_path, ttl=3))
     page = await ui.open(server.url, ready=False)
 
@@ -461,30 +449,26 @@ async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser
 @pytest_twisted.ensureDeferred
 async def test_history_and_deleted_files_are_restored_from_the_page(reactor, tmp_path, browser, ui):
     server = await ui.serve()
-    http = HttpClient(reactor)
-    try:
-        for path, data in (("a.txt", b"first"), ("a.txt", b"second"), ("d/gone.txt", b"deleted later")):
-            await http.json("POST", server.url + "/api/upload", params={"path": path}, data=data)
-        await http.json("POST", server.url + "/api/sync", data=json.dumps(
-            {"operations": [{"Delete": {"path": "d/gone.txt"}}]}).encode())
-        page = await ui.open(server.url)
-        await browser.run(lambda b: page.click(row_selector("a.txt") + " .act-history"))
-        first = f'#versions[open] tr[data-hash="{sha(b"first")}"] .act-restore'
-        await browser.run(lambda b: page.click(first))
-        await browser.run(lambda b: page.wait_for_selector("#versions", state="hidden"))
-        root = tmp_path / "root"
-        await wait_on_disk(reactor, lambda: read(str(root), "a.txt") == b"first", what="the restored version")
-        await browser.run(lambda b: page.wait_for_selector(
-            row_selector("a.txt") + f" .hash:text('{sha(b'first')[:8]}')"))
-        await browser.run(lambda b: page.click(row_selector("d") + " button.dir"))
-        await browser.run(lambda b: page.click("#deleted-button"))
-        await browser.run(lambda b: page.click('#versions[open] tr[data-path="d/gone.txt"] .act-restore'))
-        await wait_on_disk(reactor, lambda: read(str(root), "d/gone.txt") == b"deleted later",
-                           what="the restored file")
-        await browser.run(lambda b: page.wait_for_selector(row_selector("d/gone.txt")))
-        assert page.errors == []
-    finally:
-        await http.close()
+    for path, data in (("a.txt", b"first"), ("a.txt", b"second"), ("d/gone.txt", b"deleted later")):
+        await ui.api("POST", server.url + "/api/upload", params={"path": path}, data=data)
+    await ui.api("POST", server.url + "/api/sync", data=json.dumps(
+        {"operations": [{"Delete": {"path": "d/gone.txt"}}]}).encode())
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.click(row_selector("a.txt") + " .act-history"))
+    first = f'#versions[open] tr[data-hash="{sha(b"first")}"] .act-restore'
+    await browser.run(lambda b: page.click(first))
+    await browser.run(lambda b: page.wait_for_selector("#versions", state="hidden"))
+    root = tmp_path / "root"
+    await wait_on_disk(reactor, lambda: read(str(root), "a.txt") == b"first", what="the restored version")
+    await browser.run(lambda b: page.wait_for_selector(
+        row_selector("a.txt") + f" .hash:text('{sha(b'first')[:8]}')"))
+    await browser.run(lambda b: page.click(row_selector("d") + " button.dir"))
+    await browser.run(lambda b: page.click("#deleted-button"))
+    await browser.run(lambda b: page.click('#versions[open] tr[data-path="d/gone.txt"] .act-restore'))
+    await wait_on_disk(reactor, lambda: read(str(root), "d/gone.txt") == b"deleted later",
+                       what="the restored file")
+    await browser.run(lambda b: page.wait_for_selector(row_selector("d/gone.txt")))
+    assert page.errors == []
 
 
 @pytest_twisted.ensureDeferred

@@ -12,7 +12,8 @@ from quantum_sync.config import VersionsConfig
 from quantum_sync.protocol import Delete, FileMetadata
 from quantum_sync.server.index import Index
 from quantum_sync.server.store import Store
-from quantum_sync.server.versions import DAY, Version, VersionArea, create_schema, plan_prune, rekey
+from quantum_sync.server.versions import (DAY, Version, VersionArea, _over_limits, create_schema,
+                                          plan_prune, rekey)
 
 NOW = 100 * DAY
 
@@ -66,6 +67,50 @@ def test_the_plan_keeps_exactly_what_the_policy_allows(versions, policy, data):
     capped = doomed - age_or_count
     if capped and free:
         assert max(v.kept for v in versions if v.id in capped) <= min(v.kept for v in free)
+
+
+@settings(max_examples=200, deadline=None)
+@given(versions_lists, policies, st.data())
+def test_limits_at_keep_time_choose_what_the_plan_would(versions, policy, data):
+    """The keep-time check (a count of each path's rows, the tracked space total, the
+    oldest rows read a page at a time) chooses what the full plan chooses by count and
+    size."""
+    import sqlite3
+
+    busy = frozenset(data.draw(st.lists(st.sampled_from([v.id for v in versions]), max_size=3))) if versions else frozenset()
+    txn = sqlite3.connect(":memory:").cursor()
+    create_schema(txn)
+    txn.executemany("INSERT INTO versions VALUES (?, ?, 0, ?, '', '', 0, ?)",
+                    [(v.id, v.path, v.size, v.kept) for v in versions])
+    txn.execute("UPDATE versions_space SET total = ?", (sum(v.size for v in versions),))
+    by_count_and_size = VersionsConfig(keep_days=1e9, keep_per_file=policy.keep_per_file,
+                                       max_bytes=policy.max_bytes)
+    doomed = _over_limits(txn, by_count_and_size, {"a", "b", "c/d"}, busy)
+    assert set(doomed) == plan_prune(versions, NOW, by_count_and_size, busy)
+    assert doomed == {v.id: v.size for v in versions if v.id in doomed}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_space_total_follows_what_is_kept_and_forgotten(index, tmp_path):
+    from quantum_sync.server.versions import _forget, _forget_and_recount
+
+    store, area = area_of(tmp_path)
+    area.policy = VersionsConfig()
+    for name, data in (("x", b"12345"), ("y", b"123")):
+        with open(os.path.join(store.root, name), "wb") as f:
+            f.write(data)
+    kept = area.trash("", [])
+    await index.record([], [], None, "", "", area.recorder(kept))
+
+    def total(txn):
+        return txn.execute("SELECT total FROM versions_space").fetchone()[0]
+
+    assert await index.interaction(total) == 8
+    await index.interaction(_forget, {v.id: v.size for v in kept if v.path == "x"})
+    assert await index.interaction(total) == 3
+    await index.interaction(lambda txn: txn.execute("UPDATE versions_space SET total = 99"))
+    await index.interaction(_forget_and_recount, [])
+    assert await index.interaction(total) == 3
 
 
 @pytest_twisted.async_yield_fixture
@@ -138,9 +183,9 @@ async def test_versions_recorded_with_the_journal_and_rekeyed_by_moves(index, tm
     await index.record([meta("d/x", "1" * 64)], [], None, "author", "")
     kept = area.trash("d", [])  # no matching rows: hashed from the bytes
     assert sorted(v.path for v in kept) == ["d/x", "d/y"] and all(v.deleted and v.kept == 5.0 for v in kept)
-    assert area.listed()[1] == {v.id for v in kept}  # not yet recorded
+    assert area.listed(0)[1] == {v.id for v in kept}  # not yet recorded
     change = await index.record([], ["d"], Delete("d"), "remover", "t", area.recorder(kept))
-    assert change.seq == 1 and area.listed()[1] == set()
+    assert change.seq == 1 and area.listed(0)[1] == set()
     rows = await index.interaction(lambda txn: txn.execute(
         "SELECT path, source_client, deleted FROM versions ORDER BY path").fetchall())
     assert rows == [("d/x", "", 1), ("d/y", "", 1)]  # the row's hash was not the content's
@@ -164,6 +209,6 @@ async def test_a_failed_journal_entry_leaves_its_versions_to_the_orphan_sweep(in
 
     with pytest.raises(RuntimeError):
         await index.interaction(fails)
-    names, unrecorded = area.listed()
+    names, unrecorded = area.listed(0)
     assert kept.id in names and kept.id not in unrecorded  # an orphan now: swept
     assert await index.interaction(lambda txn: txn.execute("SELECT * FROM versions").fetchall()) == []

@@ -2,16 +2,21 @@
 /api/versions after replaces, deletes and moves; /api/restore with and without
 If-Match, to another path, with unknown ids and hostile paths; roles."""
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import threading
+import time
 
 import pytest_twisted
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThread
 
 from quantum_sync import passwords
-from quantum_sync.config import VersionsConfig
-from quantum_sync.server.versions import AREA_NAME
-from tests.support import start_server
+from quantum_sync.server.versions import AREA_NAME, ORPHAN_AGE
+from tests.support import start_server, wait_for
 
 
 def sha(data: bytes) -> str:
@@ -316,24 +321,135 @@ async def test_a_delete_that_fails_halfway_keeps_what_it_moved(server, http, mon
     assert read(server, "d/a.txt") == b"a" and read(server, "d/b.txt") == b"b"
 
 
+def wall_clock():
+    """A Clock at the time of day: the area's ctimes are compared with it."""
+    clock = task.Clock()
+    clock.advance(time.time())
+    return clock
+
+
+@contextlib.asynccontextmanager
+async def clocked_server(reactor, tmp_path, clock, **handler):
+    """A server whose versions' times and pruning passes go by ``clock``."""
+    running = await start_server(reactor, tmp_path, service_options={"clock": clock}, **handler)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 @pytest_twisted.ensureDeferred
-async def test_pruning_removes_old_files_no_row_names_but_not_those_being_recorded(server, http):
-    versions_service = server.service.versions
-    await upload(http, server, "a.txt", b"1")
-    await upload(http, server, "a.txt", b"2")
-    stray = os.path.join(area(server), "ab" * 12)  # left by a crash before its row
-    with open(stray, "wb") as f:
-        f.write(b"orphan")
-    pending = versions_service.area._new_id()  # linked, its transaction not yet run
-    with open(versions_service.area.name_of(pending), "wb") as f:
-        f.write(b"pending")
-    assert await versions_service.prune() == 0
-    assert os.path.exists(stray)  # kept as long as a version would be (an operator may want it)
-    versions_service.policy = VersionsConfig(keep_days=1e-9, keep_per_file=None)
-    assert await versions_service.prune() == 1  # the real one, now past keep_days
-    assert not os.path.exists(stray)
-    assert os.path.exists(versions_service.area.name_of(pending))
-    assert (await versions(http, server, "a.txt"))["versions"] == []
+async def test_pruning_removes_files_no_row_names_once_they_are_an_hour_old(reactor, tmp_path, http):
+    clock = wall_clock()
+    async with clocked_server(reactor, tmp_path, clock) as running:
+        versions_service = running.service.versions
+        await upload(http, running, "a.txt", b"1")
+        await upload(http, running, "a.txt", b"2")
+        stray = os.path.join(area(running), "ab" * 12)  # left by a crash before its row
+        with open(stray, "wb") as f:
+            f.write(b"orphan")
+        pending = versions_service.area._new_id()  # linked, its transaction not yet run
+        with open(versions_service.area.name_of(pending), "wb") as f:
+            f.write(b"pending")
+        clock.advance(ORPHAN_AGE - 60)
+        assert await versions_service.prune() == 0
+        assert os.path.exists(stray) and os.path.exists(versions_service.area.name_of(pending))
+        clock.advance(120)  # an hour old, and the pending id never recorded: both go
+        assert await versions_service.prune() == 0
+        assert not os.path.exists(stray) and not os.path.exists(versions_service.area.name_of(pending))
+        (kept,) = (await versions(http, running, "a.txt"))["versions"]  # the real one stays
+        assert os.listdir(area(running)) == [kept["id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_whose_directory_fsync_failed_leaves_no_file_for_keep_days(
+        reactor, tmp_path, http, monkeypatch):
+    from quantum_sync.server import operations
+
+    clock = wall_clock()
+    async with clocked_server(reactor, tmp_path, clock) as running:
+        await upload(http, running, "a.txt", b"one")
+        await upload(http, running, "a.txt", b"two")
+        (kept,) = (await versions(http, running, "a.txt"))["versions"]
+        real = operations.fsync_directory
+
+        def failing(directory):
+            if directory == running.root:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(directory)
+
+        monkeypatch.setattr(operations, "fsync_directory", failing)
+        answer = await upload(http, running, "a.txt", b"three", expect=None)
+        assert answer["error"]["code"] in ("INSUFFICIENT_STORAGE", "INTERNAL_ERROR"), answer
+        monkeypatch.undo()
+        unlisted = set(os.listdir(area(running))) - {kept["id"]}
+        assert len(unlisted) == 1  # "two", linked before the rename, its row never written
+        clock.advance(ORPHAN_AGE + 1)  # the hourly pass (keep_days is 30)
+        await wait_for(reactor, lambda: os.listdir(area(running)) == [kept["id"]],
+                       what="the unlisted file swept")
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_per_file_holds_as_versions_are_kept(reactor, tmp_path, http):
+    clock = task.Clock()  # no pass but the first at start
+    async with clocked_server(reactor, tmp_path, clock, versions={"keep_per_file": 2}) as running:
+        for n in range(6):
+            await upload(http, running, "a.txt", b"v%d" % n)
+            clock.advance(1)
+        await sync(http, running, {"Delete": {"path": "a.txt"}})
+        listed = (await versions(http, running, "a.txt"))["versions"]
+        assert [v["hash"] for v in listed] == [sha(b"v5"), sha(b"v4")]  # the deleted file, the one before
+        await wait_for(reactor, lambda: sorted(os.listdir(area(running))) == sorted(v["id"] for v in listed),
+                       what="only the two newest files in the area")
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_bytes_holds_as_versions_are_kept_by_the_tracked_total(reactor, tmp_path, http):
+    clock = task.Clock()
+    limits = {"max_bytes": 2500, "keep_per_file": None}
+    async with clocked_server(reactor, tmp_path, clock, versions=limits) as running:
+        for n in range(4):
+            for path in ("a.bin", "b.bin"):
+                await upload(http, running, path, bytes([n]) * 1000)
+                clock.advance(1)
+        listed = (await versions(http, running, "a.bin"))["versions"] + \
+            (await versions(http, running, "b.bin"))["versions"]
+        assert sorted((v["path"], v["hash"]) for v in listed) == [
+            ("a.bin", sha(bytes([2]) * 1000)), ("b.bin", sha(bytes([2]) * 1000))]
+        index = running.service.index
+        total = await index.interaction(lambda txn: txn.execute("SELECT total FROM versions_space").fetchone())
+        assert total == (2000,)
+        await wait_for(reactor, lambda: len(os.listdir(area(running))) == 2, what="the oldest files gone")
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_applied_at_keep_time_never_take_a_version_being_restored(reactor, tmp_path, http):
+    clock = task.Clock()
+    async with clocked_server(reactor, tmp_path, clock, versions={"keep_per_file": 1}) as running:
+        await upload(http, running, "a.txt", b"old")
+        clock.advance(1)
+        await upload(http, running, "a.txt", b"new")
+        clock.advance(1)
+        (old,) = (await versions(http, running, "a.txt"))["versions"]
+        area_ = running.service.versions.area
+        copying, go_on = threading.Event(), threading.Event()
+        copy_out = area_.copy_out
+
+        def slow_copy(version):
+            copying.set()
+            assert go_on.wait(10)
+            return copy_out(version)
+
+        area_.copy_out = slow_copy
+        restoring = defer.ensureDeferred(restore(http, running, path="a.txt", id=old["id"]))
+        assert await deferToThread(copying.wait, 10)
+        await upload(http, running, "a.txt", b"newer")  # past keep_per_file: "old" is being read
+        kept = {v["hash"] for v in (await versions(http, running, "a.txt"))["versions"]}
+        assert kept == {sha(b"old"), sha(b"new")}
+        assert os.path.exists(area_.name_of(old["id"]))
+        go_on.set()
+        await restoring
+        assert read(running, "a.txt") == b"old"
 
 
 @pytest_twisted.ensureDeferred

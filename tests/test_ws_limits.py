@@ -11,6 +11,7 @@ from twisted.internet.task import Clock, LoopingCall, deferLater
 
 from quantum_sync.protocol import Change, Delete, now
 from quantum_sync.server.auth import Account, TokenAuthorizer
+from quantum_sync.threads import ReactorThreads
 from support import wait_for
 from test_ws_support import raw_handshake
 
@@ -213,7 +214,7 @@ async def test_fragment_trickle_closed_1008_by_assembly_deadline(sites):
 @pytest.fixture
 def authorizer(reactor):
     accounts = {"reader": Account("reader", "-", "read"), "writer": Account("writer", "-", "write")}
-    return TokenAuthorizer(accounts, b"k" * 32, 3600, reactor)
+    return TokenAuthorizer(accounts, b"k" * 32, 3600, reactor, run_in_thread=ReactorThreads(reactor).defer)
 
 
 @pytest_twisted.ensureDeferred

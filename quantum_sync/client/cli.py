@@ -77,13 +77,19 @@ def folders_meant(config_path, folder):
         if not configured:
             raise ConfigError("no folders: name a FOLDER, or give --config")
         return configured
+    return [_folder_meant(configured, folder)]
+
+
+def _folder_meant(configured, folder) -> tuple:
+    """``(name, path)`` of ``folder``: a configured folder's name, else a directory
+    (named as configured, or by its last part)."""
     for name, path in configured:
         if folder == name:
-            return [(name, path)]
+            return name, path
     if os.path.isdir(folder):
         path = os.path.realpath(folder)
         names = [name for name, p in configured if p == path]
-        return [(names[0] if names else os.path.basename(path), path)]
+        return names[0] if names else os.path.basename(path), path
     raise ConfigError(f"{folder}: neither a configured folder's name nor a directory")
 
 
@@ -119,10 +125,20 @@ def describe(status: dict) -> str:
     j = status["journal"]
     behind = "unknown" if j["behind"] is None else f"{j['behind']} behind"
     lines.append(f"  journal: cursor {j['cursor']}, head {j['head'] if j['head'] is not None else '?'} ({behind})")
+    lines.extend(_watch_lines(status.get("watch")))
     for guard in status["guards"]:
         lines.append(f"  held: {guard['guard']} ({guard['what']}): {guard['files']} of {guard['synced']} synced files; "
                      f"to release: {guard['release']}")
     return "\n".join(lines)
+
+
+def _watch_lines(w) -> list:
+    """The line of the folder's watch: lost events, full reconciles (none from an older daemon)."""
+    if w is None:
+        return []
+    last = w["last_full_reconcile_ago"]
+    return [f"  watch: {w['events_lost']} event overflows (inotify), {w['full_reconciles']} full reconciles"
+            + ("" if last is None else f", the last {last:.0f} s ago")]
 
 
 def _size(n) -> str:

@@ -61,16 +61,40 @@ def _folder(r, value, where, base_dir) -> FolderConfig:
     r.obj(value, where, _FOLDER_KEYS, required=("server", "local_path"))
     servers = _servers(r, value["server"], f"{where}.server")
     local_path = _path(r, value["local_path"], f"{where}.local_path", base_dir)
+    name, client_id = _names(r, value, where, local_path)
+    interval = r.number(value.get("interval", 30), f"{where}.interval")
+    if interval <= 0:
+        r.fail(f"{where}.interval", "must be more than 0 seconds")
+    settle = r.number(value.get("settle_ms", 200), f"{where}.settle_ms", integer=True)
+    strategy, flags, modes = _choices(r, value, where)
+    auth = _auth(r, value.get("auth"), f"{where}.auth", base_dir)
+    ca_cert = _ca_cert(r, value.get("ca_cert"), f"{where}.ca_cert", base_dir)
+    selection = Selection(_patterns(r, value.get("include", []), f"{where}.include"),
+                          _patterns(r, value.get("exclude", []), f"{where}.exclude"))
+    problem = folder_problem(local_path, f"{where}.local_path")
+    if problem:
+        raise ConfigError(f"{r.source}: {problem}")
+    client = ClientConfig(
+        server=servers[0], folder=os.path.realpath(local_path), client_id=client_id, interval=float(interval),
+        settle=settle / 1000.0, strategy=strategy, ca_cert=ca_cert, safety_interval=max(10 * interval, 300.0),
+        selection=selection, **auth, **flags, **modes, **_fallbacks(r, servers, f"{where}.server"),
+    )
+    return FolderConfig(name, client)
+
+
+def _names(r, value, where, local_path) -> tuple:
+    """``(the folder's name, its client id or None)``."""
     name = value.get("name", os.path.basename(local_path))
     if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
         r.fail(f"{where}.name", "1 to 64 letters, digits or . _ - (default: the local path's last part)")
     client_id = value.get("client_id")
     if client_id is not None and not (isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)):
         r.fail(f"{where}.client_id", "1 to 128 letters, digits or . _ : @ -")
-    interval = r.number(value.get("interval", 30), f"{where}.interval")
-    if interval <= 0:
-        r.fail(f"{where}.interval", "must be more than 0 seconds")
-    settle = r.number(value.get("settle_ms", 200), f"{where}.settle_ms", integer=True)
+    return name, client_id
+
+
+def _choices(r, value, where) -> tuple:
+    """``(conflict strategy, {flag: bool}, {"delta"|"compress": mode})``."""
     strategy = value.get("conflict_strategy", "rename")
     if strategy not in STRATEGIES:
         r.fail(f"{where}.conflict_strategy", f"expected one of {', '.join(STRATEGIES)}")
@@ -80,32 +104,30 @@ def _folder(r, value, where, base_dir) -> FolderConfig:
     for key, mode in modes.items():
         if mode not in MODES:
             r.fail(f"{where}.{key}", f"expected one of {', '.join(MODES)}")
-    auth = _auth(r, value.get("auth"), f"{where}.auth", base_dir)
-    ca_cert = value.get("ca_cert")
-    if ca_cert is not None:
-        ca_cert = _path(r, ca_cert, f"{where}.ca_cert", base_dir)
-        from quantum_sync.tls import TLSConfigError, load_trust_root
+    return strategy, flags, modes
 
-        try:
-            load_trust_root(ca_cert)
-        except TLSConfigError as e:
-            r.fail(f"{where}.ca_cert", str(e))
-    selection = Selection(_patterns(r, value.get("include", []), f"{where}.include"),
-                          _patterns(r, value.get("exclude", []), f"{where}.exclude"))
-    problem = folder_problem(local_path, f"{where}.local_path")
-    if problem:
-        raise ConfigError(f"{r.source}: {problem}")
-    extra = {}
-    if len(servers) > 1:
-        if "fallbacks" not in attrs.fields_dict(ClientConfig):
-            r.fail(f"{where}.server", "one server per folder (several need a client that tries them in turn)")
-        extra["fallbacks"] = servers[1:]
-    client = ClientConfig(
-        server=servers[0], folder=os.path.realpath(local_path), client_id=client_id, interval=float(interval),
-        settle=settle / 1000.0, strategy=strategy, ca_cert=ca_cert, safety_interval=max(10 * interval, 300.0),
-        selection=selection, **auth, **flags, **modes, **extra,
-    )
-    return FolderConfig(name, client)
+
+def _ca_cert(r, value, where, base_dir):
+    """The trust roots file's path (None: the system's), once it holds usable roots."""
+    if value is None:
+        return None
+    ca_cert = _path(r, value, where, base_dir)
+    from quantum_sync.tls import TLSConfigError, load_trust_root
+
+    try:
+        load_trust_root(ca_cert)
+    except TLSConfigError as e:
+        r.fail(where, str(e))
+    return ca_cert
+
+
+def _fallbacks(r, servers, where) -> dict:
+    """The ClientConfig field of the servers after the first (none: no field)."""
+    if len(servers) < 2:
+        return {}
+    if "fallbacks" not in attrs.fields_dict(ClientConfig):
+        r.fail(where, "one server per folder (several need a client that tries them in turn)")
+    return {"fallbacks": servers[1:]}
 
 
 def _servers(r, value, where) -> tuple:
@@ -153,13 +175,18 @@ def _auth(r, value, where, base_dir) -> dict:
             return {"token": read_secret_file(token_file, f"{where}.token_file", private=False), "token_file": token_file}
         if "user" not in value or "password_file" not in value:
             r.fail(where, "expected user and password_file, or token_file")
-        user = r.expect(value["user"], str, f"{where}.user", "a string")
-        if not user or len(user) > 256 or any(ord(c) < 32 for c in user):
-            r.fail(f"{where}.user", "1 to 256 characters, no control characters")
+        user = _user(r, value["user"], f"{where}.user")
         password_file = _path(r, value["password_file"], f"{where}.password_file", base_dir)
         return {"user": user, "password": read_secret_file(password_file, f"{where}.password_file", private=True)}
     except CredentialsError as e:
         raise ConfigError(f"{r.source}: {e}") from None
+
+
+def _user(r, value, where) -> str:
+    user = r.expect(value, str, where, "a string")
+    if not user or len(user) > 256 or any(ord(c) < 32 for c in user):
+        r.fail(where, "1 to 256 characters, no control characters")
+    return user
 
 
 def _check_distinct(r, folders):

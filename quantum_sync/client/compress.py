@@ -48,6 +48,8 @@ class ZstdFileBody(CompressedPieces):
             if piece:
                 consumer.write(piece)
             if done:
+                if not await self.unpaused():  # done once the connection resumed the body
+                    raise task.TaskStopped()
                 return
 
 

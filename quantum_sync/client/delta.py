@@ -16,9 +16,11 @@ the whole upload's would be. Block lists are kept by content hash in the folder'
 :data:`~quantum_sync.delta.DELTA_MIN` bytes.
 """
 
+import base64
 import json
 import os
 import tempfile
+import threading
 import time
 
 from twisted.internet import defer
@@ -27,8 +29,9 @@ from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 
 from quantum_sync import delta, protocol
+from quantum_sync.blocklists import READ_SIZE
 from quantum_sync.blocks import BlockStream, decode_blocks, encode_blocks, plan_delta, sent_bytes
-from quantum_sync.client import staging
+from quantum_sync.client import localfs, staging
 from quantum_sync.client.localfs import unlink_quietly
 from quantum_sync.client.transfer import (UPLOAD_CHUNK, PreconditionFailed, RequestRefused, ServerUnavailable,
                                           _bounded_body)
@@ -38,6 +41,10 @@ from quantum_sync.errors import SyncError
 
 #: A delta is not worth it when it would send more than this share of the file.
 WORTH = 0.75
+#: Hashes of large files remembered at most, by path and stat (:meth:`Deltas.prehashed`).
+HASHES_HELD = 64
+#: Block lists from broadcasts held at most (each until its download asks for it).
+OFFERS_HELD = 16
 #: Longest block list answer taken (a 64 GiB file of the smallest blocks).
 MAX_LIST = (64 << 30) // (64 << 10) * 36
 
@@ -61,18 +68,54 @@ class Deltas:
         self.sent = self.received = self.failed = 0
         #: range requests made for deltas (a multi-range request counts once)
         self.range_requests = 0
+        #: large files read for their hash and block list (:meth:`prehashed`)
+        self.files_hashed = 0
+        self._hashed = {}  # (path, inode, size, mtime) -> sha256, oldest first
+        self._hashed_lock = threading.Lock()  # (prehashed runs in the pool's threads)
+        #: block lists that came with their broadcast (not asked for)
+        self.lists_offered = 0
+        self._offered = {}  # sha256 -> compact list, oldest first
+        #: delta uploads that read their file again for its block list (it was not
+        #: kept when the file was hashed: one hashed while it was written)
+        self.lists_reread = 0
 
     def applies(self, size) -> bool:
         return self.enabled and self.wanted and size is not None and size >= delta.DELTA_MIN
 
     # -- block lists ---------------------------------------------------------------------
 
+    def offer(self, operation, text) -> None:
+        """A FileOperation broadcast brought the block list of the version ``operation``
+        names (``text``: its ``blocks`` field, base64 of the compact form): held for the
+        download that follows, at most :data:`OFFERS_HELD` of them (the oldest dropped)."""
+        metadata = getattr(operation, "metadata", None)
+        if not isinstance(text, str) or metadata is None or len(text) > 2 * delta.BROADCAST_LIST:
+            return
+        try:
+            data = base64.b64decode(text, validate=True)
+        except ValueError:
+            return
+        self._offered.pop(metadata.hash, None)
+        self._offered[metadata.hash] = data
+        while len(self._offered) > OFFERS_HELD:
+            self._offered.pop(next(iter(self._offered)))
+
     async def _server_list(self, path: str, sha256: str):
         """The block list of the server's ``path`` when it is version ``sha256`` (kept
-        here, else asked for and kept), or None."""
+        here, or come with its broadcast, else asked for; then kept), or None."""
         kept = await self.threads.defer(self.lists.blocks, sha256)
         if kept is not None:
             return kept
+        offered = self._offered.pop(sha256, None)
+        if offered is not None:
+            try:
+                blocks = decode_blocks(offered, self.lists.chunker.max_size)
+            except ValueError:
+                blocks = None  # asked for instead
+            if blocks:
+                await self.threads.defer(self.lists.keep, sha256, offered)
+                self.lists_offered += 1
+                return blocks
         try:
             with self.server._watching() as watch:
                 response = await self.server._transfer_request("GET", "/api/blocks", path, watch=watch)
@@ -110,6 +153,44 @@ class Deltas:
             return defer.succeed(None)
         return self.threads.defer(unlink_quietly, os.path.join(self.lists.directory, sha256))
 
+    def prehashed(self, abspath: str, take):
+        """A ``prehashed(size)`` for :func:`~quantum_sync.client.localfs.version`: the
+        hash ``take(size)`` has (a file hashed while it was written), else, for a file
+        deltas apply to, its hash and block list from one read (the list kept: the
+        delta upload that follows reads only the blocks it sends); else None. A file
+        hashed so a moment ago, and unchanged since (the same inode, size and mtime: the
+        rule that lets a scan skip a synced file), is not read again: a file saved by a
+        rename over the old one is looked at twice, as a move and then as a change."""
+        def prehashed(size):
+            digest = take(size)
+            if digest or not self.applies(size):
+                return digest
+            fd = localfs.open_regular(abspath)
+            try:
+                return self._hash_once(abspath, fd)
+            finally:
+                os.close(fd)
+
+        return prehashed
+
+    def _hash_once(self, abspath, fd) -> str:
+        before = os.fstat(fd)
+        key = (abspath, before.st_ino, before.st_size, before.st_mtime_ns)
+        with self._hashed_lock:
+            digest = self._hashed.get(key)
+        if digest is not None and os.path.exists(os.path.join(self.lists.directory, digest)):
+            return digest
+        digest = self.lists.hash_and_keep(fd)
+        after = os.fstat(fd)
+        with self._hashed_lock:
+            self.files_hashed += 1
+            if (after.st_ino, after.st_size, after.st_mtime_ns) == key[1:]:  # (else it changed while read)
+                self._hashed.pop(key, None)
+                self._hashed[key] = digest
+                while len(self._hashed) > HASHES_HELD:
+                    self._hashed.pop(next(iter(self._hashed)))
+        return digest
+
     # -- uploads -------------------------------------------------------------------------
 
     async def upload(self, path: str, abspath: str, sha256: str, if_match: str, size: int, staging_dir: str):
@@ -123,10 +204,11 @@ class Deltas:
         base = await self._server_list(path, if_match)
         if base is None:
             return None
-        made = await self.threads.defer(_delta_body, self.lists, abspath, base, staging_dir)
+        made = await self.threads.defer(_delta_body, self.lists, abspath, sha256, base, staging_dir)
         if made is None:
             return None  # not worth it
-        body, length, blocks = made
+        body, length, blocks, reread = made
+        self.lists_reread += reread
         headers = {b"X-Content-SHA256": [sha256.encode("ascii")], b"If-Match": [f'"{if_match}"'.encode("ascii")],
                    b"Content-Type": [b"application/octet-stream"]}
         opened = []
@@ -304,23 +386,25 @@ def _local_list(lists, abspath, sha256, expected):
     return None if data is None else decode_blocks(data, lists.chunker.max_size)
 
 
-def _delta_body(lists, abspath, base, staging_dir):
-    """``(name of a temp file holding the delta body, its length, the file's block list)``
-    that makes the local file ``abspath`` from ``base`` (the server's list); None when the
-    delta is not worth it. The file is read once for its list (not hashed whole again:
-    the server checks the result against the hash the caller names)."""
+def _delta_body(lists, abspath, sha256, base, staging_dir):
+    """``(name of a temp file holding the delta body, its length, the file's block list,
+    whether the file was read for that list)``
+    that makes the local file ``abspath`` (version ``sha256``) from ``base`` (the
+    server's list); None when the delta is not worth it. The file's list is the one kept
+    when it was hashed, else made from one read (not hashed whole again: the server
+    checks the result against ``sha256``); then only the blocks sent are read."""
     try:
         fd, _ = open_regular(abspath, follow_symlinks=False)
     except OSError:
         return None
     try:
-        stream, blocks, offset = BlockStream(lists.chunker), [], 0
-        while piece := os.pread(fd, PIECE, offset):
-            blocks.extend(stream.feed(piece))
-            offset += len(piece)
-        blocks.extend(stream.finish())
+        blocks = lists.blocks(sha256)
+        reread = blocks is None
+        if reread:
+            blocks = _blocks_of(lists.chunker, fd)
         plan = plan_delta(base, blocks)
-        if sent_bytes(plan) > WORTH * offset:
+        size = sum(block.length for block in blocks)
+        if sent_bytes(plan) > WORTH * size:
             return None
         out, name = tempfile.mkstemp(dir=staging_dir, prefix="up-delta-")
         with os.fdopen(out, "wb") as body:
@@ -336,7 +420,17 @@ def _delta_body(lists, abspath, base, staging_dir):
             length = body.tell()
     finally:
         os.close(fd)
-    return name, length, encode_blocks(blocks)
+    return name, length, encode_blocks(blocks), reread
+
+
+def _blocks_of(chunker, fd) -> list:
+    """The block list of the open file ``fd``, read once."""
+    stream, blocks, offset = BlockStream(chunker), [], 0
+    while piece := os.pread(fd, READ_SIZE, offset):
+        blocks.extend(stream.feed(piece))
+        offset += len(piece)
+    blocks.extend(stream.finish())
+    return blocks
 
 
 def _assemble(plan, abspath, expected, sent_path, staging_dir, sha256):

@@ -34,18 +34,30 @@ def leave_selection(folder: str, bases: dict, outside, ignored) -> Deselected:
     for path, base in sorted(leaving.items()):
         if not base.entry.is_directory:
             (removed if _remove_if_unchanged(resolve(folder, path), base) else kept).append(path)
-    for path in sorted((p for p, b in leaving.items() if b.entry.is_directory), key=lambda p: p.count("/"), reverse=True):
+    removed.extend(_remove_empty_directories(folder, [p for p, b in leaving.items() if b.entry.is_directory]))
+    present = localfs.stats_below(folder, ignored, None)
+    return Deselected(tuple(removed), tuple(kept), tuple(_never_synced(present, bases, outside)))
+
+
+def _remove_empty_directories(folder: str, directories) -> list:
+    """Of the synced ``directories`` leaving the selection, the empty ones removed
+    (deepest first); one not a directory any more, or not removable, is left alone."""
+    removed = []
+    for path in sorted(directories, key=lambda p: p.count("/"), reverse=True):
         try:
             if localfs.remove(resolve(folder, path), None):
                 removed.append(path)
         except (OSError, localfs.LocalChanged):
-            pass  # not a directory any more, or not removable: left alone
-    present = localfs.stats_below(folder, ignored, None)
-    never_synced = sorted(
+            pass
+    return removed
+
+
+def _never_synced(present: dict, bases: dict, outside) -> list:
+    """The outermost ``present`` paths outside the selection that were never synced."""
+    return sorted(
         p for p, st in present.items()
         if p not in bases and outside(p, st.is_directory) and not _parent_outside(p, present, outside)
     )
-    return Deselected(tuple(removed), tuple(kept), tuple(never_synced))
 
 
 def _remove_if_unchanged(abspath, base) -> bool:

@@ -272,7 +272,8 @@ class Engine:
         local = await self._versions.submit((path, base, with_bytes))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
             take = functools.partial(self.growing.take, path)
-            local = await self.threads.defer(localfs.version, self.abspath(path), base, prehashed=take)
+            prehashed = self.actions.deltas.prehashed(self.abspath(path), take)  # (with its block list)
+            local = await self.threads.defer(localfs.version, self.abspath(path), base, prehashed=prehashed)
         return local
 
     async def guard(self, coroutine, path):

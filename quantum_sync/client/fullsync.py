@@ -8,6 +8,9 @@ parallel (bounded), deletes last (files in parallel, then directories deepest fi
 Each decision runs under its locks and only if the base is still what it was planned on.
 """
 
+import errno
+import os
+import stat
 import time
 
 import attrs
@@ -119,9 +122,11 @@ class Planned:
     bytes_total: int
 
 
-def make_plan(scope, listing, trusted, bases_all, local, is_ignored, strategy, allow_mass_delete) -> Planned:
-    """The plan for ``scope`` (pure; run in a thread): ``bases_all`` is a copy of every base."""
-    remote, bases = _in_scope(scope.prefix, listing, bases_all, is_ignored)
+def make_plan(scope, listing, trusted, bases_all, local, is_ignored, strategy, allow_mass_delete,
+              special=frozenset()) -> Planned:
+    """The plan for ``scope`` (pure; run in a thread): ``bases_all`` is a copy of every base;
+    ``special``: paths left alone (:func:`special_paths`), neither deleted nor downloaded."""
+    remote, bases = _in_scope(scope.prefix, listing, bases_all, is_ignored, special)
     synced = sum(1 for b in bases_all.values() if not b.entry.is_directory)
     result = plan(
         {p: v.entry for p, v in local.items()},
@@ -139,8 +144,9 @@ def make_plan(scope, listing, trusted, bases_all, local, is_ignored, strategy, a
     return Planned(result, remote, synced, todo, _bytes_moved(todo))
 
 
-def _in_scope(prefix, listing, bases_all, is_ignored):
-    """The server's entries and the bases inside ``prefix`` (None: all), ignored ones left out."""
+def _in_scope(prefix, listing, bases_all, is_ignored, special=frozenset()):
+    """The server's entries and the bases inside ``prefix`` (None: all), ignored ones and
+    ``special`` ones left out."""
 
     def inside(path):
         return prefix is None or is_inside(path, prefix)
@@ -148,7 +154,51 @@ def _in_scope(prefix, listing, bases_all, is_ignored):
     remote = {m.path: m for m in listing if inside(m.path) and not is_ignored(m.path, m.is_directory)}
     # a directory's own metadata is not part of an empty subtree listing
     bases = {p: b for p, b in bases_all.items() if inside(p) and not is_ignored(p, b.entry.is_directory)}
-    return remote, bases
+    return _without(remote, special), _without(bases, special)
+
+
+def _without(found: dict, special) -> dict:
+    return {p: v for p, v in found.items() if p not in special} if special else found
+
+
+def special_paths(folder, prefix, listing, bases, local) -> tuple:
+    """``(paths, names)``: the synced or listed paths inside ``prefix`` (None: all) that the
+    scan ``local`` did not find because a FIFO, socket, device or symlink is in their place
+    (or in place of a folder above them), and those special names themselves. Such a path
+    is never synced, and no reason to delete the server's file or to download over it
+    (blocking: a thread; one lstat per path the scan did not find)."""
+    candidates = {m.path for m in listing} | set(bases)
+    paths, names = set(), set()
+    for path in candidates:
+        if path in local or (prefix is not None and not is_inside(path, prefix)):
+            continue
+        name = _special_at(folder, path)
+        if name is not None:
+            paths.add(path)
+            names.add(name)
+    return paths, names
+
+
+def _special_at(folder, path):
+    """The path of the special entry at ``path`` or above it; None when there is none."""
+    try:
+        st = os.lstat(os.path.join(folder, path))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno != errno.ENOTDIR:
+            return None
+        parts = path.split("/")  # something above is not a folder: which one
+        for end in range(1, len(parts)):
+            above = "/".join(parts[:end])
+            try:
+                st = os.lstat(os.path.join(folder, above))
+            except OSError:
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                return None if stat.S_ISREG(st.st_mode) else above
+        return None
+    return None if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else path
 
 
 def _bytes_moved(todo) -> int:
@@ -187,7 +237,10 @@ class FullSync:
         self.progress = None
         #: ``(count, synced)`` of the mass delete the last full reconcile held (None: none)
         self.mass_delete_held = None
+        #: full reconciles finished since the start (``status``: ``watch.full_reconciles``)
+        self.completed = 0
         self._limit = defer.DeferredSemaphore(PLAN_CONCURRENCY)
+        self._special_said = set()  # special names already logged
 
     def reconcile(self, prefix=None, listing=None, held=frozenset(), pull_first=False):
         """Reconcile the folder, or the subtree ``prefix``; a full one is coalesced with
@@ -235,8 +288,11 @@ class FullSync:
             engine.went_online()
         bases_all = dict(engine.state.bases)
         local = await engine.threads.defer(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix)
+        special, names = await engine.threads.defer(special_paths, engine.folder, scope.prefix, listing, bases_all,
+                                                    local)
+        self._say_special(names, scope.prefix)
         planned = await engine.threads.defer(make_plan, scope, listing, trusted, bases_all, local, engine.is_ignored,
-                                      engine.strategy, engine.allow_mass_delete)
+                                      engine.strategy, engine.allow_mass_delete, special)
         self._warn(planned)
         if scope.prefix is None:
             held = planned.result.mass_delete_held
@@ -264,12 +320,21 @@ class FullSync:
     def _after_full(self, scope, head, local, remote):
         engine = self.engine
         engine.last_full_reconcile = engine.reactor.seconds()
+        self.completed += 1
         journal = scope.journal
         engine.remote.reconciled(head, journal.journal_id if journal else None, journal is not None)
         state = engine.state
         for path in list(state.pending):
             if path not in state.bases and path not in local and path not in remote:
                 state.unqueue(path)
+
+    def _say_special(self, names, prefix):
+        """One line per special name found where a synced or listed path is (once while
+        it stays: a full reconcile forgets the names gone)."""
+        for name in sorted(names - self._special_said):
+            self.log.warn("{path} is a FIFO, socket, device or symlink where the server has a file or folder: "
+                          "left alone (the server's copy is kept, nothing is downloaded over it)", path=name)
+        self._special_said = set(names) if prefix is None else self._special_said | names
 
     def _warn(self, planned):
         result = planned.result

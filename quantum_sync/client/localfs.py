@@ -153,7 +153,18 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
         return LocalVersion(base.entry, st)
     if hash_limit is not None and st.size > hash_limit:
         return UNHASHED
-    data = None
+    digest, data = _digest(abspath, st, keep, prehashed, budget)
+    if lstat(abspath) != st:
+        if data is not None and budget is not None:
+            budget.give(st.size)
+        raise LocalChanged(abspath)  # still being written: try again later
+    return LocalVersion(Entry(digest, st.size, False), st, _suspect(st, base), data)
+
+
+def _digest(abspath: str, st, keep: int, prehashed, budget) -> tuple:
+    """``(sha256, the file's bytes or None)`` of the file ``st`` describes: read whole
+    when it has at most ``keep`` bytes that fit in ``budget``, else hashed from disk
+    (or ``prehashed``)."""
     if st.size <= keep and (budget is None or budget.take(st.size)):
         try:
             data = _read_small(abspath, keep + 1, st.size)
@@ -163,22 +174,20 @@ def version(abspath: str, base=None, keep: int = 0, hash_limit: int = None, preh
             if budget is not None:
                 budget.give(st.size)
             raise
-        digest = hashlib.sha256(data).hexdigest()
-    else:
-        digest = (prehashed and prehashed(st.size)) or sha256_file(abspath)
-    after = lstat(abspath)
-    if after != st:
-        if data is not None and budget is not None:
-            budget.give(st.size)
-        raise LocalChanged(abspath)  # still being written: try again later
-    suspect = (
+        return hashlib.sha256(data).hexdigest(), data
+    return (prehashed and prehashed(st.size)) or sha256_file(abspath), None
+
+
+def _suspect(st, base) -> bool:
+    """True for a file found empty, synced with content and with no newer mtime since
+    (zero bytes, old mtime: held, never sent)."""
+    return (
         base is not None
         and st.size == 0
         and base.entry.size > 0
         and not base.entry.is_directory
         and st.mtime_ns <= base.local_mtime_ns + SUSPECT_MTIME_SLACK_NS
     )
-    return LocalVersion(Entry(digest, st.size, False), st, suspect, data)
 
 
 def versions(folder: str, items, keep: int, hash_limit: int, budget=None) -> list:
@@ -226,20 +235,7 @@ def _look_below(folder: str, is_ignored, below, look) -> dict:
     stack = [start]
     while stack:
         current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                children = list(it)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        for child in children:
-            if current == folder and child.name == STATE_DIR_NAME:
-                continue
-            rel = relative_from_disk(folder, child.path)
-            if rel is None:
-                continue
-            is_dir = child.is_dir(follow_symlinks=False)
-            if is_ignored(rel, is_dir):
-                continue
+        for child, rel, is_dir in _children(folder, current, is_ignored):
             v = looked(rel, child.path)
             if v is None:
                 continue
@@ -251,6 +247,27 @@ def _look_below(folder: str, is_ignored, below, look) -> dict:
         if v is not None:
             found[below] = v
     return found
+
+
+def _children(folder: str, current: str, is_ignored) -> list:
+    """``(entry, path, is a directory)`` of each entry of the directory ``current``
+    that can be synced and is not ignored (none when it cannot be listed)."""
+    try:
+        with os.scandir(current) as it:
+            children = list(it)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    kept = []
+    for child in children:
+        if current == folder and child.name == STATE_DIR_NAME:
+            continue
+        rel = relative_from_disk(folder, child.path)
+        if rel is None:
+            continue
+        is_dir = child.is_dir(follow_symlinks=False)
+        if not is_ignored(rel, is_dir):
+            kept.append((child, rel, is_dir))
+    return kept
 
 
 def _matches(abspath: str, expected) -> bool:
@@ -339,47 +356,16 @@ def install_many(folder: str, staging_dir: str, installs, installed=None) -> lis
         turn = range(start, min(start + INSTALL_TURN, len(installs)))
         written = []  # (position, descriptor, staged name or None) of the files written whole
         for position in turn:
-            item = installs[position]
             try:
-                # a new file gets its name by a link (one "created" event, no rename for
-                # the watcher to pair); a file replaced, by a rename
-                fd = NAMELESS.open(staging_dir, 0o600) if item.expected is None else None
-                staged = None
-                if fd is None:
-                    fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+                written.append((position, *_write_staged(installs[position], staging_dir)))
             except OSError as e:
                 results[position] = e
-                continue
-            try:
-                view = memoryview(item.data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.utime(fd, (item.modified, item.modified))
-            except OSError as e:
-                os.close(fd)
-                unlink_quietly(staged)
-                results[position] = e
-                continue
-            written.append((position, fd, staged))
         synced = fsync_all([fd for _, fd, _ in written], one_directory=True)  # all in staging_dir
         for (position, fd, staged), error in zip(written, synced):
             try:
                 if error is not None:
                     raise error
-                abspath = resolve(folder, installs[position].path)
-                st = os.fstat(fd)
-                if installed is not None:
-                    installed.expect(abspath, st)
-                try:
-                    if staged is None:
-                        results[position] = _link_new(folder, fd, abspath, st, directories)
-                    else:
-                        results[position] = _rename_if(folder, staged, abspath, installs[position].expected, directories)
-                except BaseException:
-                    if installed is not None:
-                        installed.forget(abspath)
-                    raise
-                directories.add(os.path.dirname(abspath))
+                results[position] = _place_staged(folder, installs[position], fd, staged, installed, directories)
             except Exception as e:
                 unlink_quietly(staged)
                 results[position] = e
@@ -388,6 +374,48 @@ def install_many(folder: str, staging_dir: str, installs, installed=None) -> lis
     for directory in directories:
         fsync_directory(directory)
     return results
+
+
+def _write_staged(item, staging_dir: str) -> tuple:
+    """``(descriptor, staged name or None)`` of a new file in ``staging_dir`` holding
+    ``item``'s bytes with its mtime, not yet fsynced: nameless for a new file (it gets its
+    name by a link: one "created" event, no rename for the watcher to pair), named for a
+    file replaced (by a rename). OSError, with nothing left behind."""
+    fd = NAMELESS.open(staging_dir, 0o600) if item.expected is None else None
+    staged = None
+    if fd is None:
+        fd, staged = tempfile.mkstemp(dir=staging_dir, prefix="dl-")
+    try:
+        view = memoryview(item.data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.utime(fd, (item.modified, item.modified))
+    except OSError:
+        os.close(fd)
+        unlink_quietly(staged)
+        raise
+    return fd, staged
+
+
+def _place_staged(folder: str, item, fd: int, staged, installed, directories: set):
+    """Put the durable staged file (``fd``; ``staged``: its name, or None) at ``item``'s
+    path, as :func:`install` does; its :class:`LocalStat`. ``directories`` is told the
+    directory written to, ``installed`` (or None) the file just before it appears."""
+    abspath = resolve(folder, item.path)
+    st = os.fstat(fd)
+    if installed is not None:
+        installed.expect(abspath, st)
+    try:
+        if staged is None:
+            result = _link_new(folder, fd, abspath, st, directories)
+        else:
+            result = _rename_if(folder, staged, abspath, item.expected, directories)
+    except BaseException:
+        if installed is not None:
+            installed.forget(abspath)
+        raise
+    directories.add(os.path.dirname(abspath))
+    return result
 
 
 def unlink_quietly(name):

@@ -160,7 +160,7 @@ class SyncClientProtocol(WebSocketClientProtocol):
             if operation is not None:
                 seq = message.get("seq")
                 link.received(seq if isinstance(seq, int) and not isinstance(seq, bool) else None, operation,
-                              message.get("journal_id"))
+                              message.get("journal_id"), message.get("blocks"))
         elif kind == "Error" and message.get("id") == TRANSFERS_TOPIC:
             _log.info("realtime: the server announces no uploads in progress; large files are fetched once stored")
         elif kind == "Error" and message.get("code") == "CLIENT_ID_IN_USE":
@@ -306,7 +306,9 @@ class RealtimeLink:
         self.engine.catch_up_soon()
         self.engine.retry_pending()
 
-    def received(self, seq, operation, journal_id=None):
+    def received(self, seq, operation, journal_id=None, blocks=None):
+        if blocks is not None:  # (the new version's block list, for a delta download)
+            self.engine.actions.deltas.offer(operation, blocks)
         self.engine.remote_operation(seq, operation, journal_id)
 
     def closed(self, proto, code, reason):

@@ -63,18 +63,24 @@ def _leading_directories(patterns):
             continue
         if pattern.startswith("!"):
             return None
-        body = pattern.rstrip("/")
-        if "/" not in body.lstrip("/") and not pattern.startswith("/"):
-            return None  # "name" or "*.pdf": matches at any depth
-        segments = []
-        for segment in body.lstrip("/").split("/"):
-            if segment == "**" or _GLOB & set(segment):
-                break
-            segments.append(segment)
-        if not segments:
+        lead = _leading_directory(pattern)
+        if lead is None:
             return None
-        leads.append("/".join(segments))
+        leads.append(lead)
     return leads
+
+
+def _leading_directory(pattern: str):
+    """The literal directory one include pattern is anchored under, or None."""
+    body = pattern.rstrip("/")
+    if "/" not in body.lstrip("/") and not pattern.startswith("/"):
+        return None  # "name" or "*.pdf": matches at any depth
+    segments = []
+    for segment in body.lstrip("/").split("/"):
+        if segment == "**" or _GLOB & set(segment):
+            break
+        segments.append(segment)
+    return "/".join(segments) if segments else None
 
 
 EVERYTHING = Selection()

@@ -107,19 +107,7 @@ class SyncClientService(MultiService):
             return
         ControlService(self.folder_name, self, self.reactor).setServiceParent(self)
         client_id = self.state.client_id(config.client_id)
-        if self.state.made_for is not None:
-            self.log.warn(
-                "the state in {folder} was made for {other} (a copy of that folder?): {what} {client_id}",
-                folder=config.folder, other=self.state.made_for, client_id=client_id,
-                what="keeping the client id given," if config.client_id else "taking a new client id,")
-        self.log.info(
-            "syncing {folder} with {server} as client {client_id}",
-            folder=config.folder,
-            server=config.server,
-            client_id=client_id,
-        )
-        if self.state.is_new:
-            self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
+        self._announce(client_id)
         self.credentials = credentials_for(self.reactor, config.token, config.token_file, config.user, config.password,
                                            run_in_thread=self.threads.defer)
         self.server = ServerClient(self.reactor, config.server, client_id, self.credentials, config.ca_cert,
@@ -164,6 +152,31 @@ class SyncClientService(MultiService):
         if config.initial_sync:
             self._watch()
             await self.engine.reconcile()  # what changed locally during the initial pull
+        self._keep_in_sync(client_id)
+        self.ready.callback(None)
+
+    def _announce(self, client_id: str) -> None:
+        """Log which folder syncs with which server as which client, and what its state
+        says of it (a copy of another folder's, or none yet)."""
+        config = self.config
+        if self.state.made_for is not None:
+            self.log.warn(
+                "the state in {folder} was made for {other} (a copy of that folder?): {what} {client_id}",
+                folder=config.folder, other=self.state.made_for, client_id=client_id,
+                what="keeping the client id given," if config.client_id else "taking a new client id,")
+        self.log.info(
+            "syncing {folder} with {server} as client {client_id}",
+            folder=config.folder,
+            server=config.server,
+            client_id=client_id,
+        )
+        if self.state.is_new:
+            self.log.info("{folder} has no sync state yet: treated as new, nothing is deleted on the server", folder=config.folder)
+
+    def _keep_in_sync(self, client_id: str) -> None:
+        """Once the first reconcile is done: the WebSocket link (unless periodic sync
+        only) and the periodic reconcile."""
+        config = self.config
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
                                      relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks)
@@ -171,7 +184,6 @@ class SyncClientService(MultiService):
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
         self._ticker.start(config.interval, now=False)
-        self.ready.callback(None)
 
     async def _leave_selection(self):
         """Local copies of synced paths now outside the selection go (when unchanged)."""
@@ -246,23 +258,14 @@ class SyncClientService(MultiService):
 
     async def _stop(self):
         self._stopping = True
-        if self._backoff is not None:
-            self._backoff.cancel()
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
-        if self.credentials is not None:
-            self.credentials.stop()
+        self._stop_timers()
         stopped = []
         if self.link is not None:
             await self.link.stop()
             stopped.append(self.link.service)  # stopped: a second stop can re-enter the first
         await stop_children_but(self, self.threads, *stopped)
         if self.engine is not None:
-            self.engine.stop()
-            await self.engine.idle()
-            running = self.engine._reconcile_running
-            if running is not None:
-                await defer.DeferredList([running])
+            await self._stop_engine()
         if self._starting is not None and not self._starting.called:
             await defer.DeferredList([self._starting])
         if self.server is not None:
@@ -270,6 +273,23 @@ class SyncClientService(MultiService):
         if self.state is not None:
             await self.state.close()
         self.threads.stopService()
+
+    def _stop_timers(self) -> None:
+        """Cancel the reconnect backoff, the periodic reconcile and the token renewal."""
+        if self._backoff is not None:
+            self._backoff.cancel()
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self.credentials is not None:
+            self.credentials.stop()
+
+    async def _stop_engine(self) -> None:
+        """Stop the engine and wait for what it is doing, a reconcile too."""
+        self.engine.stop()
+        await self.engine.idle()
+        running = self.engine._reconcile_running
+        if running is not None:
+            await defer.DeferredList([running])
 
     def stopService(self):
         return defer.ensureDeferred(self._stop())

@@ -147,7 +147,7 @@ class _BodyToSink(Protocol):
 def receive(response, sink: StagingSink, watch=None) -> defer.Deferred:
     """Deliver ``response``'s body into ``sink``; fires when all of it has been handed over
     (the threads may still be working: call :meth:`StagingSink.finish`). ``watch``: the
-    transfer's idle watch (:class:`quantum_sync.client.transfer.IdleWatch`)."""
+    transfer's idle watch (:class:`quantum_sync.client.idlewatch.IdleWatch`)."""
     if response.length == 0:
         return defer.succeed(None)
     done = defer.Deferred()

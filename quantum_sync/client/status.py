@@ -42,35 +42,87 @@ async def folder_status(name, service, reactor) -> dict:
     answer["server"].update(reachable=engine.online, last_error=engine.last_error if engine.online is not True else None)
     answer.update(
         paused=engine.pause.paused,
-        waiting={
-            "up": {"files": progress.up_files if progress else 0, "bytes": progress.up_bytes if progress else 0},
-            "down": {"files": progress.down_files if progress else 0, "bytes": progress.down_bytes if progress else 0},
-            # paths to sync again once the server answers (either way: decided then)
-            "queued": len(pending),
-            "held_while_paused": engine.pause.holding,
-        },
-        progress=None if progress is None else {
-            "files_done": progress.files_done, "files_total": progress.files_total,
-            "bytes_done": progress.bytes_done, "bytes_total": progress.bytes_total,
-            "rate_bytes_per_s": round(progress.rate, 1),
-            "seconds_left": None if progress.seconds_left is None else round(progress.seconds_left, 1),
-        },
-        transfers={"count": len(working), "paths": working[:LISTED],
-                   "running": [{"direction": direction, "path": path, "bytes": moved}
-                               for direction, path, moved in sorted(engine.server.transfers_running(),
-                                                                    key=lambda t: t[1])][:LISTED]},
+        waiting=_waiting(progress, len(pending), engine.pause.holding),
+        progress=_progress(progress),
+        transfers=_transfers(working, engine.server.transfers_running()),
         conflicts={"count": len(conflicts), "paths": conflicts[:LISTED]},
         journal={"journal_id": state.journal_id, "cursor": cursor, "head": head, "behind": behind},
         guards=guards,
+        watch=_watch(service, engine, reactor),
         selection={"include": list(config.selection.include), "exclude": list(config.selection.exclude)},
     )
-    busy = bool(pending or working or progress or len(engine.paths) or engine.pause.holding or behind)
-    answer["in_sync"] = (service.ready.called and engine.online is True and not engine.pause.paused
-                         and not busy and not guards)
-    answer["state"] = ("paused" if engine.pause.paused else "in sync" if answer["in_sync"]
-                       else "offline" if engine.online is False else "syncing" if busy
-                       else "starting" if not service.ready.called else "held" if guards else "syncing")
+    busy = _busy(engine, pending, working, progress, behind)
+    answer["in_sync"] = _in_sync(engine.pause.paused, engine.online, busy, service.ready.called, guards)
+    answer["state"] = _state_word(engine.pause.paused, answer["in_sync"], engine.online, busy,
+                                  service.ready.called, guards)
     return answer
+
+
+def _waiting(progress, queued: int, holding) -> dict:
+    """What waits to go up and down, and what waits for the server or a resume."""
+    return {
+        "up": {"files": progress.up_files if progress else 0, "bytes": progress.up_bytes if progress else 0},
+        "down": {"files": progress.down_files if progress else 0, "bytes": progress.down_bytes if progress else 0},
+        # paths to sync again once the server answers (either way: decided then)
+        "queued": queued,
+        "held_while_paused": holding,
+    }
+
+
+def _progress(progress) -> dict | None:
+    """The progress of the reconcile being carried out (None: none is)."""
+    if progress is None:
+        return None
+    return {
+        "files_done": progress.files_done, "files_total": progress.files_total,
+        "bytes_done": progress.bytes_done, "bytes_total": progress.bytes_total,
+        "rate_bytes_per_s": round(progress.rate, 1),
+        "seconds_left": None if progress.seconds_left is None else round(progress.seconds_left, 1),
+    }
+
+
+def _transfers(working: list, running) -> dict:
+    """The paths being synced, and the transfers moving bytes (``running``:
+    ``(direction, path, bytes)``), at most :data:`LISTED` of each."""
+    return {"count": len(working), "paths": working[:LISTED],
+            "running": [{"direction": direction, "path": path, "bytes": moved}
+                        for direction, path, moved in sorted(running, key=lambda t: t[1])][:LISTED]}
+
+
+def _busy(engine, pending, working, progress, behind) -> bool:
+    """True while anything is queued, being synced or still to catch up."""
+    return bool(pending or working or progress or len(engine.paths) or engine.pause.holding or behind)
+
+
+def _in_sync(paused: bool, online, busy: bool, ready: bool, guards) -> bool:
+    return ready and online is True and not paused and not busy and not guards
+
+
+def _state_word(paused: bool, in_sync: bool, online, busy: bool, ready: bool, guards) -> str:
+    """The one word of the folder's state."""
+    if paused:
+        return "paused"
+    if in_sync:
+        return "in sync"
+    if online is False:
+        return "offline"
+    if busy:
+        return "syncing"
+    if not ready:
+        return "starting"
+    return "held" if guards else "syncing"
+
+
+def _watch(service, engine, reactor) -> dict:
+    """How the folder is watched: the times the kernel dropped its file events (inotify
+    queue overflows, each followed by a full reconcile), the full reconciles finished
+    since the start (at start, on lost events, periodic ones) and how long ago the last
+    one ended (seconds; None: none yet)."""
+    last = engine.last_full_reconcile
+    watcher = service.watcher
+    return {"events_lost": watcher.events_lost if watcher is not None else 0,
+            "full_reconciles": engine.fullsync.completed,
+            "last_full_reconcile_ago": None if last is None else round(reactor.seconds() - last, 1)}
 
 
 def _guards(engine) -> list:

@@ -28,6 +28,30 @@ def fail(line: str, status: int = 1):
     raise SystemExit(status)
 
 
+def _check_servers(servers: list) -> None:
+    """Refuse no ``--server``, or one that is not ``http(s)://HOST:PORT``."""
+    if not servers:
+        raise ValueError("--server URL is required")
+    for server in servers:
+        parts = urlsplit(server)
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"--server {server}: invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"--server {server}: expected http://HOST:PORT or https://HOST:PORT")
+
+
+def _check_trust_root(ca_cert: str) -> None:
+    """Refuse a ``--ca-cert`` file that holds no usable trust root."""
+    from quantum_sync.tls import TLSConfigError, load_trust_root
+
+    try:
+        load_trust_root(ca_cert)
+    except TLSConfigError as e:
+        raise ValueError(str(e)) from None
+
+
 class Options(usage.Options):
     """Options of the ``quantum-sync-client`` twistd plugin."""
 
@@ -92,35 +116,14 @@ class Options(usage.Options):
 
     def _validate(self) -> ClientConfig:
         servers = self.get("servers", [])
-        if not servers:
-            raise ValueError("--server URL is required")
-        for server in servers:
-            parts = urlsplit(server)
-            try:
-                parts.port
-            except ValueError:
-                raise ValueError(f"--server {server}: invalid port") from None
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
-                raise ValueError(f"--server {server}: expected http://HOST:PORT or https://HOST:PORT")
+        _check_servers(servers)
         server = servers[0]
         folder = self["local-path"]
         if not folder:
             raise ValueError("--local-path DIR is required")
         folder = os.path.abspath(folder)
-        interval = _number("--interval", self["interval"], float)
-        settle = _number("--settle", self["settle"], int)
-        if interval <= 0:
-            raise ValueError("--interval must be more than 0 seconds")
-        if settle < 0:
-            raise ValueError("--settle must not be negative")
-        strategy = self["conflict-strategy"]
-        if strategy not in STRATEGIES:
-            raise ValueError(f"--conflict-strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
-        for name in ("delta", "compress"):
-            if self[name] not in MODES:
-                raise ValueError(f"--{name} {self[name]}: expected one of {', '.join(MODES)}")
-        if self["realtime"] and self["no-realtime"]:
-            raise ValueError("--realtime and --no-realtime exclude each other")
+        interval, settle = self._timing()
+        strategy = self._choices()
         client_id = self["client-id"]
         if client_id is not None and not re.fullmatch(r"[A-Za-z0-9._:@-]{1,128}", client_id):
             raise ValueError("--client-id: 1 to 128 letters, digits or . _ : @ -")
@@ -128,12 +131,7 @@ class Options(usage.Options):
         user, password = self._login()
         ca_cert = self["ca-cert"]
         if ca_cert is not None:
-            from quantum_sync.tls import TLSConfigError, load_trust_root
-
-            try:
-                load_trust_root(ca_cert)
-            except TLSConfigError as e:
-                raise ValueError(str(e)) from None
+            _check_trust_root(ca_cert)
         problem = folder_problem(folder)
         if problem:
             raise ValueError(problem)
@@ -159,6 +157,28 @@ class Options(usage.Options):
             fallbacks=tuple(url.rstrip("/") for url in servers[1:]),
         )
 
+    def _timing(self) -> tuple:
+        """``(--interval seconds, --settle milliseconds)``, checked."""
+        interval = _number("--interval", self["interval"], float)
+        settle = _number("--settle", self["settle"], int)
+        if interval <= 0:
+            raise ValueError("--interval must be more than 0 seconds")
+        if settle < 0:
+            raise ValueError("--settle must not be negative")
+        return interval, settle
+
+    def _choices(self) -> str:
+        """Check the options taking one of a few words; the conflict strategy."""
+        strategy = self["conflict-strategy"]
+        if strategy not in STRATEGIES:
+            raise ValueError(f"--conflict-strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+        for name in ("delta", "compress"):
+            if self[name] not in MODES:
+                raise ValueError(f"--{name} {self[name]}: expected one of {', '.join(MODES)}")
+        if self["realtime"] and self["no-realtime"]:
+            raise ValueError("--realtime and --no-realtime exclude each other")
+        return strategy
+
     def _token(self):
         if self["token"] and self["token-file"]:
             raise ValueError("--token and --token-file exclude each other")
@@ -175,9 +195,13 @@ class Options(usage.Options):
             raise ValueError("--user and --password-file go together")
         if self["token"] or self["token-file"]:
             raise ValueError("--user excludes --token and --token-file")
-        if not user or len(user) > 256 or any(ord(c) < 32 for c in user):
-            raise ValueError("--user: 1 to 256 characters, no control characters")
+        _check_user(user)
         return user, read_secret_file(password_file, "--password-file", private=True)
+
+
+def _check_user(user: str) -> None:
+    if not user or len(user) > 256 or any(ord(c) < 32 for c in user):
+        raise ValueError("--user: 1 to 256 characters, no control characters")
 
 
 def _number(option, text, kind):

@@ -30,7 +30,6 @@ import email.utils
 import hashlib
 import json
 import os
-import re
 import tempfile
 import time
 from urllib.parse import quote, urlsplit
@@ -38,11 +37,9 @@ from urllib.parse import quote, urlsplit
 import attrs
 import treq
 from twisted.internet import defer, task
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -54,6 +51,8 @@ from quantum_sync.client.batches import Batcher
 from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
+from quantum_sync.client.idlewatch import IdleWatch, read_body
+from quantum_sync.client.jsonarray import json_array_items
 from quantum_sync.client.keepalive import KeptEndpoints
 from quantum_sync.client.localfs import open_regular, unlink_quietly
 from quantum_sync.compression import ENCODING
@@ -150,41 +149,11 @@ class ChangesPage:
     journal_id: str = None
 
 
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _json_array_items(text: str) -> list:
-    """The items of the JSON array ``text``, decoded one at a time: ``json.loads`` of a
-    listing of 50,000 entries holds the GIL (and so the reactor) for about 100 ms at once.
-    ValueError when ``text`` is not a JSON array."""
-    decoder, items = json.JSONDecoder(), []
-    at = _JSON_SPACE.match(text).end()
-    if text[at:at + 1] != "[":
-        raise ValueError("not a JSON array")
-    at = _JSON_SPACE.match(text, at + 1).end()
-    if text[at:at + 1] == "]":
-        at += 1
-    else:
-        while True:
-            item, at = decoder.raw_decode(text, at)
-            items.append(item)
-            at = _JSON_SPACE.match(text, at).end()
-            separator, at = text[at:at + 1], at + 1
-            if separator == "]":
-                break
-            if separator != ",":
-                raise ValueError("malformed JSON array")
-            at = _JSON_SPACE.match(text, at).end()
-    if _JSON_SPACE.match(text, at).end() != len(text):
-        raise ValueError("extra data after the JSON array")
-    return items
-
-
 def _parse_listing(raw: bytes) -> tuple:
     """``(entries, problems)`` of an ``/api/list`` answer; ServerUnavailable when it is not
     a JSON list."""
     try:
-        body = _json_array_items(raw.decode("utf-8"))
+        body = json_array_items(raw.decode("utf-8"))
     except ValueError:  # UnicodeDecodeError too
         raise ServerUnavailable("GET /api/list: the answer is not a JSON list") from None
     parsed, problems = [], []
@@ -251,79 +220,6 @@ async def _settled(deferreds) -> list:
     return [value if succeeded else value.value for succeeded, value in answers]
 
 
-class IdleWatch:
-    """Aborts a transfer that moves no byte for ``seconds``: :attr:`abort` is what stops
-    its current phase (cancel the request, stop reading the body); :meth:`touch` on every
-    byte moved; :attr:`paused` while the client itself holds the body back (a slow disk)."""
-
-    def __init__(self, clock, seconds):
-        self._clock, self.seconds = clock, seconds
-        self.last = clock.seconds()
-        self.moved = 0  # bytes moved so far (what ``touch`` was told of)
-        self.stalled = False
-        self.paused = False
-        self.abort = None
-        self._call = clock.callLater(seconds, self._check)
-
-    def touch(self, data=None):
-        self.last = self._clock.seconds()
-        if data:
-            self.moved += len(data)
-
-    def _check(self):
-        idle = self._clock.seconds() - self.last
-        if self.paused or idle < self.seconds:
-            self._call = self._clock.callLater(self.seconds if self.paused else self.seconds - idle, self._check)
-            return
-        self._call = None
-        self.stalled = True
-        if self.abort is not None:
-            self.abort()
-
-    def stop(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-
-class _Collect(Protocol):
-    """Hands each chunk of a body to ``on_chunk``; an exception it raises ends the body."""
-
-    def __init__(self, on_chunk, done, watch):
-        self._on_chunk, self._done, self._watch = on_chunk, done, watch
-        self._error = None
-
-    def connectionMade(self):
-        if self._watch is not None:
-            self._watch.abort = self.transport.stopProducing
-
-    def dataReceived(self, data):
-        if self._error is not None:
-            return
-        if self._watch is not None:
-            self._watch.touch(data)
-        try:
-            self._on_chunk(data)
-        except Exception as e:
-            self._error = e
-            self.transport.stopProducing()
-
-    def connectionLost(self, reason):
-        if self._error is not None:
-            self._done.errback(self._error)
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
-
-
-def read_body(response, on_chunk, watch=None) -> defer.Deferred:
-    """Deliver ``response``'s body to ``on_chunk``; fires when it has all arrived."""
-    done = defer.Deferred()
-    response.deliverBody(_Collect(on_chunk, done, watch))
-    return done
-
-
 async def _bounded_body(response, limit: int, too_long: Exception, what: str, watch=None) -> bytes:
     """The body of ``response``, refused with ``too_long`` as soon as it passes ``limit``
     bytes (the connection is then closed); ServerUnavailable when it breaks off
@@ -380,45 +276,82 @@ def retry_after_seconds(values, now=None) -> float:
 
 @implementer(IBodyProducer)
 class _BytesBody:
-    """A request body already in memory, written in one go (no cooperator task)."""
+    """A request body already in memory, written in one go (no cooperator task). When
+    that write fills the connection's buffer (it pauses the body), the body is done only
+    once the connection resumes it: a body done while paused would leave the kept-alive
+    connection taking its *next* body for a paused one, and resuming that (Twisted's
+    ``NotPaused`` from a ``FileBodyProducer``: the connection drops)."""
 
     def __init__(self, data: bytes):
         self._data = data
         self.length = len(data)
+        self._paused = False
+        self._resumed = None  # fires when resumed after a pause during the write
 
     def startProducing(self, consumer):
+        self._paused = False  # (sent again after a refusal: a new connection)
         consumer.write(self._data)
-        return defer.succeed(None)
+        if not self._paused:
+            return defer.succeed(None)
+        self._resumed = defer.Deferred()  # never fires once stopped (IBodyProducer)
+        return self._resumed
 
     def pauseProducing(self):
-        pass
+        self._paused = True
 
     def resumeProducing(self):
-        pass
+        self._paused = False
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
 
     def stopProducing(self):
-        pass
+        self._resumed = None
 
 
 @implementer(IBodyProducer)
 class _WatchedBody:
-    """A request body whose every write tells an :class:`IdleWatch`."""
+    """A request body whose every write tells an :class:`IdleWatch`. The body is resumed
+    only after it was paused (once however many pauses came between): a connection that
+    resumes a body it never paused (see :class:`_BytesBody`) must not make a
+    ``FileBodyProducer`` raise ``NotPaused`` in the reactor's write."""
 
     def __init__(self, producer, watch):
         self._producer, self._watch = producer, watch
         self.length = producer.length
+        self._paused = False
+        self._sending = False  # started, neither done nor stopped
 
     def startProducing(self, consumer):
-        return self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
+        self._sending = True
+        done = self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
+        return done.addBoth(self._done)
+
+    def _done(self, result):
+        self._sending = False
+        return result
+
+    def answered(self) -> None:
+        """The server answered (or the request failed) before the whole body went: a
+        refusal at the head (401, 413, 503...) stops the body there, rather than sending
+        the rest into a connection the server only drains before closing it."""
+        if self._sending:
+            self.stopProducing()
 
     def pauseProducing(self):
-        self._producer.pauseProducing()
+        if not self._paused:
+            self._producer.pauseProducing()  # (a finished FileBodyProducer raises: not paused)
+            self._paused = True
 
     def resumeProducing(self):
-        self._producer.resumeProducing()
+        if self._paused:
+            self._paused = False
+            self._producer.resumeProducing()
 
     def stopProducing(self):
-        self._producer.stopProducing()
+        if self._sending:
+            self._sending = False
+            self._producer.stopProducing()
 
 
 class _TouchingConsumer:
@@ -573,7 +506,11 @@ class ServerClient:
             requested = self._agent.request(method.encode("ascii"), url, Headers(all_headers), producer)
             if watch is not None:
                 watch.abort = requested.cancel
-            return await self._answer(method, path, requested, watch)
+            try:
+                return await self._answer(method, path, requested, watch)
+            finally:
+                if isinstance(producer, _WatchedBody):
+                    producer.answered()
 
         return await self._authorized(send)
 
@@ -770,18 +707,25 @@ class ServerClient:
             return await _settled(
                 self._small_transfers.run(lambda j=j: defer.ensureDeferred(self._upload(j.path, None, j.sha256, j.if_match, j.data)))
                 for j in jobs)
-        manifest = batch.upload_manifest([(j.path, len(j.data), j.sha256, j.if_match) for j in jobs])
-        body = _BytesBody(batch.encode(manifest, [j.data for j in jobs]))
-        with self._watching() as watch:
-            response = await self._batch_request(BATCH_UPLOAD, body, watch)
-            if response is None:
-                return await self._upload_batch(jobs)
-            answer = await self._answer_body(response, "upload batch", watch)
+        answer = await self._send_batch(jobs)
+        if answer is None:
+            return await self._upload_batch(jobs)
         try:
             results = batch.parse_upload_answer(json.loads(answer), [j.path for j in jobs])
         except (ValueError, SyncError):
             raise ServerUnavailable("upload batch: malformed answer") from None
         return [self._item_refusal("upload", j.path, r) if isinstance(r, batch.ItemError) else r for j, r in zip(jobs, results)]
+
+    async def _send_batch(self, jobs):
+        """The answer's body to an upload batch of ``jobs`` (None: the server takes no
+        batches)."""
+        manifest = batch.upload_manifest([(j.path, len(j.data), j.sha256, j.if_match) for j in jobs])
+        body = _BytesBody(batch.encode(manifest, [j.data for j in jobs]))
+        with self._watching() as watch:
+            response = await self._batch_request(BATCH_UPLOAD, body, watch)
+            if response is None:
+                return None
+            return await self._answer_body(response, "upload batch", watch)
 
     @staticmethod
     def _answer_body(response, what, watch):
@@ -854,33 +798,42 @@ class ServerClient:
         goes alone); per job its checked bytes or its exception."""
         if len(jobs) == 1 or not self._batching:
             return await _settled(self._download_alone(j) for j in jobs)
+        items = await self._fetch_batch(jobs)
+        if items is None:
+            return await self._download_batch(jobs)
+        results, alone = [], {}
+        for position, (job, item) in enumerate(zip(jobs, items)):
+            if isinstance(item, batch.ItemError) and item.code == "TOO_LARGE":
+                alone[position] = self._download_alone(job)  # grown since announced, or the batch was full
+            results.append(self._batch_item(job, item))
+        for position, outcome in zip(alone, await _settled(alone.values())):
+            results[position] = outcome
+        return results
+
+    async def _fetch_batch(self, jobs):
+        """The items of the answer to a download batch of ``jobs``, one a job (None: the
+        server takes no batches)."""
         with self._watching() as watch:
             response = await self._batch_request(
                 BATCH_DOWNLOAD, _BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")), watch)
             if response is None:
-                return await self._download_batch(jobs)
+                return None
             limit = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs)
             body = await _bounded_body(
                 response, limit, ServerUnavailable(f"download batch: the answer is longer than {limit} bytes"),
                 "download batch", watch)
         try:
-            items = batch.parse_download_answer(body, [j.path for j in jobs])
+            return batch.parse_download_answer(body, [j.path for j in jobs])
         except SyncError as e:
             raise ServerUnavailable(f"download batch: malformed answer: {e.message}") from None
-        results, alone = [], {}
-        for position, (job, item) in enumerate(zip(jobs, items)):
-            if isinstance(item, batch.ItemError):
-                if item.code == "TOO_LARGE":  # grown since announced, or the batch was full
-                    alone[position] = self._download_alone(job)
-                item = self._item_refusal("download", job.path, item)
-            elif hashlib.sha256(item[1]).hexdigest() != job.sha256:
-                item = DownloadCorrupt(f"download of {job.path}: content does not match its SHA-256")
-            else:
-                item = item[1]
-            results.append(item)
-        for position, outcome in zip(alone, await _settled(alone.values())):
-            results[position] = outcome
-        return results
+
+    def _batch_item(self, job, item):
+        """One file of a download batch's answer: its checked bytes, or the exception."""
+        if isinstance(item, batch.ItemError):
+            return self._item_refusal("download", job.path, item)
+        if hashlib.sha256(item[1]).hexdigest() != job.sha256:
+            return DownloadCorrupt(f"download of {job.path}: content does not match its SHA-256")
+        return item[1]
 
     async def _download_bytes(self, path, sha256, size):
         with self._watching() as watch:

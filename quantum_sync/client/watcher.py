@@ -168,16 +168,21 @@ class _Bridge(FileSystemEventHandler):
             return None
         path = self._relative(event.src_path)
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
-            destination = self._relative(event.dest_path)
-            if path is not None and destination is not None:
-                special = not event.is_directory and _stat(self._folder, destination) is SPECIAL
-                return None if special else (MOVE, path, destination)
-            changed = path if path is not None else destination
-            return None if changed is None else self._item(CHANGE, changed, False)
+            return self._translate_move(event, path)
         if path is None:
             return None
         kind = CHANGE if isinstance(event, (FileClosedEvent, DirCreatedEvent)) else SETTLE
         return self._item(kind, path, isinstance(event, FileModifiedEvent))
+
+    def _translate_move(self, event, path):
+        """A rename inside the folder (not of a special file); a change of the side that
+        is inside when the other is not (or is not synced)."""
+        destination = self._relative(event.dest_path)
+        if path is not None and destination is not None:
+            special = not event.is_directory and _stat(self._folder, destination) is SPECIAL
+            return None if special else (MOVE, path, destination)
+        changed = path if path is not None else destination
+        return None if changed is None else self._item(CHANGE, changed, False)
 
     def _deliver(self):
         with self._lock:

@@ -6,226 +6,38 @@ Upload bodies arrive already spooled and hashed by
 :class:`quantum_sync.server.site.SyncRequest` (small ones in memory, others in a temp file).
 """
 
+import contextlib
 import hashlib
 import io
-import json
 import os
-from urllib.parse import quote
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server
+from twisted.web import resource, server
 from twisted.web.resource import IResource
-from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from quantum_sync import batch, paths
-from quantum_sync.diskio import open_regular
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import is_sha256, parse_operation
-from quantum_sync.server.diskdiff import matches
+from quantum_sync.server.download import HashedFile, Opened, describes, open_file
+from quantum_sync.server.httpio import (
+    client_id, encode_json, expected_sha256, header, query, query_int, read_json_body, write_error, write_json)
 from quantum_sync.server.operations import check_client_id, etag_value
 from quantum_sync.server.relay import RelayResource, Relays
 from quantum_sync.server.spools import SPOOLS, BatchSpool
-from quantum_sync.server.store import DiskEntry, storage_error
-from quantum_sync.server.webui import secure_headers
+from quantum_sync.server.store import storage_error
 from quantum_sync.server.zstdfile import ZstdDownload, accepts_zstd, worth_compressing
 from quantum_sync.server.versions import parse_restore
 from quantum_sync.threads import ReactorThreads
 
 MAX_CHANGES_LIMIT = 10000
 DEFAULT_CHANGES_LIMIT = 1000
-DOWNLOAD_CHUNK = 256 * 1024
-#: Files of at most this many bytes are read whole in the thread that opens them (and
-#: only such files travel in a download batch).
-SMALL_DOWNLOAD = batch.MAX_DOWNLOAD_FILE
-#: JSON request bodies up to this many bytes are parsed on the reactor, larger ones in a thread.
-JSON_INLINE = 64 * 1024
-#: More byte ranges than this in one request are ignored (the whole file is sent).
-MAX_RANGES = 16
 #: Tries to pair an opened file with its hash before a download gives up (CONFLICT).
 DOWNLOAD_ATTEMPTS = 3
-
-
-def encode_json(body) -> bytes:
-    """``body`` as compact UTF-8 JSON (blocking for a large body: see :func:`write_json`)."""
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
-
-
-def write_json(request, body, status: int = 200, encoded: bytes = None) -> bytes:
-    """Set status and JSON content type; return the encoded body (``encoded``, when the
-    caller already encoded a large one on a thread)."""
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return encode_json(body) if encoded is None else encoded
-
-
-def write_error(request, error: SyncError) -> bytes:
-    if "retryAfter" in error.extra:
-        request.setHeader(b"Retry-After", str(int(error.extra["retryAfter"] + 0.999)).encode())
-    return write_json(request, error.to_json(), error.status)
-
-
-def query(request, name: str, required: bool = True):
-    """The decoded value of query parameter ``name`` (first occurrence)."""
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        if required:
-            raise SyncError("INVALID_REQUEST", f"missing query parameter {name!r}")
-        return None
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        code = "INVALID_PATH" if name == "path" else "INVALID_REQUEST"
-        raise SyncError(code, f"query parameter {name!r} is not valid UTF-8") from None
-
-
-def query_int(request, name: str, default: int, minimum: int, maximum: int) -> int:
-    text = query(request, name, required=False)
-    if text is None:
-        return default
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
-        raise SyncError("INVALID_REQUEST", f"{name} must be a non-negative integer")
-    value = int(text)
-    if not minimum <= value <= maximum:
-        raise SyncError("INVALID_REQUEST", f"{name} must be between {minimum} and {maximum}")
-    return value
-
-
-def header(request, name: str):
-    """The first value of header ``name`` as text (INVALID_REQUEST unless UTF-8)."""
-    values = request.requestHeaders.getRawHeaders(name.encode("ascii"))
-    if not values:
-        return None
-    try:
-        return values[0].decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise SyncError("INVALID_REQUEST", f"the {name} header is not valid UTF-8") from None
-
-
-def client_id(request) -> str:
-    """The caller's ``X-Client-Id`` (``""`` when absent)."""
-    return check_client_id(header(request, "X-Client-Id") or "")
-
-
-def expected_sha256(request):
-    """The upload's ``X-Content-SHA256``, lowercase (None when absent)."""
-    expected = header(request, "X-Content-SHA256")
-    if expected is None:
-        return None
-    expected = expected.lower()
-    if not is_sha256(expected):
-        raise SyncError("INVALID_REQUEST", "X-Content-SHA256 must be a SHA-256 hex digest")
-    return expected
-
-
-async def read_json_body(request, threads):
-    """The request's JSON body, parsed on the reactor when it is small and in a thread
-    above :data:`JSON_INLINE` bytes (in ``threads``; bodies go up to 16 MiB); INVALID_REQUEST if it is
-    not JSON."""
-    content = request.content
-    if content.seek(0, os.SEEK_END) <= JSON_INLINE:
-        return _parse_json(content)
-    return await threads.defer(_parse_json, content)
-
-
-def _parse_json(content):
-    content.seek(0)
-    try:
-        return json.loads(content.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise SyncError("INVALID_REQUEST", "the body must be a JSON object") from None
-
-
-def attachment(name: str) -> bytes:
-    """A ``Content-Disposition`` that saves the body as ``name`` (RFC 6266: an ASCII
-    fallback and the UTF-8 name percent-encoded)."""
-    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\%' else "_" for c in name)
-    encoded = quote(name.encode("utf-8", "surrogateescape"), safe="")
-    return f'attachment; filename="{fallback}"; filename*=UTF-8\'\'{encoded}'.encode("ascii")
-
-
-class HashedFile(File):
-    """A downloadable file: twisted's static.File (Range/206, HEAD, streaming) plus an
-    ETag of its SHA-256; never a directory listing.
-
-    It serves the already ``opened`` file whose content has that hash, so a rename onto
-    the path meanwhile can never pair one version's bytes with another's ETag."""
-
-    def __init__(self, path: str, digest: str, opened):
-        super().__init__(path, defaultType="application/octet-stream")
-        self.digest = digest
-        self._opened = opened.file
-        self._stat = opened.stat
-
-    def openForReading(self):
-        return self._opened
-
-    def getFileSize(self):
-        return self._stat.st_size
-
-    def getModificationTime(self):
-        return self._stat.st_mtime
-
-    def exists(self):
-        return True
-
-    def isdir(self):
-        return False
-
-    def download_headers(self, request) -> None:
-        """The headers of every download of this file (with or without compression)."""
-        request.setHeader(b"Accept-Ranges", b"bytes")
-        # Always a download, never a page: an uploaded HTML file must not run in the
-        # web UI's origin.
-        request.setHeader(b"Content-Disposition", attachment(self.basename()))
-        secure_headers(request)
-
-    def render_GET(self, request):
-        self.download_headers(request)
-        if request.setETag(f'"{self.digest}"'.encode("ascii")) == http.CACHED:
-            self._opened.close()
-            return b""
-        ranges = request.getHeader(b"range")
-        if ranges is not None and (not ranges.isascii() or ranges.count(b",") >= MAX_RANGES):
-            # Undecodable, or a multipart answer many times the file's size: a Range
-            # header that is not understood is ignored (RFC 9110 14.2), whole file it is.
-            request.requestHeaders.removeHeader(b"range")
-        if isinstance(self._opened, io.BytesIO) and request.getHeader(b"range") is None:
-            return self._render_whole(request)
-        return super().render_GET(request)
-
-    render_HEAD = render_GET
-
-    def _render_whole(self, request) -> bytes:
-        """static.File's answer without a Range (Last-Modified, Content-Type and -Length,
-        HEAD) for a body already in memory: returned at once, no producer."""
-        if request.setLastModified(self._stat.st_mtime) == http.CACHED:
-            return b""
-        if self.type is None:
-            self.type, self.encoding = getTypeAndEncoding(
-                self.basename(), self.contentTypes, self.contentEncodings, self.defaultType)
-        request.setHeader(b"Content-Length", b"%d" % self.getFileSize())  # as File's own answer
-        if self.type:
-            request.setHeader(b"Content-Type", self.type.encode("ascii"))
-        if self.encoding:
-            request.setHeader(b"Content-Encoding", self.encoding.encode("ascii"))
-        return b"" if request.method == b"HEAD" else self._opened.getvalue()
-
-    def restat(self, reraise=True):
-        """The opened file's stat is all this resource needs (no stat of the name)."""
-
-    def makeProducer(self, request, fileForReading):
-        producer = super().makeProducer(request, fileForReading)
-        producer.bufferSize = DOWNLOAD_CHUNK  # fewer, larger reads and socket writes
-        return producer
-
-    def directoryListing(self):
-        raise SyncError("NOT_FOUND", "not a file")
 
 
 class FileApi:
@@ -250,10 +62,11 @@ class FileApi:
 
     def upload_gate(self, request) -> None:
         """Refuse an upload as soon as its headers are in (before the body is stored):
-        UPLOAD_DISABLED, or the authorizer's refusal when it can answer at once."""
+        UPLOAD_DISABLED, or the authorizer's refusal (its token is judged now, not when
+        the body is all in: see :meth:`TokenAuthorizer.admit_head`)."""
         if not self.operations.enable_upload:
             raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
-        self.authorizer.authorize_request(request, "write")
+        self.authorizer.admit_head(request, "write")
 
     def relay_upload(self, request, spool, length) -> None:
         """Offer an upload whose headers are in (its body about to go into ``spool``) to
@@ -275,7 +88,7 @@ class FileApi:
         identity = self.authorizer.authorize_request(request, role)
         bindings = getattr(self.operations.hub, "bindings", None)
         if bindings is not None:  # with auth on, a client id is its first user's
-            bindings.claim(header(request, "X-Client-Id") or "", identity.user)
+            await maybeDeferred(bindings.claim, header(request, "X-Client-Id") or "", identity.user)
         await self.operations.wait_ready()
         return identity
 
@@ -364,21 +177,21 @@ class FileApi:
         return served
 
     async def _opened_version(self, path: str, absolute: str, st) -> tuple:
-        """``(FileMetadata, _Opened)`` of the file stored at ``path`` (on-disk name
+        """``(FileMetadata, Opened)`` of the file stored at ``path`` (on-disk name
         ``absolute``, lstat ``st``): the opened file and the metadata of exactly the
         version opened (a small one's bytes already read)."""
         recent = self.operations.recent.get(path, st)
         if recent is not None:  # a small file just uploaded, still as it was stored
             metadata, body = recent
-            return metadata, _Opened(io.BytesIO(body), st)
+            return metadata, Opened(io.BytesIO(body), st)
         for _ in range(DOWNLOAD_ATTEMPTS):
             # one thread call opens the file (a small one is read whole) and reads its row
             opened, current = await self.operations.index.get_after(
-                lambda: _open_file(absolute), path)
+                lambda: open_file(absolute), path)
             try:
                 # the index row describes the opened file (the common case): serve it;
                 # else check the path against the disk (refreshing a stale row)
-                if not _describes(current, opened):
+                if not describes(current, opened):
                     current = await self.operations.stored(path)
             except BaseException:
                 if opened is not None:
@@ -388,7 +201,7 @@ class FileApi:
             if metadata.is_directory:
                 raise SyncError("INVALID_REQUEST", f"{path} is a directory")
             if opened is not None:
-                if _describes(current, opened):
+                if describes(current, opened):
                     return metadata, opened
                 opened.file.close()  # replaced between opening and hashing: again
         raise SyncError("CONFLICT", f"{path} keeps changing while being read; try again")
@@ -441,10 +254,11 @@ class FileApi:
                 raise spool.error
             if expected is not None and expected != spool.sha256:
                 raise SyncError("HASH_MISMATCH", f"the body hashes to {spool.sha256}, not {expected}")
-            metadata, _ = await self.operations.upload(
-                path, spool, spool.sha256, spool.size, source,
-                if_match=header(request, "If-Match"),
-                if_none_match=header(request, "If-None-Match"))
+            async with self._offering(spool.sha256, spool.size):
+                metadata, _ = await self.operations.upload(
+                    path, spool, spool.sha256, spool.size, source,
+                    if_match=header(request, "If-Match"),
+                    if_none_match=header(request, "If-None-Match"))
             return write_json(request, metadata.to_json())
         finally:
             if isinstance(spool, SPOOLS):
@@ -465,6 +279,10 @@ class FileApi:
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"ETag", f'"{metadata.hash}"'.encode("ascii"))
         return data
+
+    def _offering(self, sha256, size):
+        """The new version's short block list goes with its broadcast (while the upload installs)."""
+        return self.deltas.offering(sha256, size) if self.deltas is not None else contextlib.nullcontext()
 
     @app.route("/api/upload-delta", methods=["POST", "PUT"])
     async def upload_delta(self, request):
@@ -497,8 +315,9 @@ class FileApi:
                     raise SyncError("CONFLICT", f"{path} is too small for a delta", reason="BLOCK_NOT_HELD")
                 body = (lambda: open(spool.path, "rb")) if spool.path is not None else (lambda: io.BytesIO(spool.body))
                 built = await self.deltas.build(body, metadata, opened.file.fileno(), expected)
-            metadata, _ = await self.operations.upload(path, built, expected, built.stat.st_size, source,
-                                                       if_match=base, release_temp=True)
+            async with self._offering(expected, built.stat.st_size):
+                metadata, _ = await self.operations.upload(path, built, expected, built.stat.st_size, source,
+                                                           if_match=base, release_temp=True)
             return write_json(request, metadata.to_json())
         finally:
             if isinstance(spool, SPOOLS):
@@ -613,15 +432,7 @@ class FileApi:
         taken = []
         for item in items:
             try:
-                if item.error is not None:
-                    raise item.error
-                self.operations.store.resolve(item.path)
-                if limit is not None and item.size > limit:
-                    raise SyncError("TOO_LARGE", f"{item.path} is larger than the limit of {limit} bytes")
-                data = item.content(contents)
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != item.sha256:
-                    raise SyncError("HASH_MISMATCH", f"{item.path} hashes to {digest}, not {item.sha256}")
+                data = self._checked_bytes(item, contents, limit)
             except SyncError as error:
                 data = error
             taken.append((item, data))
@@ -632,6 +443,20 @@ class FileApi:
             taken[position] = (item, storage_error(outcome) if isinstance(outcome, OSError)
                                else _StagedBody(*outcome, data))
         return taken
+
+    def _checked_bytes(self, item, contents, limit) -> bytes:
+        """The bytes of one file of a batch body once its path, size and hash are good
+        (blocking: it resolves the path on disk); its SyncError otherwise."""
+        if item.error is not None:
+            raise item.error
+        self.operations.store.resolve(item.path)
+        if limit is not None and item.size > limit:
+            raise SyncError("TOO_LARGE", f"{item.path} is larger than the limit of {limit} bytes")
+        data = item.content(contents)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != item.sha256:
+            raise SyncError("HASH_MISMATCH", f"{item.path} hashes to {digest}, not {item.sha256}")
+        return data
 
     async def _batch_upload_one(self, item, staged, source: str, request):
         """One file of an upload batch: its FileMetadata as stored, or its SyncError. Its
@@ -802,43 +627,6 @@ class _StagedBody:
     path: object
     stat: os.stat_result
     body: bytes = attrs.field(repr=False)
-
-
-@attrs.frozen
-class _Opened:
-    """A file opened for a download: a file object (its bytes already in memory for a
-    small file) and its ``fstat``."""
-
-    file: object
-    stat: os.stat_result | None
-
-
-def _open_file(absolute: str):
-    """The regular file at ``absolute`` opened for reading (never through a final
-    symlink, never blocking on a FIFO or device) as an :class:`_Opened`, or None. A file
-    of at most :data:`SMALL_DOWNLOAD` bytes is read whole here, so the reactor never
-    reads it."""
-    try:
-        fd, st = open_regular(absolute, follow_symlinks=False)
-    except OSError:
-        return None
-    opened = os.fdopen(fd, "rb")
-    if st.st_size > SMALL_DOWNLOAD:
-        return _Opened(opened, st)
-    with opened:
-        data = opened.read(SMALL_DOWNLOAD + 1)
-        after = os.fstat(fd)
-    unchanged = len(data) == st.st_size and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
-    return _Opened(io.BytesIO(data), st if unchanged else None)  # None: matches no row
-
-
-def _describes(current, opened) -> bool:
-    """True when index row ``current`` (``(FileMetadata, mtime_ns)`` or None) is the
-    version of the regular file ``opened`` (or None)."""
-    if current is None or opened is None or opened.stat is None or current[0].is_directory:
-        return False
-    st = opened.stat
-    return matches(current, DiskEntry(current[0].path, False, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
 
 
 def _address(request) -> str:

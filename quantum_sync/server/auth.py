@@ -13,6 +13,10 @@ default). With one, :func:`build_authorizer` makes a :class:`TokenAuthorizer`:
   or a lowered role takes effect at once;
 - tokens arrive as ``Authorization: Bearer T``, ``?token=T`` or the WebSocket ``auth``
   message (:meth:`TokenAuthorizer.authorize_token`);
+- an upload's token is checked when its head arrives (:meth:`TokenAuthorizer.admit_head`,
+  401 before a byte of the body is read) and its expiry judged at that moment: a long
+  body may outlive the token it started with, so it is never refused after it is all in
+  and sent again (the account and role are checked again at the end);
 - failed logins are throttled per address and per user (:mod:`.throttle`): 429
   RATE_LIMIT_EXCEEDED with ``retryAfter``, announced as a ``security_alert``.
 
@@ -27,7 +31,6 @@ import uuid
 import attrs
 import jwt
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from quantum_sync import passwords
@@ -49,6 +52,8 @@ DEFAULT_SECRET_NAME = "auth-secret"
 #: Longer "tokens" are refused without parsing (ours are about 300 characters).
 MAX_TOKEN_LENGTH = 4096
 MAX_USERNAME_LENGTH = 256
+#: The request attribute holding the identity its head was admitted with (:meth:`TokenAuthorizer.admit_head`).
+ADMITTED = "quantum_sync_admitted"
 
 
 def role_allows(have: str, need: str) -> bool:
@@ -87,6 +92,11 @@ class OpenAuthorizer:
 
     def authorize_token(self, token, role: str) -> Identity:
         """Same for a bare token (the WebSocket ``auth`` message)."""
+        return ANONYMOUS_ADMIN
+
+    def admit_head(self, request, role: str) -> Identity:
+        """:meth:`authorize_request` for a request whose head is in and whose body is not
+        yet read (an upload); the identity is kept on the request for the check at its end."""
         return ANONYMOUS_ADMIN
 
     def login(self, username, password, address: str) -> dict:
@@ -170,6 +180,16 @@ def _bearer_token(request):
     return None
 
 
+def _may_match(username: str, password: str) -> bool:
+    """Whether ``username`` and ``password`` are short enough to be worth the (slow)
+    password check; one with a lone surrogate (valid JSON) is nobody's password."""
+    try:
+        password_bytes = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return len(username) <= MAX_USERNAME_LENGTH and password_bytes <= passwords.MAX_PASSWORD_BYTES
+
+
 class TokenAuthorizer:
     """Accounts from the config, HS256 JWTs, roles, and failed-login throttling."""
 
@@ -183,7 +203,8 @@ class TokenAuthorizer:
         clock,
         hub=None,
         throttle=None,
-        run_in_thread=deferToThread,
+        *,
+        run_in_thread,
     ):
         self.accounts = accounts
         self._key = key
@@ -222,23 +243,7 @@ class TokenAuthorizer:
             raise SyncError("AUTH_REQUIRED", "authentication required: send a token")
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             raise SyncError("AUTH_FAILED", "invalid token")
-        try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=[ALGORITHM],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                options={
-                    "require": ["exp", "iat", "sub", "iss", "aud"],
-                    # expiry is checked below against the injected clock
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                },
-            )
-        except jwt.InvalidTokenError:
-            raise SyncError("AUTH_FAILED", "invalid token") from None
+        claims = self._claims(token)
         expires, user = claims["exp"], claims["sub"]
         if not isinstance(expires, (int, float)) or isinstance(expires, bool):
             raise SyncError("AUTH_FAILED", "invalid token")
@@ -248,6 +253,27 @@ class TokenAuthorizer:
         if account is None:
             raise SyncError("AUTH_FAILED", "invalid token")
         return Identity(account.name, account.role, expires)
+
+    def _claims(self, token: str) -> dict:
+        """The claims of a token this server signed (its expiry not yet checked);
+        AUTH_FAILED for any other."""
+        try:
+            return jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={
+                    "require": ["exp", "iat", "sub", "iss", "aud"],
+                    # expiry is checked by the caller against the injected clock
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.InvalidTokenError:
+            raise SyncError("AUTH_FAILED", "invalid token") from None
 
     def recheck(self, identity: Identity, role: str) -> Identity:
         """For long-lived connections (the WebSocket): the identity authenticated earlier,
@@ -273,13 +299,27 @@ class TokenAuthorizer:
         return identity
 
     def authorize_request(self, request, role: str) -> Identity:
-        """Same for an HTTP request (Bearer header, else ``?token=``)."""
+        """Same for an HTTP request (Bearer header, else ``?token=``). A request admitted
+        by :meth:`admit_head` is judged as its head was: the token's expiry then, the
+        account and role now."""
         try:
+            admitted = getattr(request, ADMITTED, None)
+            if admitted is not None:
+                return self.recheck(attrs.evolve(admitted, expires=None), role)
             return self.authorize_token(_bearer_token(request), role)
         except SyncError as e:
             if e.status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="quantum-sync"')
             raise
+
+    def admit_head(self, request, role: str) -> Identity:
+        """Check the token of a request whose head is in, before its body is read (an
+        upload: refused with 401 at once rather than after its last byte). The identity
+        is kept on the request, so a body that takes longer than the token has left is
+        not refused at its end as expired (and sent again by the client)."""
+        identity = self.authorize_request(request, role)
+        setattr(request, ADMITTED, identity)
+        return identity
 
     # logins
 
@@ -299,12 +339,7 @@ class TokenAuthorizer:
         # Counted before the (slow) check, so parallel guesses cannot pass the limit;
         # a correct password clears it again.
         lockouts = self.throttle.failed(address, user)
-        try:
-            password_bytes = len(password.encode("utf-8"))
-        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): nobody's password
-            password_bytes = None
-        if (len(username) > MAX_USERNAME_LENGTH or password_bytes is None
-                or password_bytes > passwords.MAX_PASSWORD_BYTES):
+        if not _may_match(username, password):
             ok = False
         else:
             stored = account.password_hash if account is not None else passwords.dummy_hash()
@@ -388,12 +423,13 @@ def _check_secret_location(secret_file: str, root: str) -> None:
         )
 
 
-def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None, run_in_thread=deferToThread):
+def build_authorizer(auth_config, state_dir, reactor, hub=None, root=None, *, run_in_thread):
     """The authorizer for the config's ``auth`` section (a dict or an attrs object with
     ``users``, ``secret_file``, ``token_ttl``): :class:`OpenAuthorizer` when it is None.
     A relative ``secret_file`` is taken from the working directory; without one the
     key lives in ``<state_dir>/auth-secret``. With ``root`` given, a key file inside
-    the synced root is refused. Raises :class:`AuthConfigError`."""
+    the synced root is refused. ``run_in_thread(f, *args)`` (the server's thread pool)
+    checks passwords off the reactor. Raises :class:`AuthConfigError`."""
     if auth_config is None:
         return OpenAuthorizer()
     accounts = _accounts(_get(auth_config, "users"))

@@ -3,12 +3,16 @@
 - :meth:`Deltas.block_list`: the block list of a stored version (kept when its upload
   streamed in, see :class:`~quantum_sync.server.spools.UploadSpool`; else made once, in a
   thread, and kept), for ``GET /api/blocks``.
+- :meth:`Deltas.offering`: a new version's block list, when short, held for the
+  ``FileOperation`` broadcast of its change (:attr:`Deltas.offered`, read by the hub), so
+  that receivers need not ask for it.
 - :meth:`Deltas.build`: a delta upload's new file, made in a temp file from the stored
   base (its reused ranges copied with ``copy_file_range``) and the bytes sent, its
   SHA-256 checked; the group commit then installs it as any upload
   (:meth:`~quantum_sync.server.operations.FileOperations.upload`).
 """
 
+import contextlib
 import os
 import tempfile
 import time
@@ -44,6 +48,35 @@ class Deltas:
         self._reactor = reactor
         self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._making = {}  # sha256 -> the Deferreds waiting for its list being made
+        self._offered = {}  # sha256 -> [compact list, uploads offering it]
+
+    def offered(self, sha256: str):
+        """The compact block list of content ``sha256`` while an upload of it offers it
+        to its broadcast (:meth:`offering`), else None."""
+        held = self._offered.get(sha256)
+        return None if held is None else held[0]
+
+    @contextlib.asynccontextmanager
+    async def offering(self, sha256: str, size: int):
+        """While the body runs (the upload's install, journal entry and broadcast), the
+        list of the new version ``sha256`` (``size`` bytes) is :meth:`offered`, when
+        the server keeps one of at most :data:`~quantum_sync.delta.BROADCAST_LIST`
+        bytes."""
+        data = None
+        if size >= delta.DELTA_MIN and sha256 not in self._offered:
+            data = await self._thread(self.block_lists.read, sha256, delta.BROADCAST_LIST)
+        if data is not None:
+            self._offered.setdefault(sha256, [data, 0])
+        held = self._offered.get(sha256)
+        if held is not None:
+            held[1] += 1
+        try:
+            yield
+        finally:
+            if held is not None:
+                held[1] -= 1
+                if not held[1]:
+                    del self._offered[sha256]
 
     def _thread(self, function, *args) -> Deferred:
         return self._threads.defer(function, *args)

@@ -62,23 +62,28 @@ def journal_items(rows: dict, found: dict, digests: dict) -> list:
     ``digests`` holds the hash of each stale file that could be read; a stale file
     without one is left out (it vanished or changed while being hashed: its next event
     or rescan catches it)."""
-    items = []
     gone = {path for path in rows if path not in found}
-    for path in sorted(gone):
-        if paths.parent(path) not in gone:  # else removed with its parent
-            items.append(([], [path], Delete(path)))
+    items = [([], [path], Delete(path)) for path in sorted(gone)
+             if paths.parent(path) not in gone]  # else removed with its parent
     for path in sorted(p for p in found if not matches(rows.get(p), found[p])):
-        entry, row = found[path], rows.get(path)
-        if not entry.is_directory and path not in digests:
-            continue
-        if row is not None and row[0].is_directory != entry.is_directory:
-            items.append(([], [path], Delete(path)))
-            row = None
-        stored = metadata_of(entry, digests.get(path, ""))
-        if row is not None and row[0].hash == stored[0].hash:
-            items.append(([stored], [], None))  # touched, not changed
-        else:
-            items.append(([stored], [], (Update if row is not None else Create)(stored[0])))
+        entry = found[path]
+        if entry.is_directory or path in digests:
+            items.extend(_changed(path, entry, rows.get(path), digests.get(path, "")))
+    return items
+
+
+def _changed(path: str, entry, row, digest: str) -> list:
+    """The journal items of one path whose disk ``entry`` the index ``row`` does not
+    describe (``digest``: the file's hash, "" for a directory)."""
+    items = []
+    if row is not None and row[0].is_directory != entry.is_directory:
+        items.append(([], [path], Delete(path)))
+        row = None
+    stored = metadata_of(entry, digest)
+    if row is not None and row[0].hash == stored[0].hash:
+        items.append(([stored], [], None))  # touched, not changed
+    else:
+        items.append(([stored], [], (Update if row is not None else Create)(stored[0])))
     return items
 
 

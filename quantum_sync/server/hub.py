@@ -95,6 +95,12 @@ class Hub(Service):
         self._clients = {}  # client id -> the connection that named itself so
         #: :class:`~quantum_sync.server.clientids.ClientIdBindings` with auth on, else None
         self.bindings = None
+        #: ``block_lists(sha256)``: the short block list of a new version, carried in its
+        #: FileOperation (:meth:`quantum_sync.server.delta.Deltas.offered`), or None
+        self.block_lists = None
+        #: On a cluster node, the client ids whose connections the node holds
+        #: (:class:`~quantum_sync.server.cluster.liveclients.LiveClients`), else None
+        self.claims = None
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
         self._bursts = 0  # burst() blocks open
@@ -149,6 +155,7 @@ class Hub(Service):
             self._subscribers[topic].discard(connection)
         if self._clients.get(connection.client_id) is connection:
             del self._clients[connection.client_id]
+            self.release(connection.client_id)
         if connection.client_id is not None:
             self.event(
                 "peer_disconnected",
@@ -160,6 +167,8 @@ class Hub(Service):
         and announce ``peer_connected``."""
         if self._clients.get(connection.client_id) is connection:
             del self._clients[connection.client_id]
+            if connection.client_id != client_id:
+                self.release(connection.client_id)
         if connection in self.connections:
             self._clients[client_id] = connection
         connection.client_id = client_id
@@ -172,6 +181,15 @@ class Hub(Service):
     def holder(self, client_id: str):
         """The open connection that named itself ``client_id``, or None."""
         return self._clients.get(client_id)
+
+    def client_ids(self) -> list:
+        """The client ids of the open connections that named themselves."""
+        return list(self._clients)
+
+    def release(self, client_id: str) -> None:
+        """On a cluster node, give ``client_id`` up unless a connection here holds it."""
+        if self.claims is not None and client_id not in self._clients:
+            self.claims.release(client_id)
 
     def subscribe(self, connection, topic: str) -> None:
         if connection in self.connections:
@@ -202,8 +220,15 @@ class Hub(Service):
             )
             return
         self.last_seq = change.seq
-        self._deliver(messages.file_operation(change, self._journal_id()),
+        self._deliver(messages.file_operation(change, self._journal_id(), self._blocks_of(change)),
                       self._audience("file_operations", change.source_client))
+
+    def _blocks_of(self, change):
+        """The block list offered for the version a change names (:attr:`block_lists`), or None."""
+        metadata = getattr(change.operation, "metadata", None)
+        if self.block_lists is None or metadata is None or metadata.is_directory:
+            return None
+        return self.block_lists(metadata.hash)
 
     def event(self, kind: str, data: dict, skip_client: str = "") -> None:
         """Send a PeerVault event to the subscribers of its topic (except the connections

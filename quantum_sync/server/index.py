@@ -8,7 +8,6 @@ identity (``journal_id``, made with it and kept in ``meta``): a new or lost stat
 directory means a new journal, which clients must not mistake for the one they followed.
 """
 
-import json
 import os
 import uuid
 
@@ -17,9 +16,9 @@ from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
 from quantum_sync.errors import SyncError
-from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
+from quantum_sync.protocol import Change, FileMetadata, operation_text
 from quantum_sync.server.diskdiff import Row
-from quantum_sync.server.indexapi import check_cursor
+from quantum_sync.server.indexapi import check_cursor, journal_page
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -339,11 +338,4 @@ def _changes(txn, since: int, limit: int, journal_id: str):
     txn.execute(
         "SELECT seq, operation, source_client, timestamp FROM journal"
         " WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit + 1))
-    rows = txn.fetchall()
-    has_more = len(rows) > limit
-    changes = [
-        Change(seq, parse_operation(json.loads(operation)), source, timestamp)
-        for seq, operation, source, timestamp in rows[:limit]
-    ]
-    cursor = changes[-1].seq if changes else since
-    return changes, cursor, has_more
+    return journal_page(txn.fetchall(), limit, since)

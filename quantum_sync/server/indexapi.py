@@ -8,9 +8,11 @@ method runs its work off the reactor and returns an awaitable. tests/test_index_
 checks that both classes have every method named here, with the same parameters.
 """
 
+import json
 from typing import Protocol
 
 from quantum_sync.errors import SyncError
+from quantum_sync.protocol import Change, parse_operation
 
 
 class IndexInterface(Protocol):
@@ -96,3 +98,14 @@ def check_cursor(since: int, head: int, oldest, journal_id: str) -> None:
                 "CURSOR_EXPIRED",
                 f"changes after {since} are no longer kept; re-list and continue from {head}",
                 journal_id=journal_id, cursor=head)
+
+
+def journal_page(rows, limit: int, since: int) -> tuple:
+    """Both indexes' page of ``/api/changes`` from the journal ``rows`` read after
+    ``since`` (``(seq, operation text, source client, timestamp)``, in seq order, at most
+    ``limit + 1`` of them): ``(changes, cursor, has_more)``."""
+    has_more = len(rows) > limit
+    changes = [Change(seq, parse_operation(json.loads(operation)), source, timestamp, operation)
+               for seq, operation, source, timestamp in rows[:limit]]
+    cursor = changes[-1].seq if changes else since
+    return changes, cursor, has_more

@@ -10,6 +10,7 @@ Everything the server sends is built here too, as compact UTF-8 JSON bytes, so t
 broadcast is serialised once and the same bytes go to every subscriber.
 """
 
+import base64
 import json
 from json.encoder import encode_basestring_ascii
 
@@ -238,18 +239,22 @@ def _json_string(value: str) -> bytes:
     return encode_basestring_ascii(value).encode("ascii")
 
 
-def file_operation(change, journal_id: str) -> bytes:
+def file_operation(change, journal_id: str, blocks: bytes = None) -> bytes:
     """The broadcast of one journal entry (:class:`quantum_sync.protocol.Change`) of the
     journal ``journal_id``, ASCII JSON; the operation's text is the journal's where the
-    change carries it (not encoded a second time)."""
+    change carries it (not encoded a second time). ``blocks``: the new version's compact
+    block list, carried base64 in the optional ``blocks`` field (docs/protocol.md)."""
     text = change.operation_text or operation_text(change.operation)
-    return _FILE_OPERATION % (
+    message = _FILE_OPERATION % (
         text.encode("ascii"),
         _json_string(change.source_client),
         change.seq,
         _json_string(journal_id),
         _json_string(change.timestamp),
     )
+    if blocks:
+        message = message[:-1] + b',"blocks":"' + base64.b64encode(blocks) + b'"}'
+    return message
 
 
 def event(kind: str, data: dict, timestamp: str) -> bytes:

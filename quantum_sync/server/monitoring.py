@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.resource import Resource
 
 from quantum_sync.errors import SyncError
-from quantum_sync.server.api import write_error, write_json
+from quantum_sync.server.httpio import write_error, write_json
 
 PREFIX = "quantum_sync_"
 

@@ -7,7 +7,6 @@ order in which the disk changed, and every journalled change is handed to
 """
 
 import contextlib
-import os
 import queue
 import threading
 
@@ -21,8 +20,9 @@ from quantum_sync import paths
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
 from quantum_sync.server.diskdiff import item_path, journal_items, matches, metadata_of, stale_files
+from quantum_sync.server.install import GroupInstall, StaleTarget, WaitingUpload
 from quantum_sync.server.recentbodies import RecentBodies
-from quantum_sync.server.store import DiskEntry, NamelessTemp, fsync_directory, storage_error
+from quantum_sync.server.store import DiskEntry, storage_error
 from quantum_sync.server.versions import KeepNothing
 from quantum_sync.threads import ReactorThreads
 
@@ -64,37 +64,8 @@ def etag_value(header) -> str | None:
     return value.strip('"')
 
 
-def _ctime_after_install(target: str, temp_stat) -> int:
-    """The ctime of the file just linked or renamed to ``target`` (the link or rename
-    changed it), or 0 (unknown) when ``target`` is not that file any more."""
-    try:
-        placed = os.lstat(target)
-    except OSError:
-        return 0
-    return placed.st_ctime_ns if placed.st_ino == temp_stat.st_ino else 0
-
-
 def _stat_key(entry: DiskEntry) -> tuple:
     return entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns
-
-
-def _goes_on(result) -> bool:
-    """True when a first-pass result of ``_install_all`` lets the upload go on (the
-    target's current state, not a refusal or a retry)."""
-    return result is not _StaleTarget and not isinstance(result, SyncError)
-
-
-def _check_preconditions(path: str, current, if_match, if_none_match) -> None:
-    """Raise CONFLICT/PRECONDITION_FAILED unless an upload may replace ``current``
-    (``(FileMetadata, mtime_ns)`` or None) at ``path``."""
-    if current is not None and current[0].is_directory:
-        raise SyncError("CONFLICT", f"{path} is a directory")
-    if if_none_match is not None and if_none_match.strip() == "*" and current is not None:
-        raise SyncError("PRECONDITION_FAILED", f"{path} already exists")
-    if if_match is not None and if_match != "*" and (current is None or current[0].hash != if_match):
-        raise SyncError("PRECONDITION_FAILED", f"{path} does not have the expected hash")
-    if if_match == "*" and current is None:
-        raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
 
 
 class SerialThread:
@@ -150,41 +121,6 @@ class NoFence:
         pass
 
 
-@attrs.frozen
-class _WaitingUpload:
-    """An upload waiting to be installed by the next group commit."""
-
-    path: str
-    temp_path: object  # a finished temp file (name or NamelessTemp), or None: ``body`` is written at install
-    body: bytes | None
-    sha256: str
-    source_client: str
-    if_match: str | None
-    if_none_match: str | None
-    answer: Deferred
-    #: the finished temp file's stat when its stager took it (mode 0644 already)
-    temp_stat: object = None
-    #: group commits that sent it back because its target was a large stale file
-    attempts: int = 0
-    #: the temp file is the operations' to release when the upload is refused
-    release_temp: bool = False
-
-    @property
-    def owns_temp(self) -> bool:
-        """True when the group commit releases this upload's temp file if not installed
-        (a body written by the commit itself, or one handed over)."""
-        return self.temp_path is None or self.release_temp
-
-
-class _StaleTarget(Exception):
-    """An upload's target is a large file another program changed: it is hashed outside
-    the operations lock (a refresh) and the upload tried again."""
-
-
-#: Times an upload is tried again before a target that keeps changing is a CONFLICT.
-STALE_TARGET_ATTEMPTS = 3
-
-
 class FileOperations:
     """Applies operations to the store, records them in the index, publishes them."""
 
@@ -196,13 +132,14 @@ class FileOperations:
         self.hub = hub
         #: where replaced and deleted files are kept (:mod:`quantum_sync.server.versions`)
         self.versions = versions or KeepNothing()
+        self._install = GroupInstall(store, self.versions)
         self.enable_upload = enable_upload
         self._reactor = reactor
         self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._lock = DeferredLock()
         #: The newest journal seq (kept here so synchronous callers can read it).
         self.head = 0
-        self._uploads = []  # _WaitingUpload, in arrival order
+        self._uploads = []  # WaitingUpload, in arrival order
         self._serial = SerialThread(reactor)
         self._installing = False
         #: Small bodies just stored, for the downloads that follow them.
@@ -316,7 +253,7 @@ class FileOperations:
     async def _current(self, path: str):
         """``(FileMetadata, mtime_ns)`` of what is on disk at ``path`` now (rehashing only
         when the cached row is stale), or None."""
-        return await self._thread(self._current_blocking, path, await self.index.get(path))
+        return await self._thread(self._install.current, path, await self.index.get(path))
 
     async def metadata(self, path: str) -> FileMetadata:
         """The stored metadata of ``path`` (checked against the disk), or NOT_FOUND."""
@@ -480,7 +417,7 @@ class FileOperations:
                 await self._thread(self.store.discard, tempfile.path)
             raise
         body = getattr(tempfile, "body", None)  # kept for the downloads that follow
-        waiting = _WaitingUpload(path, tempfile.path, body, sha256, source_client,
+        waiting = WaitingUpload(path, tempfile.path, body, sha256, source_client,
                                  etag_value(if_match), if_none_match, Deferred(),
                                  getattr(tempfile, "stat", None), release_temp=release_temp)
         self._uploads.append(waiting)
@@ -510,21 +447,26 @@ class FileOperations:
                     # files may be in place without their journal entries (and the root
                     # watcher skips the server's own installs): compare them with the disk
                     self._reactor.callLater(0, self._refresh_quietly, [w.path for w in batch])
-                    await self._thread(self._release_temps, [w for w in batch if w.release_temp])
+                    await self._thread(self._install.release_temps, [w for w in batch if w.release_temp])
                 finally:
                     self._lock.release()
-                again = []
-                for waiting, outcome in zip(batch, outcomes):
-                    if outcome is _StaleTarget:
-                        again.append(attrs.evolve(waiting, attempts=waiting.attempts + 1))
-                    elif isinstance(outcome, Failure):
-                        waiting.answer.errback(outcome)
-                    else:
-                        waiting.answer.callback(outcome)
-                if again:
-                    Deferred.fromCoroutine(self._retry_stale(again))
+                self._answer(batch, outcomes)
         finally:
             self._installing = False
+
+    def _answer(self, batch, outcomes) -> None:
+        """Answer each upload of ``batch`` with its outcome; those whose target was stale
+        are tried again."""
+        again = []
+        for waiting, outcome in zip(batch, outcomes):
+            if outcome is StaleTarget:
+                again.append(attrs.evolve(waiting, attempts=waiting.attempts + 1))
+            elif isinstance(outcome, Failure):
+                waiting.answer.errback(outcome)
+            else:
+                waiting.answer.callback(outcome)
+        if again:
+            Deferred.fromCoroutine(self._retry_stale(again))
 
     async def _retry_stale(self, uploads) -> None:
         """Hash the large stale targets of ``uploads`` without the lock (journalling what
@@ -545,12 +487,12 @@ class FileOperations:
         targets = sorted({waiting.path for waiting in batch})
         if cached is None:  # (else the fence read them, intents recorded, with its locks)
             cached = await self.index.get_many_intending(targets)  # durable before any rename
-        installed = await self._thread(self._install_all, batch, cached)
+        installed = await self._thread(self._install.install_all, batch, cached, self.quiet_size)
         outcomes = [None] * len(batch)
         items, journalled, kept = [], [], []
         for position, result in enumerate(installed):
-            if result is _StaleTarget:
-                outcomes[position] = _StaleTarget
+            if result is StaleTarget:
+                outcomes[position] = StaleTarget
                 continue
             if isinstance(result, SyncError):
                 outcomes[position] = Failure(result)
@@ -582,121 +524,6 @@ class FileOperations:
             self.log.failure("refreshing {tops} failed", failure, tops=tops)
 
         Deferred.fromCoroutine(self.refresh(paths.outermost(tops))).addErrback(failed)
-
-    def _install_all(self, batch, cached) -> list:
-        """The blocking part of :meth:`_install_uploads`: per upload, in order, a
-        SyncError or ``(current, stored, created directories, (st_ino, st_size,
-        st_mtime_ns), the replaced file's Version or None)``; an upload sees the ones
-        before it in the batch as the current state of its path.
-
-        In three passes, so that the disk's journal commits once for many files rather
-        than once per file: every precondition is checked (in order), then the bodies held
-        in memory are written and made durable together, then every upload is installed
-        (in order), then each directory written to is fsynced once."""
-        state = {}  # path -> (FileMetadata, mtime_ns) | None, once known in this batch
-        results, stale = [], set()
-        for waiting in batch:
-            try:
-                path = waiting.path
-                if path in stale:  # after an upload of it that waits for its target's hash
-                    raise _StaleTarget()
-                if path in state:
-                    current = state[path]
-                else:
-                    retry = waiting.attempts < STALE_TARGET_ATTEMPTS
-                    current = self._current_blocking(path, cached.get(path), self.quiet_size if retry else None)
-                _check_preconditions(path, current, waiting.if_match, waiting.if_none_match)
-            except _StaleTarget:
-                stale.add(path)
-                results.append(_StaleTarget)
-                continue
-            except SyncError as error:
-                results.append(error)
-                continue
-            except OSError as error:
-                results.append(storage_error(error))
-                continue
-            # what a later upload of the same path is checked against (its stat comes later)
-            state[path] = (FileMetadata(path, len(waiting.body or b""), 0, waiting.sha256), 0)
-            results.append(current)
-        in_memory = [p for p, w in enumerate(batch) if w.temp_path is None and _goes_on(results[p])]
-        staged = dict(zip(in_memory, self.store.stage_many([batch[p].body for p in in_memory])))
-        broken, synced_by, state, authors = set(), {}, {}, {}
-        for position, waiting in enumerate(batch):
-            current, path = results[position], waiting.path
-            if not _goes_on(current):
-                if current is not _StaleTarget and waiting.release_temp:
-                    self.store.discard(waiting.temp_path)  # refused: its staged file goes
-                continue
-            if path in state:
-                current = state[path]  # an earlier upload of the batch, installed just now
-            try:
-                try:
-                    temp, temp_stat = self._staged_for(waiting, staged.get(position))
-                except (SyncError, OSError):
-                    if waiting.release_temp:
-                        self.store.discard(waiting.temp_path)
-                    raise
-                version = None
-                try:
-                    if path in broken:  # an earlier upload of this path failed: this one was based on it
-                        raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
-                    version = self.versions.keep_replaced(path, current, authors.get(path))
-                    created, target = self.store.install_staged(temp, temp_stat, path)
-                except BaseException:
-                    self.versions.discard(version)
-                    if waiting.owns_temp:
-                        self.store.discard(temp)
-                    raise
-                if isinstance(temp, NamelessTemp):
-                    self.store.discard(temp)  # linked in place: close it
-                synced_by.setdefault(os.path.dirname(target), []).append(position)
-                entry = DiskEntry(path, False, temp_stat.st_size, temp_stat.st_mtime_ns,
-                                  temp_stat.st_ino, _ctime_after_install(target, temp_stat))
-                directories = [metadata_of(d, "") for d in map(self.store.entry, created) if d]
-            except (SyncError, OSError) as error:
-                broken.add(path)
-                results[position] = error if isinstance(error, SyncError) else storage_error(error)
-                continue
-            state[path], authors[path] = metadata_of(entry, waiting.sha256), waiting.source_client
-            st_key = (entry.ino, entry.size, entry.mtime_ns, entry.ctime_ns)
-            results[position] = (current, state[path], directories, st_key, version)
-        for directory, positions in synced_by.items():
-            try:
-                fsync_directory(directory)
-            except OSError as error:
-                for position in positions:
-                    results[position] = storage_error(error)
-        self.versions.settle([r[4] for r in results if isinstance(r, tuple) and len(r) == 5 and r[4]])
-        return results
-
-    def _release_temps(self, uploads) -> None:
-        """Release the temp files of ``uploads`` (an installed one is gone already:
-        releasing it does nothing)."""
-        for waiting in uploads:
-            self.store.discard(waiting.temp_path)
-
-    def _staged_for(self, waiting, staged) -> tuple:
-        """``(temp, stat)`` of an upload ready to install: its body written by
-        :meth:`Store.stage_many` (``staged``), or its spool's finished temp file."""
-        if waiting.temp_path is not None:
-            return waiting.temp_path, waiting.temp_stat or self.store.readied(waiting.temp_path)
-        if isinstance(staged, OSError):
-            raise staged
-        return staged
-
-    def _current_blocking(self, path: str, cached, hash_limit=None):
-        """:meth:`_current`, blocking, given the index row ``cached`` of ``path``.
-        A stale file of ``hash_limit`` bytes or more raises :class:`_StaleTarget`
-        instead of being hashed here."""
-        entry = self.store.entry(path)
-        if entry is None:
-            return None
-        if matches(cached, entry):
-            return cached
-        if hash_limit is not None and not entry.is_directory and entry.size >= hash_limit:
-            raise _StaleTarget()
-        return metadata_of(entry, "" if entry.is_directory else self.store.hash(path))
 
     # -- the disk as the truth -----------------------------------------------------
 
@@ -791,6 +618,14 @@ class FileOperations:
                 kept.append(item)
         return kept
 
+    async def _unchanged_since(self, items, found) -> list:
+        """The journal ``items`` whose path the disk still shows as the scan ``found``
+        it; the others changed since: they are looked at again once quiet."""
+        checked = await self._thread(self._still_found, items, found)
+        if len(checked) < len(items):
+            self._refresh_later(sorted({item_path(i) for i in items} - {item_path(i) for i in checked}))
+        return checked
+
     async def _journal_found(self, tops, scanned, found, digests) -> list:
         """Under the lock: journal what the scan ``found`` (and ``digests``) show against
         the index as it is now; ``scanned``: the paths indexed when the scan began (one
@@ -800,10 +635,7 @@ class FileOperations:
         rows = {path: row for path, row in (await self._rows(tops)).items() if path in scanned or path in found}
         items = journal_items(rows, found, digests)
         if items:
-            checked = await self._thread(self._still_found, items, found)
-            if len(checked) < len(items):  # changed since the scan: look again once quiet
-                self._refresh_later(sorted({item_path(i) for i in items} - {item_path(i) for i in checked}))
-            items = checked
+            items = await self._unchanged_since(items, found)
         changes = []
         for start in range(0, len(items), RECORD_BATCH):
             batch = await self.index.record_many(items[start:start + RECORD_BATCH], DISK_SOURCE, now())

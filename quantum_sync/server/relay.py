@@ -120,13 +120,7 @@ class _RelayReader:
             return
         self._busy = True
         try:
-            relay = self._relay
-            while self._sent < relay.written and not self._paused and not self._done:
-                chunk = os.pread(self._fd, min(READ_SIZE, relay.written - self._sent), self._sent)
-                if not chunk:
-                    break
-                self._sent += len(chunk)
-                self._request.write(chunk)
+            self._send_written()
         except OSError:
             self._abort()
             return
@@ -139,6 +133,17 @@ class _RelayReader:
             self._request.finish()
         elif self._relay.closed and self._sent >= self._relay.written:
             self._abort()
+
+    def _send_written(self) -> None:
+        """Write what the upload has written and this response has not sent yet, until
+        paused or done."""
+        relay = self._relay
+        while self._sent < relay.written and not self._paused and not self._done:
+            chunk = os.pread(self._fd, min(READ_SIZE, relay.written - self._sent), self._sent)
+            if not chunk:
+                break
+            self._sent += len(chunk)
+            self._request.write(chunk)
 
     def _abort(self) -> None:
         transport = getattr(self._request.channel, "transport", None)

@@ -65,10 +65,7 @@ class _Bridge(FileSystemEventHandler):
         self._names = []
 
     def on_any_event(self, event):
-        names = [name for name in (event.src_path, getattr(event, "dest_path", ""))
-                 if name and isinstance(name, str) and not name.startswith(self._state_prefix)]
-        if names and not event.is_directory and event.event_type in _INSTALL_EVENTS:
-            names = [name for name in names if not self._own_write(name)]
+        names = self._names_of(event)
         if not names:
             return
         with self._lock:
@@ -76,6 +73,15 @@ class _Bridge(FileSystemEventHandler):
             self._names.extend(names)
         if first:
             self._reactor.callFromThread(self._deliver)
+
+    def _names_of(self, event) -> list:
+        """The names ``event`` is about, but those in the state directory and the
+        server's own installs."""
+        names = [name for name in (event.src_path, getattr(event, "dest_path", ""))
+                 if name and isinstance(name, str) and not name.startswith(self._state_prefix)]
+        if names and not event.is_directory and event.event_type in _INSTALL_EVENTS:
+            names = [name for name in names if not self._own_write(name)]
+        return names
 
     def on_events_lost(self, event):
         if self._lost is not None:

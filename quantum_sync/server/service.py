@@ -161,20 +161,24 @@ class ServerService(MultiService):
         self.authorizer = build_authorizer(config, reactor, self.hub, self.threads)
         # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
         area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
-        self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads)
+        self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads,
+                                 leading=self.node is None)  # a cluster's: its leader prunes
         self.versions.setServiceParent(self)
         if self.authorizer.enabled and self.node is not None:
             self.hub.bindings = self.node.bindings  # shared by the nodes
         elif self.authorizer.enabled:
             try:
-                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor, self.threads)
+                self.hub.bindings = ClientIdBindings(handler.state_dir, reactor, self.threads,
+                                                     live=lambda client_id: self.hub.holder(client_id) is not None)
+                self.hub.bindings.setServiceParent(self)
             except ValueError as e:
                 raise ConfigError(f"{config.source}: {e}") from None
         self.operations = FileOperations(self.store, self.index, self.hub, reactor,
                                          handler.enable_upload, area, threads=self.threads)
         self.block_lists = BlockLists(os.path.join(self.store.state_dir, "blocks"))
-        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions,
-                           Deltas(self.store, self.block_lists, reactor, self.threads), threads=self.threads)
+        deltas = Deltas(self.store, self.block_lists, reactor, self.threads)
+        self.hub.block_lists = deltas.offered
+        self.api = FileApi(self.operations, self.authorizer, reactor, self.versions, deltas, threads=self.threads)
         self.watcher = RootWatcher(self.store.root, self.operations, reactor,
                                    rescan_interval=handler.rescan_interval, metrics=self.metrics,
                                    threads=self.threads)
@@ -183,18 +187,20 @@ class ServerService(MultiService):
         else:  # the cluster's leader watches the shared root, and only it
             self.operations.fence = self.node.fence
             self.operations.feed = self.node
-        self.listeners = []
-        for listener in config.listeners:
-            try:
-                endpoint = serverFromString(reactor, listener.endpoint)
-            except Exception as e:  # endpoint parsers raise anything from ValueError on
-                where = ("--listen" if listener.server == "--listen"
-                         else f"{config.source}: apps.http.servers.{listener.server}.listen")
-                raise ConfigError(f"{where}: {listener.endpoint!r}: {e}") from None
-            service = ListenerService(listener.endpoint, endpoint, build_site(listener, self))
-            service.setServiceParent(self)
-            self.listeners.append(service)
+        self.listeners = [self._listener(listener) for listener in config.listeners]
         self._ready = None
+
+    def _listener(self, listener) -> ListenerService:
+        """A child service listening as ``listener`` (a ListenerConfig) says."""
+        try:
+            endpoint = serverFromString(self.reactor, listener.endpoint)
+        except Exception as e:  # endpoint parsers raise anything from ValueError on
+            where = ("--listen" if listener.server == "--listen"
+                     else f"{self.config.source}: apps.http.servers.{listener.server}.listen")
+            raise ConfigError(f"{where}: {listener.endpoint!r}: {e}") from None
+        service = ListenerService(listener.endpoint, endpoint, build_site(listener, self))
+        service.setServiceParent(self)
+        return service
 
     def startService(self):
         if self.node is not None:

@@ -26,6 +26,7 @@ from quantum_sync.compression import ENCODING
 from quantum_sync.delta import DELTA_MIN
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import now
+from quantum_sync.server.httpio import write_json
 from quantum_sync.server.monitoring import monitoring_endpoints
 from quantum_sync.server.spools import SMALL_BODY, SPOOLS, BatchSpool, MemorySpool, UploadSpool
 from quantum_sync.server.webui import ui_endpoints
@@ -129,15 +130,28 @@ class SyncRequest(server.Request):
         compressed = self._compressed()
         if compressed is None:
             return
-        if length is not None and length <= SMALL_BODY and not compressed:
-            self.content = MemorySpool.reserve(length)
-            if self.content is not None:
-                return
+        if self._spool_in_memory(length, compressed) or not self._spool_to_file(site, length, whole, compressed):
+            return
+        if whole and not compressed and site.upload_started is not None:
+            site.upload_started(self, self.content, length)
+        # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
+        if hasattr(self.channel.transport, "bufferSize"):
+            self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+
+    def _spool_in_memory(self, length, compressed: bool) -> bool:
+        """Keep a small plain body in memory, when all uploads' memory allows."""
+        if length is None or length > SMALL_BODY or compressed:
+            return False
+        self.content = MemorySpool.reserve(length)
+        return self.content is not None
+
+    def _spool_to_file(self, site, length, whole: bool, compressed: bool) -> bool:
+        """Spool the body to a file (with its block list made as it streams in, when
+        wanted); False when the spool cannot be made (the handler answers that)."""
         blocks = None
         try:
             reactor = site.reactor
-            if whole and site.block_lists is not None and self._wants_blocks() \
-                    and (length is None or length >= DELTA_MIN or compressed):
+            if whole and self._blocks_while_streaming(site, length, compressed):
                 blocks = site.block_lists.writer()
             self.content = UploadSpool(
                 site.temp_dir, on_drained=lambda: reactor.callFromThread(self._resume_reading),
@@ -147,12 +161,14 @@ class SyncRequest(server.Request):
             if blocks is not None:
                 blocks.abort()
             super().gotLength(0)  # the handler answers with the spool's absence
-            return
-        if whole and not compressed and site.upload_started is not None:
-            site.upload_started(self, self.content, length)
-        # Bigger socket reads for bulk bodies: fewer trips through the HTTP parser.
-        if hasattr(self.channel.transport, "bufferSize"):
-            self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+            return False
+        return True
+
+    def _blocks_while_streaming(self, site, length, compressed: bool) -> bool:
+        """Whether a whole file's block list is made as its body streams in: the site
+        keeps block lists, the uploader asks, and the body may be large."""
+        return (site.block_lists is not None and self._wants_blocks()
+                and (length is None or length >= DELTA_MIN or compressed))
 
     def _wants_blocks(self) -> bool:
         """Whether the uploader asks for the file's block list to be made as the body
@@ -309,6 +325,16 @@ class SyncChannel(http.HTTPChannel):
             waiter.callback(None)
 
 
+def _abort_left(channels, grace: float) -> None:
+    """Abort the ``channels`` still open after the ``grace`` seconds of a stop."""
+    left = [c for c in channels if not c._gone]
+    if left:
+        ACCESS_LOG.info("server stopping: {count} connections still open after {grace} s are aborted",
+                        count=len(left), grace=grace)
+        for channel in left:
+            channel.transport.abortConnection()
+
+
 class SyncSite(server.Site):
     """A Site with an access log line per request that also feeds the metrics."""
 
@@ -347,12 +373,12 @@ class SyncSite(server.Site):
         abort whatever is left after ``grace`` seconds. Afterwards no request reaches the
         operations any more, so the index can be closed."""
         live = [c for c in list(self.channels) if c.transport is not None]
+        if not live:
+            return
         for channel in live:
             channel.persistent = False
             if not channel.answering:
                 channel.transport.loseConnection()
-        if not live:
-            return
         # wait for all of them or the grace time, whichever comes first (nothing is
         # cancelled: a waiter left over is simply forgotten)
         timer = defer.Deferred()
@@ -361,12 +387,7 @@ class SyncSite(server.Site):
                                  fireOnOneCallback=True)
         if call.active():
             call.cancel()
-        left = [c for c in live if not c._gone]
-        if left:
-            ACCESS_LOG.info("server stopping: {count} connections still open after {grace} s are aborted",
-                            count=len(left), grace=grace)
-            for channel in left:
-                channel.transport.abortConnection()
+        _abort_left(live, grace)
 
     def log(self, request):  # noqa: F811 - twisted's hook, called once per finished request
         duration = time.monotonic() - request.started
@@ -406,8 +427,6 @@ class JsonResource(resource.Resource):
         self._status = status
 
     def render(self, request):
-        from quantum_sync.server.api import write_json
-
         body = self._body() if callable(self._body) else self._body
         return write_json(request, body, self._status)
 

@@ -249,6 +249,21 @@ class UploadSpool(_Body):
         if self._finished or self._aborted:
             return
         self._finished = True
+        self._write_rest()
+        if self._inflater is not None:
+            self.size = self._inflater.size
+            if self.size < DELTA_MIN:
+                self._drop_blocks()  # (the compressed length did not tell)
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            self.error = self.error or storage_error(e)
+        os.close(self._fd)
+        self._commit_blocks()
+
+    def _write_rest(self) -> None:
+        """Hash and write what is still pending (the pipeline's threads: ended once
+        they have)."""
         if self._threads:
             self._submit()
             self._to_hash.put(None)
@@ -265,15 +280,9 @@ class UploadSpool(_Body):
             self._feed_blocks(block)
             if self._write_block(block):
                 self._count_written(size)
-        if self._inflater is not None:
-            self.size = self._inflater.size
-            if self.size < DELTA_MIN:
-                self._drop_blocks()  # (the compressed length did not tell)
-        try:
-            os.fsync(self._fd)
-        except OSError as e:
-            self.error = self.error or storage_error(e)
-        os.close(self._fd)
+
+    def _commit_blocks(self) -> None:
+        """Keep the block list made while the body streamed in, under the body's hash."""
         if self.blocks is not None:
             try:
                 self.blocks.commit(self.sha256)

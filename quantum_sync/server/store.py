@@ -75,6 +75,23 @@ def storage_error(error: OSError) -> SyncError:
     return SyncError("INTERNAL_ERROR", f"storage error: {error.strerror}")
 
 
+
+def _staged(fd: int, name, st, error):
+    """A written temp file's :meth:`Store.stage_many` outcome once fsynced (``error``:
+    what its fsync raised, or None): ``(temp, stat)``, or the error with the file gone.
+    Only a nameless one's descriptor stays open."""
+    if name is not None or error is not None:
+        os.close(fd)
+    if error is not None:
+        if name is not None:
+            os.unlink(name)
+        return error
+    return (NamelessTemp(fd) if name is None else name, st)
+
+
+def _is_nameless(outcome) -> bool:
+    return not isinstance(outcome, OSError) and isinstance(outcome[0], NamelessTemp)
+
 class Store:
     """The root directory and its temp area; every method is blocking (use a thread)."""
 
@@ -146,26 +163,31 @@ class Store:
         stack = [(self.resolve(top) if top else self.root, top)]
         while stack:
             directory, prefix = stack.pop()
-            try:
-                items = list(os.scandir(directory))
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
-                continue
-            for item in items:
-                rel = _child_path(prefix, item.name)
-                if rel is None:
-                    rel = paths.relative_from_disk(self.root, item.path)
-                    if rel is None:
-                        continue
-                try:
-                    entry = _entry(rel, item.stat(follow_symlinks=False))
-                except FileNotFoundError:
-                    continue
-                if entry is None:
-                    continue
+            for name, entry in self._entries_in(directory, prefix):
                 found.append(entry)
                 if entry.is_directory:
-                    stack.append((item.path, rel))
+                    stack.append((name, entry.path))
         return found
+
+    def _entries_in(self, directory: str, prefix: str) -> list:
+        """``(on-disk name, DiskEntry)`` of each addressable file and directory in
+        ``directory`` (the one of path ``prefix``); none when it cannot be listed."""
+        try:
+            items = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return []
+        entries = []
+        for item in items:
+            rel = _child_path(prefix, item.name) or paths.relative_from_disk(self.root, item.path)
+            if rel is None:
+                continue
+            try:
+                entry = _entry(rel, item.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+            if entry is not None:
+                entries.append((item.path, entry))
+        return entries
 
     def holds_a_file(self, top: str) -> bool:
         """Whether any regular file lies below the directory ``top`` (stops at the first)."""
@@ -249,9 +271,28 @@ class Store:
         time, so a large batch never holds more open."""
         if not named and not (self._nameless.available and self._held.take(len(bodies))):
             named = True
-        if named and len(bodies) > STAGE_TURN:
+        if named:
             return [outcome for start in range(0, len(bodies), STAGE_TURN)
-                    for outcome in self.stage_many(bodies[start:start + STAGE_TURN], named=True)]
+                    for outcome in self._stage(bodies[start:start + STAGE_TURN], named=True)]
+        outcomes = self._stage(bodies)
+        # held: the nameless ones; the rest (failed, or named after all) given back
+        self._held.give(len(bodies) - sum(map(_is_nameless, outcomes)))
+        return outcomes
+
+    def _stage(self, bodies, named: bool = False) -> list:
+        """:meth:`stage_many`'s outcomes for ``bodies``: all written, then made durable
+        together."""
+        written, outcomes = self._write_temps(bodies, named)
+        synced = iter(fsync_all([fd for fd, _, _ in written], one_directory=True))  # all in temp_dir
+        written = iter(written)
+        for position, outcome in enumerate(outcomes):
+            if outcome is None:
+                outcomes[position] = _staged(*next(written), next(synced))
+        return outcomes
+
+    def _write_temps(self, bodies, named: bool) -> tuple:
+        """``(written, outcomes)``: :meth:`_write_temp`'s result per body written, and per
+        body None (written) or the OSError that stopped it."""
         written, outcomes = [], []
         for data in bodies:
             try:
@@ -259,24 +300,7 @@ class Store:
                 outcomes.append(None)
             except OSError as error:
                 outcomes.append(error)
-        synced = iter(fsync_all([fd for fd, _, _ in written], one_directory=True))  # all in temp_dir
-        written = iter(written)
-        for position, outcome in enumerate(outcomes):
-            if outcome is not None:
-                continue
-            fd, name, st = next(written)
-            error = next(synced)
-            if name is not None or error is not None:
-                os.close(fd)
-            if error is not None:
-                if name is not None:
-                    os.unlink(name)
-                outcomes[position] = error
-            else:
-                outcomes[position] = (NamelessTemp(fd) if name is None else name, st)
-        if not named:  # held: the nameless ones; the rest (failed, or named after all) given back
-            self._held.give(len(bodies) - sum(1 for o in outcomes if not isinstance(o, OSError) and isinstance(o[0], NamelessTemp)))
-        return outcomes
+        return written, outcomes
 
     def _write_temp(self, data: bytes, named: bool = False) -> tuple:
         """``(descriptor, name or None, stat)`` of a new temp file holding ``data``, mode

@@ -8,6 +8,13 @@ had; a move re-keys the rows with the files. :class:`VersionArea` is the blockin
 (threads: the group commit's and the operations' own), :class:`Versions` the reactor
 side: listing, restore, and pruning by a LoopingCall, planned by the pure
 :func:`plan_prune`.
+
+``keep_per_file`` and ``max_bytes`` hold at all times: the transaction that records new
+versions also forgets the ones they push past a limit (a count of the path's rows; the
+space total kept in a row of its own), and their files go once that transaction has
+committed. The hourly pass applies ``keep_days``, checks all three again, recounts the
+space, and removes files no row names (after :data:`ORPHAN_AGE`). On a cluster only the
+leader runs that pass.
 """
 
 import collections
@@ -24,8 +31,8 @@ from typing import NamedTuple
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from quantum_sync.diskio import file_system_magic, fsync_directory
@@ -38,6 +45,14 @@ from quantum_sync.threads import ReactorThreads
 AREA_NAME = "versions"
 #: Seconds between pruning passes.
 PRUNE_INTERVAL = 3600.0
+#: Seconds a file in the area must have been there (by its ctime) before a pass may
+#: remove it for want of a row: longer than any transaction that records a version
+#: takes, and than the clock skew between the nodes of a cluster and their shared file
+#: system (whose server sets the ctime).
+ORPHAN_AGE = 3600.0
+#: Seconds after a recording that forgot versions at which their rows are checked to be
+#: gone before their files go (a commit on another connection may come a moment later).
+FORGOTTEN_CHECKS = (0.0, 0.1, 1.0, 10.0)
 #: The form of a version id (random, 96 bits, hex).
 _ID = re.compile(r"^[0-9a-f]{24}$")
 #: The names of the area's files: a version's id, or a copy being made of one.
@@ -60,7 +75,15 @@ CREATE TABLE IF NOT EXISTS versions (
     deleted INTEGER NOT NULL,
     kept REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS versions_path ON versions (path);
+DROP INDEX IF EXISTS versions_path;
+CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path, kept, id, size);
+CREATE INDEX IF NOT EXISTS versions_kept ON versions (kept, id);
+CREATE TABLE IF NOT EXISTS versions_space (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    total INTEGER NOT NULL
+);
+INSERT INTO versions_space (one, total) SELECT 1, (SELECT COALESCE(SUM(size), 0) FROM versions)
+    WHERE NOT EXISTS (SELECT 1 FROM versions_space);
 """
 _COLUMNS = "id, path, modified_ns, size, hash, source_client, deleted, kept"
 
@@ -182,13 +205,77 @@ def _retained(txn) -> list:
     return [Retained(*row) for row in txn.fetchall()]
 
 
-def _forget(txn, ids) -> None:
+def _forget(txn, sizes) -> None:
+    """Delete the rows of ``sizes`` (``{id: size}``), and their bytes from the total."""
+    txn.executemany("DELETE FROM versions WHERE id = ?", [(vid,) for vid in sizes])
+    txn.execute("UPDATE versions_space SET total = total - ?", (sum(sizes.values()),))
+
+
+def _forget_and_recount(txn, ids) -> None:
+    """Delete the rows of ``ids`` (some may be gone already), and count the space total
+    from the rows left (a safety net too: every change keeps it)."""
     txn.executemany("DELETE FROM versions WHERE id = ?", [(vid,) for vid in ids])
+    txn.execute("UPDATE versions_space SET total = (SELECT COALESCE(SUM(size), 0) FROM versions)")
 
 
 def _ids(txn) -> set:
     txn.execute("SELECT id FROM versions")
     return {row[0] for row in txn.fetchall()}
+
+
+def _named(txn, ids) -> set:
+    """Those of ``ids`` a row still names."""
+    named = set()
+    for vid in ids:
+        txn.execute("SELECT id FROM versions WHERE id = ?", (vid,))
+        named.update(row[0] for row in txn.fetchall())
+    return named
+
+
+#: rows read at a time when the space cap looks for the oldest versions
+_OLDEST_PAGE = 64
+#: a LIMIT that is no limit, in the SQL of SQLite and PostgreSQL alike
+_ALL_ROWS = 2 ** 62
+
+
+def _over_limits(txn, policy, paths, busy) -> dict:
+    """``{id: size}`` of the versions that ``keep_per_file`` (for ``paths``) and then
+    ``max_bytes`` no longer allow, oldest first, none of ``busy``: what
+    :func:`plan_prune` would choose of them, from a count of each path's rows and the
+    space total rather than every row."""
+    doomed = {}
+    if policy.keep_per_file is not None:
+        for path in sorted(paths):
+            doomed.update(_over_count(txn, path, policy.keep_per_file, busy))
+    if policy.max_bytes is not None:
+        doomed.update(_over_space(txn, policy.max_bytes, doomed, busy))
+    return doomed
+
+
+def _over_count(txn, path, keep_per_file, busy) -> list:
+    # the path's rows past its newest keep_per_file, read from its index alone, backwards
+    txn.execute("SELECT id, size FROM versions WHERE path = ? ORDER BY kept DESC, id DESC"
+                " LIMIT ? OFFSET ?", (path, _ALL_ROWS, keep_per_file))
+    return [(vid, size) for vid, size in txn.fetchall() if vid not in busy]
+
+
+def _over_space(txn, max_bytes, doomed, busy) -> dict:
+    txn.execute("SELECT total FROM versions_space")
+    row = txn.fetchone()
+    total = (row[0] if row else 0) - sum(doomed.values())
+    more, offset = {}, 0
+    while total > max_bytes:
+        txn.execute("SELECT id, size FROM versions ORDER BY kept, id LIMIT ? OFFSET ?",
+                    (_OLDEST_PAGE, offset))
+        page = txn.fetchall()
+        for vid, size in page:
+            if total > max_bytes and vid not in doomed and vid not in busy:
+                more[vid] = size
+                total -= size
+        if len(page) < _OLDEST_PAGE:
+            break
+        offset += len(page)
+    return more
 
 
 # -- the blocking side -----------------------------------------------------------------
@@ -197,17 +284,24 @@ def _ids(txn) -> set:
 class VersionArea:
     """The versions directory of ``store`` (blocking: call from a thread). ``clock``
     gives the kept-at times; with ``enabled`` False nothing new is kept (moves still
-    re-key what was)."""
+    re-key what was). ``policy`` (a :class:`~quantum_sync.config.VersionsConfig`, set
+    by :class:`Versions`) is applied as versions are recorded."""
 
     def __init__(self, store, clock, enabled: bool = True):
         self.store = store
         self.directory = os.path.join(store.state_dir, AREA_NAME)
         self.enabled = enabled
+        self.policy = None
+        #: called (in the index's thread, in the transaction) with the ids whose rows a
+        #: recording forgot, to remove their files once it committed
+        self.on_forgotten = None
         self._clock = clock
         self._ordered = False
         self._lock = threading.Lock()
-        #: ids whose file is in the area and whose row is not yet committed
-        self._unrecorded = set()
+        #: id -> when it was handed out, while its file may be in the area and its row
+        #: not yet committed (one that never is, its upload failed, ages out)
+        self._unrecorded = {}
+        self._reading = collections.Counter()  # version id -> restores reading it
 
     def prepare(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -223,12 +317,30 @@ class VersionArea:
     def _new_id(self) -> str:
         version_id = secrets.token_hex(12)
         with self._lock:
-            self._unrecorded.add(version_id)
+            self._unrecorded[version_id] = self._clock.seconds()
         return version_id
 
     def _settled(self, ids) -> None:
         with self._lock:
-            self._unrecorded.difference_update(ids)
+            for version_id in ids:
+                self._unrecorded.pop(version_id, None)
+
+    def begin_read(self, version_id: str) -> None:
+        """A restore reads ``version_id`` from now until :meth:`end_read`: no pruning
+        takes it meanwhile."""
+        with self._lock:
+            self._reading[version_id] += 1
+
+    def end_read(self, version_id: str) -> None:
+        with self._lock:
+            self._reading[version_id] -= 1
+            if not self._reading[version_id]:
+                del self._reading[version_id]
+
+    def busy(self) -> frozenset:
+        """The ids restores are reading now."""
+        with self._lock:
+            return frozenset(self._reading)
 
     def keep_replaced(self, path: str, current, source_client=None):
         """Before the file at ``path`` (``current``: its ``(FileMetadata, mtime_ns)``, or
@@ -337,10 +449,11 @@ class VersionArea:
         for version_id in ids:
             self._unlink(version_id)
 
-    def listed(self) -> tuple:
+    def listed(self, since: float) -> tuple:
         """``({name in the area: its ctime}, ids not yet recorded)``, taken in that order
         (see :meth:`Versions.prune`). A link or rename into the area sets the ctime: it
-        is when the file came."""
+        is when the file came. Ids handed out before ``since`` and still not recorded
+        (their upload failed after the link: a directory's fsync) are let go."""
         names = {}
         with os.scandir(self.directory) as entries:
             for entry in entries:
@@ -349,6 +462,8 @@ class VersionArea:
                 except FileNotFoundError:
                     pass
         with self._lock:
+            for version_id in [v for v, taken in self._unrecorded.items() if taken < since]:
+                del self._unrecorded[version_id]
             return names, set(self._unrecorded)
 
     def copy_out(self, version: Version) -> tuple:
@@ -400,10 +515,23 @@ class VersionArea:
                 " source_client FROM files WHERE path = ? AND hash = ?), ''), ?, ?)",
                 [(v.id, v.path, v.modified_ns, v.size, v.hash, v.source_client, v.path, v.hash,
                   int(v.deleted), v.kept) for v in kept])
+            txn.execute("UPDATE versions_space SET total = total + ?", (sum(v.size for v in kept),))
+            if self.policy is not None:
+                self._enforce(txn, {v.path for v in kept})
             # the index's one thread commits this before it runs a pruning pass's query
             self._settled([v.id for v in kept])
 
         return record
+
+    def _enforce(self, txn, paths) -> None:
+        """Forget what ``keep_per_file`` (for ``paths``) and ``max_bytes`` no longer
+        allow, in ``txn``; their files go after it commits (:attr:`on_forgotten`), or,
+        where nothing is listening, by a pass's sweep."""
+        doomed = _over_limits(txn, self.policy, paths, self.busy())
+        if doomed:
+            _forget(txn, doomed)
+            if self.on_forgotten is not None:
+                self.on_forgotten(frozenset(doomed))
 
 
 def rekey(source: str, destination: str):
@@ -457,12 +585,13 @@ class _Restored:
 class Versions(Service):
     """Lists and restores the versions of ``area``, recorded in ``index``, and prunes
     them by ``policy`` (a :class:`~quantum_sync.config.VersionsConfig`) every
-    ``interval`` seconds of ``clock``."""
+    ``interval`` seconds of ``clock``: from the start when ``leading``, else from a
+    call of :meth:`lead` (a cluster's leader)."""
 
     log = Logger()
 
     def __init__(self, area: VersionArea, index, policy, reactor, clock=None,
-                 interval: float = PRUNE_INTERVAL, threads=None):
+                 interval: float = PRUNE_INTERVAL, threads=None, leading: bool = True):
         self.area = area
         self.index = index
         self.policy = policy
@@ -470,11 +599,21 @@ class Versions(Service):
         self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._clock = clock or reactor
         self._interval = interval
+        self._leading = leading
         self._loop = None
         self._opened = None
         self._running = None
-        self._reading = collections.Counter()  # version id -> restores reading it
         self._pruning = set()
+        self._removals = set()  # removals of forgotten versions' files, under way
+        area.on_forgotten = lambda ids: reactor.callFromThread(self._forgotten, ids)
+
+    @property
+    def policy(self):
+        return self.area.policy
+
+    @policy.setter
+    def policy(self, policy) -> None:
+        self.area.policy = policy
 
     def _blocking(self, function, *args):
         return self._threads.defer(function, *args)
@@ -484,9 +623,28 @@ class Versions(Service):
         self.area.prepare()
         # queued on the index's one thread right after its own schema: before any use
         self._opened = self.index.interaction(create_schema)
-        self._loop = LoopingCall(self._prune_logged)
-        self._loop.clock = self._clock
-        self._loop.start(self._interval, now=True)
+        if self._leading:
+            self._start_loop()
+
+    def _start_loop(self) -> None:
+        if self._loop is None or not self._loop.running:
+            self._loop = LoopingCall(self._prune_logged)
+            self._loop.clock = self._clock
+            self._loop.start(self._interval, now=True)
+
+    @property
+    def pruning(self) -> bool:
+        """Whether this process runs the pruning passes (on a cluster: the leader)."""
+        return self._loop is not None and self._loop.running
+
+    def lead(self, leading: bool) -> None:
+        """Run the pruning passes (a pass now, then every interval), or stop running
+        them: a cluster's nodes prune the shared area one at a time."""
+        self._leading = leading
+        if leading and self.running:
+            self._start_loop()
+        elif not leading and self.pruning:
+            self._loop.stop()
 
     async def open(self) -> None:
         """Wait until the versions table exists (after :meth:`startService`)."""
@@ -494,8 +652,10 @@ class Versions(Service):
 
     def stopService(self):
         super().stopService()
-        if self._loop is not None and self._loop.running:
+        if self.pruning:
             self._loop.stop()
+        for removal in list(self._removals):  # what is left, a pass's sweep takes
+            removal.cancel()
         return self._running
 
     def _prune_logged(self):
@@ -522,11 +682,14 @@ class Versions(Service):
         """Put version ``version_id`` of ``path`` back at ``to`` as an upload would (the
         file there now kept as a version in turn, journalled, broadcast). Returns
         ``(FileMetadata, Change)``; NOT_FOUND for an unknown id or one of another path."""
-        version = await self.find(version_id)
-        if version is None or version.path != path or version.id in self._pruning:
+        if not isinstance(version_id, str) or not _ID.match(version_id):
             raise SyncError("NOT_FOUND", f"{path} has no version {version_id!r}")
-        self._reading[version.id] += 1
+        # marked before its row is read: a pruning that starts later leaves it
+        self.area.begin_read(version_id)
         try:
+            version = await self.find(version_id)
+            if version is None or version.path != path or version.id in self._pruning:
+                raise SyncError("NOT_FOUND", f"{path} has no version {version_id!r}")
             try:
                 temp, st = await self._blocking(self.area.copy_out, version)
             except OSError as error:
@@ -538,34 +701,57 @@ class Versions(Service):
             finally:
                 await self._blocking(self.area.store.discard, temp)  # gone once installed
         finally:
-            self._reading[version.id] -= 1
-            if not self._reading[version.id]:
-                del self._reading[version.id]
+            self.area.end_read(version_id)
 
     # -- pruning ---------------------------------------------------------------------
 
+    def _forgotten(self, ids) -> None:
+        """Rows a recording forgot (``keep_per_file``, ``max_bytes``): their files go."""
+        removal = Deferred.fromCoroutine(self._remove_forgotten(ids))
+        self._removals.add(removal)
+        removal.addErrback(lambda failure: failure.trap(CancelledError) and None)  # stopped
+        removal.addErrback(lambda failure: self.log.failure("removing pruned versions failed", failure))
+        removal.addBoth(lambda _: self._removals.discard(removal))
+
+    async def _remove_forgotten(self, ids) -> None:
+        # on SQLite this runs after the recording's commit (the index's one thread); a
+        # pool of connections (PostgreSQL) may answer before it: rows still there are
+        # asked again a little later, and those that stay (rolled back) keep their files
+        # (what a recording that committed later leaves, a pass's sweep removes)
+        for delay in FORGOTTEN_CHECKS:
+            if delay:
+                await deferLater(self._reactor, delay, lambda: None)
+            named = await self.index.interaction(_named, ids)
+            gone = ids - named - self.area.busy()  # (a restore that read its row before it went)
+            if gone:
+                await self._blocking(self.area.remove, gone)
+            ids = named
+            if not ids:
+                return
+
     async def prune(self) -> int:
         """One pass: the versions :func:`plan_prune` chooses are forgotten (row, then
-        file), and files in the area without a row (left by a crash) removed. Returns
-        how many versions went."""
+        file), the space total recounted, and files in the area that no row names,
+        there for :data:`ORPHAN_AGE` (left by a crash, or by an upload that failed
+        after its link), removed. Returns how many versions went."""
         versions = await self.index.interaction(_retained)
         planned = await self._blocking(plan_prune, versions, self._clock.seconds(), self.policy,
-                                       frozenset(self._reading))
-        doomed = planned - set(self._reading)  # a restore may have started meanwhile
+                                       self.area.busy())
+        doomed = planned - self.area.busy()  # a restore may have started meanwhile
         self._pruning |= doomed
         try:
+            await self.index.interaction(_forget_and_recount, doomed)
             if doomed:
-                await self.index.interaction(_forget, doomed)
                 await self._blocking(self.area.remove, doomed)
             # a file listed before the snapshot of unrecorded ids, and absent from the rows
-            # read after it, belongs to no version (see VersionArea.recorder): left by a
-            # crash before its row, it stays (unlisted, for an operator) as long as a
-            # version would
-            names, unrecorded = await self._blocking(self.area.listed)
+            # read after it, belongs to no version (see VersionArea.recorder) unless it is
+            # another node's, or this one's on an index of several connections, whose
+            # commit is a moment away: hence the age
+            due = self._clock.seconds() - ORPHAN_AGE
+            names, unrecorded = await self._blocking(self.area.listed, due)
             known = await self.index.interaction(_ids)
-            due = self._clock.seconds() - self.policy.keep_days * DAY
-            orphans = {name for name, ctime in names.items() if _AREA_FILE.match(name)
-                       and (ctime < due or not self.policy.enabled)} - unrecorded - known - self._pruning
+            orphans = {name for name, ctime in names.items() if _AREA_FILE.match(name) and ctime < due}
+            orphans -= unrecorded | known | self._pruning | self.area.busy()
             if orphans:
                 await self._blocking(self.area.remove, orphans)
         finally:

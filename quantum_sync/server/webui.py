@@ -13,6 +13,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 
 from quantum_sync.errors import SyncError
+from quantum_sync.server.httpio import write_error
 
 #: Where the UI's files live inside the package.
 UI_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
@@ -50,8 +51,6 @@ class StaticAsset(Resource):
         self._etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode("ascii") + b'"'
 
     def render(self, request):
-        from quantum_sync.server.api import write_error
-
         secure_headers(request)
         if request.method not in (b"GET", b"HEAD"):
             return write_error(request, SyncError("METHOD_NOT_ALLOWED", "only GET is supported here"))

@@ -36,7 +36,7 @@ import attrs
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -214,6 +214,11 @@ PROBE_TIMEOUT = 5
 _NEED_INDEX = (messages.Subscribe, messages.FileOperationRequest)
 
 
+def _in_use(client_id: str) -> SyncError:
+    return SyncError("CLIENT_ID_IN_USE", f"another connection is subscribed as {client_id!r};"
+                     " each client needs an id of its own", retryAfter=PROBE_TIMEOUT)
+
+
 @implementer(IHubConnection, IPushProducer)
 class HubProtocol(WebSocketServerProtocol):
     """One ``/ws`` connection: parse each message, then hand it to the hub."""
@@ -286,28 +291,37 @@ class HubProtocol(WebSocketServerProtocol):
         if refusal is not None:
             self._rate_limited(refusal)
             return
-        try:
-            request = messages.parse_client_message(payload, isBinary)
-        except SyncError as err:
-            if self.identity is None:
-                self._require_auth()
-                return
-            if err.code == "INVALID_PATH":  # (operations.apply reports its own refusals)
-                self.factory.security_alert("rejected_path", self.address, err.message)
-            self._refuse(err)
-            return
-        if self.identity is None and not isinstance(
-            request, (messages.AuthRequest, messages.PingRequest)
-        ):
-            self._require_auth(request.id)
-            return
-        if not isinstance(request, (messages.AuthRequest, messages.PingRequest)) \
-                and not self._still_authorized(request):
+        request = self._parsed(payload, isBinary)
+        if request is None or not self._admitted(request):
             return
         if isinstance(request, _NEED_INDEX) and (self._held is not None or not self.factory.operations.ready):
             self._hold(request)
             return
         self._HANDLERS[type(request)](self, request)
+
+    def _parsed(self, payload, isBinary):
+        """The request in a message, or None once a message that is none is refused
+        (before authentication: told to authenticate)."""
+        try:
+            return messages.parse_client_message(payload, isBinary)
+        except SyncError as err:
+            if self.identity is None:
+                self._require_auth()
+                return None
+            if err.code == "INVALID_PATH":  # (operations.apply reports its own refusals)
+                self.factory.security_alert("rejected_path", self.address, err.message)
+            self._refuse(err)
+            return None
+
+    def _admitted(self, request) -> bool:
+        """Whether the connection may make ``request``: anything but auth and ping needs
+        an identity, checked again for each request."""
+        if isinstance(request, (messages.AuthRequest, messages.PingRequest)):
+            return True
+        if self.identity is None:
+            self._require_auth(request.id)
+            return False
+        return self._still_authorized(request)
 
     def _hold(self, request) -> None:
         """Keep ``request`` (and each later one of :data:`_NEED_INDEX`) until the server's
@@ -342,28 +356,51 @@ class HubProtocol(WebSocketServerProtocol):
     # -- requests -----------------------------------------------------------------------
 
     def _on_subscribe(self, request):
+        subscribing = Deferred.fromCoroutine(self._subscribe(request))
+        subscribing.addErrback(lambda failure: log.failure("Subscribe from {address} failed", failure,
+                                                           address=self.address))
+
+    async def _subscribe(self, request):
+        """Claim the client id (its binding, and on a cluster its live connection: the
+        database is asked, and this waits), then name the connection; on one server all
+        of it happens at once."""
         operations = self.factory.operations
+        client_id = request.client_id
         try:
-            self._claim(request.client_id)
+            await self._claim(client_id)
+            await self._claim_live(client_id)
         except SyncError as error:
             self._refuse(error, request.id)
+            if error.code in ("SERVICE_UNAVAILABLE", "CLIENT_ID_IN_USE"):
+                # refused as a whole: a client reconnects after a close (with its
+                # backoff), where an unanswered Subscribe would leave it connected and deaf
+                self.close(CLOSE_TRY_AGAIN_LATER, "try again later")
             return
-        holder = self.hub.holder(request.client_id)
+        if self.state != self.STATE_OPEN:
+            self.hub.release(client_id)  # (a cluster node's claim of it)
+            return
+        self.hub.identify(self, client_id)
+        # every broadcast from here on has a seq above this cursor
+        self.send(messages.ack("subscribe", request.id, journal_id=operations.journal_id,
+                               cursor=operations.head))
+
+    async def _claim_live(self, client_id: str) -> None:
+        """CLIENT_ID_IN_USE while another live connection holds ``client_id``: here (it
+        is probed) or, on a cluster, on another node (which is asked to probe it)."""
+        self._not_held_here(client_id)
+        claims = self.hub.claims
+        if claims is not None and self.state == self.STATE_OPEN:
+            if not await claims.claim(client_id):
+                raise _in_use(client_id)
+            self._not_held_here(client_id)  # (named here while the database answered)
+
+    def _not_held_here(self, client_id: str) -> None:
+        holder = self.hub.holder(client_id)
         if holder is not None and holder is not self:
             # a half-open connection (a laptop that slept) would hold the id until
             # stale_timeout: it must answer a ping now, or it is dropped
             holder.probe(PROBE_TIMEOUT)
-            self._refuse(SyncError("CLIENT_ID_IN_USE", f"another connection is subscribed as"
-                                   f" {request.client_id!r}; each client needs an id of its own",
-                                   retryAfter=PROBE_TIMEOUT), request.id)
-            # refused as a whole: a client reconnects after a close (with its backoff),
-            # where an unanswered Subscribe would leave it connected and deaf
-            self.close(CLOSE_TRY_AGAIN_LATER, "client id in use; try again later")
-            return
-        self.hub.identify(self, request.client_id)
-        # every broadcast from here on has a seq above this cursor
-        self.send(messages.ack("subscribe", request.id, journal_id=operations.journal_id,
-                               cursor=operations.head))
+            raise _in_use(client_id)
 
     def _on_topic(self, request):
         if request.action == "subscribe":
@@ -387,11 +424,13 @@ class HubProtocol(WebSocketServerProtocol):
         self._cancel_auth_deadline()
         self.send(messages.auth_success(identity.user, identity.role, request.id))
 
-    def _claim(self, client_id: str) -> None:
-        """With auth on, ``client_id`` must be (or become) this user's."""
+    def _claim(self, client_id: str) -> Deferred:
+        """With auth on, ``client_id`` must be (or become) this user's (a Deferred, fired
+        at once on one server; a cluster node asks the database about a new id)."""
         bindings = self.hub.bindings
-        if bindings is not None and self.identity is not None:
-            bindings.claim(client_id, self.identity.user)
+        if bindings is None or self.identity is None:
+            return succeed(None)
+        return maybeDeferred(bindings.claim, client_id, self.identity.user)
 
     def probe(self, timeout: float) -> None:
         """Ping now; drop the connection unless a pong comes within ``timeout``."""
@@ -412,13 +451,8 @@ class HubProtocol(WebSocketServerProtocol):
 
     def _on_file_operation(self, request):
         source = self.client_id or request.source_client
-        if not self.client_id:
-            try:
-                self._claim(source)
-            except SyncError as error:
-                self._refuse(error, request.id)
-                return
-        d = maybeDeferred(self.factory.operations.apply, request.operation, source)
+        claimed = succeed(None) if self.client_id else self._claim(source)
+        d = claimed.addCallback(lambda _: maybeDeferred(self.factory.operations.apply, request.operation, source))
 
         def applied(change):
             operation_id = request.id if request.id is not None else "FileOperation"

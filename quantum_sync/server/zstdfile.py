@@ -1,7 +1,7 @@
 """A download sent as zstd (``Content-Encoding: zstd``) to a client that asked for it.
 
 :class:`ZstdDownload` answers for one opened file: its headers as
-:class:`~quantum_sync.server.api.HashedFile` gives them (ETag of the content, an
+:class:`~quantum_sync.server.download.HashedFile` gives them (ETag of the content, an
 attachment), no ``Content-Length`` (the body goes chunked), and a push producer that
 reads and compresses the file a piece at a time in the reactor's thread pool, so the
 reactor only writes, paused by its transport. :func:`worth_compressing` samples the file
@@ -44,7 +44,7 @@ class ZstdDownload(resource.Resource):
 
     def __init__(self, opened, digest: str, headers, reactor, threads=None):
         super().__init__()
-        self._file, self._digest, self._headers, self._reactor = opened, digest, headers, reactor
+        self._file, self._digest, self._headers = opened, digest, headers
         self._threads = threads if threads is not None else ReactorThreads(reactor)
 
     def render_GET(self, request):
@@ -55,7 +55,7 @@ class ZstdDownload(resource.Resource):
             return b""
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Encoding", ENCODING)
-        _ZstdStream(request, self._file, self._reactor, self._threads).start()
+        _ZstdStream(request, self._file, self._threads).start()
         return server.NOT_DONE_YET
 
     render_HEAD = render_GET
@@ -63,9 +63,11 @@ class ZstdDownload(resource.Resource):
 
 @implementer(IPushProducer)
 class _ZstdStream(CompressedPieces):
-    def __init__(self, request, file, reactor, threads):
+    """Writes the compressed pieces of ``file`` into ``request`` as they are made."""
+
+    def __init__(self, request, file, threads):
         super().__init__(file, threads)
-        self._request, self._reactor = request, reactor
+        self._request = request
 
     def start(self) -> None:
         self._request.registerProducer(self, True)

@@ -1,5 +1,7 @@
 """Several server nodes on one root: the index and journal in PostgreSQL
 (:mod:`.pgindex`), locks across nodes (:mod:`.fence`), broadcasts through Redis
-(:mod:`.redisbus`) delivered in journal order (:mod:`.feed`), one node watching the root
-(:mod:`.leader`) and the live nodes (:mod:`.presence`). docs/cluster.md is the design.
+(:mod:`.redisbus`) delivered in journal order (:mod:`.feed`), events between nodes
+(:mod:`.events`), one node watching the root (:mod:`.leader`), the live nodes
+(:mod:`.presence`), one live connection per client id (:mod:`.liveclients`) and client
+ids bound to users (:mod:`.bindings`). docs/cluster.md is the design.
 """

@@ -15,9 +15,11 @@ from twisted.logger import Logger
 from quantum_sync.config import ConfigError
 from quantum_sync.protocol import format_time
 from quantum_sync.server.cluster.bindings import ClusterBindings
+from quantum_sync.server.cluster.events import EventRelay
 from quantum_sync.server.cluster.feed import Feed
 from quantum_sync.server.cluster.fence import ClusterFence
 from quantum_sync.server.cluster.leader import Leadership
+from quantum_sync.server.cluster.liveclients import PROBE_EVENT, LiveClients
 from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, PgIndex, SchemaError, create_schema
 from quantum_sync.server.cluster.presence import Presence
 from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
@@ -84,12 +86,15 @@ class ClusterNode:
         self.redis = RedisAddress.parse(cluster.redis)
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
+        self.index.fence = self.fence  # an upload group commits on the fence's connection
         #: client ids bound to users (used with ``auth``), kept in the database
-        self.bindings = ClusterBindings(self.index, reactor)
+        self.bindings = ClusterBindings(self.index)
         self.feed = None
         self.bus = None
+        self.events = None
         self.leadership = None
         self.presence = None
+        self.clients = None
         self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
@@ -105,13 +110,17 @@ class ClusterNode:
         self.feed = Feed(self.index, self._deliver, self._reactor)
         self.feed.start(head)
         self.bus = RedisBus(self.redis, self.index.journal_id, self._reactor,
-                            self.feed.offer, self.feed.redis_up, self.node_id, self._peer_event)
+                            self.feed.offer, self._redis_up, self.node_id, self._heard_event)
+        self.events = EventRelay(self.index, self.bus, self.node_id, self._reactor, self._peer_event,
+                                 lambda: len(self.presence.live) if self.presence is not None else 1)
         self.bus.start()
+        self.events.start()
         service.hub.relay = self._relay_event
-        self.presence = Presence(self.index, self.node_id, self._address, self.started, self._reactor)
-        self.presence.start()
-        if service.hub.bindings is self.bindings:
-            self.bindings.start()
+        self.clients = LiveClients(self.index, self.node_id, service.hub, self._ask_probe, self._reactor)
+        service.hub.claims = self.clients
+        self.presence = Presence(self.cluster.database, self.index.namespace, self.node_id, self._address,
+                                 self.started, self._reactor, after_beat=self.clients.renew)
+        await self.presence.start()  # live before it serves: its claims hold from the first
         self.leadership = Leadership(self.cluster.database, self.index.namespace, self._reactor,
                                      self._lead)
         await self.leadership.start()
@@ -137,21 +146,37 @@ class ClusterNode:
         self.bus.publish(changes)
 
     def _relay_event(self, kind, data) -> None:
-        self.bus.publish_event(kind, {**data, "node_id": self.node_id},
-                               format_time(self._reactor.seconds()))
+        self.events.send(kind, {**data, "node_id": self.node_id}, format_time(self._reactor.seconds()))
+
+    def _ask_probe(self, client_id: str) -> None:
+        self.events.send(PROBE_EVENT, {"id": client_id}, format_time(self._reactor.seconds()))
+
+    def _redis_up(self, up: bool) -> None:
+        self.feed.redis_up(up)
+        self.events.redis_up(up)
+
+    def _heard_event(self, kind, data, timestamp, uid) -> None:
+        self.events.heard(kind, data, timestamp, uid)
 
     def _peer_event(self, kind, data, timestamp) -> None:
-        if kind in RELAYED_EVENTS:
+        if kind == PROBE_EVENT and isinstance(data.get("id"), str):
+            self.clients.probe(data["id"])
+        elif kind in RELAYED_EVENTS:
             self._service.hub.relayed_event(kind, data, timestamp)
 
     def _deliver(self, changes) -> None:
         service = self._service
+        if len(changes) == 1:  # (a burst only pays for several: it holds each subscriber's)
+            service.operations.head = changes[0].seq
+            service.hub.publish(changes[0])
+            return
         with service.hub.burst():
             for change in changes:
                 service.operations.head = change.seq
                 service.hub.publish(change)
 
     def _lead(self, leading: bool) -> None:
+        self._service.versions.lead(leading)  # the shared versions area: pruned by one node
         watcher = self._service.watcher
         if leading:
             watcher.startService()
@@ -178,12 +203,13 @@ class ClusterNode:
             watcher = self._service.watcher
             if watcher.running:
                 await watcher.stopService()
-        self.bindings.stop()
         if self.presence is not None:
             self.presence.stop()
             await self.presence.leave()
         if self.feed is not None:
             self.feed.stop()
+        if self.events is not None:
+            self.events.stop()
         if self.bus is not None:
             await self.bus.stop()
         self.fence.close()

@@ -10,7 +10,6 @@ commits, so a later ``seq`` can never become visible before an earlier one (a re
 """
 
 import hashlib
-import json
 import uuid
 
 from twisted.application.service import Service
@@ -19,10 +18,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from quantum_sync.errors import SyncError
-from quantum_sync.protocol import Change, FileMetadata, operation_text, parse_operation
+from quantum_sync.protocol import Change, FileMetadata, operation_text
 from quantum_sync.server import versions
 from quantum_sync.server.diskdiff import Row
-from quantum_sync.server.indexapi import check_cursor
+from quantum_sync.server.indexapi import check_cursor, journal_page
 
 #: The schema this code writes and reads.
 SCHEMA_VERSION = 1
@@ -56,6 +55,21 @@ SCHEMA = [
         address TEXT NOT NULL,
         started TEXT NOT NULL,
         seen TIMESTAMPTZ NOT NULL)""",
+    # the advisory lock the node's session holds while it lives (presence.py)
+    """ALTER TABLE nodes ADD COLUMN IF NOT EXISTS session_key BIGINT NOT NULL DEFAULT 0""",
+    """CREATE TABLE IF NOT EXISTS live_clients (
+        client_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL)""",
+    # the events Redis may not have carried to every node, for a short while (events.py)
+    """CREATE TABLE IF NOT EXISTS events (
+        id BIGSERIAL PRIMARY KEY,
+        uid TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    """CREATE INDEX IF NOT EXISTS events_at ON events (at)""",
 ]
 
 #: Paths looked up a query by :meth:`PgIndex.get_many`.
@@ -67,6 +81,16 @@ _COLUMNS = "path, is_directory, size, mtime_ns, hash, ino, ctime_ns"
 #: those of the second (the same list): one statement.
 INTENDING = (f"WITH intended AS (INSERT INTO intents (path) SELECT unnest(%b::text[])"
              f" ON CONFLICT DO NOTHING) SELECT {_COLUMNS} FROM files WHERE path = ANY(%b)")
+
+#: Takes the client ids ``%(ids)s`` for node ``%(node)s``, but those a live node holds:
+#: one seen within ``%(live_for)s`` seconds whose session still holds its lock (the
+#: shared try fails against it; presence.py).
+CLAIM_CLIENTS = (
+    "INSERT INTO live_clients AS l (client_id, node_id) SELECT unnest(%(ids)s::text[]), %(node)s"
+    " ON CONFLICT (client_id) DO UPDATE SET node_id = EXCLUDED.node_id"
+    " WHERE l.node_id <> EXCLUDED.node_id AND NOT EXISTS (SELECT 1 FROM nodes n"
+    " WHERE n.node_id = l.node_id AND n.seen > now() - make_interval(secs => %(live_for)s)"
+    " AND NOT pg_try_advisory_xact_lock_shared(n.session_key))")
 
 #: A file's row, with the client that wrote its content (kept when only its stat changed).
 UPSERT = (
@@ -201,6 +225,9 @@ class PgIndex(Service):
         self.journal_id = None
         #: The schema's name (advisory-lock keys are made in it), once open.
         self.namespace = None
+        #: The node's :class:`.fence.ClusterFence`, on whose connection an upload group
+        #: commits (None: every commit on a pooled connection).
+        self.fence = None
 
     def start(self) -> None:
         if self._pool is not None:
@@ -305,42 +332,58 @@ class PgIndex(Service):
 
     # -- the nodes ------------------------------------------------------------------
 
-    async def heartbeat(self, node_id: str, address: str, started: str, live_for: float) -> list:
-        """Mark ``node_id`` seen now; the nodes seen within ``live_for`` seconds."""
-        def run(txn):
-            txn.execute(
-                "INSERT INTO nodes (node_id, address, started, seen) VALUES (%s, %s, %s, now())"
-                " ON CONFLICT (node_id) DO UPDATE SET address = EXCLUDED.address,"
-                " started = EXCLUDED.started, seen = now()", (node_id, address, started))
-            txn.execute("SELECT node_id, address, started FROM nodes"
-                        " WHERE seen > now() - make_interval(secs => %s) ORDER BY node_id", (live_for,))
-            return [{"node_id": n, "address": a, "started": s} for n, a, s in txn.fetchall()]
-
-        return await self._run(run)
-
-    async def client_bindings(self) -> dict:
-        """``{client id: user}``: every client id bound to a user (with ``auth``)."""
-        def run(txn):
-            txn.execute("SELECT client_id, user_name FROM client_ids")
-            return dict(txn.fetchall())
-
-        return await self._run(run)
-
     async def bind_client(self, client_id: str, user: str) -> str:
-        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user."""
+        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user
+        (one statement: a racing binding on another node is waited for, and its user
+        returned)."""
         def run(txn):
-            txn.execute("INSERT INTO client_ids (client_id, user_name) VALUES (%s, %s)"
-                        " ON CONFLICT DO NOTHING", (client_id, user))
-            txn.execute("SELECT user_name FROM client_ids WHERE client_id = %s", (client_id,))
+            txn.execute("INSERT INTO client_ids AS c (client_id, user_name) VALUES (%s, %s)"
+                        " ON CONFLICT (client_id) DO UPDATE SET user_name = c.user_name"
+                        " RETURNING user_name", (client_id, user))
             return txn.fetchone()[0]
 
         return await self._run(run)
 
-    async def forget_node(self, node_id: str) -> None:
+    async def claim_clients(self, client_ids, node_id: str, live_for: float) -> list:
+        """Record that ``node_id`` holds the live connections of ``client_ids``, except
+        those another live node holds (:data:`CLAIM_CLIENTS`); returns those."""
         def run(txn):
-            txn.execute("DELETE FROM nodes WHERE node_id = %s", (node_id,))
+            values = {"ids": list(client_ids), "node": node_id, "live_for": live_for}
+            txn.execute(CLAIM_CLIENTS, values)
+            txn.execute("SELECT client_id FROM live_clients WHERE client_id = ANY(%(ids)s)"
+                        " AND node_id <> %(node)s", values)
+            return [row[0] for row in txn.fetchall()]
+
+        return await self._run(run)
+
+    async def release_clients(self, client_ids, node_id: str) -> None:
+        """``node_id`` no longer holds connections of ``client_ids``."""
+        def run(txn):
+            txn.execute("DELETE FROM live_clients WHERE client_id = ANY(%s) AND node_id = %s",
+                        (list(client_ids), node_id))
 
         await self._run(run)
+
+    async def record_events(self, node_id: str, events, keep_for: float) -> None:
+        """Keep ``node_id``'s ``events`` (``(uid, kind, data as JSON, timestamp)``) for
+        the other nodes to read; drop those older than ``keep_for`` seconds."""
+        def run(txn):
+            txn.executemany("INSERT INTO events (uid, node_id, kind, data, timestamp)"
+                            " VALUES (%s, %s, %s, %s, %s)",
+                            [(uid, node_id, kind, data, timestamp) for uid, kind, data, timestamp in events])
+            txn.execute("DELETE FROM events WHERE at < now() - make_interval(secs => %s)", (keep_for,))
+
+        await self._run(run)
+
+    async def recent_events(self, node_id: str, within: float) -> list:
+        """The other nodes' events of the last ``within`` seconds, oldest first:
+        ``(uid, kind, data as JSON, timestamp)``."""
+        def run(txn):
+            txn.execute("SELECT uid, kind, data, timestamp FROM events WHERE at > now() -"
+                        " make_interval(secs => %s) AND node_id <> %s ORDER BY id", (within, node_id))
+            return txn.fetchall()
+
+        return await self._run(run)
 
     # -- writes ---------------------------------------------------------------------
 
@@ -358,24 +401,28 @@ class PgIndex(Service):
     async def record_each(self, items, timestamp, also=None, done_intents=()) -> list:
         """In one transaction: ``also(txn)``, every item's cache changes and its operation
         (when given) journalled with the next ``seq``, the intents of ``done_intents``
-        forgotten. Returns the Changes, in order."""
-        def run(txn):
+        forgotten. Returns the Changes, in order.
+
+        An upload group's commit (``done_intents`` given while :attr:`fence` holds the
+        group's locks) runs on the fence's connection and releases the locks in the same
+        round trip; any other in one pipeline and its commit on a pooled connection."""
+        def send(txn):
             if also is not None:
                 also(_Portable(txn))
-            # sent together, answered together: one round trip, not one a statement
-            with txn.connection.pipeline():
-                if any(removals for _, removals, _, _ in items):
-                    for upserts, removals, _, source in items:
-                        _update_files(txn, upserts, removals, source)
-                else:  # only upserts: the last row of each path, in one statement
-                    _upsert(txn, {row[0].path: _file_values(row) + (source,)
-                                  for upserts, _, _, source in items for row in upserts})
-                if done_intents:
-                    txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(done_intents),))
-                return self._journal(txn, [(operation, source) for _, _, operation, source in items
-                                           if operation is not None], timestamp)
+            if any(removals for _, removals, _, _ in items):
+                for upserts, removals, _, source in items:
+                    _update_files(txn, upserts, removals, source)
+            else:  # only upserts: the last row of each path, in one statement
+                _upsert(txn, {row[0].path: _file_values(row) + (source,)
+                              for upserts, _, _, source in items for row in upserts})
+            if done_intents:
+                txn.execute("DELETE FROM intents WHERE path = ANY(%b)", (list(done_intents),))
+            return self._journal(txn, [(operation, source) for _, _, operation, source in items
+                                       if operation is not None], timestamp)
 
-        return await self._run(run)
+        if done_intents and self.fence is not None and self.fence.grouping:
+            return await self.fence.commit(send)
+        return await self._run(_pipelined, send)
 
     async def get_many_intending(self, paths) -> dict:
         """:meth:`get_many`, recording (durably, before it returns) the intent to write
@@ -410,32 +457,48 @@ class PgIndex(Service):
             txn.execute(
                 "UPDATE files SET path = %s || substr(path, %s) WHERE path = %s OR path LIKE %s",
                 (destination, len(source) + 1, source, _escape_like(source) + "/%"))
-            changes = self._journal(txn, [(operation, source_client)], timestamp)
+            changes = self._journal(txn, [(operation, source_client)], timestamp)()
             return changes[0] if changes else None
 
         return await self._run(run)
 
-    def _journal(self, txn, entries, timestamp) -> list:
-        """Append ``entries`` (``(operation, source_client)``) with consecutive seqs taken
-        from ``journal_head`` (its row lock, held to commit, orders the writers)."""
+    def _journal(self, txn, entries, timestamp):
+        """Send the append of ``entries`` (``(operation, source_client)``) with
+        consecutive seqs taken from ``journal_head`` (its row lock, held to commit, orders
+        the writers), and the pruning past the retention when the head crosses a hundred;
+        returns a function giving their Changes once the statements are answered (so
+        that a pipeline needs no round trip of its own for them)."""
         if not entries:
-            return []
+            return lambda: []
         texts = [operation_text(operation) for operation, _ in entries]
+        count = len(entries)
+        appended = txn.connection.cursor()  # (read after the pipeline: a cursor of its own)
         # the seqs taken and the entries written in one statement
-        txn.execute(
+        appended.execute(
             "WITH head AS (UPDATE journal_head SET seq = seq + %(count)s RETURNING seq)"
             " INSERT INTO journal (seq, operation, source_client, timestamp)"
             " SELECT head.seq - %(count)s + entry.position, entry.operation, entry.source, %(timestamp)s"
             " FROM head, unnest(%(operations)b::text[], %(sources)b::text[])"
             " WITH ORDINALITY AS entry(operation, source, position) RETURNING seq",
-            {"count": len(entries), "timestamp": timestamp, "operations": texts,
+            {"count": count, "timestamp": timestamp, "operations": texts,
              "sources": [source for _, source in entries]})
-        last = max(row[0] for row in txn.fetchall())
-        first = last - len(entries) + 1
-        if last > self.retention and last // 100 != (first - 1) // 100:
-            txn.execute("DELETE FROM journal WHERE seq <= %s", (last - self.retention,))
-        return [Change(seq, operation, source_client, timestamp, text)
-                for seq, (operation, source_client), text in zip(range(first, last + 1), entries, texts)]
+        txn.execute("DELETE FROM journal WHERE seq <= (SELECT seq - %s FROM journal_head"
+                    " WHERE seq / 100 <> (seq - %s) / 100)", (self.retention, count))
+
+        def changes():
+            last = max(row[0] for row in appended.fetchall())
+            return [Change(seq, operation, source_client, timestamp, text) for seq, (operation, source_client), text
+                    in zip(range(last - count + 1, last + 1), entries, texts)]
+
+        return changes
+
+
+def _pipelined(txn, send):
+    """``send(txn)``'s statements in one pipeline (one round trip before the commit);
+    the result of the function it returns."""
+    with txn.connection.pipeline():
+        finish = send(txn)
+    return finish()
 
 
 def _update_files(txn, upserts, removals, source_client) -> None:
@@ -481,9 +544,4 @@ def _changes(txn, since: int, limit: int, journal_id: str):
     check_cursor(since, head, oldest, journal_id)
     txn.execute("SELECT seq, operation, source_client, timestamp FROM journal"
                 " WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s", (since, head, limit + 1))
-    rows = txn.fetchall()
-    has_more = len(rows) > limit
-    changes = [Change(seq, parse_operation(json.loads(operation)), source, timestamp, operation)
-               for seq, operation, source, timestamp in rows[:limit]]
-    cursor = changes[-1].seq if changes else since
-    return changes, cursor, has_more
+    return journal_page(txn.fetchall(), limit, since)

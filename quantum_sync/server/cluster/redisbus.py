@@ -160,26 +160,30 @@ class RedisBus:
         sent.addErrback(lambda failure: None)  # lost: the others read the journal
         self.published += 1
 
-    def publish_event(self, kind: str, data: dict, timestamp: str) -> None:
-        """Send one of this node's events to the other nodes (skipped while Redis is away:
-        events are not journalled)."""
+    def publish_event(self, kind: str, data: dict, timestamp: str, uid: str = ""):
+        """Send one of this node's events (``uid``: its identity, for the receivers to
+        drop a copy heard twice) to the other nodes: a Deferred of the number of
+        subscribers that received it, or None while Redis is away
+        (:mod:`.events` then carries it)."""
         if not self.can_publish:
-            return
-        text = json.dumps({"node": self.node_id, "kind": kind, "data": data, "timestamp": timestamp},
-                          separators=(",", ":"))
-        self._publisher.handler.publish(self.events_channel, text).addErrback(lambda failure: None)
+            return None
+        text = json.dumps({"node": self.node_id, "kind": kind, "data": data, "timestamp": timestamp,
+                           "uid": uid}, separators=(",", ":"))
+        return self._publisher.handler.publish(self.events_channel, text)
 
     def heard_event(self, message) -> None:
         try:
             obj = json.loads(message)
             node, kind, data, timestamp = obj["node"], obj["kind"], obj["data"], obj["timestamp"]
-            if not (isinstance(kind, str) and isinstance(data, dict) and isinstance(timestamp, str)):
+            uid = obj.get("uid", "")
+            if not (isinstance(kind, str) and isinstance(data, dict) and isinstance(timestamp, str)
+                    and isinstance(uid, str)):
                 raise ValueError("bad event")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.log.warn("dropped a malformed message on {channel}", channel=self.events_channel)
             return
         if node != self.node_id and self._on_event is not None:
-            self._on_event(kind, data, timestamp)
+            self._on_event(kind, data, timestamp, uid)
 
     def heard(self, message) -> None:
         if isinstance(message, str) and message.startswith(self._own):
