@@ -619,6 +619,9 @@ class SoakOptions:
     contention: bool = True
     #: False: the stalled client's user makes no moves or deletes while its link is stalled
     removals_while_stalled: bool = True
+    #: True: every planned round runs, even past ``minutes`` (the short test: each fault once,
+    #: as fast as the machine allows)
+    every_round: bool = False
 
     def __post_init__(self):
         if not self.converge_timeout:
@@ -700,7 +703,7 @@ class Soak:
             self.log(f"soak: {len(plan)} rounds of about {self.options.round_length():.0f} s: {', '.join(plan)}")
             end = self.options.minutes * 60
             for fault in plan:
-                if self._elapsed() < end:
+                if self._elapsed() < end or self.options.every_round:
                     self._round(fault)
                 else:
                     self.not_reached.append(fault)
@@ -901,6 +904,8 @@ def main(argv=None) -> int:
                         help="each folder's user works in a subtree of its own (no concurrent edits of one path)")
     parser.add_argument("--no-removals-while-stalled", action="store_true",
                         help="no moves or deletes in the proxied client's folder while its link is stalled")
+    parser.add_argument("--every-round", action="store_true",
+                        help="run every planned round even past --minutes (each fault at least once)")
     parser.add_argument("--keep", action="store_true", help="keep the base directory after a passing run")
     args = parser.parse_args(argv)
     faults = tuple(f for f in args.faults.split(",") if f)
@@ -911,7 +916,7 @@ def main(argv=None) -> int:
     options = SoakOptions(minutes=args.minutes, seed=args.seed, base=os.path.abspath(base), rate=args.rate,
                           faults=faults, round_seconds=args.round_seconds, converge_timeout=args.converge_timeout,
                           contention=not args.no_contention,
-                          removals_while_stalled=not args.no_removals_while_stalled)
+                          removals_while_stalled=not args.no_removals_while_stalled, every_round=args.every_round)
     report = run(options, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(table(report))
     with open(os.path.join(options.base, "report.json"), "w") as f:

@@ -1,7 +1,8 @@
-"""The soak harness (bench/soak.py) for about a minute: a real server and three real client
-daemons, a random workload, a server SIGKILL and restart, a stalled proxy, a client
-restarted with and without its state folder; nothing the workload wrote may be lost, and
-every folder must end with the server's tree.
+"""The soak harness (bench/soak.py) for about a minute, each fault once: a real server and
+three real client daemons, a random workload with the folders contending for the same
+paths, a server SIGKILL and restart, a stalled proxy (moves and deletes made behind it), a
+client restarted with and without its state folder; nothing the workload wrote may be
+lost, and every folder must end with the server's tree.
 
 The rule that decides "lost" is tested on its own first, without daemons."""
 
@@ -16,11 +17,12 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import soak  # noqa: E402
 
-#: The faults the short run survives reliably. The server's state folder lost, folders
-#: contending for the same paths, and moves and deletes behind a stalled link are left to the
-#: long soak: with them a client is sometimes still missing a file a while after the fault
-#: (bench/README.md: what the long soak finds).
-SHORT_FAULTS = ("server-kill", "proxy-stall", "client-restart", "client-state-loss")
+#: Every fault once but the server's state folder lost: after it, every client's restored
+#: reconcile uploads again what the server lost while the others' changes go on, and a client
+#: that re-uploaded a file sometimes then applies another client's older Delete of it (heard
+#: after its own upload landed), so the file stays absent in that client until a full
+#: reconcile (1 run of 3 under load). bench/README.md: what the soak finds.
+SHORT_FAULTS = tuple(f for f in soak.FAULTS if f != "server-state-loss")
 
 
 def write(number, path="x.bin", folder="a"):
@@ -48,7 +50,7 @@ def test_fault_plan_repeats_some_and_injects_one_off_faults_once():
     assert len(plan) == 10
     assert plan.count("client-state-loss") == plan.count("server-state-loss") == 1
     assert plan.count("server-kill") >= 3 and plan.count("proxy-stall") >= 2
-    assert soak.plan_faults(1, SHORT_FAULTS, 20) == ["server-kill", "proxy-stall", "client-restart",
+    assert soak.plan_faults(1, SHORT_FAULTS, 15) == ["server-kill", "proxy-stall", "client-restart",
                                                      "client-state-loss"]
     assert soak.plan_faults(0.1, ("proxy-stall", "client-state-loss"), 20) == ["proxy-stall", "client-state-loss"]
 
@@ -106,11 +108,11 @@ def test_proxy_forwards_both_ways_and_after_a_stall():
 @pytest.mark.timeout(480)
 def test_short_soak_loses_nothing_and_converges(tmp_path):
     options = soak.SoakOptions(minutes=1, seed=13, base=str(tmp_path / "soak"), rate=3.0, faults=SHORT_FAULTS,
-                               round_seconds=20, converge_timeout=90, contention=False,
-                               removals_while_stalled=False)
+                               round_seconds=15, converge_timeout=90, every_round=True)
     report = soak.run(options, log=lambda line: print(line, file=sys.stderr))
     text = soak.table(report)
     print(text)
+    assert report.not_reached == [], text
     assert report.server_restarts >= 1 and report.stalls >= 1 and report.client_restarts >= 2, text
     assert sum(report.counts.applied.values()) >= 60 and report.writes >= 30, text
     assert report.lost == [], text

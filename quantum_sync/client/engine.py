@@ -346,15 +346,19 @@ class Engine:
                     taken = paths.take(path)
                     if taken.hint is UNKNOWN and taken.seen is not UNSEEN and self._matches_base(path, taken.seen):
                         continue  # a change already synced (our own download, or an upload's read)
-                    await self.guard(self._sync_one(path, taken.hint), path)
+                    await self.guard(self._sync_one(path, taken.hint, taken.seen), path)
         finally:
             paths.finish(path)
 
-    async def _sync_one(self, path, hint):
+    async def _sync_one(self, path, hint, seen=UNSEEN):
         normalize(path)
         base = self.state.base(path)
         if await self._download_onto_base(path, hint, base):
             return
+        if seen is None and base is not None and base.entry.is_directory:
+            # the watcher saw a synced folder gone (moved out, say): what was inside went with
+            # it, even when the folder is back by now (a download into it made it again)
+            return await self.reconcile(prefix=path, held={path})
         local = await self.local_version(path, with_bytes=True)
         try:
             return await self._sync_local(path, hint, base, local)
