@@ -193,3 +193,28 @@ def test_locked_rows_take_once_and_raise_a_failure_again():
             rows.get("a")
     assert len(calls) == 1
     assert dict(_LockedRows(lambda: {"a": 1})) == {"a": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_group_commit_leaves_no_transaction_for_the_next_group(reactor, pg_schema):
+    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
+    await index.open()
+    fence = ClusterFence(pg_schema, lambda: index.namespace, reactor)
+    index.fence = fence
+
+    def broken(txn):
+        raise ValueError("a bug in a recorder")
+
+    try:
+        async with fence.held(["a.txt"], intending=True) as rows:
+            rows.get("a.txt")
+            with pytest.raises(ValueError):
+                await index.record_each([([_file("a.txt")], [], Create(_file("a.txt")[0]), "c")], "t",
+                                        also=broken, done_intents=["a.txt"])
+        async with fence.held(["b.txt"], intending=True) as rows:
+            rows.get("b.txt")
+            # recorded for every node to see (committed), not inside a leftover transaction
+            assert await index.intents() == ["a.txt", "b.txt"]
+    finally:
+        fence.close()
+        index.stopService()
