@@ -146,12 +146,17 @@ async def test_every_connection_gives_up_on_a_silent_database_in_seconds(reactor
         "15000", "10", "5")
 
 
-@pytest_twisted.ensureDeferred
-async def test_an_upload_group_locks_at_its_first_look_and_unlocks_with_its_commit(reactor, pg_schema):
+async def _fenced_index(reactor, pg_schema) -> tuple:
+    """``(index, fence)``: an open index whose upload groups commit on the fence."""
     index = PgIndex(pg_schema, retention=1000, reactor=reactor)
     await index.open()
-    fence = ClusterFence(pg_schema, lambda: index.namespace, reactor)
-    index.fence = fence
+    index.fence = ClusterFence(pg_schema, lambda: index.namespace, reactor)
+    return index, index.fence
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_group_locks_at_its_first_look_and_unlocks_with_its_commit(reactor, pg_schema):
+    index, fence = await _fenced_index(reactor, pg_schema)
     other = psycopg.connect(pg_schema, autocommit=True)
     key = pgindex.lock_key(index.namespace, "path:a.txt")
 
@@ -193,3 +198,25 @@ def test_locked_rows_take_once_and_raise_a_failure_again():
             rows.get("a")
     assert len(calls) == 1
     assert dict(_LockedRows(lambda: {"a": 1})) == {"a": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_group_commit_leaves_no_transaction_for_the_next_group(reactor, pg_schema):
+    index, fence = await _fenced_index(reactor, pg_schema)
+
+    def broken(txn):
+        raise ValueError("a bug in a recorder")
+
+    try:
+        async with fence.held(["a.txt"], intending=True) as rows:
+            rows.get("a.txt")
+            with pytest.raises(ValueError):
+                await index.record_each([([_file("a.txt")], [], Create(_file("a.txt")[0]), "c")], "t",
+                                        also=broken, done_intents=["a.txt"])
+        async with fence.held(["b.txt"], intending=True) as rows:
+            rows.get("b.txt")
+            # recorded for every node to see (committed), not inside a leftover transaction
+            assert await index.intents() == ["a.txt", "b.txt"]
+    finally:
+        fence.close()
+        index.stopService()

@@ -125,8 +125,10 @@ class ClusterFence:
                 cursor.execute("SELECT pg_advisory_unlock_all()")
             self._locked = False
             return finish()
-        except psycopg.Error as error:
-            self._drop()  # the transaction and the locks go with the session
+        except BaseException as error:
+            # whatever failed, no transaction may stay open on the connection (the next
+            # group's intents would go into it): it, and the locks, go with the session
+            self._drop()
             if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
                 raise unavailable(error) from None
             raise
