@@ -6,7 +6,7 @@ as a reconnect after a stall would start it."""
 
 import pytest_twisted
 
-from clients import converged, write
+from clients import converged, read, write
 from test_e2e_move_during_upload import HeldUpload
 from test_e2e_remote_folder_move import as_other, move, sha, start_behind
 from support import wait_for
@@ -45,3 +45,20 @@ async def test_a_folder_moved_twice_after_this_client_emptied_it_arrives_whole(r
     final = await converged(reactor, A, server.root)
     assert final["d3/x.txt"] == sha(b"x")
     assert final["d/late.bin"] == sha(b"read before the folder moved on the server")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_delete_heard_after_an_own_upload_of_the_path_is_not_applied(reactor, servers, clients):
+    server = servers[0]
+    a, A = await start_behind(reactor, server, clients)
+    await a.engine.idle()
+    body = await as_other(server, "POST", "/api/sync", json={
+        "operations": [{"Delete": {"path": "d/x.txt", "hash": sha(b"x")}}], "client_id": "other"})
+    assert body["results"][0]["status"] == "applied"
+    write(A, "d/x.txt", b"edited after the delete landed")  # edit beats delete: uploaded again
+    await wait_for(reactor, lambda: read(server.root, "d/x.txt") == b"edited after the delete landed",
+                   what="the edit on the server")
+    await a.engine.idle()
+    await a.engine.catch_up()  # the other client's Delete, older than the upload, heard now
+    final = await converged(reactor, A, server.root)
+    assert final["d/x.txt"] == sha(b"edited after the delete landed")

@@ -327,6 +327,12 @@ class RemoteChanges:
         # directory's Create, say, read before the Move that followed it was journalled)
         # would bring back what the folder has since moved or removed
         own = self.engine.client_id
+        for change in page.changes:
+            if change.source_client == own:
+                # newer than another client's change to the same path before it (a Delete
+                # that landed before this client's upload, heard only now): that one is not
+                # applied over it (the WebSocket never sends this client's own change back)
+                self.journal.in_order(change.operation.paths, change.seq)
         fresh = [c for c in page.changes if c.source_client != own and self.journal.hear(c.seq) is not Heard.OLD]
         jobs = [self._apply(change.seq, operation) for change, operation in carried_by_moves(fresh)]
         self.journal.delivered(page.cursor)
