@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from tests.support import start_server
+from tests.support import WAIT_TIMEOUT, start_server
 
 
 @implementer(IBodyProducer)
@@ -522,26 +522,29 @@ async def test_upload_bodies_never_outlive_their_request(reactor, tmp_path, http
 @pytest_twisted.ensureDeferred
 async def test_large_upload_with_a_slow_disk_pauses_reading(server, http, monkeypatch):
     """A body bigger than the spool's backlog limit, written slower than it arrives:
-    reading pauses and resumes, and the stored file is exact."""
-    import time as time_module
+    reading pauses and resumes, and the stored file is exact. The disk writes nothing
+    until the backlog is full (however fast the body arrives), then catches up."""
+    import threading
 
     from quantum_sync.server.spools import UploadSpool
 
     real_writev = os.writev
     pauses = []
+    backlog_full = threading.Event()
     real_write = UploadSpool.write
 
-    def slow_writev(fd, buffers):
-        time_module.sleep(0.005)
+    def held_writev(fd, buffers):
+        backlog_full.wait(WAIT_TIMEOUT)  # bounded: a backlog never full fails below
         return real_writev(fd, buffers)
 
     def counting_write(self, data):
         paused = real_write(self, data)
         if paused:
             pauses.append(self.size)
+            backlog_full.set()
         return paused
 
-    monkeypatch.setattr(os, "writev", slow_writev)
+    monkeypatch.setattr(os, "writev", held_writev)
     monkeypatch.setattr(UploadSpool, "write", counting_write)
     data = os.urandom(24 * 1024 * 1024)
     _, meta = await upload(http, server, "big.bin", data, X_Content_SHA256=sha(data))

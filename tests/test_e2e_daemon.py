@@ -13,6 +13,11 @@ from support import wait_for
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
+def log_tail(path, lines=60):
+    """The last ``lines`` lines of the daemon's log, to show why a run failed."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 @pytest_twisted.ensureDeferred
 async def test_twistd_client_syncs_both_ways(reactor, tmp_path, servers, clients):
     folder = tmp_path / "daemon"
@@ -31,8 +36,16 @@ async def test_twistd_client_syncs_both_ways(reactor, tmp_path, servers, clients
         await converged(reactor, str(folder), b.config.folder, servers[0].root)
     finally:
         daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        log.close()
+        try:
+            # Waited for without blocking the reactor: the server runs in it, and the
+            # daemon's stop waits for the answers to its requests in flight.
+            await wait_for(reactor, lambda: daemon.poll() is not None, timeout=30, what="the daemon to exit")
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=10)
+            log.close()
+            print("daemon log tail:\n" + log_tail(tmp_path / "daemon.log"))  # shown when the test fails
     text = (tmp_path / "daemon.log").read_text()
     assert "uploaded from-daemon/x.txt" in text and "downloaded to-daemon.txt" in text
     assert "realtime: connected" in text

@@ -150,7 +150,8 @@ async def test_a_folder_moved_while_the_server_was_unreachable_is_moved_not_dele
     await wait_for(reactor, lambda: a.engine.state.pending.get("d2") == "d", what="the Move queued")
     await a.engine.idle()
     a.engine.retry_pending()  # the server is back
-    await a.engine.idle()
+    await a.engine.idle()  # waits for the Move sent again, not only for per-path jobs
+    assert a.engine.state.pending == {}
     final = await converged(reactor, A, servers[0].root)
     assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None,
                      "d2/x.bin": sha(b"moved with its folder")}

@@ -290,10 +290,11 @@ class Actions:
             self.log.info("deleted {path} locally (deleted on the server)", path=path)
         engine.state.forget(path, recursive=True)
 
-    def _count_missing(self):
-        """``(missing, synced)``: synced files gone from the folder now, of all synced files."""
+    def _count_missing(self, passed=frozenset()):
+        """``(missing, synced)``: synced files gone from the folder now, of all synced
+        files, leaving out ``passed`` (deletes sent whose base may not be forgotten yet)."""
         engine = self.engine
-        files = [p for p, b in engine.state.bases.items() if not b.entry.is_directory]
+        files = [p for p, b in engine.state.bases.items() if not b.entry.is_directory and p not in passed]
         is_ignored, folder = engine.is_ignored, engine.folder
 
         def count():  # matching and stat of every synced file: off the reactor

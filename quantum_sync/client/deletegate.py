@@ -32,9 +32,11 @@ class DeleteGate:
     """Lets deletes through at once while they cannot make a mass delete, holds a mass delete.
 
     ``count_synced()`` returns how many files are synced (cheap: called once a burst, on
-    the reactor); ``count_missing`` returns (a Deferred of) ``(missing, synced)``: how
-    many synced files are gone from the folder now, out of how many are synced; it should
-    do its disk work off the reactor."""
+    the reactor); ``count_missing(passed)`` returns (a Deferred of) ``(missing, synced)``:
+    how many synced files are gone from the folder now, out of how many are synced, both
+    leaving out the files in ``passed`` (deleted at once in this burst: some may still be
+    recorded as synced while their delete is on its way); it should do its disk work off
+    the reactor."""
 
     log = Logger()
 
@@ -46,7 +48,7 @@ class DeleteGate:
         self.quiet = quiet
         self._waiting = []  # (path, Deferred, weight) of the deletes waiting for the burst's end
         self._call = None
-        self._passed = 0  # files deleted at once in this burst
+        self._passed = set()  # files deleted at once in this burst
         self._synced = None  # synced files when the burst began (None: no burst)
         self._counted = set()  # the files the burst's deletes take along
         #: ``(count, synced)`` of the last batch held, None when none is held
@@ -59,7 +61,8 @@ class DeleteGate:
         already counted in this burst (deleted on its own before its directory, as
         ``rm -rf`` does) is not counted again."""
         covered = {path} if files is None else set(files)
-        weight = len(covered - self._counted)
+        new = covered - self._counted
+        weight = len(new)
         self._counted |= covered
         if self.allow:
             return defer.succeed(True)
@@ -69,8 +72,8 @@ class DeleteGate:
             self._call.reset(self.quiet)
         else:
             self._call = self._clock.callLater(self.quiet, self._judge)
-        if not self._waiting and self._passed + weight <= MASS_DELETE_MIN:
-            self._passed += weight
+        if not self._waiting and len(self._passed) + weight <= MASS_DELETE_MIN:
+            self._passed |= new
             return defer.succeed(True)
         d = defer.Deferred()
         self._waiting.append((path, d, weight))
@@ -90,7 +93,7 @@ class DeleteGate:
 
     def _take(self):
         taken = self._waiting, self._passed, self._synced
-        self._waiting, self._passed, self._synced, self._call = [], 0, None, None
+        self._waiting, self._passed, self._synced, self._call = [], set(), None, None
         self._counted = set()
         return taken
 
@@ -98,12 +101,12 @@ class DeleteGate:
         batch, passed, synced_before = self._take()
         if not batch:
             return
-        d = defer.maybeDeferred(self._count_missing)
+        d = defer.maybeDeferred(self._count_missing, frozenset(passed))
 
         def judged(counts):
             missing, synced = counts
-            deletes = passed + max(missing, sum(weight for _, _, weight in batch))
-            synced = max(synced_before, synced + passed)
+            deletes = len(passed) + max(missing, sum(weight for _, _, weight in batch))
+            synced = max(synced_before, synced + len(passed))
             if is_mass_delete(deletes, synced):
                 self.held = (deletes, synced)
                 self.log.warn(

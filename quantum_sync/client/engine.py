@@ -214,9 +214,10 @@ class Engine:
         self._retry_calls.clear()
 
     async def idle(self):
-        """Wait until no per-path job is running (used when stopping and by tests)."""
-        while self.paths.jobs():
-            await defer.DeferredList(self.paths.jobs())
+        """Wait until no per-path job and no local move is running (used when stopping
+        and by tests)."""
+        while busy := [*self.paths.jobs(), *self.intake.moving]:
+            await defer.DeferredList(busy)
 
     # -- helpers shared by the parts -----------------------------------------------------
 

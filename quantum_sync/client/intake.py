@@ -21,6 +21,8 @@ class LocalIntake:
         self.engine = engine
         self._rules_reads = 0  # reloads started; only the newest one's rules are kept
         self._reported = set()  # local paths outside the selection already reported
+        #: the local moves being carried out (not per-path jobs: :meth:`Engine.idle` waits for them too)
+        self.moving = set()
 
     def changed(self, path: str, stat=UNSEEN):
         """``path`` changed (created, written, deleted); ``stat``: its lstat seen just after."""
@@ -42,7 +44,15 @@ class LocalIntake:
 
     def moved(self, source: str, destination: str):
         """``source`` renamed to ``destination`` inside the folder."""
-        return defer.ensureDeferred(self.engine.guard(self._local_move(source, destination), source))
+        d = defer.ensureDeferred(self.engine.guard(self._local_move(source, destination), source))
+        if not d.called:
+            self.moving.add(d)
+            d.addBoth(self._moved, d)
+        return d
+
+    def _moved(self, result, d):
+        self.moving.discard(d)
+        return result
 
     async def reload_rules(self):
         engine = self.engine
