@@ -86,7 +86,7 @@ async def test_a_folder_deleted_keeps_the_files_uploaded_into_it_meanwhile(react
 
     sent = before_deletes(a, upload_new)
     shutil.rmtree(os.path.join(A, "d"))
-    await wait_for(reactor, lambda: uploaded and any(op.path in ("d", "d/e") for op, _ in sent),
+    await wait_for(reactor, lambda: uploaded and any(isinstance(op, Delete) and op.path in ("d", "d/e") for op, _ in sent),
                    what="a directory's Delete")
     assert read(servers[0].root, "d/e/new.bin") == b"uploaded while a deleted d"
     final = await converged(reactor, A, servers[0].root)
