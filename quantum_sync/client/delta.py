@@ -229,16 +229,25 @@ class Deltas:
         except PreconditionFailed:
             raise
         except RequestRefused as e:
-            if e.status in (404, 405):
-                self._unsupported()
-            else:
-                self.failed += 1
-                self.log.info("delta upload of {path} refused ({code}: {message}); it goes whole",
-                              path=path, code=e.code, message=e.message)
-                await self.forget(if_match)  # (the list kept of the server's version may be wrong)
+            await self._upload_refused(path, if_match, e)
             return None
         finally:
             await self.threads.defer(unlink_quietly, body)
+        return await self._upload_accepted(path, answer, sha256, if_match, length, blocks)
+
+    async def _upload_refused(self, path: str, if_match: str, e: RequestRefused) -> None:
+        """A delta upload the server refused (``e``): deltas unsupported, or this one failed."""
+        if e.status in (404, 405):
+            self._unsupported()
+        else:
+            self.failed += 1
+            self.log.info("delta upload of {path} refused ({code}: {message}); it goes whole",
+                          path=path, code=e.code, message=e.message)
+            await self.forget(if_match)  # (the list kept of the server's version may be wrong)
+
+    async def _upload_accepted(self, path: str, answer: bytes, sha256: str, if_match: str, length: int, blocks):
+        """The FileMetadata of the server's ``answer`` to a delta upload of ``length`` bytes;
+        the block list of ``sha256`` kept when the server built exactly that."""
         try:
             meta = protocol.parse_metadata(json.loads(answer))
         except (ValueError, SyncError):
