@@ -323,12 +323,12 @@ class Engine:
         if self.stopped:
             return defer.succeed(None)
         if self.pause.paused:
-            if not (hint is UNKNOWN and stat is not UNSEEN and self.is_synced(path, stat)):
+            if not self._seen_synced(path, hint, stat):
                 self.pause.hold_path(path)
             return defer.succeed(None)
         paths = self.paths
         idle = paths.phase(path) is Phase.IDLE
-        if idle and hint is UNKNOWN and stat is not UNSEEN and self.is_synced(path, stat):
+        if idle and self._seen_synced(path, hint, stat):
             return defer.succeed(None)  # the watcher saw the synced version: nothing to do
         paths.request(path, hint, stat)
         if not idle:
@@ -337,6 +337,10 @@ class Engine:
         if not d.called:
             paths.attach(path, d)
         return d
+
+    def _seen_synced(self, path: str, hint, stat) -> bool:
+        """Whether the watcher saw ``path`` as its synced version, with no news of the server's."""
+        return hint is UNKNOWN and stat is not UNSEEN and self.is_synced(path, stat)
 
     async def _drain(self, path):
         paths = self.paths
