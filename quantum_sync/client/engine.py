@@ -381,17 +381,20 @@ class Engine:
             if isinstance(hint, _Assumed):
                 return await self.actions.decide_and_execute(path, local, hint.remote, base)
         if hint is None and local is not None and local.entry.is_directory:
-            # a folder deleted on the server, heard before a change of ours inside it may
-            # have landed there (re-creating it): ask; if it is back, look at all of it
-            remote = await self.server.metadata(path)
-            self.went_online()
-            if remote is not None and remote.is_directory:
-                return await self.reconcile(prefix=path, held={path})
-            return await self._sync_against(path, remote, base, local)
+            return await self._sync_folder_deleted_remotely(path, base, local)
         if hint is FETCH:
             hint = await self.server.metadata(path)
             self.went_online()
         return await self._sync_against(path, hint, base, local)
+
+    async def _sync_folder_deleted_remotely(self, path, base, local):
+        """A folder deleted on the server, heard before a change of ours inside it may
+        have landed there (re-creating it): ask; if it is back, look at all of it."""
+        remote = await self.server.metadata(path)
+        self.went_online()
+        if remote is not None and remote.is_directory:
+            return await self.reconcile(prefix=path, held={path})
+        return await self._sync_against(path, remote, base, local)
 
     async def _settled_base(self, path, base, local):
         """The base of ``path``, once the downloads running below a folder that appeared
