@@ -144,14 +144,7 @@ class Actions:
         if_match = remote.hash if remote is not None and not remote.is_directory else None
         base = engine.state.base(path)
         try:
-            abspath = None if local.data is not None else engine.abspath(path)
-            meta = None
-            if abspath is not None and self.deltas.applies(local.entry.size):
-                meta = await self.deltas.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
-                                                tmp_dir(engine.folder))
-            if meta is None:
-                meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
-                                                  local.data)
+            meta = await self._send(path, local, if_match)
         except PreconditionFailed:
             if attempt >= 2:
                 raise
@@ -166,6 +159,20 @@ class Actions:
         engine.record(path, meta, local.stat)
         engine.transfers.add("uploaded", path, meta.size)
         await self._after_upload(path, local)
+
+    async def _send(self, path, local, if_match):
+        """Upload ``local`` onto the server's version ``if_match``: as a delta when worth
+        it, else whole (its bytes when read already). The stored FileMetadata."""
+        engine = self.engine
+        abspath = None if local.data is not None else engine.abspath(path)
+        meta = None
+        if abspath is not None and self.deltas.applies(local.entry.size):
+            meta = await self.deltas.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                            tmp_dir(engine.folder))
+        if meta is None:
+            meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                              local.data)
+        return meta
 
     async def _after_upload(self, path, local):
         engine = self.engine
