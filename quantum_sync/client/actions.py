@@ -227,27 +227,13 @@ class Actions:
         engine = self.engine
         expected = local.stat if local else None
         if remote.is_directory:
-            missing = await engine.threads.defer(localfs.missing_ancestors, engine.folder, path)
-            if any(engine.state.base(parent) is not None for parent in missing):
-                # a synced folder above it was moved or deleted here and that change is on its
-                # way: re-creating the folder would undo it; the server's outcome comes back
-                return
-            st = await engine.threads.defer(localfs.make_directory, engine.folder, engine.abspath(path))
-            engine.record(path, remote, st)
-            return
+            return await self._download_directory(path, remote)
         small = remote.size <= SMALL_TRANSFER
         try:
             if small:
                 data = await engine.server.download_bytes(path, remote.hash, remote.size)
             else:
-                staged = None
-                # (a version already coming from the relay is claimed, not fetched again)
-                if local is not None and self.deltas.applies(remote.size) \
-                        and not engine.server.prefetching(path, remote.hash):
-                    staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
-                                                        remote, tmp_dir(engine.folder))
-                if staged is None:
-                    staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
+                staged = await self._download_staged(path, local, remote)
         except (DownloadCorrupt, RequestRefused) as e:
             if isinstance(e, RequestRefused) and e.status != 404:
                 raise
@@ -265,6 +251,31 @@ class Actions:
         engine.transfers.add("downloaded", path, remote.size)
         if path == IGNORE_FILE:
             await engine.intake.reload_rules()
+
+    async def _download_directory(self, path, remote):
+        """Make the server's folder ``remote`` here, unless a synced folder above it is gone."""
+        engine = self.engine
+        missing = await engine.threads.defer(localfs.missing_ancestors, engine.folder, path)
+        if any(engine.state.base(parent) is not None for parent in missing):
+            # a synced folder above it was moved or deleted here and that change is on its
+            # way: re-creating the folder would undo it; the server's outcome comes back
+            return
+        st = await engine.threads.defer(localfs.make_directory, engine.folder, engine.abspath(path))
+        engine.record(path, remote, st)
+
+    async def _download_staged(self, path, local, remote):
+        """The server's version ``remote`` of ``path`` in a staged file: as a delta onto
+        ``local`` when worth it, else whole. The staged file's name."""
+        engine = self.engine
+        staged = None
+        # (a version already coming from the relay is claimed, not fetched again)
+        if local is not None and self.deltas.applies(remote.size) \
+                and not engine.server.prefetching(path, remote.hash):
+            staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
+                                                remote, tmp_dir(engine.folder))
+        if staged is None:
+            staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
+        return staged
 
     def _parents_synced(self, path, modified):
         """The folders above a file just downloaded are on the server too (it lists the
