@@ -342,6 +342,12 @@ class Actions:
             return
         (result,) = await engine.server.sync([Delete(path, seen)])
         engine.went_online()
+        self._delete_answered(path, is_directory, result)
+
+    def _delete_answered(self, path, is_directory, result):
+        """Act on the server's ``result`` of a Delete of ``path``: forget it when gone,
+        sync it again when it changed there; RequestRefused for anything else."""
+        engine = self.engine
         status = result.get("status") if isinstance(result, dict) else None
         if status == "applied" or (status == "error" and result.get("code") == "NOT_FOUND"):
             engine.state.forget(path, recursive=is_directory)
