@@ -280,12 +280,7 @@ class FullSync:
         head = scope.journal.head if scope.journal is not None else None
         if listing is None and scope.prefix is None and scope.journal is None:
             scope, head = await self._with_journal(scope)
-        if scope.prefix is not None and await engine.locks.wait_below(scope.prefix) and listing is not None:
-            # an upload inside that read its bytes first landed first: the listing given is stale
-            listing, trusted = None, False
-        if listing is None:
-            listing = await engine.server.list()
-            engine.went_online()
+        listing, trusted = await self._fresh_listing(scope, listing, trusted)
         bases_all = dict(engine.state.bases)
         local = await engine.threads.defer(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix)
         special, names = await engine.threads.defer(special_paths, engine.folder, scope.prefix, listing, bases_all,
@@ -300,6 +295,17 @@ class FullSync:
         await self._execute_plan(planned, local, scope)
         if scope.prefix is None:
             self._after_full(scope, head, local, planned.remote)
+
+    async def _fresh_listing(self, scope, listing, trusted):
+        """``(listing, trusted)``: the listing given unless stale, else the server's now."""
+        engine = self.engine
+        if scope.prefix is not None and await engine.locks.wait_below(scope.prefix) and listing is not None:
+            # an upload inside that read its bytes first landed first: the listing given is stale
+            listing, trusted = None, False
+        if listing is None:
+            listing = await engine.server.list()
+            engine.went_online()
+        return listing, trusted
 
     async def _with_journal(self, scope):
         """``(scope, head)``: the journal's head, and when the server's journal is not the
