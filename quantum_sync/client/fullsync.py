@@ -372,11 +372,7 @@ class FullSync:
         if large:
             self.engine.transfers.quiet += 1  # the progress line instead of a line per batch
         try:
-            if scope.pull_first:
-                pulls = [d for d in todo if d.action in _PULLS]
-                await self._run_phases(pulls, run)
-                todo = [d for d in todo if d.action not in _PULLS]
-            await self._run_phases(todo, run)
+            await self._run_todo(todo, run, scope.pull_first)
         finally:
             ticker.stop()
             if self.progress is progress:
@@ -385,6 +381,14 @@ class FullSync:
                 self.engine.transfers.quiet -= 1
         if large:
             self._log_progress(progress, final=True)
+
+    async def _run_todo(self, todo, run, pull_first):
+        """Run the decisions ``todo``; with ``pull_first``, those of :data:`_PULLS` first."""
+        if pull_first:
+            pulls = [d for d in todo if d.action in _PULLS]
+            await self._run_phases(pulls, run)
+            todo = [d for d in todo if d.action not in _PULLS]
+        await self._run_phases(todo, run)
 
     async def _run_phases(self, decisions, run):
         grouped = phases(decisions)
