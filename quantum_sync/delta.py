@@ -175,27 +175,33 @@ def range_groups(runs) -> list:
     return groups
 
 
+def _byterange_part(body: bytes, marker: bytes, position: int, offset: int, length: int):
+    """The data of the part for ``(offset, length)`` starting at ``position`` in ``body``
+    and the position just after it. ValueError if the part is not exactly that range."""
+    start = body.find(marker, position)
+    if start < 0 or body[position:start].strip(b"\r\n"):
+        raise ValueError("a part is missing")
+    head_end = body.find(b"\r\n\r\n", start + len(marker) - 2)
+    if head_end < 0:
+        raise ValueError("a part's head does not end")
+    headers = body[start + len(marker):head_end].split(b"\r\n")
+    ranges = [h.split(b":", 1)[1].strip() for h in headers if h.lower().startswith(b"content-range:")]
+    if len(ranges) != 1 or not ranges[0].startswith(b"bytes %d-%d/" % (offset, offset + length - 1)):
+        raise ValueError(f"a part is not the range {offset}+{length}")
+    data = body[head_end + 4:head_end + 4 + length]
+    if len(data) != length:
+        raise ValueError("a part ends early")
+    return data, head_end + 4 + length
+
+
 def split_byteranges(body: bytes, boundary: bytes, runs) -> list:
     """The bytes of each of ``runs`` (``(offset, length)``) from a ``multipart/byteranges``
     answer ``body`` with ``boundary``: one part per run, in order, each with the
     ``Content-Range`` of its run. ValueError for anything else."""
     parts, position, marker = [], 0, b"--" + boundary + b"\r\n"
     for offset, length in runs:
-        start = body.find(marker, position)
-        if start < 0 or body[position:start].strip(b"\r\n"):
-            raise ValueError("a part is missing")
-        head_end = body.find(b"\r\n\r\n", start + len(marker) - 2)
-        if head_end < 0:
-            raise ValueError("a part's head does not end")
-        headers = body[start + len(marker):head_end].split(b"\r\n")
-        ranges = [h.split(b":", 1)[1].strip() for h in headers if h.lower().startswith(b"content-range:")]
-        if len(ranges) != 1 or not ranges[0].startswith(b"bytes %d-%d/" % (offset, offset + length - 1)):
-            raise ValueError(f"a part is not the range {offset}+{length}")
-        data = body[head_end + 4:head_end + 4 + length]
-        if len(data) != length:
-            raise ValueError("a part ends early")
+        data, position = _byterange_part(body, marker, position, offset, length)
         parts.append(data)
-        position = head_end + 4 + length
     if not body[position:].strip(b"\r\n").startswith(b"--" + boundary + b"--"):
         raise ValueError("the answer does not end with its closing boundary")
     return parts

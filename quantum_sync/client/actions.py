@@ -144,14 +144,7 @@ class Actions:
         if_match = remote.hash if remote is not None and not remote.is_directory else None
         base = engine.state.base(path)
         try:
-            abspath = None if local.data is not None else engine.abspath(path)
-            meta = None
-            if abspath is not None and self.deltas.applies(local.entry.size):
-                meta = await self.deltas.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
-                                                tmp_dir(engine.folder))
-            if meta is None:
-                meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
-                                                  local.data)
+            meta = await self._send(path, local, if_match)
         except PreconditionFailed:
             if attempt >= 2:
                 raise
@@ -166,6 +159,20 @@ class Actions:
         engine.record(path, meta, local.stat)
         engine.transfers.add("uploaded", path, meta.size)
         await self._after_upload(path, local)
+
+    async def _send(self, path, local, if_match):
+        """Upload ``local`` onto the server's version ``if_match``: as a delta when worth
+        it, else whole (its bytes when read already). The stored FileMetadata."""
+        engine = self.engine
+        abspath = None if local.data is not None else engine.abspath(path)
+        meta = None
+        if abspath is not None and self.deltas.applies(local.entry.size):
+            meta = await self.deltas.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                            tmp_dir(engine.folder))
+        if meta is None:
+            meta = await engine.server.upload(path, abspath, local.entry.hash, if_match, local.entry.size,
+                                              local.data)
+        return meta
 
     async def _after_upload(self, path, local):
         engine = self.engine
@@ -220,27 +227,13 @@ class Actions:
         engine = self.engine
         expected = local.stat if local else None
         if remote.is_directory:
-            missing = await engine.threads.defer(localfs.missing_ancestors, engine.folder, path)
-            if any(engine.state.base(parent) is not None for parent in missing):
-                # a synced folder above it was moved or deleted here and that change is on its
-                # way: re-creating the folder would undo it; the server's outcome comes back
-                return
-            st = await engine.threads.defer(localfs.make_directory, engine.folder, engine.abspath(path))
-            engine.record(path, remote, st)
-            return
+            return await self._download_directory(path, remote)
         small = remote.size <= SMALL_TRANSFER
         try:
             if small:
                 data = await engine.server.download_bytes(path, remote.hash, remote.size)
             else:
-                staged = None
-                # (a version already coming from the relay is claimed, not fetched again)
-                if local is not None and self.deltas.applies(remote.size) \
-                        and not engine.server.prefetching(path, remote.hash):
-                    staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
-                                                        remote, tmp_dir(engine.folder))
-                if staged is None:
-                    staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
+                staged = await self._download_staged(path, local, remote)
         except (DownloadCorrupt, RequestRefused) as e:
             if isinstance(e, RequestRefused) and e.status != 404:
                 raise
@@ -258,6 +251,31 @@ class Actions:
         engine.transfers.add("downloaded", path, remote.size)
         if path == IGNORE_FILE:
             await engine.intake.reload_rules()
+
+    async def _download_directory(self, path, remote):
+        """Make the server's folder ``remote`` here, unless a synced folder above it is gone."""
+        engine = self.engine
+        missing = await engine.threads.defer(localfs.missing_ancestors, engine.folder, path)
+        if any(engine.state.base(parent) is not None for parent in missing):
+            # a synced folder above it was moved or deleted here and that change is on its
+            # way: re-creating the folder would undo it; the server's outcome comes back
+            return
+        st = await engine.threads.defer(localfs.make_directory, engine.folder, engine.abspath(path))
+        engine.record(path, remote, st)
+
+    async def _download_staged(self, path, local, remote):
+        """The server's version ``remote`` of ``path`` in a staged file: as a delta onto
+        ``local`` when worth it, else whole. The staged file's name."""
+        engine = self.engine
+        staged = None
+        # (a version already coming from the relay is claimed, not fetched again)
+        if local is not None and self.deltas.applies(remote.size) \
+                and not engine.server.prefetching(path, remote.hash):
+            staged = await self.deltas.download(path, engine.abspath(path), local.entry.hash, local.stat,
+                                                remote, tmp_dir(engine.folder))
+        if staged is None:
+            staged = await engine.server.download(path, remote.hash, tmp_dir(engine.folder), remote.size)
+        return staged
 
     def _parents_synced(self, path, modified):
         """The folders above a file just downloaded are on the server too (it lists the
@@ -325,6 +343,12 @@ class Actions:
             return
         (result,) = await engine.server.sync([Delete(path, seen)])
         engine.went_online()
+        self._delete_answered(path, is_directory, result)
+
+    def _delete_answered(self, path, is_directory, result):
+        """Act on the server's ``result`` of a Delete of ``path``: forget it when gone,
+        sync it again when it changed there; RequestRefused for anything else."""
+        engine = self.engine
         status = result.get("status") if isinstance(result, dict) else None
         if status == "applied" or (status == "error" and result.get("code") == "NOT_FOUND"):
             engine.state.forget(path, recursive=is_directory)

@@ -99,37 +99,65 @@ def describe(status: dict) -> str:
     if not status.get("running"):
         lines.append("  daemon: not running")
         return "\n".join(lines)
-    srv = status["server"]
-    reach = {True: "reachable", False: "unreachable", None: "not asked yet"}[srv["reachable"]]
-    lines.append(f"  server: {srv['url']} {reach}" + (f" (last error: {srv['last_error']})" if srv.get("last_error") else ""))
+    lines.append(_server_line(status["server"]))
     if "waiting" not in status:
         return "\n".join(lines)
-    up, down = status["waiting"]["up"], status["waiting"]["down"]
-    lines.append(f"  waiting: up {up['files']} files ({_size(up['bytes'])}), down {down['files']} files ({_size(down['bytes'])})"
-                 + (f", {status['waiting']['queued']} paths queued for the server" if status["waiting"]["queued"] else "")
-                 + (f", {status['waiting']['held_while_paused']} changes held while paused"
-                    if status["waiting"]["held_while_paused"] else ""))
-    p = status.get("progress")
-    if p:
-        left = "" if p["seconds_left"] is None else f", about {p['seconds_left']:.0f} s left"
-        lines.append(f"  progress: {p['files_done']}/{p['files_total']} files, {_size(p['bytes_done'])}/{_size(p['bytes_total'])}, "
-                     f"{_size(p['rate_bytes_per_s'])}/s{left}")
-    t = status["transfers"]
-    if t["count"]:
-        lines.append(f"  in progress: {t['count']}: " + ", ".join(t["paths"]) + (" ..." if t["count"] > len(t["paths"]) else ""))
-    for running in t.get("running", []):
-        lines.append(f"    {running['direction']} {running['path']}: {_size(running['bytes'])} so far")
-    c = status["conflicts"]
-    if c["count"]:
-        lines.append(f"  conflicts: {c['count']}: " + ", ".join(c["paths"]) + (" ..." if c["count"] > len(c["paths"]) else ""))
-    j = status["journal"]
-    behind = "unknown" if j["behind"] is None else f"{j['behind']} behind"
-    lines.append(f"  journal: cursor {j['cursor']}, head {j['head'] if j['head'] is not None else '?'} ({behind})")
+    lines.append(_waiting_line(status["waiting"]))
+    lines.extend(_progress_lines(status.get("progress")))
+    lines.extend(_transfer_lines(status["transfers"]))
+    lines.extend(_listed_lines("conflicts", status["conflicts"]))
+    lines.append(_journal_line(status["journal"]))
     lines.extend(_watch_lines(status.get("watch")))
     for guard in status["guards"]:
         lines.append(f"  held: {guard['guard']} ({guard['what']}): {guard['files']} of {guard['synced']} synced files; "
                      f"to release: {guard['release']}")
     return "\n".join(lines)
+
+
+def _server_line(srv) -> str:
+    """The line of the server: its URL, whether it answers, its last error."""
+    reach = {True: "reachable", False: "unreachable", None: "not asked yet"}[srv["reachable"]]
+    return f"  server: {srv['url']} {reach}" + (f" (last error: {srv['last_error']})" if srv.get("last_error") else "")
+
+
+def _waiting_line(waiting) -> str:
+    """The line of what waits to go up and down."""
+    up, down = waiting["up"], waiting["down"]
+    return (f"  waiting: up {up['files']} files ({_size(up['bytes'])}), down {down['files']} files ({_size(down['bytes'])})"
+            + (f", {waiting['queued']} paths queued for the server" if waiting["queued"] else "")
+            + (f", {waiting['held_while_paused']} changes held while paused"
+               if waiting["held_while_paused"] else ""))
+
+
+def _progress_lines(p) -> list:
+    """The line of the current sync's progress (none when there is none)."""
+    if not p:
+        return []
+    left = "" if p["seconds_left"] is None else f", about {p['seconds_left']:.0f} s left"
+    return [f"  progress: {p['files_done']}/{p['files_total']} files, {_size(p['bytes_done'])}/{_size(p['bytes_total'])}, "
+            f"{_size(p['rate_bytes_per_s'])}/s{left}"]
+
+
+def _listed_lines(label: str, listed) -> list:
+    """The line of a ``{"count", "paths"}`` list, when not empty."""
+    if not listed["count"]:
+        return []
+    return [f"  {label}: {listed['count']}: " + ", ".join(listed["paths"])
+            + (" ..." if listed["count"] > len(listed["paths"]) else "")]
+
+
+def _transfer_lines(t) -> list:
+    """The lines of the transfers in progress, with the bytes of each running one."""
+    lines = _listed_lines("in progress", t)
+    for running in t.get("running", []):
+        lines.append(f"    {running['direction']} {running['path']}: {_size(running['bytes'])} so far")
+    return lines
+
+
+def _journal_line(j) -> str:
+    """The line of the journal: cursor, head, how far behind."""
+    behind = "unknown" if j["behind"] is None else f"{j['behind']} behind"
+    return f"  journal: cursor {j['cursor']}, head {j['head'] if j['head'] is not None else '?'} ({behind})"
 
 
 def _watch_lines(w) -> list:

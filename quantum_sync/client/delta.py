@@ -229,16 +229,25 @@ class Deltas:
         except PreconditionFailed:
             raise
         except RequestRefused as e:
-            if e.status in (404, 405):
-                self._unsupported()
-            else:
-                self.failed += 1
-                self.log.info("delta upload of {path} refused ({code}: {message}); it goes whole",
-                              path=path, code=e.code, message=e.message)
-                await self.forget(if_match)  # (the list kept of the server's version may be wrong)
+            await self._upload_refused(path, if_match, e)
             return None
         finally:
             await self.threads.defer(unlink_quietly, body)
+        return await self._upload_accepted(path, answer, sha256, if_match, length, blocks)
+
+    async def _upload_refused(self, path: str, if_match: str, e: RequestRefused) -> None:
+        """A delta upload the server refused (``e``): deltas unsupported, or this one failed."""
+        if e.status in (404, 405):
+            self._unsupported()
+        else:
+            self.failed += 1
+            self.log.info("delta upload of {path} refused ({code}: {message}); it goes whole",
+                          path=path, code=e.code, message=e.message)
+            await self.forget(if_match)  # (the list kept of the server's version may be wrong)
+
+    async def _upload_accepted(self, path: str, answer: bytes, sha256: str, if_match: str, length: int, blocks):
+        """The FileMetadata of the server's ``answer`` to a delta upload of ``length`` bytes;
+        the block list of ``sha256`` kept when the server built exactly that."""
         try:
             meta = protocol.parse_metadata(json.loads(answer))
         except (ValueError, SyncError):
@@ -258,25 +267,14 @@ class Deltas:
         staged file's name, or None (then download it whole)."""
         if not (self.applies(remote.size) and local_hash and expected is not None and local_hash != remote.hash):
             return None
-        new = await self._server_list(path, remote.hash)
-        if new is None:
-            return None
-        local = await self.threads.defer(_local_list, self.lists, abspath, local_hash, expected)
-        if local is None:
-            return None
-        plan = plan_delta(local, new)
-        if sent_bytes(plan) > WORTH * remote.size:
+        plan = await self._download_plan(path, abspath, local_hash, expected, remote)
+        if plan is None:
             return None
         fd, sent_path = tempfile.mkstemp(dir=staging_dir, prefix="dl-sent-")
         try:
             try:
-                for group in delta.range_groups(delta.runs(plan)):
-                    if len(group) == 1:
-                        fetched = await self._fetch_run(path, remote.hash, *group[0], os.dup(fd))
-                    else:
-                        fetched = await self._fetch_runs(path, remote.hash, group, fd)
-                    if not fetched:
-                        return None  # (the server holds another version now)
+                if not await self._fetch_plan(path, remote.hash, plan, fd):
+                    return None  # (the server holds another version now)
             finally:
                 os.close(fd)
             staged = await self.threads.defer(_assemble, plan, abspath, expected, sent_path, staging_dir, remote.hash)
@@ -289,6 +287,32 @@ class Deltas:
             self.received += sent_bytes(plan)
         await self.forget(local_hash)  # replaced, or (failed) perhaps wrong
         return staged
+
+    async def _download_plan(self, path: str, abspath: str, local_hash: str, expected, remote):
+        """The delta plan from the local copy to the server's version ``remote``, or None
+        when either block list is missing or the plan would send too much."""
+        new = await self._server_list(path, remote.hash)
+        if new is None:
+            return None
+        local = await self.threads.defer(_local_list, self.lists, abspath, local_hash, expected)
+        if local is None:
+            return None
+        plan = plan_delta(local, new)
+        if sent_bytes(plan) > WORTH * remote.size:
+            return None
+        return plan
+
+    async def _fetch_plan(self, path: str, sha256: str, plan, fd) -> bool:
+        """Append to ``fd`` the bytes ``plan`` needs from the server's ``path``, one request
+        per range group; False when the server no longer serves version ``sha256``."""
+        for group in delta.range_groups(delta.runs(plan)):
+            if len(group) == 1:
+                fetched = await self._fetch_run(path, sha256, *group[0], os.dup(fd))
+            else:
+                fetched = await self._fetch_runs(path, sha256, group, fd)
+            if not fetched:
+                return False
+        return True
 
     async def _fetch_runs(self, path, sha256, runs, fd) -> bool:
         """Append the bytes of ``runs`` (several short ones) of the server's ``path`` to

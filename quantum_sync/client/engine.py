@@ -324,12 +324,12 @@ class Engine:
         if self.stopped:
             return defer.succeed(None)
         if self.pause.paused:
-            if not (hint is UNKNOWN and stat is not UNSEEN and self.is_synced(path, stat)):
+            if not self._seen_synced(path, hint, stat):
                 self.pause.hold_path(path)
             return defer.succeed(None)
         paths = self.paths
         idle = paths.phase(path) is Phase.IDLE
-        if idle and hint is UNKNOWN and stat is not UNSEEN and self.is_synced(path, stat):
+        if idle and self._seen_synced(path, hint, stat):
             return defer.succeed(None)  # the watcher saw the synced version: nothing to do
         paths.request(path, hint, stat)
         if not idle:
@@ -338,6 +338,10 @@ class Engine:
         if not d.called:
             paths.attach(path, d)
         return d
+
+    def _seen_synced(self, path: str, hint, stat) -> bool:
+        """Whether the watcher saw ``path`` as its synced version, with no news of the server's."""
+        return hint is UNKNOWN and stat is not UNSEEN and self.is_synced(path, stat)
 
     async def _drain(self, path):
         paths = self.paths
@@ -378,17 +382,20 @@ class Engine:
             if isinstance(hint, _Assumed):
                 return await self.actions.decide_and_execute(path, local, hint.remote, base)
         if hint is None and local is not None and local.entry.is_directory:
-            # a folder deleted on the server, heard before a change of ours inside it may
-            # have landed there (re-creating it): ask; if it is back, look at all of it
-            remote = await self.server.metadata(path)
-            self.went_online()
-            if remote is not None and remote.is_directory:
-                return await self.reconcile(prefix=path, held={path})
-            return await self._sync_against(path, remote, base, local)
+            return await self._sync_folder_deleted_remotely(path, base, local)
         if hint is FETCH:
             hint = await self.server.metadata(path)
             self.went_online()
         return await self._sync_against(path, hint, base, local)
+
+    async def _sync_folder_deleted_remotely(self, path, base, local):
+        """A folder deleted on the server, heard before a change of ours inside it may
+        have landed there (re-creating it): ask; if it is back, look at all of it."""
+        remote = await self.server.metadata(path)
+        self.went_online()
+        if remote is not None and remote.is_directory:
+            return await self.reconcile(prefix=path, held={path})
+        return await self._sync_against(path, remote, base, local)
 
     async def _settled_base(self, path, base, local):
         """The base of ``path``, once the downloads running below a folder that appeared

@@ -280,12 +280,7 @@ class FullSync:
         head = scope.journal.head if scope.journal is not None else None
         if listing is None and scope.prefix is None and scope.journal is None:
             scope, head = await self._with_journal(scope)
-        if scope.prefix is not None and await engine.locks.wait_below(scope.prefix) and listing is not None:
-            # an upload inside that read its bytes first landed first: the listing given is stale
-            listing, trusted = None, False
-        if listing is None:
-            listing = await engine.server.list()
-            engine.went_online()
+        listing, trusted = await self._fresh_listing(scope, listing, trusted)
         bases_all = dict(engine.state.bases)
         local = await engine.threads.defer(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix)
         special, names = await engine.threads.defer(special_paths, engine.folder, scope.prefix, listing, bases_all,
@@ -300,6 +295,17 @@ class FullSync:
         await self._execute_plan(planned, local, scope)
         if scope.prefix is None:
             self._after_full(scope, head, local, planned.remote)
+
+    async def _fresh_listing(self, scope, listing, trusted):
+        """``(listing, trusted)``: the listing given unless stale, else the server's now."""
+        engine = self.engine
+        if scope.prefix is not None and await engine.locks.wait_below(scope.prefix) and listing is not None:
+            # an upload inside that read its bytes first landed first: the listing given is stale
+            listing, trusted = None, False
+        if listing is None:
+            listing = await engine.server.list()
+            engine.went_online()
+        return listing, trusted
 
     async def _with_journal(self, scope):
         """``(scope, head)``: the journal's head, and when the server's journal is not the
@@ -366,11 +372,7 @@ class FullSync:
         if large:
             self.engine.transfers.quiet += 1  # the progress line instead of a line per batch
         try:
-            if scope.pull_first:
-                pulls = [d for d in todo if d.action in _PULLS]
-                await self._run_phases(pulls, run)
-                todo = [d for d in todo if d.action not in _PULLS]
-            await self._run_phases(todo, run)
+            await self._run_todo(todo, run, scope.pull_first)
         finally:
             ticker.stop()
             if self.progress is progress:
@@ -379,6 +381,14 @@ class FullSync:
                 self.engine.transfers.quiet -= 1
         if large:
             self._log_progress(progress, final=True)
+
+    async def _run_todo(self, todo, run, pull_first):
+        """Run the decisions ``todo``; with ``pull_first``, those of :data:`_PULLS` first."""
+        if pull_first:
+            pulls = [d for d in todo if d.action in _PULLS]
+            await self._run_phases(pulls, run)
+            todo = [d for d in todo if d.action not in _PULLS]
+        await self._run_phases(todo, run)
 
     async def _run_phases(self, decisions, run):
         grouped = phases(decisions)

@@ -40,6 +40,20 @@ DEFAULT_CHANGES_LIMIT = 1000
 DOWNLOAD_ATTEMPTS = 3
 
 
+def _check_delta_base(path: str, metadata, opened, base: str) -> None:
+    """PRECONDITION_FAILED unless the stored version is ``base``; CONFLICT when it is too
+    small to have a block list."""
+    if metadata.hash != base:
+        raise SyncError("PRECONDITION_FAILED", f"{path} is at {metadata.hash}, not {base}")
+    if isinstance(opened.file, io.BytesIO):
+        raise SyncError("CONFLICT", f"{path} is too small for a delta", reason="BLOCK_NOT_HELD")
+
+
+def _spool_opener(spool):
+    """A callable opening the spooled body for reading (its file, or its bytes in memory)."""
+    return (lambda: open(spool.path, "rb")) if spool.path is not None else (lambda: io.BytesIO(spool.body))
+
+
 class FileApi:
     """Klein routes of ``/api/*`` bound to the server's collaborators."""
 
@@ -241,17 +255,11 @@ class FileApi:
             path = self._path(request, source)
             if not isinstance(spool, SPOOLS):
                 raise SyncError("INTERNAL_ERROR", "upload body was not spooled")
-            if spool.error is not None:
-                raise spool.error
-            if not self.operations.enable_upload:
-                raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+            self._check_spooled(spool)
             expected = expected_sha256(request)
             if expected is None and spool.compressed:
                 raise SyncError("INVALID_REQUEST", "a compressed upload needs X-Content-SHA256")
-            if spool.path is not None:  # a file: write, hash and fsync what is left
-                await self._threads.defer(spool.finish)
-            if spool.error is not None:
-                raise spool.error
+            await self._finish_spool(spool)
             if expected is not None and expected != spool.sha256:
                 raise SyncError("HASH_MISMATCH", f"the body hashes to {spool.sha256}, not {expected}")
             async with self._offering(spool.sha256, spool.size):
@@ -294,27 +302,17 @@ class FileApi:
             path, absolute, st = self._located(request, source)
             if not isinstance(spool, SPOOLS) or self.deltas is None:
                 raise SyncError("INTERNAL_ERROR", "upload body was not spooled")
-            if spool.error is not None:
-                raise spool.error
-            if not self.operations.enable_upload:
-                raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+            self._check_spooled(spool)
             expected, base = expected_sha256(request), etag_value(header(request, "If-Match"))
             if expected is None or not base or not is_sha256(base):
                 raise SyncError("INVALID_REQUEST", "a delta upload needs X-Content-SHA256 and If-Match naming its base")
-            if spool.path is not None:
-                await self._threads.defer(spool.finish)
-            if spool.error is not None:
-                raise spool.error
+            await self._finish_spool(spool)
             if st is None:
                 raise SyncError("PRECONDITION_FAILED", f"{path} does not exist")
             metadata, opened = await self._opened_version(path, absolute, st)
             with opened.file:
-                if metadata.hash != base:
-                    raise SyncError("PRECONDITION_FAILED", f"{path} is at {metadata.hash}, not {base}")
-                if isinstance(opened.file, io.BytesIO):
-                    raise SyncError("CONFLICT", f"{path} is too small for a delta", reason="BLOCK_NOT_HELD")
-                body = (lambda: open(spool.path, "rb")) if spool.path is not None else (lambda: io.BytesIO(spool.body))
-                built = await self.deltas.build(body, metadata, opened.file.fileno(), expected)
+                _check_delta_base(path, metadata, opened, base)
+                built = await self.deltas.build(_spool_opener(spool), metadata, opened.file.fileno(), expected)
             async with self._offering(expected, built.stat.st_size):
                 metadata, _ = await self.operations.upload(path, built, expected, built.stat.st_size, source,
                                                            if_match=base, release_temp=True)
@@ -322,6 +320,20 @@ class FileApi:
         finally:
             if isinstance(spool, SPOOLS):
                 spool.close()
+
+    def _check_spooled(self, spool) -> None:
+        """The spooling's error, or UPLOAD_DISABLED when uploads are off."""
+        if spool.error is not None:
+            raise spool.error
+        if not self.operations.enable_upload:
+            raise SyncError("UPLOAD_DISABLED", "uploads are disabled on this server")
+
+    async def _finish_spool(self, spool) -> None:
+        """Write, hash and fsync what is left of a spool file (in a thread); its error if any."""
+        if spool.path is not None:
+            await self._threads.defer(spool.finish)
+        if spool.error is not None:
+            raise spool.error
 
     @app.route("/api/sync", methods=["POST"])
     async def sync(self, request):

@@ -118,8 +118,17 @@ def plan_prune(versions, now: float, policy, busy=frozenset()) -> set:
     ``now``: those kept longer than ``keep_days`` ago (all of them when it is 0), past
     the newest ``keep_per_file`` of their path, and then the oldest until the rest fit
     in ``max_bytes``. Versions in ``busy`` (being restored) are never chosen."""
-    doomed = set()
     newest_first = sorted(versions, key=lambda v: (v.kept, v.id), reverse=True)
+    doomed = _past_age_or_count(newest_first, now, policy)
+    if policy.max_bytes is not None:
+        _add_oldest_over_budget(newest_first, doomed, busy, policy.max_bytes)
+    return doomed - set(busy)
+
+
+def _past_age_or_count(newest_first, now: float, policy) -> set:
+    """The ids of ``newest_first`` older than ``keep_days`` or past the newest
+    ``keep_per_file`` of their path."""
+    doomed = set()
     per_path = collections.Counter()
     for version in newest_first:
         per_path[version.path] += 1
@@ -127,15 +136,19 @@ def plan_prune(versions, now: float, policy, busy=frozenset()) -> set:
         too_many = policy.keep_per_file is not None and per_path[version.path] > policy.keep_per_file
         if too_old or too_many:
             doomed.add(version.id)
-    if policy.max_bytes is not None:
-        total = sum(v.size for v in newest_first if v.id not in doomed or v.id in busy)
-        for version in reversed(newest_first):
-            if total <= policy.max_bytes:
-                break
-            if version.id not in doomed and version.id not in busy:
-                doomed.add(version.id)
-                total -= version.size
-    return doomed - set(busy)
+    return doomed
+
+
+def _add_oldest_over_budget(newest_first, doomed: set, busy, max_bytes: int) -> None:
+    """Add to ``doomed`` the oldest of ``newest_first`` not in ``busy`` until the
+    versions left fit in ``max_bytes``."""
+    total = sum(v.size for v in newest_first if v.id not in doomed or v.id in busy)
+    for version in reversed(newest_first):
+        if total <= max_bytes:
+            break
+        if version.id not in doomed and version.id not in busy:
+            doomed.add(version.id)
+            total -= version.size
 
 
 @attrs.frozen

@@ -143,31 +143,42 @@ class Feed:
                     if error.code != "CURSOR_EXPIRED":  # the database away: the next poll tries again
                         self.log.debug("reading the journal failed: {error}", error=error)
                         return
-                    # pruned before this node heard them: its clients find the same gap
-                    # in their own catch-up (410) and reconcile; the rest goes on
-                    self.log.warn("journal entries after {seq} were pruned before this node"
-                                  " delivered them", seq=self.delivered)
-                    lowest = self.sequencer.lowest_waiting
-                    if lowest is not None and lowest - 1 > self.delivered:
-                        target = lowest - 1  # deliver what was heard, read on from there
-                    else:
-                        target = error.extra["cursor"]  # nothing heard above: from the head
-                    if target <= self.delivered:
+                    if not self._skip_pruned(error):
                         return
-                    self.sequencer.skip_to(target)
-                    ready = self.sequencer.offer_waiting()
-                    if ready:
-                        self._deliver(ready)
                     continue
                 except Exception as error:
                     self.log.debug("reading the journal failed: {error}", error=error)
                     return
-                ready = []
-                for change in changes:
-                    ready.extend(self.sequencer.offer(change))
-                if ready:
-                    self._deliver(ready)
+                self._offer_all(changes)
                 if not (has_more or self._again):
                     return
         finally:
             self._filling = None
+
+    def _skip_pruned(self, error: SyncError) -> bool:
+        """Skip past journal entries pruned before this node delivered them (the
+        CURSOR_EXPIRED ``error``); False when there is nothing to skip to."""
+        # pruned before this node heard them: its clients find the same gap
+        # in their own catch-up (410) and reconcile; the rest goes on
+        self.log.warn("journal entries after {seq} were pruned before this node"
+                      " delivered them", seq=self.delivered)
+        lowest = self.sequencer.lowest_waiting
+        if lowest is not None and lowest - 1 > self.delivered:
+            target = lowest - 1  # deliver what was heard, read on from there
+        else:
+            target = error.extra["cursor"]  # nothing heard above: from the head
+        if target <= self.delivered:
+            return False
+        self.sequencer.skip_to(target)
+        ready = self.sequencer.offer_waiting()
+        if ready:
+            self._deliver(ready)
+        return True
+
+    def _offer_all(self, changes) -> None:
+        """Offer ``changes`` read from the journal and deliver those now in order."""
+        ready = []
+        for change in changes:
+            ready.extend(self.sequencer.offer(change))
+        if ready:
+            self._deliver(ready)
