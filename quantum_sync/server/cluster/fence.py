@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from twisted.logger import Logger
 
 from quantum_sync.errors import SyncError
-from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, INTENDING, lock_key, rows_by_path, unavailable
+from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, INTENDING, close_quietly, lock_key, rows_by_path, unavailable
 from quantum_sync.server.operations import SerialThread
 
 
@@ -147,11 +147,7 @@ class ClusterFence:
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         self._locked = False
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:
-                pass
+        close_quietly(connection)
 
     def close(self) -> None:
         """Close the connection (its locks go with it)."""

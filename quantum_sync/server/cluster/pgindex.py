@@ -120,6 +120,16 @@ def lock_key(namespace: str, name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def close_quietly(connection) -> None:
+    """Close ``connection`` (None: nothing), whatever state its session is in: a lost
+    session's close may raise, and its locks are gone with it either way."""
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:
+            pass
+
+
 def _escape_like(path: str) -> str:
     return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, lock_key
+from quantum_sync.server.cluster.pgindex import CONNECT_OPTIONS, close_quietly, lock_key
 from quantum_sync.server.operations import SerialThread
 
 #: A node whose heartbeat is older than this is not live.
@@ -133,8 +133,4 @@ class Presence:
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         self._locked = False
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:
-                pass
+        close_quietly(connection)
