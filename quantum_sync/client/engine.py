@@ -236,7 +236,7 @@ class Engine:
 
     def went_offline(self, reason):
         self.last_error = reason
-        if self.online is not False:
+        if self.online is not False and not self.stopped:  # (a stop aborts what is in flight)
             self.log.warn("server unavailable or refusing; local changes are queued: {reason}", reason=reason)
         self.online = False
 

@@ -9,6 +9,7 @@ this is the floor under everything else, the WebSocket included.
 """
 
 import socket
+import weakref
 
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -50,14 +51,22 @@ def _set_options(sock: socket.socket) -> None:
 class KeepAliveEndpoint:
     """An endpoint whose connections have TCP keepalive on."""
 
-    def __init__(self, endpoint, quiet: bool = False):
+    def __init__(self, endpoint, quiet: bool = False, connections=None):
+        """``connections``: a set that every connection's protocol joins (a ``WeakSet``:
+        a closed connection leaves it once nothing else holds it)."""
         self._endpoint = endpoint
         self._quiet = quiet
+        self._connections = connections
 
     def connect(self, factory):
         if self._quiet:
             factory.noisy = False  # no "Starting factory" line per connection
-        return self._endpoint.connect(factory).addCallback(keep_alive)
+        return self._endpoint.connect(factory).addCallback(self._made)
+
+    def _made(self, protocol):
+        if self._connections is not None:
+            self._connections.add(protocol)
+        return keep_alive(protocol)
 
 
 @implementer(IAgentEndpointFactory)
@@ -74,12 +83,22 @@ class KeptEndpoints:
         self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
         self._connect_timeout = connect_timeout
         self._endpoints = {}
+        self._connections = weakref.WeakSet()  # the protocols of the connections made
+
+    def abort_all(self) -> None:
+        """Abort every connection made through these endpoints that is still open, the
+        busy ones too (a stop waits for no silent server)."""
+        for protocol in list(self._connections):
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not getattr(transport, "disconnected", False):
+                transport.abortConnection()
 
     def endpointForURI(self, uri):
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[key] = KeepAliveEndpoint(self._endpoint(uri), quiet=True)
+            endpoint = self._endpoints[key] = KeepAliveEndpoint(self._endpoint(uri), quiet=True,
+                                                                     connections=self._connections)
         return endpoint
 
     def _endpoint(self, uri):

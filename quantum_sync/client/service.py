@@ -284,8 +284,11 @@ class SyncClientService(MultiService):
             self.credentials.stop()
 
     async def _stop_engine(self) -> None:
-        """Stop the engine and wait for what it is doing, a reconcile too."""
+        """Stop the engine and wait for what it is doing, a reconcile too; its requests
+        in flight are aborted, not waited for (a silent server would hold the stop up
+        to their timeout)."""
         self.engine.stop()
+        self.server.abort()
         await self.engine.idle()
         running = self.engine._reconcile_running
         if running is not None:

@@ -400,6 +400,9 @@ class ServerClient:
             endpoints = KeptEndpoints(reactor, https_policy(ca_cert), connect_timeout=10)
         else:
             endpoints = KeptEndpoints(reactor, connect_timeout=10)
+        self._endpoints = endpoints
+        self._requests = set()  # the requests waiting for their answer (Deferreds)
+        self._closed = False  # stopped: nothing more is sent
         agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._agent = agent
         self._http = treq.client.HTTPClient(agent)
@@ -441,8 +444,20 @@ class ServerClient:
         small = size is not None and size <= SMALL_TRANSFER
         return self._small_transfers if small else self._transfers
 
+    def abort(self) -> None:
+        """Stop at once: nothing more is sent, the requests in flight are cancelled and
+        every connection is aborted, busy or pooled (a server that stays silent holds
+        no stop up). What was being transferred fails as :class:`ServerUnavailable`:
+        a download's staging file is removed, nothing half-sent is stored."""
+        self._closed = True
+        for requested in list(self._requests):
+            requested.cancel()
+        self._endpoints.abort_all()
+        self._pool.closeCachedConnections()
+
     def close(self):
-        """Drop the pooled connections and unclaimed prefetched files (a Deferred)."""
+        """:meth:`abort`, then drop the unclaimed prefetched files (a Deferred)."""
+        self.abort()
         removed = [self._expire(key, entry) for key, entry in list(self._prefetches.items())]
         return defer.gatherResults([*removed, self._pool.closeCachedConnections()])
 
@@ -457,6 +472,8 @@ class ServerClient:
         return self.server_url + path
 
     def _check_paused(self, method, path):
+        if self._closed:
+            raise ServerUnavailable(f"{method} {path}: the client is stopping")
         pause = self._paused_until - self._reactor.seconds()
         if pause > 0:  # the server said 429 with Retry-After: do not ask again before then
             raise ServerUnavailable(f"{method} {path}: rate limited by the server, next try in {pause:.1f} s")
@@ -516,21 +533,29 @@ class ServerClient:
 
     async def _answer(self, method, path, requested, watch=None):
         """The response to ``requested`` (a Deferred), its failures sorted for the engine."""
+        self._requests.add(requested)
         try:
             response = await requested
         except Exception as e:  # connection refused, reset, TLS, DNS, aborted...
-            self._drop_connections()
-            if watch is not None and watch.stalled:  # (cancelled: however Twisted wraps it)
-                raise TransferStalled(f"{method} {path}: no byte moved for {self.idle_timeout:g} s; aborted") from None
-            if isinstance(e, defer.CancelledError):
-                self._fail_over()
-                raise ServerUnavailable(f"{method} {path}: timed out") from None
-            reason = _tls_reason(Failure(e)) or f"{type(e).__name__}: {e}"
-            self._fail_over()
-            raise ServerUnavailable(f"{method} {path}: {reason}") from None
+            raise self._unanswered(method, path, e, watch) from None
+        finally:
+            self._requests.discard(requested)
         if response.code >= 400:
             await self._raise_for(method, path, response)
         return response
+
+    def _unanswered(self, method, path, error, watch) -> ServerUnavailable:
+        """What a request that got no answer (``error``) fails with."""
+        if self._closed:
+            return ServerUnavailable(f"{method} {path}: the client is stopping")
+        self._drop_connections()
+        if watch is not None and watch.stalled:  # (cancelled: however Twisted wraps it)
+            return TransferStalled(f"{method} {path}: no byte moved for {self.idle_timeout:g} s; aborted")
+        self._fail_over()
+        if isinstance(error, defer.CancelledError):
+            return ServerUnavailable(f"{method} {path}: timed out")
+        reason = _tls_reason(Failure(error)) or f"{type(error).__name__}: {error}"
+        return ServerUnavailable(f"{method} {path}: {reason}")
 
     async def _raise_for(self, method, path, response):
         try:
@@ -545,10 +570,20 @@ class ServerClient:
             self._drop_connections()
         raise refusal(f"{method} {path}", status, code, message)
 
+    @staticmethod
+    async def _body(method, path, response) -> bytes:
+        """The whole body of ``response``; ServerUnavailable when it breaks off (the
+        connection reset, or aborted by a stop)."""
+        try:
+            return await response.content()
+        except Exception as e:
+            raise ServerUnavailable(f"{method} {path} interrupted: {type(e).__name__}") from None
+
     async def _json(self, method, path, **kwargs):
         response = await self._request(method, path, **kwargs)
+        body = await self._body(method, path, response)
         try:
-            return json.loads(await response.content())
+            return json.loads(body)
         except ValueError:
             raise ServerUnavailable(f"{method} {path}: the answer is not JSON") from None
 
@@ -559,7 +594,7 @@ class ServerClient:
         The answer is decoded and checked in a thread: tens of thousands of entries would
         hold the reactor for a quarter of a second."""
         response = await self._request("GET", "/api/list")
-        parsed, problems = await self.threads.defer(_parse_listing, await response.content())
+        parsed, problems = await self.threads.defer(_parse_listing, await self._body("GET", "/api/list", response))
         for problem in problems:
             self.log.warn("ignoring a listing entry the server sent: {error}", error=problem)
         return parsed
@@ -620,7 +655,7 @@ class ServerClient:
                                        json={"username": user, "password": password}, timeout=SMALL_REQUEST_TIMEOUT)
         response = await self._answer("POST", "/api/v1/auth/login", requested)
         try:
-            data = json.loads(await response.content())["data"]
+            data = json.loads(await self._body("POST", "/api/v1/auth/login", response))["data"]
             token, expires = data["token"], protocol.parse_time(data["expires_at"])
             assert isinstance(token, str) and token
         except (ValueError, KeyError, TypeError, AssertionError, SyncError):
