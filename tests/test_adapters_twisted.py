@@ -4,12 +4,15 @@ or misrouting an upload. Every wait is bounded."""
 
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.web import http, resource, server
-from twisted.web.client import Agent
+from twisted.web.client import Agent, readBody
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 
 from quantum_sync.adapters import twisted as adapter
 
@@ -121,5 +124,35 @@ async def test_a_response_bodys_transport_leads_to_its_tcp_connection(reactor):
         (connection,) = seen
         assert isinstance(connection.getHandle(), socket.socket)  # the TCP connection itself
         assert connection.bufferSize == 1 << 18
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("length", [11, UNKNOWN_LENGTH])
+async def test_a_request_bodys_consumer_leads_to_its_tcp_connection(reactor, length):
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(_Hello()))
+    seen = []
+
+    @implementer(IBodyProducer)
+    class Body:
+        def __init__(self):
+            self.length = length
+
+        def startProducing(self, consumer):
+            seen.append(adapter.request_connection(consumer))
+            consumer.write(b"hello world")
+            return defer.succeed(None)
+
+        def stopProducing(self):
+            pass
+
+    try:
+        response = await Agent(reactor).request(b"POST", b"http://127.0.0.1:%d/" % port.getHost().port,
+                                                bodyProducer=Body())
+        (connection,) = seen
+        assert isinstance(connection.getHandle(), socket.socket)  # the TCP connection itself
+        assert connection.getPeer().port == port.getHost().port and response.code == 200
+        await readBody(response)
     finally:
         await port.stopListening()

@@ -1,8 +1,12 @@
-"""Stopping a client never waits for the server: requests in flight are aborted, pooled
-connections closed, and nothing half-transferred becomes visible."""
+"""The client keeps no connection open that it has no use for: a stop never waits for
+the server (requests in flight aborted, pooled connections closed, nothing
+half-transferred visible), and an upload refused before its body went closes its
+connection at once."""
 
+import hashlib
 import os
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -10,9 +14,10 @@ from twisted.internet.protocol import Factory, Protocol
 
 from clients import Clients, tree, write
 from quantum_sync.client.state import tmp_dir
-from quantum_sync.client.transfer import SMALL_REQUEST_TIMEOUT
+from quantum_sync.client.transfer import SMALL_REQUEST_TIMEOUT, RequestRefused, ServerClient
+from quantum_sync.server.site import REFUSED_GRACE
 from support import start_server, wait_for
-from test_client_stall import StallingProxy
+from test_client_stall import StallingProxy, client_sockets_to
 
 #: Seconds a stop may take here: far below the request timeout (and the idle timeout)
 #: a stop used to wait for, far above what a stop takes on a loaded machine.
@@ -87,4 +92,30 @@ async def test_a_stop_mid_download_aborts_it_and_leaves_no_partial_file(reactor,
     finally:
         await group.stop_all()
         await proxy.port.stopListening()
+        await running.stop()
+
+
+def _connections_to(port) -> int:
+    sockets = client_sockets_to(port)
+    for sock in sockets:
+        sock.close()
+    return len(sockets)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_refused_before_its_body_went_closes_its_connection_at_once(reactor, tmp_path):
+    running = await start_server(reactor, tmp_path, max_upload_size=1000)
+    server = ServerClient(reactor, running.url, "c1")
+    body = b"x" * (16 << 20)  # more than the socket buffers hold: most of it is unsent when refused
+    source = tmp_path / "big.bin"
+    source.write_bytes(body)
+    try:
+        with pytest.raises(RequestRefused) as refused:
+            await server.upload("big.bin", str(source), hashlib.sha256(body).hexdigest(), size=len(body))
+        assert refused.value.code == "TOO_LARGE"
+        # the server would cut it REFUSED_GRACE seconds after refusing; the client does at once
+        await wait_for(reactor, lambda: _connections_to(running.port) == 0, timeout=REFUSED_GRACE / 4,
+                       what="the refused upload's connection closed")
+    finally:
+        await server.close()
         await running.stop()

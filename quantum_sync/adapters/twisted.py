@@ -11,6 +11,10 @@
   read, where ``Request.method``/``uri`` are not yet set.
 - The TCP connection under a response body's transport (``TransportProxyProducer._producer``):
   larger socket reads while a download streams in.
+- The connection under the consumer Agent hands a request's body producer
+  (``LengthEnforcingConsumer._consumer``, ``ChunkedEncoder.transport``): an upload
+  refused before its body went is aborted at once, rather than left open with the rest
+  of the body in its buffer until the server cuts it.
 """
 
 from twisted.internet import tcp
@@ -48,3 +52,13 @@ def body_connection(transport):
     response body's protocol gets, or None."""
     connection = getattr(transport, "_producer", None)
     return connection if hasattr(connection, "bufferSize") else None
+
+
+def request_connection(consumer):
+    """The connection (a transport with ``abortConnection``) under the ``consumer`` that
+    Agent hands a request's body producer, or None."""
+    for name in ("_consumer", "transport"):
+        connection = getattr(consumer, name, None)
+        if hasattr(connection, "abortConnection"):
+            return connection
+    return None

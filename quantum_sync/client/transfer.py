@@ -45,6 +45,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from quantum_sync import batch, protocol
+from quantum_sync.adapters import twisted as twisted_adapter
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
@@ -321,22 +322,31 @@ class _WatchedBody:
         self.length = producer.length
         self._paused = False
         self._sending = False  # started, neither done nor stopped
+        self._sent = False  # the whole body went
+        self._connection = None  # the connection the body goes into
 
     def startProducing(self, consumer):
-        self._sending = True
+        self._sending, self._sent = True, False
+        self._connection = twisted_adapter.request_connection(consumer)
         done = self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
         return done.addBoth(self._done)
 
     def _done(self, result):
         self._sending = False
+        self._sent = not isinstance(result, Failure)
         return result
 
-    def answered(self) -> None:
+    def answered(self, refused: bool = False) -> None:
         """The server answered (or the request failed) before the whole body went: a
         refusal at the head (401, 413, 503...) stops the body there, rather than sending
-        the rest into a connection the server only drains before closing it."""
+        the rest into a connection the server only drains before closing it. The
+        connection of a ``refused`` one is aborted (its answer has been read): it can
+        carry no other request, and with the unsent rest of the body in its buffer it
+        would stay open until the server cut it (10 s on ours)."""
         if self._sending:
             self.stopProducing()
+        if refused and not self._sent and self._connection is not None:
+            self._connection.abortConnection()
 
     def pauseProducing(self):
         if not self._paused:
@@ -523,11 +533,16 @@ class ServerClient:
             requested = self._agent.request(method.encode("ascii"), url, Headers(all_headers), producer)
             if watch is not None:
                 watch.abort = requested.cancel
+            watched = producer if isinstance(producer, _WatchedBody) else None
             try:
-                return await self._answer(method, path, requested, watch)
-            finally:
-                if isinstance(producer, _WatchedBody):
-                    producer.answered()
+                response = await self._answer(method, path, requested, watch)
+            except BaseException:
+                if watched is not None:
+                    watched.answered(refused=True)
+                raise
+            if watched is not None:
+                watched.answered()
+            return response
 
         return await self._authorized(send)
 
