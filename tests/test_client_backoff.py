@@ -135,20 +135,21 @@ async def test_a_client_refused_by_a_full_server_makes_few_handshakes(reactor, t
 
 
 class IdInUse(WebSocketServerProtocol):
-    """Answers Subscribe as a server does while another connection holds the id: refused
-    ``factory.refusals`` times on each connection (then acknowledged), with retryAfter."""
+    """Answers Subscribe as a server does while another connection holds the id: the
+    first ``factory.refusals`` are refused with retryAfter (then acknowledged); the
+    connection is left open (the client closes it)."""
 
     def onConnect(self, request):
         self.factory.connections += 1
-        self.refused = 0
+        self.header_id = request.headers.get("x-client-id")
 
     def onMessage(self, payload, isBinary):
         message = json.loads(payload)
         if message.get("type") != "Subscribe":
             return
         self.factory.subscribes.append(self.factory.reactor.seconds())
-        if self.refused < self.factory.refusals:
-            self.refused += 1
+        self.factory.ids.append((message.get("client_id"), self.header_id))
+        if len(self.factory.subscribes) <= self.factory.refusals:
             self.sendMessage(json.dumps({"type": "Error", "code": "CLIENT_ID_IN_USE", "retryAfter": RETRY_AFTER,
                                          "message": "another connection is subscribed as 'c1'"}).encode())
         else:
@@ -158,12 +159,14 @@ class IdInUse(WebSocketServerProtocol):
 RETRY_AFTER = 2
 
 
-async def id_in_use_server(reactor, refusals):
+async def id_in_use_server(reactor, refusals, id_taken=None):
     factory = WebSocketServerFactory()
     factory.protocol = IdInUse
     factory.reactor, factory.refusals, factory.connections, factory.subscribes = reactor, refusals, 0, []
+    factory.ids = []  # (Subscribe's client_id, the handshake's X-Client-Id) of each Subscribe
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
-    link = RealtimeLink(reactor, f"http://127.0.0.1:{port.getHost().port}", "c1", NoEngine(), relay=False)
+    link = RealtimeLink(reactor, f"http://127.0.0.1:{port.getHost().port}", "c1", NoEngine(), relay=False,
+                        id_taken=id_taken)
     return factory, port, link
 
 
@@ -176,8 +179,8 @@ async def test_an_id_in_use_is_asked_for_again_after_retry_after(reactor):
             link.service.startService()
             await wait_for(reactor, lambda: link.connected, what="the subscription")
         first, second = factory.subscribes
-        assert second - first >= RETRY_AFTER and factory.connections == 1  # on the same connection
-        assert "another client is connected" not in log.text()
+        assert second - first >= RETRY_AFTER and factory.connections == 2  # on the next connection
+        assert "another client is connected" not in log.text() and link.client_id == "c1"
     finally:
         await link.stop()
         await port.stopListening()
@@ -189,14 +192,29 @@ async def test_an_id_really_in_use_is_said_once_and_backed_off(reactor):
     try:
         with LogCapture() as log:
             link.service.startService()
-            await wait_for(reactor, lambda: len(factory.subscribes) >= 2, what="the second Subscribe")
+            await wait_for(reactor, lambda: len(factory.subscribes) >= 2, timeout=4 * RETRY_AFTER + 5,
+                           what="the second Subscribe")
             refused_again = reactor.seconds()
-            await wait_for(reactor, lambda: factory.connections >= 2, timeout=4 * RETRY_AFTER + 5,
+            await wait_for(reactor, lambda: factory.connections >= 3, timeout=4 * RETRY_AFTER + 5,
                            what="the next connection")
             assert reactor.seconds() - refused_again >= RETRY_AFTER  # not before retryAfter
             assert not link.connected
             assert sum("another client is connected with client id c1" in line
                        for line in log.text().splitlines()) == 1
+    finally:
+        await link.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_id_refused_twice_gives_way_to_the_one_its_owner_takes(reactor):
+    taken = []
+    factory, port, link = await id_in_use_server(reactor, refusals=2, id_taken=lambda old: taken.append(old) or "c2")
+    try:
+        link.service.startService()
+        await wait_for(reactor, lambda: link.connected, timeout=4 * RETRY_AFTER + 5, what="the subscription")
+        assert taken == ["c1"] and link.client_id == "c2"
+        assert factory.ids == [("c1", "c1"), ("c1", "c1"), ("c2", "c2")]
     finally:
         await link.stop()
         await port.stopListening()

@@ -154,3 +154,45 @@ def test_a_bindings_file_without_seen_times_is_read(tmp_path):
         assert _saved(tmp_path) == {}
     finally:
         bindings.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_whose_id_another_client_holds_takes_a_new_one(reactor, tmp_path, monkeypatch, log_lines, http):
+    from quantum_sync.client.state import FolderState
+    from quantum_sync.server import ws
+    from clients import Clients, write
+
+    monkeypatch.setattr(ws, "PROBE_TIMEOUT", 1)  # the retryAfter: the client waits it once
+    running = await start_server(reactor, tmp_path)
+    holder = await connect(reactor, running.ws_url)
+    group = Clients(reactor, tmp_path)
+    folder = tmp_path / "a"
+    try:
+        assert (await holder.request({"type": "Subscribe", "client_id": "shared"}))["type"] == "Ack"
+        folder.mkdir()
+        state = await FolderState(reactor, str(folder)).open()
+        state.client_id("shared")  # the id the folder's state remembers (a copy's, say)
+        await state.close()
+        client = await group.start(running, "a", client_id=None)  # (waits until it is subscribed)
+        taken = client.link.client_id
+        assert taken != "shared" and client.engine.client_id == client.server.client_id == taken
+        hub = running.service.hub
+        assert hub.holder("shared") is not None and hub.holder(taken) is not None  # the holder keeps its id
+        assert [line for line in log_lines if "client id" in line and "realtime" in line] == [
+            f"realtime: another client is connected with client id shared: taking a new client id, {taken}"]
+        write(str(folder), "after.txt", b"sent as the new id")
+
+        async def uploaded_as():
+            _, body = await http.json("GET", f"{running.url}/api/changes")
+            return [c["source_client"] for c in body["changes"] if "Create" in c["operation"]]
+
+        assert await wait_for(reactor, uploaded_as, what="the upload journalled") == [taken]
+        await group.stop(client)
+        state = await FolderState(reactor, str(folder)).open()
+        assert state.meta["client_id"] == taken  # remembered
+        await state.close()
+    finally:
+        await group.stop_all()
+        holder.sendClose(1000)
+        await holder.wait_closed()
+        await running.stop()

@@ -16,11 +16,12 @@ its own count: a session is a success only if it was subscribed and stayed up a 
 A wait the server asks for is honoured: ``Retry-After`` on a refused handshake (503 at
 ``max_connections``, 429) and ``retryAfter`` in an ``Error``. ``CLIENT_ID_IN_USE`` (another
 live connection is subscribed with this client id) is answered as the protocol asks:
-``Subscribe`` again on the same connection after ``retryAfter`` (the server meanwhile
-drops a half-open holder, such as this client's own connection from before a sleep);
-refused once more, another client really uses the id: said once, the connection closed
-and the link backed off. A server with no ``/ws`` (404) is said once and tried again
-every few minutes, the client polling meanwhile. Every state change is logged.
+the next connection, after ``retryAfter``, subscribes again (the server meanwhile drops
+a half-open holder, such as this client's own connection from before a sleep); refused
+once more, another client really uses the id, and the link goes on with the new id its
+owner hands it (none for an id the user gave: then said once and backed off). A server
+with no ``/ws`` (404) is said once and tried again every few minutes, the client
+polling meanwhile. Every state change is logged.
 """
 
 import json
@@ -101,8 +102,6 @@ class SyncClientProtocol(WebSocketClientProtocol):
     def onConnect(self, response):
         self.auth_token = None  # the token this connection authenticated with
         self.is_subscribed = False
-        self._id_refusals = 0
-        self._resubscribe = None
 
     def onOpen(self):
         d = defer.ensureDeferred(self.factory.link.credentials.current())
@@ -185,13 +184,10 @@ class SyncClientProtocol(WebSocketClientProtocol):
         )
 
     def _client_id_in_use(self, message, link):
-        """Another connection holds this client id: subscribe again once after the wait
-        the server asks for; the second refusal closes (the link backs off)."""
-        self._id_refusals += 1
-        wait = link.client_id_in_use(message.get("retryAfter"), again=self._id_refusals > 1)
-        if self._id_refusals == 1:
-            self._resubscribe = link.reactor.callLater(wait, self._subscribe_again)
-        else:
+        """Another connection holds this client id: the link decides what the next
+        connection does; this one is closed (by the server too, with 1013)."""
+        link.client_id_in_use(message.get("retryAfter"))
+        if self.state == self.STATE_OPEN:
             self.sendClose()
 
     #: The handler of each other message type from the server (the rest are ignored).
@@ -203,15 +199,7 @@ class SyncClientProtocol(WebSocketClientProtocol):
         "Error": _on_error,
     }
 
-    def _subscribe_again(self):
-        self._resubscribe = None
-        if self.state == self.STATE_OPEN and not self.is_subscribed:
-            self._subscribe()
-
     def onClose(self, wasClean, code, reason):
-        resubscribe = getattr(self, "_resubscribe", None)
-        if resubscribe is not None and resubscribe.active():
-            resubscribe.cancel()
         self.factory.link.closed(self, code, reason)
 
 
@@ -222,11 +210,13 @@ class RealtimeLink:
     log = Logger()
 
     def __init__(self, reactor, server_url, client_id, engine, credentials=None, ca_cert=None, relay=True,
-                 poll_interval=30.0, random=None, fallbacks=()):
+                 poll_interval=30.0, random=None, fallbacks=(), id_taken=None):
         """``credentials``: a :class:`~quantum_sync.client.credentials.Credentials`, a
         fixed token (str) or None; ``poll_interval``: how often the client reconciles while
         the link is down (for the log); ``random``: the backoff's jitter source;
-        ``fallbacks``: further servers of the same cluster, tried in turn."""
+        ``fallbacks``: further servers of the same cluster, tried in turn; ``id_taken``:
+        called with the client id when another client really uses it, returns the id to
+        go on with (None: keep it)."""
         self.reactor = reactor
         self.poll_interval = poll_interval
         self.attempts = 0  # TCP connections made (each one a handshake)
@@ -235,6 +225,8 @@ class RealtimeLink:
         self._wait_asked = 0.0  # seconds the server asked us to wait before the next attempt
         self._no_websocket = False
         self._id_in_use_said = False
+        self._id_refusals = 0  # CLIENT_ID_IN_USE in a row, over connections
+        self._id_taken = id_taken
         self.client_id = client_id
         self.relay = relay
         if not isinstance(credentials, Credentials):
@@ -288,20 +280,27 @@ class RealtimeLink:
                               interval=self.poll_interval)
             self._no_websocket = True
 
-    def client_id_in_use(self, retry_after, again: bool) -> float:
+    def client_id_in_use(self, retry_after) -> None:
         """The server refused our ``Subscribe``: another live connection has our client id.
-        The seconds to wait (``retry_after``, within bounds); ``again``: refused a second
-        time on one connection (said once, and the next connection waits that long)."""
+        The first time, the next connection waits ``retry_after`` (within bounds): the
+        holder may be our own half-open connection, which the server drops meanwhile.
+        Refused again, another client really uses the id: the next connection goes on
+        with the id ``id_taken`` gives, soon; without one it waits ``retry_after`` again
+        (said once)."""
         wait = _wait(retry_after)
-        wait = DEFAULT_ID_IN_USE_WAIT if wait is None else wait
-        if again:
-            self.server_asked_to_wait(wait)
+        self._id_refusals += 1
+        if self._id_refusals > 1:
+            taken = self._id_taken(self.client_id) if self._id_taken is not None else None
+            if taken:
+                self.client_id = self.factory.headers["X-Client-Id"] = taken
+                self._id_refusals = 0
+                return
             if not self._id_in_use_said:
                 self._id_in_use_said = True
                 self.log.warn("realtime: another client is connected with client id {client_id}; retrying with "
                               "backoff (two clients sharing one id miss each other's changes: give each its own "
                               "--client-id)", client_id=self.client_id)
-        return wait
+        self.server_asked_to_wait(DEFAULT_ID_IN_USE_WAIT if wait is None else wait)
 
     def _token_changed(self, token):
         proto = self._protocol
@@ -325,6 +324,7 @@ class RealtimeLink:
         self._protocol = proto
         self._subscribed_at = self.reactor.seconds()
         self._no_websocket = self._id_in_use_said = False
+        self._id_refusals = 0
         self.engine.journal_named(journal_id)
         if not self.connected:
             self.log.info("realtime: connected and subscribed to {url}", url=self.factory.url)

@@ -179,11 +179,25 @@ class SyncClientService(MultiService):
         config = self.config
         if config.realtime:
             self.link = RealtimeLink(self.reactor, config.server, client_id, self.engine, self.credentials, config.ca_cert,
-                                     relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks)
+                                     relay=config.relay, poll_interval=config.interval, fallbacks=config.fallbacks,
+                                     id_taken=self._id_taken)
             self.link.service.setServiceParent(self)  # started now: this service runs
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.reactor
         self._ticker.start(config.interval, now=False)
+
+    def _id_taken(self, client_id: str):
+        """Another client really uses ``client_id`` (the server refused it twice in a
+        row): a generated id gives way to a new one, remembered in the folder's state;
+        one given (``--client-id``) is kept (None)."""
+        if self.config.client_id:
+            return None
+        taken = self.state.new_client_id()
+        self.server.rename(taken)
+        self.engine.client_id = taken
+        self.log.warn("realtime: another client is connected with client id {old}: taking a new client id, {new}",
+                      old=client_id, new=taken)
+        return taken
 
     async def _leave_selection(self):
         """Local copies of synced paths now outside the selection go (when unchanged)."""

@@ -157,6 +157,12 @@ class FolderState:
             self._set_meta("folder", self._identity)
         return cid
 
+    def new_client_id(self) -> str:
+        """A new client id for this folder (a UUID), remembered in place of the old."""
+        cid = str(uuid.uuid4())
+        self._set_meta("client_id", cid)
+        return cid
+
     @property
     def cursor(self) -> int:
         return int(self.meta.get("cursor", 0))

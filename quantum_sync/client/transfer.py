@@ -434,6 +434,12 @@ class ServerClient:
         #: The server is asked to keep the block lists of large uploads (deltas are on).
         self.keep_block_lists = False
 
+    def rename(self, client_id: str) -> None:
+        """Go on as ``client_id``: the next requests carry it."""
+        self.client_id = client_id
+        self._headers["X-Client-Id"] = [client_id]
+        self._raw_headers[b"X-Client-Id"] = [client_id.encode("utf-8")]
+
     def _use(self, server_url: str) -> None:
         self.server_url = server_url
         parts = urlsplit(server_url)
