@@ -9,7 +9,7 @@ import ipaddress
 import struct
 from urllib.parse import urlsplit
 
-from quantum_sync.blocks import MIN_BLOCK, Block, Reuse, Send
+from quantum_sync.blocks import MIN_BLOCK, Block, Reuse, Send, block_starts, find_start
 
 #: Files of fewer bytes travel whole (their block lists are neither kept nor asked for):
 #: below it a whole transfer takes about as long as the extra round trip for a block list
@@ -105,10 +105,10 @@ def unheld_reuse(plan, base_blocks):
     """The first Reuse step of ``plan`` that is not a run of whole blocks of
     ``base_blocks`` (the base's block list: a block the holder of that list does not
     hold), or None when every reused range is."""
-    starts = {block.offset for block in base_blocks}
-    ends = {block.offset + block.length for block in base_blocks}
+    starts = block_starts(base_blocks)
     for step in plan:
-        if isinstance(step, Reuse) and (step.base_offset not in starts or step.base_offset + step.length not in ends):
+        if isinstance(step, Reuse) and (find_start(starts, step.base_offset) is None
+                                        or find_start(starts, step.base_offset + step.length) is None):
             return step
     return None
 
@@ -127,12 +127,12 @@ def rebuilt_blocks(plan, base_blocks, blocks_of_sent):
     starts and ends at block boundaries of the new content (where the sender's list cut
     it), and a cut depends only on the bytes since the block's start, so this is the
     list of the whole new content; each block's hash is that of its bytes in any case.
-    Yields the blocks in order."""
-    index = {block.offset: position for position, block in enumerate(base_blocks)}
+    Yields the blocks in order; ``plan`` is iterated once, the base only looked up."""
+    starts = block_starts(base_blocks)
     position = 0
     for step in plan:
         if isinstance(step, Reuse):
-            at, left = index[step.base_offset], step.length
+            at, left = find_start(starts, step.base_offset), step.length
             while left > 0:
                 block = base_blocks[at]
                 yield Block(position + step.length - left, block.length, block.sha256)
