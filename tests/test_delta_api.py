@@ -4,7 +4,9 @@ import base64
 import hashlib
 import os
 import random
+import tracemalloc
 
+import pytest
 import pytest_twisted
 
 from quantum_sync import delta
@@ -220,3 +222,32 @@ async def test_a_short_list_travels_in_the_broadcast_of_its_change(server, http,
     message = await reader.expect("FileOperation")
     assert message["operation"]["Update"]["metadata"]["hash"] == sha(base) and "blocks" not in message
     assert server.service.api.deltas.offered(sha(base)) is None  # nothing held once broadcast
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plan_of_many_steps_is_read_as_a_stream(server, http, tmp_path):
+    from quantum_sync.blocks import Send
+    from quantum_sync.errors import SyncError
+
+    base = content(12)
+    await upload(http, server, "f.bin", base)
+    metadata, _ = await server.service.index.get("f.bin")
+    fd = os.open(os.path.join(server.root, "f.bin"), os.O_RDONLY)
+    peaks = []
+    try:
+        for count in (2_000, 200_000):  # one-byte sent ranges, the body ending long before they do
+            body = tmp_path / f"body-{count}"
+            body.write_bytes(delta.encode_head(tuple(Send(i, 1) for i in range(count))) + b"x" * 1000)
+            tracemalloc.start()
+            try:
+                with pytest.raises(SyncError, match="fewer bytes") as refused:
+                    await server.service.api.deltas.build(lambda: open(body, "rb"), metadata, fd, sha(base + b"!"))
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+            assert refused.value.code == "INVALID_REQUEST"
+    finally:
+        os.close(fd)
+    # never the whole plan (each step held would be over 50 bytes): a few thousand at a time
+    assert peaks[1] - peaks[0] < 1024 * 1024, peaks
+    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []

@@ -125,13 +125,10 @@ class Deltas:
         return await self._thread(_closing, self._build, os.dup(base_fd), open_body, base_list, expected)
 
     def _build(self, base_fd, open_body, base_list, expected) -> BuiltFile:
+        base_blocks = decode_blocks(base_list)
+        plan = _HeadPlan(open_body)
         with open_body() as body:
-            plan = _read_plan(body)
-            base_blocks = decode_blocks(base_list)
-            missing = delta.unheld_reuse(plan, base_blocks)
-            if missing is not None:
-                raise SyncError("CONFLICT", f"the plan reuses {missing.length} bytes at {missing.base_offset},"
-                                " which are not whole blocks of the base", reason="BLOCK_NOT_HELD")
+            plan.check(body, base_blocks)
             fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.store.temp_dir)
             try:
                 try:
@@ -167,14 +164,31 @@ def _closing(function, fd: int, *args):
         os.close(fd)
 
 
-def _read_plan(body) -> tuple:
-    """The plan at the start of the delta body open as ``body`` (read up to the sent bytes)."""
-    try:
-        count = delta.head_steps(body.read(delta.HEAD_FIXED))
-        steps = body.read(count * delta.STEP_SIZE)
-        if len(steps) != count * delta.STEP_SIZE:
-            raise ValueError("the body ends inside the plan")
-        plan = delta.decode_steps(steps)
-    except ValueError as error:
-        raise SyncError("INVALID_REQUEST", f"not a delta body: {error}") from None
-    return plan
+class _HeadPlan:
+    """The plan at the start of a delta body (``open_body()`` opens the body), read from
+    it again each time it is iterated, a few thousand steps at a time: a plan of any
+    length is never held (a head may announce half a million steps)."""
+
+    def __init__(self, open_body):
+        self._open_body = open_body
+        self._count = None
+
+    def check(self, body, base_blocks) -> None:
+        """Read the head of ``body`` (left at the sent bytes): INVALID_REQUEST when it is
+        not a delta head, CONFLICT when it reuses what is not whole blocks of
+        ``base_blocks``."""
+        try:
+            self._count = delta.head_steps(body.read(delta.HEAD_FIXED))
+            for _ in delta.read_steps(body, self._count):
+                pass
+        except ValueError as error:
+            raise SyncError("INVALID_REQUEST", f"not a delta body: {error}") from None
+        missing = delta.unheld_reuse(self, base_blocks)
+        if missing is not None:
+            raise SyncError("CONFLICT", f"the plan reuses {missing.length} bytes at {missing.base_offset},"
+                            " which are not whole blocks of the base", reason="BLOCK_NOT_HELD")
+
+    def __iter__(self):
+        with self._open_body() as body:
+            body.seek(delta.HEAD_FIXED)
+            yield from delta.read_steps(body, self._count)
