@@ -17,6 +17,9 @@ from quantum_sync.protocol import is_sha256
 #: Bytes read at a time when a list is made from a file (the block being cut when a
 #: piece ends is cut again with the next: larger pieces, less of that).
 READ_SIZE = 4 * 1024 * 1024
+#: Bytes handed to the whole-file hash's thread at a time: the few it holds waiting are
+#: slices of at most three pieces read, not that many whole pieces.
+HASH_SLICE = 1024 * 1024
 
 
 class ListWriter:
@@ -95,7 +98,9 @@ class BlockLists:
         writer, digest, offset = self.writer(), HashThread(), 0
         try:
             while piece := os.pread(fd, READ_SIZE, offset):
-                digest.bytes(piece)
+                view = memoryview(piece)
+                for start in range(0, len(piece), HASH_SLICE):
+                    digest.bytes(view[start:start + HASH_SLICE])
                 writer.feed(piece)
                 offset += len(piece)
             sha256 = digest.finish()
