@@ -143,12 +143,9 @@ class BlockList(Sequence):
         return len(self.starts) - 1
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return tuple(self[i] for i in range(*index.indices(len(self))))
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("block list index out of range")
+        return looked_up(self, index, self._block)
+
+    def _block(self, index: int) -> Block:
         length, digest = _ENTRY.unpack_from(self.data, index * ENTRY_SIZE)
         return Block(self.starts[index], length, digest.hex())
 
@@ -173,11 +170,23 @@ class BlockList(Sequence):
         return f"BlockList({len(self)} blocks)"
 
 
+def looked_up(blocks, index, block):
+    """``blocks[index]`` (a slice: a tuple) of a list whose ``block(i)`` makes block ``i``."""
+    if isinstance(index, slice):
+        return tuple(block(i) for i in range(*index.indices(len(blocks))))
+    if index < 0:
+        index += len(blocks)
+    if not 0 <= index < len(blocks):
+        raise IndexError("block list index out of range")
+    return block(index)
+
+
 def block_starts(blocks) -> array:
     """The offsets where the blocks of ``blocks`` (consecutive) start, and where the last
     one ends (none for an empty list)."""
-    if isinstance(blocks, BlockList):
-        return blocks.starts
+    held = getattr(blocks, "starts", None)  # (a BlockList, or a list read from its file)
+    if held is not None:
+        return held
     starts = array("Q", (block.offset for block in blocks))
     if blocks:
         starts.append(blocks[-1].offset + blocks[-1].length)

@@ -251,3 +251,38 @@ async def test_a_plan_of_many_steps_is_read_as_a_stream(server, http, tmp_path):
     # never the whole plan (each step held would be over 50 bytes): a few thousand at a time
     assert peaks[1] - peaks[0] < 1024 * 1024, peaks
     assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_build_holds_only_the_offsets_of_the_bases_list(server, http, tmp_path):
+    from quantum_sync.blocks import Reuse
+
+    base = content(13)
+    await upload(http, server, "f.bin", base)
+    kept = os.path.join(server.root, ".quantum-sync", "blocks", sha(base))
+    body = tmp_path / "body"
+    body.write_bytes(delta.encode_head((Reuse(0, len(base)),)))
+    metadata, _ = await server.service.index.get("f.bin")
+    fd = os.open(os.path.join(server.root, "f.bin"), os.O_RDONLY)
+    peaks = []
+    try:
+        # the base's list as 48 blocks, then as 49,152 (the count of a 12 GiB file's)
+        for count in (48, 49_152):
+            listed = b"".join((len(base) // count).to_bytes(4, "big") + random.Random(i).randbytes(32)
+                              for i in range(count))
+            with open(kept, "wb") as f:
+                f.write(listed)
+            tracemalloc.start()
+            try:
+                built = await server.service.api.deltas.build(lambda: open(body, "rb"), metadata, fd, sha(base))
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+            os.unlink(built.path)
+            with open(kept, "rb") as f:
+                assert f.read() == listed  # the new list, rebuilt from the base's: the same
+    finally:
+        os.close(fd)
+    # the offsets (8 bytes a block) and a few thousand entries read at a time; the list
+    # itself (36 bytes a block) never whole
+    assert peaks[1] - peaks[0] < 12 * 49_152, peaks

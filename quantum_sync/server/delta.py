@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from quantum_sync import delta
-from quantum_sync.blocks import decode_blocks
 from quantum_sync.deltafile import assemble
 from quantum_sync.errors import SyncError
 from quantum_sync.server.store import TEMP_PREFIX, storage_error
@@ -85,23 +84,29 @@ class Deltas:
         """The compact block list of the stored version ``metadata`` (open as
         ``opened_fd``). NOT_FOUND below :data:`~quantum_sync.delta.DELTA_MIN` bytes;
         CONFLICT when the file changed while its list was being made."""
+        return await self._kept(metadata, opened_fd, self.block_lists.read)
+
+    async def _kept(self, metadata, opened_fd: int, take):
+        """``take(sha256)`` (in a thread: the list read, or opened) of the kept list of
+        the stored version ``metadata``, made first when none is kept (see
+        :meth:`block_list`)."""
         if metadata.size < delta.DELTA_MIN:
             raise SyncError("NOT_FOUND", f"files below {delta.DELTA_MIN} bytes have no block list")
-        data = await self._thread(self.block_lists.read, metadata.hash)
-        if data is not None:
-            return data
+        found = await self._thread(take, metadata.hash)
+        if found is not None:
+            return found
         waiters = self._making.get(metadata.hash)
         if waiters is None:  # one thread makes it, every request for it waits for that one
             waiters = self._making[metadata.hash] = []
             # on a descriptor of its own: the request's may be closed before the thread ends
-            self._thread(_closing, self.block_lists.make, os.dup(opened_fd), metadata.hash).addBoth(
+            self._thread(_closing, self.block_lists.keep_file, os.dup(opened_fd), metadata.hash).addBoth(
                 self._made, metadata.hash)
         waiter = Deferred()
         waiters.append(waiter)
-        data = await waiter
-        if data is None:
+        found = await self._thread(take, metadata.hash) if await waiter else None
+        if found is None:
             raise SyncError("CONFLICT", f"{metadata.path} changed while its block list was made; try again")
-        return data
+        return found
 
     async def prune(self, index) -> int:
         """Remove the lists of contents no file in ``index`` has any more (replaced or
@@ -121,13 +126,13 @@ class Deltas:
         stored version ``metadata`` (open as ``base_fd``); it must hash to ``expected``.
         Raises INVALID_REQUEST (not a delta body), CONFLICT (it reuses a block the
         base does not have), HASH_MISMATCH (the result is not ``expected``: nothing kept)."""
-        base_list = await self.block_list(metadata, base_fd)
-        return await self._thread(_closing, self._build, os.dup(base_fd), open_body, base_list, expected)
+        # the base's list read from its file (only its offsets held), closed by _build
+        base_blocks = await self._kept(metadata, base_fd, self.block_lists.open)
+        return await self._thread(_closing, self._build, os.dup(base_fd), open_body, base_blocks, expected)
 
-    def _build(self, base_fd, open_body, base_list, expected) -> BuiltFile:
-        base_blocks = decode_blocks(base_list)
+    def _build(self, base_fd, open_body, base_blocks, expected) -> BuiltFile:
         plan = _HeadPlan(open_body)
-        with open_body() as body:
+        with contextlib.closing(base_blocks), open_body() as body:
             plan.check(body, base_blocks)
             fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.store.temp_dir)
             try:
