@@ -16,8 +16,9 @@ lists kept as each side keeps them, and then each hop in a process of its own:
 - ``client-upload``: the sender's delta: the server's list of the base as
   ``GET /api/blocks`` brings it, the plan against the kept list of the new version, the
   delta body, and the new list kept when the server accepts it;
-- ``server-build``: ``/api/upload-delta``'s work (``Deltas._build``): the plan read, the
-  reuse checked against the base's list, the new file assembled and hashed, its list kept;
+- ``server-build``: ``/api/upload-delta``'s work (``Deltas._build``, given the base's
+  kept list opened as ``Deltas.build`` opens it): the plan read, the reuse checked
+  against the base's list, the new file assembled and hashed, its list kept;
 - ``client-download``: the receiver's: the new version's list as it comes, the local
   copy's kept list, the plan, the new file assembled from the local copy and the bytes
   sent (read here from the new file: the Range requests are the network's).
@@ -94,7 +95,7 @@ def server_build():
     fd = os.open(base, os.O_RDONLY)
     try:
         built = deltas._build(os.dup(fd), lambda: open(os.path.join(work, "body"), "rb"),
-                              server_lists.read(base_hash), new_hash)
+                              server_lists.open(base_hash), new_hash)
     finally:
         os.close(fd)
     os.unlink(built.path)
