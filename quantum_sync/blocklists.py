@@ -100,12 +100,16 @@ class BlockLists:
 
     def open(self, sha256: str):
         """The kept list of ``sha256`` read from its file (:class:`KeptList`: only its
-        offsets held), or None; ValueError when the file is not a block list."""
+        offsets held), or None (as :meth:`read`); ValueError when the file holds a
+        block of no bytes or too many."""
         try:
             fd = os.open(self._name(sha256), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
+            if os.fstat(fd).st_size % ENTRY_SIZE:
+                os.close(fd)
+                return None
             return KeptList(fd, self.chunker.max_size)
         except BaseException:
             os.close(fd)

@@ -137,3 +137,6 @@ def test_one_read_gives_the_hash_and_keeps_the_list(tmp_path):
         f.write(bytes(4))  # a block of no bytes
     with pytest.raises(ValueError, match="a block of 0 bytes"):
         lists.open(sha256)
+    with open(tmp_path / "lists" / sha256, "ab") as f:
+        f.write(b"x")  # not whole entries: as if none were kept (it is made again)
+    assert lists.open(sha256) is None and lists.read(sha256) is None
