@@ -9,14 +9,19 @@ server (in its state folder) and the client (in its own) keep them this way.
 
 import os
 import tempfile
+from array import array
+from collections.abc import Sequence
 
-from quantum_sync.blocks import ENTRY_SIZE, BlockStream, Chunker, decode_blocks, encode_blocks
+from quantum_sync.blocks import ENTRY_SIZE, BlockStream, Chunker, decode_blocks, encode_blocks, looked_up
 from quantum_sync.deltafile import HashThread
 from quantum_sync.protocol import is_sha256
 
 #: Bytes read at a time when a list is made from a file (the block being cut when a
 #: piece ends is cut again with the next: larger pieces, less of that).
 READ_SIZE = 4 * 1024 * 1024
+#: Bytes handed to the whole-file hash's thread at a time: the few it holds waiting are
+#: slices of at most three pieces read, not that many whole pieces.
+HASH_SLICE = 1024 * 1024
 
 
 class ListWriter:
@@ -86,7 +91,29 @@ class BlockLists:
         """Read the open file ``fd`` from its start, keep its list under ``sha256`` and
         return it; None when the file does not hash to ``sha256`` (its list is then kept
         under the hash it has)."""
-        return self.read(sha256) if self.hash_and_keep(fd) == sha256 else None
+        return self.read(sha256) if self.keep_file(fd, sha256) else None
+
+    def keep_file(self, fd: int, sha256: str) -> bool:
+        """Keep the list of the open file ``fd``: whether it is ``sha256``'s (its list is
+        else kept under the hash it has)."""
+        return self.hash_and_keep(fd) == sha256
+
+    def open(self, sha256: str):
+        """The kept list of ``sha256`` read from its file (:class:`KeptList`: only its
+        offsets held), or None (as :meth:`read`); ValueError when the file holds a
+        block of no bytes or too many."""
+        try:
+            fd = os.open(self._name(sha256), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            if os.fstat(fd).st_size % ENTRY_SIZE:
+                os.close(fd)
+                return None
+            return KeptList(fd, self.chunker.max_size)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def hash_and_keep(self, fd: int) -> str:
         """Read the open file ``fd`` once from its start: its SHA-256 (hex), its list
@@ -95,7 +122,9 @@ class BlockLists:
         writer, digest, offset = self.writer(), HashThread(), 0
         try:
             while piece := os.pread(fd, READ_SIZE, offset):
-                digest.bytes(piece)
+                view = memoryview(piece)
+                for start in range(0, len(piece), HASH_SLICE):
+                    digest.bytes(view[start:start + HASH_SLICE])
                 writer.feed(piece)
                 offset += len(piece)
             sha256 = digest.finish()
@@ -151,3 +180,33 @@ class BlockLists:
             except FileNotFoundError:
                 pass
         return removed
+
+
+#: Entries read at a time when a kept list is opened.
+_ENTRIES_READ = 4096
+
+
+class KeptList(Sequence):
+    """A kept list read from its open file ``fd`` (closed by :meth:`close`): the offsets
+    of its blocks held (8 bytes a block), each :class:`~quantum_sync.blocks.Block` read
+    when it is looked at. The file never changes (a list is renamed into place whole)."""
+
+    def __init__(self, fd: int, max_size: int):
+        self._fd = fd
+        self.starts = array("Q", [0])
+        position = 0
+        while data := os.pread(fd, _ENTRIES_READ * ENTRY_SIZE, position):
+            self.starts.extend(decode_blocks(data, max_size, self.starts[-1]).starts[1:])
+            position += len(data)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, index):
+        return looked_up(self, index, self._block)
+
+    def _block(self, index: int):
+        return decode_blocks(os.pread(self._fd, ENTRY_SIZE, index * ENTRY_SIZE), offset=self.starts[index])[0]
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -9,7 +9,7 @@ import ipaddress
 import struct
 from urllib.parse import urlsplit
 
-from quantum_sync.blocks import MIN_BLOCK, Block, Reuse, Send
+from quantum_sync.blocks import MIN_BLOCK, Block, Reuse, Send, block_starts, find_start
 
 #: Files of fewer bytes travel whole (their block lists are neither kept nor asked for):
 #: below it a whole transfer takes about as long as the extra round trip for a block list
@@ -35,7 +35,8 @@ HEAD_FIXED = _COUNT.size
 STEP_SIZE = _STEP.size
 _REUSE, _SEND = 1, 2
 #: Most steps one plan may have: a 16 GiB file cut into blocks of the smallest size, each
-#: alternating between reused and sent (the head is read whole into memory: 4.5 MiB).
+#: alternating between reused and sent (8.5 MiB of head: the server reads it a few
+#: thousand steps at a time, :func:`read_steps`).
 MAX_STEPS = 2 * (16 << 30) // MIN_BLOCK
 
 
@@ -85,30 +86,54 @@ def decode_steps(data: bytes) -> tuple:
     ValueError for anything else."""
     if len(data) % STEP_SIZE:
         raise ValueError("the plan is not a whole number of steps")
-    plan, position = [], 0
-    for kind, first, length in _STEP.iter_unpack(data):
+    return tuple(_steps(_STEP.iter_unpack(data)))
+
+
+#: Steps read at a time by :func:`read_steps`.
+_STEPS_READ = 4096
+
+
+def read_steps(body, count: int):
+    """The ``count`` steps read from ``body`` (``read(n)``, at the first step), a few
+    thousand at a time, checked as :func:`decode_steps` does, yielded one by one: a plan
+    of any length is never held. ValueError when the body ends inside them."""
+    def records():
+        left = count
+        while left:
+            data = body.read(min(left, _STEPS_READ) * STEP_SIZE)
+            if not data or len(data) % STEP_SIZE:
+                raise ValueError("the body ends inside the plan")
+            yield from _STEP.iter_unpack(data)
+            left -= len(data) // STEP_SIZE
+
+    return _steps(records())
+
+
+def _steps(records):
+    """The steps of ``(kind, first, length)`` records, checked (see :func:`decode_steps`)."""
+    position = 0
+    for kind, first, length in records:
         if length == 0:
             raise ValueError("a step of no bytes")
         if kind == _REUSE:
-            plan.append(Reuse(first, length))
+            yield Reuse(first, length)
         elif kind == _SEND:
             if first != position:
                 raise ValueError(f"a sent range at {first} where the content is at {position}")
-            plan.append(Send(first, length))
+            yield Send(first, length)
         else:
             raise ValueError(f"unknown step kind {kind}")
         position += length
-    return tuple(plan)
 
 
 def unheld_reuse(plan, base_blocks):
     """The first Reuse step of ``plan`` that is not a run of whole blocks of
     ``base_blocks`` (the base's block list: a block the holder of that list does not
     hold), or None when every reused range is."""
-    starts = {block.offset for block in base_blocks}
-    ends = {block.offset + block.length for block in base_blocks}
+    starts = block_starts(base_blocks)
     for step in plan:
-        if isinstance(step, Reuse) and (step.base_offset not in starts or step.base_offset + step.length not in ends):
+        if isinstance(step, Reuse) and (find_start(starts, step.base_offset) is None
+                                        or find_start(starts, step.base_offset + step.length) is None):
             return step
     return None
 
@@ -127,12 +152,12 @@ def rebuilt_blocks(plan, base_blocks, blocks_of_sent):
     starts and ends at block boundaries of the new content (where the sender's list cut
     it), and a cut depends only on the bytes since the block's start, so this is the
     list of the whole new content; each block's hash is that of its bytes in any case.
-    Yields the blocks in order."""
-    index = {block.offset: position for position, block in enumerate(base_blocks)}
+    Yields the blocks in order; ``plan`` is iterated once, the base only looked up."""
+    starts = block_starts(base_blocks)
     position = 0
     for step in plan:
         if isinstance(step, Reuse):
-            at, left = index[step.base_offset], step.length
+            at, left = find_start(starts, step.base_offset), step.length
             while left > 0:
                 block = base_blocks[at]
                 yield Block(position + step.length - left, block.length, block.sha256)

@@ -2,12 +2,17 @@
 the plan rebuilds the new content exactly; an insert, a delete or an overwrite at a
 random place sends about the edit and reuses every untouched block."""
 
+import random
+import tracemalloc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantum_sync import blocks as blocks_module
 from quantum_sync.blocks import (
     AVG_BLOCK,
+    BlockList,
     BlockStream,
     MAX_BLOCK,
     MIN_BLOCK,
@@ -124,3 +129,69 @@ def test_any_bytes_decode_to_a_block_list_or_a_value_error(data):
         return
     assert encode_blocks(blocks) == data
     assert all(0 < b.length <= 1280 for b in blocks)
+
+
+def _compact_list(seed: int, count: int) -> bytes:
+    """The compact form of ``count`` blocks of random hashes (1 to 64 KiB each)."""
+    rng = random.Random(seed)
+    return b"".join(rng.randrange(1, 65536).to_bytes(4, "big") + rng.randbytes(32) for _ in range(count))
+
+
+def test_a_decoded_list_is_its_blocks_made_when_looked_at():
+    blocks = SMALL.blocks(random_bytes(4, 30_000))
+    held = decode_blocks(encode_blocks(blocks), SMALL.max_size)
+    assert isinstance(held, BlockList) and held == blocks and tuple(held) == blocks and len(held) == len(blocks)
+    assert held[0] == blocks[0] and held[-1] == blocks[-1] and held[1:3] == blocks[1:3]
+    assert encode_blocks(held) == encode_blocks(blocks)
+    assert held != blocks[1:] and decode_blocks(b"") == () and decode_blocks(b"") != blocks
+    with pytest.raises(IndexError):
+        held[len(blocks)]
+
+
+@pytest.mark.parametrize("sort_run", [3, 8192])
+def test_plans_of_decoded_lists_are_those_of_the_blocks(monkeypatch, sort_run):
+    monkeypatch.setattr(blocks_module, "_SORT_RUN", sort_run)
+    for seed in range(20):
+        base = random_bytes(seed, 40_000)
+        if seed % 2:
+            base = base[:20_000] * 2  # a block held twice: the first one is reused
+        new = edited(base, seed, [(seed * 997 % 30_000, 1, 300), (7, 0, 50)])
+        base_blocks, new_blocks = SMALL.blocks(base), SMALL.blocks(new)
+        plan = plan_delta(decode_blocks(encode_blocks(base_blocks), SMALL.max_size),
+                          decode_blocks(encode_blocks(new_blocks), SMALL.max_size))
+        assert plan == _plan_by_dict(base_blocks, new_blocks)
+        assert rebuild(plan, base, literals(plan, new)) == new
+
+
+def _plan_by_dict(base, new) -> tuple:
+    """The plan from a dict of every base block (the reference)."""
+    held, steps = {}, []
+    for block in base:
+        held.setdefault((block.sha256, block.length), block.offset)
+    for block in new:
+        at = held.get((block.sha256, block.length))
+        last = steps[-1] if steps else None
+        if at is None and isinstance(last, Send):
+            steps[-1] = Send(last.offset, last.length + block.length)
+        elif at is None:
+            steps.append(Send(block.offset, block.length))
+        elif isinstance(last, Reuse) and last.base_offset + last.length == at:
+            steps[-1] = Reuse(last.base_offset, last.length + block.length)
+        else:
+            steps.append(Reuse(at, block.length))
+    return tuple(steps)
+
+
+def test_a_plan_holds_a_few_bytes_a_block_of_the_base():
+    count = 40_000  # about 10 GiB of the default blocks
+    base = decode_blocks(_compact_list(1, count))
+    new = decode_blocks(_compact_list(2, 10) + base.data[36:])  # ten blocks changed at the start
+    tracemalloc.start()
+    try:
+        plan = plan_delta(base, new)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert plan[0] == Send(0, sum(b.length for b in new[:10])) and len(plan) == 2
+    # an index of 8 bytes a block (two while it is sorted) and a run being sorted
+    assert peak < 40 * count, peak

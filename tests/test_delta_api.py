@@ -4,7 +4,9 @@ import base64
 import hashlib
 import os
 import random
+import tracemalloc
 
+import pytest
 import pytest_twisted
 
 from quantum_sync import delta
@@ -220,3 +222,67 @@ async def test_a_short_list_travels_in_the_broadcast_of_its_change(server, http,
     message = await reader.expect("FileOperation")
     assert message["operation"]["Update"]["metadata"]["hash"] == sha(base) and "blocks" not in message
     assert server.service.api.deltas.offered(sha(base)) is None  # nothing held once broadcast
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plan_of_many_steps_is_read_as_a_stream(server, http, tmp_path):
+    from quantum_sync.blocks import Send
+    from quantum_sync.errors import SyncError
+
+    base = content(12)
+    await upload(http, server, "f.bin", base)
+    metadata, _ = await server.service.index.get("f.bin")
+    fd = os.open(os.path.join(server.root, "f.bin"), os.O_RDONLY)
+    peaks = []
+    try:
+        for count in (2_000, 200_000):  # one-byte sent ranges, the body ending long before they do
+            body = tmp_path / f"body-{count}"
+            body.write_bytes(delta.encode_head(tuple(Send(i, 1) for i in range(count))) + b"x" * 1000)
+            tracemalloc.start()
+            try:
+                with pytest.raises(SyncError, match="fewer bytes") as refused:
+                    await server.service.api.deltas.build(lambda: open(body, "rb"), metadata, fd, sha(base + b"!"))
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+            assert refused.value.code == "INVALID_REQUEST"
+    finally:
+        os.close(fd)
+    # never the whole plan (each step held would be over 50 bytes): a few thousand at a time
+    assert peaks[1] - peaks[0] < 1024 * 1024, peaks
+    assert os.listdir(os.path.join(server.root, ".quantum-sync", "tmp")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_build_holds_only_the_offsets_of_the_bases_list(server, http, tmp_path):
+    from quantum_sync.blocks import Reuse
+
+    base = content(13)
+    await upload(http, server, "f.bin", base)
+    kept = os.path.join(server.root, ".quantum-sync", "blocks", sha(base))
+    body = tmp_path / "body"
+    body.write_bytes(delta.encode_head((Reuse(0, len(base)),)))
+    metadata, _ = await server.service.index.get("f.bin")
+    fd = os.open(os.path.join(server.root, "f.bin"), os.O_RDONLY)
+    peaks = []
+    try:
+        # the base's list as 48 blocks, then as 49,152 (the count of a 12 GiB file's)
+        for count in (48, 49_152):
+            listed = b"".join((len(base) // count).to_bytes(4, "big") + random.Random(i).randbytes(32)
+                              for i in range(count))
+            with open(kept, "wb") as f:
+                f.write(listed)
+            tracemalloc.start()
+            try:
+                built = await server.service.api.deltas.build(lambda: open(body, "rb"), metadata, fd, sha(base))
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+            os.unlink(built.path)
+            with open(kept, "rb") as f:
+                assert f.read() == listed  # the new list, rebuilt from the base's: the same
+    finally:
+        os.close(fd)
+    # the offsets (8 bytes a block) and a few thousand entries read at a time; the list
+    # itself (36 bytes a block) never whole
+    assert peaks[1] - peaks[0] < 12 * 49_152, peaks

@@ -1,5 +1,7 @@
 """The delta upload's head and the new block list made from a plan (pure, hypothesis)."""
 
+import io
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -90,3 +92,18 @@ def test_a_multipart_answer_is_split_into_its_runs():
                                    (byteranges(boundary, parts[::-1]), runs)):
         with pytest.raises(ValueError):
             delta.split_byteranges(wrong_body, boundary, wrong_runs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=5000), st.binary(max_size=5000), st.integers(1, 5))
+def test_a_head_read_as_a_stream_says_its_plan_again(base, new, at_once):
+    plan = plan_delta(SMALL.blocks(base), SMALL.blocks(new))
+    head = delta.encode_head(plan)
+    body = io.BytesIO(head[delta.HEAD_FIXED:] + b"the sent bytes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(delta, "_STEPS_READ", at_once)
+        assert tuple(delta.read_steps(body, len(plan))) == plan
+    assert body.read() == b"the sent bytes"
+    if plan:
+        with pytest.raises(ValueError, match="ends inside the plan"):
+            tuple(delta.read_steps(io.BytesIO(head[delta.HEAD_FIXED:-1]), len(plan)))

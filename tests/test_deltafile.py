@@ -127,3 +127,16 @@ def test_one_read_gives_the_hash_and_keeps_the_list(tmp_path):
     assert sha256 == hashlib.sha256(data).hexdigest()
     assert lists.blocks(sha256) == Chunker().blocks(data)
     assert sorted(os.listdir(tmp_path / "lists")) == [sha256]
+    opened = lists.open(sha256)  # read from its file, a block at a time
+    try:
+        assert tuple(opened) == Chunker().blocks(data) and opened[-1] == Chunker().blocks(data)[-1]
+    finally:
+        opened.close()
+    assert lists.open("0" * 64) is None
+    with open(tmp_path / "lists" / sha256, "r+b") as f:
+        f.write(bytes(4))  # a block of no bytes
+    with pytest.raises(ValueError, match="a block of 0 bytes"):
+        lists.open(sha256)
+    with open(tmp_path / "lists" / sha256, "ab") as f:
+        f.write(b"x")  # not whole entries: as if none were kept (it is made again)
+    assert lists.open(sha256) is None and lists.read(sha256) is None

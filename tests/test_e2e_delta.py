@@ -251,3 +251,57 @@ def test_a_large_file_unchanged_since_it_was_hashed_is_not_read_again(tmp_path):
     assert deltas.files_hashed == 2
     assert deltas.prehashed(path, nothing_growing)(len(new)) == hashlib.sha256(new).hexdigest()
     assert deltas.files_hashed == 2
+
+
+def whole_hashes(monkeypatch) -> list:
+    """The paths the client hashes whole from here on (a plain SHA-256 read: no block list)."""
+    from quantum_sync.client import localfs
+
+    hashed, real = [], localfs.sha256_file
+    monkeypatch.setattr(localfs, "sha256_file", lambda path: hashed.append(os.path.basename(path)) or real(path))
+    return hashed
+
+
+def one_byte_changed(data: bytes) -> bytes:
+    return data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_changed_while_the_client_was_away_is_read_once_and_goes_as_a_delta(reactor, servers, clients,
+                                                                                         monkeypatch):
+    a = await clients.start(servers[0], "a", delta="always")
+    A = a.config.folder
+    base = content(12)
+    write(A, "big.bin", base)
+    await converged(reactor, A, servers[0].root)
+    await clients.stop(a)
+    new = one_byte_changed(base)
+    write(A, "big.bin", new, mtime=os.stat(os.path.join(A, "big.bin")).st_mtime + 10)
+    hashed = whole_hashes(monkeypatch)
+    a = await clients.start(servers[0], "a", delta="always")
+    await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == new, what="the edit on the server")
+    # the start's scan hashed it with its block list: one read, the delta plan from the
+    # kept lists of both versions (no second read, nothing asked of the server)
+    assert hashed == [] and deltas_of(a).files_hashed == 1
+    assert deltas_of(a).lists_reread == 0
+    assert 0 < deltas_of(a).sent < MiB
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_file_changed_on_its_way_through_a_move_is_read_once(reactor, servers, clients, monkeypatch):
+    a = await clients.start(servers[0], "a", delta="always")
+    A = a.config.folder
+    base = content(13)
+    write(A, "big.bin", base)
+    await converged(reactor, A, servers[0].root)
+    await a.watcher.stopService()  # the move is reported here, as the watcher would
+    os.rename(os.path.join(A, "big.bin"), os.path.join(A, "moved.bin"))
+    new = one_byte_changed(base)
+    write(A, "moved.bin", new)
+    hashed = whole_hashes(monkeypatch)
+    before = deltas_of(a).files_hashed
+    await a.engine.local_moved("big.bin", "moved.bin")
+    await a.engine.idle()
+    assert read(servers[0].root, "moved.bin") == new and read(servers[0].root, "big.bin") is None
+    # hashed once, with its block list, for the move and the upload that followed
+    assert hashed == [] and deltas_of(a).files_hashed == before + 1

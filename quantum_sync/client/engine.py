@@ -272,10 +272,14 @@ class Engine:
         base = self.state.base(path)
         local = await self._versions.submit((path, base, with_bytes))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
-            take = functools.partial(self.growing.take, path)
-            prehashed = self.actions.deltas.prehashed(self.abspath(path), take)  # (with its block list)
-            local = await self.threads.defer(localfs.version, self.abspath(path), base, prehashed=prehashed)
+            local = await self.threads.defer(localfs.version, self.abspath(path), base, prehashed=self.prehashed(path))
         return local
+
+    def prehashed(self, path):
+        """The ``prehashed(size)`` of ``path`` for :func:`~quantum_sync.client.localfs.version`
+        (any thread): the hash taken while it was written, else for a file deltas apply to
+        its hash and block list from one read (the list kept: no second read for a delta)."""
+        return self.actions.deltas.prehashed(self.abspath(path), functools.partial(self.growing.take, path))
 
     async def guard(self, coroutine, path):
         """Run one job; failures are logged and retried later, never raised."""

@@ -282,7 +282,8 @@ class FullSync:
             scope, head = await self._with_journal(scope)
         listing, trusted = await self._fresh_listing(scope, listing, trusted)
         bases_all = dict(engine.state.bases)
-        local = await engine.threads.defer(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix)
+        local = await engine.threads.defer(localfs.scan, engine.folder, bases_all, engine.is_ignored, scope.prefix,
+                                           engine.prehashed)
         special, names = await engine.threads.defer(special_paths, engine.folder, scope.prefix, listing, bases_all,
                                                     local)
         self._say_special(names, scope.prefix)

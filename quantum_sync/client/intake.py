@@ -81,7 +81,9 @@ class LocalIntake:
         engine = self.engine
         if base is None:
             return await engine.local_version(destination)
-        return await engine.threads.defer(localfs.version, engine.abspath(destination), base)
+        # (a file changed on the way is hashed with its block list, as any change)
+        return await engine.threads.defer(localfs.version, engine.abspath(destination), base,
+                                          prehashed=engine.prehashed(destination))
 
     def _movable(self, base, local, gone, destination) -> bool:
         """A synced path moved as it was: the server can move it too."""

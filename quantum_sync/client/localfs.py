@@ -205,13 +205,17 @@ def versions(folder: str, items, keep: int, hash_limit: int, budget=None) -> lis
     return results
 
 
-def scan(folder: str, bases: dict, is_ignored, below: str = None) -> dict:
+def scan(folder: str, bases: dict, is_ignored, below: str = None, prehashed=None) -> dict:
     """path → :class:`LocalVersion` for the whole folder (or the subtree ``below``).
 
     Never enters the state directory, never follows symlinks; names that cannot be
     synced (undecodable, non-NFC) are left alone. Files still being written are left out.
+    ``prehashed(path)``: the ``prehashed`` given to :func:`version` for ``path``.
     """
-    return _look_below(folder, is_ignored, below, lambda path, abspath: version(abspath, bases.get(path)))
+    def look(path, abspath):
+        return version(abspath, bases.get(path), prehashed=None if prehashed is None else prehashed(path))
+
+    return _look_below(folder, is_ignored, below, look)
 
 
 def stats_below(folder: str, is_ignored, below: str) -> dict:

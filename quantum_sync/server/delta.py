@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from quantum_sync import delta
-from quantum_sync.blocks import decode_blocks
 from quantum_sync.deltafile import assemble
 from quantum_sync.errors import SyncError
 from quantum_sync.server.store import TEMP_PREFIX, storage_error
@@ -85,23 +84,29 @@ class Deltas:
         """The compact block list of the stored version ``metadata`` (open as
         ``opened_fd``). NOT_FOUND below :data:`~quantum_sync.delta.DELTA_MIN` bytes;
         CONFLICT when the file changed while its list was being made."""
+        return await self._kept(metadata, opened_fd, self.block_lists.read)
+
+    async def _kept(self, metadata, opened_fd: int, take):
+        """``take(sha256)`` (in a thread: the list read, or opened) of the kept list of
+        the stored version ``metadata``, made first when none is kept (see
+        :meth:`block_list`)."""
         if metadata.size < delta.DELTA_MIN:
             raise SyncError("NOT_FOUND", f"files below {delta.DELTA_MIN} bytes have no block list")
-        data = await self._thread(self.block_lists.read, metadata.hash)
-        if data is not None:
-            return data
+        found = await self._thread(take, metadata.hash)
+        if found is not None:
+            return found
         waiters = self._making.get(metadata.hash)
         if waiters is None:  # one thread makes it, every request for it waits for that one
             waiters = self._making[metadata.hash] = []
             # on a descriptor of its own: the request's may be closed before the thread ends
-            self._thread(_closing, self.block_lists.make, os.dup(opened_fd), metadata.hash).addBoth(
+            self._thread(_closing, self.block_lists.keep_file, os.dup(opened_fd), metadata.hash).addBoth(
                 self._made, metadata.hash)
         waiter = Deferred()
         waiters.append(waiter)
-        data = await waiter
-        if data is None:
+        found = await self._thread(take, metadata.hash) if await waiter else None
+        if found is None:
             raise SyncError("CONFLICT", f"{metadata.path} changed while its block list was made; try again")
-        return data
+        return found
 
     async def prune(self, index) -> int:
         """Remove the lists of contents no file in ``index`` has any more (replaced or
@@ -121,17 +126,14 @@ class Deltas:
         stored version ``metadata`` (open as ``base_fd``); it must hash to ``expected``.
         Raises INVALID_REQUEST (not a delta body), CONFLICT (it reuses a block the
         base does not have), HASH_MISMATCH (the result is not ``expected``: nothing kept)."""
-        base_list = await self.block_list(metadata, base_fd)
-        return await self._thread(_closing, self._build, os.dup(base_fd), open_body, base_list, expected)
+        # the base's list read from its file (only its offsets held), closed by _build
+        base_blocks = await self._kept(metadata, base_fd, self.block_lists.open)
+        return await self._thread(_closing, self._build, os.dup(base_fd), open_body, base_blocks, expected)
 
-    def _build(self, base_fd, open_body, base_list, expected) -> BuiltFile:
-        with open_body() as body:
-            plan = _read_plan(body)
-            base_blocks = decode_blocks(base_list)
-            missing = delta.unheld_reuse(plan, base_blocks)
-            if missing is not None:
-                raise SyncError("CONFLICT", f"the plan reuses {missing.length} bytes at {missing.base_offset},"
-                                " which are not whole blocks of the base", reason="BLOCK_NOT_HELD")
+    def _build(self, base_fd, open_body, base_blocks, expected) -> BuiltFile:
+        plan = _HeadPlan(open_body)
+        with contextlib.closing(base_blocks), open_body() as body:
+            plan.check(body, base_blocks)
             fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.store.temp_dir)
             try:
                 try:
@@ -167,14 +169,31 @@ def _closing(function, fd: int, *args):
         os.close(fd)
 
 
-def _read_plan(body) -> tuple:
-    """The plan at the start of the delta body open as ``body`` (read up to the sent bytes)."""
-    try:
-        count = delta.head_steps(body.read(delta.HEAD_FIXED))
-        steps = body.read(count * delta.STEP_SIZE)
-        if len(steps) != count * delta.STEP_SIZE:
-            raise ValueError("the body ends inside the plan")
-        plan = delta.decode_steps(steps)
-    except ValueError as error:
-        raise SyncError("INVALID_REQUEST", f"not a delta body: {error}") from None
-    return plan
+class _HeadPlan:
+    """The plan at the start of a delta body (``open_body()`` opens the body), read from
+    it again each time it is iterated, a few thousand steps at a time: a plan of any
+    length is never held (a head may announce half a million steps)."""
+
+    def __init__(self, open_body):
+        self._open_body = open_body
+        self._count = None
+
+    def check(self, body, base_blocks) -> None:
+        """Read the head of ``body`` (left at the sent bytes): INVALID_REQUEST when it is
+        not a delta head, CONFLICT when it reuses what is not whole blocks of
+        ``base_blocks``."""
+        try:
+            self._count = delta.head_steps(body.read(delta.HEAD_FIXED))
+            for _ in delta.read_steps(body, self._count):
+                pass
+        except ValueError as error:
+            raise SyncError("INVALID_REQUEST", f"not a delta body: {error}") from None
+        missing = delta.unheld_reuse(self, base_blocks)
+        if missing is not None:
+            raise SyncError("CONFLICT", f"the plan reuses {missing.length} bytes at {missing.base_offset},"
+                            " which are not whole blocks of the base", reason="BLOCK_NOT_HELD")
+
+    def __iter__(self):
+        with self._open_body() as body:
+            body.seek(delta.HEAD_FIXED)
+            yield from delta.read_steps(body, self._count)
