@@ -138,7 +138,7 @@ class ServerService(MultiService):
         self.threads = ThreadPoolService(reactor, SERVER_THREADS, "quantum-sync-server")
         self.threads.setServiceParent(self)
         #: The cluster node (None for an embedded server: SQLite, one process).
-        self.node = _cluster_node(config, reactor)
+        self.node = _cluster_node(config, reactor, clock)
         self.store = self._prepared_store(store)
         if self.node is None:
             self.index = Index(handler.state_dir, handler.journal_retention, reactor)
@@ -264,7 +264,7 @@ def cluster_parts(source: str) -> tuple:
     return ClusterNode, default_node_id
 
 
-def _cluster_node(config, reactor):
+def _cluster_node(config, reactor, clock=None):
     """The :class:`ClusterNode` of a handler with a ``cluster`` block, else None."""
     cluster = config.handler.cluster
     if cluster is None:
@@ -272,7 +272,7 @@ def _cluster_node(config, reactor):
     ClusterNode, default_node_id = cluster_parts(config.source)
     node_id = cluster.node_id or default_node_id(config.listeners)
     try:
-        return ClusterNode(cluster, node_id, config.handler.journal_retention, reactor)
+        return ClusterNode(cluster, node_id, config.handler.journal_retention, reactor, clock)
     except ValueError as e:
         raise ConfigError(f"{config.source}: cluster.redis: {e}") from None
 

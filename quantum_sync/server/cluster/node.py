@@ -82,7 +82,7 @@ class ClusterNode:
 
     log = Logger()
 
-    def __init__(self, cluster, node_id: str, retention: int, reactor):
+    def __init__(self, cluster, node_id: str, retention: int, reactor, clock=None):
         self.cluster = cluster
         self.node_id = node_id
         self._reactor = reactor
@@ -90,8 +90,9 @@ class ClusterNode:
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
         self.index.fence = self.fence  # an upload group commits on the fence's connection
-        #: client ids bound to users (used with ``auth``), kept in the database
-        self.bindings = ClusterBindings(self.index)
+        #: client ids bound to users (used with ``auth``), kept in the database and
+        #: pruned by the leader (``clock``: a test's Clock, else the reactor)
+        self.bindings = ClusterBindings(self.index, clock or reactor)
         self.feed = None
         self.bus = None
         self.events = None
@@ -189,6 +190,7 @@ class ClusterNode:
 
     def _lead(self, leading: bool) -> None:
         self._service.versions.lead(leading)  # the shared versions area: pruned by one node
+        self.bindings.lead(leading)  # and the client ids' bindings
         watcher = self._service.watcher
         if leading:
             watcher.startService()
@@ -212,6 +214,7 @@ class ClusterNode:
             await self._rescan
         if self.leadership is not None:
             await self.leadership.stop()
+            await self.bindings.stop()
             watcher = self._service.watcher
             if watcher.running:
                 await watcher.stopService()
