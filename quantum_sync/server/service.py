@@ -153,7 +153,7 @@ class ServerService(MultiService):
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub, self.threads)
         # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
-        area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
+        area = _version_area(self.store, clock or reactor, handler.versions.enabled, self.node)
         self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads,
                                  leading=self.node is None)  # a cluster's: its leader prunes
         self.versions.setServiceParent(self)
@@ -262,6 +262,15 @@ def cluster_parts(source: str) -> tuple:
         raise ConfigError(f"{source}: cluster: needs psycopg and txredisapi"
                           f" (pip install 'quantum-sync[cluster]'): {e}") from None
     return ClusterNode, default_node_id
+
+
+def _version_area(store, clock, enabled: bool, node) -> VersionArea:
+    """The versions area of ``store``; on a cluster (``node``), a restore's version is
+    held from every node's prunings."""
+    area = VersionArea(store, clock, enabled)
+    if node is not None:
+        area.reads = node.version_reads
+    return area
 
 
 def _cluster_node(config, reactor, clock=None):

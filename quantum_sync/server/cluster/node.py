@@ -26,6 +26,7 @@ from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
 from quantum_sync.server.cluster.relaypeers import ENDED as RELAY_ENDED
 from quantum_sync.server.cluster.relaypeers import STARTED as RELAY_STARTED
 from quantum_sync.server.cluster.relaypeers import RelayPeers
+from quantum_sync.server.cluster.versionreads import VersionReads
 from quantum_sync.server.hub import RELAYED_EVENTS
 
 
@@ -90,6 +91,8 @@ class ClusterNode:
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
         self.index.fence = self.fence  # an upload group commits on the fence's connection
+        #: what restores read of the shared versions area, held from every node's prunings
+        self.version_reads = VersionReads(cluster.database, lambda: self.index.namespace, reactor)
         #: client ids bound to users (used with ``auth``), kept in the database and
         #: pruned by the leader (``clock``: a test's Clock, else the reactor)
         self.bindings = ClusterBindings(self.index, clock or reactor)
@@ -228,3 +231,4 @@ class ClusterNode:
         if self.bus is not None:
             await self.bus.stop()
         self.fence.close()
+        self.version_reads.close()
