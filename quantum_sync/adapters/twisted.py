@@ -11,8 +11,12 @@
   read, where ``Request.method``/``uri`` are not yet set.
 - The TCP connection under a response body's transport (``TransportProxyProducer._producer``):
   larger socket reads while a download streams in.
+- An ``adbapi`` pooled connection's driver connection and pool (``Connection._connection``,
+  ``_pool``): a connection the database dropped is let go without adbapi's two
+  "Rollback failed" tracebacks per transaction that meets it (:class:`QuietConnection`).
 """
 
+from twisted.enterprise import adbapi
 from twisted.internet import tcp
 
 _BUFFER = ("_tempDataLen", "offset", "dataBuffer", "socket")
@@ -48,3 +52,19 @@ def body_connection(transport):
     response body's protocol gets, or None."""
     connection = getattr(transport, "_producer", None)
     return connection if hasattr(connection, "bufferSize") else None
+
+
+class QuietConnection(adbapi.Connection):
+    """An ``adbapi.ConnectionPool``'s connection (its ``connectionFactory``) that lets a
+    driver connection the database dropped go quietly: adbapi's own rollback logs two
+    tracebacks for every transaction that meets one, however expected (the database
+    restarting, a network cut), while the caller is told anyway (the transaction's own
+    error is raised). The pool opens a new connection at the next transaction, as it
+    would have. Needs a driver whose connections say ``broken`` (psycopg 3)."""
+
+    def rollback(self):
+        driver = self._connection
+        if getattr(driver, "broken", False):
+            self._pool.disconnect(driver)  # (closes it; the thread's next one is new)
+            return
+        super().rollback()

@@ -703,8 +703,14 @@ class Versions(Service):
 
     def _prune_logged(self):
         self._running = Deferred.fromCoroutine(self.prune())
-        self._running.addErrback(lambda failure: self.log.failure("pruning versions failed", failure))
+        self._running.addErrback(self._prune_failed)
         return self._running
+
+    def _prune_failed(self, failure) -> None:
+        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
+            self.log.warn("versions not pruned (the next pass will): {error}", error=failure.value.message)
+        else:
+            self.log.failure("pruning versions failed", failure)
 
     # -- reads -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from quantum_sync.config import ConfigError
+from quantum_sync.errors import SyncError
 from quantum_sync.protocol import format_time
 from quantum_sync.server.cluster.bindings import ClusterBindings
 from quantum_sync.server.cluster.events import EventRelay
@@ -78,6 +79,10 @@ def preflight(cluster, source: str) -> None:
                           f" {answer.decode('utf-8', 'replace').strip()[:100]!r}")
 
 
+#: Seconds between the new leader's tries to rescan the root while the database is away.
+RESCAN_RETRY = 2.0
+
+
 class ClusterNode:
     """A cluster node's shared index, fence, feed, bus, leadership and heartbeat."""
 
@@ -106,6 +111,7 @@ class ClusterNode:
         self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
+        self._rescan_retry = None  # its next try, while the database is away
         self._outgoing = []  # this node's changes of this reactor turn, for the other nodes
 
     async def start(self, service) -> None:
@@ -197,11 +203,26 @@ class ClusterNode:
         watcher = self._service.watcher
         if leading:
             watcher.startService()
-            # what changed while no node watched (or before this cluster started)
-            self._rescan = Deferred.fromCoroutine(self._service.operations.refresh(None))
-            self._rescan.addErrback(lambda failure: self.log.failure("rescanning the root failed", failure))
+            self._rescan_root()
         elif watcher.running:
             watcher.stopService()
+
+    def _rescan_root(self) -> None:
+        """What changed while no node watched (or before this cluster started); while
+        the database is away, again every :data:`RESCAN_RETRY` seconds as long as this
+        node leads."""
+        self._rescan_retry = None
+        if self.leadership is None or not self.leadership.leading:
+            return
+        self._rescan = Deferred.fromCoroutine(self._service.operations.refresh(None))
+        self._rescan.addErrback(self._rescan_failed)
+
+    def _rescan_failed(self, failure) -> None:
+        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
+            self.log.warn("rescanning the root waits for the database: {error}", error=failure.value.message)
+            self._rescan_retry = self._reactor.callLater(RESCAN_RETRY, self._rescan_root)
+        else:
+            self.log.failure("rescanning the root failed", failure)
 
     def figures(self) -> dict:
         """What the monitoring endpoints show of the cluster."""
@@ -215,6 +236,9 @@ class ClusterNode:
     async def stop(self) -> None:
         if self._rescan is not None:  # (it needs the index, closed after this)
             await self._rescan
+        if self._rescan_retry is not None:  # (one its failure may have asked for)
+            self._rescan_retry.cancel()
+            self._rescan_retry = None
         if self.leadership is not None:
             await self.leadership.stop()
             await self.bindings.stop()

@@ -17,6 +17,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from quantum_sync.adapters.twisted import QuietConnection
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Change, FileMetadata, operation_text
 from quantum_sync.server import versions
@@ -264,6 +265,9 @@ class PgIndex(Service):
             "psycopg", self.conninfo, cp_min=1, cp_max=self._pool_size, cp_reconnect=True,
             cp_noisy=False, cp_reactor=self._reactor, **CONNECT_OPTIONS,
         )
+        # a connection the database dropped fails its transaction (SERVICE_UNAVAILABLE)
+        # and is replaced, without a traceback logged for it
+        self._pool.connectionFactory = QuietConnection
         self._opened = Deferred.fromCoroutine(self._run(self._create))
 
     def _create(self, txn):
