@@ -78,6 +78,7 @@ async def test_with_auth_a_new_id_is_refused_while_the_database_is_away(reactor,
         assert answer["type"] == "Ack"
         known.sendClose(1000)
         await known.wait_closed()
+        service.hub.bindings.confirm_every = 0  # its binding due to be confirmed again
         await proxy.close()
         with LogCapture() as log:
             refused, answer = await _subscribe(reactor, url, "new-id", token, message_id=3)
@@ -86,7 +87,8 @@ async def test_with_auth_a_new_id_is_refused_while_the_database_is_away(reactor,
                 "Error", "SERVICE_UNAVAILABLE", 2, 3)
             assert (await refused.wait_closed())[0] == 1013  # try again later
             assert service.hub.holder("new-id") is None and service.hub.bindings.owner("new-id") is None
-            # an id this node has seen is answered from memory, its live row checked here only
+            # an id this node knows is answered from memory (the database cannot confirm
+            # it), its live row checked here only
             again, answer = await _subscribe(reactor, url, "known", token)
             sockets.append(again)
             assert answer["type"] == "Ack" and service.hub.holder("known") is not None
