@@ -101,31 +101,6 @@ async def test_the_request_line_is_known_when_the_body_length_is(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_response_bodys_transport_leads_to_its_tcp_connection(reactor):
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(_Hello()))
-    seen, done = [], defer.Deferred()
-
-    class Body(protocol.Protocol):
-        def connectionMade(self):
-            connection = adapter.body_connection(self.transport)
-            seen.append(connection)
-            connection.bufferSize = 1 << 18  # what staging does while a download streams
-
-        def connectionLost(self, reason):
-            done.callback(None)
-
-    try:
-        response = await Agent(reactor).request(b"GET", b"http://127.0.0.1:%d/" % port.getHost().port)
-        response.deliverBody(Body())
-        await done
-        (connection,) = seen
-        assert isinstance(connection.getHandle(), socket.socket)  # the TCP connection itself
-        assert connection.bufferSize == 1 << 18
-    finally:
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_pooled_connection_the_database_dropped_goes_quietly(reactor, pg_schema):
     """adbapi's rollback after a lost connection logs "Rollback failed" twice; the
     adapter's connection closes it without a word, the transaction's own error is
@@ -159,3 +134,29 @@ async def test_a_pooled_connection_the_database_dropped_goes_quietly(reactor, pg
         assert await pool.runInteraction(backend) != first  # a new one
     finally:
         pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_bodys_transport_leads_to_its_tcp_connection(reactor):
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(_Hello()))
+    seen, done = [], defer.Deferred()
+
+    class Body(protocol.Protocol):
+        def connectionMade(self):
+            connection = adapter.body_connection(self.transport)
+            seen.append(connection)
+            connection.bufferSize = 1 << 18  # what staging does while a download streams
+
+        def connectionLost(self, reason):
+            done.callback(None)
+
+    try:
+        response = await Agent(reactor).request(b"GET", b"http://127.0.0.1:%d/" % port.getHost().port)
+        response.deliverBody(Body())
+        await done
+        (connection,) = seen
+        assert isinstance(connection.getHandle(), socket.socket)  # the TCP connection itself
+        assert connection.bufferSize == 1 << 18
+    finally:
+        await port.stopListening()
+

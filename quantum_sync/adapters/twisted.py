@@ -9,11 +9,11 @@
 - The request line an ``HTTPChannel`` has parsed (``_command``, ``_path``) before its
   request gets the body length: uploads are routed, gated and spooled before the body is
   read, where ``Request.method``/``uri`` are not yet set.
-- The TCP connection under a response body's transport (``TransportProxyProducer._producer``):
-  larger socket reads while a download streams in.
 - An ``adbapi`` pooled connection's driver connection and pool (``Connection._connection``,
   ``_pool``): a connection the database dropped is let go without adbapi's two
   "Rollback failed" tracebacks per transaction that meets it (:class:`QuietConnection`).
+- The TCP connection under a response body's transport (``TransportProxyProducer._producer``):
+  larger socket reads while a download streams in.
 """
 
 from twisted.enterprise import adbapi
@@ -47,13 +47,6 @@ def request_line(channel) -> tuple:
     return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
 
 
-def body_connection(transport):
-    """The connection (a TCP transport, with ``bufferSize``) under the transport a
-    response body's protocol gets, or None."""
-    connection = getattr(transport, "_producer", None)
-    return connection if hasattr(connection, "bufferSize") else None
-
-
 class QuietConnection(adbapi.Connection):
     """An ``adbapi.ConnectionPool``'s connection (its ``connectionFactory``) that lets a
     driver connection the database dropped go quietly: adbapi's own rollback logs two
@@ -68,3 +61,10 @@ class QuietConnection(adbapi.Connection):
             self._pool.disconnect(driver)  # (closes it; the thread's next one is new)
             return
         super().rollback()
+
+
+def body_connection(transport):
+    """The connection (a TCP transport, with ``bufferSize``) under the transport a
+    response body's protocol gets, or None."""
+    connection = getattr(transport, "_producer", None)
+    return connection if hasattr(connection, "bufferSize") else None
