@@ -159,4 +159,3 @@ async def test_a_response_bodys_transport_leads_to_its_tcp_connection(reactor):
         assert connection.bufferSize == 1 << 18
     finally:
         await port.stopListening()
-
