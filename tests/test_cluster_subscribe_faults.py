@@ -2,9 +2,11 @@
 the test's own, as in test_cluster_faults.py): an id that needs the database is refused
 with SERVICE_UNAVAILABLE and a close with 1013, nothing half made and nothing logged as
 a failure; what the node can check alone is accepted; once the database is back every
-Subscribe succeeds and the node's ids are recorded."""
+Subscribe succeeds and the node's ids are recorded. The leader's work on the root (its
+first rescan, the watcher's refreshes) waits for the database the same way."""
 
 import pytest_twisted
+from twisted.logger import formatEvent
 
 from quantum_sync.errors import SyncError
 from cluster_support import start_node, wait_for_async
@@ -135,6 +137,21 @@ async def test_without_auth_subscribe_is_checked_on_its_node_while_the_database_
         await _stop(service, proxy)
 
 
+async def _journalled_when_back(reactor, http, url, proxy, log, name: bytes) -> None:
+    """Nothing in ``log`` failed; once ``proxy`` lets the database through again, the
+    file ``name`` is journalled."""
+    failed = log.error_messages()
+    assert not failed, "\n".join(failed)
+    await proxy.open()
+
+    async def journalled():
+        response = await http.request("GET", url + "/api/changes")
+        body = await response.content()
+        return response.code == 200 and name in body
+
+    await wait_for(reactor, journalled, timeout=30, what=f"{name!r} journalled once the database is back")
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_new_leader_rescans_the_root_once_the_database_is_back(reactor, tmp_path, cluster_block, pg_schema):
     """The rescan a node runs when it begins leading (what changed while no node
@@ -149,16 +166,30 @@ async def test_a_new_leader_rescans_the_root_once_the_database_is_back(reactor, 
         with LogCapture() as log:
             service.node._lead(True)  # as when it takes the leader lock
             await service.node._rescan
-        failed = log.error_messages()
-        assert not failed, "\n".join(failed)
-        await proxy.open()
+        await _journalled_when_back(reactor, http, url, proxy, log, b"unwatched.txt")
+    finally:
+        await http.close()
+        await _stop(service, proxy)
 
-        async def journalled():
-            response = await http.request("GET", url + "/api/changes")
-            body = await response.content()
-            return response.code == 200 and b"unwatched.txt" in body
 
-        await wait_for(reactor, journalled, timeout=30, what="the rescan once the database is back")
+@pytest_twisted.ensureDeferred
+async def test_a_file_written_while_the_database_is_away_is_journalled_once_it_is_back(
+        reactor, tmp_path, cluster_block, pg_schema):
+    """The watching node's refresh of a path another program wrote meets the database
+    away: the path waits (one line, no traceback) and is journalled once it is back, not
+    at the next full rescan."""
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
+    http = HttpClient(reactor, persistent=False)
+    try:
+        assert service.node.leadership.leading and service.watcher.running
+        await proxy.close()
+        with LogCapture() as log:
+            (tmp_path / "root" / "offline.txt").write_bytes(b"x")
+            await wait_for(reactor, lambda: any("offline.txt" in text or "changed paths" in text
+                                                for text in map(formatEvent, log.events)),
+                           what="the watcher's refresh of the path")
+        await _journalled_when_back(reactor, http, url, proxy, log, b"offline.txt")
     finally:
         await http.close()
         await _stop(service, proxy)
