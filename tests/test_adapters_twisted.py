@@ -104,6 +104,42 @@ async def test_the_request_line_is_known_when_the_body_length_is(reactor):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pooled_connection_the_database_dropped_goes_quietly(reactor, pg_schema):
+    """adbapi's rollback after a lost connection logs "Rollback failed" twice; the
+    adapter's connection closes it without a word, the transaction's own error is
+    raised, and the pool makes a new connection for the next one."""
+    import psycopg
+    from twisted.enterprise import adbapi
+
+    from tests.logcapture import LogCapture
+
+    pool = adbapi.ConnectionPool("psycopg", pg_schema, cp_min=1, cp_max=1, cp_reconnect=True,
+                                 cp_noisy=False, cp_reactor=reactor)
+    pool.connectionFactory = adapter.QuietConnection
+    pool.start()
+
+    def backend(txn):
+        txn.execute("SELECT pg_backend_pid()")
+        return txn.fetchone()[0]
+
+    try:
+        first = await pool.runInteraction(backend)
+        with psycopg.connect(pg_schema, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (first,))
+        with LogCapture() as log:
+            try:
+                await pool.runInteraction(backend)
+            except psycopg.OperationalError:
+                pass
+            else:
+                raise AssertionError("the dropped connection answered")
+        assert log.error_messages() == []
+        assert await pool.runInteraction(backend) != first  # a new one
+    finally:
+        pool.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_response_bodys_transport_leads_to_its_tcp_connection(reactor):
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(_Hello()))
     seen, done = [], defer.Deferred()

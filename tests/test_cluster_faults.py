@@ -6,6 +6,7 @@ import hashlib
 import os
 from urllib.parse import urlsplit
 
+import pytest
 import pytest_twisted
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
@@ -335,4 +336,51 @@ async def test_events_reach_every_node_while_redis_is_down(reactor, tmp_path, cl
             client.transport.abortConnection()
         await http.close()
         for service in services:
+            await service.stopService()
+
+
+@pytest.mark.parametrize("redis_first", [True, False], ids=["redis-back-first", "database-back-first"])
+@pytest_twisted.ensureDeferred
+async def test_a_change_committed_while_a_node_had_neither_redis_nor_the_database_reaches_it(
+        reactor, tmp_path, cluster_block, pg_schema, private_redis, redis_first):
+    """Node 1 commits a change while node 2 has neither Redis (stopped: nobody hears
+    the broadcast) nor its database (refused: its polls of the journal fail). Once both
+    are back, in either order, node 2 reads the change from the journal and delivers it:
+    a committed change is in the journal, which every node follows from the last seq it
+    delivered."""
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    root = tmp_path / "root"
+    services, watcher = [], None
+    http = HttpClient(reactor)
+    try:
+        for name, database in (("node-1", pg_schema), ("node-2", proxied)):
+            service, url = await start_node(reactor, tmp_path, root,
+                                            cluster_block(name, redis=private_redis.url, database=database))
+            services.append(service)
+        first_url = f"http://127.0.0.1:{services[0].listeners[0].port.getHost().port}"
+        await wait_for(reactor, lambda: _redis_up(services), timeout=15)
+        watcher = await connect(reactor, url.replace("http", "ws") + "/ws")  # on node 2
+        await watcher.request({"type": "Subscribe", "client_id": "watcher"})
+        await http.json("PUT", first_url + "/api/upload", params={"path": "before"}, data=b"1")
+        await wait_for(reactor, lambda: operations_of(watcher) == [1])
+
+        private_redis.stop()
+        await proxy.close()
+        await wait_for(reactor, lambda: not any(s.node.bus.up for s in services), timeout=15)
+        await http.json("PUT", first_url + "/api/upload", params={"path": "during"}, data=b"2")
+        assert services[1].node.feed.delivered == 1  # (node 2 cannot have read it)
+
+        for back in ((private_redis.start, proxy.open) if redis_first else (proxy.open, private_redis.start)):
+            result = back()
+            if result is not None:
+                await result
+        await wait_for(reactor, lambda: operations_of(watcher) == [1, 2], timeout=30,
+                       what="the change delivered on node 2")
+    finally:
+        if watcher is not None:
+            watcher.transport.abortConnection()
+        await http.close()
+        if proxy.listening is not None:  # (a query in flight through it ends at once)
+            await proxy.close()
+        for service in reversed(services):
             await service.stopService()

@@ -15,7 +15,8 @@ NAMES = sorted(name for name, _ in inspect.getmembers(IndexInterface, inspect.is
 
 
 #: What only a cluster node's index offers (the nodes' heartbeat rows, client ids across nodes).
-CLUSTER_ONLY = {"claim_clients", "renew_clients", "release_clients", "bind_client", "record_events", "recent_events"}
+CLUSTER_ONLY = {"claim_clients", "renew_clients", "release_clients", "bind_client", "prune_clients",
+                "record_events", "recent_events"}
 
 
 #: Both are services (started and stopped in their server's tree): IService's methods are

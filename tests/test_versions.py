@@ -109,7 +109,7 @@ async def test_the_space_total_follows_what_is_kept_and_forgotten(index, tmp_pat
     await index.interaction(_forget, {v.id: v.size for v in kept if v.path == "x"})
     assert await index.interaction(total) == 3
     await index.interaction(lambda txn: txn.execute("UPDATE versions_space SET total = 99"))
-    await index.interaction(_forget_and_recount, [])
+    await index.interaction(_forget_and_recount, [], area.reads)
     assert await index.interaction(total) == 3
 
 

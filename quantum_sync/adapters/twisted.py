@@ -9,6 +9,9 @@
 - The request line an ``HTTPChannel`` has parsed (``_command``, ``_path``) before its
   request gets the body length: uploads are routed, gated and spooled before the body is
   read, where ``Request.method``/``uri`` are not yet set.
+- An ``adbapi`` pooled connection's driver connection and pool (``Connection._connection``,
+  ``_pool``): a connection the database dropped is let go without adbapi's two
+  "Rollback failed" tracebacks per transaction that meets it (:class:`QuietConnection`).
 - The TCP connection under a response body's transport (``TransportProxyProducer._producer``):
   larger socket reads while a download streams in.
 - The connection under the consumer Agent hands a request's body producer
@@ -17,6 +20,7 @@
   of the body in its buffer until the server cuts it.
 """
 
+from twisted.enterprise import adbapi
 from twisted.internet import tcp
 
 _BUFFER = ("_tempDataLen", "offset", "dataBuffer", "socket")
@@ -45,6 +49,22 @@ def request_line(channel) -> tuple:
     """``(method, target)`` of the request an ``HTTPChannel`` is reading (bytes; empty
     before its request line has arrived)."""
     return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
+
+
+class QuietConnection(adbapi.Connection):
+    """An ``adbapi.ConnectionPool``'s connection (its ``connectionFactory``) that lets a
+    driver connection the database dropped go quietly: adbapi's own rollback logs two
+    tracebacks for every transaction that meets one, however expected (the database
+    restarting, a network cut), while the caller is told anyway (the transaction's own
+    error is raised). The pool opens a new connection at the next transaction, as it
+    would have. Needs a driver whose connections say ``broken`` (psycopg 3)."""
+
+    def rollback(self):
+        driver = self._connection
+        if getattr(driver, "broken", False):
+            self._pool.disconnect(driver)  # (closes it; the thread's next one is new)
+            return
+        super().rollback()
 
 
 def body_connection(transport):

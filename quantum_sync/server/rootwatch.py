@@ -35,6 +35,7 @@ from watchdog.observers.polling import PollingObserver
 
 from quantum_sync import paths
 from quantum_sync.adapters import watchdog as observers
+from quantum_sync.errors import SyncError
 from quantum_sync.threads import ReactorThreads
 
 #: The events asked of watchdog (and of inotify: the others are never even read). Every
@@ -48,6 +49,9 @@ _EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEven
 _INSTALL_EVENTS = ("moved", "created", "modified")
 #: Seconds between snapshots when inotify is unavailable and the root is polled.
 POLL_INTERVAL = 2.0
+#: Seconds before changed paths whose refresh met the index away (a cluster's database)
+#: are looked at again.
+RETRY = 2.0
 
 
 class _Bridge(FileSystemEventHandler):
@@ -185,8 +189,18 @@ class RootWatcher(Service):
     def _flush(self):
         tops, self._pending = paths.outermost(self._pending), set()
         self._running_refresh = Deferred.fromCoroutine(self.operations.refresh(tops))
-        self._running_refresh.addErrback(
-            lambda failure: self.log.failure("refreshing {tops} failed", failure, tops=tops))
+        self._running_refresh.addErrback(self._refresh_failed, tops)
+
+    def _refresh_failed(self, failure, tops) -> None:
+        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
+            # (a cluster's database away): the paths wait for the next try
+            self.log.warn("{count} changed paths wait for the index: {error}", count=len(tops),
+                          error=failure.value.message)
+            self._pending.update(tops)
+            if self.running and (self._call is None or not self._call.active()):
+                self._call = self._reactor.callLater(RETRY, self._flush)
+            return
+        self.log.failure("refreshing {tops} failed", failure, tops=tops)
 
     async def _stop(self):
         if self._call is not None and self._call.active():

@@ -138,7 +138,7 @@ class ServerService(MultiService):
         self.threads = ThreadPoolService(reactor, SERVER_THREADS, "quantum-sync-server")
         self.threads.setServiceParent(self)
         #: The cluster node (None for an embedded server: SQLite, one process).
-        self.node = _cluster_node(config, reactor)
+        self.node = _cluster_node(config, reactor, clock)
         self.store = self._prepared_store(store)
         if self.node is None:
             self.index = Index(handler.state_dir, handler.journal_retention, reactor)
@@ -153,7 +153,7 @@ class ServerService(MultiService):
         self.hub.setServiceParent(self)
         self.authorizer = build_authorizer(config, reactor, self.hub, self.threads)
         # the versions' kept-at times and pruning passes go by ``clock`` (a test's Clock)
-        area = VersionArea(self.store, clock or reactor, handler.versions.enabled)
+        area = _version_area(self.store, clock or reactor, handler.versions.enabled, self.node)
         self.versions = Versions(area, self.index, handler.versions, reactor, clock, threads=self.threads,
                                  leading=self.node is None)  # a cluster's: its leader prunes
         self.versions.setServiceParent(self)
@@ -264,7 +264,16 @@ def cluster_parts(source: str) -> tuple:
     return ClusterNode, default_node_id
 
 
-def _cluster_node(config, reactor):
+def _version_area(store, clock, enabled: bool, node) -> VersionArea:
+    """The versions area of ``store``; on a cluster (``node``), a restore's version is
+    held from every node's prunings."""
+    area = VersionArea(store, clock, enabled)
+    if node is not None:
+        area.reads = node.version_reads
+    return area
+
+
+def _cluster_node(config, reactor, clock=None):
     """The :class:`ClusterNode` of a handler with a ``cluster`` block, else None."""
     cluster = config.handler.cluster
     if cluster is None:
@@ -272,7 +281,7 @@ def _cluster_node(config, reactor):
     ClusterNode, default_node_id = cluster_parts(config.source)
     node_id = cluster.node_id or default_node_id(config.listeners)
     try:
-        return ClusterNode(cluster, node_id, config.handler.journal_retention, reactor)
+        return ClusterNode(cluster, node_id, config.handler.journal_retention, reactor, clock)
     except ValueError as e:
         raise ConfigError(f"{config.source}: cluster.redis: {e}") from None
 

@@ -15,6 +15,11 @@ space total kept in a row of its own), and their files go once that transaction 
 committed. The hourly pass applies ``keep_days``, checks all three again, recounts the
 space, and removes files no row names (after :data:`ORPHAN_AGE`). On a cluster only the
 leader runs that pass.
+
+A restore holds the version it reads from the moment before it reads its row until its
+copy is made: neither kind of pruning takes it meanwhile (it goes at a later one). On one
+server the area knows its restores; a cluster's nodes hold theirs in the database
+(:attr:`VersionArea.reads`), so a pruning on any node leaves them.
 """
 
 import collections
@@ -224,11 +229,14 @@ def _forget(txn, sizes) -> None:
     txn.execute("UPDATE versions_space SET total = total - ?", (sum(sizes.values()),))
 
 
-def _forget_and_recount(txn, ids) -> None:
-    """Delete the rows of ``ids`` (some may be gone already), and count the space total
-    from the rows left (a safety net too: every change keeps it)."""
+def _forget_and_recount(txn, ids, reads) -> set:
+    """Delete the rows of ``ids`` (some may be gone already) but those a restore holds
+    (``reads``: :class:`LocalReads`), and count the space total from the rows left (a
+    safety net too: every change keeps it). Returns the ids forgotten."""
+    ids = reads.free(txn, ids) if ids else set()
     txn.executemany("DELETE FROM versions WHERE id = ?", [(vid,) for vid in ids])
     txn.execute("UPDATE versions_space SET total = (SELECT COALESCE(SUM(size), 0) FROM versions)")
+    return ids
 
 
 def _ids(txn) -> set:
@@ -294,6 +302,23 @@ def _over_space(txn, max_bytes, doomed, busy) -> dict:
 # -- the blocking side -----------------------------------------------------------------
 
 
+class LocalReads:
+    """The restores a pruning must leave beyond those of its own process: none on one
+    server (:meth:`VersionArea.begin_read` knows them all). A cluster's
+    (:class:`quantum_sync.server.cluster.versionreads.VersionReads`) holds them in the
+    database."""
+
+    async def hold(self, version_id: str) -> None:
+        """Keep ``version_id`` from every pruning until :meth:`release`."""
+
+    async def release(self, version_id: str) -> None:
+        """Let ``version_id`` go (one :meth:`hold` of it)."""
+
+    def free(self, txn, ids) -> set:
+        """Those of ``ids`` no restore holds, kept from restores until ``txn`` ends."""
+        return set(ids)
+
+
 class VersionArea:
     """The versions directory of ``store`` (blocking: call from a thread). ``clock``
     gives the kept-at times; with ``enabled`` False nothing new is kept (moves still
@@ -315,6 +340,8 @@ class VersionArea:
         #: not yet committed (one that never is, its upload failed, ages out)
         self._unrecorded = {}
         self._reading = collections.Counter()  # version id -> restores reading it
+        #: the restores of other processes (a cluster's nodes), see :class:`LocalReads`
+        self.reads = LocalReads()
 
     def prepare(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -541,6 +568,9 @@ class VersionArea:
         allow, in ``txn``; their files go after it commits (:attr:`on_forgotten`), or,
         where nothing is listening, by a pass's sweep."""
         doomed = _over_limits(txn, self.policy, paths, self.busy())
+        if doomed:  # (those a restore holds go at a later pruning)
+            free = self.reads.free(txn, doomed)
+            doomed = {vid: size for vid, size in doomed.items() if vid in free}
         if doomed:
             _forget(txn, doomed)
             if self.on_forgotten is not None:
@@ -673,8 +703,14 @@ class Versions(Service):
 
     def _prune_logged(self):
         self._running = Deferred.fromCoroutine(self.prune())
-        self._running.addErrback(lambda failure: self.log.failure("pruning versions failed", failure))
+        self._running.addErrback(self._prune_failed)
         return self._running
+
+    def _prune_failed(self, failure) -> None:
+        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
+            self.log.warn("versions not pruned (the next pass will): {error}", error=failure.value.message)
+        else:
+            self.log.failure("pruning versions failed", failure)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -697,22 +733,32 @@ class Versions(Service):
         ``(FileMetadata, Change)``; NOT_FOUND for an unknown id or one of another path."""
         if not isinstance(version_id, str) or not _ID.match(version_id):
             raise SyncError("NOT_FOUND", f"{path} has no version {version_id!r}")
-        # marked before its row is read: a pruning that starts later leaves it
+        temp, st, version = await self._copied_out(path, version_id)
+        try:
+            return await operations.upload(to, _Restored(temp, st), version.hash, version.size,
+                                           source_client, if_match=if_match, if_none_match=if_none_match)
+        finally:
+            await self._blocking(self.area.store.discard, temp)  # gone once installed
+
+    async def _copied_out(self, path: str, version_id: str) -> tuple:
+        """``(temp file, its stat, Version)``: a copy of version ``version_id`` of
+        ``path``, made while no pruning (of this process or, on a cluster, any node)
+        may take it. NOT_FOUND when it is not (or no longer) kept."""
+        # held before its row is read: a pruning that starts later leaves it
         self.area.begin_read(version_id)
         try:
-            version = await self.find(version_id)
-            if version is None or version.path != path or version.id in self._pruning:
-                raise SyncError("NOT_FOUND", f"{path} has no version {version_id!r}")
+            await self.area.reads.hold(version_id)
             try:
-                temp, st = await self._blocking(self.area.copy_out, version)
-            except OSError as error:
-                raise storage_error(error) from error
-            try:
-                return await operations.upload(to, _Restored(temp, st), version.hash, version.size,
-                                               source_client, if_match=if_match,
-                                               if_none_match=if_none_match)
+                version = await self.find(version_id)
+                if version is None or version.path != path or version.id in self._pruning:
+                    raise SyncError("NOT_FOUND", f"{path} has no version {version_id!r}")
+                try:
+                    temp, st = await self._blocking(self.area.copy_out, version)
+                except OSError as error:
+                    raise storage_error(error) from error
+                return temp, st, version
             finally:
-                await self._blocking(self.area.store.discard, temp)  # gone once installed
+                await self.area.reads.release(version_id)
         finally:
             self.area.end_read(version_id)
 
@@ -753,9 +799,10 @@ class Versions(Service):
         doomed = planned - self.area.busy()  # a restore may have started meanwhile
         self._pruning |= doomed
         try:
-            await self.index.interaction(_forget_and_recount, doomed)
-            if doomed:
-                await self._blocking(self.area.remove, doomed)
+            # those a restore holds (on a cluster, on any node) stay for a later pass
+            forgotten = await self.index.interaction(_forget_and_recount, doomed, self.area.reads)
+            if forgotten:
+                await self._blocking(self.area.remove, forgotten)
             # a file listed before the snapshot of unrecorded ids, and absent from the rows
             # read after it, belongs to no version (see VersionArea.recorder) unless it is
             # another node's, or this one's on an index of several connections, whose
@@ -769,6 +816,6 @@ class Versions(Service):
                 await self._blocking(self.area.remove, orphans)
         finally:
             self._pruning -= doomed
-        if doomed:
-            self.log.info("pruned {count} old version(s)", count=len(doomed))
-        return len(doomed)
+        if forgotten:
+            self.log.info("pruned {count} old version(s)", count=len(forgotten))
+        return len(forgotten)

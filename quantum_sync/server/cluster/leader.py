@@ -1,6 +1,7 @@
-"""One node at a time watches and rescans the shared root and prunes its versions area:
-the holder of a PostgreSQL session advisory lock on a connection of its own. A node that
-dies drops its connection, the lock goes with it, and the next node to try takes over."""
+"""One node at a time watches and rescans the shared root, prunes its versions area and
+forgets the client ids long unseen: the holder of a PostgreSQL session advisory lock on
+a connection of its own. A node that dies drops its connection, the lock goes with it,
+and the next node to try takes over."""
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from quantum_sync.config import ConfigError
+from quantum_sync.errors import SyncError
 from quantum_sync.protocol import format_time
 from quantum_sync.server.cluster.bindings import ClusterBindings
 from quantum_sync.server.cluster.events import EventRelay
@@ -26,6 +27,7 @@ from quantum_sync.server.cluster.redisbus import RedisAddress, RedisBus
 from quantum_sync.server.cluster.relaypeers import ENDED as RELAY_ENDED
 from quantum_sync.server.cluster.relaypeers import STARTED as RELAY_STARTED
 from quantum_sync.server.cluster.relaypeers import RelayPeers
+from quantum_sync.server.cluster.versionreads import VersionReads
 from quantum_sync.server.hub import RELAYED_EVENTS
 
 
@@ -77,12 +79,16 @@ def preflight(cluster, source: str) -> None:
                           f" {answer.decode('utf-8', 'replace').strip()[:100]!r}")
 
 
+#: Seconds between the new leader's tries to rescan the root while the database is away.
+RESCAN_RETRY = 2.0
+
+
 class ClusterNode:
     """A cluster node's shared index, fence, feed, bus, leadership and heartbeat."""
 
     log = Logger()
 
-    def __init__(self, cluster, node_id: str, retention: int, reactor):
+    def __init__(self, cluster, node_id: str, retention: int, reactor, clock=None):
         self.cluster = cluster
         self.node_id = node_id
         self._reactor = reactor
@@ -90,8 +96,11 @@ class ClusterNode:
         self.index = PgIndex(cluster.database, retention, reactor)
         self.fence = ClusterFence(cluster.database, lambda: self.index.namespace, reactor)
         self.index.fence = self.fence  # an upload group commits on the fence's connection
-        #: client ids bound to users (used with ``auth``), kept in the database
-        self.bindings = ClusterBindings(self.index)
+        #: what restores read of the shared versions area, held from every node's prunings
+        self.version_reads = VersionReads(cluster.database, lambda: self.index.namespace, reactor)
+        #: client ids bound to users (used with ``auth``), kept in the database and
+        #: pruned by the leader (``clock``: a test's Clock, else the reactor)
+        self.bindings = ClusterBindings(self.index, clock or reactor)
         self.feed = None
         self.bus = None
         self.events = None
@@ -102,6 +111,7 @@ class ClusterNode:
         self.started = format_time(reactor.seconds())
         self._service = None
         self._rescan = None  # the leader's rescan of the whole root, when it began leading
+        self._rescan_retry = None  # its next try, while the database is away
         self._outgoing = []  # this node's changes of this reactor turn, for the other nodes
 
     async def start(self, service) -> None:
@@ -189,14 +199,30 @@ class ClusterNode:
 
     def _lead(self, leading: bool) -> None:
         self._service.versions.lead(leading)  # the shared versions area: pruned by one node
+        self.bindings.lead(leading)  # and the client ids' bindings
         watcher = self._service.watcher
         if leading:
             watcher.startService()
-            # what changed while no node watched (or before this cluster started)
-            self._rescan = Deferred.fromCoroutine(self._service.operations.refresh(None))
-            self._rescan.addErrback(lambda failure: self.log.failure("rescanning the root failed", failure))
+            self._rescan_root()
         elif watcher.running:
             watcher.stopService()
+
+    def _rescan_root(self) -> None:
+        """What changed while no node watched (or before this cluster started); while
+        the database is away, again every :data:`RESCAN_RETRY` seconds as long as this
+        node leads."""
+        self._rescan_retry = None
+        if self.leadership is None or not self.leadership.leading:
+            return
+        self._rescan = Deferred.fromCoroutine(self._service.operations.refresh(None))
+        self._rescan.addErrback(self._rescan_failed)
+
+    def _rescan_failed(self, failure) -> None:
+        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
+            self.log.warn("rescanning the root waits for the database: {error}", error=failure.value.message)
+            self._rescan_retry = self._reactor.callLater(RESCAN_RETRY, self._rescan_root)
+        else:
+            self.log.failure("rescanning the root failed", failure)
 
     def figures(self) -> dict:
         """What the monitoring endpoints show of the cluster."""
@@ -210,8 +236,12 @@ class ClusterNode:
     async def stop(self) -> None:
         if self._rescan is not None:  # (it needs the index, closed after this)
             await self._rescan
+        if self._rescan_retry is not None:  # (one its failure may have asked for)
+            self._rescan_retry.cancel()
+            self._rescan_retry = None
         if self.leadership is not None:
             await self.leadership.stop()
+            await self.bindings.stop()
             watcher = self._service.watcher
             if watcher.running:
                 await watcher.stopService()
@@ -225,3 +255,4 @@ class ClusterNode:
         if self.bus is not None:
             await self.bus.stop()
         self.fence.close()
+        self.version_reads.close()

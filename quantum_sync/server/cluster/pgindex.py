@@ -17,6 +17,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from quantum_sync.adapters.twisted import QuietConnection
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Change, FileMetadata, operation_text
 from quantum_sync.server import versions
@@ -50,6 +51,9 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS client_ids (
         client_id TEXT PRIMARY KEY,
         user_name TEXT NOT NULL)""",
+    # when each id was last seen (bindings.py); the ids of an older schema: seen now
+    """ALTER TABLE client_ids ADD COLUMN IF NOT EXISTS seen TIMESTAMPTZ NOT NULL DEFAULT now()""",
+    """CREATE INDEX IF NOT EXISTS client_ids_seen ON client_ids (seen)""",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY,
         address TEXT NOT NULL,
@@ -91,6 +95,21 @@ CLAIM_CLIENTS = (
     " WHERE l.node_id <> EXCLUDED.node_id AND NOT EXISTS (SELECT 1 FROM nodes n"
     " WHERE n.node_id = l.node_id AND n.seen > now() - make_interval(secs => %(live_for)s)"
     " AND NOT pg_try_advisory_xact_lock_shared(n.session_key))")
+
+#: Marks seen the client ids held by a live connection on a node seen within
+#: ``%(live_for)s`` seconds, and forgets those unseen for ``%(forget_after)s`` seconds;
+#: the number forgotten. (The statements of one share a snapshot: hence the exclusion.)
+FORGET_OLD_CLIENTS = (
+    "WITH live AS (UPDATE client_ids c SET seen = now() FROM live_clients l, nodes n"
+    " WHERE c.client_id = l.client_id AND n.node_id = l.node_id"
+    " AND n.seen > now() - make_interval(secs => %(live_for)s) RETURNING c.client_id),"
+    " old AS (DELETE FROM client_ids WHERE seen < now() - make_interval(secs => %(forget_after)s)"
+    " AND client_id NOT IN (SELECT client_id FROM live) RETURNING 1) SELECT count(*) FROM old")
+
+#: Forgets the least recently seen client ids beyond ``%(max_ids)s``; the number forgotten.
+FORGET_OVER_CLIENTS = (
+    "WITH over AS (DELETE FROM client_ids WHERE client_id IN (SELECT client_id FROM client_ids"
+    " ORDER BY seen DESC, client_id OFFSET %(max_ids)s) RETURNING 1) SELECT count(*) FROM over")
 
 #: A file's row, with the client that wrote its content (kept when only its stat changed).
 UPSERT = (
@@ -246,6 +265,9 @@ class PgIndex(Service):
             "psycopg", self.conninfo, cp_min=1, cp_max=self._pool_size, cp_reconnect=True,
             cp_noisy=False, cp_reactor=self._reactor, **CONNECT_OPTIONS,
         )
+        # a connection the database dropped fails its transaction (SERVICE_UNAVAILABLE)
+        # and is replaced, without a traceback logged for it
+        self._pool.connectionFactory = QuietConnection
         self._opened = Deferred.fromCoroutine(self._run(self._create))
 
     def _create(self, txn):
@@ -343,14 +365,28 @@ class PgIndex(Service):
     # -- the nodes ------------------------------------------------------------------
 
     async def bind_client(self, client_id: str, user: str) -> str:
-        """Bind ``client_id`` to ``user`` unless it is bound already; returns its user
-        (one statement: a racing binding on another node is waited for, and its user
-        returned)."""
+        """Bind ``client_id`` to ``user`` unless it is bound already, and mark it seen;
+        returns its user (one statement: a racing binding on another node is waited
+        for, and its user returned)."""
         def run(txn):
             txn.execute("INSERT INTO client_ids AS c (client_id, user_name) VALUES (%s, %s)"
-                        " ON CONFLICT (client_id) DO UPDATE SET user_name = c.user_name"
+                        " ON CONFLICT (client_id) DO UPDATE SET seen = now()"
                         " RETURNING user_name", (client_id, user))
             return txn.fetchone()[0]
+
+        return await self._run(run)
+
+    async def prune_clients(self, forget_after: float, max_ids: int, live_for: float) -> int:
+        """Forget the client ids unseen for ``forget_after`` seconds (those held by a
+        connection on a node seen within ``live_for`` seconds are seen now), then the
+        least recently seen beyond ``max_ids``; returns how many went."""
+        values = {"live_for": live_for, "forget_after": forget_after, "max_ids": max_ids}
+
+        def run(txn):
+            txn.execute(FORGET_OLD_CLIENTS, values)
+            old = txn.fetchone()[0]
+            txn.execute(FORGET_OVER_CLIENTS, values)
+            return old + txn.fetchone()[0]
 
         return await self._run(run)
 
