@@ -21,6 +21,16 @@ async def start_with_a_held_upload(reactor, server, clients):
     return a, A, held
 
 
+async def deleted_while_held(reactor, server, A, held):
+    """Delete ``held``'s file while its upload is held, let the upload land once the
+    watcher had time to report the delete: only keep.txt is left, here and on ``server``."""
+    os.unlink(os.path.join(A, held.path))
+    await task.deferLater(reactor, 0.5, lambda: None)  # time for the watcher to report the delete
+    held.release()
+    final = await converged(reactor, A, server.root)
+    assert final == {"keep.txt": sha(KEEP)}
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_folder_moved_while_an_upload_inside_is_in_flight(reactor, servers, clients):
     a, A, held = await start_with_a_held_upload(reactor, servers[0], clients)
@@ -53,11 +63,7 @@ async def test_a_file_deleted_while_the_start_up_reconcile_uploads_it(reactor, t
     a = await clients.start(servers[0], "a", wait=False)
     await held.started
     await wait_for(reactor, lambda: a.engine.watched, what="the watcher")
-    os.unlink(os.path.join(A, "f.bin"))
-    await task.deferLater(reactor, 0.5, lambda: None)  # time for the watcher to report the delete
-    held.release()
-    final = await converged(reactor, A, servers[0].root)
-    assert final == {"keep.txt": sha(KEEP)}
+    await deleted_while_held(reactor, servers[0], A, held)
 
 
 @pytest_twisted.ensureDeferred
@@ -66,11 +72,7 @@ async def test_a_file_deleted_while_its_first_upload_is_in_flight(reactor, serve
     held = HeldUpload("f.bin", client=a)
     write(A, "f.bin", b"deleted before its upload landed")
     await held.started
-    os.unlink(os.path.join(A, "f.bin"))
-    await task.deferLater(reactor, 0.5, lambda: None)  # time for the watcher to report the delete
-    held.release()
-    final = await converged(reactor, A, servers[0].root)
-    assert final == {"keep.txt": sha(KEEP)}
+    await deleted_while_held(reactor, servers[0], A, held)
 
 
 @pytest_twisted.ensureDeferred
