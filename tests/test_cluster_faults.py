@@ -192,9 +192,11 @@ async def test_database_refused_answers_503_and_recovers(reactor, tmp_path, clus
             await proxy.close()
 
 
-def _cut_at_the_next_record(reactor, index, proxy):
-    """The database goes (``proxy`` closed) as ``index`` is about to journal its next
-    change, the file already in place; it is back three seconds later."""
+async def _refused_after_its_install(reactor, http, url, index, proxy, root):
+    """``kept.txt`` uploaded, then updated while the database goes (``proxy`` closed) as
+    ``index`` is about to journal the update, the file already in place: the update is
+    answered 503, and the database is back three seconds later."""
+    await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
     record_each = index.record_each
 
     async def cut_then_record(*args, **kwargs):
@@ -204,6 +206,10 @@ def _cut_at_the_next_record(reactor, index, proxy):
         return await record_each(*args, **kwargs)
 
     index.record_each = cut_then_record
+    refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                 data=b"two", headers={"If-Match": sha(b"one")})
+    await refused.content()
+    assert refused.code == 503 and (root / "kept.txt").read_bytes() == b"two"
 
 
 @pytest_twisted.ensureDeferred
@@ -216,13 +222,7 @@ async def test_database_lost_between_install_and_journal_is_journalled_when_back
     service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
     http = HttpClient(reactor, persistent=False)
     try:
-        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
-        _cut_at_the_next_record(reactor, service.index, proxy)
-        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
-                                     data=b"two", headers={"If-Match": sha(b"one")})
-        await refused.content()
-        assert refused.code == 503
-        assert (tmp_path / "root" / "kept.txt").read_bytes() == b"two"
+        await _refused_after_its_install(reactor, http, url, service.index, proxy, tmp_path / "root")
 
         async def journalled():
             response = await http.request("GET", url + "/api/changes")
@@ -254,12 +254,7 @@ async def test_a_node_that_lost_the_database_mid_group_journals_it_when_back(
     assert leader.node.leadership.leading and not other.node.leadership.leading
     http = HttpClient(reactor, persistent=False)
     try:
-        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
-        _cut_at_the_next_record(reactor, other.index, proxy)
-        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
-                                     data=b"two", headers={"If-Match": sha(b"one")})
-        await refused.content()
-        assert refused.code == 503 and (root / "kept.txt").read_bytes() == b"two"
+        await _refused_after_its_install(reactor, http, url, other.index, proxy, root)
 
         async def journalled():
             _, answer = await http.json("GET", leader_url + "/api/changes")
