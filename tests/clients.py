@@ -6,9 +6,23 @@ The ``clients`` fixture (conftest.py) hands a test a :class:`Clients`."""
 import hashlib
 import os
 
+import treq
+from twisted.internet import defer
+
 from quantum_sync.client.service import ClientConfig, SyncClientService
+from quantum_sync.client.transfer import ServerClient
 from quantum_sync.paths import STATE_DIR_NAME
+from quantum_sync.protocol import Delete, Move
 from support import wait_for
+
+#: What ``keep.txt`` holds: a file that keeps a folder from ever being emptied (a client
+#: holds back deleting everything).
+KEEP = b"so that the folder is not emptied"
+
+
+def sha(data: bytes) -> str:
+    """The SHA-256 of ``data`` as :func:`tree` gives it."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def tree(folder):
@@ -86,6 +100,26 @@ class Clients:
         b = await self.start(server, "b")
         return a, b, a.config.folder, b.config.folder
 
+    async def synced(self, server, files, dirs=(), name="a", **options):
+        """Client ``name`` (``options``: as :meth:`start`) with ``files`` (path → bytes)
+        and the empty directories ``dirs`` written in its folder, once the server's root
+        holds the same tree; returns the client and its folder."""
+        client = await self.start(server, name, **options)
+        folder = client.config.folder
+        for path, data in files.items():
+            write(folder, path, data)
+        for path in dirs:
+            os.makedirs(os.path.join(folder, path))
+        await converged(self.reactor, folder, server.root)
+        return client, folder
+
+    async def behind(self, server, files=None, dirs=()):
+        """Client ``a`` with ``keep.txt`` and ``d/x.txt`` (or the ``files`` and ``dirs``
+        given) synced, hearing nothing more until it catches up (no WebSocket, no
+        periodic reconcile); returns the client and its folder."""
+        files = {"d/x.txt": b"x"} if files is None else files
+        return await self.synced(server, {"keep.txt": KEEP, **files}, dirs, realtime=False, interval=3600)
+
     async def stop(self, client):
         if client in self.running:
             self.running.remove(client)
@@ -107,3 +141,59 @@ async def converged(reactor, *folders, timeout=None):
         return await wait_for(reactor, same, *([timeout] if timeout else []), what="folders to converge")
     except AssertionError:
         raise AssertionError("not converged: " + repr([tree(f) for f in folders])) from None
+
+
+async def as_other(server, method, path, **kwargs):
+    """A request to ``server`` as the client ``other``; its JSON answer (a 200)."""
+    response = await treq.request(method, f"{server.url}{path}", headers={"X-Client-Id": "other"}, **kwargs)
+    body = await response.json()
+    assert response.code == 200, body
+    return body
+
+
+async def move(server, source, destination):
+    """Another client moves ``source`` to ``destination`` on ``server``."""
+    body = await as_other(server, "POST", "/api/sync", json={
+        "operations": [{"Move": {"from": source, "to": destination}}], "client_id": "other"})
+    assert body["results"][0]["status"] == "applied"
+
+
+class HeldUpload:
+    """Holds the client's upload of ``path`` until :meth:`release`, and records the
+    order in which uploads end and Moves/Deletes go out (``monkeypatch``: on every
+    ServerClient, for a client not started yet)."""
+
+    def __init__(self, path, client=None, monkeypatch=None):
+        self.path, self.events = path, []
+        self.started, self.gate = defer.Deferred(), defer.Deferred()
+        real_upload, real_sync = ServerClient.upload, ServerClient.sync
+
+        async def upload(server, path, *args):
+            if path == self.path and not self.started.called:
+                self.started.callback(None)
+                await self.gate
+            meta = await real_upload(server, path, *args)
+            self.events.append(("uploaded", path))
+            return meta
+
+        async def sync(server, operations):
+            for op in operations:
+                if isinstance(op, (Move, Delete)):
+                    self.events.append(("sent", op))
+                    self.release()  # if sent while the upload was in flight: let that land after
+            return await real_sync(server, operations)
+
+        def held_upload(server, path, *args):
+            return defer.ensureDeferred(upload(server, path, *args))
+
+        if monkeypatch is not None:
+            monkeypatch.setattr(ServerClient, "upload", held_upload)
+            monkeypatch.setattr(ServerClient, "sync", sync)
+        else:
+            server = client.engine.server
+            server.upload = lambda path, *args: held_upload(server, path, *args)
+            server.sync = lambda operations: sync(server, operations)
+
+    def release(self):
+        if not self.gate.called:
+            self.gate.callback(None)

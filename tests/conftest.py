@@ -101,6 +101,38 @@ async def hostile(reactor, hostile_tree):
     assert after == outside, "something outside the root changed"
 
 
+@pytest_twisted.async_yield_fixture
+async def stalling(reactor, tmp_path):
+    """``await stalling(idle_timeout, credentials=None, **server_overrides)``: a server, a
+    :class:`stallproxy.StallingProxy` in front of it and a ServerClient ("c1") through the
+    proxy, as ``(server, proxy, client)``; afterwards the proxy is resumed and all three
+    are closed."""
+    from quantum_sync.client.transfer import ServerClient
+    from stallproxy import StallingProxy
+    from support import start_server
+
+    started = []
+
+    async def start(idle_timeout, credentials=None, **server_overrides):
+        server = await start_server(reactor, tmp_path, **server_overrides)
+        proxy = StallingProxy(reactor, server.port)
+        try:
+            url = f"http://127.0.0.1:{await proxy.listen()}"
+        except BaseException:
+            await server.stop()
+            raise
+        client = ServerClient(reactor, url, "c1", credentials, idle_timeout=idle_timeout)
+        started.append((server, proxy, client))
+        return server, proxy, client
+
+    yield start
+    for server, proxy, client in started:
+        proxy.resume()
+        await client.close()
+        await proxy.port.stopListening()
+        await server.stop()
+
+
 # -- real clients ----------------------------------------------------------------------
 
 

@@ -159,65 +159,66 @@ class IdInUse(WebSocketServerProtocol):
 RETRY_AFTER = 2
 
 
-async def id_in_use_server(reactor, refusals, id_taken=None):
-    factory = WebSocketServerFactory()
-    factory.protocol = IdInUse
-    factory.reactor, factory.refusals, factory.connections, factory.subscribes = reactor, refusals, 0, []
-    factory.ids = []  # (Subscribe's client_id, the handshake's X-Client-Id) of each Subscribe
-    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
-    link = RealtimeLink(reactor, f"http://127.0.0.1:{port.getHost().port}", "c1", NoEngine(), relay=False,
-                        id_taken=id_taken)
-    return factory, port, link
+@pytest_twisted.async_yield_fixture
+async def id_in_use(reactor):
+    """``await id_in_use(refusals, id_taken=None)``: a WebSocket server that refuses the
+    first ``refusals`` Subscribes with CLIENT_ID_IN_USE, and a RealtimeLink ("c1", not
+    started) to it, as ``(factory, link)``; both stop afterwards."""
+    started = []
+
+    async def start(refusals, id_taken=None):
+        factory = WebSocketServerFactory()
+        factory.protocol = IdInUse
+        factory.reactor, factory.refusals, factory.connections, factory.subscribes = reactor, refusals, 0, []
+        factory.ids = []  # (Subscribe's client_id, the handshake's X-Client-Id) of each Subscribe
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        link = RealtimeLink(reactor, f"http://127.0.0.1:{port.getHost().port}", "c1", NoEngine(), relay=False,
+                            id_taken=id_taken)
+        started.append((port, link))
+        return factory, link
+
+    yield start
+    for port, link in started:
+        await link.stop()
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_id_in_use_is_asked_for_again_after_retry_after(reactor):
+async def test_an_id_in_use_is_asked_for_again_after_retry_after(reactor, id_in_use):
     # a half-open connection of our own held the id: the server drops it meanwhile
-    factory, port, link = await id_in_use_server(reactor, refusals=1)
-    try:
-        with LogCapture() as log:
-            link.service.startService()
-            await wait_for(reactor, lambda: link.connected, what="the subscription")
-        first, second = factory.subscribes
-        assert second - first >= RETRY_AFTER and factory.connections == 2  # on the next connection
-        assert "another client is connected" not in log.text() and link.client_id == "c1"
-    finally:
-        await link.stop()
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_an_id_really_in_use_is_said_once_and_backed_off(reactor):
-    factory, port, link = await id_in_use_server(reactor, refusals=100)
-    try:
-        with LogCapture() as log:
-            link.service.startService()
-            await wait_for(reactor, lambda: len(factory.subscribes) >= 2, timeout=4 * RETRY_AFTER + 5,
-                           what="the second Subscribe")
-            refused_again = reactor.seconds()
-            await wait_for(reactor, lambda: factory.connections >= 3, timeout=4 * RETRY_AFTER + 5,
-                           what="the next connection")
-            assert reactor.seconds() - refused_again >= RETRY_AFTER  # not before retryAfter
-            assert not link.connected
-            assert sum("another client is connected with client id c1" in line
-                       for line in log.text().splitlines()) == 1
-    finally:
-        await link.stop()
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_an_id_refused_twice_gives_way_to_the_one_its_owner_takes(reactor):
-    taken = []
-    factory, port, link = await id_in_use_server(reactor, refusals=2, id_taken=lambda old: taken.append(old) or "c2")
-    try:
+    factory, link = await id_in_use(refusals=1)
+    with LogCapture() as log:
         link.service.startService()
-        await wait_for(reactor, lambda: link.connected, timeout=4 * RETRY_AFTER + 5, what="the subscription")
-        assert taken == ["c1"] and link.client_id == "c2"
-        assert factory.ids == [("c1", "c1"), ("c1", "c1"), ("c2", "c2")]
-    finally:
-        await link.stop()
-        await port.stopListening()
+        await wait_for(reactor, lambda: link.connected, what="the subscription")
+    first, second = factory.subscribes
+    assert second - first >= RETRY_AFTER and factory.connections == 2  # on the next connection
+    assert "another client is connected" not in log.text() and link.client_id == "c1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_id_really_in_use_is_said_once_and_backed_off(reactor, id_in_use):
+    factory, link = await id_in_use(refusals=100)
+    with LogCapture() as log:
+        link.service.startService()
+        await wait_for(reactor, lambda: len(factory.subscribes) >= 2, timeout=4 * RETRY_AFTER + 5,
+                       what="the second Subscribe")
+        refused_again = reactor.seconds()
+        await wait_for(reactor, lambda: factory.connections >= 3, timeout=4 * RETRY_AFTER + 5,
+                       what="the next connection")
+        assert reactor.seconds() - refused_again >= RETRY_AFTER  # not before retryAfter
+        assert not link.connected
+        assert sum("another client is connected with client id c1" in line
+                   for line in log.text().splitlines()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_id_refused_twice_gives_way_to_the_one_its_owner_takes(reactor, id_in_use):
+    taken = []
+    factory, link = await id_in_use(refusals=2, id_taken=lambda old: taken.append(old) or "c2")
+    link.service.startService()
+    await wait_for(reactor, lambda: link.connected, timeout=4 * RETRY_AFTER + 5, what="the subscription")
+    assert taken == ["c1"] and link.client_id == "c2"
+    assert factory.ids == [("c1", "c1"), ("c1", "c1"), ("c2", "c2")]
 
 
 @pytest_twisted.ensureDeferred

@@ -12,7 +12,7 @@ from twisted.internet.threads import deferToThread
 from quantum_sync.client import localfs
 from quantum_sync.client.localfs import LocalChanged, LocalStat
 from quantum_sync.client.watcher import FolderWatcher
-from clients import Clients, read, write
+from clients import read, write
 from support import wait_for
 
 STUCK = 10  # seconds after which a call is taken to be blocked for good
@@ -85,49 +85,39 @@ async def test_the_watcher_drops_special_files(reactor, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_with_special_files_in_its_folder_syncs_the_rest(reactor, tmp_path):
-    from support import start_server
-
-    running = await start_server(reactor, tmp_path)
-    group = Clients(reactor, tmp_path)
+async def test_a_client_with_special_files_in_its_folder_syncs_the_rest(reactor, tmp_path, server, clients):
     folder = tmp_path / "a"
     folder.mkdir()
     sock = specials(str(folder))
     try:
         write(str(folder), "regular.txt", b"synced")
-        a = await group.start(running, "a")
-        await wait_for(reactor, lambda: read(running.root, "regular.txt") == b"synced", what="upload")
+        a = await clients.start(server, "a")
+        await wait_for(reactor, lambda: read(server.root, "regular.txt") == b"synced", what="upload")
         os.mkfifo(folder / "later-pipe")
         write(str(folder), "later.txt", b"later")
-        await wait_for(reactor, lambda: read(running.root, "later.txt") == b"later", what="a later upload")
+        await wait_for(reactor, lambda: read(server.root, "later.txt") == b"later", what="a later upload")
         await a.engine.reconcile()
-        assert sorted(n for n in os.listdir(running.root) if not n.startswith(".")) == ["later.txt", "regular.txt"]
+        assert sorted(n for n in os.listdir(server.root) if not n.startswith(".")) == ["later.txt", "regular.txt"]
     finally:
         sock.close()
         for name in ("pipe", "later-pipe"):
             unblock(str(folder / name))
-        await group.stop_all()
-        await running.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_synced_file_replaced_by_a_special_file_is_left_alone(reactor, tmp_path, log_lines):
+async def test_a_synced_file_replaced_by_a_special_file_is_left_alone(reactor, tmp_path, server, clients, log_lines):
     """A full reconcile that finds a FIFO where a synced file was, or a socket where a
     synced folder was, deletes nothing on the server and downloads nothing over them."""
-    from support import start_server
-
-    running = await start_server(reactor, tmp_path)
-    group = Clients(reactor, tmp_path)
     folder = tmp_path / "a"
     sock = None
     try:
-        a = await group.start(running, "a")
+        a = await clients.start(server, "a")
         write(str(folder), "file.txt", b"synced file")
         write(str(folder), "d/inner.txt", b"synced folder")
-        await wait_for(reactor, lambda: read(running.root, "d/inner.txt") == b"synced folder"
-                       and read(running.root, "file.txt") == b"synced file", what="uploads")
+        await wait_for(reactor, lambda: read(server.root, "d/inner.txt") == b"synced folder"
+                       and read(server.root, "file.txt") == b"synced file", what="uploads")
         await wait_for(reactor, lambda: {"file.txt", "d", "d/inner.txt"} <= set(a.state.bases), what="synced")
-        await group.stop(a)
+        await clients.stop(a)
         os.unlink(folder / "file.txt")
         os.mkfifo(folder / "file.txt")
         os.unlink(folder / "d" / "inner.txt")
@@ -135,11 +125,11 @@ async def test_a_synced_file_replaced_by_a_special_file_is_left_alone(reactor, t
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(folder / "d"))
         write(str(folder), "after.txt", b"made while stopped")
-        a = await group.start(running, "a")  # its first full reconcile
-        await wait_for(reactor, lambda: read(running.root, "after.txt") == b"made while stopped", what="the upload")
+        a = await clients.start(server, "a")  # its first full reconcile
+        await wait_for(reactor, lambda: read(server.root, "after.txt") == b"made while stopped", what="the upload")
         await a.engine.reconcile()
-        assert read(running.root, "file.txt") == b"synced file"
-        assert read(running.root, "d/inner.txt") == b"synced folder"
+        assert read(server.root, "file.txt") == b"synced file"
+        assert read(server.root, "d/inner.txt") == b"synced folder"
         assert os.path.exists(folder / "file.txt") and not os.path.isfile(folder / "file.txt")
         assert not os.path.isdir(folder / "d")
         said = [line for line in log_lines if "left alone" in line]
@@ -148,5 +138,3 @@ async def test_a_synced_file_replaced_by_a_special_file_is_left_alone(reactor, t
         if sock is not None:
             sock.close()
         unblock(str(folder / "file.txt"))
-        await group.stop_all()
-        await running.stop()

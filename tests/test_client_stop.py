@@ -17,7 +17,7 @@ from quantum_sync.client.state import tmp_dir
 from quantum_sync.client.transfer import SMALL_REQUEST_TIMEOUT, RequestRefused, ServerClient
 from quantum_sync.server.site import REFUSED_GRACE
 from support import start_server, wait_for
-from test_client_stall import StallingProxy, client_sockets_to
+from stallproxy import BIG, StallingProxy, client_sockets_to
 
 #: Seconds a stop may take here: far below the request timeout (and the idle timeout)
 #: a stop used to wait for, far above what a stop takes on a loaded machine.
@@ -63,9 +63,6 @@ async def test_a_stop_aborts_a_request_a_silent_server_never_answers(reactor, tm
     finally:
         await group.stop_all()
         await port.stopListening()
-
-
-BIG = os.urandom(3 << 20)
 
 
 @pytest_twisted.ensureDeferred

@@ -173,27 +173,18 @@ async def test_lost_events_ask_for_a_full_reconcile(reactor, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_reconciles_in_full_when_its_watcher_lost_events(reactor, tmp_path):
-    from clients import Clients
-    from support import start_server
+async def test_a_client_reconciles_in_full_when_its_watcher_lost_events(reactor, server, clients):
+    a = await clients.start(server, "a", interval=1000)  # no periodic reconcile during the test
+    before = a.engine.last_full_reconcile
+    lose_events(a.watcher)
+    await wait_for(reactor, lambda: a.engine.last_full_reconcile != before, what="a full reconcile")
+    assert a.watcher.events_lost == 1
+    # what ``quantum-sync-client status`` shows of it
+    from quantum_sync.client.cli import describe
+    from quantum_sync.client.status import folder_status
 
-    running = await start_server(reactor, tmp_path)
-    group = Clients(reactor, tmp_path)
-    try:
-        a = await group.start(running, "a", interval=1000)  # no periodic reconcile during the test
-        before = a.engine.last_full_reconcile
-        lose_events(a.watcher)
-        await wait_for(reactor, lambda: a.engine.last_full_reconcile != before, what="a full reconcile")
-        assert a.watcher.events_lost == 1
-        # what ``quantum-sync-client status`` shows of it
-        from quantum_sync.client.cli import describe
-        from quantum_sync.client.status import folder_status
-
-        status = await folder_status("a", a, reactor)
-        watch = status["watch"]
-        assert (watch["events_lost"], watch["full_reconciles"]) == (1, 2)  # the first one's, then the loss's
-        assert 0 <= watch["last_full_reconcile_ago"] < 60
-        assert "  watch: 1 event overflows (inotify), 2 full reconciles, the last " in describe(status)
-    finally:
-        await group.stop_all()
-        await running.stop()
+    status = await folder_status("a", a, reactor)
+    watch = status["watch"]
+    assert (watch["events_lost"], watch["full_reconciles"]) == (1, 2)  # the first one's, then the loss's
+    assert 0 <= watch["last_full_reconcile_ago"] < 60
+    assert "  watch: 1 event overflows (inotify), 2 full reconciles, the last " in describe(status)

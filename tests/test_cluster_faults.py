@@ -11,7 +11,6 @@ import pytest_twisted
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.internet.task import deferLater
 
 from cluster_support import DATABASE, with_schema
 from cluster_support import Nodes, start_node
@@ -177,16 +176,13 @@ async def test_database_refused_answers_503_and_recovers(reactor, tmp_path, clus
         assert changes.code == 503
         await proxy.open()
 
-        async def upload_again():
+        async def uploaded_again():
             response = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
                                           data=b"two", headers={"If-Match": sha(b"one")})
             await response.content()
-            return response.code
+            return response.code == 200
 
-        deadline = reactor.seconds() + 20
-        while await upload_again() != 200:
-            assert reactor.seconds() < deadline
-            await deferLater(reactor, 0.2, lambda: None)
+        await wait_for(reactor, uploaded_again, timeout=20, step=0.2, what="the upload taken again")
         _, answer = await http.json("GET", url + "/api/changes")
         assert [c["seq"] for c in answer["changes"]] == [1, 2]
         assert (root / "kept.txt").read_bytes() == b"two"
@@ -195,6 +191,26 @@ async def test_database_refused_answers_503_and_recovers(reactor, tmp_path, clus
         await service.stopService()
         if proxy.listening is not None:
             await proxy.close()
+
+
+async def _refused_after_its_install(reactor, http, url, index, proxy, root):
+    """``kept.txt`` uploaded, then updated while the database goes (``proxy`` closed) as
+    ``index`` is about to journal the update, the file already in place: the update is
+    answered 503, and the database is back three seconds later."""
+    await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
+    record_each = index.record_each
+
+    async def cut_then_record(*args, **kwargs):
+        index.record_each = record_each
+        await proxy.close()
+        reactor.callLater(3.0, lambda: Deferred.fromCoroutine(proxy.open()))
+        return await record_each(*args, **kwargs)
+
+    index.record_each = cut_then_record
+    refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
+                                 data=b"two", headers={"If-Match": sha(b"one")})
+    await refused.content()
+    assert refused.code == 503 and (root / "kept.txt").read_bytes() == b"two"
 
 
 @pytest_twisted.ensureDeferred
@@ -206,33 +222,15 @@ async def test_database_lost_between_install_and_journal_is_journalled_when_back
     proxy, proxied = await _proxied_database(reactor, pg_schema)
     service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
     http = HttpClient(reactor, persistent=False)
-    index = service.index
-    record_each = index.record_each
-
-    async def cut_then_record(*args, **kwargs):
-        index.record_each = record_each
-        await proxy.close()
-        reactor.callLater(3.0, lambda: Deferred.fromCoroutine(proxy.open()))
-        return await record_each(*args, **kwargs)
-
     try:
-        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
-        index.record_each = cut_then_record
-        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
-                                     data=b"two", headers={"If-Match": sha(b"one")})
-        await refused.content()
-        assert refused.code == 503
-        assert (tmp_path / "root" / "kept.txt").read_bytes() == b"two"
+        await _refused_after_its_install(reactor, http, url, service.index, proxy, tmp_path / "root")
 
         async def journalled():
             response = await http.request("GET", url + "/api/changes")
             body = await response.content()
             return response.code == 200 and sha(b"two") in body.decode()
 
-        deadline = reactor.seconds() + 20
-        while not await journalled():
-            assert reactor.seconds() < deadline
-            await deferLater(reactor, 0.2, lambda: None)
+        await wait_for(reactor, journalled, timeout=20, step=0.2, what="the change journalled")
         _, answer = await http.json("GET", url + "/api/changes")
         assert [c["seq"] for c in answer["changes"]] == [1, 2]
         assert answer["changes"][1]["operation"]["Update"]["metadata"]["hash"] == sha(b"two")
@@ -256,30 +254,15 @@ async def test_a_node_that_lost_the_database_mid_group_journals_it_when_back(
     other, url = await start_node(reactor, tmp_path, root, cluster_block("n2", database=proxied))
     assert leader.node.leadership.leading and not other.node.leadership.leading
     http = HttpClient(reactor, persistent=False)
-    record_each = other.index.record_each
-
-    async def cut_then_record(*args, **kwargs):
-        other.index.record_each = record_each
-        await proxy.close()
-        reactor.callLater(3.0, lambda: Deferred.fromCoroutine(proxy.open()))
-        return await record_each(*args, **kwargs)
-
     try:
-        await http.json("PUT", url + "/api/upload", params={"path": "kept.txt"}, data=b"one")
-        other.index.record_each = cut_then_record
-        refused = await http.request("PUT", url + "/api/upload", params={"path": "kept.txt"},
-                                     data=b"two", headers={"If-Match": sha(b"one")})
-        await refused.content()
-        assert refused.code == 503 and (root / "kept.txt").read_bytes() == b"two"
+        await _refused_after_its_install(reactor, http, url, other.index, proxy, root)
 
         async def journalled():
             _, answer = await http.json("GET", leader_url + "/api/changes")
-            return [c["operation"] for c in answer["changes"]]
+            operations = [c["operation"] for c in answer["changes"]]
+            return operations if len(operations) >= 2 else None
 
-        deadline = reactor.seconds() + 20
-        while len(operations := await journalled()) < 2:
-            assert reactor.seconds() < deadline, operations
-            await deferLater(reactor, 0.2, lambda: None)
+        operations = await wait_for(reactor, journalled, timeout=20, step=0.2, what="the change journalled")
         assert operations[1]["Update"]["metadata"]["hash"] == sha(b"two")
     finally:
         await http.close()

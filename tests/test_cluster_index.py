@@ -14,58 +14,64 @@ from quantum_sync.server.cluster.fence import ClusterFence, _LockedRows
 from quantum_sync.server.cluster.pgindex import PgIndex, SchemaError, create_schema
 
 
+@pytest_twisted.async_yield_fixture
+async def open_index(reactor, pg_schema):
+    """``await open_index(retention=1000)``: an open PgIndex on ``pg_schema``; each one
+    is stopped afterwards (a test may stop one itself first)."""
+    opened = []
+
+    async def start(retention=1000):
+        index = PgIndex(pg_schema, retention=retention, reactor=reactor)
+        opened.append(index)
+        await index.open()
+        return index
+
+    yield start
+    for index in opened:
+        index.stopService()
+
+
 def _file(path, digest="a" * 64, size=3):
     return FileMetadata(path, size, 1.0, digest, False), 1_000_000_000
 
 
 @pytest_twisted.ensureDeferred
-async def test_record_read_rename_and_changes(reactor, pg_schema):
-    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
-    await index.open()
-    try:
-        assert len(index.journal_id) == 32 and await index.head() == 0
-        first = await index.record([_file("d/a_b")], [], Create(_file("d/a_b")[0]), "c1", "t1")
-        assert first.seq == 1
-        await index.record([_file("d/a%b")], [], None, "", "")
-        assert (await index.get("d/a_b"))[0].hash == "a" * 64
-        assert set(await index.get_many(["d/a_b", "d/a%b", "none"])) == {"d/a_b", "d/a%b"}
-        assert [m.path for m, _ in await index.list_under("d/a_b")] == ["d/a_b"]
-        moved = await index.rename("d", "e", Move("d", "e"), "c2", "t2")
-        assert moved.seq == 2
-        assert [m.path for m, _ in await index.list_all()] == ["e/a%b", "e/a_b"]
-        changes = await index.record_each(
-            [([], ["e"], Delete("e"), "c3"), ([_file("x")], [], Create(_file("x")[0]), "c4")], "t3")
-        assert [c.seq for c in changes] == [3, 4]
-        listed, cursor, more = await index.changes(1, 2)
-        assert [c.seq for c in listed] == [2, 3] and cursor == 3 and more
-        assert listed[0].operation == Move("d", "e") and listed[0].source_client == "c2"
-        with pytest.raises(SyncError) as beyond:
-            await index.changes(9, 10)
-        assert beyond.value.code == "CURSOR_EXPIRED" and beyond.value.extra["cursor"] == 4
-    finally:
-        index.stopService()
-    again = PgIndex(pg_schema, retention=1000, reactor=reactor)
-    await again.open()
-    try:
-        assert again.journal_id == index.journal_id and await again.head() == 4
-    finally:
-        again.stopService()
+async def test_record_read_rename_and_changes(open_index):
+    index = await open_index()
+    assert len(index.journal_id) == 32 and await index.head() == 0
+    first = await index.record([_file("d/a_b")], [], Create(_file("d/a_b")[0]), "c1", "t1")
+    assert first.seq == 1
+    await index.record([_file("d/a%b")], [], None, "", "")
+    assert (await index.get("d/a_b"))[0].hash == "a" * 64
+    assert set(await index.get_many(["d/a_b", "d/a%b", "none"])) == {"d/a_b", "d/a%b"}
+    assert [m.path for m, _ in await index.list_under("d/a_b")] == ["d/a_b"]
+    moved = await index.rename("d", "e", Move("d", "e"), "c2", "t2")
+    assert moved.seq == 2
+    assert [m.path for m, _ in await index.list_all()] == ["e/a%b", "e/a_b"]
+    changes = await index.record_each(
+        [([], ["e"], Delete("e"), "c3"), ([_file("x")], [], Create(_file("x")[0]), "c4")], "t3")
+    assert [c.seq for c in changes] == [3, 4]
+    listed, cursor, more = await index.changes(1, 2)
+    assert [c.seq for c in listed] == [2, 3] and cursor == 3 and more
+    assert listed[0].operation == Move("d", "e") and listed[0].source_client == "c2"
+    with pytest.raises(SyncError) as beyond:
+        await index.changes(9, 10)
+    assert beyond.value.code == "CURSOR_EXPIRED" and beyond.value.extra["cursor"] == 4
+    index.stopService()
+    again = await open_index()
+    assert again.journal_id == index.journal_id and await again.head() == 4
 
 
 @pytest_twisted.ensureDeferred
-async def test_retention_prunes_and_expires_old_cursors(reactor, pg_schema):
-    index = PgIndex(pg_schema, retention=10, reactor=reactor)
-    await index.open()
-    try:
-        for start in range(0, 300, 50):
-            await index.record_each([([], [], Delete(f"p{n}"), "c") for n in range(start, start + 50)], "t")
-        with pytest.raises(SyncError) as expired:
-            await index.changes(0, 10)
-        assert expired.value.code == "CURSOR_EXPIRED"
-        listed, cursor, _ = await index.changes(295, 10)
-        assert [c.seq for c in listed] == [296, 297, 298, 299, 300]
-    finally:
-        index.stopService()
+async def test_retention_prunes_and_expires_old_cursors(open_index):
+    index = await open_index(retention=10)
+    for start in range(0, 300, 50):
+        await index.record_each([([], [], Delete(f"p{n}"), "c") for n in range(start, start + 50)], "t")
+    with pytest.raises(SyncError) as expired:
+        await index.changes(0, 10)
+    assert expired.value.code == "CURSOR_EXPIRED"
+    listed, cursor, _ = await index.changes(295, 10)
+    assert [c.seq for c in listed] == [296, 297, 298, 299, 300]
 
 
 def test_newer_schema_refused(pg_schema):
@@ -79,13 +85,11 @@ def test_newer_schema_refused(pg_schema):
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_writers_become_visible_in_seq_order(reactor, pg_schema):
+async def test_concurrent_writers_become_visible_in_seq_order(open_index):
     """Four writers (two indexes, two pool threads each) append while a reader follows
     the journal: the reader's cursor never jumps over a seq that appears later."""
-    writers = [PgIndex(pg_schema, retention=10**6, reactor=reactor) for _ in range(2)]
-    reader = PgIndex(pg_schema, retention=10**6, reactor=reactor)
-    for index in writers + [reader]:
-        await index.open()
+    writers = [await open_index(retention=10**6) for _ in range(2)]
+    reader = await open_index(retention=10**6)
     seen, done = [], []
 
     async def write(index, name):
@@ -99,64 +103,51 @@ async def test_concurrent_writers_become_visible_in_seq_order(reactor, pg_schema
             changes, cursor, _ = await reader.changes(cursor, 1000)
             seen.extend(change.seq for change in changes)
 
-    try:
-        await gatherResults([
-            Deferred.fromCoroutine(write(writers[0], "a")),
-            Deferred.fromCoroutine(write(writers[0], "b")),
-            Deferred.fromCoroutine(write(writers[1], "c")),
-            Deferred.fromCoroutine(write(writers[1], "d")),
-            Deferred.fromCoroutine(follow()),
-        ])
-    finally:
-        for index in writers + [reader]:
-            index.stopService()
+    await gatherResults([
+        Deferred.fromCoroutine(write(writers[0], "a")),
+        Deferred.fromCoroutine(write(writers[0], "b")),
+        Deferred.fromCoroutine(write(writers[1], "c")),
+        Deferred.fromCoroutine(write(writers[1], "d")),
+        Deferred.fromCoroutine(follow()),
+    ])
     assert seen == list(range(1, 4 * 40 * 3 + 1))
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_group_writing_one_path_twice_keeps_the_last(reactor, pg_schema):
-    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
-    await index.open()
-    try:
-        first, second = _file("same", "1" * 64), _file("same", "2" * 64, size=9)
-        await index.get_many_intending(["same"])
-        assert await index.intents() == ["same"]
-        changes = await index.record_each(
-            [([first], [], Create(first[0]), "a"), ([second], [], Create(second[0]), "b")], "t",
-            done_intents=["same"])
-        assert [(c.seq, c.source_client) for c in changes] == [(1, "a"), (2, "b")]
-        row = await index.get("same")
-        assert (row[0].hash, row[0].size) == ("2" * 64, 9)
-        assert await index.intents() == []
-        listed, _, _ = await index.changes(0, 10)
-        assert [c.operation.metadata.hash for c in listed] == ["1" * 64, "2" * 64]
-    finally:
-        index.stopService()
+async def test_one_group_writing_one_path_twice_keeps_the_last(open_index):
+    index = await open_index()
+    first, second = _file("same", "1" * 64), _file("same", "2" * 64, size=9)
+    await index.get_many_intending(["same"])
+    assert await index.intents() == ["same"]
+    changes = await index.record_each(
+        [([first], [], Create(first[0]), "a"), ([second], [], Create(second[0]), "b")], "t",
+        done_intents=["same"])
+    assert [(c.seq, c.source_client) for c in changes] == [(1, "a"), (2, "b")]
+    row = await index.get("same")
+    assert (row[0].hash, row[0].size) == ("2" * 64, 9)
+    assert await index.intents() == []
+    listed, _, _ = await index.changes(0, 10)
+    assert [c.operation.metadata.hash for c in listed] == ["1" * 64, "2" * 64]
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_connection_gives_up_on_a_silent_database_in_seconds(reactor, pg_schema):
-    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
-    await index.open()
-    try:
-        parameters = await index._run(lambda txn: txn.connection.info.get_parameters())
-    finally:
-        index.stopService()
+async def test_every_connection_gives_up_on_a_silent_database_in_seconds(open_index):
+    index = await open_index()
+    parameters = await index._run(lambda txn: txn.connection.info.get_parameters())
     assert (parameters["tcp_user_timeout"], parameters["keepalives_idle"], parameters["connect_timeout"]) == (
         "15000", "10", "5")
 
 
-async def _fenced_index(reactor, pg_schema) -> tuple:
+async def _fenced_index(reactor, pg_schema, open_index) -> tuple:
     """``(index, fence)``: an open index whose upload groups commit on the fence."""
-    index = PgIndex(pg_schema, retention=1000, reactor=reactor)
-    await index.open()
+    index = await open_index()
     index.fence = ClusterFence(pg_schema, lambda: index.namespace, reactor)
     return index, index.fence
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_upload_group_locks_at_its_first_look_and_unlocks_with_its_commit(reactor, pg_schema):
-    index, fence = await _fenced_index(reactor, pg_schema)
+async def test_an_upload_group_locks_at_its_first_look_and_unlocks_with_its_commit(reactor, pg_schema, open_index):
+    index, fence = await _fenced_index(reactor, pg_schema, open_index)
     other = psycopg.connect(pg_schema, autocommit=True)
     key = pgindex.lock_key(index.namespace, "path:a.txt")
 
@@ -182,7 +173,6 @@ async def test_an_upload_group_locks_at_its_first_look_and_unlocks_with_its_comm
     finally:
         other.close()
         fence.close()
-        index.stopService()
 
 
 def test_locked_rows_take_once_and_raise_a_failure_again():
@@ -201,8 +191,8 @@ def test_locked_rows_take_once_and_raise_a_failure_again():
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failed_group_commit_leaves_no_transaction_for_the_next_group(reactor, pg_schema):
-    index, fence = await _fenced_index(reactor, pg_schema)
+async def test_a_failed_group_commit_leaves_no_transaction_for_the_next_group(reactor, pg_schema, open_index):
+    index, fence = await _fenced_index(reactor, pg_schema, open_index)
 
     def broken(txn):
         raise ValueError("a bug in a recorder")
@@ -219,4 +209,3 @@ async def test_a_failed_group_commit_leaves_no_transaction_for_the_next_group(re
             assert await index.intents() == ["a.txt", "b.txt"]
     finally:
         fence.close()
-        index.stopService()

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
 from support import HttpClient, start_server, wait_for
-from test_client_stall import StallingProxy
+from stallproxy import StallingProxy
 from test_e2e_folders import Daemon, write_config
 from clients import read, write
 

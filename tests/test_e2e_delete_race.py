@@ -3,19 +3,14 @@ the server after that (an edit beats a delete, contract section 7). The other cl
 write is made at the last moment, just before the client's Delete is sent; real server,
 real client, real folders."""
 
-import hashlib
 import os
 import shutil
 
 import pytest_twisted
 
 from quantum_sync.protocol import Create, Delete, FileMetadata
-from clients import converged, read, tree, write
+from clients import KEEP, converged, read, sha, tree
 from support import wait_for
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def before_deletes(client, change):
@@ -47,11 +42,7 @@ async def upload_as_other(http_url, path, data):
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_edited_on_the_server_just_before_its_delete_comes_back(reactor, servers, clients):
-    a = await clients.start(servers[0], "a")
-    A = a.config.folder
-    write(A, "keep.txt", b"so that the folder is not emptied")
-    write(A, "f.txt", b"seen by a")
-    await converged(reactor, A, servers[0].root)
+    a, A = await clients.synced(servers[0], {"keep.txt": KEEP, "f.txt": b"seen by a"})
 
     async def edit(operations):
         await upload_as_other(servers[0].url, "f.txt", b"edited elsewhere, never seen by a")
@@ -70,12 +61,7 @@ async def test_a_file_edited_on_the_server_just_before_its_delete_comes_back(rea
 
 @pytest_twisted.ensureDeferred
 async def test_a_folder_deleted_keeps_the_files_uploaded_into_it_meanwhile(reactor, servers, clients):
-    a = await clients.start(servers[0], "a")
-    A = a.config.folder
-    write(A, "keep.txt", b"so that the folder is not emptied")
-    write(A, "d/x.txt", b"x")
-    write(A, "d/e/y.txt", b"y")
-    await converged(reactor, A, servers[0].root)
+    a, A = await clients.synced(servers[0], {"keep.txt": KEEP, "d/x.txt": b"x", "d/e/y.txt": b"y"})
     uploaded = []
 
     async def upload_new(operations):
@@ -90,7 +76,7 @@ async def test_a_folder_deleted_keeps_the_files_uploaded_into_it_meanwhile(react
                    what="a directory's Delete")
     assert read(servers[0].root, "d/e/new.bin") == b"uploaded while a deleted d"
     final = await converged(reactor, A, servers[0].root)
-    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None, "d/e": None,
+    assert final == {"keep.txt": sha(KEEP), "d": None, "d/e": None,
                      "d/e/new.bin": sha(b"uploaded while a deleted d")}
     for operation, _ in [s for s in sent if isinstance(s[0], Delete)]:  # each said what a had seen
         assert operation.if_match == ("" if operation.path in ("d", "d/e") else sha(read_back(operation.path)))
@@ -102,11 +88,7 @@ def read_back(path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_broadcast_heard_before_the_own_delete_does_not_bring_the_folder_back(reactor, servers, clients):
-    a = await clients.start(servers[0], "a")
-    A = a.config.folder
-    write(A, "keep.txt", b"so that the folder is not emptied")
-    os.makedirs(os.path.join(A, "e"))
-    await converged(reactor, A, servers[0].root)
+    a, A = await clients.synced(servers[0], {"keep.txt": KEEP}, dirs=["e"])
     stale = FileMetadata.directory("e", 0.0)
 
     async def heard_meanwhile(operations):

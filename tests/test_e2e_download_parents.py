@@ -9,15 +9,14 @@ import pytest_twisted
 from twisted.internet import defer
 
 from quantum_sync.protocol import Create
-from clients import converged
-from test_e2e_remote_folder_move import as_other, sha, start_behind
+from clients import KEEP, as_other, converged, sha
 from support import wait_for
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_folder_made_for_a_download_is_synced_and_its_remote_delete_applied(reactor, servers, clients):
     server = servers[0]
-    a, A = await start_behind(reactor, server, clients)
+    a, A = await clients.behind(server)
     gate, creates = defer.Deferred(), []
     real_sync = a.engine.server.sync
 
@@ -40,5 +39,5 @@ async def test_a_folder_made_for_a_download_is_synced_and_its_remote_delete_appl
     gate.callback(None)
     await a.engine.catch_up()
     final = await converged(reactor, A, server.root)
-    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None, "d/x.txt": sha(b"x")}
+    assert final == {"keep.txt": sha(KEEP), "d": None, "d/x.txt": sha(b"x")}
     assert creates == []

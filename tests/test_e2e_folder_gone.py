@@ -7,14 +7,13 @@ import os
 
 import pytest_twisted
 
-from clients import converged, write
-from test_e2e_remote_folder_move import sha, start_behind
+from clients import KEEP, converged, sha, write
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_folder_moved_out_and_made_again_deletes_what_went_with_it(reactor, tmp_path, servers, clients):
     server = servers[0]
-    a, A = await start_behind(reactor, server, clients)
+    a, A = await clients.behind(server)
     write(A, "d/y.txt", b"y")
     await converged(reactor, A, server.root)
     await a.engine.idle()
@@ -22,5 +21,5 @@ async def test_a_folder_moved_out_and_made_again_deletes_what_went_with_it(react
     write(A, "d/new.txt", b"made in a folder of the same name")
     await a.engine.local_changed("d", None)  # the watcher's stat, taken before d came back
     final = await converged(reactor, A, server.root)
-    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None,
+    assert final == {"keep.txt": sha(KEEP), "d": None,
                      "d/new.txt": sha(b"made in a folder of the same name")}

@@ -37,11 +37,7 @@ async def test_mass_delete_is_held_until_allowed(reactor, servers, clients, log_
 
 @pytest_twisted.ensureDeferred
 async def test_a_folder_that_lost_its_state_deletes_nothing(reactor, servers, clients):
-    a = await clients.start(servers[0], "a")
-    A = a.config.folder
-    write(A, "one.txt", b"1")
-    write(A, "two/three.txt", b"3")
-    await converged(reactor, A, servers[0].root)
+    a, A = await clients.synced(servers[0], {"one.txt": b"1", "two/three.txt": b"3"})
     await clients.stop(a)
     shutil.rmtree(A)  # the disk is gone; an empty mount point is all that is left
     os.mkdir(A)
@@ -68,11 +64,7 @@ async def test_a_zero_byte_file_with_an_old_mtime_is_not_uploaded(reactor, serve
 
 @pytest_twisted.ensureDeferred
 async def test_an_empty_listing_is_not_everything_deleted(reactor, servers, clients, log_lines):
-    a = await clients.start(servers[0], "a")
-    A = a.config.folder
-    for name in ("a.txt", "b.txt"):
-        write(A, name, name.encode())
-    await converged(reactor, A, servers[0].root)
+    a, A = await clients.synced(servers[0], {"a.txt": b"a.txt", "b.txt": b"b.txt"})
     await clients.stop(a)
     await servers[0].stop()
     shutil.rmtree(servers[0].root)  # the server comes back with an empty root

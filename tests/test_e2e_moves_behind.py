@@ -6,18 +6,14 @@ as a reconnect after a stall would start it."""
 
 import pytest_twisted
 
-from clients import converged, read, write
-from test_e2e_move_during_upload import HeldUpload
-from test_e2e_remote_folder_move import as_other, move, sha, start_behind
+from clients import KEEP, HeldUpload, as_other, converged, move, read, sha, write
 from support import wait_for
-
-KEEP = sha(b"so that the folder is not emptied")
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_moved_into_a_folder_that_moved_on_is_not_deleted_here(reactor, servers, clients):
     server = servers[0]
-    a, A = await start_behind(reactor, server, clients)
+    a, A = await clients.behind(server)
     await as_other(server, "POST", "/api/upload", params={"path": "f.bin"}, data=b"f")
     await a.engine.catch_up()  # a downloads f.bin, heard as a Create
     await converged(reactor, A, server.root)
@@ -25,13 +21,13 @@ async def test_a_file_moved_into_a_folder_that_moved_on_is_not_deleted_here(reac
     await move(server, "d", "d2")
     await a.engine.catch_up()
     final = await converged(reactor, A, server.root)
-    assert final == {"keep.txt": KEEP, "d2": None, "d2/x.txt": sha(b"x"), "d2/g.bin": sha(b"f")}
+    assert final == {"keep.txt": sha(KEEP), "d2": None, "d2/x.txt": sha(b"x"), "d2/g.bin": sha(b"f")}
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_folder_moved_twice_after_this_client_emptied_it_arrives_whole(reactor, servers, clients):
     server = servers[0]
-    a, A = await start_behind(reactor, server, clients)
+    a, A = await clients.behind(server)
     # an upload of a's own lands in d after the server moved d to d2 (re-creating d there):
     # applying that Move reconciles d2, which the server has meanwhile moved on to d3
     held = HeldUpload("d/late.bin", client=a)
@@ -50,7 +46,7 @@ async def test_a_folder_moved_twice_after_this_client_emptied_it_arrives_whole(r
 @pytest_twisted.ensureDeferred
 async def test_an_older_delete_heard_after_an_own_upload_of_the_path_is_not_applied(reactor, servers, clients):
     server = servers[0]
-    a, A = await start_behind(reactor, server, clients)
+    a, A = await clients.behind(server)
     await a.engine.idle()
     body = await as_other(server, "POST", "/api/sync", json={
         "operations": [{"Delete": {"path": "d/x.txt", "hash": sha(b"x")}}], "client_id": "other"})

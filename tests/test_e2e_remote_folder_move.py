@@ -5,59 +5,29 @@ lands there, and an upload of its own that landed in the old folder after the mo
 not leave the folders apart. Real server, real client; the catch-up is started by hand
 (no WebSocket, no periodic reconcile), as a reconnect after a stall would start it."""
 
-import hashlib
 import os
 
 import pytest_twisted
-import treq
 
-from test_e2e_move_during_upload import HeldUpload
-from clients import converged, write
+from clients import KEEP, HeldUpload, as_other, converged, move, sha, write
 from support import wait_for
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-async def as_other(server, method, path, **kwargs):
-    response = await treq.request(method, f"{server.url}{path}", headers={"X-Client-Id": "other"}, **kwargs)
-    body = await response.json()
-    assert response.code == 200, body
-    return body
-
-
-async def start_behind(reactor, server, clients):
-    """Client ``a`` with the folder ``d`` synced, hearing nothing until it catches up."""
-    a = await clients.start(server, "a", realtime=False, interval=3600)
-    A = a.config.folder
-    write(A, "keep.txt", b"so that the folder is not emptied")
-    write(A, "d/x.txt", b"x")
-    await converged(reactor, A, server.root)
-    return a, A
-
-
-async def move(server, source, destination):
-    body = await as_other(server, "POST", "/api/sync", json={
-        "operations": [{"Move": {"from": source, "to": destination}}], "client_id": "other"})
-    assert body["results"][0]["status"] == "applied"
 
 
 @pytest_twisted.ensureDeferred
 async def test_catching_up_on_a_folder_move_with_changes_around_it(reactor, servers, clients):
-    a, A = await start_behind(reactor, servers[0], clients)
+    a, A = await clients.behind(servers[0])
     await as_other(servers[0], "POST", "/api/upload", params={"path": "d/new.bin"}, data=b"made before the move")
     await move(servers[0], "d", "d2")
     await as_other(servers[0], "POST", "/api/upload", params={"path": "d2/after.bin"}, data=b"made after the move")
     await a.engine.catch_up()
     final = await converged(reactor, A, servers[0].root)
-    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None, "d2/x.txt": sha(b"x"),
+    assert final == {"keep.txt": sha(KEEP), "d2": None, "d2/x.txt": sha(b"x"),
                      "d2/new.bin": sha(b"made before the move"), "d2/after.bin": sha(b"made after the move")}
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_own_upload_into_the_old_folder_after_the_move_converges(reactor, servers, clients):
-    a, A = await start_behind(reactor, servers[0], clients)
+    a, A = await clients.behind(servers[0])
     held = HeldUpload("d/late.bin", client=a)
     write(A, "d/late.bin", b"read before the folder moved on the server")
     await held.started
@@ -72,7 +42,7 @@ async def test_an_own_upload_into_the_old_folder_after_the_move_converges(reacto
 
 @pytest_twisted.ensureDeferred
 async def test_a_folder_delete_heard_after_an_own_upload_into_it_landed(reactor, servers, clients):
-    a, A = await start_behind(reactor, servers[0], clients)
+    a, A = await clients.behind(servers[0])
     body = await as_other(servers[0], "POST", "/api/sync", json={
         "operations": [{"Delete": {"path": "d"}}], "client_id": "other"})
     assert body["results"][0]["status"] == "applied"
@@ -81,7 +51,7 @@ async def test_a_folder_delete_heard_after_an_own_upload_into_it_landed(reactor,
     await a.engine.idle()
     await a.engine.catch_up()  # now a hears the older Delete of d
     final = await converged(reactor, A, servers[0].root)
-    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d": None,
+    assert final == {"keep.txt": sha(KEEP), "d": None,
                      "d/new.bin": sha(b"made while the folder was deleted elsewhere")}
 
 
@@ -91,11 +61,7 @@ async def test_a_folder_made_remotely_inside_a_folder_moved_here_does_not_bring_
 
     from quantum_sync.protocol import Create, FileMetadata, Move
 
-    a = await clients.start(servers[0], "a", realtime=False, interval=3600)
-    A = a.config.folder
-    write(A, "keep.txt", b"so that the folder is not emptied")
-    os.makedirs(os.path.join(A, "d"))
-    await converged(reactor, A, servers[0].root)
+    a, A = await clients.behind(servers[0], {}, dirs=["d"])
     body = await as_other(servers[0], "POST", "/api/sync", json={"client_id": "other", "operations": [
         {"Create": {"metadata": {"path": "d/sub", "size": 0, "modified": "2026-01-01T00:00:00Z", "hash": "",
                                  "is_directory": True}}}]})
@@ -116,4 +82,4 @@ async def test_a_folder_made_remotely_inside_a_folder_moved_here_does_not_bring_
     gate.callback(None)
     await wait_for(reactor, lambda: os.path.isdir(os.path.join(A, "d2", "sub")), what="d2/sub here")
     final = await converged(reactor, A, servers[0].root)
-    assert final == {"keep.txt": sha(b"so that the folder is not emptied"), "d2": None, "d2/sub": None}
+    assert final == {"keep.txt": sha(KEEP), "d2": None, "d2/sub": None}

@@ -68,6 +68,16 @@ class UiSession:
         self.pages.append(page)
         return page
 
+    async def client_page(self, clients, path, data):
+        """A server, client ``a``'s folder with ``path`` (``data``) written in it, and a
+        page that lists that file."""
+        server = await self.serve()
+        folder = (await clients.start(server, "a")).config.folder
+        write(folder, path, data)
+        page = await self.open(server.url)
+        await self.browser.run(lambda b: page.wait_for_selector(row_selector(path)))
+        return server, folder, page
+
     async def close(self):
         for page in self.pages:
             await self.browser.run(lambda b, page=page: page.context.close())
@@ -91,6 +101,16 @@ def sha(data: bytes) -> str:
 async def paths_listed(browser, page) -> list:
     return await browser.run(lambda b: page.eval_on_selector_all(
         ".row", "rows => rows.map(r => r.dataset.path)"))
+
+
+async def answer_dialog(browser, page, value=None):
+    """Fill (when ``value`` is given) and confirm the page's open dialog."""
+    def fill(b):
+        page.wait_for_selector("#dialog[open]")
+        if value is not None:
+            page.fill("#dialog-input", value)
+        page.click("#dialog-ok")
+    await browser.run(fill)
 
 
 @pytest_twisted.ensureDeferred
@@ -133,12 +153,7 @@ async def test_lists_the_files_and_shows_a_clients_write_without_reload(reactor,
 
 @pytest_twisted.ensureDeferred
 async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path, browser, ui, clients):
-    server = await ui.serve()
-    client = await clients.start(server, "a")
-    folder = client.config.folder
-    write(folder, "other.txt", b"taken")
-    page = await ui.open(server.url)
-    await browser.run(lambda b: page.wait_for_selector(row_selector("other.txt")))
+    server, folder, page = await ui.client_page(clients, "other.txt", b"taken")
     data = os.urandom(300 * 1024) + bytes(range(256))
     await browser.run(lambda b: page.set_input_files("#file-input", files=[
         {"name": "up.bin", "mimeType": "application/octet-stream", "buffer": data}]))
@@ -147,17 +162,9 @@ async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path,
     assert await browser.run(lambda b: page.eval_on_selector(
         "#upload-overall", "p => p.value === p.max")) is True
 
-    async def answer_dialog(value=None):
-        def fill(b):
-            page.wait_for_selector("#dialog[open]")
-            if value is not None:
-                page.fill("#dialog-input", value)
-            page.click("#dialog-ok")
-        await browser.run(fill)
-
     # a rename onto an existing name: the server's message is shown, nothing changes
     await browser.run(lambda b: page.click(row_selector("up.bin") + " .act-rename"))
-    await answer_dialog("other.txt")
+    await answer_dialog(browser, page, "other.txt")
     await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
     message = await browser.run(lambda b: page.text_content("#error-text"))
     _, answer = await ui.api("POST", server.url + "/api/sync", data=json.dumps(
@@ -166,12 +173,12 @@ async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path,
     assert read(folder, "other.txt") == b"taken"
 
     await browser.run(lambda b: page.click(row_selector("up.bin") + " .act-rename"))
-    await answer_dialog("moved/renamed.bin")
+    await answer_dialog(browser, page, "moved/renamed.bin")
     await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") == data
                        and read(folder, "up.bin") is None, what="the rename")
     await browser.run(lambda b: page.click(row_selector("moved") + " button.dir"))
     await browser.run(lambda b: page.click(row_selector("moved/renamed.bin") + " .act-delete"))
-    await answer_dialog()
+    await answer_dialog(browser, page)
     await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") is None, what="the delete")
     await browser.run(lambda b: page.wait_for_selector(row_selector("moved/renamed.bin"), state="detached"))
     assert page.errors == []
@@ -297,24 +304,9 @@ async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reac
     assert any("/api/changes?since=" in url for url in requests), requests
 
 
-async def answer_dialog(browser, page, value=None):
-    """Fill (when ``value`` is given) and confirm the page's open dialog."""
-    def fill(b):
-        page.wait_for_selector("#dialog[open]")
-        if value is not None:
-            page.fill("#dialog-input", value)
-        page.click("#dialog-ok")
-    await browser.run(fill)
-
-
 @pytest_twisted.ensureDeferred
 async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, browser, ui, clients):
-    server = await ui.serve()
-    client = await clients.start(server, "a")
-    folder = client.config.folder
-    write(folder, "have.txt", b"downloaded bytes")
-    page = await ui.open(server.url)
-    await browser.run(lambda b: page.wait_for_selector(row_selector("have.txt")))
+    server, folder, page = await ui.client_page(clients, "have.txt", b"downloaded bytes")
     await browser.run(lambda b: page.click("#new-folder"))
     await answer_dialog(browser, page, "fresh")
     await wait_on_disk(reactor, lambda: os.path.isdir(os.path.join(folder, "fresh")), what="the new folder")

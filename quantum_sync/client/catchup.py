@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from quantum_sync.client import localfs
 from quantum_sync.errors import SyncError
 from quantum_sync.resolve import resolve_and_lstat
+from quantum_sync.client.inflight import InFlight
 from quantum_sync.client.journal import Heard, Identity, JournalCursor
 from quantum_sync.client.pathstate import FETCH
 from quantum_sync.client.state import tmp_dir
@@ -43,7 +44,7 @@ class RemoteChanges:
         self._running = None
         self._again = False
         self._start_over_due = False
-        self._in_flight = set()  # changes being applied since the last Move began
+        self._in_flight = InFlight()  # changes being applied since the last Move began
         self._move = None  # the Move being applied: later changes wait for it
         self._forget_seqs()
 
@@ -175,8 +176,7 @@ class RemoteChanges:
         created in a folder just before the folder moved must be there to move with it;
         one created in its new place must not land before the folder does)."""
         if isinstance(operation, Move):
-            before = list(self._in_flight) + ([self._move] if self._move is not None else [])
-            self._in_flight = set()
+            before = self._in_flight.take() + ([self._move] if self._move is not None else [])
             done = self._move = defer.ensureDeferred(self._after(before, operation))
 
             def moved(result):
@@ -190,14 +190,7 @@ class RemoteChanges:
             done = defer.ensureDeferred(self._after([self._move], operation))
         else:
             done = self._dispatch(operation)
-        if not done.called:
-            self._in_flight.add(done)
-            done.addBoth(self._landed, done)
-        return done
-
-    def _landed(self, result, done):
-        self._in_flight.discard(done)
-        return result
+        return self._in_flight.add(done)
 
     async def _after(self, before, operation):
         if before:

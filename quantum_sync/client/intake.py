@@ -8,6 +8,7 @@ from twisted.logger import Logger
 
 from quantum_sync.client import localfs
 from quantum_sync.client.ignore import IGNORE_FILE, IgnoreRules
+from quantum_sync.client.inflight import InFlight
 from quantum_sync.client.pathstate import UNKNOWN, UNSEEN
 from quantum_sync.client.transfer import ServerUnavailable
 
@@ -22,7 +23,7 @@ class LocalIntake:
         self._rules_reads = 0  # reloads started; only the newest one's rules are kept
         self._reported = set()  # local paths outside the selection already reported
         #: the local moves being carried out (not per-path jobs: :meth:`Engine.idle` waits for them too)
-        self.moving = set()
+        self.moving = InFlight()
 
     def changed(self, path: str, stat=UNSEEN):
         """``path`` changed (created, written, deleted); ``stat``: its lstat seen just after."""
@@ -44,15 +45,8 @@ class LocalIntake:
 
     def moved(self, source: str, destination: str):
         """``source`` renamed to ``destination`` inside the folder."""
-        d = defer.ensureDeferred(self.engine.guard(self._local_move(source, destination), source))
-        if not d.called:
-            self.moving.add(d)
-            d.addBoth(self._moved, d)
-        return d
-
-    def _moved(self, result, d):
-        self.moving.discard(d)
-        return result
+        moving = self.engine.guard(self._local_move(source, destination), source)
+        return self.moving.add(defer.ensureDeferred(moving))
 
     async def reload_rules(self):
         engine = self.engine
