@@ -1,6 +1,8 @@
 """Versions: the retention plan (pure, hypothesis), the index's versions table and the
 files' source clients, and the version area's blocking side on a real directory."""
 
+import collections
+import hashlib
 import os
 
 import pytest
@@ -139,6 +141,44 @@ def area_of(tmp_path):
     area = VersionArea(store, Clock())
     area.prepare()
     return store, area
+
+
+class WalkCountingStore(Store):
+    """Counts the walks of each path from the root (the resolver's lstats)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.walks = collections.Counter()
+
+    def walk(self, path):
+        self.walks[path] += 1
+        return super().walk(path)
+
+
+def test_a_replaced_file_is_walked_to_once_for_its_version_and_its_rename(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    from quantum_sync.server.diskdiff import metadata_of
+    from quantum_sync.server.install import GroupInstall, WaitingUpload
+
+    store = WalkCountingStore(str(tmp_path / "root"))
+    store.prepare()
+    area = VersionArea(store, Clock())
+    area.prepare()
+    os.makedirs(os.path.join(store.root, "d"))
+    with open(os.path.join(store.root, "d", "f"), "wb") as f:
+        f.write(b"old")
+    indexed = {"d/f": metadata_of(store.entry("d/f"), hashlib.sha256(b"old").hexdigest())}
+    store.walks.clear()
+    body = b"new"
+    upload = WaitingUpload("d/f", None, body, hashlib.sha256(body).hexdigest(), "c", None, None, Deferred())
+    [result] = GroupInstall(store, area).install_all([upload], indexed, 1 << 20)
+    version = result[4]
+    with open(area.name_of(version.id), "rb") as f:
+        assert f.read() == b"old"
+    with open(os.path.join(store.root, "d", "f"), "rb") as f:
+        assert f.read() == b"new"
+    assert store.walks["d/f"] == 2  # its current state looked at; its version linked and it renamed
 
 
 @pytest_twisted.ensureDeferred

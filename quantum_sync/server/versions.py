@@ -355,32 +355,22 @@ class VersionArea:
         with self._lock:
             return frozenset(self._reading)
 
-    def keep_replaced(self, path: str, current, source_client=None):
+    def keep_replaced(self, path: str, current, source_client=None, absolute=None):
         """Before the file at ``path`` (``current``: its ``(FileMetadata, mtime_ns)``, or
         None) is replaced: link its inode into the area. Its :class:`Version`, or None
-        when there is nothing to keep. ``source_client``: who wrote it, when known."""
+        when there is nothing to keep. ``source_client``: who wrote it, when known;
+        ``absolute``: its on-disk name, when resolved already."""
         if not self.enabled or current is None or current[0].is_directory:
             return None
-        absolute = self.store.resolve(path)
+        absolute = absolute or self.store.resolve(path)
         version_id = self._new_id()
         name = self.name_of(version_id)
         try:
-            try:
-                os.link(absolute, name, follow_symlinks=False)
-                st = os.lstat(name)
-                if st.st_nlink > 2:  # shared with another name: its bytes could change there
-                    os.unlink(name)
-                    raise OSError(errno.EMLINK, "shared inode")
-            except FileNotFoundError:
-                self._settled([version_id])
-                return None
-            except OSError as error:
-                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copy2(absolute, name, follow_symlinks=False)
-                st = os.lstat(name)
-            if not stat.S_ISREG(st.st_mode):
+            st = _link_or_copy(absolute, name)
+            if st is not None and not stat.S_ISREG(st.st_mode):
                 os.unlink(name)
+                st = None
+            if st is None:
                 self._settled([version_id])
                 return None
             return self._version(version_id, path, st, current, False, source_client)
@@ -547,6 +537,25 @@ class VersionArea:
                 self.on_forgotten(frozenset(doomed))
 
 
+def _link_or_copy(absolute: str, name: str):
+    """Link the inode of ``absolute`` at ``name``, or copy it there where no link can be
+    made or its inode has another name (its bytes could change there): the lstat of
+    ``name``, or None when ``absolute`` is gone."""
+    try:
+        os.link(absolute, name, follow_symlinks=False)
+        st = os.lstat(name)
+        if st.st_nlink <= 2:
+            return st
+        os.unlink(name)  # shared with another name
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+    shutil.copy2(absolute, name, follow_symlinks=False)
+    return os.lstat(name)
+
+
 def rekey(source: str, destination: str):
     """A function of a transaction that moves the versions of ``source`` (and below) to
     ``destination`` (for the ``also`` of :meth:`Index.rename`)."""
@@ -563,7 +572,7 @@ class KeepNothing:
 
     enabled = False
 
-    def keep_replaced(self, path, current, source_client=None):
+    def keep_replaced(self, path, current, source_client=None, absolute=None):
         return None
 
     def trash(self, path, rows) -> list:
