@@ -8,7 +8,9 @@ import os
 import pytest_twisted
 from twisted.internet import task
 
+from quantum_sync.server.cluster.pgindex import PgIndex
 from quantum_sync.server.versions import AREA_NAME, ORPHAN_AGE, PRUNE_INTERVAL
+from test_versions import area_of, limits_hold_for_a_group_of_many_paths
 from test_versions_api import wall_clock
 from tests.support import HttpClient, server_document, start_service, wait_for
 
@@ -81,3 +83,13 @@ async def test_count_and_space_limits_hold_as_versions_are_kept_on_either_node(r
         for service in services:
             if service.running:
                 await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_hold_for_a_group_of_many_paths_on_postgresql(reactor, tmp_path, pg_schema):
+    index = PgIndex(pg_schema, retention=100, reactor=reactor)
+    await index.open()
+    try:
+        await limits_hold_for_a_group_of_many_paths(index, area_of(tmp_path)[1])
+    finally:
+        index.stopService()

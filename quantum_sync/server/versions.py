@@ -254,22 +254,35 @@ _ALL_ROWS = 2 ** 62
 def _over_limits(txn, policy, paths, busy) -> dict:
     """``{id: size}`` of the versions that ``keep_per_file`` (for ``paths``) and then
     ``max_bytes`` no longer allow, oldest first, none of ``busy``: what
-    :func:`plan_prune` would choose of them, from a count of each path's rows and the
-    space total rather than every row."""
+    :func:`plan_prune` would choose of them, from each path's rows past its newest
+    ``keep_per_file`` and the space total rather than every row."""
     doomed = {}
     if policy.keep_per_file is not None:
-        for path in sorted(paths):
-            doomed.update(_over_count(txn, path, policy.keep_per_file, busy))
+        doomed.update(_over_count(txn, paths, policy.keep_per_file, busy))
     if policy.max_bytes is not None:
         doomed.update(_over_space(txn, policy.max_bytes, doomed, busy))
     return doomed
 
 
-def _over_count(txn, path, keep_per_file, busy) -> list:
-    # the path's rows past its newest keep_per_file, read from its index alone, backwards
-    txn.execute("SELECT id, size FROM versions WHERE path = ? ORDER BY kept DESC, id DESC"
-                " LIMIT ? OFFSET ?", (path, _ALL_ROWS, keep_per_file))
-    return [(vid, size) for vid, size in txn.fetchall() if vid not in busy]
+#: one path's versions past its newest N, read from its index alone; a query for each
+#: path, joined in one statement for up to :data:`_PATHS_A_QUERY` paths (one round trip
+#: to a database server for a group's paths)
+_PAST_NEWEST = ("SELECT * FROM (SELECT id, size FROM versions WHERE path = ?"
+                " ORDER BY kept DESC, id DESC LIMIT ? OFFSET ?) AS past")
+#: below SQLite's limit of terms in a compound SELECT (500)
+_PATHS_A_QUERY = 100
+
+
+def _over_count(txn, paths, keep_per_file, busy) -> list:
+    """``(id, size)`` of the versions of ``paths`` past the newest ``keep_per_file`` of
+    their path, none of ``busy``."""
+    paths, past = sorted(paths), []
+    for start in range(0, len(paths), _PATHS_A_QUERY):
+        part = paths[start:start + _PATHS_A_QUERY]
+        txn.execute(" UNION ALL ".join([_PAST_NEWEST] * len(part)),
+                    [value for path in part for value in (path, _ALL_ROWS, keep_per_file)])
+        past.extend((vid, size) for vid, size in txn.fetchall() if vid not in busy)
+    return past
 
 
 def _over_space(txn, max_bytes, doomed, busy) -> dict:
