@@ -12,7 +12,9 @@ import pytest_twisted
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
+from quantum_sync.server.cluster.pgindex import PgIndex
 from quantum_sync.server.versions import AREA_NAME, DAY, ORPHAN_AGE, PRUNE_INTERVAL
+from test_versions import area_of, limits_hold_for_a_group_of_many_paths
 from test_versions_api import wall_clock
 from tests.support import HttpClient, server_document, start_service, wait_for
 
@@ -195,3 +197,13 @@ async def test_a_restore_on_one_node_holds_its_version_from_another_node_s_count
         assert len(await kept()) == 1 and version not in await kept()
     finally:
         await _stop(http, services)
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_hold_for_a_group_of_many_paths_on_postgresql(reactor, tmp_path, pg_schema):
+    index = PgIndex(pg_schema, retention=100, reactor=reactor)
+    await index.open()
+    try:
+        await limits_hold_for_a_group_of_many_paths(index, area_of(tmp_path)[1])
+    finally:
+        index.stopService()

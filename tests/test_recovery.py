@@ -122,10 +122,10 @@ class IntentCheckingStore(Store):
 
     seen = None
 
-    def install_staged(self, temp, temp_stat, path):
+    def install_staged(self, temp, temp_stat, path, walked=None):
         with sqlite3.connect(os.path.join(self.state_dir, "index.sqlite3")) as db:
             self.seen = [row[0] for row in db.execute("SELECT path FROM intents")]
-        return super().install_staged(temp, temp_stat, path)
+        return super().install_staged(temp, temp_stat, path, walked)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,6 +1,8 @@
 """Versions: the retention plan (pure, hypothesis), the index's versions table and the
 files' source clients, and the version area's blocking side on a real directory."""
 
+import collections
+import hashlib
 import os
 
 import pytest
@@ -113,6 +115,41 @@ async def test_the_space_total_follows_what_is_kept_and_forgotten(index, tmp_pat
     assert await index.interaction(total) == 3
 
 
+async def limits_hold_for_a_group_of_many_paths(index, area) -> None:
+    """Record a version of each of more paths than one keep-time query takes (and than a
+    compound SELECT of SQLite may join), each path at ``keep_per_file`` already, the
+    space cap reached too: every path keeps only its newest, then the cap takes the
+    oldest; what went is handed on for its file's removal."""
+    from quantum_sync.server.versions import _PATHS_A_QUERY
+
+    paths = [f"d/f{n:04d}" for n in range(_PATHS_A_QUERY * 5 + 7)]  # > 500
+    forgotten = []
+    area.on_forgotten = forgotten.append
+    area.policy = VersionsConfig(keep_per_file=1)
+    old = [version(f"{n:024x}", path, size=10, kept=NOW) for n, path in enumerate(paths)]
+    await index.record([], [], None, "", "", area.recorder(old))
+    assert forgotten == []
+    area.policy = VersionsConfig(keep_per_file=1, max_bytes=10 * (len(paths) - 3))
+    new = [version(f"{n + len(paths):024x}", path, size=10, kept=NOW + 1 + n) for n, path in enumerate(paths)]
+    await index.record([], [], None, "", "", area.recorder(new))
+
+    def rows(txn):
+        txn.execute("SELECT id FROM versions")
+        ids = {row[0] for row in txn.fetchall()}
+        txn.execute("SELECT total FROM versions_space")
+        return ids, txn.fetchone()[0]
+
+    ids, total = await index.interaction(rows)
+    assert ids == {v.id for v in new[3:]}  # one a path, then the three oldest for the cap
+    assert total == 10 * (len(paths) - 3)
+    assert set().union(*forgotten) == {v.id for v in old + new[:3]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_hold_for_a_group_of_many_paths_on_sqlite(index, tmp_path):
+    await limits_hold_for_a_group_of_many_paths(index, area_of(tmp_path)[1])
+
+
 @pytest_twisted.async_yield_fixture
 async def index(reactor, tmp_path):
     index = Index(str(tmp_path / "state"), retention=100, reactor=reactor)
@@ -139,6 +176,44 @@ def area_of(tmp_path):
     area = VersionArea(store, Clock())
     area.prepare()
     return store, area
+
+
+class WalkCountingStore(Store):
+    """Counts the walks of each path from the root (the resolver's lstats)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.walks = collections.Counter()
+
+    def walk(self, path):
+        self.walks[path] += 1
+        return super().walk(path)
+
+
+def test_a_replaced_file_is_walked_to_once_for_its_version_and_its_rename(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    from quantum_sync.server.diskdiff import metadata_of
+    from quantum_sync.server.install import GroupInstall, WaitingUpload
+
+    store = WalkCountingStore(str(tmp_path / "root"))
+    store.prepare()
+    area = VersionArea(store, Clock())
+    area.prepare()
+    os.makedirs(os.path.join(store.root, "d"))
+    with open(os.path.join(store.root, "d", "f"), "wb") as f:
+        f.write(b"old")
+    indexed = {"d/f": metadata_of(store.entry("d/f"), hashlib.sha256(b"old").hexdigest())}
+    store.walks.clear()
+    body = b"new"
+    upload = WaitingUpload("d/f", None, body, hashlib.sha256(body).hexdigest(), "c", None, None, Deferred())
+    [result] = GroupInstall(store, area).install_all([upload], indexed, 1 << 20)
+    version = result[4]
+    with open(area.name_of(version.id), "rb") as f:
+        assert f.read() == b"old"
+    with open(os.path.join(store.root, "d", "f"), "rb") as f:
+        assert f.read() == b"new"
+    assert store.walks["d/f"] == 2  # its current state looked at; its version linked and it renamed
 
 
 @pytest_twisted.ensureDeferred

@@ -208,8 +208,9 @@ class GroupInstall:
         try:
             if broken:  # an earlier upload of this path failed: this one was based on it
                 raise SyncError("INSUFFICIENT_STORAGE", f"{path}: an earlier upload of it could not be stored")
-            version = self.versions.keep_replaced(path, current, author)
-            created, target = self.store.install_staged(temp, temp_stat, path)
+            walked = self.store.walk(path)  # once for the version's link and the install
+            version = self.versions.keep_replaced(path, current, author, walked[0])
+            created, target = self.store.install_staged(temp, temp_stat, path, walked)
         except BaseException:
             self.versions.discard(version)
             if waiting.owns_temp:

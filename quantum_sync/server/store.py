@@ -130,19 +130,21 @@ class Store:
     def resolve(self, path: str) -> str:
         """The on-disk name of ``path`` (INVALID_PATH when it cannot live under the root),
         by the one resolver's rules (:mod:`quantum_sync.resolve`)."""
-        return self._walk(path)[0]
+        return self.walk(path)[0]
 
     def look(self, path: str) -> tuple:
         """``(on-disk name, its lstat or None)`` of ``path``, checked as :meth:`resolve`."""
-        absolute, st, _ = self._walk(path)
+        absolute, st, _ = self.walk(path)
         return absolute, st or None
 
-    def _walk(self, path: str) -> tuple:
+    def walk(self, path: str) -> tuple:
+        """``(on-disk name, lstat, parents exist)`` of ``path``, as :func:`resolve.walk`
+        gives them (once for both a version's link and :meth:`install_staged`)."""
         return resolve.walk(self.root, path)
 
     def entry(self, path: str) -> DiskEntry | None:
         """The on-disk state of canonical ``path`` (symlinks and specials count as absent)."""
-        absolute, st, _ = self._walk(path)
+        absolute, st, _ = self.walk(path)
         if st is False:
             try:
                 st = os.lstat(absolute)
@@ -350,18 +352,18 @@ class Store:
         os.chmod(temp_path, 0o644)
         return os.lstat(temp_path)
 
-    def install_staged(self, temp, temp_stat, path: str) -> tuple:
+    def install_staged(self, temp, temp_stat, path: str, walked=None) -> tuple:
         """Put a finished temp file (``temp_stat``: its stat) at ``path``, without the
         directory fsync; returns ``(created parent directories, on-disk name)``. A
         nameless file (see :meth:`stage_many`) is linked in place when the name is free, else
         named in the temp directory first; a named one is renamed onto ``path``. Either
         way the file appears whole, and the root watcher recognises it as the server's
-        own (:meth:`own_write`)."""
-        target, st, parents_exist = self._walk(path)
+        own (:meth:`own_write`). ``walked``: :meth:`walk` of ``path``, when just taken."""
+        target, st, parents_exist = walked or self.walk(path)
         created = []
         if not parents_exist:
             created = self.make_parents(path)
-            target, st, _ = self._walk(path)
+            target, st, _ = self.walk(path)
         if st and stat.S_ISDIR(st.st_mode):
             raise SyncError("CONFLICT", f"{path} is a directory")
         self.installed.expect(target, temp_stat)

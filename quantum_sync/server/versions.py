@@ -262,22 +262,35 @@ _ALL_ROWS = 2 ** 62
 def _over_limits(txn, policy, paths, busy) -> dict:
     """``{id: size}`` of the versions that ``keep_per_file`` (for ``paths``) and then
     ``max_bytes`` no longer allow, oldest first, none of ``busy``: what
-    :func:`plan_prune` would choose of them, from a count of each path's rows and the
-    space total rather than every row."""
+    :func:`plan_prune` would choose of them, from each path's rows past its newest
+    ``keep_per_file`` and the space total rather than every row."""
     doomed = {}
     if policy.keep_per_file is not None:
-        for path in sorted(paths):
-            doomed.update(_over_count(txn, path, policy.keep_per_file, busy))
+        doomed.update(_over_count(txn, paths, policy.keep_per_file, busy))
     if policy.max_bytes is not None:
         doomed.update(_over_space(txn, policy.max_bytes, doomed, busy))
     return doomed
 
 
-def _over_count(txn, path, keep_per_file, busy) -> list:
-    # the path's rows past its newest keep_per_file, read from its index alone, backwards
-    txn.execute("SELECT id, size FROM versions WHERE path = ? ORDER BY kept DESC, id DESC"
-                " LIMIT ? OFFSET ?", (path, _ALL_ROWS, keep_per_file))
-    return [(vid, size) for vid, size in txn.fetchall() if vid not in busy]
+#: one path's versions past its newest N, read from its index alone; a query for each
+#: path, joined in one statement for up to :data:`_PATHS_A_QUERY` paths (one round trip
+#: to a database server for a group's paths)
+_PAST_NEWEST = ("SELECT * FROM (SELECT id, size FROM versions WHERE path = ?"
+                " ORDER BY kept DESC, id DESC LIMIT ? OFFSET ?) AS past")
+#: below SQLite's limit of terms in a compound SELECT (500)
+_PATHS_A_QUERY = 100
+
+
+def _over_count(txn, paths, keep_per_file, busy) -> list:
+    """``(id, size)`` of the versions of ``paths`` past the newest ``keep_per_file`` of
+    their path, none of ``busy``."""
+    paths, past = sorted(paths), []
+    for start in range(0, len(paths), _PATHS_A_QUERY):
+        part = paths[start:start + _PATHS_A_QUERY]
+        txn.execute(" UNION ALL ".join([_PAST_NEWEST] * len(part)),
+                    [value for path in part for value in (path, _ALL_ROWS, keep_per_file)])
+        past.extend((vid, size) for vid, size in txn.fetchall() if vid not in busy)
+    return past
 
 
 def _over_space(txn, max_bytes, doomed, busy) -> dict:
@@ -382,32 +395,22 @@ class VersionArea:
         with self._lock:
             return frozenset(self._reading)
 
-    def keep_replaced(self, path: str, current, source_client=None):
+    def keep_replaced(self, path: str, current, source_client=None, absolute=None):
         """Before the file at ``path`` (``current``: its ``(FileMetadata, mtime_ns)``, or
         None) is replaced: link its inode into the area. Its :class:`Version`, or None
-        when there is nothing to keep. ``source_client``: who wrote it, when known."""
+        when there is nothing to keep. ``source_client``: who wrote it, when known;
+        ``absolute``: its on-disk name, when resolved already."""
         if not self.enabled or current is None or current[0].is_directory:
             return None
-        absolute = self.store.resolve(path)
+        absolute = absolute or self.store.resolve(path)
         version_id = self._new_id()
         name = self.name_of(version_id)
         try:
-            try:
-                os.link(absolute, name, follow_symlinks=False)
-                st = os.lstat(name)
-                if st.st_nlink > 2:  # shared with another name: its bytes could change there
-                    os.unlink(name)
-                    raise OSError(errno.EMLINK, "shared inode")
-            except FileNotFoundError:
-                self._settled([version_id])
-                return None
-            except OSError as error:
-                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copy2(absolute, name, follow_symlinks=False)
-                st = os.lstat(name)
-            if not stat.S_ISREG(st.st_mode):
+            st = _link_or_copy(absolute, name)
+            if st is not None and not stat.S_ISREG(st.st_mode):
                 os.unlink(name)
+                st = None
+            if st is None:
                 self._settled([version_id])
                 return None
             return self._version(version_id, path, st, current, False, source_client)
@@ -577,6 +580,25 @@ class VersionArea:
                 self.on_forgotten(frozenset(doomed))
 
 
+def _link_or_copy(absolute: str, name: str):
+    """Link the inode of ``absolute`` at ``name``, or copy it there where no link can be
+    made or its inode has another name (its bytes could change there): the lstat of
+    ``name``, or None when ``absolute`` is gone."""
+    try:
+        os.link(absolute, name, follow_symlinks=False)
+        st = os.lstat(name)
+        if st.st_nlink <= 2:
+            return st
+        os.unlink(name)  # shared with another name
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+    shutil.copy2(absolute, name, follow_symlinks=False)
+    return os.lstat(name)
+
+
 def rekey(source: str, destination: str):
     """A function of a transaction that moves the versions of ``source`` (and below) to
     ``destination`` (for the ``also`` of :meth:`Index.rename`)."""
@@ -593,7 +615,7 @@ class KeepNothing:
 
     enabled = False
 
-    def keep_replaced(self, path, current, source_client=None):
+    def keep_replaced(self, path, current, source_client=None, absolute=None):
         return None
 
     def trash(self, path, rows) -> list:

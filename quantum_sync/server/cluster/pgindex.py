@@ -189,8 +189,10 @@ class _Portable:
         return self._cursor.execute(sql if params is None else self._sql(sql), params)
 
     def executemany(self, sql, rows):
+        # on a cursor of its own: in a pipeline, a query's fetch on the cursor that queued
+        # many statements before it can meet one of their results (psycopg 3.3)
         rows = list(rows)
-        return self._cursor.executemany(self._sql(sql), rows) if rows else None
+        return self._cursor.connection.cursor().executemany(self._sql(sql), rows) if rows else None
 
     def executescript(self, script: str):
         for old, new in self._TYPES:
