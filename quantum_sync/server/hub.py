@@ -40,7 +40,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 class IHubConnection(Interface):
     """What the hub needs of one WebSocket connection (and, optionally, a
-    ``send_many(payloads)`` that sends several messages in order in one write)."""
+    ``send_many(payloads)`` that sends several messages in order in one write, and on
+    its class a ``send_all(connections, payload, failed)`` that sends one broadcast to
+    many connections of the class, calling ``failed(connection)`` inside the handler
+    of an exception one of them raised)."""
 
     client_id = Attribute("The id named by Subscribe, or None")
     address = Attribute("The peer's address, 'host:port'")
@@ -246,7 +249,9 @@ class Hub(Service):
     def _audience(self, topic: str, skip_client: str) -> list:
         """The subscribers of ``topic``, without the connections of ``skip_client`` (when
         it is given)."""
-        return [c for c in self._subscribers[topic] if not skip_client or c.client_id != skip_client]
+        if not skip_client:
+            return list(self._subscribers[topic])
+        return [c for c in self._subscribers[topic] if c.client_id != skip_client]
 
     @contextlib.contextmanager
     def burst(self):
@@ -264,12 +269,26 @@ class Hub(Service):
                     self._send(connection, payloads)
 
     def _deliver(self, payload: bytes, connections) -> None:
-        """The same bytes to each connection (held until the end of a burst)."""
-        for connection in connections:
-            if self._bursts:
+        """The same bytes to each connection (held until the end of a burst); the
+        connections of a class with ``send_all`` get them through it, all at once."""
+        if self._bursts:
+            for connection in connections:
                 self._held.setdefault(id(connection), (connection, []))[1].append(payload)
+            return
+        kinds = {}
+        for connection in connections:
+            kind = type(connection)
+            if kind in kinds:
+                kinds[kind].append(connection)
             else:
-                self._send(connection, [payload])
+                kinds[kind] = [connection]
+        for kind, group in kinds.items():
+            send_all = getattr(kind, "send_all", None)
+            if send_all is not None:
+                send_all(group, payload, self._failed)
+            else:
+                for connection in group:
+                    self._send(connection, [payload])
 
     def _send(self, connection, payloads) -> None:
         """``payloads`` to one connection; one that fails is dropped, the rest still get
@@ -282,8 +301,12 @@ class Hub(Service):
                 for payload in payloads:
                     connection.send(payload)
         except Exception:
-            self.log.failure("hub: sending to {address} failed", address=connection.address)
-            connection.abort("error")
+            self._failed(connection)
+
+    def _failed(self, connection) -> None:
+        """Sending to ``connection`` raised (called in the handler): log it, drop it."""
+        self.log.failure("hub: sending to {address} failed", address=connection.address)
+        connection.abort("error")
 
     def alert(self, kind: str, data: dict) -> None:
         """Send a PeerVault event on the ``alerts`` topic (``security_alert``,
