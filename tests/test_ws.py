@@ -154,7 +154,7 @@ async def test_compression_is_negotiated_small_and_context_free(sites):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_broadcast_reaches_plain_and_compressed_subscribers_and_is_counted_once_each(sites):
+async def test_broadcasts_reach_plain_and_compressed_subscribers_and_are_counted_once_each(sites):
     site = await sites()
     plain, compressed = await site.connect(), await site.connect(compress=True)
     await plain.request({"type": "Subscribe", "client_id": "plain"})
@@ -172,6 +172,17 @@ async def test_one_broadcast_reaches_plain_and_compressed_subscribers_and_is_cou
         assert (await reader.expect("FileOperation"))["operation"] == {"Delete": {"path": long_path}}
     size = len(messages.file_operation(change, MEMORY_JOURNAL_ID))
     assert (metrics.messages_out - before[0], metrics.bytes_transferred - before[1]) == (2, 2 * size)
+    before = (metrics.messages_out, metrics.bytes_transferred)
+    burst = [Change(seq, Delete(f"{long_path}/{seq}"), "someone", now()) for seq in (2, 3)]
+    with site.hub.burst():  # two messages in one write to each
+        for change in burst:
+            site.hub.publish(change)
+    for reader in (plain, compressed):
+        got = [await reader.expect("FileOperation", seq=seq) for seq in (2, 3)]
+        assert [m["operation"] for m in got] == [{"Delete": {"path": c.operation.path}} for c in burst]
+        assert [m["seq"] for m in reader.received if m["type"] == "FileOperation"] == [1, 2, 3]
+    size = sum(len(messages.file_operation(change, MEMORY_JOURNAL_ID)) for change in burst)
+    assert (metrics.messages_out - before[0], metrics.bytes_transferred - before[1]) == (4, 2 * size)
     assert not [m for m in closing.received if m["type"] == "FileOperation"]
 
 

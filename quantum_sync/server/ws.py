@@ -169,15 +169,16 @@ class OutgoingFrames:
 
 
 class _FramesByFraming(dict):
-    """The frame of one :class:`OutgoingFrames` for each framing of a connection
+    """The bytes of one or more messages (in order) for each framing of a connection
     (``"plain"``, ``"deflate"``), each made when first asked for."""
 
-    def __init__(self, frames: OutgoingFrames):
+    def __init__(self, factory, payloads):
         super().__init__()
-        self.frames = frames
+        self.factory = factory
+        self.payloads = payloads
 
     def __missing__(self, framing: str) -> bytes:
-        frame = self[framing] = self.frames.framed(framing)
+        frame = self[framing] = b"".join(self.factory.frames(payload).framed(framing) for payload in self.payloads)
         return frame
 
 
@@ -572,21 +573,21 @@ class HubProtocol(WebSocketServerProtocol):
             self.transport.write(frame)
 
     @classmethod
-    def send_all(cls, connections, payload: bytes, failed) -> None:
-        """One broadcast: :meth:`send` ``payload`` to each of ``connections`` (in any
-        order), calling ``failed(connection)`` from inside the handler of an exception
-        one of them raised.
+    def send_all(cls, connections, payloads, failed) -> None:
+        """:meth:`send_many` ``payloads`` to each of ``connections`` (in any order),
+        calling ``failed(connection)`` from inside the handler of an exception one of
+        them raised: one broadcast, or the messages of one burst.
 
-        The same as a :meth:`send` each, but a connection whose frames are ours and whose
-        socket is idle gets the shared frame in one ``send`` with no method chain, and
-        the metrics are counted once: a subscriber costs a few attribute reads beside the
-        system call."""
+        The same as a :meth:`send_many` each, but a connection whose frames are ours and
+        whose socket is idle gets the shared frames in one ``send`` with no method chain,
+        and the metrics are counted once: a subscriber costs a few attribute reads beside
+        the system call."""
         if not connections:
             return
         opened = cls.STATE_OPEN
         send_if_idle, bytes_queued = twisted_adapter.send_if_idle, autobahn_adapter.bytes_queued
         factory = connections[0].factory
-        frames = _FramesByFraming(factory.frames(payload))
+        frames = _FramesByFraming(factory, payloads)
         direct = 0
         for connection in connections:
             try:
@@ -596,10 +597,10 @@ class HubProtocol(WebSocketServerProtocol):
                         and send_if_idle(connection.transport, sock, frames[connection._framing]):
                     direct += 1
                 else:
-                    connection.send(payload)
+                    connection.send_many(payloads)
             except Exception:
                 failed(connection)
-        factory.hub.metrics.observe_messages_out(direct, direct * len(payload))
+        factory.hub.metrics.observe_messages_out(direct * len(payloads), direct * sum(map(len, payloads)))
 
     def send_ping(self) -> None:
         if self.state == self.STATE_OPEN:
