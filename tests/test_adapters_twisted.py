@@ -48,16 +48,22 @@ async def test_a_tcp_servers_write_buffer_is_read_as_the_adapter_expects(reactor
         transport = server_side.transport
         sock = adapter.direct_socket(transport)
         assert isinstance(sock, socket.socket) and sock is transport.getHandle()
-        assert adapter.nothing_buffered(transport)  # idle: a write may go straight out
+        assert adapter.send_if_idle(transport, sock, b"a")  # idle: straight to the socket
         transport.write(b"x" * 100)  # held in Twisted's buffer until the reactor writes it
-        assert not adapter.nothing_buffered(transport)
-        await _until(reactor, lambda: len(client.received) == 100, "the buffered bytes never arrived")
-        await _until(reactor, lambda: adapter.nothing_buffered(transport), "the buffer never emptied")
-        sock.send(b"y")  # the direct path: arrives after everything buffered before it
-        await _until(reactor, lambda: len(client.received) == 101, "the direct byte never arrived")
-        assert bytes(client.received) == b"x" * 100 + b"y"
+        assert not adapter.send_if_idle(transport, sock, b"z")  # would overtake it: not sent
+        await _until(reactor, lambda: len(client.received) == 101, "the buffered bytes never arrived")
+        # once the buffer is empty the direct path writes again, after everything before it
+        await _until(reactor, lambda: adapter.send_if_idle(transport, sock, b"y"), "the buffer never emptied")
+        await _until(reactor, lambda: len(client.received) == 102, "the direct byte never arrived")
+        # more than the socket takes at once: the rest goes through Twisted's buffer, in order
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 4096
+        assert adapter.send_if_idle(transport, sock, big)
+        assert not adapter.send_if_idle(transport, sock, b"z")  # the rest waits in the buffer
+        await _until(reactor, lambda: len(client.received) == 102 + len(big), "the rest never arrived")
+        assert bytes(client.received) == b"a" + b"x" * 100 + b"y" + big
         transport.loseConnection()
-        assert not adapter.nothing_buffered(transport)  # closing: nothing may be written
+        assert not adapter.send_if_idle(transport, sock, b"z")  # closing: nothing may be written
     finally:
         client.transport.loseConnection()
         await port.stopListening()

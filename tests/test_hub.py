@@ -261,6 +261,44 @@ def test_a_failing_connection_does_not_stop_a_broadcast():
     assert broken.aborted == "error" and after.types()[-1] == "FileOperation"
 
 
+def test_a_class_with_send_all_gets_each_broadcast_for_all_its_connections_at_once():
+    hub, _ = make_hub()
+    calls = []
+
+    @attrs.define(eq=False, slots=False)
+    class Grouped(RecordingConnection):
+        @classmethod
+        def send_all(cls, connections, payloads, failed):
+            calls.append((sorted(c.client_id for c in connections), [json.loads(p)["seq"] for p in payloads]))
+            for connection in connections:
+                try:
+                    if connection.client_id == "broken":
+                        raise RuntimeError("socket exploded")
+                    for payload in payloads:
+                        connection.send(payload)
+                except Exception:
+                    failed(connection)
+
+    grouped = {}
+    for name in ("g1", "g2", "broken"):
+        grouped[name] = Grouped(client_id=name)
+        hub.attach(grouped[name])
+        hub.subscribe(grouped[name], "file_operations")
+    plain, source = connect(hub, "plain"), connect(hub, "source")
+    for connection in (plain, source):
+        hub.subscribe(connection, "file_operations")
+    hub.publish(change(1, source="g2"))
+    assert calls == [(["broken", "g1"], [1])]  # one call for the class, never the source
+    assert [m["seq"] for m in grouped["g1"].sent] == [1] and grouped["g2"].sent == []
+    assert grouped["broken"].aborted == "error" and grouped["g1"].aborted is None
+    assert [m["seq"] for m in plain.sent] == [1] and [m["seq"] for m in source.sent] == [1]
+    with hub.burst():  # a burst: the connections that get the same messages go together
+        hub.publish(change(2, source="g1"))
+        hub.publish(change(3))
+    assert sorted(calls[1:]) == [(["broken", "g2"], [2, 3]), (["g1"], [3])]
+    assert [m["seq"] for m in grouped["g2"].sent] == [2, 3] and [m["seq"] for m in plain.sent] == [1, 2, 3]
+
+
 def test_a_burst_holds_broadcasts_and_sends_each_connection_its_messages_together_in_order():
     hub, _ = make_hub()
     plain = connect(hub, "plain", topics={"file_operations"})

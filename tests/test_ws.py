@@ -5,6 +5,7 @@ import pytest
 import pytest_twisted
 
 from quantum_sync.protocol import Change, Delete, Move, now
+from quantum_sync.server import messages
 from support import wait_for
 from test_ws_support import MEMORY_JOURNAL_ID
 
@@ -150,6 +151,39 @@ async def test_compression_is_negotiated_small_and_context_free(sites):
     await sender.request({"type": "FileOperation", "operation": {"Delete": {"path": "big.txt"}}})
     assert (await reader.expect("FileOperation"))["operation"] == {"Delete": {"path": "big.txt"}}
     assert await reader.request({"type": "Ping", "id": "z" * 200}) == {"type": "Pong", "id": "z" * 200}
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcasts_reach_plain_and_compressed_subscribers_and_are_counted_once_each(sites):
+    site = await sites()
+    plain, compressed = await site.connect(), await site.connect(compress=True)
+    await plain.request({"type": "Subscribe", "client_id": "plain"})
+    await compressed.request({"type": "Subscribe", "client_id": "compressed"})
+    closing = await site.connect()
+    await closing.request({"type": "Subscribe", "client_id": "closing"})
+    (server_closing,) = [c for c in site.hub.connections if c.client_id == "closing"]
+    server_closing.close(1001, "going")  # closing: gets nothing more, and is not counted
+    metrics = site.hub.metrics
+    before = (metrics.messages_out, metrics.bytes_transferred)
+    long_path = "dir/" + "x" * 300  # long enough to go out deflated
+    change = Change(1, Delete(long_path), "someone", now())
+    site.hub.publish(change)
+    for reader in (plain, compressed):
+        assert (await reader.expect("FileOperation"))["operation"] == {"Delete": {"path": long_path}}
+    size = len(messages.file_operation(change, MEMORY_JOURNAL_ID))
+    assert (metrics.messages_out - before[0], metrics.bytes_transferred - before[1]) == (2, 2 * size)
+    before = (metrics.messages_out, metrics.bytes_transferred)
+    burst = [Change(seq, Delete(f"{long_path}/{seq}"), "someone", now()) for seq in (2, 3)]
+    with site.hub.burst():  # two messages in one write to each
+        for change in burst:
+            site.hub.publish(change)
+    for reader in (plain, compressed):
+        got = [await reader.expect("FileOperation", seq=seq) for seq in (2, 3)]
+        assert [m["operation"] for m in got] == [{"Delete": {"path": c.operation.path}} for c in burst]
+        assert [m["seq"] for m in reader.received if m["type"] == "FileOperation"] == [1, 2, 3]
+    size = sum(len(messages.file_operation(change, MEMORY_JOURNAL_ID)) for change in burst)
+    assert (metrics.messages_out - before[0], metrics.bytes_transferred - before[1]) == (4, 2 * size)
+    assert not [m for m in closing.received if m["type"] == "FileOperation"]
 
 
 def _fuzz_messages(count: int, seed: int = 1234):

@@ -28,21 +28,27 @@ _BUFFER = ("_tempDataLen", "offset", "dataBuffer", "socket")
 
 def direct_socket(transport):
     """The socket under a plain TCP server ``transport`` whose write buffer
-    :func:`nothing_buffered` can read, else None (then write through ``transport.write``)."""
+    :func:`send_if_idle` can read, else None (then write through ``transport.write``)."""
     if type(transport) is tcp.Server and all(hasattr(transport, name) for name in _BUFFER):
         return transport.socket
     return None
 
 
-def nothing_buffered(transport) -> bool:
-    """True when a TCP transport (one :func:`direct_socket` accepted) is open and holds no
-    unsent bytes, so bytes may go to its socket at once without overtaking anything."""
-    return (
-        transport.connected
-        and not transport.disconnecting
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    )
+def send_if_idle(transport, sock, data: bytes) -> bool:
+    """Write ``data`` straight to ``sock`` (:func:`direct_socket` of ``transport``) when
+    the transport is open and holds no unsent bytes, so that nothing is overtaken; what
+    the socket does not take at once goes to ``transport.write``. False, having written
+    nothing, while bytes wait in Twisted's buffer (or the transport is closing)."""
+    if not transport.connected or transport.disconnecting or transport._tempDataLen \
+            or transport.offset != len(transport.dataBuffer):
+        return False
+    try:
+        written = sock.send(data)
+    except OSError:  # would block, or lost: Twisted finds out on its own
+        written = 0
+    if written != len(data):
+        transport.write(data[written:])
+    return True
 
 
 def request_line(channel) -> tuple:

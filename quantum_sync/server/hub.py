@@ -40,7 +40,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 class IHubConnection(Interface):
     """What the hub needs of one WebSocket connection (and, optionally, a
-    ``send_many(payloads)`` that sends several messages in order in one write)."""
+    ``send_many(payloads)`` that sends several messages in order in one write, and on
+    its class a ``send_all(connections, payloads, failed)`` that sends the same messages
+    to many connections of the class, calling ``failed(connection)`` inside the handler
+    of an exception one of them raised)."""
 
     client_id = Attribute("The id named by Subscribe, or None")
     address = Attribute("The peer's address, 'host:port'")
@@ -105,7 +108,7 @@ class Hub(Service):
         self._subscribers = {topic: set() for topic in messages.TOPICS}
         self.last_seq = 0
         self._bursts = 0  # burst() blocks open
-        self._held = {}  # id(connection) -> (connection, [payload]) while in a burst
+        self._held = []  # (payload, connections) of the broadcasts made in a burst
         self._alerting = set()
         self._loops = []
 
@@ -246,7 +249,9 @@ class Hub(Service):
     def _audience(self, topic: str, skip_client: str) -> list:
         """The subscribers of ``topic``, without the connections of ``skip_client`` (when
         it is given)."""
-        return [c for c in self._subscribers[topic] if not skip_client or c.client_id != skip_client]
+        if not skip_client:
+            return list(self._subscribers[topic])
+        return [c for c in self._subscribers[topic] if c.client_id != skip_client]
 
     @contextlib.contextmanager
     def burst(self):
@@ -259,17 +264,59 @@ class Hub(Service):
         finally:
             self._bursts -= 1
             if not self._bursts:
-                held, self._held = self._held, {}
-                for connection, payloads in held.values():
-                    self._send(connection, payloads)
+                held, self._held = self._held, []
+                self._release(held)
 
     def _deliver(self, payload: bytes, connections) -> None:
         """The same bytes to each connection (held until the end of a burst)."""
+        if self._bursts:
+            self._held.append((payload, connections))
+        else:
+            self._fan_out(payload, connections)
+
+    def _fan_out(self, payload: bytes, connections) -> None:
+        """One broadcast: the connections of each class together."""
+        kinds = {}
         for connection in connections:
-            if self._bursts:
-                self._held.setdefault(id(connection), (connection, []))[1].append(payload)
+            kind = type(connection)
+            if kind in kinds:
+                kinds[kind].append(connection)
             else:
-                self._send(connection, [payload])
+                kinds[kind] = [connection]
+        payloads = [payload]
+        for kind, group in kinds.items():
+            self._send_all(kind, group, payloads)
+
+    def _release(self, held) -> None:
+        """A burst's ``(payload, connections)`` broadcasts, in order: each connection's
+        messages together, and the connections of one class that get the same messages
+        (the same objects) together."""
+        if len(held) == 1:
+            self._fan_out(*held[0])
+            return
+        each = {}
+        for payload, connections in held:
+            for connection in connections:
+                each.setdefault(id(connection), (connection, []))[1].append(payload)
+        groups = {}
+        for connection, payloads in each.values():
+            key = (type(connection), *map(id, payloads))
+            if key in groups:
+                groups[key][0].append(connection)
+            else:
+                groups[key] = ([connection], payloads)
+        for (kind, *_), (connections, payloads) in groups.items():
+            self._send_all(kind, connections, payloads)
+
+    def _send_all(self, kind, connections, payloads) -> None:
+        """``payloads`` to ``connections``, all of class ``kind``: through the class's
+        ``send_all`` where it has one, else one by one."""
+        send_all = getattr(kind, "send_all", None)
+        if send_all is not None:
+            send_all(connections, payloads, self._failed)
+        else:
+            for connection in connections:
+                self._send(connection, payloads)
 
     def _send(self, connection, payloads) -> None:
         """``payloads`` to one connection; one that fails is dropped, the rest still get
@@ -282,8 +329,12 @@ class Hub(Service):
                 for payload in payloads:
                     connection.send(payload)
         except Exception:
-            self.log.failure("hub: sending to {address} failed", address=connection.address)
-            connection.abort("error")
+            self._failed(connection)
+
+    def _failed(self, connection) -> None:
+        """Sending to ``connection`` raised (called in the handler): log it, drop it."""
+        self.log.failure("hub: sending to {address} failed", address=connection.address)
+        connection.abort("error")
 
     def alert(self, kind: str, data: dict) -> None:
         """Send a PeerVault event on the ``alerts`` topic (``security_alert``,
