@@ -272,14 +272,17 @@ class Engine:
         base = self.state.base(path)
         local = await self._versions.submit((path, base, with_bytes))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
-            local = await self.threads.defer(localfs.version, self.abspath(path), base, prehashed=self.prehashed(path))
+            abspath = self.abspath(path)
+            local = await self.threads.defer(localfs.version, abspath, base, prehashed=self.prehashed(path, abspath))
         return local
 
-    def prehashed(self, path):
-        """The ``prehashed(size)`` of ``path`` for :func:`~quantum_sync.client.localfs.version`
-        (any thread): the hash taken while it was written, else for a file deltas apply to
-        its hash and block list from one read (the list kept: no second read for a delta)."""
-        return self.actions.deltas.prehashed(self.abspath(path), functools.partial(self.growing.take, path))
+    def prehashed(self, path, abspath):
+        """The ``prehashed(size)`` of ``path`` (at ``abspath``, as the caller resolved or
+        walked to it: a scan meets symlinks that resolving would refuse) for
+        :func:`~quantum_sync.client.localfs.version` (any thread): the hash taken while it
+        was written, else for a file deltas apply to its hash and block list from one read
+        (the list kept: no second read for a delta)."""
+        return self.actions.deltas.prehashed(abspath, functools.partial(self.growing.take, path))
 
     async def guard(self, coroutine, path):
         """Run one job; failures are logged and retried later, never raised."""

@@ -76,8 +76,9 @@ class LocalIntake:
         if base is None:
             return await engine.local_version(destination)
         # (a file changed on the way is hashed with its block list, as any change)
-        return await engine.threads.defer(localfs.version, engine.abspath(destination), base,
-                                          prehashed=engine.prehashed(destination))
+        abspath = engine.abspath(destination)
+        return await engine.threads.defer(localfs.version, abspath, base,
+                                          prehashed=engine.prehashed(destination, abspath))
 
     def _movable(self, base, local, gone, destination) -> bool:
         """A synced path moved as it was: the server can move it too."""
