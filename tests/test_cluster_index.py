@@ -43,13 +43,13 @@ async def test_record_read_rename_and_changes(reactor, pg_schema):
             await index.changes(9, 10)
         assert beyond.value.code == "CURSOR_EXPIRED" and beyond.value.extra["cursor"] == 4
     finally:
-        index.stopService()
+        await index.stopService()
     again = PgIndex(pg_schema, retention=1000, reactor=reactor)
     await again.open()
     try:
         assert again.journal_id == index.journal_id and await again.head() == 4
     finally:
-        again.stopService()
+        await again.stopService()
 
 
 @pytest_twisted.ensureDeferred
@@ -65,7 +65,7 @@ async def test_retention_prunes_and_expires_old_cursors(reactor, pg_schema):
         listed, cursor, _ = await index.changes(295, 10)
         assert [c.seq for c in listed] == [296, 297, 298, 299, 300]
     finally:
-        index.stopService()
+        await index.stopService()
 
 
 def test_newer_schema_refused(pg_schema):
@@ -109,7 +109,7 @@ async def test_concurrent_writers_become_visible_in_seq_order(reactor, pg_schema
         ])
     finally:
         for index in writers + [reader]:
-            index.stopService()
+            await index.stopService()
     assert seen == list(range(1, 4 * 40 * 3 + 1))
 
 
@@ -131,7 +131,7 @@ async def test_one_group_writing_one_path_twice_keeps_the_last(reactor, pg_schem
         listed, _, _ = await index.changes(0, 10)
         assert [c.operation.metadata.hash for c in listed] == ["1" * 64, "2" * 64]
     finally:
-        index.stopService()
+        await index.stopService()
 
 
 @pytest_twisted.ensureDeferred
@@ -141,7 +141,7 @@ async def test_every_connection_gives_up_on_a_silent_database_in_seconds(reactor
     try:
         parameters = await index._run(lambda txn: txn.connection.info.get_parameters())
     finally:
-        index.stopService()
+        await index.stopService()
     assert (parameters["tcp_user_timeout"], parameters["keepalives_idle"], parameters["connect_timeout"]) == (
         "15000", "10", "5")
 
@@ -182,7 +182,7 @@ async def test_an_upload_group_locks_at_its_first_look_and_unlocks_with_its_comm
     finally:
         other.close()
         fence.close()
-        index.stopService()
+        await index.stopService()
 
 
 def test_locked_rows_take_once_and_raise_a_failure_again():
@@ -219,4 +219,4 @@ async def test_a_failed_group_commit_leaves_no_transaction_for_the_next_group(re
             assert await index.intents() == ["a.txt", "b.txt"]
     finally:
         fence.close()
-        index.stopService()
+        await index.stopService()
