@@ -3,13 +3,17 @@
 Each daemon service (the client's folder service, the server service) owns one
 :class:`ThreadPoolService` and hands it down; code that must not block the reactor
 (hashing, disk scans, file installs) calls ``threads.defer(f, *args)``.
+Work that waits for a pool's own threads (stopping it) runs :func:`in_own_thread`.
 :class:`ReactorThreads` is the same interface over a reactor's own pool, for parts used
 on their own (tests, tools) without a service around them.
 """
 
+import threading
+
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 
@@ -51,6 +55,25 @@ def stop_children_but(parent, *last):
     Service.stopService(parent)
     return DeferredList([maybeDeferred(child.stopService) for child in reversed(list(parent))
                          if not any(child is kept for kept in last)])
+
+
+def in_own_thread(reactor, f, *args):
+    """Run ``f(*args)`` on a short-lived thread of its own, for work that waits on a
+    pool's threads (joining them), which neither the reactor nor that pool may do; a
+    Deferred of its result, fired on the reactor."""
+    done = Deferred()
+
+    def run():
+        try:
+            result = f(*args)
+        except BaseException:
+            reactor.callFromThread(done.errback, Failure())
+        else:
+            reactor.callFromThread(done.callback, result)
+
+    threading.Thread(target=run, name=getattr(f, "__qualname__", "in_own_thread"),
+                     daemon=True).start()
+    return done
 
 
 class ReactorThreads:

@@ -146,6 +146,32 @@ async def test_a_pooled_connection_the_database_dropped_goes_quietly(reactor, pg
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pool_closed_apart_leaves_no_trigger_thread_or_connection(reactor, pg_schema):
+    """close_pool removes the pool's start and shutdown triggers (a reactor stopping
+    later would close it twice) and hands the joining and closing to ``apart``."""
+    from twisted.enterprise import adbapi
+
+    from quantum_sync.threads import in_own_thread
+
+    pool = adbapi.ConnectionPool("psycopg", pg_schema, cp_min=1, cp_max=2, cp_noisy=False,
+                                 cp_reactor=reactor)
+    pool.start()
+    await pool.runOperation("SELECT 1")
+    [driver] = pool.connections.values()
+    handed = []
+
+    def apart(f):
+        handed.append(f)
+        return in_own_thread(reactor, f)
+
+    closed = adapter.close_pool(pool, apart)
+    assert handed == [pool.finalClose] and pool.shutdownID is None and pool.startID is None
+    await closed.addTimeout(10, reactor)
+    assert not pool.running and pool.connections == {} and driver.closed
+    assert pool.threadpool.joined and not any(t.is_alive() for t in pool.threadpool.threads)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_response_bodys_transport_leads_to_its_tcp_connection(reactor):
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(_Hello()))
     seen, done = [], defer.Deferred()

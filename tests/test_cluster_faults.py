@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import LoopingCall
 
 from cluster_support import DATABASE, with_schema
 from cluster_support import Nodes, start_node
@@ -76,17 +77,24 @@ async def test_redis_stopped_and_restarted_no_broadcast_missed(reactor, tmp_path
 
 class _Relay(protocol.Protocol):
     """One side of a proxied connection; what arrives before the other side is
-    connected waits in ``pending``."""
+    connected waits in ``pending``, and what arrives while the proxy holds this side's
+    answers back waits in ``held``."""
 
-    def __init__(self, sides):
-        self.sides = sides
+    def __init__(self, proxy):
+        self.proxy = proxy
         self.peer = None
         self.pending = []
+        self.held = None
 
     def connectionMade(self):
-        self.sides.add(self)
+        self.proxy.sides.add(self)
 
     def dataReceived(self, data):
+        if self.held is not None:
+            self.held.append(data)
+            self.proxy.answer_held()
+            return
+        self.proxy.passing(self, data)
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
         else:
@@ -99,23 +107,25 @@ class _Relay(protocol.Protocol):
         self.pending = []
 
     def connectionLost(self, reason):
-        self.sides.discard(self)
+        self.proxy.sides.discard(self)
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.loseConnection()
 
 
 class Proxy(protocol.Factory):
     """A TCP proxy to PostgreSQL that can refuse: ``close()`` stops listening and drops
-    every connection, ``open()`` listens again on the same port."""
+    every connection, ``open()`` listens again on the same port; and that can hold a
+    query's answer back (``hold_answer_to``, ``release``)."""
 
     def __init__(self, reactor, host, port):
         self.reactor, self.host, self.port = reactor, host, port
         self.listening = None
         self.sides = set()
         self.listen_port = None
+        self.marker, self.answered, self.holding = None, None, []
 
     def buildProtocol(self, addr):
-        inner = _Relay(self.sides)
+        inner = _Relay(self)
 
         def connected(outer):
             outer.joined(inner)
@@ -125,10 +135,33 @@ class Proxy(protocol.Factory):
             if inner.transport is not None:
                 inner.transport.loseConnection()
 
-        outer_factory = protocol.Factory.forProtocol(lambda: _Relay(self.sides))
+        outer_factory = protocol.Factory.forProtocol(lambda: _Relay(self))
         TCP4ClientEndpoint(self.reactor, self.host, self.port).connect(outer_factory).addCallbacks(
             connected, failed)
         return inner
+
+    def hold_answer_to(self, marker: bytes) -> Deferred:
+        """Hold back what the database sends on the connection of the next query with
+        ``marker`` in it, until :meth:`release`; fires once its answer is held."""
+        self.marker, self.answered = marker, Deferred()
+        return self.answered
+
+    def passing(self, side, data):
+        if self.marker is not None and self.marker in data and side.peer is not None:
+            self.marker = None
+            side.peer.held = []
+            self.holding.append(side.peer)
+
+    def answer_held(self):
+        if self.answered is not None and not self.answered.called:
+            self.answered.callback(None)
+
+    def release(self):
+        holding, self.holding = self.holding, []
+        for side in holding:
+            held, side.held = side.held, None
+            for data in held:
+                side.peer.transport.write(data)
 
     async def open(self):
         description = f"tcp:{self.listen_port or 0}:interface=127.0.0.1"
@@ -211,6 +244,53 @@ async def _refused_after_its_install(reactor, http, url, index, proxy, root):
                                  data=b"two", headers={"If-Match": sha(b"one")})
     await refused.content()
     assert refused.code == 503 and (root / "kept.txt").read_bytes() == b"two"
+
+
+@pytest.mark.timeout(30, method="thread")  # (without: the blocked reactor hangs the run)
+@pytest_twisted.ensureDeferred
+async def test_a_node_stops_without_waiting_on_the_reactor_for_a_query_in_flight(
+        reactor, tmp_path, cluster_block, pg_schema):
+    """The index's pool is closed off the reactor: while a query's answer is held back,
+    the node's stop is pending and the reactor keeps turning; it ends once the answer
+    comes, and the query has it."""
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    service, _ = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
+    index, closing = service.index, Deferred()
+    stop_index = index.stopService
+
+    def stop_then_tell():
+        stopped = stop_index()
+        closing.callback([stopped])
+        return stopped
+
+    def held_query(txn):
+        txn.execute("SELECT 'qs-held-answer'")
+        return txn.fetchone()[0]
+
+    index.stopService = stop_then_tell
+    stopping = None
+    try:
+        answered = proxy.hold_answer_to(b"qs-held-answer")
+        query = Deferred.fromCoroutine(index.interaction(held_query))
+        await answered.addTimeout(10, reactor)
+        stopping = service.stopService()
+        [index_stopped] = await closing.addTimeout(10, reactor)
+        ticks = []
+        loop = LoopingCall(ticks.append, None)
+        loop.clock = reactor
+        loop.start(0.01)
+        await wait_for(reactor, lambda: len(ticks) >= 3, timeout=10, what="the reactor turning")
+        loop.stop()
+        assert not index_stopped.called and not stopping.called and not query.called
+        proxy.release()
+        await stopping.addTimeout(10, reactor)
+        assert index_stopped.called and await query == "qs-held-answer"
+    finally:
+        proxy.release()
+        if stopping is None:
+            await service.stopService()
+        if proxy.listening is not None:
+            await proxy.close()
 
 
 @pytest_twisted.ensureDeferred

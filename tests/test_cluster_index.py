@@ -28,7 +28,7 @@ async def open_index(reactor, pg_schema):
 
     yield start
     for index in opened:
-        index.stopService()
+        await index.stopService()
 
 
 def _file(path, digest="a" * 64, size=3):
@@ -57,7 +57,7 @@ async def test_record_read_rename_and_changes(open_index):
     with pytest.raises(SyncError) as beyond:
         await index.changes(9, 10)
     assert beyond.value.code == "CURSOR_EXPIRED" and beyond.value.extra["cursor"] == 4
-    index.stopService()
+    await index.stopService()
     again = await open_index()
     assert again.journal_id == index.journal_id and await again.head() == 4
 

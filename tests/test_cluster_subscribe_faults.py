@@ -3,9 +3,11 @@ the test's own, as in test_cluster_faults.py): an id that needs the database is 
 with SERVICE_UNAVAILABLE and a close with 1013, nothing half made and nothing logged as
 a failure; what the node can check alone is accepted; once the database is back every
 Subscribe succeeds and the node's ids are recorded. The leader's work on the root (its
-first rescan, the watcher's refreshes) waits for the database the same way."""
+first rescan, the watcher's refreshes and full rescans) waits for the database the same
+way."""
 
 import pytest_twisted
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import formatEvent
 
 from quantum_sync.errors import SyncError
@@ -42,9 +44,7 @@ async def _rows(service, table: str) -> dict:
 
 
 async def _stop(service, proxy) -> None:
-    """Stop ``service`` with its database refused: the pool's close waits for its threads
-    (on the reactor), and a query in flight through the proxy (on the reactor too) would
-    never end; refused, it ends at once."""
+    """Stop ``service`` with its database refused (its queries in flight end at once)."""
     if proxy.listening is not None:
         await proxy.close()
     await service.stopService()
@@ -190,6 +190,38 @@ async def test_a_file_written_while_the_database_is_away_is_journalled_once_it_i
                                                 for text in map(formatEvent, log.events)),
                            what="the watcher's refresh of the path")
         await _journalled_when_back(reactor, http, url, proxy, log, b"offline.txt")
+    finally:
+        await http.close()
+        await _stop(service, proxy)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_rescan_that_met_the_database_away_runs_again_once_it_is_back(
+        reactor, tmp_path, cluster_block, pg_schema):
+    """A full rescan of the root (here one after an inotify overflow) meets the database
+    away: one line, no traceback, and it is tried again every 2 s until it goes through,
+    not at the next periodic rescan."""
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    root = tmp_path / "root"
+    service, url = await start_node(reactor, tmp_path, root, cluster_block("n1", database=proxied))
+    http = HttpClient(reactor, persistent=False)
+    try:
+        # the node keeps leading through the outage (its lock is not tried again, so it is
+        # not retaken with a rescan of its own once the database is back)
+        await service.node.leadership.stop()
+        await service.node._rescan  # (the one it ran when it began leading: done before)
+        observer = service.watcher.observer  # blind, as over NFS: only a rescan sees the file
+        observer.stop()
+        await deferToThreadPool(reactor, reactor.getThreadPool(), observer.join, 10)
+        assert not observer.is_alive()
+        (root / "unseen.txt").write_bytes(b"x")
+        await proxy.close()
+        with LogCapture() as log:
+            service.watcher.events_lost()
+            await wait_for(reactor, lambda: any(f"rescanning {root}" in formatEvent(event)
+                                                for event in log.events),
+                           what="the rescan's failure")
+        await _journalled_when_back(reactor, http, url, proxy, log, b"unseen.txt")
     finally:
         await http.close()
         await _stop(service, proxy)

@@ -17,6 +17,7 @@ KNOWN = frozenset({
     # Twisted
     "_tempDataLen", "dataBuffer", "_tempDataBuffer", "_producer", "_handlingRequest", "_command",
     "_path", "_factory", "_endpointFactory", "_HTTP11ClientFactory", "_networkProducer",
+    "startID", "shutdownID", "finalClose",
     # Autobahn
     "_perMessageCompress", "sendCloseFrame", "send_queue",
     # watchdog

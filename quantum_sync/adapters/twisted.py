@@ -12,6 +12,9 @@
 - An ``adbapi`` pooled connection's driver connection and pool (``Connection._connection``,
   ``_pool``): a connection the database dropped is let go without adbapi's two
   "Rollback failed" tracebacks per transaction that meets it (:class:`QuietConnection`).
+- An ``adbapi`` pool's reactor triggers and its closing (``startID``, ``shutdownID``,
+  ``finalClose``): :func:`close_pool` joins the pool's threads off the reactor, where
+  ``ConnectionPool.close`` joins them on it (a query in flight would block the reactor).
 - The TCP connection under a response body's transport (``TransportProxyProducer._producer``):
   larger socket reads while a download streams in.
 - The connection under the consumer Agent hands a request's body producer
@@ -71,6 +74,20 @@ class QuietConnection(adbapi.Connection):
             self._pool.disconnect(driver)  # (closes it; the thread's next one is new)
             return
         super().rollback()
+
+
+def close_pool(pool, apart):
+    """Close the ``adbapi.ConnectionPool`` ``pool`` as its ``close`` does, but with its
+    threads joined and its connections closed by ``apart(f)`` (a Deferred of ``f()``
+    run off the reactor, such as :func:`quantum_sync.threads.in_own_thread`): a query in
+    flight ends without the reactor waiting for it. Call on the reactor; a Deferred."""
+    reactor = pool._reactor
+    for name in ("shutdownID", "startID"):
+        trigger = getattr(pool, name)
+        if trigger:
+            reactor.removeSystemEventTrigger(trigger)
+            setattr(pool, name, None)
+    return apart(pool.finalClose)
 
 
 def body_connection(transport):

@@ -11,6 +11,8 @@ inotify does not see everything: its queue overflows under a burst (watchdog the
 delivers an ``EventsLostEvent``), and writes made over NFS or by other hosts make no
 event at all. An overflow starts a full rescan of the root at once (logged and counted
 as ``events_lost``), and a full rescan runs every ``rescan_interval`` seconds anyway.
+A refresh or a rescan that meets the index away (a cluster's database) is tried again
+every :data:`RETRY` seconds, with one log line each try.
 """
 
 import os
@@ -49,9 +51,14 @@ _EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEven
 _INSTALL_EVENTS = ("moved", "created", "modified")
 #: Seconds between snapshots when inotify is unavailable and the root is polled.
 POLL_INTERVAL = 2.0
-#: Seconds before changed paths whose refresh met the index away (a cluster's database)
-#: are looked at again.
+#: Seconds before changed paths whose refresh, or a rescan, met the index away (a
+#: cluster's database) are looked at again.
 RETRY = 2.0
+
+
+def _index_away(failure) -> bool:
+    """True when ``failure`` says the index cannot be reached (a cluster's database)."""
+    return bool(failure.check(SyncError)) and failure.value.code == "SERVICE_UNAVAILABLE"
 
 
 class _Bridge(FileSystemEventHandler):
@@ -121,6 +128,7 @@ class RootWatcher(Service):
         self._periodic = None
         self._rescan = None  # the full rescan running, if any
         self._rescan_again = False  # another one was asked for meanwhile
+        self._rescan_retry = None  # the next try of one that met the index away
 
     def startService(self):
         super().startService()
@@ -165,12 +173,23 @@ class RootWatcher(Service):
         if self._rescan is not None:
             self._rescan_again = True
             return
+        if self._rescan_retry is not None and self._rescan_retry.active():
+            self._rescan_retry.cancel()
+        self._rescan_retry = None
         if self.metrics is not None:
             self.metrics.rescans += 1
         self._rescan = Deferred.fromCoroutine(self.operations.refresh(None))
-        self._rescan.addErrback(lambda failure: self.log.failure("rescanning {root} failed", failure,
-                                                                 root=self.root))
+        self._rescan.addErrback(self._rescan_failed)
         self._rescan.addBoth(self._rescanned)
+
+    def _rescan_failed(self, failure) -> None:
+        if _index_away(failure):
+            self.log.warn("rescanning {root} waits for the index: {error}", root=self.root,
+                          error=failure.value.message)
+            if self.running:
+                self._rescan_retry = self._reactor.callLater(RETRY, self.rescan)
+            return
+        self.log.failure("rescanning {root} failed", failure, root=self.root)
 
     def _rescanned(self, _):
         self._rescan = None
@@ -192,8 +211,7 @@ class RootWatcher(Service):
         self._running_refresh.addErrback(self._refresh_failed, tops)
 
     def _refresh_failed(self, failure, tops) -> None:
-        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
-            # (a cluster's database away): the paths wait for the next try
+        if _index_away(failure):  # (a cluster's database away): the paths wait for the next try
             self.log.warn("{count} changed paths wait for the index: {error}", count=len(tops),
                           error=failure.value.message)
             self._pending.update(tops)
@@ -203,8 +221,9 @@ class RootWatcher(Service):
         self.log.failure("refreshing {tops} failed", failure, tops=tops)
 
     async def _stop(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
+        for call in (self._call, self._rescan_retry):
+            if call is not None and call.active():
+                call.cancel()
         if self._periodic is not None and self._periodic.running:
             self._periodic.stop()
         if self.observer is not None:

@@ -9,7 +9,7 @@ import os
 import time
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -248,7 +248,7 @@ class ServerService(MultiService):
             await self.hub.bindings.flush()
         if self.node is not None:
             await self.node.stop()
-        self.index.stopService()
+        await maybeDeferred(self.index.stopService)  # (a query in flight ends first)
         self.threads.stopService()
 
 

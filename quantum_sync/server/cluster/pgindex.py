@@ -14,15 +14,16 @@ import uuid
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from quantum_sync.adapters.twisted import QuietConnection
+from quantum_sync.adapters.twisted import QuietConnection, close_pool
 from quantum_sync.errors import SyncError
 from quantum_sync.protocol import Change, FileMetadata, operation_text
 from quantum_sync.server import versions
 from quantum_sync.server.diskdiff import Row
 from quantum_sync.server.indexapi import check_cursor, journal_page
+from quantum_sync.threads import in_own_thread
 
 #: The schema this code writes and reads.
 SCHEMA_VERSION = 1
@@ -282,10 +283,13 @@ class PgIndex(Service):
         await self._opened
 
     def stopService(self):
+        """Close the pool; a Deferred, fired once its threads have ended (a query in
+        flight ends first, and the reactor does not wait for it)."""
         super().stopService()
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return succeed(None)
+        return close_pool(pool, lambda f: in_own_thread(self._reactor, f))
 
     async def _run(self, function, *args):
         """``function(txn, *args)`` in one transaction on a pool thread.
