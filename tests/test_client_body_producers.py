@@ -66,10 +66,10 @@ class _FullBuffer:
 
 def _bodies(tmp_path):
     from quantum_sync.client.compress import ZstdFileBody
-    from quantum_sync.client.transfer import _BytesBody
+    from quantum_sync.client.bodies import BytesBody
 
     (tmp_path / "f").write_bytes(b"compressible " * 100_000)
-    yield "whole", _BytesBody(b"x" * 300_000)
+    yield "whole", BytesBody(b"x" * 300_000)
     with open(tmp_path / "f", "rb") as f:
         yield "zstd", ZstdFileBody(f, InlineThreads())
 
@@ -111,13 +111,14 @@ def test_a_watched_body_is_resumed_only_after_a_pause():
     from twisted.internet.task import Clock, Cooperator
     from twisted.web.client import FileBodyProducer
 
-    from quantum_sync.client.transfer import IdleWatch, _WatchedBody
+    from quantum_sync.client.bodies import WatchedBody
+    from quantum_sync.client.idlewatch import IdleWatch
 
     clock = Clock()
     watch = IdleWatch(clock, 60)
     steps = []
     inner = FileBodyProducer(io.BytesIO(b"x" * 10), cooperator=Cooperator(scheduler=steps.append, started=True))
-    body = _WatchedBody(inner, watch)
+    body = WatchedBody(inner, watch)
     body.startProducing(type("Sink", (), {"write": staticmethod(lambda data: None)}))
     body.resumeProducing()  # never paused: nothing to resume (NotPaused without the guard)
     body.pauseProducing()
@@ -130,9 +131,9 @@ def test_a_watched_body_is_resumed_only_after_a_pause():
 def test_a_whole_body_stopped_while_paused_can_be_sent_again():
     """A batch body is sent once more after a refusal (a new token): the pause of the
     first connection does not hold the second sending."""
-    from quantum_sync.client.transfer import _BytesBody
+    from quantum_sync.client.bodies import BytesBody
 
-    body = _BytesBody(b"x" * 1000)
+    body = BytesBody(b"x" * 1000)
     _, fired = _started(body)
     body.stopProducing()  # the first connection went, the body paused
     sink = []

@@ -41,14 +41,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from quantum_sync import batch, protocol
-from quantum_sync.adapters import twisted as twisted_adapter
 from quantum_sync.client import staging
 from quantum_sync.client.backoff import Backoff
 from quantum_sync.client.batches import Batcher
+from quantum_sync.client.bodies import BytesBody, WatchedBody
 from quantum_sync.client.compress import ZstdFileBody, inflate_file, sample_pays
 from quantum_sync.client.credentials import Credentials, FixedToken, NoCredentials
 from quantum_sync.client.failover import ServerList
@@ -275,110 +273,6 @@ def retry_after_seconds(values, now=None) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-@implementer(IBodyProducer)
-class _BytesBody:
-    """A request body already in memory, written in one go (no cooperator task). When
-    that write fills the connection's buffer (it pauses the body), the body is done only
-    once the connection resumes it: a body done while paused would leave the kept-alive
-    connection taking its *next* body for a paused one, and resuming that (Twisted's
-    ``NotPaused`` from a ``FileBodyProducer``: the connection drops)."""
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self.length = len(data)
-        self._paused = False
-        self._resumed = None  # fires when resumed after a pause during the write
-
-    def startProducing(self, consumer):
-        self._paused = False  # (sent again after a refusal: a new connection)
-        consumer.write(self._data)
-        if not self._paused:
-            return defer.succeed(None)
-        self._resumed = defer.Deferred()  # never fires once stopped (IBodyProducer)
-        return self._resumed
-
-    def pauseProducing(self):
-        self._paused = True
-
-    def resumeProducing(self):
-        self._paused = False
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None:
-            resumed.callback(None)
-
-    def stopProducing(self):
-        self._resumed = None
-
-
-@implementer(IBodyProducer)
-class _WatchedBody:
-    """A request body whose every write tells an :class:`IdleWatch`. The body is resumed
-    only after it was paused (once however many pauses came between): a connection that
-    resumes a body it never paused (see :class:`_BytesBody`) must not make a
-    ``FileBodyProducer`` raise ``NotPaused`` in the reactor's write."""
-
-    def __init__(self, producer, watch):
-        self._producer, self._watch = producer, watch
-        self.length = producer.length
-        self._paused = False
-        self._sending = False  # started, neither done nor stopped
-        self._sent = False  # the whole body went
-        self._connection = None  # the connection the body goes into
-
-    def startProducing(self, consumer):
-        self._sending, self._sent = True, False
-        self._connection = twisted_adapter.request_connection(consumer)
-        done = self._producer.startProducing(_TouchingConsumer(consumer, self._watch))
-        return done.addBoth(self._done)
-
-    def _done(self, result):
-        self._sending = False
-        self._sent = not isinstance(result, Failure)
-        return result
-
-    def answered(self, refused: bool = False) -> None:
-        """The server answered (or the request failed) before the whole body went: a
-        refusal at the head (401, 413, 503...) stops the body there, rather than sending
-        the rest into a connection the server only drains before closing it. The
-        connection of a ``refused`` one is aborted (its answer has been read): it can
-        carry no other request, and with the unsent rest of the body in its buffer it
-        would stay open until the server cut it (10 s on ours)."""
-        if self._sending:
-            self.stopProducing()
-        if refused and not self._sent and self._connection is not None:
-            self._connection.abortConnection()
-
-    def pauseProducing(self):
-        if not self._paused:
-            self._producer.pauseProducing()  # (a finished FileBodyProducer raises: not paused)
-            self._paused = True
-
-    def resumeProducing(self):
-        if self._paused:
-            self._paused = False
-            self._producer.resumeProducing()
-
-    def stopProducing(self):
-        if self._sending:
-            self._sending = False
-            self._producer.stopProducing()
-
-
-class _TouchingConsumer:
-    def __init__(self, consumer, watch):
-        self._consumer, self._watch = consumer, watch
-
-    def write(self, data):
-        self._watch.touch(data)
-        self._consumer.write(data)
-
-    def registerProducer(self, producer, streaming):
-        self._consumer.registerProducer(producer, streaming)
-
-    def unregisterProducer(self):
-        self._consumer.unregisterProducer()
-
-
 class ServerClient:
     """HTTP calls to one quantum-sync server for one client id."""
 
@@ -535,11 +429,11 @@ class ServerClient:
                 all_headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
             producer = body() if callable(body) else body
             if watch is not None and producer is not None:
-                producer = _WatchedBody(producer, watch)
+                producer = WatchedBody(producer, watch)
             requested = self._agent.request(method.encode("ascii"), url, Headers(all_headers), producer)
             if watch is not None:
                 watch.abort = requested.cancel
-            watched = producer if isinstance(producer, _WatchedBody) else None
+            watched = producer if isinstance(producer, WatchedBody) else None
             try:
                 response = await self._answer(method, path, requested, watch)
             except BaseException:
@@ -776,7 +670,7 @@ class ServerClient:
         """The answer's body to an upload batch of ``jobs`` (None: the server takes no
         batches)."""
         manifest = batch.upload_manifest([(j.path, len(j.data), j.sha256, j.if_match) for j in jobs])
-        body = _BytesBody(batch.encode(manifest, [j.data for j in jobs]))
+        body = BytesBody(batch.encode(manifest, [j.data for j in jobs]))
         with self._watching() as watch:
             response = await self._batch_request(BATCH_UPLOAD, body, watch)
             if response is None:
@@ -822,7 +716,7 @@ class ServerClient:
 
         def producer():
             if data is not None:
-                return _BytesBody(data)
+                return BytesBody(data)
             # never blocks: a FIFO put in the file's place is LocalChanged, as a missing file
             opened.append(os.fdopen(open_regular(abspath), "rb"))
             return ZstdFileBody(opened[-1], self.threads) if compress else FileBodyProducer(opened[-1], readSize=UPLOAD_CHUNK)
@@ -871,7 +765,7 @@ class ServerClient:
         server takes no batches)."""
         with self._watching() as watch:
             response = await self._batch_request(
-                BATCH_DOWNLOAD, _BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")), watch)
+                BATCH_DOWNLOAD, BytesBody(json.dumps({"paths": [j.path for j in jobs]}).encode("utf-8")), watch)
             if response is None:
                 return None
             limit = batch.MAX_BODY + BATCH_MANIFEST_PER_FILE * len(jobs)
