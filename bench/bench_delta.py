@@ -291,10 +291,14 @@ def main():
     try:
         for system in systems:
             results[system.name] = measure(system, cases, args.runs)
+    except BaseException:
+        print(f"failed: the logs stay in {args.base}", file=sys.stderr)
+        raise
+    else:
+        shutil.rmtree(args.base, ignore_errors=True)
     finally:
         if args.link_mbit:
             unshape()
-        shutil.rmtree(args.base, ignore_errors=True)
     print_table(results, args)
 
 
