@@ -65,6 +65,13 @@ class SyncError(Exception):
         return hash((self.code, self.message))
 
 
+def is_unavailable(failure) -> bool:
+    """True when ``failure`` (a Twisted Failure) is a SERVICE_UNAVAILABLE refusal: the
+    index cannot be reached (a cluster's database away), so the work waits and is tried
+    again rather than logged as a failure."""
+    return bool(failure.check(SyncError)) and failure.value.code == "SERVICE_UNAVAILABLE"
+
+
 def invalid_path(message: str) -> SyncError:
     """Shorthand for the most common refusal."""
     return SyncError("INVALID_PATH", message)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from quantum_sync import paths
-from quantum_sync.errors import SyncError
+from quantum_sync.errors import SyncError, is_unavailable
 from quantum_sync.protocol import Create, Delete, FileMetadata, Move, Update, now
 from quantum_sync.server.diskdiff import item_path, journal_items, matches, metadata_of, stale_files
 from quantum_sync.server.install import GroupInstall, StaleTarget, WaitingUpload
@@ -517,7 +517,7 @@ class FileOperations:
         """Refresh ``tops`` (a failed group's paths); while the index is unavailable (a
         cluster's database away), again after ``wait`` seconds, doubling up to a minute."""
         def failed(failure):
-            if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE" and not self._closed:
+            if is_unavailable(failure) and not self._closed:
                 self._later_calls.append(self._reactor.callLater(
                     wait, self._refresh_quietly, tops, min(wait * 2, 60.0)))
                 return None

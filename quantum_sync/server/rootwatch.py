@@ -37,7 +37,7 @@ from watchdog.observers.polling import PollingObserver
 
 from quantum_sync import paths
 from quantum_sync.adapters import watchdog as observers
-from quantum_sync.errors import SyncError
+from quantum_sync.errors import is_unavailable
 from quantum_sync.threads import ReactorThreads
 
 #: The events asked of watchdog (and of inotify: the others are never even read). Every
@@ -54,11 +54,6 @@ POLL_INTERVAL = 2.0
 #: Seconds before changed paths whose refresh, or a rescan, met the index away (a
 #: cluster's database) are looked at again.
 RETRY = 2.0
-
-
-def _index_away(failure) -> bool:
-    """True when ``failure`` says the index cannot be reached (a cluster's database)."""
-    return bool(failure.check(SyncError)) and failure.value.code == "SERVICE_UNAVAILABLE"
 
 
 class _Bridge(FileSystemEventHandler):
@@ -183,7 +178,7 @@ class RootWatcher(Service):
         self._rescan.addBoth(self._rescanned)
 
     def _rescan_failed(self, failure) -> None:
-        if _index_away(failure):
+        if is_unavailable(failure):
             self.log.warn("rescanning {root} waits for the index: {error}", root=self.root,
                           error=failure.value.message)
             if self.running:
@@ -211,7 +206,7 @@ class RootWatcher(Service):
         self._running_refresh.addErrback(self._refresh_failed, tops)
 
     def _refresh_failed(self, failure, tops) -> None:
-        if _index_away(failure):  # (a cluster's database away): the paths wait for the next try
+        if is_unavailable(failure):  # (a cluster's database away): the paths wait for the next try
             self.log.warn("{count} changed paths wait for the index: {error}", count=len(tops),
                           error=failure.value.message)
             self._pending.update(tops)

@@ -41,7 +41,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from quantum_sync.diskio import file_system_magic, fsync_directory
-from quantum_sync.errors import SyncError
+from quantum_sync.errors import SyncError, is_unavailable
 from quantum_sync.protocol import format_time
 from quantum_sync.server.store import TEMP_PREFIX, storage_error
 from quantum_sync.threads import ReactorThreads
@@ -729,7 +729,7 @@ class Versions(Service):
         return self._running
 
     def _prune_failed(self, failure) -> None:
-        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
+        if is_unavailable(failure):
             self.log.warn("versions not pruned (the next pass will): {error}", error=failure.value.message)
         else:
             self.log.failure("pruning versions failed", failure)

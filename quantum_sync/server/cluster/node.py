@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from quantum_sync.config import ConfigError
-from quantum_sync.errors import SyncError
+from quantum_sync.errors import is_unavailable
 from quantum_sync.protocol import format_time
 from quantum_sync.server.cluster.bindings import ClusterBindings
 from quantum_sync.server.cluster.events import EventRelay
@@ -218,7 +218,7 @@ class ClusterNode:
         self._rescan.addErrback(self._rescan_failed)
 
     def _rescan_failed(self, failure) -> None:
-        if failure.check(SyncError) and failure.value.code == "SERVICE_UNAVAILABLE":
+        if is_unavailable(failure):
             self.log.warn("rescanning the root waits for the database: {error}", error=failure.value.message)
             self._rescan_retry = self._reactor.callLater(RESCAN_RETRY, self._rescan_root)
         else:
