@@ -6,6 +6,8 @@ Subscribe succeeds and the node's ids are recorded. The leader's work on the roo
 first rescan, the watcher's refreshes and full rescans) waits for the database the same
 way."""
 
+import contextlib
+
 import pytest_twisted
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import formatEvent
@@ -137,6 +139,20 @@ async def test_without_auth_subscribe_is_checked_on_its_node_while_the_database_
         await _stop(service, proxy)
 
 
+@contextlib.asynccontextmanager
+async def _watching_node(reactor, tmp_path, cluster_block, pg_schema):
+    """One node on ``tmp_path/root`` reaching its database through a proxy of the test's
+    own: ``(service, url, proxy, http)``; all stopped at the end."""
+    proxy, proxied = await _proxied_database(reactor, pg_schema)
+    service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
+    http = HttpClient(reactor, persistent=False)
+    try:
+        yield service, url, proxy, http
+    finally:
+        await http.close()
+        await _stop(service, proxy)
+
+
 async def _journalled_when_back(reactor, http, url, proxy, log, name: bytes) -> None:
     """Nothing in ``log`` failed; once ``proxy`` lets the database through again, the
     file ``name`` is journalled."""
@@ -156,10 +172,7 @@ async def _journalled_when_back(reactor, http, url, proxy, log, name: bytes) -> 
 async def test_a_new_leader_rescans_the_root_once_the_database_is_back(reactor, tmp_path, cluster_block, pg_schema):
     """The rescan a node runs when it begins leading (what changed while no node
     watched) waits for a database that is away, without a traceback, and then runs."""
-    proxy, proxied = await _proxied_database(reactor, pg_schema)
-    service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
-    http = HttpClient(reactor, persistent=False)
-    try:
+    async with _watching_node(reactor, tmp_path, cluster_block, pg_schema) as (service, url, proxy, http):
         await service.watcher.stopService()  # as if no node watched: another program writes
         (tmp_path / "root" / "unwatched.txt").write_bytes(b"x")
         await proxy.close()
@@ -167,9 +180,6 @@ async def test_a_new_leader_rescans_the_root_once_the_database_is_back(reactor, 
             service.node._lead(True)  # as when it takes the leader lock
             await service.node._rescan
         await _journalled_when_back(reactor, http, url, proxy, log, b"unwatched.txt")
-    finally:
-        await http.close()
-        await _stop(service, proxy)
 
 
 @pytest_twisted.ensureDeferred
@@ -178,10 +188,7 @@ async def test_a_file_written_while_the_database_is_away_is_journalled_once_it_i
     """The watching node's refresh of a path another program wrote meets the database
     away: the path waits (one line, no traceback) and is journalled once it is back, not
     at the next full rescan."""
-    proxy, proxied = await _proxied_database(reactor, pg_schema)
-    service, url = await start_node(reactor, tmp_path, tmp_path / "root", cluster_block("n1", database=proxied))
-    http = HttpClient(reactor, persistent=False)
-    try:
+    async with _watching_node(reactor, tmp_path, cluster_block, pg_schema) as (service, url, proxy, http):
         assert service.node.leadership.leading and service.watcher.running
         await proxy.close()
         with LogCapture() as log:
@@ -190,9 +197,6 @@ async def test_a_file_written_while_the_database_is_away_is_journalled_once_it_i
                                                 for text in map(formatEvent, log.events)),
                            what="the watcher's refresh of the path")
         await _journalled_when_back(reactor, http, url, proxy, log, b"offline.txt")
-    finally:
-        await http.close()
-        await _stop(service, proxy)
 
 
 @pytest_twisted.ensureDeferred
@@ -201,11 +205,8 @@ async def test_a_full_rescan_that_met_the_database_away_runs_again_once_it_is_ba
     """A full rescan of the root (here one after an inotify overflow) meets the database
     away: one line, no traceback, and it is tried again every 2 s until it goes through,
     not at the next periodic rescan."""
-    proxy, proxied = await _proxied_database(reactor, pg_schema)
     root = tmp_path / "root"
-    service, url = await start_node(reactor, tmp_path, root, cluster_block("n1", database=proxied))
-    http = HttpClient(reactor, persistent=False)
-    try:
+    async with _watching_node(reactor, tmp_path, cluster_block, pg_schema) as (service, url, proxy, http):
         # the node keeps leading through the outage (its lock is not tried again, so it is
         # not retaken with a rescan of its own once the database is back)
         await service.node.leadership.stop()
@@ -222,6 +223,3 @@ async def test_a_full_rescan_that_met_the_database_away_runs_again_once_it_is_ba
                                                 for event in log.events),
                            what="the rescan's failure")
         await _journalled_when_back(reactor, http, url, proxy, log, b"unseen.txt")
-    finally:
-        await http.close()
-        await _stop(service, proxy)
