@@ -305,6 +305,31 @@ async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reac
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_new_journal_behind_the_same_address_is_listed_anew(reactor, tmp_path, browser, ui):
+    ui.root({"old.txt": b"of the first server"})
+    server = await ui.serve()
+    listen = f"tcp:{server.port}:interface=127.0.0.1"
+    page = await ui.open(server.url)
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+    _, figures = await ui.api("GET", server.url + "/ws/metrics")
+    await server.stop()
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=reconnecting]"))
+    # another server (its own root and journal) at the same address, its journal as long
+    # as the first one's or longer: the page's cursor names a place in it, but not the same
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("n1.txt", "n2.txt", "n3.txt"):
+        (other / name).write_bytes(name.encode())
+    server = await ui.serve(listen=listen, root=str(other))
+    _, now = await ui.api("GET", server.url + "/ws/metrics")
+    assert now["journal_head"] >= figures["journal_head"]
+    await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+    await browser.run(lambda b: page.wait_for_selector(row_selector("n1.txt")))
+    assert await paths_listed(browser, page) == ["n1.txt", "n2.txt", "n3.txt"]
+    assert page.errors == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, browser, ui, clients):
     server, folder, page = await ui.client_page(clients, "have.txt", b"downloaded bytes")
     await browser.run(lambda b: page.click("#new-folder"))

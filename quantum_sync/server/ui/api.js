@@ -63,7 +63,12 @@ export class Api {
   list() { return this.request("GET", "/api/list"); }
   metrics() { return this.request("GET", "/ws/metrics"); }
   clients() { return this.request("GET", "/ws/status"); }
-  changes(since, limit = 1000) { return this.request("GET", `/api/changes?${query({ since, limit })}`); }
+  // The journal after `since`; with `journal`, a journal other than that one (a server
+  // started anew) is answered CURSOR_EXPIRED instead of changes that are not the page's.
+  changes(since, limit = 1000, journal = null) {
+    const params = journal ? { since, limit, journal_id: journal } : { since, limit };
+    return this.request("GET", `/api/changes?${query(params)}`);
+  }
   versions(path) { return this.request("GET", `/api/versions?${query({ path })}`); }
 
   restore(path, id) {

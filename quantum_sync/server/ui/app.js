@@ -28,6 +28,7 @@ const state = {
   ascending: true,
   filter: "",
   cursor: null, // the journal seq the tree reflects
+  journal: null, // the journal_id the cursor belongs to
   role: "admin",
   versions: false, // the server keeps versions
   changed: new Map(), // path -> when it changed (highlight)
@@ -140,13 +141,26 @@ const canWrite = () => state.role !== "read";
 
 // -- loading and catching up ----------------------------------------------------------
 
+// The whole tree, and the journal's head and identity taken before it: the changes
+// after that head are then asked of that journal only.
 async function loadTree() {
-  const figures = await api.metrics();
-  const list = await api.list();
-  tree.reset(list);
-  state.cursor = figures.journal_head;
-  await catchUp();
-  return figures.journal_head;
+  for (let attempt = 1; ; attempt++) {
+    const head = (await api.metrics()).journal_head;
+    let journal;
+    try {
+      journal = (await api.changes(head, 1)).journal_id;
+    } catch (error) {
+      // the server was replaced between the two answers: once more
+      if (error.code === "CURSOR_EXPIRED" && attempt < 3) continue;
+      throw error;
+    }
+    const list = await api.list();
+    tree.reset(list);
+    state.cursor = head;
+    state.journal = journal;
+    await catchUp();
+    return head;
+  }
 }
 
 // The feed's first lines: the journal's last entries up to `head` (later ones come live).
@@ -160,7 +174,7 @@ async function loadFeed(head) {
 }
 
 // Everything after the cursor from /api/changes (never a reload, unless the journal no
-// longer holds the cursor).
+// longer holds the cursor or is not the one the cursor belongs to).
 function catchUp() {
   if (state.catchingUp) {
     state.catchUpAgain = true;
@@ -172,7 +186,7 @@ function catchUp() {
         state.catchUpAgain = false;
         let more = true;
         while (more) {
-          const page = await api.changes(state.cursor, 1000);
+          const page = await api.changes(state.cursor, 1000, state.journal);
           for (const change of page.changes) applyChange(change);
           state.cursor = Math.max(state.cursor, page.cursor);
           more = page.has_more;
@@ -207,7 +221,9 @@ function applyChange(change) {
 
 function onOperation(message) {
   if (state.cursor === null) return; // the first load's catch-up takes it
-  if (message.seq === state.cursor + 1 && !state.catchingUp) {
+  if (message.journal_id && message.journal_id !== state.journal) {
+    catchUp(); // another journal: answered CURSOR_EXPIRED, then listed anew
+  } else if (message.seq === state.cursor + 1 && !state.catchingUp) {
     applyChange(message);
     scheduleRender();
     renderFeed();
