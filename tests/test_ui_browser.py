@@ -292,8 +292,23 @@ async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reac
     requests = []
     await browser.run(lambda b: page.on("request", lambda r: requests.append(r.url)))
     await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
+    await browser.run(lambda b: page.evaluate("""() => {
+        window.__tries = [];  // [when, "next try in X s"] as the indicator says it
+        const indicator = document.getElementById('connection');
+        new MutationObserver(() => window.__tries.push([performance.now(), indicator.title]))
+            .observe(indicator, { attributeFilter: ['title'] });
+    }"""))
     await server.stop()
     await browser.run(lambda b: page.wait_for_selector("#connection[data-state=reconnecting]"))
+    # three tries, each waiting about twice as long as the one before (±20 %)
+    await browser.run(lambda b: page.wait_for_function(
+        "() => window.__tries.filter(([, title]) => title.startsWith('next try in')).length >= 3"))
+    tries = [(at, float(title.split()[3])) for at, title in
+             await browser.run(lambda b: page.evaluate("window.__tries")) if title.startswith("next try in")]
+    for attempt, (at, delay) in enumerate(tries[:3]):
+        assert 0.4 * 2 ** attempt - 0.05 <= delay <= 0.6 * 2 ** attempt + 0.05, tries
+    for (at, delay), (next_at, _) in zip(tries[:2], tries[1:3]):
+        assert next_at - at >= delay * 1000 - 60, tries  # the next try waited its delay
     (root / "meanwhile.txt").write_bytes(b"made while the page was cut off")
     server = await ui.serve(listen=listen)
     await browser.run(lambda b: page.wait_for_selector("#connection[data-state=live]"))
@@ -302,6 +317,14 @@ async def test_the_indicator_across_a_restart_and_the_change_made_meanwhile(reac
     # caught up from the journal with its cursor, not by listing everything again
     assert not any("/api/list" in url for url in requests), requests
     assert any("/api/changes?since=" in url for url in requests), requests
+    # the schedule itself: doubling from 0.5 s to at most 10 s, spread by ±20 %
+    delays = await browser.run(lambda b: page.evaluate("""async () => {
+        const { retryDelay } = await import('/ui/live.js');
+        return [0.5, 0, 0.999999].map((random) => [0, 1, 2, 3, 4, 5, 9, 40].map((n) => retryDelay(n, random)));
+    }"""))
+    assert delays[0] == [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]
+    assert [round(d) for d in delays[1]] == [400, 800, 1600, 3200, 6400, 8000, 8000, 8000]
+    assert [round(d) for d in delays[2]] == [600, 1200, 2400, 4800, 9600, 12000, 12000, 12000]
 
 
 @pytest_twisted.ensureDeferred

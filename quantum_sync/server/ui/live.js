@@ -6,6 +6,13 @@ const FIRST_DELAY = 500;
 const MAX_DELAY = 10000;
 const PING_EVERY = 20000;
 
+// Milliseconds before reconnect attempt `attempt` (0, 1, ...): doubling from FIRST_DELAY
+// up to MAX_DELAY, spread by ±20 % (`random` in [0, 1)) so that pages do not come back
+// all at once.
+export function retryDelay(attempt, random = Math.random()) {
+  return Math.min(MAX_DELAY, FIRST_DELAY * 2 ** attempt) * (0.8 + random * 0.4);
+}
+
 export class Live {
   // handlers: onState(state, detail), onOpen() after each (re)subscription,
   // onOperation(message), onAuth(data), onAuthError(message)
@@ -80,7 +87,7 @@ export class Live {
       this.setState("offline", "the browser is offline");
       return;
     }
-    const delay = Math.min(MAX_DELAY, FIRST_DELAY * 2 ** this.attempt) * (0.8 + Math.random() * 0.4);
+    const delay = retryDelay(this.attempt);
     this.attempt++;
     this.setState("reconnecting", `next try in ${(delay / 1000).toFixed(1)} s`);
     this.retryTimer = setTimeout(() => this.connect(), delay);
