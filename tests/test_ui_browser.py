@@ -378,6 +378,23 @@ async def test_new_folder_drops_folder_upload_and_download(reactor, tmp_path, br
     await browser.run(lambda b: page.set_input_files("#folder-input", str(tree)))
     await wait_on_disk(reactor, lambda: read(folder, "fresh/album/cover.txt") == b"cover"
                        and read(folder, "fresh/album/inner/deep.txt") == b"deep", what="the folder upload")
+    # and a folder dragged from the desktop: Chromium's own drag of a path (DevTools
+    # protocol), so the page walks it with webkitGetAsEntry as it would a real drop
+    dragged = tmp_path / "desktop" / "dragged"
+    (dragged / "sub" / "subsub").mkdir(parents=True)
+    (dragged / "top.txt").write_bytes(b"top")
+    (dragged / "sub" / "subsub" / "bottom.bin").write_bytes(bytes(range(256)) * 40)
+
+    def drag_folder(b):
+        devtools = page.context.new_cdp_session(page)
+        data = {"items": [], "files": [str(dragged)], "dragOperationsMask": 1}
+        for kind in ("dragEnter", "dragOver", "drop"):
+            devtools.send("Input.dispatchDragEvent", {"type": kind, "x": 600, "y": 400, "data": data})
+        devtools.detach()
+    await browser.run(drag_folder)
+    await wait_on_disk(reactor, lambda: read(folder, "fresh/dragged/top.txt") == b"top"
+                       and read(folder, "fresh/dragged/sub/subsub/bottom.bin") == bytes(range(256)) * 40,
+                       what="the dragged folder")
     await browser.run(lambda b: page.click("#crumbs button:text('root')"))
 
     def fetch(b):
