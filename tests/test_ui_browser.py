@@ -124,8 +124,12 @@ async def test_lists_the_files_and_shows_a_clients_write_without_reload(reactor,
     page = await ui.open(server.url)
     assert await paths_listed(browser, page) == ["docs", "top.bin"]
     cells = await browser.run(lambda b: page.eval_on_selector(
-        row_selector("top.bin"), "r => [...r.querySelectorAll('span.size, span.hash')].map(c => c.textContent)"))
-    assert cells == ["2.0 KiB", sha(b"x" * 2048)[:8]]
+        row_selector("top.bin"), "r => [...r.querySelectorAll('span.size, span.modified, span.hash')].map(c => c.textContent)"))
+    _, listing = await ui.api("GET", server.url + "/api/list")
+    (modified,) = [m["modified"] for m in listing if m["path"] == "top.bin"]
+    shown = await browser.run(lambda b: page.evaluate(
+        "(text) => new Date(text).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' })", modified))
+    assert cells == ["2.0 KiB", shown, sha(b"x" * 2048)[:8]]
     await browser.run(lambda b: page.click(row_selector("docs") + " button.dir"))
     await browser.run(lambda b: page.wait_for_selector(row_selector("docs/a.txt")))
     assert await browser.run(lambda b: page.text_content("#crumbs")) == "root/docs"
@@ -155,12 +159,17 @@ async def test_lists_the_files_and_shows_a_clients_write_without_reload(reactor,
 async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path, browser, ui, clients):
     server, folder, page = await ui.client_page(clients, "other.txt", b"taken")
     data = os.urandom(300 * 1024) + bytes(range(256))
-    await browser.run(lambda b: page.set_input_files("#file-input", files=[
-        {"name": "up.bin", "mimeType": "application/octet-stream", "buffer": data}]))
+
+    def choose(b):  # the "Upload files" button opens the file input's chooser
+        with page.expect_file_chooser() as chooser:
+            page.click("#upload-button")
+        chooser.value.set_files(files=[{"name": "up.bin", "mimeType": "application/octet-stream", "buffer": data}])
+    await browser.run(choose)
     await wait_on_disk(reactor, lambda: read(folder, "up.bin") == data, what="the uploaded file")
     await browser.run(lambda b: page.wait_for_selector('#upload-items li.done[data-path="up.bin"]'))
-    assert await browser.run(lambda b: page.eval_on_selector(
-        "#upload-overall", "p => p.value === p.max")) is True
+    bars = await browser.run(lambda b: page.eval_on_selector_all(
+        '#upload-overall, #upload-items li[data-path="up.bin"] progress', "bars => bars.map(p => [p.value, p.max])"))
+    assert bars == [[len(data), len(data)]] * 2  # the file's bar and the overall one, full
 
     # a rename onto an existing name: the server's message is shown, nothing changes
     await browser.run(lambda b: page.click(row_selector("up.bin") + " .act-rename"))
@@ -177,10 +186,21 @@ async def test_upload_rename_and_delete_reach_a_client_folder(reactor, tmp_path,
     await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") == data
                        and read(folder, "up.bin") is None, what="the rename")
     await browser.run(lambda b: page.click(row_selector("moved") + " button.dir"))
+    sent = []  # /api/sync requests from here on: the cancelled Delete sends none
+
+    def cancel(b):
+        page.on("request", lambda request: sent.append(request.post_data) if "/api/sync" in request.url else None)
+        page.click(row_selector("moved/renamed.bin") + " .act-delete")
+        page.wait_for_selector("#dialog[open]")
+        page.click("#dialog-cancel")
+        page.wait_for_selector("#dialog", state="hidden")
+    await browser.run(cancel)
     await browser.run(lambda b: page.click(row_selector("moved/renamed.bin") + " .act-delete"))
     await answer_dialog(browser, page)
     await wait_on_disk(reactor, lambda: read(folder, "moved/renamed.bin") is None, what="the delete")
     await browser.run(lambda b: page.wait_for_selector(row_selector("moved/renamed.bin"), state="detached"))
+    assert [json.loads(body)["operations"] for body in sent] == [
+        [{"Delete": {"path": "moved/renamed.bin", "if_match": sha(data)}}]]
     assert page.errors == []
 
 
@@ -250,8 +270,14 @@ async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser, ui):
     assert await paths_listed(browser, reader) == ["a.txt"]
     assert await browser.run(lambda b: reader.query_selector_all(".act-delete, .act-rename")) == []
     assert await browser.run(lambda b: reader.query_selector(row_selector("a.txt") + " .act-download"))
-    assert await browser.run(lambda b: reader.is_hidden("#upload-button"))
-    assert await browser.run(lambda b: reader.is_hidden("#new-folder"))
+    for control in ("#upload-button", "#upload-folder-button", "#new-folder"):
+        assert await browser.run(lambda b: reader.is_hidden(control)), control
+
+    def fetch(b):  # with the token in a header: the page saves what it fetched
+        with reader.expect_download() as caught:
+            reader.click(row_selector("a.txt") + " .act-download")
+        return caught.value.path()
+    assert open(await browser.run(fetch), "rb").read() == b"alpha"
     assert "token" not in reader.url
     assert any(url.endswith("/ws") for url in urls)
     assert [url for url in urls if "token" in url] == []  # in headers and the auth message only
@@ -425,6 +451,13 @@ async def test_keep_this_version_moves_the_conflict_copy_over_the_original(react
     assert await browser.run(lambda b: page.query_selector_all(".act-keep")) != []
     assert await browser.run(lambda b: page.query_selector(
         row_selector("lonely.sync-conflict-20240101-120000-bob.txt") + " .act-keep")) is None
+    # the activity feed marks them too
+    await browser.run(lambda b: page.click(".tab[data-view=activity]"))
+    marked = await browser.run(lambda b: page.eval_on_selector_all(
+        "#activity .path", "cells => cells.map(c => [c.firstChild.textContent, !!c.querySelector('.badge')])"))
+    assert sorted(marked) == sorted([[copy, True], ["lonely.sync-conflict-20240101-120000-bob.txt", True],
+                                     ["notes.txt", False]])
+    await browser.run(lambda b: page.click(".tab[data-view=files]"))
     await wait_on_disk(reactor, lambda: read(folder, copy) == b"mine", what="the first sync")
     await browser.run(lambda b: page.click(row_selector(copy) + " .act-keep"))
     await answer_dialog(browser, page)
