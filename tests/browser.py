@@ -9,6 +9,7 @@ answers with a Deferred::
     await browser.run(lambda b: page.goto(server.url))
 """
 
+import importlib
 import os
 import queue
 import threading
@@ -23,8 +24,17 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 WAIT_MS = 10000
 
 
-def chromium_missing() -> bool:
-    return not os.access(CHROMIUM, os.X_OK)
+def require_browser() -> None:
+    """Skip where Debian's chromium or Playwright is missing, except under CI (where
+    .ci/run installs both): there it fails."""
+    from tests.support import skip_or_fail_under_ci
+
+    if not os.access(CHROMIUM, os.X_OK):
+        skip_or_fail_under_ci("the browser tests", f"Debian's chromium at {CHROMIUM}")
+    try:
+        importlib.import_module("playwright.sync_api")
+    except ImportError:
+        skip_or_fail_under_ci("the browser tests", "Playwright for Python (pip install '.[test]')")
 
 
 class BrowserThread:

@@ -11,25 +11,24 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 
 import pytest
 import pytest_twisted
 
-from tests.browser import BrowserThread, chromium_missing, open_page, row_selector
+from tests import browser as browser_support
+from tests.browser import BrowserThread, open_page, require_browser, row_selector
 from tests.support import HttpClient, start_server, wait_for as wait_on_disk
 from tests.test_auth_e2e import PASSWORDS, auth_section
 from tests.clients import read, write
-
-# CI installs chromium (.ci/run): there a missing browser is a failure, not a skip
-pytestmark = pytest.mark.skipif(chromium_missing() and not os.environ.get("CI"),
-                                reason="needs Debian's chromium at /usr/bin/chromium")
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
 
 @pytest.fixture(scope="module")
 def browser(reactor):
+    require_browser()  # CI installs chromium (.ci/run): there a missing one fails
     running = BrowserThread(reactor)
     yield running
     running.close()
@@ -622,3 +621,19 @@ async def test_refusals_show_the_servers_message(reactor, tmp_path, browser, ui)
     await browser.run(lambda b: page.wait_for_selector("#error:not([hidden])"))
     assert await browser.run(lambda b: page.text_content("#error-text")) == "changes are disabled on this server"
     assert os.listdir(server.root) == [".quantum-sync"]
+
+
+def test_a_missing_browser_skips_here_and_fails_under_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    require_browser()  # (here both are installed)
+    for missing in ("chromium", "playwright"):
+        with monkeypatch.context() as patch:
+            if missing == "chromium":
+                patch.setattr(browser_support, "CHROMIUM", "/nonexistent/chromium")
+            else:
+                patch.setitem(sys.modules, "playwright.sync_api", None)  # import fails
+            with pytest.raises(pytest.skip.Exception):
+                require_browser()
+            patch.setenv("CI", "true")
+            with pytest.raises(pytest.fail.Exception, match="CI is set"):
+                require_browser()
