@@ -7,6 +7,7 @@ One browser serves the whole module (:mod:`tests.browser`); every page has its o
 context. Every wait has a deadline (Playwright's timeout, or the disk poll's).
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -95,6 +96,12 @@ async def ui(reactor, tmp_path, browser):
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def claims(token: str) -> dict:
+    """A JWT's claims, unverified (whole seconds)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 async def paths_listed(browser, page) -> list:
@@ -524,6 +531,9 @@ async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser
     # a new token before the first one runs out, then work after it ran out
     await browser.run(lambda b: page.wait_for_function(
         f"() => JSON.parse(sessionStorage.getItem('quantum-sync.token')).token !== {json.dumps(first['token'])}"))
+    second = await browser.run(lambda b: page.evaluate(
+        "() => JSON.parse(sessionStorage.getItem('quantum-sync.token'))"))
+    assert claims(second["token"])["iat"] < claims(first["token"])["exp"]  # issued before the first ran out
     await browser.run(lambda b: page.wait_for_function(
         f"() => Date.now() > new Date({json.dumps(expires)}).getTime() + 500"))
     await browser.run(lambda b: page.click(row_selector("b.txt") + " .act-delete"))
