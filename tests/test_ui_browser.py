@@ -519,8 +519,11 @@ async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser
     root = ui.root({"a.txt": b"alpha", "b.txt": b"beta"})
     server = await ui.serve(auth=auth_section(tmp_path, ttl=3))
     page = await ui.open(server.url, ready=False)
+    sent = []  # the auth messages the page sends on /ws
 
     def log_in(b):
+        page.on("websocket", lambda socket: socket.on("framesent", lambda payload: sent.append(
+            json.loads(payload)) if '"auth"' in payload else None))
         page.fill("#login-user", "wendy")
         page.fill("#login-password", PASSWORDS["wendy"])
         page.click("#login-submit")
@@ -531,9 +534,11 @@ async def test_the_token_is_renewed_before_it_expires(reactor, tmp_path, browser
     # a new token before the first one runs out, then work after it ran out
     await browser.run(lambda b: page.wait_for_function(
         f"() => JSON.parse(sessionStorage.getItem('quantum-sync.token')).token !== {json.dumps(first['token'])}"))
-    second = await browser.run(lambda b: page.evaluate(
-        "() => JSON.parse(sessionStorage.getItem('quantum-sync.token'))"))
-    assert claims(second["token"])["iat"] < claims(first["token"])["exp"]  # issued before the first ran out
+    # the new token goes to the open WebSocket too, in an auth message
+    await wait_on_disk(reactor, lambda: any(m.get("id") == "renew" for m in sent), what="the renewed auth")
+    assert sent[0]["payload"]["token"] == first["token"]
+    second = next(m for m in sent if m.get("id") == "renew")["payload"]["token"]
+    assert claims(second)["iat"] < claims(first["token"])["exp"]  # issued before the first ran out
     await browser.run(lambda b: page.wait_for_function(
         f"() => Date.now() > new Date({json.dumps(expires)}).getTime() + 500"))
     await browser.run(lambda b: page.click(row_selector("b.txt") + " .act-delete"))
