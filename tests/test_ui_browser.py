@@ -288,6 +288,15 @@ async def test_login_roles_and_a_wrong_password(reactor, tmp_path, browser, ui):
     assert any(url.endswith("/ws") for url in urls)
     assert [url for url in urls if "token" in url] == []  # in headers and the auth message only
     assert await browser.run(lambda b: reader.text_content("#user")) == "rita (read)"
+    # connected clients are for admins: the page shows the server's refusal
+    await browser.run(lambda b: reader.click(".tab[data-view=status]"))
+    await browser.run(lambda b: reader.wait_for_selector("#clients-note:not([hidden])"))
+    token = await browser.run(lambda b: reader.evaluate(
+        "() => JSON.parse(sessionStorage.getItem('quantum-sync.token')).token"))
+    _, refused = await ui.api("GET", server.url + "/ws/status", expect=403,
+                              headers={"Authorization": [f"Bearer {token}"]})
+    assert await browser.run(lambda b: reader.text_content("#clients-note")) == \
+        f"Connected clients: {refused['error']['message']}"
 
     writer = await log_in("wendy", PASSWORDS["wendy"])
     await browser.run(lambda b: writer.wait_for_selector(row_selector("a.txt") + " .act-delete"))
@@ -505,6 +514,8 @@ async def test_status_shows_clients_and_live_charts(reactor, tmp_path, browser, 
         "() => document.getElementById('value-messages').textContent !== ''"))
     connections = await browser.run(lambda b: page.text_content("#value-connections"))
     assert int(connections) >= 2  # the client and the page
+    storage = await browser.run(lambda b: page.text_content("#value-storage"))
+    assert storage.split()[-1] in ("B", "KiB", "MiB", "GiB", "TiB") and float(storage.split()[0]) > 0
     drawn = await browser.run(lambda b: page.evaluate("""() => {
         const canvas = document.getElementById('chart-connections');
         const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
