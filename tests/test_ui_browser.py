@@ -622,6 +622,21 @@ async def test_the_tree_model_applies_journal_operations(reactor, tmp_path, brow
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_journal_keeping_few_entries_opens_with_what_it_keeps(reactor, tmp_path, browser, ui):
+    server = await ui.serve(journal_retention=5)
+    for i in range(12):
+        await ui.api("POST", server.url + "/api/upload", params={"path": f"f{i:02d}.txt"}, data=b"%d" % i)
+    # the last 100 entries are no longer kept: the feed starts with what comes live
+    page = await ui.open(server.url)  # ready: the tree, the feed, the status and versions
+    assert len(await paths_listed(browser, page)) == 12
+    assert await browser.run(lambda b: page.is_hidden("#error"))
+    await browser.run(lambda b: page.click(".tab[data-view=activity]"))
+    await ui.api("POST", server.url + "/api/upload", params={"path": "later.txt"}, data=b"later")
+    await browser.run(lambda b: page.wait_for_selector("#activity .path:has-text('later.txt')"))
+    assert page.errors == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_indicator_says_offline_while_the_browser_is(reactor, tmp_path, browser, ui):
     server = await ui.serve()
     page = await ui.open(server.url)

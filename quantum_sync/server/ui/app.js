@@ -164,8 +164,15 @@ async function loadTree() {
 }
 
 // The feed's first lines: the journal's last entries up to `head` (later ones come live).
+// A journal that keeps fewer entries than that (journal_retention) answers
+// CURSOR_EXPIRED: the feed then starts with what comes live.
 async function loadFeed(head) {
-  const recent = await api.changes(Math.max(0, head - FEED_FIRST), FEED_FIRST);
+  let recent = { changes: [] };
+  try {
+    recent = await api.changes(Math.max(0, head - FEED_FIRST), FEED_FIRST, state.journal);
+  } catch (error) {
+    if (error.code !== "CURSOR_EXPIRED") throw error;
+  }
   const live = state.feed;
   state.feed = [];
   for (const change of recent.changes) if (change.seq <= head) addToFeed(change, false);
