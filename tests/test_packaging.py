@@ -2,6 +2,7 @@
 non-editable wheel install)."""
 
 import ast
+import configparser
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import zipfile
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+
+from quantum_sync.server import webui
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAPNAMES = {"quantum-sync", "quantum-sync-client"}
@@ -114,3 +117,13 @@ def test_client_user_unit_template(tmp_path):
     result = subprocess.run(["/usr/bin/systemd-analyze", "verify", "--man=no", str(instance)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_package_data_ships_every_kind_of_file_the_ui_serves():
+    """A kind served in development but left out of the wheel would be 404 once installed."""
+    config = configparser.ConfigParser()
+    config.read(os.path.join(PROJECT, "setup.cfg"))
+    globs = [g.strip() for g in config["options.package_data"]["quantum_sync.server"].split(",")]
+    assert sorted(os.path.splitext(g)[1] for g in globs) == sorted(webui.CONTENT_TYPES)
+    shipped = {os.path.splitext(name)[1] for name in os.listdir(webui.UI_DIRECTORY)}
+    assert shipped <= set(webui.CONTENT_TYPES)

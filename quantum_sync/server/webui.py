@@ -19,11 +19,11 @@ from quantum_sync.server.httpio import write_error
 UI_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
 #: The URL prefix of every asset (``/`` itself answers with ``index.html``).
 PREFIX = "/ui/"
+#: The kinds of file served; setup.cfg's package_data ships exactly these.
 CONTENT_TYPES = {
     ".html": b"text/html; charset=utf-8",
     ".js": b"text/javascript; charset=utf-8",
     ".css": b"text/css; charset=utf-8",
-    ".svg": b"image/svg+xml",
 }
 #: The policy of every UI answer: nothing but this origin's own files and connections.
 CONTENT_SECURITY_POLICY = (
