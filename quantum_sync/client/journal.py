@@ -104,10 +104,12 @@ class JournalCursor:
         """Whether change ``seq`` to ``paths`` is newer than every change applied to them
         (then it is remembered as their newest). Entries at or below :attr:`heard` can no
         longer matter (any later arrival is newer) and are pruned as the table grows."""
-        if any(self._path_seq.get(path, 0) > seq for path in paths):
-            return False
+        path_seq = self._path_seq
+        for path in paths:  # (a loop, not any() over a generator: once per change heard)
+            if path_seq.get(path, 0) > seq:
+                return False
         for path in paths:
-            self._path_seq[path] = seq
+            path_seq[path] = seq
         if len(self._path_seq) > self._prune_at:
             heard = self.heard
             self._path_seq = {p: s for p, s in self._path_seq.items() if s > heard}
@@ -120,7 +122,7 @@ class JournalCursor:
 
     def check(self, journal_id) -> Identity:
         """What ``journal_id`` (from an answer or a message) means; ADOPT takes it."""
-        if not is_journal_id(journal_id) or journal_id == self.journal_id:
+        if journal_id == self.journal_id or not is_journal_id(journal_id):  # the usual case first
             return Identity.SAME
         if self.journal_id is None:
             self.journal_id = journal_id

@@ -14,9 +14,9 @@ it ends. Between a request and the job taking it, the path remembers:
 :data:`TRANSITIONS` is the whole table; any other event is a programming error.
 """
 
-import enum
-
 import attrs
+
+from quantum_sync.enums import IdentityEnum
 
 
 class _Sentinel:
@@ -35,7 +35,7 @@ FETCH = _Sentinel("FETCH")
 UNSEEN = _Sentinel("UNSEEN")
 
 
-class Phase(enum.Enum):
+class Phase(IdentityEnum):
     """Where a path is in its life."""
 
     IDLE = "idle"
@@ -43,7 +43,7 @@ class Phase(enum.Enum):
     RUNNING = "running"
 
 
-class Event(enum.Enum):
+class Event(IdentityEnum):
     """What happens to a path."""
 
     REQUEST = "request"  # someone wants it synced
@@ -94,8 +94,9 @@ class PathStates:
         job = self._jobs.get(path)
         return Phase.IDLE if job is None else job.phase
 
-    def _step(self, path, event) -> PathJob:
-        job = self._jobs.get(path) or PathJob()
+    def _step(self, path, event, job=None) -> PathJob:
+        """``job``: the path's entry, when the caller has just looked it up."""
+        job = job or self._jobs.get(path) or PathJob()
         following = TRANSITIONS.get((job.phase, event))
         if following is None:
             raise InvalidTransition(f"{path}: {event.value} while {job.phase.value}")
@@ -108,8 +109,9 @@ class PathStates:
 
     def request(self, path, hint=UNKNOWN, seen=UNSEEN) -> Phase:
         """Record a request; returns the phase the path was in before."""
-        before = self.phase(path)
-        job = self._step(path, Event.REQUEST)
+        job = self._jobs.get(path)
+        before = Phase.IDLE if job is None else job.phase
+        job = self._step(path, Event.REQUEST, job)
         if hint is not UNKNOWN:
             job.hint = hint
         job.seen = seen

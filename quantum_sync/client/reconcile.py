@@ -18,9 +18,10 @@ deletes nothing until the user allows it.
 """
 
 import collections
-import enum
 
 import attrs
+
+from quantum_sync.enums import IdentityEnum
 
 #: A plan deleting more files than this, and more than half of the synced ones, is held.
 MASS_DELETE_MIN = 10
@@ -45,7 +46,7 @@ class Entry:
         )
 
 
-class Side(enum.Enum):
+class Side(IdentityEnum):
     """How one side's version relates to the base."""
 
     ABSENT = "absent"
@@ -54,7 +55,7 @@ class Side(enum.Enum):
     DELETED = "deleted"
 
 
-class Action(enum.Enum):
+class Action(IdentityEnum):
     """What the engine does for a path."""
 
     NOTHING = "nothing"
