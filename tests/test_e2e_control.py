@@ -157,3 +157,9 @@ async def test_usage_errors_are_one_line(reactor, tmp_path):
     assert code == 1 and err.count("\n") == 1 and "missing.json" in err
     code, _, err = await cli(reactor, "pause", str(tmp_path / "no-such-folder"))
     assert code == 1 and "neither a configured folder's name nor a directory" in err
+    for args, said in ((), "command"), (("status", "--bogus"), "--bogus"), (("pause",), "FOLDER"):
+        code, out, err = await cli(reactor, *args)
+        assert (code, out, err.count("\n")) == (1, "", 1) and said in err and err.startswith("quantum-sync-client: ")
+    # --config may come after the command too
+    code, _, err = await cli(reactor, "status", "--json", "--config", str(tmp_path / "missing.json"))
+    assert code == 1 and err.count("\n") == 1 and "missing.json" in err
