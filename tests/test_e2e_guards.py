@@ -134,3 +134,26 @@ async def test_a_folder_copied_with_its_state_syncs_as_a_client_of_its_own(react
     write(a.config.folder, "from-a.txt", b"a")
     write(copy.config.folder, "from-copy.txt", b"copy")
     await converged(reactor, a.config.folder, copy.config.folder)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_goes_through_while_rm_rf_of_a_synced_folder_is_held(reactor, servers, clients, log_lines):
+    a, b, A, B = await clients.pair(servers[0])
+    for i in range(30):
+        write(A, f"d/e/f{i:02}.txt", b"x%d" % i)
+    write(A, "keep.txt", b"k")
+    write(A, "other.txt", b"o")
+    await converged(reactor, A, B, servers[0].root)
+    shutil.rmtree(os.path.join(A, "d"))  # rm -rf: files, then their directories
+    await wait_for(reactor, lambda: any("mass delete held" in line and "are gone from the folder" in line
+                                        for line in log_lines), what="the burst held")
+    os.unlink(os.path.join(A, "keep.txt"))  # later, alone: goes at once, the rest staying held
+    await wait_for(reactor, lambda: read(B, "keep.txt") is None, what="the single delete on the other client")
+    write(A, "marker.txt", b"m")  # every event before it has been acted on once it is up
+    await wait_for(reactor, lambda: read(servers[0].root, "marker.txt") == b"m", what="the marker")
+    await a.engine.idle()
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/e/f")]) == 20  # the first ten went at once
+    assert len([p for p in tree(B) if p.startswith("d/e/f")]) == 20 and read(B, "other.txt") == b"o"
+    status = await folder_status("a", a, reactor)
+    assert [(g["what"], g["files"]) for g in status["guards"]] == [("local deletes", 30)], status["guards"]
+    assert status["state"] == "held"
