@@ -10,7 +10,18 @@ from clients import converged, read, write
 from quantum_sync.client.cli import describe
 from quantum_sync.client.status import folder_status
 from stallproxy import StallingProxy
-from support import wait_for
+from support import start_server, wait_for
+
+
+async def through(proxy, srv):
+    """What ``clients.start`` takes for a server: ``srv`` reached through ``proxy``."""
+    port = await proxy.listen()
+
+    class Through:
+        url, root = f"http://127.0.0.1:{port}", srv.root
+        config = getattr(srv, "config", None)
+
+    return Through
 
 
 @pytest_twisted.ensureDeferred
@@ -52,14 +63,8 @@ async def test_files_and_bytes_waiting_to_go_up(reactor, tmp_path, servers, clie
     # KB have gone up: the uploads stay waiting for as long as the test looks
     proxy = StallingProxy(reactor, srv.port)
     proxy.stall(4096, "up")
-    port = await proxy.listen()
-
-    class Through:
-        url, root = f"http://127.0.0.1:{port}", srv.root
-        config = getattr(srv, "config", None)
-
     try:
-        a = await clients.start(Through, "a", wait=False, realtime=False, interval=3600)
+        a = await clients.start(await through(proxy, srv), "a", wait=False, realtime=False, interval=3600)
         await wait_for(reactor, lambda: a.engine is not None and a.engine.fullsync.progress is not None
                        and not proxy.forwarding, what="the first sync under way and stalled")
         status = await folder_status("a", a, reactor)
@@ -73,3 +78,44 @@ async def test_files_and_bytes_waiting_to_go_up(reactor, tmp_path, servers, clie
         proxy.resume()
         await clients.stop_all()
         await proxy.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_first_sync_logs_progress_not_a_line_per_file(reactor, tmp_path, clients, monkeypatch):
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    from quantum_sync.client import fullsync
+
+    monkeypatch.setattr(fullsync, "PROGRESS_EVERY", 0.05)
+    root = tmp_path / "root"
+    for i in range(100):
+        write(str(root), f"f{i:03}.txt", b"%03d" % i * 100)  # 300 bytes each
+    srv = await start_server(reactor, tmp_path, root=str(root))
+    proxy = StallingProxy(reactor, srv.port)
+    proxy.stall(100 * 300 // 2 + 20_000, "down")  # the listing (about 20 KB), then about half the files
+    info = []
+
+    def observe(event):
+        if event.get("log_level", LogLevel.debug) >= LogLevel.info:
+            info.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        await clients.start(await through(proxy, srv), "a", wait=False, realtime=False, interval=3600)
+        await wait_for(reactor, lambda: [line for line in info if line.startswith("sync progress: ")] and
+                       not proxy.forwarding, what="a progress line while the first sync is held")
+        line = [line for line in info if line.startswith("sync progress: ")][-1]
+        assert "/100 files, " in line and "/30000 bytes, " in line and " MB/s, " in line, line
+        proxy.resume()
+        await wait_for(reactor, lambda: any(line.startswith("sync finished: 100/100 files, 30000/30000 bytes")
+                                            for line in info), what="the last progress line")
+        assert not [line for line in info if line.startswith("downloaded")]  # no line per file or per batch
+        write(str(tmp_path / "a"), "after.txt", b"after the first sync")  # a single upload has its line again
+        await wait_for(reactor, lambda: "uploaded after.txt (20 bytes)" in info, what="the upload's line")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        proxy.resume()
+        await clients.stop_all()
+        await proxy.port.stopListening()
+        await srv.stop()
+    assert read(str(tmp_path / "a"), "f099.txt") == b"099" * 100
