@@ -41,18 +41,26 @@ def write_config(tmp_path, folders):
     return str(path)
 
 
-@pytest_twisted.ensureDeferred
-async def test_two_folders_on_two_servers_one_stopped(reactor, tmp_path, clients):
+async def work_and_home(reactor, tmp_path):
+    """Servers one and two (``tmp_path/s1``, ``s2``), and the configuration of a daemon
+    syncing folder ``work`` with one and ``home`` with two."""
     servers = []
     for name in ("s1", "s2"):
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(exist_ok=True)
         servers.append(await start_server(reactor, tmp_path / name))
     one, two = servers
+    config = write_config(tmp_path, [
+        {"name": "work", "server": one.url, "local_path": "work", "client_id": "d1", "interval": 1, "settle_ms": 20},
+        {"name": "home", "server": two.url, "local_path": "home", "client_id": "d2", "interval": 1, "settle_ms": 20},
+    ])
+    return servers, config
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_folders_on_two_servers_one_stopped(reactor, tmp_path, clients):
+    servers, config = await work_and_home(reactor, tmp_path)
+    one, two = servers
     try:
-        config = write_config(tmp_path, [
-            {"name": "work", "server": one.url, "local_path": "work", "client_id": "d1", "interval": 1, "settle_ms": 20},
-            {"name": "home", "server": two.url, "local_path": "home", "client_id": "d2", "interval": 1, "settle_ms": 20},
-        ])
         daemon = Daemon(tmp_path, "--config", config)
         try:
             other = await clients.start(two, "other")
@@ -85,16 +93,9 @@ async def test_one_folder_that_cannot_write_never_stalls_the_other(reactor, tmp_
     the other folder goes on syncing both ways."""
     big = os.urandom(3 * LIMIT)
     write(str(tmp_path / "s1" / "root"), "big.bin", big)  # on server one from its start
-    servers = []
-    for name in ("s1", "s2"):
-        (tmp_path / name).mkdir(exist_ok=True)
-        servers.append(await start_server(reactor, tmp_path / name))
+    servers, config = await work_and_home(reactor, tmp_path)
     one, two = servers
     try:
-        config = write_config(tmp_path, [
-            {"name": "work", "server": one.url, "local_path": "work", "client_id": "d1", "interval": 1, "settle_ms": 20},
-            {"name": "home", "server": two.url, "local_path": "home", "client_id": "d2", "interval": 1, "settle_ms": 20},
-        ])
         daemon = Daemon(tmp_path, "--config", config, preexec_fn=limit_file_size)
         try:
             other = await clients.start(two, "other")

@@ -79,13 +79,20 @@ async def test_an_empty_listing_is_not_everything_deleted(reactor, servers, clie
     assert read(A, "a.txt") == b"a.txt" and read(A, "b.txt") == b"b.txt"
 
 
+async def pair_holding(reactor, server, clients, directory, others):
+    """Clients a and b with 30 files in ``directory`` and the files ``others`` synced."""
+    a, b, A, B = await clients.pair(server)
+    for i in range(30):
+        write(A, f"{directory}/f{i:02}.txt", b"x%d" % i)
+    for rel in others:
+        write(A, rel, rel[0].encode())
+    await converged(reactor, A, B, server.root)
+    return a, b, A, B
+
+
 @pytest_twisted.ensureDeferred
 async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(reactor, servers, clients, log_lines):
-    a, b, A, B = await clients.pair(servers[0])
-    for i in range(30):
-        write(A, f"d/f{i:02}.txt", b"x%d" % i)
-    write(A, "keep.txt", b"k")
-    await converged(reactor, A, B, servers[0].root)
+    a, b, A, B = await pair_holding(reactor, servers[0], clients, "d", ["keep.txt"])
     for i in range(25):  # a script empties most of the folder while the client watches
         os.unlink(os.path.join(A, "d", f"f{i:02}.txt"))
     await wait_for(reactor, lambda: any("mass delete" in line for line in log_lines), what="the mass delete warning")
@@ -138,12 +145,7 @@ async def test_a_folder_copied_with_its_state_syncs_as_a_client_of_its_own(react
 
 @pytest_twisted.ensureDeferred
 async def test_a_delete_goes_through_while_rm_rf_of_a_synced_folder_is_held(reactor, servers, clients, log_lines):
-    a, b, A, B = await clients.pair(servers[0])
-    for i in range(30):
-        write(A, f"d/e/f{i:02}.txt", b"x%d" % i)
-    write(A, "keep.txt", b"k")
-    write(A, "other.txt", b"o")
-    await converged(reactor, A, B, servers[0].root)
+    a, b, A, B = await pair_holding(reactor, servers[0], clients, "d/e", ["keep.txt", "other.txt"])
     shutil.rmtree(os.path.join(A, "d"))  # rm -rf: files, then their directories
     await wait_for(reactor, lambda: any("mass delete held" in line and "are gone from the folder" in line
                                         for line in log_lines), what="the burst held")
