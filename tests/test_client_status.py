@@ -2,15 +2,32 @@
 unreachable with its last error, files and bytes waiting to go up (real clients and
 servers in the test's reactor; the console script's own path is tests/test_e2e_control.py)."""
 
+import json
 import os
 
+import pytest
 import pytest_twisted
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from clients import converged, read, write
+from clients import as_other, converged, read, write
 from quantum_sync.client.cli import describe
 from quantum_sync.client.status import folder_status
 from stallproxy import StallingProxy
 from support import start_server, wait_for
+
+
+@pytest.fixture
+def info():
+    """The log lines at the info level and above (what an admin reads by default)."""
+    lines = []
+
+    def observe(event):
+        if event.get("log_level", LogLevel.debug) >= LogLevel.info:
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
 
 
 async def through(proxy, srv):
@@ -81,9 +98,7 @@ async def test_files_and_bytes_waiting_to_go_up(reactor, tmp_path, servers, clie
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_large_first_sync_logs_progress_not_a_line_per_file(reactor, tmp_path, clients, monkeypatch):
-    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-
+async def test_a_large_first_sync_logs_progress_not_a_line_per_file(reactor, tmp_path, clients, monkeypatch, info):
     from quantum_sync.client import fullsync
 
     monkeypatch.setattr(fullsync, "PROGRESS_EVERY", 0.05)
@@ -93,13 +108,6 @@ async def test_a_large_first_sync_logs_progress_not_a_line_per_file(reactor, tmp
     srv = await start_server(reactor, tmp_path, root=str(root))
     proxy = StallingProxy(reactor, srv.port)
     proxy.stall(100 * 300 // 2 + 20_000, "down")  # the listing (about 20 KB), then about half the files
-    info = []
-
-    def observe(event):
-        if event.get("log_level", LogLevel.debug) >= LogLevel.info:
-            info.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
     try:
         await clients.start(await through(proxy, srv), "a", wait=False, realtime=False, interval=3600)
         await wait_for(reactor, lambda: [line for line in info if line.startswith("sync progress: ")] and
@@ -113,9 +121,48 @@ async def test_a_large_first_sync_logs_progress_not_a_line_per_file(reactor, tmp
         write(str(tmp_path / "a"), "after.txt", b"after the first sync")  # a single upload has its line again
         await wait_for(reactor, lambda: "uploaded after.txt (20 bytes)" in info, what="the upload's line")
     finally:
-        globalLogPublisher.removeObserver(observe)
         proxy.resume()
         await clients.stop_all()
         await proxy.port.stopListening()
         await srv.stop()
     assert read(str(tmp_path / "a"), "f099.txt") == b"099" * 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_catch_up_logs_progress_and_status_shows_it(reactor, servers, clients, monkeypatch, info):
+    from quantum_sync.client import fullsync
+
+    monkeypatch.setattr(fullsync, "PROGRESS_EVERY", 0.05)
+    srv = servers[0]
+    proxy = StallingProxy(reactor, srv.port)
+    a = await clients.start(await through(proxy, srv), "a", realtime=False, interval=3600)  # hears nothing itself
+    b = await clients.start(srv, "b")
+    for i in range(120):
+        write(b.config.folder, f"f{i:03}.txt", b"%03d" % i * 100)  # 300 bytes each
+    await wait_for(reactor, lambda: all(read(srv.root, f"f{i:03}.txt") for i in range(120)), what="b's uploads")
+    page = await as_other(srv, "GET", f"/api/changes?since={a.engine.remote.journal.heard}&limit=1000")
+    # the catch-up stalls once the journal page (and its headers) and about half the files have come
+    proxy.stall(len(json.dumps(page)) + 1000 + 120 * 300 // 2, "down")
+    try:
+        caught_up = a.engine.catch_up_soon()
+        try:
+            await wait_for(reactor, lambda: not proxy.forwarding and any(line.startswith("catch-up progress: ")
+                                                                         for line in info))
+        except AssertionError:  # say where it stood
+            raise AssertionError(f"no held catch-up: forwarded {proxy.counted} bytes of a page of about "
+                                 f"{len(json.dumps(page))}, progress {a.engine.progress}, log {info[-5:]}") from None
+        status = await folder_status("a", a, reactor)
+        p, down = status["progress"], status["waiting"]["down"]
+        assert (p["files_total"], p["bytes_total"]) == (120, 36000) and p["files_done"] < 120, p
+        assert (down["files"], down["bytes"]) == (120 - p["files_done"], 36000 - p["bytes_done"])
+        assert "/120 files, " in describe(status) and not status["in_sync"]
+        proxy.resume()
+        await caught_up
+        assert any(line.startswith("catch-up finished: 120/120 files, 36000/36000 bytes") for line in info), info
+        assert not [line for line in info if line.startswith("downloaded")]  # no line per file or batch
+        assert a.engine.progress is None and (await folder_status("a", a, reactor))["progress"] is None
+    finally:
+        proxy.resume()
+        await clients.stop_all()
+        await proxy.port.stopListening()
+    assert read(a.config.folder, "f119.txt") == b"119" * 100
