@@ -160,6 +160,10 @@ async def test_usage_errors_are_one_line(reactor, tmp_path):
     for args, said in ((), "command"), (("status", "--bogus"), "--bogus"), (("pause",), "FOLDER"):
         code, out, err = await cli(reactor, *args)
         assert (code, out, err.count("\n")) == (1, "", 1) and said in err and err.startswith("quantum-sync-client: ")
+    deep = tmp_path / ("d" * 100)  # its control socket's path would be too long: the daemon has none
+    deep.mkdir()
+    code, out, err = await cli(reactor, "status", str(deep))
+    assert (code, out, err.count("\n")) == (1, "", 1) and "no control socket" in err and "longer than" in err
     # --config may come after the command too
     code, _, err = await cli(reactor, "status", "--json", "--config", str(tmp_path / "missing.json"))
     assert code == 1 and err.count("\n") == 1 and "missing.json" in err

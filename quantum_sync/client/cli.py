@@ -20,7 +20,7 @@ import socket
 import sys
 
 from quantum_sync.client.clientconfig import load
-from quantum_sync.client.control import socket_path
+from quantum_sync.client.control import MAX_SOCKET_PATH, socket_path
 from quantum_sync.config import ConfigError
 
 NOT_RUNNING = 3
@@ -46,7 +46,11 @@ class NotRunning(Exception):
 
 def ask(folder: str, method: str, what: str) -> dict:
     """The JSON answer of ``folder``'s daemon to ``method /what``."""
-    connection = _UnixConnection(socket_path(folder))
+    path = socket_path(folder)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:  # the daemon made none (and logged why)
+        raise ConfigError(f"{folder}: no control socket: {path} is longer than a Unix socket's path may be "
+                          f"({MAX_SOCKET_PATH} bytes)")
+    connection = _UnixConnection(path)
     try:
         connection.request(method, "/" + what)
         response = connection.getresponse()
@@ -223,6 +227,9 @@ def main(argv=None) -> int:
         except NotRunning:
             missing += 1
             answers.append({"name": name, "folder": path, "running": False, "state": "not running", "in_sync": False})
+        except ConfigError as e:
+            print(f"quantum-sync-client: {e}", file=sys.stderr)
+            return 1
     if args.command == "status" and args.json:
         print(json.dumps({"folders": answers}, indent=2))
     else:
