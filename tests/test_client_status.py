@@ -7,6 +7,7 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from clients import as_other, converged, read, write
@@ -139,8 +140,13 @@ async def test_a_long_catch_up_logs_progress_and_status_shows_it(reactor, server
     b = await clients.start(srv, "b")
     for i in range(120):
         write(b.config.folder, f"f{i:03}.txt", b"%03d" % i * 100)  # 300 bytes each
-    await wait_for(reactor, lambda: all(read(srv.root, f"f{i:03}.txt") for i in range(120)), what="b's uploads")
-    page = await as_other(srv, "GET", f"/api/changes?since={a.engine.remote.journal.heard}&limit=1000")
+    deadline = reactor.seconds() + 30
+    while True:  # every upload journalled (a file is in the root a moment before its entry is)
+        page = await as_other(srv, "GET", f"/api/changes?since={a.engine.remote.journal.heard}&limit=1000")
+        if len(page["changes"]) == 120:
+            break
+        assert reactor.seconds() < deadline, f"{len(page['changes'])} of b's 120 uploads journalled"
+        await deferLater(reactor, 0.05, lambda: None)
     # the catch-up stalls once the journal page (and its headers) and about half the files have come
     proxy.stall(len(json.dumps(page)) + 1000 + 120 * 300 // 2, "down")
     try:
