@@ -108,7 +108,8 @@ async def test_a_large_first_sync_logs_progress_not_a_line_per_file(reactor, tmp
         write(str(root), f"f{i:03}.txt", b"%03d" % i * 100)  # 300 bytes each
     srv = await start_server(reactor, tmp_path, root=str(root))
     proxy = StallingProxy(reactor, srv.port)
-    proxy.stall(100 * 300 // 2 + 20_000, "down")  # the listing (about 20 KB), then about half the files
+    listing = await as_other(srv, "GET", "/api/list")
+    proxy.stall(len(json.dumps(listing)) + 1000 + 100 * 300 // 2, "down")  # the listing, then about half the files
     try:
         await clients.start(await through(proxy, srv), "a", wait=False, realtime=False, interval=3600)
         await wait_for(reactor, lambda: [line for line in info if line.startswith("sync progress: ")] and
