@@ -164,3 +164,16 @@ def test_what_is_left_of_a_held_rm_rf_stays_held_until_it_comes_back():
         gate.back(path)
     gate.back(files[11])
     assert gate.held is None
+
+
+def test_a_hold_kept_from_before_a_restart_holds_until_allowed():
+    clock, kept = Clock(), []
+    gate = DeleteGate(clock, lambda passed: (0, 10), lambda: 10, held=frozenset({"a", "b"}), on_held=kept.append)
+    assert gate.held == (2, 10) and results([gate.admit("a"), gate.admit("c")]) == [False, True]
+    gate.back("a")
+    assert kept == [frozenset({"b"})] and results([gate.admit("a")]) == [True]
+    gate.back("b")
+    assert kept[-1] == frozenset() and gate.held is None
+    cleared = []  # started with --allow-mass-delete: the hold kept is confirmed, and forgotten
+    allowed = DeleteGate(clock, lambda passed: (0, 10), lambda: 10, allow=True, held=frozenset({"a"}), on_held=cleared.append)
+    assert cleared == [frozenset()] and allowed.held is None and results([allowed.admit("a")]) == [True]

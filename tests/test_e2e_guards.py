@@ -166,3 +166,30 @@ async def test_a_delete_goes_through_while_rm_rf_of_a_synced_folder_is_held(reac
     status = await folder_status("a", a, reactor)
     assert ("local deletes", count) in [(g["what"], g["files"]) for g in status["guards"]], status["guards"]
     assert status["state"] == "held"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_rm_rf_stays_held_across_a_restart(reactor, servers, clients, log_lines):
+    """After the ten that went at once, the 5 files held of an rm -rf of 15 would be no
+    mass delete for the next start's reconcile (5 of 7 synced): the hold is kept in the
+    folder's state, and only a start with --allow-mass-delete sends them."""
+    a, b, A, B = await pair_holding(reactor, servers[0], clients, "d/e", ["keep.txt", "other.txt"], 15)
+    shutil.rmtree(os.path.join(A, "d"))
+    await wait_for(reactor, lambda: any("are gone from the folder" in line for line in log_lines), what="the hold")
+    write(A, "marker.txt", b"m")
+    await wait_for(reactor, lambda: read(servers[0].root, "marker.txt") == b"m", what="the marker")
+    await a.engine.idle()
+    await clients.stop(a)
+    a = await clients.start(servers[0], "a")
+    await a.engine.idle()
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/e/f")]) == 5
+    assert any("mass delete still held: 5 files" in line for line in log_lines)
+    status = await folder_status("a", a, reactor)
+    assert ("local deletes", 5) in [(g["what"], g["files"]) for g in status["guards"]], status["guards"]
+    await clients.stop(a)
+    a = await clients.start(servers[0], "a", allow_mass_delete=True)
+    await wait_for(reactor, lambda: not [p for p in tree(B) if p.startswith("d/")], what="the delete confirmed")
+    assert a.state.held_deletes == frozenset()
+    await clients.stop(a)
+    a = await clients.start(servers[0], "a")  # nothing held any more
+    assert not (await folder_status("a", a, reactor))["guards"]

@@ -62,7 +62,9 @@ class Actions:
 
     def __init__(self, engine):
         self.engine = engine
-        self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete)
+        state = engine.state
+        self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete,
+                                  held=state.held_deletes, on_held=state.set_held_deletes)
         self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
         #: delta transfers of large files (block lists kept in the folder's state)
         self.deltas = Deltas(engine.server, BlockLists(os.path.join(state_dir(engine.folder), "blocks")), engine.threads)

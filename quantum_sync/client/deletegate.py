@@ -15,8 +15,10 @@ from the folder and lets the waiting ones through only when the whole burst is n
 delete. A held batch deletes nothing: the files stay on the server, their base stays
 recorded, and the next start with ``--allow-mass-delete`` (or the files coming back)
 settles them. Until then a held file stays held whoever asks to delete it again (the
-reconcile of a directory ``rm -rf`` removed, a periodic reconcile): asked alone, what is
-left after the ten that went at once may be ten files or fewer, no mass delete by itself.
+reconcile of a directory ``rm -rf`` removed, a periodic reconcile, the reconcile at the
+next start: the held files are kept in the folder's state): asked alone, what is left
+after the ten that went at once may be ten files or fewer, or half of the synced files
+or fewer, no mass delete by itself.
 """
 
 from twisted.internet import defer
@@ -42,7 +44,8 @@ class DeleteGate:
 
     log = Logger()
 
-    def __init__(self, clock, count_missing, count_synced, allow: bool = False, quiet: float = QUIET):
+    def __init__(self, clock, count_missing, count_synced, allow: bool = False, quiet: float = QUIET,
+                 held=frozenset(), on_held=None):
         self._clock = clock
         self._count_missing = count_missing
         self._count_synced = count_synced
@@ -56,6 +59,15 @@ class DeleteGate:
         #: ``(count, synced)`` of the last batch held, None when none is held
         self.held = None
         self._held_files = set()  # the files of the batches held (and of their bursts)
+        #: called with the held files whenever they change (to keep them across a restart)
+        self._on_held = on_held or (lambda files: None)
+        if held and not allow:  # held before a restart: held still
+            self._held_files = set(held)
+            self.held = (len(held), count_synced())
+            self.log.warn("mass delete still held: {count} files deleted from the folder are kept on the server. "
+                          + RELEASE_HINT, count=len(held))
+        elif held:
+            self._on_held(frozenset())  # confirmed: a mass delete allowed goes ahead
 
     def admit(self, path: str, files=None):
         """A Deferred that fires True when deleting ``path`` on the server may go ahead,
@@ -92,6 +104,7 @@ class DeleteGate:
         nothing is held once every held file is back."""
         if path in self._held_files:
             self._held_files.discard(path)
+            self._on_held(frozenset(self._held_files))
             if not self._held_files:
                 self.held = None
 
@@ -126,6 +139,7 @@ class DeleteGate:
             if is_mass_delete(deletes, synced):
                 self.held = (deletes, synced)
                 self._held_files.update(*(covered for _, _, _, covered in batch))
+                self._on_held(frozenset(self._held_files))
                 self.log.warn(
                     "mass delete held: {count} of {synced} synced files are gone from the folder; {held} deletes "
                     "were not sent to the server. " + RELEASE_HINT,
