@@ -9,7 +9,8 @@ B) on 127.0.0.1, and (unless --no-syncthing) two Syncthing instances sharing one
 
 - latency: a 1 KiB file written in A until identical bytes are readable in B
   (``--trials`` new files, one at a time; p50/p90/p99), then each renamed, then each
-  deleted, until B shows it (``--latency-only``: nothing else),
+  deleted, until B shows it, then up to ten more deleted one at a time while an
+  ``rm -rf`` of a synced folder is held (``--latency-only``: nothing else),
 - small files: ``--small`` files of 4 KiB created at once in A until all are in B (files/s),
 - large file: one ``--large-mib`` MiB file written in A until it is complete in B (MB/s).
 
@@ -129,6 +130,10 @@ class QuantumPair:
         for side in self.sides:
             wait(lambda: "realtime: connected" in self._log(f"client{side}"), timeout, f"client {side} subscribed")
 
+    def wait_rm_rf(self, removed_in_b):
+        """Until client A has held the mass delete of a removed folder."""
+        wait(lambda: "are gone from the folder" in self._log("clientA"), 60, "the mass delete held")
+
     def _spawn(self, name, args):
         log = open(os.path.join(self.base, name + ".log"), "wb")
         proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.base)
@@ -183,6 +188,10 @@ class SyncthingPair:
         env = dict(line.split("=", 1) for line in self._pair("env").splitlines() if "=" in line)
         self.dir_a, self.dir_b = env["ST_A_DIR"], env["ST_B_DIR"]
 
+    def wait_rm_rf(self, removed_in_b):
+        """Until the removed folder is gone in B too (Syncthing holds no mass delete)."""
+        wait(lambda: not os.path.exists(removed_in_b), 120, "the removed folder gone in B")
+
     def stop(self):
         try:
             self._pair("stop", timeout=60)
@@ -226,7 +235,54 @@ def measure_latency(pair, trials):
         deletes.append(time.perf_counter() - start)
     result = percentiles(creates)
     result["rename"], result["delete"] = percentiles(renames), percentiles(deletes)
+    result["delete_beside_rm_rf"] = measure_deletes_beside_rm_rf(pair, a, b, HELD_TRIALS)
     return result
+
+
+#: Single deletes timed while an ``rm -rf`` is held, each its own burst: they come
+#: DELETES_APART seconds apart, more than the delete gate's quiet time (0.3 s), as deletes
+#: made by hand do (more than ten deletes in one burst while so many files are missing
+#: would be held as part of the mass delete).
+HELD_TRIALS = 10
+DELETES_APART = 0.5
+
+
+def measure_deletes_beside_rm_rf(pair, a, b, trials):
+    """``trials`` files of ``stay/`` deleted one at a time, DELETES_APART seconds apart,
+    each until B shows it (the control: a delete after a pause costs more than one right
+    after another, the daemons and caches having gone idle); then ``rm -rf`` of a synced
+    folder holding more than half of the synced files (a mass delete, which quantum-sync
+    holds; Syncthing sends it), and ``trials`` more deleted the same way beside it."""
+    stay = sorted(os.listdir(os.path.join(a, "stay")))
+    trials = min(trials, len(stay) // 2)
+    result = {"control": spaced_deletes(a, b, stay[:trials])}
+    count = len(stay) - trials + 12  # more than half of all, and more than ten
+    bulk_a, bulk_b = os.path.join(a, "bulk"), os.path.join(b, "bulk")
+    os.makedirs(bulk_a)
+    for i in range(count):
+        with open(os.path.join(bulk_a, f"m{i:03}.bin"), "wb") as f:
+            f.write(os.urandom(64))
+    wait(lambda: os.path.isdir(bulk_b) and len(os.listdir(bulk_b)) == count, 120, "the folder to remove")
+    time.sleep(1)  # A has had the answers of its uploads: each delete follows a finished upload
+    shutil.rmtree(bulk_a)
+    pair.wait_rm_rf(bulk_b)
+    result.update(spaced_deletes(a, b, stay[trials:2 * trials]))
+    result["held"] = os.path.isdir(bulk_b) and len(os.listdir(bulk_b)) > 0
+    return result
+
+
+def spaced_deletes(a, b, names):
+    """The percentiles of deleting ``stay/NAME`` in A for each of ``names``,
+    DELETES_APART seconds apart, each until B shows it."""
+    deletes = []
+    for name in names:
+        gone = os.path.join(b, "stay", name)
+        time.sleep(DELETES_APART)
+        start = time.perf_counter()
+        os.unlink(os.path.join(a, "stay", name))
+        wait(lambda: not os.path.exists(gone), 60, f"delete of {name}")
+        deletes.append(time.perf_counter() - start)
+    return percentiles(deletes)
 
 
 def percentiles(samples):
@@ -348,6 +404,8 @@ def print_table(results, args):
         ("rename p50 (ms)", lambda r: r["latency"]["rename"]["p50"], ""),
         ("delete p50 (ms)", lambda r: r["latency"]["delete"]["p50"], "<20"),
         ("delete p90 (ms)", lambda r: r["latency"]["delete"]["p90"], ""),
+        ("delete p50, 0.5 s apart (ms)", lambda r: r["latency"]["delete_beside_rm_rf"]["control"]["p50"], ""),
+        ("the same beside a held rm -rf (ms)", lambda r: r["latency"]["delete_beside_rm_rf"]["p50"], "tens of ms"),
     ]
     if not args.latency_only:
         rows += [
@@ -366,7 +424,8 @@ def print_table(results, args):
         print(line + f"{target:>16}")
     for n in names:
         r = results[n]
-        print(f"{n}: delete p50 / create p50 = {r['latency']['delete']['p50'] / r['latency']['p50']:.2f}")
+        print(f"{n}: delete p50 / create p50 = {r['latency']['delete']['p50'] / r['latency']['p50']:.2f}; "
+              f"the rm -rf beside the last deletes held: {r['latency']['delete_beside_rm_rf']['held']}")
         if args.latency_only:
             continue
         print(f"{n}: small files wrong={r['small']['wrong']}, large file identical={r['large']['identical']}")

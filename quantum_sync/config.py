@@ -531,9 +531,20 @@ def read_document(path: str):
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
     try:
-        document = json.loads(raw.decode("utf-8"))
+        document = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except _NotJSON as e:
+        raise ConfigError(f"{path}: invalid JSON: {e} is not a number JSON allows") from None
     return document
+
+
+class _NotJSON(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, JSON has no such numbers
+    (a NaN interval would pass every ``<`` check)."""
+
+
+def _not_json(name):
+    raise _NotJSON(name)

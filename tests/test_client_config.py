@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from certs import make_ca
+
 from quantum_sync.client.clientconfig import load
 from quantum_sync.client.selection import Selection
 from quantum_sync.client.tap import Options
@@ -25,12 +27,14 @@ def test_two_folders_with_every_key(tmp_path):
     (tmp_path / "pw").write_text("secret\n")
     os.chmod(tmp_path / "pw", 0o600)
     (tmp_path / "token").write_text("tok\n")
+    os.rename(make_ca(tmp_path).cert_path, tmp_path / "ca.pem")
     path = write_config(tmp_path, {"folders": [
         {"name": "docs", "server": "http://127.0.0.1:8080/", "local_path": "docs", "client_id": "laptop",
          "auth": {"user": "me", "password_file": "pw"}, "conflict_strategy": "keep-server", "interval": 5,
          "settle_ms": 50, "allow_mass_delete": True, "realtime": False, "initial_sync": True, "relay": False,
-         "include": ["/projects/"], "exclude": ["*.iso"]},
-        {"server": "https://sync.example:8443", "local_path": str(tmp_path / "photos"), "auth": {"token_file": "token"}},
+         "include": ["/projects/"], "exclude": ["*.iso"], "delta": "never", "compress": "always"},
+        {"server": ["https://sync.example:8443", "https://b.example:8443/"], "local_path": str(tmp_path / "photos"),
+         "auth": {"token_file": "token"}, "ca_cert": "ca.pem"},
     ]})
     docs, photos = load(path)
     assert docs.name == "docs" and photos.name == "photos"  # the default name: the path's last part
@@ -40,11 +44,14 @@ def test_two_folders_with_every_key(tmp_path):
     assert (c.strategy, c.interval, c.settle, c.allow_mass_delete, c.realtime, c.initial_sync, c.relay) == (
         "keep-server", 5.0, 0.05, True, False, True, False)
     assert c.selection == Selection(["/projects/"], ["*.iso"])
+    assert (c.delta, c.compress, c.ca_cert) == ("never", "always", None)
     assert (tmp_path / "docs").is_dir() and (tmp_path / "photos").is_dir()  # created: their parent exists
     p = photos.client
     assert (p.token, p.token_file, p.user, p.strategy, p.interval, p.settle, p.realtime) == (
         "tok", str(tmp_path / "token"), None, "rename", 30.0, 0.2, True)
     assert p.selection.everything
+    assert (p.server, p.fallbacks, p.ca_cert) == ("https://sync.example:8443", ("https://b.example:8443",), str(tmp_path / "ca.pem"))
+    assert (p.delta, p.compress) == ("auto", "auto")
 
 
 @pytest.mark.parametrize("document,message", [
@@ -59,6 +66,18 @@ def test_two_folders_with_every_key(tmp_path):
     ({"folders": [{"server": "http://x", "local_path": "a", "colour": 1}]}, "folders[0].colour: unknown key"),
     ({"folders": [{"server": "http://x", "local_path": "a", "interval": "5"}]}, "interval: must be a number"),
     ({"folders": [{"server": "http://x", "local_path": "a", "interval": 0}]}, "more than 0"),
+    ('{"folders": [{"server": "http://x", "local_path": "a", "interval": NaN}]}', "NaN is not a number JSON allows"),
+    ('{"folders": [{"server": "http://x", "local_path": "a", "interval": Infinity}]}', "Infinity is not a number"),
+    ({"folders": [{"server": "http://x", "local_path": "a", "interval": True}]}, "interval: must be a number"),
+    ({"folders": [{"server": "http://x", "local_path": "a", "settle_ms": -1}]}, "settle_ms: must be at least 0"),
+    ({"folders": [{"server": "http://x", "local_path": "a", "delta": "sometimes"}]}, "folders[0].delta: expected one of"),
+    ({"folders": [{"server": "http://x", "local_path": "a", "compress": 1}]}, "folders[0].compress: expected one of"),
+    ({"folders": [{"server": "http://x", "local_path": "a", "initial_sync": 1}]}, "initial_sync: must be true or false"),
+    ({"folders": [{"server": "http://x", "local_path": "a", "auth": {"token_file": "t", "user": "me"}}]},
+     "token_file excludes user"),
+    ({"folders": [{"server": "http://x", "local_path": "a", "auth": {"user": "", "password_file": "pw"}}]},
+     "auth.user: 1 to 256 characters"),
+    ({"folders": [{"server": [], "local_path": "a"}]}, "folders[0].server: must not be empty"),
     ({"folders": [{"server": "http://x", "local_path": "a", "settle_ms": 0.5}]}, "settle_ms: must be an integer"),
     ({"folders": [{"server": "http://x", "local_path": "a", "realtime": "yes"}]}, "realtime: must be true or false"),
     ({"folders": [{"server": "http://x", "local_path": "a", "conflict_strategy": "newest"}]}, "conflict_strategy"),

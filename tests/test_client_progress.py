@@ -19,6 +19,10 @@ class _FullSync:
 class _Engine:
     fullsync: _FullSync = attrs.Factory(_FullSync)
 
+    @property
+    def progress(self):
+        return self.fullsync.progress
+
 
 @attrs.define
 class _Service:

@@ -232,6 +232,9 @@ def test_load_errors(tmp_path):
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load(str(bad))
+    bad.write_text('{"apps": {"http": {"servers": {"s": {"listen": [":0"], "max_body": NaN}}}}}')
+    with pytest.raises(ConfigError, match=r"bad.json: invalid JSON: NaN is not a number JSON allows"):
+        load(str(bad))
 
 
 def test_state_dir_must_not_be_addressable():

@@ -138,3 +138,42 @@ def test_deletes_sent_but_still_recorded_are_counted_once():
     clock.advance(QUIET)
     assert verdicts == [True] * 10 + [False] * 15
     assert gate.held == (25, 31)
+
+
+def test_what_is_left_of_a_held_rm_rf_stays_held_until_it_comes_back():
+    """``rm -rf`` of 15 of 17 synced files: ten go at once, five are held. Asked again
+    (the reconcile of the removed directory, a periodic one), those five alone would be
+    no mass delete (not more than ten): they stay held, the directory with them, while a
+    delete elsewhere goes. A file restored is judged anew when deleted again."""
+    clock = Clock()
+    files = below("d", 15)
+    recorded = set(files) | {"keep", "other"}
+    gate = DeleteGate(clock, lambda passed: (len(set(files) - passed), len(recorded - passed)), lambda: len(recorded))
+    verdicts = results([gate.admit(path) for path in files])
+    clock.advance(QUIET)
+    assert verdicts == [True] * 10 + [False] * 5 and gate.held == (15, 17)
+    recorded -= set(files[:10])  # the ten sent are forgotten once the server answers
+    again = results([gate.admit(path) for path in files[10:]] + [gate.admit("d", files=files[10:])])
+    assert again == [False] * 6 and gate.waiting == 0
+    assert results([gate.admit("keep")]) == [True]
+    clock.advance(QUIET)
+    assert gate.held == (15, 17)
+    gate.back(files[10])
+    assert results([gate.admit(files[10])]) == [True] and results([gate.admit(files[11])]) == [False]
+    for path in files[12:]:
+        gate.back(path)
+    gate.back(files[11])
+    assert gate.held is None
+
+
+def test_a_hold_kept_from_before_a_restart_holds_until_allowed():
+    clock, kept = Clock(), []
+    gate = DeleteGate(clock, lambda passed: (0, 10), lambda: 10, held=frozenset({"a", "b"}), on_held=kept.append)
+    assert gate.held == (2, 10) and results([gate.admit("a"), gate.admit("c")]) == [False, True]
+    gate.back("a")
+    assert kept == [frozenset({"b"})] and results([gate.admit("a")]) == [True]
+    gate.back("b")
+    assert kept[-1] == frozenset() and gate.held is None
+    cleared = []  # started with --allow-mass-delete: the hold kept is confirmed, and forgotten
+    allowed = DeleteGate(clock, lambda passed: (0, 10), lambda: 10, allow=True, held=frozenset({"a"}), on_held=cleared.append)
+    assert cleared == [frozenset()] and allowed.held is None and results([allowed.admit("a")]) == [True]

@@ -103,8 +103,11 @@ async def test_status_during_a_first_sync_of_2000_files(reactor, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
     srv = await start_server(reactor, tmp_path)
-    config = write_config(tmp_path, [{"name": "docs", "server": srv.url, "local_path": "docs", "interval": 1,
-                                      "settle_ms": 20}])
+    # a second folder of the same daemon, on the same server, goes on while docs is paused
+    config = write_config(tmp_path, [
+        {"name": "docs", "server": srv.url, "local_path": "docs", "interval": 1, "settle_ms": 20},
+        {"name": "home", "server": srv.url, "local_path": "home", "client_id": "home", "interval": 1, "settle_ms": 20},
+    ])
     daemon = Daemon(tmp_path, "--config", config)
     docs = str(tmp_path / "docs")
     texts = []
@@ -125,6 +128,10 @@ async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
             assert reactor.seconds() < deadline, f"never held: {answer}"
         assert answer["paused"] and answer["state"] == "paused" and not answer["in_sync"]
         assert read(srv.root, "up.txt") is None and read(docs, "down.txt") is None
+        write(str(tmp_path / "home"), "home.txt", b"the other folder is not paused")
+        await wait_for(reactor, lambda: read(other.config.folder, "home.txt") == b"the other folder is not paused",
+                       what="the other folder's upload")
+        assert not (await status_json(reactor, config, "home"))["paused"]
 
         texts = [await daemon.stop(reactor)]  # a pause outlives a restart of the daemon
         daemon = Daemon(tmp_path, "--config", config)
@@ -157,3 +164,13 @@ async def test_usage_errors_are_one_line(reactor, tmp_path):
     assert code == 1 and err.count("\n") == 1 and "missing.json" in err
     code, _, err = await cli(reactor, "pause", str(tmp_path / "no-such-folder"))
     assert code == 1 and "neither a configured folder's name nor a directory" in err
+    for args, said in ((), "command"), (("status", "--bogus"), "--bogus"), (("pause",), "FOLDER"):
+        code, out, err = await cli(reactor, *args)
+        assert (code, out, err.count("\n")) == (1, "", 1) and said in err and err.startswith("quantum-sync-client: ")
+    deep = tmp_path / ("d" * 100)  # its control socket's path would be too long: the daemon has none
+    deep.mkdir()
+    code, out, err = await cli(reactor, "status", str(deep))
+    assert (code, out, err.count("\n")) == (1, "", 1) and "no control socket" in err and "longer than" in err
+    # --config may come after the command too
+    code, _, err = await cli(reactor, "status", "--json", "--config", str(tmp_path / "missing.json"))
+    assert code == 1 and err.count("\n") == 1 and "missing.json" in err

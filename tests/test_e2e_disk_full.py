@@ -22,7 +22,8 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 LIMIT = 2 << 20
 
 
-def _limit_file_size():
+def limit_file_size():
+    """In the child before exec: writes beyond LIMIT fail with EFBIG (SIGXFSZ ignored)."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
 
@@ -44,7 +45,7 @@ async def test_a_download_that_cannot_be_written_changes_nothing(reactor, tmp_pa
     daemon = subprocess.Popen(
         [TWISTD, "-n", "--pidfile=", "quantum-sync-client", "--server", servers[0].url, "--local-path", str(folder),
          "--client-id", "full", "--interval", "1", "--settle", "50"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), preexec_fn=_limit_file_size,
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), preexec_fn=limit_file_size,
     )
     try:
         await wait_for(reactor, lambda: read(str(folder), "small.txt") == b"fits", what="the small file")

@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import pytest
 import pytest_twisted
 
 from clients import converged, read, tree, write
@@ -79,13 +80,20 @@ async def test_an_empty_listing_is_not_everything_deleted(reactor, servers, clie
     assert read(A, "a.txt") == b"a.txt" and read(A, "b.txt") == b"b.txt"
 
 
+async def pair_holding(reactor, server, clients, directory, others, count=30):
+    """Clients a and b with ``count`` files in ``directory`` and the files ``others`` synced."""
+    a, b, A, B = await clients.pair(server)
+    for i in range(count):
+        write(A, f"{directory}/f{i:02}.txt", b"x%d" % i)
+    for rel in others:
+        write(A, rel, rel[0].encode())
+    await converged(reactor, A, B, server.root)
+    return a, b, A, B
+
+
 @pytest_twisted.ensureDeferred
 async def test_files_deleted_while_the_client_runs_are_held_as_a_mass_delete(reactor, servers, clients, log_lines):
-    a, b, A, B = await clients.pair(servers[0])
-    for i in range(30):
-        write(A, f"d/f{i:02}.txt", b"x%d" % i)
-    write(A, "keep.txt", b"k")
-    await converged(reactor, A, B, servers[0].root)
+    a, b, A, B = await pair_holding(reactor, servers[0], clients, "d", ["keep.txt"])
     for i in range(25):  # a script empties most of the folder while the client watches
         os.unlink(os.path.join(A, "d", f"f{i:02}.txt"))
     await wait_for(reactor, lambda: any("mass delete" in line for line in log_lines), what="the mass delete warning")
@@ -134,3 +142,54 @@ async def test_a_folder_copied_with_its_state_syncs_as_a_client_of_its_own(react
     write(a.config.folder, "from-a.txt", b"a")
     write(copy.config.folder, "from-copy.txt", b"copy")
     await converged(reactor, a.config.folder, copy.config.folder)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("count", [30, 15])
+async def test_a_delete_goes_through_while_rm_rf_of_a_synced_folder_is_held(reactor, servers, clients, log_lines, count):
+    """The first ten files go at once, the rest is held; with 15 files the rest (5) is no
+    mass delete by itself, yet stays held: neither the reconcile of the removed directory
+    nor a full reconcile sends it."""
+    a, b, A, B = await pair_holding(reactor, servers[0], clients, "d/e", ["keep.txt", "other.txt"], count)
+    shutil.rmtree(os.path.join(A, "d"))  # rm -rf: files, then their directories
+    await wait_for(reactor, lambda: any("mass delete held" in line and "are gone from the folder" in line
+                                        for line in log_lines), what="the burst held")
+    os.unlink(os.path.join(A, "keep.txt"))  # later, alone: goes at once, the rest staying held
+    await wait_for(reactor, lambda: read(B, "keep.txt") is None, what="the single delete on the other client")
+    write(A, "marker.txt", b"m")  # every event before it has been acted on once it is up
+    await wait_for(reactor, lambda: read(servers[0].root, "marker.txt") == b"m", what="the marker")
+    await a.engine.idle()
+    await a.engine.reconcile()
+    await a.engine.idle()
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/e/f")]) == count - 10  # ten went at once
+    assert len([p for p in tree(B) if p.startswith("d/e/f")]) == count - 10 and read(B, "other.txt") == b"o"
+    status = await folder_status("a", a, reactor)
+    assert ("local deletes", count) in [(g["what"], g["files"]) for g in status["guards"]], status["guards"]
+    assert status["state"] == "held"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_rm_rf_stays_held_across_a_restart(reactor, servers, clients, log_lines):
+    """After the ten that went at once, the 5 files held of an rm -rf of 15 would be no
+    mass delete for the next start's reconcile (5 of 7 synced): the hold is kept in the
+    folder's state, and only a start with --allow-mass-delete sends them."""
+    a, b, A, B = await pair_holding(reactor, servers[0], clients, "d/e", ["keep.txt", "other.txt"], 15)
+    shutil.rmtree(os.path.join(A, "d"))
+    await wait_for(reactor, lambda: any("are gone from the folder" in line for line in log_lines), what="the hold")
+    write(A, "marker.txt", b"m")
+    await wait_for(reactor, lambda: read(servers[0].root, "marker.txt") == b"m", what="the marker")
+    await a.engine.idle()
+    await clients.stop(a)
+    a = await clients.start(servers[0], "a")
+    await a.engine.idle()
+    assert len([p for p in tree(servers[0].root) if p.startswith("d/e/f")]) == 5
+    assert any("mass delete still held: 5 files" in line for line in log_lines)
+    status = await folder_status("a", a, reactor)
+    assert ("local deletes", 5) in [(g["what"], g["files"]) for g in status["guards"]], status["guards"]
+    await clients.stop(a)
+    a = await clients.start(servers[0], "a", allow_mass_delete=True)
+    await wait_for(reactor, lambda: not [p for p in tree(B) if p.startswith("d/")], what="the delete confirmed")
+    assert a.state.held_deletes == frozenset()
+    await clients.stop(a)
+    a = await clients.start(servers[0], "a")  # nothing held any more
+    assert not (await folder_status("a", a, reactor))["guards"]

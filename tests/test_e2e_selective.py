@@ -15,7 +15,7 @@ from support import wait_for
 
 
 @pytest_twisted.ensureDeferred
-async def test_exclude_widen_and_narrow(reactor, servers, clients):
+async def test_exclude_widen_and_narrow(reactor, servers, clients, log_lines):
     srv = servers[0]
     b = await clients.start(srv, "b")
     B = b.config.folder
@@ -34,7 +34,9 @@ async def test_exclude_widen_and_narrow(reactor, servers, clients):
     await wait_for(reactor, lambda: read(srv.root, "docs/from-a.txt") == b"after mine", what="a's later upload")
     await a.engine.idle()
     assert not os.path.exists(os.path.join(A, "videos", "v1.bin")) and read(A, "videos/v3.bin") is None
-    assert read(srv.root, "videos/mine.txt") is None  # left alone, not uploaded
+    assert read(srv.root, "videos/mine.txt") is None  # left alone, not uploaded, and said so
+    # (the directory it made, the outermost path outside the selection, is what is named)
+    assert sum("left alone: videos is outside this client's selection" in line for line in log_lines) == 1
     assert read(srv.root, "videos/v1.bin") == b"videos/v1.bin"  # and nothing deleted there
     await clients.stop(a)
 
@@ -50,6 +52,8 @@ async def test_exclude_widen_and_narrow(reactor, servers, clients):
     a = await clients.start(srv, "a", selection=Selection(exclude=["/videos/"]))
     assert read(A, "videos/v2.bin") is None and read(A, "videos/v3.bin") is None and read(A, "videos/mine.txt") is None
     assert read(A, "videos/v1.bin") == b"edited while outside"  # a local edit is never lost
+    assert any("removed 3 local copies outside this client's selection" in line for line in log_lines)
+    assert any("kept videos/v1.bin: outside this client's selection, but changed" in line for line in log_lines)
     write(B, "docs/last.txt", b"last")
     await wait_for(reactor, lambda: read(A, "docs/last.txt") == b"last", what="syncing goes on")
     await a.engine.idle()

@@ -66,6 +66,12 @@ def test_wheel_ships_the_dropin_and_installs_discoverably(tmp_path):
     module_file, tapnames = result.stdout.splitlines()[-2:]
     assert module_file.startswith(str(target))
     assert TAPNAMES <= set(ast.literal_eval(tapnames))
+    # the console scripts (contract section 8: quantum-sync-client status|pause|resume)
+    for script in ("quantum-sync-client", "quantum-sync-passwd"):
+        assert os.access(target / "bin" / script, os.X_OK), script
+    result = subprocess.run([str(target / "bin" / "quantum-sync-client"), "status", "--help"], env=env,
+                            cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "status [-h] [--config CONFIG] [--json] [FOLDER]" in result.stdout, result
 
 
 def read_unit(name: str) -> str:

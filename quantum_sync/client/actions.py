@@ -62,7 +62,11 @@ class Actions:
 
     def __init__(self, engine):
         self.engine = engine
-        self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete)
+        state = engine.state
+        held = frozenset(p for p in state.held_deletes if p in state.bases)  # (the ones still synced)
+        state.set_held_deletes(held)
+        self.deletes = DeleteGate(engine.reactor, self._count_missing, self._count_synced, allow=engine.allow_mass_delete,
+                                  held=held, on_held=state.set_held_deletes)
         self.download_retries = DownloadRetries(max(engine.retry_delay, 0.05) * 2)
         #: delta transfers of large files (block lists kept in the folder's state)
         self.deltas = Deltas(engine.server, BlockLists(os.path.join(state_dir(engine.folder), "blocks")), engine.threads)

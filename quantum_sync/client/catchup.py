@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from quantum_sync.client import localfs
+from quantum_sync.client.fullsync import LARGE_FILES, Progress, Reported
 from quantum_sync.errors import SyncError
 from quantum_sync.resolve import resolve_and_lstat
 from quantum_sync.client.inflight import InFlight
@@ -46,6 +47,9 @@ class RemoteChanges:
         self._start_over_due = False
         self._in_flight = InFlight()  # changes being applied since the last Move began
         self._move = None  # the Move being applied: later changes wait for it
+        #: the progress of a large catch-up being carried out (None: none is)
+        self.progress = None
+        self._reported = None
         self._forget_seqs()
 
     def _forget_seqs(self):
@@ -297,22 +301,48 @@ class RemoteChanges:
 
     async def catch_up(self):
         """Apply every journal entry after the last seq heard; a full reconcile when the
-        cursor no longer points into the server's journal."""
+        cursor no longer points into the server's journal. A long one (more than a page,
+        or :data:`LARGE_FILES` changes) reports its progress as a full reconcile does."""
         engine = self.engine
-        while not engine.stopped:
-            if self._start_over_due:
-                return await self.start_over()
-            try:
-                page = await engine.server.changes(self.journal.heard, self.journal.journal_id)
-            except CursorExpired:
-                self.log.warn("journal cursor {cursor} expired on the server: full reconcile", cursor=self.journal.heard)
-                return await self.start_over()
-            engine.went_online()
-            if not self.journal_named(page.journal_id):
-                continue  # start over (next round)
-            await self._apply_page(page)
-            if not page.has_more or not page.changes:
+        try:
+            while not engine.stopped:
+                if self._start_over_due:
+                    return await self.start_over()
+                try:
+                    page = await engine.server.changes(self.journal.heard, self.journal.journal_id)
+                except CursorExpired:
+                    self.log.warn("journal cursor {cursor} expired on the server: full reconcile", cursor=self.journal.heard)
+                    return await self.start_over()
+                engine.went_online()
+                if not self.journal_named(page.journal_id):
+                    continue  # start over (next round)
+                await self._apply_page(page)
+                if not page.has_more or not page.changes:
+                    if self._reported is not None:
+                        self._reported.finished()
+                    return
+        finally:
+            self._end_progress()
+
+    def _counted(self, page, fresh, jobs):
+        """Count the ``jobs`` applying ``fresh`` (the ``(change, operation)`` of ``page``)
+        in the progress of a long catch-up, begun when this page shows it is one."""
+        if self.progress is None:
+            if not (page.has_more or len(fresh) >= LARGE_FILES):
                 return
+            self.progress = Progress()
+            self._reported = Reported(self.engine, self.log, self.progress, True, "catch-up").start()
+        progress = self.progress
+        for (_, operation), job in zip(fresh, jobs):
+            transfer = isinstance(operation, (Create, Update)) and not operation.metadata.is_directory
+            direction, size = ("down", operation.metadata.size) if transfer else (None, 0)
+            progress.coming(direction, size)
+            job.addBoth(_passing, progress.came, direction, size)
+
+    def _end_progress(self):
+        reported, self._reported, self.progress = self._reported, None, None
+        if reported is not None:
+            reported.stop()
 
     async def _apply_page(self, page):
         # the client's own changes are in the journal too (the WebSocket never sends them):
@@ -326,8 +356,10 @@ class RemoteChanges:
                 # that landed before this client's upload, heard only now): that one is not
                 # applied over it (the WebSocket never sends this client's own change back)
                 self.journal.in_order(change.operation.paths, change.seq)
-        fresh = [c for c in page.changes if c.source_client != own and self.journal.hear(c.seq) is not Heard.OLD]
-        jobs = [self._apply(change.seq, operation) for change, operation in carried_by_moves(fresh)]
+        fresh = carried_by_moves([c for c in page.changes if c.source_client != own
+                                  and self.journal.hear(c.seq) is not Heard.OLD])
+        jobs = [self._apply(change.seq, operation) for change, operation in fresh]
+        self._counted(page, fresh, jobs)
         self.journal.delivered(page.cursor)
         self._store()
         if jobs:
@@ -355,6 +387,12 @@ class RemoteChanges:
         known = self.journal.journal_id
         restored = known is not None and journal_id is not None and journal_id != known
         await engine.fullsync.full(head=head, journal_id=journal_id, restored=restored)
+
+
+def _passing(result, call, *args):
+    """A callback that calls ``call(*args)`` and passes ``result`` on."""
+    call(*args)
+    return result
 
 
 def carried_by_moves(changes) -> list:

@@ -20,7 +20,7 @@ import socket
 import sys
 
 from quantum_sync.client.clientconfig import load
-from quantum_sync.client.control import socket_path
+from quantum_sync.client.control import MAX_SOCKET_PATH, socket_path
 from quantum_sync.config import ConfigError
 
 NOT_RUNNING = 3
@@ -46,7 +46,11 @@ class NotRunning(Exception):
 
 def ask(folder: str, method: str, what: str) -> dict:
     """The JSON answer of ``folder``'s daemon to ``method /what``."""
-    connection = _UnixConnection(socket_path(folder))
+    path = socket_path(folder)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:  # the daemon made none (and logged why)
+        raise ConfigError(f"{folder}: no control socket: {path} is longer than a Unix socket's path may be "
+                          f"({MAX_SOCKET_PATH} bytes)")
+    connection = _UnixConnection(path)
     try:
         connection.request(method, "/" + what)
         response = connection.getresponse()
@@ -177,18 +181,37 @@ def _size(n) -> str:
     return f"{n:.1f} TB"
 
 
-def main(argv=None) -> int:
-    """The console script; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="quantum-sync-client", description="Status, pause and resume of running sync folders.")
-    parser.add_argument("--config", help="the client's JSON configuration (default: ~/.config/quantum-sync/client.json)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status", help="how each folder is: in sync or not, what waits, progress")
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit status 1 (not argparse's usage text and 2)."""
+
+    def error(self, message):
+        print(f"quantum-sync-client: {message} (--help for usage)", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: ``[--config FILE] status|pause|resume ...`` (``--config`` also
+    after the command)."""
+    config = _Parser(add_help=False)
+    config.add_argument("--config", default=argparse.SUPPRESS,
+                        help="the client's JSON configuration (default: ~/.config/quantum-sync/client.json)")
+    top = _Parser(prog="quantum-sync-client", description="Status, pause and resume of running sync folders.",
+                  parents=[config])
+    commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    status = commands.add_parser("status", help="how each folder is: in sync or not, what waits, progress",
+                                 parents=[config])
     status.add_argument("--json", action="store_true", help="one JSON document")
     status.add_argument("folder", nargs="?", metavar="FOLDER")
     for name, text in (("pause", "hold a folder's uploads and downloads (it is still watched)"),
                        ("resume", "resume a paused folder (it catches up)")):
-        commands.add_parser(name, help=text).add_argument("folder", metavar="FOLDER")
-    args = parser.parse_args(argv)
+        commands.add_parser(name, help=text, parents=[config]).add_argument("folder", metavar="FOLDER")
+    return top
+
+
+def main(argv=None) -> int:
+    """The console script; returns the exit status."""
+    args = parser().parse_args(argv)
+    args.config = getattr(args, "config", None)
     try:
         meant = folders_meant(args.config, args.folder)
     except ConfigError as e:
@@ -204,6 +227,9 @@ def main(argv=None) -> int:
         except NotRunning:
             missing += 1
             answers.append({"name": name, "folder": path, "running": False, "state": "not running", "in_sync": False})
+        except ConfigError as e:
+            print(f"quantum-sync-client: {e}", file=sys.stderr)
+            return 1
     if args.command == "status" and args.json:
         print(json.dumps({"folders": answers}, indent=2))
     else:

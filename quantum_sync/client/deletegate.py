@@ -14,7 +14,11 @@ server before the guard could hold it); then the gate counts the synced files no
 from the folder and lets the waiting ones through only when the whole burst is not a mass
 delete. A held batch deletes nothing: the files stay on the server, their base stays
 recorded, and the next start with ``--allow-mass-delete`` (or the files coming back)
-settles them.
+settles them. Until then a held file stays held whoever asks to delete it again (the
+reconcile of a directory ``rm -rf`` removed, a periodic reconcile, the reconcile at the
+next start: the held files are kept in the folder's state): asked alone, what is left
+after the ten that went at once may be ten files or fewer, or half of the synced files
+or fewer, no mass delete by itself.
 """
 
 from twisted.internet import defer
@@ -40,19 +44,30 @@ class DeleteGate:
 
     log = Logger()
 
-    def __init__(self, clock, count_missing, count_synced, allow: bool = False, quiet: float = QUIET):
+    def __init__(self, clock, count_missing, count_synced, allow: bool = False, quiet: float = QUIET,
+                 held=frozenset(), on_held=None):
         self._clock = clock
         self._count_missing = count_missing
         self._count_synced = count_synced
         self.allow = allow
         self.quiet = quiet
-        self._waiting = []  # (path, Deferred, weight) of the deletes waiting for the burst's end
+        self._waiting = []  # (path, Deferred, weight, files) of the deletes waiting for the burst's end
         self._call = None
         self._passed = set()  # files deleted at once in this burst
         self._synced = None  # synced files when the burst began (None: no burst)
         self._counted = set()  # the files the burst's deletes take along
         #: ``(count, synced)`` of the last batch held, None when none is held
         self.held = None
+        self._held_files = set()  # the files of the batches held (and of their bursts)
+        #: called with the held files whenever they change (to keep them across a restart)
+        self._on_held = on_held or (lambda files: None)
+        if held and not allow:  # held before a restart: held still
+            self._held_files = set(held)
+            self.held = (len(held), count_synced())
+            self.log.warn("mass delete still held: {count} files deleted from the folder are kept on the server. "
+                          + RELEASE_HINT, count=len(held))
+        elif held:
+            self._on_held(frozenset())  # confirmed: a mass delete allowed goes ahead
 
     def admit(self, path: str, files=None):
         """A Deferred that fires True when deleting ``path`` on the server may go ahead,
@@ -61,6 +76,11 @@ class DeleteGate:
         already counted in this burst (deleted on its own before its directory, as
         ``rm -rf`` does) is not counted again."""
         covered = {path} if files is None else set(files)
+        if covered and covered <= self._held_files and not self.allow:
+            # part of a mass delete held: it stays held, whoever asks again (a reconcile of
+            # the directory rm -rf removed, a periodic one). Asked alone, what is left of it
+            # after the ten that went at once may look like no mass delete.
+            return defer.succeed(False)
         new = covered - self._counted
         weight = len(new)
         self._counted |= covered
@@ -76,8 +96,17 @@ class DeleteGate:
             self._passed |= new
             return defer.succeed(True)
         d = defer.Deferred()
-        self._waiting.append((path, d, weight))
+        self._waiting.append((path, d, weight, covered))
         return d
+
+    def back(self, path: str) -> None:
+        """``path`` is in the folder again (restored): a later delete of it is judged anew;
+        nothing is held once every held file is back."""
+        if path in self._held_files:
+            self._held_files.discard(path)
+            self._on_held(frozenset(self._held_files))
+            if not self._held_files:
+                self.held = None
 
     @property
     def waiting(self) -> int:
@@ -105,17 +134,20 @@ class DeleteGate:
 
         def judged(counts):
             missing, synced = counts
-            deletes = len(passed) + max(missing, sum(weight for _, _, weight in batch))
+            deletes = len(passed) + max(missing, sum(weight for _, _, weight, _ in batch))
             synced = max(synced_before, synced + len(passed))
             if is_mass_delete(deletes, synced):
                 self.held = (deletes, synced)
+                self._held_files.update(*(covered for _, _, _, covered in batch))
+                self._on_held(frozenset(self._held_files))
                 self.log.warn(
                     "mass delete held: {count} of {synced} synced files are gone from the folder; {held} deletes "
                     "were not sent to the server. " + RELEASE_HINT,
                     count=deletes, synced=synced, held=len(batch),
                 )
                 return False
-            self.held = None
+            if not self._held_files:  # (a mass delete held before stays held)
+                self.held = None
             return True
 
         def failed(failure):
@@ -127,5 +159,5 @@ class DeleteGate:
 
     @staticmethod
     def _release(batch, verdict):
-        for _, d, _ in batch:
+        for _, d, _, _ in batch:
             d.callback(verdict)

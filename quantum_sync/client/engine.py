@@ -213,6 +213,12 @@ class Engine:
                 call.cancel()
         self._retry_calls.clear()
 
+    @property
+    def progress(self):
+        """The :class:`~quantum_sync.client.fullsync.Progress` of the full reconcile, or
+        else of the large journal catch-up, being carried out (None: none is)."""
+        return self.fullsync.progress or self.remote.progress
+
     async def idle(self):
         """Wait until no per-path job and no local move is running (used when stopping
         and by tests)."""

@@ -73,14 +73,77 @@ class Progress:
 
     def finished(self, d) -> None:
         """Decision ``d`` was carried out."""
-        self.files_done += 1
         if d.action in _TRANSFERS and not d.is_directory:
-            size = (d.local if d.action is Action.UPLOAD else d.remote).size
+            self.came("up" if d.action is Action.UPLOAD else "down", (d.local if d.action is Action.UPLOAD else d.remote).size)
+        else:
+            self.came()
+
+    def coming(self, direction=None, size=0) -> None:
+        """One more change to carry out (``direction`` "up" or "down": a file of ``size``
+        bytes to move that way), for work learnt page by page (a journal catch-up)."""
+        self.files_total += 1
+        if direction is not None:
+            self.bytes_total += size
+            self._waiting(direction, 1, size)
+
+    def came(self, direction=None, size=0) -> None:
+        """One change carried out (as :meth:`coming` announced it)."""
+        self.files_done += 1
+        if direction is not None:
             self.bytes_done += size
-            if d.action is Action.UPLOAD:
-                self.up_files, self.up_bytes = self.up_files - 1, self.up_bytes - size
-            else:
-                self.down_files, self.down_bytes = self.down_files - 1, self.down_bytes - size
+            self._waiting(direction, -1, -size)
+
+    def _waiting(self, direction, files, size):
+        if direction == "up":
+            self.up_files, self.up_bytes = self.up_files + files, self.up_bytes + size
+        else:
+            self.down_files, self.down_bytes = self.down_files + files, self.down_bytes + size
+
+
+class Reported:
+    """While a piece of work runs (:meth:`start` to :meth:`stop`): its progress logged
+    every :data:`PROGRESS_EVERY` seconds; when it is ``large``, the transfer lines at the
+    debug level meanwhile and a last line once it is :meth:`finished`. ``what``: the words of the lines (``sync``: ``sync progress``,
+    ``sync finished``)."""
+
+    def __init__(self, engine, log, progress, large: bool, what: str = "sync"):
+        self.engine, self.log, self.progress, self.large, self.what = engine, log, progress, large, what
+        self._ticker = task.LoopingCall(self.line)
+        self._ticker.clock = engine.reactor
+
+    def start(self) -> "Reported":
+        self._ticker.start(PROGRESS_EVERY, now=False)
+        if self.large:
+            self.engine.transfers.quiet += 1  # the progress line instead of a line per batch
+        return self
+
+    def stop(self) -> None:
+        if self._ticker.running:
+            self._ticker.stop()
+            if self.large:
+                self.engine.transfers.quiet -= 1
+
+    def finished(self) -> None:
+        """The work is done: its last line (when large)."""
+        if self.large:
+            self.line(final=True)
+
+    def line(self, final=False):
+        progress = self.progress
+        elapsed = max(time.monotonic() - progress.started, 1e-6)
+        left = progress.seconds_left
+        self.log.info(
+            "{what}: {files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes, {rate:.1f} MB/s, "
+            "{files_rate:.0f} files/s{left}",
+            what=f"{self.what} finished" if final else f"{self.what} progress",
+            files_done=progress.files_done,
+            files_total=progress.files_total,
+            bytes_done=progress.bytes_done,
+            bytes_total=progress.bytes_total,
+            rate=progress.bytes_done / elapsed / 1e6,
+            files_rate=progress.files_done / elapsed,
+            left="" if final or left is None else f", about {left:.0f} s left",
+        )
 
 
 @attrs.frozen
@@ -363,25 +426,17 @@ class FullSync:
         if not todo:
             return
         progress = Progress.of(todo, planned.bytes_total)
-        ticker = task.LoopingCall(self._log_progress, progress)
-        ticker.clock = self.engine.reactor
-        ticker.start(PROGRESS_EVERY, now=False)
+        reported = Reported(self.engine, self.log, progress, is_large(progress)).start()
         run = _Run(self, local, planned.remote, scope.held, progress)
         if scope.prefix is None:
             self.progress = progress
-        large = _large(progress)
-        if large:
-            self.engine.transfers.quiet += 1  # the progress line instead of a line per batch
         try:
             await self._run_todo(todo, run, scope.pull_first)
         finally:
-            ticker.stop()
             if self.progress is progress:
                 self.progress = None
-            if large:
-                self.engine.transfers.quiet -= 1
-        if large:
-            self._log_progress(progress, final=True)
+            reported.stop()
+        reported.finished()
 
     async def _run_todo(self, todo, run, pull_first):
         """Run the decisions ``todo``; with ``pull_first``, those of :data:`_PULLS` first."""
@@ -417,26 +472,14 @@ class FullSync:
         if workers:
             await defer.DeferredList(workers)
 
-    def _log_progress(self, progress, final=False):
-        elapsed = max(time.monotonic() - progress.started, 1e-6)
-        left = progress.seconds_left
-        self.log.info(
-            "{what}: {files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes, {rate:.1f} MB/s, "
-            "{files_rate:.0f} files/s{left}",
-            what="sync finished" if final else "sync progress",
-            files_done=progress.files_done,
-            files_total=progress.files_total,
-            bytes_done=progress.bytes_done,
-            bytes_total=progress.bytes_total,
-            rate=progress.bytes_done / elapsed / 1e6,
-            files_rate=progress.files_done / elapsed,
-            left="" if final or left is None else f", about {left:.0f} s left",
-        )
+
+#: A piece of work this large (files, or bytes) logs progress lines, not a line per batch.
+LARGE_FILES, LARGE_BYTES = 50, 50 << 20
 
 
-def _large(progress) -> bool:
-    """A plan worth progress lines."""
-    return progress.files_total >= 50 or progress.bytes_total >= 50 << 20
+def is_large(progress) -> bool:
+    """A piece of work worth progress lines (and a progress bar)."""
+    return progress.files_total >= LARGE_FILES or progress.bytes_total >= LARGE_BYTES
 
 
 class _Run:

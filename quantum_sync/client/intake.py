@@ -29,6 +29,7 @@ class LocalIntake:
         """``path`` changed (created, written, deleted); ``stat``: its lstat seen just after."""
         engine = self.engine
         if stat and stat is not UNSEEN:
+            engine.actions.deletes.back(path)  # (restored: no more part of a held mass delete)
             self._report_outside(path, stat.is_directory)
         if path == IGNORE_FILE:
             reloaded = defer.ensureDeferred(self.reload_rules())
@@ -114,6 +115,7 @@ class LocalIntake:
         for child, stat in found.items():
             if child == path:
                 continue
+            engine.actions.deletes.back(child)
             base = engine.state.base(child)
             synced_directory = base is not None and stat.is_directory and base.entry.is_directory
             if not (synced_directory or localfs.unchanged(stat, base)):

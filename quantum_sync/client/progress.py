@@ -2,8 +2,8 @@
 
 Only for a daemon in the foreground whose stderr is a terminal: the bar is drawn on it
 (the log still goes where twistd sends it). The counts are the ones the progress lines
-and ``status`` give (:class:`~quantum_sync.client.fullsync.Progress`), read from each
-folder's service twice a second.
+and ``status`` give (:class:`~quantum_sync.client.fullsync.Progress` of a large reconcile
+or journal catch-up), read from each folder's service twice a second.
 """
 
 import os
@@ -11,6 +11,8 @@ import os
 from tqdm import tqdm
 from twisted.application.service import Service
 from twisted.internet import task
+
+from quantum_sync.client.fullsync import is_large
 
 #: Seconds between two looks at the folders' progress.
 EVERY = 0.5
@@ -25,7 +27,7 @@ def wants_bars(nodaemon: bool, stream) -> bool:
 
 
 class ProgressBars(Service):
-    """One tqdm bar per folder whose large reconcile is being carried out.
+    """One tqdm bar per folder whose large reconcile or catch-up is being carried out.
 
     ``folders``: name → SyncClientService; ``stream``: where the bars are drawn."""
 
@@ -56,12 +58,12 @@ class ProgressBars(Service):
         """Draw every folder's progress (a new bar for a new reconcile, none after it)."""
         for name, service in self._folders.items():
             engine = service.engine
-            progress = engine.fullsync.progress if engine is not None else None
+            progress = engine.progress if engine is not None else None
             shown = self._bars.get(name)
             if shown is not None and shown[0] is not progress:
                 self._close(name)
                 shown = None
-            if progress is None or not (progress.files_total >= 50 or progress.bytes_total >= 50 << 20):
+            if progress is None or not is_large(progress):
                 continue
             if shown is None:
                 bar = tqdm(total=progress.files_total, desc=name, unit="file", file=self._stream, dynamic_ncols=True,

@@ -6,7 +6,7 @@ What survives a restart, a crash or a long time offline:
   server's mtime) and the local size/mtime it had then (so an unchanged file is
   recognised without hashing it again);
 - ``meta``: the client id, the journal cursor and the journal's id, whether the folder is
-  paused, and which folder the
+  paused, the files of a mass delete held (``held_deletes``), and which folder the
   state belongs to (device, inode and path: a folder copied with its ``.quantum-sync/`` is
   noticed, and takes a new client id, since two clients sharing one would miss each
   other's changes);
@@ -189,6 +189,17 @@ class FolderState:
     def set_paused(self, value: bool) -> None:
         if value != self.paused:
             self._set_meta("paused", "1" if value else "0")
+
+    @property
+    def held_deletes(self) -> frozenset:
+        """The files whose local delete is held as part of a mass delete (until they come
+        back, or a start with ``--allow-mass-delete``): a hold outlives a restart."""
+        return frozenset(json.loads(self.meta.get("held_deletes", "[]")))
+
+    def set_held_deletes(self, paths) -> None:
+        value = json.dumps(sorted(paths))
+        if value != self.meta.get("held_deletes", "[]"):
+            self._set_meta("held_deletes", value)
 
     def _set_meta(self, key, value):
         self.meta[key] = value

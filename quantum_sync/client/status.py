@@ -32,7 +32,7 @@ async def folder_status(name, service, reactor) -> dict:
         answer.update(state="starting", in_sync=False, paused=False)
         return answer
     head = await _journal_head(engine, reactor)
-    progress = engine.fullsync.progress
+    progress = engine.progress
     pending = dict(state.pending)
     working = sorted(set(engine.locks.held()))
     conflicts = sorted(p for p in state.bases if is_conflict_copy(p))

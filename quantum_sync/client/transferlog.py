@@ -19,13 +19,14 @@ class TransferLog:
 
     def __init__(self, reactor):
         self._reactor = reactor
-        self._done = {}  # verb -> [(path, size)], in the order they finished
+        self._done = {}  # (verb, quiet) -> [(path, size)], in the order they finished
         self._call = None
         #: while more than 0, the lines are logged at the debug level
         self.quiet = 0
 
     def add(self, verb: str, path: str, size: int) -> None:
-        self._done.setdefault(verb, []).append((path, size))
+        # quiet or not when it finished (the line comes a turn later, maybe after the reconcile)
+        self._done.setdefault((verb, self.quiet > 0), []).append((path, size))
         if self._call is None:
             self._call = self._reactor.callLater(0, self.flush)
 
@@ -34,11 +35,9 @@ class TransferLog:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        #: while more than 0, the lines are logged at the debug level
-        self.quiet = 0
         done, self._done = self._done, {}
-        emit = self.log.debug if self.quiet else self.log.info
-        for verb, items in done.items():
+        for (verb, quiet), items in done.items():
+            emit = self.log.debug if quiet else self.log.info
             if len(items) == 1:
                 (path, size), = items
                 emit("{verb} {path} ({size} bytes)", verb=verb, path=path, size=size)
