@@ -4,6 +4,7 @@ a fake engine whose jobs end when the test says so."""
 from twisted.internet import defer
 
 from quantum_sync.client.catchup import RemoteChanges, carried_by_moves
+from quantum_sync.client.waiting import DOWN, Waiting
 from quantum_sync.protocol import Change, Create, Delete, FileMetadata, Move
 
 DIGEST = "ab" * 32
@@ -34,6 +35,10 @@ class _Engine:
 
     def __init__(self):
         self.state, self.started, self.jobs = _State(), [], {}
+        self.waiting = Waiting()
+
+    def job_ended(self, path):
+        self.waiting.drop(path)
 
     def request(self, path, hint):
         self.started.append(path)
@@ -57,9 +62,11 @@ def test_a_move_waits_for_the_changes_before_it_and_the_later_ones_wait_for_it()
     remote.operation(3, create("d2/y.bin"))
     remote.operation(4, create("other.bin"))
     assert engine.started == ["d/x.bin"]
+    assert engine.waiting.totals(DOWN)[0] == 4  # every change heard waits, its turn come or not
     engine.jobs["d/x.bin"].callback(None)
     assert engine.started == ["d/x.bin", "d->d2"]
     engine.jobs["move"].callback(None)
+    assert "d2" not in engine.waiting  # the Move applied
     # d/x.bin was moved with d on the server: looked for at its new path too
     assert engine.started == ["d/x.bin", "d->d2", "d2/x.bin", "d2/y.bin", "other.bin"]
     for path in ("d2/y.bin", "other.bin"):

@@ -173,3 +173,52 @@ async def test_a_long_catch_up_logs_progress_and_status_shows_it(reactor, server
         await clients.stop_all()
         await proxy.port.stopListening()
     assert read(a.config.folder, "f119.txt") == b"119" * 100
+
+
+def waiting_of(status) -> tuple:
+    """``((files, bytes) up, (files, bytes) down)`` of a status."""
+    up, down = status["waiting"]["up"], status["waiting"]["down"]
+    return (up["files"], up["bytes"]), (down["files"], down["bytes"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_one_by_one_wait_up_and_down_while_paused(reactor, servers, clients):
+    srv = servers[0]
+    a, b, A, B = await clients.pair(srv)
+    write(A, "keep.txt", b"kept")
+    write(A, "old.txt", b"deleted by b while a is paused")
+    await converged(reactor, A, B, srv.root)
+    await wait_for(reactor, lambda: not a.engine.paths and not b.engine.paths, what="both idle")
+    assert waiting_of(await folder_status("a", a, reactor)) == ((0, 0), (0, 0))
+    a.engine.pause_transfers()
+
+    for name, size in (("up1.txt", 100), ("d/up2.txt", 200), ("up3.txt", 300)):
+        write(A, name, b"u" * size)  # taken in by the watcher, held by the pause
+    for name, size in (("down1.txt", 50), ("down2.txt", 70)):
+        write(B, name, b"d" * size)  # uploaded by b, heard by a over the WebSocket
+    os.remove(os.path.join(B, "old.txt"))
+    await wait_for(reactor, lambda: read(srv.root, "down2.txt") and read(srv.root, "old.txt") is None,
+                   what="b's changes on the server")
+
+    async def held():
+        return waiting_of(await folder_status("a", a, reactor)) == ((3, 600), (3, 120))
+
+    try:
+        await wait_for(reactor, held, what="3 files (600 bytes) waiting up and 3 (120) down")
+    except AssertionError:
+        raise AssertionError(f"waiting: {(await folder_status('a', a, reactor))['waiting']}") from None
+    status = await folder_status("a", a, reactor)
+    assert status["state"] == "paused" and status["waiting"]["held_while_paused"] >= 3
+    assert read(srv.root, "up1.txt") is None and read(A, "down1.txt") is None
+    assert "  waiting: up 3 files (600 B), down 3 files (120 B)" in describe(status)
+
+    a.engine.resume()
+    await converged(reactor, A, B, srv.root)
+
+    async def synced():
+        return (await folder_status("a", a, reactor))["in_sync"]
+
+    await wait_for(reactor, synced, what="a in sync after the resume")
+    status = await folder_status("a", a, reactor)
+    assert waiting_of(status) == ((0, 0), (0, 0)) and status["waiting"]["held_while_paused"] == 0
+    assert read(A, "old.txt") is None and read(srv.root, "d/up2.txt") == b"u" * 200

@@ -25,6 +25,7 @@ from quantum_sync.client.journal import Heard, Identity, JournalCursor
 from quantum_sync.client.pathstate import FETCH
 from quantum_sync.client.state import tmp_dir
 from quantum_sync.client.transfer import CursorExpired
+from quantum_sync.client.waiting import DOWN, remote_change
 from quantum_sync.paths import is_inside
 from quantum_sync.protocol import Create, Delete, Move, Update
 
@@ -100,7 +101,9 @@ class RemoteChanges:
 
     # -- applying ------------------------------------------------------------------------
 
-    def _apply(self, seq, operation):
+    def _apply(self, seq, operation, counted=False):
+        """Apply ``operation`` in its turn (``counted``: a catch-up's Progress counts its
+        file transfer); a Deferred."""
         if seq is not None and isinstance(operation, (Create, Update, Move)):
             operation = self._followed(seq, operation)
         if seq is not None and isinstance(operation, (Create, Update)):
@@ -108,9 +111,14 @@ class RemoteChanges:
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
         else:
+            waits = remote_change(operation, counted)
+            if waits is not None:  # until its path's job ends (a Move's own end, for a Move)
+                self.engine.waiting.note(waits[0], DOWN, waits[1])
             done = self._in_turn(operation)
-            if seq is not None and isinstance(operation, Move):
-                done.addBoth(self._passed, seq, operation, self.journal.generation)
+            if isinstance(operation, Move):
+                done.addBoth(_passing, self.engine.job_ended, operation.destination)
+                if seq is not None:
+                    done.addBoth(self._passed, seq, operation, self.journal.generation)
         if seq is not None:
             done.addBoth(self._applied, seq, self.journal.generation)
         return done
@@ -324,15 +332,18 @@ class RemoteChanges:
         finally:
             self._end_progress()
 
-    def _counted(self, page, fresh, jobs):
-        """Count the ``jobs`` applying ``fresh`` (the ``(change, operation)`` of ``page``)
-        in the progress of a long catch-up, begun when this page shows it is one."""
-        if self.progress is None:
-            if not (page.has_more or len(fresh) >= LARGE_FILES):
-                return
+    def _counting(self, page, fresh):
+        """The progress of a long catch-up, begun when ``page`` (``fresh``: the ``(change,
+        operation)`` of it to apply) shows it is one; None: not one."""
+        if self.progress is None and (page.has_more or len(fresh) >= LARGE_FILES):
             self.progress = Progress()
             self._reported = Reported(self.engine, self.log, self.progress, True, "catch-up").start()
-        progress = self.progress
+        return self.progress
+
+    def _counted(self, progress, fresh, jobs):
+        """Count the ``jobs`` applying ``fresh`` in ``progress`` (None: not counted)."""
+        if progress is None:
+            return
         for (_, operation), job in zip(fresh, jobs):
             transfer = isinstance(operation, (Create, Update)) and not operation.metadata.is_directory
             direction, size = ("down", operation.metadata.size) if transfer else (None, 0)
@@ -358,8 +369,9 @@ class RemoteChanges:
                 self.journal.in_order(change.operation.paths, change.seq)
         fresh = carried_by_moves([c for c in page.changes if c.source_client != own
                                   and self.journal.hear(c.seq) is not Heard.OLD])
-        jobs = [self._apply(change.seq, operation) for change, operation in fresh]
-        self._counted(page, fresh, jobs)
+        progress = self._counting(page, fresh)
+        jobs = [self._apply(change.seq, operation, progress is not None) for change, operation in fresh]
+        self._counted(progress, fresh, jobs)
         self.journal.delivered(page.cursor)
         self._store()
         if jobs:

@@ -38,6 +38,7 @@ from quantum_sync.client.reconcile import entry_of
 from quantum_sync.client.state import Base, tmp_dir
 from quantum_sync.client.transferlog import TransferLog
 from quantum_sync.client.transfer import RequestRefused, SMALL_TRANSFER, ServerUnavailable
+from quantum_sync.client.waiting import UP, Waiting, remote_change
 from quantum_sync.diskio import Budget, OwnWrites
 from quantum_sync.errors import SyncError
 from quantum_sync.paths import normalize
@@ -93,6 +94,8 @@ class Engine:
         #: paused: no new transfers, what is asked meanwhile replayed by :meth:`resume`
         self.pause = PauseHold()
         self.paths = PathStates()
+        #: the changes waiting to go up or down one by one (a reconcile's Progress counts its own)
+        self.waiting = Waiting()
         self._retry_calls = {}
         self.growing = GrowingHashes(folder)  # fed by the watcher (FolderWatcher on_grow)
         self._inline = Budget(INLINE_BUDGET)
@@ -123,11 +126,12 @@ class Engine:
 
     def local_moved(self, source: str, destination: str):
         """The watcher saw ``source`` renamed to ``destination`` inside the folder."""
+        self.waiting.note(destination, UP)
         if self.pause.paused:
             self.pause.hold_path(source)
             self.pause.hold_path(destination)
             return defer.succeed(None)
-        return self.intake.moved(source, destination)
+        return self.intake.moved(source, destination).addBoth(self._ended, destination)
 
     def upload_started(self, announced):
         """Another client began a large upload (a :class:`~quantum_sync.protocol.UploadStarted`)."""
@@ -139,6 +143,9 @@ class Engine:
         that fires when it has been applied."""
         if self.pause.paused:
             self.pause.hold_catch_up()  # not heard: the catch-up on resume brings it
+            waits = remote_change(operation)
+            if waits is not None:
+                self.waiting.hold_down(*waits)
             return defer.succeed(None)
         return self.remote.operation(seq, operation, journal_id)
 
@@ -178,12 +185,31 @@ class Engine:
         """Sync what changed while paused: the paths noted, the journal, a reconcile."""
         held = self.pause.resume()
         self.state.set_paused(False)
+        self.waiting.resumed()
         for path in sorted(held.paths):
             self.request(path, FETCH)
         if held.catch_up:
             self.catch_up_soon()
         if held.reconcile:
             self.reconcile().addErrback(lambda f: self.log.failure("reconcile after resume failed", f))
+
+    def job_ended(self, path):
+        """The work on ``path`` is over: it waits to go up or down no more, unless it
+        waits again (a job queued, a retry, the queue for the server, the resume)."""
+        if not self._waits(path):
+            self.waiting.drop(path)
+
+    def _ended(self, result, path):
+        self.job_ended(path)
+        return result
+
+    def _waits(self, path) -> bool:
+        return (path in self.paths or path in self._retry_calls or path in self.state.pending
+                or self.pause.holds(path))
+
+    def sweep_waiting(self):
+        """Forget what waits on no job any more (after a full reconcile: it went over all)."""
+        self.waiting.keep(self._waits)
 
     @property
     def _reconcile_running(self):
@@ -330,20 +356,23 @@ class Engine:
 
     # -- per-path jobs -------------------------------------------------------------------
 
-    def request(self, path: str, hint=UNKNOWN, stat=UNSEEN):
+    def request(self, path: str, hint=UNKNOWN, stat=UNSEEN, waits=None):
         """Sync ``path`` soon (coalesced with a job already queued or running for it);
         ``hint`` is what is known of the server's version, ``stat`` what the watcher saw
-        of the local file. A Deferred that fires when done."""
+        of the local file; ``waits``: the ``(direction, bytes)`` it waits to move until
+        its job ends (:attr:`waiting`). A Deferred that fires when done."""
         if self.stopped:
             return defer.succeed(None)
         if self.pause.paused:
             if not self._seen_synced(path, hint, stat):
                 self.pause.hold_path(path)
+                self._note(path, waits)
             return defer.succeed(None)
         paths = self.paths
         idle = paths.phase(path) is Phase.IDLE
         if idle and self._seen_synced(path, hint, stat):
             return defer.succeed(None)  # the watcher saw the synced version: nothing to do
+        self._note(path, waits)
         paths.request(path, hint, stat)
         if not idle:
             return paths.job(path)
@@ -351,6 +380,10 @@ class Engine:
         if not d.called:
             paths.attach(path, d)
         return d
+
+    def _note(self, path, waits):
+        if waits is not None:
+            self.waiting.note(path, *waits)
 
     def _seen_synced(self, path: str, hint, stat) -> bool:
         """Whether the watcher saw ``path`` as its synced version, with no news of the server's."""
@@ -367,6 +400,7 @@ class Engine:
                     await self.guard(self._sync_one(path, taken.hint, taken.seen), path)
         finally:
             paths.finish(path)
+            self.job_ended(path)
 
     async def _sync_one(self, path, hint, seen=UNSEEN):
         normalize(path)

@@ -93,6 +93,10 @@ class Progress:
             self.bytes_done += size
             self._waiting(direction, -1, -size)
 
+    def left(self, direction) -> tuple:
+        """``(files, bytes)`` left to move ``direction`` ("up" or "down")."""
+        return (self.up_files, self.up_bytes) if direction == "up" else (self.down_files, self.down_bytes)
+
     def _waiting(self, direction, files, size):
         if direction == "up":
             self.up_files, self.up_bytes = self.up_files + files, self.up_bytes + size
@@ -397,6 +401,7 @@ class FullSync:
         for path in list(state.pending):
             if path not in state.bases and path not in local and path not in remote:
                 state.unqueue(path)
+        engine.sweep_waiting()
 
     def _say_special(self, names, prefix):
         """One line per special name found where a synced or listed path is (once while
@@ -430,6 +435,9 @@ class FullSync:
         run = _Run(self, local, planned.remote, scope.held, progress)
         if scope.prefix is None:
             self.progress = progress
+            for d in todo:  # the transfers it counts are no longer counted one by one
+                if d.action in _TRANSFERS and not d.is_directory:
+                    self.engine.waiting.drop(d.path)
         try:
             await self._run_todo(todo, run, scope.pull_first)
         finally:

@@ -11,6 +11,7 @@ from quantum_sync.client.ignore import IGNORE_FILE, IgnoreRules
 from quantum_sync.client.inflight import InFlight
 from quantum_sync.client.pathstate import UNKNOWN, UNSEEN
 from quantum_sync.client.transfer import ServerUnavailable
+from quantum_sync.client.waiting import local_change
 
 
 class LocalIntake:
@@ -34,7 +35,7 @@ class LocalIntake:
         if path == IGNORE_FILE:
             reloaded = defer.ensureDeferred(self.reload_rules())
             return reloaded.addCallback(lambda _: engine.request(path, UNKNOWN))
-        return engine.request(path, UNKNOWN, stat)
+        return engine.request(path, UNKNOWN, stat, local_change(stat))
 
     def _report_outside(self, path, is_directory):
         """A local file outside this client's selection is left alone: said once a path."""

@@ -37,6 +37,10 @@ class PauseHold:
     def hold_catch_up(self) -> None:
         self._catch_up = True
 
+    def holds(self, path: str) -> bool:
+        """Whether ``path`` waits for the resume."""
+        return path in self._paths
+
     @property
     def holding(self) -> int:
         """How many paths wait for the resume."""

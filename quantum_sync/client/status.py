@@ -9,6 +9,7 @@ answer).
 from twisted.internet import defer
 
 from quantum_sync.client.conflicts import is_conflict_copy
+from quantum_sync.client.waiting import DOWN, UP
 
 #: Seconds a status waits for the server's journal head.
 HEAD_TIMEOUT = 2.0
@@ -42,7 +43,7 @@ async def folder_status(name, service, reactor) -> dict:
     answer["server"].update(reachable=engine.online, last_error=engine.last_error if engine.online is not True else None)
     answer.update(
         paused=engine.pause.paused,
-        waiting=_waiting(progress, len(pending), engine.pause.holding),
+        waiting=_waiting(progress, engine.waiting, len(pending), engine.pause.holding),
         progress=_progress(progress),
         transfers=_transfers(working, engine.server.transfers_running()),
         conflicts={"count": len(conflicts), "paths": conflicts[:LISTED]},
@@ -58,11 +59,17 @@ async def folder_status(name, service, reactor) -> dict:
     return answer
 
 
-def _waiting(progress, queued: int, holding) -> dict:
-    """What waits to go up and down, and what waits for the server or a resume."""
+def _waiting(progress, changes, queued: int, holding) -> dict:
+    """What waits to go up and down (what the reconcile or catch-up being carried out has
+    left to move, and the ``changes`` taken in one by one: a :class:`Waiting`), and what
+    waits for the server or a resume."""
+    answer = {}
+    for direction in (UP, DOWN):
+        files, size = changes.totals(direction)
+        left = progress.left(direction) if progress is not None else (0, 0)
+        answer[direction] = {"files": files + left[0], "bytes": size + left[1]}
     return {
-        "up": {"files": progress.up_files if progress else 0, "bytes": progress.up_bytes if progress else 0},
-        "down": {"files": progress.down_files if progress else 0, "bytes": progress.down_bytes if progress else 0},
+        **answer,
         # paths to sync again once the server answers (either way: decided then)
         "queued": queued,
         "held_while_paused": holding,
