@@ -222,3 +222,35 @@ async def test_changes_one_by_one_wait_up_and_down_while_paused(reactor, servers
     status = await folder_status("a", a, reactor)
     assert waiting_of(status) == ((0, 0), (0, 0)) and status["waiting"]["held_while_paused"] == 0
     assert read(A, "old.txt") is None and read(srv.root, "d/up2.txt") == b"u" * 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_count_as_waiting_until_a_stalled_server_takes_them(reactor, servers, clients):
+    srv = servers[0]
+    proxy = StallingProxy(reactor, srv.port)
+    try:
+        a = await clients.start(await through(proxy, srv), "a", realtime=False, interval=1)
+        A = a.config.folder
+        write(A, "keep.txt", b"kept")
+        await converged(reactor, A, srv.root)
+        await wait_for(reactor, lambda: not a.engine.paths, what="a idle")
+        proxy.stall(0, "up")  # nothing more reaches the server
+        for name, size in (("up1.txt", 1000), ("up2.txt", 2000), ("up3.txt", 3000)):
+            write(A, name, b"u" * size)
+        await wait_for(reactor, lambda: not proxy.forwarding and len(a.engine.paths) == 3,
+                       what="the uploads under way and stalled")
+        status = await folder_status("a", a, reactor)
+        assert waiting_of(status) == ((3, 6000), (0, 0)), status["waiting"]
+        assert not status["in_sync"] and read(srv.root, "up1.txt") is None
+        proxy.resume()
+        await converged(reactor, A, srv.root)
+
+        async def synced():
+            return (await folder_status("a", a, reactor))["in_sync"]
+
+        await wait_for(reactor, synced, what="a in sync once the server took the uploads")
+        assert waiting_of(await folder_status("a", a, reactor)) == ((0, 0), (0, 0))
+    finally:
+        proxy.resume()
+        await clients.stop_all()
+        await proxy.port.stopListening()

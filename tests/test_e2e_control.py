@@ -123,10 +123,14 @@ async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
         deadline = reactor.seconds() + 30
         while True:  # both noticed (the daemon watches on) and both held
             answer = await status_json(reactor, config, docs)
-            if answer["waiting"]["held_while_paused"] >= 1 and (answer["journal"]["behind"] or 0) >= 1:
+            waiting = answer["waiting"]
+            if (waiting["held_while_paused"] >= 1 and (answer["journal"]["behind"] or 0) >= 1
+                    and waiting["up"] == {"files": 1, "bytes": 20} and waiting["down"] == {"files": 1, "bytes": 32}):
                 break
             assert reactor.seconds() < deadline, f"never held: {answer}"
         assert answer["paused"] and answer["state"] == "paused" and not answer["in_sync"]
+        code, text, _ = await cli(reactor, "--config", config, "status", "docs")
+        assert code == 0 and "waiting: up 1 files (20 B), down 1 files (32 B)" in text, text
         assert read(srv.root, "up.txt") is None and read(docs, "down.txt") is None
         write(str(tmp_path / "home"), "home.txt", b"the other folder is not paused")
         await wait_for(reactor, lambda: read(other.config.folder, "home.txt") == b"the other folder is not paused",
@@ -151,6 +155,7 @@ async def test_pause_holds_and_resume_catches_up(reactor, tmp_path, clients):
         while not (answer := await status_json(reactor, config))["in_sync"]:  # its own uploads included
             assert reactor.seconds() < deadline, f"never in sync after the resume: {answer}"
         assert not answer["paused"] and answer["journal"]["behind"] == 0 and answer["state"] == "in sync"
+        assert answer["waiting"]["up"] == answer["waiting"]["down"] == {"files": 0, "bytes": 0}
     finally:
         texts.append(await daemon.stop(reactor))
         await srv.stop()
