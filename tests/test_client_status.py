@@ -187,13 +187,16 @@ async def test_changes_one_by_one_wait_up_and_down_while_paused(reactor, servers
     a, b, A, B = await clients.pair(srv)
     write(A, "keep.txt", b"kept")
     write(A, "old.txt", b"deleted by b while a is paused")
+    write(A, ".syncignore", b"*.tmp\n")
     await converged(reactor, A, B, srv.root)
+    await wait_for(reactor, lambda: "*.tmp" in a.engine.rules.text, what="a's rules read")
     await wait_for(reactor, lambda: not a.engine.paths and not b.engine.paths, what="both idle")
     assert waiting_of(await folder_status("a", a, reactor)) == ((0, 0), (0, 0))
     a.engine.pause_transfers()
 
     for name, size in (("up1.txt", 100), ("d/up2.txt", 200), ("up3.txt", 300)):
         write(A, name, b"u" * size)  # taken in by the watcher, held by the pause
+    write(A, "scratch.tmp", b"never sent")  # ignored: waits for nothing
     for name, size in (("down1.txt", 50), ("down2.txt", 70)):
         write(B, name, b"d" * size)  # uploaded by b, heard by a over the WebSocket
     os.remove(os.path.join(B, "old.txt"))
@@ -212,6 +215,7 @@ async def test_changes_one_by_one_wait_up_and_down_while_paused(reactor, servers
     assert read(srv.root, "up1.txt") is None and read(A, "down1.txt") is None
     assert "  waiting: up 3 files (600 B), down 3 files (120 B)" in describe(status)
 
+    os.remove(os.path.join(A, "scratch.tmp"))  # (so that the folders are alike)
     a.engine.resume()
     await converged(reactor, A, B, srv.root)
 

@@ -35,7 +35,10 @@ class LocalIntake:
         if path == IGNORE_FILE:
             reloaded = defer.ensureDeferred(self.reload_rules())
             return reloaded.addCallback(lambda _: engine.request(path, UNKNOWN))
-        return engine.request(path, UNKNOWN, stat, local_change(stat))
+        waits = local_change(stat)
+        if waits is not None and engine.is_ignored(path):
+            waits = None  # never sent: it waits for nothing (a paused folder would count it till the resume)
+        return engine.request(path, UNKNOWN, stat, waits)
 
     def _report_outside(self, path, is_directory):
         """A local file outside this client's selection is left alone: said once a path."""
