@@ -229,6 +229,30 @@ async def test_changes_one_by_one_wait_up_and_down_while_paused(reactor, servers
 
 
 @pytest_twisted.ensureDeferred
+async def test_changes_wait_up_and_down_until_their_jobs_end(reactor, servers, clients):
+    srv = servers[0]
+    a, b, A, B = await clients.pair(srv)
+    write(A, "keep.txt", b"kept")
+    await converged(reactor, A, B, srv.root)
+    await wait_for(reactor, lambda: not a.engine.paths, what="a idle")
+    # the paths' locks held (as a job or a reconcile working on them would): their jobs wait
+    taken = await a.engine.locks.acquire(["up.txt", "down1.txt", "down2.txt"])
+    try:
+        write(A, "up.txt", b"u" * 500)
+        write(B, "down1.txt", b"d" * 50)
+        write(B, "down2.txt", b"d" * 70)
+        await wait_for(reactor, lambda: len(a.engine.paths) == 3, what="a's three jobs waiting")
+        status = await folder_status("a", a, reactor)
+        assert waiting_of(status) == ((1, 500), (2, 120)) and status["progress"] is None, status["waiting"]
+        assert status["state"] == "syncing" and status["transfers"]["count"] == 3
+    finally:
+        a.engine.locks.release(taken)
+    await converged(reactor, A, B, srv.root)
+    await wait_for(reactor, lambda: not a.engine.paths, what="a's jobs done")
+    assert waiting_of(await folder_status("a", a, reactor)) == ((0, 0), (0, 0))
+
+
+@pytest_twisted.ensureDeferred
 async def test_uploads_count_as_waiting_until_a_stalled_server_takes_them(reactor, servers, clients):
     srv = servers[0]
     proxy = StallingProxy(reactor, srv.port)

@@ -114,6 +114,8 @@ class RemoteChanges:
             waits = remote_change(operation, counted)
             if waits is not None:  # until its path's job ends (a Move's own end, for a Move)
                 self.engine.waiting.note(waits[0], DOWN, waits[1])
+            elif counted and isinstance(operation, (Create, Update)):
+                self.engine.waiting.drop(operation.metadata.path)  # the Progress counts the path now
             done = self._in_turn(operation)
             if isinstance(operation, Move):
                 done.addBoth(_passing, self.engine.job_ended, operation.destination)
