@@ -126,7 +126,8 @@ class Engine:
 
     def local_moved(self, source: str, destination: str):
         """The watcher saw ``source`` renamed to ``destination`` inside the folder."""
-        self.waiting.note(destination, UP)
+        if not self.is_ignored(destination):
+            self.waiting.note(destination, UP)
         if self.pause.paused:
             self.pause.hold_path(source)
             self.pause.hold_path(destination)
