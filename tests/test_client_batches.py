@@ -164,6 +164,32 @@ async def test_a_watcher_stat_of_the_synced_version_starts_no_job(reactor, tmp_p
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_growing_hash_naming_the_synced_version_is_not_used(reactor, tmp_path):
+    """A hash taken while written that is the synced version's, for a file whose stat
+    moved since: taken on trust, the change would be taken for none (nothing uploaded,
+    so nothing for the server to check). Any other such hash is a claim the server checks."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    path = folder / "big"
+    path.write_bytes(b"old" * 2000)
+    seen = localfs.lstat(str(path))
+    base = Base(Entry(sha(b"old" * 2000), 6000, False), 1.0, seen.size, seen.mtime_ns)
+    path.write_bytes(b"new" * 2000)
+    os.utime(path, ns=(seen.mtime_ns + 10**9, seen.mtime_ns + 10**9))
+    state = await FolderState(reactor, str(folder)).open()
+    try:
+        engine = Engine(reactor, str(folder), state, server=None, client_id="c")
+        claims = [base.entry.hash, sha(b"a claim the server checks")]
+        engine.growing.take = lambda path, size: claims.pop(0)
+        assert localfs.version(str(path), base, prehashed=engine.prehashed("big", str(path), base)).entry.hash \
+            == sha(b"new" * 2000)
+        assert localfs.version(str(path), base, prehashed=engine.prehashed("big", str(path), base)).entry.hash \
+            == sha(b"a claim the server checks")
+    finally:
+        await state.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_delete_seen_while_the_path_is_in_flight_is_never_taken_as_synced(reactor, tmp_path):
     folder = tmp_path / "f"
     folder.mkdir()

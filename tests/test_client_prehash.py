@@ -84,5 +84,22 @@ def test_an_in_place_rewrite_gives_a_digest_that_does_not_match(tmp_path, hashes
     grow(path, hashes, [os.urandom(5000)])
     with open(path, "r+b") as f:
         f.write(b"changed")
+        f.write(os.urandom(1000))  # (grown too: the stat cannot tell the start changed)
     real = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert hashes.take(path.name, 5000) != real
+    assert hashes.take(path.name, 6000) != real
+
+
+def test_a_whole_file_hashed_then_written_in_place_is_not_trusted(tmp_path, hashes):
+    """Its digest would be the version before's, the synced one's: the engine would take
+    the change for none and upload nothing (so the server never checks the claim)."""
+    path = tmp_path / "big.bin"
+    grow(path, hashes, [os.urandom(5000)])
+    before = os.stat(path).st_mtime_ns
+    with open(path, "r+b") as f:
+        f.seek(2000)
+        f.write(b"changed in place")
+    if os.stat(path).st_mtime_ns == before:  # a coarse clock: the next tick, as a later write gets
+        os.utime(path, ns=(before, before + 1))
+    hashes.grew(path.name, 5000)  # (the watcher reports the write, of the same size)
+    settle(hashes)
+    assert hashes.take(path.name, 5000) is None

@@ -13,6 +13,7 @@ from quantum_sync import delta
 from quantum_sync.delta import wanted
 from quantum_sync.blocklists import BlockLists
 from quantum_sync.blocks import Chunker, encode_blocks
+from quantum_sync.client import localfs
 from quantum_sync.client.delta import Deltas
 from quantum_sync.client.transfer import PreconditionFailed
 from clients import converged, read, write
@@ -274,6 +275,11 @@ async def test_a_file_changed_while_the_client_was_away_is_read_once_and_goes_as
     base = content(12)
     write(A, "big.bin", base)
     await converged(reactor, A, servers[0].root)
+    # the upload recorded too (stopped before its answer, the client would come back to
+    # no base: the edit below, beside the server's version, a conflict)
+    synced = os.path.join(A, "big.bin")
+    await wait_for(reactor, lambda: localfs.unchanged(localfs.lstat(synced), a.engine.state.base("big.bin")),
+                   what="the upload recorded")
     await clients.stop(a)
     new = one_byte_changed(base)
     write(A, "big.bin", new, mtime=os.stat(os.path.join(A, "big.bin")).st_mtime + 10)

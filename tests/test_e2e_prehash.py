@@ -66,3 +66,30 @@ async def test_a_rewrite_the_growing_hash_missed_is_caught_and_sent_right(reacto
     await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == data, what="the right upload")
     assert "big.bin" in hashed  # the server refused the guess (422); the retry hashed it all
     assert hashlib.sha256(read(servers[0].root, "big.bin")).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_in_place_after_a_write_found_synced_is_sent(reactor, servers, clients, monkeypatch):
+    """A followed file that the engine found synced without taking its hash (written back
+    as it was, its mtime kept) stays hashed whole in the client; a later change in place,
+    of the same size, must not get that digest, the synced version's (it would be taken
+    for no change, and never sent)."""
+    _, a, blocks = await following_client(servers, clients, monkeypatch)
+    path = os.path.join(a.config.folder, "big.bin")
+    data = b"".join(blocks)
+    await write_slowly(reactor, path, blocks)
+    await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == data, what="the upload")
+    await wait_for(reactor, lambda: localfs.unchanged(localfs.lstat(path), a.engine.state.base("big.bin")),
+                   what="the upload recorded")
+    synced = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(blocks[0])  # the same bytes, the mtime put back: the synced version's stat
+        f.flush()
+        os.utime(f.fileno(), ns=(synced.st_atime_ns, synced.st_mtime_ns))
+    await wait_for(reactor, lambda: a.engine.growing.hashed("big.bin") == len(data), what="the write followed")
+    changed = os.urandom(BLOCK)
+    with open(path, "r+b") as f:
+        f.seek(5 * BLOCK)
+        f.write(changed)
+    data = data[: 5 * BLOCK] + changed + data[6 * BLOCK :]
+    await wait_for(reactor, lambda: read(servers[0].root, "big.bin") == data, what="the change in place")

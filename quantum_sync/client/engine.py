@@ -306,16 +306,23 @@ class Engine:
         local = await self._versions.submit((path, base, with_bytes))
         if local is localfs.UNHASHED:  # a large file to hash: not in the batch of small ones
             abspath = self.abspath(path)
-            local = await self.threads.defer(localfs.version, abspath, base, prehashed=self.prehashed(path, abspath))
+            local = await self.threads.defer(localfs.version, abspath, base, prehashed=self.prehashed(path, abspath, base))
         return local
 
-    def prehashed(self, path, abspath):
+    def prehashed(self, path, abspath, base=None):
         """The ``prehashed(size)`` of ``path`` (at ``abspath``, as the caller resolved or
         walked to it: a scan meets symlinks that resolving would refuse) for
-        :func:`~quantum_sync.client.localfs.version` (any thread): the hash taken while it
-        was written, else for a file deltas apply to its hash and block list from one read
-        (the list kept: no second read for a delta)."""
-        return self.actions.deltas.prehashed(abspath, functools.partial(self.growing.take, path))
+        :func:`~quantum_sync.client.localfs.version` against ``base`` (any thread): the
+        hash taken while it was written, else for a file deltas apply to its hash and
+        block list from one read (the list kept: no second read for a delta).
+
+        A hash taken while written that names ``base``'s version is not used: the file
+        was written since it was synced (else it is not hashed), and with that digest
+        the change would be taken for none, nothing uploaded for the server to check."""
+        take = functools.partial(self.growing.take, path)
+        if base is not None and not base.entry.is_directory:
+            take = functools.partial(_unless, take, base.entry.hash)
+        return self.actions.deltas.prehashed(abspath, take)
 
     async def guard(self, coroutine, path):
         """Run one job; failures are logged and retried later, never raised."""
@@ -493,6 +500,12 @@ class Engine:
         except localfs.LocalChanged:
             return False
         return True
+
+
+def _unless(take, synced, size):
+    """``take(size)``, None when that is ``synced``."""
+    digest = take(size)
+    return None if digest == synced else digest
 
 
 def _kind_changed(local, remote, base) -> bool:

@@ -83,7 +83,7 @@ class LocalIntake:
         # (a file changed on the way is hashed with its block list, as any change)
         abspath = engine.abspath(destination)
         return await engine.threads.defer(localfs.version, abspath, base,
-                                          prehashed=engine.prehashed(destination, abspath))
+                                          prehashed=engine.prehashed(destination, abspath, base))
 
     def _movable(self, base, local, gone, destination) -> bool:
         """A synced path moved as it was: the server can move it too."""

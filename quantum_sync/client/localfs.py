@@ -210,11 +210,12 @@ def scan(folder: str, bases: dict, is_ignored, below: str = None, prehashed=None
 
     Never enters the state directory, never follows symlinks; names that cannot be
     synced (undecodable, non-NFC) are left alone. Files still being written are left out.
-    ``prehashed(path, abspath)``: the ``prehashed`` given to :func:`version` for ``path``.
+    ``prehashed(path, abspath, base)``: the ``prehashed`` given to :func:`version` for
+    ``path`` (of base ``base``).
     """
     def look(path, abspath):
-        return version(abspath, bases.get(path),
-                       prehashed=None if prehashed is None else prehashed(path, abspath))
+        base = bases.get(path)
+        return version(abspath, base, prehashed=None if prehashed is None else prehashed(path, abspath, base))
 
     return _look_below(folder, is_ignored, below, look)
 

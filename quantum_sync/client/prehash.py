@@ -10,7 +10,10 @@ The result is a claim the server checks, never trusted blindly: a rewrite in pla
 the hashed prefix missed gives a digest that does not match what is uploaded, the server
 answers 422 HASH_MISMATCH and changes nothing, and the next attempt hashes the whole file
 (``take`` forgets what it handed out). A file replaced (another inode) or shortened is
-hashed from the start.
+hashed from the start. A file written without growing since its last bytes were hashed
+(its mtime moved, its size did not: a rewrite in place) is too: its digest, that of the
+version before, would say it is unchanged, and then nothing is uploaded for the server
+to check (a followed file the engine found synced without taking its hash stays here).
 """
 
 import hashlib
@@ -30,11 +33,15 @@ _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _Partial:
-    """The digest of a file's first ``offset`` bytes (inode ``ino``)."""
+    """The digest of a file's first ``offset`` bytes (inode ``ino``), the last of them
+    read when its mtime was ``mtime_ns``. Only bytes added move ``mtime_ns``: a write
+    that moves the mtime without growing the file makes ``take`` refuse the digest
+    (the worker leaves it be: what it sees may be an append half done)."""
 
     def __init__(self, ino: int):
         self.ino = ino
         self.offset = 0
+        self.mtime_ns = None
         self.digest = hashlib.sha256()
         self.lock = threading.Lock()  # held while bytes are added
 
@@ -42,6 +49,8 @@ class _Partial:
         """Hash what was appended up to ``st.st_size``; False when the prefix is no longer valid."""
         if st.st_ino != self.ino or st.st_size < self.offset:
             return False
+        if st.st_size > self.offset:
+            self.mtime_ns = st.st_mtime_ns
         while self.offset < st.st_size:
             chunk = os.pread(fd, min(CHUNK, st.st_size - self.offset), self.offset)
             if not chunk:
@@ -92,8 +101,8 @@ class GrowingHashes:
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode) or st.st_size != size or not partial.extend(fd, st) \
-                        or partial.offset != size:
-                    return None
+                        or partial.offset != size or partial.mtime_ns != st.st_mtime_ns:
+                    return None  # (the last: written in place since its last bytes were read)
             finally:
                 os.close(fd)
             return partial.digest.hexdigest()
