@@ -111,18 +111,23 @@ class RemoteChanges:
         if seq is not None and not self.journal.in_order(operation.paths, seq):
             done = defer.succeed(None)  # an older change than one already applied
         else:
-            waits = remote_change(operation, counted)
-            if waits is not None:  # until its path's job ends (a Move's own end, for a Move)
-                self.engine.waiting.note(waits[0], DOWN, waits[1])
-            elif counted and isinstance(operation, (Create, Update)):
-                self.engine.waiting.drop(operation.metadata.path)  # the Progress counts the path now
-            done = self._in_turn(operation)
-            if isinstance(operation, Move):
-                done.addBoth(_passing, self.engine.job_ended, operation.destination)
-                if seq is not None:
-                    done.addBoth(self._passed, seq, operation, self.journal.generation)
+            done = self._apply_in_turn(seq, operation, counted)
         if seq is not None:
             done.addBoth(self._applied, seq, self.journal.generation)
+        return done
+
+    def _apply_in_turn(self, seq, operation, counted):
+        """Count ``operation`` as waiting to come down, and apply it in its turn."""
+        waits = remote_change(operation, counted)
+        if waits is not None:  # until its path's job ends (a Move's own end, for a Move)
+            self.engine.waiting.note(waits[0], DOWN, waits[1])
+        elif counted and isinstance(operation, (Create, Update)):
+            self.engine.waiting.drop(operation.metadata.path)  # the Progress counts the path now
+        done = self._in_turn(operation)
+        if isinstance(operation, Move):
+            done.addBoth(_passing, self.engine.job_ended, operation.destination)
+            if seq is not None:
+                done.addBoth(self._passed, seq, operation, self.journal.generation)
         return done
 
     def _passed(self, result, seq, operation, generation):

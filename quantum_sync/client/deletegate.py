@@ -86,18 +86,23 @@ class DeleteGate:
         self._counted |= covered
         if self.allow:
             return defer.succeed(True)
-        if self._synced is None:
-            self._synced = self._count_synced()
-        if self._call is not None and self._call.active():
-            self._call.reset(self.quiet)
-        else:
-            self._call = self._clock.callLater(self.quiet, self._judge)
+        self._burst_goes_on()
         if not self._waiting and len(self._passed) + weight <= MASS_DELETE_MIN:
             self._passed |= new
             return defer.succeed(True)
         d = defer.Deferred()
         self._waiting.append((path, d, weight, covered))
         return d
+
+    def _burst_goes_on(self) -> None:
+        """A delete: the burst begins (the synced files counted) or goes on (its end, when
+        it is judged, put off by the quiet time)."""
+        if self._synced is None:
+            self._synced = self._count_synced()
+        if self._call is not None and self._call.active():
+            self._call.reset(self.quiet)
+        else:
+            self._call = self._clock.callLater(self.quiet, self._judge)
 
     def back(self, path: str) -> None:
         """``path`` is in the folder again (restored): a later delete of it is judged anew;
