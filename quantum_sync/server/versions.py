@@ -37,12 +37,13 @@ from typing import NamedTuple
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from quantum_sync.diskio import file_system_magic, fsync_directory
 from quantum_sync.errors import SyncError, is_unavailable
 from quantum_sync.protocol import format_time
+from quantum_sync.server.passes import Passes
 from quantum_sync.server.store import TEMP_PREFIX, storage_error
 from quantum_sync.threads import ReactorThreads
 
@@ -663,11 +664,9 @@ class Versions(Service):
         self._reactor = reactor
         self._threads = threads if threads is not None else ReactorThreads(reactor)
         self._clock = clock or reactor
-        self._interval = interval
         self._leading = leading
-        self._loop = None
+        self._passes = Passes(lambda: self.prune(), self._prune_failed, self._clock, interval)
         self._opened = None
-        self._running = None
         self._pruning = set()
         self._removals = set()  # removals of forgotten versions' files, under way
         area.on_forgotten = lambda ids: reactor.callFromThread(self._forgotten, ids)
@@ -689,27 +688,21 @@ class Versions(Service):
         # queued on the index's one thread right after its own schema: before any use
         self._opened = self.index.interaction(create_schema)
         if self._leading:
-            self._start_loop()
-
-    def _start_loop(self) -> None:
-        if self._loop is None or not self._loop.running:
-            self._loop = LoopingCall(self._prune_logged)
-            self._loop.clock = self._clock
-            self._loop.start(self._interval, now=True)
+            self._passes.start()
 
     @property
     def pruning(self) -> bool:
         """Whether this process runs the pruning passes (on a cluster: the leader)."""
-        return self._loop is not None and self._loop.running
+        return self._passes.running
 
     def lead(self, leading: bool) -> None:
         """Run the pruning passes (a pass now, then every interval), or stop running
         them: a cluster's nodes prune the shared area one at a time."""
         self._leading = leading
         if leading and self.running:
-            self._start_loop()
-        elif not leading and self.pruning:
-            self._loop.stop()
+            self._passes.start()
+        elif not leading:
+            self._passes.stop()
 
     async def open(self) -> None:
         """Wait until the versions table exists (after :meth:`startService`)."""
@@ -717,16 +710,10 @@ class Versions(Service):
 
     def stopService(self):
         super().stopService()
-        if self.pruning:
-            self._loop.stop()
+        self._passes.stop()
         for removal in list(self._removals):  # what is left, a pass's sweep takes
             removal.cancel()
-        return self._running
-
-    def _prune_logged(self):
-        self._running = Deferred.fromCoroutine(self.prune())
-        self._running.addErrback(self._prune_failed)
-        return self._running
+        return self._passes.last
 
     def _prune_failed(self, failure) -> None:
         if is_unavailable(failure):

@@ -16,13 +16,12 @@ unseen (no claim, no live connection) for ``forget_after`` seconds, in one pass 
 :data:`~quantum_sync.server.clientids.PRUNE_EVERY` seconds.
 """
 
-from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from quantum_sync.errors import SyncError
 from quantum_sync.server.clientids import FORGET_AFTER, MAX_IDS, PRUNE_EVERY, claim, forgotten
 from quantum_sync.server.cluster.presence import LIVE_FOR
+from quantum_sync.server.passes import Passes
 
 #: Seconds a node answers a binding from memory before it asks the database again
 #: (which marks the id seen).
@@ -44,8 +43,7 @@ class ClusterBindings:
         self._users = {}  # id -> the user the database named
         self._confirmed = {}  # id -> when the database last named it
         self._swept = clock.seconds()
-        self._loop = None
-        self._running = None
+        self._passes = Passes(lambda: self.prune(), self._failed, clock, prune_every)
 
     def owner(self, client_id: str):
         """The user ``client_id`` is bound to, as far as this node knows (or None)."""
@@ -84,26 +82,19 @@ class ClusterBindings:
     @property
     def pruning(self) -> bool:
         """Whether this node runs the passes (the leader)."""
-        return self._loop is not None and self._loop.running
+        return self._passes.running
 
     def lead(self, leading: bool) -> None:
         """Run a pass now and then every interval, or stop running them."""
-        if leading and not self.pruning:
-            self._loop = LoopingCall(self._prune_logged)
-            self._loop.clock = self._clock
-            self._loop.start(self._prune_every, now=True)
-        elif not leading and self.pruning:
-            self._loop.stop()
+        if leading:
+            self._passes.start()
+        else:
+            self._passes.stop()
 
     async def stop(self) -> None:
         self.lead(False)
-        if self._running is not None:
-            await self._running
-
-    def _prune_logged(self):
-        self._running = Deferred.fromCoroutine(self.prune())
-        self._running.addErrback(self._failed)
-        return self._running
+        if self._passes.last is not None:
+            await self._passes.last
 
     def _failed(self, failure) -> None:
         if failure.check(SyncError):  # the database away: the next pass
