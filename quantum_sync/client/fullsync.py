@@ -66,17 +66,15 @@ class Progress:
     @classmethod
     def of(cls, todo, bytes_total):
         """The progress of carrying out the decisions ``todo``."""
-        uploads = [d.local.size for d in todo if d.action is Action.UPLOAD and not d.is_directory]
-        downloads = [d.remote.size for d in todo if d.action is Action.DOWNLOAD and not d.is_directory]
+        moves = [t for t in map(_transfer, todo) if t is not None]
+        uploads = [size for direction, size in moves if direction == "up"]
+        downloads = [size for direction, size in moves if direction == "down"]
         return cls(files_total=len(todo), bytes_total=bytes_total, up_files=len(uploads), up_bytes=sum(uploads),
                    down_files=len(downloads), down_bytes=sum(downloads))
 
     def finished(self, d) -> None:
         """Decision ``d`` was carried out."""
-        if d.action in _TRANSFERS and not d.is_directory:
-            self.came("up" if d.action is Action.UPLOAD else "down", (d.local if d.action is Action.UPLOAD else d.remote).size)
-        else:
-            self.came()
+        self.came(*(_transfer(d) or ()))
 
     def coming(self, direction=None, size=0) -> None:
         """One more change to carry out (``direction`` "up" or "down": a file of ``size``
@@ -268,10 +266,17 @@ def _special_at(folder, path):
     return None if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else path
 
 
+def _transfer(d):
+    """``(direction, bytes)`` of a decision that moves a file ("up" or "down"); None
+    for any other."""
+    if d.action not in _TRANSFERS or d.is_directory:
+        return None
+    return ("up", d.local.size) if d.action is Action.UPLOAD else ("down", d.remote.size)
+
+
 def _bytes_moved(todo) -> int:
     """The bytes the file transfers of a plan move."""
-    return sum((d.local if d.action is Action.UPLOAD else d.remote).size
-               for d in todo if d.action in _TRANSFERS and not d.is_directory)
+    return sum(t[1] for t in map(_transfer, todo) if t is not None)
 
 
 def _phase_of(d) -> str:
