@@ -20,7 +20,7 @@ import socket
 import sys
 
 from quantum_sync.client.clientconfig import load
-from quantum_sync.client.control import MAX_SOCKET_PATH, socket_path
+from quantum_sync.client.control import MAX_SOCKET_PATH, socket_path, too_long
 from quantum_sync.config import ConfigError
 
 NOT_RUNNING = 3
@@ -47,7 +47,7 @@ class NotRunning(Exception):
 def ask(folder: str, method: str, what: str) -> dict:
     """The JSON answer of ``folder``'s daemon to ``method /what``."""
     path = socket_path(folder)
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:  # the daemon made none (and logged why)
+    if too_long(path):  # the daemon made none (and logged why)
         raise ConfigError(f"{folder}: no control socket: {path} is longer than a Unix socket's path may be "
                           f"({MAX_SOCKET_PATH} bytes)")
     connection = _UnixConnection(path)

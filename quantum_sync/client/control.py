@@ -29,6 +29,11 @@ def socket_path(folder: str) -> str:
     return os.path.join(state_dir(folder), SOCKET_NAME)
 
 
+def too_long(path: str) -> bool:
+    """Whether ``path`` is too long for a Unix socket (the daemon then makes none)."""
+    return len(os.fsencode(path)) > MAX_SOCKET_PATH
+
+
 def _json(request, code, body):
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
@@ -105,7 +110,7 @@ class ControlService(Service):
 
     def startService(self):
         super().startService()
-        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+        if too_long(self.path):
             self.log.warn("no control socket: its path {path} is longer than a Unix socket's may be", path=self.path)
             return
         endpoint = UNIXServerEndpoint(self._reactor, self.path, mode=0o600, wantPID=True)
